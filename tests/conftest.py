@@ -1,0 +1,30 @@
+import os, shutil, subprocess, sys
+from pathlib import Path
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+def run(cmd, cwd=None, env=None, timeout=600, check=True):
+    "Run a command, return the CompletedProcess; on failure show its output."
+    p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{cmd} exited {p.returncode}\nstdout:\n{p.stdout[-4000:]}\nstderr:\n{p.stderr[-4000:]}")
+    return p
+
+def bin_path(name):
+    "A console script of the environment running pytest."
+    p = Path(sys.executable).parent/name
+    return str(p) if p.exists() else shutil.which(name)
+
+def copy_project(dest):
+    "Copy the project's source files (tracked, or untracked and not ignored) into `dest`; returns `dest`."
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, check=True).stdout.decode().split("\0")
+    dest = Path(dest)
+    for f in filter(None, files):
+        src = ROOT/f
+        if not src.exists() and not src.is_symlink(): continue
+        d = dest/f; d.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_symlink(): d.symlink_to(os.readlink(src))
+        else: shutil.copy2(src, d)
+    return dest
