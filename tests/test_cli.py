@@ -28,3 +28,11 @@ def test_unknown_command_is_one_line_error():
 def test_bad_option_exits_nonzero():
     p = run([bin_path("iclmsr"), "info", "--no-such-option"], check=False)
     assert p.returncode == 2 and "unrecognized arguments" in p.stderr
+
+def test_bench_quick_writes_json(tmp_path):
+    out = tmp_path/"b.json"
+    run([bin_path("iclmsr"), "bench", "--quick", "--only", "knn,toy", "--out", str(out)], timeout=300)
+    res = json.loads(out.read_text())
+    assert set(res["results"]) == {"knn", "toy"} and res["quick"] is True
+    p = run([bin_path("iclmsr"), "bench", "--only", "warp", "--out", str(out)], check=False)
+    assert p.returncode == 2 and "unknown benchmark 'warp'" in p.stderr
