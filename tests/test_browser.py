@@ -1,0 +1,215 @@
+"""Real-browser tests of the interactive layer: JupyterLab driven by Debian's chromium through Playwright.
+
+- the dashboard tutorial: run it, press Start, the loss plot gains points; press Stop, it stops gaining them;
+- the neighbours tutorial: run it, choose a query, the neighbour thumbnails render and their counts appear; click a
+  point of the UMAP, it becomes the query;
+- the built docs site: the home page renders, and the viz page shows static plotly figures, not empty widget boxes.
+
+Screenshots go to test-artifacts/ (gitignored). Needs `pytest-playwright` and a chromium binary
+(`/usr/bin/chromium` from Debian's `chromium` package, or `$ICLMSR_CHROMIUM`); no `playwright install` is needed."""
+import json, os, re, secrets, shutil, signal, socket, subprocess, sys, time, urllib.request
+from pathlib import Path
+import pytest
+from conftest import ROOT, run, bin_path, copy_project
+
+pytest.importorskip("playwright.sync_api", reason="pytest-playwright is not installed (pip install pytest-playwright)")
+CHROMIUM = os.environ.get("ICLMSR_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no chromium at {CHROMIUM} (apt-get install chromium)")
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+         "--no-first-run", "--disable-sync", "--disable-quic", "--disable-dev-shm-usage"]
+ART = ROOT/"test-artifacts"
+SKIP_CELL = re.compile(r"^\s*#\s*\|\s*(slow|gpu|notest|eval:\s*false)\b", re.M)
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    return {**browser_type_launch_args, "executable_path": CHROMIUM, "args": FLAGS}
+
+@pytest.fixture(scope="session")
+def browser_context_args(browser_context_args):
+    return {**browser_context_args, "viewport": {"width": 1400, "height": 1000}}
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
+
+def shot(page, name):
+    ART.mkdir(exist_ok=True)
+    page.screenshot(path=str(ART/name), full_page=False)
+
+def prepare(src: Path, dest: Path, stop_at: str | None = None):
+    "Copy a notebook without outputs and without the cells nbdev_test skips; with `stop_at`, up to the first code cell containing it."
+    nb = json.loads(src.read_text())
+    cells = []
+    for c in nb["cells"]:
+        s = "".join(c["source"])
+        if c["cell_type"] == "code":
+            if SKIP_CELL.search(s): continue
+            c["outputs"], c["execution_count"] = [], None
+        cells.append(c)
+        if stop_at and c["cell_type"] == "code" and stop_at in s: break
+    nb["cells"] = cells
+    dest.write_text(json.dumps(nb))
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    "JupyterLab on 127.0.0.1 (token, free port) over a temp folder holding the tutorial notebooks; stopped by its pid."
+    root = tmp_path_factory.mktemp("lab")
+    tut = ROOT/"nbs"/"tutorials"
+    prepare(tut/"watch_training.ipynb", root/"dashboard.ipynb", stop_at="Dashboard(")
+    prepare(tut/"fg_bg_neighbours.ipynb", root/"neighbours.ipynb")
+    settings = root/".lab-settings"/"@jupyterlab"/"apputils-extension"
+    settings.mkdir(parents=True)
+    (settings/"notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+    port, token = free_port(), secrets.token_hex(16)
+    env = {**os.environ, "JUPYTERLAB_SETTINGS_DIR": str(root/".lab-settings"), "JUPYTERLAB_WORKSPACES_DIR": str(root/".ws"),
+           "ICLMSR_DEVICE": "cpu"}
+    log = open(root/"lab.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+                             f"--ServerApp.token={token}", "--allow-root", f"--ServerApp.root_dir={root}"],
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            if proc.poll() is not None: raise RuntimeError(f"JupyterLab exited {proc.returncode}:\n{(root/'lab.log').read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2) as r:
+                    if r.status == 200: break
+            except OSError: time.sleep(0.5)
+        else: raise RuntimeError("JupyterLab did not answer /api/status within 60 s")
+        yield {"base": base, "token": token, "root": root}
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)  # the server shuts its kernels down
+        try: proc.wait(30)
+        except subprocess.TimeoutExpired: os.kill(proc.pid, signal.SIGKILL); proc.wait(10)
+        log.close()
+        shutil.copy(root/"lab.log", ART/"lab.log") if ART.exists() else None
+
+def kernel_state(lab, name: str):
+    "The execution state of the kernel of notebook `name` (from the server's sessions API), or None."
+    with urllib.request.urlopen(f"{lab['base']}/api/sessions?token={lab['token']}", timeout=5) as r:
+        for s in json.load(r):
+            if s.get("path", "").endswith(name) and s.get("kernel"): return s["kernel"].get("execution_state")
+    return None
+
+def open_and_run(page, lab, name: str, timeout: float = 90):
+    "Open a notebook in JupyterLab, wait for its kernel, run every cell (keyboard: select all, Shift+Enter)."
+    page.goto(f"{lab['base']}/lab/tree/{name}?token={lab['token']}")
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=timeout * 1000)
+    end = time.time() + timeout
+    while kernel_state(lab, name) != "idle":
+        accept = page.locator(".jp-Dialog .jp-mod-accept")
+        if accept.count() and accept.first.is_visible(): accept.first.click()   # "Select Kernel": the notebook's own
+        if time.time() > end: raise AssertionError(f"the kernel of {name} did not start within {timeout} s")
+        time.sleep(0.3)
+    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=timeout * 1000)
+    page.locator(".jp-Cell").first.click()
+    page.keyboard.press("Escape")
+    page.keyboard.press("Control+a")
+    page.keyboard.press("Shift+Enter")
+
+def cell_errors(page) -> list[str]:
+    return page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']").all_inner_texts()
+
+LOSS_POINTS = """() => { const gd = document.querySelector('.iclmsr-dashboard .js-plotly-plot');
+  return gd && gd.data && gd.data[0] && gd.data[0].x ? gd.data[0].x.length : -1; }"""
+
+def test_dashboard_trains_live_and_stops(page, lab):
+    open_and_run(page, lab, "dashboard.ipynb")
+    try: page.wait_for_selector(".iclmsr-dashboard .js-plotly-plot", timeout=120_000)
+    except Exception:
+        shot(page, "dashboard-failed.png")
+        raise AssertionError(f"the dashboard widget did not render; cell errors: {cell_errors(page)}")
+    assert page.evaluate(LOSS_POINTS) == 0
+    epochs = page.locator(".iclmsr-ctl-epochs input")
+    epochs.fill("500"); epochs.press("Tab")          # long enough to watch and stop
+    page.locator("button.iclmsr-start").click()
+    page.wait_for_function(f"({LOSS_POINTS})() > 3", timeout=120_000, polling=250)
+    n0 = page.evaluate(LOSS_POINTS)
+    page.wait_for_function(f"({LOSS_POINTS})() > {n0}", timeout=60_000, polling=250)   # still gaining points
+    status = page.locator(".iclmsr-status").inner_text()
+    assert "running" in status and "images/s" in status, status
+    shot(page, "dashboard-running.png")
+    page.locator("button.iclmsr-stop").click()
+    page.wait_for_function("() => document.querySelector('.iclmsr-status').innerText.includes('stopped')", timeout=60_000)
+    time.sleep(1.0)                                   # the last throttled redraw
+    n1 = page.evaluate(LOSS_POINTS)
+    time.sleep(2.5)
+    n2 = page.evaluate(LOSS_POINTS)
+    assert n1 == n2 and n1 > n0, (n0, n1, n2)
+    assert page.locator("button.iclmsr-start").inner_text().strip() == "Continue"
+    shot(page, "dashboard-stopped.png")
+
+NBR_IMGS = """() => Array.from(document.querySelectorAll('.iclmsr-rows .iclmsr-nbrs img'))
+  .filter(i => i.complete && i.naturalWidth > 0 && i.getBoundingClientRect().width > 0).length"""
+
+def test_retrieval_explorer_query_and_click(page, lab):
+    open_and_run(page, lab, "neighbours.ipynb")
+    try: page.wait_for_selector(".iclmsr-retrieval .iclmsr-nbrs", timeout=240_000)
+    except Exception:
+        shot(page, "neighbours-failed.png")
+        raise AssertionError(f"the retrieval explorer did not render; cell errors: {cell_errors(page)}")
+    end = time.time() + 240
+    while kernel_state(lab, "neighbours.ipynb") != "idle" and time.time() < end: time.sleep(0.5)   # all cells done
+    box = page.locator(".iclmsr-query input")
+    box.fill("7"); box.press("Enter")
+    page.wait_for_function("() => document.querySelector('.iclmsr-rows').innerText.includes('query #7')", timeout=30_000)
+    rows = page.locator(".iclmsr-rows .iclmsr-nbrs")
+    assert rows.count() == 6                          # 2 models x full / foreground-only / background-only
+    page.wait_for_function(f"({NBR_IMGS})() == 48", timeout=30_000)   # 6 rows x 8 thumbnails, decoded and shown
+    counts = page.locator(".iclmsr-rows .iclmsr-count").all_inner_texts()
+    assert len(counts) == 6 and all(re.search(r"class \d/8", c) for c in counts), counts
+    assert page.locator(".iclmsr-summary").first.is_visible() and "precision@8" in page.locator(".iclmsr-summary").first.inner_text()
+    page.locator(".iclmsr-rows").scroll_into_view_if_needed()
+    shot(page, "neighbours-query7.png")
+    # click a point of the linked UMAP of the full images: it becomes the query
+    plot = page.locator(".iclmsr-retrieval .iclmsr-umap .js-plotly-plot").first
+    plot.scroll_into_view_if_needed()
+    target = plot.evaluate("""gd => { const t = gd.data.length / 2 - 1, i = 0, fl = gd._fullLayout;  // left panel's top trace
+        const xa = fl.xaxis, ya = fl.yaxis, r = gd.getBoundingClientRect();
+        return {x: r.left + xa._offset + xa.l2p(gd.data[t].x[i]), y: r.top + ya._offset + ya.l2p(gd.data[t].y[i]), id: gd.data[t].customdata[i]}; }""")
+    page.mouse.move(target["x"], target["y"]); time.sleep(0.5)
+    page.mouse.click(target["x"], target["y"])
+    page.wait_for_function("() => !document.querySelector('.iclmsr-rows').innerText.includes('query #7')", timeout=30_000)
+    q = int(page.locator(".iclmsr-query input").input_value())
+    assert page.locator(".iclmsr-rows").inner_text().count(f"query #{q}") >= 1
+    assert q == target["id"], (q, target)             # the clicked point (the topmost trace's first point)
+    assert page.locator(".iclmsr-retrieval .iclmsr-hover img").count() == 1   # the picked point's thumbnail
+    shot(page, "neighbours-clicked.png")
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    "The docs built (iclmsr_docs) in a copy of the project, served by http.server on a free port; stopped by its pid."
+    dest = copy_project(tmp_path_factory.mktemp("docs")/"proj")
+    run([bin_path("iclmsr_docs"), "--no_readme"], cwd=dest, timeout=900)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(dest/"_docs")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(50):
+            try: urllib.request.urlopen(f"http://127.0.0.1:{port}/index.html", timeout=2); break
+            except OSError: time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.kill(proc.pid, signal.SIGTERM); proc.wait(10)
+
+def offline_plotly(page):
+    "Serve plotly.js from the installed plotly package for the CDN address the static figures use (no internet here)."
+    import plotly
+    js = (Path(plotly.__file__).parent/"package_data"/"plotly.min.js").read_bytes()
+    page.route("https://cdn.plot.ly/**", lambda route: route.fulfill(body=js, content_type="application/javascript"))
+
+def test_docs_home_page_screenshot(page, site):
+    page.goto(f"{site}/index.html")
+    page.wait_for_load_state("networkidle")
+    assert "ICL-MSR" in page.locator("main").inner_text()
+    shot(page, "docs-home.png")
+
+def test_docs_show_static_figures(page, site):
+    offline_plotly(page)
+    page.goto(f"{site}/viz.html")
+    page.wait_for_selector(".js-plotly-plot .main-svg", timeout=30_000)
+    assert page.locator(".js-plotly-plot").count() >= 3     # the UMAP views: drawn plotly figures
+    assert page.locator(".iclmsr-nbrs img").count() > 0       # the retrieval rows' thumbnails
+    assert page.locator(".jupyter-widgets, .widget-area").count() == 0   # no empty widget boxes
+    page.locator(".js-plotly-plot").first.scroll_into_view_if_needed()
+    shot(page, "docs-viz.png")
