@@ -1,0 +1,140 @@
+"""`iclmsr eval` and `iclmsr demo` end to end, as a user runs them: real subprocesses, a checkpoint from a real
+`iclmsr train` run, the files they write, and one-line errors for input that cannot be evaluated.
+
+Runs are tiny (the embedded dataset with 4 classes, the small CNN) so the suite stays around a minute on a 2-core CPU.
+OMP_WAIT_POLICY=PASSIVE keeps PyTorch's OpenMP threads from spinning when other processes share the CPU (on a loaded
+2-core machine spinning threads make small CPU steps many times slower)."""
+import json, os
+from pathlib import Path
+import pytest
+import torch
+from conftest import run, bin_path
+
+SPEC = "toy:num_classes=4,n_train=32,n_test=8"
+TINY = ["--set", f"data.spec={SPEC}", "--set", "model.backbone=small_cnn", "--set", "model.proj_hidden=64",
+        "--set", "model.proj_dim=16", "--set", "train.epochs=1", "--set", "train.batch_size=32",
+        "--set", "optim.warmup_steps=2", "--set", "train.knn_every=0"]
+FAST = ["--probe-epochs", "20", "--fgsm-n", "16"]
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    return {**os.environ, "ICLMSR_CACHE": str(tmp_path_factory.mktemp("cache")), "OMP_WAIT_POLICY": "PASSIVE"}
+
+def iclmsr(env, *args, check=True, **kw):
+    return run([bin_path("iclmsr"), *args], check=check, env=env, **kw)
+
+def one_line_error(p):
+    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+    assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    return p.stderr
+
+@pytest.fixture(scope="module")
+def ckpt(env, tmp_path_factory):
+    d = tmp_path_factory.mktemp("run")/"r"
+    iclmsr(env, "train", "--out", str(d), *TINY, "--quiet")
+    assert (d/"last.pt").is_file()
+    return d/"last.pt"
+
+def _pct(x): return isinstance(x, (int, float)) and 0 <= x <= 100
+
+def test_eval_writes_results_report_and_probe(env, ckpt, tmp_path):
+    out = tmp_path/"ev"
+    p = iclmsr(env, "eval", "--ckpt", str(ckpt), "--data", SPEC, "--out", str(out), *FAST)
+    assert "BG-gap" in p.stdout and "background probe" in p.stdout and "results.json" in p.stdout
+    r = json.loads((out/"results.json").read_text())
+    for k in ("checkpoint", "data", "model", "variants", "bg_gap", "worst_group", "groups", "bg_probe", "ece",
+              "calibration", "fgsm", "seconds", "versions", "normalisation"):
+        assert k in r, k
+    assert r["data"] == SPEC and r["test_split"] == "test" and r["model"]["backbone"] == "small_cnn"
+    assert set(r["variants"]) == {"original", "only_fg", "no_fg", "only_bg", "mixed_same", "mixed_rand", "mixed_next"}
+    for v in r["variants"].values():
+        assert all(_pct(v[m]) for m in ("linear_top1", "linear_top5", "knn5")) and v["linear_top5"] >= v["linear_top1"]
+    vs = r["variants"]
+    assert r["bg_gap"]["linear"] == pytest.approx(vs["mixed_same"]["linear_top1"] - vs["mixed_rand"]["linear_top1"])
+    assert r["bg_gap"]["knn5"] == pytest.approx(vs["mixed_same"]["knn5"] - vs["mixed_rand"]["knn5"])
+    assert _pct(r["worst_group"]["linear"]["acc"]) and _pct(r["bg_probe"]["top1"]) and _pct(r["ece"])
+    assert r["fgsm"]["n"] == 16 and _pct(r["fgsm"]["fgsm"]) and r["fgsm"]["eps"] == pytest.approx(4 / 255)
+    assert sum(map(sum, r["groups"]["count"])) == r["n_test"] == 32
+    page = (out/"report.html").read_text()
+    assert page.count('class="plotly-graph-div"') >= 3 and page.count("* plotly.js v") == 1
+    assert '<script src=' not in page                   # self-contained: works offline
+    assert (out/"probe.pt").is_file()
+
+def test_eval_again_reuses_cached_embeddings(env, ckpt, tmp_path):
+    emb = Path(env["ICLMSR_CACHE"])/"embeddings"
+    iclmsr(env, "eval", "--ckpt", str(ckpt), "--out", str(tmp_path/"a"), *FAST)   # --data defaults to the run's spec
+    before = {p.name: p.stat().st_mtime_ns for p in emb.iterdir()}
+    assert len(before) >= 9                             # train, train mixed_rand and 7 test variants
+    iclmsr(env, "eval", "--ckpt", str(ckpt), "--out", str(tmp_path/"b"), *FAST)
+    assert {p.name: p.stat().st_mtime_ns for p in emb.iterdir()} == before   # nothing recomputed or rewritten
+    a, b = (json.loads((tmp_path/x/"results.json").read_text()) for x in "ab")
+    assert a["variants"] == b["variants"] and a["bg_probe"] == b["bg_probe"]
+    iclmsr(env, "eval", "--ckpt", str(ckpt), "--out", str(tmp_path/"c"), "--variants", "only_fg", "--no-cache", *FAST)
+    c = json.loads((tmp_path/"c"/"results.json").read_text())
+    assert list(c["variants"]) == ["original", "only_fg"] and c["bg_gap"] is None
+    assert c["variants"]["only_fg"]["knn5"] == pytest.approx(a["variants"]["only_fg"]["knn5"], abs=1e-6)
+
+def test_eval_bad_inputs_are_one_line_errors(env, ckpt, tmp_path):
+    ev = lambda *a: iclmsr(env, "eval", "--ckpt", str(ckpt), "--out", str(tmp_path/"o"), *FAST, *a, check=False)
+    # a probe that does not fit: other classes, other feature size
+    iclmsr(env, "eval", "--ckpt", str(ckpt), "--out", str(tmp_path/"p"), *FAST)
+    err = one_line_error(ev("--data", "toy:num_classes=3,n_train=32,n_test=8", "--probe", str(tmp_path/"p"/"probe.pt")))
+    assert "predicts 4 classes but the data has 3 classes" in err
+    torch.save({"format": "iclmsr.probe", "weight": torch.zeros(4, 64), "bias": torch.zeros(4), "classes": None}, tmp_path/"p64.pt")
+    assert "takes 64-d features but the model produces 128-d features" in one_line_error(ev("--probe", str(tmp_path/"p64.pt")))
+    # a checkpoint whose weights do not fit its config
+    ck = torch.load(ckpt, weights_only=True)
+    ck["config"]["model"]["proj_dim"] = 32
+    torch.save(ck, tmp_path/"bad.pt")
+    err = one_line_error(iclmsr(env, "eval", "--ckpt", str(tmp_path/"bad.pt"), "--out", str(tmp_path/"o"), check=False))
+    assert "does not fit the model its config describes" in err
+    assert "does not exist" in one_line_error(iclmsr(env, "eval", "--ckpt", str(tmp_path/"nope.pt"), "--out", str(tmp_path/"o"), check=False))
+    # k larger than the kNN database (4 classes x 32 training images)
+    assert "k=1000 is larger than the kNN database" in one_line_error(ev("--k", "1000"))
+    assert "unknown variant 'fg'" in one_line_error(ev("--variants", "fg"))
+
+def test_eval_empty_split_and_missing_masks(env, ckpt, tmp_path):
+    from iclmsr.data import export_in9
+    root = export_in9(SPEC, tmp_path/"in9", variants=["original"])
+    ev = lambda spec, *a: iclmsr(env, "eval", "--ckpt", str(ckpt), "--data", spec, "--out", str(tmp_path/"o"), *FAST, *a, check=False)
+    # masks switched off: only the original images can be evaluated
+    err = one_line_error(ev(f"in9:{root},masks=false", "--test-split", "test", "--variants", "only_fg,mixed_rand"))
+    assert "need foreground masks" in err and "only 'original' is available" in err
+    p = ev(f"in9:{root},masks=false", "--test-split", "test")
+    assert p.returncode == 0, p.stderr
+    r = json.loads((tmp_path/"o"/"results.json").read_text())
+    assert list(r["variants"]) == ["original"] and r["bg_gap"] is None
+    # an empty split: class folders without images
+    for c in (root/"original"/"test").iterdir(): (root/"original"/"val"/c.name).mkdir(parents=True)
+    assert "empty dataset" in one_line_error(ev(f"in9:{root}", "--test-split", "val"))
+
+def _schema(m, std: bool):
+    num = (lambda v: isinstance(v, dict) and set(v) == {"mean", "std", "runs"} and _pct(v["mean"]) and v["std"] >= 0) if std else _pct
+    for a in ("train_full", "train_fg"):
+        for b in ("test_full", "test_fg"):
+            assert num(m["four_settings"][a][b]["linear"]) and num(m["four_settings"][a][b]["knn5"])
+    for c in ("linear", "knn5"): assert num(m["worst_group"][c])
+    assert num(m["bg_probe"]) and num(m["ece"]) and num(m["fgsm"])
+    gap = m["bg_gap"]["linear"]
+    assert (isinstance(gap, dict) and -100 <= gap["mean"] <= 100) if std else -100 <= gap <= 100
+
+def test_demo_quick_schema(env, tmp_path):
+    p = iclmsr(env, "demo", "--out", str(tmp_path/"d"), "--quick", timeout=300)
+    assert "The four settings" in p.stdout and "train full" in p.stdout and "background probe" in p.stdout
+    r = json.loads((tmp_path/"d"/"results.json").read_text())
+    assert set(r) >= {"models", "config", "versions", "seconds", "seeds"} and r["seconds"] > 0
+    assert list(r["models"]) == ["simclr", "simclr+icl-msr"] and r["seeds"] == [0]
+    for m in r["models"].values(): _schema(m, std=False)
+    assert r["config"]["train"]["simclr+icl-msr"]["icl"]["enabled"] and not r["config"]["train"]["simclr"]["icl"]["enabled"]
+    assert r["config"]["settings"]["device"] == "cpu" and "torch" in r["versions"]
+    page = (tmp_path/"d"/"report.html").read_text()
+    assert page.count('class="plotly-graph-div"') == 2 and '<script src=' not in page
+
+def test_demo_seeds_give_mean_and_std(env, tmp_path):
+    iclmsr(env, "demo", "--out", str(tmp_path/"d"), "--quick", "--seeds", "2", "--seed", "3", "--quiet", timeout=300)
+    r = json.loads((tmp_path/"d"/"results.json").read_text())
+    assert r["seeds"] == [3, 4]
+    for m in r["models"].values():
+        _schema(m, std=True)
+        assert len(m["four_settings"]["train_full"]["test_full"]["linear"]["runs"]) == 2
+    assert "must be a positive integer" in one_line_error(iclmsr(env, "demo", "--out", str(tmp_path/"e"), "--seeds", "0", check=False))
