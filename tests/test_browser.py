@@ -208,8 +208,15 @@ def test_docs_show_static_figures(page, site):
     offline_plotly(page)
     page.goto(f"{site}/viz.html")
     page.wait_for_selector(".js-plotly-plot .main-svg", timeout=30_000)
-    assert page.locator(".js-plotly-plot").count() >= 3     # the UMAP views: drawn plotly figures
+    assert page.locator(".js-plotly-plot").count() >= 2     # the UMAP views: drawn plotly figures
     assert page.locator(".iclmsr-nbrs img").count() > 0       # the retrieval rows' thumbnails
     assert page.locator(".jupyter-widgets, .widget-area").count() == 0   # no empty widget boxes
-    page.locator(".js-plotly-plot").first.scroll_into_view_if_needed()
+    # hovering a point of the static UMAP view shows its thumbnail, without a kernel
+    plot = page.locator(".js-plotly-plot").first
+    plot.scroll_into_view_if_needed()
+    page.wait_for_function("() => document.querySelector('.js-plotly-plot')._ev.listeners('plotly_hover').length > 0", timeout=30_000)
+    t = plot.evaluate("""gd => { const fl = gd._fullLayout, r = gd.getBoundingClientRect(), d = gd._fullData[0];
+        return {x: r.left + fl.xaxis._offset + fl.xaxis.l2p(d.x[0]), y: r.top + fl.yaxis._offset + fl.yaxis.l2p(d.y[0])}; }""")
+    page.mouse.move(t["x"], t["y"])
+    page.wait_for_selector(".iclmsr-hover img", timeout=10_000)
     shot(page, "docs-viz.png")
