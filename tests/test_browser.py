@@ -14,7 +14,8 @@ from conftest import ROOT, run, bin_path, copy_project
 
 pytest.importorskip("playwright.sync_api", reason="pytest-playwright is not installed (pip install pytest-playwright)")
 CHROMIUM = os.environ.get("ICLMSR_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no chromium at {CHROMIUM} (apt-get install chromium)")
+pytestmark = [pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no chromium at {CHROMIUM} (apt-get install chromium)"),
+              pytest.mark.filterwarnings("ignore:Session-scoped fixtures defined as instance methods")]  # pytest-playwright's own
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
          "--no-first-run", "--disable-sync", "--disable-quic", "--disable-dev-shm-usage"]
 ART = ROOT/"test-artifacts"
@@ -93,32 +94,47 @@ def kernel_state(lab, name: str):
 
 def open_and_run(page, lab, name: str, timeout: float = 90):
     "Open a notebook in JupyterLab, wait for its kernel, run every cell (keyboard: select all, Shift+Enter)."
-    page.goto(f"{lab['base']}/lab/tree/{name}?token={lab['token']}")
-    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=timeout * 1000)
-    end = time.time() + timeout
-    while kernel_state(lab, name) != "idle":
-        accept = page.locator(".jp-Dialog .jp-mod-accept")
-        if accept.count() and accept.first.is_visible(): accept.first.click()   # "Select Kernel": the notebook's own
-        if time.time() > end: raise AssertionError(f"the kernel of {name} did not start within {timeout} s")
-        time.sleep(0.3)
-    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=timeout * 1000)
-    page.locator(".jp-Cell").first.click()
+    page.goto(f"{lab['base']}/lab/tree/{name}?token={lab['token']}&reset")   # reset: no tabs restored from a previous test
+    try:
+        page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=timeout * 1000)
+        end = time.time() + timeout
+        while kernel_state(lab, name) != "idle":
+            accept = page.locator(".jp-Dialog .jp-mod-accept")
+            if accept.count() and accept.first.is_visible(): accept.first.click()   # "Select Kernel": the notebook's own
+            if time.time() > end: raise AssertionError(f"the kernel of {name} did not start within {timeout} s")
+            time.sleep(0.3)
+        page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=timeout * 1000)
+    except Exception:
+        shot(page, f"open-{name}-failed.png"); raise
+    page.locator(".jp-NotebookPanel:visible .jp-Cell").first.click()
     page.keyboard.press("Escape")
     page.keyboard.press("Control+a")
     page.keyboard.press("Shift+Enter")
 
 def cell_errors(page) -> list[str]:
-    return page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']").all_inner_texts()
+    return [t for t in page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']").all_inner_texts()
+            if "Error" in t]
+
+def wait_widget(page, lab, name: str, selector: str, timeout: float = 240):
+    "Wait for `selector` to be visible; fail at once with the cell's traceback if a cell raises, or if the cells finish without it."
+    end, idle_since = time.time() + timeout, None
+    while time.time() < end:
+        if page.locator(selector).count() and page.locator(selector).first.is_visible(): return
+        errs = cell_errors(page)
+        if errs: break
+        idle = kernel_state(lab, name) == "idle" and page.locator(".jp-InputArea-prompt:has-text('[*]')").count() == 0
+        idle_since = (idle_since or time.time()) if idle else None
+        if idle_since and time.time() - idle_since > 10: break   # every cell ran, and no widget
+        time.sleep(0.5)
+    shot(page, f"{Path(name).stem}-failed.png")
+    raise AssertionError(f"{selector} did not render in {name}; cell errors: {cell_errors(page)}")
 
 LOSS_POINTS = """() => { const gd = document.querySelector('.iclmsr-dashboard .js-plotly-plot');
   return gd && gd.data && gd.data[0] && gd.data[0].x ? gd.data[0].x.length : -1; }"""
 
 def test_dashboard_trains_live_and_stops(page, lab):
     open_and_run(page, lab, "dashboard.ipynb")
-    try: page.wait_for_selector(".iclmsr-dashboard .js-plotly-plot", timeout=120_000)
-    except Exception:
-        shot(page, "dashboard-failed.png")
-        raise AssertionError(f"the dashboard widget did not render; cell errors: {cell_errors(page)}")
+    wait_widget(page, lab, "dashboard.ipynb", ".iclmsr-dashboard .js-plotly-plot")
     assert page.evaluate(LOSS_POINTS) == 0
     epochs = page.locator(".iclmsr-ctl-epochs input")
     epochs.fill("500"); epochs.press("Tab")          # long enough to watch and stop
@@ -144,10 +160,8 @@ NBR_IMGS = """() => Array.from(document.querySelectorAll('.iclmsr-rows .iclmsr-n
 
 def test_retrieval_explorer_query_and_click(page, lab):
     open_and_run(page, lab, "neighbours.ipynb")
-    try: page.wait_for_selector(".iclmsr-retrieval .iclmsr-nbrs", timeout=240_000)
-    except Exception:
-        shot(page, "neighbours-failed.png")
-        raise AssertionError(f"the retrieval explorer did not render; cell errors: {cell_errors(page)}")
+    wait_widget(page, lab, "neighbours.ipynb", ".iclmsr-retrieval .iclmsr-nbrs")
+    wait_widget(page, lab, "neighbours.ipynb", ".iclmsr-retrieval .iclmsr-umap .js-plotly-plot")
     end = time.time() + 240
     while kernel_state(lab, "neighbours.ipynb") != "idle" and time.time() < end: time.sleep(0.5)   # all cells done
     box = page.locator(".iclmsr-query input")
