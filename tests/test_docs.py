@@ -23,8 +23,9 @@ def _public_syms():
     from iclmsr._modidx import d
     for mod, syms in d["syms"].items():
         for name, (url, _) in syms.items():
-            short = name.rsplit(".", 1)[-1]
-            if short.startswith("_"): continue
+            rel = name[len(mod) + 1:]
+            # module-level functions and classes; class members get a heading only where a notebook show_docs them
+            if rel.startswith("_") or "." in rel: continue
             yield mod, name, url
 
 def test_every_module_has_a_page_with_its_api(built):
