@@ -129,12 +129,12 @@ def wait_widget(page, lab, name: str, selector: str, timeout: float = 240):
     shot(page, f"{Path(name).stem}-failed.png")
     raise AssertionError(f"{selector} did not render in {name}; cell errors: {cell_errors(page)}")
 
-LOSS_POINTS = """() => { const gd = document.querySelector('.iclmsr-dashboard .js-plotly-plot');
+LOSS_POINTS = """() => { const gd = document.querySelector('.iclmsr-dashboard .iclmsr-fig-loss .js-plotly-plot');
   return gd && gd.data && gd.data[0] && gd.data[0].x ? gd.data[0].x.length : -1; }"""
 
 def test_dashboard_trains_live_and_stops(page, lab):
     open_and_run(page, lab, "dashboard.ipynb")
-    wait_widget(page, lab, "dashboard.ipynb", ".iclmsr-dashboard .js-plotly-plot")
+    wait_widget(page, lab, "dashboard.ipynb", ".iclmsr-dashboard .iclmsr-fig-loss .js-plotly-plot")
     assert page.evaluate(LOSS_POINTS) == 0
     epochs = page.locator(".iclmsr-ctl-epochs input")
     epochs.fill("500"); epochs.press("Tab")          # long enough to watch and stop
