@@ -96,6 +96,11 @@ def method_from_config(cfg: Config, image_size: int):
 def _scalar(v):
     return float(v.detach().float()) if torch.is_tensor(v) else float(v)
 
+class _IndexBatches(torch.utils.data.Dataset):
+    "DataLoader workers' view of the data: a key (a tuple of index tensors) -> the `(images, labels)` of each."
+    def __init__(self, images, labels): self.images, self.labels = images, labels
+    def __getitem__(self, key): return tuple((self.images[i], self.labels[i]) for i in key)
+
 class Learner:
     "Train `cfg`'s method on its data; events go to `cbs`. `run_dir` receives checkpoints, logs and the resolved config."
     def __init__(self, cfg: Config | dict | None = None, run_dir: str | Path | None = None, cbs=(),
@@ -109,7 +114,7 @@ class Learner:
         if self.device.type == "cuda": torch.cuda.set_device(self.device)
         self.rank, self.world = init_distributed(self.device)
         seed_everything(t.seed, t.deterministic)
-        # data: resident on the training device, augmented a whole batch at a time
+        # data: resident on the training device, or in CPU memory and fetched by DataLoader workers
         data = train_data if train_data is not None else load_dataset(cfg.data.spec, "train")
         if cfg.data.variant != "original": data = data.variant(cfg.data.variant, seed=t.seed)
         self.data = data.to(self.device) if cfg.data.resident else data
@@ -188,16 +193,32 @@ class Learner:
     def stopping(self) -> bool: return self._stop.is_set()
 
     # -- one batch of each stage --------------------------------------------------------------------------------------
-    def _views(self, idx):
-        x = self.data.images[idx.to(self.data.images.device)].to(self.device, non_blocking=True)
+    def stage_keys(self, stage: str, order: torch.Tensor, start: int, n: int) -> list:
+        "This process's index batches for steps `start..n-1` of `stage`: `(idx,)` per fit step, `(idx_a, idx_b)` per meta step."
+        if stage == "fit": return [(self.batch_indices(order, b),) for b in range(start, n)]
+        return [(self.batch_indices(order, b), self.batch_indices(order, (b + n) % self.batches_per_epoch)) for b in range(start, n)]
+
+    def stage_batches(self, keys: list):
+        "The `(images, labels)` of every key: gathered here from resident data, or by `data.workers` DataLoader workers."
+        d = self.data
+        if self.cfg.data.resident or self.cfg.data.workers == 0:
+            return (tuple((d.images[i.to(d.images.device)], d.labels[i.to(d.labels.device)]) for i in key) for key in keys)
+        # a generator of its own: a DataLoader draws its workers' base seed from the one it is given (by default the
+        # global one, which would shift the augmentations and break exact resume)
+        return iter(torch.utils.data.DataLoader(_IndexBatches(d.images, d.labels), batch_size=None, sampler=keys,
+                                                num_workers=self.cfg.data.workers, pin_memory=self.device.type == "cuda",
+                                                generator=torch.Generator()))
+
+    def _views(self, images, labels):
+        x = images.to(self.device, non_blocking=True)
         v1, v2 = self.aug(x)
         if self.device.type == "cuda" and self.cfg.train.channels_last:
             v1, v2 = v1.contiguous(memory_format=torch.channels_last), v2.contiguous(memory_format=torch.channels_last)
-        return v1, v2, self.data.labels[idx.to(self.data.labels.device)].to(self.device)
+        return v1, v2, labels.to(self.device, non_blocking=True)
 
-    def fit_batch(self, idx):
-        "Stage 1: one optimiser step of encoder and heads on the total loss."
-        v1, v2, y = self._views(idx)
+    def fit_batch(self, images, labels):
+        "Stage 1: one optimiser step of encoder and heads on the total loss, on a batch of uint8 `images`."
+        v1, v2, y = self._views(images, labels)
         self.method.train()
         try:
             with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
@@ -216,9 +237,9 @@ class Learner:
         self.last_batch = {k: _scalar(v) for k, v in out.items() if k in ("loss", "base", "icl") and v is not None}
         self.last_batch["lr"] = self.sched.get_last_lr()[0]
 
-    def meta_batch(self, idx_a, idx_b):
-        "Stage 2: one update of the stratum vectors through the meta-gradient, encoder fixed."
-        a, b = self._views(idx_a), self._views(idx_b)
+    def meta_batch(self, batch_a, batch_b):
+        "Stage 2: one update of the stratum vectors through the meta-gradient, encoder fixed; batches are `(images, labels)`."
+        a, b = self._views(*batch_a), self._views(*batch_b)
         self.method.train()
         res = self.method.meta_step(a, b, inner_lr=self.sched.get_last_lr()[0])
         self.last_batch = {k: _scalar(v) for k, v in res.items()}
@@ -229,7 +250,7 @@ class Learner:
         self("before_stage")
         order = self.epoch_order(self.epoch, stage)
         n = self.batches_per_epoch if stage == "fit" else self.meta_batches_per_epoch
-        for b in range(start, n):
+        for b, batch in zip(range(start, n), self.stage_batches(self.stage_keys(stage, order, start, n))):
             if self._pause.is_set():
                 self._held.set()
                 while self._pause.is_set() and not self._stop.is_set(): time.sleep(0.05)
@@ -237,9 +258,8 @@ class Learner:
             if self._stop.is_set(): raise CancelFit()
             self.batch_idx = b
             self("before_batch")
-            if stage == "fit": self.fit_batch(self.batch_indices(order, b))
-            else:  # the outer objective is evaluated on a different batch of the same epoch
-                self.meta_batch(self.batch_indices(order, b), self.batch_indices(order, (b + n) % self.batches_per_epoch))
+            if stage == "fit": self.fit_batch(*batch[0])
+            else: self.meta_batch(*batch)  # the outer objective is evaluated on a different batch of the same epoch
             self.batch_idx = b + 1
             self("after_batch")
         self("after_stage")
@@ -441,6 +461,10 @@ def default_callbacks(progress: bool = True) -> list:
     return ([ProgressCallback()] if progress else []) + [MetricsLogger(), KNNMonitor(), Checkpointer()]
 
 # %% ../nbs/12_learner.ipynb #96ad7762
+def _out_of_memory(e: BaseException) -> bool:
+    "A CUDA/MPS out-of-memory error, or the CPU allocator's (a plain RuntimeError)."
+    return isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e) or "out of memory" in str(e).lower()
+
 def _check_writable(d: Path):
     try:
         d.mkdir(parents=True, exist_ok=True)
@@ -478,7 +502,8 @@ def train(config: str = None,  # YAML or JSON config file (default: the built-in
         if resume: learn.resume(run_dir/"last.pt")
         if rank == 0: (run_dir/"config.yaml").write_text(dump_config(cfg))
         learn.fit()
-    except torch.OutOfMemoryError:
+    except (torch.OutOfMemoryError, RuntimeError) as e:
+        if not _out_of_memory(e): raise
         raise CLIError(f"out of memory at train.batch_size={cfg.train.batch_size}; try a smaller batch, e.g. --set train.batch_size={max(2, cfg.train.batch_size // 2)}") from None
     finally:
         if dist.is_initialized(): dist.destroy_process_group()

@@ -7,11 +7,12 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['NEGATIVES', 'full_precision', 'nt_xent', 'icl_loss', 'byol_loss', 'barlow_twins_loss', 'whiten', 'wmse_loss',
-           'supcon_loss']
+           'supcon_loss', 'local_losses', 'process_group', 'gather_rows', 'gather_pair', 'mean_over_processes']
 
 # %% ../nbs/04_losses.ipynb #3cca13a1
 @contextmanager
@@ -39,45 +40,60 @@ def _joint(z1, z2):
     n2 = Z.shape[0]
     return Z, (torch.arange(n2, device=Z.device) + n2 // 2) % n2
 
-def nt_xent(z1: torch.Tensor, z2: torch.Tensor, tau: float = 0.5) -> torch.Tensor:
-    "SimCLR's NT-Xent loss, mean over the 2N anchors; z normalised inside."
+def _anchor_rows(anchors, n2: int, device) -> torch.Tensor:
+    "The anchor rows of the stacked (2N, d) projections: all of them, or the given indices."
+    if anchors is None: return torch.arange(n2, device=device)
+    a = torch.as_tensor(anchors, device=device)
+    if a.ndim != 1 or a.numel() == 0 or a.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"anchors must be a non-empty 1-d integer tensor of row indices, got {tuple(a.shape)} {a.dtype}")
+    if a.device.type == "cpu" and (int(a.min()) < 0 or int(a.max()) >= n2):  # (no device sync on a GPU)
+        raise ValueError(f"anchors must index the 2N = {n2} stacked rows, got values in [{int(a.min())}, {int(a.max())}]")
+    return a.long()
+
+def _self_mask(rows, n2):
+    "(len(rows), 2N) mask of each anchor's own column."
+    return rows[:, None] == torch.arange(n2, device=rows.device)[None, :]
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, tau: float = 0.5, anchors: torch.Tensor | None = None) -> torch.Tensor:
+    "SimCLR's NT-Xent loss, mean over the 2N anchors (or over the rows `anchors`); z normalised inside."
     _check_pair(z1, z2); _check_tau(tau)
     with full_precision(z1):
         z1, z2 = _float(z1, z2)
         Z, partner = _joint(z1, z2)
-        s = Z @ Z.T / tau
-        s = s.masked_fill(torch.eye(len(Z), dtype=torch.bool, device=Z.device), float("-inf"))
-        return (torch.logsumexp(s, 1) - s[torch.arange(len(Z)), partner]).mean()
+        rows = _anchor_rows(anchors, len(Z), Z.device)
+        s = (Z[rows] @ Z.T / tau).masked_fill(_self_mask(rows, len(Z)), float("-inf"))
+        return (torch.logsumexp(s, 1) - s[torch.arange(len(rows), device=Z.device), partner[rows]]).mean()
 
 # %% ../nbs/04_losses.ipynb #457c22d2
 NEGATIVES = ("all", "cross")
 
-def _neg_lse(Z, tau, negatives):
-    "log of the negative sum S_r for every anchor r: a masked log-sum-exp over the (2N, 2N) similarities."
+def _neg_lse(Z, tau, negatives, rows):
+    "log of the negative sum S_r for every anchor r in `rows`: a masked log-sum-exp over its similarities to all 2N rows."
     n2 = len(Z); N = n2 // 2
-    r = torch.arange(n2, device=Z.device)
-    view = r // N
-    ok = (r[:, None] % N) != (r[None, :] % N)  # other images only
-    if negatives == "cross": ok &= view[:, None] != view[None, :]
-    s = (Z @ Z.T / tau).masked_fill(~ok, float("-inf"))
+    c = torch.arange(n2, device=Z.device)
+    ok = (rows[:, None] % N) != (c[None, :] % N)  # other images only
+    if negatives == "cross": ok &= (rows[:, None] // N) != (c[None, :] // N)
+    s = (Z[rows] @ Z.T / tau).masked_fill(~ok, float("-inf"))
     return torch.logsumexp(s, 1)
 
 def _check_strata(a, d):
     if a.ndim != 2 or a.shape[1] != d or a.shape[0] < 1:
         raise ValueError(f"a must be (n, d) with n >= 1 strata and d = {d} (the projections' dim), got a {tuple(a.shape)}")
 
-def icl_loss(z1: torch.Tensor, z2: torch.Tensor, a: torch.Tensor, tau: float = 0.5, negatives: str = "all") -> torch.Tensor:
-    "ICL-MSR's interventional contrastive loss (seed formula), mean over the 2N anchors; `a` is (n, d) after activation."
+def icl_loss(z1: torch.Tensor, z2: torch.Tensor, a: torch.Tensor, tau: float = 0.5, negatives: str = "all",
+             anchors: torch.Tensor | None = None) -> torch.Tensor:
+    "ICL-MSR's interventional contrastive loss (seed formula), mean over the 2N anchors (or the rows `anchors`); `a` is (n, d) after activation."
     _check_pair(z1, z2); _check_tau(tau); _check_strata(a, z1.shape[1])
     if negatives not in NEGATIVES: raise ValueError(f"negatives must be one of {', '.join(NEGATIVES)}; got {negatives!r}")
     with full_precision(z1):
         z1, z2, a = _float(z1, z2, a)
         Z, partner = _joint(z1, z2)
-        P = Z[partner]
-        dot = (Z * P) @ a.T                                       # <Z_r, a_t ⊙ P_r>        (2N, n)
+        rows = _anchor_rows(anchors, len(Z), Z.device)
+        P = Z[partner[rows]]
+        dot = (Z[rows] * P) @ a.T                                 # <Z_r, a_t ⊙ P_r>        (2N, n)
         nrm = ((P * P) @ (a * a).T).clamp_min(1e-24).sqrt()       # ||a_t ⊙ P_r||, as F.normalize's eps
         pos = dot / nrm / tau
-        log_s = _neg_lse(Z, tau, negatives)[:, None]
+        log_s = _neg_lse(Z, tau, negatives, rows)[:, None]
         log_p = torch.logsumexp(pos - torch.logaddexp(pos, log_s), 1) - math.log(a.shape[0])
         return -log_p.mean()
 
@@ -131,8 +147,8 @@ def wmse_loss(z1: torch.Tensor, z2: torch.Tensor, w_size: int = 128, w_iter: int
 
 # %% ../nbs/04_losses.ipynb #c1453239
 def supcon_loss(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor | None = None, tau: float = 0.1,
-                base_tau: float | None = None) -> torch.Tensor:
-    "Supervised contrastive loss over both views; positives = other views with the same label."
+                base_tau: float | None = None, anchors: torch.Tensor | None = None) -> torch.Tensor:
+    "Supervised contrastive loss over both views (anchors: all 2N rows or `anchors`); positives = other views with the same label."
     _check_pair(z1, z2); _check_tau(tau)
     base_tau = tau if base_tau is None else base_tau
     _check_tau(base_tau, "base_tau")
@@ -142,12 +158,63 @@ def supcon_loss(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor | None 
     with full_precision(z1):
         z1, z2 = _float(z1, z2)
         Z, partner = _joint(z1, z2)
-        self_ = torch.eye(2 * N, dtype=torch.bool, device=Z.device)
-        s = (Z @ Z.T / tau).masked_fill(self_, float("-inf"))
+        rows = _anchor_rows(anchors, 2 * N, Z.device)
+        self_ = _self_mask(rows, 2 * N)
+        s = (Z[rows] @ Z.T / tau).masked_fill(self_, float("-inf"))
         log_prob = (s - torch.logsumexp(s, 1, keepdim=True)).masked_fill(self_, 0)
-        if labels is None: pos = torch.zeros_like(self_); pos[torch.arange(2 * N), partner] = True
+        if labels is None: pos = torch.zeros_like(self_); pos[torch.arange(len(rows), device=Z.device), partner[rows]] = True
         else:
             lab = torch.cat([labels, labels]).to(Z.device)
-            pos = (lab[:, None] == lab[None, :]) & ~self_
+            pos = (lab[rows][:, None] == lab[None, :]) & ~self_
         per = (log_prob * pos).sum(1) / pos.sum(1)
         return -(tau / base_tau) * per.mean()
+
+# %% ../nbs/04_losses.ipynb #15279ae3
+_local_depth = 0
+
+@contextmanager
+def local_losses():
+    "Inside this block the losses use this process's batch only (no gathering); stage 2 of ICL-MSR uses it."
+    global _local_depth
+    _local_depth += 1
+    try: yield
+    finally: _local_depth -= 1
+
+def process_group() -> tuple[int, int]:
+    "(rank, world size) that the losses gather over: (0, 1) outside `torchrun` or inside `local_losses()`."
+    if _local_depth or not (dist.is_available() and dist.is_initialized()): return 0, 1
+    return dist.get_rank(), dist.get_world_size()
+
+class _GatherRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        ctx.rank, ctx.n = dist.get_rank(), x.shape[0]
+        return torch.cat(parts)
+    @staticmethod
+    def backward(ctx, g):
+        g = g.contiguous().clone()
+        dist.all_reduce(g)  # the sum of every process's gradient w.r.t. every row
+        return g[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n]
+
+def gather_rows(x: torch.Tensor) -> torch.Tensor:
+    "Every process's `x` concatenated along dim 0 in rank order; backward sums all processes' gradients (identity in one process)."
+    return x if process_group()[1] == 1 else _GatherRows.apply(x)
+
+def gather_pair(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor | None = None):
+    "(z1, z2, labels, anchors) of the global batch: everyone's rows, and this process's anchor rows (`None` in one process)."
+    rank, world = process_group()
+    if world == 1: return z1, z2, labels, None
+    if labels is not None:
+        parts = [torch.empty_like(labels) for _ in range(world)]
+        dist.all_gather(parts, labels.contiguous()); labels = torch.cat(parts)
+    n = len(z1)
+    own = torch.arange(rank * n, (rank + 1) * n, device=z1.device)
+    return gather_rows(z1), gather_rows(z2), labels, torch.cat([own, own + n * world])
+
+def mean_over_processes(t: torch.Tensor) -> torch.Tensor:
+    "The mean of `t` over the processes of the group (a copy; `t` itself in one process)."
+    if process_group()[1] == 1: return t
+    t = t.detach().clone(); dist.all_reduce(t)
+    return t / dist.get_world_size()

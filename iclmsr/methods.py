@@ -8,7 +8,7 @@ import inspect, math, time
 import torch
 from torch import nn
 from .models import build_backbone, Backbone, ProjectionMLP, BYOLPredictor, EMA
-from .losses import nt_xent, icl_loss, byol_loss, barlow_twins_loss, wmse_loss, supcon_loss
+from .losses import nt_xent, icl_loss, byol_loss, barlow_twins_loss, wmse_loss, supcon_loss, gather_pair
 from .msr import MetaSemanticRegularizer, StratumVectors, meta_gradient
 
 # %% auto #0
@@ -72,7 +72,8 @@ class SimCLR(Method):
         self.projector = ProjectionMLP(backbone.feat_dim, proj_hidden, proj_dim, out_bn=out_bn)
     def loss_from_features(self, h1, h2, v1, v2, labels=None):
         z1, z2 = self.project_pair(h1, h2)
-        return {"base": nt_xent(z1, z2, self.temperature), "z1": z1, "z2": z2}
+        g1, g2, _, anchors = gather_pair(z1, z2)  # negatives from every process under torchrun
+        return {"base": nt_xent(g1, g2, self.temperature, anchors=anchors), "z1": z1, "z2": z2}
 
 class BYOL(Method):
     name, desc = "byol", "BYOL: predict an EMA target's projection of the other view (2 - 2 cos, symmetrised)"
@@ -113,7 +114,8 @@ class BarlowTwins(Method):
         self.projector = ProjectionMLP(backbone.feat_dim, proj_hidden, proj_dim, n_layers=3)
     def loss_from_features(self, h1, h2, v1, v2, labels=None):
         z1, z2 = self.project_pair(h1, h2)
-        return {"base": barlow_twins_loss(z1, z2, self.lambd), "z1": z1, "z2": z2}
+        g1, g2, _, _ = gather_pair(z1, z2)  # the cross-correlation of the global batch, in every process
+        return {"base": barlow_twins_loss(g1, g2, self.lambd), "z1": z1, "z2": z2}
 
 class SupCon(Method):
     name, desc = "supcon", "SupCon: supervised contrastive, positives = same label (needs labels)"
@@ -125,7 +127,8 @@ class SupCon(Method):
     def loss_from_features(self, h1, h2, v1, v2, labels=None):
         if labels is None: raise ValueError("supcon needs labels: call training_loss(v1, v2, labels)")
         z1, z2 = self.project_pair(h1, h2)
-        return {"base": supcon_loss(z1, z2, labels, self.temperature, self.base_temperature), "z1": z1, "z2": z2}
+        g1, g2, gl, anchors = gather_pair(z1, z2, labels)
+        return {"base": supcon_loss(g1, g2, gl, self.temperature, self.base_temperature, anchors=anchors), "z1": z1, "z2": z2}
 
 # %% ../nbs/06_methods.ipynb #b9c1e9ed
 class ICLMSR(Method):

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 import torch.autograd.forward_ad as fwAD
-from .losses import icl_loss, NEGATIVES, _check_tau
+from .losses import icl_loss, NEGATIVES, _check_tau, gather_pair, local_losses, mean_over_processes
 
 # %% auto #0
 __all__ = ['ACTIVATIONS', 'MODES', 'META_LOSSES', 'META_PARAMS', 'StratumVectors', 'meta_gradient', 'MetaSemanticRegularizer']
@@ -170,8 +170,9 @@ class MetaSemanticRegularizer(nn.Module):
         self.meta_optimizer = opts[optimizer](self.strata.parameters(), lr=meta_lr)
 
     def icl(self, z1, z2):
-        "Stage-1 ICL loss with the strata fixed (no gradient reaches w)."
-        return icl_loss(z1, z2, self.strata().detach(), self.tau, self.negatives)
+        "Stage-1 ICL loss with the strata fixed (no gradient reaches w); negatives from every process under torchrun."
+        g1, g2, _, anchors = gather_pair(z1, z2)
+        return icl_loss(g1, g2, self.strata().detach(), self.tau, self.negatives, anchors=anchors)
 
     def meta_gradient(self, method, batch_a, batch_b, inner_lr=None):
         lr = self.inner_lr if inner_lr is None else inner_lr
@@ -181,7 +182,8 @@ class MetaSemanticRegularizer(nn.Module):
 
     def meta_step(self, method, batch_a, batch_b, inner_lr=None) -> dict:
         "Stage 2: one update of the stratum vectors; returns the meta objective and the gradient norm."
-        g, m = self.meta_gradient(method, batch_a, batch_b, inner_lr)
+        with local_losses(): g, m = self.meta_gradient(method, batch_a, batch_b, inner_lr)
+        g, m = mean_over_processes(g), mean_over_processes(m)  # every process applies the same update
         if not (torch.isfinite(m) and torch.isfinite(g).all()):
             raise FloatingPointError(f"non-finite meta objective ({m.item()}) or meta-gradient in stage 2")
         self.meta_optimizer.zero_grad(set_to_none=True)

@@ -4,9 +4,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-def run(cmd, cwd=None, env=None, timeout=600, check=True):
+def run(cmd, cwd=None, env=None, timeout=600, check=True, **kw):
     "Run a command, return the CompletedProcess; on failure show its output."
-    p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, **kw)
     if check and p.returncode != 0:
         raise AssertionError(f"{cmd} exited {p.returncode}\nstdout:\n{p.stdout[-4000:]}\nstderr:\n{p.stderr[-4000:]}")
     return p

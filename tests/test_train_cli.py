@@ -101,3 +101,13 @@ def test_resume_refuses_another_config(tmp_path):
     err = one_line_error(train("--out", str(r), "--resume", "--set", "icl.lam=0.5", check=False))
     assert "different config" in err and "icl.lam: 1.0 != 0.5" in err
     assert "already holds a run" in one_line_error(train("--out", str(r), *TINY, check=False))
+
+def test_out_of_memory_is_one_line_suggesting_a_smaller_batch(tmp_path):
+    "A real allocation failure (the address space capped at 9 GiB, about 4 GiB above what torch maps at import, a ResNet-18 batch of 1024 needs more)."
+    import resource
+    cap = lambda: resource.setrlimit(resource.RLIMIT_AS, (9 * 2**30, 9 * 2**30))
+    p = run([bin_path("iclmsr"), "train", "--out", str(tmp_path/"r"), "--quiet", "--set", "data.spec=toy:num_classes=4,n_train=256,n_test=8",
+             "--set", "model.backbone=resnet18", "--set", "train.batch_size=1024", "--set", "train.knn_every=0"],
+            check=False, env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=cap)
+    err = one_line_error(p)
+    assert "out of memory at train.batch_size=1024" in err and "--set train.batch_size=512" in err
