@@ -22,7 +22,7 @@ def _run_bench(name: str, quick: bool) -> dict:
         return bench_step("small_cnn", batch=32, steps=1, warmup=0, meta=(("exact", "all"),)) if quick else bench_step()
     if name == "knn":
         from iclmsr.knn import bench_knn
-        return bench_knn(n_db=2000, n_query=200, dim=64) if quick else bench_knn()
+        return bench_knn(n_db=2000, n_query=200, dim=64) if quick else bench_knn(repeat=3)
     if name == "toy":
         from iclmsr.data import bench_toy
         return bench_toy(sizes=(32,)) if quick else bench_toy(sizes=(32, 64, 96))
