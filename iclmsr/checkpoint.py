@@ -4,11 +4,12 @@
 
 # %% ../nbs/08_checkpoint.ipynb #01735def
 from __future__ import annotations
-import os, errno, random, shutil
+import os, random, shutil
 from pathlib import Path
 import numpy as np
 import torch
 from .config import config_diff
+from .utils import atomic_torch_save
 
 # %% auto #0
 __all__ = ['RESUMABLE_KEYS', 'rng_state', 'set_rng_state', 'atomic_save', 'CheckpointMismatch', 'load_checkpoint',
@@ -38,40 +39,9 @@ def set_rng_state(state: dict):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 # %% ../nbs/08_checkpoint.ipynb #0d43a526
-def _fsync_dir(d: Path):
-    try:
-        fd = os.open(d, os.O_RDONLY)
-        try: os.fsync(fd)
-        finally: os.close(fd)
-    except OSError: pass  # some file systems cannot sync a directory; the rename is still atomic
-
-def _disk_full(e: BaseException | None):
-    "The OSError meaning 'no space' (full disk, quota, file size limit) in `e`'s chain, if any."
-    seen = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT): return e
-        e = e.__cause__ or e.__context__
-    return None
-
 def atomic_save(obj, path: str | Path) -> Path:
-    "`torch.save` `obj` to `path` atomically: temporary file, fsync, rename. On failure the old `path` is untouched."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        full = _disk_full(e)  # torch.save wraps the OSError of a failed write in a RuntimeError
-        if full is not None:
-            raise OSError(full.errno, f"could not write checkpoint {path} ({full.strerror}); the previous checkpoint, if any, is intact") from e
-        raise
-    _fsync_dir(path.parent)
-    return path
+    "`torch.save` a checkpoint to `path` atomically (`iclmsr.utils.atomic_torch_save`). On failure the old `path` is untouched."
+    return atomic_torch_save(obj, path, what="checkpoint")
 
 # %% ../nbs/08_checkpoint.ipynb #3dd2ac27
 RESUMABLE_KEYS = ("train.epochs", "train.device", "train.log_every", "train.knn_every", "train.ckpt_every", "data.workers", "train.compile")

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from fastcore.script import Param, store_true
-from .utils import cache_dir
+from .utils import cache_dir, atomic_torch_save
 
 # %% auto #0
 __all__ = ['VARIANTS', 'BG_FAMILIES', 'SHAPES', 'TOY_FOREGROUNDS', 'ON_ERROR', 'DATASETS', 'FgBgData', 'inpaint', 'tile_fill',
@@ -164,18 +164,9 @@ def _from_state(d: dict, where="state") -> FgBgData:
     return FgBgData(d["images"], d["masks"], d["labels"], d["backgrounds"], d["classes"], d["name"], d["meta"],
                     bg_images=d.get("bg_images"))
 
-def _atomic_save(obj, path: Path):
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(obj, tmp); os.replace(tmp, path)
-    finally:
-        if tmp.exists(): tmp.unlink()
-    return path
-
 def _save(self: FgBgData, path) -> Path:
     "Write the dataset to `path` (readable with `torch.load(weights_only=True)`)."
-    return _atomic_save(self.state(), path)
+    return atomic_torch_save(self.state(), path, what="dataset")
 
 def _load(path, device=None) -> FgBgData:
     "Read a dataset written by `FgBgData.save`, optionally onto `device`."
@@ -494,7 +485,7 @@ def make_toy(num_classes: int = 10, size: int = 32, n_train: int = 1000, n_test:
         with one_thread(): t = _toy_split(K, n, params["size"], float(r), fg, split == "train", s)
         meta = dict(source="toy", split=split, params=params, rho=float(r), bg_names=bg_names, fg=fg)
         out[split] = FgBgData(t["images"], t["masks"], t["labels"], t["backgrounds"], names, f"toy-{split}", meta, t["bg_images"])
-    if cache: _atomic_save({k: v.state() for k, v in out.items()}, path)
+    if cache: atomic_torch_save({k: v.state() for k, v in out.items()}, path, what="dataset")
     return out
 
 # %% ../nbs/01_data.ipynb #f327af83

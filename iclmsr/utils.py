@@ -4,13 +4,13 @@
 
 # %% ../nbs/00_utils.ipynb #75aa1e67
 from __future__ import annotations
-import os, sys, json, random, platform, importlib, importlib.metadata as _md
+import os, sys, json, errno, random, platform, importlib, importlib.metadata as _md
 from pathlib import Path
 import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['get_device', 'seed_everything', 'cache_dir', 'faiss_gpu_count', 'env_info', 'format_env_info']
+__all__ = ['get_device', 'seed_everything', 'cache_dir', 'faiss_gpu_count', 'env_info', 'format_env_info', 'atomic_torch_save']
 
 # %% ../nbs/00_utils.ipynb #8877a1b0
 def _mps_available() -> bool:
@@ -110,3 +110,39 @@ def format_env_info(info: dict | None = None) -> str:
     rows[3:3] = [(k, v if v is not None else "not installed") for k, v in info["packages"].items()]
     w = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{w}}  {', '.join(v) if isinstance(v, list) else v}" for k, v in rows)
+
+# %% ../nbs/00_utils.ipynb #de70979f
+def _fsync_dir(d: Path):
+    try:
+        fd = os.open(d, os.O_RDONLY)
+        try: os.fsync(fd)
+        finally: os.close(fd)
+    except OSError: pass  # some file systems cannot sync a directory; the rename is still atomic
+
+def _disk_full(e: BaseException | None):
+    "The OSError meaning 'no space' (full disk, quota, file size limit) in `e`'s chain, if any."
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT): return e
+        e = e.__cause__ or e.__context__
+    return None
+
+def atomic_torch_save(obj, path: str | Path, what: str = "file") -> Path:
+    "`torch.save` `obj` to `path` atomically: temporary file, fsync, rename. On failure the old `path` is untouched."
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush(); os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        full = _disk_full(e)  # torch.save wraps the OSError of a failed write in a RuntimeError
+        if full is not None:
+            raise OSError(full.errno, f"could not write {what} {path} ({full.strerror}); the previous {what}, if any, is intact") from e
+        raise
+    _fsync_dir(path.parent)
+    return path
