@@ -206,6 +206,7 @@ def gather_pair(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor | None 
     "(z1, z2, labels, anchors) of the global batch: everyone's rows, and this process's anchor rows (`None` in one process)."
     rank, world = process_group()
     if world == 1: return z1, z2, labels, None
+    z1, z2 = _float(z1, z2)  # gather (and sum gradients) in at least float32, also under bf16 autocast
     if labels is not None:
         parts = [torch.empty_like(labels) for _ in range(world)]
         dist.all_gather(parts, labels.contiguous()); labels = torch.cat(parts)

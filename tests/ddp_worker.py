@@ -17,20 +17,25 @@ def global_batch(seed: int = 0, n: int = 16, size: int = 16, classes: int = 3):
     view = lambda: (colour + 0.3 * torch.rand(n, 3, size, size, generator=g)).clamp(0, 1).double()
     return view(), view(), torch.randint(0, classes, (n,), generator=g)
 
-def build(name: str, icl: bool):
-    "The same initial weights in every process; batch norm in eval mode (running statistics, not per-process batch ones)."
+def build(name: str, icl: bool, dtype=torch.float64):
+    """The same initial weights in every process; batch norm in eval mode (running statistics, not per-process batch
+    ones), its statistics set from one pass over the global batch so the projections are spread out, not collapsed."""
     torch.manual_seed(0)
-    hp = dict(proj_hidden=32, proj_dim=8)
-    m = build_method(name, "small_cnn", 16, icl_msr=icl, n_strata=3, backbone_kw={"width": 8}, **hp)
+    m = build_method(name, "small_cnn", 16, icl_msr=icl, n_strata=3, backbone_kw={"width": 8}, proj_hidden=32, proj_dim=8)
+    m = m.to(dtype)  # float64: the comparison is about the maths, not float32 rounding
     if icl:  # spread the stratum vectors so the ICL term differs clearly from NT-Xent
         with torch.no_grad(): m.strata.w.normal_(0, 1.0)
-    return m.double().eval()  # float64: the comparison is about the maths, not float32 rounding
+    v1, v2, y = global_batch()
+    for b in m.modules():
+        if isinstance(b, torch.nn.modules.batchnorm._BatchNorm): b.momentum = 1.0
+    with torch.no_grad(), local_losses(): m.train().training_loss(v1.to(dtype), v2.to(dtype), y)
+    return m.eval()
 
-def step(m, v1, v2, y):
-    "Loss terms and the (process-averaged) gradients of one training step."
+def step(m, v1, v2, y, amp: bool = False):
+    "Loss terms and the (process-averaged) gradients of one training step (`amp`: under bf16 autocast)."
     params = m.encoder_parameters()
     for p in params: p.grad = None
-    out = m.training_loss(v1, v2, y)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp): out = m.training_loss(v1, v2, y)
     out["loss"].backward()
     average_gradients(params)
     terms = {k: float(mean_over_processes(out[k].detach())) for k in ("loss", "base", "icl") if out.get(k) is not None}
@@ -55,6 +60,9 @@ def main(out_path: str):
             w = m.strata.w.detach()
             res["strata_spread_across_processes"] = float((mean_over_processes(w) - w).abs().max())
             res["strata_moved"] = float((w - build(name, icl).strata.w.detach()).abs().max())
+    # bf16 autocast (float32 model): projections come out in bf16 and are gathered in float32
+    m = build("simclr", True, torch.float32)
+    res["simclr+icl/bf16"] = dict(zip(("terms", "grads"), step(m, v1[shard].float(), v2[shard].float(), y[shard], amp=True)))
     if rank == 0: torch.save(res, out_path)
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()  # exiting with a live gloo group can abort ("terminate called ...")

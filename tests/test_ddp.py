@@ -40,6 +40,14 @@ def test_two_processes_equal_one(two_processes, name, icl):
     local = two_processes[key + "/local"]
     assert abs(local["terms"]["loss"] - terms["loss"]) > 1e-3 or _max_rel(local["grads"], grads) > 1e-2
 
+def test_two_processes_under_bf16_autocast(two_processes):
+    "Under bf16 autocast the gathered loss matches one process to bf16 accuracy."
+    v1, v2, y = W.global_batch()
+    terms, grads = W.step(W.build("simclr", True, torch.float32), v1.float(), v2.float(), y, amp=True)
+    got = two_processes["simclr+icl/bf16"]
+    for k, v in terms.items(): assert got["terms"][k] == pytest.approx(v, rel=2e-2), k
+    assert _max_rel(got["grads"], grads) < 0.1
+
 def test_meta_step_keeps_processes_in_step(two_processes):
     "Stage 2 averages the meta-gradient over processes: the stratum vectors move, and identically everywhere."
     assert two_processes["strata_moved"] > 1e-5
