@@ -54,9 +54,13 @@ class ICLConfig:
     lam: float = _f(1.0, _nonneg, ">= 0", help="weight lambda of L_ICL")
     tau: float = _f(0.5, _pos, "> 0")
     negatives: Literal["all", "cross"] = _f("all")
-    meta_mode: Literal["exact", "finite_diff", "first_order"] = _f("exact")
+    meta_mode: Literal["exact", "unrolled", "finite_diff", "first_order"] = _f("exact", help="how stage 2 differentiates through the virtual step")
+    meta_loss: Literal["auto", "base", "total"] = _f("auto", help="outer objective of stage 2 (auto: total for first_order, else base)")
+    meta_params: Literal["all", "head"] = _f("all", help="parameters of the virtual step: all, or the projection head only")
     meta_share: float = _f(0.2, _unit, "in [0, 1]", help="share of batches used by stage 2")
     meta_lr: float = _f(1e-3, _pos, "> 0", help="learning rate of the stratum vectors")
+    init_std: float = _f(0.01, _nonneg, ">= 0", help="spread of the initial stratum parameters w_t around 0")
+    activation: Literal["sigmoid", "identity"] = _f("sigmoid", help="a_t = sigmoid(w_t), or w_t itself")
 
 @dataclass
 class OptimConfig:

@@ -90,7 +90,9 @@ def method_from_config(cfg: Config, image_size: int):
     hp = {k: v for k, v in (("proj_hidden", m.proj_hidden), ("proj_dim", m.proj_dim), ("temperature", m.tau)) if k in accepts}
     return build_method(m.method, backbone=m.backbone, image_size=image_size, icl_msr=i.enabled, n_strata=i.n_strata,
                         lam=i.lam, tau=i.tau, negatives=i.negatives, meta_mode=i.meta_mode,
-                        msr_kw={"meta_lr": i.meta_lr, "meta_share": i.meta_share}, **hp)
+                        msr_kw={"meta_lr": i.meta_lr, "meta_share": i.meta_share, "meta_params": i.meta_params,
+                                "meta_loss": None if i.meta_loss == "auto" else i.meta_loss, "init_std": i.init_std,
+                                "activation": i.activation}, **hp)
 
 # %% ../nbs/12_learner.ipynb #88e3d0f5
 def _scalar(v):
