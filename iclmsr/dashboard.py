@@ -35,7 +35,7 @@ def strata_of(method) -> np.ndarray | None:
 class Recorder(Callback):
     "Learner callback: record losses every batch, kNN accuracy every epoch, a_t and speed at most every `every` s."
     order = 90
-    def __init__(self, every: float = 0.3):
+    def __init__(self, every: float = 1.0):
         self.every, self.lock = every, threading.Lock()
         self.fit = {"step": [], "loss": [], "base": [], "icl": []}
         self.meta = {"step": [], "meta": []}
@@ -192,7 +192,7 @@ class Dashboard(Showable):
     "Configure, start, pause, resume, stop and watch a training run; checkpoints and continuing a run directory."
     def __init__(self, spec: str = "toy", method: str = "simclr", icl: bool = True, n_strata: int = 16, lam: float = 1.0,
                  epochs: int = 20, device: str = "auto", backbone: str | None = None, batch_size: int | None = None,
-                 more: str = "", run_dir: str | Path | None = None, every: float = 0.3, max_points: int = 1500,
+                 more: str = "", run_dir: str | Path | None = None, every: float = 1.0, max_points: int = 1500,
                  static: bool | None = None):
         self.every, self.max_points, self.static = every, max_points, static
         self.learn, self.rec, self.thread, self.ticker, self.error, self.state = None, Recorder(every), None, None, None, "idle"
@@ -475,8 +475,8 @@ class _Blocks(Callback):
         self.t0, self.c0, self.b = t, c, self.b + 1
         self.rec.active = self.watched(self.b)
 
-def bench_dashboard(overrides: list[str] | None = None, steps: int = 480, block_epochs: int = 3, every: float = 0.3,
-                    show: bool = False) -> dict:
+def bench_dashboard(overrides: list[str] | None = None, steps: int = 480, block_epochs: int = 3, every: float = 1.0,
+                    show: bool = False, max_points: int = 1500) -> dict:
     "Steps/s with and without a watching dashboard, in alternating blocks of one run; the overhead in %."
     base = ["data.spec=toy:num_classes=4,n_train=64,n_test=16", "model.backbone=small_cnn", "model.proj_hidden=128",
             "model.proj_dim=32", "train.batch_size=32", "train.knn_every=0", "optim.warmup_steps=0", "icl.enabled=true",
@@ -485,7 +485,7 @@ def bench_dashboard(overrides: list[str] | None = None, steps: int = 480, block_
     block = learn.batches_per_epoch * block_epochs
     n_pairs = max(2, round(steps / block / 2))
     learn.cfg.train.epochs = (2 * n_pairs + 1) * block_epochs
-    dash = Dashboard(every=every).attach(learn)
+    dash = Dashboard(every=every, max_points=max_points).attach(learn)
     if show:
         from IPython.display import display
         display(dash.widget)   # in JupyterLab: the browser receives and draws every redraw
@@ -502,4 +502,5 @@ def bench_dashboard(overrides: list[str] | None = None, steps: int = 480, block_
             "redraw_ms": 1000 * dash.draw_wall / max(dash.redraws, 1), "redraw_cpu_ms": 1000 * dash.draw_cpu / max(dash.redraws, 1),
             "recorder_us": 1e6 * dash.rec.cost / max(dash.rec.calls, 1),
             "watch_cpu_pct": 100 * (dash.draw_cpu + dash.rec.cost) / watched_s, "block_steps": block, "every": every,
+            "max_points": max_points,
             "steps_per_s": float(np.median([b["steps_per_s"] for b in bl]))}

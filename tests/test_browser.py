@@ -147,7 +147,7 @@ def test_dashboard_trains_live_and_stops(page, lab):
     shot(page, "dashboard-running.png")
     page.locator("button.iclmsr-stop").click()
     page.wait_for_function("() => document.querySelector('.iclmsr-status').innerText.includes('stopped')", timeout=60_000)
-    time.sleep(1.0)                                   # the last throttled redraw
+    time.sleep(2.0)                                   # the last throttled redraw (every 1 s)
     n1 = page.evaluate(LOSS_POINTS)
     time.sleep(2.5)
     n2 = page.evaluate(LOSS_POINTS)
