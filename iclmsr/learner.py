@@ -4,7 +4,7 @@
 
 # %% ../nbs/12_learner.ipynb #c8818478
 from __future__ import annotations
-import csv, json, math, os, signal, sys, threading, time
+import csv, json, math, os, signal, sys, threading, time, warnings
 from pathlib import Path
 import torch
 import torch.nn as nn
@@ -115,7 +115,7 @@ class Learner:
             self.device = torch.device("cuda", dist_env()[2])
         if self.device.type == "cuda": torch.cuda.set_device(self.device)
         self.rank, self.world = init_distributed(self.device)
-        seed_everything(t.seed, t.deterministic)
+        seed_everything(t.seed + self.rank, t.deterministic)  # each process its own augmentations (weights: broadcast below)
         # data: resident on the training device, or in CPU memory and fetched by DataLoader workers
         data = train_data if train_data is not None else load_dataset(cfg.data.spec, "train")
         if cfg.data.variant != "original": data = data.variant(cfg.data.variant, seed=t.seed)
@@ -194,6 +194,15 @@ class Learner:
     @property
     def stopping(self) -> bool: return self._stop.is_set()
 
+    def _stop_agreed(self) -> bool:
+        "Stop before the next batch? Under torchrun every process agrees: one asked to stop stops them all, at the same batch."
+        stop = self._stop.is_set()
+        if self.world == 1: return stop
+        flag = torch.tensor([float(stop)], device=self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() and not stop: self._stop.set()
+        return bool(flag.item())
+
     # -- one batch of each stage --------------------------------------------------------------------------------------
     def stage_keys(self, stage: str, order: torch.Tensor, start: int, n: int) -> list:
         "This process's index batches for steps `start..n-1` of `stage`: `(idx,)` per fit step, `(idx_a, idx_b)` per meta step."
@@ -257,7 +266,7 @@ class Learner:
                 self._held.set()
                 while self._pause.is_set() and not self._stop.is_set(): time.sleep(0.05)
                 self._held.clear()
-            if self._stop.is_set(): raise CancelFit()
+            if self._stop_agreed(): raise CancelFit()
             self.batch_idx = b
             self("before_batch")
             if stage == "fit": self.fit_batch(*batch[0])
@@ -285,6 +294,13 @@ class Learner:
         return self
 
     # -- state ---------------------------------------------------------------------------------------------------------
+    def _rng_states(self):
+        "This process's generator states; under torchrun the list of every process's (a collective: all must call it)."
+        if self.world == 1: return rng_state()
+        states = [None] * self.world
+        dist.all_gather_object(states, rng_state())
+        return states
+
     def state_dict(self, epoch_end: bool = False) -> dict:
         "Everything needed to continue this run bit for bit (`epoch_end`: positioned at the start of the next epoch)."
         from iclmsr import __version__
@@ -292,7 +308,7 @@ class Learner:
         pos = (self.epoch + 1, self.stages[0], 0) if epoch_end else (self.epoch, self.stage, self.batch_idx)
         return {"model": self.method.state_dict(), "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                 "meta_optimizer": meta_opt.state_dict() if meta_opt is not None else None,
-                "rng": rng_state(), "epoch": pos[0], "stage": pos[1], "batch": pos[2], "step": self.step,
+                "rng": self._rng_states(), "epoch": pos[0], "stage": pos[1], "batch": pos[2], "step": self.step,
                 "config": config_to_dict(self.cfg), "version": __version__, "metrics": dict(self.metrics)}
 
     def load_state_dict(self, ck: dict):
@@ -302,7 +318,14 @@ class Learner:
         if meta_opt is not None and ck.get("meta_optimizer") is not None: meta_opt.load_state_dict(ck["meta_optimizer"])
         self.epoch, self.stage, self.batch_idx, self.step = ck["epoch"], ck["stage"], ck["batch"], ck["step"]
         self.metrics = dict(ck.get("metrics") or {})
-        set_rng_state(ck["rng"])
+        rng = ck["rng"]
+        if isinstance(rng, list) and len(rng) == self.world: set_rng_state(rng[self.rank])
+        elif not isinstance(rng, list) and self.world == 1: set_rng_state(rng)
+        else:
+            n = len(rng) if isinstance(rng, list) else 1
+            warnings.warn(f"the checkpoint holds the generator states of {n} process(es), this run has {self.world}: "
+                          "fresh generators per process, so the augmentations will not replay exactly")
+            seed_everything(self.cfg.train.seed + self.rank + 1_000_003 * self.step, self.cfg.train.deterministic)
         for cb in self.cbs:
             if hasattr(cb, "after_load"): cb.after_load(ck)
 
@@ -444,9 +467,10 @@ class Checkpointer(Callback):
         self.learn.stop()
     def save(self, metric=None, epoch_end: bool = False):
         L = self.learn
-        if self.keeper is None or L.rank != 0: return
-        if self.keeper.improves(metric): L.metrics["best_" + self.monitor] = metric
-        self.keeper.save(L.state_dict(epoch_end=epoch_end), metric=metric)
+        if self.keeper is None: return
+        if L.rank == 0 and self.keeper.improves(metric): L.metrics["best_" + self.monitor] = metric
+        state = L.state_dict(epoch_end=epoch_end)   # in every process: it gathers their generator states
+        if L.rank == 0: self.keeper.save(state, metric=metric)
     def after_batch(self):
         L = self.learn
         every = L.cfg.train.ckpt_every
