@@ -200,8 +200,9 @@ class Learner:
         if self.world == 1: return stop
         flag = torch.tensor([float(stop)], device=self.device if self.device.type == "cuda" else "cpu")
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        if flag.item() and not stop: self._stop.set()
-        return bool(flag.item())
+        agreed = bool(flag.item())   # one device sync per batch
+        if agreed and not stop: self._stop.set()
+        return agreed
 
     # -- one batch of each stage --------------------------------------------------------------------------------------
     def stage_keys(self, stage: str, order: torch.Tensor, start: int, n: int) -> list:

@@ -185,13 +185,17 @@ def process_group() -> tuple[int, int]:
     if _local_depth or not (dist.is_available() and dist.is_initialized()): return 0, 1
     return dist.get_rank(), dist.get_world_size()
 
+def _all_gather_cat(x: torch.Tensor) -> torch.Tensor:
+    "Every process's `x` concatenated along dim 0 in rank order (no gradient)."
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
 class _GatherRows(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
-        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, x.contiguous())
         ctx.rank, ctx.n = dist.get_rank(), x.shape[0]
-        return torch.cat(parts)
+        return _all_gather_cat(x)
     @staticmethod
     def backward(ctx, g):
         g = g.contiguous().clone()
@@ -207,9 +211,7 @@ def gather_pair(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor | None 
     rank, world = process_group()
     if world == 1: return z1, z2, labels, None
     z1, z2 = _float(z1, z2)  # gather (and sum gradients) in at least float32, also under bf16 autocast
-    if labels is not None:
-        parts = [torch.empty_like(labels) for _ in range(world)]
-        dist.all_gather(parts, labels.contiguous()); labels = torch.cat(parts)
+    if labels is not None: labels = _all_gather_cat(labels)
     n = len(z1)
     own = torch.arange(rank * n, (rank + 1) * n, device=z1.device)
     return gather_rows(z1), gather_rows(z2), labels, torch.cat([own, own + n * world])

@@ -4,10 +4,10 @@ browser draws every redraw on the same CPU as the training). Not a test (pytest 
     python tests/bench_dashboard_browser.py [every/max_points ...]      e.g. 0.3/1500 0.5/500 1.0/500
 
 Prints one JSON line per setting: the overhead (median of paired blocks) and the cost of a redraw."""
-import json, os, secrets, shutil, signal, subprocess, sys, tempfile, time, urllib.request
+import json, secrets, shutil, sys, tempfile
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
-from test_browser import CHROMIUM, FLAGS, free_port, open_and_run, kernel_state
+from test_browser import CHROMIUM, FLAGS, open_and_run, running_lab
 from playwright.sync_api import sync_playwright
 
 def notebook(settings) -> dict:
@@ -23,19 +23,8 @@ def notebook(settings) -> dict:
 def main(settings):
     root = Path(tempfile.mkdtemp())
     (root/"bench.ipynb").write_text(json.dumps(notebook(settings)))
-    settings_dir = root/".lab-settings"/"@jupyterlab"/"apputils-extension"; settings_dir.mkdir(parents=True)
-    (settings_dir/"notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
-    port, token = free_port(), secrets.token_hex(16)
-    env = {**os.environ, "JUPYTERLAB_SETTINGS_DIR": str(root/".lab-settings"), "JUPYTERLAB_WORKSPACES_DIR": str(root/".ws")}
-    proc = subprocess.Popen([sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}", f"--ServerApp.token={token}",
-                             "--allow-root", f"--ServerApp.root_dir={root}"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=env)
-    lab = {"base": f"http://127.0.0.1:{port}", "token": token, "root": root}
     try:
-        for _ in range(120):
-            try:
-                with urllib.request.urlopen(f"{lab['base']}/api/status?token={token}", timeout=2): break
-            except OSError: time.sleep(0.5)
-        with sync_playwright() as p:
+        with running_lab(root) as lab, sync_playwright() as p:
             b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
             page = b.new_page(viewport={"width": 1400, "height": 1000})
             open_and_run(page, lab, "bench.ipynb")
@@ -44,7 +33,6 @@ def main(settings):
             text = out.first.inner_text()
             b.close()
         for k, v in json.loads(text.split("RESULT ", 1)[1]).items(): print(json.dumps({"run: every/max_points": k, **v}))
-    finally:
-        os.kill(proc.pid, signal.SIGTERM); proc.wait(30); shutil.rmtree(root, ignore_errors=True)
+    finally: shutil.rmtree(root, ignore_errors=True)
 
 if __name__ == "__main__": main(sys.argv[1:] or ["0.3/1500", "0.5/500", "1.0/500"])

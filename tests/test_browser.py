@@ -7,7 +7,7 @@
 
 Screenshots go to test-artifacts/ (gitignored). Needs `pytest-playwright` and a chromium binary
 (`/usr/bin/chromium` from Debian's `chromium` package, or `$ICLMSR_CHROMIUM`); no `playwright install` is needed."""
-import json, os, re, secrets, shutil, signal, socket, subprocess, sys, time, urllib.request
+import contextlib, json, os, re, secrets, shutil, signal, socket, subprocess, sys, time, urllib.request
 from pathlib import Path
 import pytest
 from conftest import ROOT, run, bin_path, copy_project
@@ -51,19 +51,14 @@ def prepare(src: Path, dest: Path, stop_at: str | None = None):
     nb["cells"] = cells
     dest.write_text(json.dumps(nb))
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    "JupyterLab on 127.0.0.1 (token, free port) over a temp folder holding the tutorial notebooks; stopped by its pid."
-    root = tmp_path_factory.mktemp("lab")
-    tut = ROOT/"nbs"/"tutorials"
-    prepare(tut/"watch_training.ipynb", root/"dashboard.ipynb", stop_at="Dashboard(")
-    prepare(tut/"fg_bg_neighbours.ipynb", root/"neighbours.ipynb")
+@contextlib.contextmanager
+def running_lab(root: Path, env: dict | None = None):
+    "JupyterLab on 127.0.0.1 (token, free port) over `root`, news and update checks off; stopped by its pid on exit."
     settings = root/".lab-settings"/"@jupyterlab"/"apputils-extension"
-    settings.mkdir(parents=True)
+    settings.mkdir(parents=True, exist_ok=True)
     (settings/"notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
     port, token = free_port(), secrets.token_hex(16)
-    env = {**os.environ, "JUPYTERLAB_SETTINGS_DIR": str(root/".lab-settings"), "JUPYTERLAB_WORKSPACES_DIR": str(root/".ws"),
-           "ICLMSR_DEVICE": "cpu"}
+    env = {**os.environ, "JUPYTERLAB_SETTINGS_DIR": str(root/".lab-settings"), "JUPYTERLAB_WORKSPACES_DIR": str(root/".ws"), **(env or {})}
     log = open(root/"lab.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
                              f"--ServerApp.token={token}", "--allow-root", f"--ServerApp.root_dir={root}"],
@@ -83,6 +78,17 @@ def lab(tmp_path_factory):
         try: proc.wait(30)
         except subprocess.TimeoutExpired: os.kill(proc.pid, signal.SIGKILL); proc.wait(10)
         log.close()
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    "JupyterLab over a temp folder holding the tutorial notebooks."
+    root = tmp_path_factory.mktemp("lab")
+    tut = ROOT/"nbs"/"tutorials"
+    prepare(tut/"watch_training.ipynb", root/"dashboard.ipynb", stop_at="Dashboard(")
+    prepare(tut/"fg_bg_neighbours.ipynb", root/"neighbours.ipynb")
+    try:
+        with running_lab(root, {"ICLMSR_DEVICE": "cpu"}) as lab: yield lab
+    finally:
         shutil.copy(root/"lab.log", ART/"lab.log") if ART.exists() else None
 
 def kernel_state(lab, name: str):
