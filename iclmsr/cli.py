@@ -8,12 +8,9 @@ import sys, os, json, importlib, importlib.util, argparse
 from fastcore.script import Param, anno_parser, store_true
 
 # %% auto #0
-__all__ = ['COMMANDS', 'CLIError', 'info', 'main']
+__all__ = ['COMMANDS', 'info', 'main']
 
 # %% ../nbs/30_cli.ipynb #5fccfa72
-class CLIError(Exception):
-    "An error the user can fix: `main` prints its message as one line and exits with status 2."
-
 def info(json: Param("print the information as JSON", store_true) = False):
     "Print versions, devices (torch and FAISS GPU counts) and the cache directory."
     from iclmsr.utils import env_info, format_env_info
@@ -62,6 +59,11 @@ def _run(entry, argv: list[str], prog: str) -> int:
     args = {k: v for k, v in vars(p.parse_args(argv)).items() if k not in ("pdb", "xtra")}
     return func(**args) or 0
 
+def _user_errors() -> tuple:
+    "The errors `main` reports as one line: `iclmsr.utils.UserError` and the built-in ones a bad option or file raises."
+    from iclmsr.utils import UserError
+    return (UserError, ValueError, FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError, ArithmeticError)
+
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `iclmsr` console script."
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -80,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         try: return _run(entry, argv, prog)
         except KeyboardInterrupt:
             print(f"{prog}: interrupted", file=sys.stderr); return 130
-        except (CLIError, ValueError, FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError, ArithmeticError) as e:
+        except _user_errors() as e:  # evaluated only when a command raised, so --help never imports torch
             if os.environ.get("ICLMSR_DEBUG"): raise
             print(f"{prog}: error: {e}", file=sys.stderr)
             return 2

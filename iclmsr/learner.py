@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.distributed as dist
 from fastcore.script import Param
-from .utils import get_device, seed_everything
+from .utils import get_device, seed_everything, UserError
 from .config import Config, config_to_dict, config_from_dict, dump_config, load_config
 from .checkpoint import rng_state, set_rng_state, CheckpointKeeper, load_checkpoint
 from .data import load_dataset, FgBgData
@@ -336,6 +336,14 @@ class Learner:
         self.load_state_dict(load_checkpoint(path, config=config_to_dict(self.cfg), map_location=self.device))
         return self
 
+# %% ../nbs/12_learner.ipynb #8f0d3599
+@classmethod
+def _from_config(cls, cfg=None, run_dir=None, cbs=(), train_data=None, monitor_data=None, method=None):
+    "The learner a config describes (interim: same arguments as the config-driven constructor)."
+    return cls(cfg, run_dir, cbs=cbs, train_data=train_data, monitor_data=monitor_data, method=method)
+Learner.from_config = _from_config
+
+
 # %% ../nbs/12_learner.ipynb #6142cd05
 def _fmt_time(s: float) -> str:
     s = int(max(s, 0)); return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60:02d}:{s % 60:02d}"
@@ -508,21 +516,20 @@ def train(config: str = None,  # YAML or JSON config file (default: the built-in
           quiet: bool = False,  # no progress line
          ):
     "Train a method (with or without ICL-MSR) on a dataset spec; resumable, multi-process under torchrun."
-    from iclmsr.cli import CLIError
     from iclmsr.utils import env_info
     overrides = set or []
     if print_config:
         print(dump_config(load_config(config, overrides)), end=""); return 0
-    if not out: raise CLIError("--out DIR is required (the run directory)")
+    if not out: raise UserError("--out DIR is required (the run directory)")
     run_dir = Path(out)
     if resume and config is None and (run_dir/"config.yaml").exists(): config = str(run_dir/"config.yaml")
     cfg = load_config(config, overrides)
     rank = dist_env()[0]
     if rank == 0: _check_writable(run_dir)
     if resume and not (run_dir/"last.pt").exists():
-        raise CLIError(f"nothing to resume: {str(run_dir/'last.pt')!r} does not exist")
+        raise UserError(f"nothing to resume: {str(run_dir/'last.pt')!r} does not exist")
     if not resume and (run_dir/"last.pt").exists():
-        raise CLIError(f"{str(run_dir)!r} already holds a run (last.pt); continue it with --resume or choose another --out")
+        raise UserError(f"{str(run_dir)!r} already holds a run (last.pt); continue it with --resume or choose another --out")
     t0 = time.time()
     try:
         learn = Learner(cfg, run_dir, cbs=default_callbacks(progress=not quiet))
@@ -531,7 +538,7 @@ def train(config: str = None,  # YAML or JSON config file (default: the built-in
         learn.fit()
     except (torch.OutOfMemoryError, RuntimeError) as e:
         if not _out_of_memory(e): raise
-        raise CLIError(f"out of memory at train.batch_size={cfg.train.batch_size}; try a smaller batch, e.g. --set train.batch_size={max(2, cfg.train.batch_size // 2)}") from None
+        raise UserError(f"out of memory at train.batch_size={cfg.train.batch_size}; try a smaller batch, e.g. --set train.batch_size={max(2, cfg.train.batch_size // 2)}") from None
     finally:
         if dist.is_initialized(): dist.destroy_process_group()
     sig = next((cb.signalled for cb in learn.cbs if isinstance(cb, Checkpointer) and cb.signalled), None)

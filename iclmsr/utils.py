@@ -4,13 +4,14 @@
 
 # %% ../nbs/00_utils.ipynb #75aa1e67
 from __future__ import annotations
-import os, sys, json, errno, random, platform, importlib, importlib.metadata as _md
+import os, sys, json, time, errno, random, itertools, platform, importlib, importlib.metadata as _md
 from pathlib import Path
 import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['get_device', 'seed_everything', 'cache_dir', 'faiss_gpu_count', 'env_info', 'format_env_info', 'atomic_torch_save']
+__all__ = ['get_device', 'seed_everything', 'cache_dir', 'faiss_gpu_count', 'env_info', 'format_env_info', 'atomic_torch_save',
+           'UserError', 'fmt_duration', 'model_device', 'timed']
 
 # %% ../nbs/00_utils.ipynb #8877a1b0
 def _mps_available() -> bool:
@@ -146,3 +147,24 @@ def atomic_torch_save(obj, path: str | Path, what: str = "file") -> Path:
         raise
     _fsync_dir(path.parent)
     return path
+
+# %% ../nbs/00_utils.ipynb #046c3f41
+class UserError(Exception):
+    "An error the user can fix: the console script prints its message as one line and exits with status 2."
+
+def fmt_duration(s: float) -> str:
+    "`mm:ss`, or `h:mm:ss` from an hour on (negative durations read as 0)."
+    s = int(max(s, 0)); return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60:02d}:{s % 60:02d}"
+
+def model_device(model) -> torch.device:
+    "The device of `model`'s first parameter or buffer; the CPU for anything without either."
+    ts = itertools.chain(model.parameters(), model.buffers()) if isinstance(model, torch.nn.Module) else ()
+    return next((t.device for t in ts), torch.device("cpu"))
+
+def timed(fn, device=None) -> tuple[float, object]:
+    "`(seconds, fn())`: the wall time of one call, synchronising CUDA `device` before and after."
+    dev = torch.device(device) if device is not None else None
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev is not None and dev.type == "cuda" else (lambda: None)
+    sync(); t = time.perf_counter(); out = fn(); sync()
+    return time.perf_counter() - t, out
+
