@@ -4,16 +4,20 @@
 
 # %% ../nbs/06_methods.ipynb #31e5d3d3
 from __future__ import annotations
-import inspect, math, time
+import inspect, math
+from statistics import median
 import torch
 from torch import nn
+from .utils import get_device, seed_everything, timed
+from .config import ModelConfig, ICLConfig, OptimConfig
+from .batch import Batch, as_batch
 from .models import build_backbone, Backbone, ProjectionMLP, BYOLPredictor, EMA
 from .losses import nt_xent, icl_loss, byol_loss, barlow_twins_loss, wmse_loss, supcon_loss, gather_pair
 from .msr import MetaSemanticRegularizer, StratumVectors, meta_gradient
 
 # %% auto #0
 __all__ = ['METHODS', 'NonFiniteLoss', 'Method', 'SimCLR', 'BYOL', 'WMSE', 'BarlowTwins', 'SupCon', 'ICLMSR', 'list_methods',
-           'build_method', 'saved_bytes', 'bench_step']
+           'options', 'build_method', 'saved_bytes', 'bench_step']
 
 # %% ../nbs/06_methods.ipynb #7c7ab126
 class NonFiniteLoss(FloatingPointError):
@@ -30,8 +34,9 @@ def _check_finite(out: dict, terms, step: int):
     raise NonFiniteLoss("total", step, float(out["loss"].detach()))
 
 class Method(nn.Module):
-    "Base class: backbone + heads + loss. Subclasses set `projector` and implement `loss_from_features`."
+    "Base class: backbone + heads + loss. Subclasses set `projector`, `needs` and implement `loss_from_features`."
     name, desc = "", ""
+    needs: frozenset = frozenset()  # the `Batch` fields the loss reads besides the views (see `iclmsr.batch.NEEDS`)
     joint_head = True  # apply the projection head to both views at once (shared BatchNorm statistics, as W-MSE does)
 
     def __init__(self, backbone: nn.Module, proj_dim: int):
@@ -46,12 +51,14 @@ class Method(nn.Module):
         z = self.projector(torch.cat([h1, h2]))
         return z[:len(h1)], z[len(h1):]
 
-    def loss_from_features(self, h1, h2, v1, v2, labels=None) -> dict:
+    def loss_from_features(self, h1, h2, batch: Batch) -> dict:
+        "`{'base': loss, 'z1', 'z2'}` from the views' features and the step's `Batch`."
         raise NotImplementedError
 
-    def training_loss(self, v1, v2, labels=None, step: int | None = None) -> dict:
-        "Dict with `loss` (to backward), `base` and projections `z1`, `z2`; raises `NonFiniteLoss`."
-        out = dict(self.loss_from_features(self.backbone(v1), self.backbone(v2), v1, v2, labels))
+    def training_loss(self, batch, *rest, step: int | None = None) -> dict:
+        "Dict with `loss` (to backward), `base` and projections `z1`, `z2`; `batch` is a `Batch` (or `v1, v2[, labels]`)."
+        b = as_batch(batch, *rest)
+        out = dict(self.loss_from_features(self.backbone(b.v1), self.backbone(b.v2), b))
         out["loss"] = out["base"]
         return _check_finite(out, ("base",), self.step if step is None else step)
 
@@ -66,11 +73,12 @@ class Method(nn.Module):
 # %% ../nbs/06_methods.ipynb #e48c0737
 class SimCLR(Method):
     name, desc = "simclr", "SimCLR: NT-Xent over both views (W-MSE code-base variant with BN after the head)"
-    def __init__(self, backbone, proj_hidden: int = 1024, proj_dim: int = 64, temperature: float = 0.5, out_bn: bool = True):
+    def __init__(self, backbone, proj_hidden: int = ModelConfig.proj_hidden, proj_dim: int = ModelConfig.proj_dim,
+                 temperature: float = 0.5, out_bn: bool = True):
         super().__init__(backbone, proj_dim)
         self.temperature = temperature
         self.projector = ProjectionMLP(backbone.feat_dim, proj_hidden, proj_dim, out_bn=out_bn)
-    def loss_from_features(self, h1, h2, v1, v2, labels=None):
+    def loss_from_features(self, h1, h2, batch):
         z1, z2 = self.project_pair(h1, h2)
         g1, g2, _, anchors = gather_pair(z1, z2)  # negatives from every process under torchrun
         return {"base": nt_xent(g1, g2, self.temperature, anchors=anchors), "z1": z1, "z2": z2}
@@ -78,15 +86,16 @@ class SimCLR(Method):
 class BYOL(Method):
     name, desc = "byol", "BYOL: predict an EMA target's projection of the other view (2 - 2 cos, symmetrised)"
     joint_head = False
-    def __init__(self, backbone, proj_hidden: int = 1024, proj_dim: int = 64, pred_hidden: int = 1024, tau0: float = 0.99):
+    def __init__(self, backbone, proj_hidden: int = ModelConfig.proj_hidden, proj_dim: int = ModelConfig.proj_dim,
+                 pred_hidden: int = 1024, tau0: float = 0.99):
         super().__init__(backbone, proj_dim)
         self.projector = ProjectionMLP(backbone.feat_dim, proj_hidden, proj_dim)
         self.predictor = BYOLPredictor(proj_dim, pred_hidden)
         self.target = EMA(nn.Sequential(self.backbone, self.projector), tau0)
-    def loss_from_features(self, h1, h2, v1, v2, labels=None):
+    def loss_from_features(self, h1, h2, batch):
         z1, z2 = self.project_pair(h1, h2)
         p1, p2 = self.predictor(z1), self.predictor(z2)
-        with torch.no_grad(): t1, t2 = self.target(v1), self.target(v2)
+        with torch.no_grad(): t1, t2 = self.target(batch.v1), self.target(batch.v2)
         return {"base": byol_loss(p1, t2) + byol_loss(p2, t1), "z1": z1, "z2": z2}
     def step_end(self, step, total_steps):
         super().step_end(step, total_steps)
@@ -94,17 +103,18 @@ class BYOL(Method):
 
 class WMSE(Method):
     name, desc = "wmse", "W-MSE: normalised MSE of positives after Cholesky whitening in sub-batches"
-    def __init__(self, backbone, proj_hidden: int = 1024, proj_dim: int = 64, w_size: int | None = None, w_iter: int = 1,
-                 w_eps: float = 0.0):
+    def __init__(self, backbone, proj_hidden: int = ModelConfig.proj_hidden, proj_dim: int = ModelConfig.proj_dim,
+                 w_size: int | None = None, w_iter: int = 1, w_eps: float = 0.0):
         super().__init__(backbone, proj_dim)
         self.w_size, self.w_iter, self.w_eps = w_size, w_iter, w_eps
         self.projector = ProjectionMLP(backbone.feat_dim, proj_hidden, proj_dim)
-    def loss_from_features(self, h1, h2, v1, v2, labels=None):
+    def loss_from_features(self, h1, h2, batch):
         z1, z2 = self.project_pair(h1, h2)
         N = len(z1)
         ws = self.w_size or (128 if N % 128 == 0 else N)  # W-MSE: 128 for CIFAR; else the whole batch
         return {"base": wmse_loss(z1, z2, ws, self.w_iter, self.w_eps), "z1": z1, "z2": z2}
 
+# %% ../nbs/06_methods.ipynb #530da193
 class BarlowTwins(Method):
     name, desc = "barlow_twins", "Barlow Twins: cross-correlation of the two views pushed to the identity"
     joint_head = False
@@ -112,35 +122,39 @@ class BarlowTwins(Method):
         super().__init__(backbone, proj_dim)
         self.lambd = lambd
         self.projector = ProjectionMLP(backbone.feat_dim, proj_hidden, proj_dim, n_layers=3)
-    def loss_from_features(self, h1, h2, v1, v2, labels=None):
+    def loss_from_features(self, h1, h2, batch):
         z1, z2 = self.project_pair(h1, h2)
         g1, g2, _, _ = gather_pair(z1, z2)  # the cross-correlation of the global batch, in every process
         return {"base": barlow_twins_loss(g1, g2, self.lambd), "z1": z1, "z2": z2}
 
 class SupCon(Method):
     name, desc = "supcon", "SupCon: supervised contrastive, positives = same label (needs labels)"
-    def __init__(self, backbone, proj_hidden: int = 1024, proj_dim: int = 128, temperature: float = 0.1,
+    needs = frozenset({"labels"})
+    def __init__(self, backbone, proj_hidden: int = ModelConfig.proj_hidden, proj_dim: int = 128, temperature: float = 0.1,
                  base_temperature: float | None = None):
         super().__init__(backbone, proj_dim)
         self.temperature, self.base_temperature = temperature, base_temperature
         self.projector = ProjectionMLP(backbone.feat_dim, proj_hidden, proj_dim)
-    def loss_from_features(self, h1, h2, v1, v2, labels=None):
-        if labels is None: raise ValueError("supcon needs labels: call training_loss(v1, v2, labels)")
+    def loss_from_features(self, h1, h2, batch):
+        if batch.labels is None: raise ValueError("supcon needs labels: give the Batch labels (or call training_loss(v1, v2, labels))")
         z1, z2 = self.project_pair(h1, h2)
-        g1, g2, gl, anchors = gather_pair(z1, z2, labels)
+        g1, g2, gl, anchors = gather_pair(z1, z2, batch.labels)
         return {"base": supcon_loss(g1, g2, gl, self.temperature, self.base_temperature, anchors=anchors), "z1": z1, "z2": z2}
 
 # %% ../nbs/06_methods.ipynb #b9c1e9ed
 class ICLMSR(Method):
     "ICL-MSR: L = L_base + lam * L_ICL on the base method's projections, plus stage-2 meta steps for the strata."
-    def __init__(self, base: Method, n_strata: int = 16, lam: float = 1.0, tau: float = 0.5, negatives: str = "all",
-                 meta_mode: str = "exact", **msr_kw):
+    def __init__(self, base: Method, msr: MetaSemanticRegularizer | None = None):
         nn.Module.__init__(self)
         self.base, self.step = base, 0
-        self.msr = MetaSemanticRegularizer(n_strata, base.proj_dim, lam, tau, negatives, meta_mode, **msr_kw)
+        self.msr = MetaSemanticRegularizer(base.proj_dim) if msr is None else msr
+        if self.msr.strata.dim != base.proj_dim:
+            raise ValueError(f"the regulariser's strata have dimension {self.msr.strata.dim}, the projections of "
+                             f"{base.name} {base.proj_dim}: build it as MetaSemanticRegularizer({base.proj_dim}, ...)")
         self.name, self.desc, self.proj_dim = base.name + "+icl_msr", "ICL-MSR on " + base.desc, base.proj_dim
 
     backbone = property(lambda self: self.base.backbone)
+    needs = property(lambda self: self.base.needs)
     strata = property(lambda self: self.msr.strata)
     meta_optimizer = property(lambda self: self.msr.meta_optimizer)
     lam = property(lambda self: self.msr.lam)
@@ -148,9 +162,10 @@ class ICLMSR(Method):
     def project_pair(self, h1, h2): return self.base.project_pair(h1, h2)
     def loss_from_features(self, *args, **kw): return self.base.loss_from_features(*args, **kw)
 
-    def training_loss(self, v1, v2, labels=None, step: int | None = None) -> dict:
+    def training_loss(self, batch, *rest, step: int | None = None) -> dict:
         "Stage 1: `loss` = `base` + lam * `icl`, with the stratum vectors fixed."
-        out = dict(self.base.loss_from_features(self.backbone(v1), self.backbone(v2), v1, v2, labels))
+        b = as_batch(batch, *rest)
+        out = dict(self.base.loss_from_features(self.backbone(b.v1), self.backbone(b.v2), b))
         out["icl"] = self.msr.icl(out["z1"], out["z2"])
         out["loss"] = out["base"] + self.msr.lam * out["icl"]
         return _check_finite(out, ("base", "icl"), self.step if step is None else step)
@@ -159,17 +174,21 @@ class ICLMSR(Method):
         self.base.step_end(step, total_steps)
         self.step = step + 1
 
-    def regularizer_parameters(self) -> list: return list(self.msr.strata.parameters())
+    def regularizer_parameters(self) -> list:
+        "The stratum vectors' parameters (stepped by `meta_optimizer` in stage 2, never by the encoder's optimiser)."
+        return list(self.msr.strata.parameters())
     def encoder_parameters(self) -> list:
         skip = {id(p) for p in self.regularizer_parameters()}
         return [p for p in self.parameters() if p.requires_grad and id(p) not in skip]
 
     def meta_step(self, batch_a, batch_b, inner_lr: float | None = None) -> dict:
-        "Stage 2: one meta-gradient update of the stratum vectors (batches are `(v1, v2)` or `(v1, v2, labels)`)."
+        "Stage 2: one meta-gradient update of the stratum vectors (batches are `Batch`es, or `(v1, v2[, labels])`)."
         try: return self.msr.meta_step(self.base, batch_a, batch_b, inner_lr)
         except FloatingPointError as e: raise NonFiniteLoss("meta", self.step, float("nan")) from e
 
-    def meta_steps(self, n_batches: int) -> int: return self.msr.meta_steps(n_batches)
+    def meta_steps(self, n_batches: int) -> int:
+        "Stage-2 steps in an epoch of `n_batches` stage-1 batches."
+        return self.msr.meta_steps(n_batches)
 
 # %% ../nbs/06_methods.ipynb #fc1260b9
 METHODS = {c.name: c for c in (SimCLR, BYOL, WMSE, BarlowTwins, SupCon)}
@@ -178,19 +197,26 @@ def list_methods() -> dict:
     "Method name -> one-line description."
     return {k: c.desc for k, c in METHODS.items()}
 
-def build_method(name: str = "simclr", backbone: str | nn.Module = "resnet18", image_size: int = 32, icl_msr: bool = False,
-                 n_strata: int = 16, lam: float = 1.0, tau: float = 0.5, negatives: str = "all", meta_mode: str = "exact",
-                 backbone_kw: dict | None = None, msr_kw: dict | None = None, **hparams) -> Method:
-    "A method by name, on a backbone by name (or module), optionally wrapped in ICL-MSR."
+def options(fn, skip=("self", "backbone", "dim")) -> list:
+    "The keyword options of a constructor (what `build_method` may pass on to it)."
+    return [p for p in inspect.signature(fn).parameters if p not in skip]
+
+def build_method(name: str = ModelConfig.method, backbone: str | nn.Module = ModelConfig.backbone, image_size: int = 32,
+                 icl_msr: bool = False, backbone_kw: dict | None = None, msr_kw: dict | None = None, **kw) -> Method:
+    "A method by name on a backbone by name (or module); with `icl_msr`, wrapped in `ICLMSR(method, MetaSemanticRegularizer(...))`."
     if name not in METHODS: raise ValueError(f"unknown method {name!r}; allowed: {', '.join(METHODS)}")
     cls = METHODS[name]
-    allowed = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "backbone")]
-    bad = sorted(set(hparams) - set(allowed))
-    if bad: raise ValueError(f"unknown option {bad[0]!r} for method {name!r}; allowed: {', '.join(allowed)}")
+    mine, reg = options(cls.__init__), options(MetaSemanticRegularizer.__init__)
+    msr_kw = {**(msr_kw or {}), **{k: v for k, v in kw.items() if k in reg and k not in mine}}
+    hp = {k: v for k, v in kw.items() if k not in msr_kw}
+    bad = sorted(set(hp) - set(mine)) or sorted(set(msr_kw) - set(reg))
+    if bad: raise ValueError(f"unknown option {bad[0]!r} for method {name!r}; allowed: {', '.join(mine)}"
+                             + (f"; for ICL-MSR: {', '.join(reg)}" if icl_msr else ""))
+    if msr_kw and not icl_msr:
+        raise ValueError(f"option {sorted(msr_kw)[0]!r} is for the ICL-MSR regulariser: pass icl_msr=True to use it")
     if isinstance(backbone, str): backbone = build_backbone(backbone, image_size, **(backbone_kw or {}))
-    m = cls(backbone, **hparams)
-    if icl_msr: m = ICLMSR(m, n_strata, lam, tau, negatives, meta_mode, **(msr_kw or {}))
-    return m
+    m = cls(backbone, **hp)
+    return ICLMSR(m, MetaSemanticRegularizer(m.proj_dim, **msr_kw)) if icl_msr else m
 
 # %% ../nbs/06_methods.ipynb #e4c5e82b
 def saved_bytes(fn, *args) -> tuple:
@@ -203,67 +229,67 @@ def saved_bytes(fn, *args) -> tuple:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t): out = fn(*args)
     return out, sum(seen.values())
 
-def _sync(dev):
-    if dev.type == "cuda": torch.cuda.synchronize(dev)
+def _peak(dev, fn) -> tuple:
+    "(seconds, peak CUDA bytes or None) of one call of `fn`."
+    if dev.type == "cuda": torch.cuda.reset_peak_memory_stats(dev)
+    t = timed(fn, dev)[0]
+    return t, (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else None)
 
-def _timed(fn, dev):
-    _sync(dev); t = time.perf_counter(); fn(); _sync(dev)
-    return time.perf_counter() - t
+def _time_steps(plain, icl, regs, views, steps, warmup, lr, dev) -> tuple:
+    "Interleaved step times of `plain` and `icl` (order alternating) and of one meta step of each regulariser."
+    opts = {id(m): torch.optim.Adam(m.encoder_parameters(), lr=lr) for m in (plain, icl)}
+    def train_step(m, v):
+        out = m.training_loss(*v); opt = opts[id(m)]
+        opt.zero_grad(set_to_none=True); out["loss"].backward(); opt.step()
+    times, peak = {k: [] for k in ["plain", "icl", *regs]}, {}
+    def record(k, t, p):
+        times[k].append(t)
+        if p is not None: peak[k] = max(peak.get(k, 0), p)
+    for r in range(warmup + steps):
+        v = views()
+        for k in (("plain", "icl") if r % 2 == 0 else ("icl", "plain")):
+            m = plain if k == "plain" else icl
+            t, p = _peak(dev, lambda: train_step(m, v))
+            if r >= warmup: record(k, t, p)
+        if r < warmup: continue
+        for k, reg in regs.items():
+            a, b = views(), views()
+            record(k, *_peak(dev, lambda: reg.meta_step(icl.base, a, b)))
+    return times, peak
 
-def _median(xs): xs = sorted(xs); return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
-
-def bench_step(backbone: str = "resnet18", batch: int = 256, size: int = 32, n_strata: int = 16, steps: int = 3, warmup: int = 1,
-               meta_share: float = 0.2, meta=(("exact", "all"), ("unrolled", "all"), ("finite_diff", "all"),
-                                              ("first_order", "all"), ("exact", "head")),
-               lam: float = 1.0, lr: float = 3e-3, device=None, seed: int = 0, backbone_kw: dict | None = None) -> dict:
+# %% ../nbs/06_methods.ipynb #6d175766
+def bench_step(backbone: str = "resnet18", batch: int = 256, size: int = 32, n_strata: int = ICLConfig.n_strata, steps: int = 3,
+               warmup: int = 1, meta_share: float = ICLConfig.meta_share,
+               meta=(("exact", "all"), ("unrolled", "all"), ("finite_diff", "all"), ("first_order", "all"), ("exact", "head")),
+               lam: float = ICLConfig.lam, lr: float = OptimConfig.lr, device=None, seed: int = 0, backbone_kw: dict | None = None) -> dict:
     "Step time of SimCLR+ICL-MSR vs SimCLR side by side, stage-2 meta step times, epoch ratios and ICL memory."
-    from iclmsr.utils import get_device, seed_everything
     dev = get_device(device); seed_everything(seed)
     bkw = dict(backbone_kw=backbone_kw or {})
     plain = build_method("simclr", backbone, size, **bkw).to(dev)
     icl = build_method("simclr", backbone, size, icl_msr=True, n_strata=n_strata, lam=lam, **bkw).to(dev)
     icl.base.load_state_dict(plain.state_dict())
-    opts = {id(m): torch.optim.Adam(m.encoder_parameters(), lr=lr) for m in (plain, icl)}
-    regs = {f"{mo}/{pa}": MetaSemanticRegularizer(n_strata, icl.proj_dim, lam, meta_mode=mo, meta_params=pa, inner_lr=lr).to(dev)
+    regs = {f"{mo}/{pa}": MetaSemanticRegularizer(icl.proj_dim, n_strata, lam, meta_mode=mo, meta_params=pa, inner_lr=lr).to(dev)
             for mo, pa in meta}
     views = lambda: (torch.rand(batch, 3, size, size, device=dev), torch.rand(batch, 3, size, size, device=dev))
-    def train_step(m, v):
-        out = m.training_loss(*v); opt = opts[id(m)]
-        opt.zero_grad(set_to_none=True); out["loss"].backward(); opt.step()
-    times, peak = {k: [] for k in ["plain", "icl", *regs]}, {}
-    for r in range(warmup + steps):
-        v = views()
-        for k in (("plain", "icl") if r % 2 == 0 else ("icl", "plain")):
-            m = plain if k == "plain" else icl
-            if dev.type == "cuda": torch.cuda.reset_peak_memory_stats(dev)
-            t = _timed(lambda: train_step(m, v), dev)
-            if dev.type == "cuda": peak[k] = max(peak.get(k, 0), torch.cuda.max_memory_allocated(dev))
-            if r >= warmup: times[k].append(t)
-        if r < warmup: continue
-        for k, reg in regs.items():
-            a, b = views(), views()
-            if dev.type == "cuda": torch.cuda.reset_peak_memory_stats(dev)
-            times[k].append(_timed(lambda: reg.meta_step(icl.base, a, b), dev))
-            if dev.type == "cuda": peak[k] = max(peak.get(k, 0), torch.cuda.max_memory_allocated(dev))
+    times, peak = _time_steps(plain, icl, regs, views, steps, warmup, lr, dev)
     # ratios within each repetition (the machine's speed drifts between repetitions), then the median
-    rel = lambda k: _median([t / p for t, p in zip(times[k], times["plain"])])
-    step_ratio = rel("icl")
-    meta_rel = {k: rel(k) for k in regs}
+    rel = lambda k: median([t / p for t, p in zip(times[k], times["plain"])])
+    step_ratio, meta_rel = rel("icl"), {k: rel(k) for k in regs}
     z1, z2 = (torch.randn(batch, icl.proj_dim, device=dev, requires_grad=True) for _ in range(2))
     a = icl.strata().detach().requires_grad_()
     _, icl_mem = saved_bytes(icl_loss, z1, z2, a)
     _, nt_mem = saved_bytes(nt_xent, z1, z2)
     def term(fn, *args):  # forward + backward of one loss term alone, the noise-free part of the step difference
-        return _median([_timed(lambda: fn(*args).backward(), dev) for _ in range(5)])
+        return median([timed(lambda: fn(*args).backward(), dev)[0] for _ in range(5)])
     icl_term, nt_term = term(icl_loss, z1, z2, a), term(nt_xent, z1, z2)
     res = {
         "device": str(dev), "backbone": backbone, "batch": batch, "size": size, "n_strata": n_strata, "steps": steps,
-        "plain_step_s": _median(times["plain"]), "icl_step_s": _median(times["icl"]), "step_ratio": step_ratio,
-        "meta_share": meta_share, "meta_step_s": {k: _median(times[k]) for k in regs},
+        "plain_step_s": median(times["plain"]), "icl_step_s": median(times["icl"]), "step_ratio": step_ratio,
+        "meta_share": meta_share, "meta_step_s": {k: median(times[k]) for k in regs},
         "meta_step_vs_plain_step": meta_rel,
         "epoch_ratio": {k: step_ratio + meta_share / 2 * meta_rel[k] for k in regs},
         "max_share_for_1.5x": {k: max(0.0, 2 * (1.5 - step_ratio) / meta_rel[k]) for k in regs},
-        "icl_term_s": icl_term, "ntxent_term_s": nt_term, "icl_term_vs_plain_step": (icl_term - nt_term) / _median(times["plain"]),
+        "icl_term_s": icl_term, "ntxent_term_s": nt_term, "icl_term_vs_plain_step": (icl_term - nt_term) / median(times["plain"]),
         "icl_saved_bytes": icl_mem, "ntxent_saved_bytes": nt_mem,
         "per_stratum_similarity_bytes": n_strata * (2 * batch) ** 2 * 4,
         "targets": {"step_ratio": 1.15, "epoch_ratio": 1.5},

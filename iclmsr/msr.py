@@ -10,6 +10,8 @@ from torch import nn
 from torch.func import functional_call
 import torch.autograd.forward_ad as fwAD
 from .losses import icl_loss, NEGATIVES, _check_tau, gather_pair, local_losses, mean_over_processes
+from .config import ICLConfig, OptimConfig
+from .batch import as_batch
 
 # %% auto #0
 __all__ = ['ACTIVATIONS', 'MODES', 'META_LOSSES', 'META_PARAMS', 'StratumVectors', 'meta_gradient', 'MetaSemanticRegularizer']
@@ -19,7 +21,7 @@ ACTIVATIONS = ("sigmoid", "identity")
 
 class StratumVectors(nn.Module):
     "n learnable stratum vectors: `forward()` returns a = sigmoid(w) (n, dim), or w itself with `activation='identity'`."
-    def __init__(self, n: int, dim: int, init_std: float = 0.01, activation: str = "sigmoid"):
+    def __init__(self, n: int, dim: int, init_std: float = ICLConfig.init_std, activation: str = ICLConfig.activation):
         super().__init__()
         for k, v in (("n", n), ("dim", dim)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise ValueError(f"{k} must be an integer >= 1, got {v!r}")
@@ -49,23 +51,18 @@ class _Call(nn.Module):
     def __init__(self, m): super().__init__(); self.m = m
     def forward(self, what, *args):
         m = self.m
-        if what == "features": return m.backbone(args[0]), m.backbone(args[1])
+        if what == "features": return m.backbone(args[0].v1), m.backbone(args[0].v2)
         if what == "project": return m.project_pair(*args)
-        if what == "embed": return m.project_pair(m.backbone(args[0]), m.backbone(args[1]))
+        if what == "embed": return m.project_pair(m.backbone(args[0].v1), m.backbone(args[0].v2))
         if what == "loss": return m.loss_from_features(*args)
         if what == "loss_images":
-            v1, v2, lab = args
-            return m.loss_from_features(m.backbone(v1), m.backbone(v2), v1, v2, lab)
+            b = args[0]
+            return m.loss_from_features(m.backbone(b.v1), m.backbone(b.v2), b)
         raise ValueError(what)
-
-def _unpack(batch):
-    if not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):
-        raise ValueError(f"a batch must be (v1, v2) or (v1, v2, labels), got {type(batch).__name__} of length {len(batch) if hasattr(batch, '__len__') else '?'}")
-    return (*batch, None) if len(batch) == 2 else tuple(batch)
 
 def _check_meta_args(mode, meta_loss, params, inner_lr):
     if mode not in MODES: raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
-    if meta_loss is None: meta_loss = "total" if mode == "first_order" else "base"
+    if meta_loss in (None, "auto"): meta_loss = "total" if mode == "first_order" else "base"
     if meta_loss not in META_LOSSES: raise ValueError(f"meta_loss must be one of {', '.join(META_LOSSES)}; got {meta_loss!r}")
     if mode == "first_order" and meta_loss == "base":
         raise ValueError("mode 'first_order' with meta_loss 'base' gives a zero gradient (L_base does not depend on a); "
@@ -76,58 +73,75 @@ def _check_meta_args(mode, meta_loss, params, inner_lr):
     return meta_loss
 
 # %% ../nbs/05_msr.ipynb #5afc5ae6
+def _load_jvp_decompositions():
+    "Load torch's forward-AD decompositions once, silencing the one warning torch emits while doing so."
+    # torch builds them on the first dual tensor with the deprecated torch.jit.script, which warns from inside torch
+    # (torch/_decomp/decompositions_for_jvp.py); nothing of ours is deprecated, so that warning is not shown to users
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated", category=FutureWarning)
+        with fwAD.dual_level(): fwAD.make_dual(torch.zeros(1), torch.zeros(1))
+
 def _jvp(fn, theta: dict, v: list):
     "Outputs of fn(theta) and their directional derivatives along v (forward-mode AD)."
+    _load_jvp_decompositions()
     with fwAD.dual_level():
         out = fn({k: fwAD.make_dual(p.detach(), vk) for (k, p), vk in zip(theta.items(), v)})
         un = [fwAD.unpack_dual(o) for o in out]
         return [u.primal for u in un], [torch.zeros_like(u.primal) if u.tangent is None else u.tangent for u in un]
 
-def meta_gradient(method: nn.Module, strata: StratumVectors, batch_a, batch_b, inner_lr: float, mode: str = "exact", *,
-                  tau: float = 0.5, negatives: str = "all", lam: float = 1.0, meta_loss: str | None = None,
-                  params: str = "all", fd_eps: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
-    "The gradient of the meta objective w.r.t. `strata.w` and the objective's value: a virtual step on A, `L_base` on B."
-    meta_loss = _check_meta_args(mode, meta_loss, params, inner_lr)
-    _check_tau(tau)
-    if negatives not in NEGATIVES: raise ValueError(f"negatives must be one of {', '.join(NEGATIVES)}; got {negatives!r}")
-    va1, va2, _ = _unpack(batch_a); vb1, vb2, lb = _unpack(batch_b)
+# %% ../nbs/05_msr.ipynb #5595657e
+def _grads(loss, ps: dict, **kw) -> list:
+    "d loss / d p for every p of `ps` (zeros where the loss does not depend on p)."
+    gs = torch.autograd.grad(loss, list(ps.values()), allow_unused=True, **kw)
+    return [torch.zeros_like(p) if g is None else g for g, p in zip(gs, ps.values())]
+
+def _meta_problem(method, batch_a, batch_b, params, tau, negatives, lam, meta_loss):
+    "The pieces of the meta objective: parameters theta, `embed_a(theta)`, `objective(theta, a)` and the ICL term."
     call = _Call(method)
     theta = {k: p for k, p in call.named_parameters() if p.requires_grad and (params == "all" or not k.startswith("m.backbone."))}
     if not theta: raise ValueError(f"the method has no trainable parameters for params={params!r}")
-    bufs = {k: b.clone() for k, b in call.named_buffers()}
+    bufs = {k: b.clone() for k, b in call.named_buffers()}   # stage 2 never touches the running statistics
     run = lambda p, *args: functional_call(call, (p, bufs), args, strict=False)
-    w = strata.w
-
     if params == "head":  # backbone features once, without gradient
-        with torch.no_grad(): ha, hb = run({}, "features", va1, va2), run({}, "features", vb1, vb2)
+        with torch.no_grad(): ha, hb = run({}, "features", batch_a), run({}, "features", batch_b)
         embed_a = lambda p: run(p, "project", *ha)
-        base_b = lambda p: run(p, "loss", *hb, vb1, vb2, lb)
+        base_b = lambda p: run(p, "loss", *hb, batch_b)
     else:
-        embed_a = lambda p: run(p, "embed", va1, va2)
-        base_b = lambda p: run(p, "loss_images", vb1, vb2, lb)
+        embed_a = lambda p: run(p, "embed", batch_a)
+        base_b = lambda p: run(p, "loss_images", batch_b)
     icl = lambda z, a: icl_loss(z[0], z[1], a, tau, negatives)
     def objective(p, a):
         out = base_b(p)
         return out["base"] + lam * icl((out["z1"], out["z2"]), a) if meta_loss == "total" else out["base"]
-    def grads(loss, ps, **kw):
-        gs = torch.autograd.grad(loss, list(ps.values()), allow_unused=True, **kw)
-        return [torch.zeros_like(p) if g is None else g for g, p in zip(gs, ps.values())]
+    return theta, embed_a, objective, icl
 
+# %% ../nbs/05_msr.ipynb #8503a3c9
+def meta_gradient(method: nn.Module, strata: StratumVectors, batch_a, batch_b, inner_lr: float, mode: str = ICLConfig.meta_mode, *,
+                  tau: float = ICLConfig.tau, negatives: str = ICLConfig.negatives, lam: float = ICLConfig.lam,
+                  meta_loss: str | None = ICLConfig.meta_loss, params: str = ICLConfig.meta_params,
+                  fd_eps: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+    "The gradient of the meta objective w.r.t. `strata.w` and the objective's value: a virtual step on A, `L_base` on B."
+    meta_loss = _check_meta_args(mode, meta_loss, params, inner_lr)
+    _check_tau(tau)
+    if negatives not in NEGATIVES: raise ValueError(f"negatives must be one of {', '.join(NEGATIVES)}; got {negatives!r}")
+    theta, embed_a, objective, icl = _meta_problem(method, as_batch(batch_a), as_batch(batch_b), params, tau, negatives,
+                                                   lam, meta_loss)
+    w = strata.w
     if mode == "unrolled":
         a = strata()
-        g = grads(icl(embed_a(theta), a), theta, create_graph=True)
+        g = _grads(icl(embed_a(theta), a), theta, create_graph=True)
         theta1 = {k: p - inner_lr * gk for (k, p), gk in zip(theta.items(), g)}
         m = objective(theta1, a)
         return torch.autograd.grad(m, w)[0], m.detach()
 
-    g = grads(icl(embed_a(theta), strata().detach()), theta)
+    g = _grads(icl(embed_a(theta), strata().detach()), theta)
     theta1 = {k: (p - inner_lr * gk).detach().requires_grad_(mode != "first_order") for (k, p), gk in zip(theta.items(), g)}
     m = objective(theta1, strata())
     direct = torch.autograd.grad(m, w, retain_graph=True, allow_unused=True)[0] if meta_loss == "total" else None
     direct = torch.zeros_like(w) if direct is None else direct
     if mode == "first_order": return direct, m.detach()
 
-    v = grads(m, theta1)
+    v = _grads(m, theta1)
     vnorm = torch.sqrt(sum((x * x).sum() for x in v))
     if vnorm == 0 or inner_lr == 0: return direct, m.detach()
     if mode == "exact":  # u = J_theta z_A . v by forward-mode AD, then d/dw <u, grad_z L_ICL(z_A, a)>
@@ -151,10 +165,12 @@ def meta_gradient(method: nn.Module, strata: StratumVectors, batch_a, batch_b, i
 # %% ../nbs/05_msr.ipynb #37484bae
 class MetaSemanticRegularizer(nn.Module):
     "Stratum vectors + the ICL loss + stage-2 meta steps with their own optimiser."
-    def __init__(self, n_strata: int, dim: int, lam: float = 1.0, tau: float = 0.5, negatives: str = "all",
-                 meta_mode: str = "exact", meta_loss: str | None = None, meta_params: str = "all", meta_lr: float = 1e-3,
-                 inner_lr: float = 3e-3, meta_share: float = 0.2, activation: str = "sigmoid", init_std: float = 0.01,
-                 fd_eps: float = 0.01, optimizer: str = "adam"):
+    def __init__(self, dim: int, n_strata: int = ICLConfig.n_strata, lam: float = ICLConfig.lam, tau: float = ICLConfig.tau,
+                 negatives: str = ICLConfig.negatives, meta_mode: str = ICLConfig.meta_mode,
+                 meta_loss: str | None = ICLConfig.meta_loss, meta_params: str = ICLConfig.meta_params,
+                 meta_lr: float = ICLConfig.meta_lr, inner_lr: float = OptimConfig.lr, meta_share: float = ICLConfig.meta_share,
+                 activation: str = ICLConfig.activation, init_std: float = ICLConfig.init_std, fd_eps: float = 0.01,
+                 optimizer: str = "adam"):
         super().__init__()
         _check_tau(tau)
         if negatives not in NEGATIVES: raise ValueError(f"negatives must be one of {', '.join(NEGATIVES)}; got {negatives!r}")
