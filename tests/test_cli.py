@@ -1,10 +1,66 @@
 "The `iclmsr` console script, run as a user runs it: a subprocess."
-import json
+import importlib, inspect, json, re
+import pytest
 from conftest import run, bin_path
+from iclmsr.cli import COMMANDS, main
+
+def _commands(table=COMMANDS, path=()):
+    "Every (command words, entry) of the CLI's table, nested groups walked (`data info` is ('data', 'info'))."
+    for name, entry in table.items():
+        if isinstance(entry, dict): yield from _commands(entry, path + (name,))
+        else: yield path + (name,), entry
+
+COMMAND_LIST = list(_commands())
+IDS = [" ".join(p) for p, _ in COMMAND_LIST]
+
+def _function(entry):
+    "The plain function a COMMANDS entry names; fails if its module cannot be imported or lacks the function."
+    mod, fname, _ = entry
+    m = importlib.import_module(mod)
+    assert hasattr(m, fname), f"COMMANDS names {mod}.{fname}, which does not exist"
+    f = getattr(m, fname)
+    assert callable(f), f"{mod}.{fname} is not callable"
+    return getattr(f, "__wrapped__", f)
+
+def _usage_block(text: str) -> str:
+    "The usage line of an argparse help text, joined if argparse wrapped it."
+    m = re.search(r"^usage: .*?(?=\n\s*\n|\Z)", text, re.S | re.M)
+    assert m, text
+    return " ".join(m.group(0).split())
+
+def test_command_table_walks_groups():
+    assert ("data", "info") in [p for p, _ in COMMAND_LIST] and ("info",) in [p for p, _ in COMMAND_LIST]
+
+@pytest.mark.parametrize("path,entry", COMMAND_LIST, ids=IDS)
+def test_command_help_names_every_parameter(path, entry, capsys):
+    func = _function(entry)
+    params = [p for p in inspect.signature(func).parameters.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    try: rc = main([*path, "--help"])
+    except SystemExit as e: rc = e.code
+    out = capsys.readouterr()
+    assert rc in (0, None), out.out + out.err
+    usage = _usage_block(out.out)
+    assert usage.startswith(f"usage: iclmsr {' '.join(path)} "), usage
+    words = set(re.findall(r"[\w-]+", usage))
+    for p in params:
+        names = {f"--{p.name}", f"--{p.name.replace('_', '-')}"} if p.default is not p.empty else {p.name}
+        assert names & words, f"iclmsr {' '.join(path)} --help does not name {p.name!r}: {usage}"
+    doc = inspect.getdoc(func)
+    if doc: assert " ".join(doc.split()[:4]) in " ".join(out.out.split()), f"iclmsr {' '.join(path)} --help lacks its docstring"
+
+def _listed(text: str) -> list[str]:
+    "The command names a group's usage text lists (the rows under 'commands:')."
+    rows = text.split("commands:", 1)[1].split("\n\n", 1)[0]
+    return [l.split()[0] for l in rows.splitlines() if l.strip()]
 
 def test_help_lists_commands():
     p = run([bin_path("iclmsr"), "--help"])
-    assert "usage: iclmsr COMMAND" in p.stdout and "info" in p.stdout
+    assert "usage: iclmsr COMMAND" in p.stdout
+    assert _listed(p.stdout) == list(COMMANDS), p.stdout   # every command, none hidden because its module is missing
+    for name, entry in COMMANDS.items():
+        if isinstance(entry, dict):
+            g = run([bin_path("iclmsr"), name, "--help"])
+            assert g.stdout.startswith(f"usage: iclmsr {name} COMMAND") and _listed(g.stdout) == list(entry), g.stdout
 
 def test_info_json_matches_torch():
     import torch
