@@ -1,6 +1,7 @@
 """The offline docs build: every module gets a page holding the API entry (show_doc heading) of each of its exported
 names, the home page exists, and the committed README.md is what the build writes from nbs/index.ipynb."""
-import importlib, re
+import ast, importlib, json, re
+from html import unescape
 from pathlib import Path
 import pytest
 from conftest import run, bin_path, copy_project, ROOT
@@ -49,3 +50,92 @@ def test_readme_is_up_to_date(built):
     built_readme = (dest/"README.md").read_text()
     assert built_readme == (ROOT/"README.md").read_text(), "README.md is stale: run iclmsr_docs and commit README.md"
     assert "pip install -e \".[dev]\" && nbdev_test && pytest tests" in built_readme
+
+# -- every name a notebook show_docs is rendered on its module's page ----------------------------------------------
+# Modules and their notebooks are discovered (each iclmsr/*.py names the notebook it is exported from), so the check
+# follows notebooks being split, renamed or added.
+
+def _notebook_of(py: Path) -> Path | None:
+    "The notebook `py` was exported from (nbdev's 'File to edit' header), or None for a hand-written module."
+    m = re.search(r"File to edit: \.\./(\S+\.ipynb)", py.read_text(encoding="utf-8")[:2000])
+    return py.parent.parent/m.group(1) if m else None
+
+def _exported_all(py: Path) -> list[str]:
+    for node in ast.parse(py.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets):
+            return list(ast.literal_eval(node.value))
+    return []
+
+def _docstrings(py: Path) -> dict[str, str]:
+    "Docstrings of `py`'s classes, functions and methods (in the class or `@patch`ed onto it) by qualified name."
+    docs = {}
+    for node in ast.parse(py.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.ClassDef):
+            docs[node.name] = ast.get_docstring(node) or ""
+            for f in node.body:
+                if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)): docs[f"{node.name}.{f.name}"] = ast.get_docstring(f) or ""
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            docs[node.name] = ast.get_docstring(node) or ""
+            ann = node.args.args[0].annotation if node.args.args else None
+            if isinstance(ann, ast.Name): docs.setdefault(f"{ann.id}.{node.name}", ast.get_docstring(node) or "")
+    return docs
+
+def _show_docs(nb: Path) -> list[str]:
+    "The names the notebook's code cells pass to `show_doc` (a name, or `Class.method`)."
+    cells = json.loads(nb.read_text(encoding="utf-8"))["cells"]
+    src = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+    return list(dict.fromkeys(re.findall(r"^\s*show_doc\(\s*([A-Za-z_][\w.]*)", src, re.M)))
+
+def _page_of(nb: Path, nbs: Path) -> str:
+    "The page a notebook renders to: its front matter's output-file, else nbdev's name (number prefix dropped)."
+    from iclmsr.docs import _front_matter
+    cells = json.loads(nb.read_text(encoding="utf-8"))["cells"]
+    out = _front_matter("".join(cells[0]["source"])).get("output-file") if cells and cells[0]["cell_type"] == "raw" else None
+    rel = nb.relative_to(nbs)
+    name = Path(out).stem + ".html" if out else re.sub(r"^\d+[a-zA-Z0-9]*_", "", rel.name.lower())[:-len(".ipynb")] + ".html"
+    return (rel.parent/name).as_posix()
+
+def _text(html: str) -> str: return " ".join(unescape(re.sub(r"<[^>]+>", " ", html)).split())
+
+def _entries(html: str) -> dict[str, str]:
+    "Each heading's text -> the text of what follows it up to the next heading (a show_doc entry's signature and docstring)."
+    hs = list(re.finditer(r"<h([2-4])\b[^>]*>(.*?)</h\1>", html, re.S))
+    return {_text(h.group(2)): _text(html[h.end(): hs[i + 1].start() if i + 1 < len(hs) else len(html)])
+            for i, h in enumerate(hs)}
+
+def _api_pages(root: Path):
+    "(module, notebook, names in __all__ that the notebook show_docs, with their methods) for every exported module."
+    for py in sorted((root/"iclmsr").glob("*.py")):
+        nb = _notebook_of(py)
+        if nb is None or not nb.exists(): continue
+        public = set(_exported_all(py))
+        names = [n for n in _show_docs(nb) if n.split(".")[0] in public]
+        yield f"iclmsr.{py.stem}", nb, names, _docstrings(py)
+
+def test_discovery_finds_the_notebooks():
+    pages = {m: (nb, names) for m, nb, names, _ in _api_pages(ROOT)}
+    assert pages["iclmsr.checkpoint"][0].name == "08_checkpoint.ipynb"
+    assert {"load_checkpoint", "NotACheckpoint", "CheckpointKeeper.save"} <= set(pages["iclmsr.checkpoint"][1])
+    assert _page_of(ROOT/"nbs"/"08_checkpoint.ipynb", ROOT/"nbs") == "checkpoint.html"
+    html = ('<h3 id="f">f</h3><pre><code><span>def</span> f(x)</code></pre><p><em>Do it.</em></p>'
+            '<h2>Next</h2><h3 id="g">g</h3>')
+    test_entries = _entries(html)
+    assert test_entries["f"] == "def f(x) Do it." and test_entries["g"] == ""
+
+def test_every_show_doc_is_rendered_on_its_page(built):
+    dest, _ = built
+    nbs, missing, checked = dest/"nbs", [], 0
+    for mod, nb, names, docs in _api_pages(dest):
+        page = dest/"_docs"/_page_of(nb, nbs)
+        if not page.exists(): missing.append(f"{mod}: no page {page.name} for {nb.name}"); continue
+        entries = _entries(page.read_text(encoding="utf-8"))
+        for name in names:
+            checked += 1
+            body = entries.get(name)
+            if body is None: missing.append(f"{mod}: {name} has no API heading on {page.name}"); continue
+            short, doc = name.split(".")[-1], " ".join(docs.get(name, "").replace("`", "").split()[:6])
+            signature = re.search(rf"(?<![\w.]){re.escape(short)} ?\(", body)  # `def name (x ...` once tags are spaces
+            if not signature and not (doc and _text(doc) in body):
+                missing.append(f"{mod}: {name} on {page.name} shows neither its signature nor its docstring: {body[:120]!r}")
+    assert checked > 50, f"only {checked} show_doc entries found: is the discovery broken?"
+    assert not missing, "\n".join(missing)
