@@ -1,6 +1,6 @@
 """The real dataset loaders on fixture files written here in each dataset's on-disk format.
 
-These writers are independent of `iclmsr.data.fake_*` (a cross-check of both), and where torchvision has a reader the
+These writers are independent of the `fake_*` writers in tests/fixtures.py (a cross-check of both), and where torchvision has a reader the
 fixture is also read with torchvision's own class (its md5 check switched off), so the fixture format is the real one.
 """
 import json, pickle
@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 from iclmsr.data import FgBgData, VARIANTS, load_dataset, export_in9, make_toy
+from fixtures import fake_cifar, fake_stl10, fake_in9
 
 
 @pytest.fixture
@@ -244,6 +245,26 @@ def test_saved_dataset_loads_with_weights_only(tmp_path):
     back = FgBgData.from_state(raw)
     assert torch.equal(back.images, toy.images) and torch.equal(back.bg_images, toy.bg_images) and back.meta == toy.meta
 
+
+
+# ---------------------------------------------------------------- tests/fixtures.py against the real readers
+def test_fixture_writers_read_by_torchvision(tmp_path, no_md5):
+    "The notebook's fixture writers produce files torchvision's own CIFAR10/STL10 classes read back as written."
+    from torchvision.datasets import CIFAR10, STL10
+    wrote = fake_cifar(tmp_path/"c10", "cifar10", n=3)
+    tv = CIFAR10(str(tmp_path/"c10"), train=True)
+    assert tv.data.shape == (15, 32, 32, 3) and np.array_equal(tv.data, wrote["train"][0])
+    assert tv.targets == wrote["train"][1].tolist()
+    wrote = fake_stl10(tmp_path/"stl", n=2)
+    tv = STL10(str(tmp_path/"stl"), split="test")
+    assert np.array_equal(tv.data.transpose(0, 2, 3, 1), wrote["test"][0]) and tv.labels.tolist() == wrote["test"][1].tolist()
+
+
+def test_fixture_in9_tree(tmp_path):
+    d = fake_in9(tmp_path, n=3)
+    ds = load_dataset(f"in9:{d}", "val")
+    m = np.load(sorted((d/"fg_mask"/"val"/"01_bird").glob("*.npy"))[0])
+    assert len(ds) == 6 and ds.labels.tolist() == [0, 0, 0, 1, 1, 1] and torch.equal(ds.masks[3], torch.from_numpy(m))
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_variants_on_gpu():

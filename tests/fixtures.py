@@ -1,0 +1,145 @@
+"""Test fixtures: small files in the exact on-disk formats of the datasets `iclmsr.data` reads.
+
+Nothing can be downloaded where this package is tested, so every loader is tested on files written here in the
+dataset's own format: the same pickled dicts, binary layouts, folder trees, annotation JSON and list files the real
+releases contain (read off torchvision's readers and the datasets' documentation). Each writer returns what it
+wrote, to compare against. Used by nbs/01c_data.ipynb and the tests (`from fixtures import fake_in9`); not part of
+the installed library. (tests/test_data_loaders.py writes its own fixtures independently, as a cross-check.)
+"""
+import json, pickle
+from pathlib import Path
+import numpy as np
+from iclmsr.data import _CIFAR, _STL_CLASSES
+
+__all__ = ["fake_cifar", "fake_stl10", "fake_tiny_imagenet", "fake_coco", "fake_pets", "fake_in9"]
+
+
+def _rng_images(rng, n, h, w, labels=None):
+    "Images that are a class colour plus noise (so labels are visible and JPEG keeps them close)."
+    base = rng.integers(0, 256, (n, 1, 1, 3)) if labels is None else ((np.asarray(labels)[:, None, None, None] * 53 + np.array([20, 90, 160])) % 256)
+    return np.clip(base + rng.integers(-8, 9, (n, h, w, 3)), 0, 255).astype(np.uint8)
+
+def fake_cifar(root, kind: str = "cifar10", n: int = 4, seed: int = 0) -> dict:
+    "Write CIFAR-10 (5 data batches + test batch) or CIFAR-100 python files with `n` images per file into `root`."
+    rng = np.random.default_rng(seed)
+    folder, _, _ = _CIFAR[kind]; d = Path(root)/folder; d.mkdir(parents=True, exist_ok=True)
+    k = 10 if kind == "cifar10" else 100
+    key = "labels" if kind == "cifar10" else "fine_labels"
+    files = ([f"data_batch_{i}" for i in range(1, 6)], ["test_batch"]) if kind == "cifar10" else (["train"], ["test"])
+    out = {}
+    for split, names in zip(("train", "test"), files):
+        ims, labs = [], []
+        for f in names:
+            y = rng.integers(0, k, n); x = _rng_images(rng, n, 32, 32, y)
+            entry = {"batch_label": f"fake {f}", key: y.tolist(), "data": x.transpose(0, 3, 1, 2).reshape(n, 3072),
+                     "filenames": [f"img_{i}.png" for i in range(n)]}
+            if kind == "cifar100": entry["coarse_labels"] = (y // 5).tolist()
+            with open(d/f, "wb") as fh: pickle.dump(entry, fh, protocol=2)
+            ims.append(x); labs.append(y)
+        out[split] = (np.concatenate(ims), np.concatenate(labs))
+    meta = ({"label_names": [f"c10_{i}" for i in range(10)], "num_cases_per_batch": n, "num_vis": 3072} if kind == "cifar10"
+            else {"fine_label_names": [f"c100_{i}" for i in range(100)], "coarse_label_names": [f"super_{i}" for i in range(20)]})
+    with open(d/("batches.meta" if kind == "cifar10" else "meta"), "wb") as fh: pickle.dump(meta, fh, protocol=2)
+    return out
+
+def fake_stl10(root, n: int = 3, seed: int = 0) -> dict:
+    "Write STL-10 binaries (96 px, column-major, labels 1..10) with `n` images per split into `root/stl10_binary`."
+    rng = np.random.default_rng(seed)
+    d = Path(root)/"stl10_binary"; d.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for split in ("train", "test", "unlabeled"):
+        y = rng.integers(0, 10, n); x = _rng_images(rng, n, 96, 96, y)                    # (n, H, W, 3)
+        x.transpose(0, 3, 2, 1).tofile(d/f"{split}_X.bin")                               # per image: C, W, H
+        if split != "unlabeled": (y + 1).astype(np.uint8).tofile(d/f"{split}_y.bin")
+        out[split] = (x, y if split != "unlabeled" else np.full(n, -1))
+    (d/"class_names.txt").write_text("\n".join(_STL_CLASSES) + "\n")
+    (d/"fold_indices.txt").write_text("\n".join(" ".join(map(str, range(i % n, n, 2))) for i in range(10)) + "\n")
+    return out
+
+def fake_tiny_imagenet(root, wnids=("n01443537", "n01629819", "n02123045"), n_train: int = 2, n_val: int = 2, seed: int = 0) -> dict:
+    "Write a Tiny ImageNet tree (`tiny-imagenet-200/` with wnids.txt, words.txt, train/, val/) into `root`."
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    d = Path(root)/"tiny-imagenet-200"
+    (d/"val"/"images").mkdir(parents=True, exist_ok=True)
+    (d/"wnids.txt").write_text("\n".join(wnids) + "\n")
+    (d/"words.txt").write_text("".join(f"{w}\tthing {i}, other name\n" for i, w in enumerate(wnids)) + "n99999999\tunused\n")
+    ann = []
+    for c, w in enumerate(wnids):
+        (d/"train"/w/"images").mkdir(parents=True, exist_ok=True)
+        x = _rng_images(rng, n_train + n_val, 64, 64, [c] * (n_train + n_val))
+        for i in range(n_train): Image.fromarray(x[i]).save(d/"train"/w/"images"/f"{w}_{i}.JPEG", quality=95)
+        (d/"train"/w/f"{w}_boxes.txt").write_text("".join(f"{w}_{i}.JPEG\t0\t0\t63\t63\n" for i in range(n_train)))
+        for i in range(n_val):
+            f = f"val_{c * n_val + i}.JPEG"; Image.fromarray(x[n_train + i]).save(d/"val"/"images"/f, quality=95)
+            ann.append(f"{f}\t{w}\t0\t0\t63\t63\n")
+    (d/"val"/"val_annotations.txt").write_text("".join(ann))
+    return dict(root=d, classes=[f"thing {i}" for i in range(len(wnids))])
+
+def fake_coco(root, seed: int = 0) -> tuple:
+    "Write a COCO instances JSON (polygons, a crowd RLE, a tiny instance) and its JPEG images; returns (json, images_dir)."
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    d = Path(root); (d/"annotations").mkdir(parents=True, exist_ok=True); (d/"val2017").mkdir(parents=True, exist_ok=True)
+    cats = [{"id": 3, "name": "car", "supercategory": "vehicle"}, {"id": 18, "name": "dog", "supercategory": "animal"}]
+    images, anns = [], []
+    # image 1 (80x60): a dog rectangle and a car triangle; image 2 (64x64): a car square, a crowd and a tiny instance
+    specs = {1: (80, 60, [(18, [10, 10, 50, 10, 50, 40, 10, 40], 0), (3, [50, 55, 78, 55, 64, 15], 0)]),
+             2: (64, 64, [(3, [8, 8, 40, 8, 40, 40, 8, 40], 0), (18, None, 1), (18, [60, 60, 62, 60, 62, 62], 0)])}
+    aid = 1
+    for img_id, (w, h, objs) in specs.items():
+        fn = f"{img_id:012d}.jpg"
+        Image.fromarray(_rng_images(rng, 1, h, w)[0]).save(d/"val2017"/fn, quality=95)
+        images.append({"id": img_id, "file_name": fn, "width": w, "height": h})
+        for cat, poly, crowd in objs:
+            if crowd:  # uncompressed RLE over the whole image, column-major counts
+                seg = {"counts": [0, w * h // 2, w * h - w * h // 2], "size": [h, w]}; bbox = [0, 0, w, h]; area = w * h // 2
+            else:
+                xs, ys = poly[0::2], poly[1::2]
+                bbox = [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
+                area = 0.5 * abs(sum(xs[i] * ys[(i + 1) % len(xs)] - xs[(i + 1) % len(xs)] * ys[i] for i in range(len(xs))))
+                seg = [poly]
+            anns.append({"id": aid, "image_id": img_id, "category_id": cat, "segmentation": seg, "area": float(area),
+                         "bbox": [float(v) for v in bbox], "iscrowd": crowd}); aid += 1
+    js = d/"annotations"/"instances_val2017.json"
+    js.write_text(json.dumps({"info": {"description": "fake"}, "licenses": [], "images": images, "annotations": anns, "categories": cats}))
+    return js, d/"val2017"
+
+def fake_pets(root, breeds=("Abyssinian", "american_bulldog", "Bengal"), n: int = 2, seed: int = 0) -> Path:
+    "Write an Oxford-IIIT Pet tree (`oxford-iiit-pet/images`, `annotations/trimaps`, list/trainval/test.txt) into `root`."
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    d = Path(root)/"oxford-iiit-pet"; (d/"images").mkdir(parents=True, exist_ok=True); (d/"annotations"/"trimaps").mkdir(parents=True, exist_ok=True)
+    lines, split_lines = [], {"trainval": [], "test": []}
+    species_n = {1: 0, 2: 0}
+    for c, b in enumerate(breeds):
+        sp = 1 if b[0].isupper() else 2; species_n[sp] += 1
+        for i in range(2 * n):
+            stem = f"{b}_{100 + i}"; h, w = 40 + 4 * i, 56
+            Image.fromarray(_rng_images(rng, 1, h, w, [c])[0]).save(d/"images"/f"{stem}.jpg", quality=95)
+            yy, xx = np.mgrid[:h, :w]; r = ((yy - h / 2) / (h / 3)) ** 2 + ((xx - w / 2) / (w / 3)) ** 2
+            tri = np.where(r < 0.8, 1, np.where(r < 1.0, 3, 2)).astype(np.uint8)
+            Image.fromarray(tri).save(d/"annotations"/"trimaps"/f"{stem}.png")
+            line = f"{stem} {c + 1} {sp} {species_n[sp]}"
+            lines.append(line); split_lines["trainval" if i < n else "test"].append(line)
+    head = ("#Image CLASS-ID SPECIES BREED ID\n#ID: 1:37 Class ids\n#SPECIES: 1:Cat 2:Dog\n#BREED ID: 1-25:Cat 1:12:Dog\n"
+            "#All images with 1st letter as captial are cat images\n#images with small first letter are dog images\n")
+    (d/"annotations"/"list.txt").write_text(head + "\n".join(lines) + "\n")
+    for s, ls in split_lines.items(): (d/"annotations"/f"{s}.txt").write_text("\n".join(ls) + "\n")
+    return d
+
+def fake_in9(root, classes=("00_dog", "01_bird"), n: int = 2, size: int = 48, seed: int = 0) -> Path:
+    "Write an ImageNet-9 release-style tree: `original/val/<class>/*.JPEG`, `only_bg_t/...`, `fg_mask/val/<class>/*.npy`."
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    d = Path(root)
+    for c, cls in enumerate(classes):
+        x = _rng_images(rng, n, size, size, [c] * n)
+        for i in range(n):
+            stem = f"n0{c}000000_{1000 + i}"
+            m = np.zeros((size, size), bool); m[size // 4: 3 * size // 4, size // 3: 2 * size // 3] = True
+            for v in ("original", "only_bg_t"):
+                (d/v/"val"/cls).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(x[i] if v == "original" else np.where(m[..., None], 128, x[i]).astype(np.uint8)).save(d/v/"val"/cls/f"{stem}.JPEG", quality=95)
+            (d/"fg_mask"/"val"/cls).mkdir(parents=True, exist_ok=True); np.save(d/"fg_mask"/"val"/cls/f"{stem}.npy", m)
+    return d
