@@ -8,7 +8,8 @@ import os, math, time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from .utils import get_device
+from fastcore.basics import patch
+from .utils import get_device, timed
 try: import faiss
 except ImportError: faiss = None  # the torch path still works
 
@@ -73,20 +74,24 @@ def _faiss_device(device) -> int | None:
     if idx >= n: raise ValueError(f"device {str(device)!r} asked for, but FAISS sees only {n} GPU(s)")
     return idx
 
-# %% ../nbs/09_knn.ipynb #354833b4
+# %% ../nbs/09_knn.ipynb #8eefbacc
+def _check_index_args(dim, metric, kind, nlist, nprobe, backend):
+    "Refuse a bad `FeatureIndex` argument with a message naming it and what is allowed."
+    if not isinstance(dim, (int, np.integer)) or dim < 1: raise ValueError(f"dim must be a positive integer, got {dim!r}")
+    if metric not in _METRICS: raise ValueError(f"unknown metric {metric!r}; use one of {', '.join(_METRICS)}")
+    if kind not in _KINDS: raise ValueError(f"unknown index kind {kind!r}; use one of {', '.join(_KINDS)}")
+    if backend not in _BACKENDS: raise ValueError(f"unknown backend {backend!r}; use one of {', '.join(_BACKENDS)}")
+    if backend == "faiss" and faiss is None: raise ValueError("backend='faiss' asked for, but faiss is not installed; pip install faiss-cpu, or use backend='torch'")
+    if kind == "ivf" and backend == "torch": raise ValueError("kind='ivf' needs backend='faiss' (the torch path is exact search only)")
+    if nlist is not None and nlist < 1: raise ValueError(f"nlist must be >= 1, got {nlist}")
+    if nprobe < 1: raise ValueError(f"nprobe must be >= 1, got {nprobe}")
+
 class FeatureIndex:
     "k-nearest-neighbour search over a database of feature vectors, with FAISS or torch."
     def __init__(self, dim: int, metric: str = "cos", kind: str = "flat", nlist: int | None = None, nprobe: int = 16,
                  train_size: int | None = None, backend: str = "auto", device: str | None = "auto",
                  temp_memory: int = 256 << 20, seed: int = 0):
-        if not isinstance(dim, (int, np.integer)) or dim < 1: raise ValueError(f"dim must be a positive integer, got {dim!r}")
-        if metric not in _METRICS: raise ValueError(f"unknown metric {metric!r}; use one of {', '.join(_METRICS)}")
-        if kind not in _KINDS: raise ValueError(f"unknown index kind {kind!r}; use one of {', '.join(_KINDS)}")
-        if backend not in _BACKENDS: raise ValueError(f"unknown backend {backend!r}; use one of {', '.join(_BACKENDS)}")
-        if backend == "faiss" and faiss is None: raise ValueError("backend='faiss' asked for, but faiss is not installed; pip install faiss-cpu, or use backend='torch'")
-        if kind == "ivf" and backend == "torch": raise ValueError("kind='ivf' needs backend='faiss' (the torch path is exact search only)")
-        if nlist is not None and nlist < 1: raise ValueError(f"nlist must be >= 1, got {nlist}")
-        if nprobe < 1: raise ValueError(f"nprobe must be >= 1, got {nprobe}")
+        _check_index_args(dim, metric, kind, nlist, nprobe, backend)
         self.dim, self.metric, self.kind, self.nlist, self.nprobe = int(dim), metric, kind, nlist, nprobe
         self.backend, self.device, self.temp_memory, self.train_size, self.seed = backend, device, temp_memory, train_size, seed
         self._index, self._db, self.gpu = None, None, None
@@ -103,76 +108,85 @@ class FeatureIndex:
     def _prep(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(x, dim=1) if self.metric == "cos" else x
 
-    def _resolve(self, x: torch.Tensor):
-        "Fix the backend on the first `add`."
-        if self.backend == "auto":
-            self.backend = "torch" if (faiss is None or (x.is_cuda and self.kind == "flat")) else "faiss"
-        if self.backend == "faiss": self.gpu = _faiss_device(self.device)
+# %% ../nbs/09_knn.ipynb #c60f93b2
+@patch
+def _resolve(self: FeatureIndex, x: torch.Tensor):
+    "Fix the backend on the first `add`."
+    if self.backend == "auto":
+        self.backend = "torch" if (faiss is None or (x.is_cuda and self.kind == "flat")) else "faiss"
+    if self.backend == "faiss": self.gpu = _faiss_device(self.device)
 
-    def _build(self, x: np.ndarray):
-        mt = faiss.METRIC_L2 if self.metric == "l2" else faiss.METRIC_INNER_PRODUCT
-        if self.kind == "flat":
-            index = faiss.IndexFlatL2(self.dim) if self.metric == "l2" else faiss.IndexFlatIP(self.dim)
-        else:
-            n = len(x)
-            nlist = self.nlist or max(1, min(round(math.sqrt(n)), n // 39))  # FAISS wants >= 39 training points per cell
-            if nlist > n: raise ValueError(f"nlist={nlist} cells need at least that many training vectors, got {n}")
-            m = min(n, max(self.train_size or 64 * nlist, nlist))
-            xt = x if m == n else x[np.random.default_rng(self.seed).choice(n, m, replace=False)]
-            quant = faiss.IndexFlatL2(self.dim) if self.metric == "l2" else faiss.IndexFlatIP(self.dim)
-            index = faiss.IndexIVFFlat(quant, self.dim, nlist, mt)
-            index.cp.min_points_per_centroid = 1  # no warnings for small sets; quality is the caller's choice of nlist
-            self.nlist, self._quant = nlist, quant
-        if self.gpu is not None: index = faiss.index_cpu_to_gpu(_gpu_res(self.gpu, self.temp_memory), self.gpu, index)
-        if self.kind == "ivf":
-            index.train(xt)
-            index.nprobe = min(self.nprobe, self.nlist)
-        self._index = index
+@patch
+def _build(self: FeatureIndex, x: np.ndarray):
+    "Create the FAISS index for the first batch `x` (an IVF index's cells are trained on a subset of it)."
+    mt = faiss.METRIC_L2 if self.metric == "l2" else faiss.METRIC_INNER_PRODUCT
+    if self.kind == "flat":
+        index = faiss.IndexFlatL2(self.dim) if self.metric == "l2" else faiss.IndexFlatIP(self.dim)
+    else:
+        n = len(x)
+        nlist = self.nlist or max(1, min(round(math.sqrt(n)), n // 39))  # FAISS wants >= 39 training points per cell
+        if nlist > n: raise ValueError(f"nlist={nlist} cells need at least that many training vectors, got {n}")
+        m = min(n, max(self.train_size or 64 * nlist, nlist))
+        xt = x if m == n else x[np.random.default_rng(self.seed).choice(n, m, replace=False)]
+        quant = faiss.IndexFlatL2(self.dim) if self.metric == "l2" else faiss.IndexFlatIP(self.dim)
+        index = faiss.IndexIVFFlat(quant, self.dim, nlist, mt)
+        index.cp.min_points_per_centroid = 1  # no warnings for small sets; quality is the caller's choice of nlist
+        self.nlist, self._quant = nlist, quant
+    if self.gpu is not None: index = faiss.index_cpu_to_gpu(_gpu_res(self.gpu, self.temp_memory), self.gpu, index)
+    if self.kind == "ivf":
+        index.train(xt)
+        index.nprobe = min(self.nprobe, self.nlist)
+    self._index = index
 
-    def add(self, feats) -> "FeatureIndex":
-        "Add database vectors (tensor or array, (n, dim)); an IVF index is trained on the first batch added."
-        x = feats if isinstance(feats, torch.Tensor) else torch.as_tensor(feats)
-        if self._index is None and self._db is None: self._resolve(x)
-        dev = x.device
-        x = self._prep(as_feats(x, "database feats", self.dim))
-        if self.backend == "torch":
-            if self.device not in (None, "auto"): x = x.to(get_device(self.device))
-            elif self._db is not None: x = x.to(self._db.device)
-            self._db = x.contiguous() if self._db is None else torch.cat([self._db, x.to(self._db.device)])
-        else:
-            xn = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
-            if self._index is None: self._build(xn)
-            self._index.add(xn)
-        return self
+# %% ../nbs/09_knn.ipynb #6c31809c
+@patch
+def add(self: FeatureIndex, feats) -> FeatureIndex:
+    "Add database vectors (tensor or array, (n, dim)); an IVF index is trained on the first batch added."
+    x = feats if isinstance(feats, torch.Tensor) else torch.as_tensor(feats)
+    if self._index is None and self._db is None: self._resolve(x)
+    x = self._prep(as_feats(x, "database feats", self.dim))
+    if self.backend == "torch":
+        if self.device not in (None, "auto"): x = x.to(get_device(self.device))
+        elif self._db is not None: x = x.to(self._db.device)
+        self._db = x.contiguous() if self._db is None else torch.cat([self._db, x.to(self._db.device)])
+    else:
+        xn = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        if self._index is None: self._build(xn)
+        self._index.add(xn)
+    return self
 
-    def search(self, queries, k: int = 5, batch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        "The `k` nearest database vectors of each query: (scores, indices), each (n_queries, k)."
-        if self.ntotal == 0: raise ValueError("the index is empty: add database vectors before searching")
-        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1: raise ValueError(f"k must be a positive integer, got {k!r}")
-        if k > self.ntotal: raise ValueError(f"k={k} is larger than the database ({self.ntotal} vectors)")
-        q = self._prep(as_feats(queries, "query feats", self.dim))
-        if batch is not None and batch < 1: raise ValueError(f"batch must be >= 1, got {batch}")
-        if self.backend == "torch": return self._search_torch(q, k, batch)
-        if self.gpu is not None and k > 2048: raise ValueError(f"k={k} exceeds FAISS-GPU's limit of 2048; use backend='torch'")
-        batch = batch or 16384
-        qn = np.ascontiguousarray(q.detach().cpu().numpy(), dtype=np.float32)
-        out = [self._index.search(qn[i:i + batch], k) for i in range(0, len(qn), batch)]
-        return torch.from_numpy(np.concatenate([o[0] for o in out])), torch.from_numpy(np.concatenate([o[1] for o in out])).long()
+# %% ../nbs/09_knn.ipynb #1ebd8273
+@patch
+def search(self: FeatureIndex, queries, k: int = 5, batch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    "The `k` nearest database vectors of each query: (scores, indices), each (n_queries, k)."
+    if self.ntotal == 0: raise ValueError("the index is empty: add database vectors before searching")
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1: raise ValueError(f"k must be a positive integer, got {k!r}")
+    if k > self.ntotal: raise ValueError(f"k={k} is larger than the database ({self.ntotal} vectors)")
+    q = self._prep(as_feats(queries, "query feats", self.dim))
+    if batch is not None and batch < 1: raise ValueError(f"batch must be >= 1, got {batch}")
+    if self.backend == "torch": return self._search_torch(q, k, batch)
+    if self.gpu is not None and k > 2048: raise ValueError(f"k={k} exceeds FAISS-GPU's limit of 2048; use backend='torch'")
+    batch = batch or 16384
+    qn = np.ascontiguousarray(q.detach().cpu().numpy(), dtype=np.float32)
+    out = [self._index.search(qn[i:i + batch], k) for i in range(0, len(qn), batch)]
+    return torch.from_numpy(np.concatenate([o[0] for o in out])), torch.from_numpy(np.concatenate([o[1] for o in out])).long()
 
-    def _search_torch(self, q, k, batch):
-        db = self._db
-        q = q.to(db.device)
-        batch = batch or max(1, (64 << 20) // len(db))
-        sq = (db * db).sum(1) if self.metric == "l2" else None
-        S, I = [], []
-        for qc in q.split(batch):
-            s = qc @ db.T
-            if self.metric == "l2":
-                s = ((qc * qc).sum(1, keepdim=True) - 2 * s + sq).clamp_min_(0)
-                v, i = s.topk(k, dim=1, largest=False)
-            else: v, i = s.topk(k, dim=1)
-            S.append(v); I.append(i)
-        return torch.cat(S), torch.cat(I)
+@patch
+def _search_torch(self: FeatureIndex, q, k, batch):
+    "Exact search by blocks of `batch` queries: a matrix product against the database and `topk`."
+    db = self._db
+    q = q.to(db.device)
+    batch = batch or max(1, (64 << 20) // len(db))
+    sq = (db * db).sum(1) if self.metric == "l2" else None
+    S, I = [], []
+    for qc in q.split(batch):
+        s = qc @ db.T
+        if self.metric == "l2":
+            s = ((qc * qc).sum(1, keepdim=True) - 2 * s + sq).clamp_min_(0)
+            v, i = s.topk(k, dim=1, largest=False)
+        else: v, i = s.topk(k, dim=1)
+        S.append(v); I.append(i)
+    return torch.cat(S), torch.cat(I)
 
 # %% ../nbs/09_knn.ipynb #d09b4994
 def knn_recall(exact, approx) -> float:
@@ -230,9 +244,6 @@ def weighted_knn_predict(train_feats, train_labels, query_feats, k: int = 200, T
     return pred, scores
 
 # %% ../nbs/09_knn.ipynb #5b847ee1
-def _timed(f):
-    t = time.perf_counter(); out = f(); return time.perf_counter() - t, out
-
 def bench_knn(n_db: int = 50_000, n_query: int = 10_000, dim: int = 512, k: int = 5, nprobe: int = 8, seed: int = 0,
               sklearn: bool = True, repeat: int = 1) -> dict:
     "Time kNN search (FAISS flat and IVF, torch matmul, torch cdist, scikit-learn brute force) on the CPU, side by side."
@@ -253,7 +264,7 @@ def bench_knn(n_db: int = 50_000, n_query: int = 10_000, dim: int = 512, k: int 
     names = list(jobs)
     for r in range(repeat):  # best of `repeat`, the order rotated each round so no contestant always runs first
         for name in names[r % len(names):] + names[:r % len(names)]:
-            t, ids[name] = _timed(jobs[name])
+            t, ids[name] = timed(jobs[name])
             secs[name] = min(t, secs.get(name, math.inf))
     secs = {n: secs[n] for n in names}
     ratios = {"torch_mm_vs_faiss": secs["torch_mm"] / secs["faiss_flat"], "torch_cdist_vs_faiss": secs["torch_cdist"] / secs["faiss_flat"],
