@@ -4,16 +4,18 @@
 
 # %% ../nbs/16_dashboard.ipynb #16868cac
 from __future__ import annotations
-import json, math, os, tempfile, threading, time, traceback, html
+import json, tempfile, threading, time, traceback, html
+from contextlib import nullcontext
 from pathlib import Path
 import numpy as np
 import torch
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 import ipywidgets as W
-from .config import load_config, dump_config, config_from_dict, config_to_dict, read_config_file
+from fastcore.basics import patch
+from .utils import fmt_duration
+from .config import DataConfig, ModelConfig, ICLConfig, TrainConfig, load_config, dump_config, config_from_dict, config_to_dict
 from .methods import METHODS
-from .learner import Learner, Callback, Checkpointer, default_callbacks
+from .learner import Learner, Callback, Checkpointer, Control, default_callbacks
 from .viz import Showable, figure_html
 
 # %% auto #0
@@ -32,6 +34,13 @@ def strata_of(method) -> np.ndarray | None:
     if not hasattr(method, "strata"): return None
     with torch.no_grad(): return method.strata().detach().float().cpu().numpy()
 
+# %% ../nbs/16_dashboard.ipynb #1d6b9782
+def _batch_size(learn) -> int | None:
+    "The learner's global batch size: its `batch_size`, else its config's (None when it has neither)."
+    b = getattr(learn, "batch_size", None)
+    if b is None and getattr(learn, "cfg", None) is not None: b = learn.cfg.train.batch_size
+    return b
+
 class Recorder(Callback):
     "Learner callback: record losses every batch, kNN accuracy every epoch, a_t and speed at most every `every` s."
     order = 90
@@ -42,20 +51,6 @@ class Recorder(Callback):
         self.knn = {"epoch": [], "knn_full": [], "knn_fg": [], "knn_bg": []}
         self.strata, self.speed, self.gpu, self.version, self._snap = None, {}, None, 0, 0.0
         self._save_req, self.saved, self.active, self.cost, self.calls = None, None, True, 0.0, 0
-
-    def load_history(self, records: list[dict], upto: int | None = None):
-        "Fill the history from `metrics.jsonl` records (those past step `upto` left out)."
-        with self.lock:
-            for r in records:
-                if upto is not None and r.get("step", 0) > upto: continue
-                if r.get("kind") == "batch" and r.get("loss") is not None:
-                    for k in self.fit: self.fit[k].append(r.get(k) if r.get(k) is not None else float("nan"))
-                elif r.get("kind") == "meta" and r.get("meta") is not None:
-                    self.meta["step"].append(r["step"]); self.meta["meta"].append(r["meta"])
-                elif r.get("kind") == "epoch" and r.get("knn_full") is not None:
-                    self.knn["epoch"].append(r["epoch"] + 1)
-                    for k in ("knn_full", "knn_fg", "knn_bg"): self.knn[k].append(r.get(k))
-            self.version += 1
 
     def before_fit(self):
         L = self.learn
@@ -87,32 +82,53 @@ class Recorder(Callback):
 
     def after_fit(self): self.snapshot(force=True)
 
-    def snapshot(self, force: bool = False):
-        "Copy a_t, the speed and the GPU memory (on the training thread, at most every `every` s)."
-        L, now = self.learn, time.monotonic()
-        if not force and now - self._snap < self.every: return
-        self._snap = now
-        a = strata_of(L.method)
-        dt, ds = now - self._t_last, L.step - self._s_last
-        if dt > 0 and ds > 0:  # steps per second over the last interval, smoothed
-            r = ds / dt
-            self.rate = r if self.rate is None else 0.7 * self.rate + 0.3 * r
-            self._t_last, self._s_last = now, L.step
-        with self.lock:
-            self.strata, self.gpu = a, gpu_memory(L.device)
-            self.speed = {"steps_per_s": self.rate, "images_per_s": None if self.rate is None else self.rate * L.cfg.train.batch_size,
-                          "elapsed": now - self.t0, "eta": None if not self.rate else (L.total_steps - L.step) / self.rate}
-            self.version += 1
+# %% ../nbs/16_dashboard.ipynb #b090bde7
+@patch
+def snapshot(self: Recorder, force: bool = False):
+    "Copy a_t, the speed and the GPU memory (on the training thread, at most every `every` s)."
+    L, now = self.learn, time.monotonic()
+    if not force and now - self._snap < self.every: return
+    self._snap = now
+    a = strata_of(L.method)
+    dt, ds = now - self._t_last, L.step - self._s_last
+    if dt > 0 and ds > 0:  # steps per second over the last interval, smoothed
+        r = ds / dt
+        self.rate = r if self.rate is None else 0.7 * self.rate + 0.3 * r
+        self._t_last, self._s_last = now, L.step
+    bs = _batch_size(L)
+    with self.lock:
+        self.strata, self.gpu = a, gpu_memory(L.device)
+        self.speed = {"steps_per_s": self.rate, "images_per_s": None if self.rate is None or bs is None else self.rate * bs,
+                      "elapsed": now - self.t0, "eta": None if not self.rate else (L.total_steps - L.step) / self.rate}
+        self.version += 1
 
-    # -- checkpoints on demand ------------------------------------------------------------------------------------------
-    def request_save(self):
-        "Ask for a checkpoint at the end of the current batch; returns an Event set once it is written."
-        ev = threading.Event(); self._save_req = ev; return ev
+# %% ../nbs/16_dashboard.ipynb #941ac4ee
+@patch
+def load_history(self: Recorder, records: list[dict], upto: int | None = None):
+    "Fill the history from `metrics.jsonl` records (those past step `upto` left out)."
+    with self.lock:
+        for r in records:
+            if upto is not None and r.get("step", 0) > upto: continue
+            if r.get("kind") == "batch" and r.get("loss") is not None:
+                for k in self.fit: self.fit[k].append(r.get(k) if r.get(k) is not None else float("nan"))
+            elif r.get("kind") == "meta" and r.get("meta") is not None:
+                self.meta["step"].append(r["step"]); self.meta["meta"].append(r["meta"])
+            elif r.get("kind") == "epoch" and r.get("knn_full") is not None:
+                self.knn["epoch"].append(r["epoch"] + 1)
+                for k in ("knn_full", "knn_fg", "knn_bg"): self.knn[k].append(r.get(k))
+        self.version += 1
 
-    def _do_save(self):
-        ev, self._save_req = self._save_req, None
-        try: self.saved = save_now(self.learn)
-        finally: ev.set()
+# %% ../nbs/16_dashboard.ipynb #f84519a9
+@patch
+def request_save(self: Recorder) -> threading.Event:
+    "Ask for a checkpoint at the end of the current batch; returns an Event set once it is written."
+    ev = threading.Event(); self._save_req = ev; return ev
+
+@patch
+def _do_save(self: Recorder):
+    ev, self._save_req = self._save_req, None
+    try: self.saved = save_now(self.learn)
+    finally: ev.set()
 
 def save_now(learn) -> Path:
     "Write `run_dir/last.pt` for `learn` now, through its `Checkpointer` (keeps the best-so-far bookkeeping)."
@@ -134,6 +150,7 @@ def thin(x, y, max_points: int = 1500):
     idx = np.unique(np.r_[np.linspace(0, n - 1, max_points - 1).astype(int), n - 1])
     return [x[i] for i in idx], [y[i] for i in idx]
 
+# %% ../nbs/16_dashboard.ipynb #49a22960
 LOSS_TRACES = (("loss", "total", "#1f77b4"), ("base", "base", "#ff7f0e"), ("icl", "ICL", "#2ca02c"))
 KNN_TRACES = (("knn_full", "full", "#1f77b4"), ("knn_fg", "foreground only", "#2ca02c"), ("knn_bg", "background only", "#d62728"))
 
@@ -151,6 +168,7 @@ def dashboard_figures(height: int = 320) -> dict:
                                    yaxis_title="stratum t", width=240, **lay))
     return {"loss": loss, "knn": knn, "strata": strata}
 
+# %% ../nbs/16_dashboard.ipynb #dbae8579
 def draw(figs: dict, rec: Recorder, max_points: int = 1500) -> dict:
     "Copy what changed in `rec`'s history into `figs` (from `dashboard_figures`): one batched update per changed figure."
     with rec.lock:
@@ -162,7 +180,7 @@ def draw(figs: dict, rec: Recorder, max_points: int = 1500) -> dict:
         a = rec.strata
     a = None if a is None else np.round(a, 3)
     if a is not None and drawn.get("a") is not None and np.array_equal(a, drawn["a"]): a = None
-    batch = lambda f: f.batch_update() if isinstance(f, go.FigureWidget) else _nullcontext()
+    batch = lambda f: f.batch_update() if isinstance(f, go.FigureWidget) else nullcontext()
     # only the figures whose data changed: less to send, and less for the browser to draw
     if fit is not None or meta is not None:
         f = figs["loss"]
@@ -179,283 +197,326 @@ def draw(figs: dict, rec: Recorder, max_points: int = 1500) -> dict:
     figs["loss"]._iclmsr_drawn = {**n, "a": a if a is not None else drawn.get("a")}
     return figs
 
-class _nullcontext:
-    def __enter__(self): return self
-    def __exit__(self, *a): return False
-
-# %% ../nbs/16_dashboard.ipynb #4e15246f
+# %% ../nbs/16_dashboard.ipynb #cd852b55
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
-def _auto_backbone() -> str: return "resnet18" if torch.cuda.is_available() else "small_cnn"
+def _auto_backbone() -> str: return ModelConfig().backbone if torch.cuda.is_available() else "small_cnn"
 
 class Dashboard(Showable):
     "Configure, start, pause, resume, stop and watch a training run; checkpoints and continuing a run directory."
-    def __init__(self, spec: str = "toy", method: str = "simclr", icl: bool = True, n_strata: int = 16, lam: float = 1.0,
-                 epochs: int = 20, device: str = "auto", backbone: str | None = None, batch_size: int | None = None,
+    def __init__(self, spec: str = DataConfig().spec, method: str = ModelConfig().method, icl: bool = True,
+                 n_strata: int = ICLConfig().n_strata, lam: float = ICLConfig().lam, epochs: int = 20,
+                 device: str = TrainConfig().device, backbone: str | None = None, batch_size: int | None = None,
                  more: str = "", run_dir: str | Path | None = None, every: float = 1.0, max_points: int = 1500,
                  static: bool | None = None):
         self.every, self.max_points, self.static = every, max_points, static
-        self.learn, self.rec, self.thread, self.ticker, self.error, self.state = None, Recorder(every), None, None, None, "idle"
+        self.learn, self.control, self.rec, self.thread, self.ticker = None, None, Recorder(every), None, None
+        self.error, self.traceback, self.note, self.state, self.opened_step = None, None, None, "idle", None
         self.resume_from, self.redraws, self.draw_wall, self.draw_cpu = None, 0, 0.0, 0.0
         cuda = torch.cuda.is_available()
-        lay = lambda w: W.Layout(width=w)
-        s = {"description_width": "70px"}
-        self.w = dict(
-            spec=W.Text(spec, description="data", layout=lay("330px"), style=s),
-            method=W.Dropdown(options=list(METHODS), value=method, description="method", layout=lay("200px"), style=s),
-            backbone=W.Dropdown(options=["small_cnn", "resnet18", "resnet50"], value=backbone or _auto_backbone(),
-                                description="backbone", layout=lay("200px"), style=s),
-            icl=W.Checkbox(icl, description="ICL-MSR", indent=False, layout=lay("90px")),
-            n_strata=W.BoundedIntText(n_strata, min=1, max=4096, description="n", layout=lay("140px"), style=s),
-            lam=W.BoundedFloatText(lam, min=0, max=1e3, step=0.1, description="λ", layout=lay("140px"), style=s),
-            epochs=W.BoundedIntText(epochs, min=1, max=100000, description="epochs", layout=lay("160px"), style=s),
-            batch_size=W.BoundedIntText(batch_size or (256 if cuda else 64), min=2, max=65536, description="batch",
-                                        layout=lay("160px"), style=s),
-            device=W.Dropdown(options=DEVICES, value=device, description="device", layout=lay("160px"), style=s),
-            more=W.Text(more, description="more", placeholder="key=value ...  e.g. optim.lr=1e-3 train.knn_every=1",
-                        layout=lay("500px"), style=s),
-            run_dir=W.Text(str(run_dir or ""), description="run dir", placeholder="(a new temporary directory)",
-                           layout=lay("500px"), style=s))
-        for n, c in self.w.items(): c.add_class(f"iclmsr-ctl-{n}")
-        self.buttons = {n: W.Button(description=d, icon=i, layout=lay("auto"), button_style=st) for n, d, i, st in
-                        (("start", "Start", "play", "success"), ("pause", "Pause", "pause", ""), ("resume", "Resume", "play", ""),
-                         ("stop", "Stop", "stop", "danger"), ("save", "Save checkpoint", "save", ""), ("open", "Open", "folder-open", ""))}
-        for n, b in self.buttons.items():
-            b.add_class(f"iclmsr-{n}")
-            b.on_click(lambda _b, n=n: self._guard(getattr(self, n) if n != "open" else lambda: self.open(self.w["run_dir"].value)))
+        self.w = self._controls(spec=spec, method=method, backbone=backbone or _auto_backbone(), icl=icl, n_strata=n_strata,
+                                lam=lam, epochs=epochs, batch_size=batch_size or (TrainConfig().batch_size if cuda else 64),
+                                device=device, more=more, run_dir=str(run_dir or ""))
+        self.buttons = self._buttons()
         self.status = W.HTML(); self.status.add_class("iclmsr-status")
         self.figs = {k: go.FigureWidget(f) for k, f in dashboard_figures().items()}
         self.fig = self.figs["loss"]
-        w = self.w
-        controls = W.VBox([W.HBox([w["spec"], w["method"], w["backbone"]]),
-                           W.HBox([w["icl"], w["n_strata"], w["lam"], w["epochs"], w["batch_size"], w["device"]]),
-                           W.HBox([w["more"]]), W.HBox([w["run_dir"], self.buttons["open"]]),
-                           W.HBox([self.buttons[n] for n in ("start", "pause", "resume", "stop", "save")])])
-        boxes = [W.Box([f]) for f in self.figs.values()]
-        for k, b in zip(self.figs, boxes): b.add_class(f"iclmsr-fig-{k}")
-        plots = W.HBox(boxes, layout=W.Layout(flex_flow="row wrap"))
-        self.widget = W.VBox([controls, self.status, plots]); self.widget.add_class("iclmsr-dashboard")
+        self.widget = self._layout()
         self._refresh()
 
     def __repr__(self): return f"Dashboard({self.state}, step {self.learn.step if self.learn else 0})"
 
-    # -- settings -------------------------------------------------------------------------------------------------------
-    def overrides(self) -> list[str]:
-        "The controls as config `key=value` overrides."
-        w = self.w
-        o = [f"data.spec={w['spec'].value}", f"model.method={w['method'].value}", f"model.backbone={w['backbone'].value}",
-             f"icl.enabled={str(w['icl'].value).lower()}", f"icl.n_strata={w['n_strata'].value}", f"icl.lam={w['lam'].value}",
-             f"train.epochs={w['epochs'].value}", f"train.batch_size={w['batch_size'].value}", f"train.device={w['device'].value}"]
-        return o + w["more"].value.split()
+# %% ../nbs/16_dashboard.ipynb #0cb79468
+@patch
+def _controls(self: Dashboard, **v) -> dict:
+    lay = lambda w: W.Layout(width=w)
+    s = {"description_width": "70px"}
+    w = dict(
+        spec=W.Text(v["spec"], description="data", layout=lay("330px"), style=s),
+        method=W.Dropdown(options=list(METHODS), value=v["method"], description="method", layout=lay("200px"), style=s),
+        backbone=W.Dropdown(options=["small_cnn", "resnet18", "resnet50"], value=v["backbone"], description="backbone",
+                            layout=lay("200px"), style=s),
+        icl=W.Checkbox(v["icl"], description="ICL-MSR", indent=False, layout=lay("90px")),
+        n_strata=W.BoundedIntText(v["n_strata"], min=1, max=4096, description="n", layout=lay("140px"), style=s),
+        lam=W.BoundedFloatText(v["lam"], min=0, max=1e3, step=0.1, description="λ", layout=lay("140px"), style=s),
+        epochs=W.BoundedIntText(v["epochs"], min=1, max=100000, description="epochs", layout=lay("160px"), style=s),
+        batch_size=W.BoundedIntText(v["batch_size"], min=2, max=65536, description="batch", layout=lay("160px"), style=s),
+        device=W.Dropdown(options=DEVICES, value=v["device"], description="device", layout=lay("160px"), style=s),
+        more=W.Text(v["more"], description="more", placeholder="key=value ...  e.g. optim.lr=1e-3 train.knn_every=1",
+                    layout=lay("500px"), style=s),
+        run_dir=W.Text(v["run_dir"], description="run dir", placeholder="(a new temporary directory)", layout=lay("500px"), style=s))
+    for n, c in w.items(): c.add_class(f"iclmsr-ctl-{n}")
+    return w
 
-    def config(self):
-        "The run configuration the controls describe (errors name the bad key)."
-        return load_config(None, self.overrides())
+@patch
+def _buttons(self: Dashboard) -> dict:
+    bs = {n: W.Button(description=d, icon=i, layout=W.Layout(width="auto"), button_style=st) for n, d, i, st in
+          (("start", "Start", "play", "success"), ("pause", "Pause", "pause", ""), ("resume", "Resume", "play", ""),
+           ("stop", "Stop", "stop", "danger"), ("save", "Save checkpoint", "save", ""), ("open", "Open", "folder-open", ""))}
+    for n, b in bs.items():
+        b.add_class(f"iclmsr-{n}")
+        b.on_click(lambda _b, n=n: self._guard(getattr(self, n) if n != "open" else lambda: self.open(self.w["run_dir"].value)))
+    return bs
 
-    def _set_controls(self, cfg):
-        w = self.w
-        w["spec"].value, w["icl"].value = cfg.data.spec, cfg.icl.enabled
-        if cfg.model.method in w["method"].options: w["method"].value = cfg.model.method
-        if cfg.model.backbone in w["backbone"].options: w["backbone"].value = cfg.model.backbone
-        w["n_strata"].value, w["lam"].value, w["epochs"].value = cfg.icl.n_strata, cfg.icl.lam, cfg.train.epochs
-        w["batch_size"].value = cfg.train.batch_size
-        if cfg.train.device in DEVICES: w["device"].value = cfg.train.device
-        shown = {k.split("=")[0] for k in self.overrides()[:9]}
-        d = config_to_dict(cfg); default = config_to_dict(load_config(None, []))
-        w["more"].value = " ".join(f"{s}.{k}={v}" for s, sec in d.items() for k, v in sec.items()
-                                   if f"{s}.{k}" not in shown and v != default[s][k])
+@patch
+def _layout(self: Dashboard) -> W.VBox:
+    w, b = self.w, self.buttons
+    controls = W.VBox([W.HBox([w["spec"], w["method"], w["backbone"]]),
+                       W.HBox([w["icl"], w["n_strata"], w["lam"], w["epochs"], w["batch_size"], w["device"]]),
+                       W.HBox([w["more"]]), W.HBox([w["run_dir"], b["open"]]),
+                       W.HBox([b[n] for n in ("start", "pause", "resume", "stop", "save")])])
+    boxes = [W.Box([f]) for f in self.figs.values()]
+    for k, box in zip(self.figs, boxes): box.add_class(f"iclmsr-fig-{k}")
+    widget = W.VBox([controls, self.status, W.HBox(boxes, layout=W.Layout(flex_flow="row wrap"))])
+    widget.add_class("iclmsr-dashboard")
+    return widget
 
-    # -- the run ----------------------------------------------------------------------------------------------------------
-    @property
-    def running(self) -> bool: return self.thread is not None and self.thread.is_alive()
+@patch
+def _guard(self: Dashboard, fn):
+    "Run a button's action; show an error in the status line instead of raising into the void."
+    try: fn()
+    except Exception as e:
+        self.error = f"{type(e).__name__}: {e}"; self._refresh()
 
-    def _guard(self, fn):
-        "Run a button's action; show an error in the status line instead of raising into the void."
-        try: fn()
-        except Exception as e:
-            self.error = f"{type(e).__name__}: {e}"; self._refresh()
+# %% ../nbs/16_dashboard.ipynb #a742b4dc
+def _epochs(learn) -> int:
+    "The epochs `learn` trains to (from its step counts, so also for a learner built from parts)."
+    return learn.total_steps // max(learn.batches_per_epoch, 1)
 
-    def start(self):
-        "Start the run (or continue the opened run directory) on a background thread; returns at once."
-        if self.running: raise RuntimeError("a run is already going: stop it first")
-        cfg = self.config()
-        run_dir = self.w["run_dir"].value.strip() or tempfile.mkdtemp(prefix="iclmsr-run-")
-        self.w["run_dir"].value = run_dir
-        resume = self.resume_from if self.resume_from and Path(self.resume_from).parent == Path(run_dir) else None
-        if not resume and (Path(run_dir)/"last.pt").exists():
-            raise FileExistsError(f"{run_dir} holds a run (last.pt): Open it to continue it, or choose another run dir")
-        if not resume: self.rec = Recorder(self.every)
-        self.error, self.state, self.learn = None, "starting", None
-        self.thread = threading.Thread(target=self._run, args=(cfg, Path(run_dir), resume), name="iclmsr-train", daemon=True)
-        self.thread.start()
-        self._start_ticker()
+@patch(as_prop=True)
+def running(self: Dashboard) -> bool:
+    "True while the dashboard's training thread is alive."
+    return self.thread is not None and self.thread.is_alive()
+
+@patch
+def status_text(self: Dashboard) -> str:
+    "The status line: state, position, speed, memory, time left, kNN accuracy, run directory."
+    L, r = self.learn, self.rec
+    parts = [f"<b>{self.state}</b>"]
+    if L is not None:
+        parts.append(f"epoch {min(L.epoch + 1, _epochs(L))}/{_epochs(L)} · step {L.step}/{L.total_steps} · {L.stage}")
+    elif self.opened_step is not None and self.state == "opened":
+        parts.append(f"checkpoint at step {self.opened_step}")
+    sp = r.speed
+    if sp.get("images_per_s"): parts.append(f"{sp['images_per_s']:.0f} images/s")
+    gm = r.gpu
+    parts.append(f"GPU memory {gm[0]:.2f} GiB (peak {gm[1]:.2f})" if gm else "GPU memory: n/a" + (f" ({L.device.type})" if L else ""))
+    if sp.get("elapsed") is not None: parts.append(f"elapsed {fmt_duration(sp['elapsed'])}")
+    if sp.get("eta") is not None and self.state in ("running", "paused"): parts.append(f"ETA {fmt_duration(sp['eta'])}")
+    if r.knn["epoch"]:
+        parts.append("kNN " + " / ".join(f"{n} {r.knn[k][-1]:.1f}%" for k, n in
+                                        (("knn_full", "full"), ("knn_fg", "fg"), ("knn_bg", "bg")) if r.knn[k][-1] is not None))
+    if r.fit["step"]: parts.append(f"loss {r.fit['loss'][-1]:.4f}")
+    rd = self.w["run_dir"].value
+    extra = f"<br><span style='color:#555'>run dir: {html.escape(rd)}</span>" if rd else ""
+    if self.note: extra += f"<br><span style='color:#2ca02c'>{html.escape(self.note)}</span>"
+    if self.error: extra += f"<br><span class='iclmsr-error' style='color:#d62728'>{html.escape(self.error)}</span>"
+    return f"<div style='font-size:13px'>{' · '.join(parts)}{extra}</div>"
+
+@patch
+def _refresh(self: Dashboard):
+    self.status.value = self.status_text()
+    running, b = self.running, self.buttons
+    b["start"].disabled = running
+    b["start"].description = "Continue" if (self.resume_from and not running) else "Start"
+    b["pause"].disabled = not running or self.state == "paused"
+    b["resume"].disabled = not running or self.state != "paused"
+    b["stop"].disabled = not running
+    b["save"].disabled = self.learn is None
+    b["open"].disabled = running
+
+# %% ../nbs/16_dashboard.ipynb #7026cdf5
+_SHOWN = ("data.spec", "model.method", "model.backbone", "icl.enabled", "icl.n_strata", "icl.lam", "train.epochs",
+          "train.batch_size", "train.device")   # the settings with a control of their own
+
+@patch
+def overrides(self: Dashboard) -> list[str]:
+    "The controls as config `key=value` overrides."
+    w = self.w
+    o = [f"data.spec={w['spec'].value}", f"model.method={w['method'].value}", f"model.backbone={w['backbone'].value}",
+         f"icl.enabled={str(w['icl'].value).lower()}", f"icl.n_strata={w['n_strata'].value}", f"icl.lam={w['lam'].value}",
+         f"train.epochs={w['epochs'].value}", f"train.batch_size={w['batch_size'].value}", f"train.device={w['device'].value}"]
+    return o + w["more"].value.split()
+
+@patch
+def config(self: Dashboard):
+    "The run configuration the controls describe (errors name the bad key)."
+    return load_config(None, self.overrides())
+
+@patch
+def _set_controls(self: Dashboard, cfg):
+    w = self.w
+    w["spec"].value, w["icl"].value = cfg.data.spec, cfg.icl.enabled
+    if cfg.model.method in w["method"].options: w["method"].value = cfg.model.method
+    if cfg.model.backbone in w["backbone"].options: w["backbone"].value = cfg.model.backbone
+    w["n_strata"].value, w["lam"].value, w["epochs"].value = cfg.icl.n_strata, cfg.icl.lam, cfg.train.epochs
+    w["batch_size"].value = cfg.train.batch_size
+    if cfg.train.device in DEVICES: w["device"].value = cfg.train.device
+    d, default = config_to_dict(cfg), config_to_dict(load_config(None, []))
+    w["more"].value = " ".join(f"{s}.{k}={v}" for s, sec in d.items() for k, v in sec.items()
+                               if f"{s}.{k}" not in _SHOWN and v != default[s][k])
+
+# %% ../nbs/16_dashboard.ipynb #3190694c
+@patch
+def redraw(self: Dashboard):
+    "Push the recorded numbers to the figure and the status line (its cost is added up in `draw_wall`/`draw_cpu`)."
+    w, c = time.perf_counter(), time.thread_time()
+    draw(self.figs, self.rec, self.max_points)
+    self.redraws += 1
+    self._refresh()
+    self.draw_wall += time.perf_counter() - w; self.draw_cpu += time.thread_time() - c
+
+@patch
+def _start_ticker(self: Dashboard, watch=None):
+    watch = watch or (lambda: self.running)
+    def loop():
+        seen = -1
+        while True:
+            alive = watch()
+            if not self.rec.active and alive: time.sleep(self.every); continue   # switched off (bench_dashboard)
+            if self.rec.version != seen:
+                seen = self.rec.version
+                try: self.redraw()
+                except Exception as e: self.error = f"redraw failed: {e}"
+            elif self.redraws == 0 or alive: self._refresh()   # the clock (elapsed, ETA) moves
+            if not alive: break
+            time.sleep(self.every)
         self._refresh()
+    self.ticker = threading.Thread(target=loop, name="iclmsr-redraw", daemon=True)
+    self.ticker.start()
 
-    def _run(self, cfg, run_dir: Path, resume):
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            learn = Learner(cfg, run_dir, cbs=default_callbacks(progress=False) + [self.rec])
-            if resume:
-                learn.resume(resume)
-                with self.rec.lock:  # the curves past the checkpoint were not kept by the run
-                    keep = [i for i, s in enumerate(self.rec.fit["step"]) if s <= learn.step]
-                    for k in self.rec.fit: self.rec.fit[k] = [self.rec.fit[k][i] for i in keep]
-            (run_dir/"config.yaml").write_text(dump_config(cfg))
-            self.learn, self.state = learn, "running"
-            learn.fit()
-            self.state = "stopped" if learn.cancelled else "finished"
-            self.resume_from = run_dir/"last.pt"
-        except Exception as e:
-            self.error, self.state = f"{type(e).__name__}: {e}", "error"
-            self.traceback = traceback.format_exc()
+# %% ../nbs/16_dashboard.ipynb #d074c94b
+@patch
+def start(self: Dashboard):
+    "Start the run (or continue the opened run directory) on a background thread; returns at once."
+    if self.running: raise RuntimeError("a run is already going: stop it first")
+    cfg = self.config()
+    run_dir = self.w["run_dir"].value.strip() or tempfile.mkdtemp(prefix="iclmsr-run-")
+    self.w["run_dir"].value = run_dir
+    resume = self.resume_from if self.resume_from and Path(self.resume_from).parent == Path(run_dir) else None
+    if not resume and (Path(run_dir)/"last.pt").exists():
+        raise FileExistsError(f"{run_dir} holds a run (last.pt): Open it to continue it, or choose another run dir")
+    if not resume: self.rec = Recorder(self.every)
+    self.error, self.state, self.learn, self.control = None, "starting", None, Control()
+    self.thread = threading.Thread(target=self._run, args=(cfg, Path(run_dir), resume), name="iclmsr-train", daemon=True)
+    self.thread.start()
+    self._start_ticker()
+    self._refresh()
 
-    def attach(self, learn):
-        "Watch a `Learner` built elsewhere: add the recorder to it and start redrawing; run `learn.fit()` yourself."
-        self.rec = Recorder(self.every)
-        learn.add_cbs([self.rec])
+@patch
+def _run(self: Dashboard, cfg, run_dir: Path, resume):
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        learn = Learner.from_config(cfg, run_dir, cbs=default_callbacks(progress=False) + [self.rec, self.control])
+        if resume:
+            learn.resume(resume)
+            with self.rec.lock:  # the curves past the checkpoint were not kept by the run
+                keep = [i for i, s in enumerate(self.rec.fit["step"]) if s <= learn.step]
+                for k in self.rec.fit: self.rec.fit[k] = [self.rec.fit[k][i] for i in keep]
+        (run_dir/"config.yaml").write_text(dump_config(cfg))
         self.learn, self.state = learn, "running"
-        self._start_ticker(watch=lambda: self.state == "running")
-        return self
+        learn.fit()
+        self.state = "stopped" if learn.cancelled else "finished"
+        self.resume_from = run_dir/"last.pt"
+    except Exception as e:
+        self.error, self.state = f"{type(e).__name__}: {e}", "error"
+        self.traceback = traceback.format_exc()
 
-    def detach(self):
-        "Stop watching an attached learner (the ticker ends; the recorder stays in its callbacks, cheaply)."
-        self.state = "detached"
-        if self.ticker is not None: self.ticker.join(timeout=5)
+@patch
+def wait(self: Dashboard, timeout: float | None = None):
+    "Block until the run ends (and the last redraw is done)."
+    if self.thread is not None: self.thread.join(timeout)
+    if self.ticker is not None: self.ticker.join(timeout)
+    return self
 
-    def pause(self):
-        "Hold the run between two batches."
-        if self.learn is None or not self.running: raise RuntimeError("nothing to pause: no run is going")
-        self.learn.pause(); self.state = "paused"; self._refresh()
+# %% ../nbs/16_dashboard.ipynb #83232ff7
+@patch
+def pause(self: Dashboard):
+    "Hold the run between two batches."
+    if self.learn is None or not self.running: raise RuntimeError("nothing to pause: no run is going")
+    self.control.pause(); self.state = "paused"; self._refresh()
 
-    def resume(self):
-        "Continue a paused run."
-        if self.learn is None or not self.running: raise RuntimeError("nothing to resume: no run is going")
-        self.learn.unpause(); self.state = "running"; self._refresh()
+@patch
+def resume(self: Dashboard):
+    "Continue a paused run."
+    if self.learn is None or not self.running: raise RuntimeError("nothing to resume: no run is going")
+    self.control.unpause(); self.state = "running"; self._refresh()
 
-    def stop(self):
-        "End the run after the current batch (it writes last.pt there)."
-        if self.learn is not None: self.learn.stop()
-        if self.running: self.state = "stopping"
-        self._refresh()
+@patch
+def stop(self: Dashboard):
+    "End the run after the current batch (it writes last.pt there)."
+    if self.control is not None: self.control.stop()
+    elif self.learn is not None: self.learn.stop()          # an attached learner
+    if self.running: self.state = "stopping"
+    self._refresh()
 
-    def save(self, timeout: float | None = 60) -> Path:
-        "Write `last.pt` now (at the end of the current batch if the run is training); returns its path."
-        L = self.learn
-        if L is None: raise RuntimeError("no run to save: start one first")
-        if self.running and not L.held:
-            ev = self.rec.request_save()
-            if timeout == 0: return L.run_dir/"last.pt"
-            if not ev.wait(timeout): raise TimeoutError(f"the checkpoint was not written within {timeout} s")
-            path = self.rec.saved
-        else: path = save_now(L)
-        self.note = f"saved {path} at step {L.step}"; self._refresh()
-        return path
+@patch
+def save(self: Dashboard, timeout: float | None = 60) -> Path:
+    "Write `last.pt` now (at the end of the current batch if the run is training); returns its path."
+    L = self.learn
+    if L is None: raise RuntimeError("no run to save: start one first")
+    if self.running and not self.control.held:
+        ev = self.rec.request_save()
+        if timeout == 0: return L.run_dir/"last.pt"
+        if not ev.wait(timeout): raise TimeoutError(f"the checkpoint was not written within {timeout} s")
+        path = self.rec.saved
+    else: path = save_now(L)
+    self.note = f"saved {path} at step {L.step}"; self._refresh()
+    return path
 
-    def open(self, run_dir):
-        "Show the run in `run_dir` (config, curves); `start()` then continues it from its last.pt."
-        if self.running: raise RuntimeError("a run is going: stop it before opening another")
-        d = Path(str(run_dir).strip()).expanduser()
-        if not d.is_dir(): raise FileNotFoundError(f"no run directory {str(d)!r}")
-        last = d/"last.pt"
-        if (d/"config.yaml").exists(): cfg = load_config(d/"config.yaml")
-        elif last.exists(): cfg = config_from_dict(torch.load(last, map_location="cpu", weights_only=True)["config"])
-        else: raise FileNotFoundError(f"{d} is not a run directory: it has neither config.yaml nor last.pt")
-        self._set_controls(cfg)
-        self.w["run_dir"].value = str(d)
-        self.rec, self.learn, self.error = Recorder(self.every), None, None
-        step = torch.load(last, map_location="cpu", weights_only=True)["step"] if last.exists() else None
-        if (d/"metrics.jsonl").exists():
-            self.rec.load_history([json.loads(l) for l in (d/"metrics.jsonl").read_text().splitlines() if l.strip()], upto=step)
-        self.resume_from, self.state = (last if last.exists() else None), "opened"
-        self.opened_step = step
-        self.redraw()
-        return self
+# %% ../nbs/16_dashboard.ipynb #a2aa1e82
+@patch
+def open(self: Dashboard, run_dir):
+    "Show the run in `run_dir` (config, curves); `start()` then continues it from its last.pt."
+    if self.running: raise RuntimeError("a run is going: stop it before opening another")
+    d = Path(str(run_dir).strip()).expanduser()
+    if not d.is_dir(): raise FileNotFoundError(f"no run directory {str(d)!r}")
+    last = d/"last.pt"
+    if (d/"config.yaml").exists(): cfg = load_config(d/"config.yaml")
+    elif last.exists(): cfg = config_from_dict(torch.load(last, map_location="cpu", weights_only=True)["config"])
+    else: raise FileNotFoundError(f"{d} is not a run directory: it has neither config.yaml nor last.pt")
+    self._set_controls(cfg)
+    self.w["run_dir"].value = str(d)
+    self.rec, self.learn, self.control, self.error = Recorder(self.every), None, None, None
+    step = torch.load(last, map_location="cpu", weights_only=True)["step"] if last.exists() else None
+    if (d/"metrics.jsonl").exists():
+        self.rec.load_history([json.loads(l) for l in (d/"metrics.jsonl").read_text().splitlines() if l.strip()], upto=step)
+    self.resume_from, self.state = (last if last.exists() else None), "opened"
+    self.opened_step = step
+    self.redraw()
+    return self
 
-    def wait(self, timeout: float | None = None):
-        "Block until the run ends (and the last redraw is done)."
-        if self.thread is not None: self.thread.join(timeout)
-        if self.ticker is not None: self.ticker.join(timeout)
-        return self
+# %% ../nbs/16_dashboard.ipynb #a5da8b43
+@patch
+def static_html(self: Dashboard) -> str:
+    "The dashboard as static HTML: its settings, status line and figures now (where there is no live widget)."
+    draw(self.figs, self.rec, self.max_points)
+    share = {"loss": 44, "knn": 30, "strata": 26}
+    figs = "".join(f"<div style='flex:0 0 {share[k]}%;min-width:0'>"
+                   f"{figure_html(go.Figure(f).update_layout(width=None, autosize=True))}</div>" for k, f in self.figs.items())
+    w = self.w
+    settings = (f"data {w['spec'].value} · {w['method'].value}{' + ICL-MSR' if w['icl'].value else ''} · "
+                f"{w['backbone'].value} · n={w['n_strata'].value} · λ={w['lam'].value} · {w['epochs'].value} epochs · "
+                f"batch {w['batch_size'].value} · device {w['device'].value} {w['more'].value}")
+    note = ("<div style='font-size:11px;color:#777'>a snapshot of the dashboard; in JupyterLab it is a live widget "
+            f"with its controls</div><div style='font-size:12px;color:#555'>{html.escape(settings)}</div>")
+    return note + self.status_text() + f"<div style='display:flex'>{figs}</div>"
 
-    # -- drawing -----------------------------------------------------------------------------------------------------------
-    def _start_ticker(self, watch=None):
-        watch = watch or (lambda: self.running)
-        def loop():
-            seen = -1
-            while True:
-                alive = watch()
-                if not self.rec.active and alive: time.sleep(self.every); continue   # switched off (bench_dashboard)
-                if self.rec.version != seen:
-                    seen = self.rec.version
-                    try: self.redraw()
-                    except Exception as e: self.error = f"redraw failed: {e}"
-                elif self.redraws == 0 or alive: self._refresh()   # the clock (elapsed, ETA) moves
-                if not alive: break
-                time.sleep(self.every)
-            self._refresh()
-        self.ticker = threading.Thread(target=loop, name="iclmsr-redraw", daemon=True)
-        self.ticker.start()
+# %% ../nbs/16_dashboard.ipynb #2fa279c7
+@patch
+def attach(self: Dashboard, learn):
+    "Watch a `Learner` built elsewhere: add the recorder to it and start redrawing; run `learn.fit()` yourself."
+    self.rec = Recorder(self.every)
+    learn.add_cbs([self.rec])
+    self.learn, self.control, self.state = learn, None, "running"
+    self._start_ticker(watch=lambda: self.state == "running")
+    return self
 
-    def redraw(self):
-        "Push the recorded numbers to the figure and the status line (its cost is added up in `draw_wall`/`draw_cpu`)."
-        w, c = time.perf_counter(), time.thread_time()
-        draw(self.figs, self.rec, self.max_points)
-        self.redraws += 1
-        self._refresh()
-        self.draw_wall += time.perf_counter() - w; self.draw_cpu += time.thread_time() - c
-
-    def status_text(self) -> str:
-        "The status line: state, position, speed, memory, time left, kNN accuracy, run directory."
-        L, r = self.learn, self.rec
-        parts = [f"<b>{self.state}</b>"]
-        if L is not None:
-            parts.append(f"epoch {min(L.epoch + 1, L.cfg.train.epochs)}/{L.cfg.train.epochs} · step {L.step}/{L.total_steps} · {L.stage}")
-        elif getattr(self, "opened_step", None) is not None and self.state == "opened":
-            parts.append(f"checkpoint at step {self.opened_step}")
-        sp = r.speed
-        if sp.get("images_per_s"): parts.append(f"{sp['images_per_s']:.0f} images/s")
-        gm = r.gpu
-        parts.append(f"GPU memory {gm[0]:.2f} GiB (peak {gm[1]:.2f})" if gm else "GPU memory: n/a" + (f" ({L.device.type})" if L else ""))
-        if sp.get("elapsed") is not None: parts.append(f"elapsed {_hms(sp['elapsed'])}")
-        if sp.get("eta") is not None and self.state in ("running", "paused"): parts.append(f"ETA {_hms(sp['eta'])}")
-        if r.knn["epoch"]:
-            parts.append("kNN " + " / ".join(f"{n} {r.knn[k][-1]:.1f}%" for k, n, _ in
-                                            (("knn_full", "full", 0), ("knn_fg", "fg", 0), ("knn_bg", "bg", 0)) if r.knn[k][-1] is not None))
-        if r.fit["step"]: parts.append(f"loss {r.fit['loss'][-1]:.4f}")
-        rd = self.w["run_dir"].value
-        line = " · ".join(parts)
-        extra = f"<br><span style='color:#555'>run dir: {html.escape(rd)}</span>" if rd else ""
-        if getattr(self, "note", None): extra += f"<br><span style='color:#2ca02c'>{html.escape(self.note)}</span>"
-        if self.error: extra += f"<br><span class='iclmsr-error' style='color:#d62728'>{html.escape(self.error)}</span>"
-        return f"<div style='font-size:13px'>{line}{extra}</div>"
-
-    def _refresh(self):
-        self.status.value = self.status_text()
-        running = self.running
-        b = self.buttons
-        b["start"].disabled = running
-        b["start"].description = "Continue" if (self.resume_from and not running) else "Start"
-        b["pause"].disabled = not running or self.state == "paused"
-        b["resume"].disabled = not running or self.state != "paused"
-        b["stop"].disabled = not running
-        b["save"].disabled = self.learn is None
-        b["open"].disabled = running
-
-    def static_html(self) -> str:
-        draw(self.figs, self.rec, self.max_points)
-        share = {"loss": 44, "knn": 30, "strata": 26}
-        figs = "".join(f"<div style='flex:0 0 {share[k]}%;min-width:0'>"
-                       f"{figure_html(go.Figure(f).update_layout(width=None, autosize=True))}</div>" for k, f in self.figs.items())
-        w = self.w
-        settings = (f"data {w['spec'].value} · {w['method'].value}{' + ICL-MSR' if w['icl'].value else ''} · "
-                    f"{w['backbone'].value} · n={w['n_strata'].value} · λ={w['lam'].value} · {w['epochs'].value} epochs · "
-                    f"batch {w['batch_size'].value} · device {w['device'].value} {w['more'].value}")
-        note = ("<div style='font-size:11px;color:#777'>a snapshot of the dashboard; in JupyterLab it is a live widget "
-                f"with its controls</div><div style='font-size:12px;color:#555'>{html.escape(settings)}</div>")
-        return note + self.status_text() + f"<div style='display:flex'>{figs}</div>"
-
-def _hms(s: float) -> str:
-    s = int(max(0, s)); return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60:02d}:{s % 60:02d}"
+@patch
+def detach(self: Dashboard):
+    "Stop watching an attached learner (the ticker ends; the recorder stays in its callbacks, cheaply)."
+    self.state = "detached"
+    if self.ticker is not None: self.ticker.join(timeout=5)
 
 # %% ../nbs/16_dashboard.ipynb #fcc1e2e1
 class _Blocks(Callback):
@@ -481,17 +542,16 @@ def bench_dashboard(overrides: list[str] | None = None, steps: int = 480, block_
     base = ["data.spec=toy:num_classes=4,n_train=64,n_test=16", "model.backbone=small_cnn", "model.proj_hidden=128",
             "model.proj_dim=32", "train.batch_size=32", "train.knn_every=0", "optim.warmup_steps=0", "icl.enabled=true",
             "icl.n_strata=4", "train.device=cpu"]
-    learn = Learner(load_config(None, base + list(overrides or [])))
+    learn = Learner.from_config(load_config(None, base + list(overrides or [])))
     block = learn.batches_per_epoch * block_epochs
     n_pairs = max(2, round(steps / block / 2))
-    learn.cfg.train.epochs = (2 * n_pairs + 1) * block_epochs
     dash = Dashboard(every=every, max_points=max_points).attach(learn)
     if show:
         from IPython.display import display
         display(dash.widget)   # in JupyterLab: the browser receives and draws every redraw
     clock = _Blocks(block, dash.rec)
     learn.add_cbs([clock])
-    learn.fit()
+    learn.fit((2 * n_pairs + 1) * block_epochs)
     dash.detach()
     bl = clock.blocks[1:]                                   # block 0 warms up
     pair = lambda k: [(a if a["watched"] else b)[k] / (b if a["watched"] else a)[k] for a, b in zip(bl[0::2], bl[1::2])]

@@ -11,6 +11,7 @@ import torch
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 import ipywidgets as W
+from fastcore.basics import patch
 from .utils import cache_dir
 from .data import FgBgData
 from .knn import FeatureIndex, as_feats, as_labels
@@ -372,7 +373,7 @@ def summary_html(rows: list[dict]) -> str:
             f'<div style="font-size:11px;color:#555">{rows[0]["queries"]} queries; bg-rate = share of neighbours with the '
             "query's background but not its class</div>")
 
-# %% ../nbs/15_viz.ipynb #cd824b2b
+# %% ../nbs/15_viz.ipynb #766f43e4
 class RetrievalExplorer(Showable):
     "Top-k neighbours of a query in the full / foreground-only / background-only indexes of each model, with marks and summaries."
     def __init__(self, models: dict, dbs: dict, k: int = 8, query: int = 0, view: UMAPView | None = None,
@@ -401,47 +402,56 @@ class RetrievalExplorer(Showable):
 
     def __repr__(self): return f"RetrievalExplorer({', '.join(self.models)}; query {self.query}, k={self.k})"
 
-    def select(self, i: int):
-        "Make image `i` of the full database the query and redraw its neighbours."
-        n = len(self.dbs["full"])
-        if not 0 <= i < n: raise IndexError(f"query {i} out of range: the database has {n} images")
-        self.query = i
-        if self.qbox.value != i: self.qbox.value = i   # its observer calls select again, once
-        self.table_now = {m: neighbour_table(self.models[m], self.dbs, [i], self.k, self.indexes[m]) for m in self.models}
-        self.rows.value = self.rows_html()
 
-    def counts(self) -> dict:
-        "For the current query: `{(model, db): (same class, same background only, k)}`."
-        return {(m, d): (int(t["same_class"].sum()), int((t["same_bg"] & ~t["same_class"]).sum()), self.k)
-                for m, tab in self.table_now.items() for d, t in tab.items()}
+# %% ../nbs/15_viz.ipynb #4e5cb3f7
+@patch
+def select(self: RetrievalExplorer, i: int):
+    "Make image `i` of the full database the query and redraw its neighbours."
+    n = len(self.dbs["full"])
+    if not 0 <= i < n: raise IndexError(f"query {i} out of range: the database has {n} images")
+    self.query = i
+    if self.qbox.value != i: self.qbox.value = i   # its observer calls select again, once
+    self.table_now = {m: neighbour_table(self.models[m], self.dbs, [i], self.k, self.indexes[m]) for m in self.models}
+    self.rows.value = self.rows_html()
 
-    def rows_html(self, fmt: str = "png") -> str:
-        "The query and its neighbour rows as HTML (`fmt`: the thumbnails' image format)."
-        full, i = self.dbs["full"], self.query
-        q = thumb_html(full.images[i], f"query #{i}", size=self.thumb_size + 16, fmt=fmt,
-                       title=f"{full.classes[full.labels[i]]}, background {_bg_name(full, int(full.backgrounds[i]))}")
-        out = [f'<div class="iclmsr-query-row" style="font-size:12px">{q} <b>query #{i}</b>: class '
-               f'{html.escape(full.classes[full.labels[i]])}, background {html.escape(_bg_name(full, int(full.backgrounds[i])))}</div>']
-        for m, tab in self.table_now.items():
-            out.append(f'<div style="margin-top:6px"><b>{html.escape(m)}</b></div>')
-            for d, t in tab.items():
-                ds, ids = self.dbs[d], t["ids"][0].tolist()
-                sc, sb = t["same_class"][0].tolist(), t["same_bg"][0].tolist()
-                nc, nb = sum(sc), sum(b and not c for b, c in zip(sb, sc))
-                bgtxt = f"background only {nb}/{self.k}" if (ds.backgrounds >= 0).any() else "no backgrounds"
-                cells = "".join(thumb_html(ds.images[j], f"#{j} {t['scores'][0, r]:.2f}",
-                                           [x for x, on in (("class", sc[r]), ("bg", sb[r])) if on], self.thumb_size,
-                                           f"{ds.classes[ds.labels[j]]}, background {_bg_name(ds, int(ds.backgrounds[j]))}", fmt, 90)
-                                for r, j in enumerate(ids))
-                out.append(f'<div class="iclmsr-nbrs" data-model="{html.escape(m)}" data-db="{d}" data-same-class="{nc}" '
-                           f'data-same-bg="{nb}" style="display:flex;align-items:center"><div class="iclmsr-count" '
-                           f'style="width:150px;font-size:12px"><b>{d}</b><br>same class {nc}/{self.k}<br>{bgtxt}</div>'
-                           f'<div>{cells}</div></div>')
-        return "\n".join(out)
+@patch
+def counts(self: RetrievalExplorer) -> dict:
+    "For the current query: `{(model, db): (same class, same background only, k)}`."
+    return {(m, d): (int(t["same_class"].sum()), int((t["same_bg"] & ~t["same_class"]).sum()), self.k)
+            for m, tab in self.table_now.items() for d, t in tab.items()}
 
-    def static_html(self) -> str:
-        top = self.view.static_html() if self.view is not None else ""
-        return f'{top}<div class="iclmsr-retrieval">{self.rows_html(static_format())}{summary_html(self.summary)}</div>'
+# %% ../nbs/15_viz.ipynb #ad90f917
+@patch
+def rows_html(self: RetrievalExplorer, fmt: str = "png") -> str:
+    "The query and its neighbour rows as HTML (`fmt`: the thumbnails' image format)."
+    full, i = self.dbs["full"], self.query
+    q = thumb_html(full.images[i], f"query #{i}", size=self.thumb_size + 16, fmt=fmt,
+                   title=f"{full.classes[full.labels[i]]}, background {_bg_name(full, int(full.backgrounds[i]))}")
+    out = [f'<div class="iclmsr-query-row" style="font-size:12px">{q} <b>query #{i}</b>: class '
+           f'{html.escape(full.classes[full.labels[i]])}, background {html.escape(_bg_name(full, int(full.backgrounds[i])))}</div>']
+    for m, tab in self.table_now.items():
+        out.append(f'<div style="margin-top:6px"><b>{html.escape(m)}</b></div>')
+        for d, t in tab.items():
+            ds, ids = self.dbs[d], t["ids"][0].tolist()
+            sc, sb = t["same_class"][0].tolist(), t["same_bg"][0].tolist()
+            nc, nb = sum(sc), sum(b and not c for b, c in zip(sb, sc))
+            bgtxt = f"background only {nb}/{self.k}" if (ds.backgrounds >= 0).any() else "no backgrounds"
+            cells = "".join(thumb_html(ds.images[j], f"#{j} {t['scores'][0, r]:.2f}",
+                                       [x for x, on in (("class", sc[r]), ("bg", sb[r])) if on], self.thumb_size,
+                                       f"{ds.classes[ds.labels[j]]}, background {_bg_name(ds, int(ds.backgrounds[j]))}", fmt, 90)
+                            for r, j in enumerate(ids))
+            out.append(f'<div class="iclmsr-nbrs" data-model="{html.escape(m)}" data-db="{d}" data-same-class="{nc}" '
+                       f'data-same-bg="{nb}" style="display:flex;align-items:center"><div class="iclmsr-count" '
+                       f'style="width:150px;font-size:12px"><b>{d}</b><br>same class {nc}/{self.k}<br>{bgtxt}</div>'
+                       f'<div>{cells}</div></div>')
+    return "\n".join(out)
+
+# %% ../nbs/15_viz.ipynb #c500bbc6
+@patch
+def static_html(self: RetrievalExplorer) -> str:
+    "The explorer as static HTML: the linked view's snapshot (if any), the neighbour rows and the summary."
+    top = self.view.static_html() if self.view is not None else ""
+    return f'{top}<div class="iclmsr-retrieval">{self.rows_html(static_format())}{summary_html(self.summary)}</div>'
 
 def _bg_name(ds: FgBgData, b: int) -> str:
     return "none" if b < 0 else ds.bg_names[b] if b < len(ds.bg_names) else f"bg{b}"
