@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .utils import get_device
+from .utils import get_device, model_device
 from .knn import as_feats, as_labels
 
 # %% auto #0
@@ -39,7 +39,7 @@ def topk_acc(scores, labels, ks=(1, 5)) -> dict:
     top = s.topk(min(max(ks), s.shape[1]), dim=1).indices
     return {k: 100.0 * (top[:, :min(k, s.shape[1])] == y[:, None]).any(1).double().mean().item() for k in ks}
 
-# %% ../nbs/10_probe.ipynb #2e7828ff
+# %% ../nbs/10_probe.ipynb #3a338fb2
 @dataclass
 class ProbeResult:
     "What `linear_probe` measured: accuracies in percent, the classifier and the test probabilities."
@@ -57,6 +57,7 @@ def _num_classes(ys, num_classes):
     if not isinstance(num_classes, (int, np.integer)) or num_classes < 1: raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
     return int(num_classes)
 
+# %% ../nbs/10_probe.ipynb #1086985c
 def fit_linear(feats, labels, num_classes: int | None = None, epochs: int = 100, lr: float = 1e-2, lr_end: float = 1e-6,
                wd: float = 5e-6, bs: int = 1000, seed: int = 0, device=None, losses: list | None = None) -> nn.Linear:
     "Train a single `nn.Linear` on frozen features: Adam, lr decayed exponentially `lr` -> `lr_end`, the W-MSE protocol."
@@ -84,6 +85,7 @@ def fit_linear(feats, labels, num_classes: int | None = None, epochs: int = 100,
         if losses is not None: losses.append(tot / len(x))
     return clf.eval()
 
+# %% ../nbs/10_probe.ipynb #8ce4d8ec
 @torch.no_grad()
 def eval_linear(clf: nn.Module, feats, labels, bs: int = 65536) -> dict:
     "Top-1/top-5 accuracy (percent) and softmax probabilities of a trained probe on a split."
@@ -94,6 +96,7 @@ def eval_linear(clf: nn.Module, feats, labels, bs: int = 65536) -> dict:
     acc = topk_acc(probs, y, (1, 5))
     return {"top1": acc[1], "top5": acc[5], "probs": probs}
 
+# %% ../nbs/10_probe.ipynb #8cce49c7
 def linear_probe(train_feats, train_labels, test_feats, test_labels, num_classes: int | None = None, epochs: int = 100,
                  lr: float = 1e-2, lr_end: float = 1e-6, wd: float = 5e-6, bs: int = 1000, seed: int = 0, device=None) -> ProbeResult:
     "Fit a linear probe on the train split and score it on the test split (W-MSE protocol); accuracies in percent."
@@ -164,7 +167,7 @@ def bg_gap(acc_mixed_same: float, acc_mixed_rand: float) -> float:
             raise ValueError(f"{nm} must be an accuracy in percent (0..100), got {v!r}")
     return float(acc_mixed_same) - float(acc_mixed_rand)
 
-# %% ../nbs/10_probe.ipynb #9ee76652
+# %% ../nbs/10_probe.ipynb #9d743f7b
 def _pixels(images, name="images") -> torch.Tensor:
     x = torch.as_tensor(images) if not isinstance(images, torch.Tensor) else images
     if x.ndim < 2 or len(x) == 0: raise ValueError(f"{name} must be a non-empty batch (n, C, ...), got shape {tuple(x.shape)}")
@@ -183,16 +186,13 @@ def _normaliser(mean, std, C: int, device):
     if (s <= 0).any(): raise ValueError(f"std must be > 0, got {s.tolist()}")
     return lambda x: (x - m.view(1, -1, *[1] * (x.ndim - 2))) / s.view(1, -1, *[1] * (x.ndim - 2))
 
-def _model_device(model):
-    ps = list(model.parameters()) if isinstance(model, nn.Module) else []
-    return ps[0].device if ps else torch.device("cpu")
-
+# %% ../nbs/10_probe.ipynb #95170204
 def fgsm(model, images, labels, eps: float = 4 / 255, mean=None, std=None) -> torch.Tensor:
     "One FGSM step of size `eps` in [0, 1] pixel space (clamped); `model` maps normalised images to logits."
     if not eps >= 0: raise ValueError(f"eps must be >= 0, got {eps!r}")
     x = _pixels(images)
     y = _check_labels(labels, len(x), "labels")
-    dev = _model_device(model)
+    dev = model_device(model)
     x, y = x.to(dev), y.to(dev)
     norm = _normaliser(mean, std, x.shape[1], dev)
     was = model.training if isinstance(model, nn.Module) else None
@@ -208,6 +208,7 @@ def fgsm(model, images, labels, eps: float = 4 / 255, mean=None, std=None) -> to
         if was: model.train()
     return (x.detach() + eps * grad.sign()).clamp_(0, 1)
 
+# %% ../nbs/10_probe.ipynb #17068f8d
 @torch.no_grad()
 def _predict(model, x, norm, was):
     if was: model.eval()
@@ -219,7 +220,7 @@ def fgsm_accuracy(model, images, labels, eps: float = 4 / 255, mean=None, std=No
     "Clean and FGSM accuracy (percent) of an end-to-end `model` at `eps` (pixel space, default 4/255), in batches."
     x = _pixels(images)
     y = _check_labels(labels, len(x), "labels")
-    dev = _model_device(model)
+    dev = model_device(model)
     norm = _normaliser(mean, std, x.shape[1], dev)
     was = model.training if isinstance(model, nn.Module) else None
     clean = adv = 0
