@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['CIFAR_MEAN', 'CIFAR_STD', 'IMAGENET_MEAN', 'IMAGENET_STD', 'PRESETS', 'rrc_params', 'crop_flip', 'to_gray',
@@ -74,11 +75,17 @@ def to_gray(x: torch.Tensor) -> torch.Tensor:
 
 def _per(f, x): return f.view(-1, *([1] * (x.ndim - 1)))
 
-def adjust_brightness(x, f): return (x * _per(f, x)).clamp_(0, 1)
+def adjust_brightness(x, f):
+    "Multiply each image by its factor `f` (per sample), clamped to [0, 1]."
+    return (x * _per(f, x)).clamp_(0, 1)
+
 def adjust_contrast(x, f):
+    "Blend each image with its mean gray level by its factor `f` (0: flat gray, 1: unchanged), clamped to [0, 1]."
     m = to_gray(x).mean((1, 2, 3), keepdim=True)
     return (x * _per(f, x) + m * (1 - _per(f, x))).clamp_(0, 1)
+
 def adjust_saturation(x, f):
+    "Blend each image with its grayscale by its factor `f` (0: gray, 1: unchanged), clamped to [0, 1]."
     return (x * _per(f, x) + to_gray(x) * (1 - _per(f, x))).clamp_(0, 1)
 
 def _hue_yiq(x, h):
@@ -114,7 +121,16 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, k: int) -> torch.Tensor:
     y = F.conv2d(y, w[:, None, None, :], groups=n * c)
     return F.conv2d(y, w[:, None, :, None], groups=n * c).view(n, c, H, W)
 
-# %% ../nbs/02_augment.ipynb #5d54be05
+# %% ../nbs/02_augment.ipynb #2b32a9eb
+def _check_batch(images, masks):
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be a (B, 3, H, W) tensor, got {getattr(images, 'shape', type(images).__name__)}")
+    if images.dtype != torch.uint8 and not images.dtype.is_floating_point:
+        raise ValueError(f"images must be uint8 (0-255) or float (0-1), got {images.dtype}")
+    if masks is not None and tuple(masks.shape) != (images.shape[0], *images.shape[2:]):
+        raise ValueError(f"mask/image size mismatch: masks {tuple(masks.shape)}, images {tuple(images.shape)}; "
+                         f"masks must be (B, H, W) = ({images.shape[0]}, {images.shape[2]}, {images.shape[3]})")
+
 class TwoViewAugment(nn.Module):
     "Two augmented views of a uint8 batch (B,3,H,W), per-sample random parameters, on the batch's device."
     def __init__(self, preset: str = "wmse", size: int = 32, mean=None, std=None, blur=None, fast_hue: bool = False, **overrides):
@@ -136,55 +152,52 @@ class TwoViewAugment(nn.Module):
         "The settings shown in `repr(module)`."
         return f"preset={self.preset!r}, size={self.size}, p_blur={self.cfg['p_blur']}, fast_hue={self.fast_hue}"
 
-    def colour(self, x: torch.Tensor, generator=None) -> torch.Tensor:
-        "Colour jitter (p_jitter), grayscale (p_gray) and blur (p_blur) of a float batch in [0, 1], per sample."
-        c, n, dev = self.cfg, len(x), x.device
-        on = torch.rand(n, generator=generator, device=dev) < c["p_jitter"]
-        b, ct, s, h = c["jitter"]
-        fac = [torch.where(on, _u(n, max(0.0, 1 - v), 1 + v, generator, dev), torch.ones(n, device=dev)) for v in (b, ct, s)]
-        hue = torch.where(on, _u(n, -h, h, generator, dev), torch.zeros(n, device=dev))
-        steps = (lambda y: adjust_brightness(y, fac[0]), lambda y: adjust_contrast(y, fac[1]),
-                 lambda y: adjust_saturation(y, fac[2]), lambda y: adjust_hue(y, hue, self.fast_hue))
-        for i in torch.randperm(4, generator=generator, device=dev).tolist():  # one order per batch
-            if c["jitter"][i] > 0: x = steps[i](x)
-        gray = torch.rand(n, generator=generator, device=dev) < c["p_gray"]
-        x = torch.where(gray[:, None, None, None], to_gray(x).expand_as(x), x)
-        if c["p_blur"] > 0:
-            blur = (torch.rand(n, generator=generator, device=dev) < c["p_blur"]).nonzero().squeeze(1)
-            if len(blur):
-                x = x.index_copy(0, blur, gaussian_blur(x[blur], _u(len(blur), *c["sigma"], generator, dev), self.k_blur))
-        return x
+# %% ../nbs/02_augment.ipynb #00aad8f2
+@patch
+def colour(self: TwoViewAugment, x: torch.Tensor, generator=None) -> torch.Tensor:
+    "Colour jitter (p_jitter), grayscale (p_gray) and blur (p_blur) of a float batch in [0, 1], per sample."
+    c, n, dev = self.cfg, len(x), x.device
+    on = torch.rand(n, generator=generator, device=dev) < c["p_jitter"]
+    b, ct, s, h = c["jitter"]
+    fac = [torch.where(on, _u(n, max(0.0, 1 - v), 1 + v, generator, dev), torch.ones(n, device=dev)) for v in (b, ct, s)]
+    hue = torch.where(on, _u(n, -h, h, generator, dev), torch.zeros(n, device=dev))
+    steps = (lambda y: adjust_brightness(y, fac[0]), lambda y: adjust_contrast(y, fac[1]),
+             lambda y: adjust_saturation(y, fac[2]), lambda y: adjust_hue(y, hue, self.fast_hue))
+    for i in torch.randperm(4, generator=generator, device=dev).tolist():  # one order per batch
+        if c["jitter"][i] > 0: x = steps[i](x)
+    gray = torch.rand(n, generator=generator, device=dev) < c["p_gray"]
+    x = torch.where(gray[:, None, None, None], to_gray(x).expand_as(x), x)
+    if c["p_blur"] > 0:
+        blur = (torch.rand(n, generator=generator, device=dev) < c["p_blur"]).nonzero().squeeze(1)
+        if len(blur):
+            x = x.index_copy(0, blur, gaussian_blur(x[blur], _u(len(blur), *c["sigma"], generator, dev), self.k_blur))
+    return x
 
-    def views(self, images: torch.Tensor, masks: torch.Tensor | None = None, n_views: int = 2, generator=None):
-        "`n_views` views stacked along dim 0 (view-major: all first views, then all second views, ...), and their masks."
-        _check_batch(images, masks)
-        B, _, H, W = images.shape
-        dev, c = images.device, self.cfg
-        x = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
-        if masks is not None: x = torch.cat([x, masks[:, None].to(x.dtype)], 1)
-        n = B * n_views
-        boxes = rrc_params(n, H, W, c["scale"], c["ratio"], generator, dev)
-        flip = torch.rand(n, generator=generator, device=dev) < c["p_flip"]
-        src = torch.arange(B, device=dev).repeat(n_views)
-        v = crop_flip(x, boxes, flip, self.size, src)
-        img, m = v[:, :3], (v[:, 3] > 0.5 if masks is not None else None)
-        img = (self.colour(img.contiguous(), generator) - self.mean) / self.std
-        return img, m
+# %% ../nbs/02_augment.ipynb #e2390eab
+@patch
+def views(self: TwoViewAugment, images: torch.Tensor, masks: torch.Tensor | None = None, n_views: int = 2, generator=None):
+    "`n_views` views stacked along dim 0 (view-major: all first views, then all second views, ...), and their masks."
+    _check_batch(images, masks)
+    B, _, H, W = images.shape
+    dev, c = images.device, self.cfg
+    x = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
+    if masks is not None: x = torch.cat([x, masks[:, None].to(x.dtype)], 1)
+    n = B * n_views
+    boxes = rrc_params(n, H, W, c["scale"], c["ratio"], generator, dev)
+    flip = torch.rand(n, generator=generator, device=dev) < c["p_flip"]
+    src = torch.arange(B, device=dev).repeat(n_views)
+    v = crop_flip(x, boxes, flip, self.size, src)
+    img, m = v[:, :3], (v[:, 3] > 0.5 if masks is not None else None)
+    img = (self.colour(img.contiguous(), generator) - self.mean) / self.std
+    return img, m
 
-    def forward(self, images: torch.Tensor, masks: torch.Tensor | None = None, generator=None):
-        "`(v1, v2)`, or `(v1, v2, m1, m2)` when masks are given: normalised float views and their bool masks."
-        v, m = self.views(images, masks, 2, generator)
-        B = len(images)
-        return (v[:B], v[B:]) if m is None else (v[:B], v[B:], m[:B], m[B:])
-
-def _check_batch(images, masks):
-    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"images must be a (B, 3, H, W) tensor, got {getattr(images, 'shape', type(images).__name__)}")
-    if images.dtype != torch.uint8 and not images.dtype.is_floating_point:
-        raise ValueError(f"images must be uint8 (0-255) or float (0-1), got {images.dtype}")
-    if masks is not None and tuple(masks.shape) != (images.shape[0], *images.shape[2:]):
-        raise ValueError(f"mask/image size mismatch: masks {tuple(masks.shape)}, images {tuple(images.shape)}; "
-                         f"masks must be (B, H, W) = ({images.shape[0]}, {images.shape[2]}, {images.shape[3]})")
+# %% ../nbs/02_augment.ipynb #e337e6d0
+@patch
+def forward(self: TwoViewAugment, images: torch.Tensor, masks: torch.Tensor | None = None, generator=None):
+    "`(v1, v2)`, or `(v1, v2, m1, m2)` when masks are given: normalised float views and their bool masks."
+    v, m = self.views(images, masks, 2, generator)
+    B = len(images)
+    return (v[:B], v[B:]) if m is None else (v[:B], v[B:], m[:B], m[B:])
 
 # %% ../nbs/02_augment.ipynb #2a110a62
 def torchvision_two_views(preset: str = "wmse", size: int = 32, mean=None, std=None, blur=None):
