@@ -27,11 +27,12 @@ COMMANDS: dict = {
         "export": ("iclmsr.data", "data_export", "write a dataset spec as ImageNet-9-style folders of PNGs"),
     },
     "train": ("iclmsr.learner", "train", "train a method, with or without ICL-MSR, into a run directory (resumable)"),
-    "eval": ("iclmsr.eval", "eval_cmd", "evaluate a checkpoint on a dataset spec: kNN, linear probe, background metrics, report.html"),
-    "demo": ("iclmsr.eval", "demo", "the main job: SimCLR vs SimCLR+ICL-MSR on the embedded dataset, four-setting table"),
+    "eval": ("iclmsr.report", "eval_cmd", "evaluate a checkpoint on a dataset spec: kNN, linear probe, background metrics, report.html"),
+    "demo": ("iclmsr.demo", "demo", "the main job: SimCLR vs SimCLR+ICL-MSR on the embedded dataset, four-setting table"),
     "bench": ("iclmsr.bench", "bench", "measure augmentation, training-step and kNN speed side by side"),
 }
 
+# %% ../nbs/30_cli.ipynb #4e3f7049
 def _available(entry) -> bool:
     if isinstance(entry, dict): return any(_available(e) for e in entry.values())
     try: return importlib.util.find_spec(entry[0]) is not None
@@ -46,6 +47,7 @@ def _usage(table: dict, prog: str) -> str:
     lines += ["", f"Run '{prog} COMMAND --help' for a command's options."]
     return "\n".join(lines)
 
+# %% ../nbs/30_cli.ipynb #8ca72429
 def _run(entry, argv: list[str], prog: str) -> int:
     mod, fname, _ = entry
     func = getattr(importlib.import_module(mod), fname)
@@ -59,6 +61,7 @@ def _run(entry, argv: list[str], prog: str) -> int:
     args = {k: v for k, v in vars(p.parse_args(argv)).items() if k not in ("pdb", "xtra")}
     return func(**args) or 0
 
+# %% ../nbs/30_cli.ipynb #7cbab7cc
 def _user_errors() -> tuple:
     "The errors `main` reports as one line: `iclmsr.utils.UserError` and the built-in ones a bad option or file raises."
     from iclmsr.utils import UserError
