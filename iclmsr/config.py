@@ -44,7 +44,7 @@ class ModelConfig:
     backbone: str = _f("resnet18", help="resnet18, resnet50 or small_cnn")
     proj_hidden: int = _f(1024, _pos, "> 0")
     proj_dim: int = _f(64, _pos, "> 0")
-    tau: float = _f(0.5, _pos, "> 0", help="temperature of contrastive losses")
+    tau: Optional[float] = _f(None, _pos, "> 0", help="temperature of the base method's loss (null: the method's own, SimCLR 0.5, SupCon 0.1)")
 
 @dataclass
 class ICLConfig:

@@ -4,30 +4,37 @@
 
 # %% ../nbs/12_learner.ipynb #c8818478
 from __future__ import annotations
-import csv, json, math, os, signal, sys, threading, time, warnings
+import contextlib, csv, functools, json, math, os, signal, sys, threading, time, warnings
+from dataclasses import fields
 from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.distributed as dist
+from fastcore.basics import patch
 from fastcore.script import Param
-from .utils import get_device, seed_everything, UserError
-from .config import Config, config_to_dict, config_from_dict, dump_config, load_config
+from .utils import get_device, seed_everything, fmt_duration, UserError
+from .config import (Config, ModelConfig, OptimConfig, TrainConfig, ConfigError, config_to_dict, config_from_dict,
+                           dump_config, load_config)
 from .checkpoint import rng_state, set_rng_state, CheckpointKeeper, load_checkpoint
 from .data import load_dataset, FgBgData
 from .augment import TwoViewAugment
-from .methods import build_method, METHODS, NonFiniteLoss
+from .batch import Batch, gather, make_batch, check_needs
+from .msr import MetaSemanticRegularizer
+from .methods import build_method, METHODS, ICLMSR, NonFiniteLoss, options
 from .knn import knn_predict
 
 # %% auto #0
 __all__ = ['EVENTS', 'CSV_FIELDS', 'CancelFit', 'Callback', 'lr_factor', 'make_optimizer', 'dist_env', 'init_distributed',
-           'average_gradients', 'method_from_config', 'Learner', 'ProgressCallback', 'MetricsLogger',
-           'extract_features', 'KNNMonitor', 'Checkpointer', 'default_callbacks', 'train']
+           'average_gradients', 'Learner', 'Control', 'MixedPrecision', 'ChannelsLast', 'Distributed', 'setting',
+           'ProgressCallback', 'MetricsLogger', 'extract_features', 'KNNMonitor', 'Checkpointer', 'default_callbacks',
+           'unused_keys', 'check_used', 'method_from_config', 'train']
 
 # %% ../nbs/12_learner.ipynb #2115fc07
 class CancelFit(Exception):
     "Raised by a callback (or `Learner.stop`) to end `fit` cleanly after the current batch."
 
-EVENTS = ("before_fit", "before_epoch", "before_stage", "before_batch", "after_batch", "after_stage", "after_epoch", "after_fit")
+EVENTS = ("before_fit", "before_epoch", "before_stage", "before_batch", "after_backward", "after_batch", "after_stage",
+          "after_epoch", "after_fit")
 
 class Callback:
     "Base class: override any of `EVENTS`; `self.learn` is the learner. Lower `order` runs first."
@@ -80,273 +87,282 @@ def average_gradients(params):
     i = 0
     for g in grads: g.copy_(flat[i:i + g.numel()].view_as(g)); i += g.numel()
 
-# %% ../nbs/12_learner.ipynb #1a7cac4f
-def method_from_config(cfg: Config, image_size: int):
-    "The (optionally ICL-MSR-wrapped) method of `cfg` for images of `image_size`."
-    m, i = cfg.model, cfg.icl
-    if m.method not in METHODS: raise ValueError(f"model.method: unknown method {m.method!r}; allowed: {', '.join(METHODS)}")
-    import inspect
-    accepts = inspect.signature(METHODS[m.method].__init__).parameters
-    hp = {k: v for k, v in (("proj_hidden", m.proj_hidden), ("proj_dim", m.proj_dim), ("temperature", m.tau)) if k in accepts}
-    return build_method(m.method, backbone=m.backbone, image_size=image_size, icl_msr=i.enabled, n_strata=i.n_strata,
-                        lam=i.lam, tau=i.tau, negatives=i.negatives, meta_mode=i.meta_mode,
-                        msr_kw={"meta_lr": i.meta_lr, "meta_share": i.meta_share, "meta_params": i.meta_params,
-                                "meta_loss": None if i.meta_loss == "auto" else i.meta_loss, "init_std": i.init_std,
-                                "activation": i.activation}, **hp)
-
-# %% ../nbs/12_learner.ipynb #88e3d0f5
-def _scalar(v):
-    return float(v.detach().float()) if torch.is_tensor(v) else float(v)
-
-class _IndexBatches(torch.utils.data.Dataset):
-    "DataLoader workers' view of the data: a key (a tuple of index tensors) -> the `(images, labels)` of each."
-    def __init__(self, images, labels): self.images, self.labels = images, labels
-    def __getitem__(self, key): return tuple((self.images[i], self.labels[i]) for i in key)
-
+# %% ../nbs/12_learner.ipynb #7d433f0a
 class Learner:
-    "Train `cfg`'s method on its data; events go to `cbs`. `run_dir` receives checkpoints, logs and the resolved config."
-    def __init__(self, cfg: Config | dict | None = None, run_dir: str | Path | None = None, cbs=(),
-                 train_data: FgBgData | None = None, monitor_data: FgBgData | None = None, method: nn.Module | None = None):
-        cfg = cfg if isinstance(cfg, Config) else config_from_dict(cfg or {})
-        self.cfg, self.run_dir = cfg, Path(run_dir) if run_dir else None
-        t = cfg.train
-        self.device = get_device(t.device)
-        if self.device.type == "cuda" and self.device.index is None and dist_env()[1] > 1:
-            self.device = torch.device("cuda", dist_env()[2])
-        if self.device.type == "cuda": torch.cuda.set_device(self.device)
-        self.rank, self.world = init_distributed(self.device)
-        seed_everything(t.seed + self.rank, t.deterministic)  # each process its own augmentations (weights: broadcast below)
-        # data: resident on the training device, or in CPU memory and fetched by DataLoader workers
-        data = train_data if train_data is not None else load_dataset(cfg.data.spec, "train")
-        if cfg.data.variant != "original": data = data.variant(cfg.data.variant, seed=t.seed)
-        self.data = data.to(self.device) if cfg.data.resident else data
-        self.monitor_data = monitor_data
-        if t.batch_size % self.world: raise ValueError(f"train.batch_size {t.batch_size} is not divisible by the {self.world} processes")
-        if len(self.data) < t.batch_size:
-            raise ValueError(f"train.batch_size {t.batch_size} is larger than the {len(self.data)} training images")
-        self.aug = TwoViewAugment(cfg.data.augment, size=self.data.image_size).to(self.device)
-        self.method = (method if method is not None else method_from_config(cfg, self.data.image_size)).to(self.device)
-        if t.sync_bn and self.world > 1:
-            if self.device.type != "cuda": raise ValueError("train.sync_bn needs CUDA devices (SyncBatchNorm has no CPU kernel)")
-            self.method = nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
-        if self.device.type == "cuda" and t.channels_last: self.method = self.method.to(memory_format=torch.channels_last)
-        if t.compile: self.method.backbone = torch.compile(self.method.backbone)
-        if self.world > 1:  # same initial weights everywhere
-            for p in self.method.state_dict().values(): dist.broadcast(p, 0)
+    "Train `method` on `data` (an `FgBgData`) with two views per image from `augment`; `cbs` plug into the loop's events."
+    def __init__(self, method: nn.Module, data, augment: nn.Module | None = None, batch_size: int = TrainConfig.batch_size,
+                 cbs=(), optim: OptimConfig | None = None, seed: int = TrainConfig.seed, device=TrainConfig.device,
+                 workers: int = 0, run_dir=None, monitor_data=None, deterministic: bool = TrainConfig.deterministic):
+        self.cfg, self.run_dir, self.monitor_data = None, Path(run_dir) if run_dir else None, monitor_data
+        self.device = device if isinstance(device, torch.device) else get_device(device)
+        self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        self.seed, self.deterministic, self.batch_size, self.workers, self.data = seed, deterministic, batch_size, workers, data
+        if batch_size % self.world: raise ValueError(f"train.batch_size {batch_size} is not divisible by the {self.world} processes")
+        if len(data) < batch_size: raise ValueError(f"train.batch_size {batch_size} is larger than the {len(data)} training images")
+        self.aug = (augment if augment is not None else TwoViewAugment(size=data.image_size)).to(self.device)
+        self.method = method.to(self.device)
+        self.needs = frozenset(getattr(method, "needs", ()))
+        check_needs(self.needs, data, f"method {getattr(method, 'name', '') or type(method).__name__!r}")
         self.params = self.method.encoder_parameters()
-        o = cfg.optim
+        self.n_epochs, self.epoch, self.stage, self.batch_idx, self.step = 1, 0, "fit", 0, 0
+        o = optim if optim is not None else OptimConfig()
         self.opt = make_optimizer(self.params, o.name, o.lr, o.weight_decay, o.momentum)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, self.total_steps, o.warmup_steps, o.schedule, t.epochs))
-        self.amp = torch.bfloat16 if (t.amp == "bf16" or (t.amp == "auto" and self.device.type == "cuda")) else None
-        self.epoch, self.stage, self.batch_idx, self.step = 0, "fit", 0, 0
-        self.metrics, self.last_batch = {}, {}
-        self._stop, self._pause, self._held = threading.Event(), threading.Event(), threading.Event()
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda s: lr_factor(s, self.total_steps, o.warmup_steps, o.schedule, self.n_epochs))
+        self.metrics, self.last_batch, self.cancelled, self.batches = {}, {}, False, []
+        self.autocast, self.memory_format = contextlib.nullcontext, torch.contiguous_format   # set by callbacks
+        self._stop = threading.Event()
         self.cbs = []
-        self.add_cbs(cbs)
+        self.add_cbs(([Distributed()] if self.world > 1 and not any(isinstance(c, Distributed) for c in cbs) else []) + list(cbs))
 
-    # -- sizes and batches --------------------------------------------------------------------------------------------
     @property
-    def batches_per_epoch(self) -> int: return len(self.data) // self.cfg.train.batch_size
+    def batches_per_epoch(self) -> int: return len(self.data) // self.batch_size
     @property
     def meta_batches_per_epoch(self) -> int:
-        "Stage-2 steps per epoch (each uses two batches), as the regulariser sets them from `icl.meta_share`."
+        "Stage-2 steps per epoch (each uses two batches), as the regulariser sets them from its `meta_share`."
         return self.method.meta_steps(self.batches_per_epoch) if hasattr(self.method, "meta_steps") else 0
     @property
-    def total_steps(self) -> int: return self.cfg.train.epochs * self.batches_per_epoch
+    def total_steps(self) -> int: return self.n_epochs * self.batches_per_epoch
     @property
     def stages(self) -> list[str]: return ["fit", "meta"] if self.meta_batches_per_epoch else ["fit"]
 
-    def epoch_order(self, epoch: int, stage: str = "fit") -> torch.Tensor:
-        "The permutation of the training images for `epoch` and `stage`, from its own seeded generator."
-        g = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + 2 * epoch + (stage == "meta"))
-        return torch.randperm(len(self.data), generator=g)
+# %% ../nbs/12_learner.ipynb #392da2de
+@patch
+def add_cbs(self: Learner, cbs):
+    "Attach callbacks (each sees the learner as `cb.learn`); they run in the order of their `order`."
+    for cb in cbs:
+        cb.learn = self
+        self.cbs.append(cb)
+    self.cbs.sort(key=lambda c: c.order)
+    return self
 
-    def batch_indices(self, order: torch.Tensor, b: int) -> torch.Tensor:
-        "This process's share of global batch `b` of `order`."
-        B = self.cfg.train.batch_size; per = B // self.world
-        start = b * B + self.rank * per
-        return order[start:start + per]
+@patch
+def __call__(self: Learner, event: str):
+    "Run `event` on every callback that has it."
+    for cb in list(self.cbs):
+        f = getattr(cb, event, None)
+        if f is not None: f()
 
-    # -- callbacks and control ----------------------------------------------------------------------------------------
-    def add_cbs(self, cbs):
-        for cb in cbs:
-            cb.learn = self
-            self.cbs.append(cb)
-        self.cbs.sort(key=lambda c: c.order)
-        return self
+@patch
+def stop(self: Learner):
+    "Ask the run to end before the next batch (thread-safe: the dashboard's Stop, a signal handler)."
+    self._stop.set()
 
-    def __call__(self, event: str):
-        for cb in list(self.cbs):
-            f = getattr(cb, event, None)
-            if f is not None: f()
+@patch(as_prop=True)
+def stopping(self: Learner) -> bool: return self._stop.is_set()
 
+# %% ../nbs/12_learner.ipynb #6cf42938
+class _IndexBatches(torch.utils.data.Dataset):
+    "DataLoader workers' view of the data: a key (a tuple of index tensors) -> the raw fields of each index batch."
+    def __init__(self, data, needs): self.data, self.needs = data, needs
+    def __getitem__(self, key): return tuple(gather(self.data, i, self.needs) for i in key)
+
+@patch
+def epoch_order(self: Learner, epoch: int, stage: str = "fit") -> torch.Tensor:
+    "The permutation of the training images for `epoch` and `stage`, from its own seeded generator."
+    g = torch.Generator().manual_seed(self.seed * 1_000_003 + 2 * epoch + (stage == "meta"))
+    return torch.randperm(len(self.data), generator=g)
+
+@patch
+def batch_indices(self: Learner, order: torch.Tensor, b: int) -> torch.Tensor:
+    "This process's share of global batch `b` of `order`."
+    per = self.batch_size // self.world
+    start = b * self.batch_size + self.rank * per
+    return order[start:start + per]
+
+@patch
+def stage_keys(self: Learner, stage: str, order: torch.Tensor, start: int, n: int) -> list:
+    "This process's index batches for steps `start..n-1` of `stage`: `(idx,)` per fit step, `(idx_a, idx_b)` per meta step."
+    if stage == "fit": return [(self.batch_indices(order, b),) for b in range(start, n)]
+    return [(self.batch_indices(order, b), self.batch_indices(order, (b + n) % self.batches_per_epoch)) for b in range(start, n)]
+
+@patch
+def stage_batches(self: Learner, keys: list):
+    "The raw fields (`iclmsr.batch.gather`) of every key: gathered here, or by `workers` DataLoader worker processes."
+    if self.workers == 0 or self.data.device.type != "cpu":
+        return (tuple(gather(self.data, i, self.needs) for i in key) for key in keys)
+    # a generator of its own: a DataLoader draws its workers' base seed from the one it is given (by default the
+    # global one, which would shift the augmentations and break exact resume)
+    return iter(torch.utils.data.DataLoader(_IndexBatches(self.data, self.needs), batch_size=None, sampler=keys,
+                                            num_workers=self.workers, pin_memory=self.device.type == "cuda",
+                                            generator=torch.Generator()))
+
+@patch
+def make_batch(self: Learner, raw: dict) -> Batch:
+    "The `Batch` of one step from raw fields: views drawn on the training device, only the fields the method needs."
+    return make_batch(raw, self.aug, self.needs, self.device, self.memory_format)
+
+# %% ../nbs/12_learner.ipynb #6bab82b8
+def _scalar(v): return float(v.detach().float()) if torch.is_tensor(v) else float(v)
+
+@patch
+def fit_batch(self: Learner, batch: Batch):
+    "Stage 1: one optimiser step of encoder and heads on the total loss of `batch`."
+    self.method.train()
+    try:
+        with self.autocast(): out = self.method.training_loss(batch, step=self.step)
+    except NonFiniteLoss as e:
+        e.args = (f"{e} (epoch {self.epoch}, batch {self.batch_idx}); the last checkpoint holds the weights from "
+                  "before it: try a lower optim.lr or train.amp=off",)
+        raise
+    self.opt.zero_grad(set_to_none=True)
+    out["loss"].backward()
+    self("after_backward")
+    self.opt.step()
+    self.sched.step()
+    self.step += 1
+    if hasattr(self.method, "step_end"): self.method.step_end(self.step, self.total_steps)
+    self.last_batch = {k: _scalar(v) for k, v in out.items() if k in ("loss", "base", "icl") and v is not None}
+    self.last_batch["lr"] = self.sched.get_last_lr()[0]
+
+@patch
+def meta_batch(self: Learner, batch_a: Batch, batch_b: Batch):
+    "Stage 2: one update of the stratum vectors through the meta-gradient, encoder fixed (outer objective on `batch_b`)."
+    self.method.train()
+    res = self.method.meta_step(batch_a, batch_b, inner_lr=self.sched.get_last_lr()[0])
+    self.last_batch = {k: _scalar(v) for k, v in res.items()}
+
+# %% ../nbs/12_learner.ipynb #cad26c6c
+@patch
+def _run_stage(self: Learner, stage: str, start: int):
+    self.stage = stage
+    self("before_stage")
+    order = self.epoch_order(self.epoch, stage)
+    n = self.batches_per_epoch if stage == "fit" else self.meta_batches_per_epoch
+    for b, raws in zip(range(start, n), self.stage_batches(self.stage_keys(stage, order, start, n))):
+        self.batch_idx = b
+        self("before_batch")                  # nothing random has been drawn for this batch yet
+        if self._stop.is_set(): raise CancelFit()
+        self.batches = [self.make_batch(r) for r in raws]
+        if stage == "fit": self.fit_batch(self.batches[0])
+        else: self.meta_batch(*self.batches)  # the outer objective is evaluated on a different batch of the same epoch
+        self.batch_idx = b + 1
+        self("after_batch")
+    self("after_stage")
+
+@patch
+def fit(self: Learner, epochs: int | None = None):
+    "Train until `epochs` epochs are done in all (a resumed run continues where it stopped); returns the learner."
+    if epochs is not None: self.n_epochs = epochs
+    self.cancelled = False
+    self("before_fit")
+    try:
+        while self.epoch < self.n_epochs:
+            stages = self.stages
+            if self.stage not in stages: self.stage, self.batch_idx = "fit", 0
+            if self.stage == stages[0] and self.batch_idx == 0: self("before_epoch")
+            for s in stages[stages.index(self.stage):]:
+                self._run_stage(s, self.batch_idx if s == self.stage else 0)
+            self("after_epoch")
+            self.epoch, self.stage, self.batch_idx = self.epoch + 1, stages[0], 0
+    except CancelFit: self.cancelled = True
+    finally: self("after_fit")
+    return self
+
+# %% ../nbs/12_learner.ipynb #eb362c1d
+@patch
+def _rng_states(self: Learner):
+    "This process's generator states; under torchrun the list of every process's (a collective: all must call it)."
+    if self.world == 1: return rng_state()
+    states = [None] * self.world
+    dist.all_gather_object(states, rng_state())
+    return states
+
+@patch
+def state_dict(self: Learner, epoch_end: bool = False) -> dict:
+    "Everything needed to continue this run bit for bit (`epoch_end`: positioned at the start of the next epoch)."
+    from iclmsr import __version__
+    meta_opt = getattr(self.method, "meta_optimizer", None)
+    pos = (self.epoch + 1, self.stages[0], 0) if epoch_end else (self.epoch, self.stage, self.batch_idx)
+    return {"model": self.method.state_dict(), "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+            "meta_optimizer": meta_opt.state_dict() if meta_opt is not None else None,
+            "rng": self._rng_states(), "epoch": pos[0], "stage": pos[1], "batch": pos[2], "step": self.step,
+            "config": config_to_dict(self.cfg) if self.cfg is not None else None, "version": __version__,
+            "metrics": dict(self.metrics)}
+
+@patch
+def load_state_dict(self: Learner, ck: dict):
+    "Restore a `state_dict`: weights, optimisers, schedule, position, metrics and every process's generators."
+    self.method.load_state_dict(ck["model"])
+    self.opt.load_state_dict(ck["optimizer"]); self.sched.load_state_dict(ck["scheduler"])
+    meta_opt = getattr(self.method, "meta_optimizer", None)
+    if meta_opt is not None and ck.get("meta_optimizer") is not None: meta_opt.load_state_dict(ck["meta_optimizer"])
+    self.epoch, self.stage, self.batch_idx, self.step = ck["epoch"], ck["stage"], ck["batch"], ck["step"]
+    self.metrics = dict(ck.get("metrics") or {})
+    rng = ck["rng"]
+    if isinstance(rng, list) and len(rng) == self.world: set_rng_state(rng[self.rank])
+    elif not isinstance(rng, list) and self.world == 1: set_rng_state(rng)
+    else:
+        n = len(rng) if isinstance(rng, list) else 1
+        warnings.warn(f"the checkpoint holds the generator states of {n} process(es), this run has {self.world}: "
+                      "fresh generators per process, so the augmentations will not replay exactly")
+        seed_everything(self.seed + self.rank + 1_000_003 * self.step, self.deterministic)
+    for cb in self.cbs:
+        if hasattr(cb, "after_load"): cb.after_load(ck)
+
+@patch
+def resume(self: Learner, path: str | Path | None = None):
+    "Continue from a checkpoint (default `run_dir/last.pt`); refuses one written by a different config."
+    path = Path(path) if path else self.run_dir/"last.pt"
+    self.load_state_dict(load_checkpoint(path, config=config_to_dict(self.cfg) if self.cfg is not None else None,
+                                         map_location=self.device))
+    return self
+
+# %% ../nbs/12_learner.ipynb #2fcf0d04
+class Control(Callback):
+    "Pause, continue and stop a run from another thread (the dashboard's buttons); they act between two batches."
+    order = -20
+    def __init__(self): self._pause, self._held = threading.Event(), threading.Event()
+    def pause(self): self._pause.set()
+    def unpause(self): self._pause.clear()
     def stop(self):
-        "Ask the run to end after the current batch (thread-safe; the dashboard's Stop)."
-        self._stop.set(); self._pause.clear()
-    def pause(self): "Hold the run between two batches." ; self._pause.set()
-    def unpause(self): "Continue a paused run." ; self._pause.clear()
+        "End the run before the next batch (a paused run ends without resuming)."
+        self._pause.clear(); self.learn.stop()
     @property
     def paused(self) -> bool: return self._pause.is_set()
     @property
     def held(self) -> bool:
         "True while a paused run is actually waiting between two batches."
         return self._held.is_set()
-    @property
-    def stopping(self) -> bool: return self._stop.is_set()
+    def before_batch(self):
+        if not self._pause.is_set(): return
+        self._held.set()
+        while self._pause.is_set() and not self.learn.stopping: time.sleep(0.05)
+        self._held.clear()
 
-    def _stop_agreed(self) -> bool:
-        "Stop before the next batch? Under torchrun every process agrees: one asked to stop stops them all, at the same batch."
-        stop = self._stop.is_set()
-        if self.world == 1: return stop
-        flag = torch.tensor([float(stop)], device=self.device if self.device.type == "cuda" else "cpu")
+# %% ../nbs/12_learner.ipynb #be68459a
+class MixedPrecision(Callback):
+    "Run stage 1's forward under autocast to `dtype` (bf16 by default); the losses still compute in float32."
+    order = -10
+    def __init__(self, dtype: torch.dtype = torch.bfloat16): self.dtype = dtype
+    def before_fit(self): self.learn.autocast = functools.partial(torch.autocast, self.learn.device.type, dtype=self.dtype)
+    def after_fit(self): self.learn.autocast = contextlib.nullcontext
+
+class ChannelsLast(Callback):
+    "Keep the model's weights and every batch's images in channels-last memory order (faster convolutions on CUDA)."
+    order = -10
+    def before_fit(self):
+        self.learn.method.to(memory_format=torch.channels_last)
+        self.learn.memory_format = torch.channels_last
+    def after_fit(self): self.learn.memory_format = torch.contiguous_format
+
+class Distributed(Callback):
+    "Many processes under torchrun: equal initial weights, averaged gradients, and a stop every process agrees on."
+    order = -15
+    def before_fit(self):
+        for p in self.learn.method.state_dict().values(): dist.broadcast(p, 0)
+    def after_backward(self): average_gradients(self.learn.params)
+    def before_batch(self):
+        "Stop before this batch? One process asked to stop stops them all, at the same batch (one all-reduce of a flag)."
+        L = self.learn
+        flag = torch.tensor([float(L.stopping)], device=L.device if L.device.type == "cuda" else "cpu")
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        agreed = bool(flag.item())   # one device sync per batch
-        if agreed and not stop: self._stop.set()
-        return agreed
+        if bool(flag.item()) and not L.stopping: L.stop()   # one device sync per batch
 
-    # -- one batch of each stage --------------------------------------------------------------------------------------
-    def stage_keys(self, stage: str, order: torch.Tensor, start: int, n: int) -> list:
-        "This process's index batches for steps `start..n-1` of `stage`: `(idx,)` per fit step, `(idx_a, idx_b)` per meta step."
-        if stage == "fit": return [(self.batch_indices(order, b),) for b in range(start, n)]
-        return [(self.batch_indices(order, b), self.batch_indices(order, (b + n) % self.batches_per_epoch)) for b in range(start, n)]
-
-    def stage_batches(self, keys: list):
-        "The `(images, labels)` of every key: gathered here from resident data, or by `data.workers` DataLoader workers."
-        d = self.data
-        if self.cfg.data.resident or self.cfg.data.workers == 0:
-            return (tuple((d.images[i.to(d.images.device)], d.labels[i.to(d.labels.device)]) for i in key) for key in keys)
-        # a generator of its own: a DataLoader draws its workers' base seed from the one it is given (by default the
-        # global one, which would shift the augmentations and break exact resume)
-        return iter(torch.utils.data.DataLoader(_IndexBatches(d.images, d.labels), batch_size=None, sampler=keys,
-                                                num_workers=self.cfg.data.workers, pin_memory=self.device.type == "cuda",
-                                                generator=torch.Generator()))
-
-    def _views(self, images, labels):
-        x = images.to(self.device, non_blocking=True)
-        v1, v2 = self.aug(x)
-        if self.device.type == "cuda" and self.cfg.train.channels_last:
-            v1, v2 = v1.contiguous(memory_format=torch.channels_last), v2.contiguous(memory_format=torch.channels_last)
-        return v1, v2, labels.to(self.device, non_blocking=True)
-
-    def fit_batch(self, images, labels):
-        "Stage 1: one optimiser step of encoder and heads on the total loss, on a batch of uint8 `images`."
-        v1, v2, y = self._views(images, labels)
-        self.method.train()
-        try:
-            with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-                out = self.method.training_loss(v1, v2, y, step=self.step)
-        except NonFiniteLoss as e:
-            e.args = (f"{e} (epoch {self.epoch}, batch {self.batch_idx}); the last checkpoint holds the weights from "
-                      "before it: try a lower optim.lr or train.amp=off",)
-            raise
-        self.opt.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        average_gradients(self.params)
-        self.opt.step()
-        self.sched.step()
-        self.step += 1
-        if hasattr(self.method, "step_end"): self.method.step_end(self.step, self.total_steps)
-        self.last_batch = {k: _scalar(v) for k, v in out.items() if k in ("loss", "base", "icl") and v is not None}
-        self.last_batch["lr"] = self.sched.get_last_lr()[0]
-
-    def meta_batch(self, batch_a, batch_b):
-        "Stage 2: one update of the stratum vectors through the meta-gradient, encoder fixed; batches are `(images, labels)`."
-        a, b = self._views(*batch_a), self._views(*batch_b)
-        self.method.train()
-        res = self.method.meta_step(a, b, inner_lr=self.sched.get_last_lr()[0])
-        self.last_batch = {k: _scalar(v) for k, v in res.items()}
-
-    # -- the loop -----------------------------------------------------------------------------------------------------
-    def _run_stage(self, stage: str, start: int):
-        self.stage = stage
-        self("before_stage")
-        order = self.epoch_order(self.epoch, stage)
-        n = self.batches_per_epoch if stage == "fit" else self.meta_batches_per_epoch
-        for b, batch in zip(range(start, n), self.stage_batches(self.stage_keys(stage, order, start, n))):
-            if self._pause.is_set():
-                self._held.set()
-                while self._pause.is_set() and not self._stop.is_set(): time.sleep(0.05)
-                self._held.clear()
-            if self._stop_agreed(): raise CancelFit()
-            self.batch_idx = b
-            self("before_batch")
-            if stage == "fit": self.fit_batch(*batch[0])
-            else: self.meta_batch(*batch)  # the outer objective is evaluated on a different batch of the same epoch
-            self.batch_idx = b + 1
-            self("after_batch")
-        self("after_stage")
-
-    def fit(self):
-        "Train until `train.epochs` (from where a resumed run stopped); returns the learner."
-        self.cancelled = False
-        self("before_fit")
-        try:
-            while self.epoch < self.cfg.train.epochs:
-                stages = self.stages
-                if self.stage not in stages: self.stage, self.batch_idx = "fit", 0
-                if self.stage == stages[0] and self.batch_idx == 0: self("before_epoch")
-                for s in stages[stages.index(self.stage):]:
-                    start = self.batch_idx if s == self.stage else 0
-                    self._run_stage(s, start)
-                self("after_epoch")
-                self.epoch, self.stage, self.batch_idx = self.epoch + 1, stages[0], 0
-        except CancelFit: self.cancelled = True
-        finally: self("after_fit")
-        return self
-
-    # -- state ---------------------------------------------------------------------------------------------------------
-    def _rng_states(self):
-        "This process's generator states; under torchrun the list of every process's (a collective: all must call it)."
-        if self.world == 1: return rng_state()
-        states = [None] * self.world
-        dist.all_gather_object(states, rng_state())
-        return states
-
-    def state_dict(self, epoch_end: bool = False) -> dict:
-        "Everything needed to continue this run bit for bit (`epoch_end`: positioned at the start of the next epoch)."
-        from iclmsr import __version__
-        meta_opt = getattr(self.method, "meta_optimizer", None)
-        pos = (self.epoch + 1, self.stages[0], 0) if epoch_end else (self.epoch, self.stage, self.batch_idx)
-        return {"model": self.method.state_dict(), "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-                "meta_optimizer": meta_opt.state_dict() if meta_opt is not None else None,
-                "rng": self._rng_states(), "epoch": pos[0], "stage": pos[1], "batch": pos[2], "step": self.step,
-                "config": config_to_dict(self.cfg), "version": __version__, "metrics": dict(self.metrics)}
-
-    def load_state_dict(self, ck: dict):
-        self.method.load_state_dict(ck["model"])
-        self.opt.load_state_dict(ck["optimizer"]); self.sched.load_state_dict(ck["scheduler"])
-        meta_opt = getattr(self.method, "meta_optimizer", None)
-        if meta_opt is not None and ck.get("meta_optimizer") is not None: meta_opt.load_state_dict(ck["meta_optimizer"])
-        self.epoch, self.stage, self.batch_idx, self.step = ck["epoch"], ck["stage"], ck["batch"], ck["step"]
-        self.metrics = dict(ck.get("metrics") or {})
-        rng = ck["rng"]
-        if isinstance(rng, list) and len(rng) == self.world: set_rng_state(rng[self.rank])
-        elif not isinstance(rng, list) and self.world == 1: set_rng_state(rng)
-        else:
-            n = len(rng) if isinstance(rng, list) else 1
-            warnings.warn(f"the checkpoint holds the generator states of {n} process(es), this run has {self.world}: "
-                          "fresh generators per process, so the augmentations will not replay exactly")
-            seed_everything(self.cfg.train.seed + self.rank + 1_000_003 * self.step, self.cfg.train.deterministic)
-        for cb in self.cbs:
-            if hasattr(cb, "after_load"): cb.after_load(ck)
-
-    def resume(self, path: str | Path | None = None):
-        "Continue from a checkpoint (default `run_dir/last.pt`); refuses one written by a different config."
-        path = Path(path) if path else self.run_dir/"last.pt"
-        self.load_state_dict(load_checkpoint(path, config=config_to_dict(self.cfg), map_location=self.device))
-        return self
-
-# %% ../nbs/12_learner.ipynb #8f0d3599
-@classmethod
-def _from_config(cls, cfg=None, run_dir=None, cbs=(), train_data=None, monitor_data=None, method=None):
-    "The learner a config describes (interim: same arguments as the config-driven constructor)."
-    return cls(cfg, run_dir, cbs=cbs, train_data=train_data, monitor_data=monitor_data, method=method)
-Learner.from_config = _from_config
-
-
-# %% ../nbs/12_learner.ipynb #6142cd05
-def _fmt_time(s: float) -> str:
-    s = int(max(s, 0)); return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60:02d}:{s % 60:02d}"
+# %% ../nbs/12_learner.ipynb #573ee666
+def setting(learn, key: str):
+    "`learn.cfg.train.<key>` for a learner built from a config, else that field's default in `TrainConfig`."
+    return getattr(learn.cfg.train if learn.cfg is not None else TrainConfig, key)
 
 class ProgressCallback(Callback):
     "A progress line: epoch, stage, loss, images/s, elapsed and ETA (rank 0 only)."
@@ -358,26 +374,27 @@ class ProgressCallback(Callback):
     def after_batch(self):
         L = self.learn
         if L.rank != 0 or L.stage != "fit": return
-        every = self.every or L.cfg.train.log_every
+        every = self.every or setting(L, "log_every")
         if L.step % every and L.step != L.total_steps: return
         done = L.step - self.step0
         dt = time.time() - self.t0
-        ips = done * L.cfg.train.batch_size / dt if dt > 0 else 0.0
+        ips = done * L.batch_size / dt if dt > 0 else 0.0
         L.metrics["images_per_s"] = ips
         eta = (L.total_steps - L.step) * dt / done if done else float("nan")
         loss = " ".join(f"{k} {v:.4f}" for k, v in L.last_batch.items() if k in ("loss", "base", "icl"))
-        line = (f"epoch {L.epoch + 1}/{L.cfg.train.epochs} step {L.step}/{L.total_steps} {loss} | "
-                f"{ips:.0f} img/s | {_fmt_time(dt)} elapsed, {_fmt_time(eta) if done else '--:--'} left")
+        line = (f"epoch {L.epoch + 1}/{L.n_epochs} step {L.step}/{L.total_steps} {loss} | "
+                f"{ips:.0f} img/s | {fmt_duration(dt)} elapsed, {fmt_duration(eta) if done else '--:--'} left")
         print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=self.file or sys.stdout, flush=True)
     def after_fit(self):
         if self.tty and self.learn.rank == 0: print(file=self.file or sys.stdout)
 
+# %% ../nbs/12_learner.ipynb #cea00d47
 CSV_FIELDS = ("time", "epoch", "step", "stage", "loss", "base", "icl", "meta", "lr", "images_per_s", "knn_full", "knn_fg", "knn_bg")
 
 class MetricsLogger(Callback):
-    "Append metric records to `run_dir/metrics.jsonl` and `run_dir/metrics.csv` (rank 0)."
+    "Append metric records to `run_dir/metrics.jsonl` and `run_dir/metrics.csv` (rank 0); keep them in `records`."
     order = 60
-    def __init__(self): self.records = []
+    def __init__(self, every: int | None = None): self.every, self.records = every, []
     @property
     def paths(self): return self.learn.run_dir/"metrics.jsonl", self.learn.run_dir/"metrics.csv"
     def after_load(self, ck):
@@ -407,7 +424,7 @@ class MetricsLogger(Callback):
             w.writerow(rec)
     def after_batch(self):
         L = self.learn
-        if L.stage == "fit" and L.step % L.cfg.train.log_every == 0:
+        if L.stage == "fit" and L.step % (self.every or setting(L, "log_every")) == 0:
             self.log({"kind": "batch", **L.last_batch, "images_per_s": L.metrics.get("images_per_s")})
         elif L.stage == "meta" and L.batch_idx == L.meta_batches_per_epoch:
             self.log({"kind": "meta", **L.last_batch})
@@ -415,6 +432,7 @@ class MetricsLogger(Callback):
         L = self.learn
         self.log({"kind": "epoch", **{k: v for k, v in L.metrics.items() if k.startswith("knn") or k == "images_per_s"}, **L.last_batch})
 
+# %% ../nbs/12_learner.ipynb #17d57e97
 @torch.no_grad()
 def extract_features(model: nn.Module, images: torch.Tensor, mean, std, batch: int = 512, device=None) -> torch.Tensor:
     "Backbone features of uint8 `images` (N,3,H,W), normalised with `mean`/`std`, without gradients, in eval mode."
@@ -430,13 +448,17 @@ def extract_features(model: nn.Module, images: torch.Tensor, mean, std, batch: i
     return torch.cat(out)
 
 class KNNMonitor(Callback):
-    "5-NN accuracy of backbone features on held-out data, every `train.knn_every` epochs and at the end."
+    "5-NN accuracy of backbone features on held-out `data` (full, foreground-only, background-only), every `every` epochs and at the end."
     order = 40
-    def __init__(self, k: int = 5, max_bank: int = 10_000): self.k, self.max_bank = k, max_bank
+    def __init__(self, every: int | None = None, data=None, k: int = 5, max_bank: int = 10_000):
+        self.every, self.data, self.k, self.max_bank = every, data, k, max_bank
     def before_fit(self):
         L = self.learn
-        if L.cfg.train.knn_every == 0: self.sets = None; return
-        test = L.monitor_data if L.monitor_data is not None else load_dataset(L.cfg.data.spec, "test")
+        self.sets = None
+        if self._every == 0: return
+        test = next((d for d in (self.data, L.monitor_data) if d is not None), None)
+        if test is None and L.cfg is not None: test = load_dataset(L.cfg.data.spec, "test")
+        if test is None: return   # nothing held out to measure on
         self.sets = {"knn_full": test}
         if test.has_masks: self.sets.update(knn_fg=test.variant("only_fg"), knn_bg=test.variant("only_bg"))
         g = torch.Generator().manual_seed(0)
@@ -453,17 +475,20 @@ class KNNMonitor(Callback):
             pred = knn_predict(bank.cpu(), labels, q.cpu(), k=self.k)
             res[name] = 100.0 * (pred == ds.labels.cpu()).float().mean().item()
         return res
+    @property
+    def _every(self) -> int: return self.every if self.every is not None else setting(self.learn, "knn_every")
     def after_epoch(self):
         L = self.learn
         if not self.sets: return
         e = L.epoch + 1
-        if e % L.cfg.train.knn_every == 0 or e == L.cfg.train.epochs: L.metrics.update(self.measure())
+        if e % self._every == 0 or e == L.n_epochs: L.metrics.update(self.measure())
 
+# %% ../nbs/12_learner.ipynb #fbe8ae59
 class Checkpointer(Callback):
-    "Write `last.pt` (every `train.ckpt_every` steps and each epoch end) and `best.pt` (best `knn_full`); save and stop on SIGINT/SIGTERM."
+    "Write `last.pt` (every `every` steps and each epoch end) and `best.pt` (best `knn_full`); save and stop on SIGINT/SIGTERM."
     order = 70
-    def __init__(self, monitor: str = "knn_full", handle_signals: bool = True):
-        self.monitor, self.handle_signals, self.signalled = monitor, handle_signals, None
+    def __init__(self, every: int | None = None, monitor: str = "knn_full", handle_signals: bool = True):
+        self.every, self.monitor, self.handle_signals, self.signalled = every, monitor, handle_signals, None
     def before_fit(self):
         L = self.learn
         self.keeper = CheckpointKeeper(L.run_dir) if L.run_dir is not None else None
@@ -482,7 +507,7 @@ class Checkpointer(Callback):
         if L.rank == 0: self.keeper.save(state, metric=metric)
     def after_batch(self):
         L = self.learn
-        every = L.cfg.train.ckpt_every
+        every = self.every if self.every is not None else setting(L, "ckpt_every")
         if L.stage == "fit" and every and L.step % every == 0: self.save()
     def after_epoch(self):
         self.save(self.learn.metrics.get(self.monitor), epoch_end=True)
@@ -492,10 +517,74 @@ class Checkpointer(Callback):
         if L.cancelled: self.save()   # stopped between batches: keep exactly where we are
 
 def default_callbacks(progress: bool = True) -> list:
-    "The callbacks of a standard run."
+    "The callbacks of a standard run: progress line, metrics log, kNN monitor, checkpoints."
     return ([ProgressCallback()] if progress else []) + [MetricsLogger(), KNNMonitor(), Checkpointer()]
 
-# %% ../nbs/12_learner.ipynb #96ad7762
+# %% ../nbs/12_learner.ipynb #9b65f35c
+def unused_keys(cfg: Config) -> dict:
+    "Config keys the run of `cfg` does not read -> why (shown by `iclmsr train --print-config`)."
+    m, out = cfg.model, {}
+    if m.method in METHODS and "temperature" not in options(METHODS[m.method].__init__):
+        out["model.tau"] = f"{m.method} has no temperature"
+    if not cfg.icl.enabled:
+        out["icl.*"] = "icl.enabled is false"
+    return out
+
+def check_used(cfg: Config):
+    "Refuse a model key set for a method that does not use it (never dropped silently)."
+    for key, why in unused_keys(cfg).items():
+        sec, name = key.split(".")
+        if sec == "model" and getattr(cfg.model, name) != getattr(ModelConfig, name):
+            raise ConfigError(f"{key} is not used by method {cfg.model.method!r} ({why}); remove it or choose another method")
+
+def method_from_config(cfg: Config, image_size: int):
+    "The method of `cfg` for images of `image_size`: the base method, composed with ICL-MSR when `icl.enabled`."
+    m = cfg.model
+    if m.method not in METHODS: raise ConfigError(f"model.method: unknown method {m.method!r}; allowed: {', '.join(METHODS)}")
+    check_used(cfg)
+    accepts = options(METHODS[m.method].__init__)
+    hp = {k: v for k, v in (("proj_hidden", m.proj_hidden), ("proj_dim", m.proj_dim), ("temperature", m.tau))
+          if k in accepts and v is not None}
+    base = build_method(m.method, backbone=m.backbone, image_size=image_size, **hp)
+    if not cfg.icl.enabled: return base
+    return ICLMSR(base, MetaSemanticRegularizer(base.proj_dim, **{f.name: getattr(cfg.icl, f.name) for f in fields(cfg.icl)
+                                                                    if f.name != "enabled"}))
+
+# %% ../nbs/12_learner.ipynb #dd39ef64
+def _device_of_process(name: str) -> torch.device:
+    "The device `name` asks for; under torchrun plain 'cuda' means this process's local GPU."
+    dev = get_device(name)
+    if dev.type == "cuda" and dev.index is None and dist_env()[1] > 1: dev = torch.device("cuda", dist_env()[2])
+    if dev.type == "cuda": torch.cuda.set_device(dev)
+    return dev
+
+@patch(cls_method=True)
+def from_config(cls: Learner, cfg: Config | dict | None = None, run_dir=None, cbs=(), train_data=None, monitor_data=None,
+                method: nn.Module | None = None) -> Learner:
+    "The learner `cfg` describes: device and process group, seeds, data and variant, augmentation, method, callbacks."
+    cfg = cfg if isinstance(cfg, Config) else config_from_dict(cfg or {})
+    t = cfg.train
+    device = _device_of_process(t.device)
+    rank, world = init_distributed(device)
+    seed_everything(t.seed + rank, t.deterministic)  # each process its own augmentations (weights: broadcast)
+    data = train_data if train_data is not None else load_dataset(cfg.data.spec, "train")
+    if cfg.data.variant != "original": data = data.variant(cfg.data.variant, seed=t.seed)
+    if cfg.data.resident: data = data.to(device)   # else DataLoader workers gather from CPU memory
+    aug = TwoViewAugment(cfg.data.augment, size=data.image_size)
+    method = method if method is not None else method_from_config(cfg, data.image_size)
+    if t.sync_bn and world > 1:
+        if device.type != "cuda": raise ConfigError("train.sync_bn needs CUDA devices (SyncBatchNorm has no CPU kernel)")
+        method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
+    if t.compile: method.backbone = torch.compile(method.backbone)
+    amp = t.amp == "bf16" or (t.amp == "auto" and device.type == "cuda")
+    extra = ([MixedPrecision()] if amp else []) + ([ChannelsLast()] if device.type == "cuda" and t.channels_last else [])
+    learn = cls(method, data, aug, t.batch_size, cbs=extra + list(cbs), optim=cfg.optim, seed=t.seed, device=device,
+                workers=0 if cfg.data.resident else cfg.data.workers, run_dir=run_dir, monitor_data=monitor_data,
+                deterministic=t.deterministic)
+    learn.cfg, learn.n_epochs = cfg, t.epochs
+    return learn
+
+# %% ../nbs/12_learner.ipynb #ad238385
 def _out_of_memory(e: BaseException) -> bool:
     "A CUDA/MPS out-of-memory error, or the CPU allocator's (a plain RuntimeError)."
     return isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e) or "out of memory" in str(e).lower()
@@ -508,6 +597,21 @@ def _check_writable(d: Path):
     except OSError as e:
         raise PermissionError(f"output directory {str(d)!r} is not writable ({e.strerror or e}); choose another --out") from None
 
+def _report(learn, cfg, run_dir: Path, seconds: float, rank: int):
+    "results.json of a finished or stopped run, and its one-line summary (rank 0)."
+    from iclmsr.utils import env_info
+    if rank != 0: return
+    sig = next((cb.signalled for cb in learn.cbs if isinstance(cb, Checkpointer) and cb.signalled), None)
+    res = {"config": config_to_dict(cfg), "metrics": learn.metrics, "epoch": learn.epoch, "step": learn.step,
+           "cancelled": learn.cancelled, "seconds": seconds, "versions": env_info()["packages"], "run_dir": str(run_dir)}
+    (run_dir/"results.json").write_text(json.dumps(res, indent=2))
+    if learn.cancelled:
+        print(f"{sig or 'stopped'}: checkpoint written to {run_dir/'last.pt'}; continue with: iclmsr train --out {run_dir} --resume")
+    else:
+        knn = ", ".join(f"{k} {v:.2f}%" for k, v in learn.metrics.items() if k.startswith("knn"))
+        print(f"done: {learn.step} steps in {seconds:.1f} s{'; ' + knn if knn else ''}; results in {run_dir/'results.json'}")
+
+# %% ../nbs/12_learner.ipynb #0bd1a5bd
 def train(config: str = None,  # YAML or JSON config file (default: the built-in defaults, or DIR/config.yaml with --resume)
           out: str = None,  # run directory for checkpoints, logs and results.json
           set: Param("override a config value, e.g. --set train.epochs=10 (repeatable)", str, action="append") = None,
@@ -516,10 +620,13 @@ def train(config: str = None,  # YAML or JSON config file (default: the built-in
           quiet: bool = False,  # no progress line
          ):
     "Train a method (with or without ICL-MSR) on a dataset spec; resumable, multi-process under torchrun."
-    from iclmsr.utils import env_info
     overrides = set or []
     if print_config:
-        print(dump_config(load_config(config, overrides)), end=""); return 0
+        cfg = load_config(config, overrides)
+        unused = unused_keys(cfg)
+        print(dump_config(cfg), end="")
+        if unused: print("# not used by this run: " + "; ".join(f"{k} ({why})" for k, why in unused.items()))
+        return 0
     if not out: raise UserError("--out DIR is required (the run directory)")
     run_dir = Path(out)
     if resume and config is None and (run_dir/"config.yaml").exists(): config = str(run_dir/"config.yaml")
@@ -532,7 +639,7 @@ def train(config: str = None,  # YAML or JSON config file (default: the built-in
         raise UserError(f"{str(run_dir)!r} already holds a run (last.pt); continue it with --resume or choose another --out")
     t0 = time.time()
     try:
-        learn = Learner(cfg, run_dir, cbs=default_callbacks(progress=not quiet))
+        learn = Learner.from_config(cfg, run_dir, cbs=default_callbacks(progress=not quiet))
         if resume: learn.resume(run_dir/"last.pt")
         if rank == 0: (run_dir/"config.yaml").write_text(dump_config(cfg))
         learn.fit()
@@ -541,14 +648,5 @@ def train(config: str = None,  # YAML or JSON config file (default: the built-in
         raise UserError(f"out of memory at train.batch_size={cfg.train.batch_size}; try a smaller batch, e.g. --set train.batch_size={max(2, cfg.train.batch_size // 2)}") from None
     finally:
         if dist.is_initialized(): dist.destroy_process_group()
-    sig = next((cb.signalled for cb in learn.cbs if isinstance(cb, Checkpointer) and cb.signalled), None)
-    if rank == 0:
-        res = {"config": config_to_dict(cfg), "metrics": learn.metrics, "epoch": learn.epoch, "step": learn.step,
-               "cancelled": learn.cancelled, "seconds": time.time() - t0, "versions": env_info()["packages"], "run_dir": str(run_dir)}
-        (run_dir/"results.json").write_text(json.dumps(res, indent=2))
-        if learn.cancelled:
-            print(f"{sig or 'stopped'}: checkpoint written to {run_dir/'last.pt'}; continue with: iclmsr train --out {run_dir} --resume")
-        else:
-            knn = ", ".join(f"{k} {v:.2f}%" for k, v in learn.metrics.items() if k.startswith("knn"))
-            print(f"done: {learn.step} steps in {res['seconds']:.1f} s{'; ' + knn if knn else ''}; results in {run_dir/'results.json'}")
+    _report(learn, cfg, run_dir, time.time() - t0, rank)
     return 0

@@ -21,7 +21,8 @@ def build(name: str, icl: bool, dtype=torch.float64):
     """The same initial weights in every process; batch norm in eval mode (running statistics, not per-process batch
     ones), its statistics set from one pass over the global batch so the projections are spread out, not collapsed."""
     torch.manual_seed(0)
-    m = build_method(name, "small_cnn", 16, icl_msr=icl, n_strata=3, backbone_kw={"width": 8}, proj_hidden=32, proj_dim=8)
+    reg = {"n_strata": 3} if icl else {}  # a regulariser option without the regulariser is an error
+    m = build_method(name, "small_cnn", 16, icl_msr=icl, backbone_kw={"width": 8}, proj_hidden=32, proj_dim=8, **reg)
     m = m.to(dtype)  # float64: the comparison is about the maths, not float32 rounding
     if icl:  # spread the stratum vectors so the ICL term differs clearly from NT-Xent
         with torch.no_grad(): m.strata.w.normal_(0, 1.0)
