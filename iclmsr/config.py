@@ -14,7 +14,7 @@ import yaml
 __all__ = ['DataConfig', 'ModelConfig', 'ICLConfig', 'OptimConfig', 'TrainConfig', 'Config', 'ConfigError', 'config_from_dict',
            'config_to_dict', 'apply_overrides', 'read_config_file', 'load_config', 'dump_config', 'config_diff']
 
-# %% ../nbs/00b_config.ipynb #6b4eefd9
+# %% ../nbs/00b_config.ipynb #469f1585
 def _check(ok, must: str):
     "Field metadata: a predicate on the value and what it must be, for the error message."
     return {"check": ok, "must": must}
@@ -46,6 +46,7 @@ class ModelConfig:
     proj_dim: int = _f(64, _pos, "> 0")
     tau: Optional[float] = _f(None, _pos, "> 0", help="temperature of the base method's loss (null: the method's own, SimCLR 0.5, SupCon 0.1)")
 
+# %% ../nbs/00b_config.ipynb #c68b828e
 @dataclass
 class ICLConfig:
     "The ICL-MSR regulariser (off by default: then the run is the plain base method)."
@@ -62,6 +63,7 @@ class ICLConfig:
     init_std: float = _f(0.01, _nonneg, ">= 0", help="spread of the initial stratum parameters w_t around 0")
     activation: Literal["sigmoid", "identity"] = _f("sigmoid", help="a_t = sigmoid(w_t), or w_t itself")
 
+# %% ../nbs/00b_config.ipynb #e681b139
 @dataclass
 class OptimConfig:
     "Optimiser and learning-rate schedule."
@@ -97,7 +99,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
-# %% ../nbs/00b_config.ipynb #c6ced2dd
+# %% ../nbs/00b_config.ipynb #f8fc0afe
 class ConfigError(ValueError):
     "A config key or value that is not allowed; the message names it and lists what is."
 
@@ -108,6 +110,7 @@ def _describe(typ) -> str:
     if get_origin(typ) in (Union, types.UnionType): return " or ".join(_describe(a) for a in get_args(typ))
     return getattr(typ, "__name__", str(typ))
 
+# %% ../nbs/00b_config.ipynb #86010743
 def _coerce(value, typ, key: str):
     origin = get_origin(typ)
     if origin in (Union, types.UnionType):
@@ -144,6 +147,7 @@ def _coerce(value, typ, key: str):
         raise ConfigError(f"{key}: {value!r} is not a string")
     raise ConfigError(f"{key}: unsupported field type {typ}")
 
+# %% ../nbs/00b_config.ipynb #5212dd7f
 def config_from_dict(d: dict | None = None, cls=Config, prefix: str = ""):
     "Build a `cls` config from a (nested) dict, checking keys, types and values."
     d = {} if d is None else d
