@@ -20,7 +20,7 @@ from .viz import Showable, figure_html
 
 # %% auto #0
 __all__ = ['LOSS_TRACES', 'KNN_TRACES', 'DEVICES', 'gpu_memory', 'strata_of', 'Recorder', 'save_now', 'thin', 'dashboard_figures',
-           'draw', 'Dashboard', 'bench_dashboard']
+           'draw', 'Dashboard', 'display_path', 'bench_dashboard']
 
 # %% ../nbs/16_dashboard.ipynb #5fcec703
 def gpu_memory(device) -> tuple[float, float] | None:
@@ -34,7 +34,7 @@ def strata_of(method) -> np.ndarray | None:
     if not hasattr(method, "strata"): return None
     with torch.no_grad(): return method.strata().detach().float().cpu().numpy()
 
-# %% ../nbs/16_dashboard.ipynb #1d6b9782
+# %% ../nbs/16_dashboard.ipynb #63edcf77
 def _batch_size(learn) -> int | None:
     "The learner's global batch size: its `batch_size`, else its config's (None when it has neither)."
     b = getattr(learn, "batch_size", None)
@@ -82,7 +82,7 @@ class Recorder(Callback):
 
     def after_fit(self): self.snapshot(force=True)
 
-# %% ../nbs/16_dashboard.ipynb #b090bde7
+# %% ../nbs/16_dashboard.ipynb #e241bd4d
 @patch
 def snapshot(self: Recorder, force: bool = False):
     "Copy a_t, the speed and the GPU memory (on the training thread, at most every `every` s)."
@@ -102,7 +102,7 @@ def snapshot(self: Recorder, force: bool = False):
                       "elapsed": now - self.t0, "eta": None if not self.rate else (L.total_steps - L.step) / self.rate}
         self.version += 1
 
-# %% ../nbs/16_dashboard.ipynb #941ac4ee
+# %% ../nbs/16_dashboard.ipynb #9d30baf1
 @patch
 def load_history(self: Recorder, records: list[dict], upto: int | None = None):
     "Fill the history from `metrics.jsonl` records (those past step `upto` left out)."
@@ -118,7 +118,7 @@ def load_history(self: Recorder, records: list[dict], upto: int | None = None):
                 for k in ("knn_full", "knn_fg", "knn_bg"): self.knn[k].append(r.get(k))
         self.version += 1
 
-# %% ../nbs/16_dashboard.ipynb #f84519a9
+# %% ../nbs/16_dashboard.ipynb #342f5c33
 @patch
 def request_save(self: Recorder) -> threading.Event:
     "Ask for a checkpoint at the end of the current batch; returns an Event set once it is written."
@@ -150,7 +150,7 @@ def thin(x, y, max_points: int = 1500):
     idx = np.unique(np.r_[np.linspace(0, n - 1, max_points - 1).astype(int), n - 1])
     return [x[i] for i in idx], [y[i] for i in idx]
 
-# %% ../nbs/16_dashboard.ipynb #49a22960
+# %% ../nbs/16_dashboard.ipynb #0418044c
 LOSS_TRACES = (("loss", "total", "#1f77b4"), ("base", "base", "#ff7f0e"), ("icl", "ICL", "#2ca02c"))
 KNN_TRACES = (("knn_full", "full", "#1f77b4"), ("knn_fg", "foreground only", "#2ca02c"), ("knn_bg", "background only", "#d62728"))
 
@@ -168,7 +168,7 @@ def dashboard_figures(height: int = 320) -> dict:
                                    yaxis_title="stratum t", width=240, **lay))
     return {"loss": loss, "knn": knn, "strata": strata}
 
-# %% ../nbs/16_dashboard.ipynb #dbae8579
+# %% ../nbs/16_dashboard.ipynb #dee1f335
 def draw(figs: dict, rec: Recorder, max_points: int = 1500) -> dict:
     "Copy what changed in `rec`'s history into `figs` (from `dashboard_figures`): one batched update per changed figure."
     with rec.lock:
@@ -197,7 +197,7 @@ def draw(figs: dict, rec: Recorder, max_points: int = 1500) -> dict:
     figs["loss"]._iclmsr_drawn = {**n, "a": a if a is not None else drawn.get("a")}
     return figs
 
-# %% ../nbs/16_dashboard.ipynb #cd852b55
+# %% ../nbs/16_dashboard.ipynb #9f79b800
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 def _auto_backbone() -> str: return ModelConfig().backbone if torch.cuda.is_available() else "small_cnn"
@@ -226,7 +226,7 @@ class Dashboard(Showable):
 
     def __repr__(self): return f"Dashboard({self.state}, step {self.learn.step if self.learn else 0})"
 
-# %% ../nbs/16_dashboard.ipynb #0cb79468
+# %% ../nbs/16_dashboard.ipynb #740c7583
 @patch
 def _controls(self: Dashboard, **v) -> dict:
     lay = lambda w: W.Layout(width=w)
@@ -278,7 +278,15 @@ def _guard(self: Dashboard, fn):
     except Exception as e:
         self.error = f"{type(e).__name__}: {e}"; self._refresh()
 
-# %% ../nbs/16_dashboard.ipynb #a742b4dc
+# %% ../nbs/16_dashboard.ipynb #5f7ca2e6
+def display_path(p) -> str:
+    "`p` as the status line shows it: under the temporary directory as `$TMPDIR/...`, under the home directory as `~/...`."
+    p = str(p)
+    for root, name in ((tempfile.gettempdir(), "$TMPDIR"), (str(Path.home()), "~")):
+        root = root.rstrip("/")
+        if root and (p == root or p.startswith(root + "/")): return name + p[len(root):]
+    return p
+
 def _epochs(learn) -> int:
     "The epochs `learn` trains to (from its step counts, so also for a learner built from parts)."
     return learn.total_steps // max(learn.batches_per_epoch, 1)
@@ -308,7 +316,7 @@ def status_text(self: Dashboard) -> str:
                                         (("knn_full", "full"), ("knn_fg", "fg"), ("knn_bg", "bg")) if r.knn[k][-1] is not None))
     if r.fit["step"]: parts.append(f"loss {r.fit['loss'][-1]:.4f}")
     rd = self.w["run_dir"].value
-    extra = f"<br><span style='color:#555'>run dir: {html.escape(rd)}</span>" if rd else ""
+    extra = f"<br><span style='color:#555'>run dir: {html.escape(display_path(rd))}</span>" if rd else ""
     if self.note: extra += f"<br><span style='color:#2ca02c'>{html.escape(self.note)}</span>"
     if self.error: extra += f"<br><span class='iclmsr-error' style='color:#d62728'>{html.escape(self.error)}</span>"
     return f"<div style='font-size:13px'>{' · '.join(parts)}{extra}</div>"
@@ -325,7 +333,7 @@ def _refresh(self: Dashboard):
     b["save"].disabled = self.learn is None
     b["open"].disabled = running
 
-# %% ../nbs/16_dashboard.ipynb #7026cdf5
+# %% ../nbs/16_dashboard.ipynb #68d9fd07
 _SHOWN = ("data.spec", "model.method", "model.backbone", "icl.enabled", "icl.n_strata", "icl.lam", "train.epochs",
           "train.batch_size", "train.device")   # the settings with a control of their own
 
@@ -356,7 +364,23 @@ def _set_controls(self: Dashboard, cfg):
     w["more"].value = " ".join(f"{s}.{k}={v}" for s, sec in d.items() for k, v in sec.items()
                                if f"{s}.{k}" not in _SHOWN and v != default[s][k])
 
-# %% ../nbs/16_dashboard.ipynb #3190694c
+# %% ../nbs/16_dashboard.ipynb #fefb9fe9
+@patch
+def static_html(self: Dashboard) -> str:
+    "The dashboard as static HTML: its settings, status line and figures now (where there is no live widget)."
+    draw(self.figs, self.rec, self.max_points)
+    share = {"loss": 44, "knn": 30, "strata": 26}
+    figs = "".join(f"<div style='flex:0 0 {share[k]}%;min-width:0'>"
+                   f"{figure_html(go.Figure(f).update_layout(width=None, autosize=True))}</div>" for k, f in self.figs.items())
+    w = self.w
+    settings = (f"data {w['spec'].value} · {w['method'].value}{' + ICL-MSR' if w['icl'].value else ''} · "
+                f"{w['backbone'].value} · n={w['n_strata'].value} · λ={w['lam'].value} · {w['epochs'].value} epochs · "
+                f"batch {w['batch_size'].value} · device {w['device'].value} {w['more'].value}")
+    note = ("<div style='font-size:11px;color:#777'>a snapshot of the dashboard; in JupyterLab it is a live widget "
+            f"with its controls</div><div style='font-size:12px;color:#555'>{html.escape(settings)}</div>")
+    return note + self.status_text() + f"<div style='display:flex'>{figs}</div>"
+
+# %% ../nbs/16_dashboard.ipynb #ceb9a0d0
 @patch
 def redraw(self: Dashboard):
     "Push the recorded numbers to the figure and the status line (its cost is added up in `draw_wall`/`draw_cpu`)."
@@ -385,7 +409,7 @@ def _start_ticker(self: Dashboard, watch=None):
     self.ticker = threading.Thread(target=loop, name="iclmsr-redraw", daemon=True)
     self.ticker.start()
 
-# %% ../nbs/16_dashboard.ipynb #d074c94b
+# %% ../nbs/16_dashboard.ipynb #dcec81bf
 @patch
 def start(self: Dashboard):
     "Start the run (or continue the opened run directory) on a background thread; returns at once."
@@ -429,7 +453,7 @@ def wait(self: Dashboard, timeout: float | None = None):
     if self.ticker is not None: self.ticker.join(timeout)
     return self
 
-# %% ../nbs/16_dashboard.ipynb #83232ff7
+# %% ../nbs/16_dashboard.ipynb #f196fcab
 @patch
 def pause(self: Dashboard):
     "Hold the run between two batches."
@@ -461,10 +485,10 @@ def save(self: Dashboard, timeout: float | None = 60) -> Path:
         if not ev.wait(timeout): raise TimeoutError(f"the checkpoint was not written within {timeout} s")
         path = self.rec.saved
     else: path = save_now(L)
-    self.note = f"saved {path} at step {L.step}"; self._refresh()
+    self.note = f"saved {display_path(path)} at step {L.step}"; self._refresh()
     return path
 
-# %% ../nbs/16_dashboard.ipynb #a2aa1e82
+# %% ../nbs/16_dashboard.ipynb #aa016820
 @patch
 def open(self: Dashboard, run_dir):
     "Show the run in `run_dir` (config, curves); `start()` then continues it from its last.pt."
@@ -486,23 +510,7 @@ def open(self: Dashboard, run_dir):
     self.redraw()
     return self
 
-# %% ../nbs/16_dashboard.ipynb #a5da8b43
-@patch
-def static_html(self: Dashboard) -> str:
-    "The dashboard as static HTML: its settings, status line and figures now (where there is no live widget)."
-    draw(self.figs, self.rec, self.max_points)
-    share = {"loss": 44, "knn": 30, "strata": 26}
-    figs = "".join(f"<div style='flex:0 0 {share[k]}%;min-width:0'>"
-                   f"{figure_html(go.Figure(f).update_layout(width=None, autosize=True))}</div>" for k, f in self.figs.items())
-    w = self.w
-    settings = (f"data {w['spec'].value} · {w['method'].value}{' + ICL-MSR' if w['icl'].value else ''} · "
-                f"{w['backbone'].value} · n={w['n_strata'].value} · λ={w['lam'].value} · {w['epochs'].value} epochs · "
-                f"batch {w['batch_size'].value} · device {w['device'].value} {w['more'].value}")
-    note = ("<div style='font-size:11px;color:#777'>a snapshot of the dashboard; in JupyterLab it is a live widget "
-            f"with its controls</div><div style='font-size:12px;color:#555'>{html.escape(settings)}</div>")
-    return note + self.status_text() + f"<div style='display:flex'>{figs}</div>"
-
-# %% ../nbs/16_dashboard.ipynb #2fa279c7
+# %% ../nbs/16_dashboard.ipynb #aa4d3d51
 @patch
 def attach(self: Dashboard, learn):
     "Watch a `Learner` built elsewhere: add the recorder to it and start redrawing; run `learn.fit()` yourself."
