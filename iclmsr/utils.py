@@ -84,6 +84,11 @@ def faiss_gpu_count() -> int:
         return int(faiss.get_num_gpus()) if hasattr(faiss, "get_num_gpus") else 0
     except Exception: return 0
 
+def _home_short(p: Path) -> str:
+    "`p` with the home directory written as `~` (a report shares no user name)."
+    home = Path.home()
+    return "~/" + str(p.relative_to(home)) if p.is_relative_to(home) else str(p)
+
 def env_info() -> dict:
     "Versions, devices and paths that decide whether a run can be reproduced."
     from iclmsr import __version__
@@ -101,7 +106,7 @@ def env_info() -> dict:
         "gpu_names": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else [],
         "faiss_gpu_count": faiss_gpu_count(),
         "mps_available": _mps_available(),
-        "cache_dir": str(cache_dir(create=False)),
+        "cache_dir": _home_short(cache_dir(create=False)),
     }
 
 def format_env_info(info: dict | None = None) -> str:

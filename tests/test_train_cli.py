@@ -111,3 +111,12 @@ def test_out_of_memory_is_one_line_suggesting_a_smaller_batch(tmp_path):
             check=False, env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=cap)
     err = one_line_error(p)
     assert "out of memory at train.batch_size=1024" in err and "--set train.batch_size=512" in err
+
+def test_a_key_the_method_does_not_use_is_refused_or_listed(tmp_path):
+    "model.tau set for a method without a temperature is refused in one line; --print-config lists what a run does not read."
+    err = one_line_error(train("--out", str(tmp_path/"r"), *TINY, "--set", "model.method=byol", "--set", "model.tau=0.3", check=False))
+    assert "model.tau is not used by method 'byol'" in err
+    assert not (tmp_path/"r"/"last.pt").exists()
+    out = train("--print-config", "--set", "model.method=wmse").stdout
+    assert out.strip().splitlines()[-1] == "# not used by this run: model.tau (wmse has no temperature); icl.* (icl.enabled is false)"
+    assert "# not used by this run" not in train("--print-config", "--set", "icl.enabled=true").stdout
