@@ -9,7 +9,8 @@ from pathlib import Path
 from fastcore.script import call_parse
 
 # %% auto #0
-__all__ = ['process_notebooks', 'notebook_markdown', 'use_output_files', 'render_site', 'build_docs', 'iclmsr_docs']
+__all__ = ['process_notebooks', 'notebook_markdown', 'use_output_files', 'escape_dunder_headings', 'render_site', 'build_docs',
+           'iclmsr_docs']
 
 # %% ../nbs/90_docs.ipynb #0af0f970
 def process_notebooks(path: str | Path | None = None, n_workers: int = 2) -> Path:
@@ -77,6 +78,22 @@ def use_output_files(proc: str | Path) -> dict[str, str]:
         sb.write_text(text)
     return moved
 
+# %% ../nbs/90_docs.ipynb #a566607e
+_DUNDER_HEADING = re.compile(r"^(#{2,4} )([A-Za-z_][\w.]*__[\w.]*)[ \t]*$", re.M)
+
+def escape_dunder_headings(proc: str | Path) -> int:
+    "Escape the underscores of `show_doc` headings like `Cls.__getitem__` in the processed notebooks of `proc`; returns how many."
+    n = 0
+    for nb in sorted(Path(proc).rglob("*.ipynb")):
+        d, hit = json.loads(nb.read_text(encoding="utf-8")), 0
+        for o in (o for c in d["cells"] for o in c.get("outputs", [])):
+            md = o.get("data", {}).get("text/markdown")
+            if md is None: continue
+            new, k = _DUNDER_HEADING.subn(lambda m: m.group(1) + m.group(2).replace("_", r"\_"), _src(md))
+            if k: o["data"]["text/markdown"], hit = new, hit + k
+        if hit: nb.write_text(json.dumps(d, indent=1), encoding="utf-8"); n += hit
+    return n
+
 # %% ../nbs/90_docs.ipynb #f2580efd
 def render_site(proc: str | Path, dest: str | Path) -> list[str]:
     "Render the processed project in `proc` with smalldocs into `dest`; returns smalldocs' warnings."
@@ -89,6 +106,7 @@ def render_site(proc: str | Path, dest: str | Path) -> list[str]:
         stage = Path(tmp)/"site"  # nbdev's _proc/ is an incremental cache: rename pages in a copy
         shutil.copytree(proc, stage)
         use_output_files(stage)
+        escape_dunder_headings(stage)
         site = build(str(stage), quiet=True)
         out = stage/dest.name  # nbdev.yml sets project.output-dir to the doc_path name
         if not (out/"index.html").exists(): raise RuntimeError(f"smalldocs wrote no {out/'index.html'}")
