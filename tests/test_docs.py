@@ -52,13 +52,13 @@ def test_readme_is_up_to_date(built):
     assert "pip install -e \".[dev]\" && nbdev_test && pytest tests" in built_readme
 
 # -- every name a notebook show_docs is rendered on its module's page ----------------------------------------------
-# Modules and their notebooks are discovered (each iclmsr/*.py names the notebook it is exported from), so the check
-# follows notebooks being split, renamed or added.
+# Modules and their notebooks are discovered (each cell of an iclmsr/*.py names the notebook it was exported from),
+# so the check follows notebooks being split, renamed or added.
 
-def _notebook_of(py: Path) -> Path | None:
-    "The notebook `py` was exported from (nbdev's 'File to edit' header), or None for a hand-written module."
-    m = re.search(r"File to edit: \.\./(\S+\.ipynb)", py.read_text(encoding="utf-8")[:2000])
-    return py.parent.parent/m.group(1) if m else None
+def _notebooks_of(py: Path) -> list[Path]:
+    "The notebooks `py` was exported from (nbdev's `# %% ../nbs/X.ipynb` cell markers), none for a hand-written module."
+    rels = re.findall(r"^# %% \.\./(\S+\.ipynb)", py.read_text(encoding="utf-8"), re.M)
+    return [py.parent.parent/r for r in dict.fromkeys(rels)]
 
 def _exported_all(py: Path) -> list[str]:
     for node in ast.parse(py.read_text(encoding="utf-8")).body:
@@ -104,18 +104,19 @@ def _entries(html: str) -> dict[str, str]:
             for i, h in enumerate(hs)}
 
 def _api_pages(root: Path):
-    "(module, notebook, names in __all__ that the notebook show_docs, with their methods) for every exported module."
+    "(module, notebook, names in __all__ that the notebook show_docs, docstrings) for each notebook an exported module comes from."
     for py in sorted((root/"iclmsr").glob("*.py")):
-        nb = _notebook_of(py)
-        if nb is None or not nb.exists(): continue
         public = set(_exported_all(py))
-        names = [n for n in _show_docs(nb) if n.split(".")[0] in public]
-        yield f"iclmsr.{py.stem}", nb, names, _docstrings(py)
+        for nb in _notebooks_of(py):
+            if not nb.exists(): continue
+            names = [n for n in _show_docs(nb) if n.split(".")[0] in public]
+            yield f"iclmsr.{py.stem}", nb, names, _docstrings(py)
 
 def test_discovery_finds_the_notebooks():
-    pages = {m: (nb, names) for m, nb, names, _ in _api_pages(ROOT)}
+    pages = {m: (nb, names) for m, nb, names, _ in _api_pages(ROOT) if nb.name.startswith(("08_", "90_"))}
     assert pages["iclmsr.checkpoint"][0].name == "08_checkpoint.ipynb"
     assert {"load_checkpoint", "NotACheckpoint", "CheckpointKeeper.save"} <= set(pages["iclmsr.checkpoint"][1])
+    assert pages["iclmsr.docs"][0].name == "90_docs.ipynb" and "build_docs" in pages["iclmsr.docs"][1]
     assert _page_of(ROOT/"nbs"/"08_checkpoint.ipynb", ROOT/"nbs") == "checkpoint.html"
     html = ('<h3 id="f">f</h3><pre><code><span>def</span> f(x)</code></pre><p><em>Do it.</em></p>'
             '<h2>Next</h2><h3 id="g">g</h3>')
