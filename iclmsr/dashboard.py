@@ -34,7 +34,7 @@ def strata_of(method) -> np.ndarray | None:
     if not hasattr(method, "strata"): return None
     with torch.no_grad(): return method.strata().detach().float().cpu().numpy()
 
-# %% ../nbs/16_dashboard.ipynb #63edcf77
+# %% ../nbs/16_dashboard.ipynb #ad097c31
 def _batch_size(learn) -> int | None:
     "The learner's global batch size: its `batch_size`, else its config's (None when it has neither)."
     b = getattr(learn, "batch_size", None)
@@ -57,32 +57,9 @@ class Recorder(Callback):
         self.t0, self.step0, self._t_last, self._s_last, self.rate = time.monotonic(), L.step, time.monotonic(), L.step, None
         self.snapshot(force=True)
 
-    def after_batch(self):
-        if not self.active: return
-        t = time.perf_counter()
-        L, b = self.learn, self.learn.last_batch
-        with self.lock:
-            if L.stage == "fit":
-                self.fit["step"].append(L.step)
-                for k in ("loss", "base", "icl"): self.fit[k].append(b.get(k, float("nan")))
-            elif "meta" in b:
-                self.meta["step"].append(L.step); self.meta["meta"].append(b["meta"])
-            self.version += 1
-        if time.monotonic() - self._snap >= self.every: self.snapshot()
-        if self._save_req is not None: self._do_save()
-        self.cost += time.perf_counter() - t; self.calls += 1
-
-    def after_epoch(self):
-        m = self.learn.metrics
-        if m.get("knn_full") is not None and (not self.knn["epoch"] or self.knn["epoch"][-1] != self.learn.epoch + 1):
-            with self.lock:
-                self.knn["epoch"].append(self.learn.epoch + 1)
-                for k in ("knn_full", "knn_fg", "knn_bg"): self.knn[k].append(m.get(k))
-                self.version += 1
-
     def after_fit(self): self.snapshot(force=True)
 
-# %% ../nbs/16_dashboard.ipynb #e241bd4d
+# %% ../nbs/16_dashboard.ipynb #e668c20b
 @patch
 def snapshot(self: Recorder, force: bool = False):
     "Copy a_t, the speed and the GPU memory (on the training thread, at most every `every` s)."
@@ -102,7 +79,33 @@ def snapshot(self: Recorder, force: bool = False):
                       "elapsed": now - self.t0, "eta": None if not self.rate else (L.total_steps - L.step) / self.rate}
         self.version += 1
 
-# %% ../nbs/16_dashboard.ipynb #9d30baf1
+# %% ../nbs/16_dashboard.ipynb #a0d01973
+@patch
+def after_batch(self: Recorder):
+    if not self.active: return
+    t = time.perf_counter()
+    L, b = self.learn, self.learn.last_batch
+    with self.lock:
+        if L.stage == "fit":
+            self.fit["step"].append(L.step)
+            for k in ("loss", "base", "icl"): self.fit[k].append(b.get(k, float("nan")))
+        elif "meta" in b:
+            self.meta["step"].append(L.step); self.meta["meta"].append(b["meta"])
+        self.version += 1
+    if time.monotonic() - self._snap >= self.every: self.snapshot()
+    if self._save_req is not None: self._do_save()
+    self.cost += time.perf_counter() - t; self.calls += 1
+
+@patch
+def after_epoch(self: Recorder):
+    m = self.learn.metrics
+    if m.get("knn_full") is not None and (not self.knn["epoch"] or self.knn["epoch"][-1] != self.learn.epoch + 1):
+        with self.lock:
+            self.knn["epoch"].append(self.learn.epoch + 1)
+            for k in ("knn_full", "knn_fg", "knn_bg"): self.knn[k].append(m.get(k))
+            self.version += 1
+
+# %% ../nbs/16_dashboard.ipynb #f0540c57
 @patch
 def load_history(self: Recorder, records: list[dict], upto: int | None = None):
     "Fill the history from `metrics.jsonl` records (those past step `upto` left out)."
@@ -118,7 +121,7 @@ def load_history(self: Recorder, records: list[dict], upto: int | None = None):
                 for k in ("knn_full", "knn_fg", "knn_bg"): self.knn[k].append(r.get(k))
         self.version += 1
 
-# %% ../nbs/16_dashboard.ipynb #342f5c33
+# %% ../nbs/16_dashboard.ipynb #86c40e78
 @patch
 def request_save(self: Recorder) -> threading.Event:
     "Ask for a checkpoint at the end of the current batch; returns an Event set once it is written."
@@ -150,7 +153,7 @@ def thin(x, y, max_points: int = 1500):
     idx = np.unique(np.r_[np.linspace(0, n - 1, max_points - 1).astype(int), n - 1])
     return [x[i] for i in idx], [y[i] for i in idx]
 
-# %% ../nbs/16_dashboard.ipynb #0418044c
+# %% ../nbs/16_dashboard.ipynb #157eac02
 LOSS_TRACES = (("loss", "total", "#1f77b4"), ("base", "base", "#ff7f0e"), ("icl", "ICL", "#2ca02c"))
 KNN_TRACES = (("knn_full", "full", "#1f77b4"), ("knn_fg", "foreground only", "#2ca02c"), ("knn_bg", "background only", "#d62728"))
 
@@ -168,7 +171,7 @@ def dashboard_figures(height: int = 320) -> dict:
                                    yaxis_title="stratum t", width=240, **lay))
     return {"loss": loss, "knn": knn, "strata": strata}
 
-# %% ../nbs/16_dashboard.ipynb #dee1f335
+# %% ../nbs/16_dashboard.ipynb #e21a925b
 def draw(figs: dict, rec: Recorder, max_points: int = 1500) -> dict:
     "Copy what changed in `rec`'s history into `figs` (from `dashboard_figures`): one batched update per changed figure."
     with rec.lock:
@@ -197,7 +200,7 @@ def draw(figs: dict, rec: Recorder, max_points: int = 1500) -> dict:
     figs["loss"]._iclmsr_drawn = {**n, "a": a if a is not None else drawn.get("a")}
     return figs
 
-# %% ../nbs/16_dashboard.ipynb #9f79b800
+# %% ../nbs/16_dashboard.ipynb #88291704
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 def _auto_backbone() -> str: return ModelConfig().backbone if torch.cuda.is_available() else "small_cnn"
@@ -226,7 +229,7 @@ class Dashboard(Showable):
 
     def __repr__(self): return f"Dashboard({self.state}, step {self.learn.step if self.learn else 0})"
 
-# %% ../nbs/16_dashboard.ipynb #740c7583
+# %% ../nbs/16_dashboard.ipynb #d1cf6bf5
 @patch
 def _controls(self: Dashboard, **v) -> dict:
     lay = lambda w: W.Layout(width=w)
@@ -248,6 +251,7 @@ def _controls(self: Dashboard, **v) -> dict:
     for n, c in w.items(): c.add_class(f"iclmsr-ctl-{n}")
     return w
 
+# %% ../nbs/16_dashboard.ipynb #7df96171
 @patch
 def _buttons(self: Dashboard) -> dict:
     bs = {n: W.Button(description=d, icon=i, layout=W.Layout(width="auto"), button_style=st) for n, d, i, st in
@@ -278,7 +282,7 @@ def _guard(self: Dashboard, fn):
     except Exception as e:
         self.error = f"{type(e).__name__}: {e}"; self._refresh()
 
-# %% ../nbs/16_dashboard.ipynb #5f7ca2e6
+# %% ../nbs/16_dashboard.ipynb #4f2d523e
 def display_path(p) -> str:
     "`p` as the status line shows it: under the temporary directory as `$TMPDIR/...`, under the home directory as `~/...`."
     p = str(p)
@@ -287,6 +291,7 @@ def display_path(p) -> str:
         if root and (p == root or p.startswith(root + "/")): return name + p[len(root):]
     return p
 
+# %% ../nbs/16_dashboard.ipynb #386ef8b3
 def _epochs(learn) -> int:
     "The epochs `learn` trains to (from its step counts, so also for a learner built from parts)."
     return learn.total_steps // max(learn.batches_per_epoch, 1)
@@ -333,7 +338,7 @@ def _refresh(self: Dashboard):
     b["save"].disabled = self.learn is None
     b["open"].disabled = running
 
-# %% ../nbs/16_dashboard.ipynb #68d9fd07
+# %% ../nbs/16_dashboard.ipynb #e380e53c
 _SHOWN = ("data.spec", "model.method", "model.backbone", "icl.enabled", "icl.n_strata", "icl.lam", "train.epochs",
           "train.batch_size", "train.device")   # the settings with a control of their own
 
@@ -364,7 +369,7 @@ def _set_controls(self: Dashboard, cfg):
     w["more"].value = " ".join(f"{s}.{k}={v}" for s, sec in d.items() for k, v in sec.items()
                                if f"{s}.{k}" not in _SHOWN and v != default[s][k])
 
-# %% ../nbs/16_dashboard.ipynb #fefb9fe9
+# %% ../nbs/16_dashboard.ipynb #ebe8ba8a
 @patch
 def static_html(self: Dashboard) -> str:
     "The dashboard as static HTML: its settings, status line and figures now (where there is no live widget)."
@@ -380,7 +385,7 @@ def static_html(self: Dashboard) -> str:
             f"with its controls</div><div style='font-size:12px;color:#555'>{html.escape(settings)}</div>")
     return note + self.status_text() + f"<div style='display:flex'>{figs}</div>"
 
-# %% ../nbs/16_dashboard.ipynb #ceb9a0d0
+# %% ../nbs/16_dashboard.ipynb #ffb5a044
 @patch
 def redraw(self: Dashboard):
     "Push the recorded numbers to the figure and the status line (its cost is added up in `draw_wall`/`draw_cpu`)."
@@ -409,7 +414,7 @@ def _start_ticker(self: Dashboard, watch=None):
     self.ticker = threading.Thread(target=loop, name="iclmsr-redraw", daemon=True)
     self.ticker.start()
 
-# %% ../nbs/16_dashboard.ipynb #dcec81bf
+# %% ../nbs/16_dashboard.ipynb #c4a050f7
 @patch
 def start(self: Dashboard):
     "Start the run (or continue the opened run directory) on a background thread; returns at once."
@@ -453,7 +458,7 @@ def wait(self: Dashboard, timeout: float | None = None):
     if self.ticker is not None: self.ticker.join(timeout)
     return self
 
-# %% ../nbs/16_dashboard.ipynb #f196fcab
+# %% ../nbs/16_dashboard.ipynb #ad2ad459
 @patch
 def pause(self: Dashboard):
     "Hold the run between two batches."
@@ -488,7 +493,7 @@ def save(self: Dashboard, timeout: float | None = 60) -> Path:
     self.note = f"saved {display_path(path)} at step {L.step}"; self._refresh()
     return path
 
-# %% ../nbs/16_dashboard.ipynb #aa016820
+# %% ../nbs/16_dashboard.ipynb #baa94ebc
 @patch
 def open(self: Dashboard, run_dir):
     "Show the run in `run_dir` (config, curves); `start()` then continues it from its last.pt."
@@ -510,7 +515,7 @@ def open(self: Dashboard, run_dir):
     self.redraw()
     return self
 
-# %% ../nbs/16_dashboard.ipynb #aa4d3d51
+# %% ../nbs/16_dashboard.ipynb #eb867be2
 @patch
 def attach(self: Dashboard, learn):
     "Watch a `Learner` built elsewhere: add the recorder to it and start redrawing; run `learn.fit()` yourself."
