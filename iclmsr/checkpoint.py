@@ -99,9 +99,9 @@ def _keys(d: dict, n: int = 5) -> str:
     return ", ".join(ks) + (", ..." if len(d) > n else "") if ks else "no keys"
 
 def _check_entries(path: Path, ck) -> dict:
-    "`ck` if it is a dict with the `model` and `config` dicts every iclmsr training checkpoint has, else our refusal."
+    "`ck` if it is a dict with the `model` dict and the `config` (a dict, or None for a learner built from parts), else our refusal."
     if not isinstance(ck, dict): raise _refusal(path, f"a torch file of a {type(ck).__name__}, not of a dict")
-    missing = [k for k in ("model", "config") if not isinstance(ck.get(k), dict)]
+    missing = [k for k in ("model", "config") if not (isinstance(ck.get(k), dict) or (k == "config" and k in ck and ck[k] is None))]
     if missing: raise _refusal(path, f"a torch file of a dict with {_keys(ck)}, without {' and '.join(map(repr, missing))}")
     return ck
 
