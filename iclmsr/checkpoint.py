@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from fastcore.basics import patch
 from .config import config_diff
-from .utils import UserError, atomic_torch_save
+from .utils import UserError, UnreadableFile, atomic_torch_save, read_torch_file, what_file
 
 # %% auto #0
 __all__ = ['RESUMABLE_KEYS', 'rng_state', 'set_rng_state', 'atomic_save', 'NotACheckpoint', 'CheckpointMismatch',
@@ -45,54 +45,22 @@ def atomic_save(obj, path: str | Path) -> Path:
     return atomic_torch_save(obj, path, what="checkpoint")
 
 # %% ../nbs/08_checkpoint.ipynb #09e65c83
-class NotACheckpoint(UserError, ValueError):
+class NotACheckpoint(UnreadableFile):
     "A file that is not an iclmsr training checkpoint; its message is one line naming the file and what it is instead."
 
-_LEGACY_MAGIC = bytes.fromhex("6cfc9c46f9206aa85019")  # torch.save's magic number, in its pre-zip format
-
-def _is_torch_file(head: bytes) -> bool:
-    "Whether `head` (a file's first bytes) starts a `torch.save` file: a zip archive, or the legacy pickled magic number."
-    if head.startswith(b"PK\x03\x04"): return True
-    if len(head) < 2 or head[0] != 0x80: return False
-    rest = head[2:]
-    if rest[:1] == b"\x95": rest = rest[9:]  # protocol 4+ frames the pickle
-    return rest[:2] == b"\x8a\n" and rest[2:12] == _LEGACY_MAGIC
-
 def _what_file(path: Path) -> str | None:
-    "What `path` is instead of a torch file (a directory, an empty file, JSON, text, a plain pickle), or None if it may be one."
-    if path.is_dir():
-        hint = f"; did you mean {str(path/'last.pt')!r}?" if (path/"last.pt").is_file() else ""
-        return f"a directory{hint}"
-    with open(path, "rb") as f: head = f.read(64)
-    if not head: return "an empty file"
-    if _is_torch_file(head): return None
-    if head[:1] == b"\x80": return "a plain pickle, not a torch file: iclmsr does not unpickle it"
-    try: text = path.read_text(encoding="utf-8")
-    except (UnicodeDecodeError, OSError): return "truncated or not a torch file"
-    try: json.loads(text); return "a JSON file"
-    except ValueError: return "a text file"
+    "`iclmsr.utils.what_file`, with a hint for a run directory handed in place of its `last.pt`."
+    kind = what_file(path)
+    if kind == "a directory" and (path/"last.pt").is_file(): kind += f"; did you mean {str(path/'last.pt')!r}?"
+    return kind
 
 # %% ../nbs/08_checkpoint.ipynb #736e45ad
 def _refusal(path: Path, why: str) -> NotACheckpoint:
     return NotACheckpoint(f"{str(path)!r} is not an iclmsr training checkpoint ({why})")
 
-def _cut_name(name: str) -> bool:
-    "Whether the global `name` is cut short: not `module.attribute`, or its module is imported but lacks the attribute."
-    mod, _, attr = name.rpartition(".")
-    if not all(p.isidentifier() for p in [*mod.split("."), attr]): return True
-    return mod in sys.modules and not hasattr(sys.modules[mod], attr)  # (nothing is imported to find out)
-
 def _torch_load(path: Path, map_location):
-    "`torch.load(weights_only=True)` of a file that looks like a torch file; its failures become our one-line refusal."
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")  # a torch file saved with pickle_protocol > 2
-            return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch's message advises weights_only=False: never pass it on, for a file we did not write
-        m = re.search(r"GLOBAL ([\w.]+)", str(e))
-        unsafe = m and not _cut_name(m.group(1))  # a truncated legacy file can end inside a name
-        why = f"it holds Python objects that cannot be read safely: {m.group(1)}" if unsafe else "truncated or damaged torch file"
-        raise _refusal(path, why) from None
+    "`torch.load(weights_only=True)` through `iclmsr.utils.read_torch_file`: its failures become our one-line refusal."
+    return read_torch_file(path, "an iclmsr training checkpoint", map_location, NotACheckpoint)
 
 def _keys(d: dict, n: int = 5) -> str:
     ks = [repr(k) if isinstance(k, (str, int)) else type(k).__name__ for k in list(d)[:n]]
@@ -118,6 +86,8 @@ def load_checkpoint(path: str | Path, config: dict | None = None, map_location="
     what = _what_file(path)
     if what: raise _refusal(path, what)
     ck = _check_entries(path, _torch_load(path, map_location))
+    if config is not None and ck["config"] is None:
+        raise CheckpointMismatch(f"checkpoint {str(path)!r} was written by a learner built from parts (it records no config)")
     if config is not None:
         diffs = [d for d in config_diff(ck["config"], config) if d.split(":")[0] not in ignore]
         if diffs: raise CheckpointMismatch(f"checkpoint {str(path)!r} was written by a different config: " + "; ".join(diffs))

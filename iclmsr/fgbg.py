@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from fastcore.basics import patch, patch_to
-from .utils import atomic_torch_save
+from .utils import read_torch_file, atomic_torch_save
 
 # %% auto #0
 __all__ = ['VARIANTS', 'FgBgData', 'inpaint', 'tile_fill', 'make_variant']
@@ -191,8 +191,7 @@ def load(path, device=None) -> FgBgData:
     "Read a dataset written by `FgBgData.save`, optionally onto `device`."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"no saved dataset at {path}")
-    try: d = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e: raise ValueError(f"cannot read dataset file {path}: {e}") from None
+    d = read_torch_file(path, "a dataset saved by FgBgData.save")  # anything else: one line, never unpickled unsafely
     ds = FgBgData.from_state(d, str(path))
     return ds if device is None else ds.to(device)
 

@@ -4,14 +4,14 @@
 
 # %% ../nbs/00_utils.ipynb #75aa1e67
 from __future__ import annotations
-import os, sys, json, time, errno, random, itertools, platform, importlib, importlib.metadata as _md
+import os, re, sys, json, time, errno, random, warnings, itertools, platform, importlib, importlib.metadata as _md
 from pathlib import Path
 import numpy as np
 import torch
 
 # %% auto #0
 __all__ = ['get_device', 'seed_everything', 'cache_dir', 'faiss_gpu_count', 'env_info', 'format_env_info', 'atomic_torch_save',
-           'UserError', 'fmt_duration', 'model_device', 'timed']
+           'UserError', 'fmt_duration', 'model_device', 'timed', 'UnreadableFile', 'what_file', 'read_torch_file']
 
 # %% ../nbs/00_utils.ipynb #8877a1b0
 def _mps_available() -> bool:
@@ -173,3 +173,52 @@ def timed(fn, device=None) -> tuple[float, object]:
     sync(); t = time.perf_counter(); out = fn(); sync()
     return time.perf_counter() - t, out
 
+
+# %% ../nbs/00_utils.ipynb #7750dd1d
+class UnreadableFile(UserError, ValueError):
+    "A file that is not what it should be; its message is one line naming the file, what it should be and what it is."
+
+_LEGACY_MAGIC = bytes.fromhex("6cfc9c46f9206aa85019")  # torch.save's magic number, in its pre-zip format
+
+def _is_torch_file(head: bytes) -> bool:
+    "Whether `head` (a file's first bytes) starts a `torch.save` file: a zip archive, or the legacy pickled magic number."
+    if head.startswith(b"PK\x03\x04"): return True
+    if len(head) < 2 or head[0] != 0x80: return False
+    rest = head[2:]
+    if rest[:1] == b"\x95": rest = rest[9:]  # protocol 4+ frames the pickle
+    return rest[:2] == b"\x8a\n" and rest[2:12] == _LEGACY_MAGIC
+
+def what_file(path: Path) -> str | None:
+    "What `path` is instead of a torch file (a directory, an empty file, JSON, text, a plain pickle), or None if it may be one."
+    path = Path(path)
+    if path.is_dir(): return "a directory"
+    with open(path, "rb") as f: head = f.read(64)
+    if not head: return "an empty file"
+    if _is_torch_file(head): return None
+    if head[:1] == b"\x80": return "a plain pickle, not a torch file: iclmsr does not unpickle it"
+    try: text = path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError): return "truncated or not a torch file"
+    try: json.loads(text); return "a JSON file"
+    except ValueError: return "a text file"
+
+def _cut_name(name: str) -> bool:
+    "Whether the global `name` is cut short: not `module.attribute`, or its module is imported but lacks the attribute."
+    mod, _, attr = name.rpartition(".")
+    if not all(p.isidentifier() for p in [*mod.split("."), attr]): return True
+    return mod in sys.modules and not hasattr(sys.modules[mod], attr)  # (nothing is imported to find out)
+
+def read_torch_file(path, what: str, map_location="cpu", error: type | None = None):
+    "`torch.load(path, weights_only=True)` of a file meant to be `what`; any other file refused in one line (`error`)."
+    path, error = Path(path), error or UnreadableFile
+    refuse = lambda why: error(f"{str(path)!r} is not {what} ({why})")
+    kind = what_file(path)
+    if kind: raise refuse(kind)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")  # a torch file saved with pickle_protocol > 2
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch's message advises weights_only=False: never pass it on, for a file we did not write
+        m = re.search(r"GLOBAL ([\w.]+)", str(e))
+        unsafe = m and not _cut_name(m.group(1))  # a truncated legacy file can end inside a name
+        raise refuse(f"it holds Python objects that cannot be read safely: {m.group(1)}" if unsafe
+                     else "truncated or damaged torch file") from None
