@@ -146,7 +146,9 @@ class ProbedModel(nn.Module):
     def __init__(self, model: nn.Module, probe: nn.Module):
         super().__init__()
         self.model, self.probe = model, probe
-    def forward(self, x): return self.probe(self.model(x).float())
+    def forward(self, x):
+        "Class logits (float32) of a batch of normalised images `x`."
+        return self.probe(self.model(x).float())
 
 def check_probe(probe: nn.Module, feat_dim: int, num_classes: int, where: str = "probe"):
     "Refuse a linear probe whose input size or number of classes does not fit the features and the data."
