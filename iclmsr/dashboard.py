@@ -15,6 +15,7 @@ from fastcore.basics import patch
 from .utils import fmt_duration
 from .config import DataConfig, ModelConfig, ICLConfig, TrainConfig, load_config, dump_config, config_from_dict, config_to_dict
 from .methods import METHODS
+from .checkpoint import load_checkpoint
 from .learner import Learner, Callback, Checkpointer, Control, default_callbacks
 from .viz import Showable, figure_html
 
@@ -501,13 +502,14 @@ def open(self: Dashboard, run_dir):
     d = Path(str(run_dir).strip()).expanduser()
     if not d.is_dir(): raise FileNotFoundError(f"no run directory {str(d)!r}")
     last = d/"last.pt"
+    ck = load_checkpoint(last) if last.exists() else None   # any other file is refused in one line
     if (d/"config.yaml").exists(): cfg = load_config(d/"config.yaml")
-    elif last.exists(): cfg = config_from_dict(torch.load(last, map_location="cpu", weights_only=True)["config"])
-    else: raise FileNotFoundError(f"{d} is not a run directory: it has neither config.yaml nor last.pt")
+    elif ck is not None and ck.get("config") is not None: cfg = config_from_dict(ck["config"])
+    else: raise FileNotFoundError(f"{d} is not a run directory: it has neither config.yaml nor a last.pt with its config")
     self._set_controls(cfg)
     self.w["run_dir"].value = str(d)
     self.rec, self.learn, self.control, self.error = Recorder(self.every), None, None, None
-    step = torch.load(last, map_location="cpu", weights_only=True)["step"] if last.exists() else None
+    step = ck["step"] if ck is not None else None
     if (d/"metrics.jsonl").exists():
         self.rec.load_history([json.loads(l) for l in (d/"metrics.jsonl").read_text().splitlines() if l.strip()], upto=step)
     self.resume_from, self.state = (last if last.exists() else None), "opened"
