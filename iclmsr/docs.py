@@ -4,13 +4,13 @@
 
 # %% ../nbs/90_docs.ipynb #4bc55d0d
 from __future__ import annotations
-import json, re, shutil, time
+import json, os, re, shutil, time
 from pathlib import Path
 from fastcore.script import call_parse
 
 # %% auto #0
 __all__ = ['process_notebooks', 'notebook_markdown', 'use_output_files', 'escape_dunder_headings', 'render_site', 'build_docs',
-           'iclmsr_docs']
+           'iclmsr_docs', 'execute_notebook']
 
 # %% ../nbs/90_docs.ipynb #0af0f970
 def process_notebooks(path: str | Path | None = None, n_workers: int = 2) -> Path:
@@ -136,3 +136,25 @@ def iclmsr_docs(path: str = None,  # folder of the notebooks (default: settings.
                ):
     "Build README.md and the docs site into `doc_path` (`_docs/`) without quarto."
     build_docs(path, n_workers=n_workers, readme=not no_readme)
+
+# %% ../nbs/90_docs.ipynb #f079e7fe
+def execute_notebook(path: str | Path, flags=()) -> int:
+    "Execute notebook `path` as `nbdev_test` does and store its new outputs; returns the number of cells run."
+    from execnb.shell import CaptureShell
+    from fastcore.xtras import working_directory
+    from nbdev.process import NBProcessor
+    from nbdev.frontmatter import FrontmatterProc
+    path = Path(path).resolve()
+    skip_flags = {"slow", "gpu", "notest"} - set(flags)
+    nb = NBProcessor(path, procs=FrontmatterProc, process=True).nb
+    def skip(cell):
+        if cell.cell_type != "code": return True
+        d = getattr(cell, "directives_", {}) or {}
+        return d.get("eval:", [""])[0].lower() == "false" or bool(skip_flags & d.keys())
+    os.environ["IN_TEST"] = "1"
+    with working_directory(path.parent): CaptureShell(path).run_all(nb, exc_stop=True, preproc=skip)
+    raw, ran = json.loads(path.read_text()), {c.get("id"): c for c in nb.cells if not skip(c)}
+    for c in raw["cells"]:
+        if c.get("id") in ran: c["outputs"] = [dict(o) for o in (ran[c["id"]].get("outputs") or [])]
+    path.write_text(json.dumps(raw, indent=1, ensure_ascii=False) + "\n")
+    return len(ran)
