@@ -19,11 +19,11 @@ _all_ = ["FgBgData", "VARIANTS", "make_variant", "inpaint", "tile_fill", "BG_FAM
          "affine_grid", "sample_patches", "one_thread", "make_toy", "load_toy", "image_grid", "bench_toy"]
 
 # %% auto #0
-__all__ = ['ON_ERROR', 'DATASETS', 'parse_spec', 'load_cifar10', 'load_cifar100', 'load_stl10', 'load_tiny_imagenet',
-           'load_coco_fg', 'load_pets', 'load_in9', 'export_in9', 'DatasetInfo', 'load_dataset', 'data_summary',
-           'format_summary', 'data_info', 'data_export', 'FgBgData', 'VARIANTS', 'make_variant', 'inpaint', 'tile_fill',
-           'BG_FAMILIES', 'SHAPES', 'TOY_FOREGROUNDS', 'affine_grid', 'sample_patches', 'one_thread', 'make_toy',
-           'load_toy', 'image_grid', 'bench_toy']
+__all__ = ['ON_ERROR', 'IN9_VARIANTS', 'DATASETS', 'parse_spec', 'load_cifar10', 'load_cifar100', 'load_stl10',
+           'load_tiny_imagenet', 'load_coco_fg', 'load_pets', 'load_in9', 'available_variants', 'variant_of',
+           'export_in9', 'DatasetInfo', 'load_dataset', 'data_summary', 'format_summary', 'data_info', 'data_export',
+           'FgBgData', 'VARIANTS', 'make_variant', 'inpaint', 'tile_fill', 'BG_FAMILIES', 'SHAPES', 'TOY_FOREGROUNDS',
+           'affine_grid', 'sample_patches', 'one_thread', 'make_toy', 'load_toy', 'image_grid', 'bench_toy']
 
 # %% ../nbs/01c_data.ipynb #c480f62f
 def _value(v: str):
@@ -318,6 +318,12 @@ _IN9_HELP = ("Download the ImageNet-9 Backgrounds Challenge data from https://gi
              "your own folders in that layout (iclmsr data export SPEC --out PATH)")
 _SPLIT_DIRS = {"test": ("test", "val"), "val": ("val", "test")}
 _VARIANT_DIRS = {"only_bg": ("only_bg", "only_bg_t")}
+IN9_VARIANTS = ("original", "only_fg", "no_fg", "only_bg_b", "only_bg_t", "mixed_same", "mixed_rand", "mixed_next")
+_NAMES = tuple(dict.fromkeys(VARIANTS + IN9_VARIANTS))  # every variant name a folder may have
+
+def _variant_folders(root: Path, split_dir: str) -> dict:
+    "The variant folders of the tree `root` that hold the split folder `split_dir`: name -> folder path (a string)."
+    return {v: str(root/v) for v in _NAMES if (root/v/split_dir).is_dir()}
 
 def _subdirs(p: Path) -> list: return sorted(d.name for d in p.iterdir() if d.is_dir()) if p.is_dir() else []
 
@@ -333,7 +339,7 @@ def load_in9(path, split: str = "train", variant: str = "original", size: int | 
              on_error: str = "raise") -> FgBgData:
     "An ImageNet-9-style folder tree `path/<variant>/<split>/<class>/*` (+ `fg_mask/<split>/<class>/*.npy`)."
     _check_on_error(on_error)
-    if variant not in VARIANTS: raise ValueError(f"unknown variant {variant!r}; variants are: {', '.join(VARIANTS)}")
+    if variant not in _NAMES: raise ValueError(f"unknown variant {variant!r}; variants are: {', '.join(_NAMES)}")
     root = Path(path).expanduser()
     if not root.is_dir(): raise FileNotFoundError(f"ImageNet-9 folder not found: {root}. {_IN9_HELP}")
     vdir = next((root/v for v in _VARIANT_DIRS.get(variant, (variant,)) if (root/v).is_dir()), None)
@@ -356,7 +362,8 @@ def load_in9(path, split: str = "train", variant: str = "original", size: int | 
     if indexed: files.sort(key=lambda t: int(t[0].stem))  # export_in9 names files by sample index
     images, kept, skipped = _image_tensor([f for f, _ in files], size, on_error, name)
     files = [files[i] for i in kept]
-    meta = dict(source="in9", split=split, variant=variant, path=str(root), **_skip_meta(skipped))
+    meta = dict(source="in9", split=split, variant=variant, path=str(root), **_skip_meta(skipped),
+                variant_folders=_variant_folders(root, sdir.name), variant_split=sdir.name)
     m = None
     mdir = root/"fg_mask"/sdir.name
     if masks and mdir.is_dir():
@@ -374,6 +381,44 @@ def load_in9(path, split: str = "train", variant: str = "original", size: int | 
         if ids is not None: bgs = torch.tensor([ids[int(f.stem)] if int(f.stem) < len(ids) else -1 for f, _ in files])
         if side.get("bg_names"): meta["bg_names"] = side["bg_names"]
     return FgBgData(images, m, torch.tensor([i for _, i in files]), bgs, classes, name, meta)
+
+# %% ../nbs/01c_data.ipynb #6886aae6
+def available_variants(data: FgBgData) -> dict:
+    "Variant name -> 'folder' or 'masks' (a folder wins) for every variant `data` can give for its own split."
+    folders = data.meta.get("variant_folders") or {}
+    out = {"original": "folder" if "original" in folders else "data"}
+    if data.has_masks: out.update({v: "masks" for v in VARIANTS if v != "original"})
+    out.update({v: "folder" for v in folders})
+    return out
+
+def _folder_variant(data: FgBgData, name: str) -> FgBgData:
+    "The variant folder `name` of `data`'s tree, same split and size, labels matched to `data.classes` by name."
+    folder = Path(data.meta["variant_folders"][name]); sdir = folder/data.meta.get("variant_split", "")
+    size = data.image_size if isinstance(data.image_size, int) else None
+    try: v = load_in9(folder.parent, data.meta.get("variant_split", data.meta.get("split", "train")), folder.name,
+                      size=size, on_error=data.meta.get("on_error", "raise"))
+    except (ValueError, FileNotFoundError) as e:
+        if "no images in" not in str(e) and not isinstance(e, FileNotFoundError): raise
+        raise ValueError(f"variant folder {sdir} has no images (expected {sdir}/<class>/*)") from None
+    extra = [c for c in v.classes if c not in data.classes]
+    if extra: raise ValueError(f"variant folder {sdir} has classes that {data.name!r} lacks: {', '.join(extra)}")
+    idx = torch.tensor([data.classes.index(c) for c in v.classes])
+    labels = idx[v.labels]
+    missing = [c for i, c in enumerate(data.classes) if not bool((labels == i).any())]
+    if missing: raise ValueError(f"variant folder {sdir} has no images of class(es) {', '.join(missing)}")
+    meta = {**data.meta, **{k: v.meta[k] for k in ("variant", "skipped") if k in v.meta}}
+    return v.replace(labels=labels, classes=data.classes, name=f"{data.name}/{name}", meta=meta).to(data.device)
+
+def variant_of(data: FgBgData, name: str, seed: int = 0) -> FgBgData:
+    "The variant `name` of `data`: its folder when there is one, else derived from masks (`data.variant(name, seed)`)."
+    if name == "original": return data
+    have = available_variants(data)
+    if have.get(name) == "folder": return _folder_variant(data, name)
+    if have.get(name) == "masks": return data.variant(name, seed=seed)
+    raise ValueError(f"variant {name!r} is not available for {data.name!r}: it has " +
+                     ", ".join(f"{k} ({w})" for k, w in have.items()) +
+                     ("" if data.has_masks else "; the other variants need foreground masks or variant folders"))
+
 
 # %% ../nbs/01c_data.ipynb #e50016f5
 def _class_dirs(classes) -> list:

@@ -128,18 +128,32 @@ def fake_pets(root, breeds=("Abyssinian", "american_bulldog", "Bengal"), n: int 
     for s, ls in split_lines.items(): (d/"annotations"/f"{s}.txt").write_text("\n".join(ls) + "\n")
     return d
 
-def fake_in9(root, classes=("00_dog", "01_bird"), n: int = 2, size: int = 48, seed: int = 0) -> Path:
-    "Write an ImageNet-9 release-style tree: `original/val/<class>/*.JPEG`, `only_bg_t/...`, `fg_mask/val/<class>/*.npy`."
+def _in9_image(v, x, m, donor):
+    "Image `x` (H,W,3) as benchmark variant `v`, mask `m`, `donor` the image whose background the mixed ones take."
+    if v == "original": return x
+    if v in ("only_bg_t", "only_bg"): return np.where(m[..., None], 128, x).astype(np.uint8)
+    if v == "only_fg": return np.where(m[..., None], x, 0).astype(np.uint8)
+    if v in ("no_fg", "only_bg_b"): return np.where(m[..., None], 0, x).astype(np.uint8)
+    return np.where(m[..., None], x, donor).astype(np.uint8)  # mixed_*: this foreground on the donor's background
+
+def fake_in9(root, classes=("00_dog", "01_bird"), n: int = 2, size: int = 48, seed: int = 0,
+             variants=("original", "only_bg_t"), split: str = "val", fewer=None, empty=None, missing=None) -> Path:
+    """Write an ImageNet-9 release-style tree: `<variant>/<split>/<class>/*.JPEG` for each of `variants` and
+    `fg_mask/<split>/<class>/*.npy`. `fewer`: a variant written with one image fewer per class; `empty`: one whose
+    split folder holds only empty class folders; `missing`: one without the last class's folder."""
     from PIL import Image
     rng = np.random.default_rng(seed)
     d = Path(root)
+    xs = [_rng_images(rng, n, size, size, [c] * n) for c in range(len(classes))]
+    m = np.zeros((size, size), bool); m[size // 4: 3 * size // 4, size // 3: 2 * size // 3] = True
     for c, cls in enumerate(classes):
-        x = _rng_images(rng, n, size, size, [c] * n)
         for i in range(n):
             stem = f"n0{c}000000_{1000 + i}"
-            m = np.zeros((size, size), bool); m[size // 4: 3 * size // 4, size // 3: 2 * size // 3] = True
-            for v in ("original", "only_bg_t"):
-                (d/v/"val"/cls).mkdir(parents=True, exist_ok=True)
-                Image.fromarray(x[i] if v == "original" else np.where(m[..., None], 128, x[i]).astype(np.uint8)).save(d/v/"val"/cls/f"{stem}.JPEG", quality=95)
-            (d/"fg_mask"/"val"/cls).mkdir(parents=True, exist_ok=True); np.save(d/"fg_mask"/"val"/cls/f"{stem}.npy", m)
+            for v in variants:
+                (d/v/split/cls).mkdir(parents=True, exist_ok=True)
+                if v == empty or (v == missing and c == len(classes) - 1) or (v == fewer and i == n - 1): continue
+                donor = xs[c][(i + 1) % n] if v == "mixed_same" else xs[(c + 1) % len(classes)][i]
+                Image.fromarray(_in9_image(v, xs[c][i], m, donor)).save(d/v/split/cls/f"{stem}.JPEG", quality=95)
+            (d/"fg_mask"/split/cls).mkdir(parents=True, exist_ok=True); np.save(d/"fg_mask"/split/cls/f"{stem}.npy", m)
+    if missing in variants: (d/missing/split/classes[-1]).rmdir()
     return d
