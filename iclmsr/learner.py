@@ -212,7 +212,7 @@ def fit_batch(self: Learner, batch: Batch):
     self.sched.step()
     self.step += 1
     if hasattr(self.method, "step_end"): self.method.step_end(self.step, self.total_steps)
-    self.last_batch = {k: _scalar(v) for k, v in out.items() if k in ("loss", "base", "icl") and v is not None}
+    self.last_batch = {k: _scalar(v) for k, v in out.items() if k in ("loss", "base", "icl", "icl_gap") and v is not None}
     self.last_batch["lr"] = self.sched.get_last_lr()[0]
 
 @patch
@@ -220,7 +220,7 @@ def meta_batch(self: Learner, batch_a: Batch, batch_b: Batch):
     "Stage 2: one update of the stratum vectors through the meta-gradient, encoder fixed (outer objective on `batch_b`)."
     self.method.train()
     res = self.method.meta_step(batch_a, batch_b, inner_lr=self.sched.get_last_lr()[0])
-    self.last_batch = {k: _scalar(v) for k, v in res.items()}
+    self.last_batch = {k: None if v is None else _scalar(v) for k, v in res.items()}
 
 # %% ../nbs/12_learner.ipynb #cad26c6c
 @patch
@@ -389,7 +389,8 @@ class ProgressCallback(Callback):
         if self.tty and self.learn.rank == 0: print(file=self.file or sys.stdout)
 
 # %% ../nbs/12_learner.ipynb #cea00d47
-CSV_FIELDS = ("time", "epoch", "step", "stage", "loss", "base", "icl", "meta", "lr", "images_per_s", "knn_full", "knn_fg", "knn_bg")
+CSV_FIELDS = ("time", "epoch", "step", "stage", "loss", "base", "icl", "icl_gap", "meta", "meta_grad_norm", "meta_grad_cos",
+              "strata_common_share", "strata_spread", "strata_moved", "lr", "images_per_s", "knn_full", "knn_fg", "knn_bg")
 
 class MetricsLogger(Callback):
     "Append metric records to `run_dir/metrics.jsonl` and `run_dir/metrics.csv` (rank 0); keep them in `records`."
@@ -405,7 +406,10 @@ class MetricsLogger(Callback):
         keep = [json.loads(l) for l in jl.read_text().splitlines() if l.strip()]
         # a batch record at the checkpoint's step was written just before it; epoch and meta records only count if
         # their epoch ended before the checkpoint's position
-        keep = [r for r in keep if r["step"] < ck["step"] or (r["step"] == ck["step"] and (r.get("kind") == "batch" or r["epoch"] < ck["epoch"]))]
+        def before(r):  # a meta record of the checkpoint's own meta stage counts up to the checkpoint's batch
+            same_meta = r.get("kind") == "meta" and ck["stage"] == "meta" and r["epoch"] == ck["epoch"]
+            return r.get("kind") == "batch" or r["epoch"] < ck["epoch"] or (same_meta and r.get("batch", 0) <= ck["batch"])
+        keep = [r for r in keep if r["step"] < ck["step"] or (r["step"] == ck["step"] and before(r))]
         jl.write_text("".join(json.dumps(r) + "\n" for r in keep))
         with open(cs, "w", newline="") as f:
             w = csv.DictWriter(f, CSV_FIELDS, extrasaction="ignore"); w.writeheader(); w.writerows(keep)
@@ -426,8 +430,8 @@ class MetricsLogger(Callback):
         L = self.learn
         if L.stage == "fit" and L.step % (self.every or setting(L, "log_every")) == 0:
             self.log({"kind": "batch", **L.last_batch, "images_per_s": L.metrics.get("images_per_s")})
-        elif L.stage == "meta" and L.batch_idx == L.meta_batches_per_epoch:
-            self.log({"kind": "meta", **L.last_batch})
+        elif L.stage == "meta":   # every meta step: the diagnostics of stage 2 (iclmsr.msr.meta_diagnostics)
+            self.log({"kind": "meta", "batch": L.batch_idx, **L.last_batch})
     def after_epoch(self):
         L = self.learn
         self.log({"kind": "epoch", **{k: v for k, v in L.metrics.items() if k.startswith("knn") or k == "images_per_s"}, **L.last_batch})

@@ -167,6 +167,7 @@ class ICLMSR(Method):
         b = as_batch(batch, *rest)
         out = dict(self.base.loss_from_features(self.backbone(b.v1), self.backbone(b.v2), b))
         out["icl"] = self.msr.icl(out["z1"], out["z2"])
+        out["icl_gap"] = self.msr.last_gap   # L_ICL - NT-Xent on the same projections (no gradient)
         out["loss"] = out["base"] + self.msr.lam * out["icl"]
         return _check_finite(out, ("base", "icl"), self.step if step is None else step)
 

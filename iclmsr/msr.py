@@ -9,12 +9,13 @@ import torch
 from torch import nn
 from torch.func import functional_call
 import torch.autograd.forward_ad as fwAD
-from .losses import icl_loss, NEGATIVES, _check_tau, gather_pair, local_losses, mean_over_processes
+from .losses import icl_loss, nt_xent, NEGATIVES, _check_tau, gather_pair, local_losses, mean_over_processes
 from .config import ICLConfig, OptimConfig
 from .batch import as_batch
 
 # %% auto #0
-__all__ = ['ACTIVATIONS', 'MODES', 'META_LOSSES', 'META_PARAMS', 'StratumVectors', 'meta_gradient', 'MetaSemanticRegularizer']
+__all__ = ['ACTIVATIONS', 'MODES', 'META_LOSSES', 'META_PARAMS', 'StratumVectors', 'meta_gradient', 'meta_diagnostics',
+           'MetaSemanticRegularizer']
 
 # %% ../nbs/05_msr.ipynb #fc8111c7
 ACTIVATIONS = ("sigmoid", "identity")
@@ -30,14 +31,19 @@ class StratumVectors(nn.Module):
         self.n, self.dim, self.activation = n, dim, activation
         centre = 0.0 if activation == "sigmoid" else 1.0
         self.w = nn.Parameter(centre + init_std * torch.randn(n, dim))
+        self.register_buffer("w0", self.w.detach().clone())  # where the run started (in checkpoints, for `moved`)
 
-    def forward(self) -> torch.Tensor:
-        return torch.sigmoid(self.w) if self.activation == "sigmoid" else self.w
+    def act(self, w: torch.Tensor) -> torch.Tensor: return torch.sigmoid(w) if self.activation == "sigmoid" else w
+    def forward(self) -> torch.Tensor: return self.act(self.w)
 
     def spread(self) -> float:
         "Mean distance of the a_t from their mean (0 means all strata collapsed to one vector)."
         a = self().detach()
         return float((a - a.mean(0)).norm(dim=1).mean())
+
+    def moved(self) -> float:
+        "Mean distance of the a_t from where they started (`w0`, the parameters at initialisation)."
+        return float((self().detach() - self.act(self.w0)).norm(dim=1).mean())
 
     def extra_repr(self): return f"n={self.n}, dim={self.dim}, activation={self.activation!r}"
 
@@ -162,6 +168,18 @@ def meta_gradient(method: nn.Module, strata: StratumVectors, batch_a, batch_b, i
         hvp = (grad_w_at(1) - grad_w_at(-1)) / (2 * eps)
     return direct - inner_lr * hvp, m.detach()
 
+# %% ../nbs/05_msr.ipynb #ff851ca6
+def meta_diagnostics(g: torch.Tensor, prev: torch.Tensor | None = None) -> dict:
+    "`meta_grad_norm`, `meta_grad_cos` (with `prev`; None without) and `strata_common_share` of a meta-gradient `g` (n, d)."
+    g = g.detach().double()
+    total = float((g * g).sum())
+    common = g.shape[0] * float((g.mean(0) ** 2).sum()) / total if total > 0 else None
+    cos = None
+    if prev is not None and total > 0:
+        p = prev.detach().double().flatten()
+        if float(p.norm()) > 0: cos = float(torch.dot(g.flatten(), p) / (g.norm() * p.norm()))
+    return {"meta_grad_norm": total ** 0.5, "meta_grad_cos": cos, "strata_common_share": common}
+
 # %% ../nbs/05_msr.ipynb #37484bae
 class MetaSemanticRegularizer(nn.Module):
     "Stratum vectors + the ICL loss + stage-2 meta steps with their own optimiser."
@@ -184,11 +202,15 @@ class MetaSemanticRegularizer(nn.Module):
         opts = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
         if optimizer not in opts: raise ValueError(f"optimizer must be one of {', '.join(opts)}; got {optimizer!r}")
         self.meta_optimizer = opts[optimizer](self.strata.parameters(), lr=meta_lr)
+        self._last_g, self.last_gap = None, None
 
     def icl(self, z1, z2):
         "Stage-1 ICL loss with the strata fixed (no gradient reaches w); negatives from every process under torchrun."
         g1, g2, _, anchors = gather_pair(z1, z2)
-        return icl_loss(g1, g2, self.strata().detach(), self.tau, self.negatives, anchors=anchors)
+        loss = icl_loss(g1, g2, self.strata().detach(), self.tau, self.negatives, anchors=anchors)
+        with torch.no_grad():  # L_ICL - NT-Xent on the same projections: what the strata add (0 for a constant a)
+            self.last_gap = (loss - nt_xent(g1, g2, self.tau, anchors=anchors)).detach()
+        return loss
 
     def meta_gradient(self, method, batch_a, batch_b, inner_lr=None):
         lr = self.inner_lr if inner_lr is None else inner_lr
@@ -202,11 +224,13 @@ class MetaSemanticRegularizer(nn.Module):
         g, m = mean_over_processes(g), mean_over_processes(m)  # every process applies the same update
         if not (torch.isfinite(m) and torch.isfinite(g).all()):
             raise FloatingPointError(f"non-finite meta objective ({m.item()}) or meta-gradient in stage 2")
+        diag = meta_diagnostics(g, self._last_g)
+        self._last_g = g.detach().clone()
         self.meta_optimizer.zero_grad(set_to_none=True)
         self.strata.w.grad = g.to(self.strata.w.dtype)
         self.meta_optimizer.step()
         self.strata.w.grad = None
-        return {"meta": m.item(), "meta_grad_norm": g.norm().item(), "strata_spread": self.strata.spread()}
+        return {"meta": m.item(), **diag, "strata_spread": self.strata.spread(), "strata_moved": self.strata.moved()}
 
     def meta_steps(self, n_batches: int) -> int:
         "Number of stage-2 meta steps for an epoch of `n_batches` (two batches each, a share `meta_share`)."
