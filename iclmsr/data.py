@@ -407,7 +407,7 @@ def _folder_variant(data: FgBgData, name: str) -> FgBgData:
     missing = [c for i, c in enumerate(data.classes) if not bool((labels == i).any())]
     if missing: raise ValueError(f"variant folder {sdir} has no images of class(es) {', '.join(missing)}")
     meta = {**data.meta, **{k: v.meta[k] for k in ("variant", "skipped") if k in v.meta}}
-    return v.replace(labels=labels, classes=data.classes, name=f"{data.name}/{name}", meta=meta).to(data.device)
+    return v.replace(labels=labels, classes=data.classes, meta=meta).to(data.device)
 
 def variant_of(data: FgBgData, name: str, seed: int = 0) -> FgBgData:
     "The variant `name` of `data`: its folder when there is one, else derived from masks (`data.variant(name, seed)`)."
@@ -415,6 +415,7 @@ def variant_of(data: FgBgData, name: str, seed: int = 0) -> FgBgData:
     have = available_variants(data)
     if have.get(name) == "folder": return _folder_variant(data, name)
     if have.get(name) == "masks": return data.variant(name, seed=seed)
+    if name == "only_bg" and have.get("only_bg_t") == "folder": return _folder_variant(data, "only_bg_t")  # no masks
     raise ValueError(f"variant {name!r} is not available for {data.name!r}: it has " +
                      ", ".join(f"{k} ({w})" for k, w in have.items()) +
                      ("" if data.has_masks else "; the other variants need foreground masks or variant folders"))
@@ -544,13 +545,20 @@ def load_dataset(spec: str, split: str = "train") -> FgBgData:
     if len(args) != len(pos):
         raise ValueError(f"dataset {name!r} takes {len(pos)} path argument(s) ({', '.join(p.upper() for p in pos) or 'none'}), "
                          f"got {len(args)} in {spec!r}; usage: {info.usage}")
-    variant, limit = generic.get("variant", "original"), generic.get("limit")
-    if variant not in VARIANTS: raise ValueError(f"unknown variant {variant!r}; variants are: {', '.join(VARIANTS)}")
+    variant, limit = generic.get("variant", opts.get("variant", "original")), generic.get("limit")
+    if variant not in _NAMES: raise ValueError(f"unknown variant {variant!r}; variants are: {', '.join(_NAMES)}")
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise ValueError(f"limit must be an integer >= 1, got {limit!r}")
-    ds = info.loader(*args, split=split, **opts)
+    direct = False
+    if "variant" in opts: opts["variant"] = "original"  # folder loaders: the original first, its variants by variant_of
+    try: ds = info.loader(*args, split=split, **opts)
+    except FileNotFoundError:
+        if variant == "original" or "variant" not in opts: raise
+        ds, direct = info.loader(*args, split=split, **{**opts, "variant": variant}), True  # a tree without original/
+    folder = direct or available_variants(ds).get(variant) == "folder"
+    if folder and not direct: ds = variant_of(ds, variant)
     if limit is not None: ds = ds.subset(slice(0, limit))
-    if variant != "original": ds = ds.variant(variant)
+    if not folder: ds = variant_of(ds, variant)
     ds.meta["spec"] = spec
     return ds
 
@@ -568,9 +576,11 @@ def data_summary(spec: str, splits=None) -> dict:
             err = e
     if not loaded: raise err
     first = next(iter(loaded.values()))
+    have = [available_variants(d) for d in loaded.values()]  # the variants every split can give, and how
+    kinds = {k: w for k, w in have[0].items() if all(k in h for h in have[1:])}
     out = dict(spec=spec, dataset=name, description=info.description, classes=first.classes, num_classes=first.num_classes,
                image_size=first.image_size, has_masks=first.has_masks,
-               variants=list(VARIANTS if all(d.has_masks for d in loaded.values()) else ("original",)),
+               variants=list(kinds), variant_kinds=kinds,
                bg_names=first.bg_names, splits={})
     for s, d in loaded.items():
         b = d.backgrounds.cpu(); known = b >= 0
@@ -586,12 +596,21 @@ def _short(xs, k=10) -> str:
     xs = [str(x) for x in xs]
     return ", ".join(xs[:k]) + (f", ... ({len(xs)} in all)" if len(xs) > k else "")
 
+_KIND_TEXT = {"data": "the data itself", "folder": "folders", "masks": "from masks"}
+
+def _kinds(s: dict) -> str:
+    "The variants, grouped by how they are made: `original (the data itself); only_fg, ... (folders); ... (from masks)`."
+    kinds = s.get("variant_kinds")
+    if not kinds: return ", ".join(s["variants"])
+    by = {w: [v for v, k in kinds.items() if k == w] for w in _KIND_TEXT}
+    return "; ".join(f"{', '.join(vs)} ({_KIND_TEXT[w]})" for w, vs in by.items() if vs)
+
 def format_summary(s: dict) -> str:
     "`data_summary` as aligned text lines."
     size = s["image_size"]; size = f"{size}x{size}" if isinstance(size, int) else f"{size[0]}x{size[1]}"
     rows = [("dataset", f"{s['dataset']}: {s['description']}"), ("spec", s["spec"]),
             ("classes", f"{s['num_classes']}: {_short(s['classes'])}"), ("image size", size),
-            ("masks", "yes" if s["has_masks"] else "no"), ("variants", ", ".join(s["variants"]))]
+            ("masks", "yes" if s["has_masks"] else "no"), ("variants", _kinds(s))]
     names = s.get("bg_names") or []
     for k, v in s["splits"].items():
         ids = v["background_ids"]
