@@ -16,7 +16,7 @@ from .utils import get_device, seed_everything, fmt_duration, UserError
 from .config import (Config, ModelConfig, OptimConfig, TrainConfig, ConfigError, config_to_dict, config_from_dict,
                            dump_config, load_config)
 from .checkpoint import rng_state, set_rng_state, CheckpointKeeper, load_checkpoint
-from .data import load_dataset, FgBgData
+from .data import load_dataset, FgBgData, variant_of, available_variants
 from .augment import TwoViewAugment
 from .batch import Batch, gather, make_batch, check_needs
 from .msr import MetaSemanticRegularizer
@@ -464,7 +464,9 @@ class KNNMonitor(Callback):
         if test is None and L.cfg is not None: test = load_dataset(L.cfg.data.spec, "test")
         if test is None: return   # nothing held out to measure on
         self.sets = {"knn_full": test}
-        if test.has_masks: self.sets.update(knn_fg=test.variant("only_fg"), knn_bg=test.variant("only_bg"))
+        have = available_variants(test)   # variant folders where the data has them, else derived from masks
+        for key, v in (("knn_fg", "only_fg"), ("knn_bg", "only_bg")):
+            if v in have or (v == "only_bg" and "only_bg_t" in have): self.sets[key] = variant_of(test, v)
         g = torch.Generator().manual_seed(0)
         n = len(L.data)
         self.bank_idx = torch.randperm(n, generator=g)[:self.max_bank] if n > self.max_bank else torch.arange(n)
@@ -572,7 +574,7 @@ def from_config(cls: Learner, cfg: Config | dict | None = None, run_dir=None, cb
     rank, world = init_distributed(device)
     seed_everything(t.seed + rank, t.deterministic)  # each process its own augmentations (weights: broadcast)
     data = train_data if train_data is not None else load_dataset(cfg.data.spec, "train")
-    if cfg.data.variant != "original": data = data.variant(cfg.data.variant, seed=t.seed)
+    if cfg.data.variant != "original": data = variant_of(data, cfg.data.variant, seed=t.seed)  # its folder, else from masks
     if cfg.data.resident: data = data.to(device)   # else DataLoader workers gather from CPU memory
     aug = TwoViewAugment(cfg.data.augment, size=data.image_size)
     method = method if method is not None else method_from_config(cfg, data.image_size)

@@ -120,3 +120,19 @@ def test_a_key_the_method_does_not_use_is_refused_or_listed(tmp_path):
     out = train("--print-config", "--set", "model.method=wmse").stdout
     assert out.strip().splitlines()[-1] == "# not used by this run: model.tau (wmse has no temperature); icl.* (icl.enabled is false)"
     assert "# not used by this run" not in train("--print-config", "--set", "icl.enabled=true").stdout
+
+def test_a_variant_folder_trains_without_masks(tmp_path):
+    "data.variant=only_fg on an ImageNet-9 tree without masks trains on the only_fg folder (it used to ask for masks)."
+    import shutil
+    from fixtures import fake_in9
+    root = fake_in9(tmp_path/"in9", n=8, size=32, variants=("original", "only_fg"), split="train")
+    fake_in9(root, n=4, size=32, variants=("original", "only_fg"), split="val")
+    shutil.rmtree(root/"fg_mask")
+    args = ["--set", f"data.spec=in9:{root}", "--set", "model.backbone=small_cnn", "--set", "model.proj_hidden=32",
+            "--set", "model.proj_dim=8", "--set", "train.batch_size=8", "--set", "train.epochs=1", "--set", "train.knn_every=1",
+            "--set", "optim.warmup_steps=1", "--quiet"]
+    p = train("--out", str(tmp_path/"fg"), *args, "--set", "data.variant=only_fg")
+    res = json.loads((tmp_path/"fg"/"results.json").read_text())
+    assert res["step"] == 2 and "knn_fg" in res["metrics"] and "knn_bg" not in res["metrics"], res
+    err = one_line_error(train("--out", str(tmp_path/"nb"), *args, "--set", "data.variant=no_fg", check=False))
+    assert "variant 'no_fg' is not available" in err and "only_fg (folder)" in err
