@@ -51,6 +51,7 @@ class ModelConfig:
 class ICLConfig:
     "The ICL-MSR regulariser (off by default: then the run is the plain base method)."
     enabled: bool = _f(False)
+    control: Literal["msr", "frozen", "ntxent"] = _f("msr", help="msr: ICL-MSR; the controls: frozen (strata as drawn, no stage 2), ntxent (n=1, a=1: base + lam NT-Xent)")
     n_strata: int = _f(16, _pos, ">= 1", help="number of semantic strata n")
     lam: float = _f(1.0, _nonneg, ">= 0", help="weight lambda of L_ICL")
     tau: float = _f(0.5, _pos, "> 0")

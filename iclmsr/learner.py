@@ -13,21 +13,23 @@ import torch.distributed as dist
 from fastcore.basics import patch
 from fastcore.script import Param
 from .utils import get_device, seed_everything, fmt_duration, UserError
-from .config import (Config, ModelConfig, OptimConfig, TrainConfig, ConfigError, config_to_dict, config_from_dict,
+from .config import (Config, ModelConfig, ICLConfig, OptimConfig, TrainConfig, ConfigError, config_to_dict, config_from_dict,
                            dump_config, load_config)
 from .checkpoint import rng_state, set_rng_state, CheckpointKeeper, load_checkpoint
 from .data import load_dataset, FgBgData, variant_of, available_variants
 from .augment import TwoViewAugment
 from .batch import Batch, gather, make_batch, check_needs
 from .msr import MetaSemanticRegularizer
+from .losses import nt_xent
 from .methods import build_method, METHODS, ICLMSR, NonFiniteLoss, options
 from .knn import knn_predict
 
 # %% auto #0
-__all__ = ['EVENTS', 'CSV_FIELDS', 'CancelFit', 'Callback', 'lr_factor', 'make_optimizer', 'dist_env', 'init_distributed',
-           'average_gradients', 'Learner', 'Control', 'MixedPrecision', 'ChannelsLast', 'Distributed', 'setting',
-           'ProgressCallback', 'MetricsLogger', 'extract_features', 'KNNMonitor', 'Checkpointer', 'default_callbacks',
-           'unused_keys', 'check_used', 'method_from_config', 'train']
+__all__ = ['EVENTS', 'CSV_FIELDS', 'CONTROLS', 'CancelFit', 'Callback', 'lr_factor', 'make_optimizer', 'dist_env',
+           'init_distributed', 'average_gradients', 'Learner', 'Control', 'MixedPrecision', 'ChannelsLast',
+           'Distributed', 'setting', 'ProgressCallback', 'MetricsLogger', 'extract_features', 'KNNMonitor',
+           'Checkpointer', 'default_callbacks', 'icl_regularizer', 'unused_keys', 'check_used', 'method_from_config',
+           'train']
 
 # %% ../nbs/12_learner.ipynb #2115fc07
 class CancelFit(Exception):
@@ -219,7 +221,11 @@ def fit_batch(self: Learner, batch: Batch):
 def meta_batch(self: Learner, batch_a: Batch, batch_b: Batch):
     "Stage 2: one update of the stratum vectors through the meta-gradient, encoder fixed (outer objective on `batch_b`)."
     self.method.train()
-    res = self.method.meta_step(batch_a, batch_b, inner_lr=self.sched.get_last_lr()[0])
+    try: res = self.method.meta_step(batch_a, batch_b, inner_lr=self.sched.get_last_lr()[0], step=self.step)
+    except NonFiniteLoss as e:
+        e.args = (f"{e} (epoch {self.epoch}, meta step {self.batch_idx}); the last checkpoint holds the strata from "
+                  "before it: try a lower icl.meta_lr",)
+        raise
     self.last_batch = {k: None if v is None else _scalar(v) for k, v in res.items()}
 
 # %% ../nbs/12_learner.ipynb #cad26c6c
@@ -526,6 +532,19 @@ def default_callbacks(progress: bool = True) -> list:
     "The callbacks of a standard run: progress line, metrics log, kNN monitor, checkpoints."
     return ([ProgressCallback()] if progress else []) + [MetricsLogger(), KNNMonitor(), Checkpointer()]
 
+# %% ../nbs/12_learner.ipynb #c93e49fe
+CONTROLS = {"msr": "+icl_msr", "frozen": "+icl_frozen", "ntxent": "+ntxent"}
+
+def icl_regularizer(icl: ICLConfig, dim: int) -> MetaSemanticRegularizer:
+    "The regulariser `icl` describes, or a control: `frozen` (strata as drawn, no stage 2) or `ntxent` (n = 1, a = 1)."
+    kw = {f.name: getattr(icl, f.name) for f in fields(icl) if f.name not in ("enabled", "control")}
+    if icl.control == "msr" and kw["meta_share"] == 0:
+        raise ConfigError("icl.meta_share=0 leaves the strata where they start (no stage 2): that is the control "
+                          "icl.control=frozen; set it, or a share > 0")
+    if icl.control != "msr": kw["meta_share"] = 0.0
+    if icl.control == "ntxent": kw.update(n_strata=1, activation="identity", init_std=0.0)  # a = 1: L_ICL = NT-Xent
+    return MetaSemanticRegularizer(dim, **kw)
+
 # %% ../nbs/12_learner.ipynb #9b65f35c
 def unused_keys(cfg: Config) -> dict:
     "Config keys the run of `cfg` does not read -> why (shown by `iclmsr train --print-config`)."
@@ -534,6 +553,8 @@ def unused_keys(cfg: Config) -> dict:
         out["model.tau"] = f"{m.method} has no temperature"
     if not cfg.icl.enabled:
         out["icl.*"] = "icl.enabled is false"
+    elif cfg.icl.control != "msr":
+        out["icl.meta_*"] = f"icl.control={cfg.icl.control} has no stage 2"
     return out
 
 def check_used(cfg: Config):
@@ -553,8 +574,7 @@ def method_from_config(cfg: Config, image_size: int):
           if k in accepts and v is not None}
     base = build_method(m.method, backbone=m.backbone, image_size=image_size, **hp)
     if not cfg.icl.enabled: return base
-    return ICLMSR(base, MetaSemanticRegularizer(base.proj_dim, **{f.name: getattr(cfg.icl, f.name) for f in fields(cfg.icl)
-                                                                    if f.name != "enabled"}))
+    return ICLMSR(base, icl_regularizer(cfg.icl, base.proj_dim), name=base.name + CONTROLS[cfg.icl.control])
 
 # %% ../nbs/12_learner.ipynb #dd39ef64
 def _device_of_process(name: str) -> torch.device:

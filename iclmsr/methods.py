@@ -144,14 +144,14 @@ class SupCon(Method):
 # %% ../nbs/06_methods.ipynb #b9c1e9ed
 class ICLMSR(Method):
     "ICL-MSR: L = L_base + lam * L_ICL on the base method's projections, plus stage-2 meta steps for the strata."
-    def __init__(self, base: Method, msr: MetaSemanticRegularizer | None = None):
+    def __init__(self, base: Method, msr: MetaSemanticRegularizer | None = None, name: str | None = None):
         nn.Module.__init__(self)
         self.base, self.step = base, 0
         self.msr = MetaSemanticRegularizer(base.proj_dim) if msr is None else msr
         if self.msr.strata.dim != base.proj_dim:
             raise ValueError(f"the regulariser's strata have dimension {self.msr.strata.dim}, the projections of "
                              f"{base.name} {base.proj_dim}: build it as MetaSemanticRegularizer({base.proj_dim}, ...)")
-        self.name, self.desc, self.proj_dim = base.name + "+icl_msr", "ICL-MSR on " + base.desc, base.proj_dim
+        self.name, self.desc, self.proj_dim = name or base.name + "+icl_msr", "ICL-MSR on " + base.desc, base.proj_dim
 
     backbone = property(lambda self: self.base.backbone)
     needs = property(lambda self: self.base.needs)
@@ -182,10 +182,10 @@ class ICLMSR(Method):
         skip = {id(p) for p in self.regularizer_parameters()}
         return [p for p in self.parameters() if p.requires_grad and id(p) not in skip]
 
-    def meta_step(self, batch_a, batch_b, inner_lr: float | None = None) -> dict:
+    def meta_step(self, batch_a, batch_b, inner_lr: float | None = None, step: int | None = None) -> dict:
         "Stage 2: one meta-gradient update of the stratum vectors (batches are `Batch`es, or `(v1, v2[, labels])`)."
         try: return self.msr.meta_step(self.base, batch_a, batch_b, inner_lr)
-        except FloatingPointError as e: raise NonFiniteLoss("meta", self.step, float("nan")) from e
+        except FloatingPointError as e: raise NonFiniteLoss("meta", self.step if step is None else step, float("nan")) from e
 
     def meta_steps(self, n_batches: int) -> int:
         "Stage-2 steps in an epoch of `n_batches` stage-1 batches."
