@@ -380,6 +380,7 @@ def load_in9(path, split: str = "train", variant: str = "original", size: int | 
         ids = side.get("splits", {}).get(sdir.name, {}).get("backgrounds", {}).get(variant)
         if ids is not None: bgs = torch.tensor([ids[int(f.stem)] if int(f.stem) < len(ids) else -1 for f, _ in files])
         if side.get("bg_names"): meta["bg_names"] = side["bg_names"]
+        if side.get("train_cooccurrence") is not None: meta["train_cooccurrence"] = side["train_cooccurrence"]
     return FgBgData(images, m, torch.tensor([i for _, i in files]), bgs, classes, name, meta)
 
 # %% ../nbs/01c_data.ipynb #6886aae6
@@ -472,9 +473,13 @@ def export_in9(data, out_dir, variants=None, splits=None, seed: int = 0, overwri
             raise ValueError(f"{out} already holds an ImageNet-9 export; pass overwrite=True (--overwrite) to replace it")
         for v in VARIANTS + ("fg_mask", "only_bg_t"):
             if (out/v).is_dir(): shutil.rmtree(out/v)
+    co = next((t for t in (d.train_cooccurrence() for d in data.values()) if t is not None), None)
+    if co is None and "train" in data and bool((data["train"].backgrounds >= 0).any()): co = data["train"].cooccurrence()
+    if co is not None:   # mixed_same: a background typical of the class in training, on export and when read back
+        co = co.tolist(); data = {s: d.replace(meta={**d.meta, "train_cooccurrence": co}) for s, d in data.items()}
     cdirs = _class_dirs(first.classes)
     side = dict(format="iclmsr-in9", version=1, classes=first.classes, class_dirs=cdirs, bg_names=first.bg_names,
-                splits={}, meta={s: _plain(d.meta, "meta") for s, d in data.items()})
+                splits={}, meta={s: _plain(d.meta, "meta") for s, d in data.items()}, train_cooccurrence=co)
     for s, d in data.items():
         labels = d.labels.cpu()
         bgs = {}

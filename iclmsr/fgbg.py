@@ -260,6 +260,51 @@ def _chunked(fn, *ts, chunk=1024):
 _f = lambda u8: u8.float().div_(255)
 _u8 = lambda x: x.mul(255).round_().clamp_(0, 255).to(torch.uint8)
 
+# %% ../nbs/01a_fgbg.ipynb #4d546f40
+@patch
+def train_cooccurrence(self: FgBgData):
+    "The training split's class x background-id co-occurrence (counts or rates) when known, else None."
+    m = self.meta
+    if m.get("train_cooccurrence") is not None: return torch.tensor(m["train_cooccurrence"], dtype=torch.float)
+    p = m.get("params")
+    if m.get("source") == "toy" and isinstance(p, dict) and p.get("rho") is not None:  # the embedded data's generator:
+        K, r = int(p["num_classes"]), float(p["rho"])       # background = class with probability rho, else another one
+        t = torch.full((K, K), (1 - r) / max(K - 1, 1)); t.fill_diagonal_(r)
+        return t
+    return None
+
+@patch
+def typical_backgrounds(self: FgBgData):
+    "Per class the background id it co-occurs with most in training (-1: tie or none); None when that is unknown."
+    t = self.train_cooccurrence()
+    if t is None or t.ndim != 2 or t.shape[0] != self.num_classes or not bool((self.backgrounds >= 0).any()): return None
+    top = t.max(1).values
+    tie = (t == top[:, None]).sum(1) > 1
+    return torch.where(tie | (top <= 0), -1, t.argmax(1)).long()
+
+
+# %% ../nbs/01a_fgbg.ipynb #136b5ebc
+def _draw(key: torch.Tensor, target: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    "For each sample, a random *other* sample whose `key` equals its `target` (`key`, `target` >= 0; target groups non-empty)."
+    n = len(key); ar = torch.arange(n)
+    counts = torch.bincount(key, minlength=int(max(key.max(), target.max())) + 1); starts = counts.cumsum(0) - counts
+    order = key.argsort(stable=True)
+    rank = torch.empty(n, dtype=torch.long); rank[order] = ar - starts[key[order]]
+    c, same = counts[target], target == key
+    r = (torch.rand(n, generator=g) * (c - same.long()).clamp_min(1)).long()
+    r = torch.where(same & (c > 1) & (r >= rank), r + 1, r)          # skip the sample itself
+    return order[starts[target] + r.clamp_max(c - 1)]
+
+def _typical_donors(labels, backgrounds, typical, d, g) -> torch.Tensor:
+    "Replace the donors `d` by images whose background id is the one typical of each sample's class (where one exists)."
+    want = torch.zeros_like(labels); lab = labels >= 0
+    want[lab] = typical[labels[lab]] + 1                              # 0: no typical background known
+    key = backgrounds.clamp_min(-1) + 1
+    counts = torch.bincount(key, minlength=int(max(key.max(), want.max())) + 1)
+    ok = (want > 0) & (counts[want] - (key == want).long() > 0)       # some *other* image has that background
+    return torch.where(ok, _draw(key, torch.where(ok, want, key), g), d)
+
+
 # %% ../nbs/01a_fgbg.ipynb #241ba302
 def make_variant(ds: FgBgData, name: str, seed: int = 0, fill: int = 0) -> FgBgData:
     "The ImageNet-9 variant `name` of `ds` (see `VARIANTS`), computed in batches on the dataset's device."
@@ -268,7 +313,7 @@ def make_variant(ds: FgBgData, name: str, seed: int = 0, fill: int = 0) -> FgBgD
     if ds.masks is None:
         raise ValueError(f"variant {name!r} needs foreground masks and dataset {ds.name!r} has none; only 'original' "
                          "is available (datasets with masks: toy, coco-fg, pets, in9 with fg_mask)")
-    m, bgs, bg_images = ds.masks, ds.backgrounds, ds.bg_images
+    m, bgs, bg_images, typical = ds.masks, ds.backgrounds, ds.bg_images, None
     if name == "only_fg":
         out = torch.where(m[:, None], ds.images, torch.full_like(ds.images, fill))
         bgs, bg_images = torch.full_like(bgs, -1), None
@@ -278,10 +323,15 @@ def make_variant(ds: FgBgData, name: str, seed: int = 0, fill: int = 0) -> FgBgD
         clean = bg_images if bg_images is not None else _chunked(lambda x, h: _u8(tile_fill(_f(x), h)), ds.images, m)
         if name == "only_bg": out = clean
         else:
-            d = _donors(ds.labels.cpu(), name, torch.Generator().manual_seed(seed)).to(ds.device)
+            g = torch.Generator().manual_seed(seed)
+            d = _donors(ds.labels.cpu(), name, g)
+            typical = ds.typical_backgrounds() if name == "mixed_same" else None
+            if typical is not None: d = _typical_donors(ds.labels.cpu(), ds.backgrounds.cpu(), typical, d, g)
+            d = d.to(ds.device)
             out, bgs = torch.where(m[:, None], ds.images, clean[d]), bgs[d]
             bg_images = clean[d]
     meta = {**ds.meta, "variant": name, "variant_seed": seed}
+    if name == "mixed_same" and typical is not None: meta["mixed_same_donors"] = "typical background of the class in training"
     return ds.replace(images=out, backgrounds=bgs, bg_images=bg_images, name=f"{ds.name}/{name}", meta=meta)
 
 # %% ../nbs/01a_fgbg.ipynb #b83314a1

@@ -64,3 +64,13 @@ def test_bad_input_is_a_one_line_error(env, args, msg):
 def test_help_lists_data_commands():
     out = iclmsr("data", "--help").stdout
     assert "info" in out and "export" in out
+
+
+def test_info_lists_variant_folders(env, tmp_path):
+    from fixtures import fake_in9
+    d = fake_in9(tmp_path/"in9", variants=("original", "only_fg", "only_bg_t", "mixed_rand"))
+    out = iclmsr("data", "info", f"in9:{d}", env=env).stdout
+    line = next(l for l in out.splitlines() if l.startswith("variants"))
+    assert line.endswith("original, only_fg, mixed_rand, only_bg_t (folders); no_fg, only_bg, mixed_same, mixed_next (from masks)")
+    j = json.loads(iclmsr("data", "info", f"in9:{d},masks=false", "--json", env=env).stdout)
+    assert j["variant_kinds"] == {"original": "folder", "only_fg": "folder", "only_bg_t": "folder", "mixed_rand": "folder"}

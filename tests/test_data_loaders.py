@@ -273,3 +273,54 @@ def test_variants_on_gpu():
     for v in VARIANTS:
         a, b = g.variant(v, seed=1), toy.variant(v, seed=1)
         assert a.device.type == "cuda" and (a.images.cpu().int() - b.images.int()).abs().max() <= 1  # float rounding
+
+
+# ---------------------------------------------------------------- variant folders (the Backgrounds Challenge layout)
+from iclmsr.data import load_in9, available_variants, variant_of
+
+def test_variant_folders_matched_by_class(tmp_path):
+    "Folder variants of one tree: a smaller folder matches by class; a folder wins over the masks; the rest from masks."
+    d = fake_in9(tmp_path, classes=("00_dog", "01_bird", "02_fish"), n=3,
+                 variants=("original", "only_fg", "only_bg_b", "mixed_rand"), fewer="mixed_rand")
+    ds = load_in9(d, "val")
+    kinds = available_variants(ds)
+    assert kinds == {"original": "folder", "only_fg": "folder", "no_fg": "masks", "only_bg": "masks", "mixed_same": "masks",
+                     "mixed_rand": "folder", "mixed_next": "masks", "only_bg_b": "folder"}
+    assert json.loads(json.dumps(ds.meta))["variant_folders"]["only_fg"] == str(d/"only_fg") and ds.meta["variant_split"] == "val"
+    mr = variant_of(ds, "mixed_rand")
+    assert len(mr) == 6 and mr.labels.tolist() == [0, 0, 1, 1, 2, 2] and mr.classes == ds.classes and mr.image_size == 48
+    fg = variant_of(ds, "only_fg")
+    assert fg.images[:, :, :8].float().mean() < 3 < ds.images[:, :, :8].float().mean() and not torch.equal(fg.images, ds.images)   # the folder's (black) background
+    assert torch.equal(variant_of(ds, "mixed_next").images, ds.variant("mixed_next").images)
+    # the spec goes the same way; the folders' class order is by name, not by position
+    assert torch.equal(load_dataset(f"in9:{d},variant=mixed_rand", "val").images, mr.images)
+    assert load_dataset(f"in9:{d},variant=only_bg_b,size=24", "val").image_size == 24
+    with pytest.raises(ValueError, match="variant 'no_fg' is not available for 'in9-original-val': it has original"):
+        variant_of(load_in9(d, "val", masks=False), "no_fg")
+
+
+def test_variant_folder_errors(tmp_path):
+    d = fake_in9(tmp_path, variants=("original", "mixed_same", "mixed_rand", "only_fg"), empty="mixed_same", missing="mixed_rand")
+    ds = load_in9(d, "val")
+    for v, msg in (("mixed_same", f"variant folder {d/'mixed_same'/'val'} has no images"),
+                   ("mixed_rand", f"variant folder {d/'mixed_rand'/'val'} has no images of class(es) 01_bird")):
+        with pytest.raises(ValueError) as e: variant_of(ds, v)
+        assert msg in str(e.value) and "\n" not in str(e.value)
+    (d/"only_fg"/"val"/"02_cat").mkdir(); Image.fromarray(_img(np.random.default_rng(0), 48, 48)).save(d/"only_fg"/"val"/"02_cat"/"a.JPEG")
+    with pytest.raises(ValueError, match="has classes that 'in9-original-val' lacks: 02_cat"): variant_of(ds, "only_fg")
+
+
+def test_mixed_same_uses_the_training_cooccurrence(tmp_path):
+    "The embedded data's test split has uniform backgrounds: mixed_same takes the family each class has in training."
+    toy = make_toy(num_classes=4, n_train=20, n_test=40, size=32, cache=False)
+    te = toy["test"]
+    assert te.typical_backgrounds().tolist() == [0, 1, 2, 3]
+    ms = te.variant("mixed_same")
+    assert torch.equal(ms.backgrounds, te.labels) and torch.equal(ms.images[ms.masks[:, None].expand_as(ms.images)],
+                                                                  te.images[te.masks[:, None].expand_as(te.images)])
+    bare = te.replace(meta={})          # training statistics unknown: same-class donors, as before
+    assert bare.typical_backgrounds() is None and (bare.variant("mixed_same").backgrounds != te.labels).any()
+    assert torch.equal(te.variant("mixed_rand").images, bare.variant("mixed_rand").images)
+    out = export_in9(te, tmp_path/"t", variants=["original"])   # the sidecar keeps the co-occurrence: same donors
+    back = load_dataset(f"in9:{out},variant=mixed_same", "test")
+    assert torch.equal(back.backgrounds, ms.backgrounds)
