@@ -20,8 +20,8 @@ from .learner import Learner, Callback, Checkpointer, Control, default_callbacks
 from .viz import Showable, figure_html
 
 # %% auto #0
-__all__ = ['LOSS_TRACES', 'KNN_TRACES', 'DEVICES', 'gpu_memory', 'strata_of', 'Recorder', 'save_now', 'thin', 'dashboard_figures',
-           'draw', 'Dashboard', 'display_path', 'bench_dashboard']
+__all__ = ['DIAGNOSTICS', 'LOSS_TRACES', 'KNN_TRACES', 'DEVICES', 'gpu_memory', 'strata_of', 'Recorder', 'save_now', 'thin',
+           'dashboard_figures', 'draw', 'Dashboard', 'display_path', 'diagnostics_text', 'bench_dashboard']
 
 # %% ../nbs/16_dashboard.ipynb #5fcec703
 def gpu_memory(device) -> tuple[float, float] | None:
@@ -49,6 +49,7 @@ class Recorder(Callback):
         self.every, self.lock = every, threading.Lock()
         self.fit = {"step": [], "loss": [], "base": [], "icl": []}
         self.meta = {"step": [], "meta": []}
+        self.diag = {}   # the latest diagnostics of ICL-MSR: stage 2's (iclmsr.msr.meta_diagnostics) and icl_gap
         self.knn = {"epoch": [], "knn_full": [], "knn_fg": [], "knn_bg": []}
         self.strata, self.speed, self.gpu, self.version, self._snap = None, {}, None, 0, 0.0
         self._save_req, self.saved, self.active, self.cost, self.calls = None, None, True, 0.0, 0
@@ -81,6 +82,8 @@ def snapshot(self: Recorder, force: bool = False):
         self.version += 1
 
 # %% ../nbs/16_dashboard.ipynb #a0d01973
+DIAGNOSTICS = ("strata_spread", "strata_moved", "strata_common_share", "meta_grad_norm", "meta_grad_cos")
+
 @patch
 def after_batch(self: Recorder):
     if not self.active: return
@@ -90,8 +93,10 @@ def after_batch(self: Recorder):
         if L.stage == "fit":
             self.fit["step"].append(L.step)
             for k in ("loss", "base", "icl"): self.fit[k].append(b.get(k, float("nan")))
+            if b.get("icl_gap") is not None: self.diag["icl_gap"] = b["icl_gap"]
         elif "meta" in b:
             self.meta["step"].append(L.step); self.meta["meta"].append(b["meta"])
+            self.diag.update({k: b[k] for k in DIAGNOSTICS if k in b})
         self.version += 1
     if time.monotonic() - self._snap >= self.every: self.snapshot()
     if self._save_req is not None: self._do_save()
@@ -302,6 +307,13 @@ def running(self: Dashboard) -> bool:
     "True while the dashboard's training thread is alive."
     return self.thread is not None and self.thread.is_alive()
 
+def diagnostics_text(d: dict) -> str:
+    "ICL-MSR's diagnostics in one line: strata spread, moved, common share, meta-gradient norm and cosine, ICL gap."
+    f = lambda k, spec: "–" if d.get(k) is None else format(d[k], spec)
+    return (f"a_t spread {f('strata_spread', '.3f')}, moved {f('strata_moved', '.3f')}, common share "
+            f"{f('strata_common_share', '.2f')} · meta-grad {f('meta_grad_norm', '.1e')} (cos {f('meta_grad_cos', '+.2f')}) · "
+            f"ICL gap {f('icl_gap', '.1e')}")
+
 @patch
 def status_text(self: Dashboard) -> str:
     "The status line: state, position, speed, memory, time left, kNN accuracy, run directory."
@@ -321,6 +333,7 @@ def status_text(self: Dashboard) -> str:
         parts.append("kNN " + " / ".join(f"{n} {r.knn[k][-1]:.1f}%" for k, n in
                                         (("knn_full", "full"), ("knn_fg", "fg"), ("knn_bg", "bg")) if r.knn[k][-1] is not None))
     if r.fit["step"]: parts.append(f"loss {r.fit['loss'][-1]:.4f}")
+    if r.diag: parts.append(diagnostics_text(r.diag))
     rd = self.w["run_dir"].value
     extra = f"<br><span style='color:#555'>run dir: {html.escape(display_path(rd))}</span>" if rd else ""
     if self.note: extra += f"<br><span style='color:#2ca02c'>{html.escape(self.note)}</span>"
