@@ -4,7 +4,7 @@
 
 # %% ../nbs/12_learner.ipynb #c8818478
 from __future__ import annotations
-import contextlib, csv, functools, json, math, os, signal, sys, threading, time, warnings
+import contextlib, csv, functools, json, math, os, signal, statistics, sys, threading, time, warnings
 from dataclasses import fields
 from pathlib import Path
 import torch
@@ -25,11 +25,11 @@ from .methods import build_method, METHODS, ICLMSR, NonFiniteLoss, options
 from .knn import knn_predict
 
 # %% auto #0
-__all__ = ['EVENTS', 'CSV_FIELDS', 'CONTROLS', 'CancelFit', 'Callback', 'lr_factor', 'make_optimizer', 'dist_env',
-           'init_distributed', 'average_gradients', 'Learner', 'Control', 'MixedPrecision', 'ChannelsLast',
+__all__ = ['EVENTS', 'CSV_FIELDS', 'CONTROLS', 'DIAGNOSE_BASE', 'CancelFit', 'Callback', 'lr_factor', 'make_optimizer',
+           'dist_env', 'init_distributed', 'average_gradients', 'Learner', 'Control', 'MixedPrecision', 'ChannelsLast',
            'Distributed', 'setting', 'ProgressCallback', 'MetricsLogger', 'extract_features', 'KNNMonitor',
            'Checkpointer', 'default_callbacks', 'icl_regularizer', 'unused_keys', 'check_used', 'method_from_config',
-           'train']
+           'diagnose_icl', 'train']
 
 # %% ../nbs/12_learner.ipynb #2115fc07
 class CancelFit(Exception):
@@ -609,6 +609,33 @@ def from_config(cls: Learner, cfg: Config | dict | None = None, run_dir=None, cb
                 deterministic=t.deterministic)
     learn.cfg, learn.n_epochs = cfg, t.epochs
     return learn
+
+# %% ../nbs/12_learner.ipynb #5f879411
+DIAGNOSE_BASE = ("data.spec=toy:num_classes=10,n_train=150,n_test=100,fg=shapes", "model.backbone=small_cnn",
+                 "train.batch_size=250", "train.epochs=8", "train.knn_every=0", "icl.enabled=true", "optim.warmup_steps=10")
+
+def diagnose_icl(*overrides, base=DIAGNOSE_BASE) -> dict:
+    "Train ICL-MSR (the demo's CPU settings by default, plus `overrides`) and summarise the diagnostics that say whether it acts."
+    log = MetricsLogger(every=1)
+    learn = Learner.from_config(load_config(None, list(base) + list(overrides)), cbs=[log])
+    sv, t0 = learn.method.strata, time.time()
+    spread0 = sv.spread()
+    learn.fit()
+    metas = [r for r in log.records if r.get("kind") == "meta"]
+    med = lambda k: statistics.median(v) if (v := [r[k] for r in metas if r.get(k) is not None]) else None
+    m = learn.method.train()   # the gradient the projections receive: L_base + lam L_ICL against (1 + lam) L_base
+    b = learn.make_batch(next(learn.stage_batches(learn.stage_keys("fit", learn.epoch_order(0), 0, 1)))[0])
+    out = m.base.loss_from_features(m.backbone(b.v1), m.backbone(b.v2), b)
+    z = [out["z1"], out["z2"]]
+    g = torch.autograd.grad(out["base"] + m.msr.lam * m.msr.icl(*z), z, retain_graph=True)
+    g0 = torch.autograd.grad((1 + m.msr.lam) * out["base"], z)
+    rel = float(sum(((a - c) ** 2).sum() for a, c in zip(g, g0)).sqrt() / sum((c ** 2).sum() for c in g0).sqrt())
+    gaps = [r["icl_gap"] for r in log.records if r.get("kind") == "batch" and r.get("icl_gap") is not None]
+    return {"overrides": list(overrides), "seconds": time.time() - t0, "steps": learn.step, "meta_steps": len(metas),
+            "spread_start": spread0, "spread_end": sv.spread(), "moved_end": sv.moved(),
+            "common_share_median": med("strata_common_share"), "meta_grad_norm_median": med("meta_grad_norm"),
+            "meta_grad_cos_median": med("meta_grad_cos"), "icl_gap_median": statistics.median(gaps) if gaps else None,
+            "grad_rel_diff": rel}
 
 # %% ../nbs/12_learner.ipynb #ad238385
 def _out_of_memory(e: BaseException) -> bool:
