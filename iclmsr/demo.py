@@ -66,7 +66,7 @@ def measure_demo_model(learners: dict, train, test, st: dict, seed: int = 0) -> 
     table = four_settings_table({k: l.method for k, l in learners.items()}, train, test, mean, std,
                                 probe_epochs=st["probe_epochs"], seed=seed)
     ev = evaluate(learners["train_full"].method, train, test, mean, std, variants=("only_fg", "mixed_same", "mixed_rand"),
-                  probe_epochs=st["probe_epochs"], fgsm_n=st["fgsm_n"], seed=seed)
+                  probe_epochs=st["probe_epochs"], fgsm_n=st["fgsm_n"], seed=seed, adv_fg=0)
     return demo_summary(table, ev)
 
 # %% ../nbs/14c_demo.ipynb #bca0b329

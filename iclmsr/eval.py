@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from .utils import get_device, cache_dir, env_info, model_device
-from .data import FgBgData, VARIANTS, DATASETS, load_dataset, parse_spec
+from .data import FgBgData, VARIANTS, IN9_VARIANTS, DATASETS, load_dataset, parse_spec, available_variants, variant_of
 from .knn import knn_predict, weighted_knn_predict, FeatureIndex
 from .probe import linear_probe, eval_linear, bg_probe, ece, calibration_bins, worst_group, bg_gap, fgsm_accuracy, accuracy
 from .config import Config, config_from_dict
@@ -18,11 +18,13 @@ from .checkpoint import load_checkpoint, atomic_save
 from .augment import TwoViewAugment
 from .learner import Learner, method_from_config
 
+
 # %% auto #0
 __all__ = ['emb_stats', 'SETTINGS', 'TESTS', 'amp_dtype', 'embed', 'state_key', 'file_key', 'data_key', 'embeddings',
-           'ProbedModel', 'check_probe', 'variant_scores', 'bg_gaps', 'group_table', 'group_measures', 'evaluate',
-           'norm_stats', 'train_method', 'four_settings_table', 'four_settings', 'method_from_checkpoint', 'check_fits',
-           'save_probe', 'load_probe', 'default_test_split', 'package_versions', 'eval_checkpoint']
+           'ProbedModel', 'check_probe', 'variant_scores', 'bg_gaps', 'benchmark_measures', 'group_table',
+           'group_measures', 'adversarial_backgrounds', 'evaluate', 'norm_stats', 'train_method', 'four_settings_table',
+           'four_settings', 'method_from_checkpoint', 'check_fits', 'save_probe', 'load_probe', 'default_test_split',
+           'package_versions', 'split_spec_variant', 'eval_checkpoint']
 
 # %% ../nbs/14_eval.ipynb #68ad8cd6
 _AMP = ("auto", "bf16", "off")
@@ -162,19 +164,27 @@ def check_probe(probe: nn.Module, feat_dim: int, num_classes: int, where: str = 
 
 # %% ../nbs/14_eval.ipynb #b8ee7e24
 def variant_scores(probe: nn.Linear, ftr, ytr, fte: dict, yte, k: int = 5) -> tuple[dict, dict]:
-    "Linear top-1, top-5 and k-NN accuracy (percent) on each variant's test features `fte`, and the predictions behind them."
+    "Linear top-1, top-5 and k-NN accuracy (percent) on each variant's test features `fte` against its labels, and the predictions."
     scores, preds = {}, {}
     for v, f in fte.items():
-        lin = eval_linear(probe, f, yte)
+        y = yte[v] if isinstance(yte, dict) else yte  # a folder variant has its own images, so its own labels
+        if len(y) != len(f): raise ValueError(f"variant {v!r} has {len(f)} test features but {len(y)} labels")
+        lin = eval_linear(probe, f, y)
         kp = knn_predict(ftr, ytr, f, k=k)
         preds[v] = {"linear": lin["probs"].argmax(1), "knn5": kp}
-        scores[v] = {"linear_top1": lin["top1"], "linear_top5": lin["top5"], "knn5": accuracy(kp, yte)}
+        scores[v] = {"linear_top1": lin["top1"], "linear_top5": lin["top5"], "knn5": accuracy(kp, y)}
     return scores, preds
 
 def bg_gaps(scores: dict) -> dict | None:
     "BG-gap (points) of the linear probe and of k-NN from `variant_scores`; None without both mixed variants."
     if not {"mixed_same", "mixed_rand"} <= set(scores): return None
     return {c: bg_gap(scores["mixed_same"][m], scores["mixed_rand"][m]) for c, m in (("linear", "linear_top1"), ("knn5", "knn5"))}
+
+def benchmark_measures(scores: dict) -> dict:
+    "The Backgrounds Challenge's headline numbers from `variant_scores`: BG-gap, background alone, mixed_next (None when absent)."
+    bg = next((v for v in ("only_bg_t", "only_bg") if v in scores), None)
+    pick = lambda v: None if v is None else {"variant": v, "linear": scores[v]["linear_top1"], "knn5": scores[v]["knn5"]}
+    return {"bg_gap": bg_gaps(scores), "bg_only": pick(bg), "mixed_next": pick("mixed_next" if "mixed_next" in scores else None)}
 
 def group_table(preds, labels, groups, num_classes: int, num_groups: int) -> dict:
     "Per (class, group) cell: number of images and accuracy in percent (None for empty cells), as nested lists."
@@ -196,6 +206,7 @@ def group_measures(preds: dict, data: FgBgData, num_classes: int, min_group: int
     return {"worst_group": wg, "groups": group_table(preds["linear"], data.labels, data.backgrounds, num_classes, nb),
             "num_bgs": nb}
 
+
 # %% ../nbs/14_eval.ipynb #01da866f
 def _check_splits(train: FgBgData, test: FgBgData, k: int):
     for nm, d in (("train", train), ("test", test)):
@@ -209,18 +220,25 @@ def _check_splits(train: FgBgData, test: FgBgData, k: int):
     if k > len(train):
         raise ValueError(f"k={k} is larger than the kNN database: the train split {train.name!r} has {len(train)} images")
 
+_KNOWN = tuple(dict.fromkeys(VARIANTS + IN9_VARIANTS))  # mask-derived names first, then the benchmark's other folders
+
 def _variants(test: FgBgData, variants) -> tuple:
-    if variants is None: return VARIANTS if test.has_masks else ("original",)
+    "The test variants to measure: all that `test` has (folders or masks) by default, else the named ones, checked."
+    have = available_variants(test)
+    if variants is None: return tuple(v for v in _KNOWN if v in have)
     variants = (variants,) if isinstance(variants, str) else tuple(variants)
-    bad = [v for v in variants if v not in VARIANTS]
-    if bad: raise ValueError(f"unknown variant {bad[0]!r}; variants are: {', '.join(VARIANTS)}")
-    fg = [v for v in variants if v != "original"]
-    if fg and not test.has_masks:
-        raise ValueError(f"variants {', '.join(fg)} need foreground masks and dataset {test.name!r} has none; "
-                         "only 'original' is available (datasets with masks: toy, coco-fg, pets, in9 with fg_mask)")
+    bad = [v for v in variants if v not in _KNOWN]
+    if bad: raise ValueError(f"unknown variant {bad[0]!r}; variants are: {', '.join(_KNOWN)}")
+    miss = [v for v in variants if v not in have]
+    if miss and len(have) == 1:
+        raise ValueError(f"variants {', '.join(miss)} need foreground masks and dataset {test.name!r} has none; "
+                         "only 'original' is available (datasets with masks: toy, coco-fg, pets, in9 with fg_mask; "
+                         "or bring the variant folders)")
+    if miss: raise ValueError(f"variants {', '.join(miss)} are not available for {test.name!r}: it has "
+                              + ", ".join(f"{v} ({w})" for v, w in have.items()))
     return variants if "original" in variants else ("original",) + variants
 
-def _has_bgs(d: FgBgData) -> bool: return bool((d.backgrounds >= 0).all())
+def _has_bgs(d: FgBgData) -> bool: return len(d) > 0 and bool((d.backgrounds >= 0).all())
 
 def _probe(probe, ftr, train: FgBgData, fte, test: FgBgData, epochs: int, seed: int) -> tuple:
     "(probe, test probabilities, train top-1 or None): a new linear probe, or the given one checked and applied."
@@ -241,44 +259,101 @@ def _fgsm(model, probe, test: FgBgData, n: int, eps: float, mean, std) -> dict |
     e2e = ProbedModel(model, copy.deepcopy(probe).to(model_device(model)))
     return {**fgsm_accuracy(e2e, test.images[:n], test.labels[:n], eps=eps, mean=mean, std=std), "n": n}
 
+
+# %% ../nbs/14_eval.ipynb #e699dfef
+def _spread(n: int, cap: int) -> torch.Tensor:
+    "At most `cap` indices spread evenly over range(n) (all of them when n <= cap)."
+    return torch.arange(n) if n <= cap else torch.linspace(0, n - 1, cap).round().long().unique()
+
+@torch.no_grad()
+def adversarial_backgrounds(model: nn.Module, probe: nn.Linear, fg: FgBgData, masks, pool, mean=None, std=None,
+                            max_fg: int = 64, max_bg: int = 64, batch: int = 512, amp: str = "auto") -> dict:
+    "Share (percent) of foregrounds that some background of `pool` makes the classifier get wrong, on <= max_fg x max_bg composites."
+    if max_fg < 1 or max_bg < 1: raise ValueError(f"max_fg and max_bg must be >= 1, got {max_fg} and {max_bg}")
+    pool = _images(pool, "the background pool").cpu()
+    fi, bi = _spread(len(fg), max_fg), _spread(len(pool), max_bg)
+    x, m, y, bgs = fg.images[fi].cpu(), torch.as_tensor(masks)[fi].cpu().bool(), fg.labels[fi].cpu(), pool[bi]
+    if x.shape[1:] != bgs.shape[1:]: raise ValueError(f"foregrounds are {tuple(x.shape[1:])} but backgrounds {tuple(bgs.shape[1:])}")
+    pred = lambda imgs: probe.cpu()(embed(model, imgs, mean, std, batch, amp=amp)).argmax(1)
+    fooled = torch.zeros(len(x), dtype=torch.bool)
+    per = max(1, batch // len(x))  # backgrounds per forward batch
+    for j in range(0, len(bgs), per):
+        b = bgs[j:j + per]
+        comp = torch.where(m[None, :, None], x[None], b[:, None])  # (backgrounds, foregrounds, C, H, W)
+        fooled |= (pred(comp.flatten(0, 1)).view(len(b), len(x)) != y).any(0)
+    return {"fooled": 100.0 * fooled.float().mean().item(), "n_fg": len(x), "n_bg": len(bgs), "pairs": len(x) * len(bgs),
+            "max_fg": max_fg, "max_bg": max_bg}
+
+def _adv_sources(test: FgBgData, have: dict, seed: int = 0) -> tuple:
+    "(foregrounds, their masks, background pool, description) for the adversarial-background measure, or a reason string."
+    if test.has_masks: fg, m, src = test, test.masks, "test images with their masks"
+    elif have.get("only_fg") == "folder":
+        fg = variant_of(test, "only_fg")
+        m, src = (fg.images.int() > 16).any(1), "only_fg images (mask: pixels brighter than 16)"
+    else: return "no foreground masks and no only_fg test images"
+    if have.get("only_bg_t") == "folder": pool, pname = variant_of(test, "only_bg_t").images, "only_bg_t"
+    elif have.get("only_bg") == "folder": pool, pname = variant_of(test, "only_bg").images, "only_bg"
+    elif test.has_masks: pool, pname = variant_of(test, "only_bg", seed).images, "only_bg"
+    else: return "no background pool (only_bg_t or only_bg test images, or foreground masks)"
+    return fg, m, pool, f"foregrounds: {src}; backgrounds: {pname} test images"
+
+
 # %% ../nbs/14_eval.ipynb #d2f74f3e
+_NO_BGS = "no background ids"
+
+def _groups(res: dict, preds: dict, tv: dict, train: FgBgData, test: FgBgData, emb, ftr, fte, min_group, epochs, seed):
+    "Worst group and background probe into `res`, on mixed_rand when there (else original); reasons into res['unavailable']."
+    gv = res["group_variant"] = "mixed_rand" if "mixed_rand" in tv else "original"
+    g, na = tv[gv], res["unavailable"]
+    if not _has_bgs(g):
+        na["worst_group"] = na["bg_probe"] = f"{_NO_BGS} (on the {gv} test images)"
+        return
+    gm = group_measures(preds[gv], g, train.num_classes, min_group)
+    nb = gm["num_bgs"]
+    res["worst_group"], res["groups"] = gm["worst_group"], gm["groups"]
+    res["bg_names"] = (test.bg_names + [str(i) for i in range(len(test.bg_names), nb)])[:nb]
+    try: gtr = variant_of(train, gv)
+    except ValueError: na["bg_probe"] = f"no {gv} train images to fit it on"; return
+    if not _has_bgs(gtr): na["bg_probe"] = f"{_NO_BGS} (on the {gv} train images)"; return
+    res["bg_probe"] = _bg_probe(ftr if gv == "original" else emb(gtr), gtr, fte[gv], g, nb, epochs, seed)
+
 def evaluate(model: nn.Module, train: FgBgData, test: FgBgData, mean=None, std=None, k: int = 5, variants=None,
              probe: nn.Linear | None = None, probe_epochs: int = 100, fgsm_eps: float = 4 / 255, fgsm_n: int = 512,
              min_group: int = 5, seed: int = 0, model_key: str | None = None, cache: bool = True, cache_root=None,
-             batch: int = 512, amp: str = "auto") -> dict:
-    "kNN and linear accuracy on each test variant plus BG-gap, worst group, background probe, ECE and FGSM (percent)."
+             batch: int = 512, amp: str = "auto", adv_fg: int = 64, adv_bg: int = 64) -> dict:
+    "kNN and linear accuracy on each test variant (own labels), BG-gap, worst group, background probe, ECE, FGSM, adversarial backgrounds."
     t0 = time.time()
     _check_splits(train, test, k)
     vs = _variants(test, variants)
     emb = lambda d: embeddings(model, d, mean, std, model_key, cache, cache_root, batch, amp=amp)
     ftr = emb(train)
-    tv = {v: test.variant(v) for v in vs}
+    tv = {v: variant_of(test, v) for v in vs}
     fte = {v: emb(tv[v]) for v in vs}
     C = train.num_classes
-    res = {"n_train": len(train), "n_test": len(test), "num_classes": C, "feat_dim": ftr.shape[1], "k": k, "variants": {}}
+    res = {"n_train": len(train), "n_test": len(test), "num_classes": C, "feat_dim": ftr.shape[1], "k": k, "variants": {},
+           "variant_sizes": {v: len(d) for v, d in tv.items()}, "variant_sources": {v: available_variants(test)[v] for v in vs}}
     probe, probs, train_top1 = _probe(probe, ftr, train, fte["original"], test, probe_epochs, seed)
     if train_top1 is not None: res["probe_train_top1"] = train_top1
-    res["variants"], preds = variant_scores(probe, ftr, train.labels, fte, test.labels, k)
-    res["bg_gap"] = bg_gaps(res["variants"])
-    # groups and the background probe: on mixed_rand (every class on every background) when there, else the originals
-    gv = res["group_variant"] = "mixed_rand" if "mixed_rand" in vs else "original"
-    res["worst_group"] = res["groups"] = res["bg_probe"] = None
-    g = tv[gv]
-    if _has_bgs(g):
-        gm = group_measures(preds[gv], g, C, min_group)
-        nb = gm["num_bgs"]
-        res["worst_group"], res["groups"] = gm["worst_group"], gm["groups"]
-        res["bg_names"] = (test.bg_names + [str(i) for i in range(len(test.bg_names), nb)])[:nb]
-        gtr = train.variant(gv)
-        if _has_bgs(gtr):
-            res["bg_probe"] = _bg_probe(ftr if gv == "original" else emb(gtr), gtr, fte[gv], g, nb, probe_epochs, seed)
+    res["variants"], preds = variant_scores(probe, ftr, train.labels, fte, {v: d.labels for v, d in tv.items()}, k)
+    res["benchmark"] = benchmark_measures(res["variants"])
+    res["bg_gap"] = res["benchmark"]["bg_gap"]
+    res["worst_group"] = res["groups"] = res["bg_probe"] = res["adversarial_bg"] = None
+    na = res["unavailable"] = {}
+    if res["bg_gap"] is None: na["bg_gap"] = "needs both mixed_same and mixed_rand test images"
+    _groups(res, preds, tv, train, test, emb, ftr, fte, min_group, probe_epochs, seed)
     res["ece"] = ece(probs, test.labels)
     res["calibration"] = {k_: v.tolist() for k_, v in calibration_bins(probs, test.labels).items()}
     res["fgsm"] = _fgsm(model, probe, test, fgsm_n, fgsm_eps, mean, std)
+    src = _adv_sources(test, available_variants(test)) if adv_fg > 0 and adv_bg > 0 else "switched off (adv_fg or adv_bg is 0)"
+    if isinstance(src, str): na["adversarial_bg"] = src
+    else:
+        res["adversarial_bg"] = {**adversarial_backgrounds(model, probe, src[0], src[1], src[2], mean, std, adv_fg, adv_bg,
+                                                           batch, amp), "sources": src[3]}
     res["classes"] = list(test.classes)
     res["seconds"] = time.time() - t0
     res["probe"] = probe
     return res
+
 
 # %% ../nbs/14_eval.ipynb #2be6b868
 SETTINGS = {"train_full": "original", "train_fg": "only_fg"}
@@ -418,15 +493,26 @@ def _checkpoint_spec(ckpt, data) -> str:
     if not spec: raise ValueError("--data SPEC is required: the checkpoint does not name the dataset it was trained on")
     return spec
 
+def split_spec_variant(spec: str) -> tuple:
+    "`(spec without its variant= option, that variant or None)`: in evaluation a spec's variant names a test set."
+    name, _, rest = spec.strip().partition(":")
+    parts = [p.strip() for p in rest.split(",") if p.strip()]
+    isv = lambda p: "=" in p and p.partition("=")[0].strip() == "variant"
+    keep, var = [p for p in parts if not isv(p)], next((p.partition("=")[2].strip() for p in parts if isv(p)), None)
+    return name + (":" + ",".join(keep) if keep else ""), var
+
 def eval_checkpoint(ckpt, data: str | None = None, k: int = 5, train_split: str = "train", test_split: str | None = None,
                     variants: str | None = None, probe=None, probe_epochs: int = 100, fgsm_n: int = 512, device="auto",
-                    batch: int = 512, cache: bool = True, probe_out=None) -> dict:
-    "Evaluate the model of an `iclmsr train` checkpoint on a dataset spec: `evaluate`'s results with the run's details."
+                    batch: int = 512, cache: bool = True, probe_out=None, train_variant: str = "original",
+                    adv_fg: int = 64, adv_bg: int = 64) -> dict:
+    "Evaluate an `iclmsr train` checkpoint on a dataset spec: probe and kNN fit on `train_variant` train images, every variant tested."
     t0 = time.time()
     if not ckpt: raise ValueError("--ckpt FILE is required (a checkpoint written by iclmsr train)")
     spec = _checkpoint_spec(ckpt, data)
+    base, sv = split_spec_variant(spec)
     test_split = test_split or default_test_split(spec)
-    train, test = load_dataset(spec, train_split), load_dataset(spec, test_split)
+    train, test = load_dataset(base, train_split), load_dataset(base, test_split)
+    if train_variant != "original": train = variant_of(train, train_variant)
     dev = get_device(device)
     model, cfg, ck = method_from_checkpoint(ckpt, train.image_size, dev)
     mean, std = norm_stats(cfg, train.image_size)
@@ -434,13 +520,17 @@ def eval_checkpoint(ckpt, data: str | None = None, k: int = 5, train_split: str 
     dim = check_fits(model, test, mean, std, where)
     pr = _given_probe(probe, dim, train, spec) if probe else None
     vs = None if variants is None else [v.strip() for v in variants.split(",") if v.strip()]
+    if sv and vs is not None and sv not in vs: vs.append(sv)
+    if sv and vs is None: _variants(test, [sv])  # the spec's variant must be there: a clear error when it is not
     res = evaluate(model, train, test, mean, std, k=k, variants=vs, probe=pr, probe_epochs=probe_epochs, fgsm_n=fgsm_n,
-                   seed=cfg.train.seed, model_key=file_key(ckpt), cache=cache, batch=batch)
+                   seed=cfg.train.seed, model_key=file_key(ckpt), cache=cache, batch=batch, adv_fg=adv_fg, adv_bg=adv_bg)
     fitted = res.pop("probe")
     if pr is None and probe_out is not None: save_probe(fitted, probe_out, train.classes)
     return {"checkpoint": str(ckpt), "data": spec, "train_split": train_split, "test_split": test_split,
+            "train_variant": train_variant, "spec_variant": sv,
             "model": {"method": cfg.model.method, "backbone": cfg.model.backbone, "icl_msr": cfg.icl.enabled,
                       "epoch": ck.get("epoch"), "step": ck.get("step"), "feat_dim": dim},
             "normalisation": {"mean": mean, "std": std}, **res,
             "probe": str(probe) if probe else Path(probe_out).name if probe_out is not None else None,
             "seconds": time.time() - t0, "versions": package_versions(), "device": str(dev)}
+

@@ -10,7 +10,7 @@ from .eval import eval_checkpoint
 
 # %% auto #0
 __all__ = ['fmt', 'plot_four_settings', 'plot_variants', 'plot_groups', 'plot_calibration', 'html_table', 'html_report',
-           'print_eval', 'eval_report', 'out_dir', 'eval_cmd']
+           'unavailable_text', 'print_eval', 'eval_report', 'out_dir', 'eval_cmd']
 
 # %% ../nbs/14b_report.ipynb #1ff78052
 def _ms(v) -> tuple:
@@ -112,47 +112,89 @@ def html_report(title: str, blocks: list) -> str:
             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>\n" + "\n".join(parts) + "\n</body></html>\n")
 
 # %% ../nbs/14b_report.ipynb #548f9b67
+def unavailable_text(reason: str | None) -> str:
+    "How a report states a measure the data cannot give: 'not available without background ids (...)', or the reason."
+    if not reason: return "not available"
+    nb = "no background ids"
+    return "not available without background ids" + reason[len(nb):] if reason.startswith(nb) else f"not available: {reason}"
+
+def _bench_line(res: dict) -> str | None:
+    b = res.get("benchmark") or {}
+    parts = [f"{nm}{'' if m['variant'] == nm else ' (' + m['variant'] + ')'}: linear {m['linear']:.1f}%, 5-NN {m['knn5']:.1f}%"
+             for nm, m in (("background alone", b.get("bg_only")), ("mixed_next", b.get("mixed_next"))) if m]
+    return "; ".join(parts) or None
+
+def _adv_line(res: dict) -> str:
+    a = res.get("adversarial_bg")
+    if not a: return "adversarial backgrounds: " + unavailable_text(res.get("unavailable", {}).get("adversarial_bg"))
+    return (f"adversarial backgrounds: {a['fooled']:.1f}% of {a['n_fg']} foregrounds misclassified on some of {a['n_bg']} "
+            f"backgrounds ({a['pairs']} composites, cap {a['max_fg']} x {a['max_bg']})")
+
 def print_eval(res: dict, file=None):
-    "Print an evaluation's accuracy per test variant and its background and robustness measures."
+    "Print an evaluation's accuracy per test variant and its background and robustness measures (or why they are missing)."
     p = lambda *a: print(*a, file=file or sys.stdout)
+    na = res.get("unavailable", {})
     w = max(len(v) for v in res["variants"])
     p(f"{'variant':<{w}}  linear top-1  linear top-5   5-NN")
     for v, r in res["variants"].items(): p(f"{v:<{w}}  {r['linear_top1']:>12.1f}  {r['linear_top5']:>12.1f}  {r['knn5']:>5.1f}")
     if res["bg_gap"]: p(f"BG-gap (mixed_same - mixed_rand): linear {res['bg_gap']['linear']:+.1f}, 5-NN {res['bg_gap']['knn5']:+.1f} points")
+    else: p("BG-gap (mixed_same - mixed_rand): " + unavailable_text(na.get("bg_gap")))
+    if _bench_line(res): p(_bench_line(res))
     if res["worst_group"]:
         wg = res["worst_group"]["linear"]; c, b = wg["group"]
         bn = res.get("bg_names") or []
         p(f"worst group (linear, {res['group_variant']}): {wg['acc']:.1f}% (class {res['classes'][c]} on background "
           f"{bn[b] if b < len(bn) else b}, {wg['size']} images); mean over {wg['n_groups']} groups {wg['mean_group_acc']:.1f}%")
+    else: p("worst group: " + unavailable_text(na.get("worst_group")))
     if res["bg_probe"]: p(f"background probe: {res['bg_probe']['top1']:.1f}% (chance {res['bg_probe']['chance']:.1f}%; lower = more invariant)")
+    else: p("background probe: " + unavailable_text(na.get("bg_probe")))
     line = f"ECE of the linear probe: {res['ece']:.1f}%"
     if res["fgsm"]: line += f"; FGSM accuracy at eps {res['fgsm']['eps'] * 255:.0f}/255: {res['fgsm']['fgsm']:.1f}% (clean {res['fgsm']['clean']:.1f}%)"
     p(line)
+    if "adversarial_bg" in res: p(_adv_line(res))
+
 
 # %% ../nbs/14b_report.ipynb #cbd4d44e
+def _bg_rows(res: dict) -> list:
+    "The rows of the background and robustness table: a value, or why it is not available."
+    na, bg = res.get("unavailable", {}), []
+    bg.append(["BG-gap, linear / 5-NN (points)", f"{fmt(res['bg_gap']['linear'])} / {fmt(res['bg_gap']['knn5'])}" if res["bg_gap"]
+               else unavailable_text(na.get("bg_gap"))])
+    for nm, m in (("background alone", (res.get("benchmark") or {}).get("bg_only")), ("mixed_next", (res.get("benchmark") or {}).get("mixed_next"))):
+        if m: bg.append([f"{nm}{'' if m['variant'] == nm else ' (' + m['variant'] + ')'}, linear / 5-NN", f"{fmt(m['linear'])} / {fmt(m['knn5'])}"])
+    bg.append([f"worst-group accuracy, linear / 5-NN ({res.get('group_variant')})",
+               f"{fmt(res['worst_group']['linear']['acc'])} / {fmt(res['worst_group']['knn5']['acc'])}" if res["worst_group"]
+               else unavailable_text(na.get("worst_group"))])
+    bg.append(["background probe top-1 (chance)", f"{fmt(res['bg_probe']['top1'])} ({fmt(res['bg_probe']['chance'])})" if res["bg_probe"]
+               else unavailable_text(na.get("bg_probe"))])
+    bg.append(["ECE of the linear probe", fmt(res["ece"])])
+    if res["fgsm"]: bg.append([f"FGSM accuracy at eps {res['fgsm']['eps'] * 255:.0f}/255 (clean)", f"{fmt(res['fgsm']['fgsm'])} ({fmt(res['fgsm']['clean'])})"])
+    if "adversarial_bg" in res:
+        a = res["adversarial_bg"]
+        bg.append([f"foregrounds fooled by some background ({a['n_fg']} x {a['n_bg']})" if a else "foregrounds fooled by some background",
+                   fmt(a["fooled"]) if a else unavailable_text(na.get("adversarial_bg"))])
+    return bg
+
 def eval_report(res: dict, title: str) -> str:
     "The HTML report of one `evaluate` result."
     m = res.get("model", {})
     head = html_table([[k, v] for k, v in (("checkpoint", res.get("checkpoint")), ("data", res.get("data")),
                                             ("method", m.get("method")), ("backbone", m.get("backbone")),
                                             ("ICL-MSR", m.get("icl_msr")), ("epoch", m.get("epoch")),
+                                            ("probe and kNN fitted on", res.get("train_variant") and f"{res['train_variant']} {res.get('train_split')}"),
                                             ("train / test images", f"{res['n_train']} / {res['n_test']}"),
                                             ("classes", res["num_classes"])) if v is not None], ["", ""])
-    rows = [[v, fmt(r["linear_top1"]), fmt(r["linear_top5"]), fmt(r["knn5"])] for v, r in res["variants"].items()]
-    blocks = [head, "<h2>Accuracy per test variant (%)</h2>", html_table(rows, ["variant", "linear top-1", "linear top-5", "5-NN"]),
-              plot_variants(res)]
-    bg = []
-    if res["bg_gap"]: bg.append(["BG-gap, linear / 5-NN (points)", f"{fmt(res['bg_gap']['linear'])} / {fmt(res['bg_gap']['knn5'])}"])
-    if res["worst_group"]: bg.append([f"worst-group accuracy, linear / 5-NN ({res['group_variant']})",
-                                      f"{fmt(res['worst_group']['linear']['acc'])} / {fmt(res['worst_group']['knn5']['acc'])}"])
-    if res["bg_probe"]: bg.append(["background probe top-1 (chance)", f"{fmt(res['bg_probe']['top1'])} ({fmt(res['bg_probe']['chance'])})"])
-    bg.append(["ECE of the linear probe", fmt(res["ece"])])
-    if res["fgsm"]: bg.append([f"FGSM accuracy at eps {res['fgsm']['eps'] * 255:.0f}/255 (clean)", f"{fmt(res['fgsm']['fgsm'])} ({fmt(res['fgsm']['clean'])})"])
-    blocks += ["<h2>Background and robustness measures (%)</h2>", html_table(bg, ["measure", "value"]),
-               "<p class='note'>BG-gap = acc(mixed_same) - acc(mixed_rand); background probe: lower = more background-invariant.</p>"]
+    src, size = res.get("variant_sources", {}), res.get("variant_sizes", {})
+    rows = [[v, src.get(v, ""), size.get(v, ""), fmt(r["linear_top1"]), fmt(r["linear_top5"]), fmt(r["knn5"])] for v, r in res["variants"].items()]
+    blocks = [head, "<h2>Accuracy per test variant (%)</h2>",
+              html_table(rows, ["variant", "from", "images", "linear top-1", "linear top-5", "5-NN"]), plot_variants(res)]
+    blocks += ["<h2>Background and robustness measures (%)</h2>", html_table(_bg_rows(res), ["measure", "value"]),
+               "<p class='note'>BG-gap = acc(mixed_same) - acc(mixed_rand); background probe: lower = more background-invariant; "
+               "foregrounds fooled: the share of foregrounds that some background of the pool makes the classifier get wrong.</p>"]
     if res["groups"]: blocks.append(plot_groups(res))
     blocks.append(plot_calibration(res))
     return html_report(title, blocks)
+
 
 # %% ../nbs/14b_report.ipynb #7e4df4cc
 def out_dir(out) -> Path:
@@ -171,27 +213,31 @@ def eval_cmd(ckpt: str = None,  # checkpoint written by iclmsr train (DIR/last.p
              out: str = None,  # output directory for results.json, report.html and probe.pt
              k: int = 5,  # neighbours of the kNN classifier
              train_split: str = "train",  # split for the kNN database and the linear probe
+             train_variant: str = "original",  # variant of the train split they are fitted on (a spec's variant= names a test set)
              test_split: str = None,  # split to measure on (default: test, or val where the dataset calls it so)
              variants: str = None,  # comma-separated test variants (default: all that the data supports)
              probe: str = None,  # reuse a probe.pt of an earlier eval instead of fitting a new linear probe
              probe_epochs: int = 100,  # epochs of the linear probe (and of the background probe)
              fgsm_n: int = 512,  # test images attacked by FGSM (0 = skip)
+             adv_fg: int = 64,  # foregrounds of the adversarial-background measure (0 = skip)
+             adv_bg: int = 64,  # backgrounds tried on each of them (at most adv_fg x adv_bg composites)
              device: str = "auto",  # auto, cpu, cuda, cuda:N or mps
              batch: int = 512,  # images per forward pass
              no_cache: bool = False,  # recompute embeddings instead of using the cache
              quiet: bool = False,  # print only the output paths
             ):
-    "Evaluate a checkpoint: kNN and linear accuracy per background variant, BG-gap, worst group, background probe, ECE, FGSM."
+    "Evaluate a checkpoint: kNN and linear accuracy per test variant, BG-gap, worst group, background probe, ECE, FGSM, adversarial backgrounds."
     if not ckpt: raise ValueError("--ckpt FILE is required (a checkpoint written by iclmsr train)")
     d = out_dir(out)
     res = eval_checkpoint(ckpt, data, k, train_split, test_split, variants, probe, probe_epochs, fgsm_n, device, batch,
-                          cache=not no_cache, probe_out=d/"probe.pt")
+                          cache=not no_cache, probe_out=d/"probe.pt", train_variant=train_variant, adv_fg=adv_fg, adv_bg=adv_bg)
     (d/"results.json").write_text(json.dumps(res, indent=2))
     (d/"report.html").write_text(eval_report(res, f"iclmsr eval: {Path(ckpt).name} on {res['data']}"))
     if not quiet:
         m = res["model"]
         print(f"{ckpt} ({m['method']}{'+icl-msr' if m['icl_msr'] else ''}, {m['backbone']}, epoch {m['epoch']}) on {res['data']}: "
-              f"{res['n_train']} {res['train_split']} / {res['n_test']} {res['test_split']} images, {res['num_classes']} classes")
+              f"{res['n_train']} {res['train_variant']} {res['train_split']} / {res['n_test']} {res['test_split']} images, "
+              f"{res['num_classes']} classes")
         print_eval(res)
     print(f"wrote {d/'results.json'} and {d/'report.html'} in {res['seconds']:.1f} s")
     return 0

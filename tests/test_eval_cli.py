@@ -162,3 +162,59 @@ def test_demo_seeds_give_mean_and_std(env, tmp_path):
     a, b = (_cells(r["models"][n]["four_settings"]) for n in ("simclr", "simclr+icl-msr"))
     assert [c["runs"] for c in a] != [c["runs"] for c in b]
     assert "must be a positive integer" in one_line_error(iclmsr(env, "demo", "--out", str(tmp_path/"e"), "--seeds", "0", check=False))
+
+def _mask_free_tree(root, variants, sidecar=False):
+    "The embedded data exported as the benchmark ships: variant folders, no masks, no background ids (no sidecar)."
+    import shutil
+    from iclmsr.data import export_in9
+    root = export_in9(SPEC, root, variants=list(variants))
+    shutil.rmtree(root/"fg_mask")
+    if not sidecar: (root/"iclmsr.json").unlink()
+    return root
+
+def test_eval_on_benchmark_folders_without_masks(env, ckpt, tmp_path):
+    vs = ["original", "only_fg", "mixed_same", "mixed_rand"]
+    root = _mask_free_tree(tmp_path/"in9", vs)
+    ev = lambda spec, out, *a: iclmsr(env, "eval", "--ckpt", str(ckpt), "--data", spec, "--out", str(tmp_path/out),
+                                      "--test-split", "test", *FAST, *a)
+    p = ev(f"in9:{root}", "f")
+    r = json.loads((tmp_path/"f"/"results.json").read_text())
+    assert list(r["variants"]) == vs and set(r["variant_sources"].values()) == {"folder"}
+    assert r["train_variant"] == "original" and r["spec_variant"] is None and r["n_train"] == 4 * 32
+    assert r["bg_gap"] is not None and "BG-gap (mixed_same - mixed_rand): linear" in p.stdout
+    # no background ids: null values with the reason, and the summary says so
+    assert r["worst_group"] is None and r["bg_probe"] is None
+    assert r["unavailable"]["worst_group"].startswith("no background ids") and r["unavailable"]["bg_probe"].startswith("no background ids")
+    assert "worst group: not available without background ids" in p.stdout
+    assert "background probe: not available without background ids" in p.stdout
+    assert "no background pool" in r["unavailable"]["adversarial_bg"] and "not available without background ids" in (tmp_path/"f"/"report.html").read_text()
+    # the same images with their masks (the toy spec itself): the same numbers on every variant, the same BG-gap
+    ev(SPEC, "m", "--variants", ",".join(vs[1:]))
+    m = json.loads((tmp_path/"m"/"results.json").read_text())
+    for v in vs:
+        for k in ("linear_top1", "linear_top5", "knn5"): assert r["variants"][v][k] == pytest.approx(m["variants"][v][k], abs=1e-6), (v, k)
+    assert r["bg_gap"] == pytest.approx(m["bg_gap"], abs=1e-6)
+    # a spec's variant names a test set; the probe and the kNN database stay on the original train images
+    ev(f"in9:{root},variant=mixed_rand", "s")
+    s = json.loads((tmp_path/"s"/"results.json").read_text())
+    assert s["spec_variant"] == "mixed_rand" and s["variants"] == r["variants"] and s["bg_gap"] == r["bg_gap"]
+    # fitting them on another training variant is asked for explicitly, and changes the numbers
+    ev(f"in9:{root}", "t", "--train-variant", "mixed_rand")
+    t = json.loads((tmp_path/"t"/"results.json").read_text())
+    assert t["train_variant"] == "mixed_rand" and t["variants"] != r["variants"]
+
+def test_eval_adversarial_and_broken_folders(env, ckpt, tmp_path):
+    root = _mask_free_tree(tmp_path/"in9", ["original", "only_fg", "only_bg", "mixed_same", "mixed_rand"])
+    ev = lambda *a: iclmsr(env, "eval", "--ckpt", str(ckpt), "--data", f"in9:{root}", "--out", str(tmp_path/"o"),
+                           "--test-split", "test", *FAST, *a, check=False)
+    p = ev("--adv-fg", "8", "--adv-bg", "4")
+    assert p.returncode == 0, p.stderr
+    a = json.loads((tmp_path/"o"/"results.json").read_text())["adversarial_bg"]
+    assert (a["n_fg"], a["n_bg"], a["pairs"]) == (8, 4, 32) and 0 <= a["fooled"] <= 100 and "only_fg images" in a["sources"]
+    assert "adversarial backgrounds:" in p.stdout and "cap 8 x 4" in p.stdout
+    assert "variants no_fg are not available" in one_line_error(ev("--variants", "no_fg"))
+    assert "no_fg are not available" in one_line_error(iclmsr(env, "eval", "--ckpt", str(ckpt), "--data", f"in9:{root},variant=no_fg",
+                                                       "--out", str(tmp_path/"o"), "--test-split", "test", check=False))
+    import shutil
+    for c in (root/"mixed_same"/"test").iterdir(): shutil.rmtree(c); c.mkdir()   # an empty variant folder
+    assert "has no images" in one_line_error(ev())
