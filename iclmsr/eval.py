@@ -360,9 +360,11 @@ SETTINGS = {"train_full": "original", "train_fg": "only_fg"}
 TESTS = {"test_full": "original", "test_fg": "only_fg"}
 
 def _need_masks(d: FgBgData, what: str = "the four-setting table"):
-    if not d.has_masks:
+    "Refuse data without foreground-only images: neither masks nor an `only_fg` variant folder."
+    if "only_fg" not in available_variants(d):
         raise ValueError(f"{what} trains and tests on foreground-only images, so it needs foreground masks, and dataset "
-                         f"{d.name!r} has none (datasets with masks: toy, coco-fg, pets, in9 with fg_mask)")
+                         f"{d.name!r} has none, nor an only_fg folder (datasets with masks: toy, coco-fg, pets, in9 with "
+                         "fg_mask; or an ImageNet-9 tree with an only_fg folder)")
 
 def norm_stats(cfg: Config, image_size) -> tuple[list, list]:
     "Per-channel mean and std that the training run of `cfg` normalised its images with (its augmentation preset)."
@@ -387,13 +389,13 @@ def four_settings_table(models: dict, train: FgBgData, test: FgBgData, mean=None
     _check_splits(train, test, k)
     out = {}
     for s, m in models.items():
-        tr = train.variant(SETTINGS[s])
+        tr = variant_of(train, SETTINGS[s])   # a variant folder where there is one, else from masks
         emb = lambda d: embeddings(m, d, mean, std, None, cache, cache_root, amp=amp)
         ftr = emb(tr)
         probe = None
         out[s] = {}
         for t, v in TESTS.items():
-            te = test.variant(v)
+            te = variant_of(test, v)
             fte = emb(te)
             if probe is None: probe = linear_probe(ftr, tr.labels, fte, te.labels, train.num_classes, probe_epochs, seed=seed).clf
             out[s][t] = {"linear": eval_linear(probe, fte, te.labels)["top1"],
