@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 import torch
 import torch.nn as nn
-from .utils import get_device, cache_dir, env_info, model_device
+from .utils import get_device, cache_dir, env_info, model_device, read_torch_file
 from .data import FgBgData, VARIANTS, IN9_VARIANTS, DATASETS, load_dataset, parse_spec, available_variants, variant_of
 from .knn import knn_predict, weighted_knn_predict, FeatureIndex
 from .probe import linear_probe, eval_linear, bg_probe, ece, calibration_bins, worst_group, bg_gap, fgsm_accuracy, accuracy
@@ -454,8 +454,7 @@ def load_probe(path) -> tuple:
     "A probe written by `save_probe`: `(nn.Linear, classes)`."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"probe file {str(path)!r} does not exist")
-    try: d = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e: raise ValueError(f"cannot read probe file {str(path)!r}: {_first_line(e)}") from None
+    d = read_torch_file(path, "a probe file written by iclmsr eval")  # one line, never unpickled unsafely
     if not isinstance(d, dict) or d.get("format") != "iclmsr.probe":
         raise ValueError(f"{str(path)!r} is not a probe file (write one with iclmsr eval: OUT/probe.pt)")
     w = d["weight"]
