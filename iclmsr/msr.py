@@ -202,7 +202,9 @@ class MetaSemanticRegularizer(nn.Module):
         opts = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
         if optimizer not in opts: raise ValueError(f"optimizer must be one of {', '.join(opts)}; got {optimizer!r}")
         self.meta_optimizer = opts[optimizer](self.strata.parameters(), lr=meta_lr)
-        self._last_g, self.last_gap = None, None
+        self.last_gap = None
+        # the previous meta-gradient, for meta_grad_cos; in the state dict, so a resumed run logs what an uninterrupted one does
+        self.register_buffer("last_grad", torch.zeros(n_strata, dim))
 
     def icl(self, z1, z2):
         "Stage-1 ICL loss with the strata fixed (no gradient reaches w); negatives from every process under torchrun."
@@ -224,8 +226,8 @@ class MetaSemanticRegularizer(nn.Module):
         g, m = mean_over_processes(g), mean_over_processes(m)  # every process applies the same update
         if not (torch.isfinite(m) and torch.isfinite(g).all()):
             raise FloatingPointError(f"non-finite meta objective ({m.item()}) or meta-gradient in stage 2")
-        diag = meta_diagnostics(g, self._last_g)
-        self._last_g = g.detach().clone()
+        diag = meta_diagnostics(g, self.last_grad)   # (all zeros before the first step: cosine None)
+        self.last_grad.copy_(g.detach())
         self.meta_optimizer.zero_grad(set_to_none=True)
         self.strata.w.grad = g.to(self.strata.w.dtype)
         self.meta_optimizer.step()
