@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_checkpoint.ipynb #01735def
 from __future__ import annotations
-import json, os, random, re, shutil, sys, warnings
+import json, os, random, shutil
 from pathlib import Path
 import numpy as np
 import torch
