@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['NEGATIVES', 'full_precision', 'nt_xent', 'icl_loss', 'byol_loss', 'barlow_twins_loss', 'whiten', 'wmse_loss',
-           'supcon_loss', 'local_losses', 'process_group', 'gather_rows', 'gather_pair', 'mean_over_processes']
+           'supcon_loss', 'local_losses', 'process_group', 'gather_rows', 'gather_pair', 'mean_over_processes',
+           'dcodr_negatives', 'dcodr_loss']
 
 # %% ../nbs/04_losses.ipynb #3cca13a1
 @contextmanager
@@ -221,3 +222,52 @@ def mean_over_processes(t: torch.Tensor) -> torch.Tensor:
     if process_group()[1] == 1: return t
     t = t.detach().clone(); dist.all_reduce(t)
     return t / dist.get_world_size()
+
+# %% ../nbs/04_losses.ipynb #416abf4b
+def _check_domains(domains, n: int, device):
+    if not isinstance(domains, torch.Tensor):
+        raise ValueError(f"domains must be a 1-d integer tensor, got {type(domains).__name__}")
+    if domains.dtype.is_floating_point or domains.is_complex() or domains.dtype == torch.bool:
+        raise ValueError(f"domains must be an integer tensor (domain ids), got dtype {domains.dtype}")
+    if domains.ndim != 1 or len(domains) != n:
+        raise ValueError(f"domains must be (N,) = ({n},), one id per code, got domains {tuple(domains.shape)}")
+    if domains.device != device:
+        raise ValueError(f"domains are on {domains.device} but the codes on {device}: move them to the same device")
+
+def _check_k(k):
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+        raise ValueError(f"k must be None (every same-domain negative) or an integer >= 1, got {k!r}")
+
+def dcodr_negatives(domains: torch.Tensor, k: int | None = None, generator=None, rows: torch.Tensor | None = None) -> torch.Tensor:
+    "Bool (len(rows), N) mask of each anchor's negatives: other images of its domain, all or `k` drawn without replacement."
+    _check_k(k)
+    N = len(domains)
+    rows = torch.arange(N, device=domains.device) if rows is None else rows
+    same = (domains[rows][:, None] == domains[None, :]) & (rows[:, None] != torch.arange(N, device=domains.device)[None, :])
+    if k is None or k >= N - 1: return same
+    keys = torch.rand(same.shape, generator=generator, device=domains.device).masked_fill(~same, 2.0)
+    pick = torch.zeros_like(same).scatter_(1, keys.argsort(1)[:, :k], True)   # the k smallest keys: k random negatives
+    return pick & same
+
+# %% ../nbs/04_losses.ipynb #2a0e4d6f
+def dcodr_loss(z_anchor: torch.Tensor, z_pos: torch.Tensor, domains: torch.Tensor, tau: float = 0.1, k: int | None = None,
+               generator=None, anchors: torch.Tensor | None = None) -> torch.Tensor:
+    "DCoDR's domain-wise InfoNCE: un-augmented anchors, one positive each, negatives from the anchor's domain; mean over anchors with a negative."
+    if z_anchor.ndim != 2 or z_anchor.shape != z_pos.shape or len(z_anchor) < 2:
+        raise ValueError(f"z_anchor and z_pos must be (N, d) of the same shape with N >= 2, got {tuple(z_anchor.shape)} and {tuple(z_pos.shape)}")
+    _check_tau(tau); _check_k(k)
+    N = len(z_anchor)
+    _check_domains(domains, N, z_anchor.device)
+    with full_precision(z_anchor):
+        za, zp = _float(z_anchor, z_pos)
+        A, P = F.normalize(za, dim=1), F.normalize(zp, dim=1)
+        rows = _anchor_rows(anchors, N, A.device)
+        neg = dcodr_negatives(domains, k, generator, rows)
+        has = neg.any(1)
+        if not bool(has.any()):
+            raise ValueError(f"no anchor has a same-domain negative: each of the {len(rows)} anchors is the only image of its "
+                             "domain in the batch; give each domain at least 2 images (a domain-balanced batch)")
+        pos = (A[rows] * P[rows]).sum(1, keepdim=True) / tau
+        s = (A[rows] @ A.T / tau).masked_fill(~neg, float("-inf"))
+        per = torch.logsumexp(torch.cat([pos, s], 1), 1) - pos[:, 0]
+        return per[has].mean()
