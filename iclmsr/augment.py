@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['CIFAR_MEAN', 'CIFAR_STD', 'IMAGENET_MEAN', 'IMAGENET_STD', 'PRESETS', 'rrc_params', 'crop_flip', 'to_gray',
-           'adjust_brightness', 'adjust_contrast', 'adjust_saturation', 'adjust_hue', 'gaussian_blur', 'TwoViewAugment',
-           'torchvision_two_views', 'bench_augment']
+__all__ = ['CIFAR_MEAN', 'CIFAR_STD', 'IMAGENET_MEAN', 'IMAGENET_STD', 'PRESETS', 'DCODR_KINDS', 'rrc_params', 'crop_flip',
+           'to_gray', 'adjust_brightness', 'adjust_contrast', 'adjust_saturation', 'adjust_hue', 'gaussian_blur',
+           'TwoViewAugment', 'torchvision_two_views', 'bench_augment']
 
 # %% ../nbs/02_augment.ipynb #9ef3ac86
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
@@ -25,7 +25,11 @@ PRESETS = {
                  p_gray=0.1, p_blur=0.0, sigma=(0.1, 2.0), mean=CIFAR_MEAN, std=CIFAR_STD),
     "simclr": dict(scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), p_flip=0.5, jitter=(0.8, 0.8, 0.8, 0.2), p_jitter=0.8,
                    p_gray=0.2, p_blur=0.5, sigma=(0.1, 2.0), mean=IMAGENET_MEAN, std=IMAGENET_STD),
+    # one transform per sample, drawn from `kinds` (DCoDR); images stay in [0, 1] as DCoDR's encoder sees them
+    "dcodr": dict(kinds=("blur", "contrast", "crop", "saturation"), k_blur=5, sigma=(1.0, 1.0), contrast=(1.8, 3.0),
+                  saturation=(1.8, 3.0), scale=(0.5, 1.0), ratio=(3 / 4, 4 / 3), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)),
 }
+DCODR_KINDS = ("blur", "contrast", "crop", "saturation")
 
 def _preset(preset: str) -> dict:
     if preset not in PRESETS: raise ValueError(f"unknown augmentation preset {preset!r}; presets are: {', '.join(PRESETS)}")
@@ -131,6 +135,10 @@ def _check_batch(images, masks):
         raise ValueError(f"mask/image size mismatch: masks {tuple(masks.shape)}, images {tuple(images.shape)}; "
                          f"masks must be (B, H, W) = ({images.shape[0]}, {images.shape[2]}, {images.shape[3]})")
 
+def _check_kinds(kinds):
+    if isinstance(kinds, str) or not kinds or any(k not in DCODR_KINDS for k in kinds) or len(set(kinds)) != len(kinds):
+        raise ValueError(f"kinds must be distinct names from {', '.join(DCODR_KINDS)}, got {kinds!r}")
+
 class TwoViewAugment(nn.Module):
     "Two augmented views of a uint8 batch (B,3,H,W), per-sample random parameters, on the batch's device."
     def __init__(self, preset: str = "wmse", size: int = 32, mean=None, std=None, blur=None, fast_hue: bool = False, **overrides):
@@ -139,17 +147,21 @@ class TwoViewAugment(nn.Module):
         bad = [k for k in overrides if k not in cfg]
         if bad: raise ValueError(f"unknown augmentation option {bad[0]!r}; options are: {', '.join(cfg)}")
         cfg.update(overrides)
+        if blur is not None and "kinds" in cfg:
+            raise ValueError(f"blur is an option of the wmse and simclr presets; {preset!r} blurs the samples that draw 'blur' (set kinds=...)")
         if blur is not None: cfg["p_blur"] = float(blur) if not isinstance(blur, bool) else (0.5 if blur else 0.0)
         if not isinstance(size, int) or size < 1: raise ValueError(f"size must be a positive integer, got {size!r}")
         for k in ("p_flip", "p_jitter", "p_gray", "p_blur"):
-            if not 0 <= cfg[k] <= 1: raise ValueError(f"{k} must be a probability in [0, 1], got {cfg[k]!r}")
+            if k in cfg and not 0 <= cfg[k] <= 1: raise ValueError(f"{k} must be a probability in [0, 1], got {cfg[k]!r}")
+        if "kinds" in cfg: _check_kinds(cfg["kinds"])
         self.preset, self.size, self.fast_hue, self.cfg = preset, size, fast_hue, cfg
-        self.k_blur = max(3, 2 * round(0.05 * size) + 1)  # 10 % of the side, odd (SimCLR)
+        self.k_blur = cfg.get("k_blur") or max(3, 2 * round(0.05 * size) + 1)  # 10 % of the side, odd (SimCLR)
         self.register_buffer("mean", torch.tensor(cfg["mean"] if mean is None else mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(cfg["std"] if std is None else std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
     def extra_repr(self):
         "The settings shown in `repr(module)`."
+        if "kinds" in self.cfg: return f"preset={self.preset!r}, size={self.size}, one of: {', '.join(self.cfg['kinds'])}"
         return f"preset={self.preset!r}, size={self.size}, p_blur={self.cfg['p_blur']}, fast_hue={self.fast_hue}"
 
 # %% ../nbs/02_augment.ipynb #00aad8f2
@@ -178,6 +190,7 @@ def colour(self: TwoViewAugment, x: torch.Tensor, generator=None) -> torch.Tenso
 def views(self: TwoViewAugment, images: torch.Tensor, masks: torch.Tensor | None = None, n_views: int = 2, generator=None):
     "`n_views` views stacked along dim 0 (view-major: all first views, then all second views, ...), and their masks."
     _check_batch(images, masks)
+    if "kinds" in self.cfg: return self.one_of(images, masks, n_views, generator)
     B, _, H, W = images.shape
     dev, c = images.device, self.cfg
     x = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
@@ -199,6 +212,35 @@ def forward(self: TwoViewAugment, images: torch.Tensor, masks: torch.Tensor | No
     B = len(images)
     return (v[:B], v[B:]) if m is None else (v[:B], v[B:], m[:B], m[B:])
 
+# %% ../nbs/02_augment.ipynb #ee73a660
+@patch
+def draw_kinds(self: TwoViewAugment, n: int, generator=None, device="cpu") -> torch.Tensor:
+    "Each of `n` samples' transform, an index into `DCODR_KINDS`, uniform over the preset's `kinds` (the first draw of `one_of`)."
+    allowed = torch.tensor([DCODR_KINDS.index(k) for k in self.cfg["kinds"]], device=device)
+    return allowed[torch.randint(len(allowed), (n,), generator=generator, device=device)]
+
+@patch
+def one_of(self: TwoViewAugment, images: torch.Tensor, masks: torch.Tensor | None = None, n_views: int = 2, generator=None):
+    "DCoDR's views, stacked view-major as `views` does: each sample one transform of `kinds` (blur, contrast, crop, saturation)."
+    _check_batch(images, masks)
+    B, _, H, W = images.shape
+    dev, c, n = images.device, self.cfg, B * n_views
+    x = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
+    if masks is not None: x = torch.cat([x, masks[:, None].to(x.dtype)], 1)
+    kind = self.draw_kinds(n, generator, dev)
+    crop = kind == DCODR_KINDS.index("crop")
+    box = rrc_params(n, H, W, c["scale"], c["ratio"], generator, dev)
+    box = [torch.where(crop, b, torch.full_like(b, v)) for b, v in zip(box, (0.0, 0.0, float(W), float(H)))]  # else the whole image
+    v = crop_flip(x, box, torch.zeros(n, dtype=torch.bool, device=dev), self.size, torch.arange(B, device=dev).repeat(n_views))
+    img, m = v[:, :3].contiguous(), (v[:, 3] > 0.5 if masks is not None else None)
+    one = torch.ones(n, device=dev)
+    for name, step in (("contrast", adjust_contrast), ("saturation", adjust_saturation)):   # factor 1 elsewhere: unchanged
+        img = step(img, torch.where(kind == DCODR_KINDS.index(name), _u(n, *c[name], generator, dev), one))
+    blur = (kind == DCODR_KINDS.index("blur")).nonzero().squeeze(1)
+    if len(blur):
+        img = img.index_copy(0, blur, gaussian_blur(img[blur], _u(len(blur), *c["sigma"], generator, dev), self.k_blur))
+    return (img - self.mean) / self.std, m
+
 # %% ../nbs/02_augment.ipynb #2a110a62
 def torchvision_two_views(preset: str = "wmse", size: int = 32, mean=None, std=None, blur=None):
     "A per-image function `img -> (view1, view2)` (PIL image or uint8 tensor) built from torchvision transforms."
@@ -206,13 +248,18 @@ def torchvision_two_views(preset: str = "wmse", size: int = 32, mean=None, std=N
     c = _preset(preset)
     if blur is not None: c["p_blur"] = float(blur) if not isinstance(blur, bool) else (0.5 if blur else 0.0)
     k = max(3, 2 * round(0.05 * size) + 1)
+    norm = T.Normalize(c["mean"] if mean is None else mean, c["std"] if std is None else std)
+    if "kinds" in c:  # DCoDR: one transform per image, uniformly from `kinds` (its `AUGS_DICT` entries)
+        ops = {"blur": T.GaussianBlur(c["k_blur"], c["sigma"]), "contrast": T.ColorJitter(contrast=c["contrast"]),
+               "crop": T.RandomResizedCrop(size, scale=c["scale"], ratio=c["ratio"]), "saturation": T.ColorJitter(saturation=c["saturation"])}
+        return _TwoViews(T.Compose([T.Resize((size, size)), T.RandomChoice([ops[n] for n in c["kinds"]]), T.ToTensor(), norm]))
     steps = [T.RandomResizedCrop(size, scale=c["scale"], ratio=c["ratio"],
                                  interpolation=T.InterpolationMode.BICUBIC if preset == "wmse" else T.InterpolationMode.BILINEAR),
              T.RandomHorizontalFlip(c["p_flip"]),
              T.RandomApply([T.ColorJitter(*c["jitter"])], p=c["p_jitter"]),
              T.RandomGrayscale(c["p_gray"])]
     if c["p_blur"] > 0: steps.append(T.RandomApply([T.GaussianBlur(k, c["sigma"])], p=c["p_blur"]))
-    steps += [T.ToTensor(), T.Normalize(c["mean"] if mean is None else mean, c["std"] if std is None else std)]
+    steps += [T.ToTensor(), norm]
     return _TwoViews(T.Compose(steps))
 
 class _TwoViews:
