@@ -11,8 +11,9 @@ from typing import Literal, Optional, Union, get_args, get_origin, get_type_hint
 import yaml
 
 # %% auto #0
-__all__ = ['DataConfig', 'ModelConfig', 'ICLConfig', 'OptimConfig', 'TrainConfig', 'Config', 'ConfigError', 'config_from_dict',
-           'config_to_dict', 'apply_overrides', 'read_config_file', 'load_config', 'dump_config', 'config_diff']
+__all__ = ['RUN_SUFFIXES', 'DataConfig', 'ModelConfig', 'ICLConfig', 'OptimConfig', 'TrainConfig', 'Config', 'ConfigError',
+           'config_from_dict', 'config_to_dict', 'apply_overrides', 'read_config_file', 'load_config', 'dump_config',
+           'config_diff', 'split_run_name', 'run_name', 'resolve_run_name', 'control_names']
 
 # %% ../nbs/00b_config.ipynb #469f1585
 def _check(ok, must: str):
@@ -57,11 +58,12 @@ class ICLConfig:
     tau: float = _f(0.5, _pos, "> 0")
     negatives: Literal["all", "cross"] = _f("all")
     meta_mode: Literal["exact", "unrolled", "finite_diff", "first_order"] = _f("exact", help="how stage 2 differentiates through the virtual step")
-    meta_loss: Literal["auto", "base", "total"] = _f("auto", help="outer objective of stage 2 (auto: total for first_order, else base)")
+    meta_loss: Literal["auto", "base", "total"] = _f("total", help="outer objective of stage 2: total = L_base + lam L_ICL (as MetaMask), base = L_base; auto: total for first_order, else base")
     meta_params: Literal["all", "head"] = _f("all", help="parameters of the virtual step: all, or the projection head only")
     meta_share: float = _f(0.2, _unit, "in [0, 1]", help="share of batches used by stage 2")
-    meta_lr: float = _f(1e-3, _pos, "> 0", help="learning rate of the stratum vectors")
-    init_std: float = _f(0.01, _nonneg, ">= 0", help="spread of the initial stratum parameters w_t around 0")
+    meta_lr: float = _f(1e-2, _pos, "> 0", help="learning rate (Adam) of the stratum parameters w, whose initial spread is init_std")
+    virtual_step: Literal["sgd", "adam"] = _f("adam", help="virtual step of stage 2: plain SGD at the encoder's lr, or preconditioned by the encoder's Adam second moments")
+    init_std: float = _f(1.0, _nonneg, ">= 0", help="spread of the initial stratum parameters w_t ~ N(0, init_std^2) (0.01 makes every a_t = 0.5 and the term a rescaled NT-Xent)")
     activation: Literal["sigmoid", "identity"] = _f("sigmoid", help="a_t = sigmoid(w_t), or w_t itself")
 
 # %% ../nbs/00b_config.ipynb #e681b139
@@ -208,7 +210,7 @@ def read_config_file(path: str | Path) -> dict:
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     "A `Config` from an optional YAML/JSON file plus `key=value` overrides."
     d = read_config_file(path) if path else {}
-    return config_from_dict(apply_overrides(d, overrides))
+    return resolve_run_name(config_from_dict(apply_overrides(d, overrides)))
 
 def dump_config(cfg: Config, comments: bool = True) -> str:
     "YAML text of `cfg`, each section and field with its help as a comment."
@@ -231,3 +233,32 @@ def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
         if isinstance(va, dict) and isinstance(vb, dict): out += config_diff(va, vb, prefix + k + ".")
         elif va != vb: out.append(f"{prefix}{k}: {va!r} != {vb!r}")
     return out
+
+# %% ../nbs/00b_config.ipynb #d31ac74f
+RUN_SUFFIXES = {"ntxent": "ntxent", "icl-frozen": "frozen", "icl-msr": "msr"}   # base+suffix -> icl.control
+
+def split_run_name(name: str) -> tuple[str, str | None]:
+    "'simclr+icl-frozen' -> ('simclr', 'frozen'); a plain method name -> (name, None)."
+    base, plus, suffix = name.partition("+")
+    if not plus: return name, None
+    if suffix not in RUN_SUFFIXES:
+        raise ConfigError(f"model.method: unknown run name {name!r}; a run name is a method, optionally followed by "
+                          + ", ".join("+" + s for s in RUN_SUFFIXES))
+    return base, RUN_SUFFIXES[suffix]
+
+def run_name(cfg: Config) -> str:
+    "The run name of `cfg`: 'simclr', or 'simclr+icl-msr', 'simclr+icl-frozen', 'simclr+ntxent' with ICL on."
+    base, control = split_run_name(cfg.model.method)
+    control = control or (cfg.icl.control if cfg.icl.enabled else None)
+    return base + next(("+" + s for s, c in RUN_SUFFIXES.items() if c == control), "")
+
+def resolve_run_name(cfg: Config) -> Config:
+    "`cfg` with a run name in `model.method` written as the base method, `icl.enabled` and `icl.control`."
+    base, control = split_run_name(cfg.model.method)
+    if control is None: return cfg
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, method=base),
+                               icl=dataclasses.replace(cfg.icl, enabled=True, control=control))
+
+def control_names(base: str = ModelConfig.method) -> list[str]:
+    "The base method and its three ICL runs, in the order a comparison shows them."
+    return [base] + [f"{base}+{s}" for s in RUN_SUFFIXES]

@@ -13,13 +13,13 @@ import torch.distributed as dist
 from fastcore.basics import patch
 from fastcore.script import Param
 from .utils import get_device, seed_everything, fmt_duration, UserError
-from .config import (Config, ModelConfig, ICLConfig, OptimConfig, TrainConfig, ConfigError, config_to_dict, config_from_dict,
+from .config import (Config, ModelConfig, RUN_SUFFIXES, resolve_run_name, ICLConfig, OptimConfig, TrainConfig, ConfigError, config_to_dict, config_from_dict,
                            dump_config, load_config)
 from .checkpoint import rng_state, set_rng_state, CheckpointKeeper, load_checkpoint
 from .data import load_dataset, FgBgData, variant_of, available_variants
 from .augment import TwoViewAugment
 from .batch import Batch, gather, make_batch, check_needs
-from .msr import MetaSemanticRegularizer
+from .msr import MetaSemanticRegularizer, adam_precond
 from .losses import nt_xent
 from .methods import build_method, METHODS, ICLMSR, NonFiniteLoss, options
 from .knn import knn_predict
@@ -221,7 +221,8 @@ def fit_batch(self: Learner, batch: Batch):
 def meta_batch(self: Learner, batch_a: Batch, batch_b: Batch):
     "Stage 2: one update of the stratum vectors through the meta-gradient, encoder fixed (outer objective on `batch_b`)."
     self.method.train()
-    try: res = self.method.meta_step(batch_a, batch_b, inner_lr=self.sched.get_last_lr()[0], step=self.step)
+    pre = adam_precond(self.opt) if getattr(self.method.msr, "virtual_step", "sgd") == "adam" else None
+    try: res = self.method.meta_step(batch_a, batch_b, inner_lr=self.sched.get_last_lr()[0], step=self.step, precond=pre)
     except NonFiniteLoss as e:
         e.args = (f"{e} (epoch {self.epoch}, meta step {self.batch_idx}); the last checkpoint holds the strata from "
                   "before it: try a lower icl.meta_lr",)
@@ -533,7 +534,7 @@ def default_callbacks(progress: bool = True) -> list:
     return ([ProgressCallback()] if progress else []) + [MetricsLogger(), KNNMonitor(), Checkpointer()]
 
 # %% ../nbs/12_learner.ipynb #c93e49fe
-CONTROLS = {"msr": "+icl_msr", "frozen": "+icl_frozen", "ntxent": "+ntxent"}
+CONTROLS = {c: "+" + s for s, c in RUN_SUFFIXES.items()}   # icl.control -> the run-name suffix
 
 def icl_regularizer(icl: ICLConfig, dim: int) -> MetaSemanticRegularizer:
     "The regulariser `icl` describes, or a control: `frozen` (strata as drawn, no stage 2) or `ntxent` (n = 1, a = 1)."
@@ -566,6 +567,7 @@ def check_used(cfg: Config):
 
 def method_from_config(cfg: Config, image_size: int):
     "The method of `cfg` for images of `image_size`: the base method, composed with ICL-MSR when `icl.enabled`."
+    cfg = resolve_run_name(cfg)
     m = cfg.model
     if m.method not in METHODS: raise ConfigError(f"model.method: unknown method {m.method!r}; allowed: {', '.join(METHODS)}")
     check_used(cfg)
@@ -611,7 +613,7 @@ def from_config(cls: Learner, cfg: Config | dict | None = None, run_dir=None, cb
     return learn
 
 # %% ../nbs/12_learner.ipynb #5f879411
-DIAGNOSE_BASE = ("data.spec=toy:num_classes=10,n_train=150,n_test=100,fg=shapes", "model.backbone=small_cnn",
+DIAGNOSE_BASE = ("data.spec=toy:num_classes=10,n_train=150,n_test=100,fg=coloured_shapes", "model.backbone=small_cnn",
                  "train.batch_size=250", "train.epochs=8", "train.knn_every=0", "icl.enabled=true", "optim.warmup_steps=10")
 
 def diagnose_icl(*overrides, base=DIAGNOSE_BASE) -> dict:

@@ -151,7 +151,7 @@ class ICLMSR(Method):
         if self.msr.strata.dim != base.proj_dim:
             raise ValueError(f"the regulariser's strata have dimension {self.msr.strata.dim}, the projections of "
                              f"{base.name} {base.proj_dim}: build it as MetaSemanticRegularizer({base.proj_dim}, ...)")
-        self.name, self.desc, self.proj_dim = name or base.name + "+icl_msr", "ICL-MSR on " + base.desc, base.proj_dim
+        self.name, self.desc, self.proj_dim = name or base.name + "+icl-msr", "ICL-MSR on " + base.desc, base.proj_dim
 
     backbone = property(lambda self: self.base.backbone)
     needs = property(lambda self: self.base.needs)
@@ -182,9 +182,9 @@ class ICLMSR(Method):
         skip = {id(p) for p in self.regularizer_parameters()}
         return [p for p in self.parameters() if p.requires_grad and id(p) not in skip]
 
-    def meta_step(self, batch_a, batch_b, inner_lr: float | None = None, step: int | None = None) -> dict:
+    def meta_step(self, batch_a, batch_b, inner_lr: float | None = None, step: int | None = None, precond=None) -> dict:
         "Stage 2: one meta-gradient update of the stratum vectors (batches are `Batch`es, or `(v1, v2[, labels])`)."
-        try: return self.msr.meta_step(self.base, batch_a, batch_b, inner_lr)
+        try: return self.msr.meta_step(self.base, batch_a, batch_b, inner_lr, precond)
         except FloatingPointError as e: raise NonFiniteLoss("meta", self.step if step is None else step, float("nan")) from e
 
     def meta_steps(self, n_batches: int) -> int:

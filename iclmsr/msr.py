@@ -9,13 +9,14 @@ import torch
 from torch import nn
 from torch.func import functional_call
 import torch.autograd.forward_ad as fwAD
+from fastcore.basics import patch
 from .losses import icl_loss, nt_xent, NEGATIVES, _check_tau, gather_pair, local_losses, mean_over_processes
 from .config import ICLConfig, OptimConfig
 from .batch import as_batch
 
 # %% auto #0
-__all__ = ['ACTIVATIONS', 'MODES', 'META_LOSSES', 'META_PARAMS', 'StratumVectors', 'meta_gradient', 'meta_diagnostics',
-           'MetaSemanticRegularizer']
+__all__ = ['ACTIVATIONS', 'MODES', 'META_LOSSES', 'META_PARAMS', 'VIRTUAL_STEPS', 'StratumVectors', 'meta_gradient',
+           'meta_diagnostics', 'MetaSemanticRegularizer', 'adam_precond']
 
 # %% ../nbs/05_msr.ipynb #fc8111c7
 ACTIVATIONS = ("sigmoid", "identity")
@@ -125,29 +126,32 @@ def _meta_problem(method, batch_a, batch_b, params, tau, negatives, lam, meta_lo
 def meta_gradient(method: nn.Module, strata: StratumVectors, batch_a, batch_b, inner_lr: float, mode: str = ICLConfig.meta_mode, *,
                   tau: float = ICLConfig.tau, negatives: str = ICLConfig.negatives, lam: float = ICLConfig.lam,
                   meta_loss: str | None = ICLConfig.meta_loss, params: str = ICLConfig.meta_params,
-                  fd_eps: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
-    "The gradient of the meta objective w.r.t. `strata.w` and the objective's value: a virtual step on A, `L_base` on B."
+                  fd_eps: float = 0.01, precond: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    "The gradient of the meta objective w.r.t. `strata.w` and its value: a virtual step on A (preconditioned by `precond`), the outer objective on B."
     meta_loss = _check_meta_args(mode, meta_loss, params, inner_lr)
     _check_tau(tau)
     if negatives not in NEGATIVES: raise ValueError(f"negatives must be one of {', '.join(NEGATIVES)}; got {negatives!r}")
     theta, embed_a, objective, icl = _meta_problem(method, as_batch(batch_a), as_batch(batch_b), params, tau, negatives,
                                                    lam, meta_loss)
     w = strata.w
+    P = [None if precond is None else precond.get(p) for p in theta.values()]   # a diagonal preconditioner per tensor
+    pre = lambda x, Pk: x if Pk is None else Pk * x
     if mode == "unrolled":
         a = strata()
         g = _grads(icl(embed_a(theta), a), theta, create_graph=True)
-        theta1 = {k: p - inner_lr * gk for (k, p), gk in zip(theta.items(), g)}
+        theta1 = {k: p - inner_lr * pre(gk, Pk) for (k, p), gk, Pk in zip(theta.items(), g, P)}
         m = objective(theta1, a)
         return torch.autograd.grad(m, w)[0], m.detach()
 
     g = _grads(icl(embed_a(theta), strata().detach()), theta)
-    theta1 = {k: (p - inner_lr * gk).detach().requires_grad_(mode != "first_order") for (k, p), gk in zip(theta.items(), g)}
+    theta1 = {k: (p - inner_lr * pre(gk, Pk)).detach().requires_grad_(mode != "first_order")
+              for (k, p), gk, Pk in zip(theta.items(), g, P)}
     m = objective(theta1, strata())
     direct = torch.autograd.grad(m, w, retain_graph=True, allow_unused=True)[0] if meta_loss == "total" else None
     direct = torch.zeros_like(w) if direct is None else direct
     if mode == "first_order": return direct, m.detach()
 
-    v = _grads(m, theta1)
+    v = [pre(vk, Pk) for vk, Pk in zip(_grads(m, theta1), P)]   # d theta1 / d a = -lr P dg/da: the HVP runs along P v
     vnorm = torch.sqrt(sum((x * x).sum() for x in v))
     if vnorm == 0 or inner_lr == 0: return direct, m.detach()
     if mode == "exact":  # u = J_theta z_A . v by forward-mode AD, then d/dw <u, grad_z L_ICL(z_A, a)>
@@ -156,7 +160,7 @@ def meta_gradient(method: nn.Module, strata: StratumVectors, batch_a, batch_b, i
             if "forward" not in str(e).lower(): raise
             warnings.warn(f"meta_gradient: forward-mode AD failed ({str(e)[:200]}); using mode='unrolled'")
             return meta_gradient(method, strata, batch_a, batch_b, inner_lr, "unrolled", tau=tau, negatives=negatives,
-                                 lam=lam, meta_loss=meta_loss, params=params, fd_eps=fd_eps)
+                                 lam=lam, meta_loss=meta_loss, params=params, fd_eps=fd_eps, precond=precond)
         za = [z.detach().requires_grad_() for z in za]
         gz = torch.autograd.grad(icl(za, strata()), za, create_graph=True)
         hvp = torch.autograd.grad(sum((g_ * u).sum() for g_, u in zip(gz, ua)), w)[0]
@@ -181,6 +185,8 @@ def meta_diagnostics(g: torch.Tensor, prev: torch.Tensor | None = None) -> dict:
     return {"meta_grad_norm": total ** 0.5, "meta_grad_cos": cos, "strata_common_share": common}
 
 # %% ../nbs/05_msr.ipynb #37484bae
+VIRTUAL_STEPS = ("sgd", "adam")
+
 class MetaSemanticRegularizer(nn.Module):
     "Stratum vectors + the ICL loss + stage-2 meta steps with their own optimiser."
     def __init__(self, dim: int, n_strata: int = ICLConfig.n_strata, lam: float = ICLConfig.lam, tau: float = ICLConfig.tau,
@@ -188,17 +194,18 @@ class MetaSemanticRegularizer(nn.Module):
                  meta_loss: str | None = ICLConfig.meta_loss, meta_params: str = ICLConfig.meta_params,
                  meta_lr: float = ICLConfig.meta_lr, inner_lr: float = OptimConfig.lr, meta_share: float = ICLConfig.meta_share,
                  activation: str = ICLConfig.activation, init_std: float = ICLConfig.init_std, fd_eps: float = 0.01,
-                 optimizer: str = "adam"):
+                 optimizer: str = "adam", virtual_step: str = ICLConfig.virtual_step):
         super().__init__()
         _check_tau(tau)
         if negatives not in NEGATIVES: raise ValueError(f"negatives must be one of {', '.join(NEGATIVES)}; got {negatives!r}")
         if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam >= 0: raise ValueError(f"lam must be a number >= 0, got {lam!r}")
         if not 0 <= meta_share <= 1: raise ValueError(f"meta_share must be in [0, 1], got {meta_share!r}")
         if not meta_lr > 0: raise ValueError(f"meta_lr must be > 0, got {meta_lr!r}")
+        if virtual_step not in VIRTUAL_STEPS: raise ValueError(f"virtual_step must be one of {', '.join(VIRTUAL_STEPS)}; got {virtual_step!r}")
         self.meta_loss = _check_meta_args(meta_mode, meta_loss, meta_params, inner_lr)
         self.strata = StratumVectors(n_strata, dim, init_std, activation)
         self.lam, self.tau, self.negatives, self.meta_mode, self.meta_params = lam, tau, negatives, meta_mode, meta_params
-        self.inner_lr, self.meta_share, self.fd_eps = inner_lr, meta_share, fd_eps
+        self.inner_lr, self.meta_share, self.fd_eps, self.virtual_step = inner_lr, meta_share, fd_eps, virtual_step
         opts = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
         if optimizer not in opts: raise ValueError(f"optimizer must be one of {', '.join(opts)}; got {optimizer!r}")
         self.meta_optimizer = opts[optimizer](self.strata.parameters(), lr=meta_lr)
@@ -214,15 +221,15 @@ class MetaSemanticRegularizer(nn.Module):
             self.last_gap = (loss - nt_xent(g1, g2, self.tau, anchors=anchors)).detach()
         return loss
 
-    def meta_gradient(self, method, batch_a, batch_b, inner_lr=None):
+    def meta_gradient(self, method, batch_a, batch_b, inner_lr=None, precond=None):
         lr = self.inner_lr if inner_lr is None else inner_lr
         return meta_gradient(method, self.strata, batch_a, batch_b, lr, self.meta_mode, tau=self.tau,
                              negatives=self.negatives, lam=self.lam, meta_loss=self.meta_loss,
-                             params=self.meta_params, fd_eps=self.fd_eps)
+                             params=self.meta_params, fd_eps=self.fd_eps, precond=precond)
 
-    def meta_step(self, method, batch_a, batch_b, inner_lr=None) -> dict:
-        "Stage 2: one update of the stratum vectors; returns the meta objective and the gradient norm."
-        with local_losses(): g, m = self.meta_gradient(method, batch_a, batch_b, inner_lr)
+    def meta_step(self, method, batch_a, batch_b, inner_lr=None, precond=None) -> dict:
+        "Stage 2: one update of the stratum vectors; returns the meta objective and the diagnostics."
+        with local_losses(): g, m = self.meta_gradient(method, batch_a, batch_b, inner_lr, precond)
         g, m = mean_over_processes(g), mean_over_processes(m)  # every process applies the same update
         if not (torch.isfinite(m) and torch.isfinite(g).all()):
             raise FloatingPointError(f"non-finite meta objective ({m.item()}) or meta-gradient in stage 2")
@@ -234,7 +241,22 @@ class MetaSemanticRegularizer(nn.Module):
         self.strata.w.grad = None
         return {"meta": m.item(), **diag, "strata_spread": self.strata.spread(), "strata_moved": self.strata.moved()}
 
-    def meta_steps(self, n_batches: int) -> int:
-        "Number of stage-2 meta steps for an epoch of `n_batches` (two batches each, a share `meta_share`)."
-        if self.meta_share <= 0 or n_batches <= 0: return 0
-        return max(1, round(self.meta_share * n_batches / 2))
+# %% ../nbs/05_msr.ipynb #68ee3137
+@patch
+def meta_steps(self: MetaSemanticRegularizer, n_batches: int) -> int:
+    "Number of stage-2 meta steps for an epoch of `n_batches` (two batches each, a share `meta_share`)."
+    if self.meta_share <= 0 or n_batches <= 0: return 0
+    return max(1, round(self.meta_share * n_batches / 2))
+
+def adam_precond(opt: torch.optim.Optimizer) -> dict | None:
+    "{parameter: 1 / (sqrt(v_hat) + eps)} from an Adam/AdamW optimiser's second moments (None for others or before its first step)."
+    if not isinstance(opt, (torch.optim.Adam, torch.optim.AdamW)): return None
+    out = {}
+    for grp in opt.param_groups:
+        b2, eps = grp["betas"][1], grp["eps"]
+        for p in grp["params"]:
+            st = opt.state.get(p)
+            if not st or "exp_avg_sq" not in st: continue
+            t = float(st["step"])
+            out[p] = 1.0 / ((st["exp_avg_sq"] / (1 - b2 ** t)).sqrt() + eps)
+    return out or None

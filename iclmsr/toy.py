@@ -12,15 +12,15 @@ from .utils import cache_dir, atomic_torch_save
 from .fgbg import FgBgData, _u8
 
 # %% auto #0
-__all__ = ['BG_FAMILIES', 'SHAPES', 'TOY_FOREGROUNDS', 'affine_grid', 'sample_patches', 'one_thread', 'make_toy', 'load_toy',
-           'image_grid', 'bench_toy']
+__all__ = ['BG_FAMILIES', 'SHAPES', 'TOY_FOREGROUNDS', 'CLASS_HUE_SD', 'affine_grid', 'sample_patches', 'one_thread', 'make_toy',
+           'load_toy', 'image_grid', 'bench_toy']
 
 # %% ../nbs/01b_toy.ipynb #52ac76f7
 BG_FAMILIES = (("brick", (0.95, 0.55, 0.42)), ("grass", (0.55, 0.9, 0.4)), ("gravel", (0.9, 0.85, 0.7)),
                ("coffee", None), ("chelsea", None), ("astronaut", None), ("rocket", None),
                ("camera", (0.6, 0.75, 1.0)), ("immunohistochemistry", None), ("hubble_deep_field", None))
 SHAPES = ("disk", "square", "triangle", "star", "ellipse", "cross", "ring", "hexagon", "crescent", "arrow")
-TOY_FOREGROUNDS = ("digits", "shapes")
+TOY_FOREGROUNDS = ("digits", "shapes", "coloured_shapes")
 _FILL_TEXTURES = ("brick", "grass", "gravel")
 
 @functools.lru_cache(maxsize=None)
@@ -146,9 +146,14 @@ def _hsv2rgb(h, s, v):
     k = (torch.tensor([5.0, 3.0, 1.0]) + h[:, None] * 6) % 6
     return v[:, None] - v[:, None] * s[:, None] * torch.minimum(k, 4 - k).clamp(0, 1)
 
-def _fills(n, size, g):
-    "Foreground paint: a random colour, for 60 % of the samples modulated by a grey texture."
-    rgb = _hsv2rgb(_rand(g, n), 0.45 + 0.55 * _rand(g, n), 0.35 + 0.65 * _rand(g, n))
+CLASS_HUE_SD = 0.03   # spread of a class's hue around its own (class c: hue c/10) in `fg="coloured_shapes"`
+
+def _fills(n, size, g, labels=None):
+    "Foreground paint: a random colour (or, given `labels`, the class's hue), for 60 % of the samples modulated by a grey texture."
+    if labels is None: rgb = _hsv2rgb(_rand(g, n), 0.45 + 0.55 * _rand(g, n), 0.35 + 0.65 * _rand(g, n))
+    else:
+        hue = (labels.float() / 10 + CLASS_HUE_SD * torch.randn(n, generator=g)) % 1
+        rgb = _hsv2rgb(hue, 0.6 + 0.4 * _rand(g, n), 0.5 + 0.5 * _rand(g, n))
     fam = torch.randint(len(_FILL_TEXTURES), (n,), generator=g)
     tex = torch.empty(n, 1, size, size)
     for f, name in enumerate(_FILL_TEXTURES):
@@ -170,7 +175,7 @@ def _toy_chunk(labels, bgs, size, fg, train, g):
         bg[i] = p * torch.tensor(tint)[:, None, None] if tint else p  # grey textures get their tint
     bg.mul_((0.85 + 0.3 * _rand(g, n))[:, None, None, None]).clamp_(0, 1)
     masks = _fg_masks(labels, size, g, fg, train)
-    img = torch.where(masks[:, None], _fills(n, size, g), bg)
+    img = torch.where(masks[:, None], _fills(n, size, g, labels if fg == "coloured_shapes" else None), bg)
     return _u8(img), masks, _u8(bg)
 
 def _toy_split(num_classes, n_per, size, rho, fg, train, seed) -> dict:
