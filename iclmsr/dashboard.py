@@ -246,6 +246,8 @@ def _controls(self: Dashboard, **v) -> dict:
         backbone=W.Dropdown(options=["small_cnn", "resnet18", "resnet50"], value=v["backbone"], description="backbone",
                             layout=lay("200px"), style=s),
         icl=W.Checkbox(v["icl"], description="ICL-MSR", indent=False, layout=lay("90px")),
+        control=W.Dropdown(options=[("the regulariser", "msr"), ("control: frozen strata", "frozen"), ("control: + NT-Xent", "ntxent")],
+                           value="msr", description="ICL run", layout=lay("260px"), style=s),
         n_strata=W.BoundedIntText(v["n_strata"], min=1, max=4096, description="n", layout=lay("140px"), style=s),
         lam=W.BoundedFloatText(v["lam"], min=0, max=1e3, step=0.1, description="λ", layout=lay("140px"), style=s),
         epochs=W.BoundedIntText(v["epochs"], min=1, max=100000, description="epochs", layout=lay("160px"), style=s),
@@ -272,7 +274,7 @@ def _buttons(self: Dashboard) -> dict:
 def _layout(self: Dashboard) -> W.VBox:
     w, b = self.w, self.buttons
     controls = W.VBox([W.HBox([w["spec"], w["method"], w["backbone"]]),
-                       W.HBox([w["icl"], w["n_strata"], w["lam"], w["epochs"], w["batch_size"], w["device"]]),
+                       W.HBox([w["icl"], w["control"], w["n_strata"], w["lam"], w["epochs"], w["batch_size"], w["device"]]),
                        W.HBox([w["more"]]), W.HBox([w["run_dir"], b["open"]]),
                        W.HBox([b[n] for n in ("start", "pause", "resume", "stop", "save")])])
     boxes = [W.Box([f]) for f in self.figs.values()]
@@ -353,7 +355,7 @@ def _refresh(self: Dashboard):
     b["open"].disabled = running
 
 # %% ../nbs/16_dashboard.ipynb #e380e53c
-_SHOWN = ("data.spec", "model.method", "model.backbone", "icl.enabled", "icl.n_strata", "icl.lam", "train.epochs",
+_SHOWN = ("data.spec", "model.method", "model.backbone", "icl.enabled", "icl.control", "icl.n_strata", "icl.lam", "train.epochs",
           "train.batch_size", "train.device")   # the settings with a control of their own
 
 @patch
@@ -361,7 +363,7 @@ def overrides(self: Dashboard) -> list[str]:
     "The controls as config `key=value` overrides."
     w = self.w
     o = [f"data.spec={w['spec'].value}", f"model.method={w['method'].value}", f"model.backbone={w['backbone'].value}",
-         f"icl.enabled={str(w['icl'].value).lower()}", f"icl.n_strata={w['n_strata'].value}", f"icl.lam={w['lam'].value}",
+         f"icl.enabled={str(w['icl'].value).lower()}", f"icl.control={w['control'].value}", f"icl.n_strata={w['n_strata'].value}", f"icl.lam={w['lam'].value}",
          f"train.epochs={w['epochs'].value}", f"train.batch_size={w['batch_size'].value}", f"train.device={w['device'].value}"]
     return o + w["more"].value.split()
 
@@ -373,7 +375,7 @@ def config(self: Dashboard):
 @patch
 def _set_controls(self: Dashboard, cfg):
     w = self.w
-    w["spec"].value, w["icl"].value = cfg.data.spec, cfg.icl.enabled
+    w["spec"].value, w["icl"].value, w["control"].value = cfg.data.spec, cfg.icl.enabled, cfg.icl.control
     if cfg.model.method in w["method"].options: w["method"].value = cfg.model.method
     if cfg.model.backbone in w["backbone"].options: w["backbone"].value = cfg.model.backbone
     w["n_strata"].value, w["lam"].value, w["epochs"].value = cfg.icl.n_strata, cfg.icl.lam, cfg.train.epochs

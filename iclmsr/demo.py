@@ -8,7 +8,8 @@ import html, json, time
 import numpy as np
 from .utils import get_device
 from .data import load_dataset
-from .config import Config, config_to_dict, load_config
+from .config import Config, config_to_dict, load_config, split_run_name, RUN_SUFFIXES
+from .methods import METHODS
 from .eval import SETTINGS, TESTS, evaluate, four_settings_table, train_method, package_versions
 from .report import fmt, _ms, _bar, _COLOURS, plot_four_settings, html_table, html_report, out_dir
 
@@ -17,14 +18,14 @@ __all__ = ['DEMO_MODELS', 'demo_settings', 'demo_config', 'demo_summary', 'measu
            'format_demo', 'plot_bg_measures', 'demo_report', 'run_demo', 'demo']
 
 # %% ../nbs/14c_demo.ipynb #1008b847
-DEMO_MODELS = {"simclr": False, "simclr+icl-msr": True}
+DEMO_MODELS = ("simclr", "simclr+icl-msr")   # run names (iclmsr.config.control_names adds the controls)
 
-_DEMO_CPU = dict(backbone="small_cnn", epochs=8, num_classes=10, n_train=150, n_test=100, size=32, fg="shapes", batch_size=250,
-                 proj_hidden=512, meta_mode="first_order", probe_epochs=100, fgsm_n=256)
-_DEMO_GPU = dict(backbone="resnet18", epochs=100, num_classes=10, n_train=1000, n_test=200, size=32, fg="shapes", batch_size=512,
+_DEMO_CPU = dict(backbone="small_cnn", epochs=8, num_classes=10, n_train=150, n_test=100, size=32, fg="coloured_shapes", batch_size=250,
+                 proj_hidden=512, meta_mode="exact", probe_epochs=100, fgsm_n=256)
+_DEMO_GPU = dict(backbone="resnet18", epochs=100, num_classes=10, n_train=1000, n_test=200, size=32, fg="coloured_shapes", batch_size=512,
                  proj_hidden=1024, meta_mode="exact", probe_epochs=100, fgsm_n=1000)
-_DEMO_QUICK = dict(backbone="small_cnn", epochs=1, num_classes=4, n_train=16, n_test=8, size=32, fg="shapes", batch_size=32,
-                   proj_hidden=64, meta_mode="first_order", probe_epochs=10, fgsm_n=16)
+_DEMO_QUICK = dict(backbone="small_cnn", epochs=1, num_classes=4, n_train=16, n_test=8, size=32, fg="coloured_shapes", batch_size=32,
+                   proj_hidden=64, meta_mode="exact", probe_epochs=10, fgsm_n=16)
 
 def demo_settings(device="cpu", quick: bool = False, **overrides) -> dict:
     "The demo's settings for `device` (CPU and GPU defaults, or `quick`), with non-None `overrides` applied."
@@ -41,13 +42,14 @@ def demo_settings(device="cpu", quick: bool = False, **overrides) -> dict:
     st["device"] = str(dev)
     return st
 
-def demo_config(st: dict, icl: bool, seed: int = 0) -> Config:
-    "The training config of one demo model."
+def demo_config(st: dict, icl: bool | str, seed: int = 0) -> Config:
+    "The training config of one demo model: a run name ('simclr+icl-frozen'), or `icl` True/False for simclr(+icl-msr)."
+    name = icl if isinstance(icl, str) else DEMO_MODELS[bool(icl)]
     steps = st["epochs"] * ((st["num_classes"] * st["n_train"]) // st["batch_size"])
     return load_config(None, [f"data.spec={st['spec']}", f"model.backbone={st['backbone']}", f"model.proj_hidden={st['proj_hidden']}",
                               f"train.epochs={st['epochs']}", f"train.batch_size={st['batch_size']}", f"train.device={st['device']}",
                               f"train.seed={seed}", "train.knn_every=0", "train.ckpt_every=0",
-                              f"optim.warmup_steps={min(500, steps // 10)}", f"icl.enabled={str(icl).lower()}",
+                              f"optim.warmup_steps={min(500, steps // 10)}", f"model.method={name}",
                               f"icl.meta_mode={st['meta_mode']}"])
 
 # %% ../nbs/14c_demo.ipynb #a0a6a565
@@ -157,14 +159,14 @@ def demo_report(res: dict) -> str:
     return html_report("iclmsr demo: the background observation", blocks)
 
 # %% ../nbs/14c_demo.ipynb #21824c12
-def run_demo(st: dict, seeds: list, log=print) -> dict:
+def run_demo(st: dict, seeds: list, log=print, models=DEMO_MODELS) -> dict:
     "Train and measure the demo models for each seed; returns {'models': {name: M}, 'runs': {name: [M, ...]}}."
     train, test = load_dataset(st["spec"], "train"), load_dataset(st["spec"], "test")
-    runs, configs = {n: [] for n in DEMO_MODELS}, {}
-    total, i = len(seeds) * len(DEMO_MODELS) * len(SETTINGS), 0
+    runs, configs = {n: [] for n in models}, {}
+    total, i = len(seeds) * len(models) * len(SETTINGS), 0
     for s in seeds:
-        for name, icl in DEMO_MODELS.items():
-            cfg = demo_config(st, icl, s)
+        for name in models:
+            cfg = demo_config(st, name, s)
             configs[name] = config_to_dict(cfg)
             learners = {}
             for setting, v in SETTINGS.items():
@@ -187,6 +189,7 @@ def demo(out: str = "demo_run",  # output directory for results.json and report.
          n_train: int = None,  # training images per class (default: 150 on the CPU, 1000 on a GPU)
          n_test: int = None,  # test images per class (default: 100 on the CPU, 200 on a GPU)
          size: int = None,  # image size in pixels (default 32)
+         models: str = None,  # comma-separated run names (default simclr,simclr+icl-msr; the controls: simclr+ntxent, simclr+icl-frozen)
          quick: bool = False,  # a seconds-long smoke run (tiny data, one epoch), for tests
          quiet: bool = False,  # no progress lines
         ):
@@ -196,10 +199,14 @@ def demo(out: str = "demo_run",  # output directory for results.json and report.
     d = out_dir(out)
     st = demo_settings(device, quick, backbone=backbone, epochs=epochs, num_classes=num_classes, n_train=n_train,
                        n_test=n_test, size=size)
+    names = tuple(m.strip() for m in models.split(",")) if models else DEMO_MODELS
+    for m in names:
+        base, _ = split_run_name(m)
+        if base not in METHODS: raise ValueError(f"unknown model {m!r}; a run name is a method ({', '.join(METHODS)}) optionally followed by " + ", ".join("+" + s for s in RUN_SUFFIXES))
     seed_list = list(range(seed, seed + seeds))
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     log(f"iclmsr demo: {st['spec']}, {st['backbone']}, {st['epochs']} epochs, device {st['device']}, seeds {seed_list}")
-    r = run_demo(st, seed_list, log)
+    r = run_demo(st, seed_list, log, names)
     res = {"models": r["models"], "config": {"spec": st["spec"], "settings": st, "train": r["configs"]},
            "versions": package_versions(), "seconds": time.time() - t0, "seeds": seed_list}
     (d/"results.json").write_text(json.dumps(res, indent=2))
