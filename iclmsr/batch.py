@@ -59,7 +59,10 @@ def check_needs(needs, data, who: str = "the method"):
     "Raise a one-line `UserError` naming `who`, the first field of `needs` that `data` cannot give, and the dataset."
     for f in sorted(needs, key=lambda f: list(NEEDS).index(f) if f in NEEDS else -1):
         why = lacks(f, data)
-        if why: raise UserError(f"{who} needs {f} ({NEEDS[f]}), which dataset {data.name!r} cannot give: {why}")
+        if not why: continue
+        fix = (" (for a folder dataset, in9:PATH, list each image's domain in PATH/domains.csv, columns path and domain)"
+               if f == "domains" else "")
+        raise UserError(f"{who} needs {f} ({NEEDS[f]}), which dataset {data.name!r} cannot give: {why}{fix}")
 
 # %% ../nbs/02b_batch.ipynb #dcbd34b3
 def gather(data, idx: torch.Tensor, needs=()) -> dict:

@@ -8,10 +8,10 @@ import json, time
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['BENCHES', 'bench']
+__all__ = ['BENCHES', 'EPOCH_BASE', 'QUICK_EPOCH', 'EPOCH_RUNS', 'bench', 'bench_icl_epoch']
 
 # %% ../nbs/20_bench.ipynb #6d493721
-BENCHES = ("augment", "step", "knn", "toy")
+BENCHES = ("augment", "step", "knn", "toy", "icl_epoch")
 
 def _run_bench(name: str, quick: bool) -> dict:
     if name == "augment":
@@ -26,10 +26,12 @@ def _run_bench(name: str, quick: bool) -> dict:
     if name == "toy":
         from iclmsr.data import bench_toy
         return bench_toy(sizes=(32,)) if quick else bench_toy(sizes=(32, 64, 96))
+    if name == "icl_epoch":
+        return bench_icl_epoch(QUICK_EPOCH, rounds=1) if quick else bench_icl_epoch()
     raise ValueError(f"unknown benchmark {name!r}; allowed: {', '.join(BENCHES)}")
 
 def bench(out: str = "bench.json",  # JSON file for the results
-          only: str = None,  # comma-separated benchmarks to run (default: all of augment, step, knn, toy)
+          only: str = None,  # comma-separated benchmarks to run (default: all of augment, step, knn, toy, icl_epoch)
           quick: bool = False,  # tiny sizes: a smoke run whose numbers mean little
          ):
     "Measure augmentation, training-step, kNN and dataset-generation speed side by side; write JSON."
@@ -48,3 +50,32 @@ def bench(out: str = "bench.json",  # JSON file for the results
     Path(out).write_text(json.dumps(res, indent=2, default=str))
     print(f"written {out}")
     return 0
+
+# %% ../nbs/20_bench.ipynb #8cde42eb
+EPOCH_BASE = ("data.spec=toy:num_classes=10,n_train=150,n_test=100,fg=coloured_shapes", "model.backbone=small_cnn",
+              "train.batch_size=250", "train.knn_every=0", "train.ckpt_every=0", "optim.warmup_steps=10", "train.device=cpu")
+QUICK_EPOCH = ("data.spec=toy:num_classes=4,n_train=16,n_test=8", "model.backbone=small_cnn", "model.proj_hidden=64",
+               "train.batch_size=32", "train.knn_every=0", "train.ckpt_every=0", "train.device=cpu")
+EPOCH_RUNS = {"simclr": (), "simclr+icl-frozen": (), "simclr+icl-msr": (), "simclr+icl-msr first_order": ("icl.meta_mode=first_order",)}
+
+def bench_icl_epoch(base=EPOCH_BASE, runs: dict = EPOCH_RUNS, rounds: int = 4) -> dict:
+    "Median seconds per training epoch of each run {label: extra overrides} (label = run name [+ note]), interleaved; ratios to the first."
+    from statistics import median
+    from iclmsr.config import load_config
+    from iclmsr.learner import Learner
+    from iclmsr.data import load_dataset
+    spec = next(o.split("=", 1)[1] for o in base if o.startswith("data.spec="))
+    data = load_dataset(spec, "train")
+    learners = {k: Learner.from_config(load_config(None, list(base) + [f"model.method={k.split()[0]}", *extra]), train_data=data)
+                for k, extra in runs.items()}
+    times = {k: [] for k in runs}
+    for r in range(rounds + 1):                       # round 0 warms up every run
+        order = list(runs) if r % 2 == 0 else list(runs)[::-1]
+        for k in order:
+            L = learners[k]; t = time.perf_counter(); L.fit(r + 1)
+            if r: times[k].append(time.perf_counter() - t)
+    first = next(iter(runs))
+    med = {k: median(v) for k, v in times.items()}
+    return {"epoch_s": med, "ratio": {k: med[k] / med[first] for k in runs}, "rounds": rounds,
+            "batches_per_epoch": learners[first].batches_per_epoch,
+            "meta_steps_per_epoch": {k: L.meta_batches_per_epoch for k, L in learners.items()}}

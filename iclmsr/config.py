@@ -11,9 +11,10 @@ from typing import Literal, Optional, Union, get_args, get_origin, get_type_hint
 import yaml
 
 # %% auto #0
-__all__ = ['RUN_SUFFIXES', 'DataConfig', 'ModelConfig', 'ICLConfig', 'OptimConfig', 'TrainConfig', 'Config', 'ConfigError',
-           'config_from_dict', 'config_to_dict', 'apply_overrides', 'read_config_file', 'load_config', 'dump_config',
-           'config_diff', 'split_run_name', 'run_name', 'resolve_run_name', 'control_names']
+__all__ = ['PROJ_DIM', 'BATCH_SIZE', 'RUN_SUFFIXES', 'METHOD_DEFAULTS', 'DOMAIN_WISE', 'DataConfig', 'ModelConfig', 'ICLConfig',
+           'OptimConfig', 'TrainConfig', 'Config', 'ConfigError', 'config_from_dict', 'config_to_dict',
+           'apply_overrides', 'read_config_file', 'load_config', 'dump_config', 'config_diff', 'split_run_name',
+           'run_name', 'resolve_run_name', 'control_names', 'resolve_defaults']
 
 # %% ../nbs/00b_config.ipynb #469f1585
 def _check(ok, must: str):
@@ -34,17 +35,17 @@ class DataConfig:
     "What to train on."
     spec: str = _f("toy", help="dataset spec, e.g. toy, toy:size=64,rho=0.95, in9:PATH, cifar10:PATH")
     variant: str = _f("original", help="ImageNet-9 variant to train on (original, only_fg, ...)")
-    augment: Literal["wmse", "simclr"] = _f("wmse", help="two-view augmentation preset")
+    augment: Optional[Literal["wmse", "simclr", "dcodr"]] = _f(None, help="two-view augmentation preset (null: the method's own, dcodr for the DCoDR methods, else wmse)")
     resident: bool = _f(True, help="keep the data on the training device and augment whole batches there")
     workers: int = _f(2, _nonneg, ">= 0", help="DataLoader workers when not resident")
 
 @dataclass
 class ModelConfig:
     "The base method, its backbone and heads."
-    method: str = _f("simclr", help="base method: simclr, byol, wmse, barlow_twins, supcon")
+    method: str = _f("simclr", help="base method: simclr, byol, wmse, barlow_twins, supcon, dcodr, dcodr_nonegs (+icl-msr, +icl-frozen, +ntxent: a run name)")
     backbone: str = _f("resnet18", help="resnet18, resnet50 or small_cnn")
-    proj_hidden: int = _f(1024, _pos, "> 0")
-    proj_dim: int = _f(64, _pos, "> 0")
+    proj_hidden: int = _f(1024, _pos, "> 0", help="hidden width of the projection MLP (not used by the DCoDR methods' linear code head)")
+    proj_dim: Optional[int] = _f(None, _pos, "> 0", help="projection / code size (null: the method's own, 128 for the DCoDR methods, else 64)")
     tau: Optional[float] = _f(None, _pos, "> 0", help="temperature of the base method's loss (null: the method's own, SimCLR 0.5, SupCon 0.1)")
 
 # %% ../nbs/00b_config.ipynb #c68b828e
@@ -81,7 +82,9 @@ class OptimConfig:
 class TrainConfig:
     "How long, how big, where and how to watch."
     epochs: int = _f(100, _pos, ">= 1")
-    batch_size: int = _f(256, lambda v: v >= 2, ">= 2")
+    batch_size: Optional[int] = _f(None, lambda v: v >= 2, ">= 2", help="global batch (null: 256, or domains_per_batch x per_domain for a domain-wise method)")
+    domains_per_batch: Optional[int] = _f(None, _pos, ">= 1", help="domain-wise methods (dcodr): domains in each batch (null: 4, or as many as the data has when fewer)")
+    per_domain: Optional[int] = _f(None, lambda v: v >= 2, ">= 2", help="domain-wise methods (dcodr): images of each domain in a batch (null: 32)")
     seed: int = _f(0, lambda v: 0 <= v < 2**32, "in [0, 2**32)")
     deterministic: bool = _f(False)
     device: str = _f("auto", help="auto, cpu, cuda, cuda:N or mps")
@@ -101,6 +104,11 @@ class Config:
     icl: ICLConfig = field(default_factory=ICLConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+PROJ_DIM, BATCH_SIZE = 64, 256   # model.proj_dim and train.batch_size where the method has none of its own
+# a config leaves these fields null ("the method's own"); code that takes its default from the class
+# (`SimCLR(proj_dim=ModelConfig.proj_dim)`) reads the value a method without one of its own gets
+ModelConfig.proj_dim, TrainConfig.batch_size = PROJ_DIM, BATCH_SIZE
 
 # %% ../nbs/00b_config.ipynb #f8fc0afe
 class ConfigError(ValueError):
@@ -207,10 +215,11 @@ def read_config_file(path: str | Path) -> dict:
     else: raise ConfigError(f"config file {str(path)!r}: unknown extension {path.suffix!r}; allowed: .yaml, .yml, .json")
     return d or {}
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    "A `Config` from an optional YAML/JSON file plus `key=value` overrides."
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, resolve: bool = True) -> Config:
+    "A `Config` from an optional YAML/JSON file plus `key=value` overrides; `resolve`: run name and the methods' own defaults resolved."
     d = read_config_file(path) if path else {}
-    return resolve_run_name(config_from_dict(apply_overrides(d, overrides)))
+    cfg = config_from_dict(apply_overrides(d, overrides))
+    return resolve_defaults(resolve_run_name(cfg)) if resolve else cfg
 
 def dump_config(cfg: Config, comments: bool = True) -> str:
     "YAML text of `cfg`, each section and field with its help as a comment."
@@ -262,3 +271,17 @@ def resolve_run_name(cfg: Config) -> Config:
 def control_names(base: str = ModelConfig.method) -> list[str]:
     "The base method and its three ICL runs, in the order a comparison shows them."
     return [base] + [f"{base}+{s}" for s in RUN_SUFFIXES]
+
+# %% ../nbs/00b_config.ipynb #fd011065
+METHOD_DEFAULTS = {"dcodr": {"augment": "dcodr", "proj_dim": 128}, "dcodr_nonegs": {"augment": "dcodr", "proj_dim": 128}}
+DOMAIN_WISE = frozenset({"dcodr"})   # methods whose batches are domain-balanced (they need domain ids)
+
+def resolve_defaults(cfg: Config) -> Config:
+    "`cfg` with the null `data.augment`, `model.proj_dim` and `train.batch_size` set to its method's own (see `METHOD_DEFAULTS`)."
+    base = split_run_name(cfg.model.method)[0]
+    own = METHOD_DEFAULTS.get(base, {})
+    data, model, train = cfg.data, cfg.model, cfg.train
+    if data.augment is None: data = dataclasses.replace(data, augment=own.get("augment", "wmse"))
+    if model.proj_dim is None: model = dataclasses.replace(model, proj_dim=own.get("proj_dim", PROJ_DIM))
+    if train.batch_size is None and base not in DOMAIN_WISE: train = dataclasses.replace(train, batch_size=BATCH_SIZE)
+    return dataclasses.replace(cfg, data=data, model=model, train=train)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/01c_data.ipynb #0fbae0ab
 from __future__ import annotations
-import os, io, re, json, time, pickle, shutil, contextlib, inspect
+import os, io, re, csv, json, time, pickle, shutil, contextlib, inspect
 from pathlib import Path
 from typing import Callable, NamedTuple
 from concurrent.futures import ThreadPoolExecutor
@@ -19,11 +19,12 @@ _all_ = ["FgBgData", "VARIANTS", "make_variant", "inpaint", "tile_fill", "BG_FAM
          "affine_grid", "sample_patches", "one_thread", "make_toy", "load_toy", "image_grid", "bench_toy"]
 
 # %% auto #0
-__all__ = ['ON_ERROR', 'IN9_VARIANTS', 'DATASETS', 'parse_spec', 'load_cifar10', 'load_cifar100', 'load_stl10',
-           'load_tiny_imagenet', 'load_coco_fg', 'load_pets', 'load_in9', 'available_variants', 'variant_of',
-           'export_in9', 'DatasetInfo', 'load_dataset', 'data_summary', 'format_summary', 'data_info', 'data_export',
-           'FgBgData', 'VARIANTS', 'make_variant', 'inpaint', 'tile_fill', 'BG_FAMILIES', 'SHAPES', 'TOY_FOREGROUNDS',
-           'affine_grid', 'sample_patches', 'one_thread', 'make_toy', 'load_toy', 'image_grid', 'bench_toy']
+__all__ = ['ON_ERROR', 'DOMAINS_FILE', 'IN9_VARIANTS', 'DATASETS', 'parse_spec', 'load_cifar10', 'load_cifar100', 'load_stl10',
+           'load_tiny_imagenet', 'load_coco_fg', 'load_pets', 'load_in9', 'read_domains', 'domains_of',
+           'available_variants', 'variant_of', 'export_in9', 'DatasetInfo', 'load_dataset', 'data_summary',
+           'format_summary', 'data_info', 'data_export', 'FgBgData', 'VARIANTS', 'make_variant', 'inpaint', 'tile_fill',
+           'BG_FAMILIES', 'SHAPES', 'TOY_FOREGROUNDS', 'affine_grid', 'sample_patches', 'one_thread', 'make_toy',
+           'load_toy', 'image_grid', 'bench_toy']
 
 # %% ../nbs/01c_data.ipynb #c480f62f
 def _value(v: str):
@@ -316,6 +317,7 @@ _IN9_HELP = ("Download the ImageNet-9 Backgrounds Challenge data from https://gi
              "(releases: bg_challenge.tar.gz holds <variant>/val/<class>/*.JPEG and fg_mask/val/<class>/*.npy; the README "
              "links the training sets) and extract it so that PATH/<variant>/<split>/<class>/ holds the images, or write "
              "your own folders in that layout (iclmsr data export SPEC --out PATH)")
+DOMAINS_FILE = "domains.csv"   # a folder tree's domain ids, one row (path, domain) per image: read_domains
 _SPLIT_DIRS = {"test": ("test", "val"), "val": ("val", "test")}
 _VARIANT_DIRS = {"only_bg": ("only_bg", "only_bg_t")}
 IN9_VARIANTS = ("original", "only_fg", "no_fg", "only_bg_b", "only_bg_t", "mixed_same", "mixed_rand", "mixed_next")
@@ -337,7 +339,7 @@ def _sidecar(root: Path):
 # %% ../nbs/01c_data.ipynb #f8d79f67
 def load_in9(path, split: str = "train", variant: str = "original", size: int | None = None, masks: bool = True,
              on_error: str = "raise") -> FgBgData:
-    "An ImageNet-9-style folder tree `path/<variant>/<split>/<class>/*` (+ `fg_mask/<split>/<class>/*.npy`)."
+    "An ImageNet-9-style folder tree `path/<variant>/<split>/<class>/*` (+ `fg_mask/<split>/<class>/*.npy`, `domains.csv`)."
     _check_on_error(on_error)
     if variant not in _NAMES: raise ValueError(f"unknown variant {variant!r}; variants are: {', '.join(_NAMES)}")
     root = Path(path).expanduser()
@@ -381,7 +383,40 @@ def load_in9(path, split: str = "train", variant: str = "original", size: int | 
         if ids is not None: bgs = torch.tensor([ids[int(f.stem)] if int(f.stem) < len(ids) else -1 for f, _ in files])
         if side.get("bg_names"): meta["bg_names"] = side["bg_names"]
         if side.get("train_cooccurrence") is not None: meta["train_cooccurrence"] = side["train_cooccurrence"]
+    if (root/DOMAINS_FILE).is_file():   # the user's domain ids win over the sidecar's background ids
+        ids = domains_of(root, [f for f, _ in files], name)
+        if ids is not None: bgs, meta["domains"] = ids, DOMAINS_FILE
     return FgBgData(images, m, torch.tensor([i for _, i in files]), bgs, classes, name, meta)
+
+# %% ../nbs/01c_data.ipynb #7820e5a3
+def read_domains(root) -> dict:
+    "The `root/domains.csv` of a folder tree as {path relative to root: domain id}, every row checked."
+    root = Path(root).expanduser(); f = root/DOMAINS_FILE
+    with open(f, newline="") as fh:
+        rows = csv.reader(fh)
+        head = [h.strip().lower() for h in next(rows, [])]
+        if "path" not in head or "domain" not in head:
+            raise ValueError(f"{f}: the first line must name the columns path and domain (e.g. 'path,domain'), got {','.join(head)!r}")
+        ip, idom, out = head.index("path"), head.index("domain"), {}
+        for n, row in enumerate(rows, 2):
+            if not any(c.strip() for c in row): continue
+            if len(row) <= max(ip, idom): raise ValueError(f"{f}: line {n} has {len(row)} column(s), not a path and a domain")
+            p, v = row[ip].strip().replace("\\", "/"), row[idom].strip()
+            if Path(p).is_absolute() or ".." in Path(p).parts or not (root/p).is_file():
+                raise ValueError(f"{f}: line {n}: {p!r} is not an image file under {root} (paths are relative to the folder of domains.csv)")
+            if not re.fullmatch(r"\d+", v): raise ValueError(f"{f}: line {n}: domain {v!r} of {p!r} is not an integer >= 0")
+            if p in out: raise ValueError(f"{f}: line {n}: {p!r} is given twice")
+            out[p] = int(v)
+    return out
+
+def domains_of(root, files, name: str = "the folder") -> torch.Tensor | None:
+    "The domain ids of image `files` (paths under `root`) from `root/domains.csv`; None when it has no row for any of them."
+    root = Path(root).expanduser(); table = read_domains(root)
+    rel = [Path(p).relative_to(root).as_posix() for p in files]
+    miss = [r for r in rel if r not in table]
+    if len(miss) == len(rel): return None   # a split or variant the file does not cover: no domains
+    if miss: raise ValueError(f"{root/DOMAINS_FILE}: {len(miss)} of the {len(rel)} images of {name!r} have no row (e.g. {miss[0]!r}): give every image of it a domain")
+    return torch.tensor([table[r] for r in rel])
 
 # %% ../nbs/01c_data.ipynb #6886aae6
 def available_variants(data: FgBgData) -> dict:

@@ -14,7 +14,7 @@ from fastcore.basics import patch
 from fastcore.script import Param
 from .utils import get_device, seed_everything, fmt_duration, UserError
 from .config import (Config, ModelConfig, RUN_SUFFIXES, resolve_run_name, ICLConfig, OptimConfig, TrainConfig, ConfigError, config_to_dict, config_from_dict,
-                           dump_config, load_config)
+                           dump_config, load_config, resolve_defaults, BATCH_SIZE, DOMAIN_WISE)
 from .checkpoint import rng_state, set_rng_state, CheckpointKeeper, load_checkpoint
 from .data import load_dataset, FgBgData, variant_of, available_variants
 from .augment import TwoViewAugment
@@ -23,6 +23,7 @@ from .msr import MetaSemanticRegularizer, adam_precond
 from .losses import nt_xent
 from .methods import build_method, METHODS, ICLMSR, NonFiniteLoss, options
 from .knn import knn_predict
+from .sampler import balanced_shape, domain_batches
 
 # %% auto #0
 __all__ = ['EVENTS', 'CSV_FIELDS', 'CONTROLS', 'DIAGNOSE_BASE', 'CancelFit', 'Callback', 'lr_factor', 'make_optimizer',
@@ -92,19 +93,19 @@ def average_gradients(params):
 # %% ../nbs/12_learner.ipynb #7d433f0a
 class Learner:
     "Train `method` on `data` (an `FgBgData`) with two views per image from `augment`; `cbs` plug into the loop's events."
-    def __init__(self, method: nn.Module, data, augment: nn.Module | None = None, batch_size: int = TrainConfig.batch_size,
+    def __init__(self, method: nn.Module, data, augment: nn.Module | None = None, batch_size: int | None = None,
                  cbs=(), optim: OptimConfig | None = None, seed: int = TrainConfig.seed, device=TrainConfig.device,
-                 workers: int = 0, run_dir=None, monitor_data=None, deterministic: bool = TrainConfig.deterministic):
+                 workers: int = 0, run_dir=None, monitor_data=None, deterministic: bool = TrainConfig.deterministic,
+                 domains_per_batch: int | None = None, per_domain: int | None = None):
         self.cfg, self.run_dir, self.monitor_data = None, Path(run_dir) if run_dir else None, monitor_data
         self.device = device if isinstance(device, torch.device) else get_device(device)
         self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-        self.seed, self.deterministic, self.batch_size, self.workers, self.data = seed, deterministic, batch_size, workers, data
-        if batch_size % self.world: raise ValueError(f"train.batch_size {batch_size} is not divisible by the {self.world} processes")
-        if len(data) < batch_size: raise ValueError(f"train.batch_size {batch_size} is larger than the {len(data)} training images")
-        self.aug = (augment if augment is not None else TwoViewAugment(size=data.image_size)).to(self.device)
-        self.method = method.to(self.device)
+        self.seed, self.deterministic, self.workers, self.data = seed, deterministic, workers, data
         self.needs = frozenset(getattr(method, "needs", ()))
         check_needs(self.needs, data, f"method {getattr(method, 'name', '') or type(method).__name__!r}")
+        self._set_batch_shape(batch_size, domains_per_batch, per_domain, getattr(method, "name", "") or type(method).__name__)
+        self.aug = (augment if augment is not None else TwoViewAugment(size=data.image_size)).to(self.device)
+        self.method = method.to(self.device)
         self.params = self.method.encoder_parameters()
         self.n_epochs, self.epoch, self.stage, self.batch_idx, self.step = 1, 0, "fit", 0, 0
         o = optim if optim is not None else OptimConfig()
@@ -117,8 +118,25 @@ class Learner:
         self.cbs = []
         self.add_cbs(([Distributed()] if self.world > 1 and not any(isinstance(c, Distributed) for c in cbs) else []) + list(cbs))
 
+    def _set_batch_shape(self, batch_size, domains_per_batch, per_domain, who):
+        "Random batches of `batch_size` (256 when None), or domain-balanced ones when the method needs domains."
+        self.domain_shape = None
+        if "domains" in self.needs:   # domain_batches: domains_per_batch x per_domain, checked against the data
+            self._domains = self.data.backgrounds.detach().cpu().long()
+            self.domain_shape = balanced_shape(self._domains, domains_per_batch, per_domain, batch_size, n=len(self.data))
+            batch_size = self.domain_shape[0] * self.domain_shape[1]
+            self._n_batches = len(domain_batches(self._domains, seed=self._order_seed("fit"), epoch=0,
+                                                 domains_per_batch=self.domain_shape[0], per_domain=self.domain_shape[1]))
+        elif (domains_per_batch, per_domain) != (None, None):
+            raise ValueError(f"domains_per_batch and per_domain shape the batches of a method that needs domains; {who!r} takes random batches")
+        self.batch_size = BATCH_SIZE if batch_size is None else batch_size
+        if self.batch_size % self.world: raise ValueError(f"train.batch_size {self.batch_size} is not divisible by the {self.world} processes")
+        if len(self.data) < self.batch_size: raise ValueError(f"train.batch_size {self.batch_size} is larger than the {len(self.data)} training images")
+
     @property
-    def batches_per_epoch(self) -> int: return len(self.data) // self.batch_size
+    def batches_per_epoch(self) -> int:
+        "Stage-1 steps per epoch: whole batches of the shuffled data, or the epoch's domain-balanced batches (as many each epoch)."
+        return self._n_batches if self.domain_shape is not None else len(self.data) // self.batch_size
     @property
     def meta_batches_per_epoch(self) -> int:
         "Stage-2 steps per epoch (each uses two batches), as the regulariser sets them from its `meta_share`."
@@ -160,8 +178,18 @@ class _IndexBatches(torch.utils.data.Dataset):
     def __getitem__(self, key): return tuple(gather(self.data, i, self.needs) for i in key)
 
 @patch
+def _order_seed(self: Learner, stage: str) -> int:
+    "The seed of the domain-balanced batches of `stage` (the meta stage draws batches of its own)."
+    return 2 * self.seed + (stage == "meta")
+
+@patch
 def epoch_order(self: Learner, epoch: int, stage: str = "fit") -> torch.Tensor:
-    "The permutation of the training images for `epoch` and `stage`, from its own seeded generator."
+    "The training images of `epoch` and `stage` in batch order, from their own seeded generator: a permutation, or the epoch's domain-balanced batches one after the other."
+    if self.domain_shape is not None:
+        dpb, per = self.domain_shape
+        bs = domain_batches(self._domains, seed=self._order_seed(stage), epoch=epoch, domains_per_batch=dpb, per_domain=per)
+        if len(bs) != self._n_batches: raise RuntimeError(f"epoch {epoch} has {len(bs)} domain-balanced batches, epoch 0 had {self._n_batches}")
+        return torch.cat(bs)
     g = torch.Generator().manual_seed(self.seed * 1_000_003 + 2 * epoch + (stage == "meta"))
     return torch.randperm(len(self.data), generator=g)
 
@@ -552,6 +580,8 @@ def unused_keys(cfg: Config) -> dict:
     m, out = cfg.model, {}
     if m.method in METHODS and "temperature" not in options(METHODS[m.method].__init__):
         out["model.tau"] = f"{m.method} has no temperature"
+    if m.method in METHODS and "proj_hidden" not in options(METHODS[m.method].__init__):
+        out["model.proj_hidden"] = f"{m.method} has a linear code head, no projection MLP"
     if not cfg.icl.enabled:
         out["icl.*"] = "icl.enabled is false"
     elif cfg.icl.control != "msr":
@@ -560,14 +590,21 @@ def unused_keys(cfg: Config) -> dict:
 
 def check_used(cfg: Config):
     "Refuse a model key set for a method that does not use it (never dropped silently)."
+    default = {f.name: f.default for f in fields(ModelConfig)}
     for key, why in unused_keys(cfg).items():
         sec, name = key.split(".")
-        if sec == "model" and getattr(cfg.model, name) != getattr(ModelConfig, name):
+        if sec == "model" and getattr(cfg.model, name) != default[name]:
             raise ConfigError(f"{key} is not used by method {cfg.model.method!r} ({why}); remove it or choose another method")
+    m = cfg.model.method
+    if m in METHODS and "domains" not in METHODS[m].needs:   # the sampler's settings: only a domain-wise method reads them
+        for key in ("domains_per_batch", "per_domain"):
+            if getattr(cfg.train, key) is not None:
+                raise ConfigError(f"train.{key} is not used by method {m!r} (it takes random batches; domain-balanced "
+                                  f"batches are for a method that needs domains: {', '.join(sorted(DOMAIN_WISE))}); remove it")
 
 def method_from_config(cfg: Config, image_size: int):
     "The method of `cfg` for images of `image_size`: the base method, composed with ICL-MSR when `icl.enabled`."
-    cfg = resolve_run_name(cfg)
+    cfg = resolve_defaults(resolve_run_name(cfg))
     m = cfg.model
     if m.method not in METHODS: raise ConfigError(f"model.method: unknown method {m.method!r}; allowed: {', '.join(METHODS)}")
     check_used(cfg)
@@ -589,8 +626,8 @@ def _device_of_process(name: str) -> torch.device:
 @patch(cls_method=True)
 def from_config(cls: Learner, cfg: Config | dict | None = None, run_dir=None, cbs=(), train_data=None, monitor_data=None,
                 method: nn.Module | None = None) -> Learner:
-    "The learner `cfg` describes: device and process group, seeds, data and variant, augmentation, method, callbacks."
-    cfg = cfg if isinstance(cfg, Config) else config_from_dict(cfg or {})
+    "The learner `cfg` describes (its nulls resolved, `resolve_defaults`): device and process group, seeds, data and variant, augmentation, method, batches, callbacks."
+    cfg = resolve_defaults(cfg if isinstance(cfg, Config) else config_from_dict(cfg or {}))
     t = cfg.train
     device = _device_of_process(t.device)
     rank, world = init_distributed(device)
@@ -608,7 +645,7 @@ def from_config(cls: Learner, cfg: Config | dict | None = None, run_dir=None, cb
     extra = ([MixedPrecision()] if amp else []) + ([ChannelsLast()] if device.type == "cuda" and t.channels_last else [])
     learn = cls(method, data, aug, t.batch_size, cbs=extra + list(cbs), optim=cfg.optim, seed=t.seed, device=device,
                 workers=0 if cfg.data.resident else cfg.data.workers, run_dir=run_dir, monitor_data=monitor_data,
-                deterministic=t.deterministic)
+                deterministic=t.deterministic, domains_per_batch=t.domains_per_batch, per_domain=t.per_domain)
     learn.cfg, learn.n_epochs = cfg, t.epochs
     return learn
 
@@ -677,7 +714,7 @@ def train(config: str = None,  # YAML or JSON config file (default: the built-in
     "Train a method (with or without ICL-MSR) on a dataset spec; resumable, multi-process under torchrun."
     overrides = set or []
     if print_config:
-        cfg = load_config(config, overrides)
+        cfg = resolve_run_name(load_config(config, overrides, resolve=False))   # nulls stay: "the method's own"
         unused = unused_keys(cfg)
         print(dump_config(cfg), end="")
         if unused: print("# not used by this run: " + "; ".join(f"{k} ({why})" for k, why in unused.items()))
@@ -692,7 +729,7 @@ def train(config: str = None,  # YAML or JSON config file (default: the built-in
         raise UserError(f"nothing to resume: {str(run_dir/'last.pt')!r} does not exist")
     if not resume and (run_dir/"last.pt").exists():
         raise UserError(f"{str(run_dir)!r} already holds a run (last.pt); continue it with --resume or choose another --out")
-    t0 = time.time()
+    t0, learn = time.time(), None
     try:
         learn = Learner.from_config(cfg, run_dir, cbs=default_callbacks(progress=not quiet))
         if resume: learn.resume(run_dir/"last.pt")
@@ -700,7 +737,12 @@ def train(config: str = None,  # YAML or JSON config file (default: the built-in
         learn.fit()
     except (torch.OutOfMemoryError, RuntimeError) as e:
         if not _out_of_memory(e): raise
-        raise UserError(f"out of memory at train.batch_size={cfg.train.batch_size}; try a smaller batch, e.g. --set train.batch_size={max(2, cfg.train.batch_size // 2)}") from None
+        shape = getattr(learn, "domain_shape", None)
+        if shape is not None:
+            raise UserError(f"out of memory at train.batch_size={shape[0] * shape[1]} ({shape[0]} domains x {shape[1]}); try fewer "
+                            f"images per domain, e.g. --set train.per_domain={max(2, shape[1] // 2)}") from None
+        b = learn.batch_size if learn is not None else (cfg.train.batch_size or BATCH_SIZE)
+        raise UserError(f"out of memory at train.batch_size={b}; try a smaller batch, e.g. --set train.batch_size={max(2, b // 2)}") from None
     finally:
         if dist.is_initialized(): dist.destroy_process_group()
     _report(learn, cfg, run_dir, time.time() - t0, rank)
