@@ -13,6 +13,7 @@ from .utils import get_device, cache_dir, env_info, model_device, read_torch_fil
 from .data import FgBgData, VARIANTS, IN9_VARIANTS, DATASETS, load_dataset, parse_spec, available_variants, variant_of
 from .knn import knn_predict, weighted_knn_predict, FeatureIndex
 from .probe import linear_probe, eval_linear, bg_probe, ece, calibration_bins, worst_group, bg_gap, fgsm_accuracy, accuracy
+from .probe import dcodr_measures, _min_split_size
 from .config import Config, config_from_dict
 from .checkpoint import load_checkpoint, atomic_save
 from .augment import TwoViewAugment
@@ -22,9 +23,9 @@ from .learner import Learner, method_from_config
 # %% auto #0
 __all__ = ['emb_stats', 'SETTINGS', 'TESTS', 'amp_dtype', 'embed', 'state_key', 'file_key', 'data_key', 'embeddings',
            'ProbedModel', 'check_probe', 'variant_scores', 'bg_gaps', 'benchmark_measures', 'group_table',
-           'group_measures', 'adversarial_backgrounds', 'evaluate', 'norm_stats', 'train_method', 'four_settings_table',
-           'four_settings', 'method_from_checkpoint', 'check_fits', 'save_probe', 'load_probe', 'default_test_split',
-           'package_versions', 'split_spec_variant', 'eval_checkpoint']
+           'group_measures', 'adversarial_backgrounds', 'dcodr_features', 'evaluate', 'norm_stats', 'train_method',
+           'four_settings_table', 'four_settings', 'method_from_checkpoint', 'check_fits', 'save_probe', 'load_probe',
+           'default_test_split', 'package_versions', 'split_spec_variant', 'eval_checkpoint']
 
 # %% ../nbs/14_eval.ipynb #68ad8cd6
 _AMP = ("auto", "bf16", "off")
@@ -298,34 +299,97 @@ def _adv_sources(test: FgBgData, have: dict, seed: int = 0) -> tuple:
     return fg, m, pool, f"foregrounds: {src}; backgrounds: {pname} test images"
 
 
-# %% ../nbs/14_eval.ipynb #d2f74f3e
+# %% ../nbs/14_eval.ipynb #7f05289c
 _NO_BGS = "no background ids"
+_DCODR = ("auto", "code", "backbone", "off")
 
-def _groups(res: dict, preds: dict, tv: dict, train: FgBgData, test: FgBgData, emb, ftr, fte, min_group, epochs, seed):
+def _code_fn(model):
+    "The `code` method of a method (or of the base of an ICL-MSR wrapper); None when it has none."
+    for m in (model, getattr(model, "base", None)):
+        if isinstance(m, nn.Module) and callable(getattr(type(m), "code", None)): return m.code
+    return None
+
+class _Code(nn.Module):
+    "A method seen through its code: `forward(x)` is the method's `code(x)`."
+    def __init__(self, method: nn.Module):
+        super().__init__(); self.method = method
+    def forward(self, x): return _code_fn(self.method)(x)
+
+def dcodr_features(model: nn.Module, which: str = "auto") -> str:
+    "What DCoDR's measures of `model` are computed on: 'code' (the method's code, as DCoDR evaluates) or 'backbone'."
+    if which not in _DCODR[:3]: raise ValueError(f"unknown dcodr setting {which!r}; allowed: {', '.join(_DCODR)}")
+    has = _code_fn(model) is not None
+    if which == "code" and not has:
+        raise ValueError(f"dcodr='code' asks for the method's code, but {getattr(model, 'name', '') or type(model).__name__!r} "
+                         "has none (dcodr and dcodr_nonegs have one); use dcodr='backbone' or 'auto'")
+    return "code" if which == "code" or (which == "auto" and has) else "backbone"
+
+# %% ../nbs/14_eval.ipynb #47e5b05c
+def _dcodr_data(res: dict, tv: dict, trv) -> tuple:
+    "(variant, train, test, None) for DCoDR's measures: the background probe's images when they have domains, else the original ones; or a reason."
+    reason = None
+    for v in dict.fromkeys((res["group_variant"], "original")):
+        te = tv[v]
+        if not _has_bgs(te): reason = f"{_NO_BGS} (on the {v} test images)"; continue
+        try: tr = trv(v)
+        except ValueError: reason = f"no {v} train images to fit its probes on"; continue
+        if not _has_bgs(tr): reason = f"{_NO_BGS} (on the {v} train images)"; continue
+        need = _min_split_size(0.1)
+        if len(tr) < need: return None, None, None, f"{len(tr)} {v} train images are too few for the probes' held-out 10% (at least {need})"
+        if len(torch.cat([tr.backgrounds, te.backgrounds]).unique()) < 2: return None, None, None, f"a single domain (background id) in the {v} images"
+        if len(tr.labels.unique()) < 2: return None, None, None, f"a single class in the {v} train images"
+        return v, tr, te, None
+    return None, None, None, reason
+
+def _dcodr(res: dict, tv: dict, trv, emb, feats: str | None, C: int, epochs: int, seed: int, device) -> None:
+    "DCoDR's measures into `res['dcodr']` (on `emb`'s features of the chosen images), or the reason into `res['unavailable']`."
+    res["dcodr"] = None
+    if feats is None: res["unavailable"]["dcodr"] = "switched off (dcodr='off')"; return
+    v, tr, te, why = _dcodr_data(res, tv, trv)
+    if why: res["unavailable"]["dcodr"] = why; return
+    t0 = time.time()
+    ftr, fte = emb(tr), emb(te)
+    m = dcodr_measures(ftr, tr.labels, tr.backgrounds, fte, te.labels, te.backgrounds, num_classes=C, seed=seed, device=device, epochs=epochs)
+    res["dcodr"] = {"features": feats, "dim": ftr.shape[1], "variant": v, **m, "seconds": time.time() - t0}
+
+# %% ../nbs/14_eval.ipynb #e98cf2f9
+def _groups(res: dict, preds: dict, tv: dict, trv, emb, fte: dict, C: int, min_group, epochs, seed):
     "Worst group and background probe into `res`, on mixed_rand when there (else original); reasons into res['unavailable']."
     gv = res["group_variant"] = "mixed_rand" if "mixed_rand" in tv else "original"
     g, na = tv[gv], res["unavailable"]
     if not _has_bgs(g):
         na["worst_group"] = na["bg_probe"] = f"{_NO_BGS} (on the {gv} test images)"
         return
-    gm = group_measures(preds[gv], g, train.num_classes, min_group)
+    gm = group_measures(preds[gv], g, C, min_group)
     nb = gm["num_bgs"]
     res["worst_group"], res["groups"] = gm["worst_group"], gm["groups"]
-    res["bg_names"] = (test.bg_names + [str(i) for i in range(len(test.bg_names), nb)])[:nb]
-    try: gtr = variant_of(train, gv)
+    res["bg_names"] = (tv["original"].bg_names + [str(i) for i in range(len(tv["original"].bg_names), nb)])[:nb]
+    try: gtr = trv(gv)
     except ValueError: na["bg_probe"] = f"no {gv} train images to fit it on"; return
     if not _has_bgs(gtr): na["bg_probe"] = f"{_NO_BGS} (on the {gv} train images)"; return
-    res["bg_probe"] = _bg_probe(ftr if gv == "original" else emb(gtr), gtr, fte[gv], g, nb, epochs, seed)
+    res["bg_probe"] = _bg_probe(emb(gtr), gtr, fte[gv], g, nb, epochs, seed)
 
+# %% ../nbs/14_eval.ipynb #cc052095
 def evaluate(model: nn.Module, train: FgBgData, test: FgBgData, mean=None, std=None, k: int = 5, variants=None,
              probe: nn.Linear | None = None, probe_epochs: int = 100, fgsm_eps: float = 4 / 255, fgsm_n: int = 512,
              min_group: int = 5, seed: int = 0, model_key: str | None = None, cache: bool = True, cache_root=None,
-             batch: int = 512, amp: str = "auto", adv_fg: int = 64, adv_bg: int = 64) -> dict:
-    "kNN and linear accuracy on each test variant (own labels), BG-gap, worst group, background probe, ECE, FGSM, adversarial backgrounds."
+             batch: int = 512, amp: str = "auto", adv_fg: int = 64, adv_bg: int = 64, dcodr: str = "auto",
+             dcodr_epochs: int = 100) -> dict:
+    "kNN and linear accuracy on each test variant (own labels), BG-gap, worst group, background probe, DCoDR's measures, ECE, FGSM, adversarial backgrounds."
     t0 = time.time()
     _check_splits(train, test, k)
+    if dcodr not in _DCODR: raise ValueError(f"unknown dcodr setting {dcodr!r}; allowed: {', '.join(_DCODR)}")
+    dfeat = None if dcodr == "off" else dcodr_features(model, dcodr)
     vs = _variants(test, variants)
-    emb = lambda d: embeddings(model, d, mean, std, model_key, cache, cache_root, batch, amp=amp)
+    memo, trs = {}, {"original": train}
+    def emb(d, code: bool = False):   # features of each image set once (and from the disk cache when there)
+        if (id(d), code) not in memo:
+            m, mk = (_Code(model), model_key and model_key + "|code") if code else (model, model_key)
+            memo[id(d), code] = d, embeddings(m, d, mean, std, mk, cache, cache_root, batch, amp=amp)
+        return memo[id(d), code][1]
+    def trv(v):                       # train variants derived once
+        if v not in trs: trs[v] = variant_of(train, v)
+        return trs[v]
     ftr = emb(train)
     tv = {v: variant_of(test, v) for v in vs}
     fte = {v: emb(tv[v]) for v in vs}
@@ -337,10 +401,11 @@ def evaluate(model: nn.Module, train: FgBgData, test: FgBgData, mean=None, std=N
     res["variants"], preds = variant_scores(probe, ftr, train.labels, fte, {v: d.labels for v, d in tv.items()}, k)
     res["benchmark"] = benchmark_measures(res["variants"])
     res["bg_gap"] = res["benchmark"]["bg_gap"]
-    res["worst_group"] = res["groups"] = res["bg_probe"] = res["adversarial_bg"] = None
+    res["worst_group"] = res["groups"] = res["bg_probe"] = res["dcodr"] = res["adversarial_bg"] = None
     na = res["unavailable"] = {}
     if res["bg_gap"] is None: na["bg_gap"] = "needs both mixed_same and mixed_rand test images"
-    _groups(res, preds, tv, train, test, emb, ftr, fte, min_group, probe_epochs, seed)
+    _groups(res, preds, tv, trv, emb, fte, C, min_group, probe_epochs, seed)
+    _dcodr(res, tv, trv, lambda d: emb(d, dfeat == "code"), dfeat, C, dcodr_epochs, seed, model_device(model))
     res["ece"] = ece(probs, test.labels)
     res["calibration"] = {k_: v.tolist() for k_, v in calibration_bins(probs, test.labels).items()}
     res["fgsm"] = _fgsm(model, probe, test, fgsm_n, fgsm_eps, mean, std)
@@ -353,7 +418,6 @@ def evaluate(model: nn.Module, train: FgBgData, test: FgBgData, mean=None, std=N
     res["seconds"] = time.time() - t0
     res["probe"] = probe
     return res
-
 
 # %% ../nbs/14_eval.ipynb #2be6b868
 SETTINGS = {"train_full": "original", "train_fg": "only_fg"}

@@ -72,6 +72,7 @@ def test_without_background_ids_say_why(in9):
     r = ev(Region("fg"), tr, te)
     assert r["worst_group"] is None and r["bg_probe"] is None and r["groups"] is None
     assert "no background ids" in r["unavailable"]["worst_group"] and "no background ids" in r["unavailable"]["bg_probe"]
+    assert r["dcodr"] is None and r["unavailable"]["dcodr"] == "no background ids (on the original test images)"   # DCoDR's measures
     assert "bg_gap" not in r["unavailable"]
     r = ev(Region("fg"), tr, te, variants=["only_fg"])
     assert r["bg_gap"] is None and "mixed_same and mixed_rand" in r["unavailable"]["bg_gap"]
