@@ -8,16 +8,21 @@ import inspect, math
 from statistics import median
 import torch
 from torch import nn
+import torch.nn.functional as F
+import torch.distributed as dist
+from fastcore.basics import patch
 from .utils import get_device, seed_everything, timed
 from .config import ModelConfig, ICLConfig, OptimConfig
 from .batch import Batch, as_batch
 from .models import build_backbone, Backbone, ProjectionMLP, BYOLPredictor, EMA
 from .losses import nt_xent, icl_loss, byol_loss, barlow_twins_loss, wmse_loss, supcon_loss, gather_pair, dcodr_loss, _check_tau, _check_k
 from .msr import MetaSemanticRegularizer, StratumVectors, meta_gradient
+from .rec import LordGenerator, Reconstruction
 
 # %% auto #0
 __all__ = ['METHODS', 'NonFiniteLoss', 'Method', 'SimCLR', 'BYOL', 'WMSE', 'BarlowTwins', 'SupCon', 'ICLMSR', 'DCoDR',
-           'DCoDRNoNegs', 'list_methods', 'options', 'build_method', 'saved_bytes', 'bench_step']
+           'DCoDRNoNegs', 'say_once', 'DCoDRRec', 'list_methods', 'options', 'build_method', 'saved_bytes',
+           'bench_step']
 
 # %% ../nbs/06_methods.ipynb #7c7ab126
 class NonFiniteLoss(FloatingPointError):
@@ -69,6 +74,10 @@ class Method(nn.Module):
     def encoder_parameters(self) -> list:
         "The parameters the training optimiser steps."
         return [p for p in self.parameters() if p.requires_grad]
+
+    def param_groups(self) -> list:
+        "The optimiser's parameter groups: `{'params': [...]}`, each at the run's learning rate unless it sets its own `lr`."
+        return [{"params": self.encoder_parameters()}]
 
 # %% ../nbs/06_methods.ipynb #e48c0737
 class SimCLR(Method):
@@ -181,6 +190,7 @@ class ICLMSR(Method):
     def encoder_parameters(self) -> list:
         skip = {id(p) for p in self.regularizer_parameters()}
         return [p for p in self.parameters() if p.requires_grad and id(p) not in skip]
+    def param_groups(self) -> list: return self.base.param_groups()
 
     def meta_step(self, batch_a, batch_b, inner_lr: float | None = None, step: int | None = None, precond=None) -> dict:
         "Stage 2: one meta-gradient update of the stratum vectors (batches are `Batch`es, or `(v1, v2[, labels])`)."
@@ -202,7 +212,7 @@ class DCoDR(Method):
     def __init__(self, backbone, proj_dim: int = 128, temperature: float = 0.1, k: int | None = None, moco_fc: bool = True):
         super().__init__(backbone, proj_dim)
         _check_tau(temperature, "temperature"); _check_k(k)
-        self.temperature, self.k = temperature, k
+        self.temperature, self.k, self.moco_fc = temperature, k, moco_fc
         f = backbone.feat_dim
         self.projector = nn.Sequential(nn.Linear(f, f), nn.Linear(f, proj_dim)) if moco_fc else nn.Linear(f, proj_dim)
 
@@ -239,8 +249,85 @@ class DCoDRNoNegs(DCoDR):
     needs = frozenset({"clean"})
     negatives = "batch"
 
+# %% ../nbs/06_methods.ipynb #b7c85c57
+_SAID = set()   # the departures already printed by this process
+
+def say_once(key: str, text: str):
+    "Print `text` once per process (and only in the first process under torchrun)."
+    if key in _SAID: return
+    _SAID.add(key)
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0: print(text, flush=True)
+
+class DCoDRRec(DCoDR):
+    name = "dcodr_rec"
+    desc = ("DCoDR: DCoDR-norec + 0.3 x the reconstruction of each un-augmented image by a LORD generator from its normalised "
+            "code and a learned embedding of its domain (pixel L1 + VGG16 perceptual; needs domains)")
+
+    def __init__(self, backbone, proj_dim: int = 128, temperature: float = 0.1, k: int | None = None, moco_fc: bool = True,
+                 num_domains: int | None = None, image_size: int = 32, rec_weight: float = 0.3, vgg_weights=None,
+                 gen_width: int = 256, domain_dim: int = 256, gen_lr: float = 3e-4, emb_lr: float = 3e-3,
+                 image_mean=(0.0, 0.0, 0.0), image_std=(1.0, 1.0, 1.0)):
+        super().__init__(backbone, proj_dim, temperature, k, moco_fc)
+        if isinstance(rec_weight, bool) or not isinstance(rec_weight, (int, float)) or not rec_weight >= 0:
+            raise ValueError(f"rec_weight must be a number >= 0, got {rec_weight!r}")
+        self.rec_weight, self.gen_lr, self.emb_lr = rec_weight, gen_lr, emb_lr
+        self.generator = LordGenerator(proj_dim, num_domains, image_size, 3, domain_dim, gen_width)
+        self.rec = Reconstruction(vgg_weights)
+        # the un-augmented images come normalised like the views: back to [0, 1], the generator's (sigmoid) range
+        self.register_buffer("image_mean", torch.as_tensor(image_mean, dtype=torch.float32).reshape(1, 3, 1, 1).clone(), persistent=False)
+        self.register_buffer("image_std", torch.as_tensor(image_std, dtype=torch.float32).reshape(1, 3, 1, 1).clone(), persistent=False)
+
+    num_domains = property(lambda self: self.generator.embedding.num_embeddings)
+
+# %% ../nbs/06_methods.ipynb #dbc179a4
+@patch
+def reconstruct(self: DCoDRRec, z_anchor: torch.Tensor, domains) -> torch.Tensor:
+    "The generator's images (in [0, 1]) from the anchors' codes (L2-normalised here) and their domains."
+    return self.generator(F.normalize(z_anchor, dim=1), domains)
+
+@patch
+def reconstruction_loss(self: DCoDRRec, z_anchor: torch.Tensor, batch: Batch) -> torch.Tensor:
+    "`L_rec` of the un-augmented images `batch.clean` rebuilt from their codes `z_anchor` and domains."
+    if not self.rec.perceptual:
+        say_once("pixel-l1", "dcodr_rec: no VGG16 weights (model.vgg_weights), so the reconstruction term is pixel L1 alone, "
+                 "a departure from DCoDR (pixel L1 + VGG16 perceptual features)")
+    target = batch.clean.float() * self.image_std + self.image_mean
+    return self.rec(self.reconstruct(z_anchor, batch.domains), target)
+
+@patch
+def _with_rec(self: DCoDRRec, out: dict, z_anchor, batch) -> dict:
+    out["contrast"], out["rec"] = out["base"], self.reconstruction_loss(z_anchor, batch)
+    out["base"] = out["contrast"] + self.rec_weight * out["rec"]
+    return out
+
+@patch
+def loss_from_features(self: DCoDRRec, h1, h2, batch):
+    "`base` = DCoDR's loss + `rec_weight` x `rec`, from the view's features `h1` and the anchors' (computed from `batch.clean`)."
+    z1, z2 = self.project_pair(h1, h2)
+    za = self.code(batch.clean)
+    return self._with_rec({"base": self._loss(z1, za, batch), "z1": z1, "z2": z2}, za, batch)
+
+@patch
+def training_loss(self: DCoDRRec, batch, *rest, step: int | None = None) -> dict:
+    "Dict with `loss` = `base` = `contrast` + `rec_weight` x `rec`, `z1` (the view's code) and `z2` (the anchor's)."
+    b = as_batch(batch, *rest)
+    if b.clean is None or b.domains is None: self._loss(None, None, b)   # the one-line error
+    z1, za = self.code(b.v1), self.code(b.clean)
+    out = self._with_rec({"base": self._loss(z1, za, b), "z1": z1, "z2": za}, za, b)
+    out["loss"] = out["base"]
+    return _check_finite(out, ("contrast", "rec"), self.step if step is None else step)
+
+@patch
+def param_groups(self: DCoDRRec) -> list:
+    "Encoder and code head at the run's learning rate; generator and modulation at `gen_lr`, the domain embeddings at `emb_lr`."
+    emb = list(self.generator.embedding.parameters())
+    gen = [p for p in self.generator.parameters() if all(p is not e for e in emb)]
+    mine = {id(p) for p in self.generator.parameters()}
+    return [{"params": [p for p in self.encoder_parameters() if id(p) not in mine]},
+            {"params": gen, "lr": self.gen_lr}, {"params": emb, "lr": self.emb_lr}]
+
 # %% ../nbs/06_methods.ipynb #fc1260b9
-METHODS = {c.name: c for c in (SimCLR, BYOL, WMSE, BarlowTwins, SupCon, DCoDR, DCoDRNoNegs)}
+METHODS = {c.name: c for c in (SimCLR, BYOL, WMSE, BarlowTwins, SupCon, DCoDR, DCoDRNoNegs, DCoDRRec)}
 
 def list_methods() -> dict:
     "Method name -> one-line description."
@@ -264,6 +351,7 @@ def build_method(name: str = ModelConfig.method, backbone: str | nn.Module = Mod
     if msr_kw and not icl_msr:
         raise ValueError(f"option {sorted(msr_kw)[0]!r} is for the ICL-MSR regulariser: pass icl_msr=True to use it")
     if isinstance(backbone, str): backbone = build_backbone(backbone, image_size, **(backbone_kw or {}))
+    if "image_size" in mine: hp.setdefault("image_size", image_size)   # a method that builds images (dcodr_rec's generator)
     m = cls(backbone, **hp)
     return ICLMSR(m, MetaSemanticRegularizer(m.proj_dim, **msr_kw)) if icl_msr else m
 
