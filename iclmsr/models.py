@@ -8,9 +8,12 @@ import copy, math
 import torch
 from torch import nn
 import torchvision
+from pathlib import Path
+from .utils import read_torch_file, UnreadableFile
 
 # %% auto #0
-__all__ = ['BACKBONES', 'Backbone', 'small_cnn', 'build_backbone', 'ProjectionMLP', 'BYOLPredictor', 'cosine_momentum', 'EMA']
+__all__ = ['BACKBONES', 'MOCO_URL', 'Backbone', 'small_cnn', 'build_backbone', 'ProjectionMLP', 'BYOLPredictor',
+           'cosine_momentum', 'EMA', 'read_moco', 'load_moco']
 
 # %% ../nbs/03_models.ipynb #e7b1ebc7
 class Backbone(nn.Module):
@@ -104,3 +107,58 @@ class EMA(nn.Module):
         for pt, po in zip(self.target.parameters(), online.parameters()): pt.lerp_(po.detach(), 1 - tau)
         for bt, bo in zip(self.target.buffers(), online.buffers()): bt.copy_(bo)
         return tau
+
+# %% ../nbs/03_models.ipynb #95c43b2e
+MOCO_URL = "https://dl.fbaipublicfiles.com/moco/moco_checkpoints/moco_v2_800ep/moco_v2_800ep_pretrain.pth.tar"
+
+def read_moco(path) -> tuple[dict, dict]:
+    "(ResNet weights, `{'weight', 'bias'}` of the first projection layer `fc.0` or {}) of MoCo v2 checkpoint `path`; any other file is one line."
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"MoCo v2 checkpoint {str(path)!r} does not exist: download moco_v2_800ep_pretrain.pth.tar "
+                                f"(MoCo v2, 800 epochs, from github.com/facebookresearch/moco: {MOCO_URL}) and put it at that "
+                                "path, or set model.init to where it is")
+    ck = read_torch_file(path, "a MoCo v2 checkpoint")
+    sd = ck.get("state_dict") if isinstance(ck, dict) else None
+    if not isinstance(sd, dict):
+        raise UnreadableFile(f"{str(path)!r} is not a MoCo v2 checkpoint: it has no 'state_dict' entry "
+                             f"({'its entries: ' + ', '.join(map(str, list(ck)[:4])) if isinstance(ck, dict) else 'it holds a ' + type(ck).__name__})")
+    pre = "module.encoder_q."
+    q = {k[len(pre):]: v for k, v in sd.items() if isinstance(k, str) and k.startswith(pre) and torch.is_tensor(v)}
+    if not q:
+        raise UnreadableFile(f"{str(path)!r} is not a MoCo v2 checkpoint: no {pre}* weights in its state_dict "
+                             f"(its keys start {', '.join(map(str, list(sd)[:3])) or 'nowhere: it is empty'})")
+    net = {k: v for k, v in q.items() if not k.startswith("fc.")}
+    fc0 = {k[len("fc.0."):]: v for k, v in q.items() if k in ("fc.0.weight", "fc.0.bias")}
+    return net, fc0
+
+# %% ../nbs/03_models.ipynb #9162e45e
+def _refuse_unless_fits(path, want: dict, have: dict, where: str):
+    "One line unless `have` has every key of `want` (a state dict) with its shape."
+    missing = [k for k in want if k not in have]
+    if missing:
+        raise UnreadableFile(f"{str(path)!r} does not fit {where}: it lacks {missing[0]}"
+                             + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
+    bad = next((k for k in want if tuple(have[k].shape) != tuple(want[k].shape)), None)
+    if bad:
+        raise UnreadableFile(f"{str(path)!r} does not fit {where}: {bad} has shape {tuple(have[bad].shape)} there, "
+                             f"{tuple(want[bad].shape)} here (a checkpoint of another architecture?)")
+
+def load_moco(backbone: Backbone, path, first_fc: nn.Linear | None = None) -> Backbone:
+    "Initialise a ResNet `backbone` (with the ImageNet stem) and optionally `first_fc` from MoCo v2 checkpoint `path`."
+    net = backbone.net
+    if not (hasattr(net, "conv1") and hasattr(net, "layer4")):
+        raise ValueError(f"a MoCo checkpoint initialises a ResNet backbone (resnet18, resnet50), not {backbone.name or type(net).__name__!r}")
+    if net.conv1.kernel_size != (7, 7) or isinstance(net.maxpool, nn.Identity):
+        raise ValueError("the MoCo weights were learnt with the ImageNet stem (7x7 conv, max-pool): build the backbone "
+                         "with small_stem=False")
+    weights, fc0 = read_moco(path)
+    _refuse_unless_fits(path, net.state_dict(), weights, f"backbone {backbone.name or 'resnet'}")
+    if first_fc is not None:
+        if not fc0: raise UnreadableFile(f"{str(path)!r} has no fc.0 (MoCo v2's first projection layer): a MoCo v1 checkpoint?")
+        _refuse_unless_fits(path, first_fc.state_dict(), fc0, "the code head's first layer (fc.0)")
+    with torch.no_grad():
+        for k, v in net.state_dict().items(): v.copy_(weights[k])
+        if first_fc is not None:
+            for k, v in first_fc.state_dict().items(): v.copy_(fc0[k])
+    return backbone
