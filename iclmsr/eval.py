@@ -569,7 +569,7 @@ def split_spec_variant(spec: str) -> tuple:
 def eval_checkpoint(ckpt, data: str | None = None, k: int = 5, train_split: str = "train", test_split: str | None = None,
                     variants: str | None = None, probe=None, probe_epochs: int = 100, fgsm_n: int = 512, device="auto",
                     batch: int = 512, cache: bool = True, probe_out=None, train_variant: str = "original",
-                    adv_fg: int = 64, adv_bg: int = 64) -> dict:
+                    adv_fg: int = 64, adv_bg: int = 64, dcodr: str = "auto", dcodr_epochs: int = 100) -> dict:
     "Evaluate an `iclmsr train` checkpoint on a dataset spec: probe and kNN fit on `train_variant` train images, every variant tested."
     t0 = time.time()
     if not ckpt: raise ValueError("--ckpt FILE is required (a checkpoint written by iclmsr train)")
@@ -588,7 +588,8 @@ def eval_checkpoint(ckpt, data: str | None = None, k: int = 5, train_split: str 
     if sv and vs is not None and sv not in vs: vs.append(sv)
     if sv and vs is None: _variants(test, [sv])  # the spec's variant must be there: a clear error when it is not
     res = evaluate(model, train, test, mean, std, k=k, variants=vs, probe=pr, probe_epochs=probe_epochs, fgsm_n=fgsm_n,
-                   seed=cfg.train.seed, model_key=file_key(ckpt), cache=cache, batch=batch, adv_fg=adv_fg, adv_bg=adv_bg)
+                   seed=cfg.train.seed, model_key=file_key(ckpt), cache=cache, batch=batch, adv_fg=adv_fg, adv_bg=adv_bg,
+                   dcodr=dcodr, dcodr_epochs=dcodr_epochs)
     fitted = res.pop("probe")
     if pr is None and probe_out is not None: save_probe(fitted, probe_out, train.classes)
     return {"checkpoint": str(ckpt), "data": spec, "train_split": train_split, "test_split": test_split,

@@ -130,8 +130,16 @@ def _adv_line(res: dict) -> str:
     return (f"adversarial backgrounds: {a['fooled']:.1f}% of {a['n_fg']} foregrounds misclassified on some of {a['n_bg']} "
             f"backgrounds ({a['pairs']} composites, cap {a['max_fg']} x {a['max_bg']})")
 
+def _dcodr_line(res: dict) -> str | None:
+    if "dcodr" not in res: return None   # a result from before DCoDR's measures
+    d = res["dcodr"]
+    if not d: return "DCoDR measures: " + unavailable_text(res.get("unavailable", {}).get("dcodr"))
+    return (f"DCoDR measures ({d['features']} features, {d['variant']} images, MLP probes): domain probe {d['domain_probe']:.1f}% "
+            f"(chance {d['chance_domain']:.1f}%; lower = more invariant), class probe {d['class_probe']:.1f}% "
+            f"(chance {d['chance_class']:.1f}%), retrieval top-1 {d['retrieval_top1']:.1f}%")
+
 def print_eval(res: dict, file=None):
-    "Print an evaluation's accuracy per test variant and its background and robustness measures (or why they are missing)."
+    "Print an evaluation's accuracy per test variant, its background, DCoDR and robustness measures (or why they are missing)."
     p = lambda *a: print(*a, file=file or sys.stdout)
     na = res.get("unavailable", {})
     w = max(len(v) for v in res["variants"])
@@ -148,6 +156,7 @@ def print_eval(res: dict, file=None):
     else: p("worst group: " + unavailable_text(na.get("worst_group")))
     if res["bg_probe"]: p(f"background probe: {res['bg_probe']['top1']:.1f}% (chance {res['bg_probe']['chance']:.1f}%; lower = more invariant)")
     else: p("background probe: " + unavailable_text(na.get("bg_probe")))
+    if _dcodr_line(res): p(_dcodr_line(res))
     line = f"ECE of the linear probe: {res['ece']:.1f}%"
     if res["fgsm"]: line += f"; FGSM accuracy at eps {res['fgsm']['eps'] * 255:.0f}/255: {res['fgsm']['fgsm']:.1f}% (clean {res['fgsm']['clean']:.1f}%)"
     p(line)
@@ -167,6 +176,13 @@ def _bg_rows(res: dict) -> list:
                else unavailable_text(na.get("worst_group"))])
     bg.append(["background probe top-1 (chance)", f"{fmt(res['bg_probe']['top1'])} ({fmt(res['bg_probe']['chance'])})" if res["bg_probe"]
                else unavailable_text(na.get("bg_probe"))])
+    if "dcodr" in res:
+        d = res["dcodr"]
+        if d: bg += [[f"DCoDR domain probe, MLP on the {d['features']} features of the {d['variant']} images (chance)",
+                      f"{fmt(d['domain_probe'])} ({fmt(d['chance_domain'])})"],
+                     ["DCoDR class probe, MLP (chance)", f"{fmt(d['class_probe'])} ({fmt(d['chance_class'])})"],
+                     ["DCoDR retrieval top-1", fmt(d["retrieval_top1"])]]
+        else: bg.append(["DCoDR measures (domain probe, class probe, retrieval)", unavailable_text(na.get("dcodr"))])
     bg.append(["ECE of the linear probe", fmt(res["ece"])])
     if res["fgsm"]: bg.append([f"FGSM accuracy at eps {res['fgsm']['eps'] * 255:.0f}/255 (clean)", f"{fmt(res['fgsm']['fgsm'])} ({fmt(res['fgsm']['clean'])})"])
     if "adversarial_bg" in res:
@@ -189,7 +205,8 @@ def eval_report(res: dict, title: str) -> str:
     blocks = [head, "<h2>Accuracy per test variant (%)</h2>",
               html_table(rows, ["variant", "from", "images", "linear top-1", "linear top-5", "5-NN"]), plot_variants(res)]
     blocks += ["<h2>Background and robustness measures (%)</h2>", html_table(_bg_rows(res), ["measure", "value"]),
-               "<p class='note'>BG-gap = acc(mixed_same) - acc(mixed_rand); background probe: lower = more background-invariant; "
+               "<p class='note'>BG-gap = acc(mixed_same) - acc(mixed_rand); background probe and DCoDR domain probe: lower = more "
+               "background-invariant (chance is ideal); DCoDR retrieval: the share of test images whose nearest code has their class; "
                "foregrounds fooled: the share of foregrounds that some background of the pool makes the classifier get wrong.</p>"]
     if res["groups"]: blocks.append(plot_groups(res))
     blocks.append(plot_calibration(res))
@@ -221,16 +238,19 @@ def eval_cmd(ckpt: str = None,  # checkpoint written by iclmsr train (DIR/last.p
              fgsm_n: int = 512,  # test images attacked by FGSM (0 = skip)
              adv_fg: int = 64,  # foregrounds of the adversarial-background measure (0 = skip)
              adv_bg: int = 64,  # backgrounds tried on each of them (at most adv_fg x adv_bg composites)
+             dcodr: str = "auto",  # DCoDR's measures on: auto (the code of a DCoDR method, else backbone), code, backbone, off
+             dcodr_epochs: int = 100,  # most epochs of DCoDR's MLP probes (early stopping on a held-out 10% of train)
              device: str = "auto",  # auto, cpu, cuda, cuda:N or mps
              batch: int = 512,  # images per forward pass
              no_cache: bool = False,  # recompute embeddings instead of using the cache
              quiet: bool = False,  # print only the output paths
             ):
-    "Evaluate a checkpoint: kNN and linear accuracy per test variant, BG-gap, worst group, background probe, ECE, FGSM, adversarial backgrounds."
+    "Evaluate a checkpoint: kNN and linear accuracy per test variant, BG-gap, worst group, background probe, DCoDR's measures, ECE, FGSM, adversarial backgrounds."
     if not ckpt: raise ValueError("--ckpt FILE is required (a checkpoint written by iclmsr train)")
     d = out_dir(out)
     res = eval_checkpoint(ckpt, data, k, train_split, test_split, variants, probe, probe_epochs, fgsm_n, device, batch,
-                          cache=not no_cache, probe_out=d/"probe.pt", train_variant=train_variant, adv_fg=adv_fg, adv_bg=adv_bg)
+                          cache=not no_cache, probe_out=d/"probe.pt", train_variant=train_variant, adv_fg=adv_fg, adv_bg=adv_bg,
+                          dcodr=dcodr, dcodr_epochs=dcodr_epochs)
     (d/"results.json").write_text(json.dumps(res, indent=2))
     (d/"report.html").write_text(eval_report(res, f"iclmsr eval: {Path(ckpt).name} on {res['data']}"))
     if not quiet:

@@ -55,6 +55,10 @@ def test_eval_writes_results_report_and_probe(env, ckpt, tmp_path):
     assert _pct(r["worst_group"]["linear"]["acc"]) and _pct(r["bg_probe"]["top1"]) and _pct(r["ece"])
     assert r["fgsm"]["n"] == 16 and _pct(r["fgsm"]["fgsm"]) and r["fgsm"]["eps"] == pytest.approx(4 / 255)
     assert sum(map(sum, r["groups"]["count"])) == r["n_test"] == 32
+    d = r["dcodr"]   # DCoDR's measures: a SimCLR checkpoint has no code, so its backbone features
+    assert (d["features"], d["dim"], d["variant"]) == ("backbone", r["feat_dim"], "mixed_rand")
+    assert all(_pct(d[m]) for m in ("domain_probe", "class_probe", "retrieval_top1")) and (d["chance_class"], d["num_classes"]) == (25.0, 4)
+    assert "DCoDR measures (backbone features, mixed_rand images, MLP probes): domain probe" in p.stdout
     page = (out/"report.html").read_text()
     assert page.count('class="plotly-graph-div"') >= 3 and page.count("* plotly.js v") == 1
     assert '<script src=' not in page                   # self-contained: works offline
@@ -92,6 +96,8 @@ def test_eval_bad_inputs_are_one_line_errors(env, ckpt, tmp_path):
     # k larger than the kNN database (4 classes x 32 training images)
     assert "k=1000 is larger than the kNN database" in one_line_error(ev("--k", "1000"))
     assert "unknown variant 'fg'" in one_line_error(ev("--variants", "fg"))
+    assert "dcodr='code' asks for the method's code, but 'simclr' has none" in one_line_error(ev("--dcodr", "code"))
+    assert "unknown dcodr setting 'yes'; allowed: auto, code, backbone, off" in one_line_error(ev("--dcodr", "yes"))
 
 def test_eval_empty_split_and_missing_masks(env, ckpt, tmp_path):
     from iclmsr.data import export_in9
@@ -187,6 +193,8 @@ def test_eval_on_benchmark_folders_without_masks(env, ckpt, tmp_path):
     assert r["unavailable"]["worst_group"].startswith("no background ids") and r["unavailable"]["bg_probe"].startswith("no background ids")
     assert "worst group: not available without background ids" in p.stdout
     assert "background probe: not available without background ids" in p.stdout
+    assert r["dcodr"] is None and r["unavailable"]["dcodr"] == "no background ids (on the original test images)"
+    assert "DCoDR measures: not available without background ids (on the original test images)" in p.stdout
     assert "no background pool" in r["unavailable"]["adversarial_bg"] and "not available without background ids" in (tmp_path/"f"/"report.html").read_text()
     # the same images with their masks (the toy spec itself): the same numbers on every variant, the same BG-gap
     ev(SPEC, "m", "--variants", ",".join(vs[1:]))
