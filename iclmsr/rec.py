@@ -23,8 +23,10 @@ class AdaIN(nn.Module):
         super().__init__()
         self.eps = eps
     def forward(self, x, scale, bias):
-        mu, var = x.mean((2, 3), keepdim=True), x.var((2, 3), keepdim=True, unbiased=False)
-        return (x - mu) * torch.rsqrt(var + self.eps) * scale[..., None, None] + bias[..., None, None]
+        xf = x.float()   # the statistics in float32, also under bf16 autocast
+        mu, var = xf.mean((2, 3), keepdim=True), xf.var((2, 3), keepdim=True, unbiased=False)
+        out = (xf - mu) * torch.rsqrt(var + self.eps) * scale.float()[..., None, None] + bias.float()[..., None, None]
+        return out.to(x.dtype)
 
 def generator_plan(h: int, w: int, width: int = 256, full_width_up_to: int = 64) -> tuple:
     "(h0, w0, widths): the decoder's initial grid (at most 7 x 7) and the channels of each of its x2 stages, for (h, w) images."
