@@ -42,11 +42,13 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     "The base method, its backbone and heads."
-    method: str = _f("simclr", help="base method: simclr, byol, wmse, barlow_twins, supcon, dcodr, dcodr_nonegs (+icl-msr, +icl-frozen, +ntxent: a run name)")
+    method: str = _f("simclr", help="base method: simclr, byol, wmse, barlow_twins, supcon, dcodr, dcodr_nonegs, dcodr_rec (+icl-msr, +icl-frozen, +ntxent: a run name)")
     backbone: str = _f("resnet18", help="resnet18, resnet50 or small_cnn")
     proj_hidden: int = _f(1024, _pos, "> 0", help="hidden width of the projection MLP (not used by the DCoDR methods' linear code head)")
     proj_dim: Optional[int] = _f(None, _pos, "> 0", help="projection / code size (null: the method's own, 128 for the DCoDR methods, else 64)")
     tau: Optional[float] = _f(None, _pos, "> 0", help="temperature of the base method's loss (null: the method's own, SimCLR 0.5, SupCon 0.1)")
+    init: Optional[str] = _f(None, help="MoCo v2 checkpoint (e.g. moco_v2_800ep_pretrain.pth.tar) to start the ResNet backbone from, with the ImageNet stem; the DCoDR methods also keep its first projection layer (null: random init)")
+    vgg_weights: Optional[str] = _f(None, help="dcodr_rec: torchvision's vgg16 ImageNet state dict file (vgg16-397923af.pth) for the perceptual term (null: pixel L1 alone, a departure from DCoDR)")
 
 # %% ../nbs/00b_config.ipynb #c68b828e
 @dataclass
@@ -273,8 +275,9 @@ def control_names(base: str = ModelConfig.method) -> list[str]:
     return [base] + [f"{base}+{s}" for s in RUN_SUFFIXES]
 
 # %% ../nbs/00b_config.ipynb #fd011065
-METHOD_DEFAULTS = {"dcodr": {"augment": "dcodr", "proj_dim": 128}, "dcodr_nonegs": {"augment": "dcodr", "proj_dim": 128}}
-DOMAIN_WISE = frozenset({"dcodr"})   # methods whose batches are domain-balanced (they need domain ids)
+METHOD_DEFAULTS = {"dcodr": {"augment": "dcodr", "proj_dim": 128}, "dcodr_nonegs": {"augment": "dcodr", "proj_dim": 128},
+                   "dcodr_rec": {"augment": "dcodr", "proj_dim": 128}}
+DOMAIN_WISE = frozenset({"dcodr", "dcodr_rec"})   # methods whose batches are domain-balanced (they need domain ids)
 
 def resolve_defaults(cfg: Config) -> Config:
     "`cfg` with the null `data.augment`, `model.proj_dim` and `train.batch_size` set to its method's own (see `METHOD_DEFAULTS`)."

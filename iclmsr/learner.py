@@ -17,11 +17,12 @@ from .config import (Config, ModelConfig, RUN_SUFFIXES, resolve_run_name, ICLCon
                            dump_config, load_config, resolve_defaults, BATCH_SIZE, DOMAIN_WISE)
 from .checkpoint import rng_state, set_rng_state, CheckpointKeeper, load_checkpoint
 from .data import load_dataset, FgBgData, variant_of, available_variants
-from .augment import TwoViewAugment
+from .augment import TwoViewAugment, PRESETS
 from .batch import Batch, gather, make_batch, check_needs
 from .msr import MetaSemanticRegularizer, adam_precond
 from .losses import nt_xent
 from .methods import build_method, METHODS, ICLMSR, NonFiniteLoss, options
+from .models import load_moco
 from .knn import knn_predict
 from .sampler import balanced_shape, domain_batches
 
@@ -29,8 +30,8 @@ from .sampler import balanced_shape, domain_batches
 __all__ = ['EVENTS', 'CSV_FIELDS', 'CONTROLS', 'DIAGNOSE_BASE', 'CancelFit', 'Callback', 'lr_factor', 'make_optimizer',
            'dist_env', 'init_distributed', 'average_gradients', 'Learner', 'Control', 'MixedPrecision', 'ChannelsLast',
            'Distributed', 'setting', 'ProgressCallback', 'MetricsLogger', 'extract_features', 'KNNMonitor',
-           'Checkpointer', 'default_callbacks', 'icl_regularizer', 'unused_keys', 'check_used', 'method_from_config',
-           'diagnose_icl', 'train']
+           'Checkpointer', 'default_callbacks', 'icl_regularizer', 'unused_keys', 'check_used', 'num_domains',
+           'method_from_config', 'diagnose_icl', 'train']
 
 # %% ../nbs/12_learner.ipynb #2115fc07
 class CancelFit(Exception):
@@ -60,8 +61,12 @@ def lr_factor(step: int, total: int, warmup: int = 0, schedule: str = "cosine", 
     raise ValueError(f"unknown schedule {schedule!r}; allowed: cosine, step, constant")
 
 def make_optimizer(params, name: str, lr: float, weight_decay: float, momentum: float = 0.9):
-    "The optimiser named by the config."
-    params = [p for p in params if p.requires_grad]
+    "The optimiser named by the config; `params` are tensors, or groups `{'params': [...]}` (a group may set its own `lr`)."
+    params = list(params)
+    if params and isinstance(params[0], dict):
+        params = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in params]
+        params = [g for g in params if g["params"]]
+    else: params = [p for p in params if p.requires_grad]
     if name == "adam": return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     if name == "adamw": return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     if name == "sgd": return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=True)
@@ -109,7 +114,7 @@ class Learner:
         self.params = self.method.encoder_parameters()
         self.n_epochs, self.epoch, self.stage, self.batch_idx, self.step = 1, 0, "fit", 0, 0
         o = optim if optim is not None else OptimConfig()
-        self.opt = make_optimizer(self.params, o.name, o.lr, o.weight_decay, o.momentum)
+        self.opt = make_optimizer(self.method.param_groups() if hasattr(self.method, "param_groups") else self.params, o.name, o.lr, o.weight_decay, o.momentum)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda s: lr_factor(s, self.total_steps, o.warmup_steps, o.schedule, self.n_epochs))
         self.metrics, self.last_batch, self.cancelled, self.batches = {}, {}, False, []
@@ -242,7 +247,7 @@ def fit_batch(self: Learner, batch: Batch):
     self.sched.step()
     self.step += 1
     if hasattr(self.method, "step_end"): self.method.step_end(self.step, self.total_steps)
-    self.last_batch = {k: _scalar(v) for k, v in out.items() if k in ("loss", "base", "icl", "icl_gap") and v is not None}
+    self.last_batch = {k: _scalar(v) for k, v in out.items() if k in ("loss", "base", "rec", "icl", "icl_gap") and v is not None}
     self.last_batch["lr"] = self.sched.get_last_lr()[0]
 
 @patch
@@ -416,7 +421,7 @@ class ProgressCallback(Callback):
         ips = done * L.batch_size / dt if dt > 0 else 0.0
         L.metrics["images_per_s"] = ips
         eta = (L.total_steps - L.step) * dt / done if done else float("nan")
-        loss = " ".join(f"{k} {v:.4f}" for k, v in L.last_batch.items() if k in ("loss", "base", "icl"))
+        loss = " ".join(f"{k} {v:.4f}" for k, v in L.last_batch.items() if k in ("loss", "base", "rec", "icl"))
         line = (f"epoch {L.epoch + 1}/{L.n_epochs} step {L.step}/{L.total_steps} {loss} | "
                 f"{ips:.0f} img/s | {fmt_duration(dt)} elapsed, {fmt_duration(eta) if done else '--:--'} left")
         print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=self.file or sys.stdout, flush=True)
@@ -424,7 +429,7 @@ class ProgressCallback(Callback):
         if self.tty and self.learn.rank == 0: print(file=self.file or sys.stdout)
 
 # %% ../nbs/12_learner.ipynb #cea00d47
-CSV_FIELDS = ("time", "epoch", "step", "stage", "loss", "base", "icl", "icl_gap", "meta", "meta_grad_norm", "meta_grad_cos",
+CSV_FIELDS = ("time", "epoch", "step", "stage", "loss", "base", "rec", "icl", "icl_gap", "meta", "meta_grad_norm", "meta_grad_cos",
               "strata_common_share", "strata_spread", "strata_moved", "lr", "images_per_s", "knn_full", "knn_fg", "knn_bg")
 
 class MetricsLogger(Callback):
@@ -582,6 +587,8 @@ def unused_keys(cfg: Config) -> dict:
         out["model.tau"] = f"{m.method} has no temperature"
     if m.method in METHODS and "proj_hidden" not in options(METHODS[m.method].__init__):
         out["model.proj_hidden"] = f"{m.method} has a linear code head, no projection MLP"
+    if m.vgg_weights is not None and m.method in METHODS and "vgg_weights" not in options(METHODS[m.method].__init__):
+        out["model.vgg_weights"] = f"{m.method} has no reconstruction term (dcodr_rec has)"
     if not cfg.icl.enabled:
         out["icl.*"] = "icl.enabled is false"
     elif cfg.icl.control != "msr":
@@ -602,8 +609,12 @@ def check_used(cfg: Config):
                 raise ConfigError(f"train.{key} is not used by method {m!r} (it takes random batches; domain-balanced "
                                   f"batches are for a method that needs domains: {', '.join(sorted(DOMAIN_WISE))}); remove it")
 
-def method_from_config(cfg: Config, image_size: int):
-    "The method of `cfg` for images of `image_size`: the base method, composed with ICL-MSR when `icl.enabled`."
+def num_domains(data) -> int:
+    "How many domain ids the data's background ids span (0 when it has none)."
+    return int(data.backgrounds.max()) + 1 if len(data) and bool((data.backgrounds >= 0).any()) else 0
+
+def method_from_config(cfg: Config, image_size: int, data=None):
+    "The method of `cfg` for images of `image_size`, composed with ICL-MSR when `icl.enabled`; given its training `data`, ready to train it (domain count, VGG16 and MoCo files read)."
     cfg = resolve_defaults(resolve_run_name(cfg))
     m = cfg.model
     if m.method not in METHODS: raise ConfigError(f"model.method: unknown method {m.method!r}; allowed: {', '.join(METHODS)}")
@@ -611,7 +622,15 @@ def method_from_config(cfg: Config, image_size: int):
     accepts = options(METHODS[m.method].__init__)
     hp = {k: v for k, v in (("proj_hidden", m.proj_hidden), ("proj_dim", m.proj_dim), ("temperature", m.tau))
           if k in accepts and v is not None}
-    base = build_method(m.method, backbone=m.backbone, image_size=image_size, **hp)
+    if data is not None and "num_domains" in accepts: hp["num_domains"] = num_domains(data)
+    if data is not None and "vgg_weights" in accepts: hp["vgg_weights"] = m.vgg_weights
+    if "image_mean" in accepts: hp.update(image_mean=PRESETS[cfg.data.augment]["mean"], image_std=PRESETS[cfg.data.augment]["std"])
+    if m.init is not None and m.backbone not in ("resnet18", "resnet50"):
+        raise ConfigError(f"model.init: a MoCo v2 checkpoint initialises a ResNet backbone (resnet18, resnet50), not {m.backbone!r}")
+    bkw = {"small_stem": False} if m.init is not None else {}   # MoCo's weights were learnt with the ImageNet stem
+    base = build_method(m.method, backbone=m.backbone, image_size=image_size, backbone_kw=bkw, **hp)
+    if data is not None and m.init is not None:
+        load_moco(base.backbone, m.init, base.projector[0] if getattr(base, "moco_fc", False) else None)
     if not cfg.icl.enabled: return base
     return ICLMSR(base, icl_regularizer(cfg.icl, base.proj_dim), name=base.name + CONTROLS[cfg.icl.control])
 
@@ -636,7 +655,7 @@ def from_config(cls: Learner, cfg: Config | dict | None = None, run_dir=None, cb
     if cfg.data.variant != "original": data = variant_of(data, cfg.data.variant, seed=t.seed)  # its folder, else from masks
     if cfg.data.resident: data = data.to(device)   # else DataLoader workers gather from CPU memory
     aug = TwoViewAugment(cfg.data.augment, size=data.image_size)
-    method = method if method is not None else method_from_config(cfg, data.image_size)
+    method = method if method is not None else method_from_config(cfg, data.image_size, data)
     if t.sync_bn and world > 1:
         if device.type != "cuda": raise ConfigError("train.sync_bn needs CUDA devices (SyncBatchNorm has no CPU kernel)")
         method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
