@@ -4,7 +4,7 @@
 
 # %% ../nbs/14c_demo.ipynb #1e355a33
 from __future__ import annotations
-import html, json, time
+import html, json, math, statistics, time
 import numpy as np
 from .utils import get_device
 from .data import load_dataset
@@ -15,7 +15,8 @@ from .report import fmt, _ms, _bar, _COLOURS, plot_four_settings, html_table, ht
 
 # %% auto #0
 __all__ = ['DEMO_MODELS', 'demo_settings', 'demo_config', 'demo_summary', 'measure_demo_model', 'mean_std', 'background_effect',
-           'format_demo', 'plot_bg_measures', 'demo_report', 'run_demo', 'demo']
+           'mean_pm', 'runs_table', 'seed_difference', 'difference_table', 'format_demo', 'plot_bg_measures',
+           'demo_report', 'run_demo', 'demo']
 
 # %% ../nbs/14c_demo.ipynb #1008b847
 DEMO_MODELS = ("simclr", "simclr+icl-msr")   # run names (iclmsr.config.control_names adds the controls)
@@ -88,6 +89,34 @@ def background_effect(table: dict, metric: str = "linear") -> dict:
     v = lambda a, b: _ms(table[a][b][metric])[0]
     return {"train_full": v("train_full", "test_full") - v("train_full", "test_fg"),
             "train_fg": v("train_fg", "test_fg") - v("train_fg", "test_full")}
+
+# %% ../nbs/14c_demo.ipynb #ff9af0bb
+def mean_pm(values, fmt: str = ".1f") -> str:
+    "Mean ± sample standard deviation of `values` (None left out) as text; a dash when none is left."
+    x = [v for v in values if v is not None]
+    if not x: return "–"
+    return f"{statistics.mean(x):{fmt}} ± {statistics.stdev(x) if len(x) > 1 else 0.0:{fmt}}"
+
+def runs_table(runs: dict, cols: dict, fmt: str = ".1f") -> str:
+    "Markdown table of `runs` {run name: [per-seed dict, ...]}: a row per run, a column per key of `cols` {key: header}."
+    head = "| run | " + " | ".join(cols.values()) + " |\n|---|" + "---|" * len(cols) + "\n"
+    return head + "".join(f"| `{n}` | " + " | ".join(mean_pm([r.get(k) for r in rs], fmt) for k in cols) + " |\n"
+                          for n, rs in runs.items())
+
+# %% ../nbs/14c_demo.ipynb #b1883e91
+def seed_difference(a: list, b: list, key: str, z: float = 2.0) -> tuple:
+    "(mean of `key` over the runs `a` minus over `b`, whether it exceeds `z` standard errors of the difference)."
+    xa, xb = [r[key] for r in a], [r[key] for r in b]
+    if min(len(xa), len(xb)) < 2:
+        raise ValueError(f"telling a difference from seed noise needs at least 2 seeds on each side, got {len(xa)} and {len(xb)}")
+    d = statistics.mean(xa) - statistics.mean(xb)
+    return d, abs(d) > z * math.sqrt(statistics.variance(xa) / len(xa) + statistics.variance(xb) / len(xb))
+
+def difference_table(runs: dict, name: str, cols: dict, z: float = 2.0) -> str:
+    "Markdown table: `name`'s difference of means to every other run for each key of `cols`, * where beyond `z` standard errors."
+    head = f"| {name} minus | " + " | ".join(cols.values()) + " |\n|---|" + "---|" * len(cols) + "\n"
+    cell = lambda o, k: (lambda d, big: f"{d:+.1f}{' *' if big else ''}")(*seed_difference(runs[name], runs[o], k, z))
+    return head + "".join(f"| `{o}` | " + " | ".join(cell(o, k) for k in cols) + " |\n" for o in runs if o != name)
 
 # %% ../nbs/14c_demo.ipynb #38790eed
 _BG_ROWS = (("BG-gap, linear (points)", ("bg_gap", "linear")), ("BG-gap, 5-NN (points)", ("bg_gap", "knn5")),
