@@ -42,13 +42,15 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     "The base method, its backbone and heads."
-    method: str = _f("simclr", help="base method: simclr, byol, wmse, barlow_twins, supcon, dcodr, dcodr_nonegs, dcodr_rec (+icl-msr, +icl-frozen, +ntxent: a run name)")
+    method: str = _f("simclr", help="base method: simclr, byol, wmse, barlow_twins, supcon, dcodr, dcodr_nonegs, dcodr_rec, excon, exconb (+icl-msr, +icl-frozen, +ntxent: a run name)")
     backbone: str = _f("resnet18", help="resnet18, resnet50 or small_cnn")
     proj_hidden: int = _f(1024, _pos, "> 0", help="hidden width of the projection MLP (not used by the DCoDR methods' linear code head)")
     proj_dim: Optional[int] = _f(None, _pos, "> 0", help="projection / code size (null: the method's own, 128 for the DCoDR methods, else 64)")
     tau: Optional[float] = _f(None, _pos, "> 0", help="temperature of the base method's loss (null: the method's own, SimCLR 0.5, SupCon 0.1)")
     init: Optional[str] = _f(None, help="MoCo v2 checkpoint (e.g. moco_v2_800ep_pretrain.pth.tar) to start the ResNet backbone from, with the ImageNet stem; the DCoDR methods also keep its first projection layer (null: random init)")
     vgg_weights: Optional[str] = _f(None, help="dcodr_rec: torchvision's vgg16 ImageNet state dict file (vgg16-397923af.pth) for the perceptual term (null: pixel L1 alone, a departure from DCoDR)")
+    exp_epochs: Optional[int] = _f(None, _nonneg, ">= 0", help="excon, exconb: the epoch the masked views start (plain SupCon before; null: a quarter of train.epochs, as ExCon's 50 of 200)")
+    background_anchor: bool = _f(False, help="exconb: the appended misclassified masked images are anchors and positives among themselves (true), or only negatives (false)")
 
 # %% ../nbs/00b_config.ipynb #c68b828e
 @dataclass

@@ -22,6 +22,7 @@ from .batch import Batch, gather, make_batch, check_needs
 from .msr import MetaSemanticRegularizer, adam_precond
 from .losses import nt_xent
 from .methods import build_method, METHODS, ICLMSR, NonFiniteLoss, options
+from .excon import ExCon
 from .models import load_moco
 from .knn import knn_predict
 from .sampler import balanced_shape, domain_batches
@@ -247,7 +248,7 @@ def fit_batch(self: Learner, batch: Batch):
     self.sched.step()
     self.step += 1
     if hasattr(self.method, "step_end"): self.method.step_end(self.step, self.total_steps)
-    self.last_batch = {k: _scalar(v) for k, v in out.items() if k in ("loss", "base", "rec", "icl", "icl_gap") and v is not None}
+    self.last_batch = {k: _scalar(v) for k, v in out.items() if k in ("loss", "base", "rec", "icl", "icl_gap", "masked_share") and v is not None}
     self.last_batch["lr"] = self.sched.get_last_lr()[0]
 
 @patch
@@ -290,7 +291,10 @@ def fit(self: Learner, epochs: int | None = None):
         while self.epoch < self.n_epochs:
             stages = self.stages
             if self.stage not in stages: self.stage, self.batch_idx = "fit", 0
-            if self.stage == stages[0] and self.batch_idx == 0: self("before_epoch")
+            if self.stage == stages[0] and self.batch_idx == 0:
+                base = getattr(self.method, "base", self.method)   # ExCon freezes the classifier that explains this epoch
+                if hasattr(base, "epoch_start"): base.epoch_start(self.epoch, self.n_epochs)
+                self("before_epoch")
             for s in stages[stages.index(self.stage):]:
                 self._run_stage(s, self.batch_idx if s == self.stage else 0)
             self("after_epoch")
@@ -390,7 +394,8 @@ class Distributed(Callback):
     "Many processes under torchrun: equal initial weights, averaged gradients, and a stop every process agrees on."
     order = -15
     def before_fit(self):
-        for p in self.learn.method.state_dict().values(): dist.broadcast(p, 0)
+        for p in self.learn.method.state_dict().values():
+            if torch.is_tensor(p): dist.broadcast(p, 0)   # not a method's extra state (ExCon's classifier optimiser)
     def after_backward(self): average_gradients(self.learn.params)
     def before_batch(self):
         "Stop before this batch? One process asked to stop stops them all, at the same batch (one all-reduce of a flag)."
@@ -589,6 +594,10 @@ def unused_keys(cfg: Config) -> dict:
         out["model.proj_hidden"] = f"{m.method} has a linear code head, no projection MLP"
     if m.vgg_weights is not None and m.method in METHODS and "vgg_weights" not in options(METHODS[m.method].__init__):
         out["model.vgg_weights"] = f"{m.method} has no reconstruction term (dcodr_rec has)"
+    for k in ("exp_epochs", "background_anchor"):   # listed only when set: every other method leaves them alone
+        if getattr(m, k) != getattr(ModelConfig, k) and m.method in METHODS and k not in options(METHODS[m.method].__init__):
+            out["model." + k] = (f"{m.method} has no masked views (excon and exconb have)" if k == "exp_epochs"
+                                 else f"{m.method} appends no misclassified masked images (exconb does)")
     if not cfg.icl.enabled:
         out["icl.*"] = "icl.enabled is false"
     elif cfg.icl.control != "msr":
@@ -624,6 +633,13 @@ def method_from_config(cfg: Config, image_size: int, data=None):
           if k in accepts and v is not None}
     if data is not None and "num_domains" in accepts: hp["num_domains"] = num_domains(data)
     if data is not None and "vgg_weights" in accepts: hp["vgg_weights"] = m.vgg_weights
+    if data is not None and "n_classes" in accepts: hp["n_classes"] = max(data.num_classes, 2)
+    if "exp_epochs" in accepts:
+        if m.exp_epochs is not None and m.exp_epochs > cfg.train.epochs:
+            raise ConfigError(f"model.exp_epochs={m.exp_epochs} is beyond the run's {cfg.train.epochs} epochs (train.epochs): "
+                              "the masked views would never be used; set it to at most train.epochs, or null for a quarter of the run")
+        hp["exp_epochs"] = m.exp_epochs
+    if "background_anchor" in accepts: hp["background_anchor"] = m.background_anchor
     if "image_mean" in accepts: hp.update(image_mean=PRESETS[cfg.data.augment]["mean"], image_std=PRESETS[cfg.data.augment]["std"])
     if m.init is not None and m.backbone not in ("resnet18", "resnet50"):
         raise ConfigError(f"model.init: a MoCo v2 checkpoint initialises a ResNet backbone (resnet18, resnet50), not {m.backbone!r}")

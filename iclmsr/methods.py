@@ -174,6 +174,7 @@ class ICLMSR(Method):
     def training_loss(self, batch, *rest, step: int | None = None) -> dict:
         "Stage 1: `loss` = `base` + lam * `icl`, with the stratum vectors fixed."
         b = as_batch(batch, *rest)
+        if hasattr(self.base, "prepare"): b = self.base.prepare(b)   # a base that chooses its views (ExCon's masked view)
         out = dict(self.base.loss_from_features(self.backbone(b.v1), self.backbone(b.v2), b))
         out["icl"] = self.msr.icl(out["z1"], out["z2"])
         out["icl_gap"] = self.msr.last_gap   # L_ICL - NT-Xent on the same projections (no gradient)

@@ -8,7 +8,7 @@ import ast
 from pathlib import Path
 import pytest
 
-LAYERS = ["utils", "config", "fgbg", "toy", "data", "augment", "batch", "sampler", "models", "losses", "rec", "explain", "msr", "methods",
+LAYERS = ["utils", "config", "fgbg", "toy", "data", "augment", "batch", "sampler", "models", "losses", "rec", "explain", "msr", "methods", "excon",
           "checkpoint", "knn", "probe", "learner", "eval", "report", "viz", "dashboard", "demo", "bench", "cli", "docs"]
 PKG = Path(__file__).resolve().parent.parent/"iclmsr"
 
