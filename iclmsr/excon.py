@@ -6,6 +6,7 @@
 from __future__ import annotations
 import copy, dataclasses
 import torch
+import torch.distributed
 from torch import nn
 import torch.nn.functional as F
 from fastcore.basics import patch
@@ -147,6 +148,8 @@ def step_end(self: ExCon, step: int, total_steps: int):
     loss = F.cross_entropy(self.classifier(h), y)
     self.clf_opt.zero_grad(set_to_none=True)
     loss.backward()
+    if process_group()[1] > 1:   # under torchrun: the gradient of the global batch, so every process keeps the same classifier
+        for p in self.classifier.parameters(): torch.distributed.all_reduce(p.grad); p.grad /= process_group()[1]
     self.clf_opt.step()
     self.last_clf_loss = loss.detach()
 
