@@ -78,3 +78,11 @@ def test_excon_on_unlabelled_data_is_refused():
     data.labels[:3] = -1
     with pytest.raises(UserError, match="method 'excon' needs labels"):
         Learner(ExCon(build_backbone("small_cnn", data.image_size), n_classes=4), data, batch_size=16, device="cpu")
+
+def test_excon_checkpoint_evaluates(tmp_path):
+    "`iclmsr eval` rebuilds the method without the data: the classifier takes the checkpoint's class count."
+    from conftest import run
+    r, e = tmp_path/"r", tmp_path/"e"
+    train("--out", str(r), *EXCON, "--set", "model.method=exconb", "--set", "train.epochs=2", "--quiet", timeout=600)
+    run([bin_path("iclmsr"), "eval", "--ckpt", str(r/"last.pt"), "--data", "toy:num_classes=4,n_train=16,n_test=8", "--out", str(e)])
+    assert (e/"results.json").exists()
