@@ -618,6 +618,7 @@ def check_used(cfg: Config):
                 raise ConfigError(f"train.{key} is not used by method {m!r} (it takes random batches; domain-balanced "
                                   f"batches are for a method that needs domains: {', '.join(sorted(DOMAIN_WISE))}); remove it")
 
+# %% ../nbs/12_learner.ipynb #e63c83ef
 def num_domains(data) -> int:
     "How many domain ids the data's background ids span (0 when it has none)."
     return int(data.backgrounds.max()) + 1 if len(data) and bool((data.backgrounds >= 0).any()) else 0
