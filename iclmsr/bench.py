@@ -11,7 +11,7 @@ from pathlib import Path
 __all__ = ['BENCHES', 'EPOCH_BASE', 'QUICK_EPOCH', 'EPOCH_RUNS', 'bench', 'bench_icl_epoch']
 
 # %% ../nbs/20_bench.ipynb #6d493721
-BENCHES = ("augment", "step", "knn", "toy", "icl_epoch")
+BENCHES = ("augment", "step", "knn", "toy", "icl_epoch", "excon_step")
 
 def _run_bench(name: str, quick: bool) -> dict:
     if name == "augment":
@@ -28,10 +28,13 @@ def _run_bench(name: str, quick: bool) -> dict:
         return bench_toy(sizes=(32,)) if quick else bench_toy(sizes=(32, 64, 96))
     if name == "icl_epoch":
         return bench_icl_epoch(QUICK_EPOCH, rounds=1) if quick else bench_icl_epoch()
+    if name == "excon_step":
+        from iclmsr.excon import bench_excon_step
+        return bench_excon_step("small_cnn", batch=32, n_classes=4, steps=1, warmup=0) if quick else bench_excon_step()
     raise ValueError(f"unknown benchmark {name!r}; allowed: {', '.join(BENCHES)}")
 
 def bench(out: str = "bench.json",  # JSON file for the results
-          only: str = None,  # comma-separated benchmarks to run (default: all of augment, step, knn, toy, icl_epoch)
+          only: str = None,  # comma-separated benchmarks to run (default: all of augment, step, knn, toy, icl_epoch, excon_step)
           quick: bool = False,  # tiny sizes: a smoke run whose numbers mean little
          ):
     "Measure augmentation, training-step, kNN and dataset-generation speed side by side; write JSON."

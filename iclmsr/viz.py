@@ -8,19 +8,22 @@ import base64, hashlib, html, io, json, math, time
 from pathlib import Path
 import numpy as np
 import torch
+from torch import nn
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 import ipywidgets as W
 from fastcore.basics import patch
-from .utils import cache_dir
+from .utils import cache_dir, model_device
 from .data import FgBgData
 from .knn import FeatureIndex, as_feats, as_labels
+from .explain import grad_cam, normalise_cam, mask_iou, pointing_game, energy_share, _normaliser, _pixels
 
 # %% auto #0
 __all__ = ['FORMATS', 'MARKS', 'COLOR_BY', 'PALETTE', 'DBS', 'in_kernel', 'figure_html', 'Showable', 'image_bytes', 'data_uri',
            'static_format', 'thumb_html', 'PointSet', 'pca_reduce', 'umap_2d', 'align_2d', 'umap_figure',
            'figure_with_thumbs', 'UMAPView', 'retrieval_dbs', 'search_excluding', 'neighbour_marks', 'neighbour_rates',
-           'neighbour_table', 'build_indexes', 'retrieval_summary', 'summary_html', 'RetrievalExplorer', 'bench_umap']
+           'neighbour_table', 'build_indexes', 'retrieval_summary', 'summary_html', 'RetrievalExplorer', 'heat_rgb',
+           'overlay', 'mask_rgb', 'SaliencyView', 'bench_umap']
 
 # %% ../nbs/15_viz.ipynb #1a5a4644
 def in_kernel() -> bool:
@@ -455,6 +458,106 @@ def static_html(self: RetrievalExplorer) -> str:
 
 def _bg_name(ds: FgBgData, b: int) -> str:
     return "none" if b < 0 else ds.bg_names[b] if b < len(ds.bg_names) else f"bg{b}"
+
+# %% ../nbs/15_viz.ipynb #60764cf4
+def heat_rgb(cam: torch.Tensor) -> torch.Tensor:
+    "A map (H, W) as a uint8 RGB heat image (3, H, W): its min-max normalised values through the jet colour map."
+    c = normalise_cam(cam[None].float())[0].cpu()
+    return (torch.stack([(1.5 - (4 * c - k).abs()).clamp(0, 1) for k in (3, 2, 1)]) * 255).round().to(torch.uint8)
+
+def overlay(img: torch.Tensor, cam: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
+    "The uint8 image `img` (3, H, W) with the heat image of `cam` (H, W) blended in at `alpha`."
+    if not 0 <= alpha <= 1: raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+    return ((1 - alpha) * img.float().cpu() + alpha * heat_rgb(cam).float()).round().to(torch.uint8)
+
+def mask_rgb(mask: torch.Tensor) -> torch.Tensor:
+    "A bool mask (H, W) as a uint8 RGB image: the foreground white, the background black."
+    return (mask.cpu().to(torch.uint8) * 255).expand(3, *mask.shape).contiguous()
+
+# %% ../nbs/15_viz.ipynb #ef5be8e0
+class SaliencyView(Showable):
+    "Images, their true foreground masks and each model's Grad-CAM overlay, with saliency IoU, pointing game and energy share per image."
+    def __init__(self, models: dict, data: FgBgData, mean=None, std=None, start: int = 0, n: int = 8, target: str = "label",
+                 threshold: float = 0.5, size: int = 64, static: bool | None = None):
+        if not data.has_masks: raise ValueError(f"SaliencyView compares saliency with the true foreground masks, and dataset {data.name!r} has none")
+        if target not in ("label", "pred"): raise ValueError(f"target must be 'label' (the true class) or 'pred', got {target!r}")
+        if not isinstance(n, int) or n < 1: raise ValueError(f"n must be a positive integer, got {n!r}")
+        if not models: raise ValueError("models must name at least one (module, layer) pair")
+        for k, v in models.items():
+            if not (isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], nn.Module)):
+                raise ValueError(f"model {k!r} must be given as (module, layer), got {type(v).__name__}")
+        self.models, self.data, self.mean, self.std, self.n = models, data, mean, std, n
+        self.target, self.threshold, self.size, self.static = target, threshold, size, static
+        self.box = W.BoundedIntText(value=start, min=0, max=len(data) - 1, description="first", layout=W.Layout(width="180px"))
+        self.rows = W.HTML(); self.rows.add_class("iclmsr-saliency-rows")
+        self.box.observe(lambda ch: self.show(ch["new"]), names="value")
+        info = W.HTML(f"<span style='font-size:12px;color:#555'>&nbsp;{len(data)} images; Grad-CAM of the "
+                      f"{'true' if target == 'label' else 'predicted'} class</span>")
+        self.widget = W.VBox([W.HBox([self.box, info]), self.rows]); self.widget.add_class("iclmsr-saliency")
+        self.show(start)
+
+    def __repr__(self): return f"SaliencyView({', '.join(self.models)}; images {self.start}-{self.start + len(self.ids) - 1})"
+
+# %% ../nbs/15_viz.ipynb #71d7fb0e
+@patch
+def compute(self: SaliencyView, ids) -> dict:
+    "For images `ids`: `{model: {pred, cam, iou, pointing, energy}}`, one entry per image in each tensor."
+    ids = torch.as_tensor(list(ids), dtype=torch.long)
+    out, m = {}, self.data.masks[ids]
+    for name, (model, layer) in self.models.items():
+        dev = model_device(model)
+        x = _normaliser(self.mean, self.std, dev)(_pixels(self.data.images[ids]).to(dev))
+        modes = [(mod, mod.training) for mod in model.modules()]
+        model.eval()
+        try:
+            with torch.no_grad(): pred = model(x).argmax(1)
+            cam = grad_cam(model, layer, x, self.data.labels[ids].to(dev) if self.target == "label" else pred).cpu()
+        finally:
+            for mod, mode in modes: mod.training = mode
+        out[name] = {"pred": pred.cpu(), "cam": cam, "iou": mask_iou(cam, m, self.threshold),
+                     "pointing": pointing_game(cam, m), "energy": energy_share(cam, m)}
+    return out
+
+@patch
+def show(self: SaliencyView, start: int):
+    "Make image `start` the first of the run of `n` images and redraw."
+    if not 0 <= start < len(self.data): raise IndexError(f"image {start} out of range: the data has {len(self.data)} images")
+    self.start, self.ids = start, list(range(start, min(start + self.n, len(self.data))))
+    if self.box.value != start: self.box.value = start   # its observer calls show again, once
+    self.result = self.compute(self.ids)
+    self.rows.value = self.rows_html()
+
+# %% ../nbs/15_viz.ipynb #a9376531
+@patch
+def summary(self: SaliencyView) -> dict:
+    "Per model, over the images shown: mean saliency IoU, pointing-game hits and energy share (percent), and accuracy."
+    y = self.data.labels[self.ids]
+    return {k: {"iou": 100 * r["iou"].double().mean().item(), "pointing": 100 * r["pointing"].double().mean().item(),
+                "energy": 100 * r["energy"].double().mean().item(), "accuracy": 100 * (r["pred"] == y).double().mean().item()}
+            for k, r in self.result.items()}
+
+@patch
+def rows_html(self: SaliencyView, fmt: str = "png") -> str:
+    "The images as HTML rows: image, true mask, then one overlay per model captioned IoU / pointing / energy."
+    d, s, cls = self.data, self.size, self.data.classes
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in ["image", "true mask", *self.models])
+    rows = []
+    for r, i in enumerate(self.ids):
+        cells = [thumb_html(d.images[i], f"#{i} {cls[d.labels[i]]}", size=s, fmt=fmt), thumb_html(mask_rgb(d.masks[i]), "foreground", size=s, fmt=fmt)]
+        for k, res in self.result.items():
+            hit = bool(res["pointing"][r])
+            cap = f"IoU {100 * res['iou'][r]:.0f} · {'hit' if hit else 'miss'} · E {100 * res['energy'][r]:.0f}%"
+            cells.append(thumb_html(overlay(d.images[i], res["cam"][r]), cap, size=s, fmt=fmt, title=f"{k}: predicts {cls[res['pred'][r]]}"))
+        rows.append(f'<tr class="iclmsr-saliency-row" data-image="{i}">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    summ = "".join(f'<tr class="iclmsr-saliency-summary" data-model="{html.escape(k)}"><td colspan="2"><b>{html.escape(k)}</b>, '
+                   f'{len(self.ids)} images</td><td colspan="{len(self.models)}">IoU {v["iou"]:.1f} · pointing {v["pointing"]:.0f}% · '
+                   f'energy {v["energy"]:.1f}% · accuracy {v["accuracy"]:.0f}%</td></tr>' for k, v in self.summary().items())
+    return f'<table class="iclmsr-saliency" style="font-size:12px"><tr>{head}</tr>{"".join(rows)}{summ}</table>'
+
+@patch
+def static_html(self: SaliencyView) -> str:
+    "The view as static HTML (thumbnails in `static_format()`)."
+    return self.rows_html(static_format())
 
 # %% ../nbs/15_viz.ipynb #ea04b99b
 def bench_umap(n: int = 50_000, dim: int = 64, num_classes: int = 10, seed: int = 0) -> dict:
