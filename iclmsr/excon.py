@@ -13,13 +13,13 @@ import torch.nn.functional as F
 from fastcore.basics import patch
 from .config import ModelConfig
 from .batch import Batch, as_batch
-from .losses import supcon_loss, gather_pair, process_group
+from .losses import supcon_loss, gather_pair, process_group, gather_rows, _all_gather_cat, _float
 from .explain import grad_cam, saliency_mask, cam_layer
 from .methods import Method, SupCon, METHODS, build_method
 from .utils import get_device, seed_everything, timed
 
 # %% auto #0
-__all__ = ['masked_view', 'ExCon', 'ExConB', 'bench_excon_step']
+__all__ = ['masked_view', 'ExCon', 'gather_ragged', 'ExConB', 'bench_excon_step']
 
 # %% ../nbs/06b_excon.ipynb #8df1293d
 def masked_view(clean: torch.Tensor, cam: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
@@ -124,15 +124,33 @@ def loss_from_features(self: ExCon, h1, h2, batch):
     "SupCon on the prepared views; rows labelled `n_classes` (ExConB's rejected masked images) are negatives only unless `background_anchor`."
     real = batch.labels < self.n_classes
     z1, z2 = self.project_pair(h1, h2)
-    if bool(real.all()):
+    if self.negative_pair:   # ExConB: processes may hold different numbers of rows
+        rows = (torch.arange(2 * len(z1), device=z1.device) if self.background_anchor
+                else torch.cat([real, real]).nonzero().squeeze(1))
+        g1, g2, gl, anchors, scale = gather_ragged(z1, z2, batch.labels, rows)
+        base = scale * supcon_loss(g1, g2, gl, self.temperature, self.base_temperature, anchors=anchors)
+    else:
         g1, g2, gl, anchors = gather_pair(z1, z2, batch.labels)
         base = supcon_loss(g1, g2, gl, self.temperature, self.base_temperature, anchors=anchors)
-    else:
-        if process_group()[1] > 1: raise ValueError(f"{self.name}: the appended background rows are not supported under torchrun")
-        rows = None if self.background_anchor else torch.cat([real, real]).nonzero().squeeze(1)
-        base = supcon_loss(z1, z2, batch.labels, self.temperature, self.base_temperature, anchors=rows)
     if self.training and torch.is_grad_enabled(): self._pending = (h2[real].detach().float(), batch.labels[real])
     return {"base": base, "z1": z1[real], "z2": z2[real], "masked_share": self.last_share}
+
+# %% ../nbs/06b_excon.ipynb #230840a8
+def gather_ragged(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor, anchors: torch.Tensor) -> tuple:
+    "(z1, z2, labels, anchors, scale) of the global batch when processes hold different numbers of rows (identity and scale 1 in one process)."
+    rank, world = process_group()
+    if world == 1: return z1, z2, labels, anchors, 1.0
+    z1, z2 = _float(z1, z2)   # gathered (and gradients summed) in at least float32
+    n = len(z1)
+    sizes = _all_gather_cat(torch.tensor([[n, len(anchors)]], device=z1.device))      # (world, 2): rows, anchors
+    m = int(sizes[:, 0].max())
+    pad = lambda t, v: torch.cat([t, t.new_full((m - n, *t.shape[1:]), v)])
+    keep = (torch.arange(m, device=z1.device)[None] < sizes[:, :1]).flatten()
+    g1, g2 = gather_rows(pad(z1, 0))[keep], gather_rows(pad(z2, 0))[keep]
+    gl = _all_gather_cat(pad(labels, -1))[keep]
+    N, off = len(g1), int(sizes[:rank, 0].sum())
+    moved = torch.where(anchors < n, anchors + off, anchors - n + N + off)   # view 1 rows, then view 2 rows
+    return g1, g2, gl, moved, world * len(anchors) / float(sizes[:, 1].sum())
 
 # %% ../nbs/06b_excon.ipynb #e9e08d21
 @patch
