@@ -59,7 +59,7 @@ def demo_summary(table: dict, ev: dict) -> dict:
     return {"four_settings": table, "bg_gap": ev["bg_gap"],
             "worst_group": {c: w["acc"] for c, w in ev["worst_group"].items()} if ev["worst_group"] else None,
             "bg_probe": ev["bg_probe"]["top1"] if ev["bg_probe"] else None, "ece": ev["ece"],
-            "fgsm": ev["fgsm"]["fgsm"] if ev["fgsm"] else None, "fgsm_clean": ev["fgsm"]["clean"] if ev["fgsm"] else None,
+            "fgsm": ev["fgsm"]["acc"]["4/255"] if ev["fgsm"] else None, "fgsm_clean": ev["fgsm"]["clean"] if ev["fgsm"] else None,
             "test_variants": ev["variants"]}
 
 def measure_demo_model(learners: dict, train, test, st: dict, seed: int = 0) -> dict:
@@ -69,7 +69,8 @@ def measure_demo_model(learners: dict, train, test, st: dict, seed: int = 0) -> 
     table = four_settings_table({k: l.method for k, l in learners.items()}, train, test, mean, std,
                                 probe_epochs=st["probe_epochs"], seed=seed)
     ev = evaluate(learners["train_full"].method, train, test, mean, std, variants=("only_fg", "mixed_same", "mixed_rand"),
-                  probe_epochs=st["probe_epochs"], fgsm_n=st["fgsm_n"], seed=seed, adv_fg=0)
+                  probe_epochs=st["probe_epochs"], fgsm_n=st["fgsm_n"], fgsm_eps=4 / 255, seed=seed, adv_fg=0,
+                  expl_n=0)
     return demo_summary(table, ev)
 
 # %% ../nbs/14c_demo.ipynb #bca0b329

@@ -4,7 +4,7 @@
 
 # %% ../nbs/14_eval.ipynb #dac784e0
 from __future__ import annotations
-import copy, hashlib, json, re, time
+import copy, hashlib, json, numbers, re, time
 from dataclasses import replace
 from pathlib import Path
 import torch
@@ -13,7 +13,8 @@ from .utils import get_device, cache_dir, env_info, model_device, read_torch_fil
 from .data import FgBgData, VARIANTS, IN9_VARIANTS, DATASETS, load_dataset, parse_spec, available_variants, variant_of
 from .knn import knn_predict, weighted_knn_predict, FeatureIndex
 from .probe import linear_probe, eval_linear, bg_probe, ece, calibration_bins, worst_group, bg_gap, fgsm_accuracy, accuracy
-from .probe import dcodr_measures, _min_split_size
+from .probe import dcodr_measures, _min_split_size, fgsm, _pixels, _normaliser, _predict
+from .explain import ExplainError, cam_layer, explanation_measures
 from .config import Config, config_from_dict
 from .checkpoint import load_checkpoint, atomic_save
 from .augment import TwoViewAugment
@@ -21,11 +22,12 @@ from .learner import Learner, method_from_config
 
 
 # %% auto #0
-__all__ = ['emb_stats', 'SETTINGS', 'TESTS', 'amp_dtype', 'embed', 'state_key', 'file_key', 'data_key', 'embeddings',
-           'ProbedModel', 'check_probe', 'variant_scores', 'bg_gaps', 'benchmark_measures', 'group_table',
-           'group_measures', 'adversarial_backgrounds', 'dcodr_features', 'evaluate', 'norm_stats', 'train_method',
-           'four_settings_table', 'four_settings', 'method_from_checkpoint', 'check_fits', 'save_probe', 'load_probe',
-           'default_test_split', 'package_versions', 'split_spec_variant', 'eval_checkpoint']
+__all__ = ['emb_stats', 'EXPL_VARIANTS', 'SETTINGS', 'TESTS', 'amp_dtype', 'embed', 'state_key', 'file_key', 'data_key',
+           'embeddings', 'ProbedModel', 'check_probe', 'variant_scores', 'bg_gaps', 'benchmark_measures', 'group_table',
+           'group_measures', 'adversarial_backgrounds', 'fgsm_curve', 'explanation_layer', 'dcodr_features', 'evaluate',
+           'norm_stats', 'train_method', 'four_settings_table', 'four_settings', 'method_from_checkpoint', 'check_fits',
+           'save_probe', 'load_probe', 'default_test_split', 'package_versions', 'split_spec_variant',
+           'eval_checkpoint']
 
 # %% ../nbs/14_eval.ipynb #68ad8cd6
 _AMP = ("auto", "bf16", "off")
@@ -254,12 +256,6 @@ def _bg_probe(ftr, train: FgBgData, fte, test: FgBgData, num_bgs: int, epochs: i
     bp = bg_probe(ftr, train.backgrounds, fte, test.backgrounds, num_bgs=nbg, epochs=epochs, seed=seed)
     return {"top1": bp.top1, "chance": bp.chance, "num_bgs": nbg}
 
-def _fgsm(model, probe, test: FgBgData, n: int, eps: float, mean, std) -> dict | None:
-    n = min(int(n), len(test))
-    if n <= 0: return None
-    e2e = ProbedModel(model, copy.deepcopy(probe).to(model_device(model)))
-    return {**fgsm_accuracy(e2e, test.images[:n], test.labels[:n], eps=eps, mean=mean, std=std), "n": n}
-
 
 # %% ../nbs/14_eval.ipynb #e699dfef
 def _spread(n: int, cap: int) -> torch.Tensor:
@@ -298,6 +294,70 @@ def _adv_sources(test: FgBgData, have: dict, seed: int = 0) -> tuple:
     else: return "no background pool (only_bg_t or only_bg test images, or foreground masks)"
     return fg, m, pool, f"foregrounds: {src}; backgrounds: {pname} test images"
 
+
+# %% ../nbs/14_eval.ipynb #4dfcdae5
+_FGSM_EPS = (1 / 255, 2 / 255, 4 / 255, 8 / 255)
+
+def _eps_label(e: float) -> str:
+    "'4/255' for a multiple of 1/255, else the number."
+    k = e * 255
+    return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 else f"{e:g}"
+
+def _eps_list(eps) -> tuple:
+    "The attack sizes as a tuple of floats in [0, 1] (one number or a non-empty sequence), checked."
+    es = (eps,) if isinstance(eps, numbers.Real) else tuple(eps) if isinstance(eps, (list, tuple)) else ()
+    if not es or not all(isinstance(e, numbers.Real) and not isinstance(e, bool) and 0 <= e <= 1 for e in es):
+        raise ValueError(f"fgsm_eps must be a number in [0, 1] or a non-empty list of them (pixel scale, e.g. 4/255), got {eps!r}")
+    return tuple(dict.fromkeys(float(e) for e in es))
+
+def fgsm_curve(model: nn.Module, images, labels, eps=_FGSM_EPS, mean=None, std=None, bs: int = 256) -> dict:
+    "Clean and FGSM accuracy (percent) of an end-to-end `model` at each `eps`: {'clean', 'acc': {'1/255': ...}, 'eps', 'n'}."
+    es, x = _eps_list(eps), _pixels(images)
+    y = torch.as_tensor(labels).long()
+    if y.shape != (len(x),): raise ValueError(f"labels must hold one class id per image ({len(x)}), got shape {tuple(y.shape)}")
+    dev, was = model_device(model), model.training
+    norm, hits = _normaliser(mean, std, x.shape[1], dev), [0] * (1 + len(es))
+    for xb, yb in zip(x.split(bs), y.split(bs)):
+        d = (fgsm(model, xb, yb, 1.0, mean, std) - xb.to(dev)).sign()   # the step's direction wherever the clamp lets a pixel move
+        xb, yb = xb.to(dev), yb.to(dev)
+        for i, xe in enumerate([xb] + [(xb + e * d).clamp_(0, 1) for e in es]):
+            hits[i] += (_predict(model, xe, norm, was) == yb).sum().item()
+    acc = [100.0 * h / len(x) for h in hits]
+    return {"clean": acc[0], "acc": {_eps_label(e): a for e, a in zip(es, acc[1:])}, "eps": list(es), "n": len(x)}
+
+def _fgsm(e2e: nn.Module, test: FgBgData, n: int, eps, mean, std) -> dict | None:
+    n = min(int(n), len(test))
+    return fgsm_curve(e2e, test.images[:n], test.labels[:n], eps, mean, std) if n > 0 else None
+
+# %% ../nbs/14_eval.ipynb #09b8a299
+def explanation_layer(model: nn.Module, image_size: int) -> str:
+    "The dotted name in `model` of the layer Grad-CAM explains: an ExCon method's own `cam_layer`, else ExCon's layer of its backbone."
+    bb = getattr(model, "backbone", None)
+    bb = bb if isinstance(bb, nn.Module) else model
+    own = next((m.cam_layer_name for m in (model, getattr(model, "base", None)) if isinstance(getattr(m, "cam_layer_name", None), str)), None)
+    layer = bb.get_submodule(own) if own else cam_layer(bb, image_size)
+    return next(n for n, m in model.named_modules() if m is layer)
+
+# %% ../nbs/14_eval.ipynb #28d64025
+EXPL_VARIANTS = ("original", "mixed_rand")
+
+def _explanations(res: dict, e2e: ProbedModel, tv: dict, n: int, mean, std, frac: float = 0.15, threshold: float = 0.5):
+    "Grad-CAM measures of the first `n` images of each of `EXPL_VARIANTS` in `tv` into res['explanations'], or the reason."
+    na, res["explanations"] = res["unavailable"], None
+    if n == 0: na["explanations"] = "switched off (expl_n=0)"; return
+    t0, x0 = time.time(), tv["original"].images
+    try: layer = "model." + explanation_layer(e2e.model, max(x0.shape[-2:]))
+    except ExplainError as e: na["explanations"] = f"no Grad-CAM layer: {e}"; return
+    out, bare = {"layer": layer, "frac": frac, "threshold": threshold, "expl_n": n}, []
+    for v in (v for v in EXPL_VARIANTS if v in tv):
+        d = tv[v]; k = min(n, len(d))
+        if not d.has_masks: bare.append(v)
+        m = d.masks[:k] if d.has_masks else None
+        try: out[v] = explanation_measures(e2e, layer, d.images[:k], d.labels[:k], m, mean, std, frac, threshold)
+        except ExplainError as e: na["explanations"] = f"Grad-CAM failed at {layer}: {e}"; return
+    if bare: na["explanation_masks"] = (f"no foreground masks on the {' and '.join(bare)} test images: IoU, pointing game "
+                                        "and energy share not measured")
+    res["explanations"] = {**out, "seconds": time.time() - t0}
 
 # %% ../nbs/14_eval.ipynb #7f05289c
 _NO_BGS = "no background ids"
@@ -371,15 +431,18 @@ def _groups(res: dict, preds: dict, tv: dict, trv, emb, fte: dict, C: int, min_g
 
 # %% ../nbs/14_eval.ipynb #cc052095
 def evaluate(model: nn.Module, train: FgBgData, test: FgBgData, mean=None, std=None, k: int = 5, variants=None,
-             probe: nn.Linear | None = None, probe_epochs: int = 100, fgsm_eps: float = 4 / 255, fgsm_n: int = 512,
+             probe: nn.Linear | None = None, probe_epochs: int = 100, fgsm_eps=_FGSM_EPS, fgsm_n: int = 512,
              min_group: int = 5, seed: int = 0, model_key: str | None = None, cache: bool = True, cache_root=None,
              batch: int = 512, amp: str = "auto", adv_fg: int = 64, adv_bg: int = 64, dcodr: str = "auto",
-             dcodr_epochs: int = 100) -> dict:
-    "kNN and linear accuracy on each test variant (own labels), BG-gap, worst group, background probe, DCoDR's measures, ECE, FGSM, adversarial backgrounds."
+             dcodr_epochs: int = 100, ece_bins: int = 10, expl_n: int = 256) -> dict:
+    "kNN and linear accuracy on each test variant (own labels), BG-gap, worst group, background probe, DCoDR's measures, ECE, FGSM, explanations, adversarial backgrounds."
     t0 = time.time()
     _check_splits(train, test, k)
     if dcodr not in _DCODR: raise ValueError(f"unknown dcodr setting {dcodr!r}; allowed: {', '.join(_DCODR)}")
     dfeat = None if dcodr == "off" else dcodr_features(model, dcodr)
+    eps = _eps_list(fgsm_eps)
+    if not isinstance(expl_n, int) or isinstance(expl_n, bool) or expl_n < 0:
+        raise ValueError(f"expl_n must be an integer >= 0 (0 switches the explanation measures off), got {expl_n!r}")
     vs = _variants(test, variants)
     memo, trs = {}, {"original": train}
     def emb(d, code: bool = False):   # features of each image set once (and from the disk cache when there)
@@ -406,9 +469,12 @@ def evaluate(model: nn.Module, train: FgBgData, test: FgBgData, mean=None, std=N
     if res["bg_gap"] is None: na["bg_gap"] = "needs both mixed_same and mixed_rand test images"
     _groups(res, preds, tv, trv, emb, fte, C, min_group, probe_epochs, seed)
     _dcodr(res, tv, trv, lambda d: emb(d, dfeat == "code"), dfeat, C, dcodr_epochs, seed, model_device(model))
-    res["ece"] = ece(probs, test.labels)
-    res["calibration"] = {k_: v.tolist() for k_, v in calibration_bins(probs, test.labels).items()}
-    res["fgsm"] = _fgsm(model, probe, test, fgsm_n, fgsm_eps, mean, std)
+    res["ece"], res["ece_bins"] = ece(probs, test.labels, ece_bins), ece_bins
+    res["calibration"] = {k_: v.tolist() for k_, v in calibration_bins(probs, test.labels, ece_bins).items()}
+    e2e = ProbedModel(model, copy.deepcopy(probe).to(model_device(model)))
+    res["fgsm"] = _fgsm(e2e, test, fgsm_n, eps, mean, std)
+    if res["fgsm"] is None: na["fgsm"] = "switched off (fgsm_n=0)"
+    _explanations(res, e2e, tv, expl_n, mean, std)
     src = _adv_sources(test, available_variants(test)) if adv_fg > 0 and adv_bg > 0 else "switched off (adv_fg or adv_bg is 0)"
     if isinstance(src, str): na["adversarial_bg"] = src
     else:
@@ -569,7 +635,8 @@ def split_spec_variant(spec: str) -> tuple:
 def eval_checkpoint(ckpt, data: str | None = None, k: int = 5, train_split: str = "train", test_split: str | None = None,
                     variants: str | None = None, probe=None, probe_epochs: int = 100, fgsm_n: int = 512, device="auto",
                     batch: int = 512, cache: bool = True, probe_out=None, train_variant: str = "original",
-                    adv_fg: int = 64, adv_bg: int = 64, dcodr: str = "auto", dcodr_epochs: int = 100) -> dict:
+                    adv_fg: int = 64, adv_bg: int = 64, dcodr: str = "auto", dcodr_epochs: int = 100,
+                    expl_n: int = 256) -> dict:
     "Evaluate an `iclmsr train` checkpoint on a dataset spec: probe and kNN fit on `train_variant` train images, every variant tested."
     t0 = time.time()
     if not ckpt: raise ValueError("--ckpt FILE is required (a checkpoint written by iclmsr train)")
@@ -589,7 +656,7 @@ def eval_checkpoint(ckpt, data: str | None = None, k: int = 5, train_split: str 
     if sv and vs is None: _variants(test, [sv])  # the spec's variant must be there: a clear error when it is not
     res = evaluate(model, train, test, mean, std, k=k, variants=vs, probe=pr, probe_epochs=probe_epochs, fgsm_n=fgsm_n,
                    seed=cfg.train.seed, model_key=file_key(ckpt), cache=cache, batch=batch, adv_fg=adv_fg, adv_bg=adv_bg,
-                   dcodr=dcodr, dcodr_epochs=dcodr_epochs)
+                   dcodr=dcodr, dcodr_epochs=dcodr_epochs, expl_n=expl_n)
     fitted = res.pop("probe")
     if pr is None and probe_out is not None: save_probe(fitted, probe_out, train.classes)
     return {"checkpoint": str(ckpt), "data": spec, "train_split": train_split, "test_split": test_split,

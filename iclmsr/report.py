@@ -6,7 +6,7 @@
 from __future__ import annotations
 import html, json, os, sys
 from pathlib import Path
-from .eval import eval_checkpoint
+from .eval import eval_checkpoint, EXPL_VARIANTS
 
 # %% auto #0
 __all__ = ['fmt', 'plot_four_settings', 'plot_variants', 'plot_groups', 'plot_calibration', 'html_table', 'html_report',
@@ -139,7 +139,7 @@ def _dcodr_line(res: dict) -> str | None:
             f"(chance {d['chance_class']:.1f}%), retrieval top-1 {d['retrieval_top1']:.1f}%")
 
 def print_eval(res: dict, file=None):
-    "Print an evaluation's accuracy per test variant, its background, DCoDR and robustness measures (or why they are missing)."
+    "Print an evaluation's accuracy per test variant, its background, DCoDR, ExCon's and robustness measures (or why they are missing)."
     p = lambda *a: print(*a, file=file or sys.stdout)
     na = res.get("unavailable", {})
     w = max(len(v) for v in res["variants"])
@@ -157,15 +157,63 @@ def print_eval(res: dict, file=None):
     if res["bg_probe"]: p(f"background probe: {res['bg_probe']['top1']:.1f}% (chance {res['bg_probe']['chance']:.1f}%; lower = more invariant)")
     else: p("background probe: " + unavailable_text(na.get("bg_probe")))
     if _dcodr_line(res): p(_dcodr_line(res))
-    line = f"ECE of the linear probe: {res['ece']:.1f}%"
-    if res["fgsm"]: line += f"; FGSM accuracy at eps {res['fgsm']['eps'] * 255:.0f}/255: {res['fgsm']['fgsm']:.1f}% (clean {res['fgsm']['clean']:.1f}%)"
-    p(line)
+    for line in _excon_lines(res): p(line)
     if "adversarial_bg" in res: p(_adv_line(res))
 
 
+# %% ../nbs/14b_report.ipynb #3bcc80c8
+def _fgsm_text(f: dict) -> str:
+    "FGSM accuracy per eps ('1/255 31.2%, ...'); a result from before the eps sweep had one eps."
+    if "acc" not in f: return f"{f['eps'] * 255:.0f}/255 {f['fgsm']:.1f}%"
+    return ", ".join(f"{k} {a:.1f}%" for k, a in f["acc"].items())
+
+def _expl_text(m: dict) -> str:
+    "The explanation measures of one test variant as text (the mask measures where there were masks)."
+    t = f"average drop {m['avg_drop']:.1f}%, increase in confidence {m['increase']:.1f}%"
+    if "iou" not in m: return t + "; no masks for IoU, pointing game, energy"
+    return t + f", mask IoU {m['iou']:.1f}%, pointing game {m['pointing']:.1f}%, energy in mask {m['energy']:.1f}%"
+
+def _excon_lines(res: dict) -> list:
+    "ExCon's measures as summary lines: ECE with its bin count, FGSM accuracy per eps, the explanations per test variant."
+    na, f = res.get("unavailable", {}), res.get("fgsm")
+    out = [f"ECE of the linear probe ({res.get('ece_bins', 15)} bins): {res['ece']:.1f}%",
+           f"FGSM accuracy ({f['n']} images, clean {f['clean']:.1f}%): {_fgsm_text(f)}" if f else "FGSM accuracy: " + unavailable_text(na.get("fgsm"))]
+    if "explanations" not in res: return out   # a result from before the explanation measures
+    ex = res["explanations"]
+    if not ex: return out + ["explanations: " + unavailable_text(na.get("explanations"))]
+    return out + [f"explanations of {v} ({ex[v]['n']} images, Grad-CAM at {ex['layer']}, top {ex['frac']:.0%} kept): {_expl_text(ex[v])}"
+                  for v in EXPL_VARIANTS if v in ex]
+
+# %% ../nbs/14b_report.ipynb #ead68972
+_EXCON_NOTE = ("ECE = sum over the equal-width confidence bins B of |B|/n |acc(B) - conf(B)| (Guo et al. 2017, arXiv:1706.04599). "
+               "FGSM: one signed gradient step of size eps on the pixels in [0, 1], clamped (Goodfellow et al. 2015, arXiv:1412.6572). "
+               "Average drop = mean of max(0, p - p_masked) / p (lower is better) and increase in confidence = share of images with "
+               "p_masked > p, where p is the predicted class's probability on the image and p_masked on the image reduced to its top "
+               "Grad-CAM pixels (ExCon, Zhang et al., arXiv:2111.14271). Against the true foreground mask, on the true class's map: "
+               "mask IoU of the map above the threshold, pointing game (the map's maximum inside the mask), energy in mask (the share "
+               "of the map's positive part inside it).")
+
+def _excon_blocks(res: dict) -> list:
+    "ExCon's section of the report: ECE and FGSM accuracy per eps as a table, the explanation measures per test variant."
+    na, f, ex = res.get("unavailable", {}), res.get("fgsm"), res.get("explanations")
+    rows = [[f"ECE of the linear probe ({res.get('ece_bins', 15)} equal-width bins)", fmt(res["ece"])]]
+    if f and "acc" in f: rows += [[f"FGSM accuracy, clean ({f['n']} images)", fmt(f["clean"])]] + [[f"FGSM accuracy at eps {k}", fmt(a)] for k, a in f["acc"].items()]
+    elif f: rows.append([f"FGSM accuracy at eps {f['eps'] * 255:.0f}/255 (clean)", f"{fmt(f['fgsm'])} ({fmt(f['clean'])})"])
+    else: rows.append(["FGSM accuracy", unavailable_text(na.get("fgsm"))])
+    blocks = ["<h2>ExCon's measures: calibration, FGSM robustness, explanations (%)</h2>", html_table(rows, ["measure", "value"])]
+    if "explanations" in res and not ex: blocks.append(html_table([["explanations", unavailable_text(na.get("explanations"))]], ["measure", "value"]))
+    if ex:
+        cols = ("avg_drop", "increase", "iou", "pointing", "energy")
+        blocks.append(html_table([[v, ex[v]["n"]] + [fmt(ex[v].get(c)) for c in cols] for v in EXPL_VARIANTS if v in ex],
+                                 ["test images", "images", "average drop", "increase in confidence", "mask IoU", "pointing game", "energy in mask"]))
+        masks = f" {unavailable_text(na['explanation_masks'])}." if na.get("explanation_masks") else ""
+        blocks.append(f"<p class='note'>Grad-CAM at {html.escape(ex['layer'])}, top {ex['frac']:.0%} of the pixels kept, IoU at "
+                      f"{ex['threshold']}.{html.escape(masks)}</p>")
+    return blocks + [f"<p class='note'>{html.escape(_EXCON_NOTE)}</p>"]
+
 # %% ../nbs/14b_report.ipynb #cbd4d44e
 def _bg_rows(res: dict) -> list:
-    "The rows of the background and robustness table: a value, or why it is not available."
+    "The rows of the background table: a value, or why it is not available."
     na, bg = res.get("unavailable", {}), []
     bg.append(["BG-gap, linear / 5-NN (points)", f"{fmt(res['bg_gap']['linear'])} / {fmt(res['bg_gap']['knn5'])}" if res["bg_gap"]
                else unavailable_text(na.get("bg_gap"))])
@@ -183,8 +231,6 @@ def _bg_rows(res: dict) -> list:
                      ["DCoDR class probe, MLP (chance)", f"{fmt(d['class_probe'])} ({fmt(d['chance_class'])})"],
                      ["DCoDR retrieval top-1", fmt(d["retrieval_top1"])]]
         else: bg.append(["DCoDR measures (domain probe, class probe, retrieval)", unavailable_text(na.get("dcodr"))])
-    bg.append(["ECE of the linear probe", fmt(res["ece"])])
-    if res["fgsm"]: bg.append([f"FGSM accuracy at eps {res['fgsm']['eps'] * 255:.0f}/255 (clean)", f"{fmt(res['fgsm']['fgsm'])} ({fmt(res['fgsm']['clean'])})"])
     if "adversarial_bg" in res:
         a = res["adversarial_bg"]
         bg.append([f"foregrounds fooled by some background ({a['n_fg']} x {a['n_bg']})" if a else "foregrounds fooled by some background",
@@ -209,6 +255,7 @@ def eval_report(res: dict, title: str) -> str:
                "background-invariant (chance is ideal); DCoDR retrieval: the share of test images whose nearest code has their class; "
                "foregrounds fooled: the share of foregrounds that some background of the pool makes the classifier get wrong.</p>"]
     if res["groups"]: blocks.append(plot_groups(res))
+    blocks += _excon_blocks(res)
     blocks.append(plot_calibration(res))
     return html_report(title, blocks)
 
@@ -235,7 +282,8 @@ def eval_cmd(ckpt: str = None,  # checkpoint written by iclmsr train (DIR/last.p
              variants: str = None,  # comma-separated test variants (default: all that the data supports)
              probe: str = None,  # reuse a probe.pt of an earlier eval instead of fitting a new linear probe
              probe_epochs: int = 100,  # epochs of the linear probe (and of the background probe)
-             fgsm_n: int = 512,  # test images attacked by FGSM (0 = skip)
+             fgsm_n: int = 512,  # test images attacked by FGSM at eps 1, 2, 4 and 8/255 (0 = skip)
+             expl_n: int = 256,  # original and mixed_rand test images explained by Grad-CAM (ExCon's AD/AI, mask IoU; 0 = skip)
              adv_fg: int = 64,  # foregrounds of the adversarial-background measure (0 = skip)
              adv_bg: int = 64,  # backgrounds tried on each of them (at most adv_fg x adv_bg composites)
              dcodr: str = "auto",  # DCoDR's measures on: auto (the code of a DCoDR method, else backbone), code, backbone, off
@@ -245,12 +293,12 @@ def eval_cmd(ckpt: str = None,  # checkpoint written by iclmsr train (DIR/last.p
              no_cache: bool = False,  # recompute embeddings instead of using the cache
              quiet: bool = False,  # print only the output paths
             ):
-    "Evaluate a checkpoint: kNN and linear accuracy per test variant, BG-gap, worst group, background probe, DCoDR's measures, ECE, FGSM, adversarial backgrounds."
+    "Evaluate a checkpoint: kNN and linear accuracy per test variant, BG-gap, worst group, background probe, DCoDR's measures, ECE, FGSM, explanations, adversarial backgrounds."
     if not ckpt: raise ValueError("--ckpt FILE is required (a checkpoint written by iclmsr train)")
     d = out_dir(out)
     res = eval_checkpoint(ckpt, data, k, train_split, test_split, variants, probe, probe_epochs, fgsm_n, device, batch,
                           cache=not no_cache, probe_out=d/"probe.pt", train_variant=train_variant, adv_fg=adv_fg, adv_bg=adv_bg,
-                          dcodr=dcodr, dcodr_epochs=dcodr_epochs)
+                          dcodr=dcodr, dcodr_epochs=dcodr_epochs, expl_n=expl_n)
     (d/"results.json").write_text(json.dumps(res, indent=2))
     (d/"report.html").write_text(eval_report(res, f"iclmsr eval: {Path(ckpt).name} on {res['data']}"))
     if not quiet:
