@@ -53,7 +53,18 @@ def test_eval_writes_results_report_and_probe(env, ckpt, tmp_path):
     assert r["bg_gap"]["linear"] == pytest.approx(vs["mixed_same"]["linear_top1"] - vs["mixed_rand"]["linear_top1"])
     assert r["bg_gap"]["knn5"] == pytest.approx(vs["mixed_same"]["knn5"] - vs["mixed_rand"]["knn5"])
     assert _pct(r["worst_group"]["linear"]["acc"]) and _pct(r["bg_probe"]["top1"]) and _pct(r["ece"])
-    assert r["fgsm"]["n"] == 16 and _pct(r["fgsm"]["fgsm"]) and r["fgsm"]["eps"] == pytest.approx(4 / 255)
+    f = r["fgsm"]   # FGSM at 1, 2, 4 and 8/255 on the first 16 test images
+    assert f["n"] == 16 and list(f["acc"]) == ["1/255", "2/255", "4/255", "8/255"] and all(_pct(a) for a in f["acc"].values())
+    assert f["eps"] == pytest.approx([1 / 255, 2 / 255, 4 / 255, 8 / 255]) and f["acc"]["8/255"] <= f["clean"]
+    assert f"FGSM accuracy (16 images, clean {f['clean']:.1f}%): 1/255 {f['acc']['1/255']:.1f}%, 2/255" in p.stdout
+    _check_ece(r, ckpt, out)
+    ex = r["explanations"]   # Grad-CAM of the probed model on the original and mixed_rand test images, with their masks
+    assert (ex["layer"], ex["frac"], ex["threshold"], ex["expl_n"]) == ("model.backbone.net.9", 0.15, 0.5, 256)
+    for v in ("original", "mixed_rand"):
+        assert ex[v]["n"] == 32 and all(_pct(ex[v][m]) for m in ("avg_drop", "increase", "accuracy", "iou", "pointing", "energy"))
+        assert f"explanations of {v} (32 images, Grad-CAM at model.backbone.net.9, top 15% kept): average drop {ex[v]['avg_drop']:.1f}%" in p.stdout
+    assert ex["original"]["accuracy"] == pytest.approx(vs["original"]["linear_top1"])   # the same classifier, end to end
+    assert "explanations" not in r["unavailable"] and "explanation_masks" not in r["unavailable"]
     assert sum(map(sum, r["groups"]["count"])) == r["n_test"] == 32
     d = r["dcodr"]   # DCoDR's measures: a SimCLR checkpoint has no code, so its backbone features
     assert (d["features"], d["dim"], d["variant"]) == ("backbone", r["feat_dim"], "mixed_rand")
@@ -61,8 +72,20 @@ def test_eval_writes_results_report_and_probe(env, ckpt, tmp_path):
     assert "DCoDR measures (backbone features, mixed_rand images, MLP probes): domain probe" in p.stdout
     page = (out/"report.html").read_text()
     assert page.count('class="plotly-graph-div"') >= 3 and page.count("* plotly.js v") == 1
+    assert "ExCon's measures" in page and "<td>ECE of the linear probe (10 equal-width bins)</td>" in page and "<td>FGSM accuracy at eps 8/255</td>" in page
     assert '<script src=' not in page                   # self-contained: works offline
     assert (out/"probe.pt").is_file()
+
+def _check_ece(r, ckpt, out):
+    "results.json's ECE is torchmetrics' MulticlassCalibrationError (10 bins, l1) on the probe's test probabilities."
+    from torchmetrics.functional.classification import multiclass_calibration_error
+    from iclmsr.eval import method_from_checkpoint, load_probe, embed
+    from iclmsr.data import load_dataset
+    model, _, _ = method_from_checkpoint(ckpt)
+    probe, te = load_probe(out/"probe.pt")[0], load_dataset(SPEC, "test")
+    with torch.no_grad(): probs = probe(embed(model, te, r["normalisation"]["mean"], r["normalisation"]["std"])).softmax(1)
+    tm = multiclass_calibration_error(probs, te.labels, num_classes=4, n_bins=10, norm="l1").item()
+    assert r["ece_bins"] == 10 and len(r["calibration"]["count"]) == 10 and r["ece"] / 100 == pytest.approx(tm, abs=1e-6)
 
 def test_eval_again_reuses_cached_embeddings(env, ckpt, tmp_path):
     emb = Path(env["ICLMSR_CACHE"])/"embeddings"
@@ -196,12 +219,20 @@ def test_eval_on_benchmark_folders_without_masks(env, ckpt, tmp_path):
     assert r["dcodr"] is None and r["unavailable"]["dcodr"] == "no background ids (on the original test images)"
     assert "DCoDR measures: not available without background ids (on the original test images)" in p.stdout
     assert "no background pool" in r["unavailable"]["adversarial_bg"] and "not available without background ids" in (tmp_path/"f"/"report.html").read_text()
+    ex = r["explanations"]   # folders without masks: Average Drop and Increase only, and the summary says why
+    assert set(ex["original"]) == set(ex["mixed_rand"]) == {"n", "avg_drop", "increase", "accuracy"}
+    assert r["unavailable"]["explanation_masks"] == ("no foreground masks on the original and mixed_rand test images: IoU, "
+                                                    "pointing game and energy share not measured")
+    assert p.stdout.count("; no masks for IoU, pointing game, energy") == 2
     # the same images with their masks (the toy spec itself): the same numbers on every variant, the same BG-gap
     ev(SPEC, "m", "--variants", ",".join(vs[1:]))
     m = json.loads((tmp_path/"m"/"results.json").read_text())
     for v in vs:
         for k in ("linear_top1", "linear_top5", "knn5"): assert r["variants"][v][k] == pytest.approx(m["variants"][v][k], abs=1e-6), (v, k)
     assert r["bg_gap"] == pytest.approx(m["bg_gap"], abs=1e-6)
+    for v in ("original", "mixed_rand"):   # the same images and classifier: the same explanations; masks add IoU and the rest
+        for k in ("avg_drop", "increase", "accuracy"): assert r["explanations"][v][k] == pytest.approx(m["explanations"][v][k], abs=1e-3), (v, k)
+        assert _pct(m["explanations"][v]["iou"])
     # a spec's variant names a test set; the probe and the kNN database stay on the original train images
     ev(f"in9:{root},variant=mixed_rand", "s")
     s = json.loads((tmp_path/"s"/"results.json").read_text())

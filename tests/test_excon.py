@@ -86,3 +86,5 @@ def test_excon_checkpoint_evaluates(tmp_path):
     train("--out", str(r), *EXCON, "--set", "model.method=exconb", "--set", "train.epochs=2", "--quiet", timeout=600)
     run([bin_path("iclmsr"), "eval", "--ckpt", str(r/"last.pt"), "--data", "toy:num_classes=4,n_train=16,n_test=8", "--out", str(e)])
     assert (e/"results.json").exists()
+    ex = json.loads((e/"results.json").read_text())["explanations"]   # ExCon's own Grad-CAM layer explains its probed model
+    assert ex["layer"] == "model.backbone.net.9" and 0 <= ex["original"]["avg_drop"] <= 100 and 0 <= ex["mixed_rand"]["iou"] <= 100

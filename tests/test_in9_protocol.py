@@ -40,7 +40,7 @@ def in9(tmp_path_factory):
     root = tree(tmp_path_factory.mktemp("in9"), fewer="mixed_rand")
     return load_in9(root, "train"), load_in9(root, "val")
 
-def ev(model, tr, te, **kw): return evaluate(model, tr, te, k=3, probe_epochs=300, fgsm_n=0, cache=False, **kw)
+def ev(model, tr, te, **kw): return evaluate(model, tr, te, k=3, probe_epochs=300, fgsm_n=0, expl_n=0, cache=False, **kw)
 
 def test_folders_are_the_test_sets(in9):
     tr, te = in9
