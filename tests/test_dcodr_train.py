@@ -5,7 +5,7 @@ The embedded dataset knows every image's background, its domain. With 4 classes 
 import json, os, signal, subprocess
 import pytest
 from conftest import run, bin_path
-from test_train_cli import train, one_line_error, _wait_for, _ck, _records
+from test_train_cli import train, one_line_error, train_error, print_config, background, finish, _wait_for, _ck, _records
 import torch
 
 DCODR = ["--set", "data.spec=toy:num_classes=4,n_train=16,n_test=8", "--set", "model.backbone=small_cnn",
@@ -36,26 +36,28 @@ DCODR_ICL = DCODR + ["--set", "model.method=dcodr+icl-msr", "--set", "train.epoc
                      "--set", "train.ckpt_every=1", "--set", "train.knn_every=3", "--set", "icl.n_strata=4",
                      "--set", "icl.meta_share=0.5", "--quiet"]
 
-def test_dcodr_icl_msr_sigkill_mid_epoch_then_resume_is_bitwise_identical(tmp_path):
+def test_dcodr_icl_msr_sigkill_mid_epoch_then_resume_is_bitwise_identical(tmp_path, background):
     a, b = tmp_path/"a", tmp_path/"b"
-    train("--out", str(a), *DCODR_ICL, timeout=600)
-    res = json.loads((a/"results.json").read_text())
-    assert res["step"] == 8 * 7 and res["config"]["icl"]["enabled"] is True and res["config"]["model"]["method"] == "dcodr"
-    assert any(r.get("kind") == "meta" for r in _records(a))             # ICL-MSR's stage 2 ran on the domain batches
-    proc = subprocess.Popen([bin_path("iclmsr"), "train", "--out", str(b), *DCODR_ICL],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ref = background("--out", a, *DCODR_ICL)                             # the uninterrupted run, beside the one killed
+    proc = background("--out", b, *DCODR_ICL)
     _wait_for(lambda: (c := _ck(b/"last.pt")) is not None and c["epoch"] >= 1 and c["batch"] > 0 and c["stage"] == "fit" and c, proc=proc)
     proc.send_signal(signal.SIGKILL); proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    assert _ck(b/"last.pt")["step"] < _ck(a/"last.pt")["step"]          # it really was interrupted
-    train("--out", str(b), "--resume", "--quiet", timeout=600)
+    killed_at = _ck(b/"last.pt")
+    resumed = background("--out", b, "--resume", "--quiet")
+    finish(ref)
+    res = json.loads((a/"results.json").read_text())
+    assert res["step"] == 8 * 7 and res["config"]["icl"]["enabled"] is True and res["config"]["model"]["method"] == "dcodr"
+    assert any(r.get("kind") == "meta" for r in _records(a))             # ICL-MSR's stage 2 ran on the domain batches
+    assert killed_at["step"] < _ck(a/"last.pt")["step"]                  # it really was interrupted
+    finish(resumed)
     wa, wb = _ck(a/"last.pt"), _ck(b/"last.pt")
     assert wa["step"] == wb["step"] and wa["epoch"] == wb["epoch"] == 8
     for k, v in wa["model"].items(): assert torch.equal(v, wb["model"][k]), k
     for k in ("knn_full", "knn_fg", "knn_bg"): assert wa["metrics"][k] == wb["metrics"][k]
     assert _records(a) == _records(b)                                    # the log reads as one uninterrupted run
 
-def test_bad_domain_batch_settings_are_one_line_errors(tmp_path):
+def test_bad_domain_batch_settings_are_one_line_errors(tmp_path, capfd):
     out = lambda name: ["--out", str(tmp_path/name)]
     cases = [(["--set", "train.per_domain=1"], "train.per_domain: 1 must be >= 2"),
              (["--set", "train.domains_per_batch=5"], "domains_per_batch 5 is more than the 4 domains the data has"),
@@ -63,13 +65,16 @@ def test_bad_domain_batch_settings_are_one_line_errors(tmp_path):
              (["--set", "train.per_domain=32"], "only 0 of the 4 domains have per_domain = 32 images"),
              (["--set", "model.method=simclr"], "train.domains_per_batch is not used by method 'simclr'"),
              (["--set", "model.proj_hidden=64"], "model.proj_hidden is not used by method 'dcodr'")]
+    # one through the console script (a subprocess), every one through its entry point in this process
+    err = one_line_error(train(*out("sub"), *DCODR, *cases[2][0], check=False))
+    assert cases[2][1] in err and not (tmp_path/"sub"/"last.pt").exists()
     for i, (extra, msg) in enumerate(cases):
-        err = one_line_error(train(*out(f"r{i}"), *DCODR, *extra, check=False))
+        err = train_error(capfd, *out(f"r{i}"), *DCODR, *extra)
         assert msg in err, (extra, err)
         assert not (tmp_path/f"r{i}"/"last.pt").exists()
     assert train(*out("ok"), *DCODR, "--set", "train.batch_size=8", "--set", "train.epochs=1", "--quiet").returncode == 0
 
-def test_folder_data_gets_its_domains_from_domains_csv(tmp_path):
+def test_folder_data_gets_its_domains_from_domains_csv(tmp_path, capfd):
     "An ImageNet-9-layout tree without domains is refused before training, naming domains.csv; with one it trains."
     from fixtures import fake_in9
     root = fake_in9(tmp_path/"in9", n=8, size=32, variants=("original",), split="train")
@@ -77,7 +82,7 @@ def test_folder_data_gets_its_domains_from_domains_csv(tmp_path):
     args = ["--set", f"data.spec=in9:{root}", "--set", "model.backbone=small_cnn", "--set", "model.method=dcodr",
             "--set", "train.per_domain=4", "--set", "train.epochs=1", "--set", "train.knn_every=0",
             "--set", "optim.warmup_steps=1", "--quiet"]
-    err = one_line_error(train("--out", str(tmp_path/"no"), *args, check=False))
+    err = train_error(capfd, "--out", tmp_path/"no", *args)
     assert "needs domains" in err and "domains.csv" in err
     files = sorted(p.relative_to(root).as_posix() for p in (root/"original"/"train").rglob("*.JPEG"))
     (root/"domains.csv").write_text("path,domain\n" + "".join(f"{p},{i % 2}\n" for i, p in enumerate(files)))
@@ -85,9 +90,9 @@ def test_folder_data_gets_its_domains_from_domains_csv(tmp_path):
     res = json.loads((tmp_path/"yes"/"results.json").read_text())
     assert res["step"] == 2 and res["cancelled"] is False                # 2 domains x 8 images: 16 / (2 x 4) batches
     (root/"domains.csv").write_text("path,domain\n" + "".join(f"{p},x\n" for p in files))
-    assert "is not an integer >= 0" in one_line_error(train("--out", str(tmp_path/"bad"), *args, check=False))
+    assert "is not an integer >= 0" in train_error(capfd, "--out", tmp_path/"bad", *args)
 
-def test_print_config_lists_what_dcodr_does_not_read():
-    out = train("--print-config", "--set", "model.method=dcodr").stdout
+def test_print_config_lists_what_dcodr_does_not_read(capfd):
+    out = print_config(capfd, "--set", "model.method=dcodr")
     assert "augment: null" in out and "proj_dim: null" in out          # printed unresolved: "the method's own"
     assert "model.proj_hidden (dcodr has a linear code head, no projection MLP)" in out.strip().splitlines()[-1]

@@ -24,20 +24,47 @@ def one_line_error(p):
     assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
     return p.stderr
 
-def test_print_config_round_trips(tmp_path):
-    p = train("--print-config", "--set", "train.epochs=7")
-    (tmp_path/"c.yaml").write_text(p.stdout)
-    p2 = train("--config", str(tmp_path/"c.yaml"), "--print-config")
-    assert p2.stdout == p.stdout and "epochs: 7" in p.stdout
+# Warnings a console script shows on stderr (Python's default filters hide only these kinds outside __main__).
+_HIDDEN = (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning)
 
-def test_bad_inputs_are_one_line_errors(tmp_path):
-    assert "unknown config key 'train.epoch'; allowed keys in train:" in one_line_error(
-        train("--out", str(tmp_path/"r"), "--set", "train.epoch=3", check=False))
-    assert "must be >= 1" in one_line_error(train("--out", str(tmp_path/"r"), "--set", "train.epochs=0", check=False))
-    assert "not writable" in one_line_error(train("--out", "/proc/iclmsr-run", *TINY, check=False))
+def cli_error(capfd, *argv):
+    """`iclmsr ARGV` through the console script's entry point (`iclmsr.cli.main`) in this process, for errors raised
+    while resolving the config or opening files, before training: the checks `one_line_error` makes on a subprocess
+    (exit code 2, one line on stderr, no traceback), stderr read at the file-descriptor level (C++ prints included),
+    plus no warning the script would print. The tests keep one subprocess case for each CLI path."""
+    import warnings
+    from iclmsr.cli import main
+    capfd.readouterr()
+    with warnings.catch_warnings(record=True) as ws:
+        warnings.simplefilter("always")
+        rc = main([str(a) for a in argv])
+    out, err = capfd.readouterr()
+    shown = [f"{w.category.__name__}: {w.message}" for w in ws if not issubclass(w.category, _HIDDEN)]
+    assert rc == 2, (rc, out, err)
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and not shown, (err, shown)
+    assert err.startswith(f"iclmsr {argv[0]}: error: "), err
+    return err
+
+def train_error(capfd, *args):
+    "`iclmsr train ARGS` in this process (`cli_error`): its one-line error."
+    return cli_error(capfd, "train", *args)
+
+def test_print_config_round_trips(tmp_path, capfd):
+    p = train("--print-config", "--set", "train.epochs=7")             # the console script's --print-config (a subprocess)
+    (tmp_path/"c.yaml").write_text(p.stdout)
+    assert p.stderr == "" and print_config(capfd, "--config", tmp_path/"c.yaml") == p.stdout and "epochs: 7" in p.stdout
+
+def test_bad_inputs_are_one_line_errors(tmp_path, capfd):
+    # through the console script (a subprocess): the line reaches stderr, exit code 2, no traceback
     err = one_line_error(train("--out", str(tmp_path/"r"), *TINY, "--set", "data.spec=cifar10:/nonexistent/cifar", check=False))
     assert "cifar" in err.lower() and "download" in err.lower()
-    assert "nothing to resume" in one_line_error(train("--out", str(tmp_path/"empty"), "--resume", check=False))
+    # the same entry point in this process (the errors come from the config, the run directory or the files)
+    assert "unknown config key 'train.epoch'; allowed keys in train:" in train_error(capfd, "--out", tmp_path/"r", "--set", "train.epoch=3")
+    assert "must be >= 1" in train_error(capfd, "--out", tmp_path/"r", "--set", "train.epochs=0")
+    assert "not writable" in train_error(capfd, "--out", "/proc/iclmsr-run", *TINY)
+    err = train_error(capfd, "--out", tmp_path/"r", *TINY, "--set", "data.spec=cifar10:/nonexistent/cifar")
+    assert "cifar" in err.lower() and "download" in err.lower()
+    assert "nothing to resume" in train_error(capfd, "--out", tmp_path/"empty", "--resume")
 
 def _wait_for(pred, timeout=120, proc=None):
     t = time.time()
@@ -56,22 +83,45 @@ def _records(run_dir):
     recs = [json.loads(l) for l in (run_dir/"metrics.jsonl").read_text().splitlines()]
     return [{k: v for k, v in r.items() if k not in ("time", "images_per_s")} for r in recs]
 
+@pytest.fixture
+def background():
+    """Start `iclmsr train ARGS` in the background with one thread (`start(*args)` returns the Popen): runs compared
+    with each other go side by side on a 2-core machine instead of one after the other; every run of a test gets the
+    same thread count, so bitwise comparisons hold. Runs still going when the test ends are killed."""
+    procs = []
+    def start(*args):
+        p = subprocess.Popen([bin_path("iclmsr"), "train", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        procs.append(p); return p
+    yield start
+    for p in procs:
+        if p.poll() is None: p.kill(); p.communicate()
+
+def finish(proc, timeout=600):
+    "Wait for a run `background` started; it must exit 0. Returns its CompletedProcess."
+    try: out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired: proc.kill(); out, err = proc.communicate()
+    if proc.returncode != 0:
+        raise AssertionError(f"{proc.args} exited {proc.returncode}\nstdout:\n{out[-4000:]}\nstderr:\n{err[-4000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
 RESUMABLE = TINY + ["--set", "train.epochs=12", "--set", "train.deterministic=true", "--set", "train.ckpt_every=1",
                     "--set", "train.knn_every=4", "--set", "icl.enabled=true", "--set", "icl.n_strata=4",
                     "--set", "icl.meta_share=0.5", "--quiet"]
 
-def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(tmp_path):
+def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(tmp_path, background):
     a, b = tmp_path/"a", tmp_path/"b"
-    train("--out", str(a), *RESUMABLE, timeout=600)
-    proc = subprocess.Popen([bin_path("iclmsr"), "train", "--out", str(b), *RESUMABLE],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ref = background("--out", a, *RESUMABLE)                       # the uninterrupted run, beside the one killed
+    proc = background("--out", b, *RESUMABLE)
     # kill as soon as a checkpoint sits in the middle of an epoch (not at its start) after the first epoch
     ck = _wait_for(lambda: (c := _ck(b/"last.pt")) is not None and c["epoch"] >= 1 and c["batch"] > 0 and c["stage"] == "fit" and c, proc=proc)
     proc.send_signal(signal.SIGKILL); proc.wait()
     assert proc.returncode == -signal.SIGKILL
     killed_at = _ck(b/"last.pt")
+    resumed = background("--out", b, "--resume", "--quiet")
+    finish(ref)
     assert killed_at["step"] < _ck(a/"last.pt")["step"]          # it really was interrupted
-    train("--out", str(b), "--resume", "--quiet", timeout=600)
+    finish(resumed)
     wa, wb = _ck(a/"last.pt"), _ck(b/"last.pt")
     assert wa["step"] == wb["step"] and wa["epoch"] == wb["epoch"] == 12
     for k, v in wa["model"].items(): assert torch.equal(v, wb["model"][k]), k
@@ -92,15 +142,17 @@ def test_sigint_writes_checkpoint_and_exits_0(tmp_path):
     ck = _ck(r/"last.pt")
     assert res["cancelled"] is True and ck["step"] == res["step"] > 0
     assert ck["epoch"] < 1000
-    p = train("--out", str(r), "--resume", "--set", "train.epochs=1", "--quiet", check=False)   # already past epoch 1: ends at once
-    assert p.returncode == 0, p.stderr
+    from iclmsr.cli import main                                  # already past epoch 1: ends at once (in this process)
+    assert main(["train", "--out", str(r), "--resume", "--set", "train.epochs=1", "--quiet"]) == 0
 
-def test_resume_refuses_another_config(tmp_path):
+def test_resume_refuses_another_config(tmp_path, capfd):
     r = tmp_path/"r"
     train("--out", str(r), *TINY, "--set", "train.epochs=1", "--set", "train.knn_every=0", "--quiet")
-    err = one_line_error(train("--out", str(r), "--resume", "--set", "icl.lam=0.5", check=False))
+    before = (r/"last.pt").read_bytes()
+    err = train_error(capfd, "--out", r, "--resume", "--set", "icl.lam=0.5")
     assert "different config" in err and "icl.lam: 1.0 != 0.5" in err
-    assert "already holds a run" in one_line_error(train("--out", str(r), *TINY, check=False))
+    assert "already holds a run" in train_error(capfd, "--out", r, *TINY)
+    assert (r/"last.pt").read_bytes() == before                   # neither touched the run
 
 def test_out_of_memory_is_one_line_suggesting_a_smaller_batch(tmp_path):
     "A real allocation failure (the address space capped at 9 GiB, about 4 GiB above what torch maps at import, a ResNet-18 batch of 1024 needs more)."
@@ -112,16 +164,25 @@ def test_out_of_memory_is_one_line_suggesting_a_smaller_batch(tmp_path):
     err = one_line_error(p)
     assert "out of memory at train.batch_size=1024" in err and "--set train.batch_size=512" in err
 
-def test_a_key_the_method_does_not_use_is_refused_or_listed(tmp_path):
+def print_config(cap, *args):
+    "`iclmsr train --print-config ARGS` in this process (the subprocess path: test_print_config_round_trips): its stdout."
+    from iclmsr.cli import main
+    cap.readouterr()
+    assert main(["train", "--print-config", *map(str, args)]) == 0
+    out = cap.readouterr()
+    assert out.err == "", out.err
+    return out.out
+
+def test_a_key_the_method_does_not_use_is_refused_or_listed(tmp_path, capfd):
     "model.tau set for a method without a temperature is refused in one line; --print-config lists what a run does not read."
-    err = one_line_error(train("--out", str(tmp_path/"r"), *TINY, "--set", "model.method=byol", "--set", "model.tau=0.3", check=False))
+    err = train_error(capfd, "--out", tmp_path/"r", *TINY, "--set", "model.method=byol", "--set", "model.tau=0.3")
     assert "model.tau is not used by method 'byol'" in err
     assert not (tmp_path/"r"/"last.pt").exists()
-    out = train("--print-config", "--set", "model.method=wmse").stdout
+    out = print_config(capfd, "--set", "model.method=wmse")
     assert out.strip().splitlines()[-1] == "# not used by this run: model.tau (wmse has no temperature); icl.* (icl.enabled is false)"
-    assert "# not used by this run" not in train("--print-config", "--set", "icl.enabled=true").stdout
+    assert "# not used by this run" not in print_config(capfd, "--set", "icl.enabled=true")
 
-def test_a_variant_folder_trains_without_masks(tmp_path):
+def test_a_variant_folder_trains_without_masks(tmp_path, capfd):
     "data.variant=only_fg on an ImageNet-9 tree without masks trains on the only_fg folder (it used to ask for masks)."
     import shutil
     from fixtures import fake_in9
@@ -134,5 +195,5 @@ def test_a_variant_folder_trains_without_masks(tmp_path):
     p = train("--out", str(tmp_path/"fg"), *args, "--set", "data.variant=only_fg")
     res = json.loads((tmp_path/"fg"/"results.json").read_text())
     assert res["step"] == 2 and "knn_fg" in res["metrics"] and "knn_bg" not in res["metrics"], res
-    err = one_line_error(train("--out", str(tmp_path/"nb"), *args, "--set", "data.variant=no_fg", check=False))
+    err = train_error(capfd, "--out", tmp_path/"nb", *args, "--set", "data.variant=no_fg")
     assert "variant 'no_fg' is not available" in err and "only_fg (folder)" in err
