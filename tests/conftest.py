@@ -28,3 +28,11 @@ def copy_project(dest):
         if src.is_symlink(): d.symlink_to(os.readlink(src))
         else: shutil.copy2(src, d)
     return dest
+
+@pytest.fixture(scope="session")
+def docs_build(tmp_path_factory):
+    """The docs built once per session (`iclmsr_docs`, README.md included) in a copy of the project, so the build's
+    outputs do not touch the checkout: (the copy, the CompletedProcess). Shared by tests/test_docs.py and the docs
+    site tests/test_browser.py serves."""
+    dest = copy_project(tmp_path_factory.mktemp("docs")/"proj")
+    return dest, run([bin_path("iclmsr_docs")], cwd=dest, timeout=900)

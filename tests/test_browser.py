@@ -10,7 +10,7 @@ Screenshots go to test-artifacts/ (gitignored). Needs `pytest-playwright` and a 
 import contextlib, json, os, re, secrets, shutil, signal, socket, subprocess, sys, time, urllib.request
 from pathlib import Path
 import pytest
-from conftest import ROOT, run, bin_path, copy_project
+from conftest import ROOT
 
 pytest.importorskip("playwright.sync_api", reason="pytest-playwright is not installed (pip install pytest-playwright)")
 CHROMIUM = os.environ.get("ICLMSR_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -197,10 +197,9 @@ def test_retrieval_explorer_query_and_click(page, lab):
     shot(page, "neighbours-clicked.png")
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    "The docs built (iclmsr_docs) in a copy of the project, served by http.server on a free port; stopped by its pid."
-    dest = copy_project(tmp_path_factory.mktemp("docs")/"proj")
-    run([bin_path("iclmsr_docs"), "--no_readme"], cwd=dest, timeout=900)
+def site(docs_build):
+    "The docs built (iclmsr_docs, once per session: conftest's `docs_build`, also read by tests/test_docs.py) in a copy of the project, served by http.server on a free port; stopped by its pid."
+    dest, _ = docs_build
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(dest/"_docs")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -4,14 +4,12 @@ import ast, importlib, json, re
 from html import unescape
 from pathlib import Path
 import pytest
-from conftest import run, bin_path, copy_project, ROOT
+from conftest import ROOT
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    # build in a copy of the project, so the build's outputs do not touch the checkout
-    dest = copy_project(tmp_path_factory.mktemp("docs")/"proj")
-    p = run([bin_path("iclmsr_docs")], cwd=dest, timeout=900)
-    return dest, p
+def built(docs_build):
+    "The session's docs build (conftest's `docs_build`: in a copy of the project, so its outputs do not touch the checkout)."
+    return docs_build
 
 def test_home_page(built):
     dest, p = built
