@@ -55,10 +55,23 @@ def test_export_then_read_back(env, tmp_path):
     (["info", "cifar10:/nonexistent/cifar"], "Download https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"),
     (["export", "toy"], "the following arguments are required: --out"),
 ])
-def test_bad_input_is_a_one_line_error(env, args, msg):
-    p = iclmsr("data", *args, env=env, check=False)
+def test_bad_input_is_a_one_line_error(env, args, msg, capfd, monkeypatch):
+    "Through the console script's entry point in this process (the subprocess path: test_bad_input_reaches_stderr)."
+    from iclmsr.cli import main
+    monkeypatch.setenv("ICLMSR_CACHE", env["ICLMSR_CACHE"])
+    capfd.readouterr()
+    try: rc = main(["data", *args])
+    except SystemExit as e: rc = e.code                  # argparse's own errors exit, as in the console script
+    err = capfd.readouterr().err
+    assert rc == 2, err
+    assert msg in err and "Traceback" not in err
+
+
+def test_bad_input_reaches_stderr(env):
+    "One bad spec through the console script: exit code 2, the message on stderr, no traceback."
+    p = iclmsr("data", "info", "toy:rho=2", env=env, check=False)
     assert p.returncode == 2, p.stderr
-    assert msg in p.stderr and "Traceback" not in p.stderr
+    assert "rho must be a probability in [0, 1]" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_help_lists_data_commands():
