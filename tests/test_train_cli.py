@@ -155,9 +155,10 @@ def test_resume_refuses_another_config(tmp_path, capfd):
     assert (r/"last.pt").read_bytes() == before                   # neither touched the run
 
 def test_out_of_memory_is_one_line_suggesting_a_smaller_batch(tmp_path):
-    "A real allocation failure (the address space capped at 9 GiB, about 4 GiB above what torch maps at import, a ResNet-18 batch of 1024 needs more)."
+    """A real allocation failure (the address space capped at 7 GiB, about 2 GiB above what torch maps at import and the
+    run holds before its first step, a ResNet-18 batch of 1024 needs more; the closer cap, the fewer convolutions run first)."""
     import resource
-    cap = lambda: resource.setrlimit(resource.RLIMIT_AS, (9 * 2**30, 9 * 2**30))
+    cap = lambda: resource.setrlimit(resource.RLIMIT_AS, (7 * 2**30, 7 * 2**30))
     p = run([bin_path("iclmsr"), "train", "--out", str(tmp_path/"r"), "--quiet", "--set", "data.spec=toy:num_classes=4,n_train=256,n_test=8",
              "--set", "model.backbone=resnet18", "--set", "train.batch_size=1024", "--set", "train.knn_every=0"],
             check=False, env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=cap)
