@@ -8,8 +8,8 @@ import ast
 from pathlib import Path
 import pytest
 
-LAYERS = ["utils", "config", "fgbg", "toy", "data", "augment", "batch", "sampler", "models", "losses", "rec", "explain", "msr", "methods", "excon",
-          "checkpoint", "knn", "probe", "learner", "eval", "report", "viz", "dashboard", "demo", "bench", "cli", "docs"]
+LAYERS = ["utils", "config", "fgbg", "toy", "data", "augment", "intervene", "batch", "sampler", "models", "losses", "rec", "explain", "msr", "methods", "excon",
+          "checkpoint", "knn", "probe", "learner", "eval", "report", "viz", "dashboard", "demo", "compare", "bench", "cli", "docs"]
 PKG = Path(__file__).resolve().parent.parent/"iclmsr"
 
 

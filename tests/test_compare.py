@@ -1,0 +1,58 @@
+"""`iclmsr compare` end to end on a tiny comparison (2 methods x 2 seeds x 3 encoder steps, the small CNN): the console
+script once as a user runs it, then in this process; run twice it gives the same numbers, the same command again skips
+finished runs, and runs cut short (a missing `done` marker and last record, or no records at all) are resumed to the
+same numbers. Bad input is one line with exit status 2."""
+import json, os
+from pathlib import Path
+from conftest import run, bin_path
+from iclmsr.cli import main
+
+SPEC = "toy:num_classes=4,n_train=32,n_test=8"
+ARGS = ["compare", "--methods", "simclr,supcon", "--data", SPEC, "--seeds", "2", "--budget", "3", "--set", "train.batch_size=32",
+        "--probe-epochs", "10", "--fgsm-n", "16", "--expl-n", "8"]
+
+def numbers(d: Path) -> dict:
+    "Every run's recorded evaluations, by run folder (no timings)."
+    return {r.name: [json.loads(l)["measures"] for l in (r/"records.jsonl").read_text().splitlines() if '"eval"' in l]
+            for r in sorted((d/"runs").iterdir())}
+
+def test_compare_repeats_skips_and_resumes(tmp_path, capfd):
+    a, b = tmp_path/"a", tmp_path/"b"
+    p = run([bin_path("iclmsr"), *ARGS, "--out", str(a)], env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+    assert "[4/4]" in p.stdout and "ETA" in p.stdout, p.stdout
+    res = json.loads((a/"results.json").read_text())
+    assert list(res["rows"]) == ["simclr", "supcon"] and res["complete"]
+    assert all(r["steps"] == [3] and r["test"]["ece"]["n"] == 2 for r in res["rows"].values())   # equal encoder steps
+    d = res["rows"]["supcon"]["diff_vs_base"]["original.linear"]
+    assert d["runs"] == [x - y for x, y in zip(res["rows"]["supcon"]["test"]["original.linear"]["runs"],
+                                               res["rows"]["simclr"]["test"]["original.linear"]["runs"])]
+    assert (a/"report.html").read_text().count("<table>") >= 3
+    first = numbers(a)
+    assert len(first) == 4 and all(len(v) == 2 for v in first.values())           # val and test of each run
+    capfd.readouterr()
+    # the same command again: nothing is trained or evaluated
+    stamps = {f: f.stat().st_mtime_ns for f in a.glob("runs/*/*")}
+    assert main(ARGS + ["--out", str(a)]) == 0
+    assert "4 runs: 4 done, 0 to resume, 0 new" in capfd.readouterr().out
+    assert {f: f.stat().st_mtime_ns for f in a.glob("runs/*/*")} == stamps
+    # cut short: one run lost its test record and marker, one all its records (killed after training): both resumed
+    r0, r1 = sorted((a/"runs").iterdir())[:2]
+    (r0/"done").unlink(); lines = (r0/"records.jsonl").read_text().splitlines(); (r0/"records.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+    (r1/"done").unlink(); (r1/"records.jsonl").unlink()
+    assert main(ARGS + ["--out", str(a), "--resume"]) == 0
+    assert "2 to resume" in capfd.readouterr().out
+    assert numbers(a) == first
+    # a second comparison from scratch (seed 0 only: its runs have the same folders as above): the same numbers
+    assert main(ARGS + ["--out", str(b), "--quiet", "--seeds", "1"]) == 0
+    again = numbers(b)
+    assert len(again) == 2 and again == {k: v for k, v in first.items() if k in again}
+    capfd.readouterr()
+    # bad input: one line each, exit status 2
+    for argv, msg in ((ARGS + ["--out", str(a), "--budget", "4"], "holds a comparison with other settings (budget differ)"),
+                      (["compare", "--methods", "simclr,simclrr", "--out", str(tmp_path/"c")], "unknown method 'simclrr'; registered: simclr,"),
+                      (["compare", "--out", str(tmp_path/"d"), "--resume"], "nothing to resume")):
+        assert main(argv) == 2
+        err = capfd.readouterr().err
+        assert msg in err and len(err.strip().splitlines()) == 1, err
+    assert main(ARGS + ["--out", str(a), "--dry-run"]) == 0
+    assert capfd.readouterr().out.count("done  ") == 4
