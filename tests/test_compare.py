@@ -9,7 +9,7 @@ from iclmsr.cli import main
 
 SPEC = "toy:num_classes=4,n_train=32,n_test=8"
 ARGS = ["compare", "--methods", "simclr,supcon", "--data", SPEC, "--seeds", "2", "--budget", "3", "--set", "train.batch_size=32",
-        "--probe-epochs", "10", "--fgsm-n", "16", "--expl-n", "8"]
+        "--probe-epochs", "10", "--fgsm-n", "16", "--expl-n", "8", "--no-umap"]
 
 def numbers(d: Path) -> dict:
     "Every run's recorded evaluations, by run folder (no timings)."
