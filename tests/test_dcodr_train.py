@@ -5,7 +5,7 @@ The embedded dataset knows every image's background, its domain. With 4 classes 
 import json, os, signal, subprocess
 import pytest
 from conftest import run, bin_path
-from test_train_cli import train, one_line_error, train_error, print_config, background, finish, _wait_for, _ck, _records
+from test_train_cli import train, one_line_error, train_error, train_here, print_config, background, finish, _wait_for, _ck, _records
 import torch
 
 DCODR = ["--set", "data.spec=toy:num_classes=4,n_train=16,n_test=8", "--set", "model.backbone=small_cnn",
@@ -21,7 +21,7 @@ def _losses(run_dir):
 
 def test_dcodr_trains_and_its_loss_falls(tmp_path):
     r = tmp_path/"r"
-    train("--out", str(r), *DCODR, "--set", "train.epochs=6", "--quiet", timeout=600)
+    train_here("--out", r, *DCODR, "--set", "train.epochs=6", "--quiet")
     res = json.loads((r/"results.json").read_text())
     assert res["step"] == 6 * 7 and res["cancelled"] is False
     loss = _losses(r)
@@ -72,7 +72,7 @@ def test_bad_domain_batch_settings_are_one_line_errors(tmp_path, capfd):
         err = train_error(capfd, *out(f"r{i}"), *DCODR, *extra)
         assert msg in err, (extra, err)
         assert not (tmp_path/f"r{i}"/"last.pt").exists()
-    assert train(*out("ok"), *DCODR, "--set", "train.batch_size=8", "--set", "train.epochs=1", "--quiet").returncode == 0
+    train_here(*out("ok"), *DCODR, "--set", "train.batch_size=8", "--set", "train.epochs=1", "--quiet")
 
 def test_folder_data_gets_its_domains_from_domains_csv(tmp_path, capfd):
     "An ImageNet-9-layout tree without domains is refused before training, naming domains.csv; with one it trains."
@@ -86,7 +86,7 @@ def test_folder_data_gets_its_domains_from_domains_csv(tmp_path, capfd):
     assert "needs domains" in err and "domains.csv" in err
     files = sorted(p.relative_to(root).as_posix() for p in (root/"original"/"train").rglob("*.JPEG"))
     (root/"domains.csv").write_text("path,domain\n" + "".join(f"{p},{i % 2}\n" for i, p in enumerate(files)))
-    train("--out", str(tmp_path/"yes"), *args)
+    train_here("--out", tmp_path/"yes", *args)
     res = json.loads((tmp_path/"yes"/"results.json").read_text())
     assert res["step"] == 2 and res["cancelled"] is False                # 2 domains x 8 images: 16 / (2 x 4) batches
     (root/"domains.csv").write_text("path,domain\n" + "".join(f"{p},x\n" for p in files))

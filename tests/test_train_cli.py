@@ -45,6 +45,12 @@ def cli_error(capfd, *argv):
     assert err.startswith(f"iclmsr {argv[0]}: error: "), err
     return err
 
+def train_here(*args):
+    """`iclmsr train ARGS` through the console script's entry point in this process, for a run whose checks need no
+    interpreter of its own (the console script itself: the subprocess tests); it must exit 0."""
+    from iclmsr.cli import main
+    assert main(["train", *map(str, args)]) == 0
+
 def train_error(capfd, *args):
     "`iclmsr train ARGS` in this process (`cli_error`): its one-line error."
     return cli_error(capfd, "train", *args)
@@ -147,7 +153,7 @@ def test_sigint_writes_checkpoint_and_exits_0(tmp_path):
 
 def test_resume_refuses_another_config(tmp_path, capfd):
     r = tmp_path/"r"
-    train("--out", str(r), *TINY, "--set", "train.epochs=1", "--set", "train.knn_every=0", "--quiet")
+    train_here("--out", r, *TINY, "--set", "train.epochs=1", "--set", "train.knn_every=0", "--quiet")
     before = (r/"last.pt").read_bytes()
     err = train_error(capfd, "--out", r, "--resume", "--set", "icl.lam=0.5")
     assert "different config" in err and "icl.lam: 1.0 != 0.5" in err
@@ -182,6 +188,9 @@ def test_a_key_the_method_does_not_use_is_refused_or_listed(tmp_path, capfd):
     out = print_config(capfd, "--set", "model.method=wmse")
     assert out.strip().splitlines()[-1] == "# not used by this run: model.tau (wmse has no temperature); icl.* (icl.enabled is false)"
     assert "# not used by this run" not in print_config(capfd, "--set", "icl.enabled=true")
+    out = print_config(capfd, "--set", "icl.enabled=true", "--set", "intervene.p=0.3")   # set, but not switched on
+    assert out.strip().splitlines()[-1] == "# not used by this run: intervene.* (intervene.enabled is false)"
+    assert "intervene.* is set but intervene.enabled is false" in train_error(capfd, "--out", tmp_path/"iv", *TINY, "--set", "intervene.p=0.3")
 
 def test_a_variant_folder_trains_without_masks(tmp_path, capfd):
     "data.variant=only_fg on an ImageNet-9 tree without masks trains on the only_fg folder (it used to ask for masks)."
@@ -193,8 +202,12 @@ def test_a_variant_folder_trains_without_masks(tmp_path, capfd):
     args = ["--set", f"data.spec=in9:{root}", "--set", "model.backbone=small_cnn", "--set", "model.proj_hidden=32",
             "--set", "model.proj_dim=8", "--set", "train.batch_size=8", "--set", "train.epochs=1", "--set", "train.knn_every=1",
             "--set", "optim.warmup_steps=1", "--quiet"]
-    p = train("--out", str(tmp_path/"fg"), *args, "--set", "data.variant=only_fg")
+    train_here("--out", tmp_path/"fg", *args, "--set", "data.variant=only_fg")
     res = json.loads((tmp_path/"fg"/"results.json").read_text())
     assert res["step"] == 2 and "knn_fg" in res["metrics"] and "knn_bg" not in res["metrics"], res
     err = train_error(capfd, "--out", tmp_path/"nb", *args, "--set", "data.variant=no_fg")
     assert "variant 'no_fg' is not available" in err and "only_fg (folder)" in err
+    # do(background) on data without masks: one line naming the dataset and what it lacks, before anything trains
+    err = train_error(capfd, "--out", tmp_path/"db", *args, "--set", "model.method=simclr+do-bg")
+    assert "do(background) needs foreground masks and dataset" in err and "has none" in err, err
+    assert not (tmp_path/"db"/"last.pt").exists()
