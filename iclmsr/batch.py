@@ -25,6 +25,8 @@ class Batch:
     clean: torch.Tensor | None = None      # (B, 3, H, W) un-augmented images, normalised like the views
     masks: tuple | None = None             # (m1, m2): bool (B, H, W) foreground masks of the views
     index: torch.Tensor | None = None      # (B,) positions in the dataset
+    swapped: torch.Tensor | None = None    # (2, B) bool: the views whose background an intervention replaced (do(background))
+    bg: torch.Tensor | None = None         # (B, 3, H, W) a view of each image's background-only image (do(background), bg_negative)
 
     @property
     def v1(self) -> torch.Tensor: return self.views[0]
@@ -82,13 +84,26 @@ def clean_images(augment, images: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(x, size=(augment.size, augment.size), mode="bilinear", antialias=True, align_corners=False)
     return (x - augment.mean) / augment.std
 
-def make_batch(raw: dict, augment, needs=(), device=None, memory_format=torch.contiguous_format) -> Batch:
-    "The `Batch` of a step: views (and their masks) by `augment` on `device`, and the other fields asked for."
+def make_batch(raw: dict, augment, needs=(), device=None, memory_format=torch.contiguous_format, intervene=None,
+               generator=None) -> Batch:
+    "The `Batch` of a step: views (and their masks) by `augment` on `device`, and the other fields asked for; `intervene` (with `raw['masks']`): do(background) first."
     mv = lambda t: t.to(device, non_blocking=True) if device is not None else t
-    x = mv(raw["images"])
-    if "masks" in needs: v1, v2, m1, m2 = augment(x, mv(raw["masks"])); masks = (m1, m2)
+    x, swapped = mv(raw["images"]), None
+    if intervene is not None:   # each view from its own source image, one call: the draws of augment(x)
+        if "masks" not in raw: raise ValueError("an intervention needs the raw masks: gather with 'masks' in needs")
+        k = mv(raw["masks"])
+        x1, x2, swapped = intervene(x, k, generator)
+        v, m = augment.views(torch.cat([x1, x2]), k.repeat(2, 1, 1) if "masks" in needs else None, n_views=1)
+        B = len(x)
+        (v1, v2), masks = (v[:B], v[B:]), (None if m is None else (m[:B], m[B:]))
+    elif "masks" in needs: v1, v2, m1, m2 = augment(x, mv(raw["masks"])); masks = (m1, m2)
     else: (v1, v2), masks = augment(x), None
     fmt = lambda t: t if memory_format is torch.contiguous_format else t.contiguous(memory_format=memory_format)
+    bg = None
+    if intervene is not None and intervene.bg_negative:   # drawn after the views: theirs stay as they are
+        if "index" not in raw: raise ValueError("an intervention with bg_negative needs the samples' positions: gather with 'index' in needs")
+        own = intervene.pool.images[raw["index"].to(intervene.pool.images.device)]
+        bg = fmt(augment.views(mv(own), n_views=1)[0])
     get = lambda k: mv(raw[k]) if k in needs else None
     return Batch(views=(fmt(v1), fmt(v2)), labels=get("labels"), domains=get("domains"), masks=masks,
-                 clean=fmt(clean_images(augment, x)) if "clean" in needs else None, index=get("index"))
+                 clean=fmt(clean_images(augment, x)) if "clean" in needs else None, index=get("index"), swapped=swapped, bg=bg)

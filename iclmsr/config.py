@@ -11,10 +11,10 @@ from typing import Literal, Optional, Union, get_args, get_origin, get_type_hint
 import yaml
 
 # %% auto #0
-__all__ = ['PROJ_DIM', 'BATCH_SIZE', 'RUN_SUFFIXES', 'METHOD_DEFAULTS', 'DOMAIN_WISE', 'DataConfig', 'ModelConfig', 'ICLConfig',
-           'OptimConfig', 'TrainConfig', 'Config', 'ConfigError', 'config_from_dict', 'config_to_dict',
-           'apply_overrides', 'read_config_file', 'load_config', 'dump_config', 'config_diff', 'split_run_name',
-           'run_name', 'resolve_run_name', 'control_names', 'resolve_defaults']
+__all__ = ['PROJ_DIM', 'BATCH_SIZE', 'RUN_SUFFIXES', 'DO_BG', 'METHOD_DEFAULTS', 'DOMAIN_WISE', 'DataConfig', 'ModelConfig',
+           'ICLConfig', 'InterveneConfig', 'OptimConfig', 'TrainConfig', 'Config', 'ConfigError', 'config_from_dict',
+           'config_to_dict', 'apply_overrides', 'read_config_file', 'load_config', 'dump_config', 'config_diff',
+           'split_run_name', 'intervenes', 'run_name', 'resolve_run_name', 'control_names', 'resolve_defaults']
 
 # %% ../nbs/00b_config.ipynb #469f1585
 def _check(ok, must: str):
@@ -42,7 +42,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     "The base method, its backbone and heads."
-    method: str = _f("simclr", help="base method: simclr, byol, wmse, barlow_twins, supcon, dcodr, dcodr_nonegs, dcodr_rec, excon, exconb (+icl-msr, +icl-frozen, +ntxent: a run name)")
+    method: str = _f("simclr", help="base method: simclr, byol, wmse, barlow_twins, supcon, dcodr, dcodr_nonegs, dcodr_rec, excon, exconb (+do-bg and one of +icl-msr, +icl-frozen, +ntxent: a run name)")
     backbone: str = _f("resnet18", help="resnet18, resnet50 or small_cnn")
     proj_hidden: int = _f(1024, _pos, "> 0", help="hidden width of the projection MLP (not used by the DCoDR methods' linear code head)")
     proj_dim: Optional[int] = _f(None, _pos, "> 0", help="projection / code size (null: the method's own, 128 for the DCoDR methods, else 64)")
@@ -70,6 +70,15 @@ class ICLConfig:
     virtual_step: Literal["sgd", "adam"] = _f("adam", help="virtual step of stage 2: plain SGD at the encoder's lr, or preconditioned by the encoder's Adam second moments")
     init_std: float = _f(1.0, _nonneg, ">= 0", help="spread of the initial stratum parameters w_t ~ N(0, init_std^2) (0.01 makes every a_t = 0.5 and the term a rescaled NT-Xent)")
     activation: Literal["sigmoid", "identity"] = _f("sigmoid", help="a_t = sigmoid(w_t), or w_t itself")
+
+# %% ../nbs/00b_config.ipynb #d48fb2bb
+@dataclass
+class InterveneConfig:
+    "do(background): views whose background is replaced by one drawn uniformly over the background strata (off by default; needs masks)."
+    enabled: bool = _f(False, help="swap backgrounds (the run-name suffix +do-bg sets it)")
+    views: Literal["one", "both"] = _f("one", help="one: the first view only (the second keeps the image's background); both: each view its own background")
+    p: float = _f(0.5, _unit, "in [0, 1]", help="probability that a view of an image gets a new background")
+    bg_negative: bool = _f(False, help="simclr: a view of the anchor's own background-only image as an extra negative of that anchor's two views")
 
 # %% ../nbs/00b_config.ipynb #e681b139
 @dataclass
@@ -106,6 +115,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     icl: ICLConfig = field(default_factory=ICLConfig)
+    intervene: InterveneConfig = field(default_factory=InterveneConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -250,27 +260,39 @@ def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
 # %% ../nbs/00b_config.ipynb #d31ac74f
 RUN_SUFFIXES = {"ntxent": "ntxent", "icl-frozen": "frozen", "icl-msr": "msr"}   # base+suffix -> icl.control
 
+DO_BG = "do-bg"   # the run-name suffix of the background intervention (intervene.enabled)
+
+def _run_parts(name: str) -> tuple[str, str | None, bool]:
+    "(base, icl control or None, whether +do-bg is there) of a run name."
+    base, *parts = name.split("+")
+    rest = [s for s in parts if s != DO_BG]
+    if len(parts) - len(rest) > 1 or len(rest) > 1 or any(s not in RUN_SUFFIXES for s in rest):
+        raise ConfigError(f"model.method: unknown run name {name!r}; a run name is a method, optionally followed by +{DO_BG} "
+                          "and by one of " + ", ".join("+" + s for s in RUN_SUFFIXES))
+    return base, (RUN_SUFFIXES[rest[0]] if rest else None), len(rest) < len(parts)
+
 def split_run_name(name: str) -> tuple[str, str | None]:
-    "'simclr+icl-frozen' -> ('simclr', 'frozen'); a plain method name -> (name, None)."
-    base, plus, suffix = name.partition("+")
-    if not plus: return name, None
-    if suffix not in RUN_SUFFIXES:
-        raise ConfigError(f"model.method: unknown run name {name!r}; a run name is a method, optionally followed by "
-                          + ", ".join("+" + s for s in RUN_SUFFIXES))
-    return base, RUN_SUFFIXES[suffix]
+    "'simclr+icl-frozen' -> ('simclr', 'frozen'); a plain method name -> (name, None); a +do-bg suffix is allowed (`intervenes`)."
+    return _run_parts(name)[:2]
+
+def intervenes(name: str) -> bool:
+    "Whether the run name `name` asks for the background intervention (+do-bg)."
+    return _run_parts(name)[2]
 
 def run_name(cfg: Config) -> str:
-    "The run name of `cfg`: 'simclr', or 'simclr+icl-msr', 'simclr+icl-frozen', 'simclr+ntxent' with ICL on."
-    base, control = split_run_name(cfg.model.method)
+    "The run name of `cfg`: 'simclr', or with +do-bg (intervene on), and 'simclr+icl-msr', '+icl-frozen', '+ntxent' with ICL on."
+    base, control, do_bg = _run_parts(cfg.model.method)
     control = control or (cfg.icl.control if cfg.icl.enabled else None)
-    return base + next(("+" + s for s, c in RUN_SUFFIXES.items() if c == control), "")
+    return (base + (f"+{DO_BG}" if do_bg or cfg.intervene.enabled else "")
+            + next(("+" + s for s, c in RUN_SUFFIXES.items() if c == control), ""))
 
 def resolve_run_name(cfg: Config) -> Config:
-    "`cfg` with a run name in `model.method` written as the base method, `icl.enabled` and `icl.control`."
-    base, control = split_run_name(cfg.model.method)
-    if control is None: return cfg
-    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, method=base),
-                               icl=dataclasses.replace(cfg.icl, enabled=True, control=control))
+    "`cfg` with a run name in `model.method` written as the base method, `icl.enabled` and `icl.control` (and `intervene.enabled`)."
+    base, control, do_bg = _run_parts(cfg.model.method)
+    if control is None and not do_bg: return cfg
+    icl = dataclasses.replace(cfg.icl, enabled=True, control=control) if control else cfg.icl
+    iv = dataclasses.replace(cfg.intervene, enabled=True) if do_bg else cfg.intervene
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, method=base), icl=icl, intervene=iv)
 
 def control_names(base: str = ModelConfig.method) -> list[str]:
     "The base method and its three ICL runs, in the order a comparison shows them."

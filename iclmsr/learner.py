@@ -13,12 +13,13 @@ import torch.distributed as dist
 from fastcore.basics import patch
 from fastcore.script import Param
 from .utils import get_device, seed_everything, fmt_duration, UserError
-from .config import (Config, ModelConfig, RUN_SUFFIXES, resolve_run_name, ICLConfig, OptimConfig, TrainConfig, ConfigError, config_to_dict, config_from_dict,
+from .config import (Config, ModelConfig, RUN_SUFFIXES, resolve_run_name, ICLConfig, InterveneConfig, OptimConfig, TrainConfig, ConfigError, config_to_dict, config_from_dict,
                            dump_config, load_config, resolve_defaults, BATCH_SIZE, DOMAIN_WISE)
 from .checkpoint import rng_state, set_rng_state, CheckpointKeeper, load_checkpoint
 from .data import load_dataset, FgBgData, variant_of, available_variants
 from .augment import TwoViewAugment, PRESETS
 from .batch import Batch, gather, make_batch, check_needs
+from .intervene import BackgroundIntervention, background_pool, intervention_generator
 from .msr import MetaSemanticRegularizer, adam_precond
 from .losses import nt_xent
 from .methods import build_method, METHODS, ICLMSR, NonFiniteLoss, options
@@ -102,13 +103,15 @@ class Learner:
     def __init__(self, method: nn.Module, data, augment: nn.Module | None = None, batch_size: int | None = None,
                  cbs=(), optim: OptimConfig | None = None, seed: int = TrainConfig.seed, device=TrainConfig.device,
                  workers: int = 0, run_dir=None, monitor_data=None, deterministic: bool = TrainConfig.deterministic,
-                 domains_per_batch: int | None = None, per_domain: int | None = None):
+                 domains_per_batch: int | None = None, per_domain: int | None = None, intervene=None):
         self.cfg, self.run_dir, self.monitor_data = None, Path(run_dir) if run_dir else None, monitor_data
         self.device = device if isinstance(device, torch.device) else get_device(device)
         self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         self.seed, self.deterministic, self.workers, self.data = seed, deterministic, workers, data
         self.needs = frozenset(getattr(method, "needs", ()))
         check_needs(self.needs, data, f"method {getattr(method, 'name', '') or type(method).__name__!r}")
+        self.intervene = intervene
+        self.raw_needs = self.needs | self._check_intervention(method)   # what a step gathers: the needs, and the intervention's
         self._set_batch_shape(batch_size, domains_per_batch, per_domain, getattr(method, "name", "") or type(method).__name__)
         self.aug = (augment if augment is not None else TwoViewAugment(size=data.image_size)).to(self.device)
         self.method = method.to(self.device)
@@ -138,6 +141,20 @@ class Learner:
         self.batch_size = BATCH_SIZE if batch_size is None else batch_size
         if self.batch_size % self.world: raise ValueError(f"train.batch_size {self.batch_size} is not divisible by the {self.world} processes")
         if len(self.data) < self.batch_size: raise ValueError(f"train.batch_size {self.batch_size} is larger than the {len(self.data)} training images")
+
+    def _check_intervention(self, method) -> frozenset:
+        "The raw fields the intervention reads (masks; positions for bg_negative), after checking data and method can give them."
+        iv = self.intervene
+        if iv is None: return frozenset()
+        check_needs({"masks"}, self.data, "do(background)")
+        if tuple(iv.pool.images.shape[1:]) != tuple(self.data.images.shape[1:]):
+            raise ValueError(f"the background pool's images are {tuple(iv.pool.images.shape[1:])}, the data's {tuple(self.data.images.shape[1:])}: build it with background_pool(data)")
+        if not iv.bg_negative: return frozenset({"masks"})
+        who = getattr(method, "name", "") or type(method).__name__
+        if not getattr(method, "bg_negative", False):
+            raise ValueError(f"intervene.bg_negative adds the anchor's background as a negative; method {who!r} takes none (simclr does)")
+        if len(iv.pool) != len(self.data): raise ValueError("bg_negative needs the training data's own pool (one background per image): background_pool(data)")
+        return frozenset({"masks", "index"})
 
     @property
     def batches_per_epoch(self) -> int:
@@ -216,17 +233,18 @@ def stage_keys(self: Learner, stage: str, order: torch.Tensor, start: int, n: in
 def stage_batches(self: Learner, keys: list):
     "The raw fields (`iclmsr.batch.gather`) of every key: gathered here, or by `workers` DataLoader worker processes."
     if self.workers == 0 or self.data.device.type != "cpu":
-        return (tuple(gather(self.data, i, self.needs) for i in key) for key in keys)
+        return (tuple(gather(self.data, i, self.raw_needs) for i in key) for key in keys)
     # a generator of its own: a DataLoader draws its workers' base seed from the one it is given (by default the
     # global one, which would shift the augmentations and break exact resume)
-    return iter(torch.utils.data.DataLoader(_IndexBatches(self.data, self.needs), batch_size=None, sampler=keys,
+    return iter(torch.utils.data.DataLoader(_IndexBatches(self.data, self.raw_needs), batch_size=None, sampler=keys,
                                             num_workers=self.workers, pin_memory=self.device.type == "cuda",
                                             generator=torch.Generator()))
 
 @patch
-def make_batch(self: Learner, raw: dict) -> Batch:
-    "The `Batch` of one step from raw fields: views drawn on the training device, only the fields the method needs."
-    return make_batch(raw, self.aug, self.needs, self.device, self.memory_format)
+def make_batch(self: Learner, raw: dict, k: int = 0) -> Batch:
+    "The `Batch` of one step from raw fields (the `k`-th of the step): views drawn on the training device, only the fields the method needs; the intervention, if any, first."
+    g = None if self.intervene is None else intervention_generator(self.seed, self.rank, self.epoch, self.stage, self.batch_idx, k)
+    return make_batch(raw, self.aug, self.needs, self.device, self.memory_format, intervene=self.intervene, generator=g)
 
 # %% ../nbs/12_learner.ipynb #6bab82b8
 def _scalar(v): return float(v.detach().float()) if torch.is_tensor(v) else float(v)
@@ -250,6 +268,8 @@ def fit_batch(self: Learner, batch: Batch):
     if hasattr(self.method, "step_end"): self.method.step_end(self.step, self.total_steps)
     self.last_batch = {k: _scalar(v) for k, v in out.items() if k in ("loss", "base", "rec", "icl", "icl_gap", "masked_share") and v is not None}
     self.last_batch["lr"] = self.sched.get_last_lr()[0]
+    if batch.swapped is not None:   # do(background): the share of the intervened views that got a new background
+        self.last_batch["swapped_share"] = _scalar(batch.swapped[:1 if self.intervene.views == "one" else 2].float().mean())
 
 @patch
 def meta_batch(self: Learner, batch_a: Batch, batch_b: Batch):
@@ -274,7 +294,7 @@ def _run_stage(self: Learner, stage: str, start: int):
         self.batch_idx = b
         self("before_batch")                  # nothing random has been drawn for this batch yet
         if self._stop.is_set(): raise CancelFit()
-        self.batches = [self.make_batch(r) for r in raws]
+        self.batches = [self.make_batch(r, k) for k, r in enumerate(raws)]
         if stage == "fit": self.fit_batch(self.batches[0])
         else: self.meta_batch(*self.batches)  # the outer objective is evaluated on a different batch of the same epoch
         self.batch_idx = b + 1
@@ -435,7 +455,7 @@ class ProgressCallback(Callback):
 
 # %% ../nbs/12_learner.ipynb #cea00d47
 CSV_FIELDS = ("time", "epoch", "step", "stage", "loss", "base", "rec", "icl", "icl_gap", "meta", "meta_grad_norm", "meta_grad_cos",
-              "strata_common_share", "strata_spread", "strata_moved", "lr", "images_per_s", "knn_full", "knn_fg", "knn_bg")
+              "strata_common_share", "strata_spread", "strata_moved", "lr", "images_per_s", "knn_full", "knn_fg", "knn_bg", "swapped_share")
 
 class MetricsLogger(Callback):
     "Append metric records to `run_dir/metrics.jsonl` and `run_dir/metrics.csv` (rank 0); keep them in `records`."
@@ -598,6 +618,8 @@ def unused_keys(cfg: Config) -> dict:
         if getattr(m, k) != getattr(ModelConfig, k) and m.method in METHODS and k not in options(METHODS[m.method].__init__):
             out["model." + k] = (f"{m.method} has no masked views (excon and exconb have)" if k == "exp_epochs"
                                  else f"{m.method} appends no misclassified masked images (exconb does)")
+    if not cfg.intervene.enabled and cfg.intervene != InterveneConfig():   # listed only when set
+        out["intervene.*"] = "intervene.enabled is false"
     if not cfg.icl.enabled:
         out["icl.*"] = "icl.enabled is false"
     elif cfg.icl.control != "msr":
@@ -612,6 +634,10 @@ def check_used(cfg: Config):
         if sec == "model" and getattr(cfg.model, name) != default[name]:
             raise ConfigError(f"{key} is not used by method {cfg.model.method!r} ({why}); remove it or choose another method")
     m = cfg.model.method
+    if "intervene.*" in unused_keys(cfg):
+        raise ConfigError("intervene.* is set but intervene.enabled is false: add +do-bg to model.method (or set intervene.enabled=true), or remove it")
+    if cfg.intervene.enabled and cfg.intervene.bg_negative and m in METHODS and not METHODS[m].bg_negative:
+        raise ConfigError(f"intervene.bg_negative is not used by method {m!r} (it has no negatives to add the anchor's background to; simclr has); remove it")
     if m in METHODS and "domains" not in METHODS[m].needs:   # the sampler's settings: only a domain-wise method reads them
         for key in ("domains_per_batch", "per_domain"):
             if getattr(cfg.train, key) is not None:
@@ -672,6 +698,8 @@ def from_config(cls: Learner, cfg: Config | dict | None = None, run_dir=None, cb
     if cfg.data.variant != "original": data = variant_of(data, cfg.data.variant, seed=t.seed)  # its folder, else from masks
     if cfg.data.resident: data = data.to(device)   # else DataLoader workers gather from CPU memory
     aug = TwoViewAugment(cfg.data.augment, size=data.image_size)
+    iv = cfg.intervene   # do(background): refused here, before anything trains, when the data has no masks
+    iv = BackgroundIntervention(background_pool(data), iv.views, iv.p, iv.bg_negative) if iv.enabled else None
     method = method if method is not None else method_from_config(cfg, data.image_size, data)
     if t.sync_bn and world > 1:
         if device.type != "cuda": raise ConfigError("train.sync_bn needs CUDA devices (SyncBatchNorm has no CPU kernel)")
@@ -681,7 +709,7 @@ def from_config(cls: Learner, cfg: Config | dict | None = None, run_dir=None, cb
     extra = ([MixedPrecision()] if amp else []) + ([ChannelsLast()] if device.type == "cuda" and t.channels_last else [])
     learn = cls(method, data, aug, t.batch_size, cbs=extra + list(cbs), optim=cfg.optim, seed=t.seed, device=device,
                 workers=0 if cfg.data.resident else cfg.data.workers, run_dir=run_dir, monitor_data=monitor_data,
-                deterministic=t.deterministic, domains_per_batch=t.domains_per_batch, per_domain=t.per_domain)
+                deterministic=t.deterministic, domains_per_batch=t.domains_per_batch, per_domain=t.per_domain, intervene=iv)
     learn.cfg, learn.n_epochs = cfg, t.epochs
     return learn
 

@@ -55,15 +55,22 @@ def _self_mask(rows, n2):
     "(len(rows), 2N) mask of each anchor's own column."
     return rows[:, None] == torch.arange(n2, device=rows.device)[None, :]
 
-def nt_xent(z1: torch.Tensor, z2: torch.Tensor, tau: float = 0.5, anchors: torch.Tensor | None = None) -> torch.Tensor:
-    "SimCLR's NT-Xent loss, mean over the 2N anchors (or over the rows `anchors`); z normalised inside."
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, tau: float = 0.5, anchors: torch.Tensor | None = None,
+            extra: torch.Tensor | None = None) -> torch.Tensor:
+    "SimCLR's NT-Xent loss, mean over the 2N anchors (or over the rows `anchors`); z normalised inside; `extra` (N, d): row i one more negative of image i's two anchors only."
     _check_pair(z1, z2); _check_tau(tau)
+    if extra is not None and extra.shape != z1.shape:
+        raise ValueError(f"extra must be (N, d) = {tuple(z1.shape)}, one negative per image, got {tuple(extra.shape)}")
     with full_precision(z1):
         z1, z2 = _float(z1, z2)
         Z, partner = _joint(z1, z2)
         rows = _anchor_rows(anchors, len(Z), Z.device)
         s = (Z[rows] @ Z.T / tau).masked_fill(_self_mask(rows, len(Z)), float("-inf"))
+        if extra is not None:   # one more column: each anchor's similarity to its own image's extra negative
+            E = F.normalize(extra.to(Z.dtype), dim=1)
+            s = torch.cat([s, (Z[rows] * E[rows % len(z1)]).sum(1, keepdim=True) / tau], 1)
         return (torch.logsumexp(s, 1) - s[torch.arange(len(rows), device=Z.device), partner[rows]]).mean()
+
 
 # %% ../nbs/04_losses.ipynb #457c22d2
 NEGATIVES = ("all", "cross")

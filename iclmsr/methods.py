@@ -43,6 +43,7 @@ class Method(nn.Module):
     name, desc = "", ""
     needs: frozenset = frozenset()  # the `Batch` fields the loss reads besides the views (see `iclmsr.batch.NEEDS`)
     joint_head = True  # apply the projection head to both views at once (shared BatchNorm statistics, as W-MSE does)
+    bg_negative = False  # whether the loss takes `batch.bg` (do(background): the anchor's background) as an extra negative
 
     def __init__(self, backbone: nn.Module, proj_dim: int):
         super().__init__()
@@ -87,10 +88,16 @@ class SimCLR(Method):
         super().__init__(backbone, proj_dim)
         self.temperature = temperature
         self.projector = ProjectionMLP(backbone.feat_dim, proj_hidden, proj_dim, out_bn=out_bn)
+    bg_negative = True
     def loss_from_features(self, h1, h2, batch):
-        z1, z2 = self.project_pair(h1, h2)
+        "NT-Xent of the views' projections; with `batch.bg`, each image's background view one more negative of its two anchors."
+        if batch.bg is None: z1, z2, gb = *self.project_pair(h1, h2), None
+        else:   # the background views pass through the head with the views (shared BatchNorm statistics)
+            n = len(h1)
+            z = self.projector(torch.cat([h1, h2, self.backbone(batch.bg)]))
+            z1, z2, gb = z[:n], z[n:2 * n], gather_pair(z[2 * n:], z[2 * n:])[0]
         g1, g2, _, anchors = gather_pair(z1, z2)  # negatives from every process under torchrun
-        return {"base": nt_xent(g1, g2, self.temperature, anchors=anchors), "z1": z1, "z2": z2}
+        return {"base": nt_xent(g1, g2, self.temperature, anchors=anchors, extra=gb), "z1": z1, "z2": z2}
 
 class BYOL(Method):
     name, desc = "byol", "BYOL: predict an EMA target's projection of the other view (2 - 2 cos, symmetrised)"
@@ -164,6 +171,7 @@ class ICLMSR(Method):
 
     backbone = property(lambda self: self.base.backbone)
     needs = property(lambda self: self.base.needs)
+    bg_negative = property(lambda self: self.base.bg_negative)
     strata = property(lambda self: self.msr.strata)
     meta_optimizer = property(lambda self: self.msr.meta_optimizer)
     lam = property(lambda self: self.msr.lam)
