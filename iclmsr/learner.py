@@ -142,20 +142,6 @@ class Learner:
         if self.batch_size % self.world: raise ValueError(f"train.batch_size {self.batch_size} is not divisible by the {self.world} processes")
         if len(self.data) < self.batch_size: raise ValueError(f"train.batch_size {self.batch_size} is larger than the {len(self.data)} training images")
 
-    def _check_intervention(self, method) -> frozenset:
-        "The raw fields the intervention reads (masks; positions for bg_negative), after checking data and method can give them."
-        iv = self.intervene
-        if iv is None: return frozenset()
-        check_needs({"masks"}, self.data, "do(background)")
-        if tuple(iv.pool.images.shape[1:]) != tuple(self.data.images.shape[1:]):
-            raise ValueError(f"the background pool's images are {tuple(iv.pool.images.shape[1:])}, the data's {tuple(self.data.images.shape[1:])}: build it with background_pool(data)")
-        if not iv.bg_negative: return frozenset({"masks"})
-        who = getattr(method, "name", "") or type(method).__name__
-        if not getattr(method, "bg_negative", False):
-            raise ValueError(f"intervene.bg_negative adds the anchor's background as a negative; method {who!r} takes none (simclr does)")
-        if len(iv.pool) != len(self.data): raise ValueError("bg_negative needs the training data's own pool (one background per image): background_pool(data)")
-        return frozenset({"masks", "index"})
-
     @property
     def batches_per_epoch(self) -> int:
         "Stage-1 steps per epoch: whole batches of the shuffled data, or the epoch's domain-balanced batches (as many each epoch)."
@@ -168,6 +154,22 @@ class Learner:
     def total_steps(self) -> int: return self.n_epochs * self.batches_per_epoch
     @property
     def stages(self) -> list[str]: return ["fit", "meta"] if self.meta_batches_per_epoch else ["fit"]
+
+# %% ../nbs/12_learner.ipynb #aa5bb174
+@patch
+def _check_intervention(self: Learner, method) -> frozenset:
+    "The raw fields the intervention reads (masks; positions for bg_negative), after checking data and method can give them."
+    iv = self.intervene
+    if iv is None: return frozenset()
+    check_needs({"masks"}, self.data, "do(background)")
+    if tuple(iv.pool.images.shape[1:]) != tuple(self.data.images.shape[1:]):
+        raise ValueError(f"the background pool's images are {tuple(iv.pool.images.shape[1:])}, the data's {tuple(self.data.images.shape[1:])}: build it with background_pool(data)")
+    if not iv.bg_negative: return frozenset({"masks"})
+    who = getattr(method, "name", "") or type(method).__name__
+    if not getattr(method, "bg_negative", False):
+        raise ValueError(f"intervene.bg_negative adds the anchor's background as a negative; method {who!r} takes none (simclr does)")
+    if len(iv.pool) != len(self.data): raise ValueError("bg_negative needs the training data's own pool (one background per image): background_pool(data)")
+    return frozenset({"masks", "index"})
 
 # %% ../nbs/12_learner.ipynb #392da2de
 @patch
