@@ -51,6 +51,7 @@ class ModelConfig:
     vgg_weights: Optional[str] = _f(None, help="dcodr_rec: torchvision's vgg16 ImageNet state dict file (vgg16-397923af.pth) for the perceptual term (null: pixel L1 alone, a departure from DCoDR)")
     exp_epochs: Optional[int] = _f(None, _nonneg, ">= 0", help="excon, exconb: the epoch the masked views start (plain SupCon before; null: a quarter of train.epochs, as ExCon's 50 of 200)")
     background_anchor: bool = _f(False, help="exconb: the appended misclassified masked images are anchors and positives among themselves (true), or only negatives (false)")
+    cam_layer: Optional[str] = _f(None, help="excon, exconb: the Grad-CAM layer, a dotted module name in the backbone such as net.layer3.1.conv2 (null: ExCon's: a ResNet's layer2 last conv below 64 px, layer4's from 64 px; the small CNN's last conv)")
 
 # %% ../nbs/00b_config.ipynb #c68b828e
 @dataclass

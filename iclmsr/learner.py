@@ -24,6 +24,7 @@ from .msr import MetaSemanticRegularizer, adam_precond
 from .losses import nt_xent
 from .methods import build_method, METHODS, ICLMSR, NonFiniteLoss, options
 from .excon import ExCon
+from .explain import cam_layer
 from .models import load_moco
 from .knn import knn_predict
 from .sampler import balanced_shape, domain_batches
@@ -607,6 +608,9 @@ def icl_regularizer(icl: ICLConfig, dim: int) -> MetaSemanticRegularizer:
     return MetaSemanticRegularizer(dim, **kw)
 
 # %% ../nbs/12_learner.ipynb #9b65f35c
+_EXCON_KEYS = {"exp_epochs": "has no masked views (excon and exconb have)", "cam_layer": "computes no Grad-CAM (excon and exconb do)",
+               "background_anchor": "appends no misclassified masked images (exconb does)"}
+
 def unused_keys(cfg: Config) -> dict:
     "Config keys the run of `cfg` does not read -> why (shown by `iclmsr train --print-config`)."
     m, out = cfg.model, {}
@@ -616,10 +620,9 @@ def unused_keys(cfg: Config) -> dict:
         out["model.proj_hidden"] = f"{m.method} has a linear code head, no projection MLP"
     if m.vgg_weights is not None and m.method in METHODS and "vgg_weights" not in options(METHODS[m.method].__init__):
         out["model.vgg_weights"] = f"{m.method} has no reconstruction term (dcodr_rec has)"
-    for k in ("exp_epochs", "background_anchor"):   # listed only when set: every other method leaves them alone
+    for k, why in _EXCON_KEYS.items():   # listed only when set: every other method leaves them alone
         if getattr(m, k) != getattr(ModelConfig, k) and m.method in METHODS and k not in options(METHODS[m.method].__init__):
-            out["model." + k] = (f"{m.method} has no masked views (excon and exconb have)" if k == "exp_epochs"
-                                 else f"{m.method} appends no misclassified masked images (exconb does)")
+            out["model." + k] = f"{m.method} {why}"
     if not cfg.intervene.enabled and cfg.intervene != InterveneConfig():   # listed only when set
         out["intervene.*"] = "intervene.enabled is false"
     if not cfg.icl.enabled:
@@ -651,6 +654,13 @@ def num_domains(data) -> int:
     "How many domain ids the data's background ids span (0 when it has none)."
     return int(data.backgrounds.max()) + 1 if len(data) and bool((data.backgrounds >= 0).any()) else 0
 
+def _check_cam_layer(backbone: nn.Module, name: str, bb: str, image_size: int):
+    "Refuse a `model.cam_layer` that names no module of the backbone, in one line."
+    try: backbone.get_submodule(name)
+    except AttributeError:
+        raise ConfigError(f"model.cam_layer: {name!r} is not a module of the {bb} backbone (ExCon's for it at {image_size} px: "
+                          f"{cam_layer(bb, image_size)}); name one of print(method.backbone)'s modules, or null") from None
+
 def method_from_config(cfg: Config, image_size: int, data=None):
     "The method of `cfg` for images of `image_size`, composed with ICL-MSR when `icl.enabled`; given its training `data`, ready to train it (domain count, VGG16 and MoCo files read)."
     cfg = resolve_defaults(resolve_run_name(cfg))
@@ -669,11 +679,13 @@ def method_from_config(cfg: Config, image_size: int, data=None):
                               "the masked views would never be used; set it to at most train.epochs, or null for a quarter of the run")
         hp["exp_epochs"] = m.exp_epochs
     if "background_anchor" in accepts: hp["background_anchor"] = m.background_anchor
+    if "cam_layer" in accepts: hp["cam_layer"] = m.cam_layer
     if "image_mean" in accepts: hp.update(image_mean=PRESETS[cfg.data.augment]["mean"], image_std=PRESETS[cfg.data.augment]["std"])
     if m.init is not None and m.backbone not in ("resnet18", "resnet50"):
         raise ConfigError(f"model.init: a MoCo v2 checkpoint initialises a ResNet backbone (resnet18, resnet50), not {m.backbone!r}")
     bkw = {"small_stem": False} if m.init is not None else {}   # MoCo's weights were learnt with the ImageNet stem
     base = build_method(m.method, backbone=m.backbone, image_size=image_size, backbone_kw=bkw, **hp)
+    if m.cam_layer is not None: _check_cam_layer(base.backbone, m.cam_layer, m.backbone, image_size)
     if data is not None and m.init is not None:
         load_moco(base.backbone, m.init, base.projector[0] if getattr(base, "moco_fc", False) else None)
     if not cfg.icl.enabled: return base
