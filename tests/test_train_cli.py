@@ -93,7 +93,8 @@ def _records(run_dir):
 def background():
     """Start `iclmsr train ARGS` in the background with one thread (`start(*args)` returns the Popen): runs compared
     with each other go side by side on a 2-core machine instead of one after the other; every run of a test gets the
-    same thread count, so bitwise comparisons hold. Runs still going when the test ends are killed."""
+    same thread count, so bitwise comparisons hold. Runs still going when the test ends are killed. Their output is
+    read when they end (`finish`), so give them `--quiet` (a pipe holds 64 KiB)."""
     procs = []
     def start(*args):
         p = subprocess.Popen([bin_path("iclmsr"), "train", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
