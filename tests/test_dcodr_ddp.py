@@ -69,7 +69,7 @@ def two_processes(tmp_path_factory):
     out = tmp_path_factory.mktemp("dcodr_ddp")/"two.pt"
     run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
          "--master_port", str(_free_port()), __file__, str(out)],
-        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}, timeout=600)
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "TMPDIR": str(out.parent)}, timeout=600)
     return torch.load(out, weights_only=True)
 
 @pytest.mark.parametrize("icl", [False, True])

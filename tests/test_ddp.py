@@ -23,7 +23,7 @@ def _max_rel(a, b):
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")/"two.pt"
-    _torchrun(str(Path(W.__file__)), str(out), env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+    _torchrun(str(Path(W.__file__)), str(out), env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "TMPDIR": str(out.parent)})
     return torch.load(out, weights_only=True)
 
 @pytest.mark.parametrize("name,icl", W.CASES)
@@ -55,7 +55,7 @@ def test_meta_step_keeps_processes_in_step(two_processes):
 
 def test_torchrun_train_and_resume(tmp_path):
     "`iclmsr train` under torchrun: rank 0 writes the checkpoint, and the run resumes."
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "ICLMSR_CACHE": str(tmp_path/"cache")}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ICLMSR_CACHE": str(tmp_path/"cache"), "TMPDIR": str(tmp_path)}   # torchrun's torchelastic_* log folders
     args = ["train", "--out", str(tmp_path/"r"), "--set", "data.spec=toy:num_classes=4,n_train=32,n_test=8",
             "--set", "model.backbone=small_cnn", "--set", "model.proj_hidden=32", "--set", "model.proj_dim=8",
             "--set", "train.batch_size=32", "--set", "train.knn_every=1", "--set", "icl.enabled=true",
@@ -71,7 +71,7 @@ def test_torchrun_train_and_resume(tmp_path):
 def test_torchrun_stop_mid_epoch_then_resume_is_bitwise_identical(tmp_path):
     """2 processes, stopped by a signal in the middle of an epoch, resumed: the same weights as a run never stopped.
     Needs the processes to agree on the batch to stop at, and each process's own generator states in the checkpoint."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "ICLMSR_CACHE": str(tmp_path/"cache")}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ICLMSR_CACHE": str(tmp_path/"cache"), "TMPDIR": str(tmp_path)}   # torchrun's torchelastic_* log folders
     args = ["--set", "data.spec=toy:num_classes=4,n_train=64,n_test=8", "--set", "model.backbone=small_cnn",
             "--set", "model.proj_hidden=32", "--set", "model.proj_dim=8", "--set", "train.batch_size=32",
             "--set", "train.knn_every=0", "--set", "train.log_every=1", "--set", "icl.enabled=true", "--set", "icl.n_strata=3",

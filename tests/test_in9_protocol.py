@@ -7,7 +7,7 @@ adversarial-background measure, and reasons instead of bare nulls for what needs
 The models are fixed feature maps (no training): one reads only the image border (the background in these trees),
 one only the centre (the foreground), so the expected numbers are known: in `fake_in9` every image is its class
 colour plus noise, `mixed_same` puts a foreground on a same-class background and `mixed_rand` on the next class's."""
-import shutil, tempfile
+import shutil
 from pathlib import Path
 import pytest
 import torch
@@ -105,7 +105,7 @@ def test_broken_variant_folders_are_clear_errors(tmp_path, kind, msg):
     with pytest.raises(ValueError, match=msg): ev(Region("fg"), tr, te)
 
 
-def test_four_settings_table_on_only_fg_folders(in9):
+def test_four_settings_table_on_only_fg_folders(in9, tmp_path):
     "The four-setting table needs foreground-only images: an only_fg folder serves where there are no masks."
     from iclmsr.eval import four_settings_table
     tr, te = in9
@@ -114,6 +114,6 @@ def test_four_settings_table_on_only_fg_folders(in9):
     # the foreground reader does not care which it gets
     assert t["train_full"]["test_full"]["knn3"] == 100 and t["train_full"]["test_fg"]["knn3"] < 50
     assert t["train_fg"]["test_full"]["knn3"] == t["train_fg"]["test_fg"]["knn3"] == 100
-    plain = tree(Path(tempfile.mkdtemp()), variants=("original",))
+    plain = tree(tmp_path/"plain", variants=("original",))
     with pytest.raises(ValueError, match="nor an only_fg folder"):
         four_settings_table({"train_full": Region("bg")}, load_in9(plain, "train"), load_in9(plain, "val"), k=3, cache=False)
