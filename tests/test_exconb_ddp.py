@@ -18,7 +18,7 @@ def _max_rel(a, b):
 def two_processes(tmp_path_factory):
     out = tmp_path_factory.mktemp("exconb_ddp")/"two.pt"
     run([bin_path("torchrun"), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-         str(Path(W.__file__)), str(out)], env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}, timeout=600)
+         str(Path(W.__file__)), str(out)], env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "TMPDIR": str(out.parent)}, timeout=600)   # torchrun's torchelastic_* folders
     return torch.load(out, weights_only=False)
 
 @pytest.mark.parametrize("anchor", [False, True])
