@@ -167,7 +167,8 @@ def test_demo_quick_schema(env, tmp_path):
     assert "The four settings" in p.stdout and "train full" in p.stdout and "background probe" in p.stdout
     r = json.loads((tmp_path/"d"/"results.json").read_text())
     assert set(r) >= {"models", "config", "versions", "seconds", "seeds"} and r["seconds"] > 0
-    assert list(r["models"]) == ["simclr", "simclr+icl-msr"] and r["seeds"] == [0]
+    assert list(r["models"]) == ["simclr", "simclr+icl-msr", "simclr+do-bg"] and r["seeds"] == [0]
+    assert r["config"]["train"]["simclr+do-bg"]["intervene"]["enabled"] and not r["config"]["train"]["simclr"]["intervene"]["enabled"]
     for m in r["models"].values(): _schema(m, std=False)
     assert r["config"]["train"]["simclr+icl-msr"]["icl"]["enabled"] and not r["config"]["train"]["simclr"]["icl"]["enabled"]
     assert r["config"]["settings"]["device"] == "cpu" and "torch" in r["versions"]
