@@ -1,4 +1,4 @@
-import os, shutil, subprocess, sys
+import os, shutil, socket, subprocess, sys
 from pathlib import Path
 import pytest
 
@@ -10,6 +10,16 @@ def run(cmd, cwd=None, env=None, timeout=600, check=True, **kw):
     if check and p.returncode != 0:
         raise AssertionError(f"{cmd} exited {p.returncode}\nstdout:\n{p.stdout[-4000:]}\nstderr:\n{p.stderr[-4000:]}")
     return p
+
+def free_port() -> int:
+    "A TCP port free on 127.0.0.1 now: torchrun's master port."
+    with socket.socket() as s: s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
+
+def max_rel(a, b) -> float:
+    "Largest gradient difference relative to the largest gradient entry, over all parameters together."
+    import torch
+    flat = lambda gs: torch.cat([g.reshape(-1) for g in gs])
+    return float((flat(a) - flat(b)).abs().max() / flat(b).abs().max())
 
 def bin_path(name):
     "A console script of the environment running pytest."

@@ -2,7 +2,7 @@
 gradients of one step equal one process on the same global batch, alone and under ICL-MSR.
 
 The file is its own worker: `python -m torch.distributed.run ... tests/test_dcodr_ddp.py OUT` runs `main`."""
-import os, sys, socket
+import os, sys
 from pathlib import Path
 import pytest
 import torch
@@ -56,31 +56,25 @@ def main(out_path: str):
         with local_losses(): res[f"icl={icl}/local"] = step(build(icl), sl)
     if rank == 0: torch.save(res, out_path)
 
-def _free_port():
-    with socket.socket() as s: s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
-
-def _max_rel(a, b):
-    flat = lambda gs: torch.cat([g.reshape(-1) for g in gs])
-    return float((flat(a) - flat(b)).abs().max() / flat(b).abs().max())
-
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory):
-    from conftest import run, ROOT
+    from conftest import run, ROOT, free_port
     out = tmp_path_factory.mktemp("dcodr_ddp")/"two.pt"
     run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-         "--master_port", str(_free_port()), __file__, str(out)],
+         "--master_port", str(free_port()), __file__, str(out)],
         env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "TMPDIR": str(out.parent)}, timeout=600)
     return torch.load(out, weights_only=True)
 
 @pytest.mark.parametrize("icl", [False, True])
 def test_dcodr_two_processes_equal_one(two_processes, icl):
+    from conftest import max_rel
     loss, grads = step(build(icl))
     got_loss, got_grads = two_processes[f"icl={icl}"]
     assert got_loss == pytest.approx(loss, rel=1e-10)
-    assert _max_rel(got_grads, grads) < 1e-8
+    assert max_rel(got_grads, grads) < 1e-8
     # without gathering each process sees half the negatives: measurably different, so the check above can fail
     local_loss, local_grads = two_processes[f"icl={icl}/local"]
-    assert abs(local_loss - loss) > 1e-3 or _max_rel(local_grads, grads) > 1e-2
+    assert abs(local_loss - loss) > 1e-3 or max_rel(local_grads, grads) > 1e-2
 
 if __name__ == "__main__":
     main(sys.argv[1])

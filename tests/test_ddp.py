@@ -1,24 +1,16 @@
 """Many processes through torchrun (gloo on the CPU): loss and gradients with negatives gathered across 2 processes
 equal one process on the same global batch; `iclmsr train` with 2 processes trains, rank 0 writes the checkpoint, and
 the run resumes."""
-import os, signal, socket, subprocess, time
+import os, signal, subprocess, time
 from pathlib import Path
 import pytest
 import torch
-from conftest import run, bin_path, ROOT
+from conftest import run, bin_path, ROOT, free_port, max_rel
 import ddp_worker as W
 
-def _free_port():
-    with socket.socket() as s: s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
-
 def _torchrun(*args, env=None, n=2):
-    return run([bin_path("torchrun"), "--nproc_per_node", str(n), "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+    return run([bin_path("torchrun"), "--nproc_per_node", str(n), "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
                 *args], env=env, timeout=600)
-
-def _max_rel(a, b):
-    "Largest gradient difference relative to the largest gradient entry, over all parameters together."
-    flat = lambda gs: torch.cat([g.reshape(-1) for g in gs])
-    return float((flat(a) - flat(b)).abs().max() / flat(b).abs().max())
 
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory):
@@ -35,10 +27,10 @@ def test_two_processes_equal_one(two_processes, name, icl):
     got = two_processes[key]
     assert two_processes["world"] == 2
     for k, v in terms.items(): assert got["terms"][k] == pytest.approx(v, rel=1e-10), k
-    assert _max_rel(got["grads"], grads) < 1e-8
+    assert max_rel(got["grads"], grads) < 1e-8
     # without gathering the same step is measurably different: the comparison above can fail
     local = two_processes[key + "/local"]
-    assert abs(local["terms"]["loss"] - terms["loss"]) > 1e-3 or _max_rel(local["grads"], grads) > 1e-2
+    assert abs(local["terms"]["loss"] - terms["loss"]) > 1e-3 or max_rel(local["grads"], grads) > 1e-2
 
 def test_two_processes_under_bf16_autocast(two_processes):
     "Under bf16 autocast the gathered loss matches one process to bf16 accuracy."
@@ -46,7 +38,7 @@ def test_two_processes_under_bf16_autocast(two_processes):
     terms, grads = W.step(W.build("simclr", True, torch.float32), v1.float(), v2.float(), y, amp=True)
     got = two_processes["simclr+icl/bf16"]
     for k, v in terms.items(): assert got["terms"][k] == pytest.approx(v, rel=2e-2), k
-    assert _max_rel(got["grads"], grads) < 0.1
+    assert max_rel(got["grads"], grads) < 0.1
 
 def test_meta_step_keeps_processes_in_step(two_processes):
     "Stage 2 averages the meta-gradient over processes: the stratum vectors move, and identically everywhere."
@@ -77,7 +69,7 @@ def test_torchrun_stop_mid_epoch_then_resume_is_bitwise_identical(tmp_path):
             "--set", "train.knn_every=0", "--set", "train.log_every=1", "--set", "icl.enabled=true", "--set", "icl.n_strata=3",
             "--set", "icl.meta_share=0.5", "--set", "train.deterministic=true", "--set", "train.epochs=3", "--quiet"]
     cmd = lambda out, *extra: [bin_path("torchrun"), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port",
-                               str(_free_port()), "--no-python", bin_path("iclmsr"), "train", "--out", str(out), *args, *extra]
+                               str(free_port()), "--no-python", bin_path("iclmsr"), "train", "--out", str(out), *args, *extra]
     run(cmd(tmp_path/"full"), env=env, timeout=600)
     part = tmp_path/"part"
     p = subprocess.Popen(cmd(part), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)

@@ -1,23 +1,16 @@
 """ExConB through torchrun (gloo on the CPU): processes append different numbers of rejected masked images, and the
 process-averaged loss and gradients still equal one process on the global batch, with and without background anchors."""
-import os, socket
+import os
 from pathlib import Path
 import pytest
 import torch
-from conftest import run, bin_path, ROOT
+from conftest import run, bin_path, ROOT, free_port, max_rel
 import exconb_ddp_worker as W
-
-def _free_port():
-    with socket.socket() as s: s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
-
-def _max_rel(a, b):
-    flat = lambda gs: torch.cat([g.reshape(-1) for g in gs])
-    return float((flat(a) - flat(b)).abs().max() / flat(b).abs().max())
 
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory):
     out = tmp_path_factory.mktemp("exconb_ddp")/"two.pt"
-    run([bin_path("torchrun"), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+    run([bin_path("torchrun"), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
          str(Path(W.__file__)), str(out)], env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "TMPDIR": str(out.parent)}, timeout=600)   # torchrun's torchelastic_* folders
     return torch.load(out, weights_only=False)
 
@@ -31,6 +24,6 @@ def test_exconb_two_processes_equal_one(two_processes, anchor):
     assert a0 + a1 == one["appended"] > 0 and a0 != a1      # ragged: the processes hold different numbers of rows
     assert r0 + r1 == one["rows"]
     assert got["loss"] == pytest.approx(one["loss"], rel=1e-10)
-    assert _max_rel(got["grads"], one["grads"]) < 1e-8
+    assert max_rel(got["grads"], one["grads"]) < 1e-8
     local = two_processes[(anchor, "local")]   # without gathering the step differs: the comparison above can fail
-    assert abs(local["loss"] - one["loss"]) > 1e-3 or _max_rel(local["grads"], one["grads"]) > 1e-2
+    assert abs(local["loss"] - one["loss"]) > 1e-3 or max_rel(local["grads"], one["grads"]) > 1e-2
