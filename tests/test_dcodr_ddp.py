@@ -55,6 +55,8 @@ def main(out_path: str):
         res[f"icl={icl}"] = step(build(icl), sl)
         with local_losses(): res[f"icl={icl}/local"] = step(build(icl), sl)
     if rank == 0: torch.save(res, out_path)
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()  # exiting with a live gloo group can abort ("terminate called ...")
 
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory):
