@@ -11,7 +11,7 @@ from pathlib import Path
 __all__ = ['BENCHES', 'EPOCH_BASE', 'QUICK_EPOCH', 'EPOCH_RUNS', 'bench', 'bench_icl_epoch']
 
 # %% ../nbs/20_bench.ipynb #6d493721
-BENCHES = ("augment", "step", "knn", "toy", "icl_epoch", "excon_step")
+BENCHES = ("augment", "step", "knn", "toy", "icl_epoch", "excon_step", "lightly", "profile", "scale")
 
 def _run_bench(name: str, quick: bool) -> dict:
     if name == "augment":
@@ -31,10 +31,24 @@ def _run_bench(name: str, quick: bool) -> dict:
     if name == "excon_step":
         from iclmsr.excon import bench_excon_step
         return bench_excon_step("small_cnn", batch=32, n_classes=4, steps=1, warmup=0) if quick else bench_excon_step()
+    if name == "lightly":   # the small CNN and ResNet-18 on this machine's device
+        from iclmsr.speed import bench_lightly
+        from iclmsr.utils import get_device
+        dev = str(get_device("auto"))
+        if quick: return {"small_cnn": bench_lightly("small_cnn", batch=32, steps=2, rounds=1, device=dev)}
+        return {"small_cnn": bench_lightly("small_cnn", device=dev, rounds=4),
+                "resnet18": bench_lightly("resnet18", device=dev, steps=2 if dev == "cpu" else 20)}
+    if name == "profile":
+        from iclmsr.speed import profile_learner
+        if quick: return {"small_cnn": profile_learner("small_cnn", batch=32, steps=1)}
+        return {"small_cnn": profile_learner("small_cnn", steps=3), "resnet18": profile_learner("resnet18", steps=2)}
+    if name == "scale":
+        from iclmsr.speed import bench_loss_scale
+        return bench_loss_scale(batches=(128, 256), strata=(1, 8), batch=128, repeat=1) if quick else bench_loss_scale()
     raise ValueError(f"unknown benchmark {name!r}; allowed: {', '.join(BENCHES)}")
 
 def bench(out: str = "bench.json",  # JSON file for the results
-          only: str = None,  # comma-separated benchmarks to run (default: all of augment, step, knn, toy, icl_epoch, excon_step)
+          only: str = None,  # comma-separated benchmarks to run (default: all of augment, step, knn, toy, icl_epoch, excon_step, lightly, profile, scale)
           quick: bool = False,  # tiny sizes: a smoke run whose numbers mean little
          ):
     "Measure augmentation, training-step, kNN and dataset-generation speed side by side; write JSON."

@@ -1,5 +1,5 @@
 "The `iclmsr` console script, run as a user runs it: a subprocess."
-import importlib, inspect, json, re
+import importlib, inspect, json, re, sys
 import pytest
 from conftest import run, bin_path
 from iclmsr.cli import COMMANDS, main
@@ -92,3 +92,18 @@ def test_bench_quick_writes_json(tmp_path, capfd):
     assert set(res["results"]) == {"knn", "toy"} and res["quick"] is True
     capfd.readouterr()                                     # a bad name: the same entry point, in this process
     assert main(["bench", "--only", "warp", "--out", str(out)]) == 2 and "unknown benchmark 'warp'" in capfd.readouterr().err
+
+def test_bench_lightly_quick(tmp_path, capfd, monkeypatch):
+    "The side-by-side benchmark with lightly runs through the console script; without lightly it is one line naming the fix."
+    out = tmp_path/"l.json"
+    run([bin_path("iclmsr"), "bench", "--quick", "--only", "lightly", "--out", str(out)], timeout=300)
+    r = json.loads(out.read_text())["results"]["lightly"]["small_cnn"]
+    e = r["epoch_s"]
+    assert r["speedup_vs_lightly"]["median"] == pytest.approx(e["lightly"]["median"] / e["iclmsr"]["median"])   # one round
+    assert r["vs_floor"]["median"] == pytest.approx(e["iclmsr"]["median"] / e["floor"]["median"])
+    assert set(r["images_per_s"]) == {"iclmsr", "lightly", "floor"} and r["icl_meta_steps_per_epoch"] >= 1
+    monkeypatch.setitem(sys.modules, "lightly", None)        # as if lightly were not installed
+    capfd.readouterr()
+    assert main(["bench", "--quick", "--only", "lightly", "--out", str(out)]) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install lightly" in err[0], err
