@@ -86,11 +86,11 @@ def adjust_brightness(x, f):
 def adjust_contrast(x, f):
     "Blend each image with its mean gray level by its factor `f` (0: flat gray, 1: unchanged), clamped to [0, 1]."
     m = to_gray(x).mean((1, 2, 3), keepdim=True)
-    return (x * _per(f, x) + m * (1 - _per(f, x))).clamp_(0, 1)
+    return (x * _per(f, x)).add_(m * (1 - _per(f, x))).clamp_(0, 1)
 
 def adjust_saturation(x, f):
     "Blend each image with its grayscale by its factor `f` (0: gray, 1: unchanged), clamped to [0, 1]."
-    return (x * _per(f, x) + to_gray(x) * (1 - _per(f, x))).clamp_(0, 1)
+    return (x * _per(f, x)).add_(to_gray(x).mul_(1 - _per(f, x))).clamp_(0, 1)
 
 def _hue_yiq(x, h):
     a = -h * 2 * math.pi  # the sign that turns red towards yellow, as a positive HSV shift does
@@ -107,10 +107,10 @@ def _hue_hsv(x, h):
     v = torch.maximum(torch.maximum(r, g), b)
     c = v - torch.minimum(torch.minimum(r, g), b)
     d = torch.where(c == 0, torch.ones_like(c), c)
-    h6 = torch.where(v == r, (g - b) / d, torch.where(v == g, (b - r) / d + 2, (r - g) / d + 4)) + _per(h * 6, c)
+    h6 = torch.where(v == r, (g - b).div_(d), torch.where(v == g, (b - r).div_(d).add_(2), (r - g).div_(d).add_(4))).add_(_per(h * 6, c))
     k = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1) + h6[:, None]
-    k = k - 6 * torch.floor(k / 6)
-    return v[:, None] - c[:, None] * torch.minimum(k, 4 - k).clamp_(0, 1)
+    k.sub_(torch.floor(k / 6).mul_(6))   # in place (as below): the same values, fewer full-size temporaries
+    return torch.minimum(k, k.neg().add_(4)).clamp_(0, 1).mul_(c[:, None]).neg_().add_(v[:, None])
 
 def adjust_hue(x, h, fast: bool = False):
     "Shift hue by `h` (per sample, in turns) in HSV like torchvision, or (`fast`) by a rotation of YIQ's chroma plane."
@@ -201,7 +201,7 @@ def views(self: TwoViewAugment, images: torch.Tensor, masks: torch.Tensor | None
     src = torch.arange(B, device=dev).repeat(n_views)
     v = crop_flip(x, boxes, flip, self.size, src)
     img, m = v[:, :3], (v[:, 3] > 0.5 if masks is not None else None)
-    img = (self.colour(img.contiguous(), generator) - self.mean) / self.std
+    img = self.colour(img.contiguous(), generator).sub_(self.mean).div_(self.std)   # colour's output is its own tensor
     return img, m
 
 # %% ../nbs/02_augment.ipynb #e337e6d0
