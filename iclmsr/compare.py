@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from fastcore.script import Param
-from .utils import UserError, fmt_duration
+from .utils import UserError, fmt_duration, get_device
 from .config import Config, ConfigError, config_to_dict, load_config, resolve_defaults, resolve_run_name, RUN_SUFFIXES
 from .methods import METHODS
 from .batch import check_needs
@@ -25,14 +25,15 @@ from .report import html_report, html_table, out_dir
 from .viz import SaliencyView, neighbour_marks, neighbour_rates, static_format, thumb_html, umap_2d
 
 # %% auto #0
-__all__ = ['DEFAULT_METHODS', 'EVAL_DEFAULTS', 'HPARAMS', 'ICL_HPARAMS', 'COLUMNS', 'SELECT_BY', 'SAMPLE_VARIANTS', 'CPU_SPEC',
-           'known_method', 'registered_methods', 'default_methods', 'parse_methods', 'compare_settings',
-           'method_hparams', 'draw_hparams', 'run_config', 'run_key', 'validation_split', 'load_splits',
-           'check_methods', 'read_records', 'append_record', 'run_status', 'StepBudget', 'train_run',
-           'bg_neighbour_rate', 'flat_measures', 'measure_split', 'run_one', 'plan', 'open_out', 'run_compare',
-           'seed_stats', 'paired_differences', 'read_runs', 'select_setting', 'collect', 'results_table',
+__all__ = ['DEFAULT_METHODS', 'EVAL_DEFAULTS', 'HPARAMS', 'ICL_HPARAMS', 'FG_CONTROL', 'FG_LEARNABLE', 'COLUMNS', 'SELECT_BY',
+           'SAMPLE_VARIANTS', 'CPU_SPEC', 'GPU_SPEC', 'DEVICE_DEFAULTS', 'known_method', 'registered_methods',
+           'default_methods', 'parse_methods', 'compare_settings', 'method_hparams', 'draw_hparams', 'run_config',
+           'run_key', 'control_name', 'split_control', 'validation_split', 'load_splits', 'check_methods',
+           'read_records', 'append_record', 'run_status', 'StepBudget', 'train_run', 'bg_neighbour_rate',
+           'flat_measures', 'measure_split', 'run_one', 'plan', 'open_out', 'run_compare', 'seed_stats',
+           'paired_differences', 'read_runs', 'select_setting', 'fg_check', 'fg_check_line', 'collect', 'results_table',
            'differences_table', 'hparams_table', 'plot_compare', 'supervised', 'saliency_html', 'variant_samples_html',
-           'plot_umaps', 'compare_report', 'estimate', 'compare']
+           'plot_umaps', 'compare_report', 'estimate', 'device_defaults', 'compare']
 
 # %% ../nbs/17_compare.ipynb #f25b90f9
 DEFAULT_METHODS = ("simclr", "simclr+ntxent", "simclr+icl-msr", "simclr+do-bg", "dcodr", "supcon", "excon")
@@ -74,8 +75,8 @@ def _own_set(item: str) -> tuple:
 EVAL_DEFAULTS = {"probe_epochs": 100, "fgsm_n": 512, "expl_n": 256, "adv_fg": 0, "adv_bg": 0, "dcodr_epochs": 100}
 
 def compare_settings(methods=None, data: str = "toy", seeds: int = 3, budget: int = 200, sets=(), device: str = "cpu",
-                     first_seed: int = 0, val_frac: float = 0.2, hparams: int = 0, log=print, **eval_kw) -> dict:
-    "Everything that decides a comparison's numbers (written to OUT/compare.json): methods, data, seeds, encoder steps, config overrides, hyper-parameter draws, evaluation."
+                     first_seed: int = 0, val_frac: float = 0.2, hparams: int = 0, fg_control: bool = False, log=print, **eval_kw) -> dict:
+    "Everything that decides a comparison's numbers (written to OUT/compare.json): methods, data, seeds, encoder steps, config overrides, hyper-parameter draws, the foreground check, evaluation."
     if not isinstance(hparams, int) or isinstance(hparams, bool) or hparams < 0: raise ValueError(f"--hparams must be an integer >= 0 (0: each method's defaults), got {hparams!r}")
     if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1: raise ValueError(f"--seeds must be a positive integer, got {seeds!r}")
     if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1: raise ValueError(f"--budget must be a positive number of encoder steps, got {budget!r}")
@@ -85,7 +86,8 @@ def compare_settings(methods=None, data: str = "toy", seeds: int = 3, budget: in
     for m, _ in map(_own_set, sets or ()):
         if m is not None and m not in ms: raise ValueError(f"--set {m}:... names a method that is not compared; methods: {', '.join(ms)}")
     return {"methods": list(ms), "data": data, "seeds": list(range(first_seed, first_seed + seeds)), "budget": budget,
-            "sets": list(sets or ()), "device": device, "val_frac": val_frac, "hparams": hparams, "eval": {**EVAL_DEFAULTS, **eval_kw}}
+            "sets": list(sets or ()), "device": device, "val_frac": val_frac, "hparams": hparams,
+            "fg_control": bool(fg_control), "eval": {**EVAL_DEFAULTS, **eval_kw}}
 
 # %% ../nbs/17_compare.ipynb #6fd08cc3
 _LR, _WD, _TAU = ("log", 1e-3, 1e-2), ("log", 1e-7, 1e-4), ("log", 0.05, 1.0)
@@ -111,6 +113,7 @@ def draw_hparams(method: str, n: int) -> list:
 # %% ../nbs/17_compare.ipynb #3869806d
 def run_config(st: dict, method: str, seed: int, hp: int | None = None) -> Config:
     "The training config of `method` on seed `seed`: kNN monitor off, warm-up a tenth of the budget, `st['sets']` (those of every run, and `METHOD:key=value` of this one), then its drawn setting `hp`."
+    method, _ = split_control(method)   # the foreground check trains the base method's config
     base = [f"data.spec={st['data']}", "train.knn_every=0", f"optim.warmup_steps={st['budget'] // 10}", f"train.device={st['device']}"]
     own = [kv for m, kv in map(_own_set, st["sets"]) if m in (None, method)]
     drawn = [] if hp is None else [f"{k}={v}" for k, v in draw_hparams(method, st["hparams"])[hp].items()]
@@ -121,6 +124,19 @@ def run_key(st: dict, method: str, seed: int, hp: int | None = None) -> str:
     d = {"method": method, "data": st["data"], "seed": seed, "config": config_to_dict(run_config(st, method, seed, hp)),
          "budget": st["budget"], "val_frac": st["val_frac"], "eval": st["eval"], **({} if hp is None else {"hp": hp})}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+# %% ../nbs/17_compare.ipynb #f3504838
+FG_CONTROL = "only_fg"    # the training images of the foreground check
+FG_LEARNABLE = 60.0       # percent, linear probe on foreground-only test images: below it the foreground is not learnable
+
+def control_name(st: dict) -> str | None:
+    "The run name of the foreground check, 'simclr@only_fg' (the first method trained on foreground-only images), or None without the check."
+    return f"{st['methods'][0]}@{FG_CONTROL}" if st.get("fg_control") else None
+
+def split_control(method: str) -> tuple:
+    "('simclr', 'only_fg') for the check's run name 'simclr@only_fg'; (method, None) for a compared method."
+    m, at, v = method.partition("@")
+    return (m, v) if at else (method, None)
 
 # %% ../nbs/17_compare.ipynb #057099d8
 def validation_split(train, seed: int, frac: float = 0.2) -> tuple:
@@ -141,6 +157,9 @@ def check_methods(st: dict, fit) -> None:
         cfg = resolve_defaults(resolve_run_name(run_config(st, m, st["seeds"][0], 0 if st.get("hparams") else None)))
         check_used(cfg)
         check_needs(getattr(METHODS[cfg.model.method], "needs", ()), fit, f"method {m!r}")
+    if st.get("fg_control") and not fit.has_masks:
+        raise UserError(f"the foreground check (a model trained on foreground-only images) needs foreground masks and "
+                        f"{st['data']!r} has none; pass --no-fg-control")
 
 # %% ../nbs/17_compare.ipynb #cef2ec6e
 def read_records(run_dir) -> list:
@@ -225,41 +244,45 @@ def measure_split(model, fit, data, mean, std, seed: int, ev: dict) -> dict:
 
 # %% ../nbs/17_compare.ipynb #f26af059
 def run_one(st: dict, method: str, seed: int, run_dir, splits: dict | None = None, cbs=(), hp: int | None = None) -> bool:
-    "Train one run of the comparison into `run_dir` (resuming it), append a JSON line per evaluation (val, then test), write `done` last; False when stopped."
-    d = Path(run_dir); d.mkdir(parents=True, exist_ok=True)
+    "Train one run of the comparison into `run_dir` (resuming it), append a JSON line per evaluation (val, then test), write `done` last; False when stopped. The foreground check ('simclr@only_fg') trains on the foreground-only fit images and is measured on test only."
+    d, (_, tv) = Path(run_dir), split_control(method)
+    d.mkdir(parents=True, exist_ok=True)
     if (d/"done").exists(): return True
     cfg = run_config(st, method, seed, hp)
     if not (d/"run.json").exists():
-        (d/"run.json").write_text(json.dumps({"method": method, "data": st["data"], "seed": seed, "budget": st["budget"], "hp": hp,
+        (d/"run.json").write_text(json.dumps({"method": method, "data": st["data"], "seed": seed, "budget": st["budget"], "hp": hp, "train_variant": tv,
                                               "setting": None if hp is None else draw_hparams(method, st["hparams"])[hp],
                                               "config": config_to_dict(cfg)}, indent=1))
     sp = splits or load_splits(st, seed)
     recs = read_records(d)
     t0 = time.time()
-    learn = train_run(cfg, sp["fit"], st["budget"], d, cbs)
+    fit = sp["fit"] if tv is None else variant_of(sp["fit"], tv)
+    learn = train_run(cfg, fit, st["budget"], d, cbs)
     if learn.step < st["budget"]: return False     # stopped (a signal): last.pt holds where it stopped
     model = learn.method.eval()
-    mean, std = norm_stats(learn.cfg, sp["fit"].image_size)
+    mean, std = norm_stats(learn.cfg, fit.image_size)
     have = {r.get("split") for r in recs if r.get("kind") == "eval"}
     if not any(r.get("kind") == "train" for r in recs):
         secs, n = time.time() - t0, learn.step - learn.start_step   # this invocation's part of the training
         append_record(d, {"kind": "train", "step": learn.step, "epochs": learn.n_epochs, "batch_size": learn.batch_size,
                           "seconds": secs, "images_per_s": n * learn.batch_size / secs if n and secs > 0 else None,
                           "resumed_from": learn.start_step})
-    for split in ("val", "test"):
+    ev = st["eval"] if tv is None else {**st["eval"], "variants": (tv,), "fgsm_n": 0, "expl_n": 0, "dcodr": "off"}
+    for split in ("val", "test") if tv is None else ("test",):
         if split in have: continue
-        m = measure_split(model, sp["fit"], sp[split], mean, std, seed, st["eval"])
-        if split == "test": save_probe(m["probe"], d/"probe.pt", sp["fit"].classes)   # for the report's saliency overlays
+        m = measure_split(model, fit, sp[split], mean, std, seed, ev)
+        if split == "test" and tv is None: save_probe(m["probe"], d/"probe.pt", fit.classes)   # for the report's saliency overlays
         append_record(d, {"kind": "eval", "split": split, "step": learn.step, **{k: v for k, v in m.items() if k != "probe"}})
     (d/"done").write_text("done\n")
     return True
 
 # %% ../nbs/17_compare.ipynb #382da046
 def plan(st: dict, out) -> list:
-    "The runs of a comparison in the order they run (seed by seed, the methods in order, each drawn setting `hp`), each with its folder and status."
-    root, hps = Path(out)/"runs", list(range(st.get("hparams", 0))) or [None]
-    return [{"method": m, "hp": h, "seed": s, "key": (k := run_key(st, m, s, h)), "dir": root/k, "status": run_status(root/k)}
-            for s in st["seeds"] for m in st["methods"] for h in hps]
+    "The runs of a comparison in the order they run (seed by seed, the methods in order, each drawn setting `hp`, then the foreground check), each with its folder and status."
+    root, hps, ctrl = Path(out)/"runs", list(range(st.get("hparams", 0))) or [None], control_name(st)
+    grid = [(m, h) for m in st["methods"] for h in hps] + ([(ctrl, None)] if ctrl else [])
+    return [{"method": m, "hp": h, "seed": s, "key": (k := run_key(st, m, s, h)), "dir": root/k, "status": run_status(root/k),
+             "control": m == ctrl} for s in st["seeds"] for m, h in grid]
 
 def _label(r: dict) -> str: return r["method"] + ("" if r.get("hp") is None else f"#{r['hp']}")
 
@@ -343,6 +366,29 @@ def select_setting(st: dict, got: dict, method: str) -> tuple:
     best = max((c for c in cands if c["val"] is not None), key=lambda c: c["val"]["mean"], default=cands[0])
     return best["hp"], cands
 
+# %% ../nbs/17_compare.ipynb #9562e8a3
+def fg_check(st: dict, got: dict) -> dict | None:
+    "The foreground check from `read_runs`' records: the control's fg-only linear and 5-NN and full-image linear accuracy over seeds, and whether its fg-only linear mean reaches `FG_LEARNABLE`; None without the check."
+    name = control_name(st)
+    if name is None: return None
+    ms = [got[name, None, s]["test"]["measures"] for s in st["seeds"] if (name, None, s) in got]
+    col = lambda c: seed_stats([m.get(c) for m in ms])
+    lin = col("only_fg.linear")
+    return {"method": name, "trained_on": FG_CONTROL, "only_fg.linear": lin, "only_fg.knn5": col("only_fg.knn5"),
+            "original.linear": col("original.linear"), "threshold": FG_LEARNABLE,
+            "learnable": None if lin is None else lin["mean"] >= FG_LEARNABLE}
+
+def fg_check_line(fc: dict | None) -> str:
+    "One line saying whether the foreground was learnable under the comparison's settings."
+    if fc is None: return "foreground check: off (--no-fg-control)"
+    lin = fc["only_fg.linear"]
+    if lin is None: return f"foreground check: {fc['method']} has not finished"
+    verdict = (f"the foreground is learnable (>= {fc['threshold']:.0f}%)" if fc["learnable"] else
+               f"NOT learnable (< {fc['threshold']:.0f}%): under these settings reliance on the background cannot be told "
+               "from not learning the object at all; raise --budget or the data size")
+    return (f"foreground check: {split_control(fc['method'])[0]} trained on foreground-only images reaches {lin['mean']:.1f} ± "
+            f"{lin['se']:.1f}% linear on foreground-only test images (n={lin['n']}): {verdict}")
+
 # %% ../nbs/17_compare.ipynb #89eeae38
 def collect(out, write: bool = True) -> dict:
     "Read a comparison's records into one row per method (its setting chosen on val): each column's mean, std, SE and n over seeds, on val and test, and paired differences against the first method; written to OUT/results.json."
@@ -363,12 +409,12 @@ def collect(out, write: bool = True) -> dict:
     for m in st["methods"]:
         if m != base: rows[m]["diff_vs_base"] = {c: paired_differences(rows[m]["_per"]("test", c), rows[base]["_per"]("test", c)) for c in COLUMNS}
     for r in rows.values(): r.pop("_per")
-    n_runs = len(st["methods"]) * len(st["seeds"]) * max(1, st.get("hparams", 0))
+    n_runs = (len(st["methods"]) * max(1, st.get("hparams", 0)) + bool(st.get("fg_control"))) * len(st["seeds"])
     sel = (f"each method's setting of {st['hparams']} drawn ones with the best mean validation {SELECT_BY}" if st.get("hparams")
            else "none: each method's defaults")
     res = {"settings": st, "base": base, "columns": COLUMNS, "rows": rows, "complete": len(got) == n_runs,
            "selection": sel + f"; val = {st['val_frac']:.0%} of train (fixed by the seed, shared by all methods); test reported, never used to select",
-           "versions": package_versions()}
+           "fg_check": fg_check(st, got), "versions": package_versions()}
     if write: (Path(out)/"results.json").write_text(json.dumps(res, indent=1))
     return res
 
@@ -418,7 +464,7 @@ def supervised(method: str) -> bool:
 def saliency_html(out, n: int = 6, size: int = 56) -> str:
     "Grad-CAM overlays (encoder + the run's linear probe) of each supervised method's first-seed run on `n` mixed_rand test images, as static HTML."
     st = json.loads((Path(out)/"compare.json").read_text())
-    runs = [r for r in plan(st, out) if r["seed"] == st["seeds"][0] and supervised(r["method"]) and r["status"] == "done"]
+    runs = [r for r in plan(st, out) if r["seed"] == st["seeds"][0] and not r["control"] and supervised(r["method"]) and r["status"] == "done"]
     if not runs: return "<p class='note'>No supervised method (one trained with labels) was compared: no saliency overlays.</p>"
     test = load_splits(st, st["seeds"][0])["test"]
     if not test.has_masks: return "<p class='note'>The test images have no foreground masks: no saliency overlays.</p>"
@@ -452,7 +498,7 @@ def plot_umaps(out, max_points: int = 1000):
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
     st = json.loads((Path(out)/"compare.json").read_text())
-    runs = [r for r in plan(st, out) if r["seed"] == st["seeds"][0] and r["status"] == "done"]
+    runs = [r for r in plan(st, out) if r["seed"] == st["seeds"][0] and not r["control"] and r["status"] == "done"]
     test = load_splits(st, st["seeds"][0])["test"]
     test = test.subset(slice(0, max_points))
     fig = make_subplots(1, len(runs), subplot_titles=[r["method"] for r in runs])
@@ -478,6 +524,8 @@ def compare_report(res: dict, extra: list = ()) -> str:
               "(the configs are in each run's run.json). Mean ± standard error over the n seeds.</p>",
               *(["<h2>Hyper-parameter settings (drawn per method; chosen on the validation split)</h2>", hparams_table(res)] if st.get("hparams") else []),
               "<h2>Test</h2>", results_table(res, "test"),
+              f"<p class='note'>{html.escape(fg_check_line(res.get('fg_check')))}. The check is one more run per seed: the first "
+              "method, the same budget, trained on the foreground-only training images (not a compared method; not in the tables).</p>",
               f"<h2>Paired differences against {html.escape(res['base'])} (same seed, same split)</h2>", differences_table(res),
               *(plot_compare(res, cs, t) for t, cs in _PLOT_GROUPS.items()),
               "<h2>Validation (20% of train, the training distribution: the split for model selection)</h2>", results_table(res, "val"),
@@ -494,35 +542,43 @@ class _StepClock(Callback):
     def after_batch(self): self.t.append(time.perf_counter())
 
 def estimate(st: dict, log=print) -> dict:
-    "Seconds the comparison should take: each method's second training step timed, times the budget, plus one evaluation (val and test) timed on the first method."
+    "Seconds the comparison should take: each method's median step time (of its steps 2-4) times the budget, plus one evaluation (val and test) timed on the first method; the foreground check counts as one more run of the first method."
     sp, per = load_splits(st, st["seeds"][0]), {}
     check_methods(st, sp["fit"])
     for m in st["methods"]:
         clock = _StepClock()
-        learn = train_run(run_config(st, m, st["seeds"][0]), sp["fit"], 2, cbs=[clock])
-        per[m] = {"step_seconds": clock.t[1] - clock.t[0]}
+        learn = train_run(run_config(st, m, st["seeds"][0]), sp["fit"], 4, cbs=[clock])
+        per[m] = {"step_seconds": statistics.median(b - a for a, b in zip(clock.t, clock.t[1:]))}
         if m == st["methods"][0]:
             t0 = time.time(); mean, std = norm_stats(learn.cfg, sp["fit"].image_size)
             for split in ("val", "test"): measure_split(learn.method.eval(), sp["fit"], sp[split], mean, std, 0, st["eval"])
             ev = time.time() - t0
     for m in per: per[m]["run_seconds"] = per[m]["step_seconds"] * st["budget"] + ev
     k = max(1, st.get("hparams", 0))
-    total = sum(p["run_seconds"] for p in per.values()) * len(st["seeds"]) * k
-    log(f"estimated: {fmt_duration(total)} for {len(per) * len(st['seeds']) * k} runs (" +
+    ctrl = per[st["methods"][0]]["run_seconds"] if st.get("fg_control") else 0
+    total = (sum(p["run_seconds"] for p in per.values()) * k + ctrl) * len(st["seeds"])
+    log(f"estimated: {fmt_duration(total)} for {(len(per) * k + bool(ctrl)) * len(st['seeds'])} runs (" +
         ", ".join(f"{m} {p['step_seconds'] * 1e3:.0f} ms/step" for m, p in per.items()) + f"; one evaluation {ev:.0f} s)")
     return {"seconds": total, "eval_seconds": ev, "methods": per}
 
 # %% ../nbs/17_compare.ipynb #3ce82c02
 CPU_SPEC = "toy:num_classes=10,size=32,n_train=150,n_test=100,rho=0.9,rho_test=0.9,fg=coloured_shapes"
+GPU_SPEC = "toy:num_classes=10,size=32,n_train=1000,n_test=200,rho=0.9,rho_test=0.9,fg=coloured_shapes"
+DEVICE_DEFAULTS = {"cpu": {"data": CPU_SPEC, "budget": 150, "backbone": "small_cnn", "batch_size": 128},
+                   "gpu": {"data": GPU_SPEC, "budget": 1000, "backbone": "resnet18", "batch_size": 512}}
+
+def device_defaults(device: str = "cpu") -> dict:
+    "The defaults of `iclmsr compare` on `device`: data, encoder steps, backbone and batch (`DEVICE_DEFAULTS['cpu']` on the CPU, `['gpu']` elsewhere)."
+    return DEVICE_DEFAULTS["cpu" if get_device(device).type == "cpu" else "gpu"]
 
 def compare(methods: str = None,  # comma-separated run names (default: simclr, simclr+ntxent, simclr+icl-msr, simclr+do-bg, dcodr, supcon, excon)
-            data: str = CPU_SPEC,  # dataset spec, the same for every run (default: the embedded toy data of iclmsr demo)
+            data: str = None,  # dataset spec, the same for every run (default: the embedded toy data, CPU_SPEC on the CPU, GPU_SPEC elsewhere)
             seeds: int = 3,  # seeds per method (0, 1, ...; each also fixes the validation split)
             out: str = None,  # comparison folder: compare.json, runs/<hash>/, results.json, report.html
-            budget: int = 200,  # encoder steps of every run
+            budget: int = None,  # encoder steps of every run (default: 150 on the CPU, 1000 elsewhere)
             device: str = "cpu",  # cpu, auto, cuda, cuda:N or mps
             backbone: str = None,  # small_cnn (CPU default) or resnet18 (default elsewhere), resnet50
-            set: Param("override a config value of every run, e.g. --set train.batch_size=64 (repeatable)", str, action="append") = None,
+            set: Param("override a config value of every run, e.g. --set train.batch_size=64 (repeatable; batch default 128 on the CPU, 512 elsewhere)", str, action="append") = None,
             seed: int = 0,  # the first seed
             hparams: int = 0,  # draw N hyper-parameter settings per method (HPARAMS), pick each method's on the validation split (0: defaults)
             probe_epochs: int = 100,  # epochs of the linear and DCoDR probes
@@ -531,15 +587,18 @@ def compare(methods: str = None,  # comma-separated run names (default: simclr, 
             dry_run: bool = False,  # list the runs (done, to resume, new) and stop
             estimate_time: bool = False,  # with --dry-run: time two steps of each method and one evaluation, print the expected duration
             resume: bool = False,  # continue the comparison in --out (the same command without it does the same; with it, --out must hold one)
+            no_fg_control: bool = False,  # leave out the foreground check (the first method trained on foreground-only images, one run per seed)
             no_umap: bool = False,  # leave the UMAP panels out of report.html (the first UMAP of a process compiles for ~15 s)
             quiet: bool = False,  # no progress lines
            ):
     "Train every listed method at the same number of encoder steps on the same data and seeds, evaluate each with one protocol, write results.json and report.html."
     if not out: raise UserError("--out DIR is required (the comparison folder)")
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
-    bb = backbone or ("small_cnn" if device == "cpu" else "resnet18")
-    st = compare_settings(methods, data, seeds, budget, [f"model.backbone={bb}", *(set or [])], device, seed, hparams=hparams, log=log,
-                          probe_epochs=probe_epochs, fgsm_n=fgsm_n, expl_n=expl_n, dcodr_epochs=probe_epochs)
+    dd, sets = device_defaults(device), list(set or [])
+    if not any(x.split("=")[0].strip() == "train.batch_size" for x in sets): sets.insert(0, f"train.batch_size={dd['batch_size']}")
+    st = compare_settings(methods, data or dd["data"], seeds, budget or dd["budget"], [f"model.backbone={backbone or dd['backbone']}", *sets],
+                          device, seed, hparams=hparams, fg_control=not no_fg_control, log=log, probe_epochs=probe_epochs,
+                          fgsm_n=fgsm_n, expl_n=expl_n, dcodr_epochs=probe_epochs)
     if dry_run:
         runs = plan(st, out)
         print(_format_plan(runs))
@@ -552,5 +611,6 @@ def compare(methods: str = None,  # comma-separated run names (default: simclr, 
     extra = ["<h2>Sample test images of each variant</h2>", variant_samples_html(test),
              "<h2>Saliency of the supervised methods (mixed_rand test images, first seed)</h2>", saliency_html(d)]
     (d/"report.html").write_text(compare_report(res, extra + ([] if no_umap else [plot_umaps(d)])))
+    print(fg_check_line(res["fg_check"]))
     print(f"wrote {d/'results.json'} and {d/'report.html'}")
     return 0
