@@ -155,21 +155,24 @@ def wmse_loss(z1: torch.Tensor, z2: torch.Tensor, w_size: int = 128, w_iter: int
 
 # %% ../nbs/04_losses.ipynb #c1453239
 def supcon_loss(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor | None = None, tau: float = 0.1,
-                base_tau: float | None = None, anchors: torch.Tensor | None = None) -> torch.Tensor:
-    "Supervised contrastive loss over both views (anchors: all 2N rows or `anchors`); positives = other views with the same label."
+                base_tau: float | None = None, anchors: torch.Tensor | None = None, extra: torch.Tensor | None = None) -> torch.Tensor:
+    "Supervised contrastive loss over both views (anchors: all 2N rows or `anchors`); positives = other views with the same label; `extra` (N, d): row i one more negative of image i's two anchors only."
     _check_pair(z1, z2); _check_tau(tau)
     base_tau = tau if base_tau is None else base_tau
     _check_tau(base_tau, "base_tau")
     N = len(z1)
     if labels is not None and (labels.ndim != 1 or len(labels) != N):
         raise ValueError(f"labels must be (N,) = ({N},) for z1 {tuple(z1.shape)}, got labels {tuple(labels.shape)}")
+    if extra is not None and extra.shape != z1.shape:
+        raise ValueError(f"extra must be (N, d) = {tuple(z1.shape)}, one negative per image, got {tuple(extra.shape)}")
     with full_precision(z1):
         z1, z2 = _float(z1, z2)
         Z, partner = _joint(z1, z2)
         rows = _anchor_rows(anchors, 2 * N, Z.device)
         self_ = _self_mask(rows, 2 * N)
         s = (Z[rows] @ Z.T / tau).masked_fill(self_, float("-inf"))
-        log_prob = (s - torch.logsumexp(s, 1, keepdim=True)).masked_fill(self_, 0)
+        den = s if extra is None else torch.cat([s, (Z[rows] * F.normalize(extra.to(Z.dtype), dim=1)[rows % N]).sum(1, keepdim=True) / tau], 1)
+        log_prob = (s - torch.logsumexp(den, 1, keepdim=True)).masked_fill(self_, 0)   # the extra column: a negative, never a positive
         if labels is None: pos = torch.zeros_like(self_); pos[torch.arange(len(rows), device=Z.device), partner[rows]] = True
         else:
             lab = torch.cat([labels, labels]).to(Z.device)

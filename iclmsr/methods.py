@@ -57,6 +57,13 @@ class Method(nn.Module):
         z = self.projector(torch.cat([h1, h2]))
         return z[:len(h1)], z[len(h1):]
 
+    def project_with_bg(self, h1, h2, bg=None):
+        "(z1, z2, zb): the views' projections and, with do(background)'s background views `bg`, theirs (through the head together with the views: shared BatchNorm statistics), gathered from every process; zb None without `bg`."
+        if bg is None: return (*self.project_pair(h1, h2), None)
+        n = len(h1)
+        z = self.projector(torch.cat([h1, h2, self.backbone(bg)]))
+        return z[:n], z[n:2 * n], gather_pair(z[2 * n:], z[2 * n:])[0]
+
     def loss_from_features(self, h1, h2, batch: Batch) -> dict:
         "`{'base': loss, 'z1', 'z2'}` from the views' features and the step's `Batch`."
         raise NotImplementedError
@@ -91,11 +98,7 @@ class SimCLR(Method):
     bg_negative = True
     def loss_from_features(self, h1, h2, batch):
         "NT-Xent of the views' projections; with `batch.bg`, each image's background view one more negative of its two anchors."
-        if batch.bg is None: z1, z2, gb = *self.project_pair(h1, h2), None
-        else:   # the background views pass through the head with the views (shared BatchNorm statistics)
-            n = len(h1)
-            z = self.projector(torch.cat([h1, h2, self.backbone(batch.bg)]))
-            z1, z2, gb = z[:n], z[n:2 * n], gather_pair(z[2 * n:], z[2 * n:])[0]
+        z1, z2, gb = self.project_with_bg(h1, h2, batch.bg)
         g1, g2, _, anchors = gather_pair(z1, z2)  # negatives from every process under torchrun
         return {"base": nt_xent(g1, g2, self.temperature, anchors=anchors, extra=gb), "z1": z1, "z2": z2}
 
@@ -151,11 +154,13 @@ class SupCon(Method):
         super().__init__(backbone, proj_dim)
         self.temperature, self.base_temperature = temperature, base_temperature
         self.projector = ProjectionMLP(backbone.feat_dim, proj_hidden, proj_dim)
+    bg_negative = True
     def loss_from_features(self, h1, h2, batch):
+        "SupCon of the views' projections; with `batch.bg`, each image's background view one more negative of its two anchors."
         if batch.labels is None: raise ValueError("supcon needs labels: give the Batch labels (or call training_loss(v1, v2, labels))")
-        z1, z2 = self.project_pair(h1, h2)
+        z1, z2, gb = self.project_with_bg(h1, h2, batch.bg)
         g1, g2, gl, anchors = gather_pair(z1, z2, batch.labels)
-        return {"base": supcon_loss(g1, g2, gl, self.temperature, self.base_temperature, anchors=anchors), "z1": z1, "z2": z2}
+        return {"base": supcon_loss(g1, g2, gl, self.temperature, self.base_temperature, anchors=anchors, extra=gb), "z1": z1, "z2": z2}
 
 # %% ../nbs/06_methods.ipynb #b9c1e9ed
 class ICLMSR(Method):
