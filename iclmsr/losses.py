@@ -90,7 +90,7 @@ def _check_strata(a, d):
 
 def icl_loss(z1: torch.Tensor, z2: torch.Tensor, a: torch.Tensor, tau: float = 0.5, negatives: str = "all",
              anchors: torch.Tensor | None = None) -> torch.Tensor:
-    "ICL-MSR's interventional contrastive loss (seed formula), mean over the 2N anchors (or the rows `anchors`); `a` is (n, d) after activation."
+    "ICL-MSR's interventional contrastive loss (the paper's formula), mean over the 2N anchors (or the rows `anchors`); `a` is (n, d) after activation."
     _check_pair(z1, z2); _check_tau(tau); _check_strata(a, z1.shape[1])
     if negatives not in NEGATIVES: raise ValueError(f"negatives must be one of {', '.join(NEGATIVES)}; got {negatives!r}")
     with full_precision(z1):
