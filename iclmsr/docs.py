@@ -10,7 +10,7 @@ from fastcore.script import call_parse
 
 # %% auto #0
 __all__ = ['process_notebooks', 'notebook_markdown', 'use_output_files', 'escape_dunder_headings', 'tex_to_mathml', 'render_math',
-           'render_site', 'build_docs', 'iclmsr_docs', 'execute_notebook']
+           'drop_remote_imports', 'render_site', 'build_docs', 'iclmsr_docs', 'execute_notebook']
 
 # %% ../nbs/90_docs.ipynb #0af0f970
 def process_notebooks(path: str | Path | None = None, n_workers: int = 2) -> Path:
@@ -151,6 +151,19 @@ def render_math(site: str | Path) -> tuple[int, list[str]]:
     return n, errors
 
 
+# %% ../nbs/90_docs.ipynb #7fe16a4f
+_REMOTE_IMPORT = re.compile(r"@import\s+url\(\s*['\"]?https?://[^)]*\)\s*;?")
+
+def drop_remote_imports(site: str | Path) -> int:
+    "Remove `@import url(http...)` rules (a theme's web fonts) from the stylesheets of `site`; returns how many."
+    n = 0
+    for css in sorted(Path(site).rglob("*.css")):
+        text = css.read_text(encoding="utf-8")
+        new, k = _REMOTE_IMPORT.subn("", text)
+        if k: css.write_text(new, encoding="utf-8"); n += k
+    return n
+
+
 # %% ../nbs/90_docs.ipynb #f2580efd
 def render_site(proc: str | Path, dest: str | Path) -> list[str]:
     "Render the processed project in `proc` with smalldocs into `dest`, maths as MathML; returns the warnings (smalldocs', formulas not rendered)."
@@ -170,6 +183,7 @@ def render_site(proc: str | Path, dest: str | Path) -> list[str]:
         shutil.rmtree(dest, ignore_errors=True)
         shutil.move(str(out), str(dest))
     n_math, math_errors = render_math(dest)
+    drop_remote_imports(dest)
     # renamed above; quarto-only outputs (commonmark, keep-md) are not errors of ours
     return [w for w in site.warnings if "output-file is not read" not in w and "commonmark" not in w and "keep-md" not in w] \
         + [f"math: {e}" for e in math_errors]
