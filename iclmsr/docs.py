@@ -36,8 +36,10 @@ def _front_matter(text: str) -> dict:
     return yaml.safe_load(m.group(1)) or {}
 
 def _output_md(o: dict) -> str:
+    "An output as markdown; a picture or HTML (a figure) is for the site only: GitHub shows neither inline."
     if o.get("output_type") == "stream": return "    " + _src(o["text"]).rstrip("\n").replace("\n", "\n    ")
     data = o.get("data", {})
+    if any(k.startswith("image/") or k == "text/html" for k in data): return ""
     if "text/markdown" in data: return _src(data["text/markdown"]).strip()
     if "text/plain" in data: return "    " + _src(data["text/plain"]).rstrip("\n").replace("\n", "\n    ")
     return ""
@@ -54,7 +56,7 @@ def notebook_markdown(nb_path: str | Path) -> str:
             if "description" in fm: parts.append(f"> {fm['description']}")
         elif c["cell_type"] == "markdown": parts.append(src.strip())
         elif c["cell_type"] == "code":
-            if src.strip(): parts.append(f"``` python\n{src.rstrip()}\n```")
+            if src.strip() and not re.search(r"^#\|\s*echo:\s*false\s*$", src, re.M): parts.append(f"``` python\n{src.rstrip()}\n```")
             parts += [t for t in map(_output_md, c.get("outputs", [])) if t]
     return "\n\n".join(p for p in parts if p) + "\n"
 
