@@ -221,9 +221,16 @@ def offline_plotly(page):
     page.route("https://cdn.plot.ly/**", lambda route: route.fulfill(body=js, content_type="application/javascript"))
 
 def test_docs_home_page_screenshot(page, site):
+    offline_plotly(page)
     page.goto(f"{site}/index.html")
     page.wait_for_load_state("networkidle")
-    assert "ICL-MSR" in page.locator("main").inner_text()
+    main = page.locator("main")
+    assert "ICL-MSR" in main.inner_text() and "pip install . && iclmsr demo --out demo_run" in main.inner_text()
+    pic = main.locator("img").first                          # the embedded data: 4 variants x 10 images
+    assert pic.evaluate("i => i.complete && i.naturalWidth") > 300
+    page.wait_for_selector("main .js-plotly-plot .main-svg", timeout=30_000)   # the demo's four-setting bars
+    for name in ("losses.html#icl_loss", "msr.html", "methods.html#iclmsr", "excon.html", "losses.html#dcodr_loss"):
+        assert main.locator(f'a[href$="{name}"]').count() >= 1, name              # each method's page is linked
     shot(page, "docs-home.png")
 
 def test_docs_show_static_figures(page, site):
