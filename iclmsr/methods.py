@@ -82,6 +82,7 @@ class Method(nn.Module):
 
 # %% ../nbs/06_methods.ipynb #e48c0737
 class SimCLR(Method):
+    "SimCLR: NT-Xent over both views (W-MSE code-base variant with BN after the head)"
     name, desc = "simclr", "SimCLR: NT-Xent over both views (W-MSE code-base variant with BN after the head)"
     def __init__(self, backbone, proj_hidden: int = ModelConfig.proj_hidden, proj_dim: int = ModelConfig.proj_dim,
                  temperature: float = 0.5, out_bn: bool = True):
@@ -100,6 +101,7 @@ class SimCLR(Method):
         return {"base": nt_xent(g1, g2, self.temperature, anchors=anchors, extra=gb), "z1": z1, "z2": z2}
 
 class BYOL(Method):
+    "BYOL: predict an EMA target's projection of the other view (2 - 2 cos, symmetrised)"
     name, desc = "byol", "BYOL: predict an EMA target's projection of the other view (2 - 2 cos, symmetrised)"
     joint_head = False
     def __init__(self, backbone, proj_hidden: int = ModelConfig.proj_hidden, proj_dim: int = ModelConfig.proj_dim,
@@ -118,6 +120,7 @@ class BYOL(Method):
         self.target.update(step, total_steps)
 
 class WMSE(Method):
+    "W-MSE: normalised MSE of positives after Cholesky whitening in sub-batches"
     name, desc = "wmse", "W-MSE: normalised MSE of positives after Cholesky whitening in sub-batches"
     def __init__(self, backbone, proj_hidden: int = ModelConfig.proj_hidden, proj_dim: int = ModelConfig.proj_dim,
                  w_size: int | None = None, w_iter: int = 1, w_eps: float = 0.0):
@@ -132,6 +135,7 @@ class WMSE(Method):
 
 # %% ../nbs/06_methods.ipynb #530da193
 class BarlowTwins(Method):
+    "Barlow Twins: cross-correlation of the two views pushed to the identity"
     name, desc = "barlow_twins", "Barlow Twins: cross-correlation of the two views pushed to the identity"
     joint_head = False
     def __init__(self, backbone, proj_hidden: int = 2048, proj_dim: int = 2048, lambd: float = 5e-3):
@@ -144,6 +148,7 @@ class BarlowTwins(Method):
         return {"base": barlow_twins_loss(g1, g2, self.lambd), "z1": z1, "z2": z2}
 
 class SupCon(Method):
+    "SupCon: supervised contrastive, positives = same label (needs labels)"
     name, desc = "supcon", "SupCon: supervised contrastive, positives = same label (needs labels)"
     needs = frozenset({"labels"})
     def __init__(self, backbone, proj_hidden: int = ModelConfig.proj_hidden, proj_dim: int = 128, temperature: float = 0.1,
@@ -212,6 +217,7 @@ class ICLMSR(Method):
 
 # %% ../nbs/06_methods.ipynb #391ac71e
 class DCoDR(Method):
+    "DCoDR-norec: InfoNCE of un-augmented anchors vs one augmentation, negatives from the anchor's domain (needs domains)"
     name = "dcodr"
     desc = "DCoDR-norec: InfoNCE of un-augmented anchors vs one augmentation, negatives from the anchor's domain (needs domains)"
     needs = frozenset({"domains", "clean"})
@@ -253,6 +259,7 @@ class DCoDR(Method):
         return _check_finite(out, ("base",), self.step if step is None else step)
 
 class DCoDRNoNegs(DCoDR):
+    "DCoDR's no_negs ablation: the same objective with negatives from the whole batch (needs clean images, no domains)"
     name = "dcodr_nonegs"
     desc = "DCoDR's no_negs ablation: the same objective with negatives from the whole batch (needs clean images, no domains)"
     needs = frozenset({"clean"})
@@ -268,6 +275,7 @@ def say_once(key: str, text: str):
     if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0: print(text, flush=True)
 
 class DCoDRRec(DCoDR):
+    "DCoDR: DCoDR-norec + 0.3 x the reconstruction of each un-augmented image by a LORD generator from its normalised code and a learned embedding of its domain (pixel L1 + VGG16 perceptual; needs domains)"
     name = "dcodr_rec"
     desc = ("DCoDR: DCoDR-norec + 0.3 x the reconstruction of each un-augmented image by a LORD generator from its normalised "
             "code and a learned embedding of its domain (pixel L1 + VGG16 perceptual; needs domains)")

@@ -76,3 +76,16 @@ def test_maths_uses_quarto_delimiters_only():
             for m in re.finditer(r"\\\[|\\\(", prose): bad.append(f"{nb.name}: {prose[max(0, m.start()-30):m.start()+30]!r}")
             if prose.count("$$") % 2: bad.append(f"{nb.name}: unbalanced $$")
     assert not bad, "\n".join(bad)
+
+def test_every_public_function_and_class_has_its_own_summary():
+    "show_doc's one-line summary is the docstring: a class without its own would show its base class's."
+    import ast
+    bad = []
+    for py in sorted((ROOT/"iclmsr").glob("*.py")):
+        tree = ast.parse(py.read_text(encoding="utf-8"))
+        public = next((ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
+                       and any(getattr(t, "id", None) == "__all__" for t in n.targets)), [])
+        for n in tree.body:
+            if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name in public and not (ast.get_docstring(n) or "").strip():
+                bad.append(f"iclmsr.{py.stem}.{n.name}")
+    assert not bad, "no docstring: " + ", ".join(bad)
