@@ -79,7 +79,7 @@ class InterveneConfig:
     enabled: bool = _f(False, help="swap backgrounds (the run-name suffix +do-bg sets it)")
     views: Literal["one", "both"] = _f("one", help="one: the first view only (the second keeps the image's background); both: each view its own background")
     p: float = _f(0.5, _unit, "in [0, 1]", help="probability that a view of an image gets a new background")
-    bg_negative: bool = _f(False, help="simclr: a view of the anchor's own background-only image as an extra negative of that anchor's two views")
+    bg_negative: bool = _f(False, help="simclr, supcon: a view of the anchor's own background-only image as an extra negative of that anchor's two views")
 
 # %% ../nbs/00b_config.ipynb #e681b139
 @dataclass

@@ -9,8 +9,8 @@ from pathlib import Path
 from fastcore.script import call_parse
 
 # %% auto #0
-__all__ = ['process_notebooks', 'notebook_markdown', 'use_output_files', 'escape_dunder_headings', 'render_site', 'build_docs',
-           'iclmsr_docs', 'execute_notebook']
+__all__ = ['process_notebooks', 'notebook_markdown', 'use_output_files', 'escape_dunder_headings', 'tex_to_mathml', 'render_math',
+           'drop_remote_imports', 'render_site', 'build_docs', 'iclmsr_docs', 'execute_notebook']
 
 # %% ../nbs/90_docs.ipynb #0af0f970
 def process_notebooks(path: str | Path | None = None, n_workers: int = 2) -> Path:
@@ -36,8 +36,10 @@ def _front_matter(text: str) -> dict:
     return yaml.safe_load(m.group(1)) or {}
 
 def _output_md(o: dict) -> str:
+    "An output as markdown; a picture or HTML (a figure) is for the site only: GitHub shows neither inline."
     if o.get("output_type") == "stream": return "    " + _src(o["text"]).rstrip("\n").replace("\n", "\n    ")
     data = o.get("data", {})
+    if any(k.startswith("image/") or k == "text/html" for k in data): return ""
     if "text/markdown" in data: return _src(data["text/markdown"]).strip()
     if "text/plain" in data: return "    " + _src(data["text/plain"]).rstrip("\n").replace("\n", "\n    ")
     return ""
@@ -54,7 +56,7 @@ def notebook_markdown(nb_path: str | Path) -> str:
             if "description" in fm: parts.append(f"> {fm['description']}")
         elif c["cell_type"] == "markdown": parts.append(src.strip())
         elif c["cell_type"] == "code":
-            if src.strip(): parts.append(f"``` python\n{src.rstrip()}\n```")
+            if src.strip() and not re.search(r"^#\|\s*echo:\s*false\s*$", src, re.M): parts.append(f"``` python\n{src.rstrip()}\n```")
             parts += [t for t in map(_output_md, c.get("outputs", [])) if t]
     return "\n\n".join(p for p in parts if p) + "\n"
 
@@ -94,9 +96,79 @@ def escape_dunder_headings(proc: str | Path) -> int:
         if hit: nb.write_text(json.dumps(d, indent=1), encoding="utf-8"); n += hit
     return n
 
+# %% ../nbs/90_docs.ipynb #48cf9f66
+_ALPHA = {"bold": (0x1D400, 0x1D41A, 0x1D7CE), "script": (0x1D49C, 0x1D4B6, None), "fraktur": (0x1D504, 0x1D51E, None),
+          "double-struck": (0x1D538, 0x1D552, 0x1D7D8), "sans-serif": (0x1D5A0, 0x1D5BA, 0x1D7E2)}
+_HOLES = {"script": dict(zip("BEFHILMRego", "ℬℰℱℋℐℒℳℛℯℊℴ")), "fraktur": dict(zip("CHIRZ", "ℭℌℑℜℨ")),
+          "double-struck": dict(zip("CHNPQRZ", "ℂℍℕℙℚℝℤ"))}
+_TEX_LEFT = {r"\langle": "⟨", r"\rangle": "⟩", r"\_": "_"}  # what latex2mathml leaves as TeX after \big or in \text
+
+def _styled(variant: str, text: str) -> str:
+    "`text` in a mathematical alphabet (ℒ for a script L): MathML Core renders no `mathvariant` but `normal`."
+    up, low, dig = _ALPHA[variant]
+    def one(ch):
+        if ch in _HOLES.get(variant, {}): return _HOLES[variant][ch]
+        if "A" <= ch <= "Z": return chr(up + ord(ch) - 65)
+        if "a" <= ch <= "z": return chr(low + ord(ch) - 97)
+        return chr(dig + ord(ch) - 48) if dig and "0" <= ch <= "9" else ch
+    return "".join(map(one, text))
+
+def tex_to_mathml(tex: str, display: bool = False) -> str:
+    "MathML Core for the TeX `tex` (a block if `display`), converted by `latex2mathml`; `ValueError` naming any command it does not know."
+    try: from latex2mathml.converter import convert
+    except ImportError as e: raise ImportError("the maths renderer is missing: pip install -e '.[dev]' (it installs latex2mathml)") from e
+    tex = re.sub(r"\\(arg)(?![A-Za-z])", r"\\operatorname{\1}", tex)  # names latex2mathml does not know
+    try: ml = convert(tex, display="block" if display else "inline")
+    except Exception as e: raise ValueError(f"cannot convert {tex!r}: {e}") from None
+    ml = re.sub(r'(<m[ino]) mathvariant="([\w-]+)">([^<]*)<',
+                lambda m: f"{m[1]}>{_styled(m[2], m[3])}<" if m[2] in _ALPHA else m[0], ml)
+    ml = ml.replace('mathvariant="monospace"', 'style="font-family:monospace"')
+    for k, v in _TEX_LEFT.items(): ml = ml.replace(k, v)
+    left = re.findall(r">([^<]*\\[^<]*)<", ml)
+    if left: raise ValueError(f"cannot convert {tex!r}: unknown {', '.join(left)}")
+    return ml
+
+
+# %% ../nbs/90_docs.ipynb #fac978ae
+_MATH_SPAN = re.compile(r'<span class="math (inline|display)">\\[(\[](.*?)\\[)\]]</span>', re.S)
+_KATEX_TAG = re.compile(r'<link[^>]*katex[^>]*>|<script[^>]*katex[^>]*>\s*</script>')
+
+def render_math(site: str | Path) -> tuple[int, list[str]]:
+    "Replace the TeX of every maths span in the pages of `site` by MathML and drop the KaTeX links; returns (formulas rendered, errors)."
+    import html
+    n, errors = 0, []
+    for page in sorted(Path(site).rglob("*.html")):
+        text = page.read_text(encoding="utf-8")
+        def one(m):
+            nonlocal n
+            kind, tex = m[1], html.unescape(m[2])
+            try: ml = tex_to_mathml(tex, display=kind == "display")
+            except ValueError as e:
+                errors.append(f"{page.relative_to(site).as_posix()}: {e}")
+                return m[0].replace(f'class="math {kind}"', f'class="math {kind} math-error"')
+            n += 1
+            return f'<span class="math {kind}">{ml}</span>'
+        new = _KATEX_TAG.sub("", _MATH_SPAN.sub(one, text))
+        if new != text: page.write_text(new, encoding="utf-8")
+    return n, errors
+
+
+# %% ../nbs/90_docs.ipynb #7fe16a4f
+_REMOTE_IMPORT = re.compile(r"@import\s+url\(\s*['\"]?https?://[^)]*\)\s*;?")
+
+def drop_remote_imports(site: str | Path) -> int:
+    "Remove `@import url(http...)` rules (a theme's web fonts) from the stylesheets of `site`; returns how many."
+    n = 0
+    for css in sorted(Path(site).rglob("*.css")):
+        text = css.read_text(encoding="utf-8")
+        new, k = _REMOTE_IMPORT.subn("", text)
+        if k: css.write_text(new, encoding="utf-8"); n += k
+    return n
+
+
 # %% ../nbs/90_docs.ipynb #f2580efd
 def render_site(proc: str | Path, dest: str | Path) -> list[str]:
-    "Render the processed project in `proc` with smalldocs into `dest`; returns smalldocs' warnings."
+    "Render the processed project in `proc` with smalldocs into `dest`, maths as MathML; returns the warnings (smalldocs', formulas not rendered)."
     try: from smalldocs.site import build
     except ImportError as e:
         raise ImportError("the docs renderer is missing: pip install -e '.[dev]' (it installs smalldocs)") from e
@@ -112,8 +184,11 @@ def render_site(proc: str | Path, dest: str | Path) -> list[str]:
         if not (out/"index.html").exists(): raise RuntimeError(f"smalldocs wrote no {out/'index.html'}")
         shutil.rmtree(dest, ignore_errors=True)
         shutil.move(str(out), str(dest))
+    n_math, math_errors = render_math(dest)
+    drop_remote_imports(dest)
     # renamed above; quarto-only outputs (commonmark, keep-md) are not errors of ours
-    return [w for w in site.warnings if "output-file is not read" not in w and "commonmark" not in w and "keep-md" not in w]
+    return [w for w in site.warnings if "output-file is not read" not in w and "commonmark" not in w and "keep-md" not in w] \
+        + [f"math: {e}" for e in math_errors]
 
 def build_docs(path: str | Path | None = None, n_workers: int = 2, readme: bool = True, quiet: bool = False) -> list[str]:
     "Process the notebooks, write README.md (if `readme`) and render the site into `doc_path`; returns the pages built."

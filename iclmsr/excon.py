@@ -36,6 +36,7 @@ class ExCon(SupCon):
     desc = "ExCon: SupCon with explanation-masked views (Grad-CAM of encoder + linear classifier; needs labels, clean images)"
     needs = frozenset({"labels", "clean"})
     negative_pair = False   # ExConB appends each rejected masked image to both views, labelled n_classes
+    bg_negative = False     # its first view is already the masked image: do(background)'s background negative is refused
 
     def __init__(self, backbone, proj_hidden: int = ModelConfig.proj_hidden, proj_dim: int = 128, temperature: float = 0.1,
                  base_temperature: float | None = 0.07, n_classes: int = 10, exp_epochs: int | None = None,

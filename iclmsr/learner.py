@@ -168,7 +168,7 @@ def _check_intervention(self: Learner, method) -> frozenset:
     if not iv.bg_negative: return frozenset({"masks"})
     who = getattr(method, "name", "") or type(method).__name__
     if not getattr(method, "bg_negative", False):
-        raise ValueError(f"intervene.bg_negative adds the anchor's background as a negative; method {who!r} takes none (simclr does)")
+        raise ValueError(f"intervene.bg_negative adds the anchor's background as a negative; method {who!r} takes none (simclr and supcon do)")
     if len(iv.pool) != len(self.data): raise ValueError("bg_negative needs the training data's own pool (one background per image): background_pool(data)")
     return frozenset({"masks", "index"})
 

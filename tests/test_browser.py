@@ -4,6 +4,9 @@
 - the neighbours tutorial: run it, choose a query, the neighbour thumbnails render and their counts appear; click a
   point of the UMAP, it becomes the query;
 - the built docs site: the home page renders, and the viz page shows static plotly figures, not empty widget boxes.
+  The losses page draws its formulas (MathML, a fraction with height, no raw TeX); every page loads once with no
+  console error, no raw TeX in its prose and every internal link resolving to an existing page and anchor; the
+  site's search box finds `icl_loss` and leads to its entry.
 
 Screenshots go to test-artifacts/ (gitignored). Needs `pytest-playwright` and a chromium binary
 (`/usr/bin/chromium` from Debian's `chromium` package, or `$ICLMSR_CHROMIUM`); no `playwright install` is needed."""
@@ -218,9 +221,16 @@ def offline_plotly(page):
     page.route("https://cdn.plot.ly/**", lambda route: route.fulfill(body=js, content_type="application/javascript"))
 
 def test_docs_home_page_screenshot(page, site):
+    offline_plotly(page)
     page.goto(f"{site}/index.html")
     page.wait_for_load_state("networkidle")
-    assert "ICL-MSR" in page.locator("main").inner_text()
+    main = page.locator("main")
+    assert "ICL-MSR" in main.inner_text() and "pip install . && iclmsr demo --out demo_run" in main.inner_text()
+    pic = main.locator("img").first                          # the embedded data: 4 variants x 10 images
+    assert pic.evaluate("i => i.complete && i.naturalWidth") > 300
+    page.wait_for_selector("main .js-plotly-plot .main-svg", timeout=30_000)   # the demo's four-setting bars
+    for name in ("losses.html#icl_loss", "msr.html", "methods.html#iclmsr", "excon.html", "losses.html#dcodr_loss"):
+        assert main.locator(f'a[href$="{name}"]').count() >= 1, name              # each method's page is linked
     shot(page, "docs-home.png")
 
 def test_docs_show_static_figures(page, site):
@@ -239,3 +249,67 @@ def test_docs_show_static_figures(page, site):
     page.mouse.move(t["x"], t["y"])
     page.wait_for_selector(".iclmsr-hover img", timeout=10_000)
     shot(page, "docs-viz.png")
+
+RAW_TEX = re.compile(r"\\frac|\\mathcal|\$\$|\\\[|\\\(")
+PROSE = """() => { const m = document.querySelector('main').cloneNode(true);   // the page's text without its code
+  m.querySelectorAll('pre, code').forEach(e => e.remove()); return m.textContent; }"""
+
+def test_docs_losses_page_renders_its_formulas(page, site):
+    "The NT-Xent formula is MathML laid out by the browser (a fraction with height), not TeX shown as text."
+    page.goto(f"{site}/losses.html")
+    nt = page.locator("main .math.display math", has_text="NT-Xent").first
+    nt.scroll_into_view_if_needed()
+    box = nt.bounding_box()
+    assert box and box["height"] > 30 and box["width"] > 150, box          # a display formula with a fraction
+    frac = nt.locator("mfrac").first.bounding_box()
+    assert frac and frac["height"] > 25, frac                               # numerator above denominator
+    assert page.locator("main math").count() >= 5 and page.locator(".math-error").count() == 0
+    text = page.evaluate(PROSE)
+    assert not RAW_TEX.search(text), RAW_TEX.search(text)
+    page.evaluate("el => el.scrollIntoView({block: 'center'})", nt.element_handle())
+    shot(page, "docs-losses-math.png")
+
+def _ids(html: str) -> set[str]: return set(re.findall(r'\bid="([^"]+)"', html))
+
+def test_docs_every_page_loads_cleanly_and_links_resolve(page, site, docs_build):
+    "Each page once: no console error or page error, no raw TeX or maths error in its text, every internal link to an existing page and anchor."
+    offline_plotly(page)
+    root = docs_build[0]/"_docs"
+    pages = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.html"))
+    assert len(pages) > 30 and "references.html" in pages
+    errors, broken, tex = [], [], []
+    page.on("console", lambda m: errors.append(f"{page.url}: console {m.type}: {m.text}") if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(f"{page.url}: page error: {e}"))
+    ids = {p: _ids((root/p).read_text(encoding="utf-8")) for p in pages}
+    n_links = 0
+    for p in pages:
+        page.goto(f"{site}/{p}", wait_until="load")
+        if RAW_TEX.search(page.evaluate(PROSE)) or page.locator(".math-error").count(): tex.append(p)
+        hrefs = page.eval_on_selector_all("a[href]", "as => as.map(a => a.href)")
+        for h in hrefs:
+            if not h.startswith(site + "/"): continue          # external: not checked offline
+            target, _, anchor = h[len(site) + 1:].partition("#")
+            target = target.split("?")[0] or "index.html"
+            if target.endswith("/"): target += "index.html"
+            if not target.endswith(".html"): 
+                if not (root/target).exists(): broken.append(f"{p} -> {h}")
+                continue
+            n_links += 1
+            if target not in ids: broken.append(f"{p} -> {h} (no page)")
+            elif anchor and anchor not in ids[target]: broken.append(f"{p} -> {h} (no #{anchor})")
+    assert n_links > 500, n_links
+    assert not errors, "\n".join(errors[:20])
+    assert not broken, "\n".join(sorted(set(broken))[:40])
+    assert not tex, f"raw TeX or a maths error on {tex}"
+
+def test_docs_search_finds_icl_loss(page, site):
+    page.goto(f"{site}/index.html")
+    box = page.locator(".smalldocs-search input").first
+    box.click(); box.fill("icl_loss")
+    hit = page.locator(".search-result", has_text="icl_loss").first
+    hit.wait_for(timeout=15_000)
+    shot(page, "docs-search-icl-loss.png")
+    assert "losses.html" in hit.get_attribute("href")
+    hit.click()
+    page.wait_for_url(re.compile(r"losses\.html"), timeout=10_000)
+    assert page.locator("#icl_loss").count() == 1

@@ -1,7 +1,7 @@
 """Many processes through torchrun (gloo on the CPU): loss and gradients with negatives gathered across 2 processes
 equal one process on the same global batch; `iclmsr train` with 2 processes trains, rank 0 writes the checkpoint, and
 the run resumes."""
-import os, signal, subprocess, time
+import json, os, signal, subprocess, time
 from pathlib import Path
 import pytest
 import torch
@@ -61,13 +61,14 @@ def test_torchrun_train_and_resume(tmp_path):
     assert ck["epoch"] == 2 and ck["step"] == 8 and "knn_full" in ck["metrics"]
 
 def test_torchrun_stop_mid_epoch_then_resume_is_bitwise_identical(tmp_path):
-    """2 processes, stopped by a signal in the middle of an epoch, resumed: the same weights as a run never stopped.
+    """2 processes (ICL-MSR and do(background) on), stopped by a signal in the middle of an epoch, resumed: the same weights as a run never stopped.
     Needs the processes to agree on the batch to stop at, and each process's own generator states in the checkpoint."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ICLMSR_CACHE": str(tmp_path/"cache"), "TMPDIR": str(tmp_path)}   # torchrun's torchelastic_* log folders
     args = ["--set", "data.spec=toy:num_classes=4,n_train=64,n_test=8", "--set", "model.backbone=small_cnn",
             "--set", "model.proj_hidden=32", "--set", "model.proj_dim=8", "--set", "train.batch_size=32",
             "--set", "train.knn_every=0", "--set", "train.log_every=1", "--set", "icl.enabled=true", "--set", "icl.n_strata=3",
-            "--set", "icl.meta_share=0.5", "--set", "train.deterministic=true", "--set", "train.epochs=3", "--quiet"]
+            "--set", "icl.meta_share=0.5", "--set", "train.deterministic=true", "--set", "train.epochs=3",
+            "--set", "intervene.enabled=true", "--quiet"]   # do(background) too: its per-batch streams must resume exactly
     cmd = lambda out, *extra: [bin_path("torchrun"), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port",
                                str(free_port()), "--no-python", bin_path("iclmsr"), "train", "--out", str(out), *args, *extra]
     run(cmd(tmp_path/"full"), env=env, timeout=600)
@@ -85,3 +86,5 @@ def test_torchrun_stop_mid_epoch_then_resume_is_bitwise_identical(tmp_path):
     a, b = (torch.load(d/"last.pt", weights_only=True) for d in (tmp_path/"full", part))
     assert a["step"] == b["step"] == 24
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    shares = [r["swapped_share"] for r in map(json.loads, (tmp_path/"full"/"metrics.jsonl").read_text().splitlines()) if r.get("swapped_share") is not None]
+    assert len(shares) >= 20 and 0 < sum(shares) / len(shares) < 1    # the intervention acted (rank 0 logs its batches)

@@ -138,3 +138,30 @@ def test_every_show_doc_is_rendered_on_its_page(built):
                 missing.append(f"{mod}: {name} on {page.name} shows neither its signature nor its docstring: {body[:120]!r}")
     assert checked > 50, f"only {checked} show_doc entries found: is the discovery broken?"
     assert not missing, "\n".join(missing)
+
+# -- maths: rendered to MathML at build time, in the same places quarto's MathJax would render it ---------------------
+# Pandoc's tex_math_dollars rule (what quarto reads): `$$...$$` display; `$...$` inline when the opening `$` is followed
+# by a non-space, the closing one preceded by a non-space and not followed by a digit; nothing inside code.
+_CODE = re.compile(r"^(```|~~~).*?^\1[^\n]*$|`[^`\n]+`", re.S | re.M)
+_PANDOC_MATH = re.compile(r"(?<![\\$])\$\$(.+?)\$\$|(?<![\\$])\$(?![\s$])((?:[^$\\\n]|\\.)+?)(?<!\s)\$(?!\d)", re.S)
+
+def test_pandoc_rule_finds_what_quarto_would():
+    md = "cost $5 and $6; $a_t$ and $$x^2$$ but `$code$` and\n```\n$fenced$\n```\nnot $ spaced $ nor \\$esc$."
+    test_found = [m[0] or m[1] for m in _PANDOC_MATH.findall(_CODE.sub("", md))]
+    assert test_found == ["a_t", "x^2"], test_found
+
+def test_every_formula_is_mathml_where_quarto_finds_maths(built):
+    dest, p = built
+    assert "warning: math" not in p.stdout, p.stdout      # the build reports a formula it cannot convert
+    nbs, diff, total = dest/"nbs", [], 0
+    for nb in sorted(nbs.rglob("*.ipynb")):
+        md = "\n\n".join("".join(c["source"]) for c in json.loads(nb.read_text(encoding="utf-8"))["cells"] if c["cell_type"] == "markdown")
+        want = len(_PANDOC_MATH.findall(_CODE.sub("", md)))
+        html = (dest/"_docs"/_page_of(nb, nbs)).read_text(encoding="utf-8")
+        spans = re.findall(r'<span class="math (?:inline|display)[^"]*">(.*?)</span>', html, re.S)
+        got = sum(s.startswith("<math") for s in spans)
+        total += got
+        if got != want or len(spans) != got: diff.append(f"{nb.name}: {want} formulas by pandoc's rule, {got} rendered of {len(spans)}")
+        assert not re.search(r"<(?:script|link)[^>]*katex", html) and not re.search(r"\\\(|\\\[", re.sub(r"<pre.*?</pre>|<code.*?</code>", "", html, flags=re.S)), nb.name
+    assert total > 150, total
+    assert not diff, "\n".join(diff)

@@ -1,0 +1,91 @@
+"""What the docs cite and how they are laid out, checked on the sources (no build): CITATION.cff is valid CFF 1.2.0,
+the references page lists every arXiv id a notebook cites, nothing points to a file outside the repository, every page
+subtitle is one whole sentence, the sidebar lists every notebook once, and maths uses only the delimiters quarto's
+MathJax reads."""
+import json, re, subprocess
+from pathlib import Path
+import yaml
+from conftest import ROOT
+
+NBS = ROOT/"nbs"
+def _notebooks(): return sorted(p for p in NBS.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+def _cells(nb, kind=None): return ["".join(c["source"]) for c in json.loads(nb.read_text(encoding="utf-8"))["cells"] if kind in (None, c["cell_type"])]
+
+def test_citation_cff_is_valid():
+    cff = yaml.safe_load((ROOT/"CITATION.cff").read_text(encoding="utf-8"))
+    assert cff["cff-version"] == "1.2.0"
+    for key in ("message", "title", "authors", "version", "license", "repository-code"): assert cff.get(key), key
+    assert all("name" in a or "family-names" in a for a in cff["authors"])
+    from iclmsr import __version__
+    assert str(cff["version"]) == __version__   # the release it describes
+    paper = cff["references"][0]
+    assert "arXiv:2206.14702" in [i["value"] for i in paper["identifiers"]]
+    assert [a["family-names"] for a in paper["authors"]][:2] == ["Qiang", "Li"]
+
+def test_references_page_lists_every_cited_arxiv_id():
+    refs = "\n".join(_cells(NBS/"95_references.ipynb", "markdown"))
+    cited = {(m, nb.relative_to(NBS).as_posix()) for nb in _notebooks() if nb.name != "95_references.ipynb"
+             for m in re.findall(r"arXiv[: ]?(\d{4}\.\d{4,5})", "\n".join(_cells(nb)))}
+    assert len({a for a, _ in cited}) >= 15, cited
+    missing = sorted(f"{a} (cited in {nb})" for a, nb in cited if a not in refs)
+    assert not missing, "add these to nbs/95_references.ipynb: " + ", ".join(missing)
+    assert refs.count("```bibtex") >= 6
+
+OUTSIDE = re.compile(r"DESIGN\.md|\bseeds/|\bnotes/\w|\.\./shared|toolchain notes|anchors\.md|papers\.md|seed formula", re.I)
+
+def test_nothing_points_outside_the_repository():
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    hits = []
+    for f in files:
+        p = ROOT/f
+        if f == "tests/test_sources.py" or not p.is_file() or p.suffix not in {".py", ".ipynb", ".md", ".ini", ".yml", ".yaml", ".cff", ".css", ""}: continue
+        for i, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            if OUTSIDE.search(line): hits.append(f"{f}:{i}: {line.strip()[:100]}")
+    assert not hits, "\n".join(hits)
+
+def _description(nb: Path) -> list[str]:
+    "The `> ...` lines of the notebook's first markdown cell (nbdev takes the first as the page's description)."
+    first = _cells(nb, "markdown")[0].splitlines()
+    i = next(i for i, l in enumerate(first) if l.startswith("> "))
+    j = i
+    while j < len(first) and first[j].startswith(">"): j += 1
+    return first[i:j]
+
+def test_every_subtitle_is_one_whole_sentence():
+    bad = [f"{nb.relative_to(NBS)}: {d}" for nb in _notebooks() for d in [_description(nb)]
+           if len(d) != 1 or not d[0].rstrip().endswith((".", "?", "!"))]
+    assert not bad, "a description must be one line ending a sentence (nbdev reads only its first line):\n" + "\n".join(bad)
+
+def test_sidebar_lists_every_notebook_once_in_reading_order():
+    sb = yaml.safe_load((NBS/"sidebar.yml").read_text())["website"]["sidebar"]["contents"]
+    flat = lambda xs: [y for x in xs for y in (flat(x["contents"]) if isinstance(x, dict) else [x])]
+    listed = flat(sb)
+    assert len(listed) == len(set(listed))
+    assert set(listed) == {nb.relative_to(NBS).as_posix() for nb in _notebooks()}
+    assert sb[0] == "index.ipynb" and sb[1]["section"] == "Tutorials"
+    assert sb[1]["contents"][0] == "tutorials/background_observation.ipynb"   # the motivating experiment first
+    api = sb[2]["contents"]
+    assert api == sorted(api) and sb[-1] == "95_references.ipynb"             # modules in layer (number) order
+
+def test_maths_uses_quarto_delimiters_only():
+    "`\\(..\\)` and `\\[..\\]` are maths for neither pandoc's markdown (quarto) nor markdown-it (smalldocs): use `$` and `$$`."
+    bad = []
+    for nb in _notebooks():
+        for src in _cells(nb, "markdown"):
+            prose = re.sub(r"```.*?```|`[^`\n]*`", "", src, flags=re.S)
+            for m in re.finditer(r"\\\[|\\\(", prose): bad.append(f"{nb.name}: {prose[max(0, m.start()-30):m.start()+30]!r}")
+            if prose.count("$$") % 2: bad.append(f"{nb.name}: unbalanced $$")
+    assert not bad, "\n".join(bad)
+
+def test_every_public_function_and_class_has_its_own_summary():
+    "show_doc's one-line summary is the docstring: a class without its own would show its base class's."
+    import ast
+    bad = []
+    for py in sorted((ROOT/"iclmsr").glob("*.py")):
+        tree = ast.parse(py.read_text(encoding="utf-8"))
+        public = next((ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
+                       and any(getattr(t, "id", None) == "__all__" for t in n.targets)), [])
+        for n in tree.body:
+            if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name in public and not (ast.get_docstring(n) or "").strip():
+                bad.append(f"iclmsr.{py.stem}.{n.name}")
+    assert not bad, "no docstring: " + ", ".join(bad)
