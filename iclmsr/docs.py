@@ -10,7 +10,7 @@ from fastcore.script import call_parse
 
 # %% auto #0
 __all__ = ['process_notebooks', 'notebook_markdown', 'use_output_files', 'escape_dunder_headings', 'tex_to_mathml', 'render_math',
-           'drop_remote_imports', 'render_site', 'build_docs', 'iclmsr_docs', 'execute_notebook']
+           'drop_remote_imports', 'local_plotly', 'render_site', 'build_docs', 'iclmsr_docs', 'execute_notebook']
 
 # %% ../nbs/90_docs.ipynb #0af0f970
 def process_notebooks(path: str | Path | None = None, n_workers: int = 2) -> Path:
@@ -166,6 +166,27 @@ def drop_remote_imports(site: str | Path) -> int:
     return n
 
 
+# %% ../nbs/90_docs.ipynb #b873d1ce
+_PLOTLY_CDN = re.compile(r'<script([^>]*?)\ssrc="https://cdn\.plot\.ly/plotly-([\w.-]+?)\.min\.js"[^>]*>')
+
+def local_plotly(site: str | Path) -> tuple[int, list[str]]:
+    "Serve plotly.js from `site/site_libs/plotly/` instead of its CDN on every page of `site`: (tags rewritten, warnings)."
+    import plotly
+    site, src = Path(site), Path(plotly.__file__).parent/"package_data"/"plotly.min.js"
+    version = re.search(r"plotly\.js v([\w.-]+)", src.read_text(encoding="utf-8")[:300]).group(1)
+    lib, n, warn = site/"site_libs"/"plotly"/f"plotly-{version}.min.js", 0, set()
+    for page in sorted(site.rglob("*.html")):
+        text = page.read_text(encoding="utf-8")
+        if "cdn.plot.ly" not in text: continue
+        rel = os.path.relpath(lib, page.parent).replace(os.sep, "/")
+        def local(m):
+            if m.group(2) != version: warn.add(f"{page.relative_to(site)}: figures made for plotly.js {m.group(2)}, the site serves {version}")
+            return f'<script{m.group(1)} src="{rel}">'
+        new, k = _PLOTLY_CDN.subn(local, text)
+        if k: page.write_text(new, encoding="utf-8"); n += k
+    if n: lib.parent.mkdir(parents=True, exist_ok=True); shutil.copyfile(src, lib)
+    return n, sorted(warn)
+
 # %% ../nbs/90_docs.ipynb #f2580efd
 def render_site(proc: str | Path, dest: str | Path) -> list[str]:
     "Render the processed project in `proc` with smalldocs into `dest`, maths as MathML; returns the warnings (smalldocs', formulas not rendered)."
@@ -186,9 +207,10 @@ def render_site(proc: str | Path, dest: str | Path) -> list[str]:
         shutil.move(str(out), str(dest))
     n_math, math_errors = render_math(dest)
     drop_remote_imports(dest)
+    _, plotly_warnings = local_plotly(dest)
     # renamed above; quarto-only outputs (commonmark, keep-md) are not errors of ours
     return [w for w in site.warnings if "output-file is not read" not in w and "commonmark" not in w and "keep-md" not in w] \
-        + [f"math: {e}" for e in math_errors]
+        + [f"math: {e}" for e in math_errors] + [f"plotly: {w}" for w in plotly_warnings]
 
 def build_docs(path: str | Path | None = None, n_workers: int = 2, readme: bool = True, quiet: bool = False) -> list[str]:
     "Process the notebooks, write README.md (if `readme`) and render the site into `doc_path`; returns the pages built."

@@ -214,14 +214,18 @@ def site(docs_build):
     finally:
         os.kill(proc.pid, signal.SIGTERM); proc.wait(10)
 
-def offline_plotly(page):
-    "Serve plotly.js from the installed plotly package for the CDN address the static figures use (no internet here)."
-    import plotly
-    js = (Path(plotly.__file__).parent/"package_data"/"plotly.min.js").read_bytes()
-    page.route("https://cdn.plot.ly/**", lambda route: route.fulfill(body=js, content_type="application/javascript"))
+def local_only(page) -> list:
+    "Refuse every request that leaves 127.0.0.1 (a reader offline): the pages must draw with what the site serves (plotly.js from site_libs); returns the refused URLs."
+    refused = []
+    def handle(route):
+        url = route.request.url
+        if url.startswith(("http://127.0.0.1", "data:", "blob:", "about:")): route.continue_()
+        else: refused.append(url); route.abort()
+    page.route("**/*", handle)
+    return refused
 
 def test_docs_home_page_screenshot(page, site):
-    offline_plotly(page)
+    refused = local_only(page)
     page.goto(f"{site}/index.html")
     page.wait_for_load_state("networkidle")
     main = page.locator("main")
@@ -232,9 +236,10 @@ def test_docs_home_page_screenshot(page, site):
     for name in ("losses.html#icl_loss", "msr.html", "methods.html#iclmsr", "excon.html", "losses.html#dcodr_loss"):
         assert main.locator(f'a[href$="{name}"]').count() >= 1, name              # each method's page is linked
     shot(page, "docs-home.png")
+    assert not refused, refused
 
 def test_docs_show_static_figures(page, site):
-    offline_plotly(page)
+    refused = local_only(page)
     page.goto(f"{site}/viz.html")
     page.wait_for_selector(".js-plotly-plot .main-svg", timeout=30_000)
     assert page.locator(".js-plotly-plot").count() >= 2     # the UMAP views: drawn plotly figures
@@ -249,6 +254,7 @@ def test_docs_show_static_figures(page, site):
     page.mouse.move(t["x"], t["y"])
     page.wait_for_selector(".iclmsr-hover img", timeout=10_000)
     shot(page, "docs-viz.png")
+    assert not refused, refused
 
 RAW_TEX = re.compile(r"\\frac|\\mathcal|\$\$|\\\[|\\\(")
 PROSE = """() => { const m = document.querySelector('main').cloneNode(true);   // the page's text without its code
@@ -272,8 +278,8 @@ def test_docs_losses_page_renders_its_formulas(page, site):
 def _ids(html: str) -> set[str]: return set(re.findall(r'\bid="([^"]+)"', html))
 
 def test_docs_every_page_loads_cleanly_and_links_resolve(page, site, docs_build):
-    "Each page once: no console error or page error, no raw TeX or maths error in its text, every internal link to an existing page and anchor."
-    offline_plotly(page)
+    "Each page once, offline: no request leaves the site, no console error or page error, no raw TeX or maths error in its text, every internal link to an existing page and anchor."
+    refused = local_only(page)
     root = docs_build[0]/"_docs"
     pages = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.html"))
     assert len(pages) > 30 and "references.html" in pages
@@ -298,6 +304,7 @@ def test_docs_every_page_loads_cleanly_and_links_resolve(page, site, docs_build)
             if target not in ids: broken.append(f"{p} -> {h} (no page)")
             elif anchor and anchor not in ids[target]: broken.append(f"{p} -> {h} (no #{anchor})")
     assert n_links > 500, n_links
+    assert not refused, "requests leaving the site: " + "\n".join(sorted(set(refused))[:20])
     assert not errors, "\n".join(errors[:20])
     assert not broken, "\n".join(sorted(set(broken))[:40])
     assert not tex, f"raw TeX or a maths error on {tex}"

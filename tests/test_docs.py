@@ -165,3 +165,12 @@ def test_every_formula_is_mathml_where_quarto_finds_maths(built):
         assert not re.search(r"<(?:script|link)[^>]*katex", html) and not re.search(r"\\\(|\\\[", re.sub(r"<pre.*?</pre>|<code.*?</code>", "", html, flags=re.S)), nb.name
     assert total > 150, total
     assert not diff, "\n".join(diff)
+
+def test_no_page_loads_a_script_from_outside_the_site(built):
+    "Offline readers: no page of the built site loads a remote script (plotly.js is served from site_libs/plotly/)."
+    dest, _ = built
+    pages = sorted((dest/"_docs").rglob("*.html"))
+    remote = [f"{p.relative_to(dest/'_docs')}: {m}" for p in pages for m in re.findall(r'<script[^>]*\ssrc="(https?://[^"]+)"', p.read_text(encoding="utf-8"))]
+    assert not remote, "\n".join(remote[:20])
+    libs = list((dest/"_docs"/"site_libs"/"plotly").glob("plotly-*.min.js"))
+    assert len(libs) == 1 and any(libs[0].name in p.read_text(encoding="utf-8") for p in pages)
