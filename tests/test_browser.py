@@ -151,6 +151,10 @@ def test_dashboard_trains_live_and_stops(page, lab):
     page.wait_for_function(f"({LOSS_POINTS})() > 3", timeout=120_000, polling=250)
     n0 = page.evaluate(LOSS_POINTS)
     page.wait_for_function(f"({LOSS_POINTS})() > {n0}", timeout=60_000, polling=250)   # still gaining points
+    # the speed is sampled at most once a second (Recorder.every), so it may show a moment after the first points
+    try: page.wait_for_function("() => document.querySelector('.iclmsr-status').innerText.includes('images/s')",
+                                timeout=30_000, polling=250)
+    except Exception: pass
     status = page.locator(".iclmsr-status").inner_text()
     assert "running" in status and "images/s" in status, status
     shot(page, "dashboard-running.png")
