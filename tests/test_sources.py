@@ -89,3 +89,27 @@ def test_every_public_function_and_class_has_its_own_summary():
             if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name in public and not (ast.get_docstring(n) or "").strip():
                 bad.append(f"iclmsr.{py.stem}.{n.name}")
     assert not bad, "no docstring: " + ", ".join(bad)
+
+# a name used through syntax: `x[i]` calls __getitem__, `Cls(...)(x)` / `m(x)` calls __call__ and forward
+_SYNTAX = {"__getitem__": lambda cls: r"\w\[", "__call__": lambda cls: re.escape(cls) + r"\(", "forward": lambda cls: re.escape(cls) + r"\("}
+
+def _uses(code: str, name: str) -> bool:
+    *cls, last = name.split(".")
+    pat = _SYNTAX[last](cls[-1]) if last in _SYNTAX and cls else r"(?<![\w])" + re.escape(last) + r"(?![\w])"
+    return re.search(pat, code) is not None
+
+def test_uses_checks_whole_names_and_syntax():
+    assert _uses("x = read_moco(p)", "read_moco") and not _uses("x = read_mocos(p)", "read_moco")
+    assert _uses("tiny[1]", "FgBgData.__getitem__") and not _uses("tiny(1)", "FgBgData.__getitem__")
+    assert _uses("g = LordGenerator(8, 3)\ny = g(z, d)", "LordGenerator.forward") and not _uses("g(z, d)", "LordGenerator.forward")
+
+def test_every_documented_name_has_an_example():
+    "Each name a notebook `show_doc`s is used in one of its example cells (not an export, hide or show_doc cell)."
+    missing = []
+    for nb in _notebooks():
+        code = _cells(nb, "code")
+        names = [m.group(1) for s in code if (m := re.fullmatch(r"\s*show_doc\(([\w.]+)[^\n]*\)\s*", s))]
+        examples = "\n".join(s for s in code if not re.fullmatch(r"\s*show_doc\(.*\)\s*", s, re.S)
+                             and not re.search(r"^#\|\s*(export|exporti|exports|hide)\s*$", s, re.M))
+        missing += [f"{nb.relative_to(NBS)}: {n}" for n in names if not _uses(examples, n)]
+    assert not missing, "show_doc'd but used in no example cell:\n" + "\n".join(missing)
