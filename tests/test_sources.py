@@ -113,3 +113,15 @@ def test_every_documented_name_has_an_example():
                              and not re.search(r"^#\|\s*(export|exporti|exports|hide)\s*$", s, re.M))
         missing += [f"{nb.relative_to(NBS)}: {n}" for n in names if not _uses(examples, n)]
     assert not missing, "show_doc'd but used in no example cell:\n" + "\n".join(missing)
+
+def test_import_cells_hold_only_imports():
+    "nbdev's docs build runs every cell with an import in it (and no other example cell): one more statement there runs without the cells before it."
+    bad = []
+    for nb in _notebooks():
+        for s in _cells(nb, "code"):
+            if re.search(r"^#\|\s*export", s, re.M): continue
+            lines = [l for l in s.splitlines() if l.strip() and not l.lstrip().startswith("#")]
+            imports = [l for l in lines if re.match(r"\s*(import|from)\s+\S+", l)]
+            if imports and any(l not in imports and not l.startswith("sys.path.") for l in lines):
+                bad.append(f"{nb.relative_to(NBS)}: {imports[0]}")
+    assert not bad, "put these imports in a cell of their own:\n" + "\n".join(bad)
