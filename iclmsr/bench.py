@@ -71,7 +71,7 @@ def bench(out: str = "bench.json",  # JSON file for the results
 # %% ../nbs/20_bench.ipynb #8cde42eb
 EPOCH_BASE = ("data.spec=toy:num_classes=10,n_train=150,n_test=100,fg=coloured_shapes", "model.backbone=small_cnn",
               "train.batch_size=250", "train.knn_every=0", "train.ckpt_every=0", "optim.warmup_steps=10", "train.device=cpu")
-QUICK_EPOCH = ("data.spec=toy:num_classes=4,n_train=16,n_test=8", "model.backbone=small_cnn", "model.proj_hidden=64",
+QUICK_EPOCH = ("data.spec=toy:num_classes=4,n_train=16,n_test=8", "model.backbone=small_cnn", "model.options.proj_hidden=64",
                "train.batch_size=32", "train.knn_every=0", "train.ckpt_every=0", "train.device=cpu")
 EPOCH_RUNS = {"simclr": (), "simclr+icl-frozen": (), "simclr+icl-msr": (), "simclr+icl-msr first_order": ("icl.meta_mode=first_order",)}
 

@@ -26,7 +26,7 @@ COMMANDS: dict = {
         "info": ("iclmsr.data", "data_info", "size, classes, image size, variants and background ids of a dataset spec"),
         "export": ("iclmsr.data", "data_export", "write a dataset spec as ImageNet-9-style folders of PNGs"),
     },
-    "train": ("iclmsr.learner", "train", "train a method, with or without ICL-MSR, into a run directory (resumable)"),
+    "train": ("iclmsr.commands", "train", "train a method, with or without ICL-MSR, into a run directory (resumable)"),
     "eval": ("iclmsr.report", "eval_cmd", "evaluate a checkpoint on a dataset spec: kNN, linear probe, background metrics, report.html"),
     "demo": ("iclmsr.demo", "demo", "the main job: SimCLR vs SimCLR+ICL-MSR on the embedded dataset, four-setting table"),
     "compare": ("iclmsr.compare", "compare", "train listed methods at equal encoder steps over seeds, one protocol: results.json, report.html (resumable)"),

@@ -11,13 +11,15 @@ import numpy as np
 import torch
 from fastcore.script import Param
 from .utils import UserError, fmt_duration, get_device
-from .config import Config, ConfigError, config_to_dict, load_config, resolve_defaults, resolve_run_name, RUN_SUFFIXES
+from .config import Config, ConfigError, config_to_dict, load_config, resolve_run_name, RUN_SUFFIXES
 from .methods import METHODS
 from .batch import check_needs
 from .data import load_dataset
 from .probe import held_out_split
 from .knn import FeatureIndex
-from .learner import Callback, Checkpointer, Learner, MetricsLogger, check_used
+from .learner import Callback
+from .callbacks import Checkpointer, MetricsLogger
+from .build import Learner, check_used, resolve_defaults
 from .data import available_variants, variant_of
 from .eval import (ProbedModel, default_test_split, embed, evaluate, explanation_layer, load_probe, method_from_checkpoint,
                          norm_stats, package_versions, save_probe)
@@ -91,7 +93,7 @@ def compare_settings(methods=None, data: str = "toy", seeds: int = 3, budget: in
 
 # %% ../nbs/17_compare.ipynb #6fd08cc3
 _LR, _WD, _TAU = ("log", 1e-3, 1e-2), ("log", 1e-7, 1e-4), ("log", 0.05, 1.0)
-HPARAMS = {m: {"optim.lr": _LR, "optim.weight_decay": _WD, **({"model.tau": _TAU} if t else {})}
+HPARAMS = {m: {"optim.lr": _LR, "optim.weight_decay": _WD, **({"model.options.temperature": _TAU} if t else {})}
            for m, t in (("simclr", True), ("supcon", True), ("excon", True), ("exconb", True), ("dcodr", True), ("dcodr_nonegs", True),
                         ("dcodr_rec", True), ("byol", False), ("wmse", False), ("barlow_twins", False))}
 ICL_HPARAMS = {"icl.lam": ("log", 0.1, 10.0)}   # added for a run with ICL-MSR or one of its controls
@@ -156,7 +158,7 @@ def check_methods(st: dict, fit) -> None:
     for m in st["methods"]:
         cfg = resolve_defaults(resolve_run_name(run_config(st, m, st["seeds"][0], 0 if st.get("hparams") else None)))
         check_used(cfg)
-        check_needs(getattr(METHODS[cfg.model.method], "needs", ()), fit, f"method {m!r}")
+        check_needs(METHODS[cfg.model.method].needs, fit, f"method {m!r}")
     if st.get("fg_control") and not fit.has_masks:
         raise UserError(f"the foreground check (a model trained on foreground-only images) needs foreground masks and "
                         f"{st['data']!r} has none; pass --no-fg-control")
@@ -459,7 +461,7 @@ def plot_compare(res: dict, columns: list, title: str):
 # %% ../nbs/17_compare.ipynb #adb59e06
 def supervised(method: str) -> bool:
     "Whether the run name's method trains with labels (SupCon, ExCon, ...): its Grad-CAM explains a class it was taught."
-    return "labels" in getattr(METHODS[resolve_run_name(load_config(None, [f"model.method={method}"], resolve=False)).model.method], "needs", ())
+    return "labels" in METHODS[resolve_run_name(load_config(None, [f"model.method={method}"], resolve=False)).model.method].needs
 
 def saliency_html(out, n: int = 6, size: int = 56) -> str:
     "Grad-CAM overlays (encoder + the run's linear probe) of each supervised method's first-seed run on `n` mixed_rand test images, as static HTML."

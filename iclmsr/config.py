@@ -11,10 +11,10 @@ from typing import Literal, Optional, Union, get_args, get_origin, get_type_hint
 import yaml
 
 # %% auto #0
-__all__ = ['PROJ_DIM', 'BATCH_SIZE', 'RUN_SUFFIXES', 'DO_BG', 'METHOD_DEFAULTS', 'DOMAIN_WISE', 'DataConfig', 'ModelConfig',
-           'ICLConfig', 'InterveneConfig', 'OptimConfig', 'TrainConfig', 'Config', 'ConfigError', 'config_from_dict',
-           'config_to_dict', 'apply_overrides', 'read_config_file', 'load_config', 'dump_config', 'config_diff',
-           'split_run_name', 'intervenes', 'run_name', 'resolve_run_name', 'control_names', 'resolve_defaults']
+__all__ = ['BATCH_SIZE', 'RUN_SUFFIXES', 'DO_BG', 'DataConfig', 'ModelConfig', 'ICLConfig', 'InterveneConfig', 'OptimConfig',
+           'TrainConfig', 'Config', 'ConfigError', 'coerce_value', 'config_from_dict', 'config_to_dict',
+           'apply_overrides', 'read_config_file', 'load_config', 'dump_config', 'config_diff', 'split_run_name',
+           'intervenes', 'run_name', 'resolve_run_name', 'control_names']
 
 # %% ../nbs/00b_config.ipynb #469f1585
 def _check(ok, must: str):
@@ -42,16 +42,13 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     "The base method, its backbone and heads."
-    method: str = _f("simclr", help="base method: simclr, byol, wmse, barlow_twins, supcon, dcodr, dcodr_nonegs, dcodr_rec, excon, exconb (+do-bg and one of +icl-msr, +icl-frozen, +ntxent: a run name)")
+    method: str = _f("simclr", help="a registered method (iclmsr.methods.METHODS), optionally with +do-bg and one of "
+                     "+icl-msr, +icl-frozen, +ntxent: a run name")
     backbone: str = _f("resnet18", help="resnet18, resnet50 or small_cnn")
-    proj_hidden: int = _f(1024, _pos, "> 0", help="hidden width of the projection MLP (not used by the DCoDR methods' linear code head)")
-    proj_dim: Optional[int] = _f(None, _pos, "> 0", help="projection / code size (null: the method's own, 128 for the DCoDR methods, else 64)")
-    tau: Optional[float] = _f(None, _pos, "> 0", help="temperature of the base method's loss (null: the method's own, SimCLR 0.5, SupCon 0.1)")
-    init: Optional[str] = _f(None, help="MoCo v2 checkpoint (e.g. moco_v2_800ep_pretrain.pth.tar) to start the ResNet backbone from, with the ImageNet stem; the DCoDR methods also keep its first projection layer (null: random init)")
-    vgg_weights: Optional[str] = _f(None, help="dcodr_rec: torchvision's vgg16 ImageNet state dict file (vgg16-397923af.pth) for the perceptual term (null: pixel L1 alone, a departure from DCoDR)")
-    exp_epochs: Optional[int] = _f(None, _nonneg, ">= 0", help="excon, exconb: the epoch the masked views start (plain SupCon before; null: a quarter of train.epochs, as ExCon's 50 of 200)")
-    background_anchor: bool = _f(False, help="exconb: the appended misclassified masked images are anchors and positives among themselves (true), or only negatives (false)")
-    cam_layer: Optional[str] = _f(None, help="excon, exconb: the Grad-CAM layer, a dotted module name in the backbone such as net.layer3.1.conv2 (null: ExCon's: a ResNet's layer2 last conv below 64 px, layer4's from 64 px; the small CNN's last conv)")
+    init: Optional[str] = _f(None, help="MoCo v2 checkpoint (e.g. moco_v2_800ep_pretrain.pth.tar) to start the ResNet "
+                             "backbone from, with the ImageNet stem (null: random init)")
+    options: dict = field(default_factory=dict, metadata={"help": "the method's own options: its constructor's keywords "
+                          "(e.g. temperature, proj_dim); --print-config lists them with their defaults"})
 
 # %% ../nbs/00b_config.ipynb #c68b828e
 @dataclass
@@ -120,10 +117,10 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
-PROJ_DIM, BATCH_SIZE = 64, 256   # model.proj_dim and train.batch_size where the method has none of its own
-# a config leaves these fields null ("the method's own"); code that takes its default from the class
-# (`SimCLR(proj_dim=ModelConfig.proj_dim)`) reads the value a method without one of its own gets
-ModelConfig.proj_dim, TrainConfig.batch_size = PROJ_DIM, BATCH_SIZE
+BATCH_SIZE = 256   # train.batch_size of a method that takes random batches
+# a config leaves train.batch_size null ("the method's own": a domain-balanced method's batches are shaped by the
+# sampler); code that takes its default from the class (`Learner(batch_size=TrainConfig.batch_size)`) reads 256
+TrainConfig.batch_size = BATCH_SIZE
 
 # %% ../nbs/00b_config.ipynb #f8fc0afe
 class ConfigError(ValueError):
@@ -137,14 +134,15 @@ def _describe(typ) -> str:
     return getattr(typ, "__name__", str(typ))
 
 # %% ../nbs/00b_config.ipynb #86010743
-def _coerce(value, typ, key: str):
+def coerce_value(value, typ, key: str):
+    "`value` as type `typ` (a string from the command line parsed), or a `ConfigError` naming `key`."
     origin = get_origin(typ)
     if origin in (Union, types.UnionType):
         args = get_args(typ)
         if type(None) in args and (value is None or (isinstance(value, str) and value.lower() in ("null", "none"))): return None
         errs = []
         for a in (a for a in args if a is not type(None)):
-            try: return _coerce(value, a, key)
+            try: return coerce_value(value, a, key)
             except ConfigError as e: errs.append(e)
         raise ConfigError(f"{key}: {value!r} is not {_describe(typ)}")
     if origin is Literal:
@@ -171,6 +169,9 @@ def _coerce(value, typ, key: str):
     if typ is str:
         if isinstance(value, str): return value
         raise ConfigError(f"{key}: {value!r} is not a string")
+    if typ is dict:   # a mapping checked by whoever reads it (model.options: the method's constructor)
+        if isinstance(value, dict) and all(isinstance(k, str) and k for k in value): return dict(value)
+        raise ConfigError(f"{key}: {value!r} is not a mapping of names to values (e.g. {key}.temperature=0.2)")
     raise ConfigError(f"{key}: unsupported field type {typ}")
 
 # %% ../nbs/00b_config.ipynb #5212dd7f
@@ -188,7 +189,7 @@ def config_from_dict(d: dict | None = None, cls=Config, prefix: str = ""):
         if name not in d: continue
         key, typ = prefix + name, hints[name]
         if is_dataclass(typ): kw[name] = config_from_dict(d[name], typ, key + "."); continue
-        v = _coerce(d[name], typ, key)
+        v = coerce_value(d[name], typ, key)
         chk = f.metadata.get("check")
         if chk is not None and v is not None and not chk(v): raise ConfigError(f"{key}: {v!r} must be {f.metadata['must']}")
         kw[name] = v
@@ -231,22 +232,29 @@ def read_config_file(path: str | Path) -> dict:
     return d or {}
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, resolve: bool = True) -> Config:
-    "A `Config` from an optional YAML/JSON file plus `key=value` overrides; `resolve`: run name and the methods' own defaults resolved."
+    "A `Config` from an optional YAML/JSON file plus `key=value` overrides; `resolve`: its run name resolved (`resolve_run_name`)."
     d = read_config_file(path) if path else {}
     cfg = config_from_dict(apply_overrides(d, overrides))
-    return resolve_defaults(resolve_run_name(cfg)) if resolve else cfg
+    return resolve_run_name(cfg) if resolve else cfg
 
-def dump_config(cfg: Config, comments: bool = True) -> str:
-    "YAML text of `cfg`, each section and field with its help as a comment."
+def _yaml_value(v) -> str: return yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
+
+def _line(indent: int, key: str, value: str, note: str) -> str:
+    return " " * indent + f"{key}: {value}" + (f"  # {note}" if note else "")
+
+def dump_config(cfg: Config, comments: bool = True, notes: dict | None = None) -> str:
+    "YAML text of `cfg`, each section and field with its help as a comment; `notes`: comments of mapping entries by dotted key."
     if not comments: return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
-    lines = []
+    lines, notes = [], notes or {}
     for sec in fields(cfg):
         sub = getattr(cfg, sec.name)
         lines.append(f"{sec.name}:  # {type(sub).__doc__}")
         for f in fields(sub):
-            v = yaml.safe_dump(getattr(sub, f.name), default_flow_style=True).strip().removesuffix("...").strip()
-            note = "; ".join(x for x in (f.metadata.get("help", ""), ("must be " + f.metadata["must"]) if f.metadata.get("must") else "") if x)
-            lines.append(f"  {f.name}: {v}" + (f"  # {note}" if note else ""))
+            v, must = getattr(sub, f.name), f.metadata.get("must")
+            note = "; ".join(x for x in (f.metadata.get("help", ""), ("must be " + must) if must else "") if x)
+            if not (isinstance(v, dict) and v): lines.append(_line(2, f.name, _yaml_value(v), note)); continue
+            lines.append(f"  {f.name}:" + (f"  # {note}" if note else ""))
+            for k, x in v.items(): lines.append(_line(4, k, _yaml_value(x), notes.get(f"{sec.name}.{f.name}.{k}", "")))
     return "\n".join(lines) + "\n"
 
 def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -298,18 +306,3 @@ def resolve_run_name(cfg: Config) -> Config:
 def control_names(base: str = ModelConfig.method) -> list[str]:
     "The base method and its three ICL runs, in the order a comparison shows them."
     return [base] + [f"{base}+{s}" for s in RUN_SUFFIXES]
-
-# %% ../nbs/00b_config.ipynb #fd011065
-METHOD_DEFAULTS = {"dcodr": {"augment": "dcodr", "proj_dim": 128}, "dcodr_nonegs": {"augment": "dcodr", "proj_dim": 128},
-                   "dcodr_rec": {"augment": "dcodr", "proj_dim": 128}}
-DOMAIN_WISE = frozenset({"dcodr", "dcodr_rec"})   # methods whose batches are domain-balanced (they need domain ids)
-
-def resolve_defaults(cfg: Config) -> Config:
-    "`cfg` with the null `data.augment`, `model.proj_dim` and `train.batch_size` set to its method's own (see `METHOD_DEFAULTS`)."
-    base = split_run_name(cfg.model.method)[0]
-    own = METHOD_DEFAULTS.get(base, {})
-    data, model, train = cfg.data, cfg.model, cfg.train
-    if data.augment is None: data = dataclasses.replace(data, augment=own.get("augment", "wmse"))
-    if model.proj_dim is None: model = dataclasses.replace(model, proj_dim=own.get("proj_dim", PROJ_DIM))
-    if train.batch_size is None and base not in DOMAIN_WISE: train = dataclasses.replace(train, batch_size=BATCH_SIZE)
-    return dataclasses.replace(cfg, data=data, model=model, train=train)

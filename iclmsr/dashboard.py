@@ -16,7 +16,9 @@ from .utils import fmt_duration
 from .config import DataConfig, ModelConfig, ICLConfig, TrainConfig, load_config, dump_config, config_from_dict, config_to_dict
 from .methods import METHODS
 from .checkpoint import load_checkpoint
-from .learner import Learner, Callback, Checkpointer, Control, default_callbacks
+from .build import Learner
+from .learner import Callback
+from .callbacks import Checkpointer, Control, default_callbacks
 from .viz import Showable, figure_html
 
 # %% auto #0
@@ -569,8 +571,8 @@ class _Blocks(Callback):
 def bench_dashboard(overrides: list[str] | None = None, steps: int = 480, block_epochs: int = 3, every: float = 1.0,
                     show: bool = False, max_points: int = 1500) -> dict:
     "Steps/s with and without a watching dashboard, in alternating blocks of one run; the overhead in %."
-    base = ["data.spec=toy:num_classes=4,n_train=64,n_test=16", "model.backbone=small_cnn", "model.proj_hidden=128",
-            "model.proj_dim=32", "train.batch_size=32", "train.knn_every=0", "optim.warmup_steps=0", "icl.enabled=true",
+    base = ["data.spec=toy:num_classes=4,n_train=64,n_test=16", "model.backbone=small_cnn", "model.options.proj_hidden=128",
+            "model.options.proj_dim=32", "train.batch_size=32", "train.knn_every=0", "optim.warmup_steps=0", "icl.enabled=true",
             "icl.n_strata=4", "train.device=cpu"]
     learn = Learner.from_config(load_config(None, base + list(overrides or [])))
     block = learn.batches_per_epoch * block_epochs

@@ -47,7 +47,7 @@ def demo_config(st: dict, icl: bool | str, seed: int = 0) -> Config:
     "The training config of one demo model: a run name ('simclr+icl-frozen'), or `icl` True/False for simclr(+icl-msr)."
     name = icl if isinstance(icl, str) else DEMO_MODELS[bool(icl)]
     steps = st["epochs"] * ((st["num_classes"] * st["n_train"]) // st["batch_size"])
-    return load_config(None, [f"data.spec={st['spec']}", f"model.backbone={st['backbone']}", f"model.proj_hidden={st['proj_hidden']}",
+    return load_config(None, [f"data.spec={st['spec']}", f"model.backbone={st['backbone']}", f"model.options.proj_hidden={st['proj_hidden']}",
                               f"train.epochs={st['epochs']}", f"train.batch_size={st['batch_size']}", f"train.device={st['device']}",
                               f"train.seed={seed}", "train.knn_every=0", "train.ckpt_every=0",
                               f"optim.warmup_steps={min(500, steps // 10)}", f"model.method={name}",

@@ -18,7 +18,7 @@ from .explain import ExplainError, cam_layer, explanation_measures
 from .config import Config, config_from_dict
 from .checkpoint import load_checkpoint, atomic_save
 from .augment import TwoViewAugment
-from .learner import Learner, method_from_config
+from .build import Learner, method_from_config
 
 
 # %% auto #0

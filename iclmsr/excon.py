@@ -11,11 +11,10 @@ import torch.distributed
 from torch import nn
 import torch.nn.functional as F
 from fastcore.basics import patch
-from .config import ModelConfig
 from .batch import Batch, as_batch
 from .losses import supcon_loss, gather_pair, process_group, gather_rows, _all_gather_cat, _float
 from .explain import grad_cam, saliency_mask, cam_layer
-from .methods import Method, SupCon, METHODS, build_method
+from .methods import Method, SupCon, METHODS, build_method, register_method
 from .utils import get_device, seed_everything, timed
 
 # %% auto #0
@@ -30,21 +29,38 @@ def masked_view(clean: torch.Tensor, cam: torch.Tensor, threshold: float = 0.5) 
     return torch.where(keep[:, None], clean, clean.new_zeros(()))
 
 # %% ../nbs/06b_excon.ipynb #000a6424
+def _check_cam_layer(backbone: nn.Module, name: str):
+    "Refuse a `cam_layer` that names no module of the backbone, in one line naming ExCon's own."
+    try: backbone.get_submodule(name)
+    except AttributeError:
+        names = {id(m): n for n, m in backbone.named_modules()}
+        own = {s: names.get(id(l), l) if isinstance(l := cam_layer(backbone, s), nn.Module) else l for s in (32, 64)}
+        raise ValueError(f"cam_layer: {name!r} is not a module of the backbone (ExCon's for it: {own[32]} below 64 px, "
+                         f"{own[64]} from 64 px); name one of print(method.backbone)'s modules, or null") from None
+
+# %% ../nbs/06b_excon.ipynb #bcd07c75
+@register_method
 class ExCon(SupCon):
     "ExCon: SupCon whose first view is the Grad-CAM-masked clean image when the previous epoch's classifier still gets it right, else the augmented backup."
     name = "excon"
     desc = "ExCon: SupCon with explanation-masked views (Grad-CAM of encoder + linear classifier; needs labels, clean images)"
-    needs = frozenset({"labels", "clean"})
+    needs, from_data = frozenset({"labels", "clean"}), ("n_classes",)
     negative_pair = False   # ExConB appends each rejected masked image to both views, labelled n_classes
     bg_negative = False     # its first view is already the masked image: do(background)'s background negative is refused
 
-    def __init__(self, backbone, proj_hidden: int = ModelConfig.proj_hidden, proj_dim: int = 128, temperature: float = 0.1,
-                 base_temperature: float | None = 0.07, n_classes: int = 10, exp_epochs: int | None = None,
-                 threshold: float = 0.5, cam_layer: str | None = None, clf_lr: float = 0.1, clf_momentum: float = 0.9):
+    def __init__(self, backbone, proj_hidden: int = 1024, proj_dim: int = 128, temperature: float = 0.1,
+                 base_temperature: float | None = 0.07,  # SupContrast's base temperature, which ExCon keeps
+                 n_classes: int = 10,
+                 exp_epochs: int | None = None,          # the epoch the masked views start (None: a quarter of the run)
+                 threshold: float = 0.5,                 # saliency at or below it (min-max normalised) is masked
+                 cam_layer: str | None = None,           # Grad-CAM layer, a dotted name in the backbone (None: ExCon's)
+                 clf_lr: float = 0.1,                    # learning rate of the classifier's own SGD
+                 clf_momentum: float = 0.9):             # its momentum
         super().__init__(backbone, proj_hidden, proj_dim, temperature, base_temperature)
         if not isinstance(n_classes, int) or n_classes < 2: raise ValueError(f"n_classes must be an integer >= 2, got {n_classes!r}")
         if exp_epochs is not None and (not isinstance(exp_epochs, int) or exp_epochs < 0):
             raise ValueError(f"exp_epochs must be an integer >= 0 or None (a quarter of the run), got {exp_epochs!r}")
+        if cam_layer is not None: _check_cam_layer(backbone, cam_layer)
         self.n_classes, self.exp_epochs, self.threshold, self.cam_layer_name = n_classes, exp_epochs, threshold, cam_layer
         self.clf_lr, self.clf_momentum = clf_lr, clf_momentum
         self._make_classifier(n_classes)
@@ -155,9 +171,16 @@ def gather_ragged(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor, anch
 
 # %% ../nbs/06b_excon.ipynb #e9e08d21
 @patch
-def training_loss(self: ExCon, batch, *rest, step: int | None = None) -> dict:
-    "`Method.training_loss` on the prepared `Batch` (see `prepare`)."
-    return Method.training_loss(self, self.prepare(as_batch(batch, *rest)), step=step)
+def check_epochs(self: ExCon, epochs: int):
+    "Refuse a run whose masked views would never be used (`exp_epochs` beyond its `epochs`)."
+    if self.exp_epochs is not None and self.exp_epochs > epochs:
+        raise ValueError(f"exp_epochs={self.exp_epochs} is beyond the run's {epochs} epochs (train.epochs): the masked "
+                         "views would never be used; set it to at most train.epochs, or null for a quarter of the run")
+
+@patch(cls_method=True)
+def data_options(cls: ExCon, data, augment: str) -> dict:
+    "The classifier's class count: the training data's (at least 2)."
+    return {"n_classes": max(data.num_classes, 2)}
 
 # %% ../nbs/06b_excon.ipynb #aa60e528
 @patch
@@ -175,20 +198,19 @@ def step_end(self: ExCon, step: int, total_steps: int):
     self.last_clf_loss = loss.detach()
 
 # %% ../nbs/06b_excon.ipynb #7d0356ec
+@register_method
 class ExConB(ExCon):
     "ExConB: ExCon whose rejected masked images also enter both views with the extra label `n_classes`."
     name = "exconb"
     desc = "ExConB: ExCon plus each misclassified masked image as an extra 'background' sample (label n_classes) in both views"
     negative_pair = True
-    def __init__(self, backbone, proj_hidden: int = ModelConfig.proj_hidden, proj_dim: int = 128, temperature: float = 0.1,
+    def __init__(self, backbone, proj_hidden: int = 1024, proj_dim: int = 128, temperature: float = 0.1,
                  base_temperature: float | None = 0.07, n_classes: int = 10, exp_epochs: int | None = None,
                  threshold: float = 0.5, cam_layer: str | None = None, clf_lr: float = 0.1, clf_momentum: float = 0.9,
-                 background_anchor: bool = False):
+                 background_anchor: bool = False):  # the appended masked images are anchors too (True), or negatives only
         super().__init__(backbone, proj_hidden, proj_dim, temperature, base_temperature, n_classes, exp_epochs,
                          threshold, cam_layer, clf_lr, clf_momentum)
         self.background_anchor = background_anchor
-
-METHODS.update({c.name: c for c in (ExCon, ExConB)})
 
 # %% ../nbs/06b_excon.ipynb #74b164ab
 def _excon_contenders(backbone, size, n_classes, dev) -> dict:

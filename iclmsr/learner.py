@@ -4,37 +4,24 @@
 
 # %% ../nbs/12_learner.ipynb #c8818478
 from __future__ import annotations
-import contextlib, csv, functools, json, math, os, signal, statistics, sys, threading, time, warnings
-from dataclasses import fields
+import contextlib, math, os, threading, warnings
 from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.distributed as dist
 from fastcore.basics import patch
-from fastcore.script import Param
-from .utils import get_device, seed_everything, fmt_duration, UserError
-from .config import (Config, ModelConfig, RUN_SUFFIXES, resolve_run_name, ICLConfig, InterveneConfig, OptimConfig, TrainConfig, ConfigError, config_to_dict, config_from_dict,
-                           dump_config, load_config, resolve_defaults, BATCH_SIZE, DOMAIN_WISE)
-from .checkpoint import rng_state, set_rng_state, CheckpointKeeper, load_checkpoint
-from .data import load_dataset, FgBgData, variant_of, available_variants
-from .augment import TwoViewAugment, PRESETS
+from .utils import get_device, seed_everything
+from .config import OptimConfig, TrainConfig, BATCH_SIZE, config_to_dict
+from .checkpoint import rng_state, set_rng_state, load_checkpoint
+from .augment import TwoViewAugment
 from .batch import Batch, gather, make_batch, check_needs
-from .intervene import BackgroundIntervention, background_pool, intervention_generator
-from .msr import MetaSemanticRegularizer, adam_precond
-from .losses import nt_xent
-from .methods import build_method, METHODS, ICLMSR, NonFiniteLoss, options
-from .excon import ExCon
-from .explain import cam_layer
-from .models import load_moco
-from .knn import knn_predict
+from .intervene import intervention_generator
+from .methods import NonFiniteLoss
 from .sampler import balanced_shape, domain_batches
 
 # %% auto #0
-__all__ = ['EVENTS', 'CSV_FIELDS', 'CONTROLS', 'DIAGNOSE_BASE', 'CancelFit', 'Callback', 'lr_factor', 'make_optimizer',
-           'dist_env', 'init_distributed', 'average_gradients', 'Learner', 'Control', 'MixedPrecision', 'ChannelsLast',
-           'Distributed', 'setting', 'ProgressCallback', 'MetricsLogger', 'extract_features', 'KNNMonitor',
-           'Checkpointer', 'default_callbacks', 'icl_regularizer', 'unused_keys', 'check_used', 'num_domains',
-           'method_from_config', 'diagnose_icl', 'train']
+__all__ = ['EVENTS', 'CancelFit', 'Callback', 'lr_factor', 'make_optimizer', 'dist_env', 'init_distributed', 'average_gradients',
+           'Distributed', 'Learner']
 
 # %% ../nbs/12_learner.ipynb #2115fc07
 class CancelFit(Exception):
@@ -48,6 +35,8 @@ class Callback:
     order = 0
     learn: "Learner" = None
     def __repr__(self): return type(self).__name__
+    def after_load(self, ck: dict):
+        "Called by `Learner.load_state_dict` after it restored checkpoint `ck`; nothing by default."
 
 # %% ../nbs/12_learner.ipynb #cc0bb5d8
 def lr_factor(step: int, total: int, warmup: int = 0, schedule: str = "cosine", epochs: int = 1) -> float:
@@ -98,6 +87,21 @@ def average_gradients(params):
     i = 0
     for g in grads: g.copy_(flat[i:i + g.numel()].view_as(g)); i += g.numel()
 
+# %% ../nbs/12_learner.ipynb #b903e70d
+class Distributed(Callback):
+    "Many processes under torchrun: equal initial weights, averaged gradients, and a stop every process agrees on."
+    order = -15
+    def before_fit(self):
+        for p in self.learn.method.state_dict().values():
+            if torch.is_tensor(p): dist.broadcast(p, 0)   # not a method's extra state (ExCon's classifier optimiser)
+    def after_backward(self): average_gradients(self.learn.params)
+    def before_batch(self):
+        "Stop before this batch? One process asked to stop stops them all, at the same batch (one all-reduce of a flag)."
+        L = self.learn
+        flag = torch.tensor([float(L.stopping)], device=L.device if L.device.type == "cuda" else "cpu")
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if bool(flag.item()) and not L.stopping: L.stop()   # one device sync per batch
+
 # %% ../nbs/12_learner.ipynb #7d433f0a
 class Learner:
     "Train `method` on `data` (an `FgBgData`) with two views per image from `augment`; `cbs` plug into the loop's events."
@@ -109,17 +113,17 @@ class Learner:
         self.device = device if isinstance(device, torch.device) else get_device(device)
         self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         self.seed, self.deterministic, self.workers, self.data = seed, deterministic, workers, data
-        self.needs = frozenset(getattr(method, "needs", ()))
-        check_needs(self.needs, data, f"method {getattr(method, 'name', '') or type(method).__name__!r}")
+        self.needs, who = frozenset(method.needs), method.name or type(method).__name__
+        check_needs(self.needs, data, f"method {who!r}")
         self.intervene = intervene
         self.raw_needs = self.needs | self._check_intervention(method)   # what a step gathers: the needs, and the intervention's
-        self._set_batch_shape(batch_size, domains_per_batch, per_domain, getattr(method, "name", "") or type(method).__name__)
-        self.aug = (augment if augment is not None else TwoViewAugment(size=data.image_size)).to(self.device)
+        self._set_batch_shape(batch_size, domains_per_batch, per_domain, method.domain_balanced, who)
+        self.aug = (augment if augment is not None else TwoViewAugment(method.augment, size=data.image_size)).to(self.device)
         self.method = method.to(self.device)
         self.params = self.method.encoder_parameters()
         self.n_epochs, self.epoch, self.stage, self.batch_idx, self.step = 1, 0, "fit", 0, 0
         o = optim if optim is not None else OptimConfig()
-        self.opt = make_optimizer(self.method.param_groups() if hasattr(self.method, "param_groups") else self.params, o.name, o.lr, o.weight_decay, o.momentum)
+        self.opt = make_optimizer(self.method.param_groups(), o.name, o.lr, o.weight_decay, o.momentum)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda s: lr_factor(s, self.total_steps, o.warmup_steps, o.schedule, self.n_epochs))
         self.metrics, self.last_batch, self.cancelled, self.batches = {}, {}, False, []
@@ -128,10 +132,10 @@ class Learner:
         self.cbs = []
         self.add_cbs(([Distributed()] if self.world > 1 and not any(isinstance(c, Distributed) for c in cbs) else []) + list(cbs))
 
-    def _set_batch_shape(self, batch_size, domains_per_batch, per_domain, who):
-        "Random batches of `batch_size` (256 when None), or domain-balanced ones when the method needs domains."
+    def _set_batch_shape(self, batch_size, domains_per_batch, per_domain, balanced: bool, who: str):
+        "Random batches of `batch_size` (256 when None), or domain-balanced ones for a `domain_balanced` method."
         self.domain_shape = None
-        if "domains" in self.needs:   # domain_batches: domains_per_batch x per_domain, checked against the data
+        if balanced:   # domain_batches: domains_per_batch x per_domain, checked against the data
             self._domains = self.data.backgrounds.detach().cpu().long()
             self.domain_shape = balanced_shape(self._domains, domains_per_batch, per_domain, batch_size, n=len(self.data))
             batch_size = self.domain_shape[0] * self.domain_shape[1]
@@ -150,7 +154,7 @@ class Learner:
     @property
     def meta_batches_per_epoch(self) -> int:
         "Stage-2 steps per epoch (each uses two batches), as the regulariser sets them from its `meta_share`."
-        return self.method.meta_steps(self.batches_per_epoch) if hasattr(self.method, "meta_steps") else 0
+        return self.method.meta_steps(self.batches_per_epoch)
     @property
     def total_steps(self) -> int: return self.n_epochs * self.batches_per_epoch
     @property
@@ -166,8 +170,8 @@ def _check_intervention(self: Learner, method) -> frozenset:
     if tuple(iv.pool.images.shape[1:]) != tuple(self.data.images.shape[1:]):
         raise ValueError(f"the background pool's images are {tuple(iv.pool.images.shape[1:])}, the data's {tuple(self.data.images.shape[1:])}: build it with background_pool(data)")
     if not iv.bg_negative: return frozenset({"masks"})
-    who = getattr(method, "name", "") or type(method).__name__
-    if not getattr(method, "bg_negative", False):
+    who = method.name or type(method).__name__
+    if not method.bg_negative:
         raise ValueError(f"intervene.bg_negative adds the anchor's background as a negative; method {who!r} takes none (simclr and supcon do)")
     if len(iv.pool) != len(self.data): raise ValueError("bg_negative needs the training data's own pool (one background per image): background_pool(data)")
     return frozenset({"masks", "index"})
@@ -268,7 +272,7 @@ def fit_batch(self: Learner, batch: Batch):
     self.opt.step()
     self.sched.step()
     self.step += 1
-    if hasattr(self.method, "step_end"): self.method.step_end(self.step, self.total_steps)
+    self.method.step_end(self.step, self.total_steps)
     self.last_batch = {k: _scalar(v) for k, v in out.items() if k in ("loss", "base", "rec", "icl", "icl_gap", "masked_share") and v is not None}
     self.last_batch["lr"] = self.sched.get_last_lr()[0]
     if batch.swapped is not None:   # do(background): the share of the intervened views that got a new background
@@ -278,8 +282,7 @@ def fit_batch(self: Learner, batch: Batch):
 def meta_batch(self: Learner, batch_a: Batch, batch_b: Batch):
     "Stage 2: one update of the stratum vectors through the meta-gradient, encoder fixed (outer objective on `batch_b`)."
     self.method.train()
-    pre = adam_precond(self.opt) if getattr(self.method.msr, "virtual_step", "sgd") == "adam" else None
-    try: res = self.method.meta_step(batch_a, batch_b, inner_lr=self.sched.get_last_lr()[0], step=self.step, precond=pre)
+    try: res = self.method.meta_step(batch_a, batch_b, step=self.step, optimizer=self.opt)   # lr, preconditioner: its own
     except NonFiniteLoss as e:
         e.args = (f"{e} (epoch {self.epoch}, meta step {self.batch_idx}); the last checkpoint holds the strata from "
                   "before it: try a lower icl.meta_lr",)
@@ -315,8 +318,7 @@ def fit(self: Learner, epochs: int | None = None):
             stages = self.stages
             if self.stage not in stages: self.stage, self.batch_idx = "fit", 0
             if self.stage == stages[0] and self.batch_idx == 0:
-                base = getattr(self.method, "base", self.method)   # ExCon freezes the classifier that explains this epoch
-                if hasattr(base, "epoch_start"): base.epoch_start(self.epoch, self.n_epochs)
+                self.method.epoch_start(self.epoch, self.n_epochs)   # ExCon freezes the classifier that explains it
                 self("before_epoch")
             for s in stages[stages.index(self.stage):]:
                 self._run_stage(s, self.batch_idx if s == self.stage else 0)
@@ -339,7 +341,7 @@ def _rng_states(self: Learner):
 def state_dict(self: Learner, epoch_end: bool = False) -> dict:
     "Everything needed to continue this run bit for bit (`epoch_end`: positioned at the start of the next epoch)."
     from iclmsr import __version__
-    meta_opt = getattr(self.method, "meta_optimizer", None)
+    meta_opt = self.method.meta_optimizer
     pos = (self.epoch + 1, self.stages[0], 0) if epoch_end else (self.epoch, self.stage, self.batch_idx)
     return {"model": self.method.state_dict(), "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
             "meta_optimizer": meta_opt.state_dict() if meta_opt is not None else None,
@@ -352,7 +354,7 @@ def load_state_dict(self: Learner, ck: dict):
     "Restore a `state_dict`: weights, optimisers, schedule, position, metrics and every process's generators."
     self.method.load_state_dict(ck["model"])
     self.opt.load_state_dict(ck["optimizer"]); self.sched.load_state_dict(ck["scheduler"])
-    meta_opt = getattr(self.method, "meta_optimizer", None)
+    meta_opt = self.method.meta_optimizer
     if meta_opt is not None and ck.get("meta_optimizer") is not None: meta_opt.load_state_dict(ck["meta_optimizer"])
     self.epoch, self.stage, self.batch_idx, self.step = ck["epoch"], ck["stage"], ck["batch"], ck["step"]
     self.metrics = dict(ck.get("metrics") or {})
@@ -365,7 +367,7 @@ def load_state_dict(self: Learner, ck: dict):
                       "fresh generators per process, so the augmentations will not replay exactly")
         seed_everything(self.seed + self.rank + 1_000_003 * self.step, self.deterministic)
     for cb in self.cbs:
-        if hasattr(cb, "after_load"): cb.after_load(ck)
+        cb.after_load(ck)
 
 @patch
 def resume(self: Learner, path: str | Path | None = None):
@@ -374,454 +376,3 @@ def resume(self: Learner, path: str | Path | None = None):
     self.load_state_dict(load_checkpoint(path, config=config_to_dict(self.cfg) if self.cfg is not None else None,
                                          map_location=self.device))
     return self
-
-# %% ../nbs/12_learner.ipynb #2fcf0d04
-class Control(Callback):
-    "Pause, continue and stop a run from another thread (the dashboard's buttons); they act between two batches."
-    order = -20
-    def __init__(self): self._pause, self._held = threading.Event(), threading.Event()
-    def pause(self): self._pause.set()
-    def unpause(self): self._pause.clear()
-    def stop(self):
-        "End the run before the next batch (a paused run ends without resuming)."
-        self._pause.clear(); self.learn.stop()
-    @property
-    def paused(self) -> bool: return self._pause.is_set()
-    @property
-    def held(self) -> bool:
-        "True while a paused run is actually waiting between two batches."
-        return self._held.is_set()
-    def before_batch(self):
-        if not self._pause.is_set(): return
-        self._held.set()
-        while self._pause.is_set() and not self.learn.stopping: time.sleep(0.05)
-        self._held.clear()
-
-# %% ../nbs/12_learner.ipynb #be68459a
-class MixedPrecision(Callback):
-    "Run stage 1's forward under autocast to `dtype` (bf16 by default); the losses still compute in float32."
-    order = -10
-    def __init__(self, dtype: torch.dtype = torch.bfloat16): self.dtype = dtype
-    def before_fit(self): self.learn.autocast = functools.partial(torch.autocast, self.learn.device.type, dtype=self.dtype)
-    def after_fit(self): self.learn.autocast = contextlib.nullcontext
-
-class ChannelsLast(Callback):
-    "Keep the model's weights and every batch's images in channels-last memory order (faster convolutions on CUDA)."
-    order = -10
-    def before_fit(self):
-        self.learn.method.to(memory_format=torch.channels_last)
-        self.learn.memory_format = torch.channels_last
-    def after_fit(self): self.learn.memory_format = torch.contiguous_format
-
-class Distributed(Callback):
-    "Many processes under torchrun: equal initial weights, averaged gradients, and a stop every process agrees on."
-    order = -15
-    def before_fit(self):
-        for p in self.learn.method.state_dict().values():
-            if torch.is_tensor(p): dist.broadcast(p, 0)   # not a method's extra state (ExCon's classifier optimiser)
-    def after_backward(self): average_gradients(self.learn.params)
-    def before_batch(self):
-        "Stop before this batch? One process asked to stop stops them all, at the same batch (one all-reduce of a flag)."
-        L = self.learn
-        flag = torch.tensor([float(L.stopping)], device=L.device if L.device.type == "cuda" else "cpu")
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        if bool(flag.item()) and not L.stopping: L.stop()   # one device sync per batch
-
-# %% ../nbs/12_learner.ipynb #573ee666
-def setting(learn, key: str):
-    "`learn.cfg.train.<key>` for a learner built from a config, else that field's default in `TrainConfig`."
-    return getattr(learn.cfg.train if learn.cfg is not None else TrainConfig, key)
-
-class ProgressCallback(Callback):
-    "A progress line: epoch, stage, loss, images/s, elapsed and ETA (rank 0 only)."
-    order = 50
-    def __init__(self, every: int | None = None, file=None): self.every, self.file = every, file
-    def before_fit(self):
-        self.t0, self.n0, self.step0 = time.time(), 0, self.learn.step
-        self.tty = hasattr(self.file or sys.stdout, "isatty") and (self.file or sys.stdout).isatty()
-    def after_batch(self):
-        L = self.learn
-        if L.rank != 0 or L.stage != "fit": return
-        every = self.every or setting(L, "log_every")
-        if L.step % every and L.step != L.total_steps: return
-        done = L.step - self.step0
-        dt = time.time() - self.t0
-        ips = done * L.batch_size / dt if dt > 0 else 0.0
-        L.metrics["images_per_s"] = ips
-        eta = (L.total_steps - L.step) * dt / done if done else float("nan")
-        loss = " ".join(f"{k} {v:.4f}" for k, v in L.last_batch.items() if k in ("loss", "base", "rec", "icl"))
-        line = (f"epoch {L.epoch + 1}/{L.n_epochs} step {L.step}/{L.total_steps} {loss} | "
-                f"{ips:.0f} img/s | {fmt_duration(dt)} elapsed, {fmt_duration(eta) if done else '--:--'} left")
-        print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=self.file or sys.stdout, flush=True)
-    def after_fit(self):
-        if self.tty and self.learn.rank == 0: print(file=self.file or sys.stdout)
-
-# %% ../nbs/12_learner.ipynb #cea00d47
-CSV_FIELDS = ("time", "epoch", "step", "stage", "loss", "base", "rec", "icl", "icl_gap", "meta", "meta_grad_norm", "meta_grad_cos",
-              "strata_common_share", "strata_spread", "strata_moved", "lr", "images_per_s", "knn_full", "knn_fg", "knn_bg", "swapped_share")
-
-class MetricsLogger(Callback):
-    "Append metric records to `run_dir/metrics.jsonl` and `run_dir/metrics.csv` (rank 0); keep them in `records`."
-    order = 60
-    def __init__(self, every: int | None = None): self.every, self.records = every, []
-    @property
-    def paths(self): return self.learn.run_dir/"metrics.jsonl", self.learn.run_dir/"metrics.csv"
-    def after_load(self, ck):
-        "Drop records written after the checkpoint we resume from."
-        if self.learn.run_dir is None or self.learn.rank != 0: return
-        jl, cs = self.paths
-        if not jl.exists(): return
-        keep = [json.loads(l) for l in jl.read_text().splitlines() if l.strip()]
-        # a batch record at the checkpoint's step was written just before it; epoch and meta records only count if
-        # their epoch ended before the checkpoint's position
-        def before(r):  # a meta record of the checkpoint's own meta stage counts up to the checkpoint's batch
-            same_meta = r.get("kind") == "meta" and ck["stage"] == "meta" and r["epoch"] == ck["epoch"]
-            return r.get("kind") == "batch" or r["epoch"] < ck["epoch"] or (same_meta and r.get("batch", 0) <= ck["batch"])
-        keep = [r for r in keep if r["step"] < ck["step"] or (r["step"] == ck["step"] and before(r))]
-        jl.write_text("".join(json.dumps(r) + "\n" for r in keep))
-        with open(cs, "w", newline="") as f:
-            w = csv.DictWriter(f, CSV_FIELDS, extrasaction="ignore"); w.writeheader(); w.writerows(keep)
-    def log(self, rec: dict):
-        L = self.learn
-        rec = {"time": round(time.time(), 3), "epoch": L.epoch, "step": L.step, "stage": L.stage, **rec}
-        self.records.append(rec)
-        if L.run_dir is None or L.rank != 0: return
-        L.run_dir.mkdir(parents=True, exist_ok=True)
-        jl, cs = self.paths
-        with open(jl, "a") as f: f.write(json.dumps(rec) + "\n")
-        new = not cs.exists()
-        with open(cs, "a", newline="") as f:
-            w = csv.DictWriter(f, CSV_FIELDS, extrasaction="ignore")
-            if new: w.writeheader()
-            w.writerow(rec)
-    def after_batch(self):
-        L = self.learn
-        if L.stage == "fit" and L.step % (self.every or setting(L, "log_every")) == 0:
-            self.log({"kind": "batch", **L.last_batch, "images_per_s": L.metrics.get("images_per_s")})
-        elif L.stage == "meta":   # every meta step: the diagnostics of stage 2 (iclmsr.msr.meta_diagnostics)
-            self.log({"kind": "meta", "batch": L.batch_idx, **L.last_batch})
-    def after_epoch(self):
-        L = self.learn
-        self.log({"kind": "epoch", **{k: v for k, v in L.metrics.items() if k.startswith("knn") or k == "images_per_s"}, **L.last_batch})
-
-# %% ../nbs/12_learner.ipynb #17d57e97
-@torch.no_grad()
-def extract_features(model: nn.Module, images: torch.Tensor, mean, std, batch: int = 512, device=None) -> torch.Tensor:
-    "Backbone features of uint8 `images` (N,3,H,W), normalised with `mean`/`std`, without gradients, in eval mode."
-    device = device or next(model.parameters()).device
-    was = model.training; model.eval()
-    mean = torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    std = torch.as_tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    out = []
-    for i in range(0, len(images), batch):
-        x = (images[i:i + batch].to(device).float() / 255 - mean) / std
-        out.append(model(x).float())
-    model.train(was)
-    return torch.cat(out)
-
-class KNNMonitor(Callback):
-    "5-NN accuracy of backbone features on held-out `data` (full, foreground-only, background-only), every `every` epochs and at the end."
-    order = 40
-    def __init__(self, every: int | None = None, data=None, k: int = 5, max_bank: int = 10_000):
-        self.every, self.data, self.k, self.max_bank = every, data, k, max_bank
-    def before_fit(self):
-        L = self.learn
-        self.sets = None
-        if self._every == 0: return
-        test = next((d for d in (self.data, L.monitor_data) if d is not None), None)
-        if test is None and L.cfg is not None: test = load_dataset(L.cfg.data.spec, "test")
-        if test is None: return   # nothing held out to measure on
-        self.sets = {"knn_full": test}
-        have = available_variants(test)   # variant folders where the data has them, else derived from masks
-        for key, v in (("knn_fg", "only_fg"), ("knn_bg", "only_bg")):
-            if v in have or (v == "only_bg" and "only_bg_t" in have): self.sets[key] = variant_of(test, v)
-        g = torch.Generator().manual_seed(0)
-        n = len(L.data)
-        self.bank_idx = torch.randperm(n, generator=g)[:self.max_bank] if n > self.max_bank else torch.arange(n)
-    def measure(self) -> dict:
-        L = self.learn
-        mean, std = L.aug.mean, L.aug.std
-        bank = extract_features(L.method, L.data.images[self.bank_idx.to(L.data.images.device)], mean, std, device=L.device)
-        labels = L.data.labels[self.bank_idx.to(L.data.labels.device)].cpu()
-        res = {}
-        for name, ds in self.sets.items():
-            q = extract_features(L.method, ds.images, mean, std, device=L.device)
-            pred = knn_predict(bank.cpu(), labels, q.cpu(), k=self.k)
-            res[name] = 100.0 * (pred == ds.labels.cpu()).float().mean().item()
-        return res
-    @property
-    def _every(self) -> int: return self.every if self.every is not None else setting(self.learn, "knn_every")
-    def after_epoch(self):
-        L = self.learn
-        if not self.sets: return
-        e = L.epoch + 1
-        if e % self._every == 0 or e == L.n_epochs: L.metrics.update(self.measure())
-
-# %% ../nbs/12_learner.ipynb #fbe8ae59
-class Checkpointer(Callback):
-    "Write `last.pt` (every `every` steps and each epoch end) and `best.pt` (best `knn_full`); save and stop on SIGINT/SIGTERM."
-    order = 70
-    def __init__(self, every: int | None = None, monitor: str = "knn_full", handle_signals: bool = True):
-        self.every, self.monitor, self.handle_signals, self.signalled = every, monitor, handle_signals, None
-    def before_fit(self):
-        L = self.learn
-        self.keeper = CheckpointKeeper(L.run_dir) if L.run_dir is not None else None
-        if L.metrics.get("best_" + self.monitor) is not None and self.keeper: self.keeper.best = L.metrics["best_" + self.monitor]
-        self._old = {}
-        if self.handle_signals and threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM): self._old[s] = signal.signal(s, self._on_signal)
-    def _on_signal(self, signum, frame):
-        self.signalled = signal.Signals(signum).name
-        self.learn.stop()
-    def save(self, metric=None, epoch_end: bool = False):
-        L = self.learn
-        if self.keeper is None: return
-        if L.rank == 0 and self.keeper.improves(metric): L.metrics["best_" + self.monitor] = metric
-        state = L.state_dict(epoch_end=epoch_end)   # in every process: it gathers their generator states
-        if L.rank == 0: self.keeper.save(state, metric=metric)
-    def after_batch(self):
-        L = self.learn
-        every = self.every if self.every is not None else setting(L, "ckpt_every")
-        if L.stage == "fit" and every and L.step % every == 0: self.save()
-    def after_epoch(self):
-        self.save(self.learn.metrics.get(self.monitor), epoch_end=True)
-    def after_fit(self):
-        L = self.learn
-        for s, h in self._old.items(): signal.signal(s, h)
-        if L.cancelled: self.save()   # stopped between batches: keep exactly where we are
-
-def default_callbacks(progress: bool = True) -> list:
-    "The callbacks of a standard run: progress line, metrics log, kNN monitor, checkpoints."
-    return ([ProgressCallback()] if progress else []) + [MetricsLogger(), KNNMonitor(), Checkpointer()]
-
-# %% ../nbs/12_learner.ipynb #c93e49fe
-CONTROLS = {c: "+" + s for s, c in RUN_SUFFIXES.items()}   # icl.control -> the run-name suffix
-
-def icl_regularizer(icl: ICLConfig, dim: int) -> MetaSemanticRegularizer:
-    "The regulariser `icl` describes, or a control: `frozen` (strata as drawn, no stage 2) or `ntxent` (n = 1, a = 1)."
-    kw = {f.name: getattr(icl, f.name) for f in fields(icl) if f.name not in ("enabled", "control")}
-    if icl.control == "msr" and kw["meta_share"] == 0:
-        raise ConfigError("icl.meta_share=0 leaves the strata where they start (no stage 2): that is the control "
-                          "icl.control=frozen; set it, or a share > 0")
-    if icl.control != "msr": kw["meta_share"] = 0.0
-    if icl.control == "ntxent": kw.update(n_strata=1, activation="identity", init_std=0.0)  # a = 1: L_ICL = NT-Xent
-    return MetaSemanticRegularizer(dim, **kw)
-
-# %% ../nbs/12_learner.ipynb #9b65f35c
-_EXCON_KEYS = {"exp_epochs": "has no masked views (excon and exconb have)", "cam_layer": "computes no Grad-CAM (excon and exconb do)",
-               "background_anchor": "appends no misclassified masked images (exconb does)"}
-
-def unused_keys(cfg: Config) -> dict:
-    "Config keys the run of `cfg` does not read -> why (shown by `iclmsr train --print-config`)."
-    m, out = cfg.model, {}
-    if m.method in METHODS and "temperature" not in options(METHODS[m.method].__init__):
-        out["model.tau"] = f"{m.method} has no temperature"
-    if m.method in METHODS and "proj_hidden" not in options(METHODS[m.method].__init__):
-        out["model.proj_hidden"] = f"{m.method} has a linear code head, no projection MLP"
-    if m.vgg_weights is not None and m.method in METHODS and "vgg_weights" not in options(METHODS[m.method].__init__):
-        out["model.vgg_weights"] = f"{m.method} has no reconstruction term (dcodr_rec has)"
-    for k, why in _EXCON_KEYS.items():   # listed only when set: every other method leaves them alone
-        if getattr(m, k) != getattr(ModelConfig, k) and m.method in METHODS and k not in options(METHODS[m.method].__init__):
-            out["model." + k] = f"{m.method} {why}"
-    if not cfg.intervene.enabled and cfg.intervene != InterveneConfig():   # listed only when set
-        out["intervene.*"] = "intervene.enabled is false"
-    if not cfg.icl.enabled:
-        out["icl.*"] = "icl.enabled is false"
-    elif cfg.icl.control != "msr":
-        out["icl.meta_*"] = f"icl.control={cfg.icl.control} has no stage 2"
-    return out
-
-def check_used(cfg: Config):
-    "Refuse a model key set for a method that does not use it (never dropped silently)."
-    default = {f.name: f.default for f in fields(ModelConfig)}
-    for key, why in unused_keys(cfg).items():
-        sec, name = key.split(".")
-        if sec == "model" and getattr(cfg.model, name) != default[name]:
-            raise ConfigError(f"{key} is not used by method {cfg.model.method!r} ({why}); remove it or choose another method")
-    m = cfg.model.method
-    if "intervene.*" in unused_keys(cfg):
-        raise ConfigError("intervene.* is set but intervene.enabled is false: add +do-bg to model.method (or set intervene.enabled=true), or remove it")
-    if cfg.intervene.enabled and cfg.intervene.bg_negative and m in METHODS and not METHODS[m].bg_negative:
-        raise ConfigError(f"intervene.bg_negative is not used by method {m!r} (it has no negatives to add the anchor's background to; simclr has); remove it")
-    if m in METHODS and "domains" not in METHODS[m].needs:   # the sampler's settings: only a domain-wise method reads them
-        for key in ("domains_per_batch", "per_domain"):
-            if getattr(cfg.train, key) is not None:
-                raise ConfigError(f"train.{key} is not used by method {m!r} (it takes random batches; domain-balanced "
-                                  f"batches are for a method that needs domains: {', '.join(sorted(DOMAIN_WISE))}); remove it")
-
-# %% ../nbs/12_learner.ipynb #e63c83ef
-def num_domains(data) -> int:
-    "How many domain ids the data's background ids span (0 when it has none)."
-    return int(data.backgrounds.max()) + 1 if len(data) and bool((data.backgrounds >= 0).any()) else 0
-
-def _check_cam_layer(backbone: nn.Module, name: str, bb: str, image_size: int):
-    "Refuse a `model.cam_layer` that names no module of the backbone, in one line."
-    try: backbone.get_submodule(name)
-    except AttributeError:
-        raise ConfigError(f"model.cam_layer: {name!r} is not a module of the {bb} backbone (ExCon's for it at {image_size} px: "
-                          f"{cam_layer(bb, image_size)}); name one of print(method.backbone)'s modules, or null") from None
-
-def method_from_config(cfg: Config, image_size: int, data=None):
-    "The method of `cfg` for images of `image_size`, composed with ICL-MSR when `icl.enabled`; given its training `data`, ready to train it (domain count, VGG16 and MoCo files read)."
-    cfg = resolve_defaults(resolve_run_name(cfg))
-    m = cfg.model
-    if m.method not in METHODS: raise ConfigError(f"model.method: unknown method {m.method!r}; allowed: {', '.join(METHODS)}")
-    check_used(cfg)
-    accepts = options(METHODS[m.method].__init__)
-    hp = {k: v for k, v in (("proj_hidden", m.proj_hidden), ("proj_dim", m.proj_dim), ("temperature", m.tau))
-          if k in accepts and v is not None}
-    if data is not None and "num_domains" in accepts: hp["num_domains"] = num_domains(data)
-    if data is not None and "vgg_weights" in accepts: hp["vgg_weights"] = m.vgg_weights
-    if data is not None and "n_classes" in accepts: hp["n_classes"] = max(data.num_classes, 2)
-    if "exp_epochs" in accepts:
-        if m.exp_epochs is not None and m.exp_epochs > cfg.train.epochs:
-            raise ConfigError(f"model.exp_epochs={m.exp_epochs} is beyond the run's {cfg.train.epochs} epochs (train.epochs): "
-                              "the masked views would never be used; set it to at most train.epochs, or null for a quarter of the run")
-        hp["exp_epochs"] = m.exp_epochs
-    if "background_anchor" in accepts: hp["background_anchor"] = m.background_anchor
-    if "cam_layer" in accepts: hp["cam_layer"] = m.cam_layer
-    if "image_mean" in accepts: hp.update(image_mean=PRESETS[cfg.data.augment]["mean"], image_std=PRESETS[cfg.data.augment]["std"])
-    if m.init is not None and m.backbone not in ("resnet18", "resnet50"):
-        raise ConfigError(f"model.init: a MoCo v2 checkpoint initialises a ResNet backbone (resnet18, resnet50), not {m.backbone!r}")
-    bkw = {"small_stem": False} if m.init is not None else {}   # MoCo's weights were learnt with the ImageNet stem
-    base = build_method(m.method, backbone=m.backbone, image_size=image_size, backbone_kw=bkw, **hp)
-    if m.cam_layer is not None: _check_cam_layer(base.backbone, m.cam_layer, m.backbone, image_size)
-    if data is not None and m.init is not None:
-        load_moco(base.backbone, m.init, base.projector[0] if getattr(base, "moco_fc", False) else None)
-    if not cfg.icl.enabled: return base
-    return ICLMSR(base, icl_regularizer(cfg.icl, base.proj_dim), name=base.name + CONTROLS[cfg.icl.control])
-
-# %% ../nbs/12_learner.ipynb #dd39ef64
-def _device_of_process(name: str) -> torch.device:
-    "The device `name` asks for; under torchrun plain 'cuda' means this process's local GPU."
-    dev = get_device(name)
-    if dev.type == "cuda" and dev.index is None and dist_env()[1] > 1: dev = torch.device("cuda", dist_env()[2])
-    if dev.type == "cuda": torch.cuda.set_device(dev)
-    return dev
-
-@patch(cls_method=True)
-def from_config(cls: Learner, cfg: Config | dict | None = None, run_dir=None, cbs=(), train_data=None, monitor_data=None,
-                method: nn.Module | None = None) -> Learner:
-    "The learner `cfg` describes (its nulls resolved, `resolve_defaults`): device and process group, seeds, data and variant, augmentation, method, batches, callbacks."
-    cfg = resolve_defaults(cfg if isinstance(cfg, Config) else config_from_dict(cfg or {}))
-    t = cfg.train
-    device = _device_of_process(t.device)
-    rank, world = init_distributed(device)
-    seed_everything(t.seed + rank, t.deterministic)  # each process its own augmentations (weights: broadcast)
-    data = train_data if train_data is not None else load_dataset(cfg.data.spec, "train")
-    if cfg.data.variant != "original": data = variant_of(data, cfg.data.variant, seed=t.seed)  # its folder, else from masks
-    if cfg.data.resident: data = data.to(device)   # else DataLoader workers gather from CPU memory
-    aug = TwoViewAugment(cfg.data.augment, size=data.image_size)
-    iv = cfg.intervene   # do(background): refused here, before anything trains, when the data has no masks
-    iv = BackgroundIntervention(background_pool(data), iv.views, iv.p, iv.bg_negative) if iv.enabled else None
-    method = method if method is not None else method_from_config(cfg, data.image_size, data)
-    if t.sync_bn and world > 1:
-        if device.type != "cuda": raise ConfigError("train.sync_bn needs CUDA devices (SyncBatchNorm has no CPU kernel)")
-        method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
-    if t.compile: method.backbone = torch.compile(method.backbone)
-    amp = t.amp == "bf16" or (t.amp == "auto" and device.type == "cuda")
-    extra = ([MixedPrecision()] if amp else []) + ([ChannelsLast()] if device.type == "cuda" and t.channels_last else [])
-    learn = cls(method, data, aug, t.batch_size, cbs=extra + list(cbs), optim=cfg.optim, seed=t.seed, device=device,
-                workers=0 if cfg.data.resident else cfg.data.workers, run_dir=run_dir, monitor_data=monitor_data,
-                deterministic=t.deterministic, domains_per_batch=t.domains_per_batch, per_domain=t.per_domain, intervene=iv)
-    learn.cfg, learn.n_epochs = cfg, t.epochs
-    return learn
-
-# %% ../nbs/12_learner.ipynb #5f879411
-DIAGNOSE_BASE = ("data.spec=toy:num_classes=10,n_train=150,n_test=100,fg=coloured_shapes", "model.backbone=small_cnn",
-                 "train.batch_size=250", "train.epochs=8", "train.knn_every=0", "icl.enabled=true", "optim.warmup_steps=10")
-
-def diagnose_icl(*overrides, base=DIAGNOSE_BASE) -> dict:
-    "Train ICL-MSR (the demo's CPU settings by default, plus `overrides`) and summarise the diagnostics that say whether it acts."
-    log = MetricsLogger(every=1)
-    learn = Learner.from_config(load_config(None, list(base) + list(overrides)), cbs=[log])
-    sv, t0 = learn.method.strata, time.time()
-    spread0 = sv.spread()
-    learn.fit()
-    metas = [r for r in log.records if r.get("kind") == "meta"]
-    med = lambda k: statistics.median(v) if (v := [r[k] for r in metas if r.get(k) is not None]) else None
-    m = learn.method.train()   # the gradient the projections receive: L_base + lam L_ICL against (1 + lam) L_base
-    b = learn.make_batch(next(learn.stage_batches(learn.stage_keys("fit", learn.epoch_order(0), 0, 1)))[0])
-    out = m.base.loss_from_features(m.backbone(b.v1), m.backbone(b.v2), b)
-    z = [out["z1"], out["z2"]]
-    g = torch.autograd.grad(out["base"] + m.msr.lam * m.msr.icl(*z), z, retain_graph=True)
-    g0 = torch.autograd.grad((1 + m.msr.lam) * out["base"], z)
-    rel = float(sum(((a - c) ** 2).sum() for a, c in zip(g, g0)).sqrt() / sum((c ** 2).sum() for c in g0).sqrt())
-    gaps = [r["icl_gap"] for r in log.records if r.get("kind") == "batch" and r.get("icl_gap") is not None]
-    return {"overrides": list(overrides), "seconds": time.time() - t0, "steps": learn.step, "meta_steps": len(metas),
-            "spread_start": spread0, "spread_end": sv.spread(), "moved_end": sv.moved(),
-            "common_share_median": med("strata_common_share"), "meta_grad_norm_median": med("meta_grad_norm"),
-            "meta_grad_cos_median": med("meta_grad_cos"), "icl_gap_median": statistics.median(gaps) if gaps else None,
-            "grad_rel_diff": rel}
-
-# %% ../nbs/12_learner.ipynb #ad238385
-def _out_of_memory(e: BaseException) -> bool:
-    "A CUDA/MPS out-of-memory error, or the CPU allocator's (a plain RuntimeError)."
-    return isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e) or "out of memory" in str(e).lower()
-
-def _check_writable(d: Path):
-    try:
-        d.mkdir(parents=True, exist_ok=True)
-        probe = d/f".write-test-{os.getpid()}"
-        probe.write_text("ok"); probe.unlink()
-    except OSError as e:
-        raise PermissionError(f"output directory {str(d)!r} is not writable ({e.strerror or e}); choose another --out") from None
-
-def _report(learn, cfg, run_dir: Path, seconds: float, rank: int):
-    "results.json of a finished or stopped run, and its one-line summary (rank 0)."
-    from iclmsr.utils import env_info
-    if rank != 0: return
-    sig = next((cb.signalled for cb in learn.cbs if isinstance(cb, Checkpointer) and cb.signalled), None)
-    res = {"config": config_to_dict(cfg), "metrics": learn.metrics, "epoch": learn.epoch, "step": learn.step,
-           "cancelled": learn.cancelled, "seconds": seconds, "versions": env_info()["packages"], "run_dir": str(run_dir)}
-    (run_dir/"results.json").write_text(json.dumps(res, indent=2))
-    if learn.cancelled:
-        print(f"{sig or 'stopped'}: checkpoint written to {run_dir/'last.pt'}; continue with: iclmsr train --out {run_dir} --resume")
-    else:
-        knn = ", ".join(f"{k} {v:.2f}%" for k, v in learn.metrics.items() if k.startswith("knn"))
-        print(f"done: {learn.step} steps in {seconds:.1f} s{'; ' + knn if knn else ''}; results in {run_dir/'results.json'}")
-
-# %% ../nbs/12_learner.ipynb #0bd1a5bd
-def train(config: str = None,  # YAML or JSON config file (default: the built-in defaults, or DIR/config.yaml with --resume)
-          out: str = None,  # run directory for checkpoints, logs and results.json
-          set: Param("override a config value, e.g. --set train.epochs=10 (repeatable)", str, action="append") = None,
-          resume: bool = False,  # continue the run in --out from its last.pt
-          print_config: bool = False,  # print the full default config (with --config/--set applied) as YAML and exit
-          quiet: bool = False,  # no progress line
-         ):
-    "Train a method (with or without ICL-MSR) on a dataset spec; resumable, multi-process under torchrun."
-    overrides = set or []
-    if print_config:
-        cfg = resolve_run_name(load_config(config, overrides, resolve=False))   # nulls stay: "the method's own"
-        unused = unused_keys(cfg)
-        print(dump_config(cfg), end="")
-        if unused: print("# not used by this run: " + "; ".join(f"{k} ({why})" for k, why in unused.items()))
-        return 0
-    if not out: raise UserError("--out DIR is required (the run directory)")
-    run_dir = Path(out)
-    if resume and config is None and (run_dir/"config.yaml").exists(): config = str(run_dir/"config.yaml")
-    cfg = load_config(config, overrides)
-    rank = dist_env()[0]
-    if rank == 0: _check_writable(run_dir)
-    if resume and not (run_dir/"last.pt").exists():
-        raise UserError(f"nothing to resume: {str(run_dir/'last.pt')!r} does not exist")
-    if not resume and (run_dir/"last.pt").exists():
-        raise UserError(f"{str(run_dir)!r} already holds a run (last.pt); continue it with --resume or choose another --out")
-    t0, learn = time.time(), None
-    try:
-        learn = Learner.from_config(cfg, run_dir, cbs=default_callbacks(progress=not quiet))
-        if resume: learn.resume(run_dir/"last.pt")
-        if rank == 0: (run_dir/"config.yaml").write_text(dump_config(cfg))
-        learn.fit()
-    except (torch.OutOfMemoryError, RuntimeError) as e:
-        if not _out_of_memory(e): raise
-        shape = getattr(learn, "domain_shape", None)
-        if shape is not None:
-            raise UserError(f"out of memory at train.batch_size={shape[0] * shape[1]} ({shape[0]} domains x {shape[1]}); try fewer "
-                            f"images per domain, e.g. --set train.per_domain={max(2, shape[1] // 2)}") from None
-        b = learn.batch_size if learn is not None else (cfg.train.batch_size or BATCH_SIZE)
-        raise UserError(f"out of memory at train.batch_size={b}; try a smaller batch, e.g. --set train.batch_size={max(2, b // 2)}") from None
-    finally:
-        if dist.is_initialized(): dist.destroy_process_group()
-    _report(learn, cfg, run_dir, time.time() - t0, rank)
-    return 0

@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_methods.ipynb #31e5d3d3
 from __future__ import annotations
-import inspect, math
+import importlib, inspect, math, os, re
 from statistics import median
 import torch
 from torch import nn
@@ -12,17 +12,19 @@ import torch.nn.functional as F
 import torch.distributed as dist
 from fastcore.basics import patch
 from .utils import get_device, seed_everything, timed
-from .config import ModelConfig, ICLConfig, OptimConfig
+from fastcore.docments import docments
+from .config import ICLConfig, OptimConfig
 from .batch import Batch, as_batch
 from .models import build_backbone, Backbone, ProjectionMLP, BYOLPredictor, EMA
 from .losses import nt_xent, icl_loss, byol_loss, barlow_twins_loss, wmse_loss, supcon_loss, gather_pair, dcodr_loss, _check_tau, _check_k
-from .msr import MetaSemanticRegularizer, StratumVectors, meta_gradient
+from .msr import MetaSemanticRegularizer, StratumVectors, meta_gradient, adam_precond
+from .augment import PRESETS
 from .rec import LordGenerator, Reconstruction
 
 # %% auto #0
-__all__ = ['METHODS', 'NonFiniteLoss', 'Method', 'SimCLR', 'BYOL', 'WMSE', 'BarlowTwins', 'SupCon', 'ICLMSR', 'DCoDR',
-           'DCoDRNoNegs', 'say_once', 'DCoDRRec', 'list_methods', 'options', 'build_method', 'saved_bytes',
-           'bench_step']
+__all__ = ['METHODS', 'NonFiniteLoss', 'Method', 'Registry', 'register_method', 'method_class', 'list_methods', 'options',
+           'option_help', 'SimCLR', 'BYOL', 'WMSE', 'BarlowTwins', 'SupCon', 'ICLMSR', 'DCoDR', 'DCoDRNoNegs',
+           'num_domains', 'say_once', 'DCoDRRec', 'build_method', 'saved_bytes', 'bench_step']
 
 # %% ../nbs/06_methods.ipynb #7c7ab126
 class NonFiniteLoss(FloatingPointError):
@@ -38,12 +40,18 @@ def _check_finite(out: dict, terms, step: int):
         if not torch.isfinite(v): raise NonFiniteLoss(t, step, float(v.detach()))
     raise NonFiniteLoss("total", step, float(out["loss"].detach()))
 
+# %% ../nbs/06_methods.ipynb #c5d07a81
 class Method(nn.Module):
-    "Base class: backbone + heads + loss. Subclasses set `projector`, `needs` and implement `loss_from_features`."
+    "Base class: backbone + heads + loss. A subclass writes its options in its constructor, declares its needs, sets `projector` and implements `loss_from_features`."
     name, desc = "", ""
-    needs: frozenset = frozenset()  # the `Batch` fields the loss reads besides the views (see `iclmsr.batch.NEEDS`)
-    joint_head = True  # apply the projection head to both views at once (shared BatchNorm statistics, as W-MSE does)
-    bg_negative = False  # whether the loss takes `batch.bg` (do(background): the anchor's background) as an extra negative
+    needs: frozenset = frozenset()  # the `Batch` fields the loss reads besides the views (`iclmsr.batch.NEEDS`)
+    augment: str = "wmse"           # its two-view augmentation preset (`iclmsr.augment.PRESETS`)
+    domain_balanced: bool = False   # batches of domains x images per domain (`iclmsr.sampler`): it needs domain ids
+    bg_negative: bool = False       # the loss takes do(background)'s `batch.bg` as an extra negative of its anchor
+    joint_head: bool = True         # one pass of the head over both views (shared BatchNorm statistics, as W-MSE)
+    from_data: tuple = ()           # constructor keywords derived from the training data (`data_options`), not options
+    files: tuple = ()               # options naming files that only training reads (not needed to load a checkpoint)
+    meta_optimizer = None           # the optimiser of a regulariser's own parameters (ICL-MSR's strata)
 
     def __init__(self, backbone: nn.Module, proj_dim: int):
         super().__init__()
@@ -51,64 +59,190 @@ class Method(nn.Module):
 
     def forward(self, x): return self.backbone(x)
 
-    def project_pair(self, h1, h2):
-        "Projections (z1, z2) of the two views' features."
-        if not self.joint_head: return self.projector(h1), self.projector(h2)
-        z = self.projector(torch.cat([h1, h2]))
-        return z[:len(h1)], z[len(h1):]
+# %% ../nbs/06_methods.ipynb #61ecdfa3
+@patch
+def project_pair(self: Method, h1, h2):
+    "Projections (z1, z2) of the two views' features."
+    if not self.joint_head: return self.projector(h1), self.projector(h2)
+    z = self.projector(torch.cat([h1, h2]))
+    return z[:len(h1)], z[len(h1):]
 
-    def project_with_bg(self, h1, h2, bg=None):
-        "(z1, z2, zb): the views' projections and, with do(background)'s background views `bg`, theirs (through the head together with the views: shared BatchNorm statistics), gathered from every process; zb None without `bg`."
-        if bg is None: return (*self.project_pair(h1, h2), None)
-        n = len(h1)
-        z = self.projector(torch.cat([h1, h2, self.backbone(bg)]))
-        return z[:n], z[n:2 * n], gather_pair(z[2 * n:], z[2 * n:])[0]
+@patch
+def project_with_bg(self: Method, h1, h2, bg=None):
+    "(z1, z2, zb): the views' projections and, with do(background)'s background views `bg`, theirs (through the head together with the views: shared BatchNorm statistics), gathered from every process; zb None without `bg`."
+    if bg is None: return (*self.project_pair(h1, h2), None)
+    n = len(h1)
+    z = self.projector(torch.cat([h1, h2, self.backbone(bg)]))
+    return z[:n], z[n:2 * n], gather_pair(z[2 * n:], z[2 * n:])[0]
 
-    def loss_from_features(self, h1, h2, batch: Batch) -> dict:
-        "`{'base': loss, 'z1', 'z2'}` from the views' features and the step's `Batch`."
-        raise NotImplementedError
+# %% ../nbs/06_methods.ipynb #8d717621
+@patch
+def loss_from_features(self: Method, h1, h2, batch: Batch) -> dict:
+    "`{'base': loss, 'z1', 'z2'}` from the views' features and the step's `Batch`."
+    raise NotImplementedError(f"{type(self).__name__} must implement loss_from_features(h1, h2, batch)")
 
-    def training_loss(self, batch, *rest, step: int | None = None) -> dict:
-        "Dict with `loss` (to backward), `base` and projections `z1`, `z2`; `batch` is a `Batch` (or `v1, v2[, labels]`)."
-        b = as_batch(batch, *rest)
-        out = dict(self.loss_from_features(self.backbone(b.v1), self.backbone(b.v2), b))
-        out["loss"] = out["base"]
-        return _check_finite(out, ("base",), self.step if step is None else step)
+@patch
+def training_loss(self: Method, batch, *rest, step: int | None = None) -> dict:
+    "Dict with `loss` (to backward), `base` and projections `z1`, `z2`; `batch` is a `Batch` (or `v1, v2[, labels]`), `prepare`d first."
+    b = self.prepare(as_batch(batch, *rest))
+    out = dict(self.loss_from_features(self.backbone(b.v1), self.backbone(b.v2), b))
+    out["loss"] = out["base"]
+    return _check_finite(out, ("base",), self.step if step is None else step)
 
-    def step_end(self, step: int, total_steps: int):
-        "Called after each optimiser step."
-        self.step = step + 1
+# %% ../nbs/06_methods.ipynb #488c45cf
+@patch
+def prepare(self: Method, batch: Batch) -> Batch:
+    "Hook: the step's `Batch` as the loss sees it (ExCon swaps in its masked view); unchanged by default."
+    return batch
 
-    def encoder_parameters(self) -> list:
-        "The parameters the training optimiser steps."
-        return [p for p in self.parameters() if p.requires_grad]
+@patch
+def epoch_start(self: Method, epoch: int, n_epochs: int):
+    "Hook, before each epoch (ExCon freezes the classifier that explains it); nothing by default."
 
-    def param_groups(self) -> list:
-        "The optimiser's parameter groups: `{'params': [...]}`, each at the run's learning rate unless it sets its own `lr`."
-        return [{"params": self.encoder_parameters()}]
+@patch
+def step_end(self: Method, step: int, total_steps: int):
+    "Hook, after each optimiser step (BYOL moves its target); counts the steps."
+    self.step = step + 1
+
+@patch
+def check_epochs(self: Method, epochs: int):
+    "Hook: refuse, in one line, a run of `epochs` epochs the method cannot use (ExCon's late masked views); nothing by default."
+
+# %% ../nbs/06_methods.ipynb #ed0879e8
+@patch
+def meta_steps(self: Method, n_batches: int) -> int:
+    "Hook: stage-2 steps in an epoch of `n_batches` stage-1 batches (a regulariser's: ICL-MSR); none by default."
+    return 0
+
+@patch
+def meta_step(self: Method, batch_a, batch_b, inner_lr: float | None = None, step: int | None = None,
+              precond=None, optimizer=None) -> dict:
+    "Hook: one stage-2 step (never called when `meta_steps` is 0); nothing by default."
+    return {}
+
+@patch
+def regularizer_parameters(self: Method) -> list:
+    "Hook: parameters a regulariser steps with its own `meta_optimizer`; none by default."
+    return []
+
+# %% ../nbs/06_methods.ipynb #b87a1187
+@patch
+def encoder_parameters(self: Method) -> list:
+    "The parameters the training optimiser steps: all trainable ones but a regulariser's."
+    skip = {id(p) for p in self.regularizer_parameters()}
+    return [p for p in self.parameters() if p.requires_grad and id(p) not in skip]
+
+@patch
+def param_groups(self: Method) -> list:
+    "The optimiser's parameter groups: `{'params': [...]}`, each at the run's learning rate unless it sets its own `lr`."
+    return [{"params": self.encoder_parameters()}]
+
+@patch
+def moco_head(self: Method) -> nn.Module | None:
+    "Hook: the head layer a MoCo v2 checkpoint's first projection layer initialises (`model.init`); none by default."
+    return None
+
+@patch(cls_method=True)
+def data_options(cls: Method, data, augment: str) -> dict:
+    "Hook: the constructor keywords in `from_data`, from the training `data` and the run's `augment` preset; none by default."
+    return {}
+
+# %% ../nbs/06_methods.ipynb #22be1fb2
+class Registry(dict):
+    "Method name -> class; the method modules in `modules` (and `$ICLMSR_METHODS`) are imported at the first lookup, so each registers itself."
+    def __init__(self, modules=()): super().__init__(); self.modules, self._loaded = tuple(modules), False
+    def load(self):
+        "Import the method modules once (each registers its methods); returns the registry."
+        if self._loaded: return self
+        self._loaded = True
+        extra = [m.strip() for m in os.environ.get("ICLMSR_METHODS", "").split(",") if m.strip()]
+        for m in (*self.modules, *extra):
+            try: importlib.import_module(m)
+            except ImportError as e: raise ValueError(f"method module {m!r} (ICLMSR_METHODS) cannot be imported: {e}") from None
+        return self
+    def __getitem__(self, k): return dict.__getitem__(self.load(), k)
+    def __contains__(self, k): return dict.__contains__(self.load(), k)
+    def __iter__(self): return dict.__iter__(self.load())
+    def __len__(self): return dict.__len__(self.load())
+    def keys(self): return dict.keys(self.load())
+    def values(self): return dict.values(self.load())
+    def items(self): return dict.items(self.load())
+    def get(self, k, default=None): return dict.get(self.load(), k, default)
+    def __repr__(self): return f"Registry({', '.join(self)})"
+
+METHODS = Registry(modules=("iclmsr.excon",))   # the package's method modules above this one
+
+# %% ../nbs/06_methods.ipynb #d998e8d8
+_NAME = re.compile(r"[a-z][a-z0-9_]*")
+
+def register_method(cls=None, *, replace: bool = False):
+    "Class decorator: add a `Method` subclass to `METHODS` under its `name`; a name another class holds is refused unless `replace`."
+    def add(c):
+        if not (isinstance(c, type) and issubclass(c, Method)): raise TypeError(f"register_method takes a Method subclass, got {c!r}")
+        if not isinstance(c.name, str) or not _NAME.fullmatch(c.name):
+            raise ValueError(f"{c.__qualname__}.name must be a lower-case identifier (letters, digits, _), got {c.name!r}")
+        if c.__module__ not in (__name__, *METHODS.modules): METHODS.load()   # a user's method meets every built-in name
+        old = dict.get(METHODS, c.name)
+        same = old is not None and old.__qualname__ == c.__qualname__   # redefined: a re-run cell, or its exporting notebook
+        if old is not None and not same and not replace:
+            raise ValueError(f"method name {c.name!r} is taken by {old.__module__}.{old.__qualname__}; pass replace=True to replace it")
+        if not c.desc: c.desc = (c.__doc__ or c.name).strip().splitlines()[0]
+        dict.__setitem__(METHODS, c.name, c)
+        return c
+    return add if cls is None else add(cls)
+
+# %% ../nbs/06_methods.ipynb #f12f74c8
+def method_class(name: str) -> type:
+    "The class registered as `name`; an unknown name is one line listing the registered ones."
+    if name not in METHODS: raise ValueError(f"unknown method {name!r}; registered: {', '.join(METHODS)}")
+    return METHODS[name]
+
+def list_methods() -> dict:
+    "Method name -> one-line description."
+    return {k: c.desc for k, c in METHODS.items()}
+
+# %% ../nbs/06_methods.ipynb #c2416f1c
+def options(cls) -> dict:
+    "A method's options and their defaults: its constructor's keywords less `backbone` and what it derives from the data (`from_data`)."
+    ps = inspect.signature(cls.__init__).parameters.items()
+    return {k: p.default for k, p in ps if k not in ("self", "backbone", *cls.from_data) and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+
+def option_help(cls) -> dict:
+    "Each option's help: the comment after it in the constructor's signature (its own or, for an inherited one, its parent's)."
+    out = {}
+    for c in reversed([c for c in cls.__mro__ if isinstance(c, type) and issubclass(c, Method) and "__init__" in vars(c)]):
+        try: out.update({k: v for k, v in docments(c.__init__).items() if v})
+        except (OSError, TypeError): pass   # a class defined where its source cannot be read
+    return {k: out.get(k) for k in options(cls)}
 
 # %% ../nbs/06_methods.ipynb #e48c0737
+@register_method
 class SimCLR(Method):
     "SimCLR: NT-Xent over both views (W-MSE code-base variant with BN after the head)"
-    name, desc = "simclr", "SimCLR: NT-Xent over both views (W-MSE code-base variant with BN after the head)"
-    def __init__(self, backbone, proj_hidden: int = ModelConfig.proj_hidden, proj_dim: int = ModelConfig.proj_dim,
-                 temperature: float = 0.5, out_bn: bool = True):
+    name, bg_negative = "simclr", True
+    def __init__(self, backbone,
+                 proj_hidden: int = 1024,    # hidden width of the projection MLP
+                 proj_dim: int = 64,         # projection size
+                 temperature: float = 0.5,   # of NT-Xent
+                 out_bn: bool = True):       # a BatchNorm after the head (W-MSE's code)
         super().__init__(backbone, proj_dim)
         self.temperature = temperature
         self.projector = ProjectionMLP(backbone.feat_dim, proj_hidden, proj_dim, out_bn=out_bn)
-    bg_negative = True
     def loss_from_features(self, h1, h2, batch):
         "NT-Xent of the views' projections; with `batch.bg`, each image's background view one more negative of its two anchors."
         z1, z2, gb = self.project_with_bg(h1, h2, batch.bg)
         g1, g2, _, anchors = gather_pair(z1, z2)  # negatives from every process under torchrun
         return {"base": nt_xent(g1, g2, self.temperature, anchors=anchors, extra=gb), "z1": z1, "z2": z2}
 
+@register_method
 class BYOL(Method):
     "BYOL: predict an EMA target's projection of the other view (2 - 2 cos, symmetrised)"
-    name, desc = "byol", "BYOL: predict an EMA target's projection of the other view (2 - 2 cos, symmetrised)"
-    joint_head = False
-    def __init__(self, backbone, proj_hidden: int = ModelConfig.proj_hidden, proj_dim: int = ModelConfig.proj_dim,
-                 pred_hidden: int = 1024, tau0: float = 0.99):
+    name, joint_head = "byol", False
+    def __init__(self, backbone,
+                 proj_hidden: int = 1024,   # hidden width of the projection MLP
+                 proj_dim: int = 64,        # projection size
+                 pred_hidden: int = 1024,   # hidden width of the predictor
+                 tau0: float = 0.99):       # EMA momentum of the target at the start (raised to 1, cosine)
         super().__init__(backbone, proj_dim)
         self.projector = ProjectionMLP(backbone.feat_dim, proj_hidden, proj_dim)
         self.predictor = BYOLPredictor(proj_dim, pred_hidden)
@@ -122,11 +256,16 @@ class BYOL(Method):
         super().step_end(step, total_steps)
         self.target.update(step, total_steps)
 
+@register_method
 class WMSE(Method):
     "W-MSE: normalised MSE of positives after Cholesky whitening in sub-batches"
-    name, desc = "wmse", "W-MSE: normalised MSE of positives after Cholesky whitening in sub-batches"
-    def __init__(self, backbone, proj_hidden: int = ModelConfig.proj_hidden, proj_dim: int = ModelConfig.proj_dim,
-                 w_size: int | None = None, w_iter: int = 1, w_eps: float = 0.0):
+    name = "wmse"
+    def __init__(self, backbone,
+                 proj_hidden: int = 1024,     # hidden width of the projection MLP
+                 proj_dim: int = 64,          # projection size
+                 w_size: int | None = None,   # whitening sub-batch (None: 128 when it divides the batch, else the batch)
+                 w_iter: int = 1,             # whitening repetitions per step
+                 w_eps: float = 0.0):         # added to the covariance's diagonal
         super().__init__(backbone, proj_dim)
         self.w_size, self.w_iter, self.w_eps = w_size, w_iter, w_eps
         self.projector = ProjectionMLP(backbone.feat_dim, proj_hidden, proj_dim)
@@ -137,11 +276,14 @@ class WMSE(Method):
         return {"base": wmse_loss(z1, z2, ws, self.w_iter, self.w_eps), "z1": z1, "z2": z2}
 
 # %% ../nbs/06_methods.ipynb #530da193
+@register_method
 class BarlowTwins(Method):
     "Barlow Twins: cross-correlation of the two views pushed to the identity"
-    name, desc = "barlow_twins", "Barlow Twins: cross-correlation of the two views pushed to the identity"
-    joint_head = False
-    def __init__(self, backbone, proj_hidden: int = 2048, proj_dim: int = 2048, lambd: float = 5e-3):
+    name, joint_head = "barlow_twins", False
+    def __init__(self, backbone,
+                 proj_hidden: int = 2048,   # hidden width of the 3-layer projector
+                 proj_dim: int = 2048,      # projection size
+                 lambd: float = 5e-3):      # weight of the off-diagonal terms
         super().__init__(backbone, proj_dim)
         self.lambd = lambd
         self.projector = ProjectionMLP(backbone.feat_dim, proj_hidden, proj_dim, n_layers=3)
@@ -150,16 +292,18 @@ class BarlowTwins(Method):
         g1, g2, _, _ = gather_pair(z1, z2)  # the cross-correlation of the global batch, in every process
         return {"base": barlow_twins_loss(g1, g2, self.lambd), "z1": z1, "z2": z2}
 
+@register_method
 class SupCon(Method):
     "SupCon: supervised contrastive, positives = same label (needs labels)"
-    name, desc = "supcon", "SupCon: supervised contrastive, positives = same label (needs labels)"
-    needs = frozenset({"labels"})
-    def __init__(self, backbone, proj_hidden: int = ModelConfig.proj_hidden, proj_dim: int = 128, temperature: float = 0.1,
-                 base_temperature: float | None = None):
+    name, needs, bg_negative = "supcon", frozenset({"labels"}), True
+    def __init__(self, backbone,
+                 proj_hidden: int = 1024,                 # hidden width of the projection MLP
+                 proj_dim: int = 128,                     # projection size
+                 temperature: float = 0.1,                # of the SupCon loss
+                 base_temperature: float | None = None):  # the loss is scaled by temperature / base_temperature (None: 1)
         super().__init__(backbone, proj_dim)
         self.temperature, self.base_temperature = temperature, base_temperature
         self.projector = ProjectionMLP(backbone.feat_dim, proj_hidden, proj_dim)
-    bg_negative = True
     def loss_from_features(self, h1, h2, batch):
         "SupCon of the views' projections; with `batch.bg`, each image's background view one more negative of its two anchors."
         if batch.labels is None: raise ValueError("supcon needs labels: give the Batch labels (or call training_loss(v1, v2, labels))")
@@ -180,61 +324,89 @@ class ICLMSR(Method):
         self.name, self.desc, self.proj_dim = name or base.name + "+icl-msr", "ICL-MSR on " + base.desc, base.proj_dim
 
     backbone = property(lambda self: self.base.backbone)
-    needs = property(lambda self: self.base.needs)
-    bg_negative = property(lambda self: self.base.bg_negative)
     strata = property(lambda self: self.msr.strata)
-    meta_optimizer = property(lambda self: self.msr.meta_optimizer)
     lam = property(lambda self: self.msr.lam)
+    meta_optimizer = property(lambda self: self.msr.meta_optimizer)
 
-    def project_pair(self, h1, h2): return self.base.project_pair(h1, h2)
-    def loss_from_features(self, *args, **kw): return self.base.loss_from_features(*args, **kw)
+# what the base method declares is the wrapper's too
+for _k in ("needs", "augment", "domain_balanced", "bg_negative", "from_data", "files"):
+    setattr(ICLMSR, _k, property(lambda self, k=_k: getattr(self.base, k)))
 
-    def training_loss(self, batch, *rest, step: int | None = None) -> dict:
-        "Stage 1: `loss` = `base` + lam * `icl`, with the stratum vectors fixed."
-        b = as_batch(batch, *rest)
-        if hasattr(self.base, "prepare"): b = self.base.prepare(b)   # a base that chooses its views (ExCon's masked view)
-        out = dict(self.base.loss_from_features(self.backbone(b.v1), self.backbone(b.v2), b))
-        out["icl"] = self.msr.icl(out["z1"], out["z2"])
-        out["icl_gap"] = self.msr.last_gap   # L_ICL - NT-Xent on the same projections (no gradient)
-        out["loss"] = out["base"] + self.msr.lam * out["icl"]
-        return _check_finite(out, ("base", "icl"), self.step if step is None else step)
+# %% ../nbs/06_methods.ipynb #d53c5fa2
+@patch
+def project_pair(self: ICLMSR, h1, h2): return self.base.project_pair(h1, h2)
 
-    def step_end(self, step, total_steps):
-        self.base.step_end(step, total_steps)
-        self.step = step + 1
+@patch
+def loss_from_features(self: ICLMSR, *args, **kw): return self.base.loss_from_features(*args, **kw)
 
-    def regularizer_parameters(self) -> list:
-        "The stratum vectors' parameters (stepped by `meta_optimizer` in stage 2, never by the encoder's optimiser)."
-        return list(self.msr.strata.parameters())
-    def encoder_parameters(self) -> list:
-        skip = {id(p) for p in self.regularizer_parameters()}
-        return [p for p in self.parameters() if p.requires_grad and id(p) not in skip]
-    def param_groups(self) -> list: return self.base.param_groups()
+@patch
+def training_loss(self: ICLMSR, batch, *rest, step: int | None = None) -> dict:
+    "Stage 1: `loss` = `base` + lam * `icl`, with the stratum vectors fixed."
+    b = self.base.prepare(as_batch(batch, *rest))   # a base that chooses its views (ExCon's masked view)
+    out = dict(self.base.loss_from_features(self.backbone(b.v1), self.backbone(b.v2), b))
+    out["icl"] = self.msr.icl(out["z1"], out["z2"])
+    out["icl_gap"] = self.msr.last_gap   # L_ICL - NT-Xent on the same projections (no gradient)
+    out["loss"] = out["base"] + self.msr.lam * out["icl"]
+    return _check_finite(out, ("base", "icl"), self.step if step is None else step)
 
-    def meta_step(self, batch_a, batch_b, inner_lr: float | None = None, step: int | None = None, precond=None) -> dict:
-        "Stage 2: one meta-gradient update of the stratum vectors (batches are `Batch`es, or `(v1, v2[, labels])`)."
-        try: return self.msr.meta_step(self.base, batch_a, batch_b, inner_lr, precond)
-        except FloatingPointError as e: raise NonFiniteLoss("meta", self.step if step is None else step, float("nan")) from e
+# %% ../nbs/06_methods.ipynb #287c37d2
+@patch
+def step_end(self: ICLMSR, step, total_steps):
+    self.base.step_end(step, total_steps)
+    self.step = step + 1
 
-    def meta_steps(self, n_batches: int) -> int:
-        "Stage-2 steps in an epoch of `n_batches` stage-1 batches."
-        return self.msr.meta_steps(n_batches)
+@patch
+def epoch_start(self: ICLMSR, epoch: int, n_epochs: int): self.base.epoch_start(epoch, n_epochs)
+@patch
+def check_epochs(self: ICLMSR, epochs: int): self.base.check_epochs(epochs)
+@patch
+def moco_head(self: ICLMSR): return self.base.moco_head()
+@patch
+def param_groups(self: ICLMSR) -> list: return self.base.param_groups()
+
+@patch
+def regularizer_parameters(self: ICLMSR) -> list:
+    "The stratum vectors' parameters (stepped by `meta_optimizer` in stage 2, never by the encoder's optimiser)."
+    return list(self.msr.strata.parameters())
+
+# %% ../nbs/06_methods.ipynb #c80dea1f
+@patch
+def meta_step(self: ICLMSR, batch_a, batch_b, inner_lr: float | None = None, step: int | None = None, precond=None,
+              optimizer=None) -> dict:
+    "Stage 2: one meta-gradient update of the strata (batches: `Batch`es or `(v1, v2[, labels])`); `optimizer`, the encoder's, gives the virtual step its lr and, with `virtual_step='adam'`, its preconditioner."
+    if optimizer is not None:
+        inner_lr = optimizer.param_groups[0]["lr"] if inner_lr is None else inner_lr
+        if precond is None and self.msr.virtual_step == "adam": precond = adam_precond(optimizer)
+    try: return self.msr.meta_step(self.base, batch_a, batch_b, inner_lr, precond)
+    except FloatingPointError as e: raise NonFiniteLoss("meta", self.step if step is None else step, float("nan")) from e
+
+@patch
+def meta_steps(self: ICLMSR, n_batches: int) -> int:
+    "Stage-2 steps in an epoch of `n_batches` stage-1 batches."
+    return self.msr.meta_steps(n_batches)
 
 # %% ../nbs/06_methods.ipynb #391ac71e
+@register_method
 class DCoDR(Method):
     "DCoDR-norec: InfoNCE of un-augmented anchors vs one augmentation, negatives from the anchor's domain (needs domains)"
-    name = "dcodr"
-    desc = "DCoDR-norec: InfoNCE of un-augmented anchors vs one augmentation, negatives from the anchor's domain (needs domains)"
-    needs = frozenset({"domains", "clean"})
+    name, needs, augment, domain_balanced = "dcodr", frozenset({"domains", "clean"}), "dcodr", True
     joint_head = False   # no BatchNorm in the linear head: the views' codes need not share a pass
     negatives = "domain"
 
-    def __init__(self, backbone, proj_dim: int = 128, temperature: float = 0.1, k: int | None = None, moco_fc: bool = True):
+    def __init__(self, backbone,
+                 proj_dim: int = 128,         # code size (the paper's content dimension)
+                 temperature: float = 0.1,    # of the InfoNCE
+                 k: int | None = None,        # negatives per anchor at most (None: all of its domain in the batch)
+                 moco_fc: bool = True):       # MoCo v2's first projection layer kept before the code layer
         super().__init__(backbone, proj_dim)
         _check_tau(temperature, "temperature"); _check_k(k)
         self.temperature, self.k, self.moco_fc = temperature, k, moco_fc
         f = backbone.feat_dim
         self.projector = nn.Sequential(nn.Linear(f, f), nn.Linear(f, proj_dim)) if moco_fc else nn.Linear(f, proj_dim)
+
+    def moco_head(self) -> nn.Module | None:
+        "The layer a MoCo v2 checkpoint's first projection layer initialises (with `moco_fc`)."
+        return self.projector[0] if self.moco_fc else None
 
     def code(self, x: torch.Tensor) -> torch.Tensor:
         "The (un-normalised) code of images `x`: backbone, then the linear head."
@@ -256,22 +428,24 @@ class DCoDR(Method):
 
     def training_loss(self, batch, *rest, step: int | None = None) -> dict:
         "Dict with `loss` = `base`, `z1` (the view's code) and `z2` (the anchor's): encodes `batch.v1` and `batch.clean` only."
-        b = as_batch(batch, *rest)
+        b = self.prepare(as_batch(batch, *rest))
         if b.clean is None: self._loss(None, None, b)   # the one-line error
         z1, za = self.code(b.v1), self.code(b.clean)
         out = {"base": self._loss(z1, za, b), "z1": z1, "z2": za}
         out["loss"] = out["base"]
         return _check_finite(out, ("base",), self.step if step is None else step)
 
+@register_method
 class DCoDRNoNegs(DCoDR):
     "DCoDR's no_negs ablation: the same objective with negatives from the whole batch (needs clean images, no domains)"
-    name = "dcodr_nonegs"
-    desc = "DCoDR's no_negs ablation: the same objective with negatives from the whole batch (needs clean images, no domains)"
-    needs = frozenset({"clean"})
-    negatives = "batch"
+    name, needs, domain_balanced, negatives = "dcodr_nonegs", frozenset({"clean"}), False, "batch"
 
 # %% ../nbs/06_methods.ipynb #b7c85c57
 _SAID = set()   # the departures already printed by this process
+
+def num_domains(data) -> int:
+    "How many domain ids the data's background ids span (0 when it has none)."
+    return int(data.backgrounds.max()) + 1 if len(data) and bool((data.backgrounds >= 0).any()) else 0
 
 def say_once(key: str, text: str):
     "Print `text` once per process (and only in the first process under torchrun)."
@@ -279,15 +453,20 @@ def say_once(key: str, text: str):
     _SAID.add(key)
     if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0: print(text, flush=True)
 
+@register_method
 class DCoDRRec(DCoDR):
     "DCoDR: DCoDR-norec + 0.3 x the reconstruction of each un-augmented image by a LORD generator from its normalised code and a learned embedding of its domain (pixel L1 + VGG16 perceptual; needs domains)"
     name = "dcodr_rec"
-    desc = ("DCoDR: DCoDR-norec + 0.3 x the reconstruction of each un-augmented image by a LORD generator from its normalised "
-            "code and a learned embedding of its domain (pixel L1 + VGG16 perceptual; needs domains)")
+    from_data, files = ("num_domains", "image_size", "image_mean", "image_std"), ("vgg_weights",)
 
     def __init__(self, backbone, proj_dim: int = 128, temperature: float = 0.1, k: int | None = None, moco_fc: bool = True,
-                 num_domains: int | None = None, image_size: int = 32, rec_weight: float = 0.3, vgg_weights=None,
-                 gen_width: int = 256, domain_dim: int = 256, gen_lr: float = 3e-4, emb_lr: float = 3e-3,
+                 num_domains: int | None = None, image_size: int = 32,
+                 rec_weight: float = 0.3,            # weight of the reconstruction term
+                 vgg_weights: str | None = None,     # torchvision's vgg16 ImageNet state dict file (None: pixel L1 alone)
+                 gen_width: int = 256,               # width of the LORD generator
+                 domain_dim: int = 256,              # size of the learned domain embedding
+                 gen_lr: float = 3e-4,               # learning rate of the generator
+                 emb_lr: float = 3e-3,               # learning rate of the domain embeddings
                  image_mean=(0.0, 0.0, 0.0), image_std=(1.0, 1.0, 1.0)):
         super().__init__(backbone, proj_dim, temperature, k, moco_fc)
         if isinstance(rec_weight, bool) or not isinstance(rec_weight, (int, float)) or not rec_weight >= 0:
@@ -301,6 +480,12 @@ class DCoDRRec(DCoDR):
 
     num_domains = property(lambda self: self.generator.embedding.num_embeddings)
 
+    @classmethod
+    def data_options(cls, data, augment: str) -> dict:
+        "The domain count and image size of the training `data`; the `augment` preset's normalisation, undone for the generator."
+        return {"num_domains": num_domains(data), "image_size": data.image_size,
+                "image_mean": PRESETS[augment]["mean"], "image_std": PRESETS[augment]["std"]}
+
 # %% ../nbs/06_methods.ipynb #dbc179a4
 @patch
 def reconstruct(self: DCoDRRec, z_anchor: torch.Tensor, domains) -> torch.Tensor:
@@ -311,7 +496,7 @@ def reconstruct(self: DCoDRRec, z_anchor: torch.Tensor, domains) -> torch.Tensor
 def reconstruction_loss(self: DCoDRRec, z_anchor: torch.Tensor, batch: Batch) -> torch.Tensor:
     "`L_rec` of the un-augmented images `batch.clean` rebuilt from their codes `z_anchor` and domains."
     if not self.rec.perceptual:
-        say_once("pixel-l1", "dcodr_rec: no VGG16 weights (model.vgg_weights), so the reconstruction term is pixel L1 alone, "
+        say_once("pixel-l1", "dcodr_rec: no VGG16 weights (model.options.vgg_weights), so the reconstruction term is pixel L1 alone, "
                  "a departure from DCoDR (pixel L1 + VGG16 perceptual features)")
     target = batch.clean.float() * self.image_std + self.image_mean
     return self.rec(self.reconstruct(z_anchor, batch.domains), target)
@@ -349,22 +534,14 @@ def param_groups(self: DCoDRRec) -> list:
             {"params": gen, "lr": self.gen_lr}, {"params": emb, "lr": self.emb_lr}]
 
 # %% ../nbs/06_methods.ipynb #fc1260b9
-METHODS = {c.name: c for c in (SimCLR, BYOL, WMSE, BarlowTwins, SupCon, DCoDR, DCoDRNoNegs, DCoDRRec)}
+def _keywords(fn, skip=("self", "backbone", "dim")) -> list:
+    return [k for k, p in inspect.signature(fn).parameters.items() if k not in skip and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
 
-def list_methods() -> dict:
-    "Method name -> one-line description."
-    return {k: c.desc for k, c in METHODS.items()}
-
-def options(fn, skip=("self", "backbone", "dim")) -> list:
-    "The keyword options of a constructor (what `build_method` may pass on to it)."
-    return [p for p in inspect.signature(fn).parameters if p not in skip]
-
-def build_method(name: str = ModelConfig.method, backbone: str | nn.Module = ModelConfig.backbone, image_size: int = 32,
-                 icl_msr: bool = False, backbone_kw: dict | None = None, msr_kw: dict | None = None, **kw) -> Method:
-    "A method by name on a backbone by name (or module); with `icl_msr`, wrapped in `ICLMSR(method, MetaSemanticRegularizer(...))`."
-    if name not in METHODS: raise ValueError(f"unknown method {name!r}; allowed: {', '.join(METHODS)}")
-    cls = METHODS[name]
-    mine, reg = options(cls.__init__), options(MetaSemanticRegularizer.__init__)
+def build_method(name: str = "simclr", backbone: str | nn.Module = "resnet18", image_size: int = 32, icl_msr: bool = False,
+                 backbone_kw: dict | None = None, msr_kw: dict | None = None, **kw) -> Method:
+    "A registered method by name on a backbone by name (or module); with `icl_msr`, wrapped in `ICLMSR(method, MetaSemanticRegularizer(...))`."
+    cls = method_class(name)
+    mine, reg = _keywords(cls.__init__), _keywords(MetaSemanticRegularizer.__init__)
     msr_kw = {**(msr_kw or {}), **{k: v for k, v in kw.items() if k in reg and k not in mine}}
     hp = {k: v for k, v in kw.items() if k not in msr_kw}
     bad = sorted(set(hp) - set(mine)) or sorted(set(msr_kw) - set(reg))

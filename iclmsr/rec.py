@@ -109,7 +109,7 @@ def read_vgg16(path) -> dict:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"VGG16 weights file {str(path)!r} does not exist: download torchvision's ImageNet VGG16 "
-                                f"state dict ({VGG16_URL}) and give its path (model.vgg_weights)")
+                                f"state dict ({VGG16_URL}) and give its path (model.options.vgg_weights)")
     sd = read_torch_file(path, "a torchvision vgg16 state dict")
     what = f"{str(path)!r} is not a torchvision vgg16 state dict"
     if not isinstance(sd, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in sd.items()):

@@ -50,7 +50,7 @@ def rec_runs(tmp_path_factory, vgg_file):
     run's first epoch is the 1-epoch run without VGG16 that the perceptual test compares with (the same numbers)."""
     d = tmp_path_factory.mktemp("rec")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ICLMSR_CACHE": str(tmp_path_factory.getbasetemp()/"cache")}
-    args = {"plain": [*REC, "--set", "train.epochs=3"], "vgg": [*REC, "--set", f"model.vgg_weights={vgg_file}", "--set", "train.epochs=1"]}
+    args = {"plain": [*REC, "--set", "train.epochs=3"], "vgg": [*REC, "--set", f"model.options.vgg_weights={vgg_file}", "--set", "train.epochs=1"]}
     procs = {k: subprocess.Popen([bin_path("iclmsr"), "train", "--out", str(d/k), *a], stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True, env=env) for k, a in args.items()}
     try: return {k: (d/k, finish(p)) for k, p in procs.items()}
@@ -100,7 +100,7 @@ def test_dcodr_rec_icl_msr_trains_and_resumes_bitwise(tmp_path, background):
 def test_moco_v2_initialisation(tmp_path):
     "The backbone starts from encoder_q's ResNet weights and the code head's first layer from fc.0; training runs from there."
     from iclmsr.config import load_config
-    from iclmsr.learner import Learner
+    from iclmsr.build import Learner
     f = tmp_path/"moco_v2_800ep_pretrain.pth.tar"
     q = moco_file(f)
     over = [a for a in DCODR if a != "--set"] + ["model.backbone=resnet18", f"model.init={f}"]
@@ -130,7 +130,7 @@ def test_bad_vgg_and_moco_files_are_one_line_errors(tmp_path, vgg_file, capfd):
     torch.save({k: v for k, v in sd.items() if k.startswith("classifier.")}, tmp_path/"vgg_head.pth")
     torch.save({"state_dict": {}}, tmp_path/"empty_moco.pth.tar")
     r18 = ["--set", "model.backbone=resnet18"]
-    vgg = lambda p: ["--set", f"model.vgg_weights={p}"]
+    vgg = lambda p: ["--set", f"model.options.vgg_weights={p}"]
     init = lambda p: r18 + ["--set", f"model.init={p}"]
     cases = [(REC + vgg(tmp_path/"none.pth"), "does not exist: download torchvision's ImageNet VGG16 state dict (https://download.pytorch.org/models/vgg16-397923af.pth)"),
              (REC + vgg(tmp_path/"notes.txt"), "is not a torchvision vgg16 state dict (a text file)"),
@@ -138,7 +138,7 @@ def test_bad_vgg_and_moco_files_are_one_line_errors(tmp_path, vgg_file, capfd):
              (REC + vgg(tmp_path/"vgg_shape.pth"), "features.28.weight has shape (512, 256, 3, 3), VGG16's is (512, 512, 3, 3)"),
              (REC + vgg(tmp_path/"vgg_head.pth"), "lacks features.0.weight and 25 more of its keys"),
              (REC + vgg(tmp_path/"moco.pth.tar"), "is not a torchvision vgg16 state dict (it holds a dict, not a name -> tensor mapping)"),
-             (DCODR + vgg(vgg_file), "model.vgg_weights is not used by method 'dcodr'"),
+             (DCODR + vgg(vgg_file), "model.options.vgg_weights is an option of dcodr_rec, not of 'dcodr'"),
              (DCODR + init(tmp_path/"none.pth.tar"), "download moco_v2_800ep_pretrain.pth.tar (MoCo v2, 800 epochs, from github.com/facebookresearch/moco"),
              (DCODR + init(tmp_path/"notes.txt"), "is not a MoCo v2 checkpoint (a text file)"),
              (DCODR + init(tmp_path/"cut.pth.tar"), "is not a MoCo v2 checkpoint (truncated or damaged torch file)"),
@@ -157,6 +157,6 @@ def test_bad_vgg_and_moco_files_are_one_line_errors(tmp_path, vgg_file, capfd):
 
 def test_print_config_shows_the_new_keys(capfd):
     out = print_config(capfd, "--set", "model.method=dcodr_rec")
-    assert "  init: null  # MoCo v2 checkpoint" in out and "  vgg_weights: null  # dcodr_rec:" in out
-    assert out.strip().splitlines()[-1] == "# not used by this run: model.proj_hidden (dcodr_rec has a linear code head, no projection MLP); icl.* (icl.enabled is false)"
-    assert "vgg_weights (dcodr has no reconstruction term" in print_config(capfd, "--set", "model.method=dcodr", "--set", "model.vgg_weights=v.pth")
+    assert "  init: null  # MoCo v2 checkpoint" in out and "    vgg_weights: null  # torchvision's vgg16 ImageNet state dict file" in out
+    assert out.strip().splitlines()[-1] == "# not used by this run: icl.* (icl.enabled is false)"
+    assert "proj_hidden" not in out and "num_domains" not in out   # another method's option, or one derived from the data

@@ -64,7 +64,7 @@ def test_bad_domain_batch_settings_are_one_line_errors(tmp_path, capfd):
              (["--set", "train.batch_size=10"], "batch size 10 is not domains_per_batch x per_domain = 2 x 4 = 8"),
              (["--set", "train.per_domain=32"], "only 0 of the 4 domains have per_domain = 32 images"),
              (["--set", "model.method=simclr"], "train.domains_per_batch is not used by method 'simclr'"),
-             (["--set", "model.proj_hidden=64"], "model.proj_hidden is not used by method 'dcodr'")]
+             (["--set", "model.options.proj_hidden=64"], "model.options.proj_hidden is an option of simclr, byol, wmse")]
     # one through the console script (a subprocess), every one through its entry point in this process
     err = one_line_error(train(*out("sub"), *DCODR, *cases[2][0], check=False))
     assert cases[2][1] in err and not (tmp_path/"sub"/"last.pt").exists()
@@ -94,5 +94,5 @@ def test_folder_data_gets_its_domains_from_domains_csv(tmp_path, capfd):
 
 def test_print_config_lists_what_dcodr_does_not_read(capfd):
     out = print_config(capfd, "--set", "model.method=dcodr")
-    assert "augment: null" in out and "proj_dim: null" in out          # printed unresolved: "the method's own"
-    assert "model.proj_hidden (dcodr has a linear code head, no projection MLP)" in out.strip().splitlines()[-1]
+    assert "augment: null" in out and "    proj_dim: 128  # code size" in out   # the method's own options, with their help
+    assert "proj_hidden" not in out and "exp_epochs" not in out                 # and no other method's

@@ -49,7 +49,7 @@ def test_torchrun_train_and_resume(tmp_path):
     "`iclmsr train` under torchrun: rank 0 writes the checkpoint, and the run resumes."
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ICLMSR_CACHE": str(tmp_path/"cache"), "TMPDIR": str(tmp_path)}   # torchrun's torchelastic_* log folders
     args = ["train", "--out", str(tmp_path/"r"), "--set", "data.spec=toy:num_classes=4,n_train=32,n_test=8",
-            "--set", "model.backbone=small_cnn", "--set", "model.proj_hidden=32", "--set", "model.proj_dim=8",
+            "--set", "model.backbone=small_cnn", "--set", "model.options.proj_hidden=32", "--set", "model.options.proj_dim=8",
             "--set", "train.batch_size=32", "--set", "train.knn_every=1", "--set", "icl.enabled=true",
             "--set", "icl.n_strata=3", "--quiet"]
     tr = lambda *extra: _torchrun("--no-python", bin_path("iclmsr"), *args, *extra, env=env)
@@ -65,7 +65,7 @@ def test_torchrun_stop_mid_epoch_then_resume_is_bitwise_identical(tmp_path):
     Needs the processes to agree on the batch to stop at, and each process's own generator states in the checkpoint."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ICLMSR_CACHE": str(tmp_path/"cache"), "TMPDIR": str(tmp_path)}   # torchrun's torchelastic_* log folders
     args = ["--set", "data.spec=toy:num_classes=4,n_train=64,n_test=8", "--set", "model.backbone=small_cnn",
-            "--set", "model.proj_hidden=32", "--set", "model.proj_dim=8", "--set", "train.batch_size=32",
+            "--set", "model.options.proj_hidden=32", "--set", "model.options.proj_dim=8", "--set", "train.batch_size=32",
             "--set", "train.knn_every=0", "--set", "train.log_every=1", "--set", "icl.enabled=true", "--set", "icl.n_strata=3",
             "--set", "icl.meta_share=0.5", "--set", "train.deterministic=true", "--set", "train.epochs=3",
             "--set", "intervene.enabled=true", "--quiet"]   # do(background) too: its per-batch streams must resume exactly

@@ -11,8 +11,8 @@ import torch
 from conftest import run, bin_path
 
 SPEC = "toy:num_classes=4,n_train=32,n_test=8"
-TINY = ["--set", f"data.spec={SPEC}", "--set", "model.backbone=small_cnn", "--set", "model.proj_hidden=64",
-        "--set", "model.proj_dim=16", "--set", "train.epochs=1", "--set", "train.batch_size=32",
+TINY = ["--set", f"data.spec={SPEC}", "--set", "model.backbone=small_cnn", "--set", "model.options.proj_hidden=64",
+        "--set", "model.options.proj_dim=16", "--set", "train.epochs=1", "--set", "train.batch_size=32",
         "--set", "optim.warmup_steps=2", "--set", "train.knn_every=0"]
 FAST = ["--probe-epochs", "20", "--fgsm-n", "16"]
 

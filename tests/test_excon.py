@@ -1,6 +1,6 @@
 """`iclmsr train` with ExCon / ExConB (Zhang et al., arXiv:2111.14271): masked views, the per-epoch classifier, exact resume.
 
-4 classes x 16 toy images in batches of 16: 4 steps an epoch; the masked views start at epoch 1 (`model.exp_epochs=1`)."""
+4 classes x 16 toy images in batches of 16: 4 steps an epoch; the masked views start at epoch 1 (`model.options.exp_epochs=1`)."""
 import json, signal, subprocess
 import pytest
 import torch
@@ -8,7 +8,7 @@ from conftest import bin_path
 from test_train_cli import train, one_line_error, _wait_for, _ck, _records
 
 EXCON = ["--set", "data.spec=toy:num_classes=4,n_train=16,n_test=8", "--set", "model.backbone=small_cnn",
-         "--set", "model.method=excon", "--set", "model.exp_epochs=1", "--set", "train.batch_size=16",
+         "--set", "model.method=excon", "--set", "model.options.exp_epochs=1", "--set", "train.batch_size=16",
          "--set", "optim.warmup_steps=2", "--set", "train.log_every=1", "--set", "train.knn_every=0"]
 
 @pytest.fixture(autouse=True)
@@ -53,7 +53,7 @@ def test_excon_trains_and_resumes_bitwise_after_sigkill(tmp_path):
     assert _records(a) == _records(b)
 
 @pytest.mark.parametrize("extra", [["--set", "model.method=excon+icl-msr", "--set", "icl.n_strata=4", "--set", "icl.meta_share=0.5"],
-                                   ["--set", "model.method=exconb", "--set", "model.background_anchor=true"]])
+                                   ["--set", "model.method=exconb", "--set", "model.options.background_anchor=true"]])
 def test_excon_with_icl_msr_and_exconb_train(tmp_path, extra):
     r = tmp_path/"r"
     train("--out", str(r), *EXCON, "--set", "train.epochs=2", *extra, "--quiet", timeout=600)
@@ -63,15 +63,15 @@ def test_excon_with_icl_msr_and_exconb_train(tmp_path, extra):
 
 def test_excon_bad_input_is_one_line(tmp_path):
     out = lambda name: ["--out", str(tmp_path/name)]
-    err = one_line_error(train(*out("a"), *EXCON, "--set", "train.epochs=2", "--set", "model.exp_epochs=5", check=False))
-    assert "model.exp_epochs=5 is beyond the run's 2 epochs" in err, err
+    err = one_line_error(train(*out("a"), *EXCON, "--set", "train.epochs=2", "--set", "model.options.exp_epochs=5", check=False))
+    assert "model.options.exp_epochs=5 is beyond the run's 2 epochs" in err, err
     err = one_line_error(train(*out("b"), *EXCON, "--set", "model.method=supcon", check=False))
-    assert "model.exp_epochs is not used by method 'supcon'" in err, err
+    assert "model.options.exp_epochs is an option of excon, exconb, not of 'supcon'" in err, err
 
 def test_excon_on_unlabelled_data_is_refused():
     from iclmsr.data import load_dataset
     from iclmsr.models import build_backbone
-    from iclmsr.learner import Learner
+    from iclmsr.build import Learner
     from iclmsr.excon import ExCon
     from iclmsr.utils import UserError
     data = load_dataset("toy:num_classes=4,n_train=16,n_test=8", "train")

@@ -8,7 +8,7 @@ import torch
 from conftest import run, bin_path
 
 TINY = ["--set", "data.spec=toy:num_classes=4,n_train=32,n_test=8", "--set", "model.backbone=small_cnn",
-        "--set", "model.proj_hidden=64", "--set", "model.proj_dim=16", "--set", "train.batch_size=32",
+        "--set", "model.options.proj_hidden=64", "--set", "model.options.proj_dim=16", "--set", "train.batch_size=32",
         "--set", "optim.warmup_steps=2", "--set", "train.log_every=1"]
 
 @pytest.fixture(autouse=True)
@@ -182,12 +182,17 @@ def print_config(cap, *args):
     return out.out
 
 def test_a_key_the_method_does_not_use_is_refused_or_listed(tmp_path, capfd):
-    "model.tau set for a method without a temperature is refused in one line; --print-config lists what a run does not read."
-    err = train_error(capfd, "--out", tmp_path/"r", *TINY, "--set", "model.method=byol", "--set", "model.tau=0.3")
-    assert "model.tau is not used by method 'byol'" in err
+    "A temperature set for a method without one is refused in one line naming whose option it is; --print-config lists what a run does not read."
+    err = train_error(capfd, "--out", tmp_path/"r", *TINY, "--set", "model.method=byol", "--set", "model.options.temperature=0.3")
+    assert "model.options.temperature is an option of simclr, supcon" in err and "not of 'byol'" in err
     assert not (tmp_path/"r"/"last.pt").exists()
+    err = train_error(capfd, "--out", tmp_path/"r", *TINY, "--set", "model.options.temprature=0.3")
+    assert "model.options.temprature: method 'simclr' has no such option; its options: proj_hidden=1024, proj_dim=64, temperature=0.5, out_bn=True" in err
+    err = train_error(capfd, "--out", tmp_path/"r", *TINY, "--set", "model.method=vicreg2")
+    assert "model.method: unknown method 'vicreg2'; registered: simclr, byol" in err
     out = print_config(capfd, "--set", "model.method=wmse")
-    assert out.strip().splitlines()[-1] == "# not used by this run: model.tau (wmse has no temperature); icl.* (icl.enabled is false)"
+    assert out.strip().splitlines()[-1] == "# not used by this run: icl.* (icl.enabled is false)"
+    assert "    w_size: null  # whitening sub-batch" in out and "temperature" not in out
     assert "# not used by this run" not in print_config(capfd, "--set", "icl.enabled=true")
     out = print_config(capfd, "--set", "icl.enabled=true", "--set", "intervene.p=0.3")   # set, but not switched on
     assert out.strip().splitlines()[-1] == "# not used by this run: intervene.* (intervene.enabled is false)"
@@ -200,8 +205,8 @@ def test_a_variant_folder_trains_without_masks(tmp_path, capfd):
     root = fake_in9(tmp_path/"in9", n=8, size=32, variants=("original", "only_fg"), split="train")
     fake_in9(root, n=4, size=32, variants=("original", "only_fg"), split="val")
     shutil.rmtree(root/"fg_mask")
-    args = ["--set", f"data.spec=in9:{root}", "--set", "model.backbone=small_cnn", "--set", "model.proj_hidden=32",
-            "--set", "model.proj_dim=8", "--set", "train.batch_size=8", "--set", "train.epochs=1", "--set", "train.knn_every=1",
+    args = ["--set", f"data.spec=in9:{root}", "--set", "model.backbone=small_cnn", "--set", "model.options.proj_hidden=32",
+            "--set", "model.options.proj_dim=8", "--set", "train.batch_size=8", "--set", "train.epochs=1", "--set", "train.knn_every=1",
             "--set", "optim.warmup_steps=1", "--quiet"]
     train_here("--out", tmp_path/"fg", *args, "--set", "data.variant=only_fg")
     res = json.loads((tmp_path/"fg"/"results.json").read_text())
