@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from fastcore.script import Param, store_true
 from .fgbg import FgBgData, VARIANTS, make_variant, inpaint, tile_fill, _plain
 from .toy import (BG_FAMILIES, SHAPES, TOY_FOREGROUNDS, affine_grid, sample_patches, one_thread, make_toy,
-    load_toy, image_grid, bench_toy)
+    load_toy, image_grid)
 _all_ = ["FgBgData", "VARIANTS", "make_variant", "inpaint", "tile_fill", "BG_FAMILIES", "SHAPES", "TOY_FOREGROUNDS",
-         "affine_grid", "sample_patches", "one_thread", "make_toy", "load_toy", "image_grid", "bench_toy"]
+         "affine_grid", "sample_patches", "one_thread", "make_toy", "load_toy", "image_grid"]
 
 # %% auto #0
 __all__ = ['ON_ERROR', 'DOMAINS_FILE', 'IN9_VARIANTS', 'DATASETS', 'parse_spec', 'load_cifar10', 'load_cifar100', 'load_stl10',
@@ -24,7 +24,7 @@ __all__ = ['ON_ERROR', 'DOMAINS_FILE', 'IN9_VARIANTS', 'DATASETS', 'parse_spec',
            'available_variants', 'variant_of', 'export_in9', 'DatasetInfo', 'load_dataset', 'data_summary',
            'format_summary', 'data_info', 'data_export', 'FgBgData', 'VARIANTS', 'make_variant', 'inpaint', 'tile_fill',
            'BG_FAMILIES', 'SHAPES', 'TOY_FOREGROUNDS', 'affine_grid', 'sample_patches', 'one_thread', 'make_toy',
-           'load_toy', 'image_grid', 'bench_toy']
+           'load_toy', 'image_grid']
 
 # %% ../nbs/01c_data.ipynb #c480f62f
 def _value(v: str):

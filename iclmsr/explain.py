@@ -9,13 +9,12 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 import torchvision
-from .utils import UserError, model_device, timed, get_device
-from .models import Backbone, build_backbone
+from .utils import UserError, model_device
+from .models import Backbone
 
 # %% auto #0
-__all__ = ['ExplainError', 'grad_cam', 'normalise_cam', 'saliency_mask', 'cam_layer', 'bench_grad_cam', 'top_pixels',
-           'average_drop', 'increase_in_confidence', 'mask_iou', 'pointing_game', 'energy_share',
-           'explanation_measures']
+__all__ = ['ExplainError', 'grad_cam', 'normalise_cam', 'saliency_mask', 'cam_layer', 'top_pixels', 'average_drop',
+           'increase_in_confidence', 'mask_iou', 'pointing_game', 'energy_share', 'explanation_measures']
 
 # %% ../nbs/11_explain.ipynb #0dc40a74
 class ExplainError(UserError, ValueError):
@@ -127,32 +126,6 @@ def cam_layer(backbone, image_size: int):
     convs = [m for m in backbone.modules() if isinstance(m, nn.Conv2d)]
     if not convs: raise ExplainError(f"{type(backbone).__name__} has no Conv2d layer for Grad-CAM; pass the layer explicitly")
     return convs[-1]
-
-# %% ../nbs/11_explain.ipynb #56febbc2
-def _captum_grad_cam(model, layer, images, targets, relu=False):
-    try: from captum.attr import LayerGradCam, LayerAttribution
-    except ImportError: raise ExplainError("captum is not installed (a development dependency): pip install captum") from None
-    a = LayerGradCam(model, layer).attribute(images, target=targets, relu_attributions=relu)
-    return LayerAttribution.interpolate(a, images.shape[-2:], "bilinear").squeeze(1)
-
-def bench_grad_cam(backbone: str = "resnet18", image_size: int = 32, batch: int = 64, n_classes: int = 10, reps: int = 5,
-                   device=None, relu: bool = False) -> dict:
-    "Ours against captum's `LayerGradCam` (+ interpolation), side by side on one model and batch: median seconds per call."
-    dev = get_device(device)
-    g = torch.Generator().manual_seed(0)
-    bb = build_backbone(backbone, image_size)
-    model = nn.Sequential(bb, nn.Linear(bb.feat_dim, n_classes)).to(dev)
-    layer = cam_layer(model, image_size)
-    x = torch.randn(batch, 3, image_size, image_size, generator=g).to(dev)
-    t = torch.randint(0, n_classes, (batch,), generator=g).to(dev)
-    fns = {"ours": lambda: grad_cam(model, layer, x, t, relu), "captum": lambda: _captum_grad_cam(model, layer, x, t, relu)}
-    diff = (fns["ours"]() - fns["captum"]()).abs().max().item()       # the warm-up, and the check
-    times = {k: [] for k in fns}
-    for _ in range(reps):
-        for k, f in fns.items(): times[k].append(timed(f, dev)[0])    # interleaved: both see the same load
-    med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
-    return {"backbone": backbone, "image_size": image_size, "batch": batch, "device": str(dev), "ours_s": med["ours"],
-            "captum_s": med["captum"], "ours_over_captum": med["ours"] / med["captum"], "max_abs_diff": diff}
 
 # %% ../nbs/11_explain.ipynb #f4000708
 def top_pixels(cam: torch.Tensor, frac: float = 0.15) -> torch.Tensor:
