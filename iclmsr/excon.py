@@ -12,7 +12,9 @@ import torch.nn.functional as F
 from fastcore.basics import patch
 from .config import ModelConfig
 from .batch import Batch, as_batch
-from .losses import supcon_loss, gather_pair, process_group, gather_rows, _all_gather_cat, _float
+from .utils import at_least_float32
+from .losses import supcon_loss
+from .distributed import gather_pair, process_group, gather_rows, all_gather_cat
 from .explain import grad_cam, saliency_mask, cam_layer
 from .methods import Method, SupCon, METHODS
 
@@ -139,14 +141,14 @@ def gather_ragged(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor, anch
     "(z1, z2, labels, anchors, scale) of the global batch when processes hold different numbers of rows (identity and scale 1 in one process)."
     rank, world = process_group()
     if world == 1: return z1, z2, labels, anchors, 1.0
-    z1, z2 = _float(z1, z2)   # gathered (and gradients summed) in at least float32
+    z1, z2 = at_least_float32(z1, z2)   # gathered (and gradients summed) in at least float32
     n = len(z1)
-    sizes = _all_gather_cat(torch.tensor([[n, len(anchors)]], device=z1.device))      # (world, 2): rows, anchors
+    sizes = all_gather_cat(torch.tensor([[n, len(anchors)]], device=z1.device))      # (world, 2): rows, anchors
     m = int(sizes[:, 0].max())
     pad = lambda t, v: torch.cat([t, t.new_full((m - n, *t.shape[1:]), v)])
     keep = (torch.arange(m, device=z1.device)[None] < sizes[:, :1]).flatten()
     g1, g2 = gather_rows(pad(z1, 0))[keep], gather_rows(pad(z2, 0))[keep]
-    gl = _all_gather_cat(pad(labels, -1))[keep]
+    gl = all_gather_cat(pad(labels, -1))[keep]
     N, off = len(g1), int(sizes[:rank, 0].sum())
     moved = torch.where(anchors < n, anchors + off, anchors - n + N + off)   # view 1 rows, then view 2 rows
     return g1, g2, gl, moved, world * len(anchors) / float(sizes[:, 1].sum())

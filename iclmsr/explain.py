@@ -9,7 +9,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 import torchvision
-from .utils import UserError, model_device
+from .utils import UserError, model_device, as_pixels, normaliser
 from .models import Backbone
 
 # %% auto #0
@@ -185,21 +185,11 @@ def energy_share(cam: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return torch.where(total > 0, inside / total.clamp_min(torch.finfo(cam.dtype).tiny), torch.zeros_like(total))
 
 # %% ../nbs/11_explain.ipynb #39114a9d
-def _pixels(images) -> torch.Tensor:
+def _rgb_pixels(images) -> torch.Tensor:
+    "`as_pixels` of a batch of RGB images (B, 3, H, W), with `ExplainError`s."
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3 or not len(images):
         raise ExplainError(f"images must be a non-empty batch (B, 3, H, W) of uint8 or [0, 1] pixels, got a {_got(images)}")
-    if images.dtype == torch.uint8: return images.float() / 255
-    x = images.float()
-    if not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
-        raise ExplainError(f"images must be pixels in [0, 1] (before normalisation) or uint8, got range [{float(x.min()):.3g}, {float(x.max()):.3g}]")
-    return x
-
-def _normaliser(mean, std, device):
-    m = torch.as_tensor(0. if mean is None else mean, dtype=torch.float32, device=device).flatten()
-    s = torch.as_tensor(1. if std is None else std, dtype=torch.float32, device=device).flatten()
-    if len(m) not in (1, 3) or len(s) not in (1, 3) or (s <= 0).any():
-        raise ExplainError(f"mean and std must have 1 or 3 values (std > 0), got {m.tolist()} and {s.tolist()}")
-    return lambda x: (x - m.view(1, -1, 1, 1)) / s.view(1, -1, 1, 1)
+    return as_pixels(images, error=ExplainError)
 
 @torch.no_grad()
 def _probs(model, x): return model(x).float().softmax(1)
@@ -223,7 +213,7 @@ def explanation_measures(model: nn.Module, layer, images, labels=None, masks=Non
     "ExCon's Average Drop / Increase in Confidence and, with true `masks`, saliency IoU, pointing game and energy share (percent)."
     if target not in ("label", "pred"): raise ExplainError(f"target must be 'label' or 'pred', got {target!r}")
     if not isinstance(bs, numbers.Integral) or bs < 1: raise ExplainError(f"bs must be a positive integer, got {bs!r}")
-    x = _pixels(images); dev = model_device(model); norm = _normaliser(mean, std, dev)
+    x = _rgb_pixels(images); dev = model_device(model); norm = normaliser(mean, std, 3, dev, error=ExplainError)
     y = None if labels is None else _check_targets(labels, len(x), "labels")
     if masks is not None: _check_masks(masks, x[:, 0])
     layer = _check_layer(model, layer)

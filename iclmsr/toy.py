@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from .utils import cache_dir, atomic_torch_save
-from .fgbg import FgBgData, _u8
+from .fgbg import FgBgData, to_uint8
 
 # %% auto #0
 __all__ = ['BG_FAMILIES', 'SHAPES', 'TOY_FOREGROUNDS', 'CLASS_HUE_SD', 'affine_grid', 'sample_patches', 'one_thread', 'make_toy',
@@ -176,7 +176,7 @@ def _toy_chunk(labels, bgs, size, fg, train, g):
     bg.mul_((0.85 + 0.3 * _rand(g, n))[:, None, None, None]).clamp_(0, 1)
     masks = _fg_masks(labels, size, g, fg, train)
     img = torch.where(masks[:, None], _fills(n, size, g, labels if fg == "coloured_shapes" else None), bg)
-    return _u8(img), masks, _u8(bg)
+    return to_uint8(img), masks, to_uint8(bg)
 
 def _toy_split(num_classes, n_per, size, rho, fg, train, seed) -> dict:
     g = torch.Generator().manual_seed(seed)

@@ -13,10 +13,10 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 import ipywidgets as W
 from fastcore.basics import patch
-from .utils import cache_dir, model_device
+from .utils import cache_dir, model_device, as_pixels, normaliser
 from .data import FgBgData
 from .knn import FeatureIndex, as_feats, as_labels
-from .explain import grad_cam, normalise_cam, mask_iou, pointing_game, energy_share, _normaliser, _pixels
+from .explain import ExplainError, grad_cam, normalise_cam, mask_iou, pointing_game, energy_share
 
 # %% auto #0
 __all__ = ['FORMATS', 'MARKS', 'COLOR_BY', 'PALETTE', 'DBS', 'in_kernel', 'figure_html', 'Showable', 'image_bytes', 'data_uri',
@@ -506,7 +506,7 @@ def compute(self: SaliencyView, ids) -> dict:
     out, m = {}, self.data.masks[ids]
     for name, (model, layer) in self.models.items():
         dev = model_device(model)
-        x = _normaliser(self.mean, self.std, dev)(_pixels(self.data.images[ids]).to(dev))
+        x = normaliser(self.mean, self.std, 3, dev, error=ExplainError)(as_pixels(self.data.images[ids]).to(dev))
         modes = [(mod, mod.training) for mod in model.modules()]
         model.eval()
         try:
