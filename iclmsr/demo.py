@@ -11,7 +11,7 @@ from .data import load_dataset
 from .config import Config, config_to_dict, load_config, split_run_name, RUN_SUFFIXES
 from .methods import METHODS
 from .eval import SETTINGS, TESTS, evaluate, four_settings_table, train_method, package_versions
-from .report import fmt, mean_std, bar_trace, COLOURS, plot_four_settings, html_table, html_report, out_dir
+from .report import fmt, unpack_mean_std, bar_trace, COLOURS, plot_four_settings, html_table, html_report, out_dir
 
 # %% auto #0
 __all__ = ['DEMO_MODELS', 'demo_settings', 'demo_config', 'demo_summary', 'measure_demo_model', 'mean_std', 'background_effect',
@@ -87,7 +87,7 @@ def mean_std(runs: list):
 
 def background_effect(table: dict, metric: str = "linear") -> dict:
     "Points lost by the full-image model when backgrounds are removed, and by the foreground model when they are added."
-    v = lambda a, b: mean_std(table[a][b][metric])[0]
+    v = lambda a, b: unpack_mean_std(table[a][b][metric])[0]
     return {"train_full": v("train_full", "test_full") - v("train_full", "test_fg"),
             "train_fg": v("train_fg", "test_fg") - v("train_fg", "test_full")}
 

@@ -4,6 +4,7 @@
 
 # %% ../nbs/04_losses.ipynb #f115f8ef
 from __future__ import annotations
+import math
 from contextlib import contextmanager
 import torch
 import torch.nn.functional as F

@@ -9,11 +9,12 @@ from pathlib import Path
 from .eval import eval_checkpoint, EXPL_VARIANTS
 
 # %% auto #0
-__all__ = ['COLOURS', 'mean_std', 'fmt', 'bar_trace', 'plot_four_settings', 'plot_variants', 'plot_groups', 'plot_calibration',
-           'html_table', 'html_report', 'unavailable_text', 'print_eval', 'eval_report', 'out_dir', 'eval_cmd']
+__all__ = ['COLOURS', 'unpack_mean_std', 'fmt', 'bar_trace', 'plot_four_settings', 'plot_variants', 'plot_groups',
+           'plot_calibration', 'html_table', 'html_report', 'unavailable_text', 'print_eval', 'eval_report', 'out_dir',
+           'eval_cmd']
 
 # %% ../nbs/14b_report.ipynb #1ff78052
-def mean_std(v) -> tuple:
+def unpack_mean_std(v) -> tuple:
     "(mean, std or None) of a value: a plain number, or a {'mean', 'std'} dict for several seeds."
     if isinstance(v, dict): return v["mean"], v.get("std")
     return v, None
@@ -21,7 +22,7 @@ def mean_std(v) -> tuple:
 def fmt(v, nd: int = 1) -> str:
     "A number, or mean ± std, as text."
     if v is None: return "-"
-    m, s = mean_std(v)
+    m, s = unpack_mean_std(v)
     return f"{m:.{nd}f}" if s is None else f"{m:.{nd}f} ± {s:.{nd}f}"
 
 # %% ../nbs/14b_report.ipynb #65932215
@@ -32,7 +33,7 @@ _SETTING_NAMES = {("train_full", "test_full"): "train full / test full", ("train
 def bar_trace(name, xs, vals, **kw):
     "A plotly bar trace of `vals` (numbers or {'mean', 'std'} dicts) at `xs`, labelled with one decimal, with error bars where a std is given."
     import plotly.graph_objects as go
-    ms = [mean_std(v) for v in vals]
+    ms = [unpack_mean_std(v) for v in vals]
     err = [s for _, s in ms]
     return go.Bar(name=name, x=xs, y=[m for m, _ in ms], text=[f"{m:.1f}" for m, _ in ms], textposition="outside",
                   error_y=dict(type="data", array=err, visible=True) if any(e is not None for e in err) else None, **kw)
