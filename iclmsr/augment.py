@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_augment.ipynb #abcef4dc
 from __future__ import annotations
-import math, time
+import math
 import numpy as np
 import torch
 import torch.nn as nn
@@ -14,7 +14,7 @@ from fastcore.basics import patch
 # %% auto #0
 __all__ = ['CIFAR_MEAN', 'CIFAR_STD', 'IMAGENET_MEAN', 'IMAGENET_STD', 'PRESETS', 'DCODR_KINDS', 'rrc_params', 'crop_flip',
            'to_gray', 'adjust_brightness', 'adjust_contrast', 'adjust_saturation', 'adjust_hue', 'gaussian_blur',
-           'TwoViewAugment', 'torchvision_two_views', 'bench_augment']
+           'TwoViewAugment', 'torchvision_two_views']
 
 # %% ../nbs/02_augment.ipynb #9ef3ac86
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
@@ -271,55 +271,3 @@ class _TwoViews:
             from torchvision.transforms.functional import to_pil_image
             img = to_pil_image(img)
         return self.t(img), self.t(img)
-
-# %% ../nbs/02_augment.ipynb #9e6dcff4
-class _PerImage(torch.utils.data.Dataset):
-    def __init__(self, arr, fn): self.arr, self.fn = arr, fn
-    def __len__(self): return len(self.arr)
-    def __getitem__(self, i):
-        from PIL import Image
-        return self.fn(Image.fromarray(self.arr[i]))
-
-def _time_batched(aug, x, batch, n_batches, device):
-    sync = (lambda: torch.cuda.synchronize()) if device.type == "cuda" else (lambda: None)
-    aug(x[:batch]); sync()
-    t = time.perf_counter()
-    for i in range(1, n_batches): aug(x[i * batch:(i + 1) * batch])
-    sync()
-    return (n_batches - 1) * batch / (time.perf_counter() - t)
-
-def _time_loader(fn, arr, batch, workers):
-    dl = torch.utils.data.DataLoader(_PerImage(arr, fn), batch_size=batch, num_workers=workers)
-    it = iter(dl); next(it)
-    t, n = time.perf_counter(), 0
-    for a, _ in it: n += len(a)
-    return n / (time.perf_counter() - t)
-
-def bench_augment(batch: int = 256, size: int = 32, n_batches: int = 20, workers: int = 2, preset: str = "wmse",
-                  device=None, rounds: int = 2, threads: int | None = None, fast_hue: bool = False, seed: int = 0) -> dict:
-    "Two-view images/s: batched `TwoViewAugment` vs the per-image torchvision pipeline in a DataLoader, side by side."
-    from iclmsr.utils import get_device
-    dev = get_device(device or "cpu")
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randint(0, 256, (batch * n_batches, 3, size, size), dtype=torch.uint8, generator=g)
-    arr = x.permute(0, 2, 3, 1).numpy()
-    aug, xd = TwoViewAugment(preset, size, fast_hue=fast_hue).to(dev), x.to(dev)
-    tv = torchvision_two_views(preset, size)
-    old = torch.get_num_threads()
-    # on a CPU, try 1 intra-op thread as well as all of them: on a busy shared machine OpenMP threads that wait for
-    # each other at every op can be many times slower than one thread
-    tlist = [threads] if threads else ([old] if dev.type != "cpu" else sorted({1, old}))
-    ours, theirs = {}, 0.0
-    try:
-        for _ in range(rounds):
-            for t in tlist:
-                torch.set_num_threads(t)
-                ours[t] = max(ours.get(t, 0.0), _time_batched(aug, xd, batch, n_batches, dev))
-            torch.set_num_threads(old)
-            theirs = max(theirs, _time_loader(tv, arr, batch, workers))
-    finally: torch.set_num_threads(old)
-    best = max(ours, key=ours.get)
-    return dict(preset=preset, batch=batch, size=size, n_images=batch * n_batches, device=str(dev), workers=workers,
-                rounds=rounds, fast_hue=fast_hue, batched_img_s=round(ours[best], 1), batched_threads=best,
-                batched_img_s_by_threads={str(t): round(v, 1) for t, v in ours.items()},
-                torchvision_img_s=round(theirs, 1), speedup=round(ours[best] / theirs, 2))

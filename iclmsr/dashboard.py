@@ -23,7 +23,7 @@ from .viz import Showable, figure_html
 
 # %% auto #0
 __all__ = ['DIAGNOSTICS', 'LOSS_TRACES', 'KNN_TRACES', 'DEVICES', 'gpu_memory', 'strata_of', 'Recorder', 'save_now', 'thin',
-           'dashboard_figures', 'draw', 'Dashboard', 'display_path', 'diagnostics_text', 'bench_dashboard']
+           'dashboard_figures', 'draw', 'Dashboard', 'display_path', 'diagnostics_text']
 
 # %% ../nbs/16_dashboard.ipynb #5fcec703
 def gpu_memory(device) -> tuple[float, float] | None:
@@ -549,50 +549,3 @@ def detach(self: Dashboard):
     "Stop watching an attached learner (the ticker ends; the recorder stays in its callbacks, cheaply)."
     self.state = "detached"
     if self.ticker is not None: self.ticker.join(timeout=5)
-
-# %% ../nbs/16_dashboard.ipynb #fcc1e2e1
-class _Blocks(Callback):
-    "Time blocks of `block` fit steps and switch the recorder on and off between them (P W W P P W W P ...)."
-    order = 0
-    def __init__(self, block: int, rec: Recorder): self.block, self.rec, self.blocks, self.t0 = block, rec, [], None
-    def watched(self, b: int) -> bool: return b > 0 and (b - 1) % 4 in (0, 3)
-    def before_fit(self):
-        self.t0, self.c0, self.b = time.perf_counter(), time.process_time(), 0
-        self.rec.active = self.watched(0)
-    def after_batch(self):
-        L = self.learn
-        if L.stage != "fit" or L.step % self.block: return
-        t, c = time.perf_counter(), time.process_time()
-        self.blocks.append({"watched": self.rec.active, "steps_per_s": self.block / (t - self.t0),
-                            "cpu_s_per_step": (c - self.c0) / self.block, "wall_s": t - self.t0})
-        self.t0, self.c0, self.b = t, c, self.b + 1
-        self.rec.active = self.watched(self.b)
-
-def bench_dashboard(overrides: list[str] | None = None, steps: int = 480, block_epochs: int = 3, every: float = 1.0,
-                    show: bool = False, max_points: int = 1500) -> dict:
-    "Steps/s with and without a watching dashboard, in alternating blocks of one run; the overhead in %."
-    base = ["data.spec=toy:num_classes=4,n_train=64,n_test=16", "model.backbone=small_cnn", "model.options.proj_hidden=128",
-            "model.options.proj_dim=32", "train.batch_size=32", "train.knn_every=0", "optim.warmup_steps=0", "icl.enabled=true",
-            "icl.n_strata=4", "train.device=cpu"]
-    learn = Learner.from_config(load_config(None, base + list(overrides or [])))
-    block = learn.batches_per_epoch * block_epochs
-    n_pairs = max(2, round(steps / block / 2))
-    dash = Dashboard(every=every, max_points=max_points).attach(learn)
-    if show:
-        from IPython.display import display
-        display(dash.widget)   # in JupyterLab: the browser receives and draws every redraw
-    clock = _Blocks(block, dash.rec)
-    learn.add_cbs([clock])
-    learn.fit((2 * n_pairs + 1) * block_epochs)
-    dash.detach()
-    bl = clock.blocks[1:]                                   # block 0 warms up
-    pair = lambda k: [(a if a["watched"] else b)[k] / (b if a["watched"] else a)[k] for a, b in zip(bl[0::2], bl[1::2])]
-    speed, cpu = float(np.median(pair("steps_per_s"))), float(np.median(pair("cpu_s_per_step")))
-    watched_s = sum(b["wall_s"] for b in clock.blocks if b["watched"])
-    return {"blocks": bl, "speed_ratios": pair("steps_per_s"), "overhead_pct": 100 * (1 - speed),
-            "cpu_overhead_pct": 100 * (cpu - 1), "redraws": dash.redraws,
-            "redraw_ms": 1000 * dash.draw_wall / max(dash.redraws, 1), "redraw_cpu_ms": 1000 * dash.draw_cpu / max(dash.redraws, 1),
-            "recorder_us": 1e6 * dash.rec.cost / max(dash.rec.calls, 1),
-            "watch_cpu_pct": 100 * (dash.draw_cpu + dash.rec.cost) / watched_s, "block_steps": block, "every": every,
-            "max_points": max_points,
-            "steps_per_s": float(np.median([b["steps_per_s"] for b in bl]))}

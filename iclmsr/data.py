@@ -12,11 +12,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from fastcore.script import Param, store_true
-from .fgbg import FgBgData, VARIANTS, make_variant, inpaint, tile_fill, _plain
+from .fgbg import FgBgData, VARIANTS, make_variant, inpaint, tile_fill, check_plain
 from .toy import (BG_FAMILIES, SHAPES, TOY_FOREGROUNDS, affine_grid, sample_patches, one_thread, make_toy,
-    load_toy, image_grid, bench_toy)
+    load_toy, image_grid)
 _all_ = ["FgBgData", "VARIANTS", "make_variant", "inpaint", "tile_fill", "BG_FAMILIES", "SHAPES", "TOY_FOREGROUNDS",
-         "affine_grid", "sample_patches", "one_thread", "make_toy", "load_toy", "image_grid", "bench_toy"]
+         "affine_grid", "sample_patches", "one_thread", "make_toy", "load_toy", "image_grid"]
 
 # %% auto #0
 __all__ = ['ON_ERROR', 'DOMAINS_FILE', 'IN9_VARIANTS', 'DATASETS', 'parse_spec', 'load_cifar10', 'load_cifar100', 'load_stl10',
@@ -24,7 +24,7 @@ __all__ = ['ON_ERROR', 'DOMAINS_FILE', 'IN9_VARIANTS', 'DATASETS', 'parse_spec',
            'available_variants', 'variant_of', 'export_in9', 'DatasetInfo', 'load_dataset', 'data_summary',
            'format_summary', 'data_info', 'data_export', 'FgBgData', 'VARIANTS', 'make_variant', 'inpaint', 'tile_fill',
            'BG_FAMILIES', 'SHAPES', 'TOY_FOREGROUNDS', 'affine_grid', 'sample_patches', 'one_thread', 'make_toy',
-           'load_toy', 'image_grid', 'bench_toy']
+           'load_toy', 'image_grid']
 
 # %% ../nbs/01c_data.ipynb #c480f62f
 def _value(v: str):
@@ -514,7 +514,7 @@ def export_in9(data, out_dir, variants=None, splits=None, seed: int = 0, overwri
         co = co.tolist(); data = {s: d.replace(meta={**d.meta, "train_cooccurrence": co}) for s, d in data.items()}
     cdirs = _class_dirs(first.classes)
     side = dict(format="iclmsr-in9", version=1, classes=first.classes, class_dirs=cdirs, bg_names=first.bg_names,
-                splits={}, meta={s: _plain(d.meta, "meta") for s, d in data.items()}, train_cooccurrence=co)
+                splits={}, meta={s: check_plain(d.meta, "meta") for s, d in data.items()}, train_cooccurrence=co)
     for s, d in data.items():
         labels = d.labels.cpu()
         bgs = {}

@@ -11,7 +11,7 @@ from .data import load_dataset
 from .config import Config, config_to_dict, load_config, split_run_name, RUN_SUFFIXES
 from .methods import METHODS
 from .eval import SETTINGS, TESTS, evaluate, four_settings_table, train_method, package_versions
-from .report import fmt, _ms, _bar, _COLOURS, plot_four_settings, html_table, html_report, out_dir
+from .report import fmt, unpack_mean_std, bar_trace, COLOURS, plot_four_settings, html_table, html_report, out_dir
 
 # %% auto #0
 __all__ = ['DEMO_MODELS', 'demo_settings', 'demo_config', 'demo_summary', 'measure_demo_model', 'mean_std', 'background_effect',
@@ -87,7 +87,7 @@ def mean_std(runs: list):
 
 def background_effect(table: dict, metric: str = "linear") -> dict:
     "Points lost by the full-image model when backgrounds are removed, and by the foreground model when they are added."
-    v = lambda a, b: _ms(table[a][b][metric])[0]
+    v = lambda a, b: unpack_mean_std(table[a][b][metric])[0]
     return {"train_full": v("train_full", "test_full") - v("train_full", "test_fg"),
             "train_fg": v("train_fg", "test_fg") - v("train_fg", "test_full")}
 
@@ -158,8 +158,8 @@ def plot_bg_measures(models: dict, title: str = "Background measures of the mode
     import plotly.graph_objects as go
     rows = _BG_ROWS[:5]
     xs = [r for r, _ in rows]
-    fig = go.Figure([_bar(n, xs, [_get(m, p) if _get(m, p) is not None else float("nan") for _, p in rows],
-                          marker_color=_COLOURS[i % len(_COLOURS)]) for i, (n, m) in enumerate(models.items())])
+    fig = go.Figure([bar_trace(n, xs, [_get(m, p) if _get(m, p) is not None else float("nan") for _, p in rows],
+                          marker_color=COLOURS[i % len(COLOURS)]) for i, (n, m) in enumerate(models.items())])
     fig.update_layout(title=title, barmode="group", height=400, yaxis_title="% (BG-gap: points)")
     return fig
 

@@ -9,11 +9,11 @@ from dataclasses import replace
 from pathlib import Path
 import torch
 import torch.nn as nn
-from .utils import get_device, cache_dir, env_info, model_device, read_torch_file
+from .utils import get_device, cache_dir, env_info, model_device, read_torch_file, as_pixels, normaliser
 from .data import FgBgData, VARIANTS, IN9_VARIANTS, DATASETS, load_dataset, parse_spec, available_variants, variant_of
 from .knn import knn_predict, weighted_knn_predict, FeatureIndex
 from .probe import linear_probe, eval_linear, bg_probe, ece, calibration_bins, worst_group, bg_gap, fgsm_accuracy, accuracy
-from .probe import dcodr_measures, _min_split_size, fgsm, _pixels, _normaliser, _predict
+from .probe import dcodr_measures, min_split_size, fgsm, predict_classes
 from .explain import ExplainError, cam_layer, explanation_measures
 from .config import Config, config_from_dict
 from .checkpoint import load_checkpoint, atomic_save
@@ -312,16 +312,16 @@ def _eps_list(eps) -> tuple:
 
 def fgsm_curve(model: nn.Module, images, labels, eps=_FGSM_EPS, mean=None, std=None, bs: int = 256) -> dict:
     "Clean and FGSM accuracy (percent) of an end-to-end `model` at each `eps`: {'clean', 'acc': {'1/255': ...}, 'eps', 'n'}."
-    es, x = _eps_list(eps), _pixels(images)
+    es, x = _eps_list(eps), as_pixels(images)
     y = torch.as_tensor(labels).long()
     if y.shape != (len(x),): raise ValueError(f"labels must hold one class id per image ({len(x)}), got shape {tuple(y.shape)}")
     dev, was = model_device(model), model.training
-    norm, hits = _normaliser(mean, std, x.shape[1], dev), [0] * (1 + len(es))
+    norm, hits = normaliser(mean, std, x.shape[1], dev), [0] * (1 + len(es))
     for xb, yb in zip(x.split(bs), y.split(bs)):
         d = (fgsm(model, xb, yb, 1.0, mean, std) - xb.to(dev)).sign()   # the step's direction wherever the clamp lets a pixel move
         xb, yb = xb.to(dev), yb.to(dev)
         for i, xe in enumerate([xb] + [(xb + e * d).clamp_(0, 1) for e in es]):
-            hits[i] += (_predict(model, xe, norm, was) == yb).sum().item()
+            hits[i] += (predict_classes(model, xe, norm, was) == yb).sum().item()
     acc = [100.0 * h / len(x) for h in hits]
     return {"clean": acc[0], "acc": {_eps_label(e): a for e, a in zip(es, acc[1:])}, "eps": list(es), "n": len(x)}
 
@@ -394,7 +394,7 @@ def _dcodr_data(res: dict, tv: dict, trv) -> tuple:
         try: tr = trv(v)
         except ValueError: reason = f"no {v} train images to fit its probes on"; continue
         if not _has_bgs(tr): reason = f"{_NO_BGS} (on the {v} train images)"; continue
-        need = _min_split_size(0.1)
+        need = min_split_size(0.1)
         if len(tr) < need: return None, None, None, f"{len(tr)} {v} train images are too few for the probes' held-out 10% (at least {need})"
         if len(torch.cat([tr.backgrounds, te.backgrounds]).unique()) < 2: return None, None, None, f"a single domain (background id) in the {v} images"
         if len(tr.labels.unique()) < 2: return None, None, None, f"a single class in the {v} train images"

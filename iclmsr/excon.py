@@ -5,20 +5,20 @@
 # %% ../nbs/06b_excon.ipynb #296abf7e
 from __future__ import annotations
 import copy, dataclasses
-from statistics import median
 import torch
 import torch.distributed
 from torch import nn
 import torch.nn.functional as F
 from fastcore.basics import patch
 from .batch import Batch, as_batch
-from .losses import supcon_loss, gather_pair, process_group, gather_rows, _all_gather_cat, _float
+from .utils import at_least_float32
+from .losses import supcon_loss
+from .distributed import gather_pair, process_group, gather_rows, all_gather_cat
 from .explain import grad_cam, saliency_mask, cam_layer
-from .methods import Method, SupCon, METHODS, build_method, register_method
-from .utils import get_device, seed_everything, timed
+from .methods import Method, SupCon, METHODS, register_method
 
 # %% auto #0
-__all__ = ['masked_view', 'ExCon', 'gather_ragged', 'ExConB', 'bench_excon_step']
+__all__ = ['masked_view', 'ExCon', 'gather_ragged', 'ExConB']
 
 # %% ../nbs/06b_excon.ipynb #8df1293d
 def masked_view(clean: torch.Tensor, cam: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
@@ -157,14 +157,14 @@ def gather_ragged(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor, anch
     "(z1, z2, labels, anchors, scale) of the global batch when processes hold different numbers of rows (identity and scale 1 in one process)."
     rank, world = process_group()
     if world == 1: return z1, z2, labels, anchors, 1.0
-    z1, z2 = _float(z1, z2)   # gathered (and gradients summed) in at least float32
+    z1, z2 = at_least_float32(z1, z2)   # gathered (and gradients summed) in at least float32
     n = len(z1)
-    sizes = _all_gather_cat(torch.tensor([[n, len(anchors)]], device=z1.device))      # (world, 2): rows, anchors
+    sizes = all_gather_cat(torch.tensor([[n, len(anchors)]], device=z1.device))      # (world, 2): rows, anchors
     m = int(sizes[:, 0].max())
     pad = lambda t, v: torch.cat([t, t.new_full((m - n, *t.shape[1:]), v)])
     keep = (torch.arange(m, device=z1.device)[None] < sizes[:, :1]).flatten()
     g1, g2 = gather_rows(pad(z1, 0))[keep], gather_rows(pad(z2, 0))[keep]
-    gl = _all_gather_cat(pad(labels, -1))[keep]
+    gl = all_gather_cat(pad(labels, -1))[keep]
     N, off = len(g1), int(sizes[:rank, 0].sum())
     moved = torch.where(anchors < n, anchors + off, anchors - n + N + off)   # view 1 rows, then view 2 rows
     return g1, g2, gl, moved, world * len(anchors) / float(sizes[:, 1].sum())
@@ -211,58 +211,3 @@ class ExConB(ExCon):
         super().__init__(backbone, proj_hidden, proj_dim, temperature, base_temperature, n_classes, exp_epochs,
                          threshold, cam_layer, clf_lr, clf_momentum)
         self.background_anchor = background_anchor
-
-# %% ../nbs/06b_excon.ipynb #74b164ab
-def _excon_contenders(backbone, size, n_classes, dev) -> dict:
-    "SupCon, ExCon and ExConB (masking on from the first epoch) sharing one set of initial weights."
-    sup = build_method("supcon", backbone, size).to(dev)
-    ms = {"supcon": sup}
-    for name in ("excon", "exconb"):
-        m = build_method(name, copy.deepcopy(sup.backbone), size, n_classes=n_classes, exp_epochs=0).to(dev)
-        m.projector.load_state_dict(sup.projector.state_dict())
-        m.epoch_start(0, 1)
-        ms[name] = m
-    ms["exconb"].classifier.load_state_dict(ms["excon"].classifier.state_dict())
-    ms["exconb"].epoch_start(0, 1)
-    return ms
-
-def _excon_step(m, opt, batch, step):
-    "One training step as the `Learner` takes it: the loss, the encoder's optimiser step, then `step_end`."
-    out = m.training_loss(batch, step=step)
-    opt.zero_grad(set_to_none=True); out["loss"].backward(); opt.step()
-    m.step_end(step, step + 1)
-    return out
-
-def _fwd_bwd(backbone, x):
-    "One forward and full backward of the backbone on `x` (parameter gradients included), for scale."
-    backbone.zero_grad(set_to_none=True); backbone(x).sum().backward(); backbone.zero_grad(set_to_none=True)
-
-# %% ../nbs/06b_excon.ipynb #05b0b27e
-def bench_excon_step(backbone: str = "resnet18", batch: int = 256, size: int = 32, n_classes: int = 10, steps: int = 3,
-                     warmup: int = 1, lr: float = 0.05, device=None, seed: int = 0) -> dict:
-    "Step seconds of SupCon, ExCon and ExConB side by side, and ExCon's explanation pass against one forward + backward of the encoder."
-    dev = get_device(device); seed_everything(seed)
-    ms = _excon_contenders(backbone, size, n_classes, dev)
-    opts = {k: torch.optim.SGD(m.encoder_parameters(), lr=lr, momentum=0.9) for k, m in ms.items()}
-    ex = ms["excon"]
-    jobs = {k: (lambda k=k: _excon_step(ms[k], opts[k], b, r)) for k in ms}
-    jobs["explain"] = lambda: ex.explain(b.clean, b.labels)
-    jobs["fwd_bwd"] = lambda: _fwd_bwd(ex.backbone, b.clean)
-    times, shares = {k: [] for k in jobs}, []
-    for r in range(warmup + steps):
-        g = torch.Generator().manual_seed(seed + r)
-        v1, v2, clean = (torch.rand(batch, 3, size, size, generator=g).to(dev) for _ in range(3))
-        b = Batch(views=(v1, v2), labels=torch.randint(0, n_classes, (batch,), generator=g).to(dev), clean=clean)
-        order = list(jobs)[r % len(jobs):] + list(jobs)[:r % len(jobs)]   # rotate who goes first
-        for k in order:
-            t, out = timed(jobs[k], dev)
-            if r >= warmup: times[k].append(t)
-            if k == "excon" and r >= warmup: shares.append(float(ex.last_share))
-    rel = lambda a, c: median([x / y for x, y in zip(times[a], times[c])])   # ratios within a round, then the median
-    extra = median([(e - s) / f for e, s, f in zip(times["excon"], times["supcon"], times["fwd_bwd"])])
-    return {"device": str(dev), "backbone": backbone, "batch": batch, "size": size, "steps": steps,
-            "step_s": {k: median(times[k]) for k in ("supcon", "excon", "exconb")},
-            "ratio_vs_supcon": {k: rel(k, "supcon") for k in ("excon", "exconb")},
-            "explain_s": median(times["explain"]), "fwd_bwd_s": median(times["fwd_bwd"]),
-            "explain_vs_fwd_bwd": rel("explain", "fwd_bwd"), "excon_extra_vs_fwd_bwd": extra,
-            "accepted_share": median(shares), "target": {"excon_extra_vs_fwd_bwd": 1.0}, "times_s": times}

@@ -9,13 +9,12 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 import torchvision
-from .utils import UserError, model_device, timed, get_device
-from .models import Backbone, build_backbone
+from .utils import UserError, model_device, as_pixels, normaliser
+from .models import Backbone
 
 # %% auto #0
-__all__ = ['ExplainError', 'grad_cam', 'normalise_cam', 'saliency_mask', 'cam_layer', 'bench_grad_cam', 'top_pixels',
-           'average_drop', 'increase_in_confidence', 'mask_iou', 'pointing_game', 'energy_share',
-           'explanation_measures']
+__all__ = ['ExplainError', 'grad_cam', 'normalise_cam', 'saliency_mask', 'cam_layer', 'top_pixels', 'average_drop',
+           'increase_in_confidence', 'mask_iou', 'pointing_game', 'energy_share', 'explanation_measures']
 
 # %% ../nbs/11_explain.ipynb #0dc40a74
 class ExplainError(UserError, ValueError):
@@ -128,32 +127,6 @@ def cam_layer(backbone, image_size: int):
     if not convs: raise ExplainError(f"{type(backbone).__name__} has no Conv2d layer for Grad-CAM; pass the layer explicitly")
     return convs[-1]
 
-# %% ../nbs/11_explain.ipynb #56febbc2
-def _captum_grad_cam(model, layer, images, targets, relu=False):
-    try: from captum.attr import LayerGradCam, LayerAttribution
-    except ImportError: raise ExplainError("captum is not installed (a development dependency): pip install captum") from None
-    a = LayerGradCam(model, layer).attribute(images, target=targets, relu_attributions=relu)
-    return LayerAttribution.interpolate(a, images.shape[-2:], "bilinear").squeeze(1)
-
-def bench_grad_cam(backbone: str = "resnet18", image_size: int = 32, batch: int = 64, n_classes: int = 10, reps: int = 5,
-                   device=None, relu: bool = False) -> dict:
-    "Ours against captum's `LayerGradCam` (+ interpolation), side by side on one model and batch: median seconds per call."
-    dev = get_device(device)
-    g = torch.Generator().manual_seed(0)
-    bb = build_backbone(backbone, image_size)
-    model = nn.Sequential(bb, nn.Linear(bb.feat_dim, n_classes)).to(dev)
-    layer = cam_layer(model, image_size)
-    x = torch.randn(batch, 3, image_size, image_size, generator=g).to(dev)
-    t = torch.randint(0, n_classes, (batch,), generator=g).to(dev)
-    fns = {"ours": lambda: grad_cam(model, layer, x, t, relu), "captum": lambda: _captum_grad_cam(model, layer, x, t, relu)}
-    diff = (fns["ours"]() - fns["captum"]()).abs().max().item()       # the warm-up, and the check
-    times = {k: [] for k in fns}
-    for _ in range(reps):
-        for k, f in fns.items(): times[k].append(timed(f, dev)[0])    # interleaved: both see the same load
-    med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
-    return {"backbone": backbone, "image_size": image_size, "batch": batch, "device": str(dev), "ours_s": med["ours"],
-            "captum_s": med["captum"], "ours_over_captum": med["ours"] / med["captum"], "max_abs_diff": diff}
-
 # %% ../nbs/11_explain.ipynb #f4000708
 def top_pixels(cam: torch.Tensor, frac: float = 0.15) -> torch.Tensor:
     "Bool (B, H, W): per image the `int(frac * H * W)` pixels of highest `cam` (ties broken arbitrarily), the ones ExCon keeps."
@@ -212,21 +185,11 @@ def energy_share(cam: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return torch.where(total > 0, inside / total.clamp_min(torch.finfo(cam.dtype).tiny), torch.zeros_like(total))
 
 # %% ../nbs/11_explain.ipynb #39114a9d
-def _pixels(images) -> torch.Tensor:
+def _rgb_pixels(images) -> torch.Tensor:
+    "`as_pixels` of a batch of RGB images (B, 3, H, W), with `ExplainError`s."
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3 or not len(images):
         raise ExplainError(f"images must be a non-empty batch (B, 3, H, W) of uint8 or [0, 1] pixels, got a {_got(images)}")
-    if images.dtype == torch.uint8: return images.float() / 255
-    x = images.float()
-    if not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
-        raise ExplainError(f"images must be pixels in [0, 1] (before normalisation) or uint8, got range [{float(x.min()):.3g}, {float(x.max()):.3g}]")
-    return x
-
-def _normaliser(mean, std, device):
-    m = torch.as_tensor(0. if mean is None else mean, dtype=torch.float32, device=device).flatten()
-    s = torch.as_tensor(1. if std is None else std, dtype=torch.float32, device=device).flatten()
-    if len(m) not in (1, 3) or len(s) not in (1, 3) or (s <= 0).any():
-        raise ExplainError(f"mean and std must have 1 or 3 values (std > 0), got {m.tolist()} and {s.tolist()}")
-    return lambda x: (x - m.view(1, -1, 1, 1)) / s.view(1, -1, 1, 1)
+    return as_pixels(images, error=ExplainError)
 
 @torch.no_grad()
 def _probs(model, x): return model(x).float().softmax(1)
@@ -250,7 +213,7 @@ def explanation_measures(model: nn.Module, layer, images, labels=None, masks=Non
     "ExCon's Average Drop / Increase in Confidence and, with true `masks`, saliency IoU, pointing game and energy share (percent)."
     if target not in ("label", "pred"): raise ExplainError(f"target must be 'label' or 'pred', got {target!r}")
     if not isinstance(bs, numbers.Integral) or bs < 1: raise ExplainError(f"bs must be a positive integer, got {bs!r}")
-    x = _pixels(images); dev = model_device(model); norm = _normaliser(mean, std, dev)
+    x = _rgb_pixels(images); dev = model_device(model); norm = normaliser(mean, std, 3, dev, error=ExplainError)
     y = None if labels is None else _check_targets(labels, len(x), "labels")
     if masks is not None: _check_masks(masks, x[:, 0])
     layer = _check_layer(model, layer)

@@ -13,7 +13,7 @@ from fastcore.basics import patch, patch_to
 from .utils import read_torch_file, atomic_torch_save
 
 # %% auto #0
-__all__ = ['VARIANTS', 'FgBgData', 'inpaint', 'tile_fill', 'make_variant']
+__all__ = ['VARIANTS', 'check_plain', 'FgBgData', 'inpaint', 'tile_fill', 'to_uint8', 'make_variant']
 
 # %% ../nbs/01a_fgbg.ipynb #cf05741c
 VARIANTS = ("original", "only_fg", "no_fg", "only_bg", "mixed_same", "mixed_rand", "mixed_next")
@@ -23,8 +23,8 @@ def _tensor(x):
     if isinstance(x, np.ndarray): return torch.from_numpy(np.ascontiguousarray(x))
     return torch.as_tensor(x)
 
-def _plain(obj, what: str):
-    "Check that `obj` holds only JSON-like values (what `json` and `torch.load(weights_only=True)` accept)."
+def check_plain(obj, what: str):
+    "`obj` itself if it holds only JSON-like values (what `json` and `torch.load(weights_only=True)` accept); else a one-line `ValueError` naming `what`."
     try: json.dumps(obj)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{what} must hold only str/int/float/bool/None/list/dict values: {e}") from None
@@ -169,7 +169,7 @@ def state(self: FgBgData) -> dict:
     cpu = lambda t: None if t is None else t.cpu()
     return {"format": _FORMAT, "version": 1, "images": cpu(self.images), "masks": cpu(self.masks),
             "labels": cpu(self.labels), "backgrounds": cpu(self.backgrounds), "bg_images": cpu(self.bg_images),
-            "classes": list(self.classes), "name": self.name, "meta": _plain(self.meta, f"meta of {self.name!r}")}
+            "classes": list(self.classes), "name": self.name, "meta": check_plain(self.meta, f"meta of {self.name!r}")}
 
 @patch_to(FgBgData, static_method=True)
 def from_state(d: dict, where="state") -> FgBgData:
@@ -258,7 +258,9 @@ def _chunked(fn, *ts, chunk=1024):
     return torch.cat([fn(*(t[i:i + chunk] for t in ts)) for i in range(0, len(ts[0]), chunk)])
 
 _f = lambda u8: u8.float().div_(255)
-_u8 = lambda x: x.mul(255).round_().clamp_(0, 255).to(torch.uint8)
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    "Float images in [0, 1] as uint8: times 255, rounded (half to even), clamped to 0..255."
+    return x.mul(255).round_().clamp_(0, 255).to(torch.uint8)
 
 # %% ../nbs/01a_fgbg.ipynb #4d546f40
 @patch
@@ -318,9 +320,9 @@ def make_variant(ds: FgBgData, name: str, seed: int = 0, fill: int = 0) -> FgBgD
         out = torch.where(m[:, None], ds.images, torch.full_like(ds.images, fill))
         bgs, bg_images = torch.full_like(bgs, -1), None
     elif name == "no_fg":
-        out = _chunked(lambda x, h: _u8(inpaint(_f(x), h)), ds.images, m)
+        out = _chunked(lambda x, h: to_uint8(inpaint(_f(x), h)), ds.images, m)
     else:
-        clean = bg_images if bg_images is not None else _chunked(lambda x, h: _u8(tile_fill(_f(x), h)), ds.images, m)
+        clean = bg_images if bg_images is not None else _chunked(lambda x, h: to_uint8(tile_fill(_f(x), h)), ds.images, m)
         if name == "only_bg": out = clean
         else:
             g = torch.Generator().manual_seed(seed)

@@ -4,18 +4,18 @@
 
 # %% ../nbs/09_knn.ipynb #ceaf39dc
 from __future__ import annotations
-import os, math, time
+import math, time
 import numpy as np
 import torch
 import torch.nn.functional as F
 from fastcore.basics import patch
-from .utils import get_device, timed
+from .utils import get_device
 try: import faiss
 except ImportError: faiss = None  # the torch path still works
 
 # %% auto #0
 __all__ = ['as_feats', 'as_labels', 'FeatureIndex', 'knn_recall', 'knn_vote', 'vote_argmax', 'knn_predict',
-           'weighted_knn_predict', 'bench_knn']
+           'weighted_knn_predict']
 
 # %% ../nbs/09_knn.ipynb #142c177e
 def as_feats(x, name: str = "feats", dim: int | None = None) -> torch.Tensor:
@@ -242,40 +242,3 @@ def weighted_knn_predict(train_feats, train_labels, query_feats, k: int = 200, T
             raise ValueError(f"num_classes={num_classes} but train_labels range over {int(classes.min())}..{int(classes.max())}")
         full = scores.new_zeros(len(scores), num_classes); full[:, classes] = scores; scores = full
     return pred, scores
-
-# %% ../nbs/09_knn.ipynb #5b847ee1
-def bench_knn(n_db: int = 50_000, n_query: int = 10_000, dim: int = 512, k: int = 5, nprobe: int = 8, seed: int = 0,
-              sklearn: bool = True, repeat: int = 1) -> dict:
-    "Time kNN search (FAISS flat and IVF, torch matmul, torch cdist, scikit-learn brute force) on the CPU, side by side."
-    g = torch.Generator().manual_seed(seed)
-    centres = torch.randn(100, dim, generator=g)
-    draw = lambda n: F.normalize(centres[torch.randint(0, 100, (n,), generator=g)] + torch.randn(n, dim, generator=g), dim=1)
-    db, q = draw(n_db), draw(n_query)
-    jobs = {"faiss_flat": lambda: FeatureIndex(dim, backend="faiss", device="cpu").add(db).search(q, k)[1],
-            "faiss_ivf": lambda: FeatureIndex(dim, kind="ivf", nprobe=nprobe, device="cpu").add(db).search(q, k)[1],
-            "torch_mm": lambda: FeatureIndex(dim, backend="torch", device="cpu").add(db).search(q, k)[1],
-            "torch_cdist": lambda: torch.cat([torch.cdist(c, db).topk(k, largest=False).indices for c in q.split(1024)]),
-            "matmul_only": lambda: (q @ db.T, None)[1]}  # the product alone, no top-k: the floor of any exact method here
-    if sklearn:
-        from sklearn.neighbors import NearestNeighbors
-        nn_ = lambda m: NearestNeighbors(n_neighbors=k, algorithm="brute", metric=m).fit(db.numpy()).kneighbors(q.numpy(), return_distance=False)
-        jobs.update(sklearn_cosine=lambda: nn_("cosine"), sklearn_euclid=lambda: nn_("euclidean"))
-    secs, ids, load0 = {}, {}, os.getloadavg()[0]
-    names = list(jobs)
-    for r in range(repeat):  # best of `repeat`, the order rotated each round so no contestant always runs first
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            t, ids[name] = timed(jobs[name])
-            secs[name] = min(t, secs.get(name, math.inf))
-    secs = {n: secs[n] for n in names}
-    ratios = {"torch_mm_vs_faiss": secs["torch_mm"] / secs["faiss_flat"], "torch_cdist_vs_faiss": secs["torch_cdist"] / secs["faiss_flat"],
-              "faiss_flat_vs_ivf": secs["faiss_flat"] / secs["faiss_ivf"], "faiss_flat_vs_matmul_only": secs["faiss_flat"] / secs["matmul_only"]}
-    fi = ids["faiss_flat"]
-    recall = {n: knn_recall(fi, ids[n]) for n in names if n not in ("faiss_flat", "matmul_only")}
-    if sklearn:
-        best = min(secs["sklearn_cosine"], secs["sklearn_euclid"])
-        ratios.update(faiss_vs_sklearn=best / secs["faiss_flat"], faiss_vs_sklearn_cosine=secs["sklearn_cosine"] / secs["faiss_flat"],
-                      faiss_ivf_vs_sklearn=best / secs["faiss_ivf"])
-    return {"n_db": n_db, "n_query": n_query, "dim": dim, "k": k, "nprobe": nprobe, "repeat": repeat, "seconds": secs, "ratios": ratios,
-            "recall_vs_faiss": recall, "cpu_count": os.cpu_count(),
-            "threads": {"torch": torch.get_num_threads(), "faiss": faiss.omp_get_max_threads() if faiss is not None else None},
-            "loadavg_1min": (load0, os.getloadavg()[0])}

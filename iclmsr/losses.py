@@ -7,27 +7,18 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
+from .utils import check_tau, check_k, at_least_float32
 
 # %% auto #0
 __all__ = ['NEGATIVES', 'full_precision', 'nt_xent', 'icl_loss', 'byol_loss', 'barlow_twins_loss', 'whiten', 'wmse_loss',
-           'supcon_loss', 'local_losses', 'process_group', 'gather_rows', 'gather_pair', 'mean_over_processes',
-           'dcodr_negatives', 'dcodr_loss']
+           'supcon_loss', 'dcodr_negatives', 'dcodr_loss']
 
 # %% ../nbs/04_losses.ipynb #3cca13a1
 @contextmanager
 def full_precision(t: torch.Tensor):
     "Switch autocast off for `t`'s device type."
     with torch.autocast(device_type=t.device.type, enabled=False): yield
-
-def _float(*ts):
-    dt = torch.promote_types(ts[0].dtype, torch.float32)
-    return [t.to(dt) for t in ts]
-
-def _check_tau(tau, name="tau"):
-    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau) or tau <= 0:
-        raise ValueError(f"{name} must be a number > 0, got {tau!r}")
 
 def _check_pair(z1, z2, min_n=2):
     if z1.ndim != 2 or z1.shape != z2.shape:
@@ -58,11 +49,11 @@ def _self_mask(rows, n2):
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, tau: float = 0.5, anchors: torch.Tensor | None = None,
             extra: torch.Tensor | None = None) -> torch.Tensor:
     "SimCLR's NT-Xent loss, mean over the 2N anchors (or over the rows `anchors`); z normalised inside; `extra` (N, d): row i one more negative of image i's two anchors only."
-    _check_pair(z1, z2); _check_tau(tau)
+    _check_pair(z1, z2); check_tau(tau)
     if extra is not None and extra.shape != z1.shape:
         raise ValueError(f"extra must be (N, d) = {tuple(z1.shape)}, one negative per image, got {tuple(extra.shape)}")
     with full_precision(z1):
-        z1, z2 = _float(z1, z2)
+        z1, z2 = at_least_float32(z1, z2)
         Z, partner = _joint(z1, z2)
         rows = _anchor_rows(anchors, len(Z), Z.device)
         s = (Z[rows] @ Z.T / tau).masked_fill(_self_mask(rows, len(Z)), float("-inf"))
@@ -91,10 +82,10 @@ def _check_strata(a, d):
 def icl_loss(z1: torch.Tensor, z2: torch.Tensor, a: torch.Tensor, tau: float = 0.5, negatives: str = "all",
              anchors: torch.Tensor | None = None) -> torch.Tensor:
     "ICL-MSR's interventional contrastive loss (the paper's formula), mean over the 2N anchors (or the rows `anchors`); `a` is (n, d) after activation."
-    _check_pair(z1, z2); _check_tau(tau); _check_strata(a, z1.shape[1])
+    _check_pair(z1, z2); check_tau(tau); _check_strata(a, z1.shape[1])
     if negatives not in NEGATIVES: raise ValueError(f"negatives must be one of {', '.join(NEGATIVES)}; got {negatives!r}")
     with full_precision(z1):
-        z1, z2, a = _float(z1, z2, a)
+        z1, z2, a = at_least_float32(z1, z2, a)
         Z, partner = _joint(z1, z2)
         rows = _anchor_rows(anchors, len(Z), Z.device)
         P = Z[partner[rows]]
@@ -110,7 +101,7 @@ def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     "Normalised MSE 2 - 2 cos(p, z), mean over the batch (pass the target `z` without gradient)."
     _check_pair(p, z, min_n=1)
     with full_precision(p):
-        p, z = _float(p, z)
+        p, z = at_least_float32(p, z)
         return 2 - 2 * F.cosine_similarity(p, z, dim=1, eps=1e-8).mean()
 
 # %% ../nbs/04_losses.ipynb #72f7cae4
@@ -120,7 +111,7 @@ def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 5e-3) -
     "Barlow Twins: invariance on the diagonal of the cross-correlation, redundancy reduction off it."
     _check_pair(z1, z2)
     with full_precision(z1):
-        z1, z2 = _float(z1, z2)
+        z1, z2 = at_least_float32(z1, z2)
         c = _standardise(z1).T @ _standardise(z2) / len(z1)
         on = (torch.diagonal(c) - 1).pow(2).sum()
         off = c.pow(2).sum() - torch.diagonal(c).pow(2).sum()
@@ -130,7 +121,7 @@ def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 5e-3) -
 def whiten(x: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
     "Cholesky whitening of the rows of `x` (m, d): centred, then times L^{-1} of the covariance L L^T."
     with full_precision(x):
-        (x,) = _float(x)
+        (x,) = at_least_float32(x)
         xc = x - x.mean(0, keepdim=True)
         cov = xc.T @ xc / (len(x) - 1)
         eye = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
@@ -144,7 +135,7 @@ def wmse_loss(z1: torch.Tensor, z2: torch.Tensor, w_size: int = 128, w_iter: int
     if not isinstance(w_size, int) or w_size <= d or N % w_size:
         raise ValueError(f"w_size must be an integer > d = {d} that divides the batch N = {N}, got {w_size!r}")
     with full_precision(z1):
-        z1, z2 = _float(z1, z2)
+        z1, z2 = at_least_float32(z1, z2)
         loss = 0
         for _ in range(w_iter):
             w1, w2 = torch.empty_like(z1), torch.empty_like(z2)
@@ -157,16 +148,16 @@ def wmse_loss(z1: torch.Tensor, z2: torch.Tensor, w_size: int = 128, w_iter: int
 def supcon_loss(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor | None = None, tau: float = 0.1,
                 base_tau: float | None = None, anchors: torch.Tensor | None = None, extra: torch.Tensor | None = None) -> torch.Tensor:
     "Supervised contrastive loss over both views (anchors: all 2N rows or `anchors`); positives = other views with the same label; `extra` (N, d): row i one more negative of image i's two anchors only."
-    _check_pair(z1, z2); _check_tau(tau)
+    _check_pair(z1, z2); check_tau(tau)
     base_tau = tau if base_tau is None else base_tau
-    _check_tau(base_tau, "base_tau")
+    check_tau(base_tau, "base_tau")
     N = len(z1)
     if labels is not None and (labels.ndim != 1 or len(labels) != N):
         raise ValueError(f"labels must be (N,) = ({N},) for z1 {tuple(z1.shape)}, got labels {tuple(labels.shape)}")
     if extra is not None and extra.shape != z1.shape:
         raise ValueError(f"extra must be (N, d) = {tuple(z1.shape)}, one negative per image, got {tuple(extra.shape)}")
     with full_precision(z1):
-        z1, z2 = _float(z1, z2)
+        z1, z2 = at_least_float32(z1, z2)
         Z, partner = _joint(z1, z2)
         rows = _anchor_rows(anchors, 2 * N, Z.device)
         self_ = _self_mask(rows, 2 * N)
@@ -180,59 +171,6 @@ def supcon_loss(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor | None 
         per = (log_prob * pos).sum(1) / pos.sum(1)
         return -(tau / base_tau) * per.mean()
 
-# %% ../nbs/04_losses.ipynb #15279ae3
-_local_depth = 0
-
-@contextmanager
-def local_losses():
-    "Inside this block the losses use this process's batch only (no gathering); stage 2 of ICL-MSR uses it."
-    global _local_depth
-    _local_depth += 1
-    try: yield
-    finally: _local_depth -= 1
-
-def process_group() -> tuple[int, int]:
-    "(rank, world size) that the losses gather over: (0, 1) outside `torchrun` or inside `local_losses()`."
-    if _local_depth or not (dist.is_available() and dist.is_initialized()): return 0, 1
-    return dist.get_rank(), dist.get_world_size()
-
-def _all_gather_cat(x: torch.Tensor) -> torch.Tensor:
-    "Every process's `x` concatenated along dim 0 in rank order (no gradient)."
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts)
-
-class _GatherRows(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        ctx.rank, ctx.n = dist.get_rank(), x.shape[0]
-        return _all_gather_cat(x)
-    @staticmethod
-    def backward(ctx, g):
-        g = g.contiguous().clone()
-        dist.all_reduce(g)  # the sum of every process's gradient w.r.t. every row
-        return g[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n]
-
-def gather_rows(x: torch.Tensor) -> torch.Tensor:
-    "Every process's `x` concatenated along dim 0 in rank order; backward sums all processes' gradients (identity in one process)."
-    return x if process_group()[1] == 1 else _GatherRows.apply(x)
-
-def gather_pair(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor | None = None):
-    "(z1, z2, labels, anchors) of the global batch: everyone's rows, and this process's anchor rows (`None` in one process)."
-    rank, world = process_group()
-    if world == 1: return z1, z2, labels, None
-    z1, z2 = _float(z1, z2)  # gather (and sum gradients) in at least float32, also under bf16 autocast
-    if labels is not None: labels = _all_gather_cat(labels)
-    n = len(z1)
-    own = torch.arange(rank * n, (rank + 1) * n, device=z1.device)
-    return gather_rows(z1), gather_rows(z2), labels, torch.cat([own, own + n * world])
-
-def mean_over_processes(t: torch.Tensor) -> torch.Tensor:
-    "The mean of `t` over the processes of the group (a copy; `t` itself in one process)."
-    if process_group()[1] == 1: return t
-    t = t.detach().clone(); dist.all_reduce(t)
-    return t / dist.get_world_size()
-
 # %% ../nbs/04_losses.ipynb #416abf4b
 def _check_domains(domains, n: int, device):
     if not isinstance(domains, torch.Tensor):
@@ -244,13 +182,9 @@ def _check_domains(domains, n: int, device):
     if domains.device != device:
         raise ValueError(f"domains are on {domains.device} but the codes on {device}: move them to the same device")
 
-def _check_k(k):
-    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
-        raise ValueError(f"k must be None (every same-domain negative) or an integer >= 1, got {k!r}")
-
 def dcodr_negatives(domains: torch.Tensor, k: int | None = None, generator=None, rows: torch.Tensor | None = None) -> torch.Tensor:
     "Bool (len(rows), N) mask of each anchor's negatives: other images of its domain, all or `k` drawn without replacement."
-    _check_k(k)
+    check_k(k)
     N = len(domains)
     rows = torch.arange(N, device=domains.device) if rows is None else rows
     same = (domains[rows][:, None] == domains[None, :]) & (rows[:, None] != torch.arange(N, device=domains.device)[None, :])
@@ -265,11 +199,11 @@ def dcodr_loss(z_anchor: torch.Tensor, z_pos: torch.Tensor, domains: torch.Tenso
     "DCoDR's domain-wise InfoNCE: un-augmented anchors, one positive each, negatives from the anchor's domain; mean over anchors with a negative."
     if z_anchor.ndim != 2 or z_anchor.shape != z_pos.shape or len(z_anchor) < 2:
         raise ValueError(f"z_anchor and z_pos must be (N, d) of the same shape with N >= 2, got {tuple(z_anchor.shape)} and {tuple(z_pos.shape)}")
-    _check_tau(tau); _check_k(k)
+    check_tau(tau); check_k(k)
     N = len(z_anchor)
     _check_domains(domains, N, z_anchor.device)
     with full_precision(z_anchor):
-        za, zp = _float(z_anchor, z_pos)
+        za, zp = at_least_float32(z_anchor, z_pos)
         A, P = F.normalize(za, dim=1), F.normalize(zp, dim=1)
         rows = _anchor_rows(anchors, N, A.device)
         neg = dcodr_negatives(domains, k, generator, rows)

@@ -10,7 +10,9 @@ from torch import nn
 from torch.func import functional_call
 import torch.autograd.forward_ad as fwAD
 from fastcore.basics import patch
-from .losses import icl_loss, nt_xent, NEGATIVES, _check_tau, gather_pair, local_losses, mean_over_processes
+from .utils import check_tau
+from .losses import icl_loss, nt_xent, NEGATIVES
+from .distributed import gather_pair, local_losses, mean_over_processes
 from .config import ICLConfig, OptimConfig
 from .batch import as_batch
 
@@ -129,7 +131,7 @@ def meta_gradient(method: nn.Module, strata: StratumVectors, batch_a, batch_b, i
                   fd_eps: float = 0.01, precond: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     "The gradient of the meta objective w.r.t. `strata.w` and its value: a virtual step on A (preconditioned by `precond`), the outer objective on B."
     meta_loss = _check_meta_args(mode, meta_loss, params, inner_lr)
-    _check_tau(tau)
+    check_tau(tau)
     if negatives not in NEGATIVES: raise ValueError(f"negatives must be one of {', '.join(NEGATIVES)}; got {negatives!r}")
     theta, embed_a, objective, icl = _meta_problem(method, as_batch(batch_a), as_batch(batch_b), params, tau, negatives,
                                                    lam, meta_loss)
@@ -196,7 +198,7 @@ class MetaSemanticRegularizer(nn.Module):
                  activation: str = ICLConfig.activation, init_std: float = ICLConfig.init_std, fd_eps: float = 0.01,
                  optimizer: str = "adam", virtual_step: str = ICLConfig.virtual_step):
         super().__init__()
-        _check_tau(tau)
+        check_tau(tau)
         if negatives not in NEGATIVES: raise ValueError(f"negatives must be one of {', '.join(NEGATIVES)}; got {negatives!r}")
         if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam >= 0: raise ValueError(f"lam must be a number >= 0, got {lam!r}")
         if not 0 <= meta_share <= 1: raise ValueError(f"meta_share must be in [0, 1], got {meta_share!r}")

@@ -10,13 +10,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .utils import get_device, model_device
+from .utils import get_device, model_device, as_pixels, normaliser
 from .knn import as_feats, as_labels, FeatureIndex
 
 # %% auto #0
 __all__ = ['accuracy', 'topk_acc', 'ProbeResult', 'fit_linear', 'eval_linear', 'linear_probe', 'bg_probe', 'MLPProbe',
-           'held_out_split', 'MLPProbeResult', 'mlp_probe', 'retrieval_top1', 'dcodr_measures', 'calibration_bins',
-           'ece', 'worst_group', 'bg_gap', 'fgsm', 'fgsm_accuracy']
+           'min_split_size', 'held_out_split', 'MLPProbeResult', 'mlp_probe', 'retrieval_top1', 'dcodr_measures',
+           'calibration_bins', 'ece', 'worst_group', 'bg_gap', 'fgsm', 'predict_classes', 'fgsm_accuracy']
 
 # %% ../nbs/10_probe.ipynb #ccd047c1
 def _check_labels(y, n: int, name: str, num_classes: int | None = None) -> torch.Tensor:
@@ -139,8 +139,8 @@ def _split(n: int, frac: float, g: torch.Generator) -> tuple:
     k = math.ceil(frac * n - 1e-9)
     return perm[k:].sort().values, perm[:k].sort().values
 
-def _min_split_size(frac: float) -> int:
-    "The fewest images that leave at least one held out (frac * n >= 1) and two to fit on (BatchNorm)."
+def min_split_size(frac: float) -> int:
+    "The fewest images a held-out split of `frac` accepts: at least one held out (frac * n >= 1) and two to fit on (BatchNorm)."
     n = 1
     while frac * n < 1 - 1e-9 or n - math.ceil(frac * n - 1e-9) < 2: n += 1
     return n
@@ -148,7 +148,7 @@ def _min_split_size(frac: float) -> int:
 def held_out_split(n: int, frac: float = 0.1, seed: int = 0) -> tuple:
     "(fit, held-out) sorted index tensors of range(n): a random ceil(frac * n) held out, as sklearn's `train_test_split`."
     if not (isinstance(frac, (int, float)) and 0 < frac < 1): raise ValueError(f"the held-out fraction must be in (0, 1), got {frac!r}")
-    need = _min_split_size(frac)
+    need = min_split_size(frac)
     if n < need:
         raise ValueError(f"{n} training images are too few for a held-out {frac:.0%} split: at least {need} are needed")
     return _split(n, frac, torch.Generator().manual_seed(seed))
@@ -181,7 +181,7 @@ def _mlp_inputs(train_feats, train_labels, test_feats, test_labels, num_classes,
     if len(have) < 2: raise ValueError(f"a probe needs at least 2 classes in train_labels, got only class {int(have[0])}")
     if not (isinstance(val_frac, (int, float)) and 0 < val_frac < 1):
         raise ValueError(f"val_frac (the held-out fraction) must be in (0, 1), got {val_frac!r}")
-    need = _min_split_size(val_frac)
+    need = min_split_size(val_frac)
     if len(xtr) < need:
         raise ValueError(f"train_feats has {len(xtr)} images, too few for a held-out {val_frac:.0%} split: at least {need} are needed")
     return xtr, ytr, xte, yte, C
@@ -308,34 +308,15 @@ def bg_gap(acc_mixed_same: float, acc_mixed_rand: float) -> float:
             raise ValueError(f"{nm} must be an accuracy in percent (0..100), got {v!r}")
     return float(acc_mixed_same) - float(acc_mixed_rand)
 
-# %% ../nbs/10_probe.ipynb #9d743f7b
-def _pixels(images, name="images") -> torch.Tensor:
-    x = torch.as_tensor(images) if not isinstance(images, torch.Tensor) else images
-    if x.ndim < 2 or len(x) == 0: raise ValueError(f"{name} must be a non-empty batch (n, C, ...), got shape {tuple(x.shape)}")
-    if x.dtype == torch.uint8: return x.float() / 255
-    x = x.float()
-    if not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
-        raise ValueError(f"{name} must be pixels in [0, 1] (before normalisation) or uint8, got range [{float(x.min()):.3g}, {float(x.max()):.3g}]")
-    return x
-
-def _normaliser(mean, std, C: int, device):
-    if mean is None and std is None: return lambda x: x
-    m = torch.as_tensor(0. if mean is None else mean, dtype=torch.float32, device=device).flatten()
-    s = torch.as_tensor(1. if std is None else std, dtype=torch.float32, device=device).flatten()
-    for nm, v in (("mean", m), ("std", s)):
-        if len(v) not in (1, C): raise ValueError(f"{nm} has {len(v)} values but the images have {C} channels")
-    if (s <= 0).any(): raise ValueError(f"std must be > 0, got {s.tolist()}")
-    return lambda x: (x - m.view(1, -1, *[1] * (x.ndim - 2))) / s.view(1, -1, *[1] * (x.ndim - 2))
-
 # %% ../nbs/10_probe.ipynb #95170204
 def fgsm(model, images, labels, eps: float = 4 / 255, mean=None, std=None) -> torch.Tensor:
     "One FGSM step of size `eps` in [0, 1] pixel space (clamped); `model` maps normalised images to logits."
     if not eps >= 0: raise ValueError(f"eps must be >= 0, got {eps!r}")
-    x = _pixels(images)
+    x = as_pixels(images)
     y = _check_labels(labels, len(x), "labels")
     dev = model_device(model)
     x, y = x.to(dev), y.to(dev)
-    norm = _normaliser(mean, std, x.shape[1], dev)
+    norm = normaliser(mean, std, x.shape[1], dev)
     was = model.training if isinstance(model, nn.Module) else None
     if was: model.eval()
     try:
@@ -351,7 +332,8 @@ def fgsm(model, images, labels, eps: float = 4 / 255, mean=None, std=None) -> to
 
 # %% ../nbs/10_probe.ipynb #17068f8d
 @torch.no_grad()
-def _predict(model, x, norm, was):
+def predict_classes(model, x, norm, was):
+    "Class ids (argmax of the logits) of `model` on `norm(x)`, without gradients; with `was` (the model was training) in eval mode, then back in train mode."
     if was: model.eval()
     try: return model(norm(x)).argmax(1)
     finally:
@@ -359,15 +341,15 @@ def _predict(model, x, norm, was):
 
 def fgsm_accuracy(model, images, labels, eps: float = 4 / 255, mean=None, std=None, bs: int = 256) -> dict:
     "Clean and FGSM accuracy (percent) of an end-to-end `model` at `eps` (pixel space, default 4/255), in batches."
-    x = _pixels(images)
+    x = as_pixels(images)
     y = _check_labels(labels, len(x), "labels")
     dev = model_device(model)
-    norm = _normaliser(mean, std, x.shape[1], dev)
+    norm = normaliser(mean, std, x.shape[1], dev)
     was = model.training if isinstance(model, nn.Module) else None
     clean = adv = 0
     for xb, yb in zip(x.split(bs), y.split(bs)):
         xa = fgsm(model, xb, yb, eps, mean, std)
         yb = yb.to(dev)
-        clean += (_predict(model, xb.to(dev), norm, was) == yb).sum().item()
-        adv += (_predict(model, xa, norm, was) == yb).sum().item()
+        clean += (predict_classes(model, xb.to(dev), norm, was) == yb).sum().item()
+        adv += (predict_classes(model, xa, norm, was) == yb).sum().item()
     return {"clean": 100.0 * clean / len(x), "fgsm": 100.0 * adv / len(x), "eps": float(eps)}

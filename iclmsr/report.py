@@ -9,29 +9,31 @@ from pathlib import Path
 from .eval import eval_checkpoint, EXPL_VARIANTS
 
 # %% auto #0
-__all__ = ['fmt', 'plot_four_settings', 'plot_variants', 'plot_groups', 'plot_calibration', 'html_table', 'html_report',
-           'unavailable_text', 'print_eval', 'eval_report', 'out_dir', 'eval_cmd']
+__all__ = ['COLOURS', 'unpack_mean_std', 'fmt', 'bar_trace', 'plot_four_settings', 'plot_variants', 'plot_groups',
+           'plot_calibration', 'html_table', 'html_report', 'unavailable_text', 'print_eval', 'eval_report', 'out_dir',
+           'eval_cmd']
 
 # %% ../nbs/14b_report.ipynb #1ff78052
-def _ms(v) -> tuple:
-    "(mean, std or None) of a number or a {'mean', 'std'} dict."
+def unpack_mean_std(v) -> tuple:
+    "(mean, std or None) of a value: a plain number, or a {'mean', 'std'} dict for several seeds."
     if isinstance(v, dict): return v["mean"], v.get("std")
     return v, None
 
 def fmt(v, nd: int = 1) -> str:
     "A number, or mean ± std, as text."
     if v is None: return "-"
-    m, s = _ms(v)
+    m, s = unpack_mean_std(v)
     return f"{m:.{nd}f}" if s is None else f"{m:.{nd}f} ± {s:.{nd}f}"
 
 # %% ../nbs/14b_report.ipynb #65932215
-_COLOURS = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2")
+COLOURS = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2")
 _SETTING_NAMES = {("train_full", "test_full"): "train full / test full", ("train_full", "test_fg"): "train full / test fg",
                   ("train_fg", "test_fg"): "train fg / test fg", ("train_fg", "test_full"): "train fg / test full"}
 
-def _bar(name, xs, vals, **kw):
+def bar_trace(name, xs, vals, **kw):
+    "A plotly bar trace of `vals` (numbers or {'mean', 'std'} dicts) at `xs`, labelled with one decimal, with error bars where a std is given."
     import plotly.graph_objects as go
-    ms = [_ms(v) for v in vals]
+    ms = [unpack_mean_std(v) for v in vals]
     err = [s for _, s in ms]
     return go.Bar(name=name, x=xs, y=[m for m, _ in ms], text=[f"{m:.1f}" for m, _ in ms], textposition="outside",
                   error_y=dict(type="data", array=err, visible=True) if any(e is not None for e in err) else None, **kw)
@@ -44,8 +46,8 @@ def plot_four_settings(tables: dict, title: str = "The four settings: accuracy (
     xs = [_SETTING_NAMES[k] for k in keys]
     for i, (name, t) in enumerate(tables.items()):
         for c, metric in enumerate(("linear", "knn5")):
-            fig.add_trace(_bar(name, xs, [t[a][b][metric] for a, b in keys], legendgroup=name, showlegend=c == 0,
-                               marker_color=_COLOURS[i % len(_COLOURS)]), 1, c + 1)
+            fig.add_trace(bar_trace(name, xs, [t[a][b][metric] for a, b in keys], legendgroup=name, showlegend=c == 0,
+                               marker_color=COLOURS[i % len(COLOURS)]), 1, c + 1)
     fig.update_layout(title=title, barmode="group", height=420, yaxis_title="accuracy (%)", yaxis_range=[0, 105],
                       legend=dict(orientation="h", y=-0.2))
     return fig
@@ -55,8 +57,8 @@ def plot_variants(res: dict, title: str = "Accuracy on each test variant (%)"):
     "Bars of linear top-1 and 5-NN accuracy per test variant of one `evaluate` result."
     import plotly.graph_objects as go
     vs = list(res["variants"])
-    fig = go.Figure([_bar(nm, vs, [res["variants"][v][m] for v in vs], marker_color=c)
-                     for nm, m, c in (("linear top-1", "linear_top1", _COLOURS[0]), ("5-NN", "knn5", _COLOURS[1]))])
+    fig = go.Figure([bar_trace(nm, vs, [res["variants"][v][m] for v in vs], marker_color=c)
+                     for nm, m, c in (("linear top-1", "linear_top1", COLOURS[0]), ("5-NN", "knn5", COLOURS[1]))])
     fig.update_layout(title=title, barmode="group", height=380, yaxis_title="accuracy (%)", yaxis_range=[0, 105])
     return fig
 
@@ -79,10 +81,10 @@ def plot_calibration(res: dict, title: str = "Reliability of the linear probe"):
     e = b["edges"]; mid = [(e[i] + e[i + 1]) / 2 for i in range(len(e) - 1)]
     keep = [i for i, c in enumerate(b["count"]) if c > 0]
     fig = go.Figure([go.Bar(x=[mid[i] for i in keep], y=[b["acc"][i] for i in keep], width=(e[1] - e[0]) * 0.9, name="accuracy",
-                            marker_color=_COLOURS[0], customdata=[b["count"][i] for i in keep],
+                            marker_color=COLOURS[0], customdata=[b["count"][i] for i in keep],
                             hovertemplate="confidence %{x:.2f}<br>accuracy %{y:.2f}<br>%{customdata} images<extra></extra>"),
                      go.Scatter(x=[mid[i] for i in keep], y=[b["conf"][i] for i in keep], mode="markers", name="mean confidence",
-                                marker_color=_COLOURS[1]),
+                                marker_color=COLOURS[1]),
                      go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration", line=dict(dash="dash", color="grey"))])
     fig.update_layout(title=f"{title} (ECE {res['ece']:.1f}%)", height=380, xaxis_title="confidence", yaxis_title="accuracy",
                       xaxis_range=[0, 1], yaxis_range=[0, 1.05])

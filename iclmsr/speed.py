@@ -9,17 +9,19 @@ from statistics import median
 import numpy as np
 import torch
 from torch import nn
-from .utils import get_device, UserError
+from .utils import get_device, UserError, timed
 from .config import load_config
 from .data import load_dataset
 from .augment import PRESETS
 from .losses import nt_xent, icl_loss
-from .methods import saved_bytes
-from .learner import (Learner, Callback, ProgressCallback, MetricsLogger, KNNMonitor, Checkpointer, MixedPrecision, make_optimizer)
+from .utils import saved_bytes
+from .learner import Callback, make_optimizer
+from .callbacks import ProgressCallback, MetricsLogger, KNNMonitor, Checkpointer, MixedPrecision
+from .build import Learner
 
 # %% auto #0
-__all__ = ['PARTS', 'StageTimer', 'user_callbacks', 'PILImages', 'lightly_transform', 'LightlySimCLR', 'bench_lightly',
-           'profile_learner', 'bench_loss_scale']
+__all__ = ['PARTS', 'StageTimer', 'user_callbacks', 'PILImages', 'lightly_transform', 'LightlySimCLR', 'timed_peak',
+           'bench_lightly', 'profile_learner', 'bench_loss_scale']
 
 # %% ../nbs/20b_speed.ipynb #29fb80ca
 class StageTimer(Callback):
@@ -76,14 +78,18 @@ class LightlySimCLR(nn.Module):
         self.backbone, self.projection_head = backbone, SimCLRProjectionHead(backbone.feat_dim, hidden, out)
     def forward(self, x): return self.projection_head(self.backbone(x).flatten(start_dim=1))
 
+# %% ../nbs/20b_speed.ipynb #0e2cedd1
+def timed_peak(fn, device=None) -> tuple:
+    "`(seconds, fn(), peak bytes or None)`: `timed(fn, device)` and the peak CUDA memory allocated during the call (None off CUDA)."
+    dev = torch.device(device) if device is not None else None
+    cuda = dev is not None and dev.type == "cuda"
+    if cuda: torch.cuda.reset_peak_memory_stats(dev)
+    t, out = timed(fn, dev)
+    return t, out, (torch.cuda.max_memory_allocated(dev) if cuda else None)
+
 # %% ../nbs/20b_speed.ipynb #975a9fda
 def _sync(dev):
     if dev.type == "cuda": torch.cuda.synchronize(dev)
-
-def _peak_reset(dev):
-    if dev.type == "cuda": torch.cuda.reset_peak_memory_stats(dev)
-
-def _peak(dev): return torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else None
 
 class _Contender:
     "One side of the comparison: `epoch()` trains one epoch and returns its seconds."
@@ -174,13 +180,12 @@ def bench_lightly(backbone: str = "small_cnn", batch: int = 256, steps: int = 4,
     for r in range(rounds + 1):                       # round 0 warms up every side (and starts lightly's workers)
         names = list(runs)[r % len(runs):] + list(runs)[:r % len(runs)]
         for k in names:
-            _peak_reset(dev)
             if k in ("iclmsr", "icl"):
                 LL, tm = (L, tl) if k == "iclmsr" else (Li, ti)
-                _sync(dev); t = time.perf_counter(); LL.fit(r + 1); _sync(dev); s = time.perf_counter() - t
+                s, _, p = timed_peak(lambda: LL.fit(r + 1), dev)
                 if r: fit_s[k].append(tm.last("fit"))
-            else: s = runs[k]()
-            if r: times[k].append(s); peak[k] = max(peak.get(k, 0), _peak(dev) or 0)
+            else: _, s, p = timed_peak(runs[k], dev)    # a side's epoch() returns its own seconds
+            if r: times[k].append(s); peak[k] = max(peak.get(k, 0), p or 0)
     n = steps * batch
     ips = {k: _spread([n / s for s in v]) for k, v in times.items() if k != "icl"}
     res = {"backbone": backbone, "device": str(dev), "batch": batch, "steps_per_epoch": steps, "rounds": rounds, "workers": workers,

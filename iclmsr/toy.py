@@ -4,16 +4,16 @@
 
 # %% ../nbs/01b_toy.ipynb #c792a4f4
 from __future__ import annotations
-import json, math, time, hashlib, functools, contextlib
+import json, math, hashlib, functools, contextlib
 import numpy as np
 import torch
 import torch.nn.functional as F
 from .utils import cache_dir, atomic_torch_save
-from .fgbg import FgBgData, _u8
+from .fgbg import FgBgData, to_uint8
 
 # %% auto #0
 __all__ = ['BG_FAMILIES', 'SHAPES', 'TOY_FOREGROUNDS', 'CLASS_HUE_SD', 'affine_grid', 'sample_patches', 'one_thread', 'make_toy',
-           'load_toy', 'image_grid', 'bench_toy']
+           'load_toy', 'image_grid']
 
 # %% ../nbs/01b_toy.ipynb #52ac76f7
 BG_FAMILIES = (("brick", (0.95, 0.55, 0.42)), ("grass", (0.55, 0.9, 0.4)), ("gravel", (0.9, 0.85, 0.7)),
@@ -176,7 +176,7 @@ def _toy_chunk(labels, bgs, size, fg, train, g):
     bg.mul_((0.85 + 0.3 * _rand(g, n))[:, None, None, None]).clamp_(0, 1)
     masks = _fg_masks(labels, size, g, fg, train)
     img = torch.where(masks[:, None], _fills(n, size, g, labels if fg == "coloured_shapes" else None), bg)
-    return _u8(img), masks, _u8(bg)
+    return to_uint8(img), masks, to_uint8(bg)
 
 def _toy_split(num_classes, n_per, size, rho, fg, train, seed) -> dict:
     g = torch.Generator().manual_seed(seed)
@@ -215,7 +215,7 @@ _TOY_VERSION = 2
 
 @contextlib.contextmanager
 def one_thread():
-    "Run the block with one torch intra-op thread (generation is many small ops; see `bench_toy`)."
+    "Run the block with one torch intra-op thread (generation is many small ops; see `iclmsr.bench.bench_toy`)."
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     try: yield
@@ -267,13 +267,3 @@ def image_grid(x, nrow: int = 8, scale: int = 1, pad: int = 1):
         canvas[:, pad + r * (h + pad):pad + r * (h + pad) + h, pad + c * (w + pad):pad + c * (w + pad) + w] = x[i]
     im = Image.fromarray(canvas.permute(1, 2, 0).numpy())
     return im.resize((im.width * scale, im.height * scale), Image.NEAREST) if scale != 1 else im
-
-# %% ../nbs/01b_toy.ipynb #8b3511b6
-def bench_toy(sizes=(32,), **kw) -> dict:
-    "Seconds `make_toy(size=s, cache=False, **kw)` takes for each size (source images loaded beforehand)."
-    make_toy(num_classes=10, n_train=1, n_test=1, cache=False)  # load the source images once
-    out = {}
-    for s in sizes:
-        t0 = time.perf_counter(); d = make_toy(size=s, cache=False, **kw)
-        out[f"size{s}"] = dict(seconds=round(time.perf_counter() - t0, 2), images=sum(map(len, d.values())))
-    return out

@@ -4,14 +4,15 @@
 
 # %% ../nbs/00_utils.ipynb #75aa1e67
 from __future__ import annotations
-import os, re, sys, json, time, errno, random, warnings, itertools, platform, importlib, importlib.metadata as _md
+import os, re, sys, json, math, time, errno, random, warnings, itertools, platform, importlib, importlib.metadata as _md
 from pathlib import Path
 import numpy as np
 import torch
 
 # %% auto #0
 __all__ = ['get_device', 'seed_everything', 'cache_dir', 'faiss_gpu_count', 'env_info', 'format_env_info', 'atomic_torch_save',
-           'UserError', 'fmt_duration', 'model_device', 'timed', 'UnreadableFile', 'what_file', 'read_torch_file']
+           'UserError', 'fmt_duration', 'model_device', 'timed', 'UnreadableFile', 'what_file', 'read_torch_file',
+           'check_tau', 'check_k', 'at_least_float32', 'as_pixels', 'normaliser', 'saved_bytes']
 
 # %% ../nbs/00_utils.ipynb #8877a1b0
 def _mps_available() -> bool:
@@ -173,7 +174,6 @@ def timed(fn, device=None) -> tuple[float, object]:
     sync(); t = time.perf_counter(); out = fn(); sync()
     return time.perf_counter() - t, out
 
-
 # %% ../nbs/00_utils.ipynb #7750dd1d
 class UnreadableFile(UserError, ValueError):
     "A file that is not what it should be; its message is one line naming the file, what it should be and what it is."
@@ -222,3 +222,51 @@ def read_torch_file(path, what: str, map_location="cpu", error: type | None = No
         unsafe = m and not _cut_name(m.group(1))  # a truncated legacy file can end inside a name
         raise refuse(f"it holds Python objects that cannot be read safely: {m.group(1)}" if unsafe
                      else "truncated or damaged torch file") from None
+
+# %% ../nbs/00_utils.ipynb #2a1d3741
+def check_tau(tau, name: str = "tau"):
+    "Raise a one-line `ValueError` unless `tau` (called `name` in the message) is a finite number > 0; a bool is not a number here."
+    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau) or tau <= 0:
+        raise ValueError(f"{name} must be a number > 0, got {tau!r}")
+
+def check_k(k):
+    "Raise a one-line `ValueError` unless `k`, the same-domain negatives each anchor draws, is None (all of them) or an integer >= 1."
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+        raise ValueError(f"k must be None (every same-domain negative) or an integer >= 1, got {k!r}")
+
+# %% ../nbs/00_utils.ipynb #76135c33
+def at_least_float32(*ts) -> list:
+    "The tensors `ts` cast to one dtype, the first one's promoted with float32 (half and bfloat16 become float32, float64 stays)."
+    dt = torch.promote_types(ts[0].dtype, torch.float32)
+    return [t.to(dt) for t in ts]
+
+def as_pixels(images, name: str = "images", error: type = ValueError) -> torch.Tensor:
+    "Float pixels in [0, 1] of a non-empty batch (n, C, ...) of uint8 or [0, 1] values (a tensor or an array); else a one-line `error` naming `name`."
+    x = torch.as_tensor(images) if not isinstance(images, torch.Tensor) else images
+    if x.ndim < 2 or len(x) == 0: raise error(f"{name} must be a non-empty batch (n, C, ...), got shape {tuple(x.shape)}")
+    if x.dtype == torch.uint8: return x.float() / 255
+    x = x.float()
+    if not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
+        raise error(f"{name} must be pixels in [0, 1] (before normalisation) or uint8, got range [{float(x.min()):.3g}, {float(x.max()):.3g}]")
+    return x
+
+def normaliser(mean, std, channels: int, device, error: type = ValueError):
+    "The function `x -> (x - mean) / std` per channel, on `device`; the identity when both are None; 1 or `channels` values each, std > 0, else a one-line `error`."
+    if mean is None and std is None: return lambda x: x
+    m = torch.as_tensor(0. if mean is None else mean, dtype=torch.float32, device=device).flatten()
+    s = torch.as_tensor(1. if std is None else std, dtype=torch.float32, device=device).flatten()
+    for nm, v in (("mean", m), ("std", s)):
+        if len(v) not in (1, channels): raise error(f"{nm} has {len(v)} values but the images have {channels} channels")
+    if (s <= 0).any(): raise error(f"std must be > 0, got {s.tolist()}")
+    return lambda x: (x - m.view(1, -1, *[1] * (x.ndim - 2))) / s.view(1, -1, *[1] * (x.ndim - 2))
+
+# %% ../nbs/00_utils.ipynb #7fd4a4c3
+def saved_bytes(fn, *args) -> tuple:
+    "fn(*args) and the bytes (unique storages) autograd saves for its backward."
+    seen = {}
+    def pack(t):
+        s = t.untyped_storage()
+        seen[s.data_ptr()] = max(seen.get(s.data_ptr(), 0), s.nbytes())
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t): out = fn(*args)
+    return out, sum(seen.values())

@@ -13,17 +13,17 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 import ipywidgets as W
 from fastcore.basics import patch
-from .utils import cache_dir, model_device
+from .utils import cache_dir, model_device, as_pixels, normaliser
 from .data import FgBgData
 from .knn import FeatureIndex, as_feats, as_labels
-from .explain import grad_cam, normalise_cam, mask_iou, pointing_game, energy_share, _normaliser, _pixels
+from .explain import ExplainError, grad_cam, normalise_cam, mask_iou, pointing_game, energy_share
 
 # %% auto #0
 __all__ = ['FORMATS', 'MARKS', 'COLOR_BY', 'PALETTE', 'DBS', 'in_kernel', 'figure_html', 'Showable', 'image_bytes', 'data_uri',
            'static_format', 'thumb_html', 'PointSet', 'pca_reduce', 'umap_2d', 'align_2d', 'umap_figure',
            'figure_with_thumbs', 'UMAPView', 'retrieval_dbs', 'search_excluding', 'neighbour_marks', 'neighbour_rates',
            'neighbour_table', 'build_indexes', 'retrieval_summary', 'summary_html', 'RetrievalExplorer', 'heat_rgb',
-           'overlay', 'mask_rgb', 'SaliencyView', 'bench_umap']
+           'overlay', 'mask_rgb', 'SaliencyView']
 
 # %% ../nbs/15_viz.ipynb #1a5a4644
 def in_kernel() -> bool:
@@ -506,7 +506,7 @@ def compute(self: SaliencyView, ids) -> dict:
     out, m = {}, self.data.masks[ids]
     for name, (model, layer) in self.models.items():
         dev = model_device(model)
-        x = _normaliser(self.mean, self.std, dev)(_pixels(self.data.images[ids]).to(dev))
+        x = normaliser(self.mean, self.std, 3, dev, error=ExplainError)(as_pixels(self.data.images[ids]).to(dev))
         modes = [(mod, mod.training) for mod in model.modules()]
         model.eval()
         try:
@@ -558,19 +558,3 @@ def rows_html(self: SaliencyView, fmt: str = "png") -> str:
 def static_html(self: SaliencyView) -> str:
     "The view as static HTML (thumbnails in `static_format()`)."
     return self.rows_html(static_format())
-
-# %% ../nbs/15_viz.ipynb #ea04b99b
-def bench_umap(n: int = 50_000, dim: int = 64, num_classes: int = 10, seed: int = 0) -> dict:
-    "Seconds for PCA + UMAP of `n` random `dim`-d features and for building the view's figure; sizes in MB."
-    g = np.random.default_rng(seed)
-    labels = g.integers(0, num_classes, n)
-    x = (g.normal(size=(num_classes, dim))[labels] + 0.7 * g.normal(size=(n, dim))).astype(np.float32)
-    out = {"n": n, "dim": dim}
-    t = time.perf_counter(); pca_reduce(x / np.linalg.norm(x, axis=1, keepdims=True), 50, seed); out["pca_s"] = time.perf_counter() - t
-    t = time.perf_counter(); xy = umap_2d(x, cache=False); out["umap_s"] = time.perf_counter() - t
-    pts = PointSet(torch.zeros(n, 3, 4, 4, dtype=torch.uint8), torch.as_tensor(labels), torch.as_tensor(g.integers(0, 10, n)))
-    t = time.perf_counter(); view = UMAPView({"a": xy, "b": align_2d(xy, xy[:, ::-1].copy())}, pts, static=False)
-    out["view_s"] = time.perf_counter() - t
-    t = time.perf_counter(); js = view.fig.to_json(); out["json_s"] = time.perf_counter() - t
-    out["json_mb"] = len(js) / 2**20
-    return out

@@ -11,7 +11,7 @@ from test_browser import CHROMIUM, FLAGS, open_and_run, running_lab
 from playwright.sync_api import sync_playwright
 
 def notebook(settings) -> dict:
-    code = ["import json\nfrom iclmsr.dashboard import bench_dashboard\nres = {}",
+    code = ["import json\nfrom iclmsr.bench import bench_dashboard\nres = {}",
             *[f"res['{i}: {s}'] = bench_dashboard(every={s.split('/')[0]}, max_points={s.split('/')[1]}, show=True)"
               for i, s in enumerate(settings)],
             "keys = ('overhead_pct', 'cpu_overhead_pct', 'speed_ratios', 'redraws', 'redraw_ms', 'steps_per_s')\n"

@@ -5,7 +5,7 @@ import sys
 import torch
 from iclmsr.methods import build_method
 from iclmsr.learner import average_gradients, init_distributed
-from iclmsr.losses import local_losses, mean_over_processes, process_group
+from iclmsr.distributed import local_losses, mean_over_processes, process_group
 
 # (method, ICL-MSR on): NT-Xent, NT-Xent + the ICL term, SupCon (gathered labels), Barlow Twins (global cross-correlation)
 CASES = [("simclr", False), ("simclr", True), ("supcon", False), ("barlow_twins", False)]

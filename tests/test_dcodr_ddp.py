@@ -17,7 +17,7 @@ def global_batch(seed: int = 0, n: int = 16, size: int = 16):
 def build(icl: bool):
     "Equal weights everywhere; batch norm in eval mode with statistics of one pass over the global batch."
     from iclmsr.batch import Batch
-    from iclmsr.losses import local_losses
+    from iclmsr.distributed import local_losses
     from iclmsr.methods import build_method
     torch.manual_seed(0)
     m = build_method("dcodr", "small_cnn", 16, icl_msr=icl, backbone_kw={"width": 8}, proj_dim=8,
@@ -34,7 +34,7 @@ def step(m, sl=slice(None)):
     "Loss and process-averaged gradients of one step on the images `sl` of the global batch."
     from iclmsr.batch import Batch
     from iclmsr.learner import average_gradients
-    from iclmsr.losses import mean_over_processes
+    from iclmsr.distributed import mean_over_processes
     v1, v2, clean, dom = global_batch()
     params = m.encoder_parameters()
     for p in params: p.grad = None
@@ -45,7 +45,7 @@ def step(m, sl=slice(None)):
 
 def main(out_path: str):
     from iclmsr.learner import init_distributed
-    from iclmsr.losses import process_group, local_losses
+    from iclmsr.distributed import process_group, local_losses
     init_distributed(torch.device("cpu"))
     rank, world = process_group()
     n = len(global_batch()[3]) // world

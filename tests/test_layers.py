@@ -8,7 +8,7 @@ import ast
 from pathlib import Path
 import pytest
 
-LAYERS = ["utils", "config", "fgbg", "toy", "data", "augment", "intervene", "batch", "sampler", "models", "losses", "rec", "explain", "msr", "methods", "excon",
+LAYERS = ["utils", "distributed", "config", "fgbg", "toy", "data", "augment", "intervene", "batch", "sampler", "models", "losses", "rec", "explain", "msr", "methods", "excon",
           "checkpoint", "knn", "probe", "learner", "callbacks", "build", "eval", "report", "viz", "dashboard", "demo", "compare", "speed", "bench", "commands", "cli", "docs"]
 PKG = Path(__file__).resolve().parent.parent/"iclmsr"
 
