@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from fastcore.script import Param
 from .utils import UserError, fmt_duration, get_device
-from .config import Config, ConfigError, config_to_dict, load_config, resolve_run_name, RUN_SUFFIXES
+from .config import Config, ConfigError, config_to_dict, load_config, resolve_run_name, split_run_name, RUN_SUFFIXES
 from .methods import METHODS
 from .batch import check_needs
 from .data import load_dataset
@@ -27,15 +27,15 @@ from .report import html_report, html_table, out_dir
 from .viz import SaliencyView, neighbour_marks, neighbour_rates, static_format, thumb_html, umap_2d
 
 # %% auto #0
-__all__ = ['DEFAULT_METHODS', 'EVAL_DEFAULTS', 'HPARAMS', 'ICL_HPARAMS', 'FG_CONTROL', 'FG_LEARNABLE', 'COLUMNS', 'SELECT_BY',
-           'SAMPLE_VARIANTS', 'CPU_SPEC', 'GPU_SPEC', 'DEVICE_DEFAULTS', 'known_method', 'registered_methods',
-           'default_methods', 'parse_methods', 'compare_settings', 'method_hparams', 'draw_hparams', 'run_config',
-           'run_key', 'control_name', 'split_control', 'validation_split', 'load_splits', 'check_methods',
-           'read_records', 'append_record', 'run_status', 'StepBudget', 'train_run', 'bg_neighbour_rate',
-           'flat_measures', 'measure_split', 'run_one', 'plan', 'open_out', 'run_compare', 'seed_stats',
-           'paired_differences', 'read_runs', 'select_setting', 'fg_check', 'fg_check_line', 'collect', 'results_table',
-           'differences_table', 'hparams_table', 'plot_compare', 'supervised', 'saliency_html', 'variant_samples_html',
-           'plot_umaps', 'compare_report', 'estimate', 'device_defaults', 'compare']
+__all__ = ['DEFAULT_METHODS', 'EVAL_DEFAULTS', 'HPARAMS', 'ICL_HPARAMS', 'PROTOCOL', 'FG_CONTROL', 'FG_LEARNABLE', 'COLUMNS',
+           'SELECT_BY', 'SAMPLE_VARIANTS', 'CPU_SPEC', 'GPU_SPEC', 'DEVICE_DEFAULTS', 'known_method',
+           'registered_methods', 'default_methods', 'parse_methods', 'compare_settings', 'method_hparams',
+           'draw_hparams', 'run_config', 'run_key', 'control_name', 'split_control', 'validation_split', 'load_splits',
+           'check_methods', 'read_records', 'append_record', 'run_status', 'StepBudget', 'train_run',
+           'bg_neighbour_rate', 'flat_measures', 'measure_split', 'run_one', 'plan', 'open_out', 'run_compare',
+           'seed_stats', 'paired_differences', 'read_runs', 'select_setting', 'fg_check', 'fg_check_line', 'collect',
+           'results_table', 'differences_table', 'hparams_table', 'plot_compare', 'supervised', 'saliency_html',
+           'variant_samples_html', 'plot_umaps', 'compare_report', 'estimate', 'device_defaults', 'compare']
 
 # %% ../nbs/17_compare.ipynb #f25b90f9
 DEFAULT_METHODS = ("simclr", "simclr+ntxent", "simclr+icl-msr", "simclr+do-bg", "dcodr", "supcon", "excon")
@@ -113,13 +113,16 @@ def draw_hparams(method: str, n: int) -> list:
     return [{k: v[i] for k, v in vals.items()} for i in range(n)]
 
 # %% ../nbs/17_compare.ipynb #3869806d
+PROTOCOL = {m: ["model.options.proj_dim=64"] for m in ("supcon", "excon", "exconb")}   # one head size: see below
+
 def run_config(st: dict, method: str, seed: int, hp: int | None = None) -> Config:
     "The training config of `method` on seed `seed`: kNN monitor off, warm-up a tenth of the budget, `st['sets']` (those of every run, and `METHOD:key=value` of this one), then its drawn setting `hp`."
     method, _ = split_control(method)   # the foreground check trains the base method's config
     base = [f"data.spec={st['data']}", "train.knn_every=0", f"optim.warmup_steps={st['budget'] // 10}", f"train.device={st['device']}"]
     own = [kv for m, kv in map(_own_set, st["sets"]) if m in (None, method)]
     drawn = [] if hp is None else [f"{k}={v}" for k, v in draw_hparams(method, st["hparams"])[hp].items()]
-    return load_config(None, base + own + drawn + [f"model.method={method}", f"train.seed={seed}"])
+    proto = PROTOCOL.get(split_run_name(method)[0], [])   # the protocol's, before anything the user sets
+    return load_config(None, base + proto + own + drawn + [f"model.method={method}", f"train.seed={seed}"])
 
 def run_key(st: dict, method: str, seed: int, hp: int | None = None) -> str:
     "The run's folder name: a hash of (method, data, seed, config, budget, split, evaluation, drawn setting)."

@@ -14,7 +14,7 @@ import ipywidgets as W
 from fastcore.basics import patch
 from .utils import fmt_duration
 from .config import DataConfig, ModelConfig, ICLConfig, TrainConfig, load_config, dump_config, config_from_dict, config_to_dict
-from .methods import METHODS
+from .methods import METHODS, options
 from .checkpoint import load_checkpoint
 from .build import Learner
 from .learner import Callback
@@ -384,8 +384,12 @@ def _set_controls(self: Dashboard, cfg):
     w["batch_size"].value = cfg.train.batch_size
     if cfg.train.device in DEVICES: w["device"].value = cfg.train.device
     d, default = config_to_dict(cfg), config_to_dict(load_config(None, []))
-    w["more"].value = " ".join(f"{s}.{k}={v}" for s, sec in d.items() for k, v in sec.items()
-                               if f"{s}.{k}" not in _SHOWN and v != default[s][k])
+    default["model"]["options"] = options(METHODS[cfg.model.method]) if cfg.model.method in METHODS else {}
+    flat = lambda t: {f"{s}.{k}": v for s, sec in t.items() for k, v in sec.items() if not isinstance(v, dict)} | {
+        f"{s}.{k}.{o}": x for s, sec in t.items() for k, v in sec.items() if isinstance(v, dict) for o, x in v.items()}
+    fd, fdef = flat(d), flat(default)   # a method's options one key each; only what differs from its own defaults
+    w["more"].value = " ".join(f"{k}={'null' if v is None else v}" for k, v in fd.items()
+                               if k not in _SHOWN and (k not in fdef or v != fdef[k]))
 
 # %% ../nbs/16_dashboard.ipynb #ebe8ba8a
 @patch

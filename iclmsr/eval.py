@@ -18,7 +18,7 @@ from .explain import ExplainError, cam_layer, explanation_measures
 from .config import Config, config_from_dict
 from .checkpoint import load_checkpoint, atomic_save
 from .augment import TwoViewAugment
-from .build import Learner, method_from_config
+from .build import Learner, method_from_config, resolve_defaults
 
 
 # %% auto #0
@@ -498,7 +498,8 @@ def _need_masks(d: FgBgData, what: str = "the four-setting table"):
 
 def norm_stats(cfg: Config, image_size) -> tuple[list, list]:
     "Per-channel mean and std that the training run of `cfg` normalised its images with (its augmentation preset)."
-    aug = TwoViewAugment(cfg.data.augment, size=image_size if isinstance(image_size, int) else max(image_size))
+    preset = resolve_defaults(cfg).data.augment   # null in a config: the method's own
+    aug = TwoViewAugment(preset, size=image_size if isinstance(image_size, int) else max(image_size))
     return aug.mean.flatten().tolist(), aug.std.flatten().tolist()
 
 def train_method(cfg: Config, train: FgBgData, variant: str = "original", cbs=(), run_dir=None, monitor_data=None) -> Learner:
