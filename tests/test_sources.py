@@ -1,7 +1,7 @@
 """What the docs cite and how they are laid out, checked on the sources (no build): CITATION.cff is valid CFF 1.2.0,
 the references page lists every arXiv id a notebook cites, nothing points to a file outside the repository, every page
-subtitle is one whole sentence, the sidebar lists every notebook once, and maths uses only the delimiters quarto's
-MathJax reads."""
+subtitle is one whole sentence, the sidebar lists every notebook once, maths uses only the delimiters quarto's
+MathJax reads, exported cells are small (one definition each), and iclmsr.learner is only the training loop."""
 import json, re, subprocess
 from pathlib import Path
 import yaml
@@ -125,3 +125,53 @@ def test_import_cells_hold_only_imports():
             if imports and any(l not in imports and not l.startswith("sys.path.") for l in lines):
                 bad.append(f"{nb.relative_to(NBS)}: {imports[0]}")
     assert not bad, "put these imports in a cell of their own:\n" + "\n".join(bad)
+
+_EXPORT = re.compile(r"#\|\s*export[is]?\s*$")   # the directive opening an exported cell (tools/split_cells.py's rule)
+
+def _exported_code(nb: Path) -> list[str]:
+    "The code of `nb`'s exported cells, without their leading `#|` directive lines."
+    res = []
+    for s in _cells(nb, "code"):
+        lines = s.splitlines(keepends=True)
+        if not lines or not _EXPORT.match(lines[0]): continue
+        n = next((i for i, l in enumerate(lines) if not re.match(r"\s*#\|", l)), len(lines))
+        res.append("".join(lines[n:]))
+    return res
+
+def test_exported_cells_are_small():
+    "One definition per exported cell, fastcore's way: none over 40 non-blank lines, the median under 900 characters (`python tools/split_cells.py` splits them)."
+    import statistics
+    cells = [(nb.relative_to(NBS).as_posix(), c) for nb in _notebooks() for c in _exported_code(nb)]
+    assert len(cells) > 100, len(cells)
+    nonblank = lambda c: sum(1 for l in c.splitlines() if l.strip())
+    import ast
+    defs = lambda c: ", ".join(n.name for n in ast.parse(c).body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)))
+    big = [f"{nb} ({nonblank(c)} lines): {defs(c) or c.strip().splitlines()[0][:90]}" for nb, c in cells if nonblank(c) > 40]
+    assert not big, f"{len(big)} exported cells over 40 non-blank lines:\n" + "\n".join(big)
+    median = statistics.median(len(c) for _, c in cells)
+    assert median < 900, f"median exported cell is {median} characters (over {len(cells)} cells)"
+
+def _iclmsr_imports(src: str) -> set[str]:
+    "The iclmsr modules `src` imports (`from .x import`, `from iclmsr.x import`, `import iclmsr.x`, `from . import x`), at any depth."
+    import ast
+    mods = {p.stem for p in (ROOT/"iclmsr").glob("*.py")}
+    res = set()
+    for n in ast.walk(ast.parse(src)):
+        if isinstance(n, ast.ImportFrom):
+            parts = (n.module or "").split(".")
+            if n.level == 1 or (n.level == 0 and parts[0] == "iclmsr"):
+                sub = parts[1:] if n.level == 0 else [p for p in parts if p]
+                res |= {sub[0]} if sub else {a.name for a in n.names if a.name in mods}
+        elif isinstance(n, ast.Import):
+            res |= {a.name.split(".")[1] for a in n.names if a.name.startswith("iclmsr.")}
+    return res
+
+def test_iclmsr_imports_counts_every_form():
+    src = "from .utils import a\nfrom iclmsr.config import b\nimport iclmsr.data as d\nfrom . import knn\nfrom iclmsr import __version__\ndef f():\n    from .msr import m\nimport torch"
+    assert _iclmsr_imports(src) == {"utils", "config", "data", "knn", "msr"}
+
+def test_learner_is_only_the_loop():
+    "iclmsr.learner holds the Learner and its loop, not the whole package: at most 400 lines, importing at most 8 iclmsr modules."
+    src = (ROOT/"iclmsr"/"learner.py").read_text(encoding="utf-8")
+    n, mods = len(src.splitlines()), _iclmsr_imports(src)
+    assert n <= 400 and len(mods) <= 8, f"iclmsr/learner.py has {n} lines (at most 400) and imports {len(mods)} iclmsr modules (at most 8): {', '.join(sorted(mods))}"
