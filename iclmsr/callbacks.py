@@ -12,6 +12,7 @@ from .config import TrainConfig
 from .checkpoint import CheckpointKeeper
 from .data import load_dataset, variant_of, available_variants
 from .knn import knn_predict
+from fastcore.basics import patch
 from .learner import Callback, Learner
 
 # %% auto #0
@@ -95,34 +96,6 @@ class MetricsLogger(Callback):
     def __init__(self, every: int | None = None): self.every, self.records = every, []
     @property
     def paths(self): return self.learn.run_dir/"metrics.jsonl", self.learn.run_dir/"metrics.csv"
-    def after_load(self, ck):
-        "Drop records written after the checkpoint we resume from."
-        if self.learn.run_dir is None or self.learn.rank != 0: return
-        jl, cs = self.paths
-        if not jl.exists(): return
-        keep = [json.loads(l) for l in jl.read_text().splitlines() if l.strip()]
-        # a batch record at the checkpoint's step was written just before it; epoch and meta records only count if
-        # their epoch ended before the checkpoint's position
-        def before(r):  # a meta record of the checkpoint's own meta stage counts up to the checkpoint's batch
-            same_meta = r.get("kind") == "meta" and ck["stage"] == "meta" and r["epoch"] == ck["epoch"]
-            return r.get("kind") == "batch" or r["epoch"] < ck["epoch"] or (same_meta and r.get("batch", 0) <= ck["batch"])
-        keep = [r for r in keep if r["step"] < ck["step"] or (r["step"] == ck["step"] and before(r))]
-        jl.write_text("".join(json.dumps(r) + "\n" for r in keep))
-        with open(cs, "w", newline="") as f:
-            w = csv.DictWriter(f, CSV_FIELDS, extrasaction="ignore"); w.writeheader(); w.writerows(keep)
-    def log(self, rec: dict):
-        L = self.learn
-        rec = {"time": round(time.time(), 3), "epoch": L.epoch, "step": L.step, "stage": L.stage, **rec}
-        self.records.append(rec)
-        if L.run_dir is None or L.rank != 0: return
-        L.run_dir.mkdir(parents=True, exist_ok=True)
-        jl, cs = self.paths
-        with open(jl, "a") as f: f.write(json.dumps(rec) + "\n")
-        new = not cs.exists()
-        with open(cs, "a", newline="") as f:
-            w = csv.DictWriter(f, CSV_FIELDS, extrasaction="ignore")
-            if new: w.writeheader()
-            w.writerow(rec)
     def after_batch(self):
         L = self.learn
         if L.stage == "fit" and L.step % (self.every or setting(L, "log_every")) == 0:
@@ -131,7 +104,43 @@ class MetricsLogger(Callback):
             self.log({"kind": "meta", "batch": L.batch_idx, **L.last_batch})
     def after_epoch(self):
         L = self.learn
-        self.log({"kind": "epoch", **{k: v for k, v in L.metrics.items() if k.startswith("knn") or k == "images_per_s"}, **L.last_batch})
+        knn = {k: v for k, v in L.metrics.items() if k.startswith("knn") or k == "images_per_s"}
+        self.log({"kind": "epoch", **knn, **L.last_batch})
+
+# %% ../nbs/12b_callbacks.ipynb #f3d13520
+@patch
+def log(self: MetricsLogger, rec: dict):
+    "Keep `rec` (stamped with time, epoch, step and stage) and append it to both files (rank 0, with a run directory)."
+    L = self.learn
+    rec = {"time": round(time.time(), 3), "epoch": L.epoch, "step": L.step, "stage": L.stage, **rec}
+    self.records.append(rec)
+    if L.run_dir is None or L.rank != 0: return
+    L.run_dir.mkdir(parents=True, exist_ok=True)
+    jl, cs = self.paths
+    with open(jl, "a") as f: f.write(json.dumps(rec) + "\n")
+    new = not cs.exists()
+    with open(cs, "a", newline="") as f:
+        w = csv.DictWriter(f, CSV_FIELDS, extrasaction="ignore")
+        if new: w.writeheader()
+        w.writerow(rec)
+
+# %% ../nbs/12b_callbacks.ipynb #9db4acd2
+@patch
+def after_load(self: MetricsLogger, ck):
+    "Drop records written after the checkpoint we resume from."
+    if self.learn.run_dir is None or self.learn.rank != 0: return
+    jl, cs = self.paths
+    if not jl.exists(): return
+    keep = [json.loads(l) for l in jl.read_text().splitlines() if l.strip()]
+    # a batch record at the checkpoint's step was written just before it; epoch and meta records only count if
+    # their epoch ended before the checkpoint's position
+    def before(r):  # a meta record of the checkpoint's own meta stage counts up to the checkpoint's batch
+        same_meta = r.get("kind") == "meta" and ck["stage"] == "meta" and r["epoch"] == ck["epoch"]
+        return r.get("kind") == "batch" or r["epoch"] < ck["epoch"] or (same_meta and r.get("batch", 0) <= ck["batch"])
+    keep = [r for r in keep if r["step"] < ck["step"] or (r["step"] == ck["step"] and before(r))]
+    jl.write_text("".join(json.dumps(r) + "\n" for r in keep))
+    with open(cs, "w", newline="") as f:
+        w = csv.DictWriter(f, CSV_FIELDS, extrasaction="ignore"); w.writeheader(); w.writerows(keep)
 
 # %% ../nbs/12b_callbacks.ipynb #17d57e97
 @torch.no_grad()

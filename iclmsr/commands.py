@@ -61,6 +61,24 @@ def print_config_text(config: str | None = None, overrides=()) -> int:
     if unused: print("# not used by this run: " + "; ".join(f"{k} ({why})" for k, why in unused.items()))
     return 0
 
+# %% ../nbs/31_commands.ipynb #4ab50f4e
+def _check_run_dir(run_dir: Path, resume: bool, rank: int):
+    "Refuse an unwritable `--out`, a resume with nothing to resume, and a new run over an existing one."
+    if rank == 0: _check_writable(run_dir)
+    if resume and not (run_dir/"last.pt").exists():
+        raise UserError(f"nothing to resume: {str(run_dir/'last.pt')!r} does not exist")
+    if not resume and (run_dir/"last.pt").exists():
+        raise UserError(f"{str(run_dir)!r} already holds a run (last.pt); continue it with --resume or choose another --out")
+
+def _memory_advice(learn, cfg) -> UserError:
+    "The one-line error of a run out of memory, with a smaller batch to try."
+    shape = getattr(learn, "domain_shape", None)
+    if shape is not None:
+        return UserError(f"out of memory at train.batch_size={shape[0] * shape[1]} ({shape[0]} domains x {shape[1]}); "
+                         f"try fewer images per domain, e.g. --set train.per_domain={max(2, shape[1] // 2)}")
+    b = learn.batch_size if learn is not None else (cfg.train.batch_size or BATCH_SIZE)
+    return UserError(f"out of memory at train.batch_size={b}; try a smaller batch, e.g. --set train.batch_size={max(2, b // 2)}")
+
 # %% ../nbs/31_commands.ipynb #0bd1a5bd
 def train(config: str = None,  # YAML or JSON config file (default: the built-in defaults, or DIR/config.yaml with --resume)
           out: str = None,  # run directory for checkpoints, logs and results.json
@@ -73,15 +91,10 @@ def train(config: str = None,  # YAML or JSON config file (default: the built-in
     overrides = set or []
     if print_config: return print_config_text(config, overrides)
     if not out: raise UserError("--out DIR is required (the run directory)")
-    run_dir = Path(out)
+    run_dir, rank = Path(out), dist_env()[0]
     if resume and config is None and (run_dir/"config.yaml").exists(): config = str(run_dir/"config.yaml")
     cfg = load_config(config, overrides)
-    rank = dist_env()[0]
-    if rank == 0: _check_writable(run_dir)
-    if resume and not (run_dir/"last.pt").exists():
-        raise UserError(f"nothing to resume: {str(run_dir/'last.pt')!r} does not exist")
-    if not resume and (run_dir/"last.pt").exists():
-        raise UserError(f"{str(run_dir)!r} already holds a run (last.pt); continue it with --resume or choose another --out")
+    _check_run_dir(run_dir, resume, rank)
     t0, learn = time.time(), None
     try:
         learn = Learner.from_config(cfg, run_dir, cbs=default_callbacks(progress=not quiet))
@@ -90,12 +103,7 @@ def train(config: str = None,  # YAML or JSON config file (default: the built-in
         learn.fit()
     except (torch.OutOfMemoryError, RuntimeError) as e:
         if not _out_of_memory(e): raise
-        shape = getattr(learn, "domain_shape", None)
-        if shape is not None:
-            raise UserError(f"out of memory at train.batch_size={shape[0] * shape[1]} ({shape[0]} domains x {shape[1]}); try fewer "
-                            f"images per domain, e.g. --set train.per_domain={max(2, shape[1] // 2)}") from None
-        b = learn.batch_size if learn is not None else (cfg.train.batch_size or BATCH_SIZE)
-        raise UserError(f"out of memory at train.batch_size={b}; try a smaller batch, e.g. --set train.batch_size={max(2, b // 2)}") from None
+        raise _memory_advice(learn, cfg) from None
     finally:
         if dist.is_initialized(): dist.destroy_process_group()
     _report(learn, learn.cfg, run_dir, time.time() - t0, rank)

@@ -116,10 +116,10 @@ class Learner:
         self.needs, who = frozenset(method.needs), method.name or type(method).__name__
         check_needs(self.needs, data, f"method {who!r}")
         self.intervene = intervene
-        self.raw_needs = self.needs | self._check_intervention(method)   # what a step gathers: the needs, and the intervention's
+        self.raw_needs = self.needs | self._check_intervention(method)   # the needs, and the intervention's
         self._set_batch_shape(batch_size, domains_per_batch, per_domain, method.domain_balanced, who)
-        self.aug = (augment if augment is not None else TwoViewAugment(method.augment, size=data.image_size)).to(self.device)
-        self.method = method.to(self.device)
+        aug = augment if augment is not None else TwoViewAugment(method.augment, size=data.image_size)
+        self.aug, self.method = aug.to(self.device), method.to(self.device)
         self.params = self.method.encoder_parameters()
         self.n_epochs, self.epoch, self.stage, self.batch_idx, self.step = 1, 0, "fit", 0, 0
         o = optim if optim is not None else OptimConfig()
@@ -128,37 +128,46 @@ class Learner:
             self.opt, lambda s: lr_factor(s, self.total_steps, o.warmup_steps, o.schedule, self.n_epochs))
         self.metrics, self.last_batch, self.cancelled, self.batches = {}, {}, False, []
         self.autocast, self.memory_format = contextlib.nullcontext, torch.contiguous_format   # set by callbacks
-        self._stop = threading.Event()
-        self.cbs = []
-        self.add_cbs(([Distributed()] if self.world > 1 and not any(isinstance(c, Distributed) for c in cbs) else []) + list(cbs))
+        self._stop, self.cbs = threading.Event(), []
+        ddp = [Distributed()] if self.world > 1 and not any(isinstance(c, Distributed) for c in cbs) else []
+        self.add_cbs(ddp + list(cbs))
 
-    def _set_batch_shape(self, batch_size, domains_per_batch, per_domain, balanced: bool, who: str):
-        "Random batches of `batch_size` (256 when None), or domain-balanced ones for a `domain_balanced` method."
-        self.domain_shape = None
-        if balanced:   # domain_batches: domains_per_batch x per_domain, checked against the data
-            self._domains = self.data.backgrounds.detach().cpu().long()
-            self.domain_shape = balanced_shape(self._domains, domains_per_batch, per_domain, batch_size, n=len(self.data))
-            batch_size = self.domain_shape[0] * self.domain_shape[1]
-            self._n_batches = len(domain_batches(self._domains, seed=self._order_seed("fit"), epoch=0,
-                                                 domains_per_batch=self.domain_shape[0], per_domain=self.domain_shape[1]))
-        elif (domains_per_batch, per_domain) != (None, None):
-            raise ValueError(f"domains_per_batch and per_domain shape the batches of a method that needs domains; {who!r} takes random batches")
-        self.batch_size = BATCH_SIZE if batch_size is None else batch_size
-        if self.batch_size % self.world: raise ValueError(f"train.batch_size {self.batch_size} is not divisible by the {self.world} processes")
-        if len(self.data) < self.batch_size: raise ValueError(f"train.batch_size {self.batch_size} is larger than the {len(self.data)} training images")
+# %% ../nbs/12_learner.ipynb #d0ed8938
+@patch
+def _set_batch_shape(self: Learner, batch_size, domains_per_batch, per_domain, balanced: bool, who: str):
+    "Random batches of `batch_size` (256 when None), or domain-balanced ones for a `domain_balanced` method."
+    self.domain_shape = None
+    if balanced:   # domain_batches: domains_per_batch x per_domain, checked against the data
+        self._domains = self.data.backgrounds.detach().cpu().long()
+        self.domain_shape = balanced_shape(self._domains, domains_per_batch, per_domain, batch_size, n=len(self.data))
+        batch_size = self.domain_shape[0] * self.domain_shape[1]
+        self._n_batches = len(domain_batches(self._domains, seed=self._order_seed("fit"), epoch=0,
+                                             domains_per_batch=self.domain_shape[0], per_domain=self.domain_shape[1]))
+    elif (domains_per_batch, per_domain) != (None, None):
+        raise ValueError("domains_per_batch and per_domain shape the batches of a method that needs domains; "
+                         f"{who!r} takes random batches")
+    self.batch_size = BATCH_SIZE if batch_size is None else batch_size
+    if self.batch_size % self.world:
+        raise ValueError(f"train.batch_size {self.batch_size} is not divisible by the {self.world} processes")
+    if len(self.data) < self.batch_size:
+        raise ValueError(f"train.batch_size {self.batch_size} is larger than the {len(self.data)} training images")
 
-    @property
-    def batches_per_epoch(self) -> int:
-        "Stage-1 steps per epoch: whole batches of the shuffled data, or the epoch's domain-balanced batches (as many each epoch)."
-        return self._n_batches if self.domain_shape is not None else len(self.data) // self.batch_size
-    @property
-    def meta_batches_per_epoch(self) -> int:
-        "Stage-2 steps per epoch (each uses two batches), as the regulariser sets them from its `meta_share`."
-        return self.method.meta_steps(self.batches_per_epoch)
-    @property
-    def total_steps(self) -> int: return self.n_epochs * self.batches_per_epoch
-    @property
-    def stages(self) -> list[str]: return ["fit", "meta"] if self.meta_batches_per_epoch else ["fit"]
+# %% ../nbs/12_learner.ipynb #590d2d60
+@patch(as_prop=True)
+def batches_per_epoch(self: Learner) -> int:
+    "Stage-1 steps per epoch: whole batches of the shuffled data, or the epoch's domain-balanced batches (as many each epoch)."
+    return self._n_batches if self.domain_shape is not None else len(self.data) // self.batch_size
+
+@patch(as_prop=True)
+def meta_batches_per_epoch(self: Learner) -> int:
+    "Stage-2 steps per epoch (each uses two batches), as the regulariser sets them from its `meta_share`."
+    return self.method.meta_steps(self.batches_per_epoch)
+
+@patch(as_prop=True)
+def total_steps(self: Learner) -> int: return self.n_epochs * self.batches_per_epoch
+
+@patch(as_prop=True)
+def stages(self: Learner) -> list[str]: return ["fit", "meta"] if self.meta_batches_per_epoch else ["fit"]
 
 # %% ../nbs/12_learner.ipynb #aa5bb174
 @patch
