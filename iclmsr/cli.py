@@ -27,7 +27,7 @@ COMMANDS: dict = {
         "export": ("iclmsr.data", "data_export", "write a dataset spec as ImageNet-9-style folders of PNGs"),
     },
     "train": ("iclmsr.commands", "train", "train a method, with or without ICL-MSR, into a run directory (resumable)"),
-    "eval": ("iclmsr.report", "eval_cmd", "evaluate a checkpoint on a dataset spec: kNN, linear probe, background metrics, report.html"),
+    "eval": ("iclmsr.commands", "eval_cmd", "evaluate a checkpoint on a dataset spec: kNN, linear probe, background metrics, report.html"),
     "demo": ("iclmsr.demo", "demo", "the main job: SimCLR vs SimCLR+ICL-MSR on the embedded dataset, four-setting table"),
     "compare": ("iclmsr.compare", "compare", "train listed methods at equal encoder steps over seeds, one protocol: results.json, report.html (resumable)"),
     "bench": ("iclmsr.bench", "bench", "measure augmentation, training-step and kNN speed side by side"),
