@@ -566,7 +566,7 @@ def estimate(st: dict, log=print) -> dict:
         ", ".join(f"{m} {p['step_seconds'] * 1e3:.0f} ms/step" for m, p in per.items()) + f"; one evaluation {ev:.0f} s)")
     return {"seconds": total, "eval_seconds": ev, "methods": per}
 
-# %% ../nbs/17_compare.ipynb #3ce82c02
+# %% ../nbs/17_compare.ipynb #b882e89c
 CPU_SPEC = "toy:num_classes=10,size=32,n_train=150,n_test=100,rho=0.9,rho_test=0.9,fg=coloured_shapes"
 GPU_SPEC = "toy:num_classes=10,size=32,n_train=1000,n_test=200,rho=0.9,rho_test=0.9,fg=coloured_shapes"
 DEVICE_DEFAULTS = {"cpu": {"data": CPU_SPEC, "budget": 150, "backbone": "small_cnn", "batch_size": 128},
@@ -607,7 +607,7 @@ def _write_report(st: dict, d: Path, no_umap: bool = False):
     print(fg_check_line(res["fg_check"]))
     print(f"wrote {d/'results.json'} and {d/'report.html'}")
 
-# %% ../nbs/17_compare.ipynb #b882e89c
+# %% ../nbs/17_compare.ipynb #3ce82c02
 def compare(methods: str = None,  # comma-separated run names (default: simclr, simclr+ntxent, simclr+icl-msr, simclr+do-bg, dcodr, supcon, excon)
             data: str = None,  # dataset spec, the same for every run (default: the embedded toy data, CPU_SPEC on the CPU, GPU_SPEC elsewhere)
             seeds: int = 3,  # seeds per method (0, 1, ...; each also fixes the validation split)

@@ -222,7 +222,7 @@ def load_tiny_imagenet(path, split: str = "train", size: int | None = None, on_e
     return FgBgData(images, None, labels, None, [words.get(w, w) for w in wnids], f"tiny-imagenet-{split}",
                     dict(source="tiny-imagenet", split=split, path=str(root), wnids=wnids, **_skip_meta(skipped)))
 
-# %% ../nbs/01c_data.ipynb #021b9dc1
+# %% ../nbs/01c_data.ipynb #ff1ec30c
 def _read_coco(ann: Path):
     "The COCO annotations in `ann` (pycocotools' `COCO`, its progress lines silenced)."
     from pycocotools.coco import COCO
@@ -265,7 +265,7 @@ def _coco_crops(coco, imdir: Path, lab: dict, size: int, context: float, job) ->
                     lab[a["category_id"]], a["id"]))
     return out
 
-# %% ../nbs/01c_data.ipynb #ff1ec30c
+# %% ../nbs/01c_data.ipynb #021b9dc1
 _COCO_HELP = ("Download http://images.cocodataset.org/annotations/annotations_trainval2017.zip (annotations/instances_"
               "{train,val}2017.json) and http://images.cocodataset.org/zips/val2017.zip (or train2017.zip) and unzip them, "
               "then use coco-fg:ANNOTATIONS_JSON,IMAGES_DIR, e.g. coco-fg:coco/annotations/instances_val2017.json,coco/val2017")
@@ -356,7 +356,7 @@ def _sidecar(root: Path):
     except ValueError as e: raise ValueError(f"cannot read {f}: {e}") from None
     return d if isinstance(d, dict) and d.get("format") == "iclmsr-in9" else None
 
-# %% ../nbs/01c_data.ipynb #f8d79f67
+# %% ../nbs/01c_data.ipynb #0a7fe79c
 def _in9_split_dir(root: Path, variant: str, split: str) -> Path:
     "The folder of `split` in `variant`'s folder of the tree `root` (IN-9's other names for them too)."
     vdir = next((root/v for v in _VARIANT_DIRS.get(variant, (variant,)) if (root/v).is_dir()), None)
@@ -400,7 +400,7 @@ def _in9_backgrounds(root: Path, side: dict | None, indexed: bool, split_dir: st
         if ids is not None: bgs, meta["domains"] = ids, DOMAINS_FILE
     return bgs
 
-# %% ../nbs/01c_data.ipynb #0a7fe79c
+# %% ../nbs/01c_data.ipynb #f8d79f67
 def load_in9(path, split: str = "train", variant: str = "original", size: int | None = None,
              masks: bool = True, on_error: str = "raise") -> FgBgData:
     "An ImageNet-9-style folder tree `path/<variant>/<split>/<class>/*` (+ `fg_mask/<split>/<class>/*.npy`, `domains.csv`)."
@@ -514,7 +514,7 @@ def _write_images(images: torch.Tensor, labels: torch.Tensor, folder: Path, clas
     def one(i): Image.fromarray(arr[i]).save(folder/class_dirs[int(labels[i])]/f"{i:06d}.png", compress_level=1)
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as ex: list(ex.map(one, range(len(arr))))
 
-# %% ../nbs/01c_data.ipynb #eb32c64c
+# %% ../nbs/01c_data.ipynb #78ec40b6
 def _export_data(data, splits) -> dict:
     "`export_in9`'s data as `{split: FgBgData}`: a spec's usual splits that this copy has (or `splits`)."
     if isinstance(data, str):
@@ -590,7 +590,7 @@ def _export_split(d: FgBgData, s: str, out: Path, variants: list, cdirs: list, s
         for i in range(len(mk)): np.save(out/"fg_mask"/s/cdirs[int(labels[i])]/f"{i:06d}.npy", mk[i])
     return dict(n=len(d), backgrounds=bgs)
 
-# %% ../nbs/01c_data.ipynb #78ec40b6
+# %% ../nbs/01c_data.ipynb #eb32c64c
 def export_in9(data, out_dir, variants=None, splits=None, seed: int = 0, overwrite: bool = False) -> Path:
     "Write a spec, `{split: FgBgData}` or one dataset as `out_dir/<variant>/<split>/<class>/<index>.png` (+ masks, sidecar)."
     out = Path(out_dir).expanduser()

@@ -429,7 +429,7 @@ def _groups(res: dict, preds: dict, tv: dict, trv, emb, fte: dict, C: int, min_g
     if not _has_bgs(gtr): na["bg_probe"] = f"{_NO_BGS} (on the {gv} train images)"; return
     res["bg_probe"] = _bg_probe(emb(gtr), gtr, fte[gv], g, nb, epochs, seed)
 
-# %% ../nbs/14_eval.ipynb #cc052095
+# %% ../nbs/14_eval.ipynb #21b4a081
 def _evaluate_args(model: nn.Module, train: FgBgData, test: FgBgData, k: int, variants, fgsm_eps, dcodr: str,
                    expl_n) -> tuple:
     "`evaluate`'s arguments checked: DCoDR's features (None when off), the FGSM budgets and the test variants."
@@ -479,7 +479,7 @@ def _attacks(res: dict, model: nn.Module, probe, test: FgBgData, tv: dict, eps, 
         adv = adversarial_backgrounds(model, probe, src[0], src[1], src[2], mean, std, adv_fg, adv_bg, batch, amp)
         res["adversarial_bg"] = {**adv, "sources": src[3]}
 
-# %% ../nbs/14_eval.ipynb #21b4a081
+# %% ../nbs/14_eval.ipynb #cc052095
 def evaluate(model: nn.Module, train: FgBgData, test: FgBgData, mean=None, std=None, k: int = 5, variants=None,
              probe: nn.Linear | None = None, probe_epochs: int = 100, fgsm_eps=_FGSM_EPS, fgsm_n: int = 512,
              min_group: int = 5, seed: int = 0, model_key: str | None = None, cache: bool = True, cache_root=None,

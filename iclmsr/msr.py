@@ -124,7 +124,7 @@ def _meta_problem(method, batch_a, batch_b, params, tau, negatives, lam, meta_lo
         return out["base"] + lam * icl((out["z1"], out["z2"]), a) if meta_loss == "total" else out["base"]
     return theta, embed_a, objective, icl
 
-# %% ../nbs/05_msr.ipynb #8503a3c9
+# %% ../nbs/05_msr.ipynb #9a74d0a5
 def _hvp_exact(embed_a, icl, strata: StratumVectors, theta: dict, v: list) -> torch.Tensor | None:
     "d/dw <u, grad_z L_ICL(z_A, a)> with u = J_theta z_A . v (forward-mode AD); None if that fails."
     try: za, ua = _jvp(embed_a, theta, v)
@@ -145,7 +145,7 @@ def _hvp_fd(embed_a, icl, strata: StratumVectors, theta: dict, v: list, eps) -> 
         return torch.autograd.grad(icl(z, strata()), strata.w)[0]
     return (grad_w_at(1) - grad_w_at(-1)) / (2 * eps)
 
-# %% ../nbs/05_msr.ipynb #9a74d0a5
+# %% ../nbs/05_msr.ipynb #8503a3c9
 def meta_gradient(method: nn.Module, strata: StratumVectors, batch_a, batch_b, inner_lr: float,
                   mode: str = ICLConfig.meta_mode, *, tau: float = ICLConfig.tau,
                   negatives: str = ICLConfig.negatives, lam: float = ICLConfig.lam,
