@@ -237,6 +237,12 @@ class MetaSemanticRegularizer(nn.Module):
         # uninterrupted one does
         self.register_buffer("last_grad", torch.zeros(n_strata, dim))
 
+    def meta_gradient(self, method, batch_a, batch_b, inner_lr=None, precond=None):
+        lr = self.inner_lr if inner_lr is None else inner_lr
+        return meta_gradient(method, self.strata, batch_a, batch_b, lr, self.meta_mode, tau=self.tau,
+                             negatives=self.negatives, lam=self.lam, meta_loss=self.meta_loss,
+                             params=self.meta_params, fd_eps=self.fd_eps, precond=precond)
+
 # %% ../nbs/05_msr.ipynb #98211ac8
 @patch
 def icl(self: MetaSemanticRegularizer, z1, z2):
@@ -246,15 +252,6 @@ def icl(self: MetaSemanticRegularizer, z1, z2):
     with torch.no_grad():  # L_ICL - NT-Xent on the same projections: what the strata add (0 for a constant a)
         self.last_gap = (loss - nt_xent(g1, g2, self.tau, anchors=anchors)).detach()
     return loss
-
-# %% ../nbs/05_msr.ipynb #10d5e421
-@patch
-def meta_gradient(self: MetaSemanticRegularizer, method, batch_a, batch_b, inner_lr=None,
-                  precond=None):
-    lr = self.inner_lr if inner_lr is None else inner_lr
-    return meta_gradient(method, self.strata, batch_a, batch_b, lr, self.meta_mode, tau=self.tau,
-                         negatives=self.negatives, lam=self.lam, meta_loss=self.meta_loss,
-                         params=self.meta_params, fd_eps=self.fd_eps, precond=precond)
 
 # %% ../nbs/05_msr.ipynb #163cc981
 @patch
