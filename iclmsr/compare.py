@@ -566,7 +566,7 @@ def estimate(st: dict, log=print) -> dict:
         ", ".join(f"{m} {p['step_seconds'] * 1e3:.0f} ms/step" for m, p in per.items()) + f"; one evaluation {ev:.0f} s)")
     return {"seconds": total, "eval_seconds": ev, "methods": per}
 
-# %% ../nbs/17_compare.ipynb #3ce82c02
+# %% ../nbs/17_compare.ipynb #b882e89c
 CPU_SPEC = "toy:num_classes=10,size=32,n_train=150,n_test=100,rho=0.9,rho_test=0.9,fg=coloured_shapes"
 GPU_SPEC = "toy:num_classes=10,size=32,n_train=1000,n_test=200,rho=0.9,rho_test=0.9,fg=coloured_shapes"
 DEVICE_DEFAULTS = {"cpu": {"data": CPU_SPEC, "budget": 150, "backbone": "small_cnn", "batch_size": 128},
@@ -576,6 +576,38 @@ def device_defaults(device: str = "cpu") -> dict:
     "The defaults of `iclmsr compare` on `device`: data, encoder steps, backbone and batch (`DEVICE_DEFAULTS['cpu']` on the CPU, `['gpu']` elsewhere)."
     return DEVICE_DEFAULTS["cpu" if get_device(device).type == "cpu" else "gpu"]
 
+# %% ../nbs/17_compare.ipynb #657fbc1a
+def _compare_settings(methods, data, seeds, budget, device, backbone, sets, seed, hparams, no_fg_control,
+                      log, probe_epochs, fgsm_n, expl_n) -> dict:
+    "`compare`'s settings: `compare_settings`, `device_defaults` for what is not given (batch size first)."
+    dd, sets = device_defaults(device), list(sets or [])
+    if not any(x.split("=")[0].strip() == "train.batch_size" for x in sets):
+        sets.insert(0, f"train.batch_size={dd['batch_size']}")
+    overrides = [f"model.backbone={backbone or dd['backbone']}", *sets]
+    return compare_settings(methods, data or dd["data"], seeds, budget or dd["budget"], overrides, device, seed,
+                            hparams=hparams, fg_control=not no_fg_control, log=log, probe_epochs=probe_epochs,
+                            fgsm_n=fgsm_n, expl_n=expl_n, dcodr_epochs=probe_epochs)
+
+# %% ../nbs/17_compare.ipynb #90879c2a
+def _dry_run(st: dict, out, estimate_time: bool = False):
+    "`compare --dry-run`: list the runs (done, to resume, new); with `estimate_time`, the expected time."
+    runs = plan(st, out)
+    print(_format_plan(runs))
+    if estimate_time: estimate(st, print)
+
+# %% ../nbs/17_compare.ipynb #bb5c0576
+def _write_report(st: dict, d: Path, no_umap: bool = False):
+    "Collect the finished comparison in `d` into results.json and report.html, and say so."
+    res = collect(d)
+    test = load_splits(st, st["seeds"][0])["test"]
+    extra = ["<h2>Sample test images of each variant</h2>", variant_samples_html(test),
+             "<h2>Saliency of the supervised methods (mixed_rand test images, first seed)</h2>",
+             saliency_html(d)]
+    (d/"report.html").write_text(compare_report(res, extra + ([] if no_umap else [plot_umaps(d)])))
+    print(fg_check_line(res["fg_check"]))
+    print(f"wrote {d/'results.json'} and {d/'report.html'}")
+
+# %% ../nbs/17_compare.ipynb #3ce82c02
 def compare(methods: str = None,  # comma-separated run names (default: simclr, simclr+ntxent, simclr+icl-msr, simclr+do-bg, dcodr, supcon, excon)
             data: str = None,  # dataset spec, the same for every run (default: the embedded toy data, CPU_SPEC on the CPU, GPU_SPEC elsewhere)
             seeds: int = 3,  # seeds per method (0, 1, ...; each also fixes the validation split)
@@ -599,23 +631,12 @@ def compare(methods: str = None,  # comma-separated run names (default: simclr, 
     "Train every listed method at the same number of encoder steps on the same data and seeds, evaluate each with one protocol, write results.json and report.html."
     if not out: raise UserError("--out DIR is required (the comparison folder)")
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
-    dd, sets = device_defaults(device), list(set or [])
-    if not any(x.split("=")[0].strip() == "train.batch_size" for x in sets): sets.insert(0, f"train.batch_size={dd['batch_size']}")
-    st = compare_settings(methods, data or dd["data"], seeds, budget or dd["budget"], [f"model.backbone={backbone or dd['backbone']}", *sets],
-                          device, seed, hparams=hparams, fg_control=not no_fg_control, log=log, probe_epochs=probe_epochs,
-                          fgsm_n=fgsm_n, expl_n=expl_n, dcodr_epochs=probe_epochs)
+    st = _compare_settings(methods, data, seeds, budget, device, backbone, set, seed, hparams, no_fg_control,
+                           log, probe_epochs, fgsm_n, expl_n)
     if dry_run:
-        runs = plan(st, out)
-        print(_format_plan(runs))
-        if estimate_time: estimate(st, print)
+        _dry_run(st, out, estimate_time)
         return 0
     d = open_out(st, out, resume)
     run_compare(st, d, log)
-    res = collect(d)
-    test = load_splits(st, st["seeds"][0])["test"]
-    extra = ["<h2>Sample test images of each variant</h2>", variant_samples_html(test),
-             "<h2>Saliency of the supervised methods (mixed_rand test images, first seed)</h2>", saliency_html(d)]
-    (d/"report.html").write_text(compare_report(res, extra + ([] if no_umap else [plot_umaps(d)])))
-    print(fg_check_line(res["fg_check"]))
-    print(f"wrote {d/'results.json'} and {d/'report.html'}")
+    _write_report(st, d, no_umap)
     return 0

@@ -222,49 +222,69 @@ def load_tiny_imagenet(path, split: str = "train", size: int | None = None, on_e
     return FgBgData(images, None, labels, None, [words.get(w, w) for w in wnids], f"tiny-imagenet-{split}",
                     dict(source="tiny-imagenet", split=split, path=str(root), wnids=wnids, **_skip_meta(skipped)))
 
+# %% ../nbs/01c_data.ipynb #ff1ec30c
+def _read_coco(ann: Path):
+    "The COCO annotations in `ann` (pycocotools' `COCO`, its progress lines silenced)."
+    from pycocotools.coco import COCO
+    try:
+        with contextlib.redirect_stdout(io.StringIO()): return COCO(str(ann))
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"cannot read COCO annotations {ann}: {type(e).__name__}: {e}") from None
+
+# %% ../nbs/01c_data.ipynb #65cf7844
+def _coco_instances(coco, min_area: float) -> list:
+    "`[(image id, its non-crowd instances of area >= min_area)]` for the images that have any."
+    jobs = []
+    for img_id in sorted(coco.getImgIds()):
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=img_id, iscrowd=False))
+        anns = [a for a in anns if a.get("area", 0) >= min_area]
+        if anns: jobs.append((img_id, anns))
+    return jobs
+
+# %% ../nbs/01c_data.ipynb #e2411bc7
+def _coco_crops(coco, imdir: Path, lab: dict, size: int, context: float, job) -> list:
+    "`(image, mask, label, instance id)` of each instance of `job`'s image: a square crop around its box."
+    from PIL import Image
+    img_id, anns = job
+    info = coco.loadImgs(img_id)[0]
+    path = imdir/info["file_name"]
+    if not path.is_file():
+        raise FileNotFoundError(f"COCO image {path} (id {img_id}) is missing from {imdir}")
+    im = _read_rgb(path)
+    if im.size != (info["width"], info["height"]):
+        raise ValueError(f"COCO image {path} is {im.size[0]}x{im.size[1]} but the annotations say "
+                         f"{info['width']}x{info['height']}")
+    out = []
+    for a in anns:
+        x, y, w, h = a["bbox"]
+        s = max(w, h) * (1 + 2 * context); cx, cy = x + w / 2, y + h / 2
+        box = tuple(int(round(v)) for v in (cx - s / 2, cy - s / 2, cx + s / 2, cy + s / 2))
+        m = Image.fromarray(coco.annToMask(a) * 255)
+        out.append((np.asarray(im.crop(box).resize((size, size), Image.BILINEAR)),
+                    np.asarray(m.crop(box).resize((size, size), Image.BILINEAR)) > 127,
+                    lab[a["category_id"]], a["id"]))
+    return out
+
 # %% ../nbs/01c_data.ipynb #021b9dc1
 _COCO_HELP = ("Download http://images.cocodataset.org/annotations/annotations_trainval2017.zip (annotations/instances_"
               "{train,val}2017.json) and http://images.cocodataset.org/zips/val2017.zip (or train2017.zip) and unzip them, "
               "then use coco-fg:ANNOTATIONS_JSON,IMAGES_DIR, e.g. coco-fg:coco/annotations/instances_val2017.json,coco/val2017")
 
-def load_coco_fg(annotations, images, split: str = "train", size: int = 64, min_area: float = 400, context: float = 0.1,
-                 on_error: str = "raise", max_instances: int | None = None) -> FgBgData:
+def load_coco_fg(annotations, images, split: str = "train", size: int = 64, min_area: float = 400,
+                 context: float = 0.1, on_error: str = "raise", max_instances: int | None = None) -> FgBgData:
     "COCO instances as foreground crops with their masks (pycocotools `annToMask`), label = category."
-    from PIL import Image
     _check_on_error(on_error)
     ann, imdir = Path(annotations).expanduser(), Path(images).expanduser()
     if not ann.is_file(): raise FileNotFoundError(f"COCO annotation file not found: {ann}. {_COCO_HELP}")
     if not imdir.is_dir(): raise FileNotFoundError(f"COCO images folder not found: {imdir}. {_COCO_HELP}")
-    from pycocotools.coco import COCO
-    try:
-        with contextlib.redirect_stdout(io.StringIO()): coco = COCO(str(ann))
-    except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"cannot read COCO annotations {ann}: {type(e).__name__}: {e}") from None
+    coco = _read_coco(ann)
     cat_ids = sorted(coco.getCatIds())
     classes = [coco.loadCats(c)[0]["name"] for c in cat_ids]
     lab = {c: i for i, c in enumerate(cat_ids)}
-    jobs = []
-    for img_id in sorted(coco.getImgIds()):
-        anns = [a for a in coco.loadAnns(coco.getAnnIds(imgIds=img_id, iscrowd=False)) if a.get("area", 0) >= min_area]
-        if anns: jobs.append((img_id, anns))
-    def crops(job):
-        img_id, anns = job
-        info = coco.loadImgs(img_id)[0]
-        path = imdir/info["file_name"]
-        if not path.is_file(): raise FileNotFoundError(f"COCO image {path} (id {img_id}) is missing from {imdir}")
-        im = _read_rgb(path)
-        if im.size != (info["width"], info["height"]):
-            raise ValueError(f"COCO image {path} is {im.size[0]}x{im.size[1]} but the annotations say {info['width']}x{info['height']}")
-        out = []
-        for a in anns:
-            x, y, w, h = a["bbox"]
-            s = max(w, h) * (1 + 2 * context); cx, cy = x + w / 2, y + h / 2
-            box = tuple(int(round(v)) for v in (cx - s / 2, cy - s / 2, cx + s / 2, cy + s / 2))
-            m = Image.fromarray(coco.annToMask(a) * 255)
-            out.append((np.asarray(im.crop(box).resize((size, size), Image.BILINEAR)),
-                        np.asarray(m.crop(box).resize((size, size), Image.BILINEAR)) > 127, lab[a["category_id"]], a["id"]))
-        return out
-    if not jobs: raise ValueError(f"empty dataset 'coco-fg': no non-crowd instance in {ann} has area >= min_area={min_area}")
+    jobs = _coco_instances(coco, min_area)
+    if not jobs:
+        raise ValueError(f"empty dataset 'coco-fg': no non-crowd instance in {ann} has area >= min_area={min_area}")
+    crops = lambda job: _coco_crops(coco, imdir, lab, size, context, job)
     res, _, skipped = _load_many(crops, jobs, on_error, "coco-fg")
     flat = [c for r in res for c in r][:max_instances]
     return FgBgData(torch.from_numpy(np.stack([c[0] for c in flat])).permute(0, 3, 1, 2).contiguous(),
@@ -336,14 +356,9 @@ def _sidecar(root: Path):
     except ValueError as e: raise ValueError(f"cannot read {f}: {e}") from None
     return d if isinstance(d, dict) and d.get("format") == "iclmsr-in9" else None
 
-# %% ../nbs/01c_data.ipynb #f8d79f67
-def load_in9(path, split: str = "train", variant: str = "original", size: int | None = None, masks: bool = True,
-             on_error: str = "raise") -> FgBgData:
-    "An ImageNet-9-style folder tree `path/<variant>/<split>/<class>/*` (+ `fg_mask/<split>/<class>/*.npy`, `domains.csv`)."
-    _check_on_error(on_error)
-    if variant not in _NAMES: raise ValueError(f"unknown variant {variant!r}; variants are: {', '.join(_NAMES)}")
-    root = Path(path).expanduser()
-    if not root.is_dir(): raise FileNotFoundError(f"ImageNet-9 folder not found: {root}. {_IN9_HELP}")
+# %% ../nbs/01c_data.ipynb #0a7fe79c
+def _in9_split_dir(root: Path, variant: str, split: str) -> Path:
+    "The folder of `split` in `variant`'s folder of the tree `root` (IN-9's other names for them too)."
     vdir = next((root/v for v in _VARIANT_DIRS.get(variant, (variant,)) if (root/v).is_dir()), None)
     if vdir is None:
         found = [d for d in _subdirs(root) if d != "fg_mask"]
@@ -353,39 +368,65 @@ def load_in9(path, split: str = "train", variant: str = "original", size: int | 
     if sdir is None:
         raise FileNotFoundError(f"no {split!r} split in {vdir} (found: {', '.join(_subdirs(vdir)) or 'nothing'}); "
                                 f"expected {vdir}/{split}/<class>/*")
+    return sdir
+
+# %% ../nbs/01c_data.ipynb #a64fe94e
+def _in9_masks(mdir: Path, class_dirs: list, files: list, size: int, meta: dict) -> torch.Tensor | None:
+    "The masks `mdir/<class>/<stem>.npy` of `files` at `size`, or None (and why in `meta`) unless each has one."
+    if not mdir.is_dir(): return None
+    mpaths = [mdir/class_dirs[i]/f"{f.stem}.npy" for f, i in files]
+    have = sum(p.is_file() for p in mpaths)
+    if have != len(mpaths):
+        meta["masks"] = f"only {have} of {len(mpaths)} images have a mask in {mdir}; masks not loaded"
+        return None
+    def read_mask(p):
+        try: return torch.from_numpy(np.load(p, allow_pickle=False) != 0)
+        except Exception as e: raise ValueError(f"cannot read mask {p}: {type(e).__name__}: {e}") from None
+    return torch.stack([_resize_u8(read_mask(p)[None, None], size)[0, 0] for p in mpaths])
+
+# %% ../nbs/01c_data.ipynb #729caa4c
+def _in9_backgrounds(root: Path, side: dict | None, indexed: bool, split_dir: str, variant: str, files: list,
+                     name: str, meta: dict) -> torch.Tensor | None:
+    "Background ids of `files`: the export sidecar's (files named by index), or `domains.csv`'s, which win."
+    bgs = None
+    if indexed and side:
+        ids = side.get("splits", {}).get(split_dir, {}).get("backgrounds", {}).get(variant)
+        if ids is not None:
+            bgs = torch.tensor([ids[int(f.stem)] if int(f.stem) < len(ids) else -1 for f, _ in files])
+        if side.get("bg_names"): meta["bg_names"] = side["bg_names"]
+        if side.get("train_cooccurrence") is not None: meta["train_cooccurrence"] = side["train_cooccurrence"]
+    if (root/DOMAINS_FILE).is_file():   # the user's domain ids win over the sidecar's background ids
+        ids = domains_of(root, [f for f, _ in files], name)
+        if ids is not None: bgs, meta["domains"] = ids, DOMAINS_FILE
+    return bgs
+
+# %% ../nbs/01c_data.ipynb #f8d79f67
+def load_in9(path, split: str = "train", variant: str = "original", size: int | None = None,
+             masks: bool = True, on_error: str = "raise") -> FgBgData:
+    "An ImageNet-9-style folder tree `path/<variant>/<split>/<class>/*` (+ `fg_mask/<split>/<class>/*.npy`, `domains.csv`)."
+    _check_on_error(on_error)
+    if variant not in _NAMES:
+        raise ValueError(f"unknown variant {variant!r}; variants are: {', '.join(_NAMES)}")
+    root = Path(path).expanduser()
+    if not root.is_dir(): raise FileNotFoundError(f"ImageNet-9 folder not found: {root}. {_IN9_HELP}")
+    sdir = _in9_split_dir(root, variant, split)
     side = _sidecar(root)
     class_dirs = side["class_dirs"] if side else _subdirs(sdir)
     classes = side["classes"] if side else class_dirs
     files = [(f, i) for i, c in enumerate(class_dirs) if (sdir/c).is_dir()
              for f in sorted((sdir/c).iterdir()) if f.suffix.lower() in _IMG_EXT]
     name = f"in9-{variant}-{split}"
-    if not files: raise ValueError(f"empty dataset {name!r}: no images in {sdir}/<class>/ (classes: {', '.join(class_dirs) or 'none'})")
+    if not files:
+        raise ValueError(f"empty dataset {name!r}: no images in {sdir}/<class>/ "
+                         f"(classes: {', '.join(class_dirs) or 'none'})")
     indexed = side is not None and all(f.stem.isdigit() for f, _ in files)
     if indexed: files.sort(key=lambda t: int(t[0].stem))  # export_in9 names files by sample index
     images, kept, skipped = _image_tensor([f for f, _ in files], size, on_error, name)
     files = [files[i] for i in kept]
     meta = dict(source="in9", split=split, variant=variant, path=str(root), **_skip_meta(skipped),
                 variant_folders=_variant_folders(root, sdir.name), variant_split=sdir.name)
-    m = None
-    mdir = root/"fg_mask"/sdir.name
-    if masks and mdir.is_dir():
-        mpaths = [mdir/class_dirs[i]/f"{f.stem}.npy" for f, i in files]
-        have = sum(p.is_file() for p in mpaths)
-        if have == len(mpaths):
-            def read_mask(p):
-                try: return torch.from_numpy(np.load(p, allow_pickle=False) != 0)
-                except Exception as e: raise ValueError(f"cannot read mask {p}: {type(e).__name__}: {e}") from None
-            m = torch.stack([_resize_u8(read_mask(p)[None, None], images.shape[-1])[0, 0] for p in mpaths])
-        else: meta["masks"] = f"only {have} of {len(mpaths)} images have a mask in {mdir}; masks not loaded"
-    bgs = None
-    if indexed and side:
-        ids = side.get("splits", {}).get(sdir.name, {}).get("backgrounds", {}).get(variant)
-        if ids is not None: bgs = torch.tensor([ids[int(f.stem)] if int(f.stem) < len(ids) else -1 for f, _ in files])
-        if side.get("bg_names"): meta["bg_names"] = side["bg_names"]
-        if side.get("train_cooccurrence") is not None: meta["train_cooccurrence"] = side["train_cooccurrence"]
-    if (root/DOMAINS_FILE).is_file():   # the user's domain ids win over the sidecar's background ids
-        ids = domains_of(root, [f for f, _ in files], name)
-        if ids is not None: bgs, meta["domains"] = ids, DOMAINS_FILE
+    m = _in9_masks(root/"fg_mask"/sdir.name, class_dirs, files, images.shape[-1], meta) if masks else None
+    bgs = _in9_backgrounds(root, side, indexed, sdir.name, variant, files, name, meta)
     return FgBgData(images, m, torch.tensor([i for _, i in files]), bgs, classes, name, meta)
 
 # %% ../nbs/01c_data.ipynb #7820e5a3
@@ -473,10 +514,9 @@ def _write_images(images: torch.Tensor, labels: torch.Tensor, folder: Path, clas
     def one(i): Image.fromarray(arr[i]).save(folder/class_dirs[int(labels[i])]/f"{i:06d}.png", compress_level=1)
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as ex: list(ex.map(one, range(len(arr))))
 
-# %% ../nbs/01c_data.ipynb #eb32c64c
-def export_in9(data, out_dir, variants=None, splits=None, seed: int = 0, overwrite: bool = False) -> Path:
-    "Write a spec, `{split: FgBgData}` or one dataset as `out_dir/<variant>/<split>/<class>/<index>.png` (+ masks, sidecar)."
-    out = Path(out_dir).expanduser()
+# %% ../nbs/01c_data.ipynb #78ec40b6
+def _export_data(data, splits) -> dict:
+    "`export_in9`'s data as `{split: FgBgData}`: a spec's usual splits that this copy has (or `splits`)."
     if isinstance(data, str):
         name = parse_spec(data)[0]
         if name not in DATASETS: load_dataset(data)  # raises the unknown-dataset error
@@ -490,43 +530,80 @@ def export_in9(data, out_dir, variants=None, splits=None, seed: int = 0, overwri
         data = loaded
     elif isinstance(data, FgBgData): data = {data.meta.get("split", "train"): data}
     elif not isinstance(data, dict) or not data or not all(isinstance(v, FgBgData) for v in data.values()):
-        raise ValueError(f"export_in9 needs a spec string, an FgBgData or a non-empty dict of them, got {type(data).__name__}")
+        raise ValueError(f"export_in9 needs a spec string, an FgBgData or a non-empty dict of them, "
+                         f"got {type(data).__name__}")
     if splits is not None:
         miss = [s for s in splits if s not in data]
         if miss: raise ValueError(f"unknown split {miss[0]!r} for export; the data has: {', '.join(data)}")
         data = {s: data[s] for s in splits}
+    return data
+
+# %% ../nbs/01c_data.ipynb #0558e022
+def _export_variants(data: dict, variants) -> list:
+    "The variants to write (all of them when every split has masks, else the original), the splits checked."
     first = next(iter(data.values()))
     all_masks = all(d.has_masks for d in data.values())
     variants = list(VARIANTS if all_masks else ("original",)) if variants is None else list(variants)
     for v in variants:
         if v not in VARIANTS: raise ValueError(f"unknown variant {v!r}; variants are: {', '.join(VARIANTS)}")
     for s, d in data.items():
-        if d.classes != first.classes: raise ValueError(f"split {s!r} has other classes than {next(iter(data))!r}")
-        if bool((d.labels < 0).any()): raise ValueError(f"split {s!r} has unlabeled images (label -1); class folders need labels")
+        if d.classes != first.classes:
+            raise ValueError(f"split {s!r} has other classes than {next(iter(data))!r}")
+        if bool((d.labels < 0).any()):
+            raise ValueError(f"split {s!r} has unlabeled images (label -1); class folders need labels")
+    return variants
+
+# %% ../nbs/01c_data.ipynb #7bae5851
+def _clear_export(out: Path, overwrite: bool):
+    "Remove an earlier export's folders from `out` (an error for an export unless `overwrite`)."
     if out.exists() and any(out.iterdir()):
-        if not overwrite and ((out/"iclmsr.json").exists() or any((out/v).exists() for v in VARIANTS + ("fg_mask",))):
-            raise ValueError(f"{out} already holds an ImageNet-9 export; pass overwrite=True (--overwrite) to replace it")
+        earlier = (out/"iclmsr.json").exists() or any((out/v).exists() for v in VARIANTS + ("fg_mask",))
+        if not overwrite and earlier:
+            raise ValueError(f"{out} already holds an ImageNet-9 export; pass overwrite=True (--overwrite) "
+                             "to replace it")
         for v in VARIANTS + ("fg_mask", "only_bg_t"):
             if (out/v).is_dir(): shutil.rmtree(out/v)
+
+# %% ../nbs/01c_data.ipynb #6230c8fe
+def _with_cooccurrence(data: dict) -> tuple:
+    "The training class-background co-occurrence (or None), and `data` with it in each split's meta."
     co = next((t for t in (d.train_cooccurrence() for d in data.values()) if t is not None), None)
-    if co is None and "train" in data and bool((data["train"].backgrounds >= 0).any()): co = data["train"].cooccurrence()
+    if co is None and "train" in data and bool((data["train"].backgrounds >= 0).any()):
+        co = data["train"].cooccurrence()
     if co is not None:   # mixed_same: a background typical of the class in training, on export and when read back
-        co = co.tolist(); data = {s: d.replace(meta={**d.meta, "train_cooccurrence": co}) for s, d in data.items()}
+        co = co.tolist()
+        data = {s: d.replace(meta={**d.meta, "train_cooccurrence": co}) for s, d in data.items()}
+    return co, data
+
+# %% ../nbs/01c_data.ipynb #cede18bd
+def _export_split(d: FgBgData, s: str, out: Path, variants: list, cdirs: list, seed: int) -> dict:
+    "Write split `s` as `out/<variant>/<s>/<class>/<index>.png` (+ its masks); its sidecar entry."
+    labels = d.labels.cpu()
+    bgs = {}
+    for v in variants:
+        vd = d.variant(v, seed)
+        _write_images(vd.images, labels, out/v/s, cdirs)
+        bgs[v] = vd.backgrounds.tolist()
+    if d.has_masks:
+        mk = d.masks.cpu().numpy()
+        for c in set(labels.tolist()): (out/"fg_mask"/s/cdirs[c]).mkdir(parents=True, exist_ok=True)
+        for i in range(len(mk)): np.save(out/"fg_mask"/s/cdirs[int(labels[i])]/f"{i:06d}.npy", mk[i])
+    return dict(n=len(d), backgrounds=bgs)
+
+# %% ../nbs/01c_data.ipynb #eb32c64c
+def export_in9(data, out_dir, variants=None, splits=None, seed: int = 0, overwrite: bool = False) -> Path:
+    "Write a spec, `{split: FgBgData}` or one dataset as `out_dir/<variant>/<split>/<class>/<index>.png` (+ masks, sidecar)."
+    out = Path(out_dir).expanduser()
+    data = _export_data(data, splits)
+    first = next(iter(data.values()))
+    variants = _export_variants(data, variants)
+    _clear_export(out, overwrite)
+    co, data = _with_cooccurrence(data)
     cdirs = _class_dirs(first.classes)
-    side = dict(format="iclmsr-in9", version=1, classes=first.classes, class_dirs=cdirs, bg_names=first.bg_names,
-                splits={}, meta={s: check_plain(d.meta, "meta") for s, d in data.items()}, train_cooccurrence=co)
-    for s, d in data.items():
-        labels = d.labels.cpu()
-        bgs = {}
-        for v in variants:
-            vd = d.variant(v, seed)
-            _write_images(vd.images, labels, out/v/s, cdirs)
-            bgs[v] = vd.backgrounds.tolist()
-        if d.has_masks:
-            mk = d.masks.cpu().numpy()
-            for c in set(labels.tolist()): (out/"fg_mask"/s/cdirs[c]).mkdir(parents=True, exist_ok=True)
-            for i in range(len(mk)): np.save(out/"fg_mask"/s/cdirs[int(labels[i])]/f"{i:06d}.npy", mk[i])
-        side["splits"][s] = dict(n=len(d), backgrounds=bgs)
+    side = dict(format="iclmsr-in9", version=1, classes=first.classes, class_dirs=cdirs,
+                bg_names=first.bg_names, splits={}, meta={s: check_plain(d.meta, "meta") for s, d in data.items()},
+                train_cooccurrence=co)
+    for s, d in data.items(): side["splits"][s] = _export_split(d, s, out, variants, cdirs, seed)
     (out/"iclmsr.json").write_text(json.dumps(side))
     return out
 

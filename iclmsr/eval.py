@@ -429,6 +429,56 @@ def _groups(res: dict, preds: dict, tv: dict, trv, emb, fte: dict, C: int, min_g
     if not _has_bgs(gtr): na["bg_probe"] = f"{_NO_BGS} (on the {gv} train images)"; return
     res["bg_probe"] = _bg_probe(emb(gtr), gtr, fte[gv], g, nb, epochs, seed)
 
+# %% ../nbs/14_eval.ipynb #21b4a081
+def _evaluate_args(model: nn.Module, train: FgBgData, test: FgBgData, k: int, variants, fgsm_eps, dcodr: str,
+                   expl_n) -> tuple:
+    "`evaluate`'s arguments checked: DCoDR's features (None when off), the FGSM budgets and the test variants."
+    _check_splits(train, test, k)
+    if dcodr not in _DCODR:
+        raise ValueError(f"unknown dcodr setting {dcodr!r}; allowed: {', '.join(_DCODR)}")
+    dfeat = None if dcodr == "off" else dcodr_features(model, dcodr)
+    eps = _eps_list(fgsm_eps)
+    if not isinstance(expl_n, int) or isinstance(expl_n, bool) or expl_n < 0:
+        raise ValueError("expl_n must be an integer >= 0 (0 switches the explanation measures off), "
+                         f"got {expl_n!r}")
+    return dfeat, eps, _variants(test, variants)
+
+# %% ../nbs/14_eval.ipynb #646a70a3
+def _embedder(model: nn.Module, mean, std, model_key, cache, cache_root, batch, amp):
+    "`emb(d, code=False)`: the features of each image set once (and from the disk cache when there)."
+    memo = {}
+    def emb(d, code: bool = False):
+        if (id(d), code) not in memo:
+            m, mk = (_Code(model), model_key and model_key + "|code") if code else (model, model_key)
+            memo[id(d), code] = d, embeddings(m, d, mean, std, mk, cache, cache_root, batch, amp=amp)
+        return memo[id(d), code][1]
+    return emb
+
+# %% ../nbs/14_eval.ipynb #a29207b6
+def _train_variants(train: FgBgData):
+    "`trv(v)`: variant `v` of the training images, derived once."
+    trs = {"original": train}
+    def trv(v):
+        if v not in trs: trs[v] = variant_of(train, v)
+        return trs[v]
+    return trv
+
+# %% ../nbs/14_eval.ipynb #0a87a8e6
+def _attacks(res: dict, model: nn.Module, probe, test: FgBgData, tv: dict, eps, fgsm_n, expl_n, adv_fg, adv_bg,
+             mean, std, batch, amp):
+    "Add FGSM, the explanation measures and the adversarial backgrounds to `res` (or why they are missing)."
+    na = res["unavailable"]
+    e2e = ProbedModel(model, copy.deepcopy(probe).to(model_device(model)))
+    res["fgsm"] = _fgsm(e2e, test, fgsm_n, eps, mean, std)
+    if res["fgsm"] is None: na["fgsm"] = "switched off (fgsm_n=0)"
+    _explanations(res, e2e, tv, expl_n, mean, std)
+    if adv_fg > 0 and adv_bg > 0: src = _adv_sources(test, available_variants(test))
+    else: src = "switched off (adv_fg or adv_bg is 0)"
+    if isinstance(src, str): na["adversarial_bg"] = src
+    else:
+        adv = adversarial_backgrounds(model, probe, src[0], src[1], src[2], mean, std, adv_fg, adv_bg, batch, amp)
+        res["adversarial_bg"] = {**adv, "sources": src[3]}
+
 # %% ../nbs/14_eval.ipynb #cc052095
 def evaluate(model: nn.Module, train: FgBgData, test: FgBgData, mean=None, std=None, k: int = 5, variants=None,
              probe: nn.Linear | None = None, probe_epochs: int = 100, fgsm_eps=_FGSM_EPS, fgsm_n: int = 512,
@@ -437,49 +487,30 @@ def evaluate(model: nn.Module, train: FgBgData, test: FgBgData, mean=None, std=N
              dcodr_epochs: int = 100, ece_bins: int = 10, expl_n: int = 256) -> dict:
     "kNN and linear accuracy on each test variant (own labels), BG-gap, worst group, background probe, DCoDR's measures, ECE, FGSM, explanations, adversarial backgrounds."
     t0 = time.time()
-    _check_splits(train, test, k)
-    if dcodr not in _DCODR: raise ValueError(f"unknown dcodr setting {dcodr!r}; allowed: {', '.join(_DCODR)}")
-    dfeat = None if dcodr == "off" else dcodr_features(model, dcodr)
-    eps = _eps_list(fgsm_eps)
-    if not isinstance(expl_n, int) or isinstance(expl_n, bool) or expl_n < 0:
-        raise ValueError(f"expl_n must be an integer >= 0 (0 switches the explanation measures off), got {expl_n!r}")
-    vs = _variants(test, variants)
-    memo, trs = {}, {"original": train}
-    def emb(d, code: bool = False):   # features of each image set once (and from the disk cache when there)
-        if (id(d), code) not in memo:
-            m, mk = (_Code(model), model_key and model_key + "|code") if code else (model, model_key)
-            memo[id(d), code] = d, embeddings(m, d, mean, std, mk, cache, cache_root, batch, amp=amp)
-        return memo[id(d), code][1]
-    def trv(v):                       # train variants derived once
-        if v not in trs: trs[v] = variant_of(train, v)
-        return trs[v]
+    dfeat, eps, vs = _evaluate_args(model, train, test, k, variants, fgsm_eps, dcodr, expl_n)
+    emb, trv = _embedder(model, mean, std, model_key, cache, cache_root, batch, amp), _train_variants(train)
     ftr = emb(train)
     tv = {v: variant_of(test, v) for v in vs}
     fte = {v: emb(tv[v]) for v in vs}
     C = train.num_classes
-    res = {"n_train": len(train), "n_test": len(test), "num_classes": C, "feat_dim": ftr.shape[1], "k": k, "variants": {},
-           "variant_sizes": {v: len(d) for v, d in tv.items()}, "variant_sources": {v: available_variants(test)[v] for v in vs}}
+    res = {"n_train": len(train), "n_test": len(test), "num_classes": C, "feat_dim": ftr.shape[1], "k": k,
+           "variants": {}, "variant_sizes": {v: len(d) for v, d in tv.items()},
+           "variant_sources": {v: available_variants(test)[v] for v in vs}}
     probe, probs, train_top1 = _probe(probe, ftr, train, fte["original"], test, probe_epochs, seed)
     if train_top1 is not None: res["probe_train_top1"] = train_top1
-    res["variants"], preds = variant_scores(probe, ftr, train.labels, fte, {v: d.labels for v, d in tv.items()}, k)
+    labels = {v: d.labels for v, d in tv.items()}
+    res["variants"], preds = variant_scores(probe, ftr, train.labels, fte, labels, k)
     res["benchmark"] = benchmark_measures(res["variants"])
     res["bg_gap"] = res["benchmark"]["bg_gap"]
     res["worst_group"] = res["groups"] = res["bg_probe"] = res["dcodr"] = res["adversarial_bg"] = None
     na = res["unavailable"] = {}
     if res["bg_gap"] is None: na["bg_gap"] = "needs both mixed_same and mixed_rand test images"
     _groups(res, preds, tv, trv, emb, fte, C, min_group, probe_epochs, seed)
-    _dcodr(res, tv, trv, lambda d: emb(d, dfeat == "code"), dfeat, C, dcodr_epochs, seed, model_device(model))
+    _dcodr(res, tv, trv, lambda d: emb(d, dfeat == "code"), dfeat, C, dcodr_epochs, seed,
+           model_device(model))
     res["ece"], res["ece_bins"] = ece(probs, test.labels, ece_bins), ece_bins
     res["calibration"] = {k_: v.tolist() for k_, v in calibration_bins(probs, test.labels, ece_bins).items()}
-    e2e = ProbedModel(model, copy.deepcopy(probe).to(model_device(model)))
-    res["fgsm"] = _fgsm(e2e, test, fgsm_n, eps, mean, std)
-    if res["fgsm"] is None: na["fgsm"] = "switched off (fgsm_n=0)"
-    _explanations(res, e2e, tv, expl_n, mean, std)
-    src = _adv_sources(test, available_variants(test)) if adv_fg > 0 and adv_bg > 0 else "switched off (adv_fg or adv_bg is 0)"
-    if isinstance(src, str): na["adversarial_bg"] = src
-    else:
-        res["adversarial_bg"] = {**adversarial_backgrounds(model, probe, src[0], src[1], src[2], mean, std, adv_fg, adv_bg,
-                                                           batch, amp), "sources": src[3]}
+    _attacks(res, model, probe, test, tv, eps, fgsm_n, expl_n, adv_fg, adv_bg, mean, std, batch, amp)
     res["classes"] = list(test.classes)
     res["seconds"] = time.time() - t0
     res["probe"] = probe

@@ -124,54 +124,68 @@ def _meta_problem(method, batch_a, batch_b, params, tau, negatives, lam, meta_lo
         return out["base"] + lam * icl((out["z1"], out["z2"]), a) if meta_loss == "total" else out["base"]
     return theta, embed_a, objective, icl
 
+# %% ../nbs/05_msr.ipynb #9a74d0a5
+def _hvp_exact(embed_a, icl, strata: StratumVectors, theta: dict, v: list) -> torch.Tensor | None:
+    "d/dw <u, grad_z L_ICL(z_A, a)> with u = J_theta z_A . v (forward-mode AD); None if that fails."
+    try: za, ua = _jvp(embed_a, theta, v)
+    except (NotImplementedError, RuntimeError) as e:  # an op without a forward-mode formula here
+        if "forward" not in str(e).lower(): raise
+        warnings.warn(f"meta_gradient: forward-mode AD failed ({str(e)[:200]}); using mode='unrolled'")
+        return None
+    za = [z.detach().requires_grad_() for z in za]
+    gz = torch.autograd.grad(icl(za, strata()), za, create_graph=True)
+    return torch.autograd.grad(sum((g_ * u).sum() for g_, u in zip(gz, ua)), strata.w)[0]
+
+# %% ../nbs/05_msr.ipynb #3af58b33
+def _hvp_fd(embed_a, icl, strata: StratumVectors, theta: dict, v: list, eps) -> torch.Tensor:
+    "The same product by central finite differences of grad_w L_ICL, theta moved by +-`eps` v."
+    shift = lambda sign: {k: p + sign * eps * vk for (k, p), vk in zip(theta.items(), v)}
+    def grad_w_at(sign):
+        with torch.no_grad(): z = embed_a(shift(sign))
+        return torch.autograd.grad(icl(z, strata()), strata.w)[0]
+    return (grad_w_at(1) - grad_w_at(-1)) / (2 * eps)
+
 # %% ../nbs/05_msr.ipynb #8503a3c9
-def meta_gradient(method: nn.Module, strata: StratumVectors, batch_a, batch_b, inner_lr: float, mode: str = ICLConfig.meta_mode, *,
-                  tau: float = ICLConfig.tau, negatives: str = ICLConfig.negatives, lam: float = ICLConfig.lam,
+def meta_gradient(method: nn.Module, strata: StratumVectors, batch_a, batch_b, inner_lr: float,
+                  mode: str = ICLConfig.meta_mode, *, tau: float = ICLConfig.tau,
+                  negatives: str = ICLConfig.negatives, lam: float = ICLConfig.lam,
                   meta_loss: str | None = ICLConfig.meta_loss, params: str = ICLConfig.meta_params,
                   fd_eps: float = 0.01, precond: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     "The gradient of the meta objective w.r.t. `strata.w` and its value: a virtual step on A (preconditioned by `precond`), the outer objective on B."
     meta_loss = _check_meta_args(mode, meta_loss, params, inner_lr)
     check_tau(tau)
-    if negatives not in NEGATIVES: raise ValueError(f"negatives must be one of {', '.join(NEGATIVES)}; got {negatives!r}")
-    theta, embed_a, objective, icl = _meta_problem(method, as_batch(batch_a), as_batch(batch_b), params, tau, negatives,
-                                                   lam, meta_loss)
+    if negatives not in NEGATIVES:
+        raise ValueError(f"negatives must be one of {', '.join(NEGATIVES)}; got {negatives!r}")
+    theta, embed_a, objective, icl = _meta_problem(method, as_batch(batch_a), as_batch(batch_b), params, tau,
+                                                   negatives, lam, meta_loss)
     w = strata.w
-    P = [None if precond is None else precond.get(p) for p in theta.values()]   # a diagonal preconditioner per tensor
+    P = [None if precond is None else precond.get(p) for p in theta.values()]   # diagonal, one per tensor
     pre = lambda x, Pk: x if Pk is None else Pk * x
+    step = lambda g: {k: p - inner_lr * pre(gk, Pk) for (k, p), gk, Pk in zip(theta.items(), g, P)}
     if mode == "unrolled":
         a = strata()
-        g = _grads(icl(embed_a(theta), a), theta, create_graph=True)
-        theta1 = {k: p - inner_lr * pre(gk, Pk) for (k, p), gk, Pk in zip(theta.items(), g, P)}
-        m = objective(theta1, a)
+        m = objective(step(_grads(icl(embed_a(theta), a), theta, create_graph=True)), a)
         return torch.autograd.grad(m, w)[0], m.detach()
 
-    g = _grads(icl(embed_a(theta), strata().detach()), theta)
-    theta1 = {k: (p - inner_lr * pre(gk, Pk)).detach().requires_grad_(mode != "first_order")
-              for (k, p), gk, Pk in zip(theta.items(), g, P)}
+    theta1 = {k: p.detach().requires_grad_(mode != "first_order")
+              for k, p in step(_grads(icl(embed_a(theta), strata().detach()), theta)).items()}
     m = objective(theta1, strata())
-    direct = torch.autograd.grad(m, w, retain_graph=True, allow_unused=True)[0] if meta_loss == "total" else None
+    direct = None
+    if meta_loss == "total": direct = torch.autograd.grad(m, w, retain_graph=True, allow_unused=True)[0]
     direct = torch.zeros_like(w) if direct is None else direct
     if mode == "first_order": return direct, m.detach()
 
-    v = [pre(vk, Pk) for vk, Pk in zip(_grads(m, theta1), P)]   # d theta1 / d a = -lr P dg/da: the HVP runs along P v
+    # d theta1 / d a = -lr P dg/da: the HVP runs along P v
+    v = [pre(vk, Pk) for vk, Pk in zip(_grads(m, theta1), P)]
     vnorm = torch.sqrt(sum((x * x).sum() for x in v))
     if vnorm == 0 or inner_lr == 0: return direct, m.detach()
-    if mode == "exact":  # u = J_theta z_A . v by forward-mode AD, then d/dw <u, grad_z L_ICL(z_A, a)>
-        try: za, ua = _jvp(embed_a, theta, v)
-        except (NotImplementedError, RuntimeError) as e:  # an op without a forward-mode formula on this device
-            if "forward" not in str(e).lower(): raise
-            warnings.warn(f"meta_gradient: forward-mode AD failed ({str(e)[:200]}); using mode='unrolled'")
-            return meta_gradient(method, strata, batch_a, batch_b, inner_lr, "unrolled", tau=tau, negatives=negatives,
-                                 lam=lam, meta_loss=meta_loss, params=params, fd_eps=fd_eps, precond=precond)
-        za = [z.detach().requires_grad_() for z in za]
-        gz = torch.autograd.grad(icl(za, strata()), za, create_graph=True)
-        hvp = torch.autograd.grad(sum((g_ * u).sum() for g_, u in zip(gz, ua)), w)[0]
-    else:
-        eps = fd_eps / vnorm
-        def grad_w_at(sign):
-            with torch.no_grad(): z = embed_a({k: p + sign * eps * vk for (k, p), vk in zip(theta.items(), v)})
-            return torch.autograd.grad(icl(z, strata()), w)[0]
-        hvp = (grad_w_at(1) - grad_w_at(-1)) / (2 * eps)
+    if mode != "exact":   # central finite differences
+        return direct - inner_lr * _hvp_fd(embed_a, icl, strata, theta, v, fd_eps / vnorm), m.detach()
+    hvp = _hvp_exact(embed_a, icl, strata, theta, v)
+    if hvp is None:   # forward-mode AD failed on this device
+        return meta_gradient(method, strata, batch_a, batch_b, inner_lr, "unrolled", tau=tau,
+                             negatives=negatives, lam=lam, meta_loss=meta_loss, params=params, fd_eps=fd_eps,
+                             precond=precond)
     return direct - inner_lr * hvp, m.detach()
 
 # %% ../nbs/05_msr.ipynb #ff851ca6
@@ -191,37 +205,37 @@ VIRTUAL_STEPS = ("sgd", "adam")
 
 class MetaSemanticRegularizer(nn.Module):
     "Stratum vectors + the ICL loss + stage-2 meta steps with their own optimiser."
-    def __init__(self, dim: int, n_strata: int = ICLConfig.n_strata, lam: float = ICLConfig.lam, tau: float = ICLConfig.tau,
-                 negatives: str = ICLConfig.negatives, meta_mode: str = ICLConfig.meta_mode,
-                 meta_loss: str | None = ICLConfig.meta_loss, meta_params: str = ICLConfig.meta_params,
-                 meta_lr: float = ICLConfig.meta_lr, inner_lr: float = OptimConfig.lr, meta_share: float = ICLConfig.meta_share,
-                 activation: str = ICLConfig.activation, init_std: float = ICLConfig.init_std, fd_eps: float = 0.01,
-                 optimizer: str = "adam", virtual_step: str = ICLConfig.virtual_step):
+    def __init__(self, dim: int, n_strata: int = ICLConfig.n_strata, lam: float = ICLConfig.lam,
+                 tau: float = ICLConfig.tau, negatives: str = ICLConfig.negatives,
+                 meta_mode: str = ICLConfig.meta_mode, meta_loss: str | None = ICLConfig.meta_loss,
+                 meta_params: str = ICLConfig.meta_params, meta_lr: float = ICLConfig.meta_lr,
+                 inner_lr: float = OptimConfig.lr, meta_share: float = ICLConfig.meta_share,
+                 activation: str = ICLConfig.activation, init_std: float = ICLConfig.init_std,
+                 fd_eps: float = 0.01, optimizer: str = "adam", virtual_step: str = ICLConfig.virtual_step):
         super().__init__()
         check_tau(tau)
-        if negatives not in NEGATIVES: raise ValueError(f"negatives must be one of {', '.join(NEGATIVES)}; got {negatives!r}")
-        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam >= 0: raise ValueError(f"lam must be a number >= 0, got {lam!r}")
+        if negatives not in NEGATIVES:
+            raise ValueError(f"negatives must be one of {', '.join(NEGATIVES)}; got {negatives!r}")
+        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam >= 0:
+            raise ValueError(f"lam must be a number >= 0, got {lam!r}")
         if not 0 <= meta_share <= 1: raise ValueError(f"meta_share must be in [0, 1], got {meta_share!r}")
         if not meta_lr > 0: raise ValueError(f"meta_lr must be > 0, got {meta_lr!r}")
-        if virtual_step not in VIRTUAL_STEPS: raise ValueError(f"virtual_step must be one of {', '.join(VIRTUAL_STEPS)}; got {virtual_step!r}")
+        if virtual_step not in VIRTUAL_STEPS:
+            raise ValueError(f"virtual_step must be one of {', '.join(VIRTUAL_STEPS)}; got {virtual_step!r}")
         self.meta_loss = _check_meta_args(meta_mode, meta_loss, meta_params, inner_lr)
         self.strata = StratumVectors(n_strata, dim, init_std, activation)
-        self.lam, self.tau, self.negatives, self.meta_mode, self.meta_params = lam, tau, negatives, meta_mode, meta_params
-        self.inner_lr, self.meta_share, self.fd_eps, self.virtual_step = inner_lr, meta_share, fd_eps, virtual_step
+        self.lam, self.tau, self.negatives = lam, tau, negatives
+        self.meta_mode, self.meta_params = meta_mode, meta_params
+        self.inner_lr, self.meta_share = inner_lr, meta_share
+        self.fd_eps, self.virtual_step = fd_eps, virtual_step
         opts = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
-        if optimizer not in opts: raise ValueError(f"optimizer must be one of {', '.join(opts)}; got {optimizer!r}")
+        if optimizer not in opts:
+            raise ValueError(f"optimizer must be one of {', '.join(opts)}; got {optimizer!r}")
         self.meta_optimizer = opts[optimizer](self.strata.parameters(), lr=meta_lr)
         self.last_gap = None
-        # the previous meta-gradient, for meta_grad_cos; in the state dict, so a resumed run logs what an uninterrupted one does
+        # the previous meta-gradient, for meta_grad_cos; in the state dict, so that a resumed run logs what an
+        # uninterrupted one does
         self.register_buffer("last_grad", torch.zeros(n_strata, dim))
-
-    def icl(self, z1, z2):
-        "Stage-1 ICL loss with the strata fixed (no gradient reaches w); negatives from every process under torchrun."
-        g1, g2, _, anchors = gather_pair(z1, z2)
-        loss = icl_loss(g1, g2, self.strata().detach(), self.tau, self.negatives, anchors=anchors)
-        with torch.no_grad():  # L_ICL - NT-Xent on the same projections: what the strata add (0 for a constant a)
-            self.last_gap = (loss - nt_xent(g1, g2, self.tau, anchors=anchors)).detach()
-        return loss
 
     def meta_gradient(self, method, batch_a, batch_b, inner_lr=None, precond=None):
         lr = self.inner_lr if inner_lr is None else inner_lr
@@ -229,19 +243,33 @@ class MetaSemanticRegularizer(nn.Module):
                              negatives=self.negatives, lam=self.lam, meta_loss=self.meta_loss,
                              params=self.meta_params, fd_eps=self.fd_eps, precond=precond)
 
-    def meta_step(self, method, batch_a, batch_b, inner_lr=None, precond=None) -> dict:
-        "Stage 2: one update of the stratum vectors; returns the meta objective and the diagnostics."
-        with local_losses(): g, m = self.meta_gradient(method, batch_a, batch_b, inner_lr, precond)
-        g, m = mean_over_processes(g), mean_over_processes(m)  # every process applies the same update
-        if not (torch.isfinite(m) and torch.isfinite(g).all()):
-            raise FloatingPointError(f"non-finite meta objective ({m.item()}) or meta-gradient in stage 2")
-        diag = meta_diagnostics(g, self.last_grad)   # (all zeros before the first step: cosine None)
-        self.last_grad.copy_(g.detach())
-        self.meta_optimizer.zero_grad(set_to_none=True)
-        self.strata.w.grad = g.to(self.strata.w.dtype)
-        self.meta_optimizer.step()
-        self.strata.w.grad = None
-        return {"meta": m.item(), **diag, "strata_spread": self.strata.spread(), "strata_moved": self.strata.moved()}
+# %% ../nbs/05_msr.ipynb #98211ac8
+@patch
+def icl(self: MetaSemanticRegularizer, z1, z2):
+    "Stage-1 ICL loss with the strata fixed (no gradient reaches w); negatives from every process under torchrun."
+    g1, g2, _, anchors = gather_pair(z1, z2)
+    loss = icl_loss(g1, g2, self.strata().detach(), self.tau, self.negatives, anchors=anchors)
+    with torch.no_grad():  # L_ICL - NT-Xent on the same projections: what the strata add (0 for a constant a)
+        self.last_gap = (loss - nt_xent(g1, g2, self.tau, anchors=anchors)).detach()
+    return loss
+
+# %% ../nbs/05_msr.ipynb #163cc981
+@patch
+def meta_step(self: MetaSemanticRegularizer, method, batch_a, batch_b, inner_lr=None,
+              precond=None) -> dict:
+    "Stage 2: one update of the stratum vectors; returns the meta objective and the diagnostics."
+    with local_losses(): g, m = self.meta_gradient(method, batch_a, batch_b, inner_lr, precond)
+    g, m = mean_over_processes(g), mean_over_processes(m)  # every process applies the same update
+    if not (torch.isfinite(m) and torch.isfinite(g).all()):
+        raise FloatingPointError(f"non-finite meta objective ({m.item()}) or meta-gradient in stage 2")
+    diag = meta_diagnostics(g, self.last_grad)   # (all zeros before the first step: cosine None)
+    self.last_grad.copy_(g.detach())
+    self.meta_optimizer.zero_grad(set_to_none=True)
+    self.strata.w.grad = g.to(self.strata.w.dtype)
+    self.meta_optimizer.step()
+    self.strata.w.grad = None
+    return {"meta": m.item(), **diag, "strata_spread": self.strata.spread(),
+            "strata_moved": self.strata.moved()}
 
 # %% ../nbs/05_msr.ipynb #68ee3137
 @patch

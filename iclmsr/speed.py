@@ -158,48 +158,63 @@ def _toy(n: int, seed: int = 0):
     "`n` training images of the embedded dataset (10 classes)."
     return load_dataset(f"toy:num_classes=10,n_train={math.ceil(n / 10)},n_test=8,seed={seed}", "train").subset(torch.arange(n))
 
+# %% ../nbs/20b_speed.ipynb #dc811927
 def _spread(v): return {"median": median(v), "min": min(v), "max": max(v)}
 
-def bench_lightly(backbone: str = "small_cnn", batch: int = 256, steps: int = 4, rounds: int = 3, device: str = "cpu",
-                  workers: int = 2, icl: bool = True, seed: int = 0) -> dict:
-    "SimCLR training images/s through our `Learner` against lightly's idiomatic loop and the floor, interleaved epochs of `steps` batches; with `icl`, SimCLR+ICL-MSR against SimCLR (step and whole epoch)."
-    _require_lightly()
-    data = _toy(steps * batch, seed)
-    base = [f"model.backbone={backbone}", f"train.batch_size={batch}", "train.knn_every=0", "train.ckpt_every=0",
-            f"train.device={device}", f"train.seed={seed}", "optim.warmup_steps=10"]
-    def learner(method):
-        tm = StageTimer()
-        return Learner.from_config(load_config(None, base + [f"model.method={method}"]), cbs=user_callbacks() + [tm], train_data=data), tm
-    L, tl = learner("simclr")
-    dev, amp = L.device, any(isinstance(c, MixedPrecision) for c in L.cbs)   # bf16 autocast on CUDA: the other sides get it too
-    lightly_epoch, lightly_saved = _lightly_side(L, data, steps, workers, amp)
-    floor_epoch, floor_saved = _floor_side(L, data, steps, amp)
-    runs = {"iclmsr": None, "lightly": lightly_epoch, "floor": floor_epoch}
-    if icl: Li, ti = learner("simclr+icl-msr"); runs["icl"] = None
+# %% ../nbs/20b_speed.ipynb #6ca1eeff
+def _bench_rounds(runs: dict, learners: dict, rounds: int, dev) -> tuple:
+    "Seconds per epoch and peak memory of each side over `rounds` interleaved rounds, and our `Learner`s' fit times."
     times, peak, fit_s = {k: [] for k in runs}, {}, {"iclmsr": [], "icl": []}
-    for r in range(rounds + 1):                       # round 0 warms up every side (and starts lightly's workers)
+    for r in range(rounds + 1):   # round 0 warms up every side (and starts lightly's workers)
         names = list(runs)[r % len(runs):] + list(runs)[:r % len(runs)]
         for k in names:
             if k in ("iclmsr", "icl"):
-                LL, tm = (L, tl) if k == "iclmsr" else (Li, ti)
+                LL, tm = learners[k]
                 s, _, p = timed_peak(lambda: LL.fit(r + 1), dev)
                 if r: fit_s[k].append(tm.last("fit"))
-            else: _, s, p = timed_peak(runs[k], dev)    # a side's epoch() returns its own seconds
+            else: _, s, p = timed_peak(runs[k], dev)   # a side's epoch() returns its own seconds
             if r: times[k].append(s); peak[k] = max(peak.get(k, 0), p or 0)
-    n = steps * batch
-    ips = {k: _spread([n / s for s in v]) for k, v in times.items() if k != "icl"}
-    res = {"backbone": backbone, "device": str(dev), "batch": batch, "steps_per_epoch": steps, "rounds": rounds, "workers": workers,
-           "amp_bf16": amp, "images_per_s": ips,
-           "speedup_vs_lightly": _spread([b / a for a, b in zip(times["iclmsr"], times["lightly"])]),
-           "vs_floor": _spread([a / b for a, b in zip(times["iclmsr"], times["floor"])]),
-           "lightly_vs_floor": _spread([a / b for a, b in zip(times["lightly"], times["floor"])]),
-           "epoch_s": {k: _spread(v) for k, v in times.items()}}
+    return times, peak, fit_s
+
+# %% ../nbs/20b_speed.ipynb #03fd9d75
+def _speed_ratios(times: dict, n: int) -> dict:
+    "Images/s of each side (`n` per epoch) and the ratios of their epoch times, as median, min and max."
+    return {"images_per_s": {k: _spread([n / s for s in v]) for k, v in times.items() if k != "icl"},
+            "speedup_vs_lightly": _spread([b / a for a, b in zip(times["iclmsr"], times["lightly"])]),
+            "vs_floor": _spread([a / b for a, b in zip(times["iclmsr"], times["floor"])]),
+            "lightly_vs_floor": _spread([a / b for a, b in zip(times["lightly"], times["floor"])]),
+            "epoch_s": {k: _spread(v) for k, v in times.items()}}
+
+# %% ../nbs/20b_speed.ipynb #1f4029d8
+def bench_lightly(backbone: str = "small_cnn", batch: int = 256, steps: int = 4, rounds: int = 3,
+                  device: str = "cpu", workers: int = 2, icl: bool = True, seed: int = 0) -> dict:
+    "SimCLR training images/s through our `Learner` against lightly's idiomatic loop and the floor, interleaved epochs of `steps` batches; with `icl`, SimCLR+ICL-MSR against SimCLR (step and whole epoch)."
+    _require_lightly()
+    data = _toy(steps * batch, seed)
+    base = [f"model.backbone={backbone}", f"train.batch_size={batch}", "train.knn_every=0",
+            "train.ckpt_every=0", f"train.device={device}", f"train.seed={seed}", "optim.warmup_steps=10"]
+    def learner(method):
+        tm = StageTimer()
+        cfg = load_config(None, base + [f"model.method={method}"])
+        return Learner.from_config(cfg, cbs=user_callbacks() + [tm], train_data=data), tm
+    L, tl = learner("simclr")
+    # bf16 autocast on CUDA: the other sides get it too
+    dev, amp = L.device, any(isinstance(c, MixedPrecision) for c in L.cbs)
+    lightly_epoch, lightly_saved = _lightly_side(L, data, steps, workers, amp)
+    floor_epoch, floor_saved = _floor_side(L, data, steps, amp)
+    runs = {"iclmsr": None, "lightly": lightly_epoch, "floor": floor_epoch}
+    learners = {"iclmsr": (L, tl)}   # the sides timed through our Learner
+    if icl: Li, ti = learner("simclr+icl-msr"); runs["icl"] = None; learners["icl"] = (Li, ti)
+    times, peak, fit_s = _bench_rounds(runs, learners, rounds, dev)
+    res = {"backbone": backbone, "device": str(dev), "batch": batch, "steps_per_epoch": steps, "rounds": rounds,
+           "workers": workers, "amp_bf16": amp, **_speed_ratios(times, steps * batch)}
     if icl:
         res["icl_step_ratio"] = _spread([a / b for a, b in zip(fit_s["icl"], fit_s["iclmsr"])])
         res["icl_epoch_ratio"] = _spread([a / b for a, b in zip(times["icl"], times["iclmsr"])])
         res["icl_meta_steps_per_epoch"] = Li.meta_batches_per_epoch
     if dev.type == "cuda": res["cuda_peak_bytes"] = peak
-    else:   # what autograd keeps for the backward of one step's forward (the activation memory; weights and optimiser state aside)
+    else:   # what autograd keeps for the backward of one step's forward (the activation memory; weights
+        # and optimiser state aside)
         res["saved_activation_bytes"] = {"iclmsr": floor_saved(), "lightly": lightly_saved()}
     return res
 

@@ -95,14 +95,17 @@ class PointSet:
         self.images = images if isinstance(images, torch.Tensor) else torch.as_tensor(images)
         n = len(self.images)
         if self.images.ndim != 4 or self.images.dtype != torch.uint8:
-            raise ValueError(f"images must be uint8 (N, 3, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
+            raise ValueError(f"images must be uint8 (N, 3, H, W), got {self.images.dtype} "
+                             f"{tuple(self.images.shape)}")
         self.labels = as_labels(labels, "labels", n).cpu()
-        self.backgrounds = torch.full((n,), -1) if backgrounds is None else as_labels(backgrounds, "backgrounds", n).cpu()
+        self.backgrounds = (torch.full((n,), -1) if backgrounds is None
+                            else as_labels(backgrounds, "backgrounds", n).cpu())
         v = np.asarray(["original"] * n if variants is None else variants, dtype=object)
         if v.shape != (n,): raise ValueError(f"variants has {len(v)} entries but there are {n} images")
         self.variants = v
         self.ids = torch.arange(n) if ids is None else as_labels(ids, "ids", n).cpu()
-        self.classes = list(classes) if classes is not None else [str(i) for i in range(int(self.labels.max()) + 1)]
+        self.classes = (list(classes) if classes is not None
+                        else [str(i) for i in range(int(self.labels.max()) + 1)])
         nb = int(self.backgrounds.max()) + 1
         self.bg_names = list(bg_names or [])
         self.bg_names += [f"bg{i}" for i in range(len(self.bg_names), nb)]
@@ -118,30 +121,38 @@ class PointSet:
                    ds[0].classes, ds[0].bg_names, torch.cat([torch.arange(len(d)) for d in ds]))
 
     def __len__(self): return len(self.images)
-    def __repr__(self): return f"PointSet({len(self)} points, {len(self.classes)} classes, variants {sorted(set(self.variants))})"
+    def __repr__(self):
+        return f"PointSet({len(self)} points, {len(self.classes)} classes, variants {sorted(set(self.variants))})"
 
-    def name(self, kind: str, v) -> str:
-        "The display name of class / background id / variant `v`."
-        if kind == "class": return self.classes[v] if 0 <= v < len(self.classes) else "unlabeled"
-        if kind == "background": return self.bg_names[v] if v >= 0 else "no background"
-        return str(v)
+# %% ../nbs/15_viz.ipynb #5008343a
+@patch
+def name(self: PointSet, kind: str, v) -> str:
+    "The display name of class / background id / variant `v`."
+    if kind == "class": return self.classes[v] if 0 <= v < len(self.classes) else "unlabeled"
+    if kind == "background": return self.bg_names[v] if v >= 0 else "no background"
+    return str(v)
 
-    def describe(self, i: int) -> str:
-        "One line about point `i`: class, background, variant and index."
-        return (f"{self.name('class', int(self.labels[i]))} on {self.name('background', int(self.backgrounds[i]))}"
-                f" ({self.variants[i]} #{int(self.ids[i])})")
+# %% ../nbs/15_viz.ipynb #13a31c46
+@patch
+def describe(self: PointSet, i: int) -> str:
+    "One line about point `i`: class, background, variant and index."
+    return (f"{self.name('class', int(self.labels[i]))} on {self.name('background', int(self.backgrounds[i]))}"
+            f" ({self.variants[i]} #{int(self.ids[i])})")
 
-    def groups(self, by: str) -> list[tuple[str, np.ndarray]]:
-        "The points grouped by `by` (one of `COLOR_BY`): `[(name, indices), ...]` in a stable order."
-        if by not in COLOR_BY: raise ValueError(f"unknown colouring {by!r}; use one of {', '.join(COLOR_BY)}")
-        if by == "variant":
-            keys = list(dict.fromkeys(self.variants))
-            return [(k, np.flatnonzero(self.variants == k)) for k in keys]
-        vals = (self.labels if by == "class" else self.backgrounds).numpy()
-        keys = sorted(set(vals.tolist()), key=lambda v: (v < 0, v))
-        return [(self.name(by, k), np.flatnonzero(vals == k)) for k in keys]
-
+# %% ../nbs/15_viz.ipynb #5766235a
 COLOR_BY = ("class", "background", "variant")
+
+@patch
+def groups(self: PointSet, by: str) -> list[tuple[str, np.ndarray]]:
+    "The points grouped by `by` (one of `COLOR_BY`): `[(name, indices), ...]` in a stable order."
+    if by not in COLOR_BY:
+        raise ValueError(f"unknown colouring {by!r}; use one of {', '.join(COLOR_BY)}")
+    if by == "variant":
+        keys = list(dict.fromkeys(self.variants))
+        return [(k, np.flatnonzero(self.variants == k)) for k in keys]
+    vals = (self.labels if by == "class" else self.backgrounds).numpy()
+    keys = sorted(set(vals.tolist()), key=lambda v: (v < 0, v))
+    return [(self.name(by, k), np.flatnonzero(vals == k)) for k in keys]
 
 # %% ../nbs/15_viz.ipynb #3f270f2e
 def pca_reduce(x: np.ndarray, dim: int = 50, seed: int = 0) -> np.ndarray:
@@ -245,9 +256,11 @@ class UMAPView(Showable):
     def __init__(self, coords, points: PointSet, color: str = "class", height: int = 420, panel_width: int = 340,
                  thumb_size: int = 96, static: bool | None = None, static_thumbs: int = 400):
         self.panels, self.points, self.static = _as_panels(coords), points, static
-        self.height, self.panel_width, self.thumb_size, self.static_thumbs = height, panel_width, thumb_size, static_thumbs
+        self.height, self.panel_width = height, panel_width
+        self.thumb_size, self.static_thumbs = thumb_size, static_thumbs
         self._pick_fns, self.picked, self.hovered = [], None, None
-        self.color = W.Dropdown(options=COLOR_BY, value=color, description="colour by", layout=W.Layout(width="220px"))
+        self.color = W.Dropdown(options=COLOR_BY, value=color, description="colour by",
+                                layout=W.Layout(width="220px"))
         self.info = W.HTML(layout=W.Layout(width=f"{thumb_size + 40}px"))
         self.info.add_class("iclmsr-hover")
         self.fig = go.FigureWidget()
@@ -257,46 +270,62 @@ class UMAPView(Showable):
         self.recolor(color)
         self.show_point(None)
 
-    def __repr__(self): return f"UMAPView({', '.join(self.panels)}: {len(self.points)} points, coloured by {self.color.value})"
+    def __repr__(self):
+        return f"UMAPView({', '.join(self.panels)}: {len(self.points)} points, coloured by {self.color.value})"
 
-    def figure(self) -> go.Figure:
-        "The current view as a plain plotly figure."
-        return umap_figure(self.panels, self.points, self.color.value, self.height)
-
-    def recolor(self, by: str):
-        "Colour the points by `by` (one of `COLOR_BY`)."
-        if self.color.value != by: self.color.value = by; return  # the observer calls back
-        f = umap_figure(self.panels, self.points, by, self.height, self.panel_width)
-        with self.fig.batch_update():
-            self.fig.data = []
-            self.fig.add_traces(list(f.data))
-            self.fig.layout = f.layout
-        for t in self.fig.data:
-            ix = np.asarray(t.customdata, dtype=np.int64)
-            t.on_hover(lambda tr, pts, st, ix=ix: pts.point_inds and self.hover(int(ix[pts.point_inds[0]])))
-            t.on_click(lambda tr, pts, st, ix=ix: pts.point_inds and self.pick(int(ix[pts.point_inds[0]])))
-
-    def show_point(self, i):
-        if i is None: self.info.value = '<div style="color:#888;padding-top:40px">hover a point<br>click to pick it</div>'; return
-        self.info.value = thumb_html(self.points.images[i], self.points.describe(i), size=self.thumb_size)
-
-    def hover(self, i: int):
-        "Show point `i`'s thumbnail (what hovering it in the browser does)."
-        self.hovered = i; self.show_point(i)
-
-    def on_pick(self, fn):
-        "Call `fn(i)` whenever a point is picked (clicked)."
-        self._pick_fns.append(fn); return fn
-
-    def pick(self, i: int):
-        "Pick point `i` (what clicking it does): show it and call the `on_pick` functions."
-        if not 0 <= i < len(self.points): raise IndexError(f"point {i} out of range: the view has {len(self.points)} points")
-        self.picked = i; self.show_point(i)
-        for fn in self._pick_fns: fn(i)
-
-    def static_html(self) -> str:
+    def static_html(self) -> str:   # Showable's static view, overridden here
         if len(self.points) <= self.static_thumbs: return figure_with_thumbs(self.figure(), self.points)
         return figure_html(self.figure())
+
+# %% ../nbs/15_viz.ipynb #d36aea24
+@patch
+def figure(self: UMAPView) -> go.Figure:
+    "The current view as a plain plotly figure."
+    return umap_figure(self.panels, self.points, self.color.value, self.height)
+
+# %% ../nbs/15_viz.ipynb #626cb54e
+@patch
+def recolor(self: UMAPView, by: str):
+    "Colour the points by `by` (one of `COLOR_BY`)."
+    if self.color.value != by: self.color.value = by; return  # the observer calls back
+    f = umap_figure(self.panels, self.points, by, self.height, self.panel_width)
+    with self.fig.batch_update():
+        self.fig.data = []
+        self.fig.add_traces(list(f.data))
+        self.fig.layout = f.layout
+    for t in self.fig.data:
+        ix = np.asarray(t.customdata, dtype=np.int64)
+        t.on_hover(lambda tr, pts, st, ix=ix: pts.point_inds and self.hover(int(ix[pts.point_inds[0]])))
+        t.on_click(lambda tr, pts, st, ix=ix: pts.point_inds and self.pick(int(ix[pts.point_inds[0]])))
+
+# %% ../nbs/15_viz.ipynb #5864c04e
+@patch
+def show_point(self: UMAPView, i):
+    if i is None:
+        self.info.value = '<div style="color:#888;padding-top:40px">hover a point<br>click to pick it</div>'
+        return
+    self.info.value = thumb_html(self.points.images[i], self.points.describe(i), size=self.thumb_size)
+
+# %% ../nbs/15_viz.ipynb #af7f3445
+@patch
+def hover(self: UMAPView, i: int):
+    "Show point `i`'s thumbnail (what hovering it in the browser does)."
+    self.hovered = i; self.show_point(i)
+
+# %% ../nbs/15_viz.ipynb #575735f7
+@patch
+def on_pick(self: UMAPView, fn):
+    "Call `fn(i)` whenever a point is picked (clicked)."
+    self._pick_fns.append(fn); return fn
+
+# %% ../nbs/15_viz.ipynb #1ed05a5e
+@patch
+def pick(self: UMAPView, i: int):
+    "Pick point `i` (what clicking it does): show it and call the `on_pick` functions."
+    if not 0 <= i < len(self.points):
+        raise IndexError(f"point {i} out of range: the view has {len(self.points)} points")
+    self.picked = i; self.show_point(i)
+    for fn in self._pick_fns: fn(i)
 
 # %% ../nbs/15_viz.ipynb #55f5dfc8
 DBS = {"full": "original", "fg": "only_fg", "bg": "only_bg"}
