@@ -23,8 +23,8 @@ def info(json: Param("print the information as JSON", store_true) = False):
 COMMANDS: dict = {
     "info": ("iclmsr.cli", "info", "print versions, devices and the cache directory (--json for machines)"),
     "data": {
-        "info": ("iclmsr.data", "data_info", "size, classes, image size, variants and background ids of a dataset spec"),
-        "export": ("iclmsr.data", "data_export", "write a dataset spec as ImageNet-9-style folders of PNGs"),
+        "info": ("iclmsr.commands", "data_info", "size, classes, image size, variants and background ids of a dataset spec"),
+        "export": ("iclmsr.commands", "data_export", "write a dataset spec as ImageNet-9-style folders of PNGs"),
     },
     "train": ("iclmsr.commands", "train", "train a method, with or without ICL-MSR, into a run directory (resumable)"),
     "eval": ("iclmsr.commands", "eval_cmd", "evaluate a checkpoint on a dataset spec: kNN, linear probe, background metrics, report.html"),

@@ -11,7 +11,6 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 import torch.nn.functional as F
-from fastcore.script import Param, store_true
 from .fgbg import FgBgData, VARIANTS, make_variant, inpaint, tile_fill, check_plain
 from .toy import (BG_FAMILIES, SHAPES, TOY_FOREGROUNDS, affine_grid, sample_patches, one_thread, make_toy,
     load_toy, image_grid)
@@ -22,9 +21,8 @@ _all_ = ["FgBgData", "VARIANTS", "make_variant", "inpaint", "tile_fill", "BG_FAM
 __all__ = ['ON_ERROR', 'DOMAINS_FILE', 'IN9_VARIANTS', 'DATASETS', 'parse_spec', 'load_cifar10', 'load_cifar100', 'load_stl10',
            'load_tiny_imagenet', 'load_coco_fg', 'load_pets', 'load_in9', 'read_domains', 'domains_of',
            'available_variants', 'variant_of', 'export_in9', 'DatasetInfo', 'load_dataset', 'data_summary',
-           'format_summary', 'data_info', 'data_export', 'FgBgData', 'VARIANTS', 'make_variant', 'inpaint', 'tile_fill',
-           'BG_FAMILIES', 'SHAPES', 'TOY_FOREGROUNDS', 'affine_grid', 'sample_patches', 'one_thread', 'make_toy',
-           'load_toy', 'image_grid']
+           'format_summary', 'FgBgData', 'VARIANTS', 'make_variant', 'inpaint', 'tile_fill', 'BG_FAMILIES', 'SHAPES',
+           'TOY_FOREGROUNDS', 'affine_grid', 'sample_patches', 'one_thread', 'make_toy', 'load_toy', 'image_grid']
 
 # %% ../nbs/01c_data.ipynb #c480f62f
 def _value(v: str):
@@ -497,7 +495,6 @@ def variant_of(data: FgBgData, name: str, seed: int = 0) -> FgBgData:
                      ", ".join(f"{k} ({w})" for k, w in have.items()) +
                      ("" if data.has_masks else "; the other variants need foreground masks or variant folders"))
 
-
 # %% ../nbs/01c_data.ipynb #e50016f5
 def _class_dirs(classes) -> list:
     out = []
@@ -738,29 +735,3 @@ def format_summary(s: dict) -> str:
         rows.append((f"split {k}", f"{v['size']} images; {bg}" + (f"; {v['skipped']} unreadable skipped" if v["skipped"] else "")))
     w = max(len(r[0]) for r in rows)
     return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
-
-# %% ../nbs/01c_data.ipynb #c09972af
-def data_info(spec: Param("dataset spec, e.g. toy, toy:size=64,rho=0.95, cifar10:PATH, in9:PATH", str),
-              split: Param("only this split (default: the dataset's usual splits)", str) = None,
-              json: Param("print JSON instead of text", store_true) = False):
-    "Print size, classes, image size, variants and background ids of a dataset."
-    import json as _json
-    s = data_summary(spec, [split] if split else None)
-    print(_json.dumps(s, indent=2) if json else format_summary(s))
-    return 0
-
-def data_export(spec: Param("dataset spec, e.g. toy or toy:size=64", str),
-                out: Param("output folder for <variant>/<split>/<class>/*.png", str, required=True) = None,
-                variants: Param("comma-separated variants (default: all the dataset supports)", str) = None,
-                splits: Param("comma-separated splits (default: the dataset's usual splits)", str) = None,
-                seed: Param("seed of the mixed variants' background draws", int) = 0,
-                overwrite: Param("replace an existing export in OUT", store_true) = False):
-    "Write a dataset as ImageNet-9-style folders of PNGs (+ fg_mask/*.npy and iclmsr.json)."
-    if not out: raise ValueError("--out DIR is required")
-    sp = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None
-    t0 = time.perf_counter()
-    path = export_in9(spec, out, variants=sp(variants), splits=sp(splits), seed=seed, overwrite=overwrite)
-    side = json.loads((path/"iclmsr.json").read_text())
-    n = sum(v["n"] for v in side["splits"].values()); nv = len(next(iter(side["splits"].values()))["backgrounds"])
-    print(f"wrote {n} images x {nv} variant(s) ({', '.join(side['splits'])}) to {path} in {time.perf_counter() - t0:.1f} s")
-    return 0
