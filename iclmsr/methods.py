@@ -169,7 +169,7 @@ class Registry(dict):
     def get(self, k, default=None): return dict.get(self.load(), k, default)
     def __repr__(self): return f"Registry({', '.join(self)})"
 
-METHODS = Registry(modules=("iclmsr.excon",))   # the package's method modules above this one
+METHODS = Registry(modules=("iclmsr.excon", "iclmsr.vicreg"))   # the package's method modules above this one
 
 # %% ../nbs/06_methods.ipynb #d998e8d8
 _NAME = re.compile(r"[a-z][a-z0-9_]*")

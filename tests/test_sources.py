@@ -175,3 +175,28 @@ def test_learner_is_only_the_loop():
     src = (ROOT/"iclmsr"/"learner.py").read_text(encoding="utf-8")
     n, mods = len(src.splitlines()), _iclmsr_imports(src)
     assert n <= 400 and len(mods) <= 8, f"iclmsr/learner.py has {n} lines (at most 400) and imports {len(mods)} iclmsr modules (at most 8): {', '.join(sorted(mods))}"
+
+# what adding a method touched, besides its own notebook and that notebook's export: the registry line (06_methods and
+# its export methods.py) and the references page; the sidebar and the home page list its tutorial. README.md is
+# nbdev_readme's copy of the home page.
+METHOD_OWN = {"nbs/tutorials/add_your_own_method.ipynb", "iclmsr/vicreg.py", "iclmsr/_modidx.py"}
+METHOD_TOUCHED = {"nbs/06_methods.ipynb", "iclmsr/methods.py", "nbs/95_references.ipynb"}
+METHOD_LISTED = {"nbs/sidebar.yml", "nbs/index.ipynb"}
+
+def _mentions(word: str, skip=("tests/test_sources.py",)) -> set:
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    return {f for f in files if f not in skip and (ROOT/f).is_file()
+            and re.search(word, (ROOT/f).read_text(encoding="utf-8", errors="replace"), re.I)}
+
+# the word, in any case, also inside names (vicreg_loss, iclmsr.vicreg); not another word (test_train_cli's made-up
+# unknown method 'vicreg2')
+VICREG = r"(?<![a-z0-9])vicreg(?![a-z0-9])"
+
+def test_a_method_lives_in_one_notebook():
+    "VICReg, added by nbs/tutorials/add_your_own_method.ipynb, is named nowhere else but in the 3 files it had to touch (and the 2 that list the tutorial)."
+    assert [bool(re.search(VICREG, w, re.I)) for w in ("VICReg's", "vicreg_loss", "iclmsr.vicreg", "vicreg2", "VICRegL")] == [True] * 3 + [False] * 2
+    found = _mentions(VICREG)
+    stray = sorted(found - METHOD_OWN - METHOD_TOUCHED - METHOD_LISTED - {"README.md"})
+    assert not stray, "VICReg lives in its own notebook; these files name it too: " + ", ".join(stray)
+    assert METHOD_OWN <= found and found & METHOD_TOUCHED == METHOD_TOUCHED   # the check finds the word where it is
+    assert len(METHOD_TOUCHED) == 3
