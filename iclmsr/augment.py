@@ -40,6 +40,7 @@ def _u(n, lo, hi, g, dev):
     "n uniform draws in [lo, hi)."
     return lo + (hi - lo) * torch.rand(n, generator=g, device=dev)
 
+# %% ../nbs/02_augment.ipynb #1fae2726
 def rrc_params(n: int, h: int, w: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), generator=None, device="cpu"):
     "Per-sample random-resized-crop boxes `(x0, y0, cw, ch)` in pixels, torchvision's sampling rule, vectorised."
     area = h * w * _u(n * 10, scale[0], scale[1], generator, device).view(n, 10)
@@ -57,6 +58,7 @@ def rrc_params(n: int, h: int, w: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), 
     y0 = torch.rand(n, generator=generator, device=device) * (h - ch)
     return x0, y0, cw, ch
 
+# %% ../nbs/02_augment.ipynb #00ef06c1
 def crop_flip(x: torch.Tensor, boxes, flip: torch.Tensor, size: int, src: torch.Tensor | None = None) -> torch.Tensor:
     "Crop `boxes` = (x0, y0, cw, ch) out of `x[src]`, mirror where `flip`, resample to `size` x `size` (bilinear)."
     n, (H, W) = len(flip), x.shape[-2:]
@@ -77,21 +79,26 @@ def to_gray(x: torch.Tensor) -> torch.Tensor:
     "Luma (N,1,H,W) of RGB images, torchvision's weights."
     return x[:, 0:1] * _GRAY[0] + x[:, 1:2] * _GRAY[1] + x[:, 2:3] * _GRAY[2]
 
+# %% ../nbs/02_augment.ipynb #e19cf63d
 def _per(f, x): return f.view(-1, *([1] * (x.ndim - 1)))
 
+# %% ../nbs/02_augment.ipynb #392dda8f
 def adjust_brightness(x, f):
     "Multiply each image by its factor `f` (per sample), clamped to [0, 1]."
     return (x * _per(f, x)).clamp_(0, 1)
 
+# %% ../nbs/02_augment.ipynb #b6643499
 def adjust_contrast(x, f):
     "Blend each image with its mean gray level by its factor `f` (0: flat gray, 1: unchanged), clamped to [0, 1]."
     m = to_gray(x).mean((1, 2, 3), keepdim=True)
     return (x * _per(f, x)).add_(m * (1 - _per(f, x))).clamp_(0, 1)
 
+# %% ../nbs/02_augment.ipynb #df8ddb2e
 def adjust_saturation(x, f):
     "Blend each image with its grayscale by its factor `f` (0: gray, 1: unchanged), clamped to [0, 1]."
     return (x * _per(f, x)).add_(to_gray(x).mul_(1 - _per(f, x))).clamp_(0, 1)
 
+# %% ../nbs/02_augment.ipynb #795f62b3
 def _hue_yiq(x, h):
     a = -h * 2 * math.pi  # the sign that turns red towards yellow, as a positive HSV shift does
     c, s, z, o = a.cos(), a.sin(), torch.zeros_like(a), torch.ones_like(a)
@@ -100,6 +107,7 @@ def _hue_yiq(x, h):
     M = torch.linalg.inv(T) @ R @ T                                   # (N, 3, 3): RGB -> YIQ, rotate IQ, -> RGB
     return torch.bmm(M, x.flatten(2)).view_as(x).clamp_(0, 1)
 
+# %% ../nbs/02_augment.ipynb #5f274e2d
 def _hue_hsv(x, h):
     # HSV hue shift without building HSV images: with V = max, C = max - min and hue H (in sixths), the RGB of (H, S, V)
     # is V - C * clamp(min(k, 4 - k), 0, 1) with k = (n + H) mod 6 and n = 5, 3, 1 for R, G, B
@@ -112,10 +120,12 @@ def _hue_hsv(x, h):
     k.sub_(torch.floor(k / 6).mul_(6))   # in place (as below): the same values, fewer full-size temporaries
     return torch.minimum(k, k.neg().add_(4)).clamp_(0, 1).mul_(c[:, None]).neg_().add_(v[:, None])
 
+# %% ../nbs/02_augment.ipynb #8892a862
 def adjust_hue(x, h, fast: bool = False):
     "Shift hue by `h` (per sample, in turns) in HSV like torchvision, or (`fast`) by a rotation of YIQ's chroma plane."
     return _hue_yiq(x, h) if fast else _hue_hsv(x, h)
 
+# %% ../nbs/02_augment.ipynb #bda58ba5
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, k: int) -> torch.Tensor:
     "Blur each image with its own sigma: separable k-tap Gaussian, reflect padding (torchvision's kernel)."
     n, c, H, W = x.shape
@@ -135,10 +145,12 @@ def _check_batch(images, masks):
         raise ValueError(f"mask/image size mismatch: masks {tuple(masks.shape)}, images {tuple(images.shape)}; "
                          f"masks must be (B, H, W) = ({images.shape[0]}, {images.shape[2]}, {images.shape[3]})")
 
+# %% ../nbs/02_augment.ipynb #7d5ec98c
 def _check_kinds(kinds):
     if isinstance(kinds, str) or not kinds or any(k not in DCODR_KINDS for k in kinds) or len(set(kinds)) != len(kinds):
         raise ValueError(f"kinds must be distinct names from {', '.join(DCODR_KINDS)}, got {kinds!r}")
 
+# %% ../nbs/02_augment.ipynb #1d26f2f6
 class TwoViewAugment(nn.Module):
     "Two augmented views of a uint8 batch (B,3,H,W), per-sample random parameters, on the batch's device."
     def __init__(self, preset: str = "wmse", size: int = 32, mean=None, std=None, blur=None, fast_hue: bool = False, **overrides):
@@ -219,6 +231,7 @@ def draw_kinds(self: TwoViewAugment, n: int, generator=None, device="cpu") -> to
     allowed = torch.tensor([DCODR_KINDS.index(k) for k in self.cfg["kinds"]], device=device)
     return allowed[torch.randint(len(allowed), (n,), generator=generator, device=device)]
 
+# %% ../nbs/02_augment.ipynb #9cd248d2
 @patch
 def one_of(self: TwoViewAugment, images: torch.Tensor, masks: torch.Tensor | None = None, n_views: int = 2, generator=None):
     "DCoDR's views, stacked view-major as `views` does: each sample one transform of `kinds` (blur, contrast, crop, saturation)."
@@ -262,6 +275,7 @@ def torchvision_two_views(preset: str = "wmse", size: int = 32, mean=None, std=N
     steps += [T.ToTensor(), norm]
     return _TwoViews(T.Compose(steps))
 
+# %% ../nbs/02_augment.ipynb #ca1e1e5d
 class _TwoViews:
     "Apply a per-image transform twice (a class, so DataLoader workers can pickle it)."
     def __init__(self, t): self.t = t

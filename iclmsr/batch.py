@@ -57,6 +57,7 @@ def lacks(field: str, data) -> str | None:
     if field == "masks" and not data.has_masks: return "it has no foreground masks"
     return None
 
+# %% ../nbs/02b_batch.ipynb #dbe14c8b
 def check_needs(needs, data, who: str = "the method"):
     "Raise a one-line `UserError` naming `who`, the first field of `needs` that `data` cannot give, and the dataset."
     for f in sorted(needs, key=lambda f: list(NEEDS).index(f) if f in NEEDS else -1):
@@ -77,6 +78,7 @@ def gather(data, idx: torch.Tensor, needs=()) -> dict:
     if "index" in needs: raw["index"] = idx.clone()
     return raw
 
+# %% ../nbs/02b_batch.ipynb #2ef376a7
 def clean_images(augment, images: torch.Tensor) -> torch.Tensor:
     "uint8 `images` normalised like `augment`'s views, resized (bilinear, antialiased) to its output size."
     x = images.float() / 255
@@ -84,6 +86,7 @@ def clean_images(augment, images: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(x, size=(augment.size, augment.size), mode="bilinear", antialias=True, align_corners=False)
     return (x - augment.mean) / augment.std
 
+# %% ../nbs/02b_batch.ipynb #7da6ab4f
 def make_batch(raw: dict, augment, needs=(), device=None, memory_format=torch.contiguous_format, intervene=None,
                generator=None) -> Batch:
     "The `Batch` of a step: views (and their masks) by `augment` on `device`, and the other fields asked for; `intervene` (with `raw['masks']`): do(background) first."

@@ -66,6 +66,7 @@ def _run_bench(name: str, quick: bool) -> dict:
         return bench_loss_scale(batches=(128, 256), strata=(1, 8), batch=128, repeat=1) if quick else bench_loss_scale()
     raise ValueError(f"unknown benchmark {name!r}; allowed: {', '.join(BENCHES)}")
 
+# %% ../nbs/20_bench.ipynb #41f5afa4
 def bench(out: str = "bench.json",  # JSON file for the results
           only: str = None,  # comma-separated benchmarks to run (default: all of augment, step, knn, toy, icl_epoch, excon_step, lightly, profile, scale)
           quick: bool = False,  # tiny sizes: a smoke run whose numbers mean little
@@ -160,6 +161,7 @@ class _PerImage(torch.utils.data.Dataset):
         from PIL import Image
         return self.fn(Image.fromarray(self.arr[i]))
 
+# %% ../nbs/20_bench.ipynb #480a700c
 def _time_batched(aug, x, batch, n_batches, device):
     sync = (lambda: torch.cuda.synchronize()) if device.type == "cuda" else (lambda: None)
     aug(x[:batch]); sync()
@@ -168,6 +170,7 @@ def _time_batched(aug, x, batch, n_batches, device):
     sync()
     return (n_batches - 1) * batch / (time.perf_counter() - t)
 
+# %% ../nbs/20_bench.ipynb #7e55594f
 def _time_loader(fn, arr, batch, workers):
     dl = torch.utils.data.DataLoader(_PerImage(arr, fn), batch_size=batch, num_workers=workers)
     it = iter(dl); next(it)
@@ -175,6 +178,7 @@ def _time_loader(fn, arr, batch, workers):
     for a, _ in it: n += len(a)
     return n / (time.perf_counter() - t)
 
+# %% ../nbs/20_bench.ipynb #f9a06018
 def bench_augment(batch: int = 256, size: int = 32, n_batches: int = 20, workers: int = 2, preset: str = "wmse",
                   device=None, rounds: int = 2, threads: int | None = None, fast_hue: bool = False, seed: int = 0) -> dict:
     "Two-view images/s: batched `TwoViewAugment` vs the per-image torchvision pipeline in a DataLoader, side by side."
@@ -293,6 +297,7 @@ def _excon_contenders(backbone, size, n_classes, dev) -> dict:
     ms["exconb"].epoch_start(0, 1)
     return ms
 
+# %% ../nbs/20_bench.ipynb #ddf40104
 def _excon_step(m, opt, batch, step):
     "One training step as the `Learner` takes it: the loss, the encoder's optimiser step, then `step_end`."
     out = m.training_loss(batch, step=step)
@@ -300,6 +305,7 @@ def _excon_step(m, opt, batch, step):
     m.step_end(step, step + 1)
     return out
 
+# %% ../nbs/20_bench.ipynb #aa93146d
 def _fwd_bwd(backbone, x):
     "One forward and full backward of the backbone on `x` (parameter gradients included), for scale."
     backbone.zero_grad(set_to_none=True); backbone(x).sum().backward(); backbone.zero_grad(set_to_none=True)
@@ -341,6 +347,7 @@ def _captum_grad_cam(model, layer, images, targets, relu=False):
     a = LayerGradCam(model, layer).attribute(images, target=targets, relu_attributions=relu)
     return LayerAttribution.interpolate(a, images.shape[-2:], "bilinear").squeeze(1)
 
+# %% ../nbs/20_bench.ipynb #e40ca376
 def bench_grad_cam(backbone: str = "resnet18", image_size: int = 32, batch: int = 64, n_classes: int = 10, reps: int = 5,
                    device=None, relu: bool = False) -> dict:
     "Ours against captum's `LayerGradCam` (+ interpolation), side by side on one model and batch: median seconds per call."
@@ -394,6 +401,7 @@ class _Blocks(Callback):
         self.t0, self.c0, self.b = t, c, self.b + 1
         self.rec.active = self.watched(self.b)
 
+# %% ../nbs/20_bench.ipynb #d10d6e00
 def bench_dashboard(overrides: list[str] | None = None, steps: int = 480, block_epochs: int = 3, every: float = 1.0,
                     show: bool = False, max_points: int = 1500) -> dict:
     "Steps/s with and without a watching dashboard, in alternating blocks of one run; the overhead in %."

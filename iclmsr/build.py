@@ -30,6 +30,7 @@ def _option_types(cls) -> dict:
     try: return typing.get_type_hints(cls.__init__)
     except Exception: return {}   # annotations that cannot be evaluated: values are passed as given
 
+# %% ../nbs/12c_build.ipynb #b7bf7275
 def method_options(cfg: Config) -> dict:
     "The options of `cfg`'s method: its constructor's defaults, updated with `model.options` (each checked and coerced)."
     name = resolve_run_name(cfg).model.method
@@ -102,6 +103,7 @@ def _option_error(e: Exception, kw: dict) -> str:
     head = re.match(r"\w+", str(e))
     return f"model.options.{e}" if head and head.group() in kw else str(e)
 
+# %% ../nbs/12c_build.ipynb #a85fd358
 def method_from_config(cfg: Config, image_size: int, data=None):
     "The method of `cfg` for images of `image_size`, composed with ICL-MSR when `icl.enabled`; given its training `data`, ready to train on it (its data options derived, its files read)."
     cfg = resolve_defaults(cfg)
@@ -127,6 +129,7 @@ def _device_of_process(name: str) -> torch.device:
     if dev.type == "cuda": torch.cuda.set_device(dev)
     return dev
 
+# %% ../nbs/12c_build.ipynb #74952d19
 @patch(cls_method=True)
 def from_config(cls: Learner, cfg: Config | dict | None = None, run_dir=None, cbs=(), train_data=None, monitor_data=None,
                 method: nn.Module | None = None) -> Learner:

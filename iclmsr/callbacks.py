@@ -49,6 +49,7 @@ class MixedPrecision(Callback):
     def before_fit(self): self.learn.autocast = functools.partial(torch.autocast, self.learn.device.type, dtype=self.dtype)
     def after_fit(self): self.learn.autocast = contextlib.nullcontext
 
+# %% ../nbs/12b_callbacks.ipynb #751448dc
 class ChannelsLast(Callback):
     "Keep the model's weights and every batch's images in channels-last memory order (faster convolutions on CUDA)."
     order = -10
@@ -62,6 +63,7 @@ def setting(learn, key: str):
     "`learn.cfg.train.<key>` for a learner built from a config, else that field's default in `TrainConfig`."
     return getattr(learn.cfg.train if learn.cfg is not None else TrainConfig, key)
 
+# %% ../nbs/12b_callbacks.ipynb #74e3bd99
 class ProgressCallback(Callback):
     "A progress line: epoch, stage, loss, images/s, elapsed and ETA (rank 0 only)."
     order = 50
@@ -157,6 +159,7 @@ def extract_features(model: nn.Module, images: torch.Tensor, mean, std, batch: i
     model.train(was)
     return torch.cat(out)
 
+# %% ../nbs/12b_callbacks.ipynb #ddb4a857
 class KNNMonitor(Callback):
     "5-NN accuracy of backbone features on held-out `data` (full, foreground-only, background-only), every `every` epochs and at the end."
     order = 40
@@ -228,6 +231,7 @@ class Checkpointer(Callback):
         for s, h in self._old.items(): signal.signal(s, h)
         if L.cancelled: self.save()   # stopped between batches: keep exactly where we are
 
+# %% ../nbs/12b_callbacks.ipynb #dcb03cea
 def default_callbacks(progress: bool = True) -> list:
     "The callbacks of a standard run: progress line, metrics log, kNN monitor, checkpoints."
     return ([ProgressCallback()] if progress else []) + [MetricsLogger(), KNNMonitor(), Checkpointer()]

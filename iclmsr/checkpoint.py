@@ -27,6 +27,7 @@ def rng_state() -> dict:
         "cuda": [s for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
     }
 
+# %% ../nbs/08_checkpoint.ipynb #988bfb3b
 def set_rng_state(state: dict):
     "Restore generators saved by `rng_state`."
     v, internal, gauss = state["python"]
@@ -48,6 +49,7 @@ def atomic_save(obj, path: str | Path) -> Path:
 class NotACheckpoint(UnreadableFile):
     "A file that is not an iclmsr training checkpoint; its message is one line naming the file and what it is instead."
 
+# %% ../nbs/08_checkpoint.ipynb #487c5034
 def _what_file(path: Path) -> str | None:
     "`iclmsr.utils.what_file`, with a hint for a run directory handed in place of its `last.pt`."
     kind = what_file(path)
@@ -58,14 +60,17 @@ def _what_file(path: Path) -> str | None:
 def _refusal(path: Path, why: str) -> NotACheckpoint:
     return NotACheckpoint(f"{str(path)!r} is not an iclmsr training checkpoint ({why})")
 
+# %% ../nbs/08_checkpoint.ipynb #8274ba44
 def _torch_load(path: Path, map_location):
     "`torch.load(weights_only=True)` through `iclmsr.utils.read_torch_file`: its failures become our one-line refusal."
     return read_torch_file(path, "an iclmsr training checkpoint", map_location, NotACheckpoint)
 
+# %% ../nbs/08_checkpoint.ipynb #c7b03bc7
 def _keys(d: dict, n: int = 5) -> str:
     ks = [repr(k) if isinstance(k, (str, int)) else type(k).__name__ for k in list(d)[:n]]
     return ", ".join(ks) + (", ..." if len(d) > n else "") if ks else "no keys"
 
+# %% ../nbs/08_checkpoint.ipynb #ee5a733c
 def _check_entries(path: Path, ck) -> dict:
     "`ck` if it is a dict with the `model` dict and the `config` (a dict, or None for a learner built from parts), else our refusal."
     if not isinstance(ck, dict): raise _refusal(path, f"a torch file of a {type(ck).__name__}, not of a dict")
@@ -79,6 +84,7 @@ RESUMABLE_KEYS = ("train.epochs", "train.device", "train.log_every", "train.knn_
 class CheckpointMismatch(UserError, ValueError):
     "A checkpoint whose config differs from the run that wants to load it."
 
+# %% ../nbs/08_checkpoint.ipynb #37303e42
 def load_checkpoint(path: str | Path, config: dict | None = None, map_location="cpu", ignore=RESUMABLE_KEYS) -> dict:
     "Load a training checkpoint with `weights_only=True`, refusing any other file in one line and, given `config`, one written by a different config (except `ignore`)."
     path = Path(path)

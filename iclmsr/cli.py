@@ -39,6 +39,7 @@ def _available(entry) -> bool:
     try: return importlib.util.find_spec(entry[0]) is not None
     except ModuleNotFoundError: return False
 
+# %% ../nbs/30_cli.ipynb #df8887fb
 def _usage(table: dict, prog: str) -> str:
     rows = [(k, v if isinstance(v, dict) else v[2]) for k, v in table.items() if _available(v)]
     w = max(len(k) for k, _ in rows)
@@ -68,6 +69,7 @@ def _user_errors() -> tuple:
     from iclmsr.utils import UserError
     return (UserError, ValueError, FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError, ArithmeticError)
 
+# %% ../nbs/30_cli.ipynb #4a63be6f
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `iclmsr` console script."
     argv = sys.argv[1:] if argv is None else list(argv)

@@ -27,6 +27,7 @@ def _out_of_memory(e: BaseException) -> bool:
     "A CUDA/MPS out-of-memory error, or the CPU allocator's (a plain RuntimeError)."
     return isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e) or "out of memory" in str(e).lower()
 
+# %% ../nbs/31_commands.ipynb #ddf748fc
 def _check_writable(d: Path):
     try:
         d.mkdir(parents=True, exist_ok=True)
@@ -35,6 +36,7 @@ def _check_writable(d: Path):
     except OSError as e:
         raise PermissionError(f"output directory {str(d)!r} is not writable ({e.strerror or e}); choose another --out") from None
 
+# %% ../nbs/31_commands.ipynb #af51eeb9
 def _report(learn, cfg, run_dir: Path, seconds: float, rank: int):
     "results.json of a finished or stopped run, and its one-line summary (rank 0)."
     from iclmsr.utils import env_info
@@ -57,7 +59,7 @@ def print_config_text(config: str | None = None, overrides=()) -> int:
     except ValueError as e: raise ConfigError(f"model.method: {e}") from None
     given, helps = cfg.model.options, option_help(cls)
     shown = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, options=method_options(cfg)))
-    notes = {f"model.options.{k}": "; ".join(x for x in (helps.get(k), f"default {d!r}" if k in given else None) if x)
+    notes = {f"model.options.{k}": "; ".join(x for x in (helps.get(k), f"default {d!r}" if k in given and given[k] != d else None) if x)
              for k, d in options(cls).items()}
     print(dump_config(shown, notes=notes), end="")
     unused = unused_keys(cfg)
@@ -73,6 +75,7 @@ def _check_run_dir(run_dir: Path, resume: bool, rank: int):
     if not resume and (run_dir/"last.pt").exists():
         raise UserError(f"{str(run_dir)!r} already holds a run (last.pt); continue it with --resume or choose another --out")
 
+# %% ../nbs/31_commands.ipynb #0f7c48de
 def _memory_advice(learn, cfg) -> UserError:
     "The one-line error of a run out of memory, with a smaller batch to try."
     shape = getattr(learn, "domain_shape", None)

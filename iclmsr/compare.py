@@ -46,10 +46,12 @@ def known_method(name: str) -> bool:
     except (ConfigError, ValueError): return False
     return cfg.model.method in METHODS
 
+# %% ../nbs/17_compare.ipynb #91b263e8
 def registered_methods() -> list:
     "Every run name a comparison accepts: each method of `METHODS`, and each with a run-name suffix where that parses."
     return [m for b in METHODS for m in [b, *(f"{b}+{s}" for s in RUN_SUFFIXES)] if known_method(m)]
 
+# %% ../nbs/17_compare.ipynb #7bcf1f9a
 _NOTED = set()
 def default_methods(log=print) -> list:
     "`DEFAULT_METHODS` that are known run names now; one note (once) for any left out, picked up as soon as it parses."
@@ -58,6 +60,7 @@ def default_methods(log=print) -> list:
         _NOTED.add(tuple(left)); log(f"note: {', '.join(left)} is not a known method yet; left out of the default list")
     return [m for m in DEFAULT_METHODS if m not in left]
 
+# %% ../nbs/17_compare.ipynb #0369bbc9
 def parse_methods(methods: str | None = None, log=print) -> list:
     "The comma-separated run names of `--methods` (default: `default_methods`), each checked; an unknown one lists the registered ones."
     if not methods: return default_methods(log)
@@ -74,6 +77,7 @@ def _own_set(item: str) -> tuple:
     head, colon, rest = item.partition(":")
     return (head.strip(), rest.strip()) if colon and "=" not in head else (None, item)
 
+# %% ../nbs/17_compare.ipynb #db8da83f
 EVAL_DEFAULTS = {"probe_epochs": 100, "fgsm_n": 512, "expl_n": 256, "adv_fg": 0, "adv_bg": 0, "dcodr_epochs": 100}
 
 def compare_settings(methods=None, data: str = "toy", seeds: int = 3, budget: int = 200, sets=(), device: str = "cpu",
@@ -103,6 +107,7 @@ def method_hparams(method: str) -> dict:
     cfg = resolve_run_name(load_config(None, [f"model.method={method}"], resolve=False))
     return {**HPARAMS.get(cfg.model.method, {"optim.lr": _LR, "optim.weight_decay": _WD}), **(ICL_HPARAMS if cfg.icl.enabled else {})}
 
+# %% ../nbs/17_compare.ipynb #accf3cfe
 def draw_hparams(method: str, n: int) -> list:
     "`n` settings of `method`: each hyper-parameter drawn by its own generator (seeded by method and key), so adding one changes no other's draws."
     vals = {}
@@ -124,6 +129,7 @@ def run_config(st: dict, method: str, seed: int, hp: int | None = None) -> Confi
     proto = PROTOCOL.get(split_run_name(method)[0], [])   # the protocol's, before anything the user sets
     return load_config(None, base + proto + own + drawn + [f"model.method={method}", f"train.seed={seed}"])
 
+# %% ../nbs/17_compare.ipynb #01b956c6
 def run_key(st: dict, method: str, seed: int, hp: int | None = None) -> str:
     "The run's folder name: a hash of (method, data, seed, config, budget, split, evaluation, drawn setting)."
     d = {"method": method, "data": st["data"], "seed": seed, "config": config_to_dict(run_config(st, method, seed, hp)),
@@ -138,6 +144,7 @@ def control_name(st: dict) -> str | None:
     "The run name of the foreground check, 'simclr@only_fg' (the first method trained on foreground-only images), or None without the check."
     return f"{st['methods'][0]}@{FG_CONTROL}" if st.get("fg_control") else None
 
+# %% ../nbs/17_compare.ipynb #85c94771
 def split_control(method: str) -> tuple:
     "('simclr', 'only_fg') for the check's run name 'simclr@only_fg'; (method, None) for a compared method."
     m, at, v = method.partition("@")
@@ -149,6 +156,7 @@ def validation_split(train, seed: int, frac: float = 0.2) -> tuple:
     fit, val = held_out_split(len(train), frac, seed)
     return train.subset(fit), train.subset(val)
 
+# %% ../nbs/17_compare.ipynb #6729d181
 def load_splits(st: dict, seed: int) -> dict:
     "The images of seed `seed`: 'fit' (80% of train: the methods train on it), 'val' (the other 20%) and 'test'."
     train = load_dataset(st["data"], "train")
@@ -177,11 +185,13 @@ def read_records(run_dir) -> list:
         except json.JSONDecodeError: break
     return out
 
+# %% ../nbs/17_compare.ipynb #141081cb
 def append_record(run_dir, rec: dict) -> None:
     "Append one JSON line to `run_dir/records.jsonl`, flushed to disk."
     with open(Path(run_dir)/"records.jsonl", "a") as f:
         f.write(json.dumps(rec) + "\n"); f.flush()
 
+# %% ../nbs/17_compare.ipynb #82cf3189
 def run_status(run_dir) -> str:
     "'done' (its `done` marker is there), 'resume' (a checkpoint or records, no marker) or 'new'."
     d = Path(run_dir)
@@ -196,6 +206,7 @@ class StepBudget(Callback):
     def before_batch(self):
         if self.learn.stage == "fit" and self.learn.step >= self.steps: self.learn.stop()
 
+# %% ../nbs/17_compare.ipynb #a04c4540
 def train_run(cfg: Config, fit, budget: int, run_dir=None, cbs=()) -> Learner:
     "Train `cfg` on `fit` for exactly `budget` encoder steps (ceil(budget / batches per epoch) epochs, stopped at `budget`), resuming `run_dir/last.pt`."
     learn = Learner.from_config(replace(cfg, train=replace(cfg.train, epochs=1)), run_dir, train_data=fit,
@@ -220,6 +231,7 @@ def _pick(res: dict, *path):
         res = res[p]
     return res
 
+# %% ../nbs/17_compare.ipynb #4005bf8e
 def bg_neighbour_rate(model, fit, query, mean=None, std=None, k: int = 5) -> float | None:
     "Percent of the `k` nearest `fit` images (cosine) of each `query` image that share its background but not its class."
     if not (bool((fit.backgrounds >= 0).all()) and bool((query.backgrounds >= 0).all())): return None
@@ -239,6 +251,7 @@ def flat_measures(res: dict) -> dict:
                saliency_iou=_pick(res, "explanations", "original", "iou"))
     return out
 
+# %% ../nbs/17_compare.ipynb #985d0784
 def measure_split(model, fit, data, mean, std, seed: int, ev: dict) -> dict:
     "One evaluation of `model` (probes and kNN fitted on `fit`) on `data`: its columns, why any is missing, and the fitted linear probe."
     t0 = time.time()
@@ -289,8 +302,10 @@ def plan(st: dict, out) -> list:
     return [{"method": m, "hp": h, "seed": s, "key": (k := run_key(st, m, s, h)), "dir": root/k, "status": run_status(root/k),
              "control": m == ctrl} for s in st["seeds"] for m, h in grid]
 
+# %% ../nbs/17_compare.ipynb #fc35fafc
 def _label(r: dict) -> str: return r["method"] + ("" if r.get("hp") is None else f"#{r['hp']}")
 
+# %% ../nbs/17_compare.ipynb #07534717
 def _format_plan(runs: list) -> str:
     "One line per run: status, method, seed, folder name."
     return "\n".join(f"{r['status']:>6}  {_label(r):<16} seed {r['seed']}  runs/{r['key']}" for r in runs)
@@ -342,6 +357,7 @@ def seed_stats(values: list) -> dict | None:
     sd = statistics.stdev(x) if len(x) > 1 else 0.0
     return {"mean": statistics.mean(x), "std": sd, "se": sd / math.sqrt(len(x)), "n": len(x), "runs": x}
 
+# %% ../nbs/17_compare.ipynb #a3e31a2d
 def paired_differences(a: dict, b: dict) -> dict | None:
     "`seed_stats` of the per-seed differences a[seed] - b[seed] over the seeds where both are defined."
     return seed_stats([a[s] - b[s] for s in a if s in b and a[s] is not None and b[s] is not None])
@@ -361,6 +377,7 @@ def read_runs(out) -> tuple:
                                                 **{x["split"]: x for x in recs if x["kind"] == "eval"}}
     return st, got
 
+# %% ../nbs/17_compare.ipynb #0179a7d5
 def select_setting(st: dict, got: dict, method: str) -> tuple:
     "(chosen hp, candidates): the drawn setting of `method` with the best mean validation `SELECT_BY` over seeds (never a test number)."
     hps = list(range(st.get("hparams", 0))) or [None]
@@ -383,6 +400,7 @@ def fg_check(st: dict, got: dict) -> dict | None:
             "original.linear": col("original.linear"), "threshold": FG_LEARNABLE,
             "learnable": None if lin is None else lin["mean"] >= FG_LEARNABLE}
 
+# %% ../nbs/17_compare.ipynb #47b80323
 def fg_check_line(fc: dict | None) -> str:
     "One line saying whether the foreground was learnable under the comparison's settings."
     if fc is None: return "foreground check: off (--no-fg-control)"
@@ -426,6 +444,7 @@ def collect(out, write: bool = True) -> dict:
 # %% ../nbs/17_compare.ipynb #32a8ccd5
 def _cell(s: dict | None, nd: int = 1) -> str: return "-" if s is None else f"{s['mean']:.{nd}f} ± {s['se']:.{nd}f}"
 
+# %% ../nbs/17_compare.ipynb #37aade2a
 def results_table(res: dict, split: str = "test") -> str:
     "HTML table of `collect`'s rows: mean ± standard error (n seeds) of each column on `split`."
     cols = res["columns"]
@@ -433,12 +452,14 @@ def results_table(res: dict, split: str = "test") -> str:
             for m, r in res["rows"].items()]
     return html_table(rows, ["method", "n", *cols.values(), "train s", "images/s"])
 
+# %% ../nbs/17_compare.ipynb #afab4fe5
 def differences_table(res: dict) -> str:
     "HTML table of the per-seed paired differences against the base method on test (mean ± SE, n), * beyond 2 SE."
     star = lambda s: "-" if s is None else f"{s['mean']:+.1f} ± {s['se']:.1f}{' *' if s['n'] > 1 and abs(s['mean']) > 2 * s['se'] else ''}"
     rows = [[f"{m} − {res['base']}", *(star(r["diff_vs_base"][c]) for c in res["columns"])] for m, r in res["rows"].items() if m != res["base"]]
     return html_table(rows, ["difference", *res["columns"].values()])
 
+# %% ../nbs/17_compare.ipynb #e122e5dd
 def hparams_table(res: dict) -> str:
     "HTML table of every drawn setting of each method, its mean validation score, and the one chosen (empty without --hparams)."
     rows = [[m, c["hp"], ", ".join(f"{k}={v}" for k, v in c["setting"].items()), _cell(c["val"]), "chosen" if c["hp"] == r["hparams"]["chosen"] else ""]
@@ -466,6 +487,7 @@ def supervised(method: str) -> bool:
     "Whether the run name's method trains with labels (SupCon, ExCon, ...): its Grad-CAM explains a class it was taught."
     return "labels" in METHODS[resolve_run_name(load_config(None, [f"model.method={method}"], resolve=False)).model.method].needs
 
+# %% ../nbs/17_compare.ipynb #27ec1a2a
 def saliency_html(out, n: int = 6, size: int = 56) -> str:
     "Grad-CAM overlays (encoder + the run's linear probe) of each supervised method's first-seed run on `n` mixed_rand test images, as static HTML."
     st = json.loads((Path(out)/"compare.json").read_text())
@@ -498,6 +520,7 @@ def _run_model(r: dict, image_size: int) -> tuple:
     m, cfg, _ = method_from_checkpoint(r["dir"]/"last.pt", image_size)
     return m, norm_stats(cfg, image_size)
 
+# %% ../nbs/17_compare.ipynb #bcfcd2a7
 def plot_umaps(out, max_points: int = 1000):
     "One UMAP panel per method (its first seed's encoder) of the test images, coloured by class, the symbol its background id."
     import plotly.graph_objects as go
@@ -546,6 +569,7 @@ class _StepClock(Callback):
     def __init__(self): self.t = []
     def after_batch(self): self.t.append(time.perf_counter())
 
+# %% ../nbs/17_compare.ipynb #efe4f062
 def estimate(st: dict, log=print) -> dict:
     "Seconds the comparison should take: each method's median step time (of its steps 2-4) times the budget, plus one evaluation (val and test) timed on the first method; the foreground check counts as one more run of the first method."
     sp, per = load_splits(st, st["seeds"][0]), {}

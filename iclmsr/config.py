@@ -21,11 +21,13 @@ def _check(ok, must: str):
     "Field metadata: a predicate on the value and what it must be, for the error message."
     return {"check": ok, "must": must}
 
+# %% ../nbs/00b_config.ipynb #2f51e7f2
 def _f(default, ok=None, must="", help=""):
     md = {"help": help}
     if ok is not None: md.update(_check(ok, must))
     return field(default=default, metadata=md)
 
+# %% ../nbs/00b_config.ipynb #2b3d36c7
 _pos = lambda v: v > 0
 _nonneg = lambda v: v >= 0
 _unit = lambda v: 0 <= v <= 1
@@ -39,6 +41,7 @@ class DataConfig:
     resident: bool = _f(True, help="keep the data on the training device and augment whole batches there")
     workers: int = _f(2, _nonneg, ">= 0", help="DataLoader workers when not resident")
 
+# %% ../nbs/00b_config.ipynb #de58c4cf
 @dataclass
 class ModelConfig:
     "The base method, its backbone and heads."
@@ -89,6 +92,7 @@ class OptimConfig:
     schedule: Literal["cosine", "step", "constant"] = _f("cosine", help="cosine after warm-up, or W-MSE's x0.2 steps")
     warmup_steps: int = _f(500, _nonneg, ">= 0")
 
+# %% ../nbs/00b_config.ipynb #88de2f2a
 @dataclass
 class TrainConfig:
     "How long, how big, where and how to watch."
@@ -107,6 +111,7 @@ class TrainConfig:
     ckpt_every: int = _f(200, _nonneg, ">= 0", help="also checkpoint every N steps (0 = only at epoch ends)")
     log_every: int = _f(10, _pos, ">= 1", help="steps between metric log lines")
 
+# %% ../nbs/00b_config.ipynb #3f4d98fa
 @dataclass
 class Config:
     "A whole training run."
@@ -126,6 +131,7 @@ TrainConfig.batch_size = BATCH_SIZE
 class ConfigError(ValueError):
     "A config key or value that is not allowed; the message names it and lists what is."
 
+# %% ../nbs/00b_config.ipynb #c55ed41c
 _TRUE, _FALSE = {"true", "yes", "1", "on"}, {"false", "no", "0", "off"}
 
 def _describe(typ) -> str:
@@ -195,6 +201,7 @@ def config_from_dict(d: dict | None = None, cls=Config, prefix: str = ""):
         kw[name] = v
     return cls(**kw)
 
+# %% ../nbs/00b_config.ipynb #b009f04a
 def config_to_dict(cfg) -> dict:
     "The config as a plain nested dict (JSON and YAML friendly)."
     return asdict(cfg)
@@ -209,6 +216,7 @@ def _parse_override(item: str) -> tuple[list[str], object]:
     except yaml.YAMLError: val = raw
     return key.split("."), val
 
+# %% ../nbs/00b_config.ipynb #48ec9cf2
 def apply_overrides(d: dict, overrides: list[str] | None) -> dict:
     "Set dotted `key=value` overrides in a nested dict (a copy); validation happens in `config_from_dict`."
     d = json.loads(json.dumps(d))
@@ -221,6 +229,7 @@ def apply_overrides(d: dict, overrides: list[str] | None) -> dict:
         node[path[-1]] = val
     return d
 
+# %% ../nbs/00b_config.ipynb #4ab042b2
 def read_config_file(path: str | Path) -> dict:
     "The raw dict of a YAML or JSON config file."
     path = Path(path)
@@ -231,17 +240,21 @@ def read_config_file(path: str | Path) -> dict:
     else: raise ConfigError(f"config file {str(path)!r}: unknown extension {path.suffix!r}; allowed: .yaml, .yml, .json")
     return d or {}
 
+# %% ../nbs/00b_config.ipynb #f2410e1c
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, resolve: bool = True) -> Config:
     "A `Config` from an optional YAML/JSON file plus `key=value` overrides; `resolve`: its run name resolved (`resolve_run_name`)."
     d = read_config_file(path) if path else {}
     cfg = config_from_dict(apply_overrides(d, overrides))
     return resolve_run_name(cfg) if resolve else cfg
 
+# %% ../nbs/00b_config.ipynb #40b56598
 def _yaml_value(v) -> str: return yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
 
+# %% ../nbs/00b_config.ipynb #581fe1f4
 def _line(indent: int, key: str, value: str, note: str) -> str:
     return " " * indent + f"{key}: {value}" + (f"  # {note}" if note else "")
 
+# %% ../nbs/00b_config.ipynb #ea9e7bb8
 def dump_config(cfg: Config, comments: bool = True, notes: dict | None = None) -> str:
     "YAML text of `cfg`, each section and field with its help as a comment; `notes`: comments of mapping entries by dotted key."
     if not comments: return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
@@ -257,6 +270,7 @@ def dump_config(cfg: Config, comments: bool = True, notes: dict | None = None) -
             for k, x in v.items(): lines.append(_line(4, k, _yaml_value(x), notes.get(f"{sec.name}.{f.name}.{k}", "")))
     return "\n".join(lines) + "\n"
 
+# %% ../nbs/00b_config.ipynb #2a69cee8
 def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     "Dotted keys whose values differ between two nested config dicts."
     out = []
@@ -280,14 +294,17 @@ def _run_parts(name: str) -> tuple[str, str | None, bool]:
                           "and by one of " + ", ".join("+" + s for s in RUN_SUFFIXES))
     return base, (RUN_SUFFIXES[rest[0]] if rest else None), len(rest) < len(parts)
 
+# %% ../nbs/00b_config.ipynb #2db2b955
 def split_run_name(name: str) -> tuple[str, str | None]:
     "'simclr+icl-frozen' -> ('simclr', 'frozen'); a plain method name -> (name, None); a +do-bg suffix is allowed (`intervenes`)."
     return _run_parts(name)[:2]
 
+# %% ../nbs/00b_config.ipynb #6ea73141
 def intervenes(name: str) -> bool:
     "Whether the run name `name` asks for the background intervention (+do-bg)."
     return _run_parts(name)[2]
 
+# %% ../nbs/00b_config.ipynb #0d9d391e
 def run_name(cfg: Config) -> str:
     "The run name of `cfg`: 'simclr', or with +do-bg (intervene on), and 'simclr+icl-msr', '+icl-frozen', '+ntxent' with ICL on."
     base, control, do_bg = _run_parts(cfg.model.method)
@@ -295,6 +312,7 @@ def run_name(cfg: Config) -> str:
     return (base + (f"+{DO_BG}" if do_bg or cfg.intervene.enabled else "")
             + next(("+" + s for s, c in RUN_SUFFIXES.items() if c == control), ""))
 
+# %% ../nbs/00b_config.ipynb #f2560b9c
 def resolve_run_name(cfg: Config) -> Config:
     "`cfg` with a run name in `model.method` written as the base method, `icl.enabled` and `icl.control` (and `intervene.enabled`)."
     base, control, do_bg = _run_parts(cfg.model.method)
@@ -303,6 +321,7 @@ def resolve_run_name(cfg: Config) -> Config:
     iv = dataclasses.replace(cfg.intervene, enabled=True) if do_bg else cfg.intervene
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, method=base), icl=icl, intervene=iv)
 
+# %% ../nbs/00b_config.ipynb #67a191c3
 def control_names(base: str = ModelConfig.method) -> list[str]:
     "The base method and its three ICL runs, in the order a comparison shows them."
     return [base] + [f"{base}+{s}" for s in RUN_SUFFIXES]

@@ -32,6 +32,7 @@ def gpu_memory(device) -> tuple[float, float] | None:
     if device.type != "cuda" or not torch.cuda.is_available(): return None
     return torch.cuda.memory_allocated(device) / 2**30, torch.cuda.max_memory_allocated(device) / 2**30
 
+# %% ../nbs/16_dashboard.ipynb #2c8155c1
 def strata_of(method) -> np.ndarray | None:
     "The stratum vectors a_t (n, d) of an ICL-MSR method as an array, or None for a plain method."
     if not hasattr(method, "strata"): return None
@@ -44,6 +45,7 @@ def _batch_size(learn) -> int | None:
     if b is None and getattr(learn, "cfg", None) is not None: b = learn.cfg.train.batch_size
     return b
 
+# %% ../nbs/16_dashboard.ipynb #3b646f1e
 class Recorder(Callback):
     "Learner callback: record losses every batch, kNN accuracy every epoch, a_t and speed at most every `every` s."
     order = 90
@@ -104,6 +106,7 @@ def after_batch(self: Recorder):
     if self._save_req is not None: self._do_save()
     self.cost += time.perf_counter() - t; self.calls += 1
 
+# %% ../nbs/16_dashboard.ipynb #3ef33a88
 @patch
 def after_epoch(self: Recorder):
     m = self.learn.metrics
@@ -135,12 +138,14 @@ def request_save(self: Recorder) -> threading.Event:
     "Ask for a checkpoint at the end of the current batch; returns an Event set once it is written."
     ev = threading.Event(); self._save_req = ev; return ev
 
+# %% ../nbs/16_dashboard.ipynb #2720122a
 @patch
 def _do_save(self: Recorder):
     ev, self._save_req = self._save_req, None
     try: self.saved = save_now(self.learn)
     finally: ev.set()
 
+# %% ../nbs/16_dashboard.ipynb #5492697d
 def save_now(learn) -> Path:
     "Write `run_dir/last.pt` for `learn` now, through its `Checkpointer` (keeps the best-so-far bookkeeping)."
     if learn.run_dir is None: raise ValueError("this run has no run directory, so there is nowhere to save a checkpoint")
@@ -213,6 +218,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 
 def _auto_backbone() -> str: return ModelConfig().backbone if torch.cuda.is_available() else "small_cnn"
 
+# %% ../nbs/16_dashboard.ipynb #ed1a7968
 class Dashboard(Showable):
     "Configure, start, pause, resume, stop and watch a training run; checkpoints and continuing a run directory."
     def __init__(self, spec: str = DataConfig().spec, method: str = ModelConfig().method, icl: bool = True,
@@ -272,6 +278,7 @@ def _buttons(self: Dashboard) -> dict:
         b.on_click(lambda _b, n=n: self._guard(getattr(self, n) if n != "open" else lambda: self.open(self.w["run_dir"].value)))
     return bs
 
+# %% ../nbs/16_dashboard.ipynb #f3c5d1f9
 @patch
 def _layout(self: Dashboard) -> W.VBox:
     w, b = self.w, self.buttons
@@ -285,6 +292,7 @@ def _layout(self: Dashboard) -> W.VBox:
     widget.add_class("iclmsr-dashboard")
     return widget
 
+# %% ../nbs/16_dashboard.ipynb #df7d31ba
 @patch
 def _guard(self: Dashboard, fn):
     "Run a button's action; show an error in the status line instead of raising into the void."
@@ -306,11 +314,13 @@ def _epochs(learn) -> int:
     "The epochs `learn` trains to (from its step counts, so also for a learner built from parts)."
     return learn.total_steps // max(learn.batches_per_epoch, 1)
 
+# %% ../nbs/16_dashboard.ipynb #a6060917
 @patch(as_prop=True)
 def running(self: Dashboard) -> bool:
     "True while the dashboard's training thread is alive."
     return self.thread is not None and self.thread.is_alive()
 
+# %% ../nbs/16_dashboard.ipynb #4be2d0c8
 def diagnostics_text(d: dict) -> str:
     "ICL-MSR's diagnostics in one line: strata spread, moved, common share, meta-gradient norm and cosine, ICL gap."
     f = lambda k, spec: "–" if d.get(k) is None else format(d[k], spec)
@@ -318,6 +328,7 @@ def diagnostics_text(d: dict) -> str:
             f"{f('strata_common_share', '.2f')} · meta-grad {f('meta_grad_norm', '.1e')} (cos {f('meta_grad_cos', '+.2f')}) · "
             f"ICL gap {f('icl_gap', '.1e')}")
 
+# %% ../nbs/16_dashboard.ipynb #9ba26411
 @patch
 def status_text(self: Dashboard) -> str:
     "The status line: state, position, speed, memory, time left, kNN accuracy, run directory."
@@ -344,6 +355,7 @@ def status_text(self: Dashboard) -> str:
     if self.error: extra += f"<br><span class='iclmsr-error' style='color:#d62728'>{html.escape(self.error)}</span>"
     return f"<div style='font-size:13px'>{' · '.join(parts)}{extra}</div>"
 
+# %% ../nbs/16_dashboard.ipynb #f9f30149
 @patch
 def _refresh(self: Dashboard):
     self.status.value = self.status_text()
@@ -369,11 +381,13 @@ def overrides(self: Dashboard) -> list[str]:
          f"train.epochs={w['epochs'].value}", f"train.batch_size={w['batch_size'].value}", f"train.device={w['device'].value}"]
     return o + w["more"].value.split()
 
+# %% ../nbs/16_dashboard.ipynb #1f6bb898
 @patch
 def config(self: Dashboard):
     "The run configuration the controls describe (errors name the bad key)."
     return load_config(None, self.overrides())
 
+# %% ../nbs/16_dashboard.ipynb #9c74238b
 @patch
 def _set_controls(self: Dashboard, cfg):
     w = self.w
@@ -417,6 +431,7 @@ def redraw(self: Dashboard):
     self._refresh()
     self.draw_wall += time.perf_counter() - w; self.draw_cpu += time.thread_time() - c
 
+# %% ../nbs/16_dashboard.ipynb #a5f6fb45
 @patch
 def _start_ticker(self: Dashboard, watch=None):
     watch = watch or (lambda: self.running)
@@ -454,6 +469,7 @@ def start(self: Dashboard):
     self._start_ticker()
     self._refresh()
 
+# %% ../nbs/16_dashboard.ipynb #81568a56
 @patch
 def _run(self: Dashboard, cfg, run_dir: Path, resume):
     try:
@@ -473,6 +489,7 @@ def _run(self: Dashboard, cfg, run_dir: Path, resume):
         self.error, self.state = f"{type(e).__name__}: {e}", "error"
         self.traceback = traceback.format_exc()
 
+# %% ../nbs/16_dashboard.ipynb #91cf5afc
 @patch
 def wait(self: Dashboard, timeout: float | None = None):
     "Block until the run ends (and the last redraw is done)."
@@ -487,12 +504,14 @@ def pause(self: Dashboard):
     if self.learn is None or not self.running: raise RuntimeError("nothing to pause: no run is going")
     self.control.pause(); self.state = "paused"; self._refresh()
 
+# %% ../nbs/16_dashboard.ipynb #525159f4
 @patch
 def resume(self: Dashboard):
     "Continue a paused run."
     if self.learn is None or not self.running: raise RuntimeError("nothing to resume: no run is going")
     self.control.unpause(); self.state = "running"; self._refresh()
 
+# %% ../nbs/16_dashboard.ipynb #5b526073
 @patch
 def stop(self: Dashboard):
     "End the run after the current batch (it writes last.pt there)."
@@ -501,6 +520,7 @@ def stop(self: Dashboard):
     if self.running: self.state = "stopping"
     self._refresh()
 
+# %% ../nbs/16_dashboard.ipynb #de80ef9c
 @patch
 def save(self: Dashboard, timeout: float | None = 60) -> Path:
     "Write `last.pt` now (at the end of the current batch if the run is training); returns its path."
@@ -548,6 +568,7 @@ def attach(self: Dashboard, learn):
     self._start_ticker(watch=lambda: self.state == "running")
     return self
 
+# %% ../nbs/16_dashboard.ipynb #335f6989
 @patch
 def detach(self: Dashboard):
     "Stop watching an attached learner (the ticker ends; the recorder stays in its callbacks, cheaply)."

@@ -35,6 +35,7 @@ def _value(v: str):
         except ValueError: pass
     return v
 
+# %% ../nbs/01c_data.ipynb #be04da6f
 def parse_spec(spec: str) -> tuple:
     "Split `NAME[:ARG,...,key=value,...]` into `(name, args, options)`."
     if not isinstance(spec, str) or not spec.strip():
@@ -61,6 +62,7 @@ def _resize_u8(x: torch.Tensor, size, mode="bilinear") -> torch.Tensor:
         return y[..., t:t + size, l:l + size].round_().clamp_(0, 255).to(torch.uint8)
     return torch.cat([one(x[i:i + 512]) for i in range(0, len(x), 512)])
 
+# %% ../nbs/01c_data.ipynb #909ac186
 def _fit(im, size: int, resample):
     "A PIL image resized so its short side is `size`, centre-cropped to a square."
     w, h = im.size; s = size / min(w, h)
@@ -69,12 +71,14 @@ def _fit(im, size: int, resample):
     l, t = (nw - size) // 2, (nh - size) // 2
     return im.crop((l, t, l + size, t + size))
 
+# %% ../nbs/01c_data.ipynb #24eb9fa6
 ON_ERROR = ("raise", "skip")
 _IMG_EXT = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
 def _check_on_error(on_error):
     if on_error not in ON_ERROR: raise ValueError(f"on_error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
 
+# %% ../nbs/01c_data.ipynb #42dedf95
 def _read_rgb(path):
     "An RGB PIL image, fully decoded; a ValueError naming the file when it cannot be read."
     from PIL import Image
@@ -84,6 +88,7 @@ def _read_rgb(path):
     except Exception as e:
         raise ValueError(f"cannot read image {path}: {type(e).__name__}: {e} (on_error='skip' skips unreadable images)") from None
 
+# %% ../nbs/01c_data.ipynb #fc9eff82
 def _load_many(fn, items, on_error: str, what: str):
     "Run `fn` over `items` in threads; with on_error='skip' drop failures and report them. Returns (results, kept, skipped)."
     _check_on_error(on_error)
@@ -100,6 +105,7 @@ def _load_many(fn, items, on_error: str, what: str):
                                  + (f"; first error: {skipped[0]}" if skipped else ""))
     return out, kept, skipped
 
+# %% ../nbs/01c_data.ipynb #a1e23a99
 def _skip_meta(skipped) -> dict:
     return {"skipped": len(skipped), "skipped_errors": skipped[:20]} if skipped else {"skipped": 0}
 
@@ -113,8 +119,10 @@ def _root_with(path, folder: str) -> Path:
     p = Path(path).expanduser()
     return p.parent if p.name == folder and not (p/folder).is_dir() else p
 
+# %% ../nbs/01c_data.ipynb #36a34076
 def _missing(root: Path, files) -> list: return [f for f in files if not (root/f).is_file()]
 
+# %% ../nbs/01c_data.ipynb #12b4c7f9
 def _tv_cifar(kind):
     from torchvision.datasets import CIFAR10, CIFAR100
     class _Cifar(CIFAR10 if kind == "cifar10" else CIFAR100):
@@ -126,6 +134,7 @@ def _tv_cifar(kind):
             self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
     return _Cifar
 
+# %% ../nbs/01c_data.ipynb #6af1ed10
 def _load_cifar(kind, path, split, size):
     folder, url, files = _CIFAR[kind]
     root = _root_with(path, folder)
@@ -140,10 +149,12 @@ def _load_cifar(kind, path, split, size):
     return FgBgData(_resize_u8(images, size), None, torch.tensor(d.targets), None, d.classes, f"{kind}-{split}",
                     dict(source=kind, split=split, path=str(root)))
 
+# %% ../nbs/01c_data.ipynb #7ca1947b
 def load_cifar10(path, split: str = "train", size: int | None = None) -> FgBgData:
     "CIFAR-10 from `path/cifar-10-batches-py` (torchvision's reader), optionally resized to `size`."
     return _load_cifar("cifar10", path, split, size)
 
+# %% ../nbs/01c_data.ipynb #23614cac
 def load_cifar100(path, split: str = "train", size: int | None = None) -> FgBgData:
     "CIFAR-100 (fine labels) from `path/cifar-100-python` (torchvision's reader), optionally resized to `size`."
     return _load_cifar("cifar100", path, split, size)
@@ -184,10 +195,12 @@ def _image_tensor(paths, size, on_error, what):
     arrs, kept, skipped = _load_many(load, paths, on_error, what)
     return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).contiguous(), kept, skipped
 
+# %% ../nbs/01c_data.ipynb #64769b64
 def _try(f):
     try: f(); return True
     except Exception: return False
 
+# %% ../nbs/01c_data.ipynb #6353f59f
 def load_tiny_imagenet(path, split: str = "train", size: int | None = None, on_error: str = "raise") -> FgBgData:
     "Tiny ImageNet (200 classes, 64 px) from `path/tiny-imagenet-200`; `test`/`val` = the labelled validation split."
     _check_on_error(on_error)
@@ -345,8 +358,10 @@ def _variant_folders(root: Path, split_dir: str) -> dict:
     "The variant folders of the tree `root` that hold the split folder `split_dir`: name -> folder path (a string)."
     return {v: str(root/v) for v in _NAMES if (root/v/split_dir).is_dir()}
 
+# %% ../nbs/01c_data.ipynb #386c4cb2
 def _subdirs(p: Path) -> list: return sorted(d.name for d in p.iterdir() if d.is_dir()) if p.is_dir() else []
 
+# %% ../nbs/01c_data.ipynb #1c7fe328
 def _sidecar(root: Path):
     f = root/"iclmsr.json"
     if not f.is_file(): return None
@@ -448,6 +463,7 @@ def read_domains(root) -> dict:
             out[p] = int(v)
     return out
 
+# %% ../nbs/01c_data.ipynb #476e5a29
 def domains_of(root, files, name: str = "the folder") -> torch.Tensor | None:
     "The domain ids of image `files` (paths under `root`) from `root/domains.csv`; None when it has no row for any of them."
     root = Path(root).expanduser(); table = read_domains(root)
@@ -466,6 +482,7 @@ def available_variants(data: FgBgData) -> dict:
     out.update({v: "folder" for v in folders})
     return out
 
+# %% ../nbs/01c_data.ipynb #a8a6fc07
 def _folder_variant(data: FgBgData, name: str) -> FgBgData:
     "The variant folder `name` of `data`'s tree, same split and size, labels matched to `data.classes` by name."
     folder = Path(data.meta["variant_folders"][name]); sdir = folder/data.meta.get("variant_split", "")
@@ -484,6 +501,7 @@ def _folder_variant(data: FgBgData, name: str) -> FgBgData:
     meta = {**data.meta, **{k: v.meta[k] for k in ("variant", "skipped") if k in v.meta}}
     return v.replace(labels=labels, classes=data.classes, meta=meta).to(data.device)
 
+# %% ../nbs/01c_data.ipynb #ccb62c9f
 def variant_of(data: FgBgData, name: str, seed: int = 0) -> FgBgData:
     "The variant `name` of `data`: its folder when there is one, else derived from masks (`data.variant(name, seed)`)."
     if name == "original": return data
@@ -504,6 +522,7 @@ def _class_dirs(classes) -> list:
         out.append(d)
     return out
 
+# %% ../nbs/01c_data.ipynb #afe0f55f
 def _write_images(images: torch.Tensor, labels: torch.Tensor, folder: Path, class_dirs: list):
     from PIL import Image
     for d in set(labels.tolist()): (folder/class_dirs[d]).mkdir(parents=True, exist_ok=True)
@@ -710,6 +729,7 @@ def _short(xs, k=10) -> str:
     xs = [str(x) for x in xs]
     return ", ".join(xs[:k]) + (f", ... ({len(xs)} in all)" if len(xs) > k else "")
 
+# %% ../nbs/01c_data.ipynb #33cd3509
 _KIND_TEXT = {"data": "the data itself", "folder": "folders", "masks": "from masks"}
 
 def _kinds(s: dict) -> str:
@@ -719,6 +739,7 @@ def _kinds(s: dict) -> str:
     by = {w: [v for v, k in kinds.items() if k == w] for w in _KIND_TEXT}
     return "; ".join(f"{', '.join(vs)} ({_KIND_TEXT[w]})" for w, vs in by.items() if vs)
 
+# %% ../nbs/01c_data.ipynb #0cd7c3ee
 def format_summary(s: dict) -> str:
     "`data_summary` as aligned text lines."
     size = s["image_size"]; size = f"{size}x{size}" if isinstance(size, int) else f"{size[0]}x{size[1]}"

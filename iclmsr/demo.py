@@ -43,6 +43,7 @@ def demo_settings(device="cpu", quick: bool = False, **overrides) -> dict:
     st["device"] = str(dev)
     return st
 
+# %% ../nbs/14c_demo.ipynb #776a7148
 def demo_config(st: dict, icl: bool | str, seed: int = 0) -> Config:
     "The training config of one demo model: a run name ('simclr+icl-frozen'), or `icl` True/False for simclr(+icl-msr)."
     name = icl if isinstance(icl, str) else DEMO_MODELS[bool(icl)]
@@ -62,6 +63,7 @@ def demo_summary(table: dict, ev: dict) -> dict:
             "fgsm": ev["fgsm"]["acc"]["4/255"] if ev["fgsm"] else None, "fgsm_clean": ev["fgsm"]["clean"] if ev["fgsm"] else None,
             "test_variants": ev["variants"]}
 
+# %% ../nbs/14c_demo.ipynb #f14e9365
 def measure_demo_model(learners: dict, train, test, st: dict, seed: int = 0) -> dict:
     "The `demo_summary` of one model trained in both settings ({'train_full': learner, 'train_fg': learner})."
     aug = learners["train_full"].aug
@@ -76,6 +78,7 @@ def measure_demo_model(learners: dict, train, test, st: dict, seed: int = 0) -> 
 # %% ../nbs/14c_demo.ipynb #bca0b329
 def _is_num(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool)
 
+# %% ../nbs/14c_demo.ipynb #3578fe5c
 def mean_std(runs: list):
     "Combine equal-shaped results of several runs: each number becomes {'mean', 'std', 'runs'} (sample std)."
     a = runs[0]
@@ -85,6 +88,7 @@ def mean_std(runs: list):
         return {"mean": float(x.mean()), "std": float(x.std(ddof=1)) if len(x) > 1 else 0.0, "runs": x.tolist()}
     return a
 
+# %% ../nbs/14c_demo.ipynb #c72b2647
 def background_effect(table: dict, metric: str = "linear") -> dict:
     "Points lost by the full-image model when backgrounds are removed, and by the foreground model when they are added."
     v = lambda a, b: unpack_mean_std(table[a][b][metric])[0]
@@ -98,6 +102,7 @@ def mean_pm(values, fmt: str = ".1f") -> str:
     if not x: return "–"
     return f"{statistics.mean(x):{fmt}} ± {statistics.stdev(x) if len(x) > 1 else 0.0:{fmt}}"
 
+# %% ../nbs/14c_demo.ipynb #6d9244f8
 def runs_table(runs: dict, cols: dict, fmt: str = ".1f") -> str:
     "Markdown table of `runs` {run name: [per-seed dict, ...]}: a row per run, a column per key of `cols` {key: header}."
     head = "| run | " + " | ".join(cols.values()) + " |\n|---|" + "---|" * len(cols) + "\n"
@@ -113,6 +118,7 @@ def seed_difference(a: list, b: list, key: str, z: float = 2.0) -> tuple:
     d = statistics.mean(xa) - statistics.mean(xb)
     return d, abs(d) > z * math.sqrt(statistics.variance(xa) / len(xa) + statistics.variance(xb) / len(xb))
 
+# %% ../nbs/14c_demo.ipynb #4acc5d2f
 def difference_table(runs: dict, name: str, cols: dict, z: float = 2.0) -> str:
     "Markdown table: `name`'s difference of means to every other run for each key of `cols`, * where beyond `z` standard errors."
     head = f"| {name} minus | " + " | ".join(cols.values()) + " |\n|---|" + "---|" * len(cols) + "\n"
@@ -130,6 +136,7 @@ def _get(m: dict, path: tuple):
         m = None if m is None else m.get(p)
     return m
 
+# %% ../nbs/14c_demo.ipynb #03c15ee1
 def format_demo(models: dict) -> str:
     "The four-setting table and the background measures of the demo models, as text."
     w = max(len(n) for n in models) + 2

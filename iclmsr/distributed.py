@@ -23,17 +23,20 @@ def local_losses():
     try: yield
     finally: _local_depth -= 1
 
+# %% ../nbs/00c_distributed.ipynb #bb81d4e3
 def process_group() -> tuple[int, int]:
     "(rank, world size) that the losses gather over: (0, 1) outside `torchrun` or inside `local_losses()`."
     if _local_depth or not (dist.is_available() and dist.is_initialized()): return 0, 1
     return dist.get_rank(), dist.get_world_size()
 
+# %% ../nbs/00c_distributed.ipynb #854533ee
 def all_gather_cat(x: torch.Tensor) -> torch.Tensor:
     "Every process's `x` concatenated along dim 0 in rank order (no gradient)."
     parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, x.contiguous())
     return torch.cat(parts)
 
+# %% ../nbs/00c_distributed.ipynb #6542398c
 class _GatherRows(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
@@ -45,10 +48,12 @@ class _GatherRows(torch.autograd.Function):
         dist.all_reduce(g)  # the sum of every process's gradient w.r.t. every row
         return g[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n]
 
+# %% ../nbs/00c_distributed.ipynb #62e4dc23
 def gather_rows(x: torch.Tensor) -> torch.Tensor:
     "Every process's `x` concatenated along dim 0 in rank order; backward sums all processes' gradients (identity in one process)."
     return x if process_group()[1] == 1 else _GatherRows.apply(x)
 
+# %% ../nbs/00c_distributed.ipynb #36da5ec5
 def gather_pair(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor | None = None):
     "(z1, z2, labels, anchors) of the global batch: everyone's rows, and this process's anchor rows (`None` in one process)."
     rank, world = process_group()
@@ -59,6 +64,7 @@ def gather_pair(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor | None 
     own = torch.arange(rank * n, (rank + 1) * n, device=z1.device)
     return gather_rows(z1), gather_rows(z2), labels, torch.cat([own, own + n * world])
 
+# %% ../nbs/00c_distributed.ipynb #9c4abbb9
 def mean_over_processes(t: torch.Tensor) -> torch.Tensor:
     "The mean of `t` over the processes of the group (a copy; `t` itself in one process)."
     if process_group()[1] == 1: return t

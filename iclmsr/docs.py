@@ -29,12 +29,14 @@ def process_notebooks(path: str | Path | None = None, n_workers: int = 2) -> Pat
 # %% ../nbs/90_docs.ipynb #4e285c41
 def _src(x) -> str: return x if isinstance(x, str) else "".join(x)
 
+# %% ../nbs/90_docs.ipynb #8e78f4b6
 def _front_matter(text: str) -> dict:
     m = re.match(r"^---\s*\n(.*?)\n---\s*$", text.strip(), re.S)
     if not m: return {}
     import yaml
     return yaml.safe_load(m.group(1)) or {}
 
+# %% ../nbs/90_docs.ipynb #9606fe9f
 def _output_md(o: dict) -> str:
     "An output as markdown; a picture or HTML (a figure) is for the site only: GitHub shows neither inline."
     if o.get("output_type") == "stream": return "    " + _src(o["text"]).rstrip("\n").replace("\n", "\n    ")
@@ -44,6 +46,7 @@ def _output_md(o: dict) -> str:
     if "text/plain" in data: return "    " + _src(data["text/plain"]).rstrip("\n").replace("\n", "\n    ")
     return ""
 
+# %% ../nbs/90_docs.ipynb #9ff0b557
 def notebook_markdown(nb_path: str | Path) -> str:
     "GitHub-flavoured markdown of a processed notebook (what quarto's `gfm` writer gives for a README)."
     nb = json.loads(Path(nb_path).read_text(encoding="utf-8"))
@@ -113,6 +116,7 @@ def _styled(variant: str, text: str) -> str:
         return chr(dig + ord(ch) - 48) if dig and "0" <= ch <= "9" else ch
     return "".join(map(one, text))
 
+# %% ../nbs/90_docs.ipynb #60d8150a
 def tex_to_mathml(tex: str, display: bool = False) -> str:
     "MathML Core for the TeX `tex` (a block if `display`), converted by `latex2mathml`; `ValueError` naming any command it does not know."
     try: from latex2mathml.converter import convert
@@ -212,6 +216,7 @@ def render_site(proc: str | Path, dest: str | Path) -> list[str]:
     return [w for w in site.warnings if "output-file is not read" not in w and "commonmark" not in w and "keep-md" not in w] \
         + [f"math: {e}" for e in math_errors] + [f"plotly: {w}" for w in plotly_warnings]
 
+# %% ../nbs/90_docs.ipynb #5cf3343a
 def build_docs(path: str | Path | None = None, n_workers: int = 2, readme: bool = True, quiet: bool = False) -> list[str]:
     "Process the notebooks, write README.md (if `readme`) and render the site into `doc_path`; returns the pages built."
     from nbdev.config import get_config
@@ -226,6 +231,7 @@ def build_docs(path: str | Path | None = None, n_workers: int = 2, readme: bool 
         print(f"iclmsr_docs: {len(pages)} pages in {cfg.doc_path} ({time.time()-t0:.1f} s)" + (", README.md written" if readme else ""))
     return pages
 
+# %% ../nbs/90_docs.ipynb #716914b1
 @call_parse
 def iclmsr_docs(path: str = None,  # folder of the notebooks (default: settings.ini's nbs_path)
                 n_workers: int = 2,  # processes that run the notebooks' show_doc cells

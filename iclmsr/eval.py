@@ -38,6 +38,7 @@ def amp_dtype(amp: str, device) -> torch.dtype | None:
     if amp == "off": return None
     return torch.bfloat16 if amp == "bf16" or torch.device(device).type == "cuda" else None
 
+# %% ../nbs/14_eval.ipynb #98cff099
 def _images(x, name="images") -> torch.Tensor:
     x = x.images if isinstance(x, FgBgData) else x
     if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8 or x.ndim != 4:
@@ -46,6 +47,7 @@ def _images(x, name="images") -> torch.Tensor:
     if len(x) == 0: raise ValueError(f"{name} is empty (0 images): nothing to embed")
     return x
 
+# %% ../nbs/14_eval.ipynb #e5249595
 def _stat(v, C: int, dev) -> torch.Tensor:
     t = torch.as_tensor(v, dtype=torch.float32).flatten().to(dev)
     if len(t) not in (1, C): raise ValueError(f"mean/std have {len(t)} values but the images have {C} channels")
@@ -87,6 +89,7 @@ def _hash_tensor(h, t: torch.Tensor):
     h.update(f"{tuple(t.shape)}|{t.dtype};".encode())
     if t.numel(): h.update(t.reshape(-1).view(torch.uint8).numpy())
 
+# %% ../nbs/14_eval.ipynb #2398b111
 def state_key(obj) -> str:
     "A short hash of a module's (or state dict's) tensors: equal weights give equal keys."
     sd = obj.state_dict() if isinstance(obj, nn.Module) else obj
@@ -99,6 +102,7 @@ def state_key(obj) -> str:
         else: h.update(repr(v).encode())
     return "s" + h.hexdigest()
 
+# %% ../nbs/14_eval.ipynb #3fc24053
 def file_key(path) -> str:
     "A short hash of a file's bytes (a checkpoint)."
     path = Path(path)
@@ -108,6 +112,7 @@ def file_key(path) -> str:
         for chunk in iter(lambda: f.read(1 << 22), b""): h.update(chunk)
     return "f" + h.hexdigest()
 
+# %% ../nbs/14_eval.ipynb #5e5abcc0
 def data_key(data) -> str:
     "A short hash of the pixels of an `FgBgData` (or a uint8 image tensor)."
     h = hashlib.blake2b(digest_size=10)
@@ -117,6 +122,7 @@ def data_key(data) -> str:
 # %% ../nbs/14_eval.ipynb #99e3356d
 def _slug(s: str) -> str: return re.sub(r"[^\w.-]+", "_", s).strip("_")[:60] or "data"
 
+# %% ../nbs/14_eval.ipynb #a683dffa
 def embeddings(model: nn.Module, data, mean=None, std=None, model_key: str | None = None, cache: bool = True,
                root=None, batch: int = 512, device=None, amp: str = "auto") -> torch.Tensor:
     "`embed` with an on-disk cache keyed by the model (`model_key` or its weights), the pixels, normalisation and precision."
@@ -155,6 +161,7 @@ class ProbedModel(nn.Module):
         "Class logits (float32) of a batch of normalised images `x`."
         return self.probe(self.model(x).float())
 
+# %% ../nbs/14_eval.ipynb #42760931
 def check_probe(probe: nn.Module, feat_dim: int, num_classes: int, where: str = "probe"):
     "Refuse a linear probe whose input size or number of classes does not fit the features and the data."
     if not isinstance(probe, nn.Linear): raise ValueError(f"{where} must be an nn.Linear, got {type(probe).__name__}")
@@ -178,17 +185,20 @@ def variant_scores(probe: nn.Linear, ftr, ytr, fte: dict, yte, k: int = 5) -> tu
         scores[v] = {"linear_top1": lin["top1"], "linear_top5": lin["top5"], "knn5": accuracy(kp, y)}
     return scores, preds
 
+# %% ../nbs/14_eval.ipynb #0719bdb2
 def bg_gaps(scores: dict) -> dict | None:
     "BG-gap (points) of the linear probe and of k-NN from `variant_scores`; None without both mixed variants."
     if not {"mixed_same", "mixed_rand"} <= set(scores): return None
     return {c: bg_gap(scores["mixed_same"][m], scores["mixed_rand"][m]) for c, m in (("linear", "linear_top1"), ("knn5", "knn5"))}
 
+# %% ../nbs/14_eval.ipynb #f2a6ba19
 def benchmark_measures(scores: dict) -> dict:
     "The Backgrounds Challenge's headline numbers from `variant_scores`: BG-gap, background alone, mixed_next (None when absent)."
     bg = next((v for v in ("only_bg_t", "only_bg") if v in scores), None)
     pick = lambda v: None if v is None else {"variant": v, "linear": scores[v]["linear_top1"], "knn5": scores[v]["knn5"]}
     return {"bg_gap": bg_gaps(scores), "bg_only": pick(bg), "mixed_next": pick("mixed_next" if "mixed_next" in scores else None)}
 
+# %% ../nbs/14_eval.ipynb #cfb187d1
 def group_table(preds, labels, groups, num_classes: int, num_groups: int) -> dict:
     "Per (class, group) cell: number of images and accuracy in percent (None for empty cells), as nested lists."
     p, y, g = (torch.as_tensor(t).long().cpu() for t in (preds, labels, groups))
@@ -200,6 +210,7 @@ def group_table(preds, labels, groups, num_classes: int, num_groups: int) -> dic
     acc = [[100.0 * float(h) / float(c) if c > 0 else None for h, c in zip(hr, cr)] for hr, cr in zip(hit, n)]
     return {"count": n.long().tolist(), "acc": acc}
 
+# %% ../nbs/14_eval.ipynb #e15114c2
 def group_measures(preds: dict, data: FgBgData, num_classes: int, min_group: int = 5) -> dict:
     "Worst (class, background) group of each classifier's `preds` on `data`, and the linear probe's per-cell table."
     nb = int(data.backgrounds.max()) + 1
@@ -223,6 +234,7 @@ def _check_splits(train: FgBgData, test: FgBgData, k: int):
     if k > len(train):
         raise ValueError(f"k={k} is larger than the kNN database: the train split {train.name!r} has {len(train)} images")
 
+# %% ../nbs/14_eval.ipynb #facb01e5
 _KNOWN = tuple(dict.fromkeys(VARIANTS + IN9_VARIANTS))  # mask-derived names first, then the benchmark's other folders
 
 def _variants(test: FgBgData, variants) -> tuple:
@@ -241,8 +253,10 @@ def _variants(test: FgBgData, variants) -> tuple:
                               + ", ".join(f"{v} ({w})" for v, w in have.items()))
     return variants if "original" in variants else ("original",) + variants
 
+# %% ../nbs/14_eval.ipynb #e9ba9128
 def _has_bgs(d: FgBgData) -> bool: return len(d) > 0 and bool((d.backgrounds >= 0).all())
 
+# %% ../nbs/14_eval.ipynb #244ccaaf
 def _probe(probe, ftr, train: FgBgData, fte, test: FgBgData, epochs: int, seed: int) -> tuple:
     "(probe, test probabilities, train top-1 or None): a new linear probe, or the given one checked and applied."
     if probe is None:
@@ -251,6 +265,7 @@ def _probe(probe, ftr, train: FgBgData, fte, test: FgBgData, epochs: int, seed: 
     probe = check_probe(probe, ftr.shape[1], train.num_classes).cpu().eval()
     return probe, eval_linear(probe, fte, test.labels)["probs"], None
 
+# %% ../nbs/14_eval.ipynb #dc326fd2
 def _bg_probe(ftr, train: FgBgData, fte, test: FgBgData, num_bgs: int, epochs: int, seed: int) -> dict:
     nbg = max(num_bgs, int(train.backgrounds.max()) + 1)
     bp = bg_probe(ftr, train.backgrounds, fte, test.backgrounds, num_bgs=nbg, epochs=epochs, seed=seed)
@@ -262,6 +277,7 @@ def _spread(n: int, cap: int) -> torch.Tensor:
     "At most `cap` indices spread evenly over range(n) (all of them when n <= cap)."
     return torch.arange(n) if n <= cap else torch.linspace(0, n - 1, cap).round().long().unique()
 
+# %% ../nbs/14_eval.ipynb #815b32e5
 @torch.no_grad()
 def adversarial_backgrounds(model: nn.Module, probe: nn.Linear, fg: FgBgData, masks, pool, mean=None, std=None,
                             max_fg: int = 64, max_bg: int = 64, batch: int = 512, amp: str = "auto") -> dict:
@@ -281,6 +297,7 @@ def adversarial_backgrounds(model: nn.Module, probe: nn.Linear, fg: FgBgData, ma
     return {"fooled": 100.0 * fooled.float().mean().item(), "n_fg": len(x), "n_bg": len(bgs), "pairs": len(x) * len(bgs),
             "max_fg": max_fg, "max_bg": max_bg}
 
+# %% ../nbs/14_eval.ipynb #7d307b26
 def _adv_sources(test: FgBgData, have: dict, seed: int = 0) -> tuple:
     "(foregrounds, their masks, background pool, description) for the adversarial-background measure, or a reason string."
     if test.has_masks: fg, m, src = test, test.masks, "test images with their masks"
@@ -303,6 +320,7 @@ def _eps_label(e: float) -> str:
     k = e * 255
     return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 else f"{e:g}"
 
+# %% ../nbs/14_eval.ipynb #00ff6d7a
 def _eps_list(eps) -> tuple:
     "The attack sizes as a tuple of floats in [0, 1] (one number or a non-empty sequence), checked."
     es = (eps,) if isinstance(eps, numbers.Real) else tuple(eps) if isinstance(eps, (list, tuple)) else ()
@@ -310,6 +328,7 @@ def _eps_list(eps) -> tuple:
         raise ValueError(f"fgsm_eps must be a number in [0, 1] or a non-empty list of them (pixel scale, e.g. 4/255), got {eps!r}")
     return tuple(dict.fromkeys(float(e) for e in es))
 
+# %% ../nbs/14_eval.ipynb #cc3a7f51
 def fgsm_curve(model: nn.Module, images, labels, eps=_FGSM_EPS, mean=None, std=None, bs: int = 256) -> dict:
     "Clean and FGSM accuracy (percent) of an end-to-end `model` at each `eps`: {'clean', 'acc': {'1/255': ...}, 'eps', 'n'}."
     es, x = _eps_list(eps), as_pixels(images)
@@ -325,6 +344,7 @@ def fgsm_curve(model: nn.Module, images, labels, eps=_FGSM_EPS, mean=None, std=N
     acc = [100.0 * h / len(x) for h in hits]
     return {"clean": acc[0], "acc": {_eps_label(e): a for e, a in zip(es, acc[1:])}, "eps": list(es), "n": len(x)}
 
+# %% ../nbs/14_eval.ipynb #a6a2661a
 def _fgsm(e2e: nn.Module, test: FgBgData, n: int, eps, mean, std) -> dict | None:
     n = min(int(n), len(test))
     return fgsm_curve(e2e, test.images[:n], test.labels[:n], eps, mean, std) if n > 0 else None
@@ -369,12 +389,14 @@ def _code_fn(model):
         if isinstance(m, nn.Module) and callable(getattr(type(m), "code", None)): return m.code
     return None
 
+# %% ../nbs/14_eval.ipynb #96560549
 class _Code(nn.Module):
     "A method seen through its code: `forward(x)` is the method's `code(x)`."
     def __init__(self, method: nn.Module):
         super().__init__(); self.method = method
     def forward(self, x): return _code_fn(self.method)(x)
 
+# %% ../nbs/14_eval.ipynb #aa35ae3a
 def dcodr_features(model: nn.Module, which: str = "auto") -> str:
     "What DCoDR's measures of `model` are computed on: 'code' (the method's code, as DCoDR evaluates) or 'backbone'."
     if which not in _DCODR[:3]: raise ValueError(f"unknown dcodr setting {which!r}; allowed: {', '.join(_DCODR)}")
@@ -401,6 +423,7 @@ def _dcodr_data(res: dict, tv: dict, trv) -> tuple:
         return v, tr, te, None
     return None, None, None, reason
 
+# %% ../nbs/14_eval.ipynb #d694e6b3
 def _dcodr(res: dict, tv: dict, trv, emb, feats: str | None, C: int, epochs: int, seed: int, device) -> None:
     "DCoDR's measures into `res['dcodr']` (on `emb`'s features of the chosen images), or the reason into `res['unavailable']`."
     res["dcodr"] = None
@@ -527,12 +550,14 @@ def _need_masks(d: FgBgData, what: str = "the four-setting table"):
                          f"{d.name!r} has none, nor an only_fg folder (datasets with masks: toy, coco-fg, pets, in9 with "
                          "fg_mask; or an ImageNet-9 tree with an only_fg folder)")
 
+# %% ../nbs/14_eval.ipynb #a010e906
 def norm_stats(cfg: Config, image_size) -> tuple[list, list]:
     "Per-channel mean and std that the training run of `cfg` normalised its images with (its augmentation preset)."
     preset = resolve_defaults(cfg).data.augment   # null in a config: the method's own
     aug = TwoViewAugment(preset, size=image_size if isinstance(image_size, int) else max(image_size))
     return aug.mean.flatten().tolist(), aug.std.flatten().tolist()
 
+# %% ../nbs/14_eval.ipynb #3a0a1041
 def train_method(cfg: Config, train: FgBgData, variant: str = "original", cbs=(), run_dir=None, monitor_data=None) -> Learner:
     "Train `cfg`'s method on the `variant` images of `train` with the engine; returns the fitted `Learner`."
     if variant != "original": _need_masks(train, f"training on {variant!r} images")
@@ -564,6 +589,7 @@ def four_settings_table(models: dict, train: FgBgData, test: FgBgData, mean=None
                          "knn5" if k == 5 else f"knn{k}": accuracy(knn_predict(ftr, tr.labels, fte, k=k), te.labels)}
     return out
 
+# %% ../nbs/14_eval.ipynb #a0a580f1
 def four_settings(cfg: Config, train: FgBgData | None = None, test: FgBgData | None = None, k: int = 5,
                   probe_epochs: int = 100, cbs=(), return_learners: bool = False):
     "Train `cfg` on full and on foreground-only images and test each on both: the four-setting table (percent)."
@@ -579,6 +605,7 @@ def four_settings(cfg: Config, train: FgBgData | None = None, test: FgBgData | N
 # %% ../nbs/14_eval.ipynb #d3c19cb8
 def _first_line(e) -> str: return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
+# %% ../nbs/14_eval.ipynb #8d1c73ea
 def method_from_checkpoint(path, image_size: int = 32, device=None) -> tuple:
     "The trained method of an `iclmsr train` checkpoint (eval mode), its `Config` and the checkpoint dict."
     ck = load_checkpoint(path)
@@ -598,6 +625,7 @@ def method_from_checkpoint(path, image_size: int = 32, device=None) -> tuple:
     if device is not None: m.to(get_device(device))
     return m.eval(), cfg, ck
 
+# %% ../nbs/14_eval.ipynb #7bf0240d
 def check_fits(model: nn.Module, data: FgBgData, mean=None, std=None, where: str = "the model"):
     "Embed two images of `data` to check that `model` can process them; returns the feature size."
     try: f = embed(model, data.images[:2], mean, std, amp="off")
@@ -612,6 +640,7 @@ def save_probe(probe: nn.Linear, path, classes=None) -> Path:
     return atomic_save({"format": "iclmsr.probe", "weight": probe.weight.detach().cpu(), "bias": probe.bias.detach().cpu(),
                         "classes": list(classes) if classes is not None else None}, path)
 
+# %% ../nbs/14_eval.ipynb #d5b3806a
 def load_probe(path) -> tuple:
     "A probe written by `save_probe`: `(nn.Linear, classes)`."
     path = Path(path)
@@ -634,6 +663,7 @@ def default_test_split(spec: str) -> str:
             if s in pool: return s
     return "test"
 
+# %% ../nbs/14_eval.ipynb #460fb010
 def package_versions() -> dict:
     "The versions of iclmsr and the packages its numbers depend on (written into every results.json)."
     from iclmsr import __version__
@@ -648,6 +678,7 @@ def _given_probe(path, dim: int, train: FgBgData, spec: str) -> nn.Linear:
                          f"{', '.join(train.classes[:10])}")
     return pr
 
+# %% ../nbs/14_eval.ipynb #daa6a3b1
 def _checkpoint_spec(ckpt, data) -> str:
     ck = load_checkpoint(ckpt)
     if not isinstance(ck, dict) or not isinstance(ck.get("config"), dict):
@@ -656,6 +687,7 @@ def _checkpoint_spec(ckpt, data) -> str:
     if not spec: raise ValueError("--data SPEC is required: the checkpoint does not name the dataset it was trained on")
     return spec
 
+# %% ../nbs/14_eval.ipynb #7df6974d
 def split_spec_variant(spec: str) -> tuple:
     "`(spec without its variant= option, that variant or None)`: in evaluation a spec's variant names a test set."
     name, _, rest = spec.strip().partition(":")
@@ -664,6 +696,7 @@ def split_spec_variant(spec: str) -> tuple:
     keep, var = [p for p in parts if not isv(p)], next((p.partition("=")[2].strip() for p in parts if isv(p)), None)
     return name + (":" + ",".join(keep) if keep else ""), var
 
+# %% ../nbs/14_eval.ipynb #7e69cbd2
 def eval_checkpoint(ckpt, data: str | None = None, k: int = 5, train_split: str = "train", test_split: str | None = None,
                     variants: str | None = None, probe=None, probe_epochs: int = 100, fgsm_n: int = 512, device="auto",
                     batch: int = 512, cache: bool = True, probe_out=None, train_variant: str = "original",

@@ -177,6 +177,7 @@ def check_epochs(self: ExCon, epochs: int):
         raise ValueError(f"exp_epochs={self.exp_epochs} is beyond the run's {epochs} epochs (train.epochs): the masked "
                          "views would never be used; set it to at most train.epochs, or null for a quarter of the run")
 
+# %% ../nbs/06b_excon.ipynb #a757ab21
 @patch(cls_method=True)
 def data_options(cls: ExCon, data, augment: str) -> dict:
     "The classifier's class count: the training data's (at least 2)."

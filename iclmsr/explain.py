@@ -20,15 +20,18 @@ __all__ = ['ExplainError', 'grad_cam', 'normalise_cam', 'saliency_mask', 'cam_la
 class ExplainError(UserError, ValueError):
     "Bad input to an `iclmsr.explain` function; the message is one line: what was expected, what came."
 
+# %% ../nbs/11_explain.ipynb #c658bdca
 def _got(x) -> str:
     return f"{x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
 
+# %% ../nbs/11_explain.ipynb #c4e4d087
 def _check_images(images) -> torch.Tensor:
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3 or not len(images) \
             or not images.is_floating_point():
         raise ExplainError(f"images must be a non-empty float tensor (B, 3, H, W), got a {_got(images)}")
     return images
 
+# %% ../nbs/11_explain.ipynb #4fd80a22
 def _check_targets(targets, n: int, name: str = "targets") -> torch.Tensor:
     if isinstance(targets, numbers.Integral) and not isinstance(targets, bool): targets = [int(targets)] * n
     try: t = targets if isinstance(targets, torch.Tensor) else torch.as_tensor(targets)
@@ -39,6 +42,7 @@ def _check_targets(targets, n: int, name: str = "targets") -> torch.Tensor:
         raise ExplainError(f"{name} must hold one class id per image ({n}), got shape {tuple(t.shape)}")
     return t.long()
 
+# %% ../nbs/11_explain.ipynb #33861481
 def _check_layer(model: nn.Module, layer) -> nn.Module:
     if isinstance(layer, str):
         try: return model.get_submodule(layer)
@@ -68,6 +72,7 @@ def _layer_forward(model, layer, images):
     if seen[0].ndim != 4: raise ExplainError(f"layer output must be (B, C, h, w) for Grad-CAM, got shape {tuple(seen[0].shape)}")
     return logits, seen[0]
 
+# %% ../nbs/11_explain.ipynb #ad162c64
 def grad_cam(model: nn.Module, layer, images: torch.Tensor, targets, relu: bool = False) -> torch.Tensor:
     "Layer Grad-CAM of `model`'s logits for `targets` at `layer`, bilinearly upsampled: (B, H, W), not normalised."
     images = _check_images(images)
@@ -90,6 +95,7 @@ def _check_cam(cam, name: str = "cam") -> torch.Tensor:
     if not torch.isfinite(cam).all(): raise ExplainError(f"{name} holds NaN or infinite values")
     return cam
 
+# %% ../nbs/11_explain.ipynb #8ea16918
 def normalise_cam(cam: torch.Tensor) -> torch.Tensor:
     "Per-image min-max scaling of maps (B, H, W) to [0, 1]; a constant map becomes all zeros."
     cam = _check_cam(cam)
@@ -97,6 +103,7 @@ def normalise_cam(cam: torch.Tensor) -> torch.Tensor:
     lo, rng = flat.min(1).values.view(-1, 1, 1), (flat.max(1).values - flat.min(1).values).view(-1, 1, 1)
     return torch.where(rng > 0, (cam - lo) / rng.clamp_min(torch.finfo(cam.dtype).tiny), torch.zeros_like(cam))
 
+# %% ../nbs/11_explain.ipynb #1ab2c24a
 def saliency_mask(cam: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
     "The salient pixels: the per-image min-max normalised `cam` (B, H, W) strictly above `threshold`, as bool (B, H, W)."
     if not isinstance(threshold, numbers.Real) or isinstance(threshold, bool) or not 0 <= threshold <= 1:
@@ -111,6 +118,7 @@ def _resnet_layer(net, image_size: int) -> nn.Module:
     block = (net.layer2 if image_size < 64 else net.layer4)[-1]
     return block.conv3 if hasattr(block, "conv3") else block.conv2
 
+# %% ../nbs/11_explain.ipynb #0fae125c
 def cam_layer(backbone, image_size: int):
     "ExCon's Grad-CAM layer: its dotted name in a `Backbone` for a backbone name, the module itself for a model."
     if not isinstance(image_size, numbers.Integral) or isinstance(image_size, bool) or image_size < 8:
@@ -139,6 +147,7 @@ def top_pixels(cam: torch.Tensor, frac: float = 0.15) -> torch.Tensor:
     if k: keep.scatter_(1, flat.topk(k, dim=1).indices, True)
     return keep.view_as(cam)
 
+# %% ../nbs/11_explain.ipynb #439993e0
 def _check_probs(y, o):
     y, o = torch.as_tensor(y, dtype=torch.float64).cpu(), torch.as_tensor(o, dtype=torch.float64).cpu()
     if y.ndim != 1 or y.shape != o.shape or not len(y):
@@ -147,11 +156,13 @@ def _check_probs(y, o):
         raise ExplainError("the confidences must be probabilities in [0, 1], the ones on the full images > 0")
     return y, o
 
+# %% ../nbs/11_explain.ipynb #b3075f25
 def average_drop(p_orig, p_masked) -> float:
     "ExCon's Average Drop in percent: the mean over images of max(0, Y - O) / Y (class probability on the full / explanation image)."
     y, o = _check_probs(p_orig, p_masked)
     return 100.0 * ((y - o).clamp_min(0) / y).mean().item()
 
+# %% ../nbs/11_explain.ipynb #ccd81065
 def increase_in_confidence(p_orig, p_masked) -> float:
     "ExCon's Increase in Confidence in percent: the share of images whose class probability rises on the explanation image."
     y, o = _check_probs(p_orig, p_masked)
@@ -163,12 +174,14 @@ def _check_masks(masks, cam) -> torch.Tensor:
         raise ExplainError(f"masks must be a bool tensor of the maps' shape {tuple(cam.shape)}, got a {_got(masks)}")
     return masks.to(cam.device)
 
+# %% ../nbs/11_explain.ipynb #3ec9e065
 def mask_iou(cam: torch.Tensor, masks: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
     "Per image, the IoU of `saliency_mask(cam, threshold)` with the true foreground `masks` (B, H, W); 1 when both are empty."
     s = saliency_mask(cam, threshold); m = _check_masks(masks, cam)
     inter, union = (s & m).flatten(1).sum(1), (s | m).flatten(1).sum(1)
     return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(inter, dtype=torch.float))
 
+# %% ../nbs/11_explain.ipynb #8d2bd201
 def pointing_game(cam: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     "Per image, a hit (bool) when the map's maximum lies inside the mask: its maximum inside beats its maximum outside."
     cam = _check_cam(cam); m = _check_masks(masks, cam)
@@ -177,6 +190,7 @@ def pointing_game(cam: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     outside = torch.where(m, ninf, cam).flatten(1).max(1).values
     return inside > outside
 
+# %% ../nbs/11_explain.ipynb #8e6165c3
 def energy_share(cam: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     "Per image, the share of the map's positive part that lies inside the mask; 0 for a map with no positive value."
     cam = _check_cam(cam); m = _check_masks(masks, cam)
@@ -191,9 +205,11 @@ def _rgb_pixels(images) -> torch.Tensor:
         raise ExplainError(f"images must be a non-empty batch (B, 3, H, W) of uint8 or [0, 1] pixels, got a {_got(images)}")
     return as_pixels(images, error=ExplainError)
 
+# %% ../nbs/11_explain.ipynb #fd938277
 @torch.no_grad()
 def _probs(model, x): return model(x).float().softmax(1)
 
+# %% ../nbs/11_explain.ipynb #64860ce7
 def _batch_measures(model, layer, x, y, m, frac, threshold, relu, target) -> dict:
     "Per-image measures on one normalised batch `x` (the model already in eval mode)."
     p = _probs(model, x)

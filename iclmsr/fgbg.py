@@ -23,6 +23,7 @@ def _tensor(x):
     if isinstance(x, np.ndarray): return torch.from_numpy(np.ascontiguousarray(x))
     return torch.as_tensor(x)
 
+# %% ../nbs/01a_fgbg.ipynb #7d655834
 def check_plain(obj, what: str):
     "`obj` itself if it holds only JSON-like values (what `json` and `torch.load(weights_only=True)` accept); else a one-line `ValueError` naming `what`."
     try: json.dumps(obj)
@@ -89,22 +90,26 @@ def num_classes(self: FgBgData) -> int:
     "Number of classes (`len(classes)`)."
     return len(self.classes)
 
+# %% ../nbs/01a_fgbg.ipynb #8905d7ad
 @patch(as_prop=True)
 def image_size(self: FgBgData):
     "Side of the (square) images; `(H, W)` when they are not square."
     h, w = self.images.shape[-2:]
     return h if h == w else (h, w)
 
+# %% ../nbs/01a_fgbg.ipynb #4a04a3bc
 @patch(as_prop=True)
 def has_masks(self: FgBgData) -> bool:
     "Whether foreground masks are known (needed for every variant but `original`)."
     return self.masks is not None
 
+# %% ../nbs/01a_fgbg.ipynb #3c24aed7
 @patch(as_prop=True)
 def device(self: FgBgData) -> torch.device:
     "The device holding the tensors."
     return self.images.device
 
+# %% ../nbs/01a_fgbg.ipynb #3f327f80
 @patch(as_prop=True)
 def bg_names(self: FgBgData) -> list:
     "Names of the background families, indexed by background id (`meta['bg_names']`; empty when unknown)."
@@ -132,6 +137,7 @@ def subset(self: FgBgData, idx) -> FgBgData:
     return self.replace(images=sel(self.images), masks=sel(self.masks), labels=sel(self.labels),
                         backgrounds=sel(self.backgrounds), bg_images=sel(self.bg_images))
 
+# %% ../nbs/01a_fgbg.ipynb #c1200387
 @patch
 def __getitem__(self: FgBgData, i):
     "One sample as a dict (`i` an integer) or a `subset` (anything else)."
@@ -171,6 +177,7 @@ def state(self: FgBgData) -> dict:
             "labels": cpu(self.labels), "backgrounds": cpu(self.backgrounds), "bg_images": cpu(self.bg_images),
             "classes": list(self.classes), "name": self.name, "meta": check_plain(self.meta, f"meta of {self.name!r}")}
 
+# %% ../nbs/01a_fgbg.ipynb #99b6e16e
 @patch_to(FgBgData, static_method=True)
 def from_state(d: dict, where="state") -> FgBgData:
     "The dataset back from `state()`; `where` names the source in errors."
@@ -186,6 +193,7 @@ def save(self: FgBgData, path) -> Path:
     "Write the dataset to `path` (readable with `torch.load(weights_only=True)`)."
     return atomic_torch_save(self.state(), path, what="dataset")
 
+# %% ../nbs/01a_fgbg.ipynb #ac52a59b
 @patch_to(FgBgData, static_method=True)
 def load(path, device=None) -> FgBgData:
     "Read a dataset written by `FgBgData.save`, optionally onto `device`."
@@ -203,6 +211,7 @@ def _box_sum(x: torch.Tensor, r: int) -> torch.Tensor:
     c = x.cumsum(-1); c = c[..., k:] - c[..., :-k]
     c = c.cumsum(-2); return c[..., k:, :] - c[..., :-k, :]
 
+# %% ../nbs/01a_fgbg.ipynb #60183fe7
 def inpaint(img: torch.Tensor, hole: torch.Tensor, empty: float = 0.5) -> torch.Tensor:
     "Fill `hole` (bool N,H,W) of float images (N,C,H,W) from the surrounding pixels (onion-peel normalised convolution)."
     known = (~hole)[:, None].to(img.dtype)
@@ -216,6 +225,7 @@ def inpaint(img: torch.Tensor, hole: torch.Tensor, empty: float = 0.5) -> torch.
         r *= 2
     return torch.where(todo[:, None], torch.full_like(out, empty), out)  # images that are all foreground
 
+# %% ../nbs/01a_fgbg.ipynb #94820fc4
 def tile_fill(img: torch.Tensor, hole: torch.Tensor) -> torch.Tensor:
     "Fill `hole` (bool N,H,W) with background texture copied from shifted positions of the same image."
     H, W = hole.shape[-2:]
@@ -253,10 +263,12 @@ def _donors(labels: torch.Tensor, kind: str, g: torch.Generator) -> torch.Tensor
     r = torch.where(same & (c > 1) & (r >= rank), r + 1, r)          # skip the sample itself
     return order[starts[target] + r.clamp_max(c - 1)]
 
+# %% ../nbs/01a_fgbg.ipynb #07859ad0
 def _chunked(fn, *ts, chunk=1024):
     "Apply `fn` to matching chunks of tensors along dim 0 and concatenate (bounded memory)."
     return torch.cat([fn(*(t[i:i + chunk] for t in ts)) for i in range(0, len(ts[0]), chunk)])
 
+# %% ../nbs/01a_fgbg.ipynb #a0216866
 _f = lambda u8: u8.float().div_(255)
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
     "Float images in [0, 1] as uint8: times 255, rounded (half to even), clamped to 0..255."
@@ -275,6 +287,7 @@ def train_cooccurrence(self: FgBgData):
         return t
     return None
 
+# %% ../nbs/01a_fgbg.ipynb #c26a7bda
 @patch
 def typical_backgrounds(self: FgBgData):
     "Per class the background id it co-occurs with most in training (-1: tie or none); None when that is unknown."
@@ -297,6 +310,7 @@ def _draw(key: torch.Tensor, target: torch.Tensor, g: torch.Generator) -> torch.
     r = torch.where(same & (c > 1) & (r >= rank), r + 1, r)          # skip the sample itself
     return order[starts[target] + r.clamp_max(c - 1)]
 
+# %% ../nbs/01a_fgbg.ipynb #cc2f2766
 def _typical_donors(labels, backgrounds, typical, d, g) -> torch.Tensor:
     "Replace the donors `d` by images whose background id is the one typical of each sample's class (where one exists)."
     want = torch.zeros_like(labels); lab = labels >= 0

@@ -36,6 +36,7 @@ class BackgroundPool:
         st = f"{len(self.ids)} strata" if self.strata is not None else "no strata (uniform over images)"
         return f"BackgroundPool({self.name!r}: {len(self)} images {tuple(self.images.shape[-2:])}, {st})"
 
+# %% ../nbs/02d_intervene.ipynb #92d939d9
 def background_pool(data) -> BackgroundPool:
     "The pool of `data` (an `FgBgData`): its background-only images (or inpainted backgrounds) and background ids."
     if not data.has_masks:
@@ -74,6 +75,7 @@ class BackgroundIntervention:
     def __repr__(self):
         return f"BackgroundIntervention(views={self.views!r}, p={self.p}, bg_negative={self.bg_negative}, {self.pool!r})"
 
+# %% ../nbs/02d_intervene.ipynb #0c728a68
 @patch
 def __call__(self: BackgroundIntervention, images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator | None = None):
     "`(x1, x2, swapped)`: the source images of the two views (uint8) and a (2, B) bool of the rows whose background was swapped."

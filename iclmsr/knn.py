@@ -35,6 +35,7 @@ def as_feats(x, name: str = "feats", dim: int | None = None) -> torch.Tensor:
         raise ValueError(f"{name} contains {int(bad.sum())} NaN/inf values in {len(rows)} row(s), first row {int(rows[0])}")
     return t
 
+# %% ../nbs/09_knn.ipynb #30a354a9
 def as_labels(y, name: str = "labels", n: int | None = None) -> torch.Tensor:
     "`y` as a 1-D int64 tensor; `n` checks its length against the matching features."
     t = torch.as_tensor(y) if not isinstance(y, torch.Tensor) else y
@@ -54,6 +55,7 @@ _GPU_RES = {}  # one StandardGpuResources per (device, temp memory): creating th
 def _faiss_gpus() -> int:
     return int(faiss.get_num_gpus()) if faiss is not None and hasattr(faiss, "get_num_gpus") else 0
 
+# %% ../nbs/09_knn.ipynb #f7953efd
 def _gpu_res(dev: int, temp_memory: int):
     key = (dev, temp_memory)
     if key not in _GPU_RES:
@@ -62,6 +64,7 @@ def _gpu_res(dev: int, temp_memory: int):
         _GPU_RES[key] = res
     return _GPU_RES[key]
 
+# %% ../nbs/09_knn.ipynb #ae01ba8a
 def _faiss_device(device) -> int | None:
     "GPU id for FAISS, or None for the CPU."
     if device is None or str(device) == "auto": return 0 if _faiss_gpus() > 0 else None
@@ -86,6 +89,7 @@ def _check_index_args(dim, metric, kind, nlist, nprobe, backend):
     if nlist is not None and nlist < 1: raise ValueError(f"nlist must be >= 1, got {nlist}")
     if nprobe < 1: raise ValueError(f"nprobe must be >= 1, got {nprobe}")
 
+# %% ../nbs/09_knn.ipynb #0d6e2b21
 class FeatureIndex:
     "k-nearest-neighbour search over a database of feature vectors, with FAISS or torch."
     def __init__(self, dim: int, metric: str = "cos", kind: str = "flat", nlist: int | None = None, nprobe: int = 16,
@@ -116,6 +120,7 @@ def _resolve(self: FeatureIndex, x: torch.Tensor):
         self.backend = "torch" if (faiss is None or (x.is_cuda and self.kind == "flat")) else "faiss"
     if self.backend == "faiss": self.gpu = _faiss_device(self.device)
 
+# %% ../nbs/09_knn.ipynb #359369fd
 @patch
 def _build(self: FeatureIndex, x: np.ndarray):
     "Create the FAISS index for the first batch `x` (an IVF index's cells are trained on a subset of it)."
@@ -171,6 +176,7 @@ def search(self: FeatureIndex, queries, k: int = 5, batch: int | None = None) ->
     out = [self._index.search(qn[i:i + batch], k) for i in range(0, len(qn), batch)]
     return torch.from_numpy(np.concatenate([o[0] for o in out])), torch.from_numpy(np.concatenate([o[1] for o in out])).long()
 
+# %% ../nbs/09_knn.ipynb #8646464a
 @patch
 def _search_torch(self: FeatureIndex, q, k, batch):
     "Exact search by blocks of `batch` queries: a matrix product against the database and `topk`."
@@ -202,10 +208,12 @@ def knn_vote(nbr_labels: torch.Tensor, num_classes: int, weights: torch.Tensor |
     w = valid.float() if weights is None else weights * valid
     return torch.zeros(len(nbr_labels), num_classes, dtype=w.dtype, device=nbr_labels.device).scatter_add_(1, nbr_labels.clamp_min(0), w)
 
+# %% ../nbs/09_knn.ipynb #f394273b
 def vote_argmax(scores: torch.Tensor) -> torch.Tensor:
     "Column of the maximum per row, the smallest column among equal maxima."
     return scores.argmax(1)  # torch documents argmax as returning the first maximal index
 
+# %% ../nbs/09_knn.ipynb #733c192c
 def _neighbours(train_feats, train_labels, query_feats, k, metric, backend, device, batch):
     x = as_feats(train_feats, "train_feats")
     y = as_labels(train_labels, "train_labels", len(x))
@@ -219,12 +227,14 @@ def _neighbours(train_feats, train_labels, query_feats, k, metric, backend, devi
     nbr = torch.where(i >= 0, yi[i.clamp_min(0)], torch.full_like(i, -1))
     return s, nbr, classes.to(i.device)
 
+# %% ../nbs/09_knn.ipynb #448884e0
 def knn_predict(train_feats, train_labels, query_feats, k: int = 5, metric: str = "cos", backend: str = "auto",
                 device: str | None = "auto", batch: int | None = None) -> torch.Tensor:
     "Majority vote over the `k` nearest training vectors (cosine by default); ties go to the smallest label."
     s, nbr, classes = _neighbours(train_feats, train_labels, query_feats, k, metric, backend, device, batch)
     return classes[vote_argmax(knn_vote(nbr, len(classes)))]
 
+# %% ../nbs/09_knn.ipynb #c0c4d2c1
 def weighted_knn_predict(train_feats, train_labels, query_feats, k: int = 200, T: float = 0.1, backend: str = "auto",
                          device: str | None = "auto", batch: int | None = None, num_classes: int | None = None,
                          return_scores: bool = False):

@@ -27,6 +27,7 @@ __all__ = ['EVENTS', 'CancelFit', 'Callback', 'lr_factor', 'make_optimizer', 'di
 class CancelFit(Exception):
     "Raised by a callback (or `Learner.stop`) to end `fit` cleanly after the current batch."
 
+# %% ../nbs/12_learner.ipynb #2d21fd8f
 EVENTS = ("before_fit", "before_epoch", "before_stage", "before_batch", "after_backward", "after_batch", "after_stage",
           "after_epoch", "after_fit")
 
@@ -52,6 +53,7 @@ def lr_factor(step: int, total: int, warmup: int = 0, schedule: str = "cosine", 
         return w * (0.2 ** ((frac >= first) + (frac >= second)))
     raise ValueError(f"unknown schedule {schedule!r}; allowed: cosine, step, constant")
 
+# %% ../nbs/12_learner.ipynb #9507ec6f
 def make_optimizer(params, name: str, lr: float, weight_decay: float, momentum: float = 0.9):
     "The optimiser named by the config; `params` are tensors, or groups `{'params': [...]}` (a group may set its own `lr`)."
     params = list(params)
@@ -76,6 +78,7 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
+# %% ../nbs/12_learner.ipynb #aa34d71c
 def average_gradients(params):
     "All-reduce and average the gradients of `params` across processes (no-op in one process)."
     if not (dist.is_initialized() and dist.get_world_size() > 1): return
@@ -202,6 +205,7 @@ def __call__(self: Learner, event: str):
         f = getattr(cb, event, None)
         if f is not None: f()
 
+# %% ../nbs/12_learner.ipynb #10139ae2
 @patch
 def stop(self: Learner):
     "Ask the run to end before the next batch (thread-safe: the dashboard's Stop, a signal handler)."
@@ -216,11 +220,13 @@ class _IndexBatches(torch.utils.data.Dataset):
     def __init__(self, data, needs): self.data, self.needs = data, needs
     def __getitem__(self, key): return tuple(gather(self.data, i, self.needs) for i in key)
 
+# %% ../nbs/12_learner.ipynb #dc8ace8c
 @patch
 def _order_seed(self: Learner, stage: str) -> int:
     "The seed of the domain-balanced batches of `stage` (the meta stage draws batches of its own)."
     return 2 * self.seed + (stage == "meta")
 
+# %% ../nbs/12_learner.ipynb #400c8bb0
 @patch
 def epoch_order(self: Learner, epoch: int, stage: str = "fit") -> torch.Tensor:
     "The training images of `epoch` and `stage` in batch order, from their own seeded generator: a permutation, or the epoch's domain-balanced batches one after the other."
@@ -232,6 +238,7 @@ def epoch_order(self: Learner, epoch: int, stage: str = "fit") -> torch.Tensor:
     g = torch.Generator().manual_seed(self.seed * 1_000_003 + 2 * epoch + (stage == "meta"))
     return torch.randperm(len(self.data), generator=g)
 
+# %% ../nbs/12_learner.ipynb #f8a6353d
 @patch
 def batch_indices(self: Learner, order: torch.Tensor, b: int) -> torch.Tensor:
     "This process's share of global batch `b` of `order`."
@@ -239,12 +246,14 @@ def batch_indices(self: Learner, order: torch.Tensor, b: int) -> torch.Tensor:
     start = b * self.batch_size + self.rank * per
     return order[start:start + per]
 
+# %% ../nbs/12_learner.ipynb #80a9b237
 @patch
 def stage_keys(self: Learner, stage: str, order: torch.Tensor, start: int, n: int) -> list:
     "This process's index batches for steps `start..n-1` of `stage`: `(idx,)` per fit step, `(idx_a, idx_b)` per meta step."
     if stage == "fit": return [(self.batch_indices(order, b),) for b in range(start, n)]
     return [(self.batch_indices(order, b), self.batch_indices(order, (b + n) % self.batches_per_epoch)) for b in range(start, n)]
 
+# %% ../nbs/12_learner.ipynb #5fbb5f26
 @patch
 def stage_batches(self: Learner, keys: list):
     "The raw fields (`iclmsr.batch.gather`) of every key: gathered here, or by `workers` DataLoader worker processes."
@@ -256,6 +265,7 @@ def stage_batches(self: Learner, keys: list):
                                             num_workers=self.workers, pin_memory=self.device.type == "cuda",
                                             generator=torch.Generator()))
 
+# %% ../nbs/12_learner.ipynb #6b85c85d
 @patch
 def make_batch(self: Learner, raw: dict, k: int = 0) -> Batch:
     "The `Batch` of one step from raw fields (the `k`-th of the step): views drawn on the training device, only the fields the method needs; the intervention, if any, first."
@@ -265,6 +275,7 @@ def make_batch(self: Learner, raw: dict, k: int = 0) -> Batch:
 # %% ../nbs/12_learner.ipynb #6bab82b8
 def _scalar(v): return float(v.detach().float()) if torch.is_tensor(v) else float(v)
 
+# %% ../nbs/12_learner.ipynb #0050be6b
 @patch
 def fit_batch(self: Learner, batch: Batch):
     "Stage 1: one optimiser step of encoder and heads on the total loss of `batch`."
@@ -287,6 +298,7 @@ def fit_batch(self: Learner, batch: Batch):
     if batch.swapped is not None:   # do(background): the share of the intervened views that got a new background
         self.last_batch["swapped_share"] = _scalar(batch.swapped[:1 if self.intervene.views == "one" else 2].float().mean())
 
+# %% ../nbs/12_learner.ipynb #d2542407
 @patch
 def meta_batch(self: Learner, batch_a: Batch, batch_b: Batch):
     "Stage 2: one update of the stratum vectors through the meta-gradient, encoder fixed (outer objective on `batch_b`)."
@@ -316,6 +328,7 @@ def _run_stage(self: Learner, stage: str, start: int):
         self("after_batch")
     self("after_stage")
 
+# %% ../nbs/12_learner.ipynb #7bc95385
 @patch
 def fit(self: Learner, epochs: int | None = None):
     "Train until `epochs` epochs are done in all (a resumed run continues where it stopped); returns the learner."
@@ -346,6 +359,7 @@ def _rng_states(self: Learner):
     dist.all_gather_object(states, rng_state())
     return states
 
+# %% ../nbs/12_learner.ipynb #6baccebc
 @patch
 def state_dict(self: Learner, epoch_end: bool = False) -> dict:
     "Everything needed to continue this run bit for bit (`epoch_end`: positioned at the start of the next epoch)."
@@ -358,6 +372,7 @@ def state_dict(self: Learner, epoch_end: bool = False) -> dict:
             "config": config_to_dict(self.cfg) if self.cfg is not None else None, "version": __version__,
             "metrics": dict(self.metrics)}
 
+# %% ../nbs/12_learner.ipynb #27de37d2
 @patch
 def load_state_dict(self: Learner, ck: dict):
     "Restore a `state_dict`: weights, optimisers, schedule, position, metrics and every process's generators."
@@ -378,6 +393,7 @@ def load_state_dict(self: Learner, ck: dict):
     for cb in self.cbs:
         cb.after_load(ck)
 
+# %% ../nbs/12_learner.ipynb #4515457e
 @patch
 def resume(self: Learner, path: str | Path | None = None):
     "Continue from a checkpoint (default `run_dir/last.pt`); refuses one written by a different config."

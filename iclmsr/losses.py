@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from .utils import check_tau, check_k, at_least_float32
 
 # %% auto #0
-__all__ = ['NEGATIVES', 'full_precision', 'nt_xent', 'icl_loss', 'byol_loss', 'barlow_twins_loss', 'whiten', 'wmse_loss',
-           'supcon_loss', 'dcodr_negatives', 'dcodr_loss']
+__all__ = ['NEGATIVES', 'full_precision', 'check_pair', 'nt_xent', 'icl_loss', 'byol_loss', 'barlow_twins_loss', 'whiten',
+           'wmse_loss', 'supcon_loss', 'dcodr_negatives', 'dcodr_loss']
 
 # %% ../nbs/04_losses.ipynb #3cca13a1
 @contextmanager
@@ -20,7 +20,9 @@ def full_precision(t: torch.Tensor):
     "Switch autocast off for `t`'s device type."
     with torch.autocast(device_type=t.device.type, enabled=False): yield
 
-def _check_pair(z1, z2, min_n=2):
+# %% ../nbs/04_losses.ipynb #a475120e
+def check_pair(z1, z2, min_n=2):
+    "Refuse, in one line, two projection batches that are not (N, d) of the same shape with N >= `min_n`."
     if z1.ndim != 2 or z1.shape != z2.shape:
         raise ValueError(f"z1 and z2 must be (N, d) of the same shape, got z1 {tuple(z1.shape)} and z2 {tuple(z2.shape)}")
     if z1.shape[0] < min_n: raise ValueError(f"need a batch of N >= {min_n} pairs, got z1 {tuple(z1.shape)}")
@@ -32,6 +34,7 @@ def _joint(z1, z2):
     n2 = Z.shape[0]
     return Z, (torch.arange(n2, device=Z.device) + n2 // 2) % n2
 
+# %% ../nbs/04_losses.ipynb #5f258215
 def _anchor_rows(anchors, n2: int, device) -> torch.Tensor:
     "The anchor rows of the stacked (2N, d) projections: all of them, or the given indices."
     if anchors is None: return torch.arange(n2, device=device)
@@ -42,14 +45,16 @@ def _anchor_rows(anchors, n2: int, device) -> torch.Tensor:
         raise ValueError(f"anchors must index the 2N = {n2} stacked rows, got values in [{int(a.min())}, {int(a.max())}]")
     return a.long()
 
+# %% ../nbs/04_losses.ipynb #7c09011c
 def _self_mask(rows, n2):
     "(len(rows), 2N) mask of each anchor's own column."
     return rows[:, None] == torch.arange(n2, device=rows.device)[None, :]
 
+# %% ../nbs/04_losses.ipynb #eb88d449
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, tau: float = 0.5, anchors: torch.Tensor | None = None,
             extra: torch.Tensor | None = None) -> torch.Tensor:
     "SimCLR's NT-Xent loss, mean over the 2N anchors (or over the rows `anchors`); z normalised inside; `extra` (N, d): row i one more negative of image i's two anchors only."
-    _check_pair(z1, z2); check_tau(tau)
+    check_pair(z1, z2); check_tau(tau)
     if extra is not None and extra.shape != z1.shape:
         raise ValueError(f"extra must be (N, d) = {tuple(z1.shape)}, one negative per image, got {tuple(extra.shape)}")
     with full_precision(z1):
@@ -61,7 +66,6 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, tau: float = 0.5, anchors: torch
             E = F.normalize(extra.to(Z.dtype), dim=1)
             s = torch.cat([s, (Z[rows] * E[rows % len(z1)]).sum(1, keepdim=True) / tau], 1)
         return (torch.logsumexp(s, 1) - s[torch.arange(len(rows), device=Z.device), partner[rows]]).mean()
-
 
 # %% ../nbs/04_losses.ipynb #457c22d2
 NEGATIVES = ("all", "cross")
@@ -75,14 +79,16 @@ def _neg_lse(Z, tau, negatives, rows):
     s = (Z[rows] @ Z.T / tau).masked_fill(~ok, float("-inf"))
     return torch.logsumexp(s, 1)
 
+# %% ../nbs/04_losses.ipynb #c3c9b46e
 def _check_strata(a, d):
     if a.ndim != 2 or a.shape[1] != d or a.shape[0] < 1:
         raise ValueError(f"a must be (n, d) with n >= 1 strata and d = {d} (the projections' dim), got a {tuple(a.shape)}")
 
+# %% ../nbs/04_losses.ipynb #a551bfe6
 def icl_loss(z1: torch.Tensor, z2: torch.Tensor, a: torch.Tensor, tau: float = 0.5, negatives: str = "all",
              anchors: torch.Tensor | None = None) -> torch.Tensor:
     "ICL-MSR's interventional contrastive loss (the paper's formula), mean over the 2N anchors (or the rows `anchors`); `a` is (n, d) after activation."
-    _check_pair(z1, z2); check_tau(tau); _check_strata(a, z1.shape[1])
+    check_pair(z1, z2); check_tau(tau); _check_strata(a, z1.shape[1])
     if negatives not in NEGATIVES: raise ValueError(f"negatives must be one of {', '.join(NEGATIVES)}; got {negatives!r}")
     with full_precision(z1):
         z1, z2, a = at_least_float32(z1, z2, a)
@@ -99,7 +105,7 @@ def icl_loss(z1: torch.Tensor, z2: torch.Tensor, a: torch.Tensor, tau: float = 0
 # %% ../nbs/04_losses.ipynb #d5349a6c
 def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     "Normalised MSE 2 - 2 cos(p, z), mean over the batch (pass the target `z` without gradient)."
-    _check_pair(p, z, min_n=1)
+    check_pair(p, z, min_n=1)
     with full_precision(p):
         p, z = at_least_float32(p, z)
         return 2 - 2 * F.cosine_similarity(p, z, dim=1, eps=1e-8).mean()
@@ -107,9 +113,10 @@ def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 # %% ../nbs/04_losses.ipynb #72f7cae4
 def _standardise(z): return F.batch_norm(z, None, None, training=True, eps=1e-5)
 
+# %% ../nbs/04_losses.ipynb #cb948c54
 def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 5e-3) -> torch.Tensor:
     "Barlow Twins: invariance on the diagonal of the cross-correlation, redundancy reduction off it."
-    _check_pair(z1, z2)
+    check_pair(z1, z2)
     with full_precision(z1):
         z1, z2 = at_least_float32(z1, z2)
         c = _standardise(z1).T @ _standardise(z2) / len(z1)
@@ -128,9 +135,10 @@ def whiten(x: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
         L = torch.linalg.cholesky((1 - eps) * cov + eps * eye)
         return torch.linalg.solve_triangular(L, xc.T, upper=False).T
 
+# %% ../nbs/04_losses.ipynb #2ddabe1b
 def wmse_loss(z1: torch.Tensor, z2: torch.Tensor, w_size: int = 128, w_iter: int = 1, eps: float = 0.0) -> torch.Tensor:
     "W-MSE: normalised MSE between positives whitened in random sub-batches of `w_size`."
-    _check_pair(z1, z2)
+    check_pair(z1, z2)
     N, d = z1.shape
     if not isinstance(w_size, int) or w_size <= d or N % w_size:
         raise ValueError(f"w_size must be an integer > d = {d} that divides the batch N = {N}, got {w_size!r}")
@@ -148,7 +156,7 @@ def wmse_loss(z1: torch.Tensor, z2: torch.Tensor, w_size: int = 128, w_iter: int
 def supcon_loss(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor | None = None, tau: float = 0.1,
                 base_tau: float | None = None, anchors: torch.Tensor | None = None, extra: torch.Tensor | None = None) -> torch.Tensor:
     "Supervised contrastive loss over both views (anchors: all 2N rows or `anchors`); positives = other views with the same label; `extra` (N, d): row i one more negative of image i's two anchors only."
-    _check_pair(z1, z2); check_tau(tau)
+    check_pair(z1, z2); check_tau(tau)
     base_tau = tau if base_tau is None else base_tau
     check_tau(base_tau, "base_tau")
     N = len(z1)
@@ -182,6 +190,7 @@ def _check_domains(domains, n: int, device):
     if domains.device != device:
         raise ValueError(f"domains are on {domains.device} but the codes on {device}: move them to the same device")
 
+# %% ../nbs/04_losses.ipynb #c83c15fd
 def dcodr_negatives(domains: torch.Tensor, k: int | None = None, generator=None, rows: torch.Tensor | None = None) -> torch.Tensor:
     "Bool (len(rows), N) mask of each anchor's negatives: other images of its domain, all or `k` drawn without replacement."
     check_k(k)

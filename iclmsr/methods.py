@@ -32,6 +32,7 @@ class NonFiniteLoss(FloatingPointError):
         self.term, self.step, self.value = term, step, value
         super().__init__(f"non-finite {term} loss ({value}) at step {step}")
 
+# %% ../nbs/06_methods.ipynb #09f3058e
 def _check_finite(out: dict, terms, step: int):
     if torch.isfinite(out["loss"]): return out  # one device sync in the common case
     for t in terms:
@@ -66,6 +67,7 @@ def project_pair(self: Method, h1, h2):
     z = self.projector(torch.cat([h1, h2]))
     return z[:len(h1)], z[len(h1):]
 
+# %% ../nbs/06_methods.ipynb #cb324754
 @patch
 def project_with_bg(self: Method, h1, h2, bg=None):
     "(z1, z2, zb): the views' projections and, with do(background)'s background views `bg`, theirs (through the head together with the views: shared BatchNorm statistics), gathered from every process; zb None without `bg`."
@@ -80,6 +82,7 @@ def loss_from_features(self: Method, h1, h2, batch: Batch) -> dict:
     "`{'base': loss, 'z1', 'z2'}` from the views' features and the step's `Batch`."
     raise NotImplementedError(f"{type(self).__name__} must implement loss_from_features(h1, h2, batch)")
 
+# %% ../nbs/06_methods.ipynb #668fccb5
 @patch
 def training_loss(self: Method, batch, *rest, step: int | None = None) -> dict:
     "Dict with `loss` (to backward), `base` and projections `z1`, `z2`; `batch` is a `Batch` (or `v1, v2[, labels]`), `prepare`d first."
@@ -94,15 +97,18 @@ def prepare(self: Method, batch: Batch) -> Batch:
     "Hook: the step's `Batch` as the loss sees it (ExCon swaps in its masked view); unchanged by default."
     return batch
 
+# %% ../nbs/06_methods.ipynb #dcacb247
 @patch
 def epoch_start(self: Method, epoch: int, n_epochs: int):
     "Hook, before each epoch (ExCon freezes the classifier that explains it); nothing by default."
 
+# %% ../nbs/06_methods.ipynb #2b02325a
 @patch
 def step_end(self: Method, step: int, total_steps: int):
     "Hook, after each optimiser step (BYOL moves its target); counts the steps."
     self.step = step + 1
 
+# %% ../nbs/06_methods.ipynb #63a772bf
 @patch
 def check_epochs(self: Method, epochs: int):
     "Hook: refuse, in one line, a run of `epochs` epochs the method cannot use (ExCon's late masked views); nothing by default."
@@ -113,12 +119,14 @@ def meta_steps(self: Method, n_batches: int) -> int:
     "Hook: stage-2 steps in an epoch of `n_batches` stage-1 batches (a regulariser's: ICL-MSR); none by default."
     return 0
 
+# %% ../nbs/06_methods.ipynb #d38bfbc0
 @patch
 def meta_step(self: Method, batch_a, batch_b, inner_lr: float | None = None, step: int | None = None,
               precond=None, optimizer=None) -> dict:
     "Hook: one stage-2 step (never called when `meta_steps` is 0); nothing by default."
     return {}
 
+# %% ../nbs/06_methods.ipynb #2ec33b32
 @patch
 def regularizer_parameters(self: Method) -> list:
     "Hook: parameters a regulariser steps with its own `meta_optimizer`; none by default."
@@ -131,16 +139,19 @@ def encoder_parameters(self: Method) -> list:
     skip = {id(p) for p in self.regularizer_parameters()}
     return [p for p in self.parameters() if p.requires_grad and id(p) not in skip]
 
+# %% ../nbs/06_methods.ipynb #6ada4033
 @patch
 def param_groups(self: Method) -> list:
     "The optimiser's parameter groups: `{'params': [...]}`, each at the run's learning rate unless it sets its own `lr`."
     return [{"params": self.encoder_parameters()}]
 
+# %% ../nbs/06_methods.ipynb #579b8262
 @patch
 def moco_head(self: Method) -> nn.Module | None:
     "Hook: the head layer a MoCo v2 checkpoint's first projection layer initialises (`model.init`); none by default."
     return None
 
+# %% ../nbs/06_methods.ipynb #fc1bae11
 @patch(cls_method=True)
 def data_options(cls: Method, data, augment: str) -> dict:
     "Hook: the constructor keywords in `from_data`, from the training `data` and the run's `augment` preset; none by default."
@@ -157,7 +168,7 @@ class Registry(dict):
         extra = [m.strip() for m in os.environ.get("ICLMSR_METHODS", "").split(",") if m.strip()]
         for m in (*self.modules, *extra):
             try: importlib.import_module(m)
-            except ImportError as e: raise ValueError(f"method module {m!r} (ICLMSR_METHODS) cannot be imported: {e}") from None
+            except ImportError as e: raise ValueError(f"method module {m!r} cannot be imported: {e}") from None
         return self
     def __getitem__(self, k): return dict.__getitem__(self.load(), k)
     def __contains__(self, k): return dict.__contains__(self.load(), k)
@@ -196,6 +207,7 @@ def method_class(name: str) -> type:
     if name not in METHODS: raise ValueError(f"unknown method {name!r}; registered: {', '.join(METHODS)}")
     return METHODS[name]
 
+# %% ../nbs/06_methods.ipynb #116e0f1c
 def list_methods() -> dict:
     "Method name -> one-line description."
     return {k: c.desc for k, c in METHODS.items()}
@@ -206,6 +218,7 @@ def options(cls) -> dict:
     ps = inspect.signature(cls.__init__).parameters.items()
     return {k: p.default for k, p in ps if k not in ("self", "backbone", *cls.from_data) and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
 
+# %% ../nbs/06_methods.ipynb #ef4ea580
 def option_help(cls) -> dict:
     "Each option's help: the comment after it in the constructor's signature (its own or, for an inherited one, its parent's)."
     out = {}
@@ -233,6 +246,7 @@ class SimCLR(Method):
         g1, g2, _, anchors = gather_pair(z1, z2)  # negatives from every process under torchrun
         return {"base": nt_xent(g1, g2, self.temperature, anchors=anchors, extra=gb), "z1": z1, "z2": z2}
 
+# %% ../nbs/06_methods.ipynb #0deb9c11
 @register_method
 class BYOL(Method):
     "BYOL: predict an EMA target's projection of the other view (2 - 2 cos, symmetrised)"
@@ -255,6 +269,7 @@ class BYOL(Method):
         super().step_end(step, total_steps)
         self.target.update(step, total_steps)
 
+# %% ../nbs/06_methods.ipynb #2b0a55f9
 @register_method
 class WMSE(Method):
     "W-MSE: normalised MSE of positives after Cholesky whitening in sub-batches"
@@ -291,6 +306,7 @@ class BarlowTwins(Method):
         g1, g2, _, _ = gather_pair(z1, z2)  # the cross-correlation of the global batch, in every process
         return {"base": barlow_twins_loss(g1, g2, self.lambd), "z1": z1, "z2": z2}
 
+# %% ../nbs/06_methods.ipynb #77bb5c79
 @register_method
 class SupCon(Method):
     "SupCon: supervised contrastive, positives = same label (needs labels)"
@@ -335,9 +351,11 @@ for _k in ("needs", "augment", "domain_balanced", "bg_negative", "from_data", "f
 @patch
 def project_pair(self: ICLMSR, h1, h2): return self.base.project_pair(h1, h2)
 
+# %% ../nbs/06_methods.ipynb #99b8ba02
 @patch
 def loss_from_features(self: ICLMSR, *args, **kw): return self.base.loss_from_features(*args, **kw)
 
+# %% ../nbs/06_methods.ipynb #84258d82
 @patch
 def training_loss(self: ICLMSR, batch, *rest, step: int | None = None) -> dict:
     "Stage 1: `loss` = `base` + lam * `icl`, with the stratum vectors fixed."
@@ -354,6 +372,7 @@ def step_end(self: ICLMSR, step, total_steps):
     self.base.step_end(step, total_steps)
     self.step = step + 1
 
+# %% ../nbs/06_methods.ipynb #093cbeb0
 @patch
 def epoch_start(self: ICLMSR, epoch: int, n_epochs: int): self.base.epoch_start(epoch, n_epochs)
 @patch
@@ -363,6 +382,7 @@ def moco_head(self: ICLMSR): return self.base.moco_head()
 @patch
 def param_groups(self: ICLMSR) -> list: return self.base.param_groups()
 
+# %% ../nbs/06_methods.ipynb #30f87491
 @patch
 def regularizer_parameters(self: ICLMSR) -> list:
     "The stratum vectors' parameters (stepped by `meta_optimizer` in stage 2, never by the encoder's optimiser)."
@@ -379,6 +399,7 @@ def meta_step(self: ICLMSR, batch_a, batch_b, inner_lr: float | None = None, ste
     try: return self.msr.meta_step(self.base, batch_a, batch_b, inner_lr, precond)
     except FloatingPointError as e: raise NonFiniteLoss("meta", self.step if step is None else step, float("nan")) from e
 
+# %% ../nbs/06_methods.ipynb #da9631d6
 @patch
 def meta_steps(self: ICLMSR, n_batches: int) -> int:
     "Stage-2 steps in an epoch of `n_batches` stage-1 batches."
@@ -420,20 +441,24 @@ class DCoDR(Method):
         own = None if anchors is None else anchors[:len(z_anchor)]   # this process's anchors among the gathered rows
         return dcodr_loss(ga, gp, gd, self.temperature, self.k, anchors=own)
 
-    def loss_from_features(self, h1, h2, batch):
-        "`base` from the view's features `h1` and the anchors' (computed here from `batch.clean`); `z1`, `z2` the views' codes."
-        z1, z2 = self.project_pair(h1, h2)
-        return {"base": self._loss(z1, self.code(batch.clean), batch), "z1": z1, "z2": z2}
+# %% ../nbs/06_methods.ipynb #76df7f68
+@patch
+def loss_from_features(self: DCoDR, h1, h2, batch):
+    "`base` from the view's features `h1` and the anchors' (computed here from `batch.clean`); `z1`, `z2` the views' codes."
+    z1, z2 = self.project_pair(h1, h2)
+    return {"base": self._loss(z1, self.code(batch.clean), batch), "z1": z1, "z2": z2}
 
-    def training_loss(self, batch, *rest, step: int | None = None) -> dict:
-        "Dict with `loss` = `base`, `z1` (the view's code) and `z2` (the anchor's): encodes `batch.v1` and `batch.clean` only."
-        b = self.prepare(as_batch(batch, *rest))
-        if b.clean is None: self._loss(None, None, b)   # the one-line error
-        z1, za = self.code(b.v1), self.code(b.clean)
-        out = {"base": self._loss(z1, za, b), "z1": z1, "z2": za}
-        out["loss"] = out["base"]
-        return _check_finite(out, ("base",), self.step if step is None else step)
+@patch
+def training_loss(self: DCoDR, batch, *rest, step: int | None = None) -> dict:
+    "Dict with `loss` = `base`, `z1` (the view's code) and `z2` (the anchor's): encodes `batch.v1` and `batch.clean` only."
+    b = self.prepare(as_batch(batch, *rest))
+    if b.clean is None: self._loss(None, None, b)   # the one-line error
+    z1, za = self.code(b.v1), self.code(b.clean)
+    out = {"base": self._loss(z1, za, b), "z1": z1, "z2": za}
+    out["loss"] = out["base"]
+    return _check_finite(out, ("base",), self.step if step is None else step)
 
+# %% ../nbs/06_methods.ipynb #84304ed0
 @register_method
 class DCoDRNoNegs(DCoDR):
     "DCoDR's no_negs ablation: the same objective with negatives from the whole batch (needs clean images, no domains)"
@@ -446,12 +471,14 @@ def num_domains(data) -> int:
     "How many domain ids the data's background ids span (0 when it has none)."
     return int(data.backgrounds.max()) + 1 if len(data) and bool((data.backgrounds >= 0).any()) else 0
 
+# %% ../nbs/06_methods.ipynb #232dc9df
 def say_once(key: str, text: str):
     "Print `text` once per process (and only in the first process under torchrun)."
     if key in _SAID: return
     _SAID.add(key)
     if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0: print(text, flush=True)
 
+# %% ../nbs/06_methods.ipynb #97269617
 @register_method
 class DCoDRRec(DCoDR):
     "DCoDR: DCoDR-norec + 0.3 x the reconstruction of each un-augmented image by a LORD generator from its normalised code and a learned embedding of its domain (pixel L1 + VGG16 perceptual; needs domains)"
@@ -491,6 +518,7 @@ def reconstruct(self: DCoDRRec, z_anchor: torch.Tensor, domains) -> torch.Tensor
     "The generator's images (in [0, 1]) from the anchors' codes (L2-normalised here) and their domains."
     return self.generator(F.normalize(z_anchor, dim=1), domains)
 
+# %% ../nbs/06_methods.ipynb #dda63712
 @patch
 def reconstruction_loss(self: DCoDRRec, z_anchor: torch.Tensor, batch: Batch) -> torch.Tensor:
     "`L_rec` of the un-augmented images `batch.clean` rebuilt from their codes `z_anchor` and domains."
@@ -500,12 +528,14 @@ def reconstruction_loss(self: DCoDRRec, z_anchor: torch.Tensor, batch: Batch) ->
     target = batch.clean.float() * self.image_std + self.image_mean
     return self.rec(self.reconstruct(z_anchor, batch.domains), target)
 
+# %% ../nbs/06_methods.ipynb #da463838
 @patch
 def _with_rec(self: DCoDRRec, out: dict, z_anchor, batch) -> dict:
     out["contrast"], out["rec"] = out["base"], self.reconstruction_loss(z_anchor, batch)
     out["base"] = out["contrast"] + self.rec_weight * out["rec"]
     return out
 
+# %% ../nbs/06_methods.ipynb #9a9ce9cf
 @patch
 def loss_from_features(self: DCoDRRec, h1, h2, batch):
     "`base` = DCoDR's loss + `rec_weight` x `rec`, from the view's features `h1` and the anchors' (computed from `batch.clean`)."
@@ -513,6 +543,7 @@ def loss_from_features(self: DCoDRRec, h1, h2, batch):
     za = self.code(batch.clean)
     return self._with_rec({"base": self._loss(z1, za, batch), "z1": z1, "z2": z2}, za, batch)
 
+# %% ../nbs/06_methods.ipynb #658b8efd
 @patch
 def training_loss(self: DCoDRRec, batch, *rest, step: int | None = None) -> dict:
     "Dict with `loss` = `base` = `contrast` + `rec_weight` x `rec`, `z1` (the view's code) and `z2` (the anchor's)."
@@ -523,6 +554,7 @@ def training_loss(self: DCoDRRec, batch, *rest, step: int | None = None) -> dict
     out["loss"] = out["base"]
     return _check_finite(out, ("contrast", "rec"), self.step if step is None else step)
 
+# %% ../nbs/06_methods.ipynb #47b768f8
 @patch
 def param_groups(self: DCoDRRec) -> list:
     "Encoder and code head at the run's learning rate; generator and modulation at `gen_lr`, the domain embeddings at `emb_lr`."
@@ -536,6 +568,7 @@ def param_groups(self: DCoDRRec) -> list:
 def _keywords(fn, skip=("self", "backbone", "dim")) -> list:
     return [k for k, p in inspect.signature(fn).parameters.items() if k not in skip and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
 
+# %% ../nbs/06_methods.ipynb #9ff2631e
 def build_method(name: str = "simclr", backbone: str | nn.Module = "resnet18", image_size: int = 32, icl_msr: bool = False,
                  backbone_kw: dict | None = None, msr_kw: dict | None = None, **kw) -> Method:
     "A registered method by name on a backbone by name (or module); with `icl_msr`, wrapped in `ICLMSR(method, MetaSemanticRegularizer(...))`."

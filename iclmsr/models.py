@@ -24,15 +24,18 @@ class Backbone(nn.Module):
     def forward(self, x): return self.net(x)
     def extra_repr(self): return f"name={self.name!r}, feat_dim={self.feat_dim}"
 
+# %% ../nbs/03_models.ipynb #9597e323
 def _conv_bn(ci, co, stride=1):
     return [nn.Conv2d(ci, co, 3, stride, 1, bias=False), nn.BatchNorm2d(co), nn.ReLU(inplace=True)]
 
+# %% ../nbs/03_models.ipynb #c176ff37
 def small_cnn(width: int = 32) -> nn.Module:
     "A 4-layer CNN (feature dim `4*width`) for fast CPU tests."
     w = width
     return nn.Sequential(*_conv_bn(3, w), *_conv_bn(w, 2*w, 2), *_conv_bn(2*w, 4*w, 2), *_conv_bn(4*w, 4*w, 2),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
+# %% ../nbs/03_models.ipynb #bef65a7f
 def _resnet(name: str, small_stem: bool) -> tuple[nn.Module, int]:
     net = getattr(torchvision.models, name)(weights=None)
     if small_stem:
@@ -42,6 +45,7 @@ def _resnet(name: str, small_stem: bool) -> tuple[nn.Module, int]:
     net.fc = nn.Identity()
     return net, dim
 
+# %% ../nbs/03_models.ipynb #932b89a6
 BACKBONES = {
     "resnet18": "torchvision ResNet-18 (512-d), small-image stem for <= 64 px",
     "resnet50": "torchvision ResNet-50 (2048-d), small-image stem for <= 64 px",
@@ -75,6 +79,7 @@ class ProjectionMLP(nn.Sequential):
         super().__init__(*layers)
         self.in_dim, self.out_dim = in_dim, out_dim
 
+# %% ../nbs/03_models.ipynb #2b5b1deb
 class BYOLPredictor(ProjectionMLP):
     "BYOL's predictor q: Linear(dim, hidden) - BN - ReLU - Linear(hidden, dim)."
     def __init__(self, dim: int = 64, hidden_dim: int = 1024):
@@ -87,6 +92,7 @@ def cosine_momentum(step: int, total_steps: int, tau0: float = 0.99) -> float:
     t = min(max(step, 0), total_steps)
     return 1 - (1 - tau0) * (math.cos(math.pi * t / total_steps) + 1) / 2
 
+# %% ../nbs/03_models.ipynb #a4c58a68
 class EMA(nn.Module):
     "A frozen moving-average copy (`.target`) of `online`, updated with the cosine momentum schedule."
     def __init__(self, online: nn.Module, tau0: float = 0.99):
@@ -144,6 +150,7 @@ def _refuse_unless_fits(path, want: dict, have: dict, where: str):
         raise UnreadableFile(f"{str(path)!r} does not fit {where}: {bad} has shape {tuple(have[bad].shape)} there, "
                              f"{tuple(want[bad].shape)} here (a checkpoint of another architecture?)")
 
+# %% ../nbs/03_models.ipynb #3ec3ba06
 def load_moco(backbone: Backbone, path, first_fc: nn.Linear | None = None) -> Backbone:
     "Initialise a ResNet `backbone` (with the ImageNet stem) and optionally `first_fc` from MoCo v2 checkpoint `path`."
     net = backbone.net

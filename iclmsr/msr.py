@@ -69,6 +69,7 @@ class _Call(nn.Module):
             return m.loss_from_features(m.backbone(b.v1), m.backbone(b.v2), b)
         raise ValueError(what)
 
+# %% ../nbs/05_msr.ipynb #471534b3
 def _check_meta_args(mode, meta_loss, params, inner_lr):
     if mode not in MODES: raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
     if meta_loss in (None, "auto"): meta_loss = "total" if mode == "first_order" else "base"
@@ -90,6 +91,7 @@ def _load_jvp_decompositions():
         warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated", category=FutureWarning)
         with fwAD.dual_level(): fwAD.make_dual(torch.zeros(1), torch.zeros(1))
 
+# %% ../nbs/05_msr.ipynb #b0161926
 def _jvp(fn, theta: dict, v: list):
     "Outputs of fn(theta) and their directional derivatives along v (forward-mode AD)."
     _load_jvp_decompositions()
@@ -104,6 +106,7 @@ def _grads(loss, ps: dict, **kw) -> list:
     gs = torch.autograd.grad(loss, list(ps.values()), allow_unused=True, **kw)
     return [torch.zeros_like(p) if g is None else g for g, p in zip(gs, ps.values())]
 
+# %% ../nbs/05_msr.ipynb #3a31a22c
 def _meta_problem(method, batch_a, batch_b, params, tau, negatives, lam, meta_loss):
     "The pieces of the meta objective: parameters theta, `embed_a(theta)`, `objective(theta, a)` and the ICL term."
     call = _Call(method)
@@ -278,6 +281,7 @@ def meta_steps(self: MetaSemanticRegularizer, n_batches: int) -> int:
     if self.meta_share <= 0 or n_batches <= 0: return 0
     return max(1, round(self.meta_share * n_batches / 2))
 
+# %% ../nbs/05_msr.ipynb #cbd1f40c
 def adam_precond(opt: torch.optim.Optimizer) -> dict | None:
     "{parameter: 1 / (sqrt(v_hat) + eps)} from an Adam/AdamW optimiser's second moments (None for others or before its first step)."
     if not isinstance(opt, (torch.optim.Adam, torch.optim.AdamW)): return None

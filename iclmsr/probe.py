@@ -26,6 +26,7 @@ def _check_labels(y, n: int, name: str, num_classes: int | None = None) -> torch
         raise ValueError(f"{name} contains class {int(y.max())}, but num_classes={num_classes} (ids 0..{num_classes - 1})")
     return y
 
+# %% ../nbs/10_probe.ipynb #e2308596
 def accuracy(preds, labels) -> float:
     "Percentage of `preds` equal to `labels`."
     p = as_labels(preds, "preds")
@@ -33,6 +34,7 @@ def accuracy(preds, labels) -> float:
     if len(y) == 0: raise ValueError("accuracy of an empty split (0 samples) is undefined")
     return 100.0 * (p.cpu() == y.cpu()).double().mean().item()
 
+# %% ../nbs/10_probe.ipynb #81c30ce4
 def topk_acc(scores, labels, ks=(1, 5)) -> dict:
     "Top-k accuracies (percent) of a score matrix (n, C); k is capped at C."
     s = as_feats(scores, "scores")
@@ -52,6 +54,7 @@ class ProbeResult:
     probs: torch.Tensor = field(repr=False)   # (n_test, num_classes) softmax of the test set, on the CPU
     losses: list = field(default_factory=list, repr=False)  # mean training loss per epoch
 
+# %% ../nbs/10_probe.ipynb #fe8dd8db
 def _num_classes(ys, num_classes):
     hi = max(int(y.max()) for y in ys if len(y)) + 1
     if num_classes is None: return hi
@@ -139,12 +142,14 @@ def _split(n: int, frac: float, g: torch.Generator) -> tuple:
     k = math.ceil(frac * n - 1e-9)
     return perm[k:].sort().values, perm[:k].sort().values
 
+# %% ../nbs/10_probe.ipynb #9b983e79
 def min_split_size(frac: float) -> int:
     "The fewest images a held-out split of `frac` accepts: at least one held out (frac * n >= 1) and two to fit on (BatchNorm)."
     n = 1
     while frac * n < 1 - 1e-9 or n - math.ceil(frac * n - 1e-9) < 2: n += 1
     return n
 
+# %% ../nbs/10_probe.ipynb #72911ef7
 def held_out_split(n: int, frac: float = 0.1, seed: int = 0) -> tuple:
     "(fit, held-out) sorted index tensors of range(n): a random ceil(frac * n) held out, as sklearn's `train_test_split`."
     if not (isinstance(frac, (int, float)) and 0 < frac < 1): raise ValueError(f"the held-out fraction must be in (0, 1), got {frac!r}")
@@ -186,12 +191,14 @@ def _mlp_inputs(train_feats, train_labels, test_feats, test_labels, num_classes,
         raise ValueError(f"train_feats has {len(xtr)} images, too few for a held-out {val_frac:.0%} split: at least {need} are needed")
     return xtr, ytr, xte, yte, C
 
+# %% ../nbs/10_probe.ipynb #45f2ce91
 def _batches(n: int, bs: int, g: torch.Generator) -> list:
     "A random order in batches of `bs`; a last batch of one joins the one before (BatchNorm needs two samples)."
     idx = list(torch.randperm(n, generator=g).split(bs))
     if len(idx) > 1 and len(idx[-1]) == 1: idx[-2:] = [torch.cat(idx[-2:])]
     return idx
 
+# %% ../nbs/10_probe.ipynb #e18bb910
 @torch.no_grad()
 def _mlp_acc(net: nn.Module, x, y, bs: int = 8192) -> float:
     net.eval()
@@ -266,6 +273,7 @@ def _probs_labels(probs, labels):
         raise ValueError("probs must be probabilities (non-negative rows summing to 1): apply softmax to logits first")
     return p, _check_labels(labels, len(p), "labels", p.shape[1])
 
+# %% ../nbs/10_probe.ipynb #bacc06b4
 def calibration_bins(probs, labels, n_bins: int = 15) -> dict:
     "Per-bin count, mean confidence and accuracy over `n_bins` equal-width confidence bins (m-1)/M < conf <= m/M."
     if not isinstance(n_bins, (int, np.integer)) or n_bins < 1: raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")
@@ -280,6 +288,7 @@ def calibration_bins(probs, labels, n_bins: int = 15) -> dict:
     nz = count.clamp_min(1)
     return {"edges": edges.cpu(), "count": count.cpu(), "conf": (s_conf / nz).cpu(), "acc": (s_acc / nz).cpu()}
 
+# %% ../nbs/10_probe.ipynb #d3a68145
 def ece(probs, labels, n_bins: int = 15) -> float:
     "Expected calibration error in percent: bin-size-weighted mean |accuracy - confidence| over equal-width bins."
     b = calibration_bins(probs, labels, n_bins)
@@ -301,6 +310,7 @@ def worst_group(preds, labels, groups, min_size: int = 1) -> dict:
     return {"acc": float(acc[w]), "group": tuple(int(v) for v in keys[w]), "size": int(size[w]),
             "mean_group_acc": float(acc[ok].mean()), "n_groups": int(ok.sum())}
 
+# %% ../nbs/10_probe.ipynb #e49c1e4f
 def bg_gap(acc_mixed_same: float, acc_mixed_rand: float) -> float:
     "BG-gap in points: acc(mixed_same) - acc(mixed_rand) (Xiao et al. 2021); accuracies in percent."
     for nm, v in (("acc_mixed_same", acc_mixed_same), ("acc_mixed_rand", acc_mixed_rand)):
@@ -339,6 +349,7 @@ def predict_classes(model, x, norm, was):
     finally:
         if was: model.train()
 
+# %% ../nbs/10_probe.ipynb #ba21efa9
 def fgsm_accuracy(model, images, labels, eps: float = 4 / 255, mean=None, std=None, bs: int = 256) -> dict:
     "Clean and FGSM accuracy (percent) of an end-to-end `model` at `eps` (pixel space, default 4/255), in batches."
     x = as_pixels(images)

@@ -28,6 +28,7 @@ class AdaIN(nn.Module):
         out = (xf - mu) * torch.rsqrt(var + self.eps) * scale.float()[..., None, None] + bias.float()[..., None, None]
         return out.to(x.dtype)
 
+# %% ../nbs/07_rec.ipynb #900bc451
 def generator_plan(h: int, w: int, width: int = 256, full_width_up_to: int = 64) -> tuple:
     "(h0, w0, widths): the decoder's initial grid (at most 7 x 7) and the channels of each of its x2 stages, for (h, w) images."
     n = 1
@@ -75,6 +76,7 @@ def check_domains(self: LordGenerator, domains, n: int) -> torch.Tensor:
                          "num_domains comes from the training data's background ids)")
     return d.long()
 
+# %% ../nbs/07_rec.ipynb #0bc8b4a9
 @patch
 def forward(self: LordGenerator, code: torch.Tensor, domains) -> torch.Tensor:
     "Images (B, channels, H, W) in [0, 1] from codes (B, code_dim) and domain ids (B,)."
@@ -86,6 +88,7 @@ def forward(self: LordGenerator, code: torch.Tensor, domains) -> torch.Tensor:
         x = self.adain(x, p[..., 1], p[..., 0])
     return self.out(x)[..., :self.size[0], :self.size[1]]
 
+# %% ../nbs/07_rec.ipynb #8b658b3e
 @patch
 def _load_from_state_dict(self: LordGenerator, state_dict, prefix, *args, **kw):
     "Built without `num_domains` (to load a checkpoint into): take the embedding's size from the state dict."
@@ -104,6 +107,7 @@ def vgg16_features() -> nn.Sequential:
     from torchvision.models.vgg import make_layers, cfgs
     return make_layers(cfgs["D"])
 
+# %% ../nbs/07_rec.ipynb #1b4bfc1d
 def read_vgg16(path) -> dict:
     "The `features` weights of torchvision's `vgg16` state dict file `path` (e.g. vgg16-397923af.pth); any other file is refused in one line."
     path = Path(path)
@@ -155,6 +159,7 @@ def features(self: Reconstruction, x: torch.Tensor) -> list:
         if i in self.layers: out.append(x)
     return out
 
+# %% ../nbs/07_rec.ipynb #7232dba8
 @patch
 def forward(self: Reconstruction, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     "The distance of reconstructions `y` to targets `x` (B, 3, H, W), each term a per-image mean, then the batch mean."

@@ -18,6 +18,7 @@ def unpack_mean_std(v) -> tuple:
     if isinstance(v, dict): return v["mean"], v.get("std")
     return v, None
 
+# %% ../nbs/14b_report.ipynb #de4be184
 def fmt(v, nd: int = 1) -> str:
     "A number, or mean ± std, as text."
     if v is None: return "-"
@@ -37,6 +38,7 @@ def bar_trace(name, xs, vals, **kw):
     return go.Bar(name=name, x=xs, y=[m for m, _ in ms], text=[f"{m:.1f}" for m, _ in ms], textposition="outside",
                   error_y=dict(type="data", array=err, visible=True) if any(e is not None for e in err) else None, **kw)
 
+# %% ../nbs/14b_report.ipynb #565d8c17
 def plot_four_settings(tables: dict, title: str = "The four settings: accuracy (%)"):
     "Grouped bars of {model name: four-setting table}: linear and 5-NN accuracy in each setting."
     from plotly.subplots import make_subplots
@@ -61,6 +63,7 @@ def plot_variants(res: dict, title: str = "Accuracy on each test variant (%)"):
     fig.update_layout(title=title, barmode="group", height=380, yaxis_title="accuracy (%)", yaxis_range=[0, 105])
     return fig
 
+# %% ../nbs/14b_report.ipynb #12ec6cf5
 def plot_groups(res: dict, title: str | None = None):
     "Heatmap of the linear probe's accuracy per (class, background) cell."
     import plotly.graph_objects as go
@@ -101,6 +104,7 @@ def html_table(rows: list, header: list) -> str:
     tr = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table><tr>{th}</tr>{tr}</table>"
 
+# %% ../nbs/14b_report.ipynb #a48a8a25
 def html_report(title: str, blocks: list) -> str:
     "One self-contained HTML page from HTML strings and plotly figures (plotly.js inlined once: works offline)."
     parts, first = [], True
@@ -119,18 +123,21 @@ def unavailable_text(reason: str | None) -> str:
     nb = "no background ids"
     return "not available without background ids" + reason[len(nb):] if reason.startswith(nb) else f"not available: {reason}"
 
+# %% ../nbs/14b_report.ipynb #83d64154
 def _bench_line(res: dict) -> str | None:
     b = res.get("benchmark") or {}
     parts = [f"{nm}{'' if m['variant'] == nm else ' (' + m['variant'] + ')'}: linear {m['linear']:.1f}%, 5-NN {m['knn5']:.1f}%"
              for nm, m in (("background alone", b.get("bg_only")), ("mixed_next", b.get("mixed_next"))) if m]
     return "; ".join(parts) or None
 
+# %% ../nbs/14b_report.ipynb #9e126cd5
 def _adv_line(res: dict) -> str:
     a = res.get("adversarial_bg")
     if not a: return "adversarial backgrounds: " + unavailable_text(res.get("unavailable", {}).get("adversarial_bg"))
     return (f"adversarial backgrounds: {a['fooled']:.1f}% of {a['n_fg']} foregrounds misclassified on some of {a['n_bg']} "
             f"backgrounds ({a['pairs']} composites, cap {a['max_fg']} x {a['max_bg']})")
 
+# %% ../nbs/14b_report.ipynb #1f0b5bd7
 def _dcodr_line(res: dict) -> str | None:
     if "dcodr" not in res: return None   # a result from before DCoDR's measures
     d = res["dcodr"]
@@ -139,6 +146,7 @@ def _dcodr_line(res: dict) -> str | None:
             f"(chance {d['chance_domain']:.1f}%; lower = more invariant), class probe {d['class_probe']:.1f}% "
             f"(chance {d['chance_class']:.1f}%), retrieval top-1 {d['retrieval_top1']:.1f}%")
 
+# %% ../nbs/14b_report.ipynb #a8bc5c59
 def print_eval(res: dict, file=None):
     "Print an evaluation's accuracy per test variant, its background, DCoDR, ExCon's and robustness measures (or why they are missing)."
     p = lambda *a: print(*a, file=file or sys.stdout)
@@ -167,12 +175,14 @@ def _fgsm_text(f: dict) -> str:
     if "acc" not in f: return f"{f['eps'] * 255:.0f}/255 {f['fgsm']:.1f}%"
     return ", ".join(f"{k} {a:.1f}%" for k, a in f["acc"].items())
 
+# %% ../nbs/14b_report.ipynb #df3a004c
 def _expl_text(m: dict) -> str:
     "The explanation measures of one test variant as text (the mask measures where there were masks)."
     t = f"average drop {m['avg_drop']:.1f}%, increase in confidence {m['increase']:.1f}%"
     if "iou" not in m: return t + "; no masks for IoU, pointing game, energy"
     return t + f", mask IoU {m['iou']:.1f}%, pointing game {m['pointing']:.1f}%, energy in mask {m['energy']:.1f}%"
 
+# %% ../nbs/14b_report.ipynb #0e08c689
 def _excon_lines(res: dict) -> list:
     "ExCon's measures as summary lines: ECE with its bin count, FGSM accuracy per eps, the explanations per test variant."
     na, f = res.get("unavailable", {}), res.get("fgsm")
@@ -237,6 +247,7 @@ def _bg_rows(res: dict) -> list:
                    fmt(a["fooled"]) if a else unavailable_text(na.get("adversarial_bg"))])
     return bg
 
+# %% ../nbs/14b_report.ipynb #b0b5502d
 def eval_report(res: dict, title: str) -> str:
     "The HTML report of one `evaluate` result."
     m = res.get("model", {})

@@ -15,12 +15,14 @@ __all__ = ['DEFAULT_DOMAINS_PER_BATCH', 'DEFAULT_PER_DOMAIN', 'SamplerError', 'b
 class SamplerError(UserError, ValueError):
     "Settings or domains a domain-balanced sampler cannot use; the message is one line."
 
+# %% ../nbs/02c_sampler.ipynb #d91e620f
 DEFAULT_DOMAINS_PER_BATCH, DEFAULT_PER_DOMAIN = 4, 32
 
 def _check_int(name, v, lo):
     if isinstance(v, bool) or not isinstance(v, int) or v < lo:
         raise SamplerError(f"{name} must be an integer >= {lo}, got {v!r}")
 
+# %% ../nbs/02c_sampler.ipynb #a279fc28
 def _check_domains(domains, n=None) -> torch.Tensor:
     if not isinstance(domains, torch.Tensor) or domains.ndim != 1:
         raise SamplerError(f"domains must be a 1-d integer tensor of domain ids, got {getattr(domains, 'shape', type(domains).__name__)}")
@@ -54,6 +56,7 @@ def balanced_shape(domains: torch.Tensor, domains_per_batch: int | None = None, 
                            f"{int(counts.max())}), fewer than domains_per_batch = {domains_per_batch}: lower per_domain or domains_per_batch")
     return domains_per_batch, per_domain
 
+# %% ../nbs/02c_sampler.ipynb #f4419f60
 def _epoch_seed(seed: int, epoch: int) -> int:
     return (int(seed) * 1_000_003 + int(epoch)) * 4 + 2   # a stream of its own (the learner's epoch orders use others)
 

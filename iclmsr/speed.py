@@ -39,6 +39,7 @@ class StageTimer(Callback):
         "Seconds of `stage` in the last epoch timed (0 when the epoch had none)."
         return next((s for e, st, s in reversed(self.stages) if st == stage and e == self.learn.epoch - 1), 0.0)
 
+# %% ../nbs/20b_speed.ipynb #693579c3
 def user_callbacks() -> list:
     "A user's callbacks without their files: `default_callbacks` with the progress line written to a buffer (no run directory: metrics kept in memory, no checkpoint files)."
     return [ProgressCallback(file=io.StringIO()), MetricsLogger(), KNNMonitor(), Checkpointer(handle_signals=False)]
@@ -53,6 +54,7 @@ def _require_lightly():
     except ImportError: raise UserError("the lightly benchmark needs lightly: pip install lightly") from None
     return lightly.__version__, NTXentLoss, SimCLRProjectionHead, SimCLRTransform
 
+# %% ../nbs/20b_speed.ipynb #c22450dc
 class PILImages(torch.utils.data.Dataset):
     "uint8 images (N, H, W, 3) as PIL images through `transform`, with their labels (what torchvision's CIFAR10 gives)."
     def __init__(self, images: np.ndarray, labels, transform): self.images, self.labels, self.transform = images, labels, transform
@@ -61,6 +63,7 @@ class PILImages(torch.utils.data.Dataset):
         from PIL import Image
         return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
 
+# %% ../nbs/20b_speed.ipynb #21681771
 def lightly_transform(preset: str = "wmse", size: int = 32):
     "lightly's `SimCLRTransform` set to our augmentation preset: crop scale, jitter strengths and probabilities, grayscale, blur, normalisation."
     *_, SimCLRTransform = _require_lightly()
@@ -70,6 +73,7 @@ def lightly_transform(preset: str = "wmse", size: int = 32):
                            min_scale=c["scale"][0], random_gray_scale=c["p_gray"], gaussian_blur=c["p_blur"], sigmas=c["sigma"],
                            hf_prob=c["p_flip"], normalize={"mean": list(c["mean"]), "std": list(c["std"])})
 
+# %% ../nbs/20b_speed.ipynb #49f3a2f3
 class LightlySimCLR(nn.Module):
     "lightly's SimCLR model: a backbone and `SimCLRProjectionHead`, applied to one view at a time (lightly's examples)."
     def __init__(self, backbone: nn.Module, hidden: int, out: int):
@@ -91,13 +95,16 @@ def timed_peak(fn, device=None) -> tuple:
 def _sync(dev):
     if dev.type == "cuda": torch.cuda.synchronize(dev)
 
+# %% ../nbs/20b_speed.ipynb #be43efc6
 class _Contender:
     "One side of the comparison: `epoch()` trains one epoch and returns its seconds."
     def __init__(self, name, epoch, extra=None): self.name, self.epoch, self.extra = name, epoch, extra
 
+# %% ../nbs/20b_speed.ipynb #be11c90d
 def _amp(dev, on: bool):
     return (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if on else contextlib.nullcontext
 
+# %% ../nbs/20b_speed.ipynb #8f025896
 def _lightly_side(L, data, steps, workers, amp):
     "lightly's idiomatic loop on the same images, backbone class, head sizes, optimiser, batch and device."
     _, NTXentLoss, *_ = _require_lightly()

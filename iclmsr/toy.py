@@ -33,6 +33,7 @@ def _pyramid(name: str) -> list:
     while min(levels[-1].shape[-2:]) >= 64: levels.append(F.avg_pool2d(levels[-1], 2))
     return levels
 
+# %% ../nbs/01b_toy.ipynb #787098ad
 def _rand(g, *shape): return torch.rand(*shape, generator=g)
 
 # %% ../nbs/01b_toy.ipynb #340cbb18
@@ -73,6 +74,7 @@ def _digits():
     d = load_digits()
     return F.pad(torch.from_numpy(d.images).float().div_(16)[:, None], (1, 1, 1, 1)), torch.from_numpy(d.target).long()
 
+# %% ../nbs/01b_toy.ipynb #a838ce39
 def _digit_pools(train: bool) -> torch.Tensor:
     "Indices of the digits used for train (first 80 % of each class) or test (the rest)."
     _, t = _digits()
@@ -121,6 +123,7 @@ def _warp_grid(n, size, g, scale=(0.7, 1.0), max_angle=math.radians(20), aspect=
     A = torch.stack([torch.stack([cos / sx, sin / sx], -1), torch.stack([-sin / sy, cos / sy], -1)], 1)  # R^-1 / s
     return affine_grid(torch.cat([A, -(A @ t[..., None])], -1), size)
 
+# %% ../nbs/01b_toy.ipynb #6f5a78f7
 def _fg_masks(labels, size, g, fg="digits", train=True):
     "Exact foreground masks (bool n,size,size) for `labels`: warped digits of that class or warped shapes."
     n = len(labels)
@@ -146,6 +149,7 @@ def _hsv2rgb(h, s, v):
     k = (torch.tensor([5.0, 3.0, 1.0]) + h[:, None] * 6) % 6
     return v[:, None] - v[:, None] * s[:, None] * torch.minimum(k, 4 - k).clamp(0, 1)
 
+# %% ../nbs/01b_toy.ipynb #075235f6
 CLASS_HUE_SD = 0.03   # spread of a class's hue around its own (class c: hue c/10) in `fg="coloured_shapes"`
 
 def _fills(n, size, g, labels=None):
@@ -178,6 +182,7 @@ def _toy_chunk(labels, bgs, size, fg, train, g):
     img = torch.where(masks[:, None], _fills(n, size, g, labels if fg == "coloured_shapes" else None), bg)
     return to_uint8(img), masks, to_uint8(bg)
 
+# %% ../nbs/01b_toy.ipynb #7cb6cabf
 def _toy_split(num_classes, n_per, size, rho, fg, train, seed) -> dict:
     g = torch.Generator().manual_seed(seed)
     n = num_classes * n_per

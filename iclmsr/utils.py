@@ -19,6 +19,7 @@ def _mps_available() -> bool:
     mps = getattr(torch.backends, "mps", None)
     return bool(mps is not None and mps.is_available())
 
+# %% ../nbs/00_utils.ipynb #9d8fd0ef
 def get_device(device: str | torch.device | None = None) -> torch.device:
     "The device to use: `device` if given, else `$ICLMSR_DEVICE`, else cuda > mps > cpu."
     if device is None or str(device) == "auto": device = os.environ.get("ICLMSR_DEVICE") or None
@@ -78,6 +79,7 @@ def _version(pkg: str) -> str | None:
     try: return _md.version(pkg)
     except _md.PackageNotFoundError: return None
 
+# %% ../nbs/00_utils.ipynb #b379a49e
 def faiss_gpu_count() -> int:
     "How many GPUs FAISS can use (0 for a CPU build of FAISS, or when FAISS is missing)."
     try:
@@ -85,11 +87,13 @@ def faiss_gpu_count() -> int:
         return int(faiss.get_num_gpus()) if hasattr(faiss, "get_num_gpus") else 0
     except Exception: return 0
 
+# %% ../nbs/00_utils.ipynb #16383ff0
 def _home_short(p: Path) -> str:
     "`p` with the home directory written as `~` (a report shares no user name)."
     home = Path.home()
     return "~/" + str(p.relative_to(home)) if p.is_relative_to(home) else str(p)
 
+# %% ../nbs/00_utils.ipynb #ee599954
 def env_info() -> dict:
     "Versions, devices and paths that decide whether a run can be reproduced."
     from iclmsr import __version__
@@ -110,6 +114,7 @@ def env_info() -> dict:
         "cache_dir": _home_short(cache_dir(create=False)),
     }
 
+# %% ../nbs/00_utils.ipynb #bc0ff162
 def format_env_info(info: dict | None = None) -> str:
     "`env_info` as aligned `key: value` lines."
     info = env_info() if info is None else info
@@ -126,6 +131,7 @@ def _fsync_dir(d: Path):
         finally: os.close(fd)
     except OSError: pass  # some file systems cannot sync a directory; the rename is still atomic
 
+# %% ../nbs/00_utils.ipynb #bcc9425e
 def _disk_full(e: BaseException | None):
     "The OSError meaning 'no space' (full disk, quota, file size limit) in `e`'s chain, if any."
     seen = set()
@@ -135,6 +141,7 @@ def _disk_full(e: BaseException | None):
         e = e.__cause__ or e.__context__
     return None
 
+# %% ../nbs/00_utils.ipynb #699c7a77
 def atomic_torch_save(obj, path: str | Path, what: str = "file") -> Path:
     "`torch.save` `obj` to `path` atomically: temporary file, fsync, rename. On failure the old `path` is untouched."
     path = Path(path)
@@ -158,15 +165,18 @@ def atomic_torch_save(obj, path: str | Path, what: str = "file") -> Path:
 class UserError(Exception):
     "An error the user can fix: the console script prints its message as one line and exits with status 2."
 
+# %% ../nbs/00_utils.ipynb #70b123e4
 def fmt_duration(s: float) -> str:
     "`mm:ss`, or `h:mm:ss` from an hour on (negative durations read as 0)."
     s = int(max(s, 0)); return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60:02d}:{s % 60:02d}"
 
+# %% ../nbs/00_utils.ipynb #8a91ed82
 def model_device(model) -> torch.device:
     "The device of `model`'s first parameter or buffer; the CPU for anything without either."
     ts = itertools.chain(model.parameters(), model.buffers()) if isinstance(model, torch.nn.Module) else ()
     return next((t.device for t in ts), torch.device("cpu"))
 
+# %% ../nbs/00_utils.ipynb #fb84391b
 def timed(fn, device=None) -> tuple[float, object]:
     "`(seconds, fn())`: the wall time of one call, synchronising CUDA `device` before and after."
     dev = torch.device(device) if device is not None else None
@@ -178,6 +188,7 @@ def timed(fn, device=None) -> tuple[float, object]:
 class UnreadableFile(UserError, ValueError):
     "A file that is not what it should be; its message is one line naming the file, what it should be and what it is."
 
+# %% ../nbs/00_utils.ipynb #bdfa6ed7
 _LEGACY_MAGIC = bytes.fromhex("6cfc9c46f9206aa85019")  # torch.save's magic number, in its pre-zip format
 
 def _is_torch_file(head: bytes) -> bool:
@@ -188,6 +199,7 @@ def _is_torch_file(head: bytes) -> bool:
     if rest[:1] == b"\x95": rest = rest[9:]  # protocol 4+ frames the pickle
     return rest[:2] == b"\x8a\n" and rest[2:12] == _LEGACY_MAGIC
 
+# %% ../nbs/00_utils.ipynb #dc4f4246
 def what_file(path: Path) -> str | None:
     "What `path` is instead of a torch file (a directory, an empty file, JSON, text, a plain pickle), or None if it may be one."
     path = Path(path)
@@ -201,12 +213,14 @@ def what_file(path: Path) -> str | None:
     try: json.loads(text); return "a JSON file"
     except ValueError: return "a text file"
 
+# %% ../nbs/00_utils.ipynb #f912f72c
 def _cut_name(name: str) -> bool:
     "Whether the global `name` is cut short: not `module.attribute`, or its module is imported but lacks the attribute."
     mod, _, attr = name.rpartition(".")
     if not all(p.isidentifier() for p in [*mod.split("."), attr]): return True
     return mod in sys.modules and not hasattr(sys.modules[mod], attr)  # (nothing is imported to find out)
 
+# %% ../nbs/00_utils.ipynb #294add5e
 def read_torch_file(path, what: str, map_location="cpu", error: type | None = None):
     "`torch.load(path, weights_only=True)` of a file meant to be `what`; any other file refused in one line (`error`)."
     path, error = Path(path), error or UnreadableFile
@@ -229,6 +243,7 @@ def check_tau(tau, name: str = "tau"):
     if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau) or tau <= 0:
         raise ValueError(f"{name} must be a number > 0, got {tau!r}")
 
+# %% ../nbs/00_utils.ipynb #e92cb9ce
 def check_k(k):
     "Raise a one-line `ValueError` unless `k`, the same-domain negatives each anchor draws, is None (all of them) or an integer >= 1."
     if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
@@ -240,6 +255,7 @@ def at_least_float32(*ts) -> list:
     dt = torch.promote_types(ts[0].dtype, torch.float32)
     return [t.to(dt) for t in ts]
 
+# %% ../nbs/00_utils.ipynb #9ca01292
 def as_pixels(images, name: str = "images", error: type = ValueError) -> torch.Tensor:
     "Float pixels in [0, 1] of a non-empty batch (n, C, ...) of uint8 or [0, 1] values (a tensor or an array); else a one-line `error` naming `name`."
     x = torch.as_tensor(images) if not isinstance(images, torch.Tensor) else images
@@ -250,6 +266,7 @@ def as_pixels(images, name: str = "images", error: type = ValueError) -> torch.T
         raise error(f"{name} must be pixels in [0, 1] (before normalisation) or uint8, got range [{float(x.min()):.3g}, {float(x.max()):.3g}]")
     return x
 
+# %% ../nbs/00_utils.ipynb #d8da6029
 def normaliser(mean, std, channels: int, device, error: type = ValueError):
     "The function `x -> (x - mean) / std` per channel, on `device`; the identity when both are None; 1 or `channels` values each, std > 0, else a one-line `error`."
     if mean is None and std is None: return lambda x: x

@@ -6,7 +6,9 @@
 from __future__ import annotations
 import torch
 import torch.nn.functional as F
-from .losses import gather_pair, full_precision, _float, _check_pair
+from .utils import at_least_float32
+from .distributed import gather_pair
+from .losses import full_precision, check_pair
 from .models import ProjectionMLP
 from .methods import Method, register_method
 
@@ -17,9 +19,9 @@ __all__ = ['vicreg_loss', 'VICReg']
 def vicreg_loss(z1: torch.Tensor, z2: torch.Tensor, sim_coeff: float = 25.0, std_coeff: float = 25.0,
                 cov_coeff: float = 1.0, eps: float = 1e-4) -> torch.Tensor:
     "VICReg: `sim_coeff` x MSE + `std_coeff` x std hinge + `cov_coeff` x off-diagonal covariance^2 / d."
-    _check_pair(z1, z2)
+    check_pair(z1, z2)
     with full_precision(z1):
-        z1, z2 = _float(z1, z2)
+        z1, z2 = at_least_float32(z1, z2)
         n, d = z1.shape
         z = torch.stack([z1, z2])                                   # (2, n, d): both views at once
         z = z - z.mean(1, keepdim=True)

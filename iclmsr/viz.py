@@ -34,6 +34,7 @@ def in_kernel() -> bool:
     except ImportError: return False
     return ip is not None and getattr(ip, "kernel", None) is not None
 
+# %% ../nbs/15_viz.ipynb #5c535bf0
 def figure_html(fig: go.Figure, div_id: str | None = None, post_script: str | None = None) -> str:
     "Static HTML of a plotly figure (plotly.js from the CDN), with a stable `div_id` derived from the figure by default."
     fig = go.Figure(fig)  # a FigureWidget becomes a plain figure
@@ -41,6 +42,7 @@ def figure_html(fig: go.Figure, div_id: str | None = None, post_script: str | No
     return fig.to_html(full_html=False, include_plotlyjs="cdn", div_id=div_id, post_script=post_script,
                        config={"displaylogo": False, "responsive": True})
 
+# %% ../nbs/15_viz.ipynb #58db3750
 class Showable:
     "Mixin: an object with a `.widget` that displays live in a kernel and as `static_html()` elsewhere (or if `static`)."
     static: bool | None = None
@@ -67,15 +69,18 @@ def image_bytes(img, fmt: str = "png", quality: int = 85) -> bytes:
     Image.fromarray(a.contiguous().numpy()).save(buf, format=fmt.upper(), **({} if fmt == "png" else {"quality": quality}))
     return buf.getvalue()
 
+# %% ../nbs/15_viz.ipynb #42617de3
 def data_uri(img, fmt: str = "png", quality: int = 85) -> str:
     "A `data:` URI of a uint8 image tensor (3,H,W)."
     return f"data:image/{fmt};base64," + base64.b64encode(image_bytes(img, fmt, quality)).decode()
 
+# %% ../nbs/15_viz.ipynb #10146f62
 def static_format() -> str:
     "The format of thumbnails embedded in static pages: WebP (about a quarter of PNG's size) where Pillow writes it, else JPEG."
     from PIL import features
     return "webp" if features.check("webp") else "jpeg"
 
+# %% ../nbs/15_viz.ipynb #c71936af
 MARKS = {"class": ("same class", "#2ca02c"), "bg": ("same background", "#d62728")}
 
 def thumb_html(img, caption: str = "", marks=(), size: int = 64, title: str = "", fmt: str = "png", quality: int = 85) -> str:
@@ -161,6 +166,7 @@ def pca_reduce(x: np.ndarray, dim: int = 50, seed: int = 0) -> np.ndarray:
     from sklearn.decomposition import PCA
     return PCA(dim, svd_solver="randomized", random_state=seed).fit_transform(x).astype(np.float32)
 
+# %% ../nbs/15_viz.ipynb #337d5ce7
 def umap_2d(feats, pca: int | None = 50, n_neighbors: int = 15, min_dist: float = 0.1, normalize: bool = True,
             random_state: int = 0, cache: bool = True, verbose: bool = False) -> np.ndarray:
     "2-D UMAP coordinates (n, 2) of features (n, d): L2-normalised, PCA to `pca` dims if larger, fixed `random_state`."
@@ -186,6 +192,7 @@ def umap_2d(feats, pca: int | None = 50, n_neighbors: int = 15, min_dist: float 
         tmp = path.with_suffix(f".{time.time_ns()}.tmp.npy"); np.save(tmp, out); tmp.replace(path)
     return out
 
+# %% ../nbs/15_viz.ipynb #d4ec634e
 def align_2d(ref: np.ndarray, x: np.ndarray) -> np.ndarray:
     "`x` (n,2) rotated/reflected, scaled and shifted onto `ref` (n,2) by orthogonal Procrustes."
     ref, x = np.asarray(ref, np.float64), np.asarray(x, np.float64)
@@ -204,12 +211,14 @@ PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
 def _colour(name: str, j: int) -> str:
     return "#b0b0b0" if name in ("no background", "unlabeled") else PALETTE[j % len(PALETTE)]
 
+# %% ../nbs/15_viz.ipynb #8e22d022
 def _as_panels(coords) -> dict:
     if isinstance(coords, dict):
         if not coords: raise ValueError("no embeddings given: pass {model name: (n, 2) coordinates}")
         return {str(k): np.asarray(v) for k, v in coords.items()}
     return {"embedding": np.asarray(coords)}
 
+# %% ../nbs/15_viz.ipynb #f8fd11ce
 def umap_figure(coords, points: PointSet, color: str = "class", height: int = 420, panel_width: int | None = None,
                 marker_size: float | None = None) -> go.Figure:
     "Scatter panels of 2-D embeddings `{name: (n,2)}` of `points`, coloured by `color` (one of `COLOR_BY`)."
@@ -232,6 +241,7 @@ def umap_figure(coords, points: PointSet, color: str = "class", height: int = 42
                       template="plotly_white", dragmode="pan", hovermode="closest")
     return fig
 
+# %% ../nbs/15_viz.ipynb #7f87810d
 _HOVER_JS = """
 var gd = document.getElementById('{plot_id}');
 var th = JSON.parse(document.getElementById('{plot_id}-data').textContent);
@@ -337,6 +347,7 @@ def retrieval_dbs(data: FgBgData) -> dict:
                          "databases need them (datasets with masks: toy, coco-fg, pets, in9)")
     return {k: data.variant(v) for k, v in DBS.items()}
 
+# %% ../nbs/15_viz.ipynb #a15054fe
 def search_excluding(index: FeatureIndex, queries, k: int, exclude=None) -> tuple[torch.Tensor, torch.Tensor]:
     "Top-`k` (scores, ids) of `queries` in `index`, leaving out database id `exclude[i]` from query i's list."
     if exclude is None: return index.search(queries, k)
@@ -346,6 +357,7 @@ def search_excluding(index: FeatureIndex, queries, k: int, exclude=None) -> tupl
     order = torch.sort(drop.to(torch.int8), dim=1, stable=True).indices[:, :k]  # kept ones first, in rank order
     return s.gather(1, order), ix.gather(1, order)
 
+# %% ../nbs/15_viz.ipynb #ca60efad
 def neighbour_marks(nbr_ids, q_labels, q_bgs, db_labels, db_bgs) -> tuple[torch.Tensor, torch.Tensor]:
     "Boolean (q, k) tables: neighbour has the query's class; neighbour has the query's (known) background id."
     nbr_ids = torch.as_tensor(nbr_ids).long()
@@ -353,11 +365,13 @@ def neighbour_marks(nbr_ids, q_labels, q_bgs, db_labels, db_bgs) -> tuple[torch.
     dl, db = as_labels(db_labels, "db_labels")[nbr_ids], as_labels(db_bgs, "db_bgs")[nbr_ids]
     return (dl == ql) & (ql >= 0), (db == qb) & (qb >= 0)
 
+# %% ../nbs/15_viz.ipynb #448f0420
 def neighbour_rates(same_class, same_bg) -> dict:
     "precision@k (share of neighbours of the query's class) and bg_rate (share sharing only its background)."
     sc, sb = torch.as_tensor(same_class).bool(), torch.as_tensor(same_bg).bool()
     return {"precision": sc.float().mean().item(), "bg_rate": (sb & ~sc).float().mean().item()}
 
+# %% ../nbs/15_viz.ipynb #0b970021
 def neighbour_table(feats: dict, dbs: dict, queries, k: int = 8, indexes: dict | None = None) -> dict:
     "For query ids (rows of the 'full' database): `{db: {'scores','ids','same_class','same_bg'}}` over the three databases."
     queries = torch.as_tensor(queries).long().reshape(-1)
@@ -376,6 +390,7 @@ def build_indexes(feats: dict) -> dict:
     "One cosine `FeatureIndex` per database: `{db: feats}` -> `{db: index}`."
     return {n: FeatureIndex(as_feats(f, f"{n} feats").shape[1]).add(f) for n, f in feats.items()}
 
+# %% ../nbs/15_viz.ipynb #52256f85
 def retrieval_summary(models: dict, dbs: dict, k: int = 8, queries=None, indexes: dict | None = None) -> list[dict]:
     "Rows `{model, db, precision, bg_rate, k, queries}` for `models` = `{model: {db: feats}}` over `queries` (default all)."
     queries = torch.arange(len(dbs["full"])) if queries is None else torch.as_tensor(queries).long()
@@ -389,6 +404,7 @@ def retrieval_summary(models: dict, dbs: dict, k: int = 8, queries=None, indexes
                          "k": k, "queries": len(queries)})
     return rows
 
+# %% ../nbs/15_viz.ipynb #94320b3f
 def summary_html(rows: list[dict]) -> str:
     "An HTML table of `retrieval_summary` rows: one line per model, precision@k and bg-rate@k per database."
     if not rows: return "<p>no summary</p>"
@@ -446,6 +462,7 @@ def select(self: RetrievalExplorer, i: int):
     self.table_now = {m: neighbour_table(self.models[m], self.dbs, [i], self.k, self.indexes[m]) for m in self.models}
     self.rows.value = self.rows_html()
 
+# %% ../nbs/15_viz.ipynb #61c297e0
 @patch
 def counts(self: RetrievalExplorer) -> dict:
     "For the current query: `{(model, db): (same class, same background only, k)}`."
@@ -485,6 +502,7 @@ def static_html(self: RetrievalExplorer) -> str:
     top = self.view.static_html() if self.view is not None else ""
     return f'{top}<div class="iclmsr-retrieval">{self.rows_html(static_format())}{summary_html(self.summary)}</div>'
 
+# %% ../nbs/15_viz.ipynb #f1acec76
 def _bg_name(ds: FgBgData, b: int) -> str:
     return "none" if b < 0 else ds.bg_names[b] if b < len(ds.bg_names) else f"bg{b}"
 
@@ -494,11 +512,13 @@ def heat_rgb(cam: torch.Tensor) -> torch.Tensor:
     c = normalise_cam(cam[None].float())[0].cpu()
     return (torch.stack([(1.5 - (4 * c - k).abs()).clamp(0, 1) for k in (3, 2, 1)]) * 255).round().to(torch.uint8)
 
+# %% ../nbs/15_viz.ipynb #27be08d0
 def overlay(img: torch.Tensor, cam: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
     "The uint8 image `img` (3, H, W) with the heat image of `cam` (H, W) blended in at `alpha`."
     if not 0 <= alpha <= 1: raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
     return ((1 - alpha) * img.float().cpu() + alpha * heat_rgb(cam).float()).round().to(torch.uint8)
 
+# %% ../nbs/15_viz.ipynb #88fcdaa9
 def mask_rgb(mask: torch.Tensor) -> torch.Tensor:
     "A bool mask (H, W) as a uint8 RGB image: the foreground white, the background black."
     return (mask.cpu().to(torch.uint8) * 255).expand(3, *mask.shape).contiguous()
@@ -547,6 +567,7 @@ def compute(self: SaliencyView, ids) -> dict:
                      "pointing": pointing_game(cam, m), "energy": energy_share(cam, m)}
     return out
 
+# %% ../nbs/15_viz.ipynb #6b8e38fc
 @patch
 def show(self: SaliencyView, start: int):
     "Make image `start` the first of the run of `n` images and redraw."
@@ -565,6 +586,7 @@ def summary(self: SaliencyView) -> dict:
                 "energy": 100 * r["energy"].double().mean().item(), "accuracy": 100 * (r["pred"] == y).double().mean().item()}
             for k, r in self.result.items()}
 
+# %% ../nbs/15_viz.ipynb #682d5f18
 @patch
 def rows_html(self: SaliencyView, fmt: str = "png") -> str:
     "The images as HTML rows: image, true mask, then one overlay per model captioned IoU / pointing / energy."
@@ -583,6 +605,7 @@ def rows_html(self: SaliencyView, fmt: str = "png") -> str:
                    f'energy {v["energy"]:.1f}% · accuracy {v["accuracy"]:.0f}%</td></tr>' for k, v in self.summary().items())
     return f'<table class="iclmsr-saliency" style="font-size:12px"><tr>{head}</tr>{"".join(rows)}{summ}</table>'
 
+# %% ../nbs/15_viz.ipynb #69faad2c
 @patch
 def static_html(self: SaliencyView) -> str:
     "The view as static HTML (thumbnails in `static_format()`)."

@@ -79,7 +79,7 @@ def test_perceptual_term_from_a_vgg16_state_dict_file(rec_runs, vgg_file):
     assert DEPARTURE not in p.stdout
     rec = lambda d: [x["rec"] for x in _records(d) if x.get("kind") == "batch"]
     assert len(rec(r)) == 7 and all(a > b for a, b in zip(rec(r), rec(q)[:7]))        # pixel L1 + VGG terms > pixel L1 alone (epoch 1)
-    assert _ck(r/"last.pt")["config"]["model"]["vgg_weights"] == str(vgg_file)
+    assert _ck(r/"last.pt")["config"]["model"]["options"]["vgg_weights"] == str(vgg_file)
 
 def test_dcodr_rec_icl_msr_trains_and_resumes_bitwise(tmp_path, background):
     a, b = tmp_path/"a", tmp_path/"b"

@@ -192,7 +192,7 @@ def test_a_key_the_method_does_not_use_is_refused_or_listed(tmp_path, capfd):
     assert "model.method: unknown method 'vicreg2'; registered: simclr, byol" in err
     out = print_config(capfd, "--set", "model.method=wmse")
     assert out.strip().splitlines()[-1] == "# not used by this run: icl.* (icl.enabled is false)"
-    assert "    w_size: null  # whitening sub-batch" in out and "temperature" not in out
+    assert "    w_size: null  # whitening sub-batch" in out and "    temperature:" not in out   # W-MSE has none
     assert "# not used by this run" not in print_config(capfd, "--set", "icl.enabled=true")
     out = print_config(capfd, "--set", "icl.enabled=true", "--set", "intervene.p=0.3")   # set, but not switched on
     assert out.strip().splitlines()[-1] == "# not used by this run: intervene.* (intervene.enabled is false)"
