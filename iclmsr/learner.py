@@ -26,11 +26,8 @@ __all__ = ['EVENTS', 'CancelFit', 'Callback', 'lr_factor', 'make_optimizer', 'di
 # %% ../nbs/12_learner.ipynb #2115fc07
 class CancelFit(Exception):
     "Raised by a callback (or `Learner.stop`) to end `fit` cleanly after the current batch."
-
-# %% ../nbs/12_learner.ipynb #2d21fd8f
 EVENTS = ("before_fit", "before_epoch", "before_stage", "before_batch", "after_backward", "after_batch", "after_stage",
           "after_epoch", "after_fit")
-
 class Callback:
     "Base class: override any of `EVENTS`; `self.learn` is the learner. Lower `order` runs first."
     order = 0
@@ -70,7 +67,6 @@ def make_optimizer(params, name: str, lr: float, weight_decay: float, momentum: 
 def dist_env() -> tuple[int, int, int]:
     "(rank, world size, local rank) from torchrun's environment; (0, 1, 0) without it."
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
-
 def init_distributed(device: torch.device) -> tuple[int, int]:
     "Join the process group if launched by torchrun; returns (rank, world size)."
     rank, world, _ = dist_env()
@@ -160,15 +156,12 @@ def _set_batch_shape(self: Learner, batch_size, domains_per_batch, per_domain, b
 def batches_per_epoch(self: Learner) -> int:
     "Stage-1 steps per epoch: whole batches of the shuffled data, or the epoch's domain-balanced batches (as many each epoch)."
     return self._n_batches if self.domain_shape is not None else len(self.data) // self.batch_size
-
 @patch(as_prop=True)
 def meta_batches_per_epoch(self: Learner) -> int:
     "Stage-2 steps per epoch (each uses two batches), as the regulariser sets them from its `meta_share`."
     return self.method.meta_steps(self.batches_per_epoch)
-
 @patch(as_prop=True)
 def total_steps(self: Learner) -> int: return self.n_epochs * self.batches_per_epoch
-
 @patch(as_prop=True)
 def stages(self: Learner) -> list[str]: return ["fit", "meta"] if self.meta_batches_per_epoch else ["fit"]
 
@@ -197,7 +190,6 @@ def add_cbs(self: Learner, cbs):
         self.cbs.append(cb)
     self.cbs.sort(key=lambda c: c.order)
     return self
-
 @patch
 def __call__(self: Learner, event: str):
     "Run `event` on every callback that has it."
@@ -210,7 +202,6 @@ def __call__(self: Learner, event: str):
 def stop(self: Learner):
     "Ask the run to end before the next batch (thread-safe: the dashboard's Stop, a signal handler)."
     self._stop.set()
-
 @patch(as_prop=True)
 def stopping(self: Learner) -> bool: return self._stop.is_set()
 
@@ -274,8 +265,6 @@ def make_batch(self: Learner, raw: dict, k: int = 0) -> Batch:
 
 # %% ../nbs/12_learner.ipynb #6bab82b8
 def _scalar(v): return float(v.detach().float()) if torch.is_tensor(v) else float(v)
-
-# %% ../nbs/12_learner.ipynb #0050be6b
 @patch
 def fit_batch(self: Learner, batch: Batch):
     "Stage 1: one optimiser step of encoder and heads on the total loss of `batch`."
@@ -358,8 +347,6 @@ def _rng_states(self: Learner):
     states = [None] * self.world
     dist.all_gather_object(states, rng_state())
     return states
-
-# %% ../nbs/12_learner.ipynb #6baccebc
 @patch
 def state_dict(self: Learner, epoch_end: bool = False) -> dict:
     "Everything needed to continue this run bit for bit (`epoch_end`: positioned at the start of the next epoch)."
