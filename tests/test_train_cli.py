@@ -217,3 +217,35 @@ def test_a_variant_folder_trains_without_masks(tmp_path, capfd):
     err = train_error(capfd, "--out", tmp_path/"db", *args, "--set", "model.method=simclr+do-bg")
     assert "do(background) needs foreground masks and dataset" in err and "has none" in err, err
     assert not (tmp_path/"db"/"last.pt").exists()
+
+MY_METHOD = '''
+import torch.nn.functional as F
+from torch import nn
+from iclmsr.methods import Method, register_method
+
+@register_method
+class Mirror(Method):
+    "Mirror: 1 - cos of the two views' projections (a method of a user's own module)"
+    name = "mirror"
+    def __init__(self, backbone, proj_dim: int = 16):  # the projection size
+        super().__init__(backbone, proj_dim)
+        self.projector = nn.Linear(backbone.feat_dim, proj_dim)
+    def loss_from_features(self, h1, h2, batch):
+        z1, z2 = self.project_pair(h1, h2)
+        return {"base": 1 - F.cosine_similarity(z1, z2).mean(), "z1": z1, "z2": z2}
+'''
+
+def test_a_method_of_ones_own_trains_by_name_in_a_new_process(tmp_path):
+    "A module named in $ICLMSR_METHODS registers its method in every process: `iclmsr train` knows it by name; a module that cannot be imported is one line."
+    (tmp_path/"my_methods.py").write_text(MY_METHOD)
+    env = {**os.environ, "ICLMSR_METHODS": "my_methods", "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
+    args = ["--set", "data.spec=toy:num_classes=4,n_train=32,n_test=8", "--set", "model.backbone=small_cnn",
+            "--set", "train.batch_size=32", "--set", "optim.warmup_steps=0", "--set", "model.method=mirror",
+            "--set", "model.options={proj_dim: 8}", "--set", "train.epochs=1", "--set", "train.knn_every=0", "--quiet"]
+    p = run([bin_path("iclmsr"), "train", "--out", str(tmp_path/"r"), *args], env=env)
+    res = json.loads((tmp_path/"r"/"results.json").read_text())
+    assert res["config"]["model"] == {"method": "mirror", "backbone": "small_cnn", "init": None, "options": {"proj_dim": 8}}
+    assert res["step"] == 4 and not res["cancelled"], p.stdout
+    bad = run([bin_path("iclmsr"), "train", "--print-config", "--set", "model.method=mirror"], check=False,
+              env={**env, "ICLMSR_METHODS": "no_such_module"})
+    assert "method module 'no_such_module' cannot be imported" in one_line_error(bad)
