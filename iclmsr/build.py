@@ -18,7 +18,8 @@ from .intervene import BackgroundIntervention, background_pool
 from .models import load_moco
 from .msr import MetaSemanticRegularizer
 from .methods import METHODS, ICLMSR, build_method, method_class, options
-from .learner import Learner, dist_env, init_distributed
+from .distributed import dist_env, init_distributed
+from .learner import Learner
 from .callbacks import MixedPrecision, ChannelsLast, MetricsLogger
 
 # %% auto #0

@@ -13,7 +13,7 @@ from .utils import UserError
 from .data import data_summary, format_summary, export_in9
 from .config import BATCH_SIZE, ConfigError, config_to_dict, dump_config, load_config, resolve_run_name
 from .methods import method_class, option_help, options
-from .learner import dist_env
+from .distributed import dist_env
 from .callbacks import Checkpointer, default_callbacks
 from .build import Learner, method_options, unused_keys
 from .eval import eval_checkpoint

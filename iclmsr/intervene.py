@@ -94,3 +94,10 @@ def intervention_generator(seed: int, rank: int = 0, epoch: int = 0, stage: str 
     "A CPU generator for the intervention on batch `batch` (`k`-th of its step) of `stage` in `epoch`, seeded from the run's `seed` and `rank`."
     key = f"do-bg/{seed}/{rank}/{epoch}/{stage}/{batch}/{k}".encode()
     return torch.Generator().manual_seed(int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1)
+
+# %% ../nbs/02d_intervene.ipynb #5cdca5d2
+@patch
+def generator(self: BackgroundIntervention, seed: int, rank: int = 0, epoch: int = 0, stage: str = "fit", batch: int = 0,
+              k: int = 0) -> torch.Generator:
+    "This intervention's generator for a batch: `intervention_generator` (what the `Learner` asks for each batch)."
+    return intervention_generator(seed, rank, epoch, stage, batch, k)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/12_learner.ipynb #c8818478
 from __future__ import annotations
-import contextlib, math, os, threading, warnings
+import contextlib, math, threading, warnings
 from pathlib import Path
 import torch
 import torch.nn as nn
@@ -15,13 +15,12 @@ from .config import OptimConfig, TrainConfig, BATCH_SIZE, config_to_dict
 from .checkpoint import rng_state, set_rng_state, load_checkpoint
 from .augment import TwoViewAugment
 from .batch import Batch, gather, make_batch, check_needs
-from .intervene import intervention_generator
+from .distributed import average_gradients
 from .methods import NonFiniteLoss
 from .sampler import balanced_shape, domain_batches
 
 # %% auto #0
-__all__ = ['EVENTS', 'CancelFit', 'Callback', 'lr_factor', 'make_optimizer', 'dist_env', 'init_distributed', 'average_gradients',
-           'Distributed', 'Learner']
+__all__ = ['EVENTS', 'CancelFit', 'Callback', 'lr_factor', 'make_optimizer', 'Distributed', 'Learner']
 
 # %% ../nbs/12_learner.ipynb #2115fc07
 class CancelFit(Exception):
@@ -62,29 +61,6 @@ def make_optimizer(params, name: str, lr: float, weight_decay: float, momentum: 
     if name == "adamw": return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     if name == "sgd": return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=True)
     raise ValueError(f"unknown optimizer {name!r}; allowed: adam, adamw, sgd")
-
-# %% ../nbs/12_learner.ipynb #a587106e
-def dist_env() -> tuple[int, int, int]:
-    "(rank, world size, local rank) from torchrun's environment; (0, 1, 0) without it."
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
-def init_distributed(device: torch.device) -> tuple[int, int]:
-    "Join the process group if launched by torchrun; returns (rank, world size)."
-    rank, world, _ = dist_env()
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-
-# %% ../nbs/12_learner.ipynb #aa34d71c
-def average_gradients(params):
-    "All-reduce and average the gradients of `params` across processes (no-op in one process)."
-    if not (dist.is_initialized() and dist.get_world_size() > 1): return
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads: return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= dist.get_world_size()
-    i = 0
-    for g in grads: g.copy_(flat[i:i + g.numel()].view_as(g)); i += g.numel()
 
 # %% ../nbs/12_learner.ipynb #b903e70d
 class Distributed(Callback):
@@ -260,7 +236,7 @@ def stage_batches(self: Learner, keys: list):
 @patch
 def make_batch(self: Learner, raw: dict, k: int = 0) -> Batch:
     "The `Batch` of one step from raw fields (the `k`-th of the step): views drawn on the training device, only the fields the method needs; the intervention, if any, first."
-    g = None if self.intervene is None else intervention_generator(self.seed, self.rank, self.epoch, self.stage, self.batch_idx, k)
+    g = None if self.intervene is None else self.intervene.generator(self.seed, self.rank, self.epoch, self.stage, self.batch_idx, k)
     return make_batch(raw, self.aug, self.needs, self.device, self.memory_format, intervene=self.intervene, generator=g)
 
 # %% ../nbs/12_learner.ipynb #6bab82b8

@@ -4,7 +4,7 @@ with one process on the whole batch."""
 import sys
 import torch
 from iclmsr.methods import build_method
-from iclmsr.learner import average_gradients, init_distributed
+from iclmsr.distributed import average_gradients, init_distributed
 from iclmsr.distributed import local_losses, mean_over_processes, process_group
 
 # (method, ICL-MSR on): NT-Xent, NT-Xent + the ICL term, SupCon (gathered labels), Barlow Twins (global cross-correlation)

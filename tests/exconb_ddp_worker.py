@@ -5,7 +5,7 @@ import sys
 import torch
 from iclmsr.batch import Batch
 from iclmsr.methods import build_method
-from iclmsr.learner import average_gradients, init_distributed
+from iclmsr.distributed import average_gradients, init_distributed
 from iclmsr.distributed import local_losses, mean_over_processes, process_group
 
 def global_batch(seed: int = 0, n: int = 16, size: int = 16, classes: int = 3):

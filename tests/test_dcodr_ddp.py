@@ -33,7 +33,7 @@ def build(icl: bool):
 def step(m, sl=slice(None)):
     "Loss and process-averaged gradients of one step on the images `sl` of the global batch."
     from iclmsr.batch import Batch
-    from iclmsr.learner import average_gradients
+    from iclmsr.distributed import average_gradients
     from iclmsr.distributed import mean_over_processes
     v1, v2, clean, dom = global_batch()
     params = m.encoder_parameters()
@@ -44,7 +44,7 @@ def step(m, sl=slice(None)):
     return float(mean_over_processes(out["loss"].detach())), [p.grad.clone() for p in params]
 
 def main(out_path: str):
-    from iclmsr.learner import init_distributed
+    from iclmsr.distributed import init_distributed
     from iclmsr.distributed import process_group, local_losses
     init_distributed(torch.device("cpu"))
     rank, world = process_group()
