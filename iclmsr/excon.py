@@ -10,12 +10,12 @@ import torch.distributed
 from torch import nn
 import torch.nn.functional as F
 from fastcore.basics import patch
-from .batch import Batch, as_batch
+from .batch import Batch
 from .utils import at_least_float32
 from .losses import supcon_loss
 from .distributed import gather_pair, process_group, gather_rows, all_gather_cat
 from .explain import grad_cam, saliency_mask, cam_layer
-from .methods import Method, SupCon, METHODS, register_method
+from .methods import Method, SupCon, register_method
 
 # %% auto #0
 __all__ = ['masked_view', 'ExCon', 'gather_ragged', 'ExConB']

@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_knn.ipynb #ceaf39dc
 from __future__ import annotations
-import math, time
+import math
 import numpy as np
 import torch
 import torch.nn.functional as F

@@ -13,10 +13,10 @@ from fastcore.basics import patch
 from .utils import check_tau, check_k
 from fastcore.docments import docments
 from .batch import Batch, as_batch
-from .models import build_backbone, Backbone, ProjectionMLP, BYOLPredictor, EMA
+from .models import build_backbone, ProjectionMLP, BYOLPredictor, EMA
 from .distributed import gather_pair
-from .losses import nt_xent, icl_loss, byol_loss, barlow_twins_loss, wmse_loss, supcon_loss, dcodr_loss
-from .msr import MetaSemanticRegularizer, StratumVectors, meta_gradient, adam_precond
+from .losses import nt_xent, byol_loss, barlow_twins_loss, wmse_loss, supcon_loss, dcodr_loss
+from .msr import MetaSemanticRegularizer, adam_precond
 from .augment import PRESETS
 from .rec import LordGenerator, Reconstruction
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/14b_report.ipynb #ca53ecd4
 from __future__ import annotations
-import html, json, os, sys
+import html, os, sys
 from pathlib import Path
 from .eval import EXPL_VARIANTS
 
