@@ -21,18 +21,24 @@ CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 PRESETS = {
-    "wmse": dict(scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), p_flip=0.5, jitter=(0.4, 0.4, 0.4, 0.1), p_jitter=0.8,
-                 p_gray=0.1, p_blur=0.0, sigma=(0.1, 2.0), mean=CIFAR_MEAN, std=CIFAR_STD),
-    "simclr": dict(scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), p_flip=0.5, jitter=(0.8, 0.8, 0.8, 0.2), p_jitter=0.8,
-                   p_gray=0.2, p_blur=0.5, sigma=(0.1, 2.0), mean=IMAGENET_MEAN, std=IMAGENET_STD),
-    # one transform per sample, drawn from `kinds` (DCoDR); images stay in [0, 1] as DCoDR's encoder sees them
-    "dcodr": dict(kinds=("blur", "contrast", "crop", "saturation"), k_blur=5, sigma=(1.0, 1.0), contrast=(1.8, 3.0),
-                  saturation=(1.8, 3.0), scale=(0.5, 1.0), ratio=(3 / 4, 4 / 3), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)),
+    "wmse": dict(scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), p_flip=0.5,
+                 jitter=(0.4, 0.4, 0.4, 0.1), p_jitter=0.8, p_gray=0.1, p_blur=0.0,
+                 sigma=(0.1, 2.0), mean=CIFAR_MEAN, std=CIFAR_STD),
+    "simclr": dict(scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), p_flip=0.5,
+                   jitter=(0.8, 0.8, 0.8, 0.2), p_jitter=0.8, p_gray=0.2, p_blur=0.5,
+                   sigma=(0.1, 2.0), mean=IMAGENET_MEAN, std=IMAGENET_STD),
+    # one transform per sample, drawn from `kinds` (DCoDR); images stay in [0, 1] as DCoDR's encoder
+    # sees them
+    "dcodr": dict(kinds=("blur", "contrast", "crop", "saturation"), k_blur=5,
+                  sigma=(1.0, 1.0), contrast=(1.8, 3.0), saturation=(1.8, 3.0), scale=(0.5, 1.0),
+                  ratio=(3 / 4, 4 / 3), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)),
 }
 DCODR_KINDS = ("blur", "contrast", "crop", "saturation")
 
 def _preset(preset: str) -> dict:
-    if preset not in PRESETS: raise ValueError(f"unknown augmentation preset {preset!r}; presets are: {', '.join(PRESETS)}")
+    if preset not in PRESETS:
+        raise ValueError(f"unknown augmentation preset {preset!r}; presets are: "
+                         f"{', '.join(PRESETS)}")
     return dict(PRESETS[preset])
 
 # %% ../nbs/02_augment.ipynb #0b5a51b3
@@ -41,8 +47,10 @@ def _u(n, lo, hi, g, dev):
     return lo + (hi - lo) * torch.rand(n, generator=g, device=dev)
 
 # %% ../nbs/02_augment.ipynb #1fae2726
-def rrc_params(n: int, h: int, w: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), generator=None, device="cpu"):
-    "Per-sample random-resized-crop boxes `(x0, y0, cw, ch)` in pixels, torchvision's sampling rule, vectorised."
+def rrc_params(n: int, h: int, w: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+               generator=None, device="cpu"):
+    """Per-sample random-resized-crop boxes `(x0, y0, cw, ch)` in pixels, torchvision's sampling
+    rule, vectorised."""
     area = h * w * _u(n * 10, scale[0], scale[1], generator, device).view(n, 10)
     r = _u(n * 10, math.log(ratio[0]), math.log(ratio[1]), generator, device).view(n, 10).exp()
     cw, ch = (area * r).sqrt(), (area / r).sqrt()
@@ -53,23 +61,29 @@ def rrc_params(n: int, h: int, w: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), 
     in_r = w / h
     fw = w if ratio[0] <= in_r <= ratio[1] else (w if in_r < ratio[0] else h * ratio[1])
     fh = h if ratio[0] <= in_r <= ratio[1] else (w / ratio[0] if in_r < ratio[0] else h)
-    cw, ch = torch.where(found, cw, torch.full_like(cw, fw)), torch.where(found, ch, torch.full_like(ch, fh))
+    cw, ch = (torch.where(found, cw, torch.full_like(cw, fw)),
+              torch.where(found, ch, torch.full_like(ch, fh)))
     x0 = torch.rand(n, generator=generator, device=device) * (w - cw)
     y0 = torch.rand(n, generator=generator, device=device) * (h - ch)
     return x0, y0, cw, ch
 
 # %% ../nbs/02_augment.ipynb #00ef06c1
-def crop_flip(x: torch.Tensor, boxes, flip: torch.Tensor, size: int, src: torch.Tensor | None = None) -> torch.Tensor:
-    "Crop `boxes` = (x0, y0, cw, ch) out of `x[src]`, mirror where `flip`, resample to `size` x `size` (bilinear)."
+def crop_flip(x: torch.Tensor, boxes, flip: torch.Tensor, size: int,
+              src: torch.Tensor | None = None) -> torch.Tensor:
+    """Crop `boxes` = (x0, y0, cw, ch) out of `x[src]`, mirror where `flip`, resample to `size` x
+    `size` (bilinear)."""
     n, (H, W) = len(flip), x.shape[-2:]
     x0, y0, cw, ch = boxes
-    sx = torch.where(flip, -cw, cw) / W                      # grid x runs right to left on flipped views
+    # grid x runs right to left on flipped views
+    sx = torch.where(flip, -cw, cw) / W
     cx, cy = (x0 + cw / 2) / W * 2 - 1, (y0 + ch / 2) / H * 2 - 1
-    t = torch.arange(size, device=x.device, dtype=x.dtype).mul_(2).add_(1).div_(size).sub_(1)  # pixel centres in [-1, 1]
+    # pixel centres in [-1, 1]
+    t = torch.arange(size, device=x.device, dtype=x.dtype).mul_(2).add_(1).div_(size).sub_(1)
     gx = (cx[:, None] + sx[:, None] * t[None]).view(n, 1, size).expand(n, size, size)
     gy = (cy[:, None] + (ch / H)[:, None] * t[None]).view(n, size, 1).expand(n, size, size)
     inp = x if src is None else x[src]
-    return F.grid_sample(inp, torch.stack([gx, gy], -1), mode="bilinear", padding_mode="border", align_corners=False)
+    return F.grid_sample(inp, torch.stack([gx, gy], -1), mode="bilinear",
+                         padding_mode="border", align_corners=False)
 
 # %% ../nbs/02_augment.ipynb #ce9c00c2
 _GRAY = (0.2989, 0.587, 0.114)
@@ -89,13 +103,15 @@ def adjust_brightness(x, f):
 
 # %% ../nbs/02_augment.ipynb #b6643499
 def adjust_contrast(x, f):
-    "Blend each image with its mean gray level by its factor `f` (0: flat gray, 1: unchanged), clamped to [0, 1]."
+    """Blend each image with its mean gray level by its factor `f` (0: flat gray, 1: unchanged),
+    clamped to [0, 1]."""
     m = to_gray(x).mean((1, 2, 3), keepdim=True)
     return (x * _per(f, x)).add_(m * (1 - _per(f, x))).clamp_(0, 1)
 
 # %% ../nbs/02_augment.ipynb #df8ddb2e
 def adjust_saturation(x, f):
-    "Blend each image with its grayscale by its factor `f` (0: gray, 1: unchanged), clamped to [0, 1]."
+    """Blend each image with its grayscale by its factor `f` (0: gray, 1: unchanged), clamped to [0,
+    1]."""
     return (x * _per(f, x)).add_(to_gray(x).mul_(1 - _per(f, x))).clamp_(0, 1)
 
 # %% ../nbs/02_augment.ipynb #795f62b3
@@ -104,33 +120,42 @@ def _hue_yiq(x, h):
     c, s, z, o = a.cos(), a.sin(), torch.zeros_like(a), torch.ones_like(a)
     R = torch.stack([o, z, z, z, c, -s, z, s, c], 1).view(-1, 3, 3)
     T = _YIQ.to(x.device, x.dtype)
-    M = torch.linalg.inv(T) @ R @ T                                   # (N, 3, 3): RGB -> YIQ, rotate IQ, -> RGB
+    # (N, 3, 3): RGB -> YIQ, rotate IQ, -> RGB
+    M = torch.linalg.inv(T) @ R @ T
     return torch.bmm(M, x.flatten(2)).view_as(x).clamp_(0, 1)
 
 # %% ../nbs/02_augment.ipynb #5f274e2d
 def _hue_hsv(x, h):
-    # HSV hue shift without building HSV images: with V = max, C = max - min and hue H (in sixths), the RGB of (H, S, V)
-    # is V - C * clamp(min(k, 4 - k), 0, 1) with k = (n + H) mod 6 and n = 5, 3, 1 for R, G, B
+    # HSV hue shift without building HSV images: with V = max, C = max - min and hue H (in sixths),
+    # the RGB of (H, S, V) is V - C * clamp(min(k, 4 - k), 0, 1) with k = (n + H) mod 6 and n = 5,
+    # 3, 1 for R, G, B
     r, g, b = x[:, 0], x[:, 1], x[:, 2]
     v = torch.maximum(torch.maximum(r, g), b)
     c = v - torch.minimum(torch.minimum(r, g), b)
     d = torch.where(c == 0, torch.ones_like(c), c)
-    h6 = torch.where(v == r, (g - b).div_(d), torch.where(v == g, (b - r).div_(d).add_(2), (r - g).div_(d).add_(4))).add_(_per(h * 6, c))
+    h6 = torch.where(v == r, (g - b).div_(d),
+                     torch.where(v == g, (b - r).div_(d).add_(2),
+                                 (r - g).div_(d).add_(4))).add_(_per(h * 6, c))
     k = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1) + h6[:, None]
-    k.sub_(torch.floor(k / 6).mul_(6))   # in place (as below): the same values, fewer full-size temporaries
+    # in place (as below): the same values, fewer full-size temporaries
+    k.sub_(torch.floor(k / 6).mul_(6))
     return torch.minimum(k, k.neg().add_(4)).clamp_(0, 1).mul_(c[:, None]).neg_().add_(v[:, None])
 
 # %% ../nbs/02_augment.ipynb #8892a862
 def adjust_hue(x, h, fast: bool = False):
-    "Shift hue by `h` (per sample, in turns) in HSV like torchvision, or (`fast`) by a rotation of YIQ's chroma plane."
+    """Shift hue by `h` (per sample, in turns) in HSV like torchvision, or (`fast`) by a rotation of
+    YIQ's chroma plane."""
     return _hue_yiq(x, h) if fast else _hue_hsv(x, h)
 
 # %% ../nbs/02_augment.ipynb #bda58ba5
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, k: int) -> torch.Tensor:
-    "Blur each image with its own sigma: separable k-tap Gaussian, reflect padding (torchvision's kernel)."
+    """Blur each image with its own sigma: separable k-tap Gaussian, reflect padding (torchvision's
+    kernel)."""
     n, c, H, W = x.shape
     i = torch.arange(k, device=x.device, dtype=x.dtype) - k // 2
-    w = torch.softmax(-(i[None] ** 2) / (2 * sigma[:, None].to(x.dtype) ** 2), 1).repeat_interleave(c, 0)  # (n*c, k)
+    # (n*c, k)
+    w = torch.softmax(-(i[None] ** 2) / (2 * sigma[:, None].to(x.dtype) ** 2),
+                      1).repeat_interleave(c, 0)
     y = F.pad(x.reshape(1, n * c, H, W), (k // 2,) * 4, mode="reflect")
     y = F.conv2d(y, w[:, None, None, :], groups=n * c)
     return F.conv2d(y, w[:, None, :, None], groups=n * c).view(n, c, H, W)
@@ -138,52 +163,74 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, k: int) -> torch.Tensor:
 # %% ../nbs/02_augment.ipynb #2b32a9eb
 def _check_batch(images, masks):
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"images must be a (B, 3, H, W) tensor, got {getattr(images, 'shape', type(images).__name__)}")
+        raise ValueError("images must be a (B, 3, H, W) tensor, got "
+                         f"{getattr(images, 'shape', type(images).__name__)}")
     if images.dtype != torch.uint8 and not images.dtype.is_floating_point:
         raise ValueError(f"images must be uint8 (0-255) or float (0-1), got {images.dtype}")
     if masks is not None and tuple(masks.shape) != (images.shape[0], *images.shape[2:]):
-        raise ValueError(f"mask/image size mismatch: masks {tuple(masks.shape)}, images {tuple(images.shape)}; "
-                         f"masks must be (B, H, W) = ({images.shape[0]}, {images.shape[2]}, {images.shape[3]})")
+        raise ValueError(f"mask/image size mismatch: masks {tuple(masks.shape)}, images "
+                         f"{tuple(images.shape)}; masks must be (B, H, W) = ({images.shape[0]}, "
+                         f"{images.shape[2]}, {images.shape[3]})")
 
 # %% ../nbs/02_augment.ipynb #7d5ec98c
 def _check_kinds(kinds):
-    if isinstance(kinds, str) or not kinds or any(k not in DCODR_KINDS for k in kinds) or len(set(kinds)) != len(kinds):
-        raise ValueError(f"kinds must be distinct names from {', '.join(DCODR_KINDS)}, got {kinds!r}")
+    if isinstance(kinds, str) or not kinds or any(k not in DCODR_KINDS
+                                                  for k in kinds) or len(set(kinds)) != len(kinds):
+        raise ValueError(f"kinds must be distinct names from {', '.join(DCODR_KINDS)}, got "
+                         f"{kinds!r}")
 
 # %% ../nbs/02_augment.ipynb #1d26f2f6
 class TwoViewAugment(nn.Module):
-    "Two augmented views of a uint8 batch (B,3,H,W), per-sample random parameters, on the batch's device."
-    def __init__(self, preset: str = "wmse", size: int = 32, mean=None, std=None, blur=None, fast_hue: bool = False, **overrides):
+    """Two augmented views of a uint8 batch (B,3,H,W), per-sample random parameters, on the batch's
+    device."""
+    def __init__(self, preset: str = "wmse", size: int = 32, mean=None, std=None, blur=None,
+                 fast_hue: bool = False, **overrides):
         super().__init__()
         cfg = _preset(preset)
         bad = [k for k in overrides if k not in cfg]
-        if bad: raise ValueError(f"unknown augmentation option {bad[0]!r}; options are: {', '.join(cfg)}")
+        if bad:
+            raise ValueError(f"unknown augmentation option {bad[0]!r}; options are: "
+                             f"{', '.join(cfg)}")
         cfg.update(overrides)
         if blur is not None and "kinds" in cfg:
-            raise ValueError(f"blur is an option of the wmse and simclr presets; {preset!r} blurs the samples that draw 'blur' (set kinds=...)")
-        if blur is not None: cfg["p_blur"] = float(blur) if not isinstance(blur, bool) else (0.5 if blur else 0.0)
-        if not isinstance(size, int) or size < 1: raise ValueError(f"size must be a positive integer, got {size!r}")
+            raise ValueError(f"blur is an option of the wmse and simclr presets; {preset!r} blurs "
+                             "the samples that draw 'blur' (set kinds=...)")
+        if blur is not None:
+            cfg["p_blur"] = float(blur) if not isinstance(blur, bool) else (0.5 if blur else 0.0)
+        if not isinstance(size, int) or size < 1:
+            raise ValueError(f"size must be a positive integer, got {size!r}")
         for k in ("p_flip", "p_jitter", "p_gray", "p_blur"):
-            if k in cfg and not 0 <= cfg[k] <= 1: raise ValueError(f"{k} must be a probability in [0, 1], got {cfg[k]!r}")
+            if k in cfg and not 0 <= cfg[k] <= 1:
+                raise ValueError(f"{k} must be a probability in [0, 1], got {cfg[k]!r}")
         if "kinds" in cfg: _check_kinds(cfg["kinds"])
         self.preset, self.size, self.fast_hue, self.cfg = preset, size, fast_hue, cfg
-        self.k_blur = cfg.get("k_blur") or max(3, 2 * round(0.05 * size) + 1)  # 10 % of the side, odd (SimCLR)
-        self.register_buffer("mean", torch.tensor(cfg["mean"] if mean is None else mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(cfg["std"] if std is None else std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        # 10 % of the side, odd (SimCLR)
+        self.k_blur = cfg.get("k_blur") or max(3, 2 * round(0.05 * size) + 1)
+        self.register_buffer("mean",
+                             torch.tensor(cfg["mean"] if mean is None else mean,
+                                          dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std",
+                             torch.tensor(cfg["std"] if std is None else std,
+                                          dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
     def extra_repr(self):
         "The settings shown in `repr(module)`."
-        if "kinds" in self.cfg: return f"preset={self.preset!r}, size={self.size}, one of: {', '.join(self.cfg['kinds'])}"
-        return f"preset={self.preset!r}, size={self.size}, p_blur={self.cfg['p_blur']}, fast_hue={self.fast_hue}"
+        if "kinds" in self.cfg:
+            return (f"preset={self.preset!r}, size={self.size}, one of: "
+                    f"{', '.join(self.cfg['kinds'])}")
+        return (f"preset={self.preset!r}, size={self.size}, p_blur={self.cfg['p_blur']}, "
+                f"fast_hue={self.fast_hue}")
 
 # %% ../nbs/02_augment.ipynb #00aad8f2
 @patch
 def colour(self: TwoViewAugment, x: torch.Tensor, generator=None) -> torch.Tensor:
-    "Colour jitter (p_jitter), grayscale (p_gray) and blur (p_blur) of a float batch in [0, 1], per sample."
+    """Colour jitter (p_jitter), grayscale (p_gray) and blur (p_blur) of a float batch in [0, 1],
+    per sample."""
     c, n, dev = self.cfg, len(x), x.device
     on = torch.rand(n, generator=generator, device=dev) < c["p_jitter"]
     b, ct, s, h = c["jitter"]
-    fac = [torch.where(on, _u(n, max(0.0, 1 - v), 1 + v, generator, dev), torch.ones(n, device=dev)) for v in (b, ct, s)]
+    fac = [torch.where(on, _u(n, max(0.0, 1 - v), 1 + v, generator, dev),
+                       torch.ones(n, device=dev)) for v in (b, ct, s)]
     hue = torch.where(on, _u(n, -h, h, generator, dev), torch.zeros(n, device=dev))
     steps = (lambda y: adjust_brightness(y, fac[0]), lambda y: adjust_contrast(y, fac[1]),
              lambda y: adjust_saturation(y, fac[2]), lambda y: adjust_hue(y, hue, self.fast_hue))
@@ -194,13 +241,17 @@ def colour(self: TwoViewAugment, x: torch.Tensor, generator=None) -> torch.Tenso
     if c["p_blur"] > 0:
         blur = (torch.rand(n, generator=generator, device=dev) < c["p_blur"]).nonzero().squeeze(1)
         if len(blur):
-            x = x.index_copy(0, blur, gaussian_blur(x[blur], _u(len(blur), *c["sigma"], generator, dev), self.k_blur))
+            x = x.index_copy(0, blur,
+                             gaussian_blur(x[blur],
+                                           _u(len(blur), *c["sigma"], generator, dev), self.k_blur))
     return x
 
 # %% ../nbs/02_augment.ipynb #e2390eab
 @patch
-def views(self: TwoViewAugment, images: torch.Tensor, masks: torch.Tensor | None = None, n_views: int = 2, generator=None):
-    "`n_views` views stacked along dim 0 (view-major: all first views, then all second views, ...), and their masks."
+def views(self: TwoViewAugment, images: torch.Tensor, masks: torch.Tensor | None = None,
+          n_views: int = 2, generator=None):
+    """`n_views` views stacked along dim 0 (view-major: all first views, then all second views,
+    ...), and their masks."""
     _check_batch(images, masks)
     if "kinds" in self.cfg: return self.one_of(images, masks, n_views, generator)
     B, _, H, W = images.shape
@@ -213,13 +264,16 @@ def views(self: TwoViewAugment, images: torch.Tensor, masks: torch.Tensor | None
     src = torch.arange(B, device=dev).repeat(n_views)
     v = crop_flip(x, boxes, flip, self.size, src)
     img, m = v[:, :3], (v[:, 3] > 0.5 if masks is not None else None)
-    img = self.colour(img.contiguous(), generator).sub_(self.mean).div_(self.std)   # colour's output is its own tensor
+    # colour's output is its own tensor
+    img = self.colour(img.contiguous(), generator).sub_(self.mean).div_(self.std)
     return img, m
 
 # %% ../nbs/02_augment.ipynb #e337e6d0
 @patch
-def forward(self: TwoViewAugment, images: torch.Tensor, masks: torch.Tensor | None = None, generator=None):
-    "`(v1, v2)`, or `(v1, v2, m1, m2)` when masks are given: normalised float views and their bool masks."
+def forward(self: TwoViewAugment, images: torch.Tensor,
+            masks: torch.Tensor | None = None, generator=None):
+    """`(v1, v2)`, or `(v1, v2, m1, m2)` when masks are given: normalised float views and their bool
+    masks."""
     v, m = self.views(images, masks, 2, generator)
     B = len(images)
     return (v[:B], v[B:]) if m is None else (v[:B], v[B:], m[:B], m[B:])
@@ -227,14 +281,17 @@ def forward(self: TwoViewAugment, images: torch.Tensor, masks: torch.Tensor | No
 # %% ../nbs/02_augment.ipynb #ee73a660
 @patch
 def draw_kinds(self: TwoViewAugment, n: int, generator=None, device="cpu") -> torch.Tensor:
-    "Each of `n` samples' transform, an index into `DCODR_KINDS`, uniform over the preset's `kinds` (the first draw of `one_of`)."
+    """Each of `n` samples' transform, an index into `DCODR_KINDS`, uniform over the preset's
+    `kinds` (the first draw of `one_of`)."""
     allowed = torch.tensor([DCODR_KINDS.index(k) for k in self.cfg["kinds"]], device=device)
     return allowed[torch.randint(len(allowed), (n,), generator=generator, device=device)]
 
 # %% ../nbs/02_augment.ipynb #9cd248d2
 @patch
-def one_of(self: TwoViewAugment, images: torch.Tensor, masks: torch.Tensor | None = None, n_views: int = 2, generator=None):
-    "DCoDR's views, stacked view-major as `views` does: each sample one transform of `kinds` (blur, contrast, crop, saturation)."
+def one_of(self: TwoViewAugment, images: torch.Tensor, masks: torch.Tensor | None = None,
+           n_views: int = 2, generator=None):
+    """DCoDR's views, stacked view-major as `views` does: each sample one transform of `kinds`
+    (blur, contrast, crop, saturation)."""
     _check_batch(images, masks)
     B, _, H, W = images.shape
     dev, c, n = images.device, self.cfg, B * n_views
@@ -243,31 +300,47 @@ def one_of(self: TwoViewAugment, images: torch.Tensor, masks: torch.Tensor | Non
     kind = self.draw_kinds(n, generator, dev)
     crop = kind == DCODR_KINDS.index("crop")
     box = rrc_params(n, H, W, c["scale"], c["ratio"], generator, dev)
-    box = [torch.where(crop, b, torch.full_like(b, v)) for b, v in zip(box, (0.0, 0.0, float(W), float(H)))]  # else the whole image
-    v = crop_flip(x, box, torch.zeros(n, dtype=torch.bool, device=dev), self.size, torch.arange(B, device=dev).repeat(n_views))
+    # else the whole image
+    box = [torch.where(crop, b, torch.full_like(b, v))
+           for b, v in zip(box, (0.0, 0.0, float(W), float(H)))]
+    v = crop_flip(x, box, torch.zeros(n, dtype=torch.bool, device=dev), self.size,
+                  torch.arange(B, device=dev).repeat(n_views))
     img, m = v[:, :3].contiguous(), (v[:, 3] > 0.5 if masks is not None else None)
     one = torch.ones(n, device=dev)
-    for name, step in (("contrast", adjust_contrast), ("saturation", adjust_saturation)):   # factor 1 elsewhere: unchanged
-        img = step(img, torch.where(kind == DCODR_KINDS.index(name), _u(n, *c[name], generator, dev), one))
+    # factor 1 elsewhere: unchanged
+    for name, step in (("contrast", adjust_contrast), ("saturation", adjust_saturation)):
+        img = step(img,
+                   torch.where(kind == DCODR_KINDS.index(name),
+                               _u(n, *c[name], generator, dev), one))
     blur = (kind == DCODR_KINDS.index("blur")).nonzero().squeeze(1)
     if len(blur):
-        img = img.index_copy(0, blur, gaussian_blur(img[blur], _u(len(blur), *c["sigma"], generator, dev), self.k_blur))
+        img = img.index_copy(0, blur,
+                             gaussian_blur(img[blur],
+                                           _u(len(blur), *c["sigma"], generator, dev), self.k_blur))
     return (img - self.mean) / self.std, m
 
 # %% ../nbs/02_augment.ipynb #2a110a62
 def torchvision_two_views(preset: str = "wmse", size: int = 32, mean=None, std=None, blur=None):
-    "A per-image function `img -> (view1, view2)` (PIL image or uint8 tensor) built from torchvision transforms."
+    """A per-image function `img -> (view1, view2)` (PIL image or uint8 tensor) built from
+    torchvision transforms."""
     import torchvision.transforms as T
     c = _preset(preset)
-    if blur is not None: c["p_blur"] = float(blur) if not isinstance(blur, bool) else (0.5 if blur else 0.0)
+    if blur is not None:
+        c["p_blur"] = float(blur) if not isinstance(blur, bool) else (0.5 if blur else 0.0)
     k = max(3, 2 * round(0.05 * size) + 1)
     norm = T.Normalize(c["mean"] if mean is None else mean, c["std"] if std is None else std)
-    if "kinds" in c:  # DCoDR: one transform per image, uniformly from `kinds` (its `AUGS_DICT` entries)
-        ops = {"blur": T.GaussianBlur(c["k_blur"], c["sigma"]), "contrast": T.ColorJitter(contrast=c["contrast"]),
-               "crop": T.RandomResizedCrop(size, scale=c["scale"], ratio=c["ratio"]), "saturation": T.ColorJitter(saturation=c["saturation"])}
-        return _TwoViews(T.Compose([T.Resize((size, size)), T.RandomChoice([ops[n] for n in c["kinds"]]), T.ToTensor(), norm]))
+    # DCoDR: one transform per image, uniformly from `kinds` (its `AUGS_DICT` entries)
+    if "kinds" in c:
+        ops = {"blur": T.GaussianBlur(c["k_blur"], c["sigma"]),
+               "contrast": T.ColorJitter(contrast=c["contrast"]),
+               "crop": T.RandomResizedCrop(size, scale=c["scale"], ratio=c["ratio"]),
+               "saturation": T.ColorJitter(saturation=c["saturation"])}
+        return _TwoViews(T.Compose([T.Resize((size, size)),
+                                    T.RandomChoice([ops[n] for n in c["kinds"]]), T.ToTensor(),
+                                    norm]))
     steps = [T.RandomResizedCrop(size, scale=c["scale"], ratio=c["ratio"],
-                                 interpolation=T.InterpolationMode.BICUBIC if preset == "wmse" else T.InterpolationMode.BILINEAR),
+                                 interpolation=T.InterpolationMode.BICUBIC if preset == "wmse"
+                                 else T.InterpolationMode.BILINEAR),
              T.RandomHorizontalFlip(c["p_flip"]),
              T.RandomApply([T.ColorJitter(*c["jitter"])], p=c["p_jitter"]),
              T.RandomGrayscale(c["p_gray"])]

@@ -13,20 +13,25 @@ from .utils import UserError
 __all__ = ['NEEDS', 'Batch', 'as_batch', 'lacks', 'check_needs', 'gather', 'clean_images', 'make_batch']
 
 # %% ../nbs/02b_batch.ipynb #25db07d9
-NEEDS = {"labels": "class labels", "domains": "domain ids, here the background ids", "clean": "the un-augmented images",
-         "masks": "foreground masks of the views", "index": "the samples' positions in the dataset"}
+NEEDS = {"labels": "class labels", "domains": "domain ids, here the background ids",
+         "clean": "the un-augmented images", "masks": "foreground masks of the views",
+         "index": "the samples' positions in the dataset"}
 
 @dataclass
 class Batch:
-    "What one training step may use: the two views always, each other field only when the method `needs` it."
+    """What one training step may use: the two views always, each other field only when the method
+    `needs` it."""
     views: tuple                           # (v1, v2): normalised float views (B, 3, H, W)
     labels: torch.Tensor | None = None     # (B,) class ids
     domains: torch.Tensor | None = None    # (B,) domain ids (background ids)
-    clean: torch.Tensor | None = None      # (B, 3, H, W) un-augmented images, normalised like the views
+    # (B, 3, H, W) un-augmented images, normalised like the views
+    clean: torch.Tensor | None = None
     masks: tuple | None = None             # (m1, m2): bool (B, H, W) foreground masks of the views
     index: torch.Tensor | None = None      # (B,) positions in the dataset
-    swapped: torch.Tensor | None = None    # (2, B) bool: the views whose background an intervention replaced (do(background))
-    bg: torch.Tensor | None = None         # (B, 3, H, W) a view of each image's background-only image (do(background), bg_negative)
+    # (2, B) bool: the views whose background an intervention replaced (do(background))
+    swapped: torch.Tensor | None = None
+    # (B, 3, H, W) a view of each image's background-only image (do(background), bg_negative)
+    bg: torch.Tensor | None = None
 
     @property
     def v1(self) -> torch.Tensor: return self.views[0]
@@ -36,40 +41,49 @@ class Batch:
 
 # %% ../nbs/02b_batch.ipynb #bbc0bf70
 def as_batch(batch, *rest) -> Batch:
-    "A `Batch` from a `Batch`, a tuple `(v1, v2[, labels])`, or the views (and labels) given as arguments."
+    """A `Batch` from a `Batch`, a tuple `(v1, v2[, labels])`, or the views (and labels) given as
+    arguments."""
     if isinstance(batch, Batch) and not rest: return batch
     parts = (batch, *rest) if rest or isinstance(batch, torch.Tensor) else batch
     if (not isinstance(parts, (tuple, list)) or len(parts) not in (2, 3)
             or not all(isinstance(t, torch.Tensor) for t in parts[:2])):
         n = len(parts) if hasattr(parts, "__len__") else "?"
-        raise ValueError(f"a batch must be a Batch, (v1, v2) or (v1, v2, labels), got {type(parts).__name__} of length {n}")
+        raise ValueError("a batch must be a Batch, (v1, v2) or (v1, v2, labels), got "
+                         f"{type(parts).__name__} of length {n}")
     return Batch(views=(parts[0], parts[1]), labels=parts[2] if len(parts) == 3 else None)
 
 # %% ../nbs/02b_batch.ipynb #dba6c3b5
 def lacks(field: str, data) -> str | None:
     "Why `data` (an `FgBgData`) cannot give `field` to a step, or None when it can."
-    if field not in NEEDS: raise ValueError(f"unknown batch field {field!r}; known: {', '.join(NEEDS)}")
-    if field == "labels" and not bool((data.labels >= 0).all()): return "some of its samples are unlabelled (label -1)"
+    if field not in NEEDS:
+        raise ValueError(f"unknown batch field {field!r}; known: {', '.join(NEEDS)}")
+    if field == "labels" and not bool((data.labels >= 0).all()):
+        return "some of its samples are unlabelled (label -1)"
     if field == "domains":
         known = data.backgrounds >= 0
         if not bool(known.any()): return "it has no background ids"
-        if not bool(known.all()): return f"{int((~known).sum())} of its {len(data)} samples have no background id"
+        if not bool(known.all()):
+            return f"{int((~known).sum())} of its {len(data)} samples have no background id"
     if field == "masks" and not data.has_masks: return "it has no foreground masks"
     return None
 
 # %% ../nbs/02b_batch.ipynb #dbe14c8b
 def check_needs(needs, data, who: str = "the method"):
-    "Raise a one-line `UserError` naming `who`, the first field of `needs` that `data` cannot give, and the dataset."
+    """Raise a one-line `UserError` naming `who`, the first field of `needs` that `data` cannot
+    give, and the dataset."""
     for f in sorted(needs, key=lambda f: list(NEEDS).index(f) if f in NEEDS else -1):
         why = lacks(f, data)
         if not why: continue
-        fix = (" (for a folder dataset, in9:PATH, list each image's domain in PATH/domains.csv, columns path and domain)"
+        fix = (" (for a folder dataset, in9:PATH, list each image's domain in PATH/domains.csv, "
+               "columns path and domain)"
                if f == "domains" else "")
-        raise UserError(f"{who} needs {f} ({NEEDS[f]}), which dataset {data.name!r} cannot give: {why}{fix}")
+        raise UserError(f"{who} needs {f} ({NEEDS[f]}), which dataset {data.name!r} cannot give: "
+                        f"{why}{fix}")
 
 # %% ../nbs/02b_batch.ipynb #dcbd34b3
 def gather(data, idx: torch.Tensor, needs=()) -> dict:
-    "The raw fields of the samples at `idx` that a step with `needs` reads: `images` (uint8) always."
+    """The raw fields of the samples at `idx` that a step with `needs` reads: `images` (uint8)
+    always."""
     i = idx.to(data.images.device)
     raw = {"images": data.images[i]}
     if "labels" in needs: raw["labels"] = data.labels[i]
@@ -80,33 +94,45 @@ def gather(data, idx: torch.Tensor, needs=()) -> dict:
 
 # %% ../nbs/02b_batch.ipynb #2ef376a7
 def clean_images(augment, images: torch.Tensor) -> torch.Tensor:
-    "uint8 `images` normalised like `augment`'s views, resized (bilinear, antialiased) to its output size."
+    """uint8 `images` normalised like `augment`'s views, resized (bilinear, antialiased) to its
+    output size."""
     x = images.float() / 255
     if tuple(x.shape[-2:]) != (augment.size, augment.size):
-        x = F.interpolate(x, size=(augment.size, augment.size), mode="bilinear", antialias=True, align_corners=False)
+        x = F.interpolate(x, size=(augment.size, augment.size), mode="bilinear",
+                          antialias=True, align_corners=False)
     return (x - augment.mean) / augment.std
 
 # %% ../nbs/02b_batch.ipynb #7da6ab4f
-def make_batch(raw: dict, augment, needs=(), device=None, memory_format=torch.contiguous_format, intervene=None,
-               generator=None) -> Batch:
-    "The `Batch` of a step: views (and their masks) by `augment` on `device`, and the other fields asked for; `intervene` (with `raw['masks']`): do(background) first."
+def make_batch(raw: dict, augment, needs=(), device=None,
+               memory_format=torch.contiguous_format, intervene=None, generator=None) -> Batch:
+    """The `Batch` of a step: views (and their masks) by `augment` on `device`, and the other fields
+    asked for; `intervene` (with `raw['masks']`): do(background) first."""
     mv = lambda t: t.to(device, non_blocking=True) if device is not None else t
     x, swapped = mv(raw["images"]), None
-    if intervene is not None:   # each view from its own source image, one call: the draws of augment(x)
-        if "masks" not in raw: raise ValueError("an intervention needs the raw masks: gather with 'masks' in needs")
+    # each view from its own source image, one call: the draws of augment(x)
+    if intervene is not None:
+        if "masks" not in raw:
+            raise ValueError("an intervention needs the raw masks: gather with 'masks' in needs")
         k = mv(raw["masks"])
         x1, x2, swapped = intervene(x, k, generator)
-        v, m = augment.views(torch.cat([x1, x2]), k.repeat(2, 1, 1) if "masks" in needs else None, n_views=1)
+        v, m = augment.views(torch.cat([x1, x2]),
+                             k.repeat(2, 1, 1) if "masks" in needs else None, n_views=1)
         B = len(x)
         (v1, v2), masks = (v[:B], v[B:]), (None if m is None else (m[:B], m[B:]))
     elif "masks" in needs: v1, v2, m1, m2 = augment(x, mv(raw["masks"])); masks = (m1, m2)
     else: (v1, v2), masks = augment(x), None
-    fmt = lambda t: t if memory_format is torch.contiguous_format else t.contiguous(memory_format=memory_format)
+    fmt = (lambda t: t if memory_format is torch.contiguous_format
+           else t.contiguous(memory_format=memory_format))
     bg = None
-    if intervene is not None and intervene.bg_negative:   # drawn after the views: theirs stay as they are
-        if "index" not in raw: raise ValueError("an intervention with bg_negative needs the samples' positions: gather with 'index' in needs")
+    # drawn after the views: theirs stay as they are
+    if intervene is not None and intervene.bg_negative:
+        if "index" not in raw:
+            raise ValueError("an intervention with bg_negative needs the samples' positions: "
+                             "gather with 'index' in needs")
         own = intervene.pool.images[raw["index"].to(intervene.pool.images.device)]
         bg = fmt(augment.views(mv(own), n_views=1)[0])
     get = lambda k: mv(raw[k]) if k in needs else None
-    return Batch(views=(fmt(v1), fmt(v2)), labels=get("labels"), domains=get("domains"), masks=masks,
-                 clean=fmt(clean_images(augment, x)) if "clean" in needs else None, index=get("index"), swapped=swapped, bg=bg)
+    return Batch(views=(fmt(v1), fmt(v2)), labels=get("labels"),
+                 domains=get("domains"), masks=masks,
+                 clean=fmt(clean_images(augment, x)) if "clean" in needs else None,
+                 index=get("index"), swapped=swapped, bg=bg)

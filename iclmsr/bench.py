@@ -35,13 +35,15 @@ __all__ = ['BENCHES', 'EPOCH_BASE', 'QUICK_EPOCH', 'EPOCH_RUNS', 'bench', 'bench
            'bench_icl_epoch', 'bench_excon_step', 'bench_grad_cam', 'bench_umap', 'bench_dashboard']
 
 # %% ../nbs/20_bench.ipynb #6d493721
-BENCHES = ("augment", "step", "knn", "toy", "icl_epoch", "excon_step", "lightly", "profile", "scale")
+BENCHES = ("augment", "step", "knn", "toy", "icl_epoch", "excon_step",
+           "lightly", "profile", "scale")
 
 def _run_bench(name: str, quick: bool) -> dict:
     if name == "augment":
         return bench_augment(n_batches=2, rounds=1) if quick else bench_augment()
     if name == "step":
-        return bench_step("small_cnn", batch=32, steps=1, warmup=0, meta=(("exact", "all"),)) if quick else bench_step()
+        return (bench_step("small_cnn", batch=32, steps=1, warmup=0, meta=(("exact", "all"),))
+                if quick else bench_step())
     if name == "knn":
         return bench_knn(n_db=2000, n_query=200, dim=64) if quick else bench_knn(repeat=3)
     if name == "toy":
@@ -49,29 +51,37 @@ def _run_bench(name: str, quick: bool) -> dict:
     if name == "icl_epoch":
         return bench_icl_epoch(QUICK_EPOCH, rounds=1) if quick else bench_icl_epoch()
     if name == "excon_step":
-        return bench_excon_step("small_cnn", batch=32, n_classes=4, steps=1, warmup=0) if quick else bench_excon_step()
+        return (bench_excon_step("small_cnn", batch=32, n_classes=4, steps=1, warmup=0)
+                if quick else bench_excon_step())
     if name == "lightly":   # the small CNN and ResNet-18 on this machine's device
         from iclmsr.speed import bench_lightly
         from iclmsr.utils import get_device
         dev = str(get_device("auto"))
-        if quick: return {"small_cnn": bench_lightly("small_cnn", batch=32, steps=2, rounds=1, device=dev)}
+        if quick:
+            return {"small_cnn": bench_lightly("small_cnn", batch=32,
+                                               steps=2, rounds=1, device=dev)}
         return {"small_cnn": bench_lightly("small_cnn", device=dev, rounds=4),
                 "resnet18": bench_lightly("resnet18", device=dev, steps=2 if dev == "cpu" else 20)}
     if name == "profile":
         from iclmsr.speed import profile_learner
         if quick: return {"small_cnn": profile_learner("small_cnn", batch=32, steps=1)}
-        return {"small_cnn": profile_learner("small_cnn", steps=3), "resnet18": profile_learner("resnet18", steps=2)}
+        return {"small_cnn": profile_learner("small_cnn", steps=3),
+                "resnet18": profile_learner("resnet18", steps=2)}
     if name == "scale":
         from iclmsr.speed import bench_loss_scale
-        return bench_loss_scale(batches=(128, 256), strata=(1, 8), batch=128, repeat=1) if quick else bench_loss_scale()
+        return (bench_loss_scale(batches=(128, 256), strata=(1, 8), batch=128, repeat=1)
+                if quick else bench_loss_scale())
     raise ValueError(f"unknown benchmark {name!r}; allowed: {', '.join(BENCHES)}")
 
 # %% ../nbs/20_bench.ipynb #41f5afa4
 def bench(out: str = "bench.json",  # JSON file for the results
-          only: str = None,  # comma-separated benchmarks to run (default: all of augment, step, knn, toy, icl_epoch, excon_step, lightly, profile, scale)
+          # comma-separated benchmarks to run (default: all of augment, step, knn, toy, icl_epoch,
+          # excon_step, lightly, profile, scale)
+          only: str = None,
           quick: bool = False,  # tiny sizes: a smoke run whose numbers mean little
          ):
-    "Measure augmentation, training-step, kNN and dataset-generation speed side by side; write JSON."
+    """Measure augmentation, training-step, kNN and dataset-generation speed side by side; write
+    JSON."""
     from iclmsr.utils import env_info
     names = [n.strip() for n in only.split(",")] if only else list(BENCHES)
     bad = [n for n in names if n not in BENCHES]
@@ -90,7 +100,8 @@ def bench(out: str = "bench.json",  # JSON file for the results
 
 # %% ../nbs/20_bench.ipynb #e4c5e82b
 def _time_steps(plain, icl, regs, views, steps, warmup, lr, dev) -> tuple:
-    "Interleaved step times of `plain` and `icl` (order alternating) and of one meta step of each regulariser."
+    """Interleaved step times of `plain` and `icl` (order alternating) and of one meta step of each
+    regulariser."""
     opts = {id(m): torch.optim.Adam(m.encoder_parameters(), lr=lr) for m in (plain, icl)}
     def train_step(m, v):
         out = m.training_loss(*v); opt = opts[id(m)]
@@ -113,38 +124,49 @@ def _time_steps(plain, icl, regs, views, steps, warmup, lr, dev) -> tuple:
     return times, peak
 
 # %% ../nbs/20_bench.ipynb #6d175766
-def bench_step(backbone: str = "resnet18", batch: int = 256, size: int = 32, n_strata: int = ICLConfig.n_strata, steps: int = 3,
-               warmup: int = 1, meta_share: float = ICLConfig.meta_share,
-               meta=(("exact", "all"), ("unrolled", "all"), ("finite_diff", "all"), ("first_order", "all"), ("exact", "head")),
-               lam: float = ICLConfig.lam, lr: float = OptimConfig.lr, device=None, seed: int = 0, backbone_kw: dict | None = None) -> dict:
-    "Step time of SimCLR+ICL-MSR vs SimCLR side by side, stage-2 meta step times, epoch ratios and ICL memory."
+def bench_step(backbone: str = "resnet18", batch: int = 256, size: int = 32,
+               n_strata: int = ICLConfig.n_strata, steps: int = 3, warmup: int = 1,
+               meta_share: float = ICLConfig.meta_share,
+               meta=(("exact", "all"), ("unrolled", "all"), ("finite_diff", "all"),
+                     ("first_order", "all"), ("exact", "head")),
+               lam: float = ICLConfig.lam, lr: float = OptimConfig.lr, device=None, seed: int = 0,
+               backbone_kw: dict | None = None) -> dict:
+    """Step time of SimCLR+ICL-MSR vs SimCLR side by side, stage-2 meta step times, epoch ratios and
+    ICL memory."""
     dev = get_device(device); seed_everything(seed)
     bkw = dict(backbone_kw=backbone_kw or {})
     plain = build_method("simclr", backbone, size, **bkw).to(dev)
-    icl = build_method("simclr", backbone, size, icl_msr=True, n_strata=n_strata, lam=lam, **bkw).to(dev)
+    icl = build_method("simclr", backbone, size, icl_msr=True,
+                       n_strata=n_strata, lam=lam, **bkw).to(dev)
     icl.base.load_state_dict(plain.state_dict())
-    regs = {f"{mo}/{pa}": MetaSemanticRegularizer(icl.proj_dim, n_strata, lam, meta_mode=mo, meta_params=pa, inner_lr=lr).to(dev)
+    regs = {f"{mo}/{pa}": MetaSemanticRegularizer(icl.proj_dim, n_strata, lam, meta_mode=mo,
+                                                  meta_params=pa, inner_lr=lr).to(dev)
             for mo, pa in meta}
-    views = lambda: (torch.rand(batch, 3, size, size, device=dev), torch.rand(batch, 3, size, size, device=dev))
+    views = lambda: (torch.rand(batch, 3, size, size, device=dev),
+                     torch.rand(batch, 3, size, size, device=dev))
     times, peak = _time_steps(plain, icl, regs, views, steps, warmup, lr, dev)
-    # ratios within each repetition (the machine's speed drifts between repetitions), then the median
+    # ratios within each repetition (the machine's speed drifts between repetitions), then the
+    # median
     rel = lambda k: median([t / p for t, p in zip(times[k], times["plain"])])
     step_ratio, meta_rel = rel("icl"), {k: rel(k) for k in regs}
     z1, z2 = (torch.randn(batch, icl.proj_dim, device=dev, requires_grad=True) for _ in range(2))
     a = icl.strata().detach().requires_grad_()
     _, icl_mem = saved_bytes(icl_loss, z1, z2, a)
     _, nt_mem = saved_bytes(nt_xent, z1, z2)
-    def term(fn, *args):  # forward + backward of one loss term alone, the noise-free part of the step difference
+    def term(
+             # forward + backward of one loss term alone, the noise-free part of the step difference
+             fn, *args):
         return median([timed(lambda: fn(*args).backward(), dev)[0] for _ in range(5)])
     icl_term, nt_term = term(icl_loss, z1, z2, a), term(nt_xent, z1, z2)
     res = {
-        "device": str(dev), "backbone": backbone, "batch": batch, "size": size, "n_strata": n_strata, "steps": steps,
-        "plain_step_s": median(times["plain"]), "icl_step_s": median(times["icl"]), "step_ratio": step_ratio,
-        "meta_share": meta_share, "meta_step_s": {k: median(times[k]) for k in regs},
-        "meta_step_vs_plain_step": meta_rel,
+        "device": str(dev), "backbone": backbone, "batch": batch, "size": size,
+        "n_strata": n_strata, "steps": steps, "plain_step_s": median(times["plain"]),
+        "icl_step_s": median(times["icl"]), "step_ratio": step_ratio, "meta_share": meta_share,
+        "meta_step_s": {k: median(times[k]) for k in regs}, "meta_step_vs_plain_step": meta_rel,
         "epoch_ratio": {k: step_ratio + meta_share / 2 * meta_rel[k] for k in regs},
         "max_share_for_1.5x": {k: max(0.0, 2 * (1.5 - step_ratio) / meta_rel[k]) for k in regs},
-        "icl_term_s": icl_term, "ntxent_term_s": nt_term, "icl_term_vs_plain_step": (icl_term - nt_term) / median(times["plain"]),
+        "icl_term_s": icl_term, "ntxent_term_s": nt_term,
+        "icl_term_vs_plain_step": (icl_term - nt_term) / median(times["plain"]),
         "icl_saved_bytes": icl_mem, "ntxent_saved_bytes": nt_mem,
         "per_stratum_similarity_bytes": n_strata * (2 * batch) ** 2 * 4,
         "targets": {"step_ratio": 1.15, "epoch_ratio": 1.5},
@@ -179,9 +201,11 @@ def _time_loader(fn, arr, batch, workers):
     return n / (time.perf_counter() - t)
 
 # %% ../nbs/20_bench.ipynb #f9a06018
-def bench_augment(batch: int = 256, size: int = 32, n_batches: int = 20, workers: int = 2, preset: str = "wmse",
-                  device=None, rounds: int = 2, threads: int | None = None, fast_hue: bool = False, seed: int = 0) -> dict:
-    "Two-view images/s: batched `TwoViewAugment` vs the per-image torchvision pipeline in a DataLoader, side by side."
+def bench_augment(batch: int = 256, size: int = 32, n_batches: int = 20,
+                  workers: int = 2, preset: str = "wmse", device=None, rounds: int = 2,
+                  threads: int | None = None, fast_hue: bool = False, seed: int = 0) -> dict:
+    """Two-view images/s: batched `TwoViewAugment` vs the per-image torchvision pipeline in a
+    DataLoader, side by side."""
     dev = get_device(device or "cpu")
     g = torch.Generator().manual_seed(seed)
     x = torch.randint(0, 256, (batch * n_batches, 3, size, size), dtype=torch.uint8, generator=g)
@@ -189,8 +213,8 @@ def bench_augment(batch: int = 256, size: int = 32, n_batches: int = 20, workers
     aug, xd = TwoViewAugment(preset, size, fast_hue=fast_hue).to(dev), x.to(dev)
     tv = torchvision_two_views(preset, size)
     old = torch.get_num_threads()
-    # on a CPU, try 1 intra-op thread as well as all of them: on a busy shared machine OpenMP threads that wait for
-    # each other at every op can be many times slower than one thread
+    # on a CPU, try 1 intra-op thread as well as all of them: on a busy shared machine OpenMP
+    # threads that wait for each other at every op can be many times slower than one thread
     tlist = [threads] if threads else ([old] if dev.type != "cpu" else sorted({1, old}))
     ours, theirs = {}, 0.0
     try:
@@ -202,74 +226,95 @@ def bench_augment(batch: int = 256, size: int = 32, n_batches: int = 20, workers
             theirs = max(theirs, _time_loader(tv, arr, batch, workers))
     finally: torch.set_num_threads(old)
     best = max(ours, key=ours.get)
-    return dict(preset=preset, batch=batch, size=size, n_images=batch * n_batches, device=str(dev), workers=workers,
-                rounds=rounds, fast_hue=fast_hue, batched_img_s=round(ours[best], 1), batched_threads=best,
+    return dict(preset=preset, batch=batch, size=size, n_images=batch * n_batches,
+                device=str(dev), workers=workers, rounds=rounds, fast_hue=fast_hue,
+                batched_img_s=round(ours[best], 1), batched_threads=best,
                 batched_img_s_by_threads={str(t): round(v, 1) for t, v in ours.items()},
                 torchvision_img_s=round(theirs, 1), speedup=round(ours[best] / theirs, 2))
 
 # %% ../nbs/20_bench.ipynb #5b847ee1
-def bench_knn(n_db: int = 50_000, n_query: int = 10_000, dim: int = 512, k: int = 5, nprobe: int = 8, seed: int = 0,
-              sklearn: bool = True, repeat: int = 1) -> dict:
-    "Time kNN search (FAISS flat and IVF, torch matmul, torch cdist, scikit-learn brute force) on the CPU, side by side."
+def bench_knn(n_db: int = 50_000, n_query: int = 10_000, dim: int = 512, k: int = 5,
+              nprobe: int = 8, seed: int = 0, sklearn: bool = True, repeat: int = 1) -> dict:
+    """Time kNN search (FAISS flat and IVF, torch matmul, torch cdist, scikit-learn brute force) on
+    the CPU, side by side."""
     g = torch.Generator().manual_seed(seed)
     centres = torch.randn(100, dim, generator=g)
-    draw = lambda n: F.normalize(centres[torch.randint(0, 100, (n,), generator=g)] + torch.randn(n, dim, generator=g), dim=1)
+    draw = lambda n: F.normalize(centres[torch.randint(0, 100, (n,), generator=g)]
+                                 + torch.randn(n, dim, generator=g), dim=1)
     db, q = draw(n_db), draw(n_query)
     jobs = {"faiss_flat": lambda: FeatureIndex(dim, backend="faiss", device="cpu").add(db).search(q, k)[1],
-            "faiss_ivf": lambda: FeatureIndex(dim, kind="ivf", nprobe=nprobe, device="cpu").add(db).search(q, k)[1],
+            "faiss_ivf": lambda: FeatureIndex(dim, kind="ivf", nprobe=nprobe,
+                                              device="cpu").add(db).search(q, k)[1],
             "torch_mm": lambda: FeatureIndex(dim, backend="torch", device="cpu").add(db).search(q, k)[1],
-            "torch_cdist": lambda: torch.cat([torch.cdist(c, db).topk(k, largest=False).indices for c in q.split(1024)]),
-            "matmul_only": lambda: (q @ db.T, None)[1]}  # the product alone, no top-k: the floor of any exact method here
+            "torch_cdist": lambda: torch.cat([torch.cdist(c, db).topk(k, largest=False).indices
+                                              for c in q.split(1024)]),
+            # the product alone, no top-k: the floor of any exact method here
+            "matmul_only": lambda: (q @ db.T, None)[1]}
     if sklearn:
         from sklearn.neighbors import NearestNeighbors
-        nn_ = lambda m: NearestNeighbors(n_neighbors=k, algorithm="brute", metric=m).fit(db.numpy()).kneighbors(q.numpy(), return_distance=False)
+        nn_ = lambda m: NearestNeighbors(n_neighbors=k, algorithm="brute",
+                                         metric=m).fit(db.numpy()).kneighbors(q.numpy(), return_distance=False)
         jobs.update(sklearn_cosine=lambda: nn_("cosine"), sklearn_euclid=lambda: nn_("euclidean"))
     secs, ids, load0 = {}, {}, os.getloadavg()[0]
     names = list(jobs)
-    for r in range(repeat):  # best of `repeat`, the order rotated each round so no contestant always runs first
+    # best of `repeat`, the order rotated each round so no contestant always runs first
+    for r in range(repeat):
         for name in names[r % len(names):] + names[:r % len(names)]:
             t, ids[name] = timed(jobs[name])
             secs[name] = min(t, secs.get(name, math.inf))
     secs = {n: secs[n] for n in names}
-    ratios = {"torch_mm_vs_faiss": secs["torch_mm"] / secs["faiss_flat"], "torch_cdist_vs_faiss": secs["torch_cdist"] / secs["faiss_flat"],
-              "faiss_flat_vs_ivf": secs["faiss_flat"] / secs["faiss_ivf"], "faiss_flat_vs_matmul_only": secs["faiss_flat"] / secs["matmul_only"]}
+    ratios = {"torch_mm_vs_faiss": secs["torch_mm"] / secs["faiss_flat"],
+              "torch_cdist_vs_faiss": secs["torch_cdist"] / secs["faiss_flat"],
+              "faiss_flat_vs_ivf": secs["faiss_flat"] / secs["faiss_ivf"],
+              "faiss_flat_vs_matmul_only": secs["faiss_flat"] / secs["matmul_only"]}
     fi = ids["faiss_flat"]
     recall = {n: knn_recall(fi, ids[n]) for n in names if n not in ("faiss_flat", "matmul_only")}
     if sklearn:
         best = min(secs["sklearn_cosine"], secs["sklearn_euclid"])
-        ratios.update(faiss_vs_sklearn=best / secs["faiss_flat"], faiss_vs_sklearn_cosine=secs["sklearn_cosine"] / secs["faiss_flat"],
+        ratios.update(faiss_vs_sklearn=best / secs["faiss_flat"],
+                      faiss_vs_sklearn_cosine=secs["sklearn_cosine"] / secs["faiss_flat"],
                       faiss_ivf_vs_sklearn=best / secs["faiss_ivf"])
-    return {"n_db": n_db, "n_query": n_query, "dim": dim, "k": k, "nprobe": nprobe, "repeat": repeat, "seconds": secs, "ratios": ratios,
-            "recall_vs_faiss": recall, "cpu_count": os.cpu_count(),
-            "threads": {"torch": torch.get_num_threads(), "faiss": faiss.omp_get_max_threads() if faiss is not None else None},
+    return {"n_db": n_db, "n_query": n_query, "dim": dim, "k": k, "nprobe": nprobe,
+            "repeat": repeat, "seconds": secs, "ratios": ratios, "recall_vs_faiss": recall,
+            "cpu_count": os.cpu_count(), "threads": {"torch": torch.get_num_threads(),
+                        "faiss": faiss.omp_get_max_threads() if faiss is not None else None},
             "loadavg_1min": (load0, os.getloadavg()[0])}
 
 # %% ../nbs/20_bench.ipynb #8b3511b6
 def bench_toy(sizes=(32,), **kw) -> dict:
-    "Seconds `make_toy(size=s, cache=False, **kw)` takes for each size (source images loaded beforehand)."
+    """Seconds `make_toy(size=s, cache=False, **kw)` takes for each size (source images loaded
+    beforehand)."""
     make_toy(num_classes=10, n_train=1, n_test=1, cache=False)  # load the source images once
     out = {}
     for s in sizes:
         t0 = time.perf_counter(); d = make_toy(size=s, cache=False, **kw)
-        out[f"size{s}"] = dict(seconds=round(time.perf_counter() - t0, 2), images=sum(map(len, d.values())))
+        out[f"size{s}"] = dict(seconds=round(time.perf_counter() - t0, 2),
+                               images=sum(map(len, d.values())))
     return out
 
 # %% ../nbs/20_bench.ipynb #8cde42eb
-EPOCH_BASE = ("data.spec=toy:num_classes=10,n_train=150,n_test=100,fg=coloured_shapes", "model.backbone=small_cnn",
-              "train.batch_size=250", "train.knn_every=0", "train.ckpt_every=0", "optim.warmup_steps=10", "train.device=cpu")
-QUICK_EPOCH = ("data.spec=toy:num_classes=4,n_train=16,n_test=8", "model.backbone=small_cnn", "model.options.proj_hidden=64",
-               "train.batch_size=32", "train.knn_every=0", "train.ckpt_every=0", "train.device=cpu")
-EPOCH_RUNS = {"simclr": (), "simclr+icl-frozen": (), "simclr+icl-msr": (), "simclr+icl-msr first_order": ("icl.meta_mode=first_order",)}
+EPOCH_BASE = ("data.spec=toy:num_classes=10,n_train=150,n_test=100,fg=coloured_shapes",
+              "model.backbone=small_cnn", "train.batch_size=250", "train.knn_every=0",
+              "train.ckpt_every=0", "optim.warmup_steps=10", "train.device=cpu")
+QUICK_EPOCH = ("data.spec=toy:num_classes=4,n_train=16,n_test=8", "model.backbone=small_cnn",
+               "model.options.proj_hidden=64", "train.batch_size=32", "train.knn_every=0",
+               "train.ckpt_every=0", "train.device=cpu")
+EPOCH_RUNS = {"simclr": (), "simclr+icl-frozen": (), "simclr+icl-msr": (),
+              "simclr+icl-msr first_order": ("icl.meta_mode=first_order",)}
 
 def bench_icl_epoch(base=EPOCH_BASE, runs: dict = EPOCH_RUNS, rounds: int = 4) -> dict:
-    "Median seconds per training epoch of each run {label: extra overrides} (label = run name [+ note]), interleaved; ratios to the first."
+    """Median seconds per training epoch of each run {label: extra overrides} (label = run name [+
+    note]), interleaved; ratios to the first."""
     from statistics import median
     from iclmsr.config import load_config
     from iclmsr.build import Learner
     from iclmsr.data import load_dataset
     spec = next(o.split("=", 1)[1] for o in base if o.startswith("data.spec="))
     data = load_dataset(spec, "train")
-    learners = {k: Learner.from_config(load_config(None, list(base) + [f"model.method={k.split()[0]}", *extra]), train_data=data)
+    learners = {k: Learner.from_config(load_config(None,
+                                                   list(base)
+                                                   + [f"model.method={k.split()[0]}", *extra]),
+                                       train_data=data)
                 for k, extra in runs.items()}
     times = {k: [] for k in runs}
     for r in range(rounds + 1):                       # round 0 warms up every run
@@ -289,7 +334,8 @@ def _excon_contenders(backbone, size, n_classes, dev) -> dict:
     sup = build_method("supcon", backbone, size).to(dev)
     ms = {"supcon": sup}
     for name in ("excon", "exconb"):
-        m = build_method(name, copy.deepcopy(sup.backbone), size, n_classes=n_classes, exp_epochs=0).to(dev)
+        m = build_method(name, copy.deepcopy(sup.backbone), size,
+                         n_classes=n_classes, exp_epochs=0).to(dev)
         m.projector.load_state_dict(sup.projector.state_dict())
         m.epoch_start(0, 1)
         ms[name] = m
@@ -299,7 +345,8 @@ def _excon_contenders(backbone, size, n_classes, dev) -> dict:
 
 # %% ../nbs/20_bench.ipynb #ddf40104
 def _excon_step(m, opt, batch, step):
-    "One training step as the `Learner` takes it: the loss, the encoder's optimiser step, then `step_end`."
+    """One training step as the `Learner` takes it: the loss, the encoder's optimiser step, then
+    `step_end`."""
     out = m.training_loss(batch, step=step)
     opt.zero_grad(set_to_none=True); out["loss"].backward(); opt.step()
     m.step_end(step, step + 1)
@@ -307,13 +354,18 @@ def _excon_step(m, opt, batch, step):
 
 # %% ../nbs/20_bench.ipynb #aa93146d
 def _fwd_bwd(backbone, x):
-    "One forward and full backward of the backbone on `x` (parameter gradients included), for scale."
-    backbone.zero_grad(set_to_none=True); backbone(x).sum().backward(); backbone.zero_grad(set_to_none=True)
+    """One forward and full backward of the backbone on `x` (parameter gradients included), for
+    scale."""
+    backbone.zero_grad(set_to_none=True)
+    backbone(x).sum().backward()
+    backbone.zero_grad(set_to_none=True)
 
 # %% ../nbs/20_bench.ipynb #05b0b27e
-def bench_excon_step(backbone: str = "resnet18", batch: int = 256, size: int = 32, n_classes: int = 10, steps: int = 3,
-                     warmup: int = 1, lr: float = 0.05, device=None, seed: int = 0) -> dict:
-    "Step seconds of SupCon, ExCon and ExConB side by side, and ExCon's explanation pass against one forward + backward of the encoder."
+def bench_excon_step(backbone: str = "resnet18", batch: int = 256, size: int = 32,
+                     n_classes: int = 10, steps: int = 3, warmup: int = 1, lr: float = 0.05,
+                     device=None, seed: int = 0) -> dict:
+    """Step seconds of SupCon, ExCon and ExConB side by side, and ExCon's explanation pass against
+    one forward + backward of the encoder."""
     dev = get_device(device); seed_everything(seed)
     ms = _excon_contenders(backbone, size, n_classes, dev)
     opts = {k: torch.optim.SGD(m.encoder_parameters(), lr=lr, momentum=0.9) for k, m in ms.items()}
@@ -325,32 +377,38 @@ def bench_excon_step(backbone: str = "resnet18", batch: int = 256, size: int = 3
     for r in range(warmup + steps):
         g = torch.Generator().manual_seed(seed + r)
         v1, v2, clean = (torch.rand(batch, 3, size, size, generator=g).to(dev) for _ in range(3))
-        b = Batch(views=(v1, v2), labels=torch.randint(0, n_classes, (batch,), generator=g).to(dev), clean=clean)
+        b = Batch(views=(v1, v2),
+                  labels=torch.randint(0, n_classes, (batch,), generator=g).to(dev), clean=clean)
         order = list(jobs)[r % len(jobs):] + list(jobs)[:r % len(jobs)]   # rotate who goes first
         for k in order:
             t, out = timed(jobs[k], dev)
             if r >= warmup: times[k].append(t)
             if k == "excon" and r >= warmup: shares.append(float(ex.last_share))
-    rel = lambda a, c: median([x / y for x, y in zip(times[a], times[c])])   # ratios within a round, then the median
-    extra = median([(e - s) / f for e, s, f in zip(times["excon"], times["supcon"], times["fwd_bwd"])])
+    # ratios within a round, then the median
+    rel = lambda a, c: median([x / y for x, y in zip(times[a], times[c])])
+    extra = median([(e - s) / f
+                    for e, s, f in zip(times["excon"], times["supcon"], times["fwd_bwd"])])
     return {"device": str(dev), "backbone": backbone, "batch": batch, "size": size, "steps": steps,
             "step_s": {k: median(times[k]) for k in ("supcon", "excon", "exconb")},
             "ratio_vs_supcon": {k: rel(k, "supcon") for k in ("excon", "exconb")},
             "explain_s": median(times["explain"]), "fwd_bwd_s": median(times["fwd_bwd"]),
             "explain_vs_fwd_bwd": rel("explain", "fwd_bwd"), "excon_extra_vs_fwd_bwd": extra,
-            "accepted_share": median(shares), "target": {"excon_extra_vs_fwd_bwd": 1.0}, "times_s": times}
+            "accepted_share": median(shares),
+            "target": {"excon_extra_vs_fwd_bwd": 1.0}, "times_s": times}
 
 # %% ../nbs/20_bench.ipynb #56febbc2
 def _captum_grad_cam(model, layer, images, targets, relu=False):
     try: from captum.attr import LayerGradCam, LayerAttribution
-    except ImportError: raise ExplainError("captum is not installed (a development dependency): pip install captum") from None
+    except ImportError:
+        raise ExplainError("captum is not installed (a development dependency): pip install captum") from None
     a = LayerGradCam(model, layer).attribute(images, target=targets, relu_attributions=relu)
     return LayerAttribution.interpolate(a, images.shape[-2:], "bilinear").squeeze(1)
 
 # %% ../nbs/20_bench.ipynb #e40ca376
-def bench_grad_cam(backbone: str = "resnet18", image_size: int = 32, batch: int = 64, n_classes: int = 10, reps: int = 5,
-                   device=None, relu: bool = False) -> dict:
-    "Ours against captum's `LayerGradCam` (+ interpolation), side by side on one model and batch: median seconds per call."
+def bench_grad_cam(backbone: str = "resnet18", image_size: int = 32, batch: int = 64,
+                   n_classes: int = 10, reps: int = 5, device=None, relu: bool = False) -> dict:
+    """Ours against captum's `LayerGradCam` (+ interpolation), side by side on one model and batch:
+    median seconds per call."""
     dev = get_device(device)
     g = torch.Generator().manual_seed(0)
     bb = build_backbone(backbone, image_size)
@@ -358,26 +416,34 @@ def bench_grad_cam(backbone: str = "resnet18", image_size: int = 32, batch: int 
     layer = cam_layer(model, image_size)
     x = torch.randn(batch, 3, image_size, image_size, generator=g).to(dev)
     t = torch.randint(0, n_classes, (batch,), generator=g).to(dev)
-    fns = {"ours": lambda: grad_cam(model, layer, x, t, relu), "captum": lambda: _captum_grad_cam(model, layer, x, t, relu)}
+    fns = {"ours": lambda: grad_cam(model, layer, x, t, relu),
+           "captum": lambda: _captum_grad_cam(model, layer, x, t, relu)}
     diff = (fns["ours"]() - fns["captum"]()).abs().max().item()       # the warm-up, and the check
     times = {k: [] for k in fns}
     for _ in range(reps):
-        for k, f in fns.items(): times[k].append(timed(f, dev)[0])    # interleaved: both see the same load
+        # interleaved: both see the same load
+        for k, f in fns.items(): times[k].append(timed(f, dev)[0])
     med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
-    return {"backbone": backbone, "image_size": image_size, "batch": batch, "device": str(dev), "ours_s": med["ours"],
-            "captum_s": med["captum"], "ours_over_captum": med["ours"] / med["captum"], "max_abs_diff": diff}
+    return {"backbone": backbone, "image_size": image_size, "batch": batch,
+            "device": str(dev), "ours_s": med["ours"], "captum_s": med["captum"],
+            "ours_over_captum": med["ours"] / med["captum"], "max_abs_diff": diff}
 
 # %% ../nbs/20_bench.ipynb #ea04b99b
 def bench_umap(n: int = 50_000, dim: int = 64, num_classes: int = 10, seed: int = 0) -> dict:
-    "Seconds for PCA + UMAP of `n` random `dim`-d features and for building the view's figure; sizes in MB."
+    """Seconds for PCA + UMAP of `n` random `dim`-d features and for building the view's figure;
+    sizes in MB."""
     g = np.random.default_rng(seed)
     labels = g.integers(0, num_classes, n)
-    x = (g.normal(size=(num_classes, dim))[labels] + 0.7 * g.normal(size=(n, dim))).astype(np.float32)
+    x = (g.normal(size=(num_classes, dim))[labels]
+         + 0.7 * g.normal(size=(n, dim))).astype(np.float32)
     out = {"n": n, "dim": dim}
-    t = time.perf_counter(); pca_reduce(x / np.linalg.norm(x, axis=1, keepdims=True), 50, seed); out["pca_s"] = time.perf_counter() - t
+    t = time.perf_counter(); pca_reduce(x / np.linalg.norm(x, axis=1, keepdims=True), 50,
+                                        seed); out["pca_s"] = time.perf_counter() - t
     t = time.perf_counter(); xy = umap_2d(x, cache=False); out["umap_s"] = time.perf_counter() - t
-    pts = PointSet(torch.zeros(n, 3, 4, 4, dtype=torch.uint8), torch.as_tensor(labels), torch.as_tensor(g.integers(0, 10, n)))
-    t = time.perf_counter(); view = UMAPView({"a": xy, "b": align_2d(xy, xy[:, ::-1].copy())}, pts, static=False)
+    pts = PointSet(torch.zeros(n, 3, 4, 4, dtype=torch.uint8), torch.as_tensor(labels),
+                   torch.as_tensor(g.integers(0, 10, n)))
+    t = time.perf_counter(); view = UMAPView({"a": xy, "b": align_2d(xy, xy[:, ::-1].copy())}, pts,
+                                             static=False)
     out["view_s"] = time.perf_counter() - t
     t = time.perf_counter(); js = view.fig.to_json(); out["json_s"] = time.perf_counter() - t
     out["json_mb"] = len(js) / 2**20
@@ -385,9 +451,11 @@ def bench_umap(n: int = 50_000, dim: int = 64, num_classes: int = 10, seed: int 
 
 # %% ../nbs/20_bench.ipynb #fcc1e2e1
 class _Blocks(Callback):
-    "Time blocks of `block` fit steps and switch the recorder on and off between them (P W W P P W W P ...)."
+    """Time blocks of `block` fit steps and switch the recorder on and off between them (P W W P P W
+    W P ...)."""
     order = 0
-    def __init__(self, block: int, rec: Recorder): self.block, self.rec, self.blocks, self.t0 = block, rec, [], None
+    def __init__(self, block: int, rec: Recorder):
+        self.block, self.rec, self.blocks, self.t0 = block, rec, [], None
     def watched(self, b: int) -> bool: return b > 0 and (b - 1) % 4 in (0, 3)
     def before_fit(self):
         self.t0, self.c0, self.b = time.perf_counter(), time.process_time(), 0
@@ -402,12 +470,15 @@ class _Blocks(Callback):
         self.rec.active = self.watched(self.b)
 
 # %% ../nbs/20_bench.ipynb #d10d6e00
-def bench_dashboard(overrides: list[str] | None = None, steps: int = 480, block_epochs: int = 3, every: float = 1.0,
-                    show: bool = False, max_points: int = 1500) -> dict:
-    "Steps/s with and without a watching dashboard, in alternating blocks of one run; the overhead in %."
-    base = ["data.spec=toy:num_classes=4,n_train=64,n_test=16", "model.backbone=small_cnn", "model.options.proj_hidden=128",
-            "model.options.proj_dim=32", "train.batch_size=32", "train.knn_every=0", "optim.warmup_steps=0", "icl.enabled=true",
-            "icl.n_strata=4", "train.device=cpu"]
+def bench_dashboard(overrides: list[str] | None = None, steps: int = 480,
+                    block_epochs: int = 3, every: float = 1.0, show: bool = False,
+                    max_points: int = 1500) -> dict:
+    """Steps/s with and without a watching dashboard, in alternating blocks of one run; the overhead
+    in %."""
+    base = ["data.spec=toy:num_classes=4,n_train=64,n_test=16", "model.backbone=small_cnn",
+            "model.options.proj_hidden=128", "model.options.proj_dim=32", "train.batch_size=32",
+            "train.knn_every=0", "optim.warmup_steps=0", "icl.enabled=true", "icl.n_strata=4",
+            "train.device=cpu"]
     learn = Learner.from_config(load_config(None, base + list(overrides or [])))
     block = learn.batches_per_epoch * block_epochs
     n_pairs = max(2, round(steps / block / 2))
@@ -420,13 +491,15 @@ def bench_dashboard(overrides: list[str] | None = None, steps: int = 480, block_
     learn.fit((2 * n_pairs + 1) * block_epochs)
     dash.detach()
     bl = clock.blocks[1:]                                   # block 0 warms up
-    pair = lambda k: [(a if a["watched"] else b)[k] / (b if a["watched"] else a)[k] for a, b in zip(bl[0::2], bl[1::2])]
+    pair = lambda k: [(a if a["watched"] else b)[k] / (b if a["watched"] else a)[k]
+                      for a, b in zip(bl[0::2], bl[1::2])]
     speed, cpu = float(np.median(pair("steps_per_s"))), float(np.median(pair("cpu_s_per_step")))
     watched_s = sum(b["wall_s"] for b in clock.blocks if b["watched"])
     return {"blocks": bl, "speed_ratios": pair("steps_per_s"), "overhead_pct": 100 * (1 - speed),
             "cpu_overhead_pct": 100 * (cpu - 1), "redraws": dash.redraws,
-            "redraw_ms": 1000 * dash.draw_wall / max(dash.redraws, 1), "redraw_cpu_ms": 1000 * dash.draw_cpu / max(dash.redraws, 1),
+            "redraw_ms": 1000 * dash.draw_wall / max(dash.redraws, 1),
+            "redraw_cpu_ms": 1000 * dash.draw_cpu / max(dash.redraws, 1),
             "recorder_us": 1e6 * dash.rec.cost / max(dash.rec.calls, 1),
-            "watch_cpu_pct": 100 * (dash.draw_cpu + dash.rec.cost) / watched_s, "block_steps": block, "every": every,
-            "max_points": max_points,
+            "watch_cpu_pct": 100 * (dash.draw_cpu + dash.rec.cost) / watched_s,
+            "block_steps": block, "every": every, "max_points": max_points,
             "steps_per_s": float(np.median([b["steps_per_s"] for b in bl]))}

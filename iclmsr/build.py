@@ -10,8 +10,9 @@ import torch
 import torch.nn as nn
 from fastcore.basics import patch
 from .utils import get_device, seed_everything
-from .config import (Config, InterveneConfig, ICLConfig, ConfigError, RUN_SUFFIXES, BATCH_SIZE, coerce_value,
-                           config_from_dict, load_config, resolve_run_name)
+from .config import (Config, InterveneConfig, ICLConfig, ConfigError, RUN_SUFFIXES,
+                           BATCH_SIZE, coerce_value, config_from_dict, load_config,
+                           resolve_run_name)
 from .data import load_dataset, variant_of
 from .augment import TwoViewAugment
 from .intervene import BackgroundIntervention, background_pool
@@ -33,28 +34,35 @@ def _option_types(cls) -> dict:
 
 # %% ../nbs/12c_build.ipynb #b7bf7275
 def method_options(cfg: Config) -> dict:
-    "The options of `cfg`'s method: its constructor's defaults, updated with `model.options` (each checked and coerced)."
+    """The options of `cfg`'s method: its constructor's defaults, updated with `model.options` (each
+    checked and coerced)."""
     name = resolve_run_name(cfg).model.method
     cls = method_class(name)
     own, types = options(cls), _option_types(cls)
     for k in cfg.model.options:
         if k in own: continue
         whose = [n for n, c in METHODS.items() if k in options(c)]
-        if whose: raise ConfigError(f"model.options.{k} is an option of {', '.join(whose)}, not of {name!r}; remove it")
+        if whose:
+            raise ConfigError(f"model.options.{k} is an option of {', '.join(whose)}, not of "
+                              f"{name!r}; remove it")
         allowed = ", ".join(f"{o}={d!r}" for o, d in own.items())
-        raise ConfigError(f"model.options.{k}: method {name!r} has no such option; its options: {allowed}")
-    given = {k: coerce_value(v, types[k], f"model.options.{k}") if k in types else v for k, v in cfg.model.options.items()}
+        raise ConfigError(f"model.options.{k}: method {name!r} has no such option; its options: "
+                          f"{allowed}")
+    given = {k: coerce_value(v, types[k], f"model.options.{k}") if k in types else v
+             for k, v in cfg.model.options.items()}
     return {**own, **given}
 
 # %% ../nbs/12c_build.ipynb #b0f4a0dd
 def resolve_defaults(cfg: Config | dict | None = None) -> Config:
-    "`cfg` with its run name resolved and its method's own defaults filled in: `data.augment`, `train.batch_size`, `model.options`."
+    """`cfg` with its run name resolved and its method's own defaults filled in: `data.augment`,
+    `train.batch_size`, `model.options`."""
     cfg = resolve_run_name(cfg if isinstance(cfg, Config) else config_from_dict(cfg or {}))
     try: cls = method_class(cfg.model.method)
     except ValueError as e: raise ConfigError(f"model.method: {e}") from None
     data, model, train = cfg.data, cfg.model, cfg.train
     if data.augment is None: data = dataclasses.replace(data, augment=cls.augment)
-    if train.batch_size is None and not cls.domain_balanced: train = dataclasses.replace(train, batch_size=BATCH_SIZE)
+    if train.batch_size is None and not cls.domain_balanced:
+        train = dataclasses.replace(train, batch_size=BATCH_SIZE)
     model = dataclasses.replace(model, options=method_options(cfg))
     return dataclasses.replace(cfg, data=data, model=model, train=train)
 
@@ -62,13 +70,15 @@ def resolve_defaults(cfg: Config | dict | None = None) -> Config:
 CONTROLS = {c: "+" + s for s, c in RUN_SUFFIXES.items()}   # icl.control -> the run-name suffix
 
 def icl_regularizer(icl: ICLConfig, dim: int) -> MetaSemanticRegularizer:
-    "The regulariser `icl` describes, or a control: `frozen` (strata as drawn, no stage 2) or `ntxent` (n = 1, a = 1)."
+    """The regulariser `icl` describes, or a control: `frozen` (strata as drawn, no stage 2) or
+    `ntxent` (n = 1, a = 1)."""
     kw = {f.name: getattr(icl, f.name) for f in fields(icl) if f.name not in ("enabled", "control")}
     if icl.control == "msr" and kw["meta_share"] == 0:
-        raise ConfigError("icl.meta_share=0 leaves the strata where they start (no stage 2): that is the control "
-                          "icl.control=frozen; set it, or a share > 0")
+        raise ConfigError("icl.meta_share=0 leaves the strata where they start (no stage 2): that "
+                          "is the control icl.control=frozen; set it, or a share > 0")
     if icl.control != "msr": kw["meta_share"] = 0.0
-    if icl.control == "ntxent": kw.update(n_strata=1, activation="identity", init_std=0.0)  # a = 1: L_ICL = NT-Xent
+    # a = 1: L_ICL = NT-Xent
+    if icl.control == "ntxent": kw.update(n_strata=1, activation="identity", init_std=0.0)
     return MetaSemanticRegularizer(dim, **kw)
 
 # %% ../nbs/12c_build.ipynb #9b65f35c
@@ -78,25 +88,32 @@ def unused_keys(cfg: Config) -> dict:
     if not cfg.intervene.enabled and cfg.intervene != InterveneConfig():   # listed only when set
         out["intervene.*"] = "intervene.enabled is false"
     if not cfg.icl.enabled: out["icl.*"] = "icl.enabled is false"
-    elif cfg.icl.control != "msr": out["icl.meta_*"] = f"icl.control={cfg.icl.control} has no stage 2"
+    elif cfg.icl.control != "msr":
+        out["icl.meta_*"] = f"icl.control={cfg.icl.control} has no stage 2"
     return out
 
 # %% ../nbs/12c_build.ipynb #cfe1b064
 def check_used(cfg: Config):
-    "Refuse, in one line, a key the run of `cfg` sets but would not read (its method's options: `method_options`)."
+    """Refuse, in one line, a key the run of `cfg` sets but would not read (its method's options:
+    `method_options`)."""
     cfg = resolve_run_name(cfg)
     m, cls = cfg.model.method, method_class(cfg.model.method)
     if "intervene.*" in unused_keys(cfg):
-        raise ConfigError("intervene.* is set but intervene.enabled is false: add +do-bg to model.method (or set intervene.enabled=true), or remove it")
+        raise ConfigError("intervene.* is set but intervene.enabled is false: add +do-bg to "
+                          "model.method (or set intervene.enabled=true), or remove it")
     if cfg.intervene.enabled and cfg.intervene.bg_negative and not cls.bg_negative:
-        raise ConfigError(f"intervene.bg_negative is not used by method {m!r} (it has no negatives to add the anchor's background to; simclr has); remove it")
+        raise ConfigError(f"intervene.bg_negative is not used by method {m!r} (it has no negatives "
+                          "to add the anchor's background to; simclr has); remove it")
     balanced = ", ".join(n for n, c in METHODS.items() if c.domain_balanced)
-    for key in ("domains_per_batch", "per_domain"):   # the sampler's settings: only a domain-balanced method reads them
+    # the sampler's settings: only a domain-balanced method reads them
+    for key in ("domains_per_batch", "per_domain"):
         if not cls.domain_balanced and getattr(cfg.train, key) is not None:
-            raise ConfigError(f"train.{key} is not used by method {m!r} (it takes random batches; domain-balanced "
-                              f"batches are for a method that needs domains: {balanced}); remove it")
+            raise ConfigError(f"train.{key} is not used by method {m!r} (it takes random batches; "
+                              "domain-balanced batches are for a method that needs domains: "
+                              f"{balanced}); remove it")
     if cfg.model.init is not None and cfg.model.backbone not in ("resnet18", "resnet50"):
-        raise ConfigError(f"model.init: a MoCo v2 checkpoint initialises a ResNet backbone (resnet18, resnet50), not {cfg.model.backbone!r}")
+        raise ConfigError("model.init: a MoCo v2 checkpoint initialises a ResNet backbone "
+                          f"(resnet18, resnet50), not {cfg.model.backbone!r}")
 
 # %% ../nbs/12c_build.ipynb #e63c83ef
 def _option_error(e: Exception, kw: dict) -> str:
@@ -106,82 +123,105 @@ def _option_error(e: Exception, kw: dict) -> str:
 
 # %% ../nbs/12c_build.ipynb #a85fd358
 def method_from_config(cfg: Config, image_size: int, data=None):
-    "The method of `cfg` for images of `image_size`, composed with ICL-MSR when `icl.enabled`; given its training `data`, ready to train on it (its data options derived, its files read)."
+    """The method of `cfg` for images of `image_size`, composed with ICL-MSR when `icl.enabled`;
+    given its training `data`, ready to train on it (its data options derived, its files read)."""
     cfg = resolve_defaults(cfg)
     check_used(cfg)
     m, cls = cfg.model, METHODS[cfg.model.method]
     kw = dict(m.options)
-    if data is not None: kw.update(cls.data_options(data, cfg.data.augment)); kw.pop("image_size", None)   # the argument's
-    else: kw = {k: v for k, v in kw.items() if k not in cls.files}   # to load a checkpoint into: no file is read
-    bkw = {"small_stem": False} if m.init is not None else {}   # MoCo's weights were learnt with the ImageNet stem
+    # the argument's
+    if data is not None:
+        kw.update(cls.data_options(data, cfg.data.augment)); kw.pop("image_size", None)
+    # to load a checkpoint into: no file is read
+    else: kw = {k: v for k, v in kw.items() if k not in cls.files}
+    # MoCo's weights were learnt with the ImageNet stem
+    bkw = {"small_stem": False} if m.init is not None else {}
     try:
-        base = build_method(m.method, backbone=m.backbone, image_size=image_size, backbone_kw=bkw, **kw)
+        base = build_method(m.method, backbone=m.backbone,
+                            image_size=image_size, backbone_kw=bkw, **kw)
         base.check_epochs(cfg.train.epochs)
     except (ValueError, TypeError) as e: raise ConfigError(_option_error(e, kw)) from None
     if data is not None and m.init is not None: load_moco(base.backbone, m.init, base.moco_head())
     if not cfg.icl.enabled: return base
-    return ICLMSR(base, icl_regularizer(cfg.icl, base.proj_dim), name=base.name + CONTROLS[cfg.icl.control])
+    return ICLMSR(base, icl_regularizer(cfg.icl, base.proj_dim),
+                  name=base.name + CONTROLS[cfg.icl.control])
 
 # %% ../nbs/12c_build.ipynb #dd39ef64
 def _device_of_process(name: str) -> torch.device:
     "The device `name` asks for; under torchrun plain 'cuda' means this process's local GPU."
     dev = get_device(name)
-    if dev.type == "cuda" and dev.index is None and dist_env()[1] > 1: dev = torch.device("cuda", dist_env()[2])
+    if dev.type == "cuda" and dev.index is None and dist_env()[1] > 1:
+        dev = torch.device("cuda", dist_env()[2])
     if dev.type == "cuda": torch.cuda.set_device(dev)
     return dev
 
 # %% ../nbs/12c_build.ipynb #74952d19
 @patch(cls_method=True)
-def from_config(cls: Learner, cfg: Config | dict | None = None, run_dir=None, cbs=(), train_data=None, monitor_data=None,
-                method: nn.Module | None = None) -> Learner:
-    "The learner `cfg` describes (its nulls resolved, `resolve_defaults`): device and process group, seeds, data and variant, augmentation, method, batches, callbacks."
+def from_config(cls: Learner, cfg: Config | dict | None = None, run_dir=None, cbs=(),
+                train_data=None, monitor_data=None, method: nn.Module | None = None) -> Learner:
+    """The learner `cfg` describes (its nulls resolved, `resolve_defaults`): device and process
+    group, seeds, data and variant, augmentation, method, batches, callbacks."""
     cfg = resolve_defaults(cfg if isinstance(cfg, Config) else config_from_dict(cfg or {}))
     t = cfg.train
     device = _device_of_process(t.device)
     rank, world = init_distributed(device)
-    seed_everything(t.seed + rank, t.deterministic)  # each process its own augmentations (weights: broadcast)
+    # each process its own augmentations (weights: broadcast)
+    seed_everything(t.seed + rank, t.deterministic)
     data = train_data if train_data is not None else load_dataset(cfg.data.spec, "train")
-    if cfg.data.variant != "original": data = variant_of(data, cfg.data.variant, seed=t.seed)  # its folder, else from masks
+    # its folder, else from masks
+    if cfg.data.variant != "original": data = variant_of(data, cfg.data.variant, seed=t.seed)
     if cfg.data.resident: data = data.to(device)   # else DataLoader workers gather from CPU memory
     aug = TwoViewAugment(cfg.data.augment, size=data.image_size)
-    iv = cfg.intervene   # do(background): refused here, before anything trains, when the data has no masks
-    iv = BackgroundIntervention(background_pool(data), iv.views, iv.p, iv.bg_negative) if iv.enabled else None
+    # do(background): refused here, before anything trains, when the data has no masks
+    iv = cfg.intervene
+    iv = (BackgroundIntervention(background_pool(data), iv.views, iv.p, iv.bg_negative)
+          if iv.enabled else None)
     method = method if method is not None else method_from_config(cfg, data.image_size, data)
     if t.sync_bn and world > 1:
-        if device.type != "cuda": raise ConfigError("train.sync_bn needs CUDA devices (SyncBatchNorm has no CPU kernel)")
+        if device.type != "cuda":
+            raise ConfigError("train.sync_bn needs CUDA devices (SyncBatchNorm has no CPU kernel)")
         method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
     if t.compile: method.backbone = torch.compile(method.backbone)
     amp = t.amp == "bf16" or (t.amp == "auto" and device.type == "cuda")
-    extra = ([MixedPrecision()] if amp else []) + ([ChannelsLast()] if device.type == "cuda" and t.channels_last else [])
-    learn = cls(method, data, aug, t.batch_size, cbs=extra + list(cbs), optim=cfg.optim, seed=t.seed, device=device,
-                workers=0 if cfg.data.resident else cfg.data.workers, run_dir=run_dir, monitor_data=monitor_data,
-                deterministic=t.deterministic, domains_per_batch=t.domains_per_batch, per_domain=t.per_domain, intervene=iv)
+    extra = (([MixedPrecision()] if amp else [])
+             + ([ChannelsLast()] if device.type == "cuda" and t.channels_last else []))
+    learn = cls(method, data, aug, t.batch_size, cbs=extra + list(cbs), optim=cfg.optim,
+                seed=t.seed, device=device, workers=0 if cfg.data.resident else cfg.data.workers,
+                run_dir=run_dir, monitor_data=monitor_data, deterministic=t.deterministic,
+                domains_per_batch=t.domains_per_batch, per_domain=t.per_domain, intervene=iv)
     learn.cfg, learn.n_epochs = cfg, t.epochs
     return learn
 
 # %% ../nbs/12c_build.ipynb #5f879411
-DIAGNOSE_BASE = ("data.spec=toy:num_classes=10,n_train=150,n_test=100,fg=coloured_shapes", "model.backbone=small_cnn",
-                 "train.batch_size=250", "train.epochs=8", "train.knn_every=0", "icl.enabled=true", "optim.warmup_steps=10")
+DIAGNOSE_BASE = ("data.spec=toy:num_classes=10,n_train=150,n_test=100,fg=coloured_shapes",
+                 "model.backbone=small_cnn", "train.batch_size=250", "train.epochs=8",
+                 "train.knn_every=0", "icl.enabled=true", "optim.warmup_steps=10")
 
 def diagnose_icl(*overrides, base=DIAGNOSE_BASE) -> dict:
-    "Train ICL-MSR (the demo's CPU settings by default, plus `overrides`) and summarise the diagnostics that say whether it acts."
+    """Train ICL-MSR (the demo's CPU settings by default, plus `overrides`) and summarise the
+    diagnostics that say whether it acts."""
     log = MetricsLogger(every=1)
     learn = Learner.from_config(load_config(None, list(base) + list(overrides)), cbs=[log])
     sv, t0 = learn.method.strata, time.time()
     spread0 = sv.spread()
     learn.fit()
     metas = [r for r in log.records if r.get("kind") == "meta"]
-    med = lambda k: statistics.median(v) if (v := [r[k] for r in metas if r.get(k) is not None]) else None
-    m = learn.method.train()   # the gradient the projections receive: L_base + lam L_ICL against (1 + lam) L_base
+    med = (lambda k: statistics.median(v)
+           if (v := [r[k] for r in metas if r.get(k) is not None]) else None)
+    # the gradient the projections receive: L_base + lam L_ICL against (1 + lam) L_base
+    m = learn.method.train()
     b = learn.make_batch(next(learn.stage_batches(learn.stage_keys("fit", learn.epoch_order(0), 0, 1)))[0])
     out = m.base.loss_from_features(m.backbone(b.v1), m.backbone(b.v2), b)
     z = [out["z1"], out["z2"]]
     g = torch.autograd.grad(out["base"] + m.msr.lam * m.msr.icl(*z), z, retain_graph=True)
     g0 = torch.autograd.grad((1 + m.msr.lam) * out["base"], z)
-    rel = float(sum(((a - c) ** 2).sum() for a, c in zip(g, g0)).sqrt() / sum((c ** 2).sum() for c in g0).sqrt())
-    gaps = [r["icl_gap"] for r in log.records if r.get("kind") == "batch" and r.get("icl_gap") is not None]
-    return {"overrides": list(overrides), "seconds": time.time() - t0, "steps": learn.step, "meta_steps": len(metas),
-            "spread_start": spread0, "spread_end": sv.spread(), "moved_end": sv.moved(),
-            "common_share_median": med("strata_common_share"), "meta_grad_norm_median": med("meta_grad_norm"),
-            "meta_grad_cos_median": med("meta_grad_cos"), "icl_gap_median": statistics.median(gaps) if gaps else None,
-            "grad_rel_diff": rel}
+    rel = float(sum(((a - c) ** 2).sum()
+                    for a, c in zip(g, g0)).sqrt() / sum((c ** 2).sum() for c in g0).sqrt())
+    gaps = [r["icl_gap"] for r in log.records if r.get("kind") == "batch"
+            and r.get("icl_gap") is not None]
+    return {"overrides": list(overrides), "seconds": time.time() - t0, "steps": learn.step,
+            "meta_steps": len(metas), "spread_start": spread0, "spread_end": sv.spread(),
+            "moved_end": sv.moved(), "common_share_median": med("strata_common_share"),
+            "meta_grad_norm_median": med("meta_grad_norm"),
+            "meta_grad_cos_median": med("meta_grad_cos"),
+            "icl_gap_median": statistics.median(gaps) if gaps else None, "grad_rel_diff": rel}

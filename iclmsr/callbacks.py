@@ -21,7 +21,8 @@ __all__ = ['CSV_FIELDS', 'Control', 'MixedPrecision', 'ChannelsLast', 'setting',
 
 # %% ../nbs/12b_callbacks.ipynb #2fcf0d04
 class Control(Callback):
-    "Pause, continue and stop a run from another thread (the dashboard's buttons); they act between two batches."
+    """Pause, continue and stop a run from another thread (the dashboard's buttons); they act
+    between two batches."""
     order = -20
     def __init__(self): self._pause, self._held = threading.Event(), threading.Event()
     def pause(self): self._pause.set()
@@ -43,15 +44,19 @@ class Control(Callback):
 
 # %% ../nbs/12b_callbacks.ipynb #be68459a
 class MixedPrecision(Callback):
-    "Run stage 1's forward under autocast to `dtype` (bf16 by default); the losses still compute in float32."
+    """Run stage 1's forward under autocast to `dtype` (bf16 by default); the losses still compute
+    in float32."""
     order = -10
     def __init__(self, dtype: torch.dtype = torch.bfloat16): self.dtype = dtype
-    def before_fit(self): self.learn.autocast = functools.partial(torch.autocast, self.learn.device.type, dtype=self.dtype)
+    def before_fit(self):
+        self.learn.autocast = functools.partial(torch.autocast,
+                                                self.learn.device.type, dtype=self.dtype)
     def after_fit(self): self.learn.autocast = contextlib.nullcontext
 
 # %% ../nbs/12b_callbacks.ipynb #751448dc
 class ChannelsLast(Callback):
-    "Keep the model's weights and every batch's images in channels-last memory order (faster convolutions on CUDA)."
+    """Keep the model's weights and every batch's images in channels-last memory order (faster
+    convolutions on CUDA)."""
     order = -10
     def before_fit(self):
         self.learn.method.to(memory_format=torch.channels_last)
@@ -60,7 +65,8 @@ class ChannelsLast(Callback):
 
 # %% ../nbs/12b_callbacks.ipynb #573ee666
 def setting(learn, key: str):
-    "`learn.cfg.train.<key>` for a learner built from a config, else that field's default in `TrainConfig`."
+    """`learn.cfg.train.<key>` for a learner built from a config, else that field's default in
+    `TrainConfig`."""
     return getattr(learn.cfg.train if learn.cfg is not None else TrainConfig, key)
 
 # %% ../nbs/12b_callbacks.ipynb #74e3bd99
@@ -81,19 +87,24 @@ class ProgressCallback(Callback):
         ips = done * L.batch_size / dt if dt > 0 else 0.0
         L.metrics["images_per_s"] = ips
         eta = (L.total_steps - L.step) * dt / done if done else float("nan")
-        loss = " ".join(f"{k} {v:.4f}" for k, v in L.last_batch.items() if k in ("loss", "base", "rec", "icl"))
+        loss = " ".join(f"{k} {v:.4f}" for k, v in L.last_batch.items()
+                        if k in ("loss", "base", "rec", "icl"))
         line = (f"epoch {L.epoch + 1}/{L.n_epochs} step {L.step}/{L.total_steps} {loss} | "
-                f"{ips:.0f} img/s | {fmt_duration(dt)} elapsed, {fmt_duration(eta) if done else '--:--'} left")
-        print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=self.file or sys.stdout, flush=True)
+                f"{ips:.0f} img/s | {fmt_duration(dt)} elapsed, "
+                f"{fmt_duration(eta) if done else '--:--'} left")
+        print(("\r" + line) if self.tty else line, end="" if self.tty else "\n",
+              file=self.file or sys.stdout, flush=True)
     def after_fit(self):
         if self.tty and self.learn.rank == 0: print(file=self.file or sys.stdout)
 
 # %% ../nbs/12b_callbacks.ipynb #cea00d47
-CSV_FIELDS = ("time", "epoch", "step", "stage", "loss", "base", "rec", "icl", "icl_gap", "meta", "meta_grad_norm", "meta_grad_cos",
-              "strata_common_share", "strata_spread", "strata_moved", "lr", "images_per_s", "knn_full", "knn_fg", "knn_bg", "swapped_share")
+CSV_FIELDS = ("time", "epoch", "step", "stage", "loss", "base", "rec", "icl", "icl_gap", "meta",
+              "meta_grad_norm", "meta_grad_cos", "strata_common_share", "strata_spread",
+              "strata_moved", "lr", "images_per_s", "knn_full", "knn_fg", "knn_bg", "swapped_share")
 
 class MetricsLogger(Callback):
-    "Append metric records to `run_dir/metrics.jsonl` and `run_dir/metrics.csv` (rank 0); keep them in `records`."
+    """Append metric records to `run_dir/metrics.jsonl` and `run_dir/metrics.csv` (rank 0); keep
+    them in `records`."""
     order = 60
     def __init__(self, every: int | None = None): self.every, self.records = every, []
     @property
@@ -101,8 +112,10 @@ class MetricsLogger(Callback):
     def after_batch(self):
         L = self.learn
         if L.stage == "fit" and L.step % (self.every or setting(L, "log_every")) == 0:
-            self.log({"kind": "batch", **L.last_batch, "images_per_s": L.metrics.get("images_per_s")})
-        elif L.stage == "meta":   # every meta step: the diagnostics of stage 2 (iclmsr.msr.meta_diagnostics)
+            self.log({"kind": "batch", **L.last_batch,
+                      "images_per_s": L.metrics.get("images_per_s")})
+        # every meta step: the diagnostics of stage 2 (iclmsr.msr.meta_diagnostics)
+        elif L.stage == "meta":
             self.log({"kind": "meta", "batch": L.batch_idx, **L.last_batch})
     def after_epoch(self):
         L = self.learn
@@ -112,7 +125,8 @@ class MetricsLogger(Callback):
 # %% ../nbs/12b_callbacks.ipynb #f3d13520
 @patch
 def log(self: MetricsLogger, rec: dict):
-    "Keep `rec` (stamped with time, epoch, step and stage) and append it to both files (rank 0, with a run directory)."
+    """Keep `rec` (stamped with time, epoch, step and stage) and append it to both files (rank 0,
+    with a run directory)."""
     L = self.learn
     rec = {"time": round(time.time(), 3), "epoch": L.epoch, "step": L.step, "stage": L.stage, **rec}
     self.records.append(rec)
@@ -134,11 +148,15 @@ def after_load(self: MetricsLogger, ck):
     jl, cs = self.paths
     if not jl.exists(): return
     keep = [json.loads(l) for l in jl.read_text().splitlines() if l.strip()]
-    # a batch record at the checkpoint's step was written just before it; epoch and meta records only count if
-    # their epoch ended before the checkpoint's position
-    def before(r):  # a meta record of the checkpoint's own meta stage counts up to the checkpoint's batch
+    # a batch record at the checkpoint's step was written just before it; epoch and meta records
+    # only count if their epoch ended before the checkpoint's position
+    def before(
+               # a meta record of the checkpoint's own meta stage counts up to the checkpoint's
+               # batch
+               r):
         same_meta = r.get("kind") == "meta" and ck["stage"] == "meta" and r["epoch"] == ck["epoch"]
-        return r.get("kind") == "batch" or r["epoch"] < ck["epoch"] or (same_meta and r.get("batch", 0) <= ck["batch"])
+        return (r.get("kind") == "batch" or r["epoch"] < ck["epoch"]
+                or (same_meta and r.get("batch", 0) <= ck["batch"]))
     keep = [r for r in keep if r["step"] < ck["step"] or (r["step"] == ck["step"] and before(r))]
     jl.write_text("".join(json.dumps(r) + "\n" for r in keep))
     with open(cs, "w", newline="") as f:
@@ -146,8 +164,10 @@ def after_load(self: MetricsLogger, ck):
 
 # %% ../nbs/12b_callbacks.ipynb #17d57e97
 @torch.no_grad()
-def extract_features(model: nn.Module, images: torch.Tensor, mean, std, batch: int = 512, device=None) -> torch.Tensor:
-    "Backbone features of uint8 `images` (N,3,H,W), normalised with `mean`/`std`, without gradients, in eval mode."
+def extract_features(model: nn.Module, images: torch.Tensor, mean, std, batch: int = 512,
+                     device=None) -> torch.Tensor:
+    """Backbone features of uint8 `images` (N,3,H,W), normalised with `mean`/`std`, without
+    gradients, in eval mode."""
     device = device or next(model.parameters()).device
     was = model.training; model.eval()
     mean = torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
@@ -161,7 +181,8 @@ def extract_features(model: nn.Module, images: torch.Tensor, mean, std, batch: i
 
 # %% ../nbs/12b_callbacks.ipynb #ddb4a857
 class KNNMonitor(Callback):
-    "5-NN accuracy of backbone features on held-out `data` (full, foreground-only, background-only), every `every` epochs and at the end."
+    """5-NN accuracy of backbone features on held-out `data` (full, foreground-only,
+    background-only), every `every` epochs and at the end."""
     order = 40
     def __init__(self, every: int | None = None, data=None, k: int = 5, max_bank: int = 10_000):
         self.every, self.data, self.k, self.max_bank = every, data, k, max_bank
@@ -173,16 +194,20 @@ class KNNMonitor(Callback):
         if test is None and L.cfg is not None: test = load_dataset(L.cfg.data.spec, "test")
         if test is None: return   # nothing held out to measure on
         self.sets = {"knn_full": test}
-        have = available_variants(test)   # variant folders where the data has them, else derived from masks
+        # variant folders where the data has them, else derived from masks
+        have = available_variants(test)
         for key, v in (("knn_fg", "only_fg"), ("knn_bg", "only_bg")):
-            if v in have or (v == "only_bg" and "only_bg_t" in have): self.sets[key] = variant_of(test, v)
+            if v in have or (v == "only_bg"
+                             and "only_bg_t" in have): self.sets[key] = variant_of(test, v)
         g = torch.Generator().manual_seed(0)
         n = len(L.data)
-        self.bank_idx = torch.randperm(n, generator=g)[:self.max_bank] if n > self.max_bank else torch.arange(n)
+        self.bank_idx = (torch.randperm(n, generator=g)[:self.max_bank]
+                         if n > self.max_bank else torch.arange(n))
     def measure(self) -> dict:
         L = self.learn
         mean, std = L.aug.mean, L.aug.std
-        bank = extract_features(L.method, L.data.images[self.bank_idx.to(L.data.images.device)], mean, std, device=L.device)
+        bank = extract_features(L.method, L.data.images[self.bank_idx.to(L.data.images.device)],
+                                mean, std, device=L.device)
         labels = L.data.labels[self.bank_idx.to(L.data.labels.device)].cpu()
         res = {}
         for name, ds in self.sets.items():
@@ -191,7 +216,8 @@ class KNNMonitor(Callback):
             res[name] = 100.0 * (pred == ds.labels.cpu()).float().mean().item()
         return res
     @property
-    def _every(self) -> int: return self.every if self.every is not None else setting(self.learn, "knn_every")
+    def _every(self) -> int:
+        return self.every if self.every is not None else setting(self.learn, "knn_every")
     def after_epoch(self):
         L = self.learn
         if not self.sets: return
@@ -200,17 +226,22 @@ class KNNMonitor(Callback):
 
 # %% ../nbs/12b_callbacks.ipynb #fbe8ae59
 class Checkpointer(Callback):
-    "Write `last.pt` (every `every` steps and each epoch end) and `best.pt` (best `knn_full`); save and stop on SIGINT/SIGTERM."
+    """Write `last.pt` (every `every` steps and each epoch end) and `best.pt` (best `knn_full`);
+    save and stop on SIGINT/SIGTERM."""
     order = 70
-    def __init__(self, every: int | None = None, monitor: str = "knn_full", handle_signals: bool = True):
-        self.every, self.monitor, self.handle_signals, self.signalled = every, monitor, handle_signals, None
+    def __init__(self, every: int | None = None, monitor: str = "knn_full",
+                 handle_signals: bool = True):
+        self.every, self.monitor, self.handle_signals, self.signalled = (
+            every, monitor, handle_signals, None)
     def before_fit(self):
         L = self.learn
         self.keeper = CheckpointKeeper(L.run_dir) if L.run_dir is not None else None
-        if L.metrics.get("best_" + self.monitor) is not None and self.keeper: self.keeper.best = L.metrics["best_" + self.monitor]
+        if L.metrics.get("best_"
+                         + self.monitor) is not None and self.keeper: self.keeper.best = L.metrics["best_" + self.monitor]
         self._old = {}
         if self.handle_signals and threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM): self._old[s] = signal.signal(s, self._on_signal)
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._on_signal)
     def _on_signal(self, signum, frame):
         self.signalled = signal.Signals(signum).name
         self.learn.stop()
@@ -218,7 +249,8 @@ class Checkpointer(Callback):
         L = self.learn
         if self.keeper is None: return
         if L.rank == 0 and self.keeper.improves(metric): L.metrics["best_" + self.monitor] = metric
-        state = L.state_dict(epoch_end=epoch_end)   # in every process: it gathers their generator states
+        # in every process: it gathers their generator states
+        state = L.state_dict(epoch_end=epoch_end)
         if L.rank == 0: self.keeper.save(state, metric=metric)
     def after_batch(self):
         L = self.learn
@@ -234,4 +266,5 @@ class Checkpointer(Callback):
 # %% ../nbs/12b_callbacks.ipynb #dcb03cea
 def default_callbacks(progress: bool = True) -> list:
     "The callbacks of a standard run: progress line, metrics log, kNN monitor, checkpoints."
-    return ([ProgressCallback()] if progress else []) + [MetricsLogger(), KNNMonitor(), Checkpointer()]
+    return (([ProgressCallback()] if progress else [])
+            + [MetricsLogger(), KNNMonitor(), Checkpointer()])

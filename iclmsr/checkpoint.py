@@ -18,11 +18,13 @@ __all__ = ['RESUMABLE_KEYS', 'rng_state', 'set_rng_state', 'atomic_save', 'NotAC
 
 # %% ../nbs/08_checkpoint.ipynb #db10b601
 def rng_state() -> dict:
-    "The states of python's, numpy's, torch's and every CUDA device's global generators, as weights_only-safe values."
+    """The states of python's, numpy's, torch's and every CUDA device's global generators, as
+    weights_only-safe values."""
     name, keys, pos, has_gauss, cached = np.random.get_state()
     return {
         "python": random.getstate(),
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
         "torch": torch.get_rng_state(),
         "cuda": [s for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
     }
@@ -33,27 +35,32 @@ def set_rng_state(state: dict):
     v, internal, gauss = state["python"]
     random.setstate((v, tuple(internal), gauss))
     n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if state.get("cuda") and torch.cuda.is_available():
         if len(state["cuda"]) != torch.cuda.device_count():
-            raise ValueError(f"checkpoint has RNG states of {len(state['cuda'])} CUDA devices, this machine has {torch.cuda.device_count()}")
+            raise ValueError(f"checkpoint has RNG states of {len(state['cuda'])} CUDA devices, "
+                             f"this machine has {torch.cuda.device_count()}")
         torch.cuda.set_rng_state_all(state["cuda"])
 
 # %% ../nbs/08_checkpoint.ipynb #0d43a526
 def atomic_save(obj, path: str | Path) -> Path:
-    "`torch.save` a checkpoint to `path` atomically (`iclmsr.utils.atomic_torch_save`). On failure the old `path` is untouched."
+    """`torch.save` a checkpoint to `path` atomically (`iclmsr.utils.atomic_torch_save`). On failure
+    the old `path` is untouched."""
     return atomic_torch_save(obj, path, what="checkpoint")
 
 # %% ../nbs/08_checkpoint.ipynb #09e65c83
 class NotACheckpoint(UnreadableFile):
-    "A file that is not an iclmsr training checkpoint; its message is one line naming the file and what it is instead."
+    """A file that is not an iclmsr training checkpoint; its message is one line naming the file and
+    what it is instead."""
 
 # %% ../nbs/08_checkpoint.ipynb #487c5034
 def _what_file(path: Path) -> str | None:
     "`iclmsr.utils.what_file`, with a hint for a run directory handed in place of its `last.pt`."
     kind = what_file(path)
-    if kind == "a directory" and (path/"last.pt").is_file(): kind += f"; did you mean {str(path/'last.pt')!r}?"
+    if kind == "a directory" and (path/"last.pt").is_file():
+        kind += f"; did you mean {str(path/'last.pt')!r}?"
     return kind
 
 # %% ../nbs/08_checkpoint.ipynb #736e45ad
@@ -62,7 +69,8 @@ def _refusal(path: Path, why: str) -> NotACheckpoint:
 
 # %% ../nbs/08_checkpoint.ipynb #8274ba44
 def _torch_load(path: Path, map_location):
-    "`torch.load(weights_only=True)` through `iclmsr.utils.read_torch_file`: its failures become our one-line refusal."
+    """`torch.load(weights_only=True)` through `iclmsr.utils.read_torch_file`: its failures become
+    our one-line refusal."""
     return read_torch_file(path, "an iclmsr training checkpoint", map_location, NotACheckpoint)
 
 # %% ../nbs/08_checkpoint.ipynb #c7b03bc7
@@ -72,36 +80,49 @@ def _keys(d: dict, n: int = 5) -> str:
 
 # %% ../nbs/08_checkpoint.ipynb #ee5a733c
 def _check_entries(path: Path, ck) -> dict:
-    "`ck` if it is a dict with the `model` dict and the `config` (a dict, or None for a learner built from parts), else our refusal."
-    if not isinstance(ck, dict): raise _refusal(path, f"a torch file of a {type(ck).__name__}, not of a dict")
-    missing = [k for k in ("model", "config") if not (isinstance(ck.get(k), dict) or (k == "config" and k in ck and ck[k] is None))]
-    if missing: raise _refusal(path, f"a torch file of a dict with {_keys(ck)}, without {' and '.join(map(repr, missing))}")
+    """`ck` if it is a dict with the `model` dict and the `config` (a dict, or None for a learner
+    built from parts), else our refusal."""
+    if not isinstance(ck, dict): raise _refusal(path,
+                                                f"a torch file of a {type(ck).__name__}, not of a "
+                                                "dict")
+    missing = [k for k in ("model", "config")
+               if not (isinstance(ck.get(k), dict)
+                       or (k == "config" and k in ck and ck[k] is None))]
+    if missing: raise _refusal(path,
+                               f"a torch file of a dict with {_keys(ck)}, without "
+                               f"{' and '.join(map(repr, missing))}")
     return ck
 
 # %% ../nbs/08_checkpoint.ipynb #3dd2ac27
-RESUMABLE_KEYS = ("train.epochs", "train.device", "train.log_every", "train.knn_every", "train.ckpt_every", "data.workers", "train.compile")
+RESUMABLE_KEYS = ("train.epochs", "train.device", "train.log_every", "train.knn_every",
+                  "train.ckpt_every", "data.workers", "train.compile")
 
 class CheckpointMismatch(UserError, ValueError):
     "A checkpoint whose config differs from the run that wants to load it."
 
 # %% ../nbs/08_checkpoint.ipynb #37303e42
-def load_checkpoint(path: str | Path, config: dict | None = None, map_location="cpu", ignore=RESUMABLE_KEYS) -> dict:
-    "Load a training checkpoint with `weights_only=True`, refusing any other file in one line and, given `config`, one written by a different config (except `ignore`)."
+def load_checkpoint(path: str | Path, config: dict | None = None, map_location="cpu",
+                    ignore=RESUMABLE_KEYS) -> dict:
+    """Load a training checkpoint with `weights_only=True`, refusing any other file in one line and,
+    given `config`, one written by a different config (except `ignore`)."""
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     what = _what_file(path)
     if what: raise _refusal(path, what)
     ck = _check_entries(path, _torch_load(path, map_location))
     if config is not None and ck["config"] is None:
-        raise CheckpointMismatch(f"checkpoint {str(path)!r} was written by a learner built from parts (it records no config)")
+        raise CheckpointMismatch(f"checkpoint {str(path)!r} was written by a learner built from "
+                                 "parts (it records no config)")
     if config is not None:
         diffs = [d for d in config_diff(ck["config"], config) if d.split(":")[0] not in ignore]
-        if diffs: raise CheckpointMismatch(f"checkpoint {str(path)!r} was written by a different config: " + "; ".join(diffs))
+        if diffs:
+            raise CheckpointMismatch(f"checkpoint {str(path)!r} was written by a different config: " + "; ".join(diffs))
     return ck
 
 # %% ../nbs/08_checkpoint.ipynb #e6b7b5f1
 class CheckpointKeeper:
-    "Keep `last.pt` and `best.pt` in `run_dir`; `higher_is_better` decides what improves the monitored metric."
+    """Keep `last.pt` and `best.pt` in `run_dir`; `higher_is_better` decides what improves the
+    monitored metric."""
     def __init__(self, run_dir: str | Path, higher_is_better: bool = True):
         self.dir, self.higher = Path(run_dir), higher_is_better
         self.best = None
@@ -121,7 +142,8 @@ def improves(self: CheckpointKeeper, metric) -> bool:
 # %% ../nbs/08_checkpoint.ipynb #a25ef7d3
 @patch
 def save(self: CheckpointKeeper, state: dict, metric: float | None = None) -> bool:
-    "Write `last.pt`; also `best.pt` if `metric` improves on the best so far. Returns whether it was a new best."
+    """Write `last.pt`; also `best.pt` if `metric` improves on the best so far. Returns whether it
+    was a new best."""
     new_best = self.improves(metric)
     if new_best: self.best = metric
     state = {**state, "best_metric": self.best}

@@ -21,16 +21,25 @@ def info(json: Param("print the information as JSON", store_true) = False):
 
 # %% ../nbs/30_cli.ipynb #e2ce9441
 COMMANDS: dict = {
-    "info": ("iclmsr.cli", "info", "print versions, devices and the cache directory (--json for machines)"),
+    "info": ("iclmsr.cli", "info",
+             "print versions, devices and the cache directory (--json for machines)"),
     "data": {
-        "info": ("iclmsr.commands", "data_info", "size, classes, image size, variants and background ids of a dataset spec"),
-        "export": ("iclmsr.commands", "data_export", "write a dataset spec as ImageNet-9-style folders of PNGs"),
-    },
-    "train": ("iclmsr.commands", "train", "train a method, with or without ICL-MSR, into a run directory (resumable)"),
-    "eval": ("iclmsr.commands", "eval_cmd", "evaluate a checkpoint on a dataset spec: kNN, linear probe, background metrics, report.html"),
-    "demo": ("iclmsr.demo", "demo", "the main job: SimCLR vs SimCLR+ICL-MSR on the embedded dataset, four-setting table"),
-    "compare": ("iclmsr.compare", "compare", "train listed methods at equal encoder steps over seeds, one protocol: results.json, report.html (resumable)"),
-    "bench": ("iclmsr.bench", "bench", "measure augmentation, training-step and kNN speed side by side"),
+        "info": ("iclmsr.commands", "data_info",
+                 "size, classes, image size, variants and background ids of a dataset spec"),
+        "export": ("iclmsr.commands", "data_export",
+                   "write a dataset spec as ImageNet-9-style folders of PNGs"),
+    }, "train": ("iclmsr.commands", "train",
+              "train a method, with or without ICL-MSR, into a run directory (resumable)"),
+    "eval": ("iclmsr.commands", "eval_cmd",
+             "evaluate a checkpoint on a dataset spec: kNN, linear probe, background metrics, "
+             "report.html"),
+    "demo": ("iclmsr.demo", "demo",
+             "the main job: SimCLR vs SimCLR+ICL-MSR on the embedded dataset, four-setting table"),
+    "compare": ("iclmsr.compare", "compare",
+                "train listed methods at equal encoder steps over seeds, one protocol: "
+                "results.json, report.html (resumable)"),
+    "bench": ("iclmsr.bench", "bench",
+              "measure augmentation, training-step and kNN speed side by side"),
 }
 
 # %% ../nbs/30_cli.ipynb #4e3f7049
@@ -65,9 +74,11 @@ def _run(entry, argv: list[str], prog: str) -> int:
 
 # %% ../nbs/30_cli.ipynb #7cbab7cc
 def _user_errors() -> tuple:
-    "The errors `main` reports as one line: `iclmsr.utils.UserError` and the built-in ones a bad option or file raises."
+    """The errors `main` reports as one line: `iclmsr.utils.UserError` and the built-in ones a bad
+    option or file raises."""
     from iclmsr.utils import UserError
-    return (UserError, ValueError, FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError, ArithmeticError)
+    return (UserError, ValueError, FileNotFoundError, PermissionError, NotADirectoryError,
+            IsADirectoryError, ArithmeticError)
 
 # %% ../nbs/30_cli.ipynb #4a63be6f
 def main(argv: list[str] | None = None) -> int:
@@ -82,13 +93,15 @@ def main(argv: list[str] | None = None) -> int:
         name = argv.pop(0)
         if name not in table or not _available(table[name]):
             known = ", ".join(k for k, v in table.items() if _available(v))
-            print(f"{prog}: error: unknown command {name!r}; commands are: {known}", file=sys.stderr); return 2
+            print(f"{prog}: error: unknown command {name!r}; commands are: {known}",
+                  file=sys.stderr); return 2
         entry, prog = table[name], f"{prog} {name}"
         if isinstance(entry, dict): table = entry; continue
         try: return _run(entry, argv, prog)
         except KeyboardInterrupt:
             print(f"{prog}: interrupted", file=sys.stderr); return 130
-        except _user_errors() as e:  # evaluated only when a command raised, so --help never imports torch
+        # evaluated only when a command raised, so --help never imports torch
+        except _user_errors() as e:
             if os.environ.get("ICLMSR_DEBUG"): raise
             print(f"{prog}: error: {e}", file=sys.stderr)
             return 2

@@ -11,7 +11,8 @@ import torch.distributed as dist
 from fastcore.script import Param, store_true
 from .utils import UserError
 from .data import data_summary, format_summary, export_in9
-from .config import BATCH_SIZE, ConfigError, config_to_dict, dump_config, load_config, resolve_run_name
+from .config import (BATCH_SIZE, ConfigError, config_to_dict, dump_config,
+                           load_config, resolve_run_name)
 from .methods import method_class, option_help, options
 from .distributed import dist_env
 from .callbacks import Checkpointer, default_callbacks
@@ -25,7 +26,8 @@ __all__ = ['print_config_text', 'train', 'eval_cmd', 'data_info', 'data_export']
 # %% ../nbs/31_commands.ipynb #ad238385
 def _out_of_memory(e: BaseException) -> bool:
     "A CUDA/MPS out-of-memory error, or the CPU allocator's (a plain RuntimeError)."
-    return isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e) or "out of memory" in str(e).lower()
+    return (isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e)
+            or "out of memory" in str(e).lower())
 
 # %% ../nbs/31_commands.ipynb #ddf748fc
 def _check_writable(d: Path):
@@ -34,78 +36,102 @@ def _check_writable(d: Path):
         probe = d/f".write-test-{os.getpid()}"
         probe.write_text("ok"); probe.unlink()
     except OSError as e:
-        raise PermissionError(f"output directory {str(d)!r} is not writable ({e.strerror or e}); choose another --out") from None
+        raise PermissionError(f"output directory {str(d)!r} is not writable ({e.strerror or e}); "
+                              "choose another --out") from None
 
 # %% ../nbs/31_commands.ipynb #af51eeb9
 def _report(learn, cfg, run_dir: Path, seconds: float, rank: int):
     "results.json of a finished or stopped run, and its one-line summary (rank 0)."
     from iclmsr.utils import env_info
     if rank != 0: return
-    sig = next((cb.signalled for cb in learn.cbs if isinstance(cb, Checkpointer) and cb.signalled), None)
-    res = {"config": config_to_dict(cfg), "metrics": learn.metrics, "epoch": learn.epoch, "step": learn.step,
-           "cancelled": learn.cancelled, "seconds": seconds, "versions": env_info()["packages"], "run_dir": str(run_dir)}
+    sig = next((cb.signalled for cb in learn.cbs if isinstance(cb, Checkpointer) and cb.signalled),
+               None)
+    res = {"config": config_to_dict(cfg), "metrics": learn.metrics,
+           "epoch": learn.epoch, "step": learn.step, "cancelled": learn.cancelled,
+           "seconds": seconds, "versions": env_info()["packages"], "run_dir": str(run_dir)}
     (run_dir/"results.json").write_text(json.dumps(res, indent=2))
     if learn.cancelled:
-        print(f"{sig or 'stopped'}: checkpoint written to {run_dir/'last.pt'}; continue with: iclmsr train --out {run_dir} --resume")
+        print(f"{sig or 'stopped'}: checkpoint written to {run_dir/'last.pt'}; continue with: "
+              f"iclmsr train --out {run_dir} --resume")
     else:
         knn = ", ".join(f"{k} {v:.2f}%" for k, v in learn.metrics.items() if k.startswith("knn"))
-        print(f"done: {learn.step} steps in {seconds:.1f} s{'; ' + knn if knn else ''}; results in {run_dir/'results.json'}")
+        print(f"done: {learn.step} steps in {seconds:.1f} s{'; ' + knn if knn else ''}; results in "
+              f"{run_dir/'results.json'}")
 
 # %% ../nbs/31_commands.ipynb #b43b280a
 def print_config_text(config: str | None = None, overrides=()) -> int:
-    "Print the config of `config` plus `overrides` as YAML: its method's options with their defaults and help, and what the run would not read."
-    cfg = resolve_run_name(load_config(config, list(overrides), resolve=False))   # nulls stay: "the method's own"
+    """Print the config of `config` plus `overrides` as YAML: its method's options with their
+    defaults and help, and what the run would not read."""
+    # nulls stay: "the method's own"
+    cfg = resolve_run_name(load_config(config, list(overrides), resolve=False))
     try: cls = method_class(cfg.model.method)
     except ValueError as e: raise ConfigError(f"model.method: {e}") from None
     given, helps = cfg.model.options, option_help(cls)
-    shown = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, options=method_options(cfg)))
-    notes = {f"model.options.{k}": "; ".join(x for x in (helps.get(k), f"default {d!r}" if k in given and given[k] != d else None) if x)
+    shown = dataclasses.replace(cfg,
+                                model=dataclasses.replace(cfg.model, options=method_options(cfg)))
+    notes = {f"model.options.{k}": "; ".join(x
+                                             for x in (helps.get(k),
+                                                       f"default {d!r}" if k in given
+                                                       and given[k] != d else None) if x)
              for k, d in options(cls).items()}
     print(dump_config(shown, notes=notes), end="")
     unused = unused_keys(cfg)
-    if unused: print("# not used by this run: " + "; ".join(f"{k} ({why})" for k, why in unused.items()))
+    if unused: print("# not used by this run: "
+                     + "; ".join(f"{k} ({why})" for k, why in unused.items()))
     return 0
 
 # %% ../nbs/31_commands.ipynb #d7b3a7a8
 def _check_run_dir(run_dir: Path, resume: bool, rank: int):
-    "Refuse an unwritable `--out`, a resume with nothing to resume, and a new run over an existing one."
+    """Refuse an unwritable `--out`, a resume with nothing to resume, and a new run over an existing
+    one."""
     if rank == 0: _check_writable(run_dir)
     if resume and not (run_dir/"last.pt").exists():
         raise UserError(f"nothing to resume: {str(run_dir/'last.pt')!r} does not exist")
     if not resume and (run_dir/"last.pt").exists():
-        raise UserError(f"{str(run_dir)!r} already holds a run (last.pt); continue it with --resume or choose another --out")
+        raise UserError(f"{str(run_dir)!r} already holds a run (last.pt); continue it with "
+                        "--resume or choose another --out")
 
 # %% ../nbs/31_commands.ipynb #0f7c48de
 def _memory_advice(learn, cfg) -> UserError:
     "The one-line error of a run out of memory, with a smaller batch to try."
     shape = getattr(learn, "domain_shape", None)
     if shape is not None:
-        return UserError(f"out of memory at train.batch_size={shape[0] * shape[1]} ({shape[0]} domains x {shape[1]}); "
-                         f"try fewer images per domain, e.g. --set train.per_domain={max(2, shape[1] // 2)}")
+        return UserError(f"out of memory at train.batch_size={shape[0] * shape[1]} ({shape[0]} "
+                         f"domains x {shape[1]}); try fewer images per domain, e.g. --set "
+                         f"train.per_domain={max(2, shape[1] // 2)}")
     b = learn.batch_size if learn is not None else (cfg.train.batch_size or BATCH_SIZE)
-    return UserError(f"out of memory at train.batch_size={b}; try a smaller batch, e.g. --set train.batch_size={max(2, b // 2)}")
+    return UserError(f"out of memory at train.batch_size={b}; try a smaller batch, e.g. --set "
+                     f"train.batch_size={max(2, b // 2)}")
 
 # %% ../nbs/31_commands.ipynb #0bd1a5bd
-def train(config: str = None,  # YAML or JSON config file (default: the built-in defaults, or DIR/config.yaml with --resume)
+def train(
+          # YAML or JSON config file (default: the built-in defaults, or DIR/config.yaml with
+          # --resume)
+          config: str = None,
           out: str = None,  # run directory for checkpoints, logs and results.json
-          set: Param("override a config value, e.g. --set train.epochs=10 (repeatable)", str, action="append") = None,
+          set: Param("override a config value, e.g. --set train.epochs=10 (repeatable)",
+                     str, action="append") = None,
           resume: bool = False,  # continue the run in --out from its last.pt
-          print_config: bool = False,  # print the full default config (with --config/--set applied) as YAML and exit
+          # print the full default config (with --config/--set applied) as YAML and exit
+          print_config: bool = False,
           quiet: bool = False,  # no progress line
          ):
-    "Train a method (with or without ICL-MSR) on a dataset spec; resumable, multi-process under torchrun."
+    """Train a method (with or without ICL-MSR) on a dataset spec; resumable, multi-process under
+    torchrun."""
     overrides = set or []
     if print_config: return print_config_text(config, overrides)
     if not out: raise UserError("--out DIR is required (the run directory)")
     run_dir, rank = Path(out), dist_env()[0]
-    if resume and config is None and (run_dir/"config.yaml").exists(): config = str(run_dir/"config.yaml")
+    if resume and config is None and (run_dir/"config.yaml").exists():
+        config = str(run_dir/"config.yaml")
     cfg = load_config(config, overrides)
     _check_run_dir(run_dir, resume, rank)
     t0, learn = time.time(), None
     try:
         learn = Learner.from_config(cfg, run_dir, cbs=default_callbacks(progress=not quiet))
         if resume: learn.resume(run_dir/"last.pt")
-        if rank == 0: (run_dir/"config.yaml").write_text(dump_config(learn.cfg))   # resolved: every value it trains with
+        # resolved: every value it trains with
+        if rank == 0: (run_dir/"config.yaml").write_text(dump_config(learn.cfg))
         learn.fit()
     except (torch.OutOfMemoryError, RuntimeError) as e:
         if not _out_of_memory(e): raise
@@ -117,45 +143,62 @@ def train(config: str = None,  # YAML or JSON config file (default: the built-in
 
 # %% ../nbs/31_commands.ipynb #252c8990
 def eval_cmd(ckpt: str = None,  # checkpoint written by iclmsr train (DIR/last.pt or DIR/best.pt)
-             data: str = None,  # dataset spec, e.g. toy, toy:size=64, in9:PATH (default: the one the run trained on)
+             # dataset spec, e.g. toy, toy:size=64, in9:PATH (default: the one the run trained on)
+             data: str = None,
              out: str = None,  # output directory for results.json, report.html and probe.pt
              k: int = 5,  # neighbours of the kNN classifier
              train_split: str = "train",  # split for the kNN database and the linear probe
-             train_variant: str = "original",  # variant of the train split they are fitted on (a spec's variant= names a test set)
-             test_split: str = None,  # split to measure on (default: test, or val where the dataset calls it so)
-             variants: str = None,  # comma-separated test variants (default: all that the data supports)
-             probe: str = None,  # reuse a probe.pt of an earlier eval instead of fitting a new linear probe
+             # variant of the train split they are fitted on (a spec's variant= names a test set)
+             train_variant: str = "original",
+             # split to measure on (default: test, or val where the dataset calls it so)
+             test_split: str = None,
+             # comma-separated test variants (default: all that the data supports)
+             variants: str = None,
+             # reuse a probe.pt of an earlier eval instead of fitting a new linear probe
+             probe: str = None,
              probe_epochs: int = 100,  # epochs of the linear probe (and of the background probe)
              fgsm_n: int = 512,  # test images attacked by FGSM at eps 1, 2, 4 and 8/255 (0 = skip)
-             expl_n: int = 256,  # original and mixed_rand test images explained by Grad-CAM (ExCon's AD/AI, mask IoU; 0 = skip)
+             # original and mixed_rand test images explained by Grad-CAM (ExCon's AD/AI, mask IoU; 0
+             # = skip)
+             expl_n: int = 256,
              adv_fg: int = 64,  # foregrounds of the adversarial-background measure (0 = skip)
-             adv_bg: int = 64,  # backgrounds tried on each of them (at most adv_fg x adv_bg composites)
-             dcodr: str = "auto",  # DCoDR's measures on: auto (the code of a DCoDR method, else backbone), code, backbone, off
-             dcodr_epochs: int = 100,  # most epochs of DCoDR's MLP probes (early stopping on a held-out 10% of train)
+             # backgrounds tried on each of them (at most adv_fg x adv_bg composites)
+             adv_bg: int = 64,
+             # DCoDR's measures on: auto (the code of a DCoDR method, else backbone), code,
+             # backbone, off
+             dcodr: str = "auto",
+             # most epochs of DCoDR's MLP probes (early stopping on a held-out 10% of train)
+             dcodr_epochs: int = 100,
              device: str = "auto",  # auto, cpu, cuda, cuda:N or mps
              batch: int = 512,  # images per forward pass
              no_cache: bool = False,  # recompute embeddings instead of using the cache
              quiet: bool = False,  # print only the output paths
             ):
-    "Evaluate a checkpoint: kNN and linear accuracy per test variant, BG-gap, worst group, background probe, DCoDR's measures, ECE, FGSM, explanations, adversarial backgrounds."
+    """Evaluate a checkpoint: kNN and linear accuracy per test variant, BG-gap, worst group,
+    background probe, DCoDR's measures, ECE, FGSM, explanations, adversarial backgrounds."""
     if not ckpt: raise ValueError("--ckpt FILE is required (a checkpoint written by iclmsr train)")
     d = out_dir(out)
-    res = eval_checkpoint(ckpt, data, k, train_split, test_split, variants, probe, probe_epochs, fgsm_n, device, batch,
-                          cache=not no_cache, probe_out=d/"probe.pt", train_variant=train_variant, adv_fg=adv_fg, adv_bg=adv_bg,
-                          dcodr=dcodr, dcodr_epochs=dcodr_epochs, expl_n=expl_n)
+    res = eval_checkpoint(ckpt, data, k, train_split, test_split, variants, probe,
+                          probe_epochs, fgsm_n, device, batch, cache=not no_cache,
+                          probe_out=d/"probe.pt", train_variant=train_variant,
+                          adv_fg=adv_fg, adv_bg=adv_bg, dcodr=dcodr, dcodr_epochs=dcodr_epochs,
+                          expl_n=expl_n)
     (d/"results.json").write_text(json.dumps(res, indent=2))
-    (d/"report.html").write_text(eval_report(res, f"iclmsr eval: {Path(ckpt).name} on {res['data']}"))
+    (d/"report.html").write_text(eval_report(res,
+                                             f"iclmsr eval: {Path(ckpt).name} on {res['data']}"))
     if not quiet:
         m = res["model"]
-        print(f"{ckpt} ({m['method']}{'+icl-msr' if m['icl_msr'] else ''}, {m['backbone']}, epoch {m['epoch']}) on {res['data']}: "
-              f"{res['n_train']} {res['train_variant']} {res['train_split']} / {res['n_test']} {res['test_split']} images, "
+        print(f"{ckpt} ({m['method']}{'+icl-msr' if m['icl_msr'] else ''}, {m['backbone']}, epoch "
+              f"{m['epoch']}) on {res['data']}: {res['n_train']} {res['train_variant']} "
+              f"{res['train_split']} / {res['n_test']} {res['test_split']} images, "
               f"{res['num_classes']} classes")
         print_eval(res)
     print(f"wrote {d/'results.json'} and {d/'report.html'} in {res['seconds']:.1f} s")
     return 0
 
 # %% ../nbs/31_commands.ipynb #c09972af
-def data_info(spec: Param("dataset spec, e.g. toy, toy:size=64,rho=0.95, cifar10:PATH, in9:PATH", str),
+def data_info(spec: Param("dataset spec, e.g. toy, toy:size=64,rho=0.95, cifar10:PATH, in9:PATH",
+                          str),
               split: Param("only this split (default: the dataset's usual splits)", str) = None,
               json: Param("print JSON instead of text", store_true) = False):
     "Print size, classes, image size, variants and background ids of a dataset."
@@ -166,17 +209,23 @@ def data_info(spec: Param("dataset spec, e.g. toy, toy:size=64,rho=0.95, cifar10
 
 # %% ../nbs/31_commands.ipynb #327b4e83
 def data_export(spec: Param("dataset spec, e.g. toy or toy:size=64", str),
-                out: Param("output folder for <variant>/<split>/<class>/*.png", str, required=True) = None,
-                variants: Param("comma-separated variants (default: all the dataset supports)", str) = None,
-                splits: Param("comma-separated splits (default: the dataset's usual splits)", str) = None,
+                out: Param("output folder for <variant>/<split>/<class>/*.png",
+                           str, required=True) = None,
+                variants: Param("comma-separated variants (default: all the dataset supports)",
+                                str) = None,
+                splits: Param("comma-separated splits (default: the dataset's usual splits)",
+                              str) = None,
                 seed: Param("seed of the mixed variants' background draws", int) = 0,
                 overwrite: Param("replace an existing export in OUT", store_true) = False):
     "Write a dataset as ImageNet-9-style folders of PNGs (+ fg_mask/*.npy and iclmsr.json)."
     if not out: raise ValueError("--out DIR is required")
     sp = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None
     t0 = time.perf_counter()
-    path = export_in9(spec, out, variants=sp(variants), splits=sp(splits), seed=seed, overwrite=overwrite)
+    path = export_in9(spec, out, variants=sp(variants), splits=sp(splits),
+                      seed=seed, overwrite=overwrite)
     side = json.loads((path/"iclmsr.json").read_text())
-    n = sum(v["n"] for v in side["splits"].values()); nv = len(next(iter(side["splits"].values()))["backgrounds"])
-    print(f"wrote {n} images x {nv} variant(s) ({', '.join(side['splits'])}) to {path} in {time.perf_counter() - t0:.1f} s")
+    n = sum(v["n"]
+            for v in side["splits"].values()); nv = len(next(iter(side["splits"].values()))["backgrounds"])
+    print(f"wrote {n} images x {nv} variant(s) ({', '.join(side['splits'])}) to {path} in "
+          f"{time.perf_counter() - t0:.1f} s")
     return 0

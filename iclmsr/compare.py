@@ -11,7 +11,8 @@ import numpy as np
 import torch
 from fastcore.script import Param
 from .utils import UserError, fmt_duration, get_device
-from .config import Config, ConfigError, config_to_dict, load_config, resolve_run_name, split_run_name, RUN_SUFFIXES
+from .config import (Config, ConfigError, config_to_dict, load_config, resolve_run_name,
+                           split_run_name, RUN_SUFFIXES)
 from .methods import METHODS
 from .batch import check_needs
 from .data import load_dataset
@@ -21,10 +22,12 @@ from .learner import Callback
 from .callbacks import Checkpointer, MetricsLogger
 from .build import Learner, check_used, resolve_defaults
 from .data import available_variants, variant_of
-from .eval import (ProbedModel, default_test_split, embed, evaluate, explanation_layer, load_probe, method_from_checkpoint,
-                         norm_stats, package_versions, save_probe)
+from .eval import (ProbedModel, default_test_split, embed, evaluate, explanation_layer,
+                         load_probe, method_from_checkpoint, norm_stats, package_versions,
+                         save_probe)
 from .report import html_report, html_table, out_dir
-from .viz import SaliencyView, neighbour_marks, neighbour_rates, static_format, thumb_html, umap_2d
+from .viz import (SaliencyView, neighbour_marks, neighbour_rates,
+                        static_format, thumb_html, umap_2d)
 
 # %% auto #0
 __all__ = ['DEFAULT_METHODS', 'EVAL_DEFAULTS', 'HPARAMS', 'ICL_HPARAMS', 'PROTOCOL', 'FG_CONTROL', 'FG_LEARNABLE', 'COLUMNS',
@@ -38,78 +41,108 @@ __all__ = ['DEFAULT_METHODS', 'EVAL_DEFAULTS', 'HPARAMS', 'ICL_HPARAMS', 'PROTOC
            'variant_samples_html', 'plot_umaps', 'compare_report', 'estimate', 'device_defaults', 'compare']
 
 # %% ../nbs/17_compare.ipynb #f25b90f9
-DEFAULT_METHODS = ("simclr", "simclr+ntxent", "simclr+icl-msr", "simclr+do-bg", "dcodr", "supcon", "excon")
+DEFAULT_METHODS = ("simclr", "simclr+ntxent", "simclr+icl-msr", "simclr+do-bg",
+                   "dcodr", "supcon", "excon")
 
 def known_method(name: str) -> bool:
-    "Whether `name` is a run name the Learner accepts: parsed as `model.method` the way `Learner.from_config` does, its base in `METHODS`."
+    """Whether `name` is a run name the Learner accepts: parsed as `model.method` the way
+    `Learner.from_config` does, its base in `METHODS`."""
     try: cfg = resolve_run_name(load_config(None, [f"model.method={name}"], resolve=False))
     except (ConfigError, ValueError): return False
     return cfg.model.method in METHODS
 
 # %% ../nbs/17_compare.ipynb #91b263e8
 def registered_methods() -> list:
-    "Every run name a comparison accepts: each method of `METHODS`, and each with a run-name suffix where that parses."
+    """Every run name a comparison accepts: each method of `METHODS`, and each with a run-name
+    suffix where that parses."""
     return [m for b in METHODS for m in [b, *(f"{b}+{s}" for s in RUN_SUFFIXES)] if known_method(m)]
 
 # %% ../nbs/17_compare.ipynb #7bcf1f9a
 _NOTED = set()
 def default_methods(log=print) -> list:
-    "`DEFAULT_METHODS` that are known run names now; one note (once) for any left out, picked up as soon as it parses."
+    """`DEFAULT_METHODS` that are known run names now; one note (once) for any left out, picked up
+    as soon as it parses."""
     left = [m for m in DEFAULT_METHODS if not known_method(m)]
     if left and tuple(left) not in _NOTED:
-        _NOTED.add(tuple(left)); log(f"note: {', '.join(left)} is not a known method yet; left out of the default list")
+        _NOTED.add(tuple(left)); log(f"note: {', '.join(left)} is not a known method yet; left out "
+                                     "of the default list")
     return [m for m in DEFAULT_METHODS if m not in left]
 
 # %% ../nbs/17_compare.ipynb #0369bbc9
 def parse_methods(methods: str | None = None, log=print) -> list:
-    "The comma-separated run names of `--methods` (default: `default_methods`), each checked; an unknown one lists the registered ones."
+    """The comma-separated run names of `--methods` (default: `default_methods`), each checked; an
+    unknown one lists the registered ones."""
     if not methods: return default_methods(log)
     names = [m.strip() for m in str(methods).split(",") if m.strip()]
-    if not names: raise ValueError("--methods names no method; give a comma-separated list, e.g. simclr,supcon")
+    if not names:
+        raise ValueError("--methods names no method; give a comma-separated list, e.g. "
+                         "simclr,supcon")
     for m in names:
-        if not known_method(m): raise ValueError(f"unknown method {m!r}; registered: {', '.join(registered_methods())}")
-    if len(set(names)) < len(names): raise ValueError(f"--methods lists a method twice: {','.join(names)}")
+        if not known_method(m):
+            raise ValueError(f"unknown method {m!r}; registered: {', '.join(registered_methods())}")
+    if len(set(names)) < len(names):
+        raise ValueError(f"--methods lists a method twice: {','.join(names)}")
     return names
 
 # %% ../nbs/17_compare.ipynb #ce3e22d2
 def _own_set(item: str) -> tuple:
-    "('dcodr', 'train.per_domain=8') for a method's own override 'dcodr:train.per_domain=8'; (None, item) for one of every run."
+    """('dcodr', 'train.per_domain=8') for a method's own override 'dcodr:train.per_domain=8';
+    (None, item) for one of every run."""
     head, colon, rest = item.partition(":")
     return (head.strip(), rest.strip()) if colon and "=" not in head else (None, item)
 
 # %% ../nbs/17_compare.ipynb #db8da83f
-EVAL_DEFAULTS = {"probe_epochs": 100, "fgsm_n": 512, "expl_n": 256, "adv_fg": 0, "adv_bg": 0, "dcodr_epochs": 100}
+EVAL_DEFAULTS = {"probe_epochs": 100, "fgsm_n": 512, "expl_n": 256, "adv_fg": 0,
+                 "adv_bg": 0, "dcodr_epochs": 100}
 
-def compare_settings(methods=None, data: str = "toy", seeds: int = 3, budget: int = 200, sets=(), device: str = "cpu",
-                     first_seed: int = 0, val_frac: float = 0.2, hparams: int = 0, fg_control: bool = False, log=print, **eval_kw) -> dict:
-    "Everything that decides a comparison's numbers (written to OUT/compare.json): methods, data, seeds, encoder steps, config overrides, hyper-parameter draws, the foreground check, evaluation."
-    if not isinstance(hparams, int) or isinstance(hparams, bool) or hparams < 0: raise ValueError(f"--hparams must be an integer >= 0 (0: each method's defaults), got {hparams!r}")
-    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1: raise ValueError(f"--seeds must be a positive integer, got {seeds!r}")
-    if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1: raise ValueError(f"--budget must be a positive number of encoder steps, got {budget!r}")
+def compare_settings(methods=None, data: str = "toy", seeds: int = 3, budget: int = 200,
+                     sets=(), device: str = "cpu", first_seed: int = 0, val_frac: float = 0.2,
+                     hparams: int = 0, fg_control: bool = False, log=print, **eval_kw) -> dict:
+    """Everything that decides a comparison's numbers (written to OUT/compare.json): methods, data,
+    seeds, encoder steps, config overrides, hyper-parameter draws, the foreground check, evaluation.
+    """
+    if not isinstance(hparams, int) or isinstance(hparams, bool) or hparams < 0:
+        raise ValueError("--hparams must be an integer >= 0 (0: each method's defaults), got "
+                         f"{hparams!r}")
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
+        raise ValueError(f"--seeds must be a positive integer, got {seeds!r}")
+    if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
+        raise ValueError(f"--budget must be a positive number of encoder steps, got {budget!r}")
     bad = set(eval_kw) - set(EVAL_DEFAULTS)
-    if bad: raise ValueError(f"unknown evaluation setting {sorted(bad)[0]!r}; allowed: {', '.join(EVAL_DEFAULTS)}")
+    if bad:
+        raise ValueError(f"unknown evaluation setting {sorted(bad)[0]!r}; allowed: "
+                         f"{', '.join(EVAL_DEFAULTS)}")
     ms = methods if isinstance(methods, (list, tuple)) else parse_methods(methods, log)
     for m, _ in map(_own_set, sets or ()):
-        if m is not None and m not in ms: raise ValueError(f"--set {m}:... names a method that is not compared; methods: {', '.join(ms)}")
-    return {"methods": list(ms), "data": data, "seeds": list(range(first_seed, first_seed + seeds)), "budget": budget,
+        if m is not None and m not in ms:
+            raise ValueError(f"--set {m}:... names a method that is not compared; methods: "
+                             f"{', '.join(ms)}")
+    return {"methods": list(ms), "data": data,
+            "seeds": list(range(first_seed, first_seed + seeds)), "budget": budget,
             "sets": list(sets or ()), "device": device, "val_frac": val_frac, "hparams": hparams,
             "fg_control": bool(fg_control), "eval": {**EVAL_DEFAULTS, **eval_kw}}
 
 # %% ../nbs/17_compare.ipynb #6fd08cc3
 _LR, _WD, _TAU = ("log", 1e-3, 1e-2), ("log", 1e-7, 1e-4), ("log", 0.05, 1.0)
-HPARAMS = {m: {"optim.lr": _LR, "optim.weight_decay": _WD, **({"model.options.temperature": _TAU} if t else {})}
-           for m, t in (("simclr", True), ("supcon", True), ("excon", True), ("exconb", True), ("dcodr", True), ("dcodr_nonegs", True),
-                        ("dcodr_rec", True), ("byol", False), ("wmse", False), ("barlow_twins", False))}
-ICL_HPARAMS = {"icl.lam": ("log", 0.1, 10.0)}   # added for a run with ICL-MSR or one of its controls
+HPARAMS = {m: {"optim.lr": _LR, "optim.weight_decay": _WD,
+               **({"model.options.temperature": _TAU} if t else {})}
+           for m, t in (("simclr", True), ("supcon", True), ("excon", True), ("exconb", True),
+                        ("dcodr", True), ("dcodr_nonegs", True), ("dcodr_rec", True),
+                        ("byol", False), ("wmse", False), ("barlow_twins", False))}
+# added for a run with ICL-MSR or one of its controls
+ICL_HPARAMS = {"icl.lam": ("log", 0.1, 10.0)}
 
 def method_hparams(method: str) -> dict:
-    "The distributions `--hparams` draws `method`'s settings from: its base method's (`HPARAMS`), plus `ICL_HPARAMS` with ICL on."
+    """The distributions `--hparams` draws `method`'s settings from: its base method's (`HPARAMS`),
+    plus `ICL_HPARAMS` with ICL on."""
     cfg = resolve_run_name(load_config(None, [f"model.method={method}"], resolve=False))
-    return {**HPARAMS.get(cfg.model.method, {"optim.lr": _LR, "optim.weight_decay": _WD}), **(ICL_HPARAMS if cfg.icl.enabled else {})}
+    return {**HPARAMS.get(cfg.model.method, {"optim.lr": _LR, "optim.weight_decay": _WD}),
+            **(ICL_HPARAMS if cfg.icl.enabled else {})}
 
 # %% ../nbs/17_compare.ipynb #accf3cfe
 def draw_hparams(method: str, n: int) -> list:
-    "`n` settings of `method`: each hyper-parameter drawn by its own generator (seeded by method and key), so adding one changes no other's draws."
+    """`n` settings of `method`: each hyper-parameter drawn by its own generator (seeded by method
+    and key), so adding one changes no other's draws."""
     vals = {}
     for k, (kind, lo, hi) in method_hparams(method).items():
         g = np.random.default_rng(int.from_bytes(hashlib.sha256(f"{method}|{k}".encode()).digest()[:8], "little"))
@@ -118,61 +151,79 @@ def draw_hparams(method: str, n: int) -> list:
     return [{k: v[i] for k, v in vals.items()} for i in range(n)]
 
 # %% ../nbs/17_compare.ipynb #3869806d
-PROTOCOL = {m: ["model.options.proj_dim=64"] for m in ("supcon", "excon", "exconb")}   # one head size: see below
+# one head size: see below
+PROTOCOL = {m: ["model.options.proj_dim=64"] for m in ("supcon", "excon", "exconb")}
 
 def run_config(st: dict, method: str, seed: int, hp: int | None = None) -> Config:
-    "The training config of `method` on seed `seed`: kNN monitor off, warm-up a tenth of the budget, `st['sets']` (those of every run, and `METHOD:key=value` of this one), then its drawn setting `hp`."
+    """The training config of `method` on seed `seed`: kNN monitor off, warm-up a tenth of the
+    budget, `st['sets']` (those of every run, and `METHOD:key=value` of this one), then its drawn
+    setting `hp`."""
     method, _ = split_control(method)   # the foreground check trains the base method's config
-    base = [f"data.spec={st['data']}", "train.knn_every=0", f"optim.warmup_steps={st['budget'] // 10}", f"train.device={st['device']}"]
+    base = [f"data.spec={st['data']}", "train.knn_every=0",
+            f"optim.warmup_steps={st['budget'] // 10}", f"train.device={st['device']}"]
     own = [kv for m, kv in map(_own_set, st["sets"]) if m in (None, method)]
-    drawn = [] if hp is None else [f"{k}={v}" for k, v in draw_hparams(method, st["hparams"])[hp].items()]
-    proto = PROTOCOL.get(split_run_name(method)[0], [])   # the protocol's, before anything the user sets
-    return load_config(None, base + proto + own + drawn + [f"model.method={method}", f"train.seed={seed}"])
+    drawn = ([] if hp is None
+             else [f"{k}={v}" for k, v in draw_hparams(method, st["hparams"])[hp].items()])
+    # the protocol's, before anything the user sets
+    proto = PROTOCOL.get(split_run_name(method)[0], [])
+    return load_config(None,
+                       base + proto + own + drawn
+                       + [f"model.method={method}", f"train.seed={seed}"])
 
 # %% ../nbs/17_compare.ipynb #01b956c6
 def run_key(st: dict, method: str, seed: int, hp: int | None = None) -> str:
-    "The run's folder name: a hash of (method, data, seed, config, budget, split, evaluation, drawn setting)."
-    d = {"method": method, "data": st["data"], "seed": seed, "config": config_to_dict(run_config(st, method, seed, hp)),
-         "budget": st["budget"], "val_frac": st["val_frac"], "eval": st["eval"], **({} if hp is None else {"hp": hp})}
+    """The run's folder name: a hash of (method, data, seed, config, budget, split, evaluation,
+    drawn setting)."""
+    d = {"method": method, "data": st["data"], "seed": seed,
+         "config": config_to_dict(run_config(st, method, seed, hp)), "budget": st["budget"],
+         "val_frac": st["val_frac"], "eval": st["eval"], **({} if hp is None else {"hp": hp})}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 # %% ../nbs/17_compare.ipynb #f3504838
 FG_CONTROL = "only_fg"    # the training images of the foreground check
-FG_LEARNABLE = 60.0       # percent, linear probe on foreground-only test images: below it the foreground is not learnable
+# percent, linear probe on foreground-only test images: below it the foreground is not learnable
+FG_LEARNABLE = 60.0
 
 def control_name(st: dict) -> str | None:
-    "The run name of the foreground check, 'simclr@only_fg' (the first method trained on foreground-only images), or None without the check."
+    """The run name of the foreground check, 'simclr@only_fg' (the first method trained on
+    foreground-only images), or None without the check."""
     return f"{st['methods'][0]}@{FG_CONTROL}" if st.get("fg_control") else None
 
 # %% ../nbs/17_compare.ipynb #85c94771
 def split_control(method: str) -> tuple:
-    "('simclr', 'only_fg') for the check's run name 'simclr@only_fg'; (method, None) for a compared method."
+    """('simclr', 'only_fg') for the check's run name 'simclr@only_fg'; (method, None) for a
+    compared method."""
     m, at, v = method.partition("@")
     return (m, v) if at else (method, None)
 
 # %% ../nbs/17_compare.ipynb #057099d8
 def validation_split(train, seed: int, frac: float = 0.2) -> tuple:
-    "(fit, val): a random `frac` of the training images held out for model selection, fixed by `seed` and the same for every method."
+    """(fit, val): a random `frac` of the training images held out for model selection, fixed by
+    `seed` and the same for every method."""
     fit, val = held_out_split(len(train), frac, seed)
     return train.subset(fit), train.subset(val)
 
 # %% ../nbs/17_compare.ipynb #6729d181
 def load_splits(st: dict, seed: int) -> dict:
-    "The images of seed `seed`: 'fit' (80% of train: the methods train on it), 'val' (the other 20%) and 'test'."
+    """The images of seed `seed`: 'fit' (80% of train: the methods train on it), 'val' (the other
+    20%) and 'test'."""
     train = load_dataset(st["data"], "train")
     fit, val = validation_split(train, seed, st["val_frac"])
-    return {"fit": fit, "val": val, "test": load_dataset(st["data"], default_test_split(st["data"]))}
+    return {"fit": fit, "val": val,
+            "test": load_dataset(st["data"], default_test_split(st["data"]))}
 
 # %% ../nbs/17_compare.ipynb #dc0d38ff
 def check_methods(st: dict, fit) -> None:
-    "Refuse, before any run starts, a method whose needs (labels, domains, masks) the data cannot meet, or a config that does not build."
+    """Refuse, before any run starts, a method whose needs (labels, domains, masks) the data cannot
+    meet, or a config that does not build."""
     for m in st["methods"]:
-        cfg = resolve_defaults(resolve_run_name(run_config(st, m, st["seeds"][0], 0 if st.get("hparams") else None)))
+        cfg = resolve_defaults(resolve_run_name(run_config(st, m, st["seeds"][0],
+                                                           0 if st.get("hparams") else None)))
         check_used(cfg)
         check_needs(METHODS[cfg.model.method].needs, fit, f"method {m!r}")
     if st.get("fg_control") and not fit.has_masks:
-        raise UserError(f"the foreground check (a model trained on foreground-only images) needs foreground masks and "
-                        f"{st['data']!r} has none; pass --no-fg-control")
+        raise UserError("the foreground check (a model trained on foreground-only images) needs "
+                        f"foreground masks and {st['data']!r} has none; pass --no-fg-control")
 
 # %% ../nbs/17_compare.ipynb #cef2ec6e
 def read_records(run_dir) -> list:
@@ -200,7 +251,8 @@ def run_status(run_dir) -> str:
 
 # %% ../nbs/17_compare.ipynb #1cc12985
 class StepBudget(Callback):
-    "Stop a run before the batch that would take it past `steps` encoder steps (the Checkpointer then saves where it stopped)."
+    """Stop a run before the batch that would take it past `steps` encoder steps (the Checkpointer
+    then saves where it stopped)."""
     order = -30
     def __init__(self, steps: int): self.steps = steps
     def before_batch(self):
@@ -208,21 +260,30 @@ class StepBudget(Callback):
 
 # %% ../nbs/17_compare.ipynb #a04c4540
 def train_run(cfg: Config, fit, budget: int, run_dir=None, cbs=()) -> Learner:
-    "Train `cfg` on `fit` for exactly `budget` encoder steps (ceil(budget / batches per epoch) epochs, stopped at `budget`), resuming `run_dir/last.pt`."
-    learn = Learner.from_config(replace(cfg, train=replace(cfg.train, epochs=1)), run_dir, train_data=fit,
-                                cbs=([MetricsLogger(), Checkpointer()] if run_dir else []) + [StepBudget(budget), *cbs])
-    epochs = math.ceil(budget / learn.batches_per_epoch)   # the methods' batches per epoch differ (DCoDR's domain sampler): steps do not
-    learn.cfg, learn.n_epochs = replace(learn.cfg, train=replace(learn.cfg.train, epochs=epochs)), epochs
-    if run_dir is not None and (Path(run_dir)/"last.pt").exists(): learn.resume(Path(run_dir)/"last.pt")
+    """Train `cfg` on `fit` for exactly `budget` encoder steps (ceil(budget / batches per epoch)
+    epochs, stopped at `budget`), resuming `run_dir/last.pt`."""
+    learn = Learner.from_config(replace(cfg, train=replace(cfg.train, epochs=1)), run_dir,
+                                train_data=fit,
+                                cbs=([MetricsLogger(), Checkpointer()] if run_dir else [])
+                                + [StepBudget(budget), *cbs])
+    # the methods' batches per epoch differ (DCoDR's domain sampler): steps do not
+    epochs = math.ceil(budget / learn.batches_per_epoch)
+    learn.cfg, learn.n_epochs = (replace(learn.cfg, train=replace(learn.cfg.train, epochs=epochs)),
+                                 epochs)
+    if run_dir is not None and (Path(run_dir)/"last.pt").exists():
+        learn.resume(Path(run_dir)/"last.pt")
     learn.start_step = learn.step
     return learn.fit()
 
 # %% ../nbs/17_compare.ipynb #21b272d7
-COLUMNS = {"original.linear": "full linear", "original.knn5": "full 5-NN", "only_fg.linear": "fg-only linear",
-           "only_fg.knn5": "fg-only 5-NN", "mixed_same.linear": "mixed_same linear", "mixed_same.knn5": "mixed_same 5-NN",
-           "mixed_rand.linear": "mixed_rand linear", "mixed_rand.knn5": "mixed_rand 5-NN", "bg_gap": "BG-gap ↓",
-           "worst_group": "worst group ↑", "bg_probe": "background probe ↓", "domain_probe": "domain probe ↓",
-           "class_probe": "class probe ↑", "bg_neighbour_rate": "background-neighbour rate ↓", "ece": "ECE ↓",
+COLUMNS = {"original.linear": "full linear", "original.knn5": "full 5-NN",
+           "only_fg.linear": "fg-only linear", "only_fg.knn5": "fg-only 5-NN",
+           "mixed_same.linear": "mixed_same linear", "mixed_same.knn5": "mixed_same 5-NN",
+           "mixed_rand.linear": "mixed_rand linear",
+           "mixed_rand.knn5": "mixed_rand 5-NN", "bg_gap": "BG-gap ↓",
+           "worst_group": "worst group ↑", "bg_probe": "background probe ↓",
+           "domain_probe": "domain probe ↓", "class_probe": "class probe ↑",
+           "bg_neighbour_rate": "background-neighbour rate ↓", "ece": "ECE ↓",
            "fgsm_4": "FGSM 4/255 ↑", "saliency_iou": "saliency IoU ↑"}
 
 def _pick(res: dict, *path):
@@ -233,8 +294,10 @@ def _pick(res: dict, *path):
 
 # %% ../nbs/17_compare.ipynb #4005bf8e
 def bg_neighbour_rate(model, fit, query, mean=None, std=None, k: int = 5) -> float | None:
-    "Percent of the `k` nearest `fit` images (cosine) of each `query` image that share its background but not its class."
-    if not (bool((fit.backgrounds >= 0).all()) and bool((query.backgrounds >= 0).all())): return None
+    """Percent of the `k` nearest `fit` images (cosine) of each `query` image that share its
+    background but not its class."""
+    if not (bool((fit.backgrounds >= 0).all())
+            and bool((query.backgrounds >= 0).all())): return None
     db, q = embed(model, fit.images, mean, std), embed(model, query.images, mean, std)
     _, ids = FeatureIndex(db.shape[1], backend="torch").add(db).search(q, min(k, len(db)))
     sc, sb = neighbour_marks(ids, query.labels, query.backgrounds, fit.labels, fit.backgrounds)
@@ -242,64 +305,87 @@ def bg_neighbour_rate(model, fit, query, mean=None, std=None, k: int = 5) -> flo
 
 # %% ../nbs/17_compare.ipynb #a6c72329
 def flat_measures(res: dict) -> dict:
-    "The comparison's columns (`COLUMNS`) from one `evaluate` result; None where a measure is not defined for the data."
+    """The comparison's columns (`COLUMNS`) from one `evaluate` result; None where a measure is not
+    defined for the data."""
     out = {f"{v}.{c}": _pick(res, "variants", v, "linear_top1" if c == "linear" else "knn5")
            for v in ("original", "only_fg", "mixed_same", "mixed_rand") for c in ("linear", "knn5")}
-    out.update(bg_gap=_pick(res, "bg_gap", "linear"), worst_group=_pick(res, "worst_group", "linear", "acc"),
-               bg_probe=_pick(res, "bg_probe", "top1"), domain_probe=_pick(res, "dcodr", "domain_probe"),
-               class_probe=_pick(res, "dcodr", "class_probe"), ece=res.get("ece"), fgsm_4=_pick(res, "fgsm", "acc", "4/255"),
+    out.update(bg_gap=_pick(res, "bg_gap", "linear"),
+               worst_group=_pick(res, "worst_group", "linear", "acc"),
+               bg_probe=_pick(res, "bg_probe", "top1"),
+               domain_probe=_pick(res, "dcodr", "domain_probe"),
+               class_probe=_pick(res, "dcodr", "class_probe"), ece=res.get("ece"),
+               fgsm_4=_pick(res, "fgsm", "acc", "4/255"),
                saliency_iou=_pick(res, "explanations", "original", "iou"))
     return out
 
 # %% ../nbs/17_compare.ipynb #985d0784
 def measure_split(model, fit, data, mean, std, seed: int, ev: dict) -> dict:
-    "One evaluation of `model` (probes and kNN fitted on `fit`) on `data`: its columns, why any is missing, and the fitted linear probe."
+    """One evaluation of `model` (probes and kNN fitted on `fit`) on `data`: its columns, why any is
+    missing, and the fitted linear probe."""
     t0 = time.time()
     res = evaluate(model, fit, data, mean, std, seed=seed, cache=False, **ev)
     out = flat_measures(res)
     out["bg_neighbour_rate"] = bg_neighbour_rate(model, fit, data, mean, std)
-    return {"measures": out, "unavailable": res.get("unavailable", {}), "eval_seconds": time.time() - t0, "probe": res["probe"]}
+    return {"measures": out, "unavailable": res.get("unavailable", {}),
+            "eval_seconds": time.time() - t0, "probe": res["probe"]}
 
 # %% ../nbs/17_compare.ipynb #f26af059
-def run_one(st: dict, method: str, seed: int, run_dir, splits: dict | None = None, cbs=(), hp: int | None = None) -> bool:
-    "Train one run of the comparison into `run_dir` (resuming it), append a JSON line per evaluation (val, then test), write `done` last; False when stopped. The foreground check ('simclr@only_fg') trains on the foreground-only fit images and is measured on test only."
+def run_one(st: dict, method: str, seed: int, run_dir, splits: dict | None = None, cbs=(),
+            hp: int | None = None) -> bool:
+    """Train one run of the comparison into `run_dir` (resuming it), append a JSON line per
+    evaluation (val, then test), write `done` last; False when stopped. The foreground check
+    ('simclr@only_fg') trains on the foreground-only fit images and is measured on test only."""
     d, (_, tv) = Path(run_dir), split_control(method)
     d.mkdir(parents=True, exist_ok=True)
     if (d/"done").exists(): return True
     cfg = run_config(st, method, seed, hp)
     if not (d/"run.json").exists():
-        (d/"run.json").write_text(json.dumps({"method": method, "data": st["data"], "seed": seed, "budget": st["budget"], "hp": hp, "train_variant": tv,
-                                              "setting": None if hp is None else draw_hparams(method, st["hparams"])[hp],
+        (d/"run.json").write_text(json.dumps({"method": method, "data": st["data"], "seed": seed,
+                                              "budget": st["budget"], "hp": hp, "train_variant": tv,
+                                              "setting": None if hp is None
+                                              else draw_hparams(method, st["hparams"])[hp],
                                               "config": config_to_dict(cfg)}, indent=1))
     sp = splits or load_splits(st, seed)
     recs = read_records(d)
     t0 = time.time()
     fit = sp["fit"] if tv is None else variant_of(sp["fit"], tv)
     learn = train_run(cfg, fit, st["budget"], d, cbs)
-    if learn.step < st["budget"]: return False     # stopped (a signal): last.pt holds where it stopped
+    # stopped (a signal): last.pt holds where it stopped
+    if learn.step < st["budget"]: return False
     model = learn.method.eval()
     mean, std = norm_stats(learn.cfg, fit.image_size)
     have = {r.get("split") for r in recs if r.get("kind") == "eval"}
     if not any(r.get("kind") == "train" for r in recs):
-        secs, n = time.time() - t0, learn.step - learn.start_step   # this invocation's part of the training
-        append_record(d, {"kind": "train", "step": learn.step, "epochs": learn.n_epochs, "batch_size": learn.batch_size,
-                          "seconds": secs, "images_per_s": n * learn.batch_size / secs if n and secs > 0 else None,
+        # this invocation's part of the training
+        secs, n = time.time() - t0, learn.step - learn.start_step
+        append_record(d,
+                      {"kind": "train", "step": learn.step, "epochs": learn.n_epochs,
+                       "batch_size": learn.batch_size,
+                          "seconds": secs,
+                       "images_per_s": n * learn.batch_size / secs if n and secs > 0 else None,
                           "resumed_from": learn.start_step})
-    ev = st["eval"] if tv is None else {**st["eval"], "variants": (tv,), "fgsm_n": 0, "expl_n": 0, "dcodr": "off"}
+    ev = (st["eval"] if tv is None
+          else {**st["eval"], "variants": (tv,), "fgsm_n": 0, "expl_n": 0, "dcodr": "off"})
     for split in ("val", "test") if tv is None else ("test",):
         if split in have: continue
         m = measure_split(model, fit, sp[split], mean, std, seed, ev)
-        if split == "test" and tv is None: save_probe(m["probe"], d/"probe.pt", fit.classes)   # for the report's saliency overlays
-        append_record(d, {"kind": "eval", "split": split, "step": learn.step, **{k: v for k, v in m.items() if k != "probe"}})
+        # for the report's saliency overlays
+        if split == "test" and tv is None: save_probe(m["probe"], d/"probe.pt", fit.classes)
+        append_record(d,
+                      {"kind": "eval", "split": split, "step": learn.step,
+                       **{k: v for k, v in m.items() if k != "probe"}})
     (d/"done").write_text("done\n")
     return True
 
 # %% ../nbs/17_compare.ipynb #382da046
 def plan(st: dict, out) -> list:
-    "The runs of a comparison in the order they run (seed by seed, the methods in order, each drawn setting `hp`, then the foreground check), each with its folder and status."
-    root, hps, ctrl = Path(out)/"runs", list(range(st.get("hparams", 0))) or [None], control_name(st)
+    """The runs of a comparison in the order they run (seed by seed, the methods in order, each
+    drawn setting `hp`, then the foreground check), each with its folder and status."""
+    root, hps, ctrl = (Path(out)/"runs",
+                       list(range(st.get("hparams", 0))) or [None], control_name(st))
     grid = [(m, h) for m in st["methods"] for h in hps] + ([(ctrl, None)] if ctrl else [])
-    return [{"method": m, "hp": h, "seed": s, "key": (k := run_key(st, m, s, h)), "dir": root/k, "status": run_status(root/k),
+    return [{"method": m, "hp": h, "seed": s, "key": (k := run_key(st, m, s, h)), "dir": root/k,
+             "status": run_status(root/k),
              "control": m == ctrl} for s in st["seeds"] for m, h in grid]
 
 # %% ../nbs/17_compare.ipynb #fc35fafc
@@ -308,18 +394,21 @@ def _label(r: dict) -> str: return r["method"] + ("" if r.get("hp") is None else
 # %% ../nbs/17_compare.ipynb #07534717
 def _format_plan(runs: list) -> str:
     "One line per run: status, method, seed, folder name."
-    return "\n".join(f"{r['status']:>6}  {_label(r):<16} seed {r['seed']}  runs/{r['key']}" for r in runs)
+    return "\n".join(f"{r['status']:>6}  {_label(r):<16} seed {r['seed']}  runs/{r['key']}"
+                     for r in runs)
 
 # %% ../nbs/17_compare.ipynb #9bc12d54
 def open_out(st: dict, out, resume: bool = False) -> Path:
-    "The comparison folder `out` with its `compare.json`: created, or continued when it holds the same settings; refused when they differ."
+    """The comparison folder `out` with its `compare.json`: created, or continued when it holds the
+    same settings; refused when they differ."""
     d = Path(out)
     p = d/"compare.json"
     if p.exists():
         old = json.loads(p.read_text())
         diff = [k for k in sorted(set(old) | set(st)) if old.get(k) != st.get(k)]
-        if diff: raise UserError(f"{str(d)!r} holds a comparison with other settings ({', '.join(diff)} differ); "
-                                 "rerun it with the same options, or choose another --out")
+        if diff: raise UserError(f"{str(d)!r} holds a comparison with other settings "
+                                 f"({', '.join(diff)} differ); rerun it with the same options, or "
+                                 "choose another --out")
         return d
     if resume: raise UserError(f"nothing to resume: {str(p)!r} does not exist")
     out_dir(d)
@@ -328,76 +417,98 @@ def open_out(st: dict, out, resume: bool = False) -> Path:
 
 # %% ../nbs/17_compare.ipynb #d87bb650
 def run_compare(st: dict, out, log=print, cbs=()) -> list:
-    "Train and evaluate every run of `plan` not yet done, one progress line per run with an ETA for the rest; returns the plan."
+    """Train and evaluate every run of `plan` not yet done, one progress line per run with an ETA
+    for the rest; returns the plan."""
     runs = plan(st, out)
     splits = {st["seeds"][0]: load_splits(st, st["seeds"][0])}
-    check_methods(st, splits[st["seeds"][0]]["fit"])   # every method's needs, before the first run starts
+    # every method's needs, before the first run starts
+    check_methods(st, splits[st["seeds"][0]]["fit"])
     todo, took, t_all = [r for r in runs if r["status"] != "done"], [], time.time()
-    log(f"{len(runs)} runs: {len(runs) - len(todo)} done, {sum(r['status'] == 'resume' for r in todo)} to resume, "
+    log(f"{len(runs)} runs: {len(runs) - len(todo)} done, "
+        f"{sum(r['status'] == 'resume' for r in todo)} to resume, "
         f"{sum(r['status'] == 'new' for r in todo)} new")
     for i, r in enumerate(todo):
         t0 = time.time()
         if r["seed"] not in splits: splits[r["seed"]] = load_splits(st, r["seed"])
         if not run_one(st, r["method"], r["seed"], r["dir"], splits[r["seed"]], cbs, r["hp"]):
-            raise KeyboardInterrupt(f"stopped in {_label(r)} seed {r['seed']}; run the same command again to continue")
+            raise KeyboardInterrupt(f"stopped in {_label(r)} seed {r['seed']}; run the same "
+                                    "command again to continue")
         took.append(time.time() - t0)
         left = len(todo) - i - 1
         eta = statistics.mean(took) * left
-        log(f"[{i + 1}/{len(todo)}] {_label(r)} seed {r['seed']} ({r['status']}): {time.time() - t0:.1f} s; "
-            f"ETA {fmt_duration(eta)} for the {left} left" if left else f"[{i + 1}/{len(todo)}] {_label(r)} seed {r['seed']} "
-            f"({r['status']}): {time.time() - t0:.1f} s; all done in {fmt_duration(time.time() - t_all)}")
+        log(f"[{i + 1}/{len(todo)}] {_label(r)} seed {r['seed']} ({r['status']}): "
+            f"{time.time() - t0:.1f} s; ETA {fmt_duration(eta)} for the {left} "
+            "left" if left else f"[{i + 1}/{len(todo)}] {_label(r)} seed {r['seed']} "
+            f"({r['status']}): {time.time() - t0:.1f} s; all done in "
+            f"{fmt_duration(time.time() - t_all)}")
         r["status"] = "done"
     return runs
 
 # %% ../nbs/17_compare.ipynb #3b86dd2d
 def seed_stats(values: list) -> dict | None:
-    "Mean, sample standard deviation, standard error and n of the per-seed `values` (None left out); None when none is left."
+    """Mean, sample standard deviation, standard error and n of the per-seed `values` (None left
+    out); None when none is left."""
     x = [float(v) for v in values if v is not None]
     if not x: return None
     sd = statistics.stdev(x) if len(x) > 1 else 0.0
-    return {"mean": statistics.mean(x), "std": sd, "se": sd / math.sqrt(len(x)), "n": len(x), "runs": x}
+    return {"mean": statistics.mean(x), "std": sd,
+            "se": sd / math.sqrt(len(x)), "n": len(x), "runs": x}
 
 # %% ../nbs/17_compare.ipynb #a3e31a2d
 def paired_differences(a: dict, b: dict) -> dict | None:
-    "`seed_stats` of the per-seed differences a[seed] - b[seed] over the seeds where both are defined."
+    """`seed_stats` of the per-seed differences a[seed] - b[seed] over the seeds where both are
+    defined."""
     return seed_stats([a[s] - b[s] for s in a if s in b and a[s] is not None and b[s] is not None])
 
 # %% ../nbs/17_compare.ipynb #12191cf5
-SELECT_BY = "original.linear"   # the validation measure that picks a method's setting under --hparams
+# the validation measure that picks a method's setting under --hparams
+SELECT_BY = "original.linear"
 
 def read_runs(out) -> tuple:
-    "(settings, {(method, hp, seed): record dict}) of a comparison folder, read from its records only; unfinished runs left out."
+    """(settings, {(method, hp, seed): record dict}) of a comparison folder, read from its records
+    only; unfinished runs left out."""
     d = Path(out)
-    if not (d/"compare.json").exists(): raise UserError(f"{str(d)!r} holds no comparison (no compare.json)")
+    if not (d/"compare.json").exists():
+        raise UserError(f"{str(d)!r} holds no comparison (no compare.json)")
     st, got = json.loads((d/"compare.json").read_text()), {}
     for r in plan(st, d):
         if r["status"] != "done": continue
         recs = read_records(r["dir"])
-        got[r["method"], r["hp"], r["seed"]] = {"train": next((x for x in recs if x["kind"] == "train"), {}),
-                                                **{x["split"]: x for x in recs if x["kind"] == "eval"}}
+        got[r["method"], r["hp"], r["seed"]] = {"train": next((x for x in recs
+                                                               if x["kind"] == "train"), {}),
+                                                **{x["split"]: x
+                                                   for x in recs if x["kind"] == "eval"}}
     return st, got
 
 # %% ../nbs/17_compare.ipynb #0179a7d5
 def select_setting(st: dict, got: dict, method: str) -> tuple:
-    "(chosen hp, candidates): the drawn setting of `method` with the best mean validation `SELECT_BY` over seeds (never a test number)."
+    """(chosen hp, candidates): the drawn setting of `method` with the best mean validation
+    `SELECT_BY` over seeds (never a test number)."""
     hps = list(range(st.get("hparams", 0))) or [None]
     cands = []
     for h in hps:
-        v = seed_stats([got[method, h, s]["val"]["measures"].get(SELECT_BY) for s in st["seeds"] if (method, h, s) in got])
-        cands.append({"hp": h, "setting": None if h is None else draw_hparams(method, st["hparams"])[h], "val": v})
-    best = max((c for c in cands if c["val"] is not None), key=lambda c: c["val"]["mean"], default=cands[0])
+        v = seed_stats([got[method, h, s]["val"]["measures"].get(SELECT_BY) for s in st["seeds"]
+                        if (method, h, s) in got])
+        cands.append({"hp": h,
+                      "setting": None if h is None else draw_hparams(method, st["hparams"])[h],
+                      "val": v})
+    best = max((c for c in cands if c["val"] is not None),
+               key=lambda c: c["val"]["mean"], default=cands[0])
     return best["hp"], cands
 
 # %% ../nbs/17_compare.ipynb #9562e8a3
 def fg_check(st: dict, got: dict) -> dict | None:
-    "The foreground check from `read_runs`' records: the control's fg-only linear and 5-NN and full-image linear accuracy over seeds, and whether its fg-only linear mean reaches `FG_LEARNABLE`; None without the check."
+    """The foreground check from `read_runs`' records: the control's fg-only linear and 5-NN and
+    full-image linear accuracy over seeds, and whether its fg-only linear mean reaches
+    `FG_LEARNABLE`; None without the check."""
     name = control_name(st)
     if name is None: return None
     ms = [got[name, None, s]["test"]["measures"] for s in st["seeds"] if (name, None, s) in got]
     col = lambda c: seed_stats([m.get(c) for m in ms])
     lin = col("only_fg.linear")
-    return {"method": name, "trained_on": FG_CONTROL, "only_fg.linear": lin, "only_fg.knn5": col("only_fg.knn5"),
-            "original.linear": col("original.linear"), "threshold": FG_LEARNABLE,
+    return {"method": name, "trained_on": FG_CONTROL, "only_fg.linear": lin,
+            "only_fg.knn5": col("only_fg.knn5"), "original.linear": col("original.linear"),
+            "threshold": FG_LEARNABLE,
             "learnable": None if lin is None else lin["mean"] >= FG_LEARNABLE}
 
 # %% ../nbs/17_compare.ipynb #47b80323
@@ -407,68 +518,97 @@ def fg_check_line(fc: dict | None) -> str:
     lin = fc["only_fg.linear"]
     if lin is None: return f"foreground check: {fc['method']} has not finished"
     verdict = (f"the foreground is learnable (>= {fc['threshold']:.0f}%)" if fc["learnable"] else
-               f"NOT learnable (< {fc['threshold']:.0f}%): under these settings reliance on the background cannot be told "
-               "from not learning the object at all; raise --budget or the data size")
-    return (f"foreground check: {split_control(fc['method'])[0]} trained on foreground-only images reaches {lin['mean']:.1f} ± "
-            f"{lin['se']:.1f}% linear on foreground-only test images (n={lin['n']}): {verdict}")
+               f"NOT learnable (< {fc['threshold']:.0f}%): under these settings reliance on the "
+               "background cannot be told from not learning the object at all; raise --budget or "
+               "the data size")
+    return (f"foreground check: {split_control(fc['method'])[0]} trained on foreground-only images "
+            f"reaches {lin['mean']:.1f} ± {lin['se']:.1f}% linear on foreground-only test images "
+            f"(n={lin['n']}): {verdict}")
 
 # %% ../nbs/17_compare.ipynb #89eeae38
 def collect(out, write: bool = True) -> dict:
-    "Read a comparison's records into one row per method (its setting chosen on val): each column's mean, std, SE and n over seeds, on val and test, and paired differences against the first method; written to OUT/results.json."
+    """Read a comparison's records into one row per method (its setting chosen on val): each
+    column's mean, std, SE and n over seeds, on val and test, and paired differences against the
+    first method; written to OUT/results.json."""
     st, got = read_runs(out)
     base, rows, chosen = st["methods"][0], {}, {}
     for m in st["methods"]:
         chosen[m], cands = select_setting(st, got, m)
         h = chosen[m]
-        per = lambda split, c, m=m, h=h: {s: got[m, h, s][split]["measures"].get(c) for s in st["seeds"] if (m, h, s) in got}
+        per = (lambda split, c, m=m,
+               h=h: {s: got[m, h, s][split]["measures"].get(c)
+                     for s in st["seeds"] if (m, h, s) in got})
         runs = [got[m, h, s] for s in st["seeds"] if (m, h, s) in got]
         rows[m] = {"method": m, "seeds": [s for s in st["seeds"] if (m, h, s) in got],
-                   **{split: {c: seed_stats(list(per(split, c).values())) for c in COLUMNS} for split in ("val", "test")},
+                   **{split: {c: seed_stats(list(per(split, c).values())) for c in COLUMNS}
+                      for split in ("val", "test")},
                    "seconds": seed_stats([r["train"].get("seconds") for r in runs]),
                    "images_per_s": seed_stats([r["train"].get("images_per_s") for r in runs]),
                    "steps": sorted({r["train"].get("step") for r in runs} - {None}),
-                   "hparams": {"chosen": h, "setting": next(c["setting"] for c in cands if c["hp"] == h), "candidates": cands},
+                   "hparams": {"chosen": h,
+                               "setting": next(c["setting"] for c in cands if c["hp"] == h),
+                               "candidates": cands},
                    "_per": per}
     for m in st["methods"]:
-        if m != base: rows[m]["diff_vs_base"] = {c: paired_differences(rows[m]["_per"]("test", c), rows[base]["_per"]("test", c)) for c in COLUMNS}
+        if m != base:
+            rows[m]["diff_vs_base"] = {c: paired_differences(rows[m]["_per"]("test", c),
+                                                             rows[base]["_per"]("test", c))
+                                       for c in COLUMNS}
     for r in rows.values(): r.pop("_per")
-    n_runs = (len(st["methods"]) * max(1, st.get("hparams", 0)) + bool(st.get("fg_control"))) * len(st["seeds"])
-    sel = (f"each method's setting of {st['hparams']} drawn ones with the best mean validation {SELECT_BY}" if st.get("hparams")
+    n_runs = (len(st["methods"]) * max(1, st.get("hparams", 0))
+              + bool(st.get("fg_control"))) * len(st["seeds"])
+    sel = (f"each method's setting of {st['hparams']} drawn ones with the best mean validation "
+           f"{SELECT_BY}" if st.get("hparams")
            else "none: each method's defaults")
-    res = {"settings": st, "base": base, "columns": COLUMNS, "rows": rows, "complete": len(got) == n_runs,
-           "selection": sel + f"; val = {st['val_frac']:.0%} of train (fixed by the seed, shared by all methods); test reported, never used to select",
+    res = {"settings": st, "base": base, "columns": COLUMNS, "rows": rows,
+           "complete": len(got) == n_runs, "selection": sel
+           + f"; val = {st['val_frac']:.0%} of train (fixed by the seed, shared by all methods); "
+             "test reported, never used to select",
            "fg_check": fg_check(st, got), "versions": package_versions()}
     if write: (Path(out)/"results.json").write_text(json.dumps(res, indent=1))
     return res
 
 # %% ../nbs/17_compare.ipynb #32a8ccd5
-def _cell(s: dict | None, nd: int = 1) -> str: return "-" if s is None else f"{s['mean']:.{nd}f} ± {s['se']:.{nd}f}"
+def _cell(s: dict | None, nd: int = 1) -> str:
+    return "-" if s is None else f"{s['mean']:.{nd}f} ± {s['se']:.{nd}f}"
 
 # %% ../nbs/17_compare.ipynb #37aade2a
 def results_table(res: dict, split: str = "test") -> str:
     "HTML table of `collect`'s rows: mean ± standard error (n seeds) of each column on `split`."
     cols = res["columns"]
-    rows = [[m, len(r["seeds"]), *(_cell(r[split][c]) for c in cols), _cell(r["seconds"], 0), _cell(r["images_per_s"], 0)]
+    rows = [[m, len(r["seeds"]), *(_cell(r[split][c]) for c in cols), _cell(r["seconds"], 0),
+             _cell(r["images_per_s"], 0)]
             for m, r in res["rows"].items()]
     return html_table(rows, ["method", "n", *cols.values(), "train s", "images/s"])
 
 # %% ../nbs/17_compare.ipynb #afab4fe5
 def differences_table(res: dict) -> str:
-    "HTML table of the per-seed paired differences against the base method on test (mean ± SE, n), * beyond 2 SE."
-    star = lambda s: "-" if s is None else f"{s['mean']:+.1f} ± {s['se']:.1f}{' *' if s['n'] > 1 and abs(s['mean']) > 2 * s['se'] else ''}"
-    rows = [[f"{m} − {res['base']}", *(star(r["diff_vs_base"][c]) for c in res["columns"])] for m, r in res["rows"].items() if m != res["base"]]
+    """HTML table of the per-seed paired differences against the base method on test (mean ± SE, n),
+    * beyond 2 SE."""
+    star = (lambda s: "-" if s is None
+            else f"{s['mean']:+.1f} ± "
+                 f"{s['se']:.1f}{' *' if s['n'] > 1 and abs(s['mean']) > 2 * s['se'] else ''}")
+    rows = [[f"{m} − {res['base']}", *(star(r["diff_vs_base"][c]) for c in res["columns"])]
+            for m, r in res["rows"].items() if m != res["base"]]
     return html_table(rows, ["difference", *res["columns"].values()])
 
 # %% ../nbs/17_compare.ipynb #e122e5dd
 def hparams_table(res: dict) -> str:
-    "HTML table of every drawn setting of each method, its mean validation score, and the one chosen (empty without --hparams)."
-    rows = [[m, c["hp"], ", ".join(f"{k}={v}" for k, v in c["setting"].items()), _cell(c["val"]), "chosen" if c["hp"] == r["hparams"]["chosen"] else ""]
-            for m, r in res["rows"].items() for c in r["hparams"]["candidates"] if c["hp"] is not None]
-    return html_table(rows, ["method", "setting", "hyper-parameters", f"val {SELECT_BY} (mean ± SE)", ""]) if rows else ""
+    """HTML table of every drawn setting of each method, its mean validation score, and the one
+    chosen (empty without --hparams)."""
+    rows = [[m, c["hp"], ", ".join(f"{k}={v}" for k, v in c["setting"].items()), _cell(c["val"]),
+             "chosen" if c["hp"] == r["hparams"]["chosen"] else ""]
+            for m, r in res["rows"].items()
+            for c in r["hparams"]["candidates"] if c["hp"] is not None]
+    return html_table(rows,
+                      ["method", "setting", "hyper-parameters",
+                       f"val {SELECT_BY} (mean ± SE)", ""]) if rows else ""
 
 # %% ../nbs/17_compare.ipynb #6395c0e0
-_PLOT_GROUPS = {"accuracy (%)": ["original.linear", "only_fg.linear", "mixed_same.linear", "mixed_rand.linear"],
-                "background reliance (points / %)": ["bg_gap", "bg_probe", "domain_probe", "bg_neighbour_rate"],
+_PLOT_GROUPS = {"accuracy (%)": ["original.linear", "only_fg.linear",
+                                 "mixed_same.linear", "mixed_rand.linear"],
+                "background reliance (points / %)": ["bg_gap", "bg_probe",
+                                                     "domain_probe", "bg_neighbour_rate"],
                 "robustness and calibration (%)": ["worst_group", "ece", "fgsm_4", "saliency_iou"]}
 
 def plot_compare(res: dict, columns: list, title: str):
@@ -477,37 +617,51 @@ def plot_compare(res: dict, columns: list, title: str):
     fig = go.Figure()
     for m, r in res["rows"].items():
         s = [r["test"][c] for c in columns]
-        fig.add_trace(go.Bar(name=m, x=[res["columns"][c] for c in columns], y=[None if v is None else v["mean"] for v in s],
-                             error_y=dict(type="data", array=[None if v is None else v["se"] for v in s], visible=True)))
-    fig.update_layout(title=title, barmode="group", height=400, legend=dict(orientation="h", y=-0.25))
+        fig.add_trace(go.Bar(name=m, x=[res["columns"][c] for c in columns],
+                             y=[None if v is None else v["mean"] for v in s],
+                             error_y=dict(type="data",
+                                          array=[None if v is None else v["se"] for v in s],
+                                          visible=True)))
+    fig.update_layout(title=title, barmode="group", height=400,
+                      legend=dict(orientation="h", y=-0.25))
     return fig
 
 # %% ../nbs/17_compare.ipynb #adb59e06
 def supervised(method: str) -> bool:
-    "Whether the run name's method trains with labels (SupCon, ExCon, ...): its Grad-CAM explains a class it was taught."
-    return "labels" in METHODS[resolve_run_name(load_config(None, [f"model.method={method}"], resolve=False)).model.method].needs
+    """Whether the run name's method trains with labels (SupCon, ExCon, ...): its Grad-CAM explains
+    a class it was taught."""
+    return "labels" in METHODS[resolve_run_name(load_config(None, [f"model.method={method}"],
+                                                            resolve=False)).model.method].needs
 
 # %% ../nbs/17_compare.ipynb #27ec1a2a
 def saliency_html(out, n: int = 6, size: int = 56) -> str:
-    "Grad-CAM overlays (encoder + the run's linear probe) of each supervised method's first-seed run on `n` mixed_rand test images, as static HTML."
+    """Grad-CAM overlays (encoder + the run's linear probe) of each supervised method's first-seed
+    run on `n` mixed_rand test images, as static HTML."""
     st = json.loads((Path(out)/"compare.json").read_text())
-    runs = [r for r in plan(st, out) if r["seed"] == st["seeds"][0] and not r["control"] and supervised(r["method"]) and r["status"] == "done"]
-    if not runs: return "<p class='note'>No supervised method (one trained with labels) was compared: no saliency overlays.</p>"
+    runs = [r for r in plan(st, out) if r["seed"] == st["seeds"][0] and not r["control"]
+            and supervised(r["method"]) and r["status"] == "done"]
+    if not runs:
+        return ("<p class='note'>No supervised method (one trained with labels) was compared: no "
+                "saliency overlays.</p>")
     test = load_splits(st, st["seeds"][0])["test"]
-    if not test.has_masks: return "<p class='note'>The test images have no foreground masks: no saliency overlays.</p>"
+    if not test.has_masks:
+        return "<p class='note'>The test images have no foreground masks: no saliency overlays.</p>"
     models, norm = {}, None
     for r in runs:
         m, cfg, _ = method_from_checkpoint(r["dir"]/"last.pt", test.image_size)
-        models[r["method"]] = (ProbedModel(m, load_probe(r["dir"]/"probe.pt")[0]), "model." + explanation_layer(m, test.image_size))
+        models[r["method"]] = (ProbedModel(m, load_probe(r["dir"]/"probe.pt")[0]),
+                               "model." + explanation_layer(m, test.image_size))
         norm = norm or norm_stats(cfg, test.image_size)
-    view = SaliencyView(models, variant_of(test, "mixed_rand"), *norm, n=min(n, len(test)), size=size, static=True)
+    view = SaliencyView(models, variant_of(test, "mixed_rand"), *norm,
+                        n=min(n, len(test)), size=size, static=True)
     return view.static_html()
 
 # %% ../nbs/17_compare.ipynb #c4556b59
 SAMPLE_VARIANTS = ("original", "only_fg", "no_fg", "mixed_same", "mixed_rand")
 
 def variant_samples_html(data, n: int = 6, size: int = 64) -> str:
-    "The first `n` test images in each variant of `SAMPLE_VARIANTS` that `data` has, a row each, as static HTML."
+    """The first `n` test images in each variant of `SAMPLE_VARIANTS` that `data` has, a row each,
+    as static HTML."""
     have, fmt, rows = available_variants(data), static_format(), []
     for v in (v for v in SAMPLE_VARIANTS if v in have):
         d = variant_of(data, v)
@@ -522,11 +676,13 @@ def _run_model(r: dict, image_size: int) -> tuple:
 
 # %% ../nbs/17_compare.ipynb #bcfcd2a7
 def plot_umaps(out, max_points: int = 1000):
-    "One UMAP panel per method (its first seed's encoder) of the test images, coloured by class, the symbol its background id."
+    """One UMAP panel per method (its first seed's encoder) of the test images, coloured by class,
+    the symbol its background id."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
     st = json.loads((Path(out)/"compare.json").read_text())
-    runs = [r for r in plan(st, out) if r["seed"] == st["seeds"][0] and not r["control"] and r["status"] == "done"]
+    runs = [r for r in plan(st, out) if r["seed"] == st["seeds"][0] and not r["control"]
+            and r["status"] == "done"]
     test = load_splits(st, st["seeds"][0])["test"]
     test = test.subset(slice(0, max_points))
     fig = make_subplots(1, len(runs), subplot_titles=[r["method"] for r in runs])
@@ -536,32 +692,43 @@ def plot_umaps(out, max_points: int = 1000):
         fig.add_trace(go.Scatter(x=xy[:, 0], y=xy[:, 1], mode="markers", showlegend=False,
                                  marker=dict(color=test.labels.tolist(), colorscale="Turbo", size=6,
                                              symbol=test.backgrounds.clamp(min=0).tolist()),
-                                 text=[f"{test.classes[c]}, background {b}" for c, b in zip(test.labels.tolist(), test.backgrounds.tolist())],
+                                 text=[f"{test.classes[c]}, background {b}"
+                                       for c, b in zip(test.labels.tolist(),
+                                                       test.backgrounds.tolist())],
                                  hoverinfo="text"), 1, j + 1)
-    fig.update_layout(title=f"UMAP of the test embeddings (seed {st['seeds'][0]}): colour = class, symbol = background id",
+    fig.update_layout(title=f"UMAP of the test embeddings (seed {st['seeds'][0]}): colour = class, "
+                            "symbol = background id",
                       height=380, width=max(420, 300 * len(runs)))
     return fig
 
 # %% ../nbs/17_compare.ipynb #a3c98947
 def compare_report(res: dict, extra: list = ()) -> str:
-    "The comparison's self-contained report.html: settings, the tables on test and val, paired differences and bar charts."
+    """The comparison's self-contained report.html: settings, the tables on test and val, paired
+    differences and bar charts."""
     st = res["settings"]
     n = len(st["seeds"])
-    blocks = [f"<p>{len(st['methods'])} methods x {n} seeds on <code>{html.escape(st['data'])}</code>, {st['budget']} encoder steps "
-              f"each; overrides: <code>{html.escape(' '.join(st['sets']) or 'none')}</code>. Selection: {html.escape(res['selection'])} "
-              "(the configs are in each run's run.json). Mean ± standard error over the n seeds.</p>",
-              *(["<h2>Hyper-parameter settings (drawn per method; chosen on the validation split)</h2>", hparams_table(res)] if st.get("hparams") else []),
+    blocks = [f"<p>{len(st['methods'])} methods x {n} seeds on "
+              f"<code>{html.escape(st['data'])}</code>, {st['budget']} encoder steps each; "
+              f"overrides: <code>{html.escape(' '.join(st['sets']) or 'none')}</code>. Selection: "
+              f"{html.escape(res['selection'])} (the configs are in each run's run.json). Mean ± "
+              "standard error over the n seeds.</p>",
+              *(["<h2>Hyper-parameter settings (drawn per method; chosen on the validation "
+                 "split)</h2>", hparams_table(res)] if st.get("hparams") else []),
               "<h2>Test</h2>", results_table(res, "test"),
-              f"<p class='note'>{html.escape(fg_check_line(res.get('fg_check')))}. The check is one more run per seed: the first "
-              "method, the same budget, trained on the foreground-only training images (not a compared method; not in the tables).</p>",
-              f"<h2>Paired differences against {html.escape(res['base'])} (same seed, same split)</h2>", differences_table(res),
+              f"<p class='note'>{html.escape(fg_check_line(res.get('fg_check')))}. The check is "
+              "one more run per seed: the first method, the same budget, trained on the "
+              "foreground-only training images (not a compared method; not in the tables).</p>",
+              f"<h2>Paired differences against {html.escape(res['base'])} (same seed, same "
+              "split)</h2>", differences_table(res),
               *(plot_compare(res, cs, t) for t, cs in _PLOT_GROUPS.items()),
-              "<h2>Validation (20% of train, the training distribution: the split for model selection)</h2>", results_table(res, "val"),
-              "<p class='note'>Columns: linear probe and 5-NN accuracy on the four test variants; BG-gap = mixed_same - mixed_rand "
-              "(linear); worst (class, background) group; background probe; DCoDR's domain and class probes; background-neighbour "
-              "rate: share of the 5 nearest training images sharing the query's background but not its class; ECE (10 bins); FGSM "
-              "accuracy at 4/255; Grad-CAM saliency IoU with the foreground mask. No test-set number is used to select anything.</p>",
-              *extra]
+              "<h2>Validation (20% of train, the training distribution: the split for model "
+              "selection)</h2>", results_table(res, "val"),
+              "<p class='note'>Columns: linear probe and 5-NN accuracy on the four test variants; "
+              "BG-gap = mixed_same - mixed_rand (linear); worst (class, background) group; "
+              "background probe; DCoDR's domain and class probes; background-neighbour rate: share "
+              "of the 5 nearest training images sharing the query's background but not its class; "
+              "ECE (10 bins); FGSM accuracy at 4/255; Grad-CAM saliency IoU with the foreground "
+              "mask. No test-set number is used to select anything.</p>", *extra]
     return html_report("iclmsr compare", blocks)
 
 # %% ../nbs/17_compare.ipynb #585749b1
@@ -571,7 +738,9 @@ class _StepClock(Callback):
 
 # %% ../nbs/17_compare.ipynb #efe4f062
 def estimate(st: dict, log=print) -> dict:
-    "Seconds the comparison should take: each method's median step time (of its steps 2-4) times the budget, plus one evaluation (val and test) timed on the first method; the foreground check counts as one more run of the first method."
+    """Seconds the comparison should take: each method's median step time (of its steps 2-4) times
+    the budget, plus one evaluation (val and test) timed on the first method; the foreground check
+    counts as one more run of the first method."""
     sp, per = load_splits(st, st["seeds"][0]), {}
     check_methods(st, sp["fit"])
     for m in st["methods"]:
@@ -580,41 +749,50 @@ def estimate(st: dict, log=print) -> dict:
         per[m] = {"step_seconds": statistics.median(b - a for a, b in zip(clock.t, clock.t[1:]))}
         if m == st["methods"][0]:
             t0 = time.time(); mean, std = norm_stats(learn.cfg, sp["fit"].image_size)
-            for split in ("val", "test"): measure_split(learn.method.eval(), sp["fit"], sp[split], mean, std, 0, st["eval"])
+            for split in ("val", "test"):
+                measure_split(learn.method.eval(), sp["fit"], sp[split], mean, std, 0, st["eval"])
             ev = time.time() - t0
     for m in per: per[m]["run_seconds"] = per[m]["step_seconds"] * st["budget"] + ev
     k = max(1, st.get("hparams", 0))
     ctrl = per[st["methods"][0]]["run_seconds"] if st.get("fg_control") else 0
     total = (sum(p["run_seconds"] for p in per.values()) * k + ctrl) * len(st["seeds"])
-    log(f"estimated: {fmt_duration(total)} for {(len(per) * k + bool(ctrl)) * len(st['seeds'])} runs (" +
-        ", ".join(f"{m} {p['step_seconds'] * 1e3:.0f} ms/step" for m, p in per.items()) + f"; one evaluation {ev:.0f} s)")
+    log(f"estimated: {fmt_duration(total)} for {(len(per) * k + bool(ctrl)) * len(st['seeds'])} "
+        "runs (" +
+        ", ".join(f"{m} {p['step_seconds'] * 1e3:.0f} ms/step" for m, p in per.items())
+        + f"; one evaluation {ev:.0f} s)")
     return {"seconds": total, "eval_seconds": ev, "methods": per}
 
 # %% ../nbs/17_compare.ipynb #b882e89c
 CPU_SPEC = "toy:num_classes=10,size=32,n_train=150,n_test=100,rho=0.9,rho_test=0.9,fg=coloured_shapes"
 GPU_SPEC = "toy:num_classes=10,size=32,n_train=1000,n_test=200,rho=0.9,rho_test=0.9,fg=coloured_shapes"
-DEVICE_DEFAULTS = {"cpu": {"data": CPU_SPEC, "budget": 150, "backbone": "small_cnn", "batch_size": 128},
-                   "gpu": {"data": GPU_SPEC, "budget": 1000, "backbone": "resnet18", "batch_size": 512}}
+DEVICE_DEFAULTS = {"cpu": {"data": CPU_SPEC, "budget": 150,
+                           "backbone": "small_cnn", "batch_size": 128},
+                   "gpu": {"data": GPU_SPEC, "budget": 1000,
+                           "backbone": "resnet18", "batch_size": 512}}
 
 def device_defaults(device: str = "cpu") -> dict:
-    "The defaults of `iclmsr compare` on `device`: data, encoder steps, backbone and batch (`DEVICE_DEFAULTS['cpu']` on the CPU, `['gpu']` elsewhere)."
+    """The defaults of `iclmsr compare` on `device`: data, encoder steps, backbone and batch
+    (`DEVICE_DEFAULTS['cpu']` on the CPU, `['gpu']` elsewhere)."""
     return DEVICE_DEFAULTS["cpu" if get_device(device).type == "cpu" else "gpu"]
 
 # %% ../nbs/17_compare.ipynb #657fbc1a
-def _compare_settings(methods, data, seeds, budget, device, backbone, sets, seed, hparams, no_fg_control,
-                      log, probe_epochs, fgsm_n, expl_n) -> dict:
-    "`compare`'s settings: `compare_settings`, `device_defaults` for what is not given (batch size first)."
+def _compare_settings(methods, data, seeds, budget, device, backbone, sets,
+                      seed, hparams, no_fg_control, log, probe_epochs, fgsm_n, expl_n) -> dict:
+    """`compare`'s settings: `compare_settings`, `device_defaults` for what is not given (batch size
+    first)."""
     dd, sets = device_defaults(device), list(sets or [])
     if not any(x.split("=")[0].strip() == "train.batch_size" for x in sets):
         sets.insert(0, f"train.batch_size={dd['batch_size']}")
     overrides = [f"model.backbone={backbone or dd['backbone']}", *sets]
-    return compare_settings(methods, data or dd["data"], seeds, budget or dd["budget"], overrides, device, seed,
-                            hparams=hparams, fg_control=not no_fg_control, log=log, probe_epochs=probe_epochs,
+    return compare_settings(methods, data or dd["data"], seeds,
+                            budget or dd["budget"], overrides, device, seed, hparams=hparams,
+                            fg_control=not no_fg_control, log=log, probe_epochs=probe_epochs,
                             fgsm_n=fgsm_n, expl_n=expl_n, dcodr_epochs=probe_epochs)
 
 # %% ../nbs/17_compare.ipynb #90879c2a
 def _dry_run(st: dict, out, estimate_time: bool = False):
-    "`compare --dry-run`: list the runs (done, to resume, new); with `estimate_time`, the expected time."
+    """`compare --dry-run`: list the runs (done, to resume, new); with `estimate_time`, the expected
+    time."""
     runs = plan(st, out)
     print(_format_plan(runs))
     if estimate_time: estimate(st, print)
@@ -632,31 +810,52 @@ def _write_report(st: dict, d: Path, no_umap: bool = False):
     print(f"wrote {d/'results.json'} and {d/'report.html'}")
 
 # %% ../nbs/17_compare.ipynb #3ce82c02
-def compare(methods: str = None,  # comma-separated run names (default: simclr, simclr+ntxent, simclr+icl-msr, simclr+do-bg, dcodr, supcon, excon)
-            data: str = None,  # dataset spec, the same for every run (default: the embedded toy data, CPU_SPEC on the CPU, GPU_SPEC elsewhere)
+def compare(
+            # comma-separated run names (default: simclr, simclr+ntxent, simclr+icl-msr,
+            # simclr+do-bg, dcodr, supcon, excon)
+            methods: str = None,
+            # dataset spec, the same for every run (default: the embedded toy data, CPU_SPEC on the
+            # CPU, GPU_SPEC elsewhere)
+            data: str = None,
             seeds: int = 3,  # seeds per method (0, 1, ...; each also fixes the validation split)
-            out: str = None,  # comparison folder: compare.json, runs/<hash>/, results.json, report.html
-            budget: int = None,  # encoder steps of every run (default: 150 on the CPU, 1000 elsewhere)
+            # comparison folder: compare.json, runs/<hash>/, results.json, report.html
+            out: str = None,
+            # encoder steps of every run (default: 150 on the CPU, 1000 elsewhere)
+            budget: int = None,
             device: str = "cpu",  # cpu, auto, cuda, cuda:N or mps
-            backbone: str = None,  # small_cnn (CPU default) or resnet18 (default elsewhere), resnet50
-            set: Param("override a config value of every run, e.g. --set train.batch_size=64 (repeatable; batch default 128 on the CPU, 512 elsewhere)", str, action="append") = None,
+            # small_cnn (CPU default) or resnet18 (default elsewhere), resnet50
+            backbone: str = None,
+            set: Param("override a config value of every run, e.g. --set train.batch_size=64 "
+                       "(repeatable; batch default 128 on the CPU, 512 elsewhere)",
+                       str, action="append") = None,
             seed: int = 0,  # the first seed
-            hparams: int = 0,  # draw N hyper-parameter settings per method (HPARAMS), pick each method's on the validation split (0: defaults)
+            # draw N hyper-parameter settings per method (HPARAMS), pick each method's on the
+            # validation split (0: defaults)
+            hparams: int = 0,
             probe_epochs: int = 100,  # epochs of the linear and DCoDR probes
             fgsm_n: int = 512,  # test images attacked by FGSM (0: off)
             expl_n: int = 256,  # test images explained by Grad-CAM (0: off)
             dry_run: bool = False,  # list the runs (done, to resume, new) and stop
-            estimate_time: bool = False,  # with --dry-run: time two steps of each method and one evaluation, print the expected duration
-            resume: bool = False,  # continue the comparison in --out (the same command without it does the same; with it, --out must hold one)
-            no_fg_control: bool = False,  # leave out the foreground check (the first method trained on foreground-only images, one run per seed)
-            no_umap: bool = False,  # leave the UMAP panels out of report.html (the first UMAP of a process compiles for ~15 s)
+            # with --dry-run: time two steps of each method and one evaluation, print the expected
+            # duration
+            estimate_time: bool = False,
+            # continue the comparison in --out (the same command without it does the same; with it,
+            # --out must hold one)
+            resume: bool = False,
+            # leave out the foreground check (the first method trained on foreground-only images,
+            # one run per seed)
+            no_fg_control: bool = False,
+            # leave the UMAP panels out of report.html (the first UMAP of a process compiles for ~15
+            # s)
+            no_umap: bool = False,
             quiet: bool = False,  # no progress lines
            ):
-    "Train every listed method at the same number of encoder steps on the same data and seeds, evaluate each with one protocol, write results.json and report.html."
+    """Train every listed method at the same number of encoder steps on the same data and seeds,
+    evaluate each with one protocol, write results.json and report.html."""
     if not out: raise UserError("--out DIR is required (the comparison folder)")
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
-    st = _compare_settings(methods, data, seeds, budget, device, backbone, set, seed, hparams, no_fg_control,
-                           log, probe_epochs, fgsm_n, expl_n)
+    st = _compare_settings(methods, data, seeds, budget, device, backbone, set,
+                           seed, hparams, no_fg_control, log, probe_epochs, fgsm_n, expl_n)
     if dry_run:
         _dry_run(st, out, estimate_time)
         return 0

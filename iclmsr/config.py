@@ -35,51 +35,88 @@ _unit = lambda v: 0 <= v <= 1
 @dataclass
 class DataConfig:
     "What to train on."
-    spec: str = _f("toy", help="dataset spec, e.g. toy, toy:size=64,rho=0.95, in9:PATH, cifar10:PATH")
+    spec: str = _f("toy",
+                   help="dataset spec, e.g. toy, toy:size=64,rho=0.95, in9:PATH, cifar10:PATH")
     variant: str = _f("original", help="ImageNet-9 variant to train on (original, only_fg, ...)")
-    augment: Optional[Literal["wmse", "simclr", "dcodr"]] = _f(None, help="two-view augmentation preset (null: the method's own, dcodr for the DCoDR methods, else wmse)")
-    resident: bool = _f(True, help="keep the data on the training device and augment whole batches there")
+    augment: Optional[Literal["wmse", "simclr", "dcodr"]] = _f(None,
+                                                               help="two-view augmentation preset "
+                                                                    "(null: the method's own, "
+                                                                    "dcodr for the DCoDR methods, "
+                                                                    "else wmse)")
+    resident: bool = _f(True,
+                        help="keep the data on the training device and augment whole batches there")
     workers: int = _f(2, _nonneg, ">= 0", help="DataLoader workers when not resident")
 
 # %% ../nbs/00b_config.ipynb #de58c4cf
 @dataclass
 class ModelConfig:
     "The base method, its backbone and heads."
-    method: str = _f("simclr", help="a registered method (iclmsr.methods.METHODS), optionally with +do-bg and one of "
-                     "+icl-msr, +icl-frozen, +ntxent: a run name")
+    method: str = _f("simclr",
+                     help="a registered method (iclmsr.methods.METHODS), optionally with +do-bg "
+                          "and one of +icl-msr, +icl-frozen, +ntxent: a run name")
     backbone: str = _f("resnet18", help="resnet18, resnet50 or small_cnn")
-    init: Optional[str] = _f(None, help="MoCo v2 checkpoint (e.g. moco_v2_800ep_pretrain.pth.tar) to start the ResNet "
-                             "backbone from, with the ImageNet stem (null: random init)")
-    options: dict = field(default_factory=dict, metadata={"help": "the method's own options: its constructor's keywords "
-                          "(e.g. temperature, proj_dim); --print-config lists them with their defaults"})
+    init: Optional[str] = _f(None,
+                             help="MoCo v2 checkpoint (e.g. moco_v2_800ep_pretrain.pth.tar) to "
+                                  "start the ResNet backbone from, with the ImageNet stem (null: "
+                             "random init)")
+    options: dict = field(default_factory=dict,
+                          metadata={"help": "the method's own options: its constructor's keywords "
+                          "(e.g. temperature, proj_dim); --print-config lists them with their "
+                          "defaults"})
 
 # %% ../nbs/00b_config.ipynb #c68b828e
 @dataclass
 class ICLConfig:
     "The ICL-MSR regulariser (off by default: then the run is the plain base method)."
     enabled: bool = _f(False)
-    control: Literal["msr", "frozen", "ntxent"] = _f("msr", help="msr: ICL-MSR; the controls: frozen (strata as drawn, no stage 2), ntxent (n=1, a=1: base + lam NT-Xent)")
+    control: Literal["msr", "frozen", "ntxent"] = _f("msr",
+                                                     help="msr: ICL-MSR; the controls: frozen "
+                                                          "(strata as drawn, no stage 2), ntxent "
+                                                          "(n=1, a=1: base + lam NT-Xent)")
     n_strata: int = _f(16, _pos, ">= 1", help="number of semantic strata n")
     lam: float = _f(1.0, _nonneg, ">= 0", help="weight lambda of L_ICL")
     tau: float = _f(0.5, _pos, "> 0")
     negatives: Literal["all", "cross"] = _f("all")
-    meta_mode: Literal["exact", "unrolled", "finite_diff", "first_order"] = _f("exact", help="how stage 2 differentiates through the virtual step")
-    meta_loss: Literal["auto", "base", "total"] = _f("total", help="outer objective of stage 2: total = L_base + lam L_ICL (as MetaMask), base = L_base; auto: total for first_order, else base")
-    meta_params: Literal["all", "head"] = _f("all", help="parameters of the virtual step: all, or the projection head only")
+    meta_mode: Literal["exact", "unrolled", "finite_diff", "first_order"] = _f("exact",
+                                                                               help="how stage 2 "
+                                                                                    "differentiates through the virtual step")
+    meta_loss: Literal["auto", "base", "total"] = _f("total",
+                                                     help="outer objective of stage 2: total = "
+                                                          "L_base + lam L_ICL (as MetaMask), base "
+                                                          "= L_base; auto: total for first_order, "
+                                                          "else base")
+    meta_params: Literal["all", "head"] = _f("all",
+                                             help="parameters of the virtual step: all, or the "
+                                                  "projection head only")
     meta_share: float = _f(0.2, _unit, "in [0, 1]", help="share of batches used by stage 2")
-    meta_lr: float = _f(1e-2, _pos, "> 0", help="learning rate (Adam) of the stratum parameters w, whose initial spread is init_std")
-    virtual_step: Literal["sgd", "adam"] = _f("adam", help="virtual step of stage 2: plain SGD at the encoder's lr, or preconditioned by the encoder's Adam second moments")
-    init_std: float = _f(1.0, _nonneg, ">= 0", help="spread of the initial stratum parameters w_t ~ N(0, init_std^2) (0.01 makes every a_t = 0.5 and the term a rescaled NT-Xent)")
-    activation: Literal["sigmoid", "identity"] = _f("sigmoid", help="a_t = sigmoid(w_t), or w_t itself")
+    meta_lr: float = _f(1e-2, _pos, "> 0",
+                        help="learning rate (Adam) of the stratum parameters w, whose initial "
+                             "spread is init_std")
+    virtual_step: Literal["sgd", "adam"] = _f("adam",
+                                              help="virtual step of stage 2: plain SGD at the "
+                                                   "encoder's lr, or preconditioned by the "
+                                                   "encoder's Adam second moments")
+    init_std: float = _f(1.0, _nonneg, ">= 0",
+                         help="spread of the initial stratum parameters w_t ~ N(0, init_std^2) "
+                              "(0.01 makes every a_t = 0.5 and the term a rescaled NT-Xent)")
+    activation: Literal["sigmoid", "identity"] = _f("sigmoid",
+                                                    help="a_t = sigmoid(w_t), or w_t itself")
 
 # %% ../nbs/00b_config.ipynb #d48fb2bb
 @dataclass
 class InterveneConfig:
-    "do(background): views whose background is replaced by one drawn uniformly over the background strata (off by default; needs masks)."
+    """do(background): views whose background is replaced by one drawn uniformly over the background
+    strata (off by default; needs masks)."""
     enabled: bool = _f(False, help="swap backgrounds (the run-name suffix +do-bg sets it)")
-    views: Literal["one", "both"] = _f("one", help="one: the first view only (the second keeps the image's background); both: each view its own background")
-    p: float = _f(0.5, _unit, "in [0, 1]", help="probability that a view of an image gets a new background")
-    bg_negative: bool = _f(False, help="simclr, supcon: a view of the anchor's own background-only image as an extra negative of that anchor's two views")
+    views: Literal["one", "both"] = _f("one",
+                                       help="one: the first view only (the second keeps the "
+                                            "image's background); both: each view its own "
+                                            "background")
+    p: float = _f(0.5, _unit, "in [0, 1]",
+                  help="probability that a view of an image gets a new background")
+    bg_negative: bool = _f(False,
+                           help="simclr, supcon: a view of the anchor's own background-only image "
+                                "as an extra negative of that anchor's two views")
 
 # %% ../nbs/00b_config.ipynb #e681b139
 @dataclass
@@ -89,7 +126,9 @@ class OptimConfig:
     lr: float = _f(3e-3, _pos, "> 0")
     weight_decay: float = _f(1e-6, _nonneg, ">= 0")
     momentum: float = _f(0.9, _unit, "in [0, 1]")
-    schedule: Literal["cosine", "step", "constant"] = _f("cosine", help="cosine after warm-up, or W-MSE's x0.2 steps")
+    schedule: Literal["cosine", "step", "constant"] = _f("cosine",
+                                                         help="cosine after warm-up, or W-MSE's "
+                                                              "x0.2 steps")
     warmup_steps: int = _f(500, _nonneg, ">= 0")
 
 # %% ../nbs/00b_config.ipynb #88de2f2a
@@ -97,18 +136,26 @@ class OptimConfig:
 class TrainConfig:
     "How long, how big, where and how to watch."
     epochs: int = _f(100, _pos, ">= 1")
-    batch_size: Optional[int] = _f(None, lambda v: v >= 2, ">= 2", help="global batch (null: 256, or domains_per_batch x per_domain for a domain-wise method)")
-    domains_per_batch: Optional[int] = _f(None, _pos, ">= 1", help="domain-wise methods (dcodr): domains in each batch (null: 4, or as many as the data has when fewer)")
-    per_domain: Optional[int] = _f(None, lambda v: v >= 2, ">= 2", help="domain-wise methods (dcodr): images of each domain in a batch (null: 32)")
+    batch_size: Optional[int] = _f(None, lambda v: v >= 2, ">= 2",
+                                   help="global batch (null: 256, or domains_per_batch x "
+                                        "per_domain for a domain-wise method)")
+    domains_per_batch: Optional[int] = _f(None, _pos, ">= 1",
+                                          help="domain-wise methods (dcodr): domains in each batch "
+                                               "(null: 4, or as many as the data has when fewer)")
+    per_domain: Optional[int] = _f(None, lambda v: v >= 2, ">= 2",
+                                   help="domain-wise methods (dcodr): images of each domain in a "
+                                        "batch (null: 32)")
     seed: int = _f(0, lambda v: 0 <= v < 2**32, "in [0, 2**32)")
     deterministic: bool = _f(False)
     device: str = _f("auto", help="auto, cpu, cuda, cuda:N or mps")
-    amp: Literal["auto", "bf16", "off"] = _f("auto", help="auto = bf16 autocast on CUDA, off elsewhere")
+    amp: Literal["auto", "bf16", "off"] = _f("auto",
+                                             help="auto = bf16 autocast on CUDA, off elsewhere")
     channels_last: bool = _f(True, help="on CUDA only")
     compile: bool = _f(False, help="torch.compile the backbone")
     sync_bn: bool = _f(False, help="SyncBatchNorm under DDP")
     knn_every: int = _f(10, _nonneg, ">= 0", help="online kNN monitor every k epochs (0 = never)")
-    ckpt_every: int = _f(200, _nonneg, ">= 0", help="also checkpoint every N steps (0 = only at epoch ends)")
+    ckpt_every: int = _f(200, _nonneg, ">= 0",
+                         help="also checkpoint every N steps (0 = only at epoch ends)")
     log_every: int = _f(10, _pos, ">= 1", help="steps between metric log lines")
 
 # %% ../nbs/00b_config.ipynb #3f4d98fa
@@ -123,8 +170,9 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 BATCH_SIZE = 256   # train.batch_size of a method that takes random batches
-# a config leaves train.batch_size null ("the method's own": a domain-balanced method's batches are shaped by the
-# sampler); code that takes its default from the class (`Learner(batch_size=TrainConfig.batch_size)`) reads 256
+# a config leaves train.batch_size null ("the method's own": a domain-balanced method's batches are
+# shaped by the sampler); code that takes its default from the class
+# (`Learner(batch_size=TrainConfig.batch_size)`) reads 256
 TrainConfig.batch_size = BATCH_SIZE
 
 # %% ../nbs/00b_config.ipynb #f8fc0afe
@@ -136,16 +184,20 @@ _TRUE, _FALSE = {"true", "yes", "1", "on"}, {"false", "no", "0", "off"}
 
 def _describe(typ) -> str:
     if get_origin(typ) is Literal: return "one of " + ", ".join(map(repr, get_args(typ)))
-    if get_origin(typ) in (Union, types.UnionType): return " or ".join(_describe(a) for a in get_args(typ))
+    if get_origin(typ) in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in get_args(typ))
     return getattr(typ, "__name__", str(typ))
 
 # %% ../nbs/00b_config.ipynb #86010743
 def coerce_value(value, typ, key: str):
-    "`value` as type `typ` (a string from the command line parsed), or a `ConfigError` naming `key`."
+    """`value` as type `typ` (a string from the command line parsed), or a `ConfigError` naming
+    `key`."""
     origin = get_origin(typ)
     if origin in (Union, types.UnionType):
         args = get_args(typ)
-        if type(None) in args and (value is None or (isinstance(value, str) and value.lower() in ("null", "none"))): return None
+        if type(None) in args and (value is None
+                                   or (isinstance(value, str)
+                                       and value.lower() in ("null", "none"))): return None
         errs = []
         for a in (a for a in args if a is not type(None)):
             try: return coerce_value(value, a, key)
@@ -154,7 +206,8 @@ def coerce_value(value, typ, key: str):
     if origin is Literal:
         choices = get_args(typ)
         if value in choices: return value
-        raise ConfigError(f"{key}: {value!r} is not allowed; allowed: {', '.join(map(str, choices))}")
+        raise ConfigError(f"{key}: {value!r} is not allowed; allowed: "
+                          f"{', '.join(map(str, choices))}")
     if typ is bool:
         if isinstance(value, bool): return value
         if isinstance(value, str) and value.lower() in _TRUE | _FALSE: return value.lower() in _TRUE
@@ -175,21 +228,27 @@ def coerce_value(value, typ, key: str):
     if typ is str:
         if isinstance(value, str): return value
         raise ConfigError(f"{key}: {value!r} is not a string")
-    if typ is dict:   # a mapping checked by whoever reads it (model.options: the method's constructor)
-        if isinstance(value, dict) and all(isinstance(k, str) and k for k in value): return dict(value)
-        raise ConfigError(f"{key}: {value!r} is not a mapping of names to values (e.g. {key}.temperature=0.2)")
+    # a mapping checked by whoever reads it (model.options: the method's constructor)
+    if typ is dict:
+        if isinstance(value, dict) and all(isinstance(k, str) and k
+                                           for k in value): return dict(value)
+        raise ConfigError(f"{key}: {value!r} is not a mapping of names to values (e.g. "
+                          f"{key}.temperature=0.2)")
     raise ConfigError(f"{key}: unsupported field type {typ}")
 
 # %% ../nbs/00b_config.ipynb #5212dd7f
 def config_from_dict(d: dict | None = None, cls=Config, prefix: str = ""):
     "Build a `cls` config from a (nested) dict, checking keys, types and values."
     d = {} if d is None else d
-    if not isinstance(d, dict): raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {type(d).__name__}")
+    if not isinstance(d, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got "
+                          f"{type(d).__name__}")
     hints, flds = get_type_hints(cls), {f.name: f for f in fields(cls)}
     unknown = sorted(set(d) - set(flds))
     if unknown:
         where = prefix.rstrip(".") or "the config"
-        raise ConfigError(f"unknown config key {prefix + unknown[0]!r}; allowed keys in {where}: {', '.join(flds)}")
+        raise ConfigError(f"unknown config key {prefix + unknown[0]!r}; allowed keys in {where}: "
+                          f"{', '.join(flds)}")
     kw = {}
     for name, f in flds.items():
         if name not in d: continue
@@ -197,7 +256,8 @@ def config_from_dict(d: dict | None = None, cls=Config, prefix: str = ""):
         if is_dataclass(typ): kw[name] = config_from_dict(d[name], typ, key + "."); continue
         v = coerce_value(d[name], typ, key)
         chk = f.metadata.get("check")
-        if chk is not None and v is not None and not chk(v): raise ConfigError(f"{key}: {v!r} must be {f.metadata['must']}")
+        if chk is not None and v is not None and not chk(v):
+            raise ConfigError(f"{key}: {v!r} must be {f.metadata['must']}")
         kw[name] = v
     return cls(**kw)
 
@@ -208,7 +268,8 @@ def config_to_dict(cfg) -> dict:
 
 # %% ../nbs/00b_config.ipynb #ab20b108
 def _parse_override(item: str) -> tuple[list[str], object]:
-    if "=" not in item: raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.epochs=10)")
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.epochs=10)")
     key, raw = item.split("=", 1)
     key = key.strip()
     if not key: raise ConfigError(f"override {item!r} has an empty key")
@@ -218,14 +279,16 @@ def _parse_override(item: str) -> tuple[list[str], object]:
 
 # %% ../nbs/00b_config.ipynb #48ec9cf2
 def apply_overrides(d: dict, overrides: list[str] | None) -> dict:
-    "Set dotted `key=value` overrides in a nested dict (a copy); validation happens in `config_from_dict`."
+    """Set dotted `key=value` overrides in a nested dict (a copy); validation happens in
+    `config_from_dict`."""
     d = json.loads(json.dumps(d))
     for item in overrides or []:
         path, val = _parse_override(item)
         node = d
         for p in path[:-1]:
             node = node.setdefault(p, {})
-            if not isinstance(node, dict): raise ConfigError(f"override {item!r}: {p!r} is a value, not a section")
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {p!r} is a value, not a section")
         node[path[-1]] = val
     return d
 
@@ -237,18 +300,23 @@ def read_config_file(path: str | Path) -> dict:
     text = path.read_text()
     if path.suffix == ".json": d = json.loads(text)
     elif path.suffix in (".yaml", ".yml"): d = yaml.safe_load(text)
-    else: raise ConfigError(f"config file {str(path)!r}: unknown extension {path.suffix!r}; allowed: .yaml, .yml, .json")
+    else:
+        raise ConfigError(f"config file {str(path)!r}: unknown extension {path.suffix!r}; allowed: "
+                          ".yaml, .yml, .json")
     return d or {}
 
 # %% ../nbs/00b_config.ipynb #f2410e1c
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None, resolve: bool = True) -> Config:
-    "A `Config` from an optional YAML/JSON file plus `key=value` overrides; `resolve`: its run name resolved (`resolve_run_name`)."
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                resolve: bool = True) -> Config:
+    """A `Config` from an optional YAML/JSON file plus `key=value` overrides; `resolve`: its run
+    name resolved (`resolve_run_name`)."""
     d = read_config_file(path) if path else {}
     cfg = config_from_dict(apply_overrides(d, overrides))
     return resolve_run_name(cfg) if resolve else cfg
 
 # %% ../nbs/00b_config.ipynb #40b56598
-def _yaml_value(v) -> str: return yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
+def _yaml_value(v) -> str:
+    return yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
 
 # %% ../nbs/00b_config.ipynb #581fe1f4
 def _line(indent: int, key: str, value: str, note: str) -> str:
@@ -256,7 +324,8 @@ def _line(indent: int, key: str, value: str, note: str) -> str:
 
 # %% ../nbs/00b_config.ipynb #ea9e7bb8
 def dump_config(cfg: Config, comments: bool = True, notes: dict | None = None) -> str:
-    "YAML text of `cfg`, each section and field with its help as a comment; `notes`: comments of mapping entries by dotted key."
+    """YAML text of `cfg`, each section and field with its help as a comment; `notes`: comments of
+    mapping entries by dotted key."""
     if not comments: return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
     lines, notes = [], notes or {}
     for sec in fields(cfg):
@@ -264,10 +333,14 @@ def dump_config(cfg: Config, comments: bool = True, notes: dict | None = None) -
         lines.append(f"{sec.name}:  # {type(sub).__doc__}")
         for f in fields(sub):
             v, must = getattr(sub, f.name), f.metadata.get("must")
-            note = "; ".join(x for x in (f.metadata.get("help", ""), ("must be " + must) if must else "") if x)
-            if not (isinstance(v, dict) and v): lines.append(_line(2, f.name, _yaml_value(v), note)); continue
+            note = "; ".join(x
+                             for x in (f.metadata.get("help", ""),
+                                       ("must be " + must) if must else "") if x)
+            if not (isinstance(v, dict)
+                    and v): lines.append(_line(2, f.name, _yaml_value(v), note)); continue
             lines.append(f"  {f.name}:" + (f"  # {note}" if note else ""))
-            for k, x in v.items(): lines.append(_line(4, k, _yaml_value(x), notes.get(f"{sec.name}.{f.name}.{k}", "")))
+            for k, x in v.items():
+                lines.append(_line(4, k, _yaml_value(x), notes.get(f"{sec.name}.{f.name}.{k}", "")))
     return "\n".join(lines) + "\n"
 
 # %% ../nbs/00b_config.ipynb #2a69cee8
@@ -276,12 +349,14 @@ def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     out = []
     for k in sorted(set(a) | set(b)):
         va, vb = a.get(k, "<missing>"), b.get(k, "<missing>")
-        if isinstance(va, dict) and isinstance(vb, dict): out += config_diff(va, vb, prefix + k + ".")
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += config_diff(va, vb, prefix + k + ".")
         elif va != vb: out.append(f"{prefix}{k}: {va!r} != {vb!r}")
     return out
 
 # %% ../nbs/00b_config.ipynb #d31ac74f
-RUN_SUFFIXES = {"ntxent": "ntxent", "icl-frozen": "frozen", "icl-msr": "msr"}   # base+suffix -> icl.control
+# base+suffix -> icl.control
+RUN_SUFFIXES = {"ntxent": "ntxent", "icl-frozen": "frozen", "icl-msr": "msr"}
 
 DO_BG = "do-bg"   # the run-name suffix of the background intervention (intervene.enabled)
 
@@ -290,13 +365,15 @@ def _run_parts(name: str) -> tuple[str, str | None, bool]:
     base, *parts = name.split("+")
     rest = [s for s in parts if s != DO_BG]
     if len(parts) - len(rest) > 1 or len(rest) > 1 or any(s not in RUN_SUFFIXES for s in rest):
-        raise ConfigError(f"model.method: unknown run name {name!r}; a run name is a method, optionally followed by +{DO_BG} "
-                          "and by one of " + ", ".join("+" + s for s in RUN_SUFFIXES))
+        raise ConfigError(f"model.method: unknown run name {name!r}; a run name is a method, "
+                          f"optionally followed by +{DO_BG} and by one "
+                          "of " + ", ".join("+" + s for s in RUN_SUFFIXES))
     return base, (RUN_SUFFIXES[rest[0]] if rest else None), len(rest) < len(parts)
 
 # %% ../nbs/00b_config.ipynb #2db2b955
 def split_run_name(name: str) -> tuple[str, str | None]:
-    "'simclr+icl-frozen' -> ('simclr', 'frozen'); a plain method name -> (name, None); a +do-bg suffix is allowed (`intervenes`)."
+    """'simclr+icl-frozen' -> ('simclr', 'frozen'); a plain method name -> (name, None); a +do-bg
+    suffix is allowed (`intervenes`)."""
     return _run_parts(name)[:2]
 
 # %% ../nbs/00b_config.ipynb #6ea73141
@@ -306,7 +383,8 @@ def intervenes(name: str) -> bool:
 
 # %% ../nbs/00b_config.ipynb #0d9d391e
 def run_name(cfg: Config) -> str:
-    "The run name of `cfg`: 'simclr', or with +do-bg (intervene on), and 'simclr+icl-msr', '+icl-frozen', '+ntxent' with ICL on."
+    """The run name of `cfg`: 'simclr', or with +do-bg (intervene on), and 'simclr+icl-msr',
+    '+icl-frozen', '+ntxent' with ICL on."""
     base, control, do_bg = _run_parts(cfg.model.method)
     control = control or (cfg.icl.control if cfg.icl.enabled else None)
     return (base + (f"+{DO_BG}" if do_bg or cfg.intervene.enabled else "")
@@ -314,12 +392,15 @@ def run_name(cfg: Config) -> str:
 
 # %% ../nbs/00b_config.ipynb #f2560b9c
 def resolve_run_name(cfg: Config) -> Config:
-    "`cfg` with a run name in `model.method` written as the base method, `icl.enabled` and `icl.control` (and `intervene.enabled`)."
+    """`cfg` with a run name in `model.method` written as the base method, `icl.enabled` and
+    `icl.control` (and `intervene.enabled`)."""
     base, control, do_bg = _run_parts(cfg.model.method)
     if control is None and not do_bg: return cfg
     icl = dataclasses.replace(cfg.icl, enabled=True, control=control) if control else cfg.icl
     iv = dataclasses.replace(cfg.intervene, enabled=True) if do_bg else cfg.intervene
-    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, method=base), icl=icl, intervene=iv)
+    return dataclasses.replace(cfg,
+                               model=dataclasses.replace(cfg.model, method=base), icl=icl,
+                               intervene=iv)
 
 # %% ../nbs/00b_config.ipynb #67a191c3
 def control_names(base: str = ModelConfig.method) -> list[str]:

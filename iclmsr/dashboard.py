@@ -13,7 +13,8 @@ import plotly.graph_objects as go
 import ipywidgets as W
 from fastcore.basics import patch
 from .utils import fmt_duration
-from .config import DataConfig, ModelConfig, ICLConfig, TrainConfig, load_config, dump_config, config_from_dict, config_to_dict
+from .config import (DataConfig, ModelConfig, ICLConfig, TrainConfig, load_config,
+                           dump_config, config_from_dict, config_to_dict)
 from .methods import METHODS, options
 from .checkpoint import load_checkpoint
 from .build import Learner
@@ -30,7 +31,8 @@ def gpu_memory(device) -> tuple[float, float] | None:
     "(allocated, peak) GiB on a CUDA `device`, or None elsewhere."
     device = torch.device(device)
     if device.type != "cuda" or not torch.cuda.is_available(): return None
-    return torch.cuda.memory_allocated(device) / 2**30, torch.cuda.max_memory_allocated(device) / 2**30
+    return (torch.cuda.memory_allocated(device) / 2**30,
+            torch.cuda.max_memory_allocated(device) / 2**30)
 
 # %% ../nbs/16_dashboard.ipynb #2c8155c1
 def strata_of(method) -> np.ndarray | None:
@@ -40,27 +42,31 @@ def strata_of(method) -> np.ndarray | None:
 
 # %% ../nbs/16_dashboard.ipynb #ad097c31
 def _batch_size(learn) -> int | None:
-    "The learner's global batch size: its `batch_size`, else its config's (None when it has neither)."
+    """The learner's global batch size: its `batch_size`, else its config's (None when it has
+    neither)."""
     b = getattr(learn, "batch_size", None)
     if b is None and getattr(learn, "cfg", None) is not None: b = learn.cfg.train.batch_size
     return b
 
 # %% ../nbs/16_dashboard.ipynb #3b646f1e
 class Recorder(Callback):
-    "Learner callback: record losses every batch, kNN accuracy every epoch, a_t and speed at most every `every` s."
+    """Learner callback: record losses every batch, kNN accuracy every epoch, a_t and speed at most
+    every `every` s."""
     order = 90
     def __init__(self, every: float = 1.0):
         self.every, self.lock = every, threading.Lock()
         self.fit = {"step": [], "loss": [], "base": [], "icl": []}
         self.meta = {"step": [], "meta": []}
-        self.diag = {}   # the latest diagnostics of ICL-MSR: stage 2's (iclmsr.msr.meta_diagnostics) and icl_gap
+        # the latest diagnostics of ICL-MSR: stage 2's (iclmsr.msr.meta_diagnostics) and icl_gap
+        self.diag = {}
         self.knn = {"epoch": [], "knn_full": [], "knn_fg": [], "knn_bg": []}
         self.strata, self.speed, self.gpu, self.version, self._snap = None, {}, None, 0, 0.0
         self._save_req, self.saved, self.active, self.cost, self.calls = None, None, True, 0.0, 0
 
     def before_fit(self):
         L = self.learn
-        self.t0, self.step0, self._t_last, self._s_last, self.rate = time.monotonic(), L.step, time.monotonic(), L.step, None
+        self.t0, self.step0, self._t_last, self._s_last, self.rate = (
+            time.monotonic(), L.step, time.monotonic(), L.step, None)
         self.snapshot(force=True)
 
     def after_fit(self): self.snapshot(force=True)
@@ -81,12 +87,15 @@ def snapshot(self: Recorder, force: bool = False):
     bs = _batch_size(L)
     with self.lock:
         self.strata, self.gpu = a, gpu_memory(L.device)
-        self.speed = {"steps_per_s": self.rate, "images_per_s": None if self.rate is None or bs is None else self.rate * bs,
-                      "elapsed": now - self.t0, "eta": None if not self.rate else (L.total_steps - L.step) / self.rate}
+        self.speed = {"steps_per_s": self.rate,
+                      "images_per_s": None if self.rate is None or bs is None else self.rate * bs,
+                      "elapsed": now - self.t0,
+                      "eta": None if not self.rate else (L.total_steps - L.step) / self.rate}
         self.version += 1
 
 # %% ../nbs/16_dashboard.ipynb #a0d01973
-DIAGNOSTICS = ("strata_spread", "strata_moved", "strata_common_share", "meta_grad_norm", "meta_grad_cos")
+DIAGNOSTICS = ("strata_spread", "strata_moved", "strata_common_share",
+               "meta_grad_norm", "meta_grad_cos")
 
 @patch
 def after_batch(self: Recorder):
@@ -110,7 +119,8 @@ def after_batch(self: Recorder):
 @patch
 def after_epoch(self: Recorder):
     m = self.learn.metrics
-    if m.get("knn_full") is not None and (not self.knn["epoch"] or self.knn["epoch"][-1] != self.learn.epoch + 1):
+    if m.get("knn_full") is not None and (not self.knn["epoch"]
+                                          or self.knn["epoch"][-1] != self.learn.epoch + 1):
         with self.lock:
             self.knn["epoch"].append(self.learn.epoch + 1)
             for k in ("knn_full", "knn_fg", "knn_bg"): self.knn[k].append(m.get(k))
@@ -124,7 +134,8 @@ def load_history(self: Recorder, records: list[dict], upto: int | None = None):
         for r in records:
             if upto is not None and r.get("step", 0) > upto: continue
             if r.get("kind") == "batch" and r.get("loss") is not None:
-                for k in self.fit: self.fit[k].append(r.get(k) if r.get(k) is not None else float("nan"))
+                for k in self.fit:
+                    self.fit[k].append(r.get(k) if r.get(k) is not None else float("nan"))
             elif r.get("kind") == "meta" and r.get("meta") is not None:
                 self.meta["step"].append(r["step"]); self.meta["meta"].append(r["meta"])
             elif r.get("kind") == "epoch" and r.get("knn_full") is not None:
@@ -147,8 +158,10 @@ def _do_save(self: Recorder):
 
 # %% ../nbs/16_dashboard.ipynb #5492697d
 def save_now(learn) -> Path:
-    "Write `run_dir/last.pt` for `learn` now, through its `Checkpointer` (keeps the best-so-far bookkeeping)."
-    if learn.run_dir is None: raise ValueError("this run has no run directory, so there is nowhere to save a checkpoint")
+    """Write `run_dir/last.pt` for `learn` now, through its `Checkpointer` (keeps the best-so-far
+    bookkeeping)."""
+    if learn.run_dir is None:
+        raise ValueError("this run has no run directory, so there is nowhere to save a checkpoint")
     ck = next((c for c in learn.cbs if isinstance(c, Checkpointer)), None)
     if ck is None or getattr(ck, "keeper", None) is None:
         from iclmsr.checkpoint import CheckpointKeeper
@@ -168,27 +181,40 @@ def thin(x, y, max_points: int = 1500):
 
 # %% ../nbs/16_dashboard.ipynb #157eac02
 LOSS_TRACES = (("loss", "total", "#1f77b4"), ("base", "base", "#ff7f0e"), ("icl", "ICL", "#2ca02c"))
-KNN_TRACES = (("knn_full", "full", "#1f77b4"), ("knn_fg", "foreground only", "#2ca02c"), ("knn_bg", "background only", "#d62728"))
+KNN_TRACES = (("knn_full", "full", "#1f77b4"), ("knn_fg", "foreground only", "#2ca02c"),
+              ("knn_bg", "background only", "#d62728"))
 
 def dashboard_figures(height: int = 320) -> dict:
-    "The three empty figures of the dashboard: `loss`, `knn` (accuracy) and `strata` (the a_t heatmap)."
-    lay = dict(height=height, margin=dict(l=45, r=10, t=40, b=40), template="plotly_white", uirevision="keep",
+    """The three empty figures of the dashboard: `loss`, `knn` (accuracy) and `strata` (the a_t
+    heatmap)."""
+    lay = dict(height=height, margin=dict(l=45, r=10, t=40, b=40),
+               template="plotly_white", uirevision="keep",
                legend=dict(orientation="h", y=-0.22, font=dict(size=10)))
-    loss = go.Figure(layout=dict(title=dict(text="loss", font=dict(size=14)), xaxis_title="step", width=380, **lay))
-    for _, name, c in LOSS_TRACES: loss.add_trace(go.Scatter(x=[], y=[], mode="lines", name=name, line=dict(color=c, width=1.5)))
-    loss.add_trace(go.Scatter(x=[], y=[], mode="markers", name="meta (stage 2)", marker=dict(color="#9467bd", size=5)))
-    knn = go.Figure(layout=dict(title=dict(text="5-NN accuracy (%)", font=dict(size=14)), xaxis_title="epoch", width=260, **lay))
-    for _, name, c in KNN_TRACES: knn.add_trace(go.Scatter(x=[], y=[], mode="lines+markers", name=name, line=dict(color=c)))
-    strata = go.Figure(go.Heatmap(z=[[None]], colorscale="Viridis", colorbar=dict(thickness=10), name="a_t"),
-                       layout=dict(title=dict(text="stratum vectors a_t", font=dict(size=14)), xaxis_title="dimension",
-                                   yaxis_title="stratum t", width=240, **lay))
+    loss = go.Figure(layout=dict(title=dict(text="loss", font=dict(size=14)),
+                                 xaxis_title="step", width=380, **lay))
+    for _, name, c in LOSS_TRACES:
+        loss.add_trace(go.Scatter(x=[], y=[], mode="lines", name=name,
+                                  line=dict(color=c, width=1.5)))
+    loss.add_trace(go.Scatter(x=[], y=[], mode="markers", name="meta (stage 2)",
+                              marker=dict(color="#9467bd", size=5)))
+    knn = go.Figure(layout=dict(title=dict(text="5-NN accuracy (%)", font=dict(size=14)),
+                                xaxis_title="epoch", width=260, **lay))
+    for _, name, c in KNN_TRACES:
+        knn.add_trace(go.Scatter(x=[], y=[], mode="lines+markers", name=name, line=dict(color=c)))
+    strata = go.Figure(go.Heatmap(z=[[None]], colorscale="Viridis",
+                                  colorbar=dict(thickness=10), name="a_t"),
+                       layout=dict(title=dict(text="stratum vectors a_t", font=dict(size=14)),
+                                   xaxis_title="dimension", yaxis_title="stratum t", width=240,
+                                   **lay))
     return {"loss": loss, "knn": knn, "strata": strata}
 
 # %% ../nbs/16_dashboard.ipynb #e21a925b
 def draw(figs: dict, rec: Recorder, max_points: int = 1500) -> dict:
-    "Copy what changed in `rec`'s history into `figs` (from `dashboard_figures`): one batched update per changed figure."
+    """Copy what changed in `rec`'s history into `figs` (from `dashboard_figures`): one batched
+    update per changed figure."""
     with rec.lock:
-        n = {"fit": len(rec.fit["step"]), "meta": len(rec.meta["step"]), "knn": len(rec.knn["epoch"])}
+        n = {"fit": len(rec.fit["step"]), "meta": len(rec.meta["step"]),
+             "knn": len(rec.knn["epoch"])}
         drawn = getattr(figs["loss"], "_iclmsr_drawn", {})
         fit = {k: list(v) for k, v in rec.fit.items()} if n["fit"] != drawn.get("fit") else None
         meta = {k: list(v) for k, v in rec.meta.items()} if n["meta"] != drawn.get("meta") else None
@@ -204,11 +230,13 @@ def draw(figs: dict, rec: Recorder, max_points: int = 1500) -> dict:
             if fit is not None:
                 for i, (k, _, _) in enumerate(LOSS_TRACES):
                     f.data[i].x, f.data[i].y = thin(fit["step"], fit[k], max_points)
-            if meta is not None: f.data[3].x, f.data[3].y = thin(meta["step"], meta["meta"], max_points)
+            if meta is not None:
+                f.data[3].x, f.data[3].y = thin(meta["step"], meta["meta"], max_points)
     if knn is not None:
         f = figs["knn"]
         with batch(f):
-            for i, (k, _, _) in enumerate(KNN_TRACES): f.data[i].x, f.data[i].y = knn["epoch"], knn[k]
+            for i, (k, _, _) in enumerate(KNN_TRACES):
+                f.data[i].x, f.data[i].y = knn["epoch"], knn[k]
     if a is not None: figs["strata"].data[0].z = a.tolist()
     figs["loss"]._iclmsr_drawn = {**n, "a": a if a is not None else drawn.get("a")}
     return figs
@@ -216,23 +244,30 @@ def draw(figs: dict, rec: Recorder, max_points: int = 1500) -> dict:
 # %% ../nbs/16_dashboard.ipynb #88291704
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
-def _auto_backbone() -> str: return ModelConfig().backbone if torch.cuda.is_available() else "small_cnn"
+def _auto_backbone() -> str:
+    return ModelConfig().backbone if torch.cuda.is_available() else "small_cnn"
 
 # %% ../nbs/16_dashboard.ipynb #ed1a7968
 class Dashboard(Showable):
-    "Configure, start, pause, resume, stop and watch a training run; checkpoints and continuing a run directory."
-    def __init__(self, spec: str = DataConfig().spec, method: str = ModelConfig().method, icl: bool = True,
-                 n_strata: int = ICLConfig().n_strata, lam: float = ICLConfig().lam, epochs: int = 20,
-                 device: str = TrainConfig().device, backbone: str | None = None, batch_size: int | None = None,
-                 more: str = "", run_dir: str | Path | None = None, every: float = 1.0, max_points: int = 1500,
+    """Configure, start, pause, resume, stop and watch a training run; checkpoints and continuing a
+    run directory."""
+    def __init__(self, spec: str = DataConfig().spec,
+                 method: str = ModelConfig().method, icl: bool = True,
+                 n_strata: int = ICLConfig().n_strata,
+                 lam: float = ICLConfig().lam, epochs: int = 20, device: str = TrainConfig().device,
+                 backbone: str | None = None, batch_size: int | None = None, more: str = "",
+                 run_dir: str | Path | None = None, every: float = 1.0, max_points: int = 1500,
                  static: bool | None = None):
         self.every, self.max_points, self.static = every, max_points, static
-        self.learn, self.control, self.rec, self.thread, self.ticker = None, None, Recorder(every), None, None
-        self.error, self.traceback, self.note, self.state, self.opened_step = None, None, None, "idle", None
+        self.learn, self.control, self.rec, self.thread, self.ticker = (
+            None, None, Recorder(every), None, None)
+        self.error, self.traceback, self.note, self.state, self.opened_step = (
+            None, None, None, "idle", None)
         self.resume_from, self.redraws, self.draw_wall, self.draw_cpu = None, 0, 0.0, 0.0
         cuda = torch.cuda.is_available()
-        self.w = self._controls(spec=spec, method=method, backbone=backbone or _auto_backbone(), icl=icl, n_strata=n_strata,
-                                lam=lam, epochs=epochs, batch_size=batch_size or (TrainConfig().batch_size if cuda else 64),
+        self.w = self._controls(spec=spec, method=method, backbone=backbone or _auto_backbone(),
+                                icl=icl, n_strata=n_strata, lam=lam, epochs=epochs,
+                                batch_size=batch_size or (TrainConfig().batch_size if cuda else 64),
                                 device=device, more=more, run_dir=str(run_dir or ""))
         self.buttons = self._buttons()
         self.status = W.HTML(); self.status.add_class("iclmsr-status")
@@ -241,7 +276,8 @@ class Dashboard(Showable):
         self.widget = self._layout()
         self._refresh()
 
-    def __repr__(self): return f"Dashboard({self.state}, step {self.learn.step if self.learn else 0})"
+    def __repr__(self):
+        return f"Dashboard({self.state}, step {self.learn.step if self.learn else 0})"
 
 # %% ../nbs/16_dashboard.ipynb #d1cf6bf5
 @patch
@@ -250,32 +286,47 @@ def _controls(self: Dashboard, **v) -> dict:
     s = {"description_width": "70px"}
     w = dict(
         spec=W.Text(v["spec"], description="data", layout=lay("330px"), style=s),
-        method=W.Dropdown(options=list(METHODS), value=v["method"], description="method", layout=lay("200px"), style=s),
-        backbone=W.Dropdown(options=["small_cnn", "resnet18", "resnet50"], value=v["backbone"], description="backbone",
-                            layout=lay("200px"), style=s),
+        method=W.Dropdown(options=list(METHODS), value=v["method"], description="method",
+                          layout=lay("200px"), style=s),
+        backbone=W.Dropdown(options=["small_cnn", "resnet18", "resnet50"],
+                            value=v["backbone"], description="backbone", layout=lay("200px"),
+                            style=s),
         icl=W.Checkbox(v["icl"], description="ICL-MSR", indent=False, layout=lay("90px")),
-        control=W.Dropdown(options=[("the regulariser", "msr"), ("control: frozen strata", "frozen"), ("control: + NT-Xent", "ntxent")],
+        control=W.Dropdown(options=[("the regulariser", "msr"),
+                                    ("control: frozen strata", "frozen"),
+                                    ("control: + NT-Xent", "ntxent")],
                            value="msr", description="ICL run", layout=lay("260px"), style=s),
-        n_strata=W.BoundedIntText(v["n_strata"], min=1, max=4096, description="n", layout=lay("140px"), style=s),
-        lam=W.BoundedFloatText(v["lam"], min=0, max=1e3, step=0.1, description="λ", layout=lay("140px"), style=s),
-        epochs=W.BoundedIntText(v["epochs"], min=1, max=100000, description="epochs", layout=lay("160px"), style=s),
-        batch_size=W.BoundedIntText(v["batch_size"], min=2, max=65536, description="batch", layout=lay("160px"), style=s),
-        device=W.Dropdown(options=DEVICES, value=v["device"], description="device", layout=lay("160px"), style=s),
-        more=W.Text(v["more"], description="more", placeholder="key=value ...  e.g. optim.lr=1e-3 train.knn_every=1",
+        n_strata=W.BoundedIntText(v["n_strata"], min=1, max=4096, description="n",
+                                  layout=lay("140px"), style=s),
+        lam=W.BoundedFloatText(v["lam"], min=0, max=1e3, step=0.1, description="λ",
+                               layout=lay("140px"), style=s),
+        epochs=W.BoundedIntText(v["epochs"], min=1, max=100000, description="epochs",
+                                layout=lay("160px"), style=s),
+        batch_size=W.BoundedIntText(v["batch_size"], min=2, max=65536, description="batch",
+                                    layout=lay("160px"), style=s),
+        device=W.Dropdown(options=DEVICES, value=v["device"], description="device",
+                          layout=lay("160px"), style=s),
+        more=W.Text(v["more"], description="more",
+                    placeholder="key=value ...  e.g. optim.lr=1e-3 train.knn_every=1",
                     layout=lay("500px"), style=s),
-        run_dir=W.Text(v["run_dir"], description="run dir", placeholder="(a new temporary directory)", layout=lay("500px"), style=s))
+        run_dir=W.Text(v["run_dir"], description="run dir",
+                       placeholder="(a new temporary directory)", layout=lay("500px"), style=s))
     for n, c in w.items(): c.add_class(f"iclmsr-ctl-{n}")
     return w
 
 # %% ../nbs/16_dashboard.ipynb #7df96171
 @patch
 def _buttons(self: Dashboard) -> dict:
-    bs = {n: W.Button(description=d, icon=i, layout=W.Layout(width="auto"), button_style=st) for n, d, i, st in
-          (("start", "Start", "play", "success"), ("pause", "Pause", "pause", ""), ("resume", "Resume", "play", ""),
-           ("stop", "Stop", "stop", "danger"), ("save", "Save checkpoint", "save", ""), ("open", "Open", "folder-open", ""))}
+    bs = {n: W.Button(description=d, icon=i, layout=W.Layout(width="auto"), button_style=st)
+          for n, d, i, st in
+          (("start", "Start", "play", "success"), ("pause", "Pause", "pause", ""),
+           ("resume", "Resume", "play", ""), ("stop", "Stop", "stop", "danger"),
+           ("save", "Save checkpoint", "save", ""), ("open", "Open", "folder-open", ""))}
     for n, b in bs.items():
         b.add_class(f"iclmsr-{n}")
-        b.on_click(lambda _b, n=n: self._guard(getattr(self, n) if n != "open" else lambda: self.open(self.w["run_dir"].value)))
+        b.on_click(lambda _b,
+                   n=n: self._guard(getattr(self, n) if n != "open"
+                                    else lambda: self.open(self.w["run_dir"].value)))
     return bs
 
 # %% ../nbs/16_dashboard.ipynb #f3c5d1f9
@@ -283,7 +334,8 @@ def _buttons(self: Dashboard) -> dict:
 def _layout(self: Dashboard) -> W.VBox:
     w, b = self.w, self.buttons
     controls = W.VBox([W.HBox([w["spec"], w["method"], w["backbone"]]),
-                       W.HBox([w["icl"], w["control"], w["n_strata"], w["lam"], w["epochs"], w["batch_size"], w["device"]]),
+                       W.HBox([w["icl"], w["control"], w["n_strata"], w["lam"], w["epochs"],
+                               w["batch_size"], w["device"]]),
                        W.HBox([w["more"]]), W.HBox([w["run_dir"], b["open"]]),
                        W.HBox([b[n] for n in ("start", "pause", "resume", "stop", "save")])])
     boxes = [W.Box([f]) for f in self.figs.values()]
@@ -302,7 +354,8 @@ def _guard(self: Dashboard, fn):
 
 # %% ../nbs/16_dashboard.ipynb #4f2d523e
 def display_path(p) -> str:
-    "`p` as the status line shows it: under the temporary directory as `$TMPDIR/...`, under the home directory as `~/...`."
+    """`p` as the status line shows it: under the temporary directory as `$TMPDIR/...`, under the
+    home directory as `~/...`."""
     p = str(p)
     for root, name in ((tempfile.gettempdir(), "$TMPDIR"), (str(Path.home()), "~")):
         root = root.rstrip("/")
@@ -322,11 +375,13 @@ def running(self: Dashboard) -> bool:
 
 # %% ../nbs/16_dashboard.ipynb #4be2d0c8
 def diagnostics_text(d: dict) -> str:
-    "ICL-MSR's diagnostics in one line: strata spread, moved, common share, meta-gradient norm and cosine, ICL gap."
+    """ICL-MSR's diagnostics in one line: strata spread, moved, common share, meta-gradient norm and
+    cosine, ICL gap."""
     f = lambda k, spec: "–" if d.get(k) is None else format(d[k], spec)
-    return (f"a_t spread {f('strata_spread', '.3f')}, moved {f('strata_moved', '.3f')}, common share "
-            f"{f('strata_common_share', '.2f')} · meta-grad {f('meta_grad_norm', '.1e')} (cos {f('meta_grad_cos', '+.2f')}) · "
-            f"ICL gap {f('icl_gap', '.1e')}")
+    return (f"a_t spread {f('strata_spread', '.3f')}, moved {f('strata_moved', '.3f')}, common "
+            "share "
+            f"{f('strata_common_share', '.2f')} · meta-grad {f('meta_grad_norm', '.1e')} (cos "
+            f"{f('meta_grad_cos', '+.2f')}) · ICL gap {f('icl_gap', '.1e')}")
 
 # %% ../nbs/16_dashboard.ipynb #9ba26411
 @patch
@@ -335,24 +390,31 @@ def status_text(self: Dashboard) -> str:
     L, r = self.learn, self.rec
     parts = [f"<b>{self.state}</b>"]
     if L is not None:
-        parts.append(f"epoch {min(L.epoch + 1, _epochs(L))}/{_epochs(L)} · step {L.step}/{L.total_steps} · {L.stage}")
+        parts.append(f"epoch {min(L.epoch + 1, _epochs(L))}/{_epochs(L)} · step "
+                     f"{L.step}/{L.total_steps} · {L.stage}")
     elif self.opened_step is not None and self.state == "opened":
         parts.append(f"checkpoint at step {self.opened_step}")
     sp = r.speed
     if sp.get("images_per_s"): parts.append(f"{sp['images_per_s']:.0f} images/s")
     gm = r.gpu
-    parts.append(f"GPU memory {gm[0]:.2f} GiB (peak {gm[1]:.2f})" if gm else "GPU memory: n/a" + (f" ({L.device.type})" if L else ""))
+    parts.append(f"GPU memory {gm[0]:.2f} GiB (peak {gm[1]:.2f})" if gm else "GPU memory: n/a"
+                 + (f" ({L.device.type})" if L else ""))
     if sp.get("elapsed") is not None: parts.append(f"elapsed {fmt_duration(sp['elapsed'])}")
-    if sp.get("eta") is not None and self.state in ("running", "paused"): parts.append(f"ETA {fmt_duration(sp['eta'])}")
+    if sp.get("eta") is not None and self.state in ("running", "paused"):
+        parts.append(f"ETA {fmt_duration(sp['eta'])}")
     if r.knn["epoch"]:
         parts.append("kNN " + " / ".join(f"{n} {r.knn[k][-1]:.1f}%" for k, n in
-                                        (("knn_full", "full"), ("knn_fg", "fg"), ("knn_bg", "bg")) if r.knn[k][-1] is not None))
+                                        (("knn_full", "full"), ("knn_fg", "fg"), ("knn_bg", "bg"))
+                                         if r.knn[k][-1] is not None))
     if r.fit["step"]: parts.append(f"loss {r.fit['loss'][-1]:.4f}")
     if r.diag: parts.append(diagnostics_text(r.diag))
     rd = self.w["run_dir"].value
-    extra = f"<br><span style='color:#555'>run dir: {html.escape(display_path(rd))}</span>" if rd else ""
+    extra = (f"<br><span style='color:#555'>run dir: {html.escape(display_path(rd))}</span>" if rd
+             else "")
     if self.note: extra += f"<br><span style='color:#2ca02c'>{html.escape(self.note)}</span>"
-    if self.error: extra += f"<br><span class='iclmsr-error' style='color:#d62728'>{html.escape(self.error)}</span>"
+    if self.error:
+        extra += ("<br><span class='iclmsr-error' "
+                  f"style='color:#d62728'>{html.escape(self.error)}</span>")
     return f"<div style='font-size:13px'>{' · '.join(parts)}{extra}</div>"
 
 # %% ../nbs/16_dashboard.ipynb #f9f30149
@@ -369,16 +431,19 @@ def _refresh(self: Dashboard):
     b["open"].disabled = running
 
 # %% ../nbs/16_dashboard.ipynb #e380e53c
-_SHOWN = ("data.spec", "model.method", "model.backbone", "icl.enabled", "icl.control", "icl.n_strata", "icl.lam", "train.epochs",
+_SHOWN = ("data.spec", "model.method", "model.backbone", "icl.enabled", "icl.control",
+          "icl.n_strata", "icl.lam", "train.epochs",
           "train.batch_size", "train.device")   # the settings with a control of their own
 
 @patch
 def overrides(self: Dashboard) -> list[str]:
     "The controls as config `key=value` overrides."
     w = self.w
-    o = [f"data.spec={w['spec'].value}", f"model.method={w['method'].value}", f"model.backbone={w['backbone'].value}",
-         f"icl.enabled={str(w['icl'].value).lower()}", f"icl.control={w['control'].value}", f"icl.n_strata={w['n_strata'].value}", f"icl.lam={w['lam'].value}",
-         f"train.epochs={w['epochs'].value}", f"train.batch_size={w['batch_size'].value}", f"train.device={w['device'].value}"]
+    o = [f"data.spec={w['spec'].value}", f"model.method={w['method'].value}",
+         f"model.backbone={w['backbone'].value}", f"icl.enabled={str(w['icl'].value).lower()}",
+         f"icl.control={w['control'].value}", f"icl.n_strata={w['n_strata'].value}",
+         f"icl.lam={w['lam'].value}", f"train.epochs={w['epochs'].value}",
+         f"train.batch_size={w['batch_size'].value}", f"train.device={w['device'].value}"]
     return o + w["more"].value.split()
 
 # %% ../nbs/16_dashboard.ipynb #1f6bb898
@@ -391,40 +456,52 @@ def config(self: Dashboard):
 @patch
 def _set_controls(self: Dashboard, cfg):
     w = self.w
-    w["spec"].value, w["icl"].value, w["control"].value = cfg.data.spec, cfg.icl.enabled, cfg.icl.control
+    w["spec"].value, w["icl"].value, w["control"].value = (
+        cfg.data.spec, cfg.icl.enabled, cfg.icl.control)
     if cfg.model.method in w["method"].options: w["method"].value = cfg.model.method
     if cfg.model.backbone in w["backbone"].options: w["backbone"].value = cfg.model.backbone
-    w["n_strata"].value, w["lam"].value, w["epochs"].value = cfg.icl.n_strata, cfg.icl.lam, cfg.train.epochs
+    w["n_strata"].value, w["lam"].value, w["epochs"].value = (
+        cfg.icl.n_strata, cfg.icl.lam, cfg.train.epochs)
     w["batch_size"].value = cfg.train.batch_size
     if cfg.train.device in DEVICES: w["device"].value = cfg.train.device
     d, default = config_to_dict(cfg), config_to_dict(load_config(None, []))
-    default["model"]["options"] = options(METHODS[cfg.model.method]) if cfg.model.method in METHODS else {}
-    flat = lambda t: {f"{s}.{k}": v for s, sec in t.items() for k, v in sec.items() if not isinstance(v, dict)} | {
-        f"{s}.{k}.{o}": x for s, sec in t.items() for k, v in sec.items() if isinstance(v, dict) for o, x in v.items()}
-    fd, fdef = flat(d), flat(default)   # a method's options one key each; only what differs from its own defaults
+    default["model"]["options"] = (options(METHODS[cfg.model.method])
+                                   if cfg.model.method in METHODS else {})
+    flat = lambda t: {f"{s}.{k}": v for s, sec in t.items() for k, v in sec.items()
+                      if not isinstance(v, dict)} | {
+        f"{s}.{k}.{o}": x for s, sec in t.items() for k, v in sec.items()
+        if isinstance(v, dict) for o, x in v.items()}
+    # a method's options one key each; only what differs from its own defaults
+    fd, fdef = flat(d), flat(default)
     w["more"].value = " ".join(f"{k}={'null' if v is None else v}" for k, v in fd.items()
                                if k not in _SHOWN and (k not in fdef or v != fdef[k]))
 
 # %% ../nbs/16_dashboard.ipynb #ebe8ba8a
 @patch
 def static_html(self: Dashboard) -> str:
-    "The dashboard as static HTML: its settings, status line and figures now (where there is no live widget)."
+    """The dashboard as static HTML: its settings, status line and figures now (where there is no
+    live widget)."""
     draw(self.figs, self.rec, self.max_points)
     share = {"loss": 44, "knn": 30, "strata": 26}
     figs = "".join(f"<div style='flex:0 0 {share[k]}%;min-width:0'>"
-                   f"{figure_html(go.Figure(f).update_layout(width=None, autosize=True))}</div>" for k, f in self.figs.items())
+                   f"{figure_html(go.Figure(f).update_layout(width=None, autosize=True))}</div>"
+                   for k, f in self.figs.items())
     w = self.w
-    settings = (f"data {w['spec'].value} · {w['method'].value}{' + ICL-MSR' if w['icl'].value else ''} · "
-                f"{w['backbone'].value} · n={w['n_strata'].value} · λ={w['lam'].value} · {w['epochs'].value} epochs · "
-                f"batch {w['batch_size'].value} · device {w['device'].value} {w['more'].value}")
-    note = ("<div style='font-size:11px;color:#777'>a snapshot of the dashboard; in JupyterLab it is a live widget "
-            f"with its controls</div><div style='font-size:12px;color:#555'>{html.escape(settings)}</div>")
+    settings = (f"data {w['spec'].value} · "
+                f"{w['method'].value}{' + ICL-MSR' if w['icl'].value else ''} · "
+                f"{w['backbone'].value} · n={w['n_strata'].value} · λ={w['lam'].value} · "
+                f"{w['epochs'].value} epochs · batch {w['batch_size'].value} · device "
+                f"{w['device'].value} {w['more'].value}")
+    note = ("<div style='font-size:11px;color:#777'>a snapshot of the dashboard; in JupyterLab it "
+            "is a live widget with its controls</div><div "
+            f"style='font-size:12px;color:#555'>{html.escape(settings)}</div>")
     return note + self.status_text() + f"<div style='display:flex'>{figs}</div>"
 
 # %% ../nbs/16_dashboard.ipynb #ffb5a044
 @patch
 def redraw(self: Dashboard):
-    "Push the recorded numbers to the figure and the status line (its cost is added up in `draw_wall`/`draw_cpu`)."
+    """Push the recorded numbers to the figure and the status line (its cost is added up in
+    `draw_wall`/`draw_cpu`)."""
     w, c = time.perf_counter(), time.thread_time()
     draw(self.figs, self.rec, self.max_points)
     self.redraws += 1
@@ -439,7 +516,8 @@ def _start_ticker(self: Dashboard, watch=None):
         seen = -1
         while True:
             alive = watch()
-            if not self.rec.active and alive: time.sleep(self.every); continue   # switched off (bench_dashboard)
+            # switched off (bench_dashboard)
+            if not self.rec.active and alive: time.sleep(self.every); continue
             if self.rec.version != seen:
                 seen = self.rec.version
                 try: self.redraw()
@@ -459,12 +537,15 @@ def start(self: Dashboard):
     cfg = self.config()
     run_dir = self.w["run_dir"].value.strip() or tempfile.mkdtemp(prefix="iclmsr-run-")
     self.w["run_dir"].value = run_dir
-    resume = self.resume_from if self.resume_from and Path(self.resume_from).parent == Path(run_dir) else None
+    resume = (self.resume_from if self.resume_from
+              and Path(self.resume_from).parent == Path(run_dir) else None)
     if not resume and (Path(run_dir)/"last.pt").exists():
-        raise FileExistsError(f"{run_dir} holds a run (last.pt): Open it to continue it, or choose another run dir")
+        raise FileExistsError(f"{run_dir} holds a run (last.pt): Open it to continue it, or choose "
+                              "another run dir")
     if not resume: self.rec = Recorder(self.every)
     self.error, self.state, self.learn, self.control = None, "starting", None, Control()
-    self.thread = threading.Thread(target=self._run, args=(cfg, Path(run_dir), resume), name="iclmsr-train", daemon=True)
+    self.thread = threading.Thread(target=self._run, args=(cfg, Path(run_dir), resume),
+                                   name="iclmsr-train", daemon=True)
     self.thread.start()
     self._start_ticker()
     self._refresh()
@@ -474,7 +555,9 @@ def start(self: Dashboard):
 def _run(self: Dashboard, cfg, run_dir: Path, resume):
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        learn = Learner.from_config(cfg, run_dir, cbs=default_callbacks(progress=False) + [self.rec, self.control])
+        learn = Learner.from_config(cfg, run_dir,
+                                    cbs=default_callbacks(progress=False)
+                                    + [self.rec, self.control])
         if resume:
             learn.resume(resume)
             with self.rec.lock:  # the curves past the checkpoint were not kept by the run
@@ -501,14 +584,16 @@ def wait(self: Dashboard, timeout: float | None = None):
 @patch
 def pause(self: Dashboard):
     "Hold the run between two batches."
-    if self.learn is None or not self.running: raise RuntimeError("nothing to pause: no run is going")
+    if self.learn is None or not self.running:
+        raise RuntimeError("nothing to pause: no run is going")
     self.control.pause(); self.state = "paused"; self._refresh()
 
 # %% ../nbs/16_dashboard.ipynb #525159f4
 @patch
 def resume(self: Dashboard):
     "Continue a paused run."
-    if self.learn is None or not self.running: raise RuntimeError("nothing to resume: no run is going")
+    if self.learn is None or not self.running:
+        raise RuntimeError("nothing to resume: no run is going")
     self.control.unpause(); self.state = "running"; self._refresh()
 
 # %% ../nbs/16_dashboard.ipynb #5b526073
@@ -523,13 +608,15 @@ def stop(self: Dashboard):
 # %% ../nbs/16_dashboard.ipynb #de80ef9c
 @patch
 def save(self: Dashboard, timeout: float | None = 60) -> Path:
-    "Write `last.pt` now (at the end of the current batch if the run is training); returns its path."
+    """Write `last.pt` now (at the end of the current batch if the run is training); returns its
+    path."""
     L = self.learn
     if L is None: raise RuntimeError("no run to save: start one first")
     if self.running and not self.control.held:
         ev = self.rec.request_save()
         if timeout == 0: return L.run_dir/"last.pt"
-        if not ev.wait(timeout): raise TimeoutError(f"the checkpoint was not written within {timeout} s")
+        if not ev.wait(timeout):
+            raise TimeoutError(f"the checkpoint was not written within {timeout} s")
         path = self.rec.saved
     else: path = save_now(L)
     self.note = f"saved {display_path(path)} at step {L.step}"; self._refresh()
@@ -546,13 +633,16 @@ def open(self: Dashboard, run_dir):
     ck = load_checkpoint(last) if last.exists() else None   # any other file is refused in one line
     if (d/"config.yaml").exists(): cfg = load_config(d/"config.yaml")
     elif ck is not None and ck.get("config") is not None: cfg = config_from_dict(ck["config"])
-    else: raise FileNotFoundError(f"{d} is not a run directory: it has neither config.yaml nor a last.pt with its config")
+    else:
+        raise FileNotFoundError(f"{d} is not a run directory: it has neither config.yaml nor a "
+                                "last.pt with its config")
     self._set_controls(cfg)
     self.w["run_dir"].value = str(d)
     self.rec, self.learn, self.control, self.error = Recorder(self.every), None, None, None
     step = ck["step"] if ck is not None else None
     if (d/"metrics.jsonl").exists():
-        self.rec.load_history([json.loads(l) for l in (d/"metrics.jsonl").read_text().splitlines() if l.strip()], upto=step)
+        self.rec.load_history([json.loads(l) for l in (d/"metrics.jsonl").read_text().splitlines()
+                               if l.strip()], upto=step)
     self.resume_from, self.state = (last if last.exists() else None), "opened"
     self.opened_step = step
     self.redraw()
@@ -561,7 +651,8 @@ def open(self: Dashboard, run_dir):
 # %% ../nbs/16_dashboard.ipynb #eb867be2
 @patch
 def attach(self: Dashboard, learn):
-    "Watch a `Learner` built elsewhere: add the recorder to it and start redrawing; run `learn.fit()` yourself."
+    """Watch a `Learner` built elsewhere: add the recorder to it and start redrawing; run
+    `learn.fit()` yourself."""
     self.rec = Recorder(self.every)
     learn.add_cbs([self.rec])
     self.learn, self.control, self.state = learn, None, "running"
@@ -571,6 +662,7 @@ def attach(self: Dashboard, learn):
 # %% ../nbs/16_dashboard.ipynb #335f6989
 @patch
 def detach(self: Dashboard):
-    "Stop watching an attached learner (the ticker ends; the recorder stays in its callbacks, cheaply)."
+    """Stop watching an attached learner (the ticker ends; the recorder stays in its callbacks,
+    cheaply)."""
     self.state = "detached"
     if self.ticker is not None: self.ticker.join(timeout=5)

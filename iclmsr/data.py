@@ -12,10 +12,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from .fgbg import FgBgData, VARIANTS, make_variant, inpaint, tile_fill, check_plain
-from .toy import (BG_FAMILIES, SHAPES, TOY_FOREGROUNDS, affine_grid, sample_patches, one_thread, make_toy,
+from .toy import (BG_FAMILIES, SHAPES, TOY_FOREGROUNDS, affine_grid,
+                        sample_patches, one_thread, make_toy,
     load_toy, image_grid)
-_all_ = ["FgBgData", "VARIANTS", "make_variant", "inpaint", "tile_fill", "BG_FAMILIES", "SHAPES", "TOY_FOREGROUNDS",
-         "affine_grid", "sample_patches", "one_thread", "make_toy", "load_toy", "image_grid"]
+_all_ = ["FgBgData", "VARIANTS", "make_variant", "inpaint", "tile_fill", "BG_FAMILIES",
+         "SHAPES", "TOY_FOREGROUNDS", "affine_grid", "sample_patches", "one_thread", "make_toy",
+         "load_toy", "image_grid"]
 
 # %% auto #0
 __all__ = ['ON_ERROR', 'DOMAINS_FILE', 'IN9_VARIANTS', 'DATASETS', 'parse_spec', 'load_cifar10', 'load_cifar100', 'load_stl10',
@@ -39,7 +41,8 @@ def _value(v: str):
 def parse_spec(spec: str) -> tuple:
     "Split `NAME[:ARG,...,key=value,...]` into `(name, args, options)`."
     if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"empty dataset spec {spec!r}; use NAME[:ARGS], e.g. 'toy', 'toy:size=64,rho=0.95', 'cifar10:PATH'")
+        raise ValueError(f"empty dataset spec {spec!r}; use NAME[:ARGS], e.g. 'toy', "
+                         "'toy:size=64,rho=0.95', 'cifar10:PATH'")
     name, _, rest = spec.strip().partition(":")
     args, opts = [], {}
     for part in filter(None, (p.strip() for p in rest.split(","))):
@@ -50,14 +53,17 @@ def parse_spec(spec: str) -> tuple:
 
 # %% ../nbs/01c_data.ipynb #9a7a1467
 def _resize_u8(x: torch.Tensor, size, mode="bilinear") -> torch.Tensor:
-    "Resize (N,C,H,W) uint8 (or bool, nearest) so the short side is `size`, then centre-crop to `size` x `size`."
+    """Resize (N,C,H,W) uint8 (or bool, nearest) so the short side is `size`, then centre-crop to
+    `size` x `size`."""
     if size is None or tuple(x.shape[-2:]) == (size, size): return x
     h, w = x.shape[-2:]; s = size / min(h, w)
     nh, nw = max(size, round(h * s)), max(size, round(w * s))
     t, l = (nh - size) // 2, (nw - size) // 2
     def one(c):
         if c.dtype == torch.bool:
-            return F.interpolate(c.float(), (nh, nw), mode="area" if s < 1 else "nearest")[..., t:t + size, l:l + size] > 0.5
+            return F.interpolate(c.float(), (nh, nw),
+                                 mode="area" if s < 1
+                                 else "nearest")[..., t:t + size, l:l + size] > 0.5
         y = F.interpolate(c.float(), (nh, nw), mode=mode, antialias=s < 1, align_corners=False)
         return y[..., t:t + size, l:l + size].round_().clamp_(0, 255).to(torch.uint8)
     return torch.cat([one(x[i:i + 512]) for i in range(0, len(x), 512)])
@@ -76,7 +82,8 @@ ON_ERROR = ("raise", "skip")
 _IMG_EXT = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
 def _check_on_error(on_error):
-    if on_error not in ON_ERROR: raise ValueError(f"on_error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
 
 # %% ../nbs/01c_data.ipynb #42dedf95
 def _read_rgb(path):
@@ -86,22 +93,26 @@ def _read_rgb(path):
         with Image.open(path) as im: return im.convert("RGB")
     except FileNotFoundError: raise
     except Exception as e:
-        raise ValueError(f"cannot read image {path}: {type(e).__name__}: {e} (on_error='skip' skips unreadable images)") from None
+        raise ValueError(f"cannot read image {path}: {type(e).__name__}: {e} (on_error='skip' "
+                         "skips unreadable images)") from None
 
 # %% ../nbs/01c_data.ipynb #fc9eff82
 def _load_many(fn, items, on_error: str, what: str):
-    "Run `fn` over `items` in threads; with on_error='skip' drop failures and report them. Returns (results, kept, skipped)."
+    """Run `fn` over `items` in threads; with on_error='skip' drop failures and report them. Returns
+    (results, kept, skipped)."""
     _check_on_error(on_error)
     def safe(it):
         try: return fn(it), None
         except (ValueError, OSError) as e: return None, e
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as ex: res = list(ex.map(safe, items))
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count()
+                                            or 1)) as ex: res = list(ex.map(safe, items))
     out, kept, skipped = [], [], []
     for i, (r, e) in enumerate(res):
         if e is None: out.append(r); kept.append(i); continue
         if on_error == "raise": raise e
         skipped.append(str(e))
-    if not out: raise ValueError(f"empty dataset {what!r}: none of its {len(items)} images could be read"
+    if not out: raise ValueError(f"empty dataset {what!r}: none of its {len(items)} images could "
+                                 "be read"
                                  + (f"; first error: {skipped[0]}" if skipped else ""))
     return out, kept, skipped
 
@@ -110,9 +121,13 @@ def _skip_meta(skipped) -> dict:
     return {"skipped": len(skipped), "skipped_errors": skipped[:20]} if skipped else {"skipped": 0}
 
 # %% ../nbs/01c_data.ipynb #6faf7e96
-_CIFAR = {"cifar10": ("cifar-10-batches-py", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-                      ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch", "batches.meta"]),
-          "cifar100": ("cifar-100-python", "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", ["train", "test", "meta"])}
+_CIFAR = {"cifar10": ("cifar-10-batches-py",
+                      "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+                      ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4",
+                       "data_batch_5", "test_batch", "batches.meta"]),
+          "cifar100": ("cifar-100-python",
+                       "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+                       ["train", "test", "meta"])}
 
 def _root_with(path, folder: str) -> Path:
     "`path` if it contains `folder`, or its parent if `path` is that folder."
@@ -127,7 +142,8 @@ def _tv_cifar(kind):
     from torchvision.datasets import CIFAR10, CIFAR100
     class _Cifar(CIFAR10 if kind == "cifar10" else CIFAR100):
         def _check_integrity(self):  # presence instead of md5
-            return not _missing(Path(self.root)/self.base_folder, [f for f, _ in self.train_list + self.test_list])
+            return not _missing(Path(self.root)/self.base_folder,
+                                [f for f, _ in self.train_list + self.test_list])
         def _load_meta(self):
             with open(Path(self.root)/self.base_folder/self.meta["filename"], "rb") as f:
                 self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
@@ -140,14 +156,16 @@ def _load_cifar(kind, path, split, size):
     root = _root_with(path, folder)
     miss = _missing(root/folder, files)
     if miss:
-        raise FileNotFoundError(f"{kind} files missing in {root/folder}: {', '.join(miss)}. Download {url} and extract it "
-                                f"into {root} (tar xzf {url.rsplit('/', 1)[1]} -C {root}) so that {root/folder}/ holds {', '.join(files)}")
+        raise FileNotFoundError(f"{kind} files missing in {root/folder}: {', '.join(miss)}. "
+                                f"Download {url} and extract it into {root} (tar xzf "
+                                f"{url.rsplit('/', 1)[1]} -C {root}) so that {root/folder}/ holds "
+                                f"{', '.join(files)}")
     try: d = _tv_cifar(kind)(str(root), train=split == "train")
     except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError) as e:
         raise ValueError(f"cannot read the {kind} files in {root/folder}: {type(e).__name__}: {e}") from None
     images = torch.from_numpy(np.ascontiguousarray(d.data)).permute(0, 3, 1, 2).contiguous()
-    return FgBgData(_resize_u8(images, size), None, torch.tensor(d.targets), None, d.classes, f"{kind}-{split}",
-                    dict(source=kind, split=split, path=str(root)))
+    return FgBgData(_resize_u8(images, size), None, torch.tensor(d.targets), None,
+                    d.classes, f"{kind}-{split}", dict(source=kind, split=split, path=str(root)))
 
 # %% ../nbs/01c_data.ipynb #7ca1947b
 def load_cifar10(path, split: str = "train", size: int | None = None) -> FgBgData:
@@ -156,31 +174,38 @@ def load_cifar10(path, split: str = "train", size: int | None = None) -> FgBgDat
 
 # %% ../nbs/01c_data.ipynb #23614cac
 def load_cifar100(path, split: str = "train", size: int | None = None) -> FgBgData:
-    "CIFAR-100 (fine labels) from `path/cifar-100-python` (torchvision's reader), optionally resized to `size`."
+    """CIFAR-100 (fine labels) from `path/cifar-100-python` (torchvision's reader), optionally
+    resized to `size`."""
     return _load_cifar("cifar100", path, split, size)
 
 # %% ../nbs/01c_data.ipynb #1111ec1e
 _STL_URL = "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz"
 _STL_CLASSES = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]
-_STL_FILES = {"train": ["train_X.bin", "train_y.bin"], "test": ["test_X.bin", "test_y.bin"], "unlabeled": ["unlabeled_X.bin"]}
+_STL_FILES = {"train": ["train_X.bin", "train_y.bin"], "test": ["test_X.bin", "test_y.bin"],
+              "unlabeled": ["unlabeled_X.bin"]}
 
 def load_stl10(path, split: str = "train", size: int | None = None) -> FgBgData:
-    "STL-10 (96 px) from `path/stl10_binary` via torchvision's reader; split train, test or unlabeled (labels -1)."
+    """STL-10 (96 px) from `path/stl10_binary` via torchvision's reader; split train, test or
+    unlabeled (labels -1)."""
     from torchvision.datasets import STL10
     class _STL(STL10):
         def _check_integrity(self): return True  # presence is checked below, per split
     root = _root_with(path, "stl10_binary")
     miss = _missing(root/"stl10_binary", _STL_FILES[split])
     if miss:
-        raise FileNotFoundError(f"stl10 files missing in {root/'stl10_binary'}: {', '.join(miss)}. Download {_STL_URL} and "
-                                f"extract it into {root} (tar xzf stl10_binary.tar.gz -C {root}) so that "
-                                f"{root/'stl10_binary'}/ holds train_X.bin, train_y.bin, test_X.bin, test_y.bin, unlabeled_X.bin")
+        raise FileNotFoundError(f"stl10 files missing in {root/'stl10_binary'}: {', '.join(miss)}. "
+                                f"Download {_STL_URL} and extract it into {root} (tar xzf "
+                                f"stl10_binary.tar.gz -C {root}) so that {root/'stl10_binary'}/ "
+                                "holds train_X.bin, train_y.bin, test_X.bin, test_y.bin, "
+                                "unlabeled_X.bin")
     try: d = _STL(str(root), split=split)
-    except ValueError as e: raise ValueError(f"cannot read the stl10 {split} files in {root/'stl10_binary'}: {e}") from None
+    except ValueError as e:
+        raise ValueError(f"cannot read the stl10 {split} files in {root/'stl10_binary'}: {e}") from None
     classes = getattr(d, "classes", None) or _STL_CLASSES
     images = torch.from_numpy(np.ascontiguousarray(d.data))
-    return FgBgData(_resize_u8(images, size), None, torch.from_numpy(d.labels.astype(np.int64)), None, classes,
-                    f"stl10-{split}", dict(source="stl10", split=split, path=str(root)))
+    return FgBgData(_resize_u8(images, size), None,
+                    torch.from_numpy(d.labels.astype(np.int64)), None, classes, f"stl10-{split}",
+                    dict(source="stl10", split=split, path=str(root)))
 
 # %% ../nbs/01c_data.ipynb #4f949fdb
 _TINY_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
@@ -201,17 +226,21 @@ def _try(f):
     except Exception: return False
 
 # %% ../nbs/01c_data.ipynb #6353f59f
-def load_tiny_imagenet(path, split: str = "train", size: int | None = None, on_error: str = "raise") -> FgBgData:
-    "Tiny ImageNet (200 classes, 64 px) from `path/tiny-imagenet-200`; `test`/`val` = the labelled validation split."
+def load_tiny_imagenet(path, split: str = "train", size: int | None = None,
+                       on_error: str = "raise") -> FgBgData:
+    """Tiny ImageNet (200 classes, 64 px) from `path/tiny-imagenet-200`; `test`/`val` = the labelled
+    validation split."""
     _check_on_error(on_error)
     p = Path(path).expanduser()
     root = p if (p/"wnids.txt").is_file() else p/"tiny-imagenet-200"
-    layout = ("wnids.txt, words.txt, train/<wnid>/images/*.JPEG, val/images/*.JPEG and val/val_annotations.txt")
+    layout = ("wnids.txt, words.txt, train/<wnid>/images/*.JPEG, val/images/*.JPEG and "
+              "val/val_annotations.txt")
     need = ["wnids.txt"] + (["val/val_annotations.txt"] if split != "train" else [])
     miss = _missing(root, need)
     if miss:
-        raise FileNotFoundError(f"Tiny ImageNet not found: {', '.join(str(root/m) for m in miss)} missing. Download {_TINY_URL} "
-                                f"and unzip it into {p} (it creates tiny-imagenet-200/ with {layout})")
+        raise FileNotFoundError(f"Tiny ImageNet not found: {', '.join(str(root/m) for m in miss)} "
+                                f"missing. Download {_TINY_URL} and unzip it into {p} (it creates "
+                                f"tiny-imagenet-200/ with {layout})")
     wnids = sorted(set((root/"wnids.txt").read_text().split()))
     words = {}
     if (root/"words.txt").is_file():
@@ -219,19 +248,27 @@ def load_tiny_imagenet(path, split: str = "train", size: int | None = None, on_e
             k, _, v = line.partition("\t"); words[k.strip()] = v.split(",")[0].strip()
     idx = {w: i for i, w in enumerate(wnids)}
     if split == "train":
-        files = [(f, idx[w]) for w in wnids for f in sorted((root/"train"/w/"images").glob("*.JPEG"))]
+        files = [(f, idx[w]) for w in wnids
+                 for f in sorted((root/"train"/w/"images").glob("*.JPEG"))]
     else:
         files = []
         for line in (root/"val"/"val_annotations.txt").read_text().splitlines():
             parts = line.split("\t")
             if len(parts) < 2: continue
-            if parts[1] not in idx: raise ValueError(f"{root/'val'/'val_annotations.txt'}: wnid {parts[1]!r} of {parts[0]} is not in wnids.txt")
+            if parts[1] not in idx:
+                raise ValueError(f"{root/'val'/'val_annotations.txt'}: wnid {parts[1]!r} of "
+                                 f"{parts[0]} is not in wnids.txt")
             files.append((root/"val"/"images"/parts[0], idx[parts[1]]))
-    if not files: raise ValueError(f"empty dataset 'tiny-imagenet-{split}': no images found under {root} ({layout})")
-    images, kept, skipped = _image_tensor([f for f, _ in files], size, on_error, f"tiny-imagenet-{split}")
+    if not files:
+        raise ValueError(f"empty dataset 'tiny-imagenet-{split}': no images found under {root} "
+                         f"({layout})")
+    images, kept, skipped = _image_tensor([f for f, _ in files], size, on_error,
+                                          f"tiny-imagenet-{split}")
     labels = torch.tensor([files[i][1] for i in kept])
-    return FgBgData(images, None, labels, None, [words.get(w, w) for w in wnids], f"tiny-imagenet-{split}",
-                    dict(source="tiny-imagenet", split=split, path=str(root), wnids=wnids, **_skip_meta(skipped)))
+    return FgBgData(images, None, labels, None, [words.get(w, w) for w in wnids],
+                    f"tiny-imagenet-{split}",
+                    dict(source="tiny-imagenet", split=split, path=str(root),
+                         wnids=wnids, **_skip_meta(skipped)))
 
 # %% ../nbs/01c_data.ipynb #ff1ec30c
 def _read_coco(ann: Path):
@@ -254,7 +291,8 @@ def _coco_instances(coco, min_area: float) -> list:
 
 # %% ../nbs/01c_data.ipynb #e2411bc7
 def _coco_crops(coco, imdir: Path, lab: dict, size: int, context: float, job) -> list:
-    "`(image, mask, label, instance id)` of each instance of `job`'s image: a square crop around its box."
+    """`(image, mask, label, instance id)` of each instance of `job`'s image: a square crop around
+    its box."""
     from PIL import Image
     img_id, anns = job
     info = coco.loadImgs(img_id)[0]
@@ -277,38 +315,49 @@ def _coco_crops(coco, imdir: Path, lab: dict, size: int, context: float, job) ->
     return out
 
 # %% ../nbs/01c_data.ipynb #021b9dc1
-_COCO_HELP = ("Download http://images.cocodataset.org/annotations/annotations_trainval2017.zip (annotations/instances_"
-              "{train,val}2017.json) and http://images.cocodataset.org/zips/val2017.zip (or train2017.zip) and unzip them, "
-              "then use coco-fg:ANNOTATIONS_JSON,IMAGES_DIR, e.g. coco-fg:coco/annotations/instances_val2017.json,coco/val2017")
+_COCO_HELP = ("Download http://images.cocodataset.org/annotations/annotations_trainval2017.zip "
+              "(annotations/instances_{train,val}2017.json) and "
+              "http://images.cocodataset.org/zips/val2017.zip (or train2017.zip) and unzip them, "
+              "then use coco-fg:ANNOTATIONS_JSON,IMAGES_DIR, e.g. "
+              "coco-fg:coco/annotations/instances_val2017.json,coco/val2017")
 
 def load_coco_fg(annotations, images, split: str = "train", size: int = 64, min_area: float = 400,
-                 context: float = 0.1, on_error: str = "raise", max_instances: int | None = None) -> FgBgData:
-    "COCO instances as foreground crops with their masks (pycocotools `annToMask`), label = category."
+                 context: float = 0.1, on_error: str = "raise",
+                 max_instances: int | None = None) -> FgBgData:
+    """COCO instances as foreground crops with their masks (pycocotools `annToMask`), label =
+    category."""
     _check_on_error(on_error)
     ann, imdir = Path(annotations).expanduser(), Path(images).expanduser()
-    if not ann.is_file(): raise FileNotFoundError(f"COCO annotation file not found: {ann}. {_COCO_HELP}")
-    if not imdir.is_dir(): raise FileNotFoundError(f"COCO images folder not found: {imdir}. {_COCO_HELP}")
+    if not ann.is_file():
+        raise FileNotFoundError(f"COCO annotation file not found: {ann}. {_COCO_HELP}")
+    if not imdir.is_dir():
+        raise FileNotFoundError(f"COCO images folder not found: {imdir}. {_COCO_HELP}")
     coco = _read_coco(ann)
     cat_ids = sorted(coco.getCatIds())
     classes = [coco.loadCats(c)[0]["name"] for c in cat_ids]
     lab = {c: i for i, c in enumerate(cat_ids)}
     jobs = _coco_instances(coco, min_area)
     if not jobs:
-        raise ValueError(f"empty dataset 'coco-fg': no non-crowd instance in {ann} has area >= min_area={min_area}")
+        raise ValueError(f"empty dataset 'coco-fg': no non-crowd instance in {ann} has area >= "
+                         f"min_area={min_area}")
     crops = lambda job: _coco_crops(coco, imdir, lab, size, context, job)
     res, _, skipped = _load_many(crops, jobs, on_error, "coco-fg")
     flat = [c for r in res for c in r][:max_instances]
-    return FgBgData(torch.from_numpy(np.stack([c[0] for c in flat])).permute(0, 3, 1, 2).contiguous(),
-                    torch.from_numpy(np.stack([c[1] for c in flat])), torch.tensor([c[2] for c in flat]), None, classes,
-                    f"coco-fg-{split}", dict(source="coco-fg", split=split, annotations=str(ann), images=str(imdir),
-                                             instance_ids=[int(c[3]) for c in flat], **_skip_meta(skipped)))
+    return FgBgData(torch.from_numpy(np.stack([c[0]
+                                               for c in flat])).permute(0, 3, 1, 2).contiguous(),
+                    torch.from_numpy(np.stack([c[1] for c in flat])),
+                    torch.tensor([c[2] for c in flat]), None, classes, f"coco-fg-{split}",
+                    dict(source="coco-fg", split=split, annotations=str(ann), images=str(imdir),
+                                             instance_ids=[int(c[3]) for c in flat],
+                         **_skip_meta(skipped)))
 
 # %% ../nbs/01c_data.ipynb #4f706b73
 _PETS_URLS = ("https://www.robots.ox.ac.uk/~vgg/data/pets/data/images.tar.gz",
               "https://www.robots.ox.ac.uk/~vgg/data/pets/data/annotations.tar.gz")
 
 def load_pets(path, split: str = "train", size: int = 64, on_error: str = "raise") -> FgBgData:
-    "Oxford-IIIT Pet (37 breeds) with trimap masks, via torchvision's `OxfordIIITPet`; `train` = trainval."
+    """Oxford-IIIT Pet (37 breeds) with trimap masks, via torchvision's `OxfordIIITPet`; `train` =
+    trainval."""
     from PIL import Image
     from torchvision.datasets import OxfordIIITPet
     _check_on_error(on_error)
@@ -318,48 +367,60 @@ def load_pets(path, split: str = "train", size: int = 64, on_error: str = "raise
     miss = [str(base/f) for f in ("images", "annotations/trimaps") if not (base/f).is_dir()] + \
            [str(base/f) for f in (f"annotations/{tv_split}.txt",) if not (base/f).is_file()]
     if miss:
-        raise FileNotFoundError(f"Oxford-IIIT Pet not found: {', '.join(miss)} missing. Download {_PETS_URLS[0]} and "
-                                f"{_PETS_URLS[1]} and extract both into {base} (it then holds images/*.jpg, "
-                                "annotations/trimaps/*.png, annotations/list.txt, trainval.txt and test.txt)")
+        raise FileNotFoundError(f"Oxford-IIIT Pet not found: {', '.join(miss)} missing. Download "
+                                f"{_PETS_URLS[0]} and {_PETS_URLS[1]} and extract both into {base} "
+                                "(it then holds images/*.jpg, annotations/trimaps/*.png, "
+                                "annotations/list.txt, trainval.txt and test.txt)")
     tv = OxfordIIITPet(str(root), split=tv_split, target_types=["category", "segmentation"])
     names = {}
     for line in (base/"annotations"/f"{tv_split}.txt").read_text().splitlines():
         parts = line.split()
         if len(parts) >= 2 and not line.startswith("#"):
-            names[int(parts[1]) - 1] = " ".join(w.title() for w in parts[0].rsplit("_", 1)[0].split("_"))
+            names[int(parts[1]) - 1] = " ".join(w.title()
+                                                for w in parts[0].rsplit("_", 1)[0].split("_"))
     def one(i):
         try: im, (label, tri) = tv[i]
         except Exception as e:
-            raise ValueError(f"cannot read Oxford-IIIT Pet sample {tv._images[i].name}: {type(e).__name__}: {e} "
-                             "(on_error='skip' skips unreadable images)") from None
+            raise ValueError(f"cannot read Oxford-IIIT Pet sample {tv._images[i].name}: "
+                             f"{type(e).__name__}: {e} (on_error='skip' skips unreadable "
+                             "images)") from None
         if im.size != tri.size:
-            raise ValueError(f"mask/image size mismatch for {tv._images[i].name}: image {im.size}, trimap {tri.size}")
+            raise ValueError(f"mask/image size mismatch for {tv._images[i].name}: image {im.size}, "
+                             f"trimap {tri.size}")
         return (np.asarray(_fit(im.convert("RGB"), size, Image.BILINEAR)),
                 np.asarray(_fit(tri, size, Image.NEAREST)) == 1, label)
     res, _, skipped = _load_many(one, list(range(len(tv))), on_error, f"pets-{split}")
     k = max(names) + 1 if names else 37
-    return FgBgData(torch.from_numpy(np.stack([r[0] for r in res])).permute(0, 3, 1, 2).contiguous(),
-                    torch.from_numpy(np.stack([r[1] for r in res])), torch.tensor([r[2] for r in res]), None,
+    return FgBgData(torch.from_numpy(np.stack([r[0]
+                                               for r in res])).permute(0, 3, 1, 2).contiguous(),
+                    torch.from_numpy(np.stack([r[1] for r in res])),
+                    torch.tensor([r[2] for r in res]), None,
                     [names.get(i, f"class{i}") for i in range(k)], f"pets-{split}",
                     dict(source="pets", split=split, path=str(base), **_skip_meta(skipped)))
 
 # %% ../nbs/01c_data.ipynb #ffdfca70
-_IN9_HELP = ("Download the ImageNet-9 Backgrounds Challenge data from https://github.com/MadryLab/backgrounds_challenge "
-             "(releases: bg_challenge.tar.gz holds <variant>/val/<class>/*.JPEG and fg_mask/val/<class>/*.npy; the README "
-             "links the training sets) and extract it so that PATH/<variant>/<split>/<class>/ holds the images, or write "
-             "your own folders in that layout (iclmsr data export SPEC --out PATH)")
-DOMAINS_FILE = "domains.csv"   # a folder tree's domain ids, one row (path, domain) per image: read_domains
+_IN9_HELP = ("Download the ImageNet-9 Backgrounds Challenge data from "
+             "https://github.com/MadryLab/backgrounds_challenge (releases: bg_challenge.tar.gz "
+             "holds <variant>/val/<class>/*.JPEG and fg_mask/val/<class>/*.npy; the README links "
+             "the training sets) and extract it so that PATH/<variant>/<split>/<class>/ holds the "
+             "images, or write your own folders in that layout (iclmsr data export SPEC --out "
+             "PATH)")
+# a folder tree's domain ids, one row (path, domain) per image: read_domains
+DOMAINS_FILE = "domains.csv"
 _SPLIT_DIRS = {"test": ("test", "val"), "val": ("val", "test")}
 _VARIANT_DIRS = {"only_bg": ("only_bg", "only_bg_t")}
-IN9_VARIANTS = ("original", "only_fg", "no_fg", "only_bg_b", "only_bg_t", "mixed_same", "mixed_rand", "mixed_next")
+IN9_VARIANTS = ("original", "only_fg", "no_fg", "only_bg_b", "only_bg_t", "mixed_same",
+                "mixed_rand", "mixed_next")
 _NAMES = tuple(dict.fromkeys(VARIANTS + IN9_VARIANTS))  # every variant name a folder may have
 
 def _variant_folders(root: Path, split_dir: str) -> dict:
-    "The variant folders of the tree `root` that hold the split folder `split_dir`: name -> folder path (a string)."
+    """The variant folders of the tree `root` that hold the split folder `split_dir`: name -> folder
+    path (a string)."""
     return {v: str(root/v) for v in _NAMES if (root/v/split_dir).is_dir()}
 
 # %% ../nbs/01c_data.ipynb #386c4cb2
-def _subdirs(p: Path) -> list: return sorted(d.name for d in p.iterdir() if d.is_dir()) if p.is_dir() else []
+def _subdirs(p: Path) -> list: return sorted(d.name for d in p.iterdir()
+                                             if d.is_dir()) if p.is_dir() else []
 
 # %% ../nbs/01c_data.ipynb #1c7fe328
 def _sidecar(root: Path):
@@ -371,44 +432,55 @@ def _sidecar(root: Path):
 
 # %% ../nbs/01c_data.ipynb #0a7fe79c
 def _in9_split_dir(root: Path, variant: str, split: str) -> Path:
-    "The folder of `split` in `variant`'s folder of the tree `root` (IN-9's other names for them too)."
+    """The folder of `split` in `variant`'s folder of the tree `root` (IN-9's other names for them
+    too)."""
     vdir = next((root/v for v in _VARIANT_DIRS.get(variant, (variant,)) if (root/v).is_dir()), None)
     if vdir is None:
         found = [d for d in _subdirs(root) if d != "fg_mask"]
-        raise FileNotFoundError(f"no {variant!r} variant folder in {root} (found: {', '.join(found) or 'nothing'}); "
-                                f"expected {root}/{variant}/<split>/<class>/*.png. {_IN9_HELP}")
+        raise FileNotFoundError(f"no {variant!r} variant folder in {root} (found: "
+                                f"{', '.join(found) or 'nothing'}); expected "
+                                f"{root}/{variant}/<split>/<class>/*.png. {_IN9_HELP}")
     sdir = next((vdir/s for s in _SPLIT_DIRS.get(split, (split,)) if (vdir/s).is_dir()), None)
     if sdir is None:
-        raise FileNotFoundError(f"no {split!r} split in {vdir} (found: {', '.join(_subdirs(vdir)) or 'nothing'}); "
-                                f"expected {vdir}/{split}/<class>/*")
+        raise FileNotFoundError(f"no {split!r} split in {vdir} (found: "
+                                f"{', '.join(_subdirs(vdir)) or 'nothing'}); expected "
+                                f"{vdir}/{split}/<class>/*")
     return sdir
 
 # %% ../nbs/01c_data.ipynb #a64fe94e
-def _in9_masks(mdir: Path, class_dirs: list, files: list, size: int, meta: dict) -> torch.Tensor | None:
-    "The masks `mdir/<class>/<stem>.npy` of `files` at `size`, or None (and why in `meta`) unless each has one."
+def _in9_masks(mdir: Path, class_dirs: list, files: list, size: int,
+               meta: dict) -> torch.Tensor | None:
+    """The masks `mdir/<class>/<stem>.npy` of `files` at `size`, or None (and why in `meta`) unless
+    each has one."""
     if not mdir.is_dir(): return None
     mpaths = [mdir/class_dirs[i]/f"{f.stem}.npy" for f, i in files]
     have = sum(p.is_file() for p in mpaths)
     if have != len(mpaths):
-        meta["masks"] = f"only {have} of {len(mpaths)} images have a mask in {mdir}; masks not loaded"
+        meta["masks"] = (f"only {have} of {len(mpaths)} images have a mask in {mdir}; masks not "
+                         "loaded")
         return None
     def read_mask(p):
         try: return torch.from_numpy(np.load(p, allow_pickle=False) != 0)
-        except Exception as e: raise ValueError(f"cannot read mask {p}: {type(e).__name__}: {e}") from None
+        except Exception as e:
+            raise ValueError(f"cannot read mask {p}: {type(e).__name__}: {e}") from None
     return torch.stack([_resize_u8(read_mask(p)[None, None], size)[0, 0] for p in mpaths])
 
 # %% ../nbs/01c_data.ipynb #729caa4c
-def _in9_backgrounds(root: Path, side: dict | None, indexed: bool, split_dir: str, variant: str, files: list,
-                     name: str, meta: dict) -> torch.Tensor | None:
-    "Background ids of `files`: the export sidecar's (files named by index), or `domains.csv`'s, which win."
+def _in9_backgrounds(root: Path, side: dict | None, indexed: bool, split_dir: str,
+                     variant: str, files: list, name: str, meta: dict) -> torch.Tensor | None:
+    """Background ids of `files`: the export sidecar's (files named by index), or `domains.csv`'s,
+    which win."""
     bgs = None
     if indexed and side:
         ids = side.get("splits", {}).get(split_dir, {}).get("backgrounds", {}).get(variant)
         if ids is not None:
-            bgs = torch.tensor([ids[int(f.stem)] if int(f.stem) < len(ids) else -1 for f, _ in files])
+            bgs = torch.tensor([ids[int(f.stem)] if int(f.stem) < len(ids)
+                                else -1 for f, _ in files])
         if side.get("bg_names"): meta["bg_names"] = side["bg_names"]
-        if side.get("train_cooccurrence") is not None: meta["train_cooccurrence"] = side["train_cooccurrence"]
-    if (root/DOMAINS_FILE).is_file():   # the user's domain ids win over the sidecar's background ids
+        if side.get("train_cooccurrence") is not None:
+            meta["train_cooccurrence"] = side["train_cooccurrence"]
+    # the user's domain ids win over the sidecar's background ids
+    if (root/DOMAINS_FILE).is_file():
         ids = domains_of(root, [f for f, _ in files], name)
         if ids is not None: bgs, meta["domains"] = ids, DOMAINS_FILE
     return bgs
@@ -416,12 +488,14 @@ def _in9_backgrounds(root: Path, side: dict | None, indexed: bool, split_dir: st
 # %% ../nbs/01c_data.ipynb #f8d79f67
 def load_in9(path, split: str = "train", variant: str = "original", size: int | None = None,
              masks: bool = True, on_error: str = "raise") -> FgBgData:
-    "An ImageNet-9-style folder tree `path/<variant>/<split>/<class>/*` (+ `fg_mask/<split>/<class>/*.npy`, `domains.csv`)."
+    """An ImageNet-9-style folder tree `path/<variant>/<split>/<class>/*` (+
+    `fg_mask/<split>/<class>/*.npy`, `domains.csv`)."""
     _check_on_error(on_error)
     if variant not in _NAMES:
         raise ValueError(f"unknown variant {variant!r}; variants are: {', '.join(_NAMES)}")
     root = Path(path).expanduser()
-    if not root.is_dir(): raise FileNotFoundError(f"ImageNet-9 folder not found: {root}. {_IN9_HELP}")
+    if not root.is_dir():
+        raise FileNotFoundError(f"ImageNet-9 folder not found: {root}. {_IN9_HELP}")
     sdir = _in9_split_dir(root, variant, split)
     side = _sidecar(root)
     class_dirs = side["class_dirs"] if side else _subdirs(sdir)
@@ -438,44 +512,54 @@ def load_in9(path, split: str = "train", variant: str = "original", size: int | 
     files = [files[i] for i in kept]
     meta = dict(source="in9", split=split, variant=variant, path=str(root), **_skip_meta(skipped),
                 variant_folders=_variant_folders(root, sdir.name), variant_split=sdir.name)
-    m = _in9_masks(root/"fg_mask"/sdir.name, class_dirs, files, images.shape[-1], meta) if masks else None
+    m = (_in9_masks(root/"fg_mask"/sdir.name, class_dirs, files, images.shape[-1], meta) if masks
+         else None)
     bgs = _in9_backgrounds(root, side, indexed, sdir.name, variant, files, name, meta)
     return FgBgData(images, m, torch.tensor([i for _, i in files]), bgs, classes, name, meta)
 
 # %% ../nbs/01c_data.ipynb #7820e5a3
 def read_domains(root) -> dict:
-    "The `root/domains.csv` of a folder tree as {path relative to root: domain id}, every row checked."
+    """The `root/domains.csv` of a folder tree as {path relative to root: domain id}, every row
+    checked."""
     root = Path(root).expanduser(); f = root/DOMAINS_FILE
     with open(f, newline="") as fh:
         rows = csv.reader(fh)
         head = [h.strip().lower() for h in next(rows, [])]
         if "path" not in head or "domain" not in head:
-            raise ValueError(f"{f}: the first line must name the columns path and domain (e.g. 'path,domain'), got {','.join(head)!r}")
+            raise ValueError(f"{f}: the first line must name the columns path and domain (e.g. "
+                             f"'path,domain'), got {','.join(head)!r}")
         ip, idom, out = head.index("path"), head.index("domain"), {}
         for n, row in enumerate(rows, 2):
             if not any(c.strip() for c in row): continue
-            if len(row) <= max(ip, idom): raise ValueError(f"{f}: line {n} has {len(row)} column(s), not a path and a domain")
+            if len(row) <= max(ip, idom):
+                raise ValueError(f"{f}: line {n} has {len(row)} column(s), not a path and a domain")
             p, v = row[ip].strip().replace("\\", "/"), row[idom].strip()
             if Path(p).is_absolute() or ".." in Path(p).parts or not (root/p).is_file():
-                raise ValueError(f"{f}: line {n}: {p!r} is not an image file under {root} (paths are relative to the folder of domains.csv)")
-            if not re.fullmatch(r"\d+", v): raise ValueError(f"{f}: line {n}: domain {v!r} of {p!r} is not an integer >= 0")
+                raise ValueError(f"{f}: line {n}: {p!r} is not an image file under {root} (paths "
+                                 "are relative to the folder of domains.csv)")
+            if not re.fullmatch(r"\d+", v):
+                raise ValueError(f"{f}: line {n}: domain {v!r} of {p!r} is not an integer >= 0")
             if p in out: raise ValueError(f"{f}: line {n}: {p!r} is given twice")
             out[p] = int(v)
     return out
 
 # %% ../nbs/01c_data.ipynb #476e5a29
 def domains_of(root, files, name: str = "the folder") -> torch.Tensor | None:
-    "The domain ids of image `files` (paths under `root`) from `root/domains.csv`; None when it has no row for any of them."
+    """The domain ids of image `files` (paths under `root`) from `root/domains.csv`; None when it
+    has no row for any of them."""
     root = Path(root).expanduser(); table = read_domains(root)
     rel = [Path(p).relative_to(root).as_posix() for p in files]
     miss = [r for r in rel if r not in table]
     if len(miss) == len(rel): return None   # a split or variant the file does not cover: no domains
-    if miss: raise ValueError(f"{root/DOMAINS_FILE}: {len(miss)} of the {len(rel)} images of {name!r} have no row (e.g. {miss[0]!r}): give every image of it a domain")
+    if miss:
+        raise ValueError(f"{root/DOMAINS_FILE}: {len(miss)} of the {len(rel)} images of {name!r} "
+                         f"have no row (e.g. {miss[0]!r}): give every image of it a domain")
     return torch.tensor([table[r] for r in rel])
 
 # %% ../nbs/01c_data.ipynb #6886aae6
 def available_variants(data: FgBgData) -> dict:
-    "Variant name -> 'folder' or 'masks' (a folder wins) for every variant `data` can give for its own split."
+    """Variant name -> 'folder' or 'masks' (a folder wins) for every variant `data` can give for its
+    own split."""
     folders = data.meta.get("variant_folders") or {}
     out = {"original": "folder" if "original" in folders else "data"}
     if data.has_masks: out.update({v: "masks" for v in VARIANTS if v != "original"})
@@ -484,34 +568,44 @@ def available_variants(data: FgBgData) -> dict:
 
 # %% ../nbs/01c_data.ipynb #a8a6fc07
 def _folder_variant(data: FgBgData, name: str) -> FgBgData:
-    "The variant folder `name` of `data`'s tree, same split and size, labels matched to `data.classes` by name."
-    folder = Path(data.meta["variant_folders"][name]); sdir = folder/data.meta.get("variant_split", "")
+    """The variant folder `name` of `data`'s tree, same split and size, labels matched to
+    `data.classes` by name."""
+    folder = Path(data.meta["variant_folders"][name])
+    sdir = folder/data.meta.get("variant_split", "")
     size = data.image_size if isinstance(data.image_size, int) else None
-    try: v = load_in9(folder.parent, data.meta.get("variant_split", data.meta.get("split", "train")), folder.name,
+    try: v = load_in9(folder.parent,
+                      data.meta.get("variant_split", data.meta.get("split", "train")), folder.name,
                       size=size, on_error=data.meta.get("on_error", "raise"))
     except (ValueError, FileNotFoundError) as e:
         if "no images in" not in str(e) and not isinstance(e, FileNotFoundError): raise
         raise ValueError(f"variant folder {sdir} has no images (expected {sdir}/<class>/*)") from None
     extra = [c for c in v.classes if c not in data.classes]
-    if extra: raise ValueError(f"variant folder {sdir} has classes that {data.name!r} lacks: {', '.join(extra)}")
+    if extra:
+        raise ValueError(f"variant folder {sdir} has classes that {data.name!r} lacks: "
+                         f"{', '.join(extra)}")
     idx = torch.tensor([data.classes.index(c) for c in v.classes])
     labels = idx[v.labels]
     missing = [c for i, c in enumerate(data.classes) if not bool((labels == i).any())]
-    if missing: raise ValueError(f"variant folder {sdir} has no images of class(es) {', '.join(missing)}")
+    if missing:
+        raise ValueError(f"variant folder {sdir} has no images of class(es) {', '.join(missing)}")
     meta = {**data.meta, **{k: v.meta[k] for k in ("variant", "skipped") if k in v.meta}}
     return v.replace(labels=labels, classes=data.classes, meta=meta).to(data.device)
 
 # %% ../nbs/01c_data.ipynb #ccb62c9f
 def variant_of(data: FgBgData, name: str, seed: int = 0) -> FgBgData:
-    "The variant `name` of `data`: its folder when there is one, else derived from masks (`data.variant(name, seed)`)."
+    """The variant `name` of `data`: its folder when there is one, else derived from masks
+    (`data.variant(name, seed)`)."""
     if name == "original": return data
     have = available_variants(data)
     if have.get(name) == "folder": return _folder_variant(data, name)
     if have.get(name) == "masks": return data.variant(name, seed=seed)
-    if name == "only_bg" and have.get("only_bg_t") == "folder": return _folder_variant(data, "only_bg_t")  # no masks
+    # no masks
+    if name == "only_bg" and have.get("only_bg_t") == "folder":
+        return _folder_variant(data, "only_bg_t")
     raise ValueError(f"variant {name!r} is not available for {data.name!r}: it has " +
                      ", ".join(f"{k} ({w})" for k, w in have.items()) +
-                     ("" if data.has_masks else "; the other variants need foreground masks or variant folders"))
+                     ("" if data.has_masks
+                      else "; the other variants need foreground masks or variant folders"))
 
 # %% ../nbs/01c_data.ipynb #e50016f5
 def _class_dirs(classes) -> list:
@@ -527,66 +621,80 @@ def _write_images(images: torch.Tensor, labels: torch.Tensor, folder: Path, clas
     from PIL import Image
     for d in set(labels.tolist()): (folder/class_dirs[d]).mkdir(parents=True, exist_ok=True)
     arr = images.cpu().permute(0, 2, 3, 1).numpy()
-    def one(i): Image.fromarray(arr[i]).save(folder/class_dirs[int(labels[i])]/f"{i:06d}.png", compress_level=1)
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as ex: list(ex.map(one, range(len(arr))))
+    def one(i): Image.fromarray(arr[i]).save(folder/class_dirs[int(labels[i])]/f"{i:06d}.png",
+                                             compress_level=1)
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count()
+                                            or 1)) as ex: list(ex.map(one, range(len(arr))))
 
 # %% ../nbs/01c_data.ipynb #78ec40b6
 def _export_data(data, splits) -> dict:
-    "`export_in9`'s data as `{split: FgBgData}`: a spec's usual splits that this copy has (or `splits`)."
+    """`export_in9`'s data as `{split: FgBgData}`: a spec's usual splits that this copy has (or
+    `splits`)."""
     if isinstance(data, str):
         name = parse_spec(data)[0]
         if name not in DATASETS: load_dataset(data)  # raises the unknown-dataset error
         loaded, err = {}, None
         for s in (splits or DATASETS[name].default_splits):
             try: loaded[s] = load_dataset(data, s)
-            except FileNotFoundError as e:  # a usual split that this copy lacks (IN-9's release has only val)
+            # a usual split that this copy lacks (IN-9's release has only val)
+            except FileNotFoundError as e:
                 if splits is not None: raise
                 err = e
         if not loaded: raise err
         data = loaded
     elif isinstance(data, FgBgData): data = {data.meta.get("split", "train"): data}
-    elif not isinstance(data, dict) or not data or not all(isinstance(v, FgBgData) for v in data.values()):
-        raise ValueError(f"export_in9 needs a spec string, an FgBgData or a non-empty dict of them, "
-                         f"got {type(data).__name__}")
+    elif not isinstance(data, dict) or not data or not all(isinstance(v, FgBgData)
+                                                           for v in data.values()):
+        raise ValueError("export_in9 needs a spec string, an FgBgData or a non-empty dict of "
+                         f"them, got {type(data).__name__}")
     if splits is not None:
         miss = [s for s in splits if s not in data]
-        if miss: raise ValueError(f"unknown split {miss[0]!r} for export; the data has: {', '.join(data)}")
+        if miss:
+            raise ValueError(f"unknown split {miss[0]!r} for export; the data has: "
+                             f"{', '.join(data)}")
         data = {s: data[s] for s in splits}
     return data
 
 # %% ../nbs/01c_data.ipynb #0558e022
 def _export_variants(data: dict, variants) -> list:
-    "The variants to write (all of them when every split has masks, else the original), the splits checked."
+    """The variants to write (all of them when every split has masks, else the original), the splits
+    checked."""
     first = next(iter(data.values()))
     all_masks = all(d.has_masks for d in data.values())
-    variants = list(VARIANTS if all_masks else ("original",)) if variants is None else list(variants)
+    variants = (list(VARIANTS if all_masks else ("original",))
+                if variants is None else list(variants))
     for v in variants:
-        if v not in VARIANTS: raise ValueError(f"unknown variant {v!r}; variants are: {', '.join(VARIANTS)}")
+        if v not in VARIANTS:
+            raise ValueError(f"unknown variant {v!r}; variants are: {', '.join(VARIANTS)}")
     for s, d in data.items():
         if d.classes != first.classes:
             raise ValueError(f"split {s!r} has other classes than {next(iter(data))!r}")
         if bool((d.labels < 0).any()):
-            raise ValueError(f"split {s!r} has unlabeled images (label -1); class folders need labels")
+            raise ValueError(f"split {s!r} has unlabeled images (label -1); class folders need "
+                             "labels")
     return variants
 
 # %% ../nbs/01c_data.ipynb #7bae5851
 def _clear_export(out: Path, overwrite: bool):
     "Remove an earlier export's folders from `out` (an error for an export unless `overwrite`)."
     if out.exists() and any(out.iterdir()):
-        earlier = (out/"iclmsr.json").exists() or any((out/v).exists() for v in VARIANTS + ("fg_mask",))
+        earlier = ((out/"iclmsr.json").exists()
+                   or any((out/v).exists() for v in VARIANTS + ("fg_mask",)))
         if not overwrite and earlier:
-            raise ValueError(f"{out} already holds an ImageNet-9 export; pass overwrite=True (--overwrite) "
-                             "to replace it")
+            raise ValueError(f"{out} already holds an ImageNet-9 export; pass overwrite=True "
+                             "(--overwrite) to replace it")
         for v in VARIANTS + ("fg_mask", "only_bg_t"):
             if (out/v).is_dir(): shutil.rmtree(out/v)
 
 # %% ../nbs/01c_data.ipynb #6230c8fe
 def _with_cooccurrence(data: dict) -> tuple:
-    "The training class-background co-occurrence (or None), and `data` with it in each split's meta."
+    """The training class-background co-occurrence (or None), and `data` with it in each split's
+    meta."""
     co = next((t for t in (d.train_cooccurrence() for d in data.values()) if t is not None), None)
     if co is None and "train" in data and bool((data["train"].backgrounds >= 0).any()):
         co = data["train"].cooccurrence()
-    if co is not None:   # mixed_same: a background typical of the class in training, on export and when read back
+    # mixed_same: a background typical of the class in training, on export and when read back
+    if co is not None:
         co = co.tolist()
         data = {s: d.replace(meta={**d.meta, "train_cooccurrence": co}) for s, d in data.items()}
     return co, data
@@ -603,12 +711,15 @@ def _export_split(d: FgBgData, s: str, out: Path, variants: list, cdirs: list, s
     if d.has_masks:
         mk = d.masks.cpu().numpy()
         for c in set(labels.tolist()): (out/"fg_mask"/s/cdirs[c]).mkdir(parents=True, exist_ok=True)
-        for i in range(len(mk)): np.save(out/"fg_mask"/s/cdirs[int(labels[i])]/f"{i:06d}.npy", mk[i])
+        for i in range(len(mk)): np.save(out/"fg_mask"/s/cdirs[int(labels[i])]/f"{i:06d}.npy",
+                                         mk[i])
     return dict(n=len(d), backgrounds=bgs)
 
 # %% ../nbs/01c_data.ipynb #eb32c64c
-def export_in9(data, out_dir, variants=None, splits=None, seed: int = 0, overwrite: bool = False) -> Path:
-    "Write a spec, `{split: FgBgData}` or one dataset as `out_dir/<variant>/<split>/<class>/<index>.png` (+ masks, sidecar)."
+def export_in9(data, out_dir, variants=None, splits=None, seed: int = 0,
+               overwrite: bool = False) -> Path:
+    """Write a spec, `{split: FgBgData}` or one dataset as
+    `out_dir/<variant>/<split>/<class>/<index>.png` (+ masks, sidecar)."""
     out = Path(out_dir).expanduser()
     data = _export_data(data, splits)
     first = next(iter(data.values()))
@@ -617,7 +728,8 @@ def export_in9(data, out_dir, variants=None, splits=None, seed: int = 0, overwri
     co, data = _with_cooccurrence(data)
     cdirs = _class_dirs(first.classes)
     side = dict(format="iclmsr-in9", version=1, classes=first.classes, class_dirs=cdirs,
-                bg_names=first.bg_names, splits={}, meta={s: check_plain(d.meta, "meta") for s, d in data.items()},
+                bg_names=first.bg_names, splits={},
+                meta={s: check_plain(d.meta, "meta") for s, d in data.items()},
                 train_cooccurrence=co)
     for s, d in data.items(): side["splits"][s] = _export_split(d, s, out, variants, cdirs, seed)
     (out/"iclmsr.json").write_text(json.dumps(side))
@@ -625,7 +737,8 @@ def export_in9(data, out_dir, variants=None, splits=None, seed: int = 0, overwri
 
 # %% ../nbs/01c_data.ipynb #0bb45895
 class DatasetInfo(NamedTuple):
-    "A registered dataset: loader, usage line, one-line description, allowed splits, splits exported by default."
+    """A registered dataset: loader, usage line, one-line description, allowed splits, splits
+    exported by default."""
     loader: Callable
     usage: str
     description: str
@@ -633,26 +746,34 @@ class DatasetInfo(NamedTuple):
     default_splits: tuple
 
 DATASETS: dict = {
-    "toy": DatasetInfo(load_toy, "toy[:num_classes=10,size=32,n_train=1000,n_test=200,rho=0.9,rho_test=none,seed=0,fg=digits]",
-                       "the embedded foreground/background dataset: digits on scikit-image backgrounds (no download)",
-                       ("train", "test"), ("train", "test")),
-    "cifar10": DatasetInfo(load_cifar10, "cifar10:PATH[,size=N]", "CIFAR-10 python batches (torchvision), no masks",
-                           ("train", "test"), ("train", "test")),
-    "cifar100": DatasetInfo(load_cifar100, "cifar100:PATH[,size=N]", "CIFAR-100 python files, fine labels (torchvision), no masks",
+    "toy": DatasetInfo(load_toy,
+                       "toy[:num_classes=10,size=32,n_train=1000,n_test=200,rho=0.9,rho_test=none,seed=0,fg=digits]",
+                       "the embedded foreground/background dataset: digits on scikit-image "
+                       "backgrounds (no download)", ("train", "test"), ("train", "test")),
+    "cifar10": DatasetInfo(load_cifar10, "cifar10:PATH[,size=N]",
+                           "CIFAR-10 python batches (torchvision), no masks", ("train", "test"),
+                           ("train", "test")),
+    "cifar100": DatasetInfo(load_cifar100, "cifar100:PATH[,size=N]",
+                            "CIFAR-100 python files, fine labels (torchvision), no masks",
                             ("train", "test"), ("train", "test")),
-    "stl10": DatasetInfo(load_stl10, "stl10:PATH[,size=N]", "STL-10 binaries, 96 px (torchvision), no masks",
+    "stl10": DatasetInfo(load_stl10, "stl10:PATH[,size=N]",
+                         "STL-10 binaries, 96 px (torchvision), no masks",
                          ("train", "test", "unlabeled"), ("train", "test")),
-    "tiny-imagenet": DatasetInfo(load_tiny_imagenet, "tiny-imagenet:PATH[,size=N,on_error=raise|skip]",
-                                 "Tiny ImageNet 200 classes, 64 px; test = the labelled val split; no masks",
-                                 ("train", "val", "test"), ("train", "val")),
-    "coco-fg": DatasetInfo(load_coco_fg, "coco-fg:ANNOTATIONS_JSON,IMAGES_DIR[,size=64,min_area=400,context=0.1,on_error=raise|skip]",
+    "tiny-imagenet": DatasetInfo(load_tiny_imagenet,
+                                 "tiny-imagenet:PATH[,size=N,on_error=raise|skip]",
+                                 "Tiny ImageNet 200 classes, 64 px; test = the labelled val split; "
+                                 "no masks", ("train", "val", "test"), ("train", "val")),
+    "coco-fg": DatasetInfo(load_coco_fg,
+                           "coco-fg:ANNOTATIONS_JSON,IMAGES_DIR[,size=64,min_area=400,context=0.1,on_error=raise|skip]",
                            "COCO instance crops with their masks (pycocotools), label = category",
                            ("train", "val", "test"), ("train",)),
-    "in9": DatasetInfo(load_in9, "in9:PATH[,variant=original,size=N,masks=true,on_error=raise|skip]",
-                       "ImageNet-9 Backgrounds Challenge folders PATH/<variant>/<split>/<class>/* (also your own data)",
-                       ("train", "val", "test"), ("train", "val")),
+    "in9": DatasetInfo(load_in9,
+                       "in9:PATH[,variant=original,size=N,masks=true,on_error=raise|skip]",
+                       "ImageNet-9 Backgrounds Challenge folders PATH/<variant>/<split>/<class>/* "
+                       "(also your own data)", ("train", "val", "test"), ("train", "val")),
     "pets": DatasetInfo(load_pets, "pets:PATH[,size=64,on_error=raise|skip]",
-                        "Oxford-IIIT Pet, 37 breeds, trimap masks (torchvision); train = trainval", ("train", "test"), ("train", "test")),
+                        "Oxford-IIIT Pet, 37 breeds, trimap masks (torchvision); train = trainval",
+                        ("train", "test"), ("train", "test")),
 }
 
 # %% ../nbs/01c_data.ipynb #8812abc7
@@ -662,11 +783,13 @@ def load_dataset(spec: str, split: str = "train") -> FgBgData:
     "The dataset named by `spec` (see `DATASETS`), one split, as an `FgBgData`."
     name, args, opts = parse_spec(spec)
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r} in spec {spec!r}; known datasets: {', '.join(DATASETS)} "
-                         "(e.g. 'toy', 'toy:size=64,rho=0.95', 'cifar10:PATH')")
+        raise ValueError(f"unknown dataset {name!r} in spec {spec!r}; known datasets: "
+                         f"{', '.join(DATASETS)} (e.g. 'toy', 'toy:size=64,rho=0.95', "
+                         "'cifar10:PATH')")
     info = DATASETS[name]
     if split not in info.splits:
-        raise ValueError(f"unknown split {split!r} for dataset {name!r}; splits are: {', '.join(info.splits)}")
+        raise ValueError(f"unknown split {split!r} for dataset {name!r}; splits are: "
+                         f"{', '.join(info.splits)}")
     ps = inspect.signature(info.loader).parameters
     pos = [k for k, p in ps.items() if p.default is inspect.Parameter.empty]
     names = [k for k, p in ps.items() if p.default is not inspect.Parameter.empty and k != "split"]
@@ -676,18 +799,22 @@ def load_dataset(spec: str, split: str = "train") -> FgBgData:
         raise ValueError(f"unknown option {bad[0]!r} for dataset {name!r}; options are: "
                          f"{', '.join(names + [g for g in _GENERIC if g not in names])}")
     if len(args) != len(pos):
-        raise ValueError(f"dataset {name!r} takes {len(pos)} path argument(s) ({', '.join(p.upper() for p in pos) or 'none'}), "
-                         f"got {len(args)} in {spec!r}; usage: {info.usage}")
+        raise ValueError(f"dataset {name!r} takes {len(pos)} path argument(s) "
+                         f"({', '.join(p.upper() for p in pos) or 'none'}), got {len(args)} in "
+                         f"{spec!r}; usage: {info.usage}")
     variant, limit = generic.get("variant", opts.get("variant", "original")), generic.get("limit")
-    if variant not in _NAMES: raise ValueError(f"unknown variant {variant!r}; variants are: {', '.join(_NAMES)}")
+    if variant not in _NAMES:
+        raise ValueError(f"unknown variant {variant!r}; variants are: {', '.join(_NAMES)}")
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise ValueError(f"limit must be an integer >= 1, got {limit!r}")
     direct = False
-    if "variant" in opts: opts["variant"] = "original"  # folder loaders: the original first, its variants by variant_of
+    # folder loaders: the original first, its variants by variant_of
+    if "variant" in opts: opts["variant"] = "original"
     try: ds = info.loader(*args, split=split, **opts)
     except FileNotFoundError:
         if variant == "original" or "variant" not in opts: raise
-        ds, direct = info.loader(*args, split=split, **{**opts, "variant": variant}), True  # a tree without original/
+        # a tree without original/
+        ds, direct = info.loader(*args, split=split, **{**opts, "variant": variant}), True
     folder = direct or available_variants(ds).get(variant) == "folder"
     if folder and not direct: ds = variant_of(ds, variant)
     if limit is not None: ds = ds.subset(slice(0, limit))
@@ -709,17 +836,20 @@ def data_summary(spec: str, splits=None) -> dict:
             err = e
     if not loaded: raise err
     first = next(iter(loaded.values()))
-    have = [available_variants(d) for d in loaded.values()]  # the variants every split can give, and how
+    # the variants every split can give, and how
+    have = [available_variants(d) for d in loaded.values()]
     kinds = {k: w for k, w in have[0].items() if all(k in h for h in have[1:])}
-    out = dict(spec=spec, dataset=name, description=info.description, classes=first.classes, num_classes=first.num_classes,
-               image_size=first.image_size, has_masks=first.has_masks,
-               variants=list(kinds), variant_kinds=kinds,
+    out = dict(spec=spec, dataset=name, description=info.description, classes=first.classes,
+               num_classes=first.num_classes, image_size=first.image_size,
+               has_masks=first.has_masks, variants=list(kinds), variant_kinds=kinds,
                bg_names=first.bg_names, splits={})
     for s, d in loaded.items():
         b = d.backgrounds.cpu(); known = b >= 0
-        ids, counts = b[known].unique(return_counts=True) if known.any() else (torch.tensor([]), torch.tensor([]))
+        ids, counts = (b[known].unique(return_counts=True) if known.any()
+                       else (torch.tensor([]), torch.tensor([])))
         lab = (d.labels.cpu() >= 0) & known
-        out["splits"][s] = dict(size=len(d), background_ids=ids.tolist(), background_counts=counts.tolist(),
+        out["splits"][s] = dict(size=len(d), background_ids=ids.tolist(),
+                                background_counts=counts.tolist(),
                                 bg_matches_class=round((b[lab] == d.labels.cpu()[lab]).float().mean().item(), 4) if lab.any() else None,
                                 skipped=d.meta.get("skipped", 0))
     return out
@@ -733,7 +863,8 @@ def _short(xs, k=10) -> str:
 _KIND_TEXT = {"data": "the data itself", "folder": "folders", "masks": "from masks"}
 
 def _kinds(s: dict) -> str:
-    "The variants, grouped by how they are made: `original (the data itself); only_fg, ... (folders); ... (from masks)`."
+    """The variants, grouped by how they are made: `original (the data itself); only_fg, ...
+    (folders); ... (from masks)`."""
     kinds = s.get("variant_kinds")
     if not kinds: return ", ".join(s["variants"])
     by = {w: [v for v, k in kinds.items() if k == w] for w in _KIND_TEXT}
@@ -742,7 +873,8 @@ def _kinds(s: dict) -> str:
 # %% ../nbs/01c_data.ipynb #0cd7c3ee
 def format_summary(s: dict) -> str:
     "`data_summary` as aligned text lines."
-    size = s["image_size"]; size = f"{size}x{size}" if isinstance(size, int) else f"{size[0]}x{size[1]}"
+    size = s["image_size"]
+    size = f"{size}x{size}" if isinstance(size, int) else f"{size[0]}x{size[1]}"
     rows = [("dataset", f"{s['dataset']}: {s['description']}"), ("spec", s["spec"]),
             ("classes", f"{s['num_classes']}: {_short(s['classes'])}"), ("image size", size),
             ("masks", "yes" if s["has_masks"] else "no"), ("variants", _kinds(s))]
@@ -750,9 +882,13 @@ def format_summary(s: dict) -> str:
     for k, v in s["splits"].items():
         ids = v["background_ids"]
         if ids:
-            bg = "background ids " + _short([f"{i} {names[i]}" if i < len(names) else i for i in ids]) 
-            bg += f"; background == class for {100 * v['bg_matches_class']:.1f} %" if v["bg_matches_class"] is not None else ""
+            bg = ("background ids "
+                  + _short([f"{i} {names[i]}" if i < len(names) else i for i in ids]))
+            bg += (f"; background == class for {100 * v['bg_matches_class']:.1f} %"
+                   if v["bg_matches_class"] is not None else "")
         else: bg = "background ids unknown (-1)"
-        rows.append((f"split {k}", f"{v['size']} images; {bg}" + (f"; {v['skipped']} unreadable skipped" if v["skipped"] else "")))
+        rows.append((f"split {k}",
+                     f"{v['size']} images; {bg}"
+                     + (f"; {v['skipped']} unreadable skipped" if v["skipped"] else "")))
     w = max(len(r[0]) for r in rows)
     return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)

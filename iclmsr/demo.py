@@ -10,8 +10,10 @@ from .utils import get_device
 from .data import load_dataset
 from .config import Config, config_to_dict, load_config, split_run_name, RUN_SUFFIXES
 from .methods import METHODS
-from .eval import SETTINGS, TESTS, evaluate, four_settings_table, train_method, package_versions
-from .report import fmt, unpack_mean_std, bar_trace, COLOURS, plot_four_settings, html_table, html_report, out_dir
+from .eval import (SETTINGS, TESTS, evaluate, four_settings_table,
+                         train_method, package_versions)
+from .report import (fmt, unpack_mean_std, bar_trace, COLOURS, plot_four_settings,
+                           html_table, html_report, out_dir)
 
 # %% auto #0
 __all__ = ['DEMO_MODELS', 'demo_settings', 'demo_config', 'demo_summary', 'measure_demo_model', 'mean_std', 'background_effect',
@@ -19,24 +21,31 @@ __all__ = ['DEMO_MODELS', 'demo_settings', 'demo_config', 'demo_summary', 'measu
            'demo_report', 'run_demo', 'demo']
 
 # %% ../nbs/14c_demo.ipynb #1008b847
-DEMO_MODELS = ("simclr", "simclr+icl-msr", "simclr+do-bg")   # run names (iclmsr.config.control_names adds the controls)
+# run names (iclmsr.config.control_names adds the controls)
+DEMO_MODELS = ("simclr", "simclr+icl-msr", "simclr+do-bg")
 
-_DEMO_CPU = dict(backbone="small_cnn", epochs=8, num_classes=10, n_train=150, n_test=100, size=32, fg="coloured_shapes", batch_size=250,
-                 proj_hidden=512, meta_mode="exact", probe_epochs=100, fgsm_n=256)
-_DEMO_GPU = dict(backbone="resnet18", epochs=100, num_classes=10, n_train=1000, n_test=200, size=32, fg="coloured_shapes", batch_size=512,
-                 proj_hidden=1024, meta_mode="exact", probe_epochs=100, fgsm_n=1000)
-_DEMO_QUICK = dict(backbone="small_cnn", epochs=1, num_classes=4, n_train=16, n_test=8, size=32, fg="coloured_shapes", batch_size=32,
-                   proj_hidden=64, meta_mode="exact", probe_epochs=10, fgsm_n=16)
+_DEMO_CPU = dict(backbone="small_cnn", epochs=8, num_classes=10, n_train=150, n_test=100, size=32,
+                 fg="coloured_shapes", batch_size=250, proj_hidden=512, meta_mode="exact",
+                 probe_epochs=100, fgsm_n=256)
+_DEMO_GPU = dict(backbone="resnet18", epochs=100, num_classes=10, n_train=1000, n_test=200, size=32,
+                 fg="coloured_shapes", batch_size=512, proj_hidden=1024, meta_mode="exact",
+                 probe_epochs=100, fgsm_n=1000)
+_DEMO_QUICK = dict(backbone="small_cnn", epochs=1, num_classes=4, n_train=16, n_test=8, size=32,
+                   fg="coloured_shapes", batch_size=32, proj_hidden=64, meta_mode="exact",
+                   probe_epochs=10, fgsm_n=16)
 
 def demo_settings(device="cpu", quick: bool = False, **overrides) -> dict:
-    "The demo's settings for `device` (CPU and GPU defaults, or `quick`), with non-None `overrides` applied."
+    """The demo's settings for `device` (CPU and GPU defaults, or `quick`), with non-None
+    `overrides` applied."""
     dev = get_device(device)
     st = dict(_DEMO_QUICK if quick else _DEMO_GPU if dev.type == "cuda" else _DEMO_CPU)
     bad = set(overrides) - set(st)
-    if bad: raise ValueError(f"unknown demo setting {sorted(bad)[0]!r}; settings are: {', '.join(st)}")
+    if bad:
+        raise ValueError(f"unknown demo setting {sorted(bad)[0]!r}; settings are: {', '.join(st)}")
     st.update({k: v for k, v in overrides.items() if v is not None})
     for k in ("epochs", "num_classes", "n_train", "n_test", "size", "batch_size"):
-        if not isinstance(st[k], int) or st[k] < 1: raise ValueError(f"{k.replace('_', '-')} must be a positive integer, got {st[k]!r}")
+        if not isinstance(st[k], int) or st[k] < 1:
+            raise ValueError(f"{k.replace('_', '-')} must be a positive integer, got {st[k]!r}")
     st["batch_size"] = min(st["batch_size"], st["num_classes"] * st["n_train"])
     st["spec"] = (f"toy:num_classes={st['num_classes']},size={st['size']},n_train={st['n_train']},n_test={st['n_test']},"
                   f"rho=0.9,rho_test=0.9,fg={st['fg']}")
@@ -45,34 +54,42 @@ def demo_settings(device="cpu", quick: bool = False, **overrides) -> dict:
 
 # %% ../nbs/14c_demo.ipynb #776a7148
 def demo_config(st: dict, icl: bool | str, seed: int = 0) -> Config:
-    "The training config of one demo model: a run name ('simclr+icl-frozen'), or `icl` True/False for simclr(+icl-msr)."
+    """The training config of one demo model: a run name ('simclr+icl-frozen'), or `icl` True/False
+    for simclr(+icl-msr)."""
     name = icl if isinstance(icl, str) else DEMO_MODELS[bool(icl)]
     steps = st["epochs"] * ((st["num_classes"] * st["n_train"]) // st["batch_size"])
-    return load_config(None, [f"data.spec={st['spec']}", f"model.backbone={st['backbone']}", f"model.options.proj_hidden={st['proj_hidden']}",
-                              f"train.epochs={st['epochs']}", f"train.batch_size={st['batch_size']}", f"train.device={st['device']}",
+    return load_config(None,
+                       [f"data.spec={st['spec']}", f"model.backbone={st['backbone']}",
+                        f"model.options.proj_hidden={st['proj_hidden']}",
+                              f"train.epochs={st['epochs']}",
+                        f"train.batch_size={st['batch_size']}", f"train.device={st['device']}",
                               f"train.seed={seed}", "train.knn_every=0", "train.ckpt_every=0",
                               f"optim.warmup_steps={min(500, steps // 10)}", f"model.method={name}",
                               f"icl.meta_mode={st['meta_mode']}"])
 
 # %% ../nbs/14c_demo.ipynb #a0a6a565
 def demo_summary(table: dict, ev: dict) -> dict:
-    "One demo model's numbers: its four-setting table and the background measures of its full-image model."
+    """One demo model's numbers: its four-setting table and the background measures of its
+    full-image model."""
     return {"four_settings": table, "bg_gap": ev["bg_gap"],
-            "worst_group": {c: w["acc"] for c, w in ev["worst_group"].items()} if ev["worst_group"] else None,
+            "worst_group": {c: w["acc"] for c, w in ev["worst_group"].items()}
+            if ev["worst_group"] else None,
             "bg_probe": ev["bg_probe"]["top1"] if ev["bg_probe"] else None, "ece": ev["ece"],
-            "fgsm": ev["fgsm"]["acc"]["4/255"] if ev["fgsm"] else None, "fgsm_clean": ev["fgsm"]["clean"] if ev["fgsm"] else None,
+            "fgsm": ev["fgsm"]["acc"]["4/255"] if ev["fgsm"] else None,
+            "fgsm_clean": ev["fgsm"]["clean"] if ev["fgsm"] else None,
             "test_variants": ev["variants"]}
 
 # %% ../nbs/14c_demo.ipynb #f14e9365
 def measure_demo_model(learners: dict, train, test, st: dict, seed: int = 0) -> dict:
-    "The `demo_summary` of one model trained in both settings ({'train_full': learner, 'train_fg': learner})."
+    """The `demo_summary` of one model trained in both settings ({'train_full': learner, 'train_fg':
+    learner})."""
     aug = learners["train_full"].aug
     mean, std = aug.mean.flatten().tolist(), aug.std.flatten().tolist()
     table = four_settings_table({k: l.method for k, l in learners.items()}, train, test, mean, std,
                                 probe_epochs=st["probe_epochs"], seed=seed)
-    ev = evaluate(learners["train_full"].method, train, test, mean, std, variants=("only_fg", "mixed_same", "mixed_rand"),
-                  probe_epochs=st["probe_epochs"], fgsm_n=st["fgsm_n"], fgsm_eps=4 / 255, seed=seed, adv_fg=0,
-                  expl_n=0)
+    ev = evaluate(learners["train_full"].method, train, test, mean, std,
+                  variants=("only_fg", "mixed_same", "mixed_rand"), probe_epochs=st["probe_epochs"],
+                  fgsm_n=st["fgsm_n"], fgsm_eps=4 / 255, seed=seed, adv_fg=0, expl_n=0)
     return demo_summary(table, ev)
 
 # %% ../nbs/14c_demo.ipynb #bca0b329
@@ -80,56 +97,74 @@ def _is_num(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v,
 
 # %% ../nbs/14c_demo.ipynb #3578fe5c
 def mean_std(runs: list):
-    "Combine equal-shaped results of several runs: each number becomes {'mean', 'std', 'runs'} (sample std)."
+    """Combine equal-shaped results of several runs: each number becomes {'mean', 'std', 'runs'}
+    (sample std)."""
     a = runs[0]
     if isinstance(a, dict): return {k: mean_std([r[k] for r in runs]) for k in a}
     if _is_num(a):
         x = np.array(runs, dtype=float)
-        return {"mean": float(x.mean()), "std": float(x.std(ddof=1)) if len(x) > 1 else 0.0, "runs": x.tolist()}
+        return {"mean": float(x.mean()),
+                "std": float(x.std(ddof=1)) if len(x) > 1 else 0.0, "runs": x.tolist()}
     return a
 
 # %% ../nbs/14c_demo.ipynb #c72b2647
 def background_effect(table: dict, metric: str = "linear") -> dict:
-    "Points lost by the full-image model when backgrounds are removed, and by the foreground model when they are added."
+    """Points lost by the full-image model when backgrounds are removed, and by the foreground model
+    when they are added."""
     v = lambda a, b: unpack_mean_std(table[a][b][metric])[0]
     return {"train_full": v("train_full", "test_full") - v("train_full", "test_fg"),
             "train_fg": v("train_fg", "test_fg") - v("train_fg", "test_full")}
 
 # %% ../nbs/14c_demo.ipynb #ff9af0bb
 def mean_pm(values, fmt: str = ".1f") -> str:
-    "Mean ± sample standard deviation of `values` (None left out) as text; a dash when none is left."
+    """Mean ± sample standard deviation of `values` (None left out) as text; a dash when none is
+    left."""
     x = [v for v in values if v is not None]
     if not x: return "–"
     return f"{statistics.mean(x):{fmt}} ± {statistics.stdev(x) if len(x) > 1 else 0.0:{fmt}}"
 
 # %% ../nbs/14c_demo.ipynb #6d9244f8
 def runs_table(runs: dict, cols: dict, fmt: str = ".1f") -> str:
-    "Markdown table of `runs` {run name: [per-seed dict, ...]}: a row per run, a column per key of `cols` {key: header}."
+    """Markdown table of `runs` {run name: [per-seed dict, ...]}: a row per run, a column per key of
+    `cols` {key: header}."""
     head = "| run | " + " | ".join(cols.values()) + " |\n|---|" + "---|" * len(cols) + "\n"
-    return head + "".join(f"| `{n}` | " + " | ".join(mean_pm([r.get(k) for r in rs], fmt) for k in cols) + " |\n"
+    return head + "".join(f"| `{n}` | "
+                          + " | ".join(mean_pm([r.get(k) for r in rs], fmt) for k in cols) + " |\n"
                           for n, rs in runs.items())
 
 # %% ../nbs/14c_demo.ipynb #b1883e91
 def seed_difference(a: list, b: list, key: str, z: float = 2.0) -> tuple:
-    "(mean of `key` over the runs `a` minus over `b`, whether it exceeds `z` standard errors of the difference)."
+    """(mean of `key` over the runs `a` minus over `b`, whether it exceeds `z` standard errors of
+    the difference)."""
     xa, xb = [r[key] for r in a], [r[key] for r in b]
     if min(len(xa), len(xb)) < 2:
-        raise ValueError(f"telling a difference from seed noise needs at least 2 seeds on each side, got {len(xa)} and {len(xb)}")
+        raise ValueError("telling a difference from seed noise needs at least 2 seeds on each "
+                         f"side, got {len(xa)} and {len(xb)}")
     d = statistics.mean(xa) - statistics.mean(xb)
-    return d, abs(d) > z * math.sqrt(statistics.variance(xa) / len(xa) + statistics.variance(xb) / len(xb))
+    return (d,
+            abs(d) > z * math.sqrt(statistics.variance(xa) / len(xa)
+                                   + statistics.variance(xb) / len(xb)))
 
 # %% ../nbs/14c_demo.ipynb #4acc5d2f
 def difference_table(runs: dict, name: str, cols: dict, z: float = 2.0) -> str:
-    "Markdown table: `name`'s difference of means to every other run for each key of `cols`, * where beyond `z` standard errors."
-    head = f"| {name} minus | " + " | ".join(cols.values()) + " |\n|---|" + "---|" * len(cols) + "\n"
-    cell = lambda o, k: (lambda d, big: f"{d:+.1f}{' *' if big else ''}")(*seed_difference(runs[name], runs[o], k, z))
-    return head + "".join(f"| `{o}` | " + " | ".join(cell(o, k) for k in cols) + " |\n" for o in runs if o != name)
+    """Markdown table: `name`'s difference of means to every other run for each key of `cols`, *
+    where beyond `z` standard errors."""
+    head = (f"| {name} minus | " + " | ".join(cols.values()) + " |\n|---|"
+            + "---|" * len(cols) + "\n")
+    cell = (lambda o,
+            k: (lambda d,
+                big: f"{d:+.1f}{' *' if big else ''}")(*seed_difference(runs[name], runs[o], k, z)))
+    return (head
+            + "".join(f"| `{o}` | " + " | ".join(cell(o, k) for k in cols) + " |\n"
+                      for o in runs if o != name))
 
 # %% ../nbs/14c_demo.ipynb #38790eed
-_BG_ROWS = (("BG-gap, linear (points)", ("bg_gap", "linear")), ("BG-gap, 5-NN (points)", ("bg_gap", "knn5")),
-            ("worst-group acc, linear", ("worst_group", "linear")), ("worst-group acc, 5-NN", ("worst_group", "knn5")),
-            ("background probe (lower = more invariant)", ("bg_probe",)), ("ECE of the linear probe", ("ece",)),
-            ("FGSM acc at eps 4/255", ("fgsm",)))
+_BG_ROWS = (("BG-gap, linear (points)", ("bg_gap", "linear")),
+            ("BG-gap, 5-NN (points)", ("bg_gap", "knn5")),
+            ("worst-group acc, linear", ("worst_group", "linear")),
+            ("worst-group acc, 5-NN", ("worst_group", "knn5")),
+            ("background probe (lower = more invariant)", ("bg_probe",)),
+            ("ECE of the linear probe", ("ece",)), ("FGSM acc at eps 4/255", ("fgsm",)))
 
 def _get(m: dict, path: tuple):
     for p in path:
@@ -140,15 +175,19 @@ def _get(m: dict, path: tuple):
 def format_demo(models: dict) -> str:
     "The four-setting table and the background measures of the demo models, as text."
     w = max(len(n) for n in models) + 2
-    cells = {n: {s: [f"{fmt(m['four_settings'][s][t]['linear'])} / {fmt(m['four_settings'][s][t]['knn5'])}" for t in TESTS]
+    cells = {n: {s: [f"{fmt(m['four_settings'][s][t]['linear'])} / "
+                     f"{fmt(m['four_settings'][s][t]['knn5'])}" for t in TESTS]
                  for s in SETTINGS} for n, m in models.items()}
     cw = max([20] + [len(c) + 2 for r in cells.values() for row in r.values() for c in row])
-    lines = ["The four settings: accuracy (%), linear / 5-NN", f"{'':<{w}}{'':<12}{'test full':>{cw}}{'test fg':>{cw}}"]
+    lines = ["The four settings: accuracy (%), linear / 5-NN",
+             f"{'':<{w}}{'':<12}{'test full':>{cw}}{'test fg':>{cw}}"]
     for name in models:
         for i, (s, lab) in enumerate((("train_full", "train full"), ("train_fg", "train fg"))):
             c = cells[name][s]
             lines.append(f"{name if i == 0 else '':<{w}}{lab:<12}{c[0]:>{cw}}{c[1]:>{cw}}")
-    lines += ["", "Background effect (linear, points): train full loses X when the background is removed; train fg loses Y when it is added"]
+    lines += ["",
+              "Background effect (linear, points): train full loses X when the background is "
+              "removed; train fg loses Y when it is added"]
     for name, m in models.items():
         e = background_effect(m["four_settings"])
         lines.append(f"  {name:<{w}}X = {e['train_full']:+.1f}   Y = {e['train_fg']:+.1f}")
@@ -156,17 +195,23 @@ def format_demo(models: dict) -> str:
     lines += ["", "Background measures of the models trained on full images (%)",
               f"{'':<{rw}}" + "".join(f"{n:>{max(18, len(n) + 2)}}" for n in models)]
     for lab, path in _BG_ROWS:
-        lines.append(f"{lab:<{rw}}" + "".join(f"{fmt(_get(m, path)):>{max(18, len(n) + 2)}}" for n, m in models.items()))
+        lines.append(f"{lab:<{rw}}"
+                     + "".join(f"{fmt(_get(m, path)):>{max(18, len(n) + 2)}}"
+                               for n, m in models.items()))
     return "\n".join(lines)
 
 # %% ../nbs/14c_demo.ipynb #dae1cf75
-def plot_bg_measures(models: dict, title: str = "Background measures of the models trained on full images"):
+def plot_bg_measures(models: dict,
+                     title: str = "Background measures of the models trained on full images"):
     "Grouped bars of BG-gap, worst-group accuracy and background-probe accuracy per model."
     import plotly.graph_objects as go
     rows = _BG_ROWS[:5]
     xs = [r for r, _ in rows]
-    fig = go.Figure([bar_trace(n, xs, [_get(m, p) if _get(m, p) is not None else float("nan") for _, p in rows],
-                          marker_color=COLOURS[i % len(COLOURS)]) for i, (n, m) in enumerate(models.items())])
+    fig = go.Figure([bar_trace(n, xs,
+                               [_get(m, p) if _get(m, p) is not None
+                                else float("nan") for _, p in rows],
+                          marker_color=COLOURS[i % len(COLOURS)])
+                     for i, (n, m) in enumerate(models.items())])
     fig.update_layout(title=title, barmode="group", height=400, yaxis_title="% (BG-gap: points)")
     return fig
 
@@ -178,26 +223,32 @@ def demo_report(res: dict) -> str:
     for name, m in models.items():
         for s in ("train_full", "train_fg"):
             t = m["four_settings"][s]
-            rows.append([name, s.replace("_", " "), *(fmt(t[x][y]) for x in ("test_full", "test_fg") for y in ("linear", "knn5"))])
+            rows.append([name, s.replace("_", " "),
+                         *(fmt(t[x][y]) for x in ("test_full", "test_fg")
+                           for y in ("linear", "knn5"))])
     bg = [[lab, *(fmt(_get(m, p)) for m in models.values())] for lab, p in _BG_ROWS]
     st = c["settings"]
-    blocks = [f"<p>Embedded dataset <code>{html.escape(c['spec'])}</code>; backbone {html.escape(st['backbone'])}, "
-              f"{st['epochs']} epochs, batch {st['batch_size']}, device {html.escape(st['device'])}, seeds {res['seeds']}; "
-              f"{res['seconds']:.0f} s in all.</p>",
-              "<h2>The four settings</h2>",
-              html_table(rows, ["model", "trained on", "test full: linear", "test full: 5-NN", "test fg: linear", "test fg: 5-NN"]),
+    blocks = [f"<p>Embedded dataset <code>{html.escape(c['spec'])}</code>; backbone "
+              f"{html.escape(st['backbone'])}, {st['epochs']} epochs, batch {st['batch_size']}, "
+              f"device {html.escape(st['device'])}, seeds {res['seeds']}; {res['seconds']:.0f} s "
+              "in all.</p>", "<h2>The four settings</h2>", html_table(rows,
+                         ["model", "trained on", "test full: linear", "test full: 5-NN",
+                          "test fg: linear", "test fg: 5-NN"]),
               plot_four_settings({n: m["four_settings"] for n, m in models.items()}),
-              "<p class='note'>The paper's observation: a model trained on full images scores better on full test images than on "
-              "foreground-only ones, and a model trained on foreground areas the other way round.</p>",
-              "<h2>Background measures</h2>", html_table(bg, ["measure (%)", *models]), plot_bg_measures(models),
-              "<p class='note'>BG-gap = acc(mixed_same) - acc(mixed_rand); worst group over (class, background) cells of the "
-              "mixed_rand test images; background probe: linear probe predicting the background id (lower = more invariant).</p>",
+              "<p class='note'>The paper's observation: a model trained on full images scores "
+              "better on full test images than on foreground-only ones, and a model trained on "
+              "foreground areas the other way round.</p>", "<h2>Background measures</h2>",
+              html_table(bg, ["measure (%)", *models]), plot_bg_measures(models),
+              "<p class='note'>BG-gap = acc(mixed_same) - acc(mixed_rand); worst group over "
+              "(class, background) cells of the mixed_rand test images; background probe: linear "
+              "probe predicting the background id (lower = more invariant).</p>",
               "<h2>Text summary</h2><pre>" + html.escape(format_demo(models)) + "</pre>"]
     return html_report("iclmsr demo: the background observation", blocks)
 
 # %% ../nbs/14c_demo.ipynb #21824c12
 def run_demo(st: dict, seeds: list, log=print, models=DEMO_MODELS) -> dict:
-    "Train and measure the demo models for each seed; returns {'models': {name: M}, 'runs': {name: [M, ...]}}."
+    """Train and measure the demo models for each seed; returns {'models': {name: M}, 'runs': {name:
+    [M, ...]}}."""
     train, test = load_dataset(st["spec"], "train"), load_dataset(st["spec"], "test")
     runs, configs = {n: [] for n in models}, {}
     total, i = len(seeds) * len(models) * len(SETTINGS), 0
@@ -209,8 +260,9 @@ def run_demo(st: dict, seeds: list, log=print, models=DEMO_MODELS) -> dict:
             for setting, v in SETTINGS.items():
                 i += 1; t = time.time()
                 learners[setting] = L = train_method(cfg, train, v)
-                log(f"[{i}/{total}] seed {s}: {name} on {'full' if v == 'original' else 'foreground-only'} images, "
-                    f"{L.step} steps in {time.time() - t:.0f} s")
+                log(f"[{i}/{total}] seed {s}: {name} on "
+                    f"{'full' if v == 'original' else 'foreground-only'} images, {L.step} steps in "
+                    f"{time.time() - t:.0f} s")
             runs[name].append(measure_demo_model(learners, train, test, st, s))
     models = {n: (mean_std(r) if len(r) > 1 else r[0]) for n, r in runs.items()}
     return {"models": models, "runs": runs, "configs": configs}
@@ -226,25 +278,33 @@ def demo(out: str = "demo_run",  # output directory for results.json and report.
          n_train: int = None,  # training images per class (default: 150 on the CPU, 1000 on a GPU)
          n_test: int = None,  # test images per class (default: 100 on the CPU, 200 on a GPU)
          size: int = None,  # image size in pixels (default 32)
-         models: str = None,  # comma-separated run names (default simclr,simclr+icl-msr,simclr+do-bg; the controls: simclr+ntxent, simclr+icl-frozen)
+         # comma-separated run names (default simclr,simclr+icl-msr,simclr+do-bg; the controls:
+         # simclr+ntxent, simclr+icl-frozen)
+         models: str = None,
          quick: bool = False,  # a seconds-long smoke run (tiny data, one epoch), for tests
          quiet: bool = False,  # no progress lines
         ):
-    "Train SimCLR, SimCLR+ICL-MSR and SimCLR+do(background) on full and foreground-only images of the embedded dataset; print the four-setting table."
+    """Train SimCLR, SimCLR+ICL-MSR and SimCLR+do(background) on full and foreground-only images of
+    the embedded dataset; print the four-setting table."""
     t0 = time.time()
-    if not isinstance(seeds, int) or seeds < 1: raise ValueError(f"seeds must be a positive integer, got {seeds!r}")
+    if not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"seeds must be a positive integer, got {seeds!r}")
     d = out_dir(out)
-    st = demo_settings(device, quick, backbone=backbone, epochs=epochs, num_classes=num_classes, n_train=n_train,
-                       n_test=n_test, size=size)
+    st = demo_settings(device, quick, backbone=backbone, epochs=epochs,
+                       num_classes=num_classes, n_train=n_train, n_test=n_test, size=size)
     names = tuple(m.strip() for m in models.split(",")) if models else DEMO_MODELS
     for m in names:
         base, _ = split_run_name(m)
-        if base not in METHODS: raise ValueError(f"unknown model {m!r}; a run name is a method ({', '.join(METHODS)}) optionally followed by " + ", ".join("+" + s for s in RUN_SUFFIXES))
+        if base not in METHODS:
+            raise ValueError(f"unknown model {m!r}; a run name is a method ({', '.join(METHODS)}) "
+                             "optionally followed by " + ", ".join("+" + s for s in RUN_SUFFIXES))
     seed_list = list(range(seed, seed + seeds))
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
-    log(f"iclmsr demo: {st['spec']}, {st['backbone']}, {st['epochs']} epochs, device {st['device']}, seeds {seed_list}")
+    log(f"iclmsr demo: {st['spec']}, {st['backbone']}, {st['epochs']} epochs, device "
+        f"{st['device']}, seeds {seed_list}")
     r = run_demo(st, seed_list, log, names)
-    res = {"models": r["models"], "config": {"spec": st["spec"], "settings": st, "train": r["configs"]},
+    res = {"models": r["models"],
+           "config": {"spec": st["spec"], "settings": st, "train": r["configs"]},
            "versions": package_versions(), "seconds": time.time() - t0, "seeds": seed_list}
     (d/"results.json").write_text(json.dumps(res, indent=2))
     (d/"report.html").write_text(demo_report(res))

@@ -19,7 +19,8 @@ _local_depth = 0
 
 @contextmanager
 def local_losses():
-    "Inside this block the losses use this process's batch only (no gathering); stage 2 of ICL-MSR uses it."
+    """Inside this block the losses use this process's batch only (no gathering); stage 2 of ICL-MSR
+    uses it."""
     global _local_depth
     _local_depth += 1
     try: yield
@@ -27,7 +28,8 @@ def local_losses():
 
 # %% ../nbs/00c_distributed.ipynb #bb81d4e3
 def process_group() -> tuple[int, int]:
-    "(rank, world size) that the losses gather over: (0, 1) outside `torchrun` or inside `local_losses()`."
+    """(rank, world size) that the losses gather over: (0, 1) outside `torchrun` or inside
+    `local_losses()`."""
     if _local_depth or not (dist.is_available() and dist.is_initialized()): return 0, 1
     return dist.get_rank(), dist.get_world_size()
 
@@ -52,15 +54,18 @@ class _GatherRows(torch.autograd.Function):
 
 # %% ../nbs/00c_distributed.ipynb #62e4dc23
 def gather_rows(x: torch.Tensor) -> torch.Tensor:
-    "Every process's `x` concatenated along dim 0 in rank order; backward sums all processes' gradients (identity in one process)."
+    """Every process's `x` concatenated along dim 0 in rank order; backward sums all processes'
+    gradients (identity in one process)."""
     return x if process_group()[1] == 1 else _GatherRows.apply(x)
 
 # %% ../nbs/00c_distributed.ipynb #36da5ec5
 def gather_pair(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor | None = None):
-    "(z1, z2, labels, anchors) of the global batch: everyone's rows, and this process's anchor rows (`None` in one process)."
+    """(z1, z2, labels, anchors) of the global batch: everyone's rows, and this process's anchor
+    rows (`None` in one process)."""
     rank, world = process_group()
     if world == 1: return z1, z2, labels, None
-    z1, z2 = at_least_float32(z1, z2)  # gather (and sum gradients) in at least float32, also under bf16 autocast
+    # gather (and sum gradients) in at least float32, also under bf16 autocast
+    z1, z2 = at_least_float32(z1, z2)
     if labels is not None: labels = all_gather_cat(labels)
     n = len(z1)
     own = torch.arange(rank * n, (rank + 1) * n, device=z1.device)
@@ -76,7 +81,8 @@ def mean_over_processes(t: torch.Tensor) -> torch.Tensor:
 # %% ../nbs/00c_distributed.ipynb #6720a341
 def dist_env() -> tuple[int, int, int]:
     "(rank, world size, local rank) from torchrun's environment; (0, 1, 0) without it."
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+            int(os.environ.get("LOCAL_RANK", 0)))
 
 # %% ../nbs/00c_distributed.ipynb #27f9aab4
 def init_distributed(device: torch.device) -> tuple[int, int]:

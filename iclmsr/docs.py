@@ -14,7 +14,8 @@ __all__ = ['process_notebooks', 'notebook_markdown', 'use_output_files', 'escape
 
 # %% ../nbs/90_docs.ipynb #0af0f970
 def process_notebooks(path: str | Path | None = None, n_workers: int = 2) -> Path:
-    "nbdev's docs preparation without quarto: refresh the site config, the module index and the sidebar, then process `path` into `_proc/`."
+    """nbdev's docs preparation without quarto: refresh the site config, the module index and the
+    sidebar, then process `path` into `_proc/`."""
     from nbdev.config import get_config
     from nbdev.quarto import refresh_quarto_yml, nbdev_sidebar
     from nbdev.serve import proc_nbs
@@ -38,17 +39,21 @@ def _front_matter(text: str) -> dict:
 
 # %% ../nbs/90_docs.ipynb #9606fe9f
 def _output_md(o: dict) -> str:
-    "An output as markdown; a picture or HTML (a figure) is for the site only: GitHub shows neither inline."
-    if o.get("output_type") == "stream": return "    " + _src(o["text"]).rstrip("\n").replace("\n", "\n    ")
+    """An output as markdown; a picture or HTML (a figure) is for the site only: GitHub shows
+    neither inline."""
+    if o.get("output_type") == "stream":
+        return "    " + _src(o["text"]).rstrip("\n").replace("\n", "\n    ")
     data = o.get("data", {})
     if any(k.startswith("image/") or k == "text/html" for k in data): return ""
     if "text/markdown" in data: return _src(data["text/markdown"]).strip()
-    if "text/plain" in data: return "    " + _src(data["text/plain"]).rstrip("\n").replace("\n", "\n    ")
+    if "text/plain" in data:
+        return "    " + _src(data["text/plain"]).rstrip("\n").replace("\n", "\n    ")
     return ""
 
 # %% ../nbs/90_docs.ipynb #9ff0b557
 def notebook_markdown(nb_path: str | Path) -> str:
-    "GitHub-flavoured markdown of a processed notebook (what quarto's `gfm` writer gives for a README)."
+    """GitHub-flavoured markdown of a processed notebook (what quarto's `gfm` writer gives for a
+    README)."""
     nb = json.loads(Path(nb_path).read_text(encoding="utf-8"))
     parts = []
     for c in nb["cells"]:
@@ -59,21 +64,25 @@ def notebook_markdown(nb_path: str | Path) -> str:
             if "description" in fm: parts.append(f"> {fm['description']}")
         elif c["cell_type"] == "markdown": parts.append(src.strip())
         elif c["cell_type"] == "code":
-            if src.strip() and not re.search(r"^#\|\s*echo:\s*false\s*$", src, re.M): parts.append(f"``` python\n{src.rstrip()}\n```")
+            if src.strip() and not re.search(r"^#\|\s*echo:\s*false\s*$", src,
+                                             re.M): parts.append(f"``` python\n{src.rstrip()}\n```")
             parts += [t for t in map(_output_md, c.get("outputs", [])) if t]
     return "\n\n".join(p for p in parts if p) + "\n"
 
 # %% ../nbs/90_docs.ipynb #73a4327c
 def use_output_files(proc: str | Path) -> dict[str, str]:
-    "Rename processed notebooks in `proc` to their front matter's `output-file` name; fix `sidebar.yml`. Returns old -> new."
+    """Rename processed notebooks in `proc` to their front matter's `output-file` name; fix
+    `sidebar.yml`. Returns old -> new."""
     proc, moved = Path(proc), {}
     for nb in sorted(proc.rglob("*.ipynb")):
         cells = json.loads(nb.read_text(encoding="utf-8"))["cells"]
-        fm = _front_matter(_src(cells[0]["source"])) if cells and cells[0]["cell_type"] == "raw" else {}
+        fm = (_front_matter(_src(cells[0]["source"])) if cells
+              and cells[0]["cell_type"] == "raw" else {})
         out = fm.get("output-file")
         if not out or Path(out).stem == nb.stem: continue
         new = nb.with_name(Path(out).stem + ".ipynb")
-        if new.exists(): raise FileExistsError(f"{nb.name} and {new.name} would both render to {out}")
+        if new.exists():
+            raise FileExistsError(f"{nb.name} and {new.name} would both render to {out}")
         nb.rename(new)
         moved[nb.relative_to(proc).as_posix()] = new.relative_to(proc).as_posix()
     sb = proc/"sidebar.yml"
@@ -87,27 +96,32 @@ def use_output_files(proc: str | Path) -> dict[str, str]:
 _DUNDER_HEADING = re.compile(r"^(#{2,4} )([A-Za-z_][\w.]*__[\w.]*)[ \t]*$", re.M)
 
 def escape_dunder_headings(proc: str | Path) -> int:
-    "Escape the underscores of `show_doc` headings like `Cls.__getitem__` in the processed notebooks of `proc`; returns how many."
+    """Escape the underscores of `show_doc` headings like `Cls.__getitem__` in the processed
+    notebooks of `proc`; returns how many."""
     n = 0
     for nb in sorted(Path(proc).rglob("*.ipynb")):
         d, hit = json.loads(nb.read_text(encoding="utf-8")), 0
         for o in (o for c in d["cells"] for o in c.get("outputs", [])):
             md = o.get("data", {}).get("text/markdown")
             if md is None: continue
-            new, k = _DUNDER_HEADING.subn(lambda m: m.group(1) + m.group(2).replace("_", r"\_"), _src(md))
+            new, k = _DUNDER_HEADING.subn(lambda m: m.group(1) + m.group(2).replace("_", r"\_"),
+                                          _src(md))
             if k: o["data"]["text/markdown"], hit = new, hit + k
         if hit: nb.write_text(json.dumps(d, indent=1), encoding="utf-8"); n += hit
     return n
 
 # %% ../nbs/90_docs.ipynb #48cf9f66
-_ALPHA = {"bold": (0x1D400, 0x1D41A, 0x1D7CE), "script": (0x1D49C, 0x1D4B6, None), "fraktur": (0x1D504, 0x1D51E, None),
-          "double-struck": (0x1D538, 0x1D552, 0x1D7D8), "sans-serif": (0x1D5A0, 0x1D5BA, 0x1D7E2)}
+_ALPHA = {"bold": (0x1D400, 0x1D41A, 0x1D7CE), "script": (0x1D49C, 0x1D4B6, None),
+          "fraktur": (0x1D504, 0x1D51E, None), "double-struck": (0x1D538, 0x1D552, 0x1D7D8),
+          "sans-serif": (0x1D5A0, 0x1D5BA, 0x1D7E2)}
 _HOLES = {"script": dict(zip("BEFHILMRego", "ℬℰℱℋℐℒℳℛℯℊℴ")), "fraktur": dict(zip("CHIRZ", "ℭℌℑℜℨ")),
           "double-struck": dict(zip("CHNPQRZ", "ℂℍℕℙℚℝℤ"))}
-_TEX_LEFT = {r"\langle": "⟨", r"\rangle": "⟩", r"\_": "_"}  # what latex2mathml leaves as TeX after \big or in \text
+# what latex2mathml leaves as TeX after \big or in \text
+_TEX_LEFT = {r"\langle": "⟨", r"\rangle": "⟩", r"\_": "_"}
 
 def _styled(variant: str, text: str) -> str:
-    "`text` in a mathematical alphabet (ℒ for a script L): MathML Core renders no `mathvariant` but `normal`."
+    """`text` in a mathematical alphabet (ℒ for a script L): MathML Core renders no `mathvariant`
+    but `normal`."""
     up, low, dig = _ALPHA[variant]
     def one(ch):
         if ch in _HOLES.get(variant, {}): return _HOLES[variant][ch]
@@ -118,10 +132,14 @@ def _styled(variant: str, text: str) -> str:
 
 # %% ../nbs/90_docs.ipynb #60d8150a
 def tex_to_mathml(tex: str, display: bool = False) -> str:
-    "MathML Core for the TeX `tex` (a block if `display`), converted by `latex2mathml`; `ValueError` naming any command it does not know."
+    """MathML Core for the TeX `tex` (a block if `display`), converted by `latex2mathml`;
+    `ValueError` naming any command it does not know."""
     try: from latex2mathml.converter import convert
-    except ImportError as e: raise ImportError("the maths renderer is missing: pip install -e '.[dev]' (it installs latex2mathml)") from e
-    tex = re.sub(r"\\(arg)(?![A-Za-z])", r"\\operatorname{\1}", tex)  # names latex2mathml does not know
+    except ImportError as e:
+        raise ImportError("the maths renderer is missing: pip install -e '.[dev]' (it installs "
+                          "latex2mathml)") from e
+    # names latex2mathml does not know
+    tex = re.sub(r"\\(arg)(?![A-Za-z])", r"\\operatorname{\1}", tex)
     try: ml = convert(tex, display="block" if display else "inline")
     except Exception as e: raise ValueError(f"cannot convert {tex!r}: {e}") from None
     ml = re.sub(r'(<m[ino]) mathvariant="([\w-]+)">([^<]*)<',
@@ -138,7 +156,8 @@ _MATH_SPAN = re.compile(r'<span class="math (inline|display)">\\[(\[](.*?)\\[)\]
 _KATEX_TAG = re.compile(r'<link[^>]*katex[^>]*>|<script[^>]*katex[^>]*>\s*</script>')
 
 def render_math(site: str | Path) -> tuple[int, list[str]]:
-    "Replace the TeX of every maths span in the pages of `site` by MathML and drop the KaTeX links; returns (formulas rendered, errors)."
+    """Replace the TeX of every maths span in the pages of `site` by MathML and drop the KaTeX
+    links; returns (formulas rendered, errors)."""
     import html
     n, errors = 0, []
     for page in sorted(Path(site).rglob("*.html")):
@@ -161,7 +180,8 @@ def render_math(site: str | Path) -> tuple[int, list[str]]:
 _REMOTE_IMPORT = re.compile(r"@import\s+url\(\s*['\"]?https?://[^)]*\)\s*;?")
 
 def drop_remote_imports(site: str | Path) -> int:
-    "Remove `@import url(http...)` rules (a theme's web fonts) from the stylesheets of `site`; returns how many."
+    """Remove `@import url(http...)` rules (a theme's web fonts) from the stylesheets of `site`;
+    returns how many."""
     n = 0
     for css in sorted(Path(site).rglob("*.css")):
         text = css.read_text(encoding="utf-8")
@@ -174,7 +194,8 @@ def drop_remote_imports(site: str | Path) -> int:
 _PLOTLY_CDN = re.compile(r'<script([^>]*?)\ssrc="https://cdn\.plot\.ly/plotly-([\w.-]+?)\.min\.js"[^>]*>')
 
 def local_plotly(site: str | Path) -> tuple[int, list[str]]:
-    "Serve plotly.js from `site/site_libs/plotly/` instead of its CDN on every page of `site`: (tags rewritten, warnings)."
+    """Serve plotly.js from `site/site_libs/plotly/` instead of its CDN on every page of `site`:
+    (tags rewritten, warnings)."""
     import plotly
     site, src = Path(site), Path(plotly.__file__).parent/"package_data"/"plotly.min.js"
     version = re.search(r"plotly\.js v([\w.-]+)", src.read_text(encoding="utf-8")[:300]).group(1)
@@ -184,7 +205,9 @@ def local_plotly(site: str | Path) -> tuple[int, list[str]]:
         if "cdn.plot.ly" not in text: continue
         rel = os.path.relpath(lib, page.parent).replace(os.sep, "/")
         def local(m):
-            if m.group(2) != version: warn.add(f"{page.relative_to(site)}: figures made for plotly.js {m.group(2)}, the site serves {version}")
+            if m.group(2) != version:
+                warn.add(f"{page.relative_to(site)}: figures made for plotly.js {m.group(2)}, the "
+                         f"site serves {version}")
             return f'<script{m.group(1)} src="{rel}">'
         new, k = _PLOTLY_CDN.subn(local, text)
         if k: page.write_text(new, encoding="utf-8"); n += k
@@ -193,10 +216,12 @@ def local_plotly(site: str | Path) -> tuple[int, list[str]]:
 
 # %% ../nbs/90_docs.ipynb #f2580efd
 def render_site(proc: str | Path, dest: str | Path) -> list[str]:
-    "Render the processed project in `proc` with smalldocs into `dest`, maths as MathML; returns the warnings (smalldocs', formulas not rendered)."
+    """Render the processed project in `proc` with smalldocs into `dest`, maths as MathML; returns
+    the warnings (smalldocs', formulas not rendered)."""
     try: from smalldocs.site import build
     except ImportError as e:
-        raise ImportError("the docs renderer is missing: pip install -e '.[dev]' (it installs smalldocs)") from e
+        raise ImportError("the docs renderer is missing: pip install -e '.[dev]' (it installs "
+                          "smalldocs)") from e
     import tempfile
     proc, dest = Path(proc), Path(dest)
     with tempfile.TemporaryDirectory() as tmp:
@@ -206,7 +231,8 @@ def render_site(proc: str | Path, dest: str | Path) -> list[str]:
         escape_dunder_headings(stage)
         site = build(str(stage), quiet=True)
         out = stage/dest.name  # nbdev.yml sets project.output-dir to the doc_path name
-        if not (out/"index.html").exists(): raise RuntimeError(f"smalldocs wrote no {out/'index.html'}")
+        if not (out/"index.html").exists():
+            raise RuntimeError(f"smalldocs wrote no {out/'index.html'}")
         shutil.rmtree(dest, ignore_errors=True)
         shutil.move(str(out), str(dest))
     n_math, math_errors = render_math(dest)
@@ -217,18 +243,22 @@ def render_site(proc: str | Path, dest: str | Path) -> list[str]:
         + [f"math: {e}" for e in math_errors] + [f"plotly: {w}" for w in plotly_warnings]
 
 # %% ../nbs/90_docs.ipynb #5cf3343a
-def build_docs(path: str | Path | None = None, n_workers: int = 2, readme: bool = True, quiet: bool = False) -> list[str]:
-    "Process the notebooks, write README.md (if `readme`) and render the site into `doc_path`; returns the pages built."
+def build_docs(path: str | Path | None = None, n_workers: int = 2, readme: bool = True,
+               quiet: bool = False) -> list[str]:
+    """Process the notebooks, write README.md (if `readme`) and render the site into `doc_path`;
+    returns the pages built."""
     from nbdev.config import get_config
     cfg, t0 = get_config(), time.time()
     proc = process_notebooks(path, n_workers=n_workers)
     if readme:
-        (cfg.config_path/"README.md").write_text(notebook_markdown(proc/cfg.readme_nb), encoding="utf-8")
+        (cfg.config_path/"README.md").write_text(notebook_markdown(proc/cfg.readme_nb),
+                                                 encoding="utf-8")
     warnings = render_site(proc, cfg.doc_path)
     pages = sorted(p.relative_to(cfg.doc_path).as_posix() for p in cfg.doc_path.rglob("*.html"))
     if not quiet:
         for w in warnings: print(f"warning: {w}")
-        print(f"iclmsr_docs: {len(pages)} pages in {cfg.doc_path} ({time.time()-t0:.1f} s)" + (", README.md written" if readme else ""))
+        print(f"iclmsr_docs: {len(pages)} pages in {cfg.doc_path} ({time.time()-t0:.1f} s)"
+              + (", README.md written" if readme else ""))
     return pages
 
 # %% ../nbs/90_docs.ipynb #716914b1
@@ -242,7 +272,8 @@ def iclmsr_docs(path: str = None,  # folder of the notebooks (default: settings.
 
 # %% ../nbs/90_docs.ipynb #f079e7fe
 def execute_notebook(path: str | Path, flags=()) -> int:
-    "Execute notebook `path` as `nbdev_test` does and store its new outputs; returns the number of cells run."
+    """Execute notebook `path` as `nbdev_test` does and store its new outputs; returns the number of
+    cells run."""
     from execnb.shell import CaptureShell
     from fastcore.xtras import working_directory
     from nbdev.process import NBProcessor
@@ -255,7 +286,8 @@ def execute_notebook(path: str | Path, flags=()) -> int:
         d = getattr(cell, "directives_", {}) or {}
         return d.get("eval:", [""])[0].lower() == "false" or bool(skip_flags & d.keys())
     for c in nb.cells:
-        if not skip(c): c.outputs = []   # a cell that prints nothing now must not keep what it printed before
+        # a cell that prints nothing now must not keep what it printed before
+        if not skip(c): c.outputs = []
     os.environ["IN_TEST"] = "1"
     with working_directory(path.parent): CaptureShell(path).run_all(nb, exc_stop=True, preproc=skip)
     raw, ran = json.loads(path.read_text()), {c.get("id"): c for c in nb.cells if not skip(c)}

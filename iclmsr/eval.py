@@ -9,10 +9,13 @@ from dataclasses import replace
 from pathlib import Path
 import torch
 import torch.nn as nn
-from .utils import get_device, cache_dir, env_info, model_device, read_torch_file, as_pixels, normaliser
-from .data import FgBgData, VARIANTS, IN9_VARIANTS, DATASETS, load_dataset, parse_spec, available_variants, variant_of
+from .utils import (get_device, cache_dir, env_info, model_device,
+                          read_torch_file, as_pixels, normaliser)
+from .data import (FgBgData, VARIANTS, IN9_VARIANTS, DATASETS, load_dataset, parse_spec,
+                         available_variants, variant_of)
 from .knn import knn_predict, weighted_knn_predict, FeatureIndex
-from .probe import linear_probe, eval_linear, bg_probe, ece, calibration_bins, worst_group, bg_gap, fgsm_accuracy, accuracy
+from .probe import (linear_probe, eval_linear, bg_probe, ece, calibration_bins, worst_group,
+                          bg_gap, fgsm_accuracy, accuracy)
 from .probe import dcodr_measures, min_split_size, fgsm, predict_classes
 from .explain import ExplainError, cam_layer, explanation_measures
 from .config import Config, config_from_dict
@@ -33,7 +36,8 @@ __all__ = ['emb_stats', 'EXPL_VARIANTS', 'SETTINGS', 'TESTS', 'amp_dtype', 'embe
 _AMP = ("auto", "bf16", "off")
 
 def amp_dtype(amp: str, device) -> torch.dtype | None:
-    "The autocast dtype for `amp` on `device`: 'auto' = bf16 on CUDA and none elsewhere, 'bf16', or 'off' (None)."
+    """The autocast dtype for `amp` on `device`: 'auto' = bf16 on CUDA and none elsewhere, 'bf16',
+    or 'off' (None)."""
     if amp not in _AMP: raise ValueError(f"unknown amp setting {amp!r}; allowed: {', '.join(_AMP)}")
     if amp == "off": return None
     return torch.bfloat16 if amp == "bf16" or torch.device(device).type == "cuda" else None
@@ -50,15 +54,19 @@ def _images(x, name="images") -> torch.Tensor:
 # %% ../nbs/14_eval.ipynb #e5249595
 def _stat(v, C: int, dev) -> torch.Tensor:
     t = torch.as_tensor(v, dtype=torch.float32).flatten().to(dev)
-    if len(t) not in (1, C): raise ValueError(f"mean/std have {len(t)} values but the images have {C} channels")
+    if len(t) not in (1, C):
+        raise ValueError(f"mean/std have {len(t)} values but the images have {C} channels")
     return t.view(1, -1, 1, 1)
 
 # %% ../nbs/14_eval.ipynb #8ef17d1d
 @torch.no_grad()
-def embed(model: nn.Module, images, mean=None, std=None, batch: int = 512, device=None, amp: str = "auto") -> torch.Tensor:
-    "Features (float32, CPU) of uint8 `images` (or an `FgBgData`): eval mode, no gradients, batched, bf16 autocast on CUDA."
+def embed(model: nn.Module, images, mean=None, std=None, batch: int = 512, device=None,
+          amp: str = "auto") -> torch.Tensor:
+    """Features (float32, CPU) of uint8 `images` (or an `FgBgData`): eval mode, no gradients,
+    batched, bf16 autocast on CUDA."""
     x = _images(images)
-    if not isinstance(batch, int) or batch < 1: raise ValueError(f"batch must be a positive integer, got {batch!r}")
+    if not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch must be a positive integer, got {batch!r}")
     if device is not None: model.to(get_device(device))
     dev = model_device(model)
     dt = amp_dtype(amp, dev)
@@ -76,7 +84,8 @@ def embed(model: nn.Module, images, mean=None, std=None, batch: int = 512, devic
             out.append(f.float().cpu())
     finally: model.train(was)
     f = torch.cat(out)
-    if f.ndim != 2: raise ValueError(f"the model must return features (N, dim), got shape {tuple(f.shape)}")
+    if f.ndim != 2:
+        raise ValueError(f"the model must return features (N, dim), got shape {tuple(f.shape)}")
     return f
 
 # %% ../nbs/14_eval.ipynb #39bf15e9
@@ -93,7 +102,8 @@ def _hash_tensor(h, t: torch.Tensor):
 def state_key(obj) -> str:
     "A short hash of a module's (or state dict's) tensors: equal weights give equal keys."
     sd = obj.state_dict() if isinstance(obj, nn.Module) else obj
-    if not isinstance(sd, dict): raise ValueError(f"state_key needs an nn.Module or a state dict, got {type(obj).__name__}")
+    if not isinstance(sd, dict):
+        raise ValueError(f"state_key needs an nn.Module or a state dict, got {type(obj).__name__}")
     h = hashlib.blake2b(digest_size=10)
     for k in sorted(sd):
         h.update(k.encode())
@@ -123,9 +133,11 @@ def data_key(data) -> str:
 def _slug(s: str) -> str: return re.sub(r"[^\w.-]+", "_", s).strip("_")[:60] or "data"
 
 # %% ../nbs/14_eval.ipynb #a683dffa
-def embeddings(model: nn.Module, data, mean=None, std=None, model_key: str | None = None, cache: bool = True,
-               root=None, batch: int = 512, device=None, amp: str = "auto") -> torch.Tensor:
-    "`embed` with an on-disk cache keyed by the model (`model_key` or its weights), the pixels, normalisation and precision."
+def embeddings(model: nn.Module, data, mean=None, std=None,
+               model_key: str | None = None, cache: bool = True, root=None, batch: int = 512,
+               device=None, amp: str = "auto") -> torch.Tensor:
+    """`embed` with an on-disk cache keyed by the model (`model_key` or its weights), the pixels,
+    normalisation and precision."""
     x = _images(data, "data")
     if device is not None: model.to(get_device(device))
     dt = amp_dtype(amp, model_device(model))
@@ -133,7 +145,8 @@ def embeddings(model: nn.Module, data, mean=None, std=None, model_key: str | Non
         emb_stats["misses"] += 1
         return embed(model, x, mean, std, batch, None, amp)
     mk = model_key or state_key(model)
-    norm = [None if v is None else torch.as_tensor(v, dtype=torch.float32).flatten().tolist() for v in (mean, std)]
+    norm = [None if v is None
+            else torch.as_tensor(v, dtype=torch.float32).flatten().tolist() for v in (mean, std)]
     parts = json.dumps([_EMB_VERSION, mk, data_key(x), norm, str(dt)])
     key = hashlib.blake2b(parts.encode(), digest_size=12).hexdigest()
     name = data.name if isinstance(data, FgBgData) else "images"
@@ -163,82 +176,109 @@ class ProbedModel(nn.Module):
 
 # %% ../nbs/14_eval.ipynb #42760931
 def check_probe(probe: nn.Module, feat_dim: int, num_classes: int, where: str = "probe"):
-    "Refuse a linear probe whose input size or number of classes does not fit the features and the data."
-    if not isinstance(probe, nn.Linear): raise ValueError(f"{where} must be an nn.Linear, got {type(probe).__name__}")
+    """Refuse a linear probe whose input size or number of classes does not fit the features and the
+    data."""
+    if not isinstance(probe, nn.Linear):
+        raise ValueError(f"{where} must be an nn.Linear, got {type(probe).__name__}")
     if probe.in_features != feat_dim:
-        raise ValueError(f"{where} takes {probe.in_features}-d features but the model produces {feat_dim}-d features: "
-                         "the probe was fitted on another backbone")
+        raise ValueError(f"{where} takes {probe.in_features}-d features but the model produces "
+                         f"{feat_dim}-d features: the probe was fitted on another backbone")
     if probe.out_features != num_classes:
-        raise ValueError(f"{where} predicts {probe.out_features} classes but the data has {num_classes} classes")
+        raise ValueError(f"{where} predicts {probe.out_features} classes but the data has "
+                         f"{num_classes} classes")
     return probe
 
 # %% ../nbs/14_eval.ipynb #b8ee7e24
 def variant_scores(probe: nn.Linear, ftr, ytr, fte: dict, yte, k: int = 5) -> tuple[dict, dict]:
-    "Linear top-1, top-5 and k-NN accuracy (percent) on each variant's test features `fte` against its labels, and the predictions."
+    """Linear top-1, top-5 and k-NN accuracy (percent) on each variant's test features `fte` against
+    its labels, and the predictions."""
     scores, preds = {}, {}
     for v, f in fte.items():
-        y = yte[v] if isinstance(yte, dict) else yte  # a folder variant has its own images, so its own labels
-        if len(y) != len(f): raise ValueError(f"variant {v!r} has {len(f)} test features but {len(y)} labels")
+        # a folder variant has its own images, so its own labels
+        y = yte[v] if isinstance(yte, dict) else yte
+        if len(y) != len(f):
+            raise ValueError(f"variant {v!r} has {len(f)} test features but {len(y)} labels")
         lin = eval_linear(probe, f, y)
         kp = knn_predict(ftr, ytr, f, k=k)
         preds[v] = {"linear": lin["probs"].argmax(1), "knn5": kp}
-        scores[v] = {"linear_top1": lin["top1"], "linear_top5": lin["top5"], "knn5": accuracy(kp, y)}
+        scores[v] = {"linear_top1": lin["top1"],
+                     "linear_top5": lin["top5"], "knn5": accuracy(kp, y)}
     return scores, preds
 
 # %% ../nbs/14_eval.ipynb #0719bdb2
 def bg_gaps(scores: dict) -> dict | None:
-    "BG-gap (points) of the linear probe and of k-NN from `variant_scores`; None without both mixed variants."
+    """BG-gap (points) of the linear probe and of k-NN from `variant_scores`; None without both
+    mixed variants."""
     if not {"mixed_same", "mixed_rand"} <= set(scores): return None
-    return {c: bg_gap(scores["mixed_same"][m], scores["mixed_rand"][m]) for c, m in (("linear", "linear_top1"), ("knn5", "knn5"))}
+    return {c: bg_gap(scores["mixed_same"][m], scores["mixed_rand"][m])
+            for c, m in (("linear", "linear_top1"), ("knn5", "knn5"))}
 
 # %% ../nbs/14_eval.ipynb #f2a6ba19
 def benchmark_measures(scores: dict) -> dict:
-    "The Backgrounds Challenge's headline numbers from `variant_scores`: BG-gap, background alone, mixed_next (None when absent)."
+    """The Backgrounds Challenge's headline numbers from `variant_scores`: BG-gap, background alone,
+    mixed_next (None when absent)."""
     bg = next((v for v in ("only_bg_t", "only_bg") if v in scores), None)
-    pick = lambda v: None if v is None else {"variant": v, "linear": scores[v]["linear_top1"], "knn5": scores[v]["knn5"]}
-    return {"bg_gap": bg_gaps(scores), "bg_only": pick(bg), "mixed_next": pick("mixed_next" if "mixed_next" in scores else None)}
+    pick = (lambda v: None if v is None
+            else {"variant": v, "linear": scores[v]["linear_top1"], "knn5": scores[v]["knn5"]})
+    return {"bg_gap": bg_gaps(scores), "bg_only": pick(bg),
+            "mixed_next": pick("mixed_next" if "mixed_next" in scores else None)}
 
 # %% ../nbs/14_eval.ipynb #cfb187d1
 def group_table(preds, labels, groups, num_classes: int, num_groups: int) -> dict:
-    "Per (class, group) cell: number of images and accuracy in percent (None for empty cells), as nested lists."
+    """Per (class, group) cell: number of images and accuracy in percent (None for empty cells), as
+    nested lists."""
     p, y, g = (torch.as_tensor(t).long().cpu() for t in (preds, labels, groups))
     ok = g >= 0
     cell = y[ok] * num_groups + g[ok]
-    n = torch.zeros(num_classes * num_groups, dtype=torch.float64).index_add_(0, cell, torch.ones(len(cell), dtype=torch.float64))
+    n = torch.zeros(num_classes * num_groups, dtype=torch.float64).index_add_(0, cell,
+                                                                              torch.ones(len(cell), dtype=torch.float64))
     hit = torch.zeros_like(n).index_add_(0, cell, (p[ok] == y[ok]).double())
     n, hit = n.view(num_classes, num_groups), hit.view(num_classes, num_groups)
-    acc = [[100.0 * float(h) / float(c) if c > 0 else None for h, c in zip(hr, cr)] for hr, cr in zip(hit, n)]
+    acc = [[100.0 * float(h) / float(c) if c > 0 else None for h, c in zip(hr, cr)]
+           for hr, cr in zip(hit, n)]
     return {"count": n.long().tolist(), "acc": acc}
 
 # %% ../nbs/14_eval.ipynb #e15114c2
 def group_measures(preds: dict, data: FgBgData, num_classes: int, min_group: int = 5) -> dict:
-    "Worst (class, background) group of each classifier's `preds` on `data`, and the linear probe's per-cell table."
+    """Worst (class, background) group of each classifier's `preds` on `data`, and the linear
+    probe's per-cell table."""
     nb = int(data.backgrounds.max()) + 1
     cells = torch.bincount(data.labels * nb + data.backgrounds).max().item()
-    wg = {c: worst_group(preds[c], data.labels, data.backgrounds, min_size=min(min_group, cells)) for c in ("linear", "knn5")}
+    wg = {c: worst_group(preds[c], data.labels, data.backgrounds, min_size=min(min_group, cells))
+          for c in ("linear", "knn5")}
     for w in wg.values(): w["group"] = list(w["group"])
-    return {"worst_group": wg, "groups": group_table(preds["linear"], data.labels, data.backgrounds, num_classes, nb),
+    return {"worst_group": wg,
+            "groups": group_table(preds["linear"], data.labels, data.backgrounds, num_classes, nb),
             "num_bgs": nb}
 
 
 # %% ../nbs/14_eval.ipynb #01da866f
 def _check_splits(train: FgBgData, test: FgBgData, k: int):
     for nm, d in (("train", train), ("test", test)):
-        if not isinstance(d, FgBgData): raise ValueError(f"{nm} must be an FgBgData, got {type(d).__name__}")
-        if (d.labels < 0).any(): raise ValueError(f"the {nm} split {d.name!r} has unlabelled images (label -1); evaluation needs labels")
+        if not isinstance(d, FgBgData):
+            raise ValueError(f"{nm} must be an FgBgData, got {type(d).__name__}")
+        if (d.labels < 0).any():
+            raise ValueError(f"the {nm} split {d.name!r} has unlabelled images (label -1); "
+                             "evaluation needs labels")
     if tuple(train.images.shape[1:]) != tuple(test.images.shape[1:]):
-        raise ValueError(f"train images are {tuple(train.images.shape[1:])} but test images are {tuple(test.images.shape[1:])}")
+        raise ValueError(f"train images are {tuple(train.images.shape[1:])} but test images are "
+                         f"{tuple(test.images.shape[1:])}")
     if int(test.labels.max()) >= train.num_classes:
-        raise ValueError(f"the test split has class {int(test.labels.max())} but the train split has only {train.num_classes} classes")
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1: raise ValueError(f"k must be a positive integer, got {k!r}")
+        raise ValueError(f"the test split has class {int(test.labels.max())} but the train split "
+                         f"has only {train.num_classes} classes")
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
     if k > len(train):
-        raise ValueError(f"k={k} is larger than the kNN database: the train split {train.name!r} has {len(train)} images")
+        raise ValueError(f"k={k} is larger than the kNN database: the train split {train.name!r} "
+                         f"has {len(train)} images")
 
 # %% ../nbs/14_eval.ipynb #facb01e5
-_KNOWN = tuple(dict.fromkeys(VARIANTS + IN9_VARIANTS))  # mask-derived names first, then the benchmark's other folders
+# mask-derived names first, then the benchmark's other folders
+_KNOWN = tuple(dict.fromkeys(VARIANTS + IN9_VARIANTS))
 
 def _variants(test: FgBgData, variants) -> tuple:
-    "The test variants to measure: all that `test` has (folders or masks) by default, else the named ones, checked."
+    """The test variants to measure: all that `test` has (folders or masks) by default, else the
+    named ones, checked."""
     have = available_variants(test)
     if variants is None: return tuple(v for v in _KNOWN if v in have)
     variants = (variants,) if isinstance(variants, str) else tuple(variants)
@@ -246,10 +286,12 @@ def _variants(test: FgBgData, variants) -> tuple:
     if bad: raise ValueError(f"unknown variant {bad[0]!r}; variants are: {', '.join(_KNOWN)}")
     miss = [v for v in variants if v not in have]
     if miss and len(have) == 1:
-        raise ValueError(f"variants {', '.join(miss)} need foreground masks and dataset {test.name!r} has none; "
-                         "only 'original' is available (datasets with masks: toy, coco-fg, pets, in9 with fg_mask; "
-                         "or bring the variant folders)")
-    if miss: raise ValueError(f"variants {', '.join(miss)} are not available for {test.name!r}: it has "
+        raise ValueError(f"variants {', '.join(miss)} need foreground masks and dataset "
+                         f"{test.name!r} has none; only 'original' is available (datasets with "
+                         "masks: toy, coco-fg, pets, in9 with fg_mask; or bring the variant "
+                         "folders)")
+    if miss: raise ValueError(f"variants {', '.join(miss)} are not available for {test.name!r}: it "
+                              "has "
                               + ", ".join(f"{v} ({w})" for v, w in have.items()))
     return variants if "original" in variants else ("original",) + variants
 
@@ -258,17 +300,21 @@ def _has_bgs(d: FgBgData) -> bool: return len(d) > 0 and bool((d.backgrounds >= 
 
 # %% ../nbs/14_eval.ipynb #244ccaaf
 def _probe(probe, ftr, train: FgBgData, fte, test: FgBgData, epochs: int, seed: int) -> tuple:
-    "(probe, test probabilities, train top-1 or None): a new linear probe, or the given one checked and applied."
+    """(probe, test probabilities, train top-1 or None): a new linear probe, or the given one
+    checked and applied."""
     if probe is None:
-        pr = linear_probe(ftr, train.labels, fte, test.labels, num_classes=train.num_classes, epochs=epochs, seed=seed)
+        pr = linear_probe(ftr, train.labels, fte, test.labels, num_classes=train.num_classes,
+                          epochs=epochs, seed=seed)
         return pr.clf, pr.probs, pr.train_top1
     probe = check_probe(probe, ftr.shape[1], train.num_classes).cpu().eval()
     return probe, eval_linear(probe, fte, test.labels)["probs"], None
 
 # %% ../nbs/14_eval.ipynb #dc326fd2
-def _bg_probe(ftr, train: FgBgData, fte, test: FgBgData, num_bgs: int, epochs: int, seed: int) -> dict:
+def _bg_probe(ftr, train: FgBgData, fte, test: FgBgData, num_bgs: int,
+              epochs: int, seed: int) -> dict:
     nbg = max(num_bgs, int(train.backgrounds.max()) + 1)
-    bp = bg_probe(ftr, train.backgrounds, fte, test.backgrounds, num_bgs=nbg, epochs=epochs, seed=seed)
+    bp = bg_probe(ftr, train.backgrounds, fte, test.backgrounds, num_bgs=nbg,
+                  epochs=epochs, seed=seed)
     return {"top1": bp.top1, "chance": bp.chance, "num_bgs": nbg}
 
 
@@ -279,34 +325,44 @@ def _spread(n: int, cap: int) -> torch.Tensor:
 
 # %% ../nbs/14_eval.ipynb #815b32e5
 @torch.no_grad()
-def adversarial_backgrounds(model: nn.Module, probe: nn.Linear, fg: FgBgData, masks, pool, mean=None, std=None,
-                            max_fg: int = 64, max_bg: int = 64, batch: int = 512, amp: str = "auto") -> dict:
-    "Share (percent) of foregrounds that some background of `pool` makes the classifier get wrong, on <= max_fg x max_bg composites."
-    if max_fg < 1 or max_bg < 1: raise ValueError(f"max_fg and max_bg must be >= 1, got {max_fg} and {max_bg}")
+def adversarial_backgrounds(model: nn.Module, probe: nn.Linear, fg: FgBgData, masks,
+                            pool, mean=None, std=None, max_fg: int = 64, max_bg: int = 64,
+                            batch: int = 512, amp: str = "auto") -> dict:
+    """Share (percent) of foregrounds that some background of `pool` makes the classifier get wrong,
+    on <= max_fg x max_bg composites."""
+    if max_fg < 1 or max_bg < 1:
+        raise ValueError(f"max_fg and max_bg must be >= 1, got {max_fg} and {max_bg}")
     pool = _images(pool, "the background pool").cpu()
     fi, bi = _spread(len(fg), max_fg), _spread(len(pool), max_bg)
-    x, m, y, bgs = fg.images[fi].cpu(), torch.as_tensor(masks)[fi].cpu().bool(), fg.labels[fi].cpu(), pool[bi]
-    if x.shape[1:] != bgs.shape[1:]: raise ValueError(f"foregrounds are {tuple(x.shape[1:])} but backgrounds {tuple(bgs.shape[1:])}")
+    x, m, y, bgs = (fg.images[fi].cpu(), torch.as_tensor(masks)[fi].cpu().bool(),
+                    fg.labels[fi].cpu(), pool[bi])
+    if x.shape[1:] != bgs.shape[1:]:
+        raise ValueError(f"foregrounds are {tuple(x.shape[1:])} but backgrounds "
+                         f"{tuple(bgs.shape[1:])}")
     pred = lambda imgs: probe.cpu()(embed(model, imgs, mean, std, batch, amp=amp)).argmax(1)
     fooled = torch.zeros(len(x), dtype=torch.bool)
     per = max(1, batch // len(x))  # backgrounds per forward batch
     for j in range(0, len(bgs), per):
         b = bgs[j:j + per]
-        comp = torch.where(m[None, :, None], x[None], b[:, None])  # (backgrounds, foregrounds, C, H, W)
+        # (backgrounds, foregrounds, C, H, W)
+        comp = torch.where(m[None, :, None], x[None], b[:, None])
         fooled |= (pred(comp.flatten(0, 1)).view(len(b), len(x)) != y).any(0)
-    return {"fooled": 100.0 * fooled.float().mean().item(), "n_fg": len(x), "n_bg": len(bgs), "pairs": len(x) * len(bgs),
-            "max_fg": max_fg, "max_bg": max_bg}
+    return {"fooled": 100.0 * fooled.float().mean().item(), "n_fg": len(x), "n_bg": len(bgs),
+            "pairs": len(x) * len(bgs), "max_fg": max_fg, "max_bg": max_bg}
 
 # %% ../nbs/14_eval.ipynb #7d307b26
 def _adv_sources(test: FgBgData, have: dict, seed: int = 0) -> tuple:
-    "(foregrounds, their masks, background pool, description) for the adversarial-background measure, or a reason string."
+    """(foregrounds, their masks, background pool, description) for the adversarial-background
+    measure, or a reason string."""
     if test.has_masks: fg, m, src = test, test.masks, "test images with their masks"
     elif have.get("only_fg") == "folder":
         fg = variant_of(test, "only_fg")
         m, src = (fg.images.int() > 16).any(1), "only_fg images (mask: pixels brighter than 16)"
     else: return "no foreground masks and no only_fg test images"
-    if have.get("only_bg_t") == "folder": pool, pname = variant_of(test, "only_bg_t").images, "only_bg_t"
-    elif have.get("only_bg") == "folder": pool, pname = variant_of(test, "only_bg").images, "only_bg"
+    if have.get("only_bg_t") == "folder":
+        pool, pname = variant_of(test, "only_bg_t").images, "only_bg_t"
+    elif have.get("only_bg") == "folder":
+        pool, pname = variant_of(test, "only_bg").images, "only_bg"
     elif test.has_masks: pool, pname = variant_of(test, "only_bg", seed).images, "only_bg"
     else: return "no background pool (only_bg_t or only_bg test images, or foreground masks)"
     return fg, m, pool, f"foregrounds: {src}; backgrounds: {pname} test images"
@@ -323,26 +379,35 @@ def _eps_label(e: float) -> str:
 # %% ../nbs/14_eval.ipynb #00ff6d7a
 def _eps_list(eps) -> tuple:
     "The attack sizes as a tuple of floats in [0, 1] (one number or a non-empty sequence), checked."
-    es = (eps,) if isinstance(eps, numbers.Real) else tuple(eps) if isinstance(eps, (list, tuple)) else ()
-    if not es or not all(isinstance(e, numbers.Real) and not isinstance(e, bool) and 0 <= e <= 1 for e in es):
-        raise ValueError(f"fgsm_eps must be a number in [0, 1] or a non-empty list of them (pixel scale, e.g. 4/255), got {eps!r}")
+    es = ((eps,) if isinstance(eps, numbers.Real) else tuple(eps)
+          if isinstance(eps, (list, tuple)) else ())
+    if not es or not all(isinstance(e, numbers.Real) and not isinstance(e, bool)
+                         and 0 <= e <= 1 for e in es):
+        raise ValueError("fgsm_eps must be a number in [0, 1] or a non-empty list of them (pixel "
+                         f"scale, e.g. 4/255), got {eps!r}")
     return tuple(dict.fromkeys(float(e) for e in es))
 
 # %% ../nbs/14_eval.ipynb #cc3a7f51
-def fgsm_curve(model: nn.Module, images, labels, eps=_FGSM_EPS, mean=None, std=None, bs: int = 256) -> dict:
-    "Clean and FGSM accuracy (percent) of an end-to-end `model` at each `eps`: {'clean', 'acc': {'1/255': ...}, 'eps', 'n'}."
+def fgsm_curve(model: nn.Module, images, labels, eps=_FGSM_EPS, mean=None,
+               std=None, bs: int = 256) -> dict:
+    """Clean and FGSM accuracy (percent) of an end-to-end `model` at each `eps`: {'clean', 'acc':
+    {'1/255': ...}, 'eps', 'n'}."""
     es, x = _eps_list(eps), as_pixels(images)
     y = torch.as_tensor(labels).long()
-    if y.shape != (len(x),): raise ValueError(f"labels must hold one class id per image ({len(x)}), got shape {tuple(y.shape)}")
+    if y.shape != (len(x),):
+        raise ValueError(f"labels must hold one class id per image ({len(x)}), got shape "
+                         f"{tuple(y.shape)}")
     dev, was = model_device(model), model.training
     norm, hits = normaliser(mean, std, x.shape[1], dev), [0] * (1 + len(es))
     for xb, yb in zip(x.split(bs), y.split(bs)):
-        d = (fgsm(model, xb, yb, 1.0, mean, std) - xb.to(dev)).sign()   # the step's direction wherever the clamp lets a pixel move
+        # the step's direction wherever the clamp lets a pixel move
+        d = (fgsm(model, xb, yb, 1.0, mean, std) - xb.to(dev)).sign()
         xb, yb = xb.to(dev), yb.to(dev)
         for i, xe in enumerate([xb] + [(xb + e * d).clamp_(0, 1) for e in es]):
             hits[i] += (predict_classes(model, xe, norm, was) == yb).sum().item()
     acc = [100.0 * h / len(x) for h in hits]
-    return {"clean": acc[0], "acc": {_eps_label(e): a for e, a in zip(es, acc[1:])}, "eps": list(es), "n": len(x)}
+    return {"clean": acc[0], "acc": {_eps_label(e): a for e, a in zip(es, acc[1:])},
+            "eps": list(es), "n": len(x)}
 
 # %% ../nbs/14_eval.ipynb #a6a2661a
 def _fgsm(e2e: nn.Module, test: FgBgData, n: int, eps, mean, std) -> dict | None:
@@ -351,18 +416,22 @@ def _fgsm(e2e: nn.Module, test: FgBgData, n: int, eps, mean, std) -> dict | None
 
 # %% ../nbs/14_eval.ipynb #09b8a299
 def explanation_layer(model: nn.Module, image_size: int) -> str:
-    "The dotted name in `model` of the layer Grad-CAM explains: an ExCon method's own `cam_layer`, else ExCon's layer of its backbone."
+    """The dotted name in `model` of the layer Grad-CAM explains: an ExCon method's own `cam_layer`,
+    else ExCon's layer of its backbone."""
     bb = getattr(model, "backbone", None)
     bb = bb if isinstance(bb, nn.Module) else model
-    own = next((m.cam_layer_name for m in (model, getattr(model, "base", None)) if isinstance(getattr(m, "cam_layer_name", None), str)), None)
+    own = next((m.cam_layer_name for m in (model, getattr(model, "base", None))
+                if isinstance(getattr(m, "cam_layer_name", None), str)), None)
     layer = bb.get_submodule(own) if own else cam_layer(bb, image_size)
     return next(n for n, m in model.named_modules() if m is layer)
 
 # %% ../nbs/14_eval.ipynb #28d64025
 EXPL_VARIANTS = ("original", "mixed_rand")
 
-def _explanations(res: dict, e2e: ProbedModel, tv: dict, n: int, mean, std, frac: float = 0.15, threshold: float = 0.5):
-    "Grad-CAM measures of the first `n` images of each of `EXPL_VARIANTS` in `tv` into res['explanations'], or the reason."
+def _explanations(res: dict, e2e: ProbedModel, tv: dict, n: int, mean, std,
+                  frac: float = 0.15, threshold: float = 0.5):
+    """Grad-CAM measures of the first `n` images of each of `EXPL_VARIANTS` in `tv` into
+    res['explanations'], or the reason."""
     na, res["explanations"] = res["unavailable"], None
     if n == 0: na["explanations"] = "switched off (expl_n=0)"; return
     t0, x0 = time.time(), tv["original"].images
@@ -373,10 +442,11 @@ def _explanations(res: dict, e2e: ProbedModel, tv: dict, n: int, mean, std, frac
         d = tv[v]; k = min(n, len(d))
         if not d.has_masks: bare.append(v)
         m = d.masks[:k] if d.has_masks else None
-        try: out[v] = explanation_measures(e2e, layer, d.images[:k], d.labels[:k], m, mean, std, frac, threshold)
+        try: out[v] = explanation_measures(e2e, layer, d.images[:k], d.labels[:k], m,
+                                           mean, std, frac, threshold)
         except ExplainError as e: na["explanations"] = f"Grad-CAM failed at {layer}: {e}"; return
-    if bare: na["explanation_masks"] = (f"no foreground masks on the {' and '.join(bare)} test images: IoU, pointing game "
-                                        "and energy share not measured")
+    if bare: na["explanation_masks"] = (f"no foreground masks on the {' and '.join(bare)} test "
+                                        "images: IoU, pointing game and energy share not measured")
     res["explanations"] = {**out, "seconds": time.time() - t0}
 
 # %% ../nbs/14_eval.ipynb #7f05289c
@@ -398,17 +468,21 @@ class _Code(nn.Module):
 
 # %% ../nbs/14_eval.ipynb #aa35ae3a
 def dcodr_features(model: nn.Module, which: str = "auto") -> str:
-    "What DCoDR's measures of `model` are computed on: 'code' (the method's code, as DCoDR evaluates) or 'backbone'."
-    if which not in _DCODR[:3]: raise ValueError(f"unknown dcodr setting {which!r}; allowed: {', '.join(_DCODR)}")
+    """What DCoDR's measures of `model` are computed on: 'code' (the method's code, as DCoDR
+    evaluates) or 'backbone'."""
+    if which not in _DCODR[:3]:
+        raise ValueError(f"unknown dcodr setting {which!r}; allowed: {', '.join(_DCODR)}")
     has = _code_fn(model) is not None
     if which == "code" and not has:
-        raise ValueError(f"dcodr='code' asks for the method's code, but {getattr(model, 'name', '') or type(model).__name__!r} "
-                         "has none (dcodr and dcodr_nonegs have one); use dcodr='backbone' or 'auto'")
+        raise ValueError("dcodr='code' asks for the method's code, but "
+                         f"{getattr(model, 'name', '') or type(model).__name__!r} has none (dcodr "
+                         "and dcodr_nonegs have one); use dcodr='backbone' or 'auto'")
     return "code" if which == "code" or (which == "auto" and has) else "backbone"
 
 # %% ../nbs/14_eval.ipynb #47e5b05c
 def _dcodr_data(res: dict, tv: dict, trv) -> tuple:
-    "(variant, train, test, None) for DCoDR's measures: the background probe's images when they have domains, else the original ones; or a reason."
+    """(variant, train, test, None) for DCoDR's measures: the background probe's images when they
+    have domains, else the original ones; or a reason."""
     reason = None
     for v in dict.fromkeys((res["group_variant"], "original")):
         te = tv[v]
@@ -417,27 +491,37 @@ def _dcodr_data(res: dict, tv: dict, trv) -> tuple:
         except ValueError: reason = f"no {v} train images to fit its probes on"; continue
         if not _has_bgs(tr): reason = f"{_NO_BGS} (on the {v} train images)"; continue
         need = min_split_size(0.1)
-        if len(tr) < need: return None, None, None, f"{len(tr)} {v} train images are too few for the probes' held-out 10% (at least {need})"
-        if len(torch.cat([tr.backgrounds, te.backgrounds]).unique()) < 2: return None, None, None, f"a single domain (background id) in the {v} images"
-        if len(tr.labels.unique()) < 2: return None, None, None, f"a single class in the {v} train images"
+        if len(tr) < need:
+            return (None, None, None,
+                    f"{len(tr)} {v} train images are too few for the probes' held-out 10% (at "
+                    f"least {need})")
+        if len(torch.cat([tr.backgrounds, te.backgrounds]).unique()) < 2:
+            return None, None, None, f"a single domain (background id) in the {v} images"
+        if len(tr.labels.unique()) < 2:
+            return None, None, None, f"a single class in the {v} train images"
         return v, tr, te, None
     return None, None, None, reason
 
 # %% ../nbs/14_eval.ipynb #d694e6b3
-def _dcodr(res: dict, tv: dict, trv, emb, feats: str | None, C: int, epochs: int, seed: int, device) -> None:
-    "DCoDR's measures into `res['dcodr']` (on `emb`'s features of the chosen images), or the reason into `res['unavailable']`."
+def _dcodr(res: dict, tv: dict, trv, emb, feats: str | None, C: int, epochs: int,
+           seed: int, device) -> None:
+    """DCoDR's measures into `res['dcodr']` (on `emb`'s features of the chosen images), or the
+    reason into `res['unavailable']`."""
     res["dcodr"] = None
     if feats is None: res["unavailable"]["dcodr"] = "switched off (dcodr='off')"; return
     v, tr, te, why = _dcodr_data(res, tv, trv)
     if why: res["unavailable"]["dcodr"] = why; return
     t0 = time.time()
     ftr, fte = emb(tr), emb(te)
-    m = dcodr_measures(ftr, tr.labels, tr.backgrounds, fte, te.labels, te.backgrounds, num_classes=C, seed=seed, device=device, epochs=epochs)
-    res["dcodr"] = {"features": feats, "dim": ftr.shape[1], "variant": v, **m, "seconds": time.time() - t0}
+    m = dcodr_measures(ftr, tr.labels, tr.backgrounds, fte, te.labels, te.backgrounds,
+                       num_classes=C, seed=seed, device=device, epochs=epochs)
+    res["dcodr"] = {"features": feats, "dim": ftr.shape[1], "variant": v, **m,
+                    "seconds": time.time() - t0}
 
 # %% ../nbs/14_eval.ipynb #e98cf2f9
 def _groups(res: dict, preds: dict, tv: dict, trv, emb, fte: dict, C: int, min_group, epochs, seed):
-    "Worst group and background probe into `res`, on mixed_rand when there (else original); reasons into res['unavailable']."
+    """Worst group and background probe into `res`, on mixed_rand when there (else original);
+    reasons into res['unavailable']."""
     gv = res["group_variant"] = "mixed_rand" if "mixed_rand" in tv else "original"
     g, na = tv[gv], res["unavailable"]
     if not _has_bgs(g):
@@ -446,34 +530,39 @@ def _groups(res: dict, preds: dict, tv: dict, trv, emb, fte: dict, C: int, min_g
     gm = group_measures(preds[gv], g, C, min_group)
     nb = gm["num_bgs"]
     res["worst_group"], res["groups"] = gm["worst_group"], gm["groups"]
-    res["bg_names"] = (tv["original"].bg_names + [str(i) for i in range(len(tv["original"].bg_names), nb)])[:nb]
+    res["bg_names"] = (tv["original"].bg_names
+                       + [str(i) for i in range(len(tv["original"].bg_names), nb)])[:nb]
     try: gtr = trv(gv)
     except ValueError: na["bg_probe"] = f"no {gv} train images to fit it on"; return
     if not _has_bgs(gtr): na["bg_probe"] = f"{_NO_BGS} (on the {gv} train images)"; return
     res["bg_probe"] = _bg_probe(emb(gtr), gtr, fte[gv], g, nb, epochs, seed)
 
 # %% ../nbs/14_eval.ipynb #21b4a081
-def _evaluate_args(model: nn.Module, train: FgBgData, test: FgBgData, k: int, variants, fgsm_eps, dcodr: str,
-                   expl_n) -> tuple:
-    "`evaluate`'s arguments checked: DCoDR's features (None when off), the FGSM budgets and the test variants."
+def _evaluate_args(model: nn.Module, train: FgBgData, test: FgBgData, k: int,
+                   variants, fgsm_eps, dcodr: str, expl_n) -> tuple:
+    """`evaluate`'s arguments checked: DCoDR's features (None when off), the FGSM budgets and the
+    test variants."""
     _check_splits(train, test, k)
     if dcodr not in _DCODR:
         raise ValueError(f"unknown dcodr setting {dcodr!r}; allowed: {', '.join(_DCODR)}")
     dfeat = None if dcodr == "off" else dcodr_features(model, dcodr)
     eps = _eps_list(fgsm_eps)
     if not isinstance(expl_n, int) or isinstance(expl_n, bool) or expl_n < 0:
-        raise ValueError("expl_n must be an integer >= 0 (0 switches the explanation measures off), "
-                         f"got {expl_n!r}")
+        raise ValueError("expl_n must be an integer >= 0 (0 switches the explanation measures "
+                         f"off), got {expl_n!r}")
     return dfeat, eps, _variants(test, variants)
 
 # %% ../nbs/14_eval.ipynb #646a70a3
 def _embedder(model: nn.Module, mean, std, model_key, cache, cache_root, batch, amp):
-    "`emb(d, code=False)`: the features of each image set once (and from the disk cache when there)."
+    """`emb(d, code=False)`: the features of each image set once (and from the disk cache when
+    there)."""
     memo = {}
     def emb(d, code: bool = False):
         if (id(d), code) not in memo:
-            m, mk = (_Code(model), model_key and model_key + "|code") if code else (model, model_key)
-            memo[id(d), code] = d, embeddings(m, d, mean, std, mk, cache, cache_root, batch, amp=amp)
+            m, mk = ((_Code(model), model_key and model_key + "|code")
+                     if code else (model, model_key))
+            memo[id(d), code] = (d,
+                                 embeddings(m, d, mean, std, mk, cache, cache_root, batch, amp=amp))
         return memo[id(d), code][1]
     return emb
 
@@ -487,9 +576,10 @@ def _train_variants(train: FgBgData):
     return trv
 
 # %% ../nbs/14_eval.ipynb #0a87a8e6
-def _attacks(res: dict, model: nn.Module, probe, test: FgBgData, tv: dict, eps, fgsm_n, expl_n, adv_fg, adv_bg,
-             mean, std, batch, amp):
-    "Add FGSM, the explanation measures and the adversarial backgrounds to `res` (or why they are missing)."
+def _attacks(res: dict, model: nn.Module, probe, test: FgBgData, tv: dict, eps,
+             fgsm_n, expl_n, adv_fg, adv_bg, mean, std, batch, amp):
+    """Add FGSM, the explanation measures and the adversarial backgrounds to `res` (or why they are
+    missing)."""
     na = res["unavailable"]
     e2e = ProbedModel(model, copy.deepcopy(probe).to(model_device(model)))
     res["fgsm"] = _fgsm(e2e, test, fgsm_n, eps, mean, std)
@@ -499,25 +589,30 @@ def _attacks(res: dict, model: nn.Module, probe, test: FgBgData, tv: dict, eps, 
     else: src = "switched off (adv_fg or adv_bg is 0)"
     if isinstance(src, str): na["adversarial_bg"] = src
     else:
-        adv = adversarial_backgrounds(model, probe, src[0], src[1], src[2], mean, std, adv_fg, adv_bg, batch, amp)
+        adv = adversarial_backgrounds(model, probe, src[0], src[1], src[2], mean, std,
+                                      adv_fg, adv_bg, batch, amp)
         res["adversarial_bg"] = {**adv, "sources": src[3]}
 
 # %% ../nbs/14_eval.ipynb #cc052095
-def evaluate(model: nn.Module, train: FgBgData, test: FgBgData, mean=None, std=None, k: int = 5, variants=None,
-             probe: nn.Linear | None = None, probe_epochs: int = 100, fgsm_eps=_FGSM_EPS, fgsm_n: int = 512,
-             min_group: int = 5, seed: int = 0, model_key: str | None = None, cache: bool = True, cache_root=None,
-             batch: int = 512, amp: str = "auto", adv_fg: int = 64, adv_bg: int = 64, dcodr: str = "auto",
+def evaluate(model: nn.Module, train: FgBgData, test: FgBgData, mean=None, std=None,
+             k: int = 5, variants=None, probe: nn.Linear | None = None, probe_epochs: int = 100,
+             fgsm_eps=_FGSM_EPS, fgsm_n: int = 512, min_group: int = 5, seed: int = 0,
+             model_key: str | None = None, cache: bool = True, cache_root=None, batch: int = 512,
+             amp: str = "auto", adv_fg: int = 64, adv_bg: int = 64, dcodr: str = "auto",
              dcodr_epochs: int = 100, ece_bins: int = 10, expl_n: int = 256) -> dict:
-    "kNN and linear accuracy on each test variant (own labels), BG-gap, worst group, background probe, DCoDR's measures, ECE, FGSM, explanations, adversarial backgrounds."
+    """kNN and linear accuracy on each test variant (own labels), BG-gap, worst group, background
+    probe, DCoDR's measures, ECE, FGSM, explanations, adversarial backgrounds."""
     t0 = time.time()
     dfeat, eps, vs = _evaluate_args(model, train, test, k, variants, fgsm_eps, dcodr, expl_n)
-    emb, trv = _embedder(model, mean, std, model_key, cache, cache_root, batch, amp), _train_variants(train)
+    emb, trv = (_embedder(model, mean, std, model_key, cache, cache_root, batch, amp),
+                _train_variants(train))
     ftr = emb(train)
     tv = {v: variant_of(test, v) for v in vs}
     fte = {v: emb(tv[v]) for v in vs}
     C = train.num_classes
-    res = {"n_train": len(train), "n_test": len(test), "num_classes": C, "feat_dim": ftr.shape[1], "k": k,
-           "variants": {}, "variant_sizes": {v: len(d) for v, d in tv.items()},
+    res = {"n_train": len(train), "n_test": len(test), "num_classes": C,
+           "feat_dim": ftr.shape[1], "k": k, "variants": {},
+           "variant_sizes": {v: len(d) for v, d in tv.items()},
            "variant_sources": {v: available_variants(test)[v] for v in vs}}
     probe, probs, train_top1 = _probe(probe, ftr, train, fte["original"], test, probe_epochs, seed)
     if train_top1 is not None: res["probe_train_top1"] = train_top1
@@ -532,8 +627,10 @@ def evaluate(model: nn.Module, train: FgBgData, test: FgBgData, mean=None, std=N
     _dcodr(res, tv, trv, lambda d: emb(d, dfeat == "code"), dfeat, C, dcodr_epochs, seed,
            model_device(model))
     res["ece"], res["ece_bins"] = ece(probs, test.labels, ece_bins), ece_bins
-    res["calibration"] = {k_: v.tolist() for k_, v in calibration_bins(probs, test.labels, ece_bins).items()}
-    _attacks(res, model, probe, test, tv, eps, fgsm_n, expl_n, adv_fg, adv_bg, mean, std, batch, amp)
+    res["calibration"] = {k_: v.tolist()
+                          for k_, v in calibration_bins(probs, test.labels, ece_bins).items()}
+    _attacks(res, model, probe, test, tv, eps, fgsm_n, expl_n, adv_fg,
+             adv_bg, mean, std, batch, amp)
     res["classes"] = list(test.classes)
     res["seconds"] = time.time() - t0
     res["probe"] = probe
@@ -546,32 +643,42 @@ TESTS = {"test_full": "original", "test_fg": "only_fg"}
 def _need_masks(d: FgBgData, what: str = "the four-setting table"):
     "Refuse data without foreground-only images: neither masks nor an `only_fg` variant folder."
     if "only_fg" not in available_variants(d):
-        raise ValueError(f"{what} trains and tests on foreground-only images, so it needs foreground masks, and dataset "
-                         f"{d.name!r} has none, nor an only_fg folder (datasets with masks: toy, coco-fg, pets, in9 with "
-                         "fg_mask; or an ImageNet-9 tree with an only_fg folder)")
+        raise ValueError(f"{what} trains and tests on foreground-only images, so it needs "
+                         "foreground masks, and dataset "
+                         f"{d.name!r} has none, nor an only_fg folder (datasets with masks: toy, "
+                         "coco-fg, pets, in9 with fg_mask; or an ImageNet-9 tree with an only_fg "
+                         "folder)")
 
 # %% ../nbs/14_eval.ipynb #a010e906
 def norm_stats(cfg: Config, image_size) -> tuple[list, list]:
-    "Per-channel mean and std that the training run of `cfg` normalised its images with (its augmentation preset)."
+    """Per-channel mean and std that the training run of `cfg` normalised its images with (its
+    augmentation preset)."""
     preset = resolve_defaults(cfg).data.augment   # null in a config: the method's own
-    aug = TwoViewAugment(preset, size=image_size if isinstance(image_size, int) else max(image_size))
+    aug = TwoViewAugment(preset,
+                         size=image_size if isinstance(image_size, int) else max(image_size))
     return aug.mean.flatten().tolist(), aug.std.flatten().tolist()
 
 # %% ../nbs/14_eval.ipynb #3a0a1041
-def train_method(cfg: Config, train: FgBgData, variant: str = "original", cbs=(), run_dir=None, monitor_data=None) -> Learner:
-    "Train `cfg`'s method on the `variant` images of `train` with the engine; returns the fitted `Learner`."
+def train_method(cfg: Config, train: FgBgData, variant: str = "original", cbs=(), run_dir=None,
+                 monitor_data=None) -> Learner:
+    """Train `cfg`'s method on the `variant` images of `train` with the engine; returns the fitted
+    `Learner`."""
     if variant != "original": _need_masks(train, f"training on {variant!r} images")
     cfg = replace(cfg, data=replace(cfg.data, variant=variant))
-    learn = Learner.from_config(cfg, run_dir, cbs=list(cbs), train_data=train, monitor_data=monitor_data)
+    learn = Learner.from_config(cfg, run_dir, cbs=list(cbs), train_data=train,
+                                monitor_data=monitor_data)
     learn.fit()
     return learn
 
 # %% ../nbs/14_eval.ipynb #fef267b8
-def four_settings_table(models: dict, train: FgBgData, test: FgBgData, mean=None, std=None, k: int = 5,
-                        probe_epochs: int = 100, seed: int = 0, cache: bool = True, cache_root=None, amp: str = "auto") -> dict:
-    "Linear and k-NN accuracy (percent) of `models` {'train_full': m, 'train_fg': m} on full and foreground-only test images."
+def four_settings_table(models: dict, train: FgBgData, test: FgBgData,
+                        mean=None, std=None, k: int = 5, probe_epochs: int = 100, seed: int = 0,
+                        cache: bool = True, cache_root=None, amp: str = "auto") -> dict:
+    """Linear and k-NN accuracy (percent) of `models` {'train_full': m, 'train_fg': m} on full and
+    foreground-only test images."""
     bad = set(models) - set(SETTINGS)
-    if bad: raise ValueError(f"unknown setting {sorted(bad)[0]!r}; settings are: {', '.join(SETTINGS)}")
+    if bad:
+        raise ValueError(f"unknown setting {sorted(bad)[0]!r}; settings are: {', '.join(SETTINGS)}")
     _need_masks(train); _need_masks(test)
     _check_splits(train, test, k)
     out = {}
@@ -584,44 +691,54 @@ def four_settings_table(models: dict, train: FgBgData, test: FgBgData, mean=None
         for t, v in TESTS.items():
             te = variant_of(test, v)
             fte = emb(te)
-            if probe is None: probe = linear_probe(ftr, tr.labels, fte, te.labels, train.num_classes, probe_epochs, seed=seed).clf
+            if probe is None:
+                probe = linear_probe(ftr, tr.labels, fte, te.labels, train.num_classes,
+                                     probe_epochs, seed=seed).clf
             out[s][t] = {"linear": eval_linear(probe, fte, te.labels)["top1"],
-                         "knn5" if k == 5 else f"knn{k}": accuracy(knn_predict(ftr, tr.labels, fte, k=k), te.labels)}
+                         "knn5" if k == 5
+                         else f"knn{k}": accuracy(knn_predict(ftr, tr.labels, fte, k=k), te.labels)}
     return out
 
 # %% ../nbs/14_eval.ipynb #a0a580f1
-def four_settings(cfg: Config, train: FgBgData | None = None, test: FgBgData | None = None, k: int = 5,
-                  probe_epochs: int = 100, cbs=(), return_learners: bool = False):
-    "Train `cfg` on full and on foreground-only images and test each on both: the four-setting table (percent)."
+def four_settings(cfg: Config, train: FgBgData | None = None,
+                  test: FgBgData | None = None, k: int = 5, probe_epochs: int = 100, cbs=(),
+                  return_learners: bool = False):
+    """Train `cfg` on full and on foreground-only images and test each on both: the four-setting
+    table (percent)."""
     train = train if train is not None else load_dataset(cfg.data.spec, "train")
     test = test if test is not None else load_dataset(cfg.data.spec, "test")
     _need_masks(train); _need_masks(test)
     _check_splits(train, test, k)
     learners = {s: train_method(cfg, train, v, cbs) for s, v in SETTINGS.items()}
     mean, std = norm_stats(cfg, train.image_size)
-    table = four_settings_table({s: l.method for s, l in learners.items()}, train, test, mean, std, k, probe_epochs, cfg.train.seed)
+    table = four_settings_table({s: l.method for s, l in learners.items()}, train, test, mean, std,
+                                k, probe_epochs, cfg.train.seed)
     return (table, learners) if return_learners else table
 
 # %% ../nbs/14_eval.ipynb #d3c19cb8
-def _first_line(e) -> str: return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+def _first_line(e) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 # %% ../nbs/14_eval.ipynb #8d1c73ea
 def method_from_checkpoint(path, image_size: int = 32, device=None) -> tuple:
-    "The trained method of an `iclmsr train` checkpoint (eval mode), its `Config` and the checkpoint dict."
+    """The trained method of an `iclmsr train` checkpoint (eval mode), its `Config` and the
+    checkpoint dict."""
     ck = load_checkpoint(path)
     if not isinstance(ck, dict) or not isinstance(ck.get("model"), dict) or not isinstance(ck.get("config"), dict):
-        raise ValueError(f"{str(path)!r} is not an iclmsr training checkpoint: it needs 'model' and 'config' entries "
-                         "(written by iclmsr train as last.pt or best.pt)")
+        raise ValueError(f"{str(path)!r} is not an iclmsr training checkpoint: it needs 'model' "
+                         "and 'config' entries (written by iclmsr train as last.pt or best.pt)")
     cfg = config_from_dict(ck["config"])
     size = image_size if isinstance(image_size, int) else max(image_size)
     err = None
-    for s in dict.fromkeys((size, 32, 224)):  # the stem follows the image size the run was built for
+    # the stem follows the image size the run was built for
+    for s in dict.fromkeys((size, 32, 224)):
         m = method_from_config(cfg, s)
         try: m.load_state_dict(ck["model"]); err = None; break
         except RuntimeError as e: err = err or e
     if err is not None:
-        raise ValueError(f"checkpoint {str(path)!r} does not fit the model its config describes (method "
-                         f"{cfg.model.method}, backbone {cfg.model.backbone}, icl.enabled={cfg.icl.enabled}): {_first_line(err)}")
+        raise ValueError(f"checkpoint {str(path)!r} does not fit the model its config describes "
+                         f"(method {cfg.model.method}, backbone {cfg.model.backbone}, "
+                         f"icl.enabled={cfg.icl.enabled}): {_first_line(err)}")
     if device is not None: m.to(get_device(device))
     return m.eval(), cfg, ck
 
@@ -630,14 +747,16 @@ def check_fits(model: nn.Module, data: FgBgData, mean=None, std=None, where: str
     "Embed two images of `data` to check that `model` can process them; returns the feature size."
     try: f = embed(model, data.images[:2], mean, std, amp="off")
     except RuntimeError as e:
-        raise ValueError(f"{where} cannot embed the images of {data.name!r} ({'x'.join(map(str, data.images.shape[1:]))}): "
+        raise ValueError(f"{where} cannot embed the images of {data.name!r} "
+                         f"({'x'.join(map(str, data.images.shape[1:]))}): "
                          f"{_first_line(e)}") from None
     return f.shape[1]
 
 # %% ../nbs/14_eval.ipynb #f33998a7
 def save_probe(probe: nn.Linear, path, classes=None) -> Path:
     "Write a linear probe with its class names (readable with `weights_only=True`)."
-    return atomic_save({"format": "iclmsr.probe", "weight": probe.weight.detach().cpu(), "bias": probe.bias.detach().cpu(),
+    return atomic_save({"format": "iclmsr.probe", "weight": probe.weight.detach().cpu(),
+                        "bias": probe.bias.detach().cpu(),
                         "classes": list(classes) if classes is not None else None}, path)
 
 # %% ../nbs/14_eval.ipynb #d5b3806a
@@ -645,9 +764,11 @@ def load_probe(path) -> tuple:
     "A probe written by `save_probe`: `(nn.Linear, classes)`."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"probe file {str(path)!r} does not exist")
-    d = read_torch_file(path, "a probe file written by iclmsr eval")  # one line, never unpickled unsafely
+    # one line, never unpickled unsafely
+    d = read_torch_file(path, "a probe file written by iclmsr eval")
     if not isinstance(d, dict) or d.get("format") != "iclmsr.probe":
-        raise ValueError(f"{str(path)!r} is not a probe file (write one with iclmsr eval: OUT/probe.pt)")
+        raise ValueError(f"{str(path)!r} is not a probe file (write one with iclmsr eval: "
+                         "OUT/probe.pt)")
     w = d["weight"]
     p = nn.Linear(w.shape[1], w.shape[0])
     with torch.no_grad(): p.weight.copy_(w); p.bias.copy_(d["bias"])
@@ -655,7 +776,8 @@ def load_probe(path) -> tuple:
 
 # %% ../nbs/14_eval.ipynb #4d8ee876
 def default_test_split(spec: str) -> str:
-    "The held-out split of a dataset spec: 'test', or 'val' where that is what the dataset calls it."
+    """The held-out split of a dataset spec: 'test', or 'val' where that is what the dataset calls
+    it."""
     info = DATASETS.get(parse_spec(spec)[0])
     if info is None: return "test"
     for pool in (info.default_splits, info.splits):
@@ -665,7 +787,8 @@ def default_test_split(spec: str) -> str:
 
 # %% ../nbs/14_eval.ipynb #460fb010
 def package_versions() -> dict:
-    "The versions of iclmsr and the packages its numbers depend on (written into every results.json)."
+    """The versions of iclmsr and the packages its numbers depend on (written into every
+    results.json)."""
     from iclmsr import __version__
     return {"iclmsr": __version__, **env_info()["packages"]}
 
@@ -674,7 +797,8 @@ def _given_probe(path, dim: int, train: FgBgData, spec: str) -> nn.Linear:
     pr, pclasses = load_probe(path)
     check_probe(pr, dim, train.num_classes, f"probe {path!r}")
     if pclasses is not None and list(pclasses) != list(train.classes):
-        raise ValueError(f"probe {path!r} was fitted on classes {', '.join(map(str, pclasses[:10]))} but {spec!r} has classes "
+        raise ValueError(f"probe {path!r} was fitted on classes "
+                         f"{', '.join(map(str, pclasses[:10]))} but {spec!r} has classes "
                          f"{', '.join(train.classes[:10])}")
     return pr
 
@@ -684,25 +808,31 @@ def _checkpoint_spec(ckpt, data) -> str:
     if not isinstance(ck, dict) or not isinstance(ck.get("config"), dict):
         raise ValueError(f"{ckpt!r} is not an iclmsr training checkpoint (no config in it)")
     spec = data or ck["config"].get("data", {}).get("spec")
-    if not spec: raise ValueError("--data SPEC is required: the checkpoint does not name the dataset it was trained on")
+    if not spec:
+        raise ValueError("--data SPEC is required: the checkpoint does not name the dataset it was "
+                         "trained on")
     return spec
 
 # %% ../nbs/14_eval.ipynb #7df6974d
 def split_spec_variant(spec: str) -> tuple:
-    "`(spec without its variant= option, that variant or None)`: in evaluation a spec's variant names a test set."
+    """`(spec without its variant= option, that variant or None)`: in evaluation a spec's variant
+    names a test set."""
     name, _, rest = spec.strip().partition(":")
     parts = [p.strip() for p in rest.split(",") if p.strip()]
     isv = lambda p: "=" in p and p.partition("=")[0].strip() == "variant"
-    keep, var = [p for p in parts if not isv(p)], next((p.partition("=")[2].strip() for p in parts if isv(p)), None)
+    keep, var = ([p for p in parts if not isv(p)],
+                 next((p.partition("=")[2].strip() for p in parts if isv(p)), None))
     return name + (":" + ",".join(keep) if keep else ""), var
 
 # %% ../nbs/14_eval.ipynb #7e69cbd2
-def eval_checkpoint(ckpt, data: str | None = None, k: int = 5, train_split: str = "train", test_split: str | None = None,
-                    variants: str | None = None, probe=None, probe_epochs: int = 100, fgsm_n: int = 512, device="auto",
-                    batch: int = 512, cache: bool = True, probe_out=None, train_variant: str = "original",
-                    adv_fg: int = 64, adv_bg: int = 64, dcodr: str = "auto", dcodr_epochs: int = 100,
-                    expl_n: int = 256) -> dict:
-    "Evaluate an `iclmsr train` checkpoint on a dataset spec: probe and kNN fit on `train_variant` train images, every variant tested."
+def eval_checkpoint(ckpt, data: str | None = None, k: int = 5, train_split: str = "train",
+                    test_split: str | None = None, variants: str | None = None, probe=None,
+                    probe_epochs: int = 100, fgsm_n: int = 512, device="auto", batch: int = 512,
+                    cache: bool = True, probe_out=None, train_variant: str = "original",
+                    adv_fg: int = 64, adv_bg: int = 64,
+                    dcodr: str = "auto", dcodr_epochs: int = 100, expl_n: int = 256) -> dict:
+    """Evaluate an `iclmsr train` checkpoint on a dataset spec: probe and kNN fit on `train_variant`
+    train images, every variant tested."""
     t0 = time.time()
     if not ckpt: raise ValueError("--ckpt FILE is required (a checkpoint written by iclmsr train)")
     spec = _checkpoint_spec(ckpt, data)
@@ -718,17 +848,21 @@ def eval_checkpoint(ckpt, data: str | None = None, k: int = 5, train_split: str 
     pr = _given_probe(probe, dim, train, spec) if probe else None
     vs = None if variants is None else [v.strip() for v in variants.split(",") if v.strip()]
     if sv and vs is not None and sv not in vs: vs.append(sv)
-    if sv and vs is None: _variants(test, [sv])  # the spec's variant must be there: a clear error when it is not
-    res = evaluate(model, train, test, mean, std, k=k, variants=vs, probe=pr, probe_epochs=probe_epochs, fgsm_n=fgsm_n,
-                   seed=cfg.train.seed, model_key=file_key(ckpt), cache=cache, batch=batch, adv_fg=adv_fg, adv_bg=adv_bg,
+    # the spec's variant must be there: a clear error when it is not
+    if sv and vs is None: _variants(test, [sv])
+    res = evaluate(model, train, test, mean, std, k=k, variants=vs, probe=pr,
+                   probe_epochs=probe_epochs, fgsm_n=fgsm_n, seed=cfg.train.seed,
+                   model_key=file_key(ckpt), cache=cache, batch=batch, adv_fg=adv_fg, adv_bg=adv_bg,
                    dcodr=dcodr, dcodr_epochs=dcodr_epochs, expl_n=expl_n)
     fitted = res.pop("probe")
     if pr is None and probe_out is not None: save_probe(fitted, probe_out, train.classes)
-    return {"checkpoint": str(ckpt), "data": spec, "train_split": train_split, "test_split": test_split,
-            "train_variant": train_variant, "spec_variant": sv,
-            "model": {"method": cfg.model.method, "backbone": cfg.model.backbone, "icl_msr": cfg.icl.enabled,
-                      "epoch": ck.get("epoch"), "step": ck.get("step"), "feat_dim": dim},
+    return {"checkpoint": str(ckpt), "data": spec, "train_split": train_split,
+            "test_split": test_split, "train_variant": train_variant, "spec_variant": sv,
+            "model": {"method": cfg.model.method, "backbone": cfg.model.backbone,
+                      "icl_msr": cfg.icl.enabled, "epoch": ck.get("epoch"), "step": ck.get("step"),
+                      "feat_dim": dim},
             "normalisation": {"mean": mean, "std": std}, **res,
-            "probe": str(probe) if probe else Path(probe_out).name if probe_out is not None else None,
-            "seconds": time.time() - t0, "versions": package_versions(), "device": str(dev)}
+            "probe": str(probe) if probe else Path(probe_out).name
+            if probe_out is not None else None, "seconds": time.time() - t0,
+            "versions": package_versions(), "device": str(dev)}
 

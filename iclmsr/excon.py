@@ -22,10 +22,12 @@ __all__ = ['masked_view', 'ExCon', 'gather_ragged', 'ExConB']
 
 # %% ../nbs/06b_excon.ipynb #8df1293d
 def masked_view(clean: torch.Tensor, cam: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
-    "`clean` (normalised images) with every pixel whose min-max normalised `cam` is <= `threshold` set to 0, the dataset mean."
+    """`clean` (normalised images) with every pixel whose min-max normalised `cam` is <= `threshold`
+    set to 0, the dataset mean."""
     keep = saliency_mask(cam, threshold)
     if clean.ndim != 4 or keep.shape != (clean.shape[0], *clean.shape[-2:]):
-        raise ValueError(f"clean must be (B, C, H, W) with cam (B, H, W), got {tuple(clean.shape)} and {tuple(cam.shape)}")
+        raise ValueError(f"clean must be (B, C, H, W) with cam (B, H, W), got {tuple(clean.shape)} "
+                         f"and {tuple(cam.shape)}")
     return torch.where(keep[:, None], clean, clean.new_zeros(()))
 
 # %% ../nbs/06b_excon.ipynb #000a6424
@@ -34,67 +36,89 @@ def _check_cam_layer(backbone: nn.Module, name: str):
     try: backbone.get_submodule(name)
     except AttributeError:
         names = {id(m): n for n, m in backbone.named_modules()}
-        own = {s: names.get(id(l), l) if isinstance(l := cam_layer(backbone, s), nn.Module) else l for s in (32, 64)}
-        raise ValueError(f"cam_layer: {name!r} is not a module of the backbone (ExCon's for it: {own[32]} below 64 px, "
-                         f"{own[64]} from 64 px); name one of print(method.backbone)'s modules, or null") from None
+        own = {s: names.get(id(l), l) if isinstance(l := cam_layer(backbone, s), nn.Module)
+               else l for s in (32, 64)}
+        raise ValueError(f"cam_layer: {name!r} is not a module of the backbone (ExCon's for it: "
+                         f"{own[32]} below 64 px, {own[64]} from 64 px); name one of "
+                         "print(method.backbone)'s modules, or null") from None
 
 # %% ../nbs/06b_excon.ipynb #bcd07c75
 @register_method
 class ExCon(SupCon):
-    "ExCon: SupCon whose first view is the Grad-CAM-masked clean image when the previous epoch's classifier still gets it right, else the augmented backup."
+    """ExCon: SupCon whose first view is the Grad-CAM-masked clean image when the previous epoch's
+    classifier still gets it right, else the augmented backup."""
     name = "excon"
-    desc = "ExCon: SupCon with explanation-masked views (Grad-CAM of encoder + linear classifier; needs labels, clean images)"
+    desc = ("ExCon: SupCon with explanation-masked views (Grad-CAM of encoder + linear classifier; "
+            "needs labels, clean images)")
     needs, from_data = frozenset({"labels", "clean"}), ("n_classes",)
-    negative_pair = False   # ExConB appends each rejected masked image to both views, labelled n_classes
-    bg_negative = False     # its first view is already the masked image: do(background)'s background negative is refused
+    # ExConB appends each rejected masked image to both views, labelled n_classes
+    negative_pair = False
+    # its first view is already the masked image: do(background)'s background negative is refused
+    bg_negative = False
 
-    def __init__(self, backbone, proj_hidden: int = 1024, proj_dim: int = 128, temperature: float = 0.1,
-                 base_temperature: float | None = 0.07,  # SupContrast's base temperature, which ExCon keeps
+    def __init__(self, backbone, proj_hidden: int = 1024, proj_dim: int = 128,
+                 temperature: float = 0.1,
+                 # SupContrast's base temperature, which ExCon keeps
+                 base_temperature: float | None = 0.07,
                  n_classes: int = 10,
-                 exp_epochs: int | None = None,          # the epoch the masked views start (None: a quarter of the run)
-                 threshold: float = 0.5,                 # saliency at or below it (min-max normalised) is masked
-                 cam_layer: str | None = None,           # Grad-CAM layer, a dotted name in the backbone (None: ExCon's)
+                 # the epoch the masked views start (None: a quarter of the run)
+                 exp_epochs: int | None = None,
+                 # saliency at or below it (min-max normalised) is masked
+                 threshold: float = 0.5,
+                 # Grad-CAM layer, a dotted name in the backbone (None: ExCon's)
+                 cam_layer: str | None = None,
                  clf_lr: float = 0.1,                    # learning rate of the classifier's own SGD
                  clf_momentum: float = 0.9):             # its momentum
         super().__init__(backbone, proj_hidden, proj_dim, temperature, base_temperature)
-        if not isinstance(n_classes, int) or n_classes < 2: raise ValueError(f"n_classes must be an integer >= 2, got {n_classes!r}")
+        if not isinstance(n_classes, int) or n_classes < 2:
+            raise ValueError(f"n_classes must be an integer >= 2, got {n_classes!r}")
         if exp_epochs is not None and (not isinstance(exp_epochs, int) or exp_epochs < 0):
-            raise ValueError(f"exp_epochs must be an integer >= 0 or None (a quarter of the run), got {exp_epochs!r}")
+            raise ValueError("exp_epochs must be an integer >= 0 or None (a quarter of the run), "
+                             f"got {exp_epochs!r}")
         if cam_layer is not None: _check_cam_layer(backbone, cam_layer)
-        self.n_classes, self.exp_epochs, self.threshold, self.cam_layer_name = n_classes, exp_epochs, threshold, cam_layer
+        self.n_classes, self.exp_epochs, self.threshold, self.cam_layer_name = (
+            n_classes, exp_epochs, threshold, cam_layer)
         self.clf_lr, self.clf_momentum = clf_lr, clf_momentum
         self._make_classifier(n_classes)
-        self.epoch, self.n_epochs, self._pending, self.last_share, self.background_anchor = 0, None, None, None, False
+        self.epoch, self.n_epochs, self._pending, self.last_share, self.background_anchor = (
+            0, None, None, None, False)
 
     def _make_classifier(self, n):
         self.n_classes = n
-        self.classifier = nn.Linear(self.backbone.feat_dim, n)              # trained on detached features, its own SGD
-        self.cam_classifier = copy.deepcopy(self.classifier).requires_grad_(False)   # the previous epoch's, drives Grad-CAM
-        self.clf_opt = torch.optim.SGD(self.classifier.parameters(), lr=self.clf_lr, momentum=self.clf_momentum)
+        # trained on detached features, its own SGD
+        self.classifier = nn.Linear(self.backbone.feat_dim, n)
+        # the previous epoch's, drives Grad-CAM
+        self.cam_classifier = copy.deepcopy(self.classifier).requires_grad_(False)
+        self.clf_opt = torch.optim.SGD(self.classifier.parameters(), lr=self.clf_lr,
+                                       momentum=self.clf_momentum)
 
     def encoder_parameters(self) -> list:
         mine = {id(p) for p in self.classifier.parameters()}
         return [p for p in self.parameters() if p.requires_grad and id(p) not in mine]
 
     def get_extra_state(self): return {"clf_opt": self.clf_opt.state_dict(), "epoch": self.epoch}
-    def set_extra_state(self, s): self.clf_opt.load_state_dict(s["clf_opt"]); self.epoch = int(s["epoch"])
+    def set_extra_state(self, s):
+        self.clf_opt.load_state_dict(s["clf_opt"]); self.epoch = int(s["epoch"])
 
     def _load_from_state_dict(self, sd, prefix, *args, **kw):
-        w = sd.get(prefix + "classifier.weight")   # a method built without its data (iclmsr eval) takes the checkpoint's class count
+        # a method built without its data (iclmsr eval) takes the checkpoint's class count
+        w = sd.get(prefix + "classifier.weight")
         if w is not None and w.shape[0] != self.n_classes: self._make_classifier(w.shape[0])
         super()._load_from_state_dict(sd, prefix, *args, **kw)
 
 # %% ../nbs/06b_excon.ipynb #c96f6852
 @patch
 def epoch_start(self: ExCon, epoch: int, n_epochs: int):
-    "Called by the `Learner` before each epoch: freeze the classifier trained so far as the one that explains this epoch."
+    """Called by the `Learner` before each epoch: freeze the classifier trained so far as the one
+    that explains this epoch."""
     self.epoch, self.n_epochs = epoch, n_epochs
     self.cam_classifier.load_state_dict(self.classifier.state_dict())
 
 # %% ../nbs/06b_excon.ipynb #4a1191a9
 @patch(as_prop=True)
 def masking(self: ExCon) -> bool:
-    "Whether this epoch uses the masked views (from epoch `exp_epochs`, default a quarter of the run)."
+    """Whether this epoch uses the masked views (from epoch `exp_epochs`, default a quarter of the
+    run)."""
     start = self.exp_epochs if self.exp_epochs is not None else (self.n_epochs or 0) // 4
     return self.epoch >= start
 
@@ -107,7 +131,8 @@ def explainer(self: ExCon) -> nn.Module:
 # %% ../nbs/06b_excon.ipynb #6dd8180d
 @patch
 def explain(self: ExCon, clean: torch.Tensor, labels: torch.Tensor) -> tuple:
-    "(masked, ok): `clean` masked where the true class's normalised Grad-CAM <= `threshold`, and whether the classifier gets each masked image right (eval mode)."
+    """(masked, ok): `clean` masked where the true class's normalised Grad-CAM <= `threshold`, and
+    whether the classifier gets each masked image right (eval mode)."""
     model, was = self.explainer(), self.backbone.training
     layer = self.cam_layer_name or cam_layer(self.backbone, clean.shape[-1])
     if isinstance(layer, str): layer = "0." + layer   # a dotted name inside the backbone
@@ -121,9 +146,11 @@ def explain(self: ExCon, clean: torch.Tensor, labels: torch.Tensor) -> tuple:
 # %% ../nbs/06b_excon.ipynb #92a9e8f6
 @patch
 def prepare(self: ExCon, batch: Batch) -> Batch:
-    "The step's `Batch` with view 1 = masked clean image where accepted, else the augmented backup (plain SupCon before `exp_epochs`)."
+    """The step's `Batch` with view 1 = masked clean image where accepted, else the augmented backup
+    (plain SupCon before `exp_epochs`)."""
     if batch.labels is None or batch.clean is None:
-        raise ValueError(f"{self.name} needs a Batch with labels and clean (the un-augmented images): build it with needs=method.needs")
+        raise ValueError(f"{self.name} needs a Batch with labels and clean (the un-augmented "
+                         "images): build it with needs=method.needs")
     if not self.masking: self.last_share = None; return batch
     masked, ok = self.explain(batch.clean, batch.labels)
     self.last_share = ok.float().mean()
@@ -138,35 +165,42 @@ def prepare(self: ExCon, batch: Batch) -> Batch:
 # %% ../nbs/06b_excon.ipynb #19589a8a
 @patch
 def loss_from_features(self: ExCon, h1, h2, batch):
-    "SupCon on the prepared views; rows labelled `n_classes` (ExConB's rejected masked images) are negatives only unless `background_anchor`."
+    """SupCon on the prepared views; rows labelled `n_classes` (ExConB's rejected masked images) are
+    negatives only unless `background_anchor`."""
     real = batch.labels < self.n_classes
     z1, z2 = self.project_pair(h1, h2)
     if self.negative_pair:   # ExConB: processes may hold different numbers of rows
         rows = (torch.arange(2 * len(z1), device=z1.device) if self.background_anchor
                 else torch.cat([real, real]).nonzero().squeeze(1))
         g1, g2, gl, anchors, scale = gather_ragged(z1, z2, batch.labels, rows)
-        base = scale * supcon_loss(g1, g2, gl, self.temperature, self.base_temperature, anchors=anchors)
+        base = scale * supcon_loss(g1, g2, gl, self.temperature,
+                                   self.base_temperature, anchors=anchors)
     else:
         g1, g2, gl, anchors = gather_pair(z1, z2, batch.labels)
         base = supcon_loss(g1, g2, gl, self.temperature, self.base_temperature, anchors=anchors)
-    if self.training and torch.is_grad_enabled(): self._pending = (h2[real].detach().float(), batch.labels[real])
+    if self.training and torch.is_grad_enabled():
+        self._pending = (h2[real].detach().float(), batch.labels[real])
     return {"base": base, "z1": z1[real], "z2": z2[real], "masked_share": self.last_share}
 
 # %% ../nbs/06b_excon.ipynb #230840a8
-def gather_ragged(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor, anchors: torch.Tensor) -> tuple:
-    "(z1, z2, labels, anchors, scale) of the global batch when processes hold different numbers of rows (identity and scale 1 in one process)."
+def gather_ragged(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor,
+                  anchors: torch.Tensor) -> tuple:
+    """(z1, z2, labels, anchors, scale) of the global batch when processes hold different numbers of
+    rows (identity and scale 1 in one process)."""
     rank, world = process_group()
     if world == 1: return z1, z2, labels, anchors, 1.0
     z1, z2 = at_least_float32(z1, z2)   # gathered (and gradients summed) in at least float32
     n = len(z1)
-    sizes = all_gather_cat(torch.tensor([[n, len(anchors)]], device=z1.device))      # (world, 2): rows, anchors
+    # (world, 2): rows, anchors
+    sizes = all_gather_cat(torch.tensor([[n, len(anchors)]], device=z1.device))
     m = int(sizes[:, 0].max())
     pad = lambda t, v: torch.cat([t, t.new_full((m - n, *t.shape[1:]), v)])
     keep = (torch.arange(m, device=z1.device)[None] < sizes[:, :1]).flatten()
     g1, g2 = gather_rows(pad(z1, 0))[keep], gather_rows(pad(z2, 0))[keep]
     gl = all_gather_cat(pad(labels, -1))[keep]
     N, off = len(g1), int(sizes[:rank, 0].sum())
-    moved = torch.where(anchors < n, anchors + off, anchors - n + N + off)   # view 1 rows, then view 2 rows
+    # view 1 rows, then view 2 rows
+    moved = torch.where(anchors < n, anchors + off, anchors - n + N + off)
     return g1, g2, gl, moved, world * len(anchors) / float(sizes[:, 1].sum())
 
 # %% ../nbs/06b_excon.ipynb #e9e08d21
@@ -174,8 +208,9 @@ def gather_ragged(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor, anch
 def check_epochs(self: ExCon, epochs: int):
     "Refuse a run whose masked views would never be used (`exp_epochs` beyond its `epochs`)."
     if self.exp_epochs is not None and self.exp_epochs > epochs:
-        raise ValueError(f"exp_epochs={self.exp_epochs} is beyond the run's {epochs} epochs (train.epochs): the masked "
-                         "views would never be used; set it to at most train.epochs, or null for a quarter of the run")
+        raise ValueError(f"exp_epochs={self.exp_epochs} is beyond the run's {epochs} epochs "
+                         "(train.epochs): the masked views would never be used; set it to at most "
+                         "train.epochs, or null for a quarter of the run")
 
 # %% ../nbs/06b_excon.ipynb #a757ab21
 @patch(cls_method=True)
@@ -186,29 +221,37 @@ def data_options(cls: ExCon, data, augment: str) -> dict:
 # %% ../nbs/06b_excon.ipynb #aa60e528
 @patch
 def step_end(self: ExCon, step: int, total_steps: int):
-    "After the encoder's step: one cross-entropy step of the classifier on that step's detached view-2 features (its own SGD)."
+    """After the encoder's step: one cross-entropy step of the classifier on that step's detached
+    view-2 features (its own SGD)."""
     Method.step_end(self, step, total_steps)
     if self._pending is None: return
     (h, y), self._pending = self._pending, None
     loss = F.cross_entropy(self.classifier(h), y)
     self.clf_opt.zero_grad(set_to_none=True)
     loss.backward()
-    if process_group()[1] > 1:   # under torchrun: the gradient of the global batch, so every process keeps the same classifier
-        for p in self.classifier.parameters(): torch.distributed.all_reduce(p.grad); p.grad /= process_group()[1]
+    # under torchrun: the gradient of the global batch, so every process keeps the same classifier
+    if process_group()[1] > 1:
+        for p in self.classifier.parameters():
+            torch.distributed.all_reduce(p.grad); p.grad /= process_group()[1]
     self.clf_opt.step()
     self.last_clf_loss = loss.detach()
 
 # %% ../nbs/06b_excon.ipynb #7d0356ec
 @register_method
 class ExConB(ExCon):
-    "ExConB: ExCon whose rejected masked images also enter both views with the extra label `n_classes`."
+    """ExConB: ExCon whose rejected masked images also enter both views with the extra label
+    `n_classes`."""
     name = "exconb"
-    desc = "ExConB: ExCon plus each misclassified masked image as an extra 'background' sample (label n_classes) in both views"
+    desc = ("ExConB: ExCon plus each misclassified masked image as an extra 'background' sample "
+            "(label n_classes) in both views")
     negative_pair = True
-    def __init__(self, backbone, proj_hidden: int = 1024, proj_dim: int = 128, temperature: float = 0.1,
-                 base_temperature: float | None = 0.07, n_classes: int = 10, exp_epochs: int | None = None,
-                 threshold: float = 0.5, cam_layer: str | None = None, clf_lr: float = 0.1, clf_momentum: float = 0.9,
-                 background_anchor: bool = False):  # the appended masked images are anchors too (True), or negatives only
-        super().__init__(backbone, proj_hidden, proj_dim, temperature, base_temperature, n_classes, exp_epochs,
-                         threshold, cam_layer, clf_lr, clf_momentum)
+    def __init__(self, backbone, proj_hidden: int = 1024, proj_dim: int = 128,
+                 temperature: float = 0.1, base_temperature: float | None = 0.07,
+                 n_classes: int = 10, exp_epochs: int | None = None, threshold: float = 0.5,
+                 cam_layer: str | None = None, clf_lr: float = 0.1, clf_momentum: float = 0.9,
+                 # the appended masked images are anchors too (True), or negatives only
+                 background_anchor: bool = False):
+        super().__init__(backbone, proj_hidden, proj_dim, temperature,
+                         base_temperature, n_classes, exp_epochs, threshold, cam_layer, clf_lr,
+                         clf_momentum)
         self.background_anchor = background_anchor

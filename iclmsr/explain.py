@@ -18,74 +18,96 @@ __all__ = ['ExplainError', 'grad_cam', 'normalise_cam', 'saliency_mask', 'cam_la
 
 # %% ../nbs/11_explain.ipynb #0dc40a74
 class ExplainError(UserError, ValueError):
-    "Bad input to an `iclmsr.explain` function; the message is one line: what was expected, what came."
+    """Bad input to an `iclmsr.explain` function; the message is one line: what was expected, what
+    came."""
 
 # %% ../nbs/11_explain.ipynb #c658bdca
 def _got(x) -> str:
-    return f"{x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+    return (f"{x.dtype} tensor of shape {tuple(x.shape)}"
+            if isinstance(x, torch.Tensor) else type(x).__name__)
 
 # %% ../nbs/11_explain.ipynb #c4e4d087
 def _check_images(images) -> torch.Tensor:
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3 or not len(images) \
             or not images.is_floating_point():
-        raise ExplainError(f"images must be a non-empty float tensor (B, 3, H, W), got a {_got(images)}")
+        raise ExplainError("images must be a non-empty float tensor (B, 3, H, W), got a "
+                           f"{_got(images)}")
     return images
 
 # %% ../nbs/11_explain.ipynb #4fd80a22
 def _check_targets(targets, n: int, name: str = "targets") -> torch.Tensor:
-    if isinstance(targets, numbers.Integral) and not isinstance(targets, bool): targets = [int(targets)] * n
+    if isinstance(targets, numbers.Integral) and not isinstance(targets, bool):
+        targets = [int(targets)] * n
     try: t = targets if isinstance(targets, torch.Tensor) else torch.as_tensor(targets)
-    except (TypeError, ValueError, RuntimeError): raise ExplainError(f"{name} must be integer class ids, got {_got(targets)}") from None
+    except (TypeError, ValueError, RuntimeError):
+        raise ExplainError(f"{name} must be integer class ids, got {_got(targets)}") from None
     if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
         raise ExplainError(f"{name} must be integer class ids, got dtype {t.dtype}")
     if t.ndim != 1 or len(t) != n:
-        raise ExplainError(f"{name} must hold one class id per image ({n}), got shape {tuple(t.shape)}")
+        raise ExplainError(f"{name} must hold one class id per image ({n}), got shape "
+                           f"{tuple(t.shape)}")
     return t.long()
 
 # %% ../nbs/11_explain.ipynb #33861481
 def _check_layer(model: nn.Module, layer) -> nn.Module:
     if isinstance(layer, str):
         try: return model.get_submodule(layer)
-        except AttributeError: raise ExplainError(f"layer {layer!r} is not a submodule of {type(model).__name__}") from None
+        except AttributeError:
+            raise ExplainError(f"layer {layer!r} is not a submodule of {type(model).__name__}") from None
     if not isinstance(layer, nn.Module) or not any(m is layer for m in model.modules()):
-        raise ExplainError(f"layer {type(layer).__name__} is not a module of {type(model).__name__}; "
-                           "pass one of model.modules() or its dotted name")
+        raise ExplainError(f"layer {type(layer).__name__} is not a module of "
+                           f"{type(model).__name__}; pass one of model.modules() or its dotted "
+                           "name")
     return layer
 
 # %% ../nbs/11_explain.ipynb #2a02e731
 def _layer_forward(model, layer, images):
-    "Run `model` on `images` once, keeping `layer`'s output (made to require grad): `(logits, activations)`."
+    """Run `model` on `images` once, keeping `layer`'s output (made to require grad): `(logits,
+    activations)`."""
     seen = []
     def hook(mod, inp, out):
-        if not isinstance(out, torch.Tensor): raise ExplainError(f"layer {type(mod).__name__} returns a {type(out).__name__}, not a tensor")
-        if not out.requires_grad: out.requires_grad_()   # frozen model, plain images: the output is a leaf
+        if not isinstance(out, torch.Tensor):
+            raise ExplainError(f"layer {type(mod).__name__} returns a {type(out).__name__}, not a "
+                               "tensor")
+        # frozen model, plain images: the output is a leaf
+        if not out.requires_grad: out.requires_grad_()
         seen.append(out)
-        return out.clone()   # in-place ops after the layer (ReLU(inplace=True)) must not change the saved output
+        # in-place ops after the layer (ReLU(inplace=True)) must not change the saved output
+        return out.clone()
     h = layer.register_forward_hook(hook)
     try:
         with torch.enable_grad(): logits = model(images)
     finally: h.remove()
     if len(seen) != 1:
-        raise ExplainError(f"layer {type(layer).__name__} ran {len(seen)} times in one forward pass; choose a module that runs once")
+        raise ExplainError(f"layer {type(layer).__name__} ran {len(seen)} times in one forward "
+                           "pass; choose a module that runs once")
     if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or len(logits) != len(images):
         raise ExplainError(f"model must return logits (B, C), got a {_got(logits)}")
-    if seen[0].ndim != 4: raise ExplainError(f"layer output must be (B, C, h, w) for Grad-CAM, got shape {tuple(seen[0].shape)}")
+    if seen[0].ndim != 4:
+        raise ExplainError("layer output must be (B, C, h, w) for Grad-CAM, got shape "
+                           f"{tuple(seen[0].shape)}")
     return logits, seen[0]
 
 # %% ../nbs/11_explain.ipynb #ad162c64
-def grad_cam(model: nn.Module, layer, images: torch.Tensor, targets, relu: bool = False) -> torch.Tensor:
-    "Layer Grad-CAM of `model`'s logits for `targets` at `layer`, bilinearly upsampled: (B, H, W), not normalised."
+def grad_cam(model: nn.Module, layer, images: torch.Tensor, targets,
+             relu: bool = False) -> torch.Tensor:
+    """Layer Grad-CAM of `model`'s logits for `targets` at `layer`, bilinearly upsampled: (B, H, W),
+    not normalised."""
     images = _check_images(images)
     layer, t = _check_layer(model, layer), _check_targets(targets, len(images))
     logits, acts = _layer_forward(model, layer, images)
     C = logits.shape[1]
     if t.min() < 0 or t.max() >= C:
-        raise ExplainError(f"targets must be class ids in 0..{C - 1}, got {int(t.min()) if t.min() < 0 else int(t.max())}")
-    with torch.enable_grad():                                     # also under a caller's torch.no_grad()
+        raise ExplainError(f"targets must be class ids in 0..{C - 1}, got "
+                           f"{int(t.min()) if t.min() < 0 else int(t.max())}")
+    # also under a caller's torch.no_grad()
+    with torch.enable_grad():
         grads, = torch.autograd.grad(logits.gather(1, t.to(logits.device)[:, None]).sum(), acts)
-    weights = grads.float().mean(dim=(2, 3), keepdim=True)        # alpha_k: the spatial mean of the gradients
+    # alpha_k: the spatial mean of the gradients
+    weights = grads.float().mean(dim=(2, 3), keepdim=True)
     cam = (weights * acts.detach().float()).sum(dim=1, keepdim=True)
-    if relu: cam = F.relu(cam)                                    # before the upsampling, as captum does
+    # before the upsampling, as captum does
+    if relu: cam = F.relu(cam)
     return F.interpolate(cam, images.shape[-2:], mode="bilinear").squeeze(1)
 
 # %% ../nbs/11_explain.ipynb #e2c20221
@@ -100,18 +122,23 @@ def normalise_cam(cam: torch.Tensor) -> torch.Tensor:
     "Per-image min-max scaling of maps (B, H, W) to [0, 1]; a constant map becomes all zeros."
     cam = _check_cam(cam)
     flat = cam.flatten(1)
-    lo, rng = flat.min(1).values.view(-1, 1, 1), (flat.max(1).values - flat.min(1).values).view(-1, 1, 1)
-    return torch.where(rng > 0, (cam - lo) / rng.clamp_min(torch.finfo(cam.dtype).tiny), torch.zeros_like(cam))
+    lo, rng = (flat.min(1).values.view(-1, 1, 1),
+               (flat.max(1).values - flat.min(1).values).view(-1, 1, 1))
+    return torch.where(rng > 0,
+                       (cam - lo) / rng.clamp_min(torch.finfo(cam.dtype).tiny),
+                       torch.zeros_like(cam))
 
 # %% ../nbs/11_explain.ipynb #1ab2c24a
 def saliency_mask(cam: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
-    "The salient pixels: the per-image min-max normalised `cam` (B, H, W) strictly above `threshold`, as bool (B, H, W)."
+    """The salient pixels: the per-image min-max normalised `cam` (B, H, W) strictly above
+    `threshold`, as bool (B, H, W)."""
     if not isinstance(threshold, numbers.Real) or isinstance(threshold, bool) or not 0 <= threshold <= 1:
         raise ExplainError(f"threshold must be a number in [0, 1], got {threshold!r}")
     return normalise_cam(cam) > threshold
 
 # %% ../nbs/11_explain.ipynb #59284085
-_CAM_LAYERS = {"resnet18": ("net.layer2.1.conv2", "net.layer4.1.conv2"), "resnet50": ("net.layer2.3.conv3", "net.layer4.2.conv3"),
+_CAM_LAYERS = {"resnet18": ("net.layer2.1.conv2", "net.layer4.1.conv2"),
+               "resnet50": ("net.layer2.3.conv3", "net.layer4.2.conv3"),
                "small_cnn": ("net.9", "net.9")}
 
 def _resnet_layer(net, image_size: int) -> nn.Module:
@@ -120,24 +147,32 @@ def _resnet_layer(net, image_size: int) -> nn.Module:
 
 # %% ../nbs/11_explain.ipynb #0fae125c
 def cam_layer(backbone, image_size: int):
-    "ExCon's Grad-CAM layer: its dotted name in a `Backbone` for a backbone name, the module itself for a model."
+    """ExCon's Grad-CAM layer: its dotted name in a `Backbone` for a backbone name, the module
+    itself for a model."""
     if not isinstance(image_size, numbers.Integral) or isinstance(image_size, bool) or image_size < 8:
         raise ExplainError(f"image_size must be an integer >= 8, got {image_size!r}")
     if isinstance(backbone, str):
-        if backbone not in _CAM_LAYERS: raise ExplainError(f"no Grad-CAM layer for backbone {backbone!r}; known: {', '.join(_CAM_LAYERS)}")
+        if backbone not in _CAM_LAYERS:
+            raise ExplainError(f"no Grad-CAM layer for backbone {backbone!r}; known: "
+                               f"{', '.join(_CAM_LAYERS)}")
         return _CAM_LAYERS[backbone][image_size >= 64]
-    if not isinstance(backbone, nn.Module): raise ExplainError(f"backbone must be a name or an nn.Module, got {type(backbone).__name__}")
+    if not isinstance(backbone, nn.Module):
+        raise ExplainError(f"backbone must be a name or an nn.Module, got {type(backbone).__name__}")
     bb = next((m for m in backbone.modules() if isinstance(m, Backbone)), None)
-    if bb is not None and bb.name in _CAM_LAYERS: return bb.get_submodule(_CAM_LAYERS[bb.name][image_size >= 64])
+    if bb is not None and bb.name in _CAM_LAYERS:
+        return bb.get_submodule(_CAM_LAYERS[bb.name][image_size >= 64])
     net = next((m for m in backbone.modules() if isinstance(m, torchvision.models.ResNet)), None)
     if net is not None: return _resnet_layer(net, image_size)
     convs = [m for m in backbone.modules() if isinstance(m, nn.Conv2d)]
-    if not convs: raise ExplainError(f"{type(backbone).__name__} has no Conv2d layer for Grad-CAM; pass the layer explicitly")
+    if not convs:
+        raise ExplainError(f"{type(backbone).__name__} has no Conv2d layer for Grad-CAM; pass the "
+                           "layer explicitly")
     return convs[-1]
 
 # %% ../nbs/11_explain.ipynb #f4000708
 def top_pixels(cam: torch.Tensor, frac: float = 0.15) -> torch.Tensor:
-    "Bool (B, H, W): per image the `int(frac * H * W)` pixels of highest `cam` (ties broken arbitrarily), the ones ExCon keeps."
+    """Bool (B, H, W): per image the `int(frac * H * W)` pixels of highest `cam` (ties broken
+    arbitrarily), the ones ExCon keeps."""
     cam = _check_cam(cam)
     if not isinstance(frac, numbers.Real) or isinstance(frac, bool) or not 0 <= frac <= 1:
         raise ExplainError(f"frac must be a number in [0, 1], got {frac!r}")
@@ -149,41 +184,50 @@ def top_pixels(cam: torch.Tensor, frac: float = 0.15) -> torch.Tensor:
 
 # %% ../nbs/11_explain.ipynb #439993e0
 def _check_probs(y, o):
-    y, o = torch.as_tensor(y, dtype=torch.float64).cpu(), torch.as_tensor(o, dtype=torch.float64).cpu()
+    y, o = (torch.as_tensor(y, dtype=torch.float64).cpu(),
+            torch.as_tensor(o, dtype=torch.float64).cpu())
     if y.ndim != 1 or y.shape != o.shape or not len(y):
-        raise ExplainError(f"the confidences must be two non-empty 1-d tensors of one length, got shapes {tuple(y.shape)} and {tuple(o.shape)}")
+        raise ExplainError("the confidences must be two non-empty 1-d tensors of one length, got "
+                           f"shapes {tuple(y.shape)} and {tuple(o.shape)}")
     if not (((y > 0) & (y <= 1)).all() and ((o >= 0) & (o <= 1)).all()):
-        raise ExplainError("the confidences must be probabilities in [0, 1], the ones on the full images > 0")
+        raise ExplainError("the confidences must be probabilities in [0, 1], the ones on the full "
+                           "images > 0")
     return y, o
 
 # %% ../nbs/11_explain.ipynb #b3075f25
 def average_drop(p_orig, p_masked) -> float:
-    "ExCon's Average Drop in percent: the mean over images of max(0, Y - O) / Y (class probability on the full / explanation image)."
+    """ExCon's Average Drop in percent: the mean over images of max(0, Y - O) / Y (class probability
+    on the full / explanation image)."""
     y, o = _check_probs(p_orig, p_masked)
     return 100.0 * ((y - o).clamp_min(0) / y).mean().item()
 
 # %% ../nbs/11_explain.ipynb #ccd81065
 def increase_in_confidence(p_orig, p_masked) -> float:
-    "ExCon's Increase in Confidence in percent: the share of images whose class probability rises on the explanation image."
+    """ExCon's Increase in Confidence in percent: the share of images whose class probability rises
+    on the explanation image."""
     y, o = _check_probs(p_orig, p_masked)
     return 100.0 * (o > y).double().mean().item()
 
 # %% ../nbs/11_explain.ipynb #11601169
 def _check_masks(masks, cam) -> torch.Tensor:
     if not isinstance(masks, torch.Tensor) or masks.dtype != torch.bool or masks.shape != cam.shape:
-        raise ExplainError(f"masks must be a bool tensor of the maps' shape {tuple(cam.shape)}, got a {_got(masks)}")
+        raise ExplainError(f"masks must be a bool tensor of the maps' shape {tuple(cam.shape)}, "
+                           f"got a {_got(masks)}")
     return masks.to(cam.device)
 
 # %% ../nbs/11_explain.ipynb #3ec9e065
 def mask_iou(cam: torch.Tensor, masks: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
-    "Per image, the IoU of `saliency_mask(cam, threshold)` with the true foreground `masks` (B, H, W); 1 when both are empty."
+    """Per image, the IoU of `saliency_mask(cam, threshold)` with the true foreground `masks` (B, H,
+    W); 1 when both are empty."""
     s = saliency_mask(cam, threshold); m = _check_masks(masks, cam)
     inter, union = (s & m).flatten(1).sum(1), (s | m).flatten(1).sum(1)
-    return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(inter, dtype=torch.float))
+    return torch.where(union > 0, inter / union.clamp_min(1),
+                       torch.ones_like(inter, dtype=torch.float))
 
 # %% ../nbs/11_explain.ipynb #8d2bd201
 def pointing_game(cam: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    "Per image, a hit (bool) when the map's maximum lies inside the mask: its maximum inside beats its maximum outside."
+    """Per image, a hit (bool) when the map's maximum lies inside the mask: its maximum inside beats
+    its maximum outside."""
     cam = _check_cam(cam); m = _check_masks(masks, cam)
     ninf = torch.tensor(float("-inf"), dtype=cam.dtype, device=cam.device)
     inside = torch.where(m, cam, ninf).flatten(1).max(1).values
@@ -192,17 +236,21 @@ def pointing_game(cam: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
 
 # %% ../nbs/11_explain.ipynb #8e6165c3
 def energy_share(cam: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    "Per image, the share of the map's positive part that lies inside the mask; 0 for a map with no positive value."
+    """Per image, the share of the map's positive part that lies inside the mask; 0 for a map with
+    no positive value."""
     cam = _check_cam(cam); m = _check_masks(masks, cam)
     pos = cam.clamp_min(0).flatten(1)
     total, inside = pos.sum(1), (pos * m.flatten(1)).sum(1)
-    return torch.where(total > 0, inside / total.clamp_min(torch.finfo(cam.dtype).tiny), torch.zeros_like(total))
+    return torch.where(total > 0,
+                       inside / total.clamp_min(torch.finfo(cam.dtype).tiny),
+                       torch.zeros_like(total))
 
 # %% ../nbs/11_explain.ipynb #39114a9d
 def _rgb_pixels(images) -> torch.Tensor:
     "`as_pixels` of a batch of RGB images (B, 3, H, W), with `ExplainError`s."
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3 or not len(images):
-        raise ExplainError(f"images must be a non-empty batch (B, 3, H, W) of uint8 or [0, 1] pixels, got a {_got(images)}")
+        raise ExplainError("images must be a non-empty batch (B, 3, H, W) of uint8 or [0, 1] "
+                           f"pixels, got a {_got(images)}")
     return as_pixels(images, error=ExplainError)
 
 # %% ../nbs/11_explain.ipynb #fd938277
@@ -214,30 +262,42 @@ def _batch_measures(model, layer, x, y, m, frac, threshold, relu, target) -> dic
     "Per-image measures on one normalised batch `x` (the model already in eval mode)."
     p = _probs(model, x)
     pred = p.argmax(1)
-    cam = grad_cam(model, layer, x, pred, relu)                 # ExCon: the map of the predicted class
-    p_masked = _probs(model, x * top_pixels(cam, frac)[:, None])   # 0 in the normalised input: the mean colour
+    # ExCon: the map of the predicted class
+    cam = grad_cam(model, layer, x, pred, relu)
+    # 0 in the normalised input: the mean colour
+    p_masked = _probs(model, x * top_pixels(cam, frac)[:, None])
     i = torch.arange(len(x), device=x.device)
-    out = {"p_orig": p[i, pred], "p_masked": p_masked[i, pred], "correct": None if y is None else pred == y}
+    out = {"p_orig": p[i, pred], "p_masked": p_masked[i, pred],
+           "correct": None if y is None else pred == y}
     if m is not None:
         if target == "label" and y is not None: cam = grad_cam(model, layer, x, y, relu)
-        out.update(iou=mask_iou(cam, m, threshold), pointing=pointing_game(cam, m).float(), energy=energy_share(cam, m))
+        out.update(iou=mask_iou(cam, m, threshold), pointing=pointing_game(cam, m).float(),
+                   energy=energy_share(cam, m))
     return out
 
 # %% ../nbs/11_explain.ipynb #1e9620b6
-def explanation_measures(model: nn.Module, layer, images, labels=None, masks=None, mean=None, std=None, frac: float = 0.15,
-                         threshold: float = 0.5, relu: bool = False, target: str = "label", bs: int = 128) -> dict:
-    "ExCon's Average Drop / Increase in Confidence and, with true `masks`, saliency IoU, pointing game and energy share (percent)."
-    if target not in ("label", "pred"): raise ExplainError(f"target must be 'label' or 'pred', got {target!r}")
-    if not isinstance(bs, numbers.Integral) or bs < 1: raise ExplainError(f"bs must be a positive integer, got {bs!r}")
-    x = _rgb_pixels(images); dev = model_device(model); norm = normaliser(mean, std, 3, dev, error=ExplainError)
+def explanation_measures(model: nn.Module, layer, images, labels=None, masks=None, mean=None,
+                         std=None, frac: float = 0.15, threshold: float = 0.5, relu: bool = False,
+                         target: str = "label", bs: int = 128) -> dict:
+    """ExCon's Average Drop / Increase in Confidence and, with true `masks`, saliency IoU, pointing
+    game and energy share (percent)."""
+    if target not in ("label", "pred"):
+        raise ExplainError(f"target must be 'label' or 'pred', got {target!r}")
+    if not isinstance(bs, numbers.Integral) or bs < 1:
+        raise ExplainError(f"bs must be a positive integer, got {bs!r}")
+    x = _rgb_pixels(images)
+    dev = model_device(model)
+    norm = normaliser(mean, std, 3, dev, error=ExplainError)
     y = None if labels is None else _check_targets(labels, len(x), "labels")
     if masks is not None: _check_masks(masks, x[:, 0])
     layer = _check_layer(model, layer)
     modes = [(mod, mod.training) for mod in model.modules()]
     model.eval()
     try:
-        parts = [_batch_measures(model, layer, norm(x[i:i + bs].to(dev)), None if y is None else y[i:i + bs].to(dev),
-                                 None if masks is None else masks[i:i + bs].to(dev), frac, threshold, relu, target)
+        parts = [_batch_measures(model, layer, norm(x[i:i + bs].to(dev)),
+                                 None if y is None else y[i:i + bs].to(dev),
+                                 None if masks is None else masks[i:i + bs].to(dev),
+                                 frac, threshold, relu, target)
                  for i in range(0, len(x), bs)]
     finally:
         for mod, mode in modes: mod.training = mode
@@ -245,5 +305,6 @@ def explanation_measures(model: nn.Module, layer, images, labels=None, masks=Non
     res = {"n": len(x), "avg_drop": average_drop(cat["p_orig"], cat["p_masked"]),
            "increase": increase_in_confidence(cat["p_orig"], cat["p_masked"])}
     if "correct" in cat: res["accuracy"] = 100.0 * cat["correct"].double().mean().item()
-    res.update({k: 100.0 * cat[k].double().mean().item() for k in ("iou", "pointing", "energy") if k in cat})
+    res.update({k: 100.0 * cat[k].double().mean().item()
+                for k in ("iou", "pointing", "energy") if k in cat})
     return res

@@ -25,7 +25,8 @@ def _tensor(x):
 
 # %% ../nbs/01a_fgbg.ipynb #7d655834
 def check_plain(obj, what: str):
-    "`obj` itself if it holds only JSON-like values (what `json` and `torch.load(weights_only=True)` accept); else a one-line `ValueError` naming `what`."
+    """`obj` itself if it holds only JSON-like values (what `json` and
+    `torch.load(weights_only=True)` accept); else a one-line `ValueError` naming `what`."""
     try: json.dumps(obj)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{what} must hold only str/int/float/bool/None/list/dict values: {e}") from None
@@ -33,44 +34,56 @@ def check_plain(obj, what: str):
 
 # %% ../nbs/01a_fgbg.ipynb #1b5df902
 def _checked(name, images, masks, labels, backgrounds, bg_images, classes):
-    "Validated fields of a dataset `name`: (images, masks, labels, backgrounds, bg_images, classes)."
-    images, masks, labels, backgrounds, bg_images = map(_tensor, (images, masks, labels, backgrounds, bg_images))
+    """Validated fields of a dataset `name`: (images, masks, labels, backgrounds, bg_images,
+    classes)."""
+    images, masks, labels, backgrounds, bg_images = map(_tensor,
+                                                        (images, masks,
+                                                         labels, backgrounds, bg_images))
     if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"images of {name!r} must have shape (N, 3, H, W), got {tuple(images.shape)}")
+        raise ValueError(f"images of {name!r} must have shape (N, 3, H, W), got "
+                         f"{tuple(images.shape)}")
     if images.dtype != torch.uint8:
         raise ValueError(f"images of {name!r} must be uint8 (0-255), got {images.dtype}")
     n, _, h, w = images.shape
-    if n == 0: raise ValueError(f"empty dataset {name!r}: it has 0 images; a dataset needs at least 1")
+    if n == 0:
+        raise ValueError(f"empty dataset {name!r}: it has 0 images; a dataset needs at least 1")
     if labels.shape != (n,) or labels.dtype.is_floating_point or labels.dtype == torch.bool:
-        raise ValueError(f"labels of {name!r} must be an integer tensor of shape ({n},), got {labels.dtype} {tuple(labels.shape)}")
+        raise ValueError(f"labels of {name!r} must be an integer tensor of shape ({n},), got "
+                         f"{labels.dtype} {tuple(labels.shape)}")
     labels = labels.long()
     if masks is not None:
         if tuple(masks.shape) != (n, h, w):
-            raise ValueError(f"mask/image size mismatch in {name!r}: masks have shape {tuple(masks.shape)}, images "
-                             f"{tuple(images.shape)}; masks must be (N, H, W) = ({n}, {h}, {w})")
+            raise ValueError(f"mask/image size mismatch in {name!r}: masks have shape "
+                             f"{tuple(masks.shape)}, images {tuple(images.shape)}; masks must be "
+                             f"(N, H, W) = ({n}, {h}, {w})")
         if masks.dtype != torch.bool: masks = masks != 0
-    if backgrounds is None: backgrounds = torch.full((n,), -1, dtype=torch.long, device=images.device)
+    if backgrounds is None:
+        backgrounds = torch.full((n,), -1, dtype=torch.long, device=images.device)
     if backgrounds.shape != (n,):
-        raise ValueError(f"backgrounds of {name!r} must have shape ({n},), got {tuple(backgrounds.shape)}")
+        raise ValueError(f"backgrounds of {name!r} must have shape ({n},), got "
+                         f"{tuple(backgrounds.shape)}")
     backgrounds = backgrounds.long()
     if classes is None: classes = [str(i) for i in range(int(labels.max()) + 1)]
     classes = [str(c) for c in classes]
     lo, hi, k = int(labels.min()), int(labels.max()), len(classes)
     if lo < -1 or hi >= k:
-        raise ValueError(f"labels out of range in {name!r}: found {lo if lo < -1 else hi}, allowed 0..{k - 1} for "
-                         f"{k} classes (or -1 for unlabeled)")
-    if bg_images is not None and (bg_images.shape != images.shape or bg_images.dtype != torch.uint8):
-        raise ValueError(f"bg_images of {name!r} must be uint8 of the images' shape {tuple(images.shape)}, "
-                         f"got {bg_images.dtype} {tuple(bg_images.shape)}")
+        raise ValueError(f"labels out of range in {name!r}: found {lo if lo < -1 else hi}, allowed "
+                         f"0..{k - 1} for {k} classes (or -1 for unlabeled)")
+    if bg_images is not None and (bg_images.shape != images.shape
+                                  or bg_images.dtype != torch.uint8):
+        raise ValueError(f"bg_images of {name!r} must be uint8 of the images' shape "
+                         f"{tuple(images.shape)}, got {bg_images.dtype} {tuple(bg_images.shape)}")
     devs = {t.device for t in (images, masks, labels, backgrounds, bg_images) if t is not None}
-    if len(devs) > 1: raise ValueError(f"tensors of {name!r} are on different devices: {sorted(map(str, devs))}")
+    if len(devs) > 1:
+        raise ValueError(f"tensors of {name!r} are on different devices: {sorted(map(str, devs))}")
     return images, masks, labels, backgrounds, bg_images, classes
 
 # %% ../nbs/01a_fgbg.ipynb #fda0ba44
 class FgBgData:
-    "Images (uint8 N,3,H,W) with foreground masks (bool N,H,W or None), labels and background ids, as tensors."
-    def __init__(self, images, masks, labels, backgrounds=None, classes=None, name: str = "data", meta: dict | None = None,
-                 bg_images=None):
+    """Images (uint8 N,3,H,W) with foreground masks (bool N,H,W or None), labels and background ids,
+    as tensors."""
+    def __init__(self, images, masks, labels, backgrounds=None, classes=None, name: str = "data",
+                 meta: dict | None = None, bg_images=None):
         self.name = name = str(name)
         (self.images, self.masks, self.labels, self.backgrounds, self.bg_images,
          self.classes) = _checked(name, images, masks, labels, backgrounds, bg_images, classes)
@@ -82,7 +95,8 @@ class FgBgData:
         h, w = self.images.shape[-2:]
         nb = len(self.backgrounds[self.backgrounds >= 0].unique())
         return (f"FgBgData({self.name!r}: {len(self)} images {h}x{w}, {self.num_classes} classes, "
-                f"masks={'yes' if self.has_masks else 'no'}, {nb} background ids, device={self.device})")
+                f"masks={'yes' if self.has_masks else 'no'}, {nb} background ids, "
+                f"device={self.device})")
 
 # %% ../nbs/01a_fgbg.ipynb #1334d42b
 @patch(as_prop=True)
@@ -112,7 +126,8 @@ def device(self: FgBgData) -> torch.device:
 # %% ../nbs/01a_fgbg.ipynb #3f327f80
 @patch(as_prop=True)
 def bg_names(self: FgBgData) -> list:
-    "Names of the background families, indexed by background id (`meta['bg_names']`; empty when unknown)."
+    """Names of the background families, indexed by background id (`meta['bg_names']`; empty when
+    unknown)."""
     return list(self.meta.get("bg_names", []))
 
 # %% ../nbs/01a_fgbg.ipynb #7639bea5
@@ -120,7 +135,8 @@ _FIELDS = ("images", "masks", "labels", "backgrounds", "classes", "name", "meta"
 
 @patch
 def replace(self: FgBgData, **fields) -> FgBgData:
-    "A new dataset with this one's fields, some of them replaced (`images=`, `masks=`, `labels=`, `meta=`, ...)."
+    """A new dataset with this one's fields, some of them replaced (`images=`, `masks=`, `labels=`,
+    `meta=`, ...)."""
     bad = [k for k in fields if k not in _FIELDS]
     if bad: raise TypeError(f"unknown FgBgData field {bad[0]!r}; fields are: {', '.join(_FIELDS)}")
     return FgBgData(**{**{k: getattr(self, k) for k in _FIELDS}, **fields})
@@ -141,9 +157,11 @@ def subset(self: FgBgData, idx) -> FgBgData:
 @patch
 def __getitem__(self: FgBgData, i):
     "One sample as a dict (`i` an integer) or a `subset` (anything else)."
-    if isinstance(i, (int, np.integer)) or (isinstance(i, torch.Tensor) and i.ndim == 0 and i.dtype != torch.bool):
+    if isinstance(i, (int, np.integer)) or (isinstance(i, torch.Tensor) and i.ndim == 0
+                                            and i.dtype != torch.bool):
         i = int(i)
-        if not -len(self) <= i < len(self): raise IndexError(f"index {i} out of range for {len(self)} samples")
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} samples")
         return dict(image=self.images[i], mask=None if self.masks is None else self.masks[i],
                     label=int(self.labels[i]), background=int(self.backgrounds[i]))
     return self.subset(i)
@@ -159,11 +177,13 @@ def to(self: FgBgData, device) -> FgBgData:
 # %% ../nbs/01a_fgbg.ipynb #49d757d0
 @patch
 def cooccurrence(self: FgBgData) -> torch.Tensor:
-    "Counts of (class, background id) pairs: a `num_classes x num_backgrounds` table (unknown ids left out)."
+    """Counts of (class, background id) pairs: a `num_classes x num_backgrounds` table (unknown ids
+    left out)."""
     ok = (self.labels >= 0) & (self.backgrounds >= 0)
     nb = int(self.backgrounds.max()) + 1 if ok.any() else 0
     t = torch.zeros(self.num_classes * max(nb, 1), dtype=torch.long, device=self.device)
-    t.index_add_(0, self.labels[ok] * max(nb, 1) + self.backgrounds[ok], torch.ones_like(self.labels[ok]))
+    t.index_add_(0, self.labels[ok] * max(nb, 1) + self.backgrounds[ok],
+                 torch.ones_like(self.labels[ok]))
     return t.view(self.num_classes, max(nb, 1))[:, :nb].cpu()
 
 # %% ../nbs/01a_fgbg.ipynb #cd9079e3
@@ -174,8 +194,9 @@ def state(self: FgBgData) -> dict:
     "The dataset as plain tensors, lists and dicts (CPU)."
     cpu = lambda t: None if t is None else t.cpu()
     return {"format": _FORMAT, "version": 1, "images": cpu(self.images), "masks": cpu(self.masks),
-            "labels": cpu(self.labels), "backgrounds": cpu(self.backgrounds), "bg_images": cpu(self.bg_images),
-            "classes": list(self.classes), "name": self.name, "meta": check_plain(self.meta, f"meta of {self.name!r}")}
+            "labels": cpu(self.labels), "backgrounds": cpu(self.backgrounds),
+            "bg_images": cpu(self.bg_images), "classes": list(self.classes), "name": self.name,
+            "meta": check_plain(self.meta, f"meta of {self.name!r}")}
 
 # %% ../nbs/01a_fgbg.ipynb #99b6e16e
 @patch_to(FgBgData, static_method=True)
@@ -184,8 +205,8 @@ def from_state(d: dict, where="state") -> FgBgData:
     if not isinstance(d, dict) or d.get("format") != _FORMAT:
         got = d.get("format") if isinstance(d, dict) else type(d).__name__
         raise ValueError(f"{where} is not a saved FgBgData (format {got!r}, expected {_FORMAT!r})")
-    return FgBgData(d["images"], d["masks"], d["labels"], d["backgrounds"], d["classes"], d["name"], d["meta"],
-                    bg_images=d.get("bg_images"))
+    return FgBgData(d["images"], d["masks"], d["labels"], d["backgrounds"],
+                    d["classes"], d["name"], d["meta"], bg_images=d.get("bg_images"))
 
 # %% ../nbs/01a_fgbg.ipynb #f40a5b00
 @patch
@@ -199,7 +220,8 @@ def load(path, device=None) -> FgBgData:
     "Read a dataset written by `FgBgData.save`, optionally onto `device`."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"no saved dataset at {path}")
-    d = read_torch_file(path, "a dataset saved by FgBgData.save")  # anything else: one line, never unpickled unsafely
+    # anything else: one line, never unpickled unsafely
+    d = read_torch_file(path, "a dataset saved by FgBgData.save")
     ds = FgBgData.from_state(d, str(path))
     return ds if device is None else ds.to(device)
 
@@ -213,7 +235,8 @@ def _box_sum(x: torch.Tensor, r: int) -> torch.Tensor:
 
 # %% ../nbs/01a_fgbg.ipynb #60183fe7
 def inpaint(img: torch.Tensor, hole: torch.Tensor, empty: float = 0.5) -> torch.Tensor:
-    "Fill `hole` (bool N,H,W) of float images (N,C,H,W) from the surrounding pixels (onion-peel normalised convolution)."
+    """Fill `hole` (bool N,H,W) of float images (N,C,H,W) from the surrounding pixels (onion-peel
+    normalised convolution)."""
     known = (~hole)[:, None].to(img.dtype)
     out, todo, r = img * known, hole.clone(), 1
     while bool(todo.any()) and r <= 2 * max(img.shape[-2:]):
@@ -223,11 +246,13 @@ def inpaint(img: torch.Tensor, hole: torch.Tensor, empty: float = 0.5) -> torch.
         known = torch.where(ok[:, None], torch.ones_like(known), known)
         todo &= ~ok
         r *= 2
-    return torch.where(todo[:, None], torch.full_like(out, empty), out)  # images that are all foreground
+    # images that are all foreground
+    return torch.where(todo[:, None], torch.full_like(out, empty), out)
 
 # %% ../nbs/01a_fgbg.ipynb #94820fc4
 def tile_fill(img: torch.Tensor, hole: torch.Tensor) -> torch.Tensor:
-    "Fill `hole` (bool N,H,W) with background texture copied from shifted positions of the same image."
+    """Fill `hole` (bool N,H,W) with background texture copied from shifted positions of the same
+    image."""
     H, W = hole.shape[-2:]
     out, todo = img.clone(), hole.clone()
     for f in (0.5, 0.3, 0.7, 0.2, 0.8):
@@ -241,7 +266,8 @@ def tile_fill(img: torch.Tensor, hole: torch.Tensor) -> torch.Tensor:
 
 # %% ../nbs/01a_fgbg.ipynb #b64e83d9
 def _donors(labels: torch.Tensor, kind: str, g: torch.Generator) -> torch.Tensor:
-    "For each sample, the index of the image whose background it gets (`mixed_same`/`mixed_rand`/`mixed_next`)."
+    """For each sample, the index of the image whose background it gets
+    (`mixed_same`/`mixed_rand`/`mixed_next`)."""
     n = len(labels); ar = torch.arange(n)
     if kind == "mixed_rand":
         if n == 1: return ar
@@ -277,12 +303,16 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
 # %% ../nbs/01a_fgbg.ipynb #4d546f40
 @patch
 def train_cooccurrence(self: FgBgData):
-    "The training split's class x background-id co-occurrence (counts or rates) when known, else None."
+    """The training split's class x background-id co-occurrence (counts or rates) when known, else
+    None."""
     m = self.meta
-    if m.get("train_cooccurrence") is not None: return torch.tensor(m["train_cooccurrence"], dtype=torch.float)
+    if m.get("train_cooccurrence") is not None:
+        return torch.tensor(m["train_cooccurrence"], dtype=torch.float)
     p = m.get("params")
-    if m.get("source") == "toy" and isinstance(p, dict) and p.get("rho") is not None:  # the embedded data's generator:
-        K, r = int(p["num_classes"]), float(p["rho"])       # background = class with probability rho, else another one
+    # the embedded data's generator:
+    if m.get("source") == "toy" and isinstance(p, dict) and p.get("rho") is not None:
+        # background = class with probability rho, else another one
+        K, r = int(p["num_classes"]), float(p["rho"])
         t = torch.full((K, K), (1 - r) / max(K - 1, 1)); t.fill_diagonal_(r)
         return t
     return None
@@ -290,9 +320,11 @@ def train_cooccurrence(self: FgBgData):
 # %% ../nbs/01a_fgbg.ipynb #c26a7bda
 @patch
 def typical_backgrounds(self: FgBgData):
-    "Per class the background id it co-occurs with most in training (-1: tie or none); None when that is unknown."
+    """Per class the background id it co-occurs with most in training (-1: tie or none); None when
+    that is unknown."""
     t = self.train_cooccurrence()
-    if t is None or t.ndim != 2 or t.shape[0] != self.num_classes or not bool((self.backgrounds >= 0).any()): return None
+    if t is None or t.ndim != 2 or t.shape[0] != self.num_classes or not bool((self.backgrounds >= 0).any()):
+        return None
     top = t.max(1).values
     tie = (t == top[:, None]).sum(1) > 1
     return torch.where(tie | (top <= 0), -1, t.argmax(1)).long()
@@ -300,9 +332,12 @@ def typical_backgrounds(self: FgBgData):
 
 # %% ../nbs/01a_fgbg.ipynb #136b5ebc
 def _draw(key: torch.Tensor, target: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    "For each sample, a random *other* sample whose `key` equals its `target` (`key`, `target` >= 0; target groups non-empty)."
+    """For each sample, a random *other* sample whose `key` equals its `target` (`key`, `target` >=
+    0; target groups non-empty)."""
     n = len(key); ar = torch.arange(n)
-    counts = torch.bincount(key, minlength=int(max(key.max(), target.max())) + 1); starts = counts.cumsum(0) - counts
+    counts = torch.bincount(key,
+                            minlength=int(max(key.max(), target.max()))
+                            + 1); starts = counts.cumsum(0) - counts
     order = key.argsort(stable=True)
     rank = torch.empty(n, dtype=torch.long); rank[order] = ar - starts[key[order]]
     c, same = counts[target], target == key
@@ -312,23 +347,29 @@ def _draw(key: torch.Tensor, target: torch.Tensor, g: torch.Generator) -> torch.
 
 # %% ../nbs/01a_fgbg.ipynb #cc2f2766
 def _typical_donors(labels, backgrounds, typical, d, g) -> torch.Tensor:
-    "Replace the donors `d` by images whose background id is the one typical of each sample's class (where one exists)."
+    """Replace the donors `d` by images whose background id is the one typical of each sample's
+    class (where one exists)."""
     want = torch.zeros_like(labels); lab = labels >= 0
-    want[lab] = typical[labels[lab]] + 1                              # 0: no typical background known
+    # 0: no typical background known
+    want[lab] = typical[labels[lab]] + 1
     key = backgrounds.clamp_min(-1) + 1
     counts = torch.bincount(key, minlength=int(max(key.max(), want.max())) + 1)
-    ok = (want > 0) & (counts[want] - (key == want).long() > 0)       # some *other* image has that background
+    # some *other* image has that background
+    ok = (want > 0) & (counts[want] - (key == want).long() > 0)
     return torch.where(ok, _draw(key, torch.where(ok, want, key), g), d)
 
 
 # %% ../nbs/01a_fgbg.ipynb #241ba302
 def make_variant(ds: FgBgData, name: str, seed: int = 0, fill: int = 0) -> FgBgData:
-    "The ImageNet-9 variant `name` of `ds` (see `VARIANTS`), computed in batches on the dataset's device."
-    if name not in VARIANTS: raise ValueError(f"unknown variant {name!r}; variants are: {', '.join(VARIANTS)}")
+    """The ImageNet-9 variant `name` of `ds` (see `VARIANTS`), computed in batches on the dataset's
+    device."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown variant {name!r}; variants are: {', '.join(VARIANTS)}")
     if name == "original": return ds
     if ds.masks is None:
-        raise ValueError(f"variant {name!r} needs foreground masks and dataset {ds.name!r} has none; only 'original' "
-                         "is available (datasets with masks: toy, coco-fg, pets, in9 with fg_mask)")
+        raise ValueError(f"variant {name!r} needs foreground masks and dataset {ds.name!r} has "
+                         "none; only 'original' is available (datasets with masks: toy, coco-fg, "
+                         "pets, in9 with fg_mask)")
     m, bgs, bg_images, typical = ds.masks, ds.backgrounds, ds.bg_images, None
     if name == "only_fg":
         out = torch.where(m[:, None], ds.images, torch.full_like(ds.images, fill))
@@ -336,19 +377,23 @@ def make_variant(ds: FgBgData, name: str, seed: int = 0, fill: int = 0) -> FgBgD
     elif name == "no_fg":
         out = _chunked(lambda x, h: to_uint8(inpaint(_f(x), h)), ds.images, m)
     else:
-        clean = bg_images if bg_images is not None else _chunked(lambda x, h: to_uint8(tile_fill(_f(x), h)), ds.images, m)
+        clean = (bg_images if bg_images is not None
+                 else _chunked(lambda x, h: to_uint8(tile_fill(_f(x), h)), ds.images, m))
         if name == "only_bg": out = clean
         else:
             g = torch.Generator().manual_seed(seed)
             d = _donors(ds.labels.cpu(), name, g)
             typical = ds.typical_backgrounds() if name == "mixed_same" else None
-            if typical is not None: d = _typical_donors(ds.labels.cpu(), ds.backgrounds.cpu(), typical, d, g)
+            if typical is not None:
+                d = _typical_donors(ds.labels.cpu(), ds.backgrounds.cpu(), typical, d, g)
             d = d.to(ds.device)
             out, bgs = torch.where(m[:, None], ds.images, clean[d]), bgs[d]
             bg_images = clean[d]
     meta = {**ds.meta, "variant": name, "variant_seed": seed}
-    if name == "mixed_same" and typical is not None: meta["mixed_same_donors"] = "typical background of the class in training"
-    return ds.replace(images=out, backgrounds=bgs, bg_images=bg_images, name=f"{ds.name}/{name}", meta=meta)
+    if name == "mixed_same" and typical is not None:
+        meta["mixed_same_donors"] = "typical background of the class in training"
+    return ds.replace(images=out, backgrounds=bgs, bg_images=bg_images,
+                      name=f"{ds.name}/{name}", meta=meta)
 
 # %% ../nbs/01a_fgbg.ipynb #b83314a1
 @patch

@@ -15,17 +15,21 @@ __all__ = ['BackgroundPool', 'background_pool', 'swap_background', 'BackgroundIn
 
 # %% ../nbs/02d_intervene.ipynb #92b269c1
 class BackgroundPool:
-    "Background-only images (uint8 N,3,H,W) with their strata (background ids, or None when unknown), ready to draw from."
-    def __init__(self, images: torch.Tensor, strata: torch.Tensor | None = None, name: str = "pool"):
+    """Background-only images (uint8 N,3,H,W) with their strata (background ids, or None when
+    unknown), ready to draw from."""
+    def __init__(self, images: torch.Tensor,
+                 strata: torch.Tensor | None = None, name: str = "pool"):
         if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3 or images.dtype != torch.uint8:
-            raise ValueError(f"pool images must be a uint8 (N, 3, H, W) tensor, got {getattr(images, 'dtype', type(images).__name__)} "
+            raise ValueError("pool images must be a uint8 (N, 3, H, W) tensor, got "
+                             f"{getattr(images, 'dtype', type(images).__name__)} "
                              f"{tuple(getattr(images, 'shape', ()))}")
         if len(images) == 0: raise ValueError(f"the background pool {name!r} is empty")
         self.images, self.name = images, name
         s = None if strata is None else torch.as_tensor(strata).long().cpu()
         if s is not None and s.shape != (len(images),):
             raise ValueError(f"pool strata must have shape ({len(images)},), got {tuple(s.shape)}")
-        if s is not None and bool((s < 0).any()): s = None        # some ids unknown: no strata, uniform over images
+        # some ids unknown: no strata, uniform over images
+        if s is not None and bool((s < 0).any()): s = None
         self.strata = s
         if s is not None:   # the images of each stratum, contiguous in `order`
             self.ids, self.counts = s.unique(return_counts=True)
@@ -33,71 +37,91 @@ class BackgroundPool:
 
     def __len__(self): return len(self.images)
     def __repr__(self):
-        st = f"{len(self.ids)} strata" if self.strata is not None else "no strata (uniform over images)"
-        return f"BackgroundPool({self.name!r}: {len(self)} images {tuple(self.images.shape[-2:])}, {st})"
+        st = (f"{len(self.ids)} strata" if self.strata is not None
+              else "no strata (uniform over images)")
+        return (f"BackgroundPool({self.name!r}: {len(self)} images "
+                f"{tuple(self.images.shape[-2:])}, {st})")
 
 # %% ../nbs/02d_intervene.ipynb #92d939d9
 def background_pool(data) -> BackgroundPool:
-    "The pool of `data` (an `FgBgData`): its background-only images (or inpainted backgrounds) and background ids."
+    """The pool of `data` (an `FgBgData`): its background-only images (or inpainted backgrounds) and
+    background ids."""
     if not data.has_masks:
-        raise UserError(f"do(background) needs foreground masks and dataset {data.name!r} has none: it cannot tell the "
-                        "foreground pixels from the background (datasets with masks: toy, coco-fg, pets, in9 with fg_mask)")
+        raise UserError(f"do(background) needs foreground masks and dataset {data.name!r} has "
+                        "none: it cannot tell the foreground pixels from the background (datasets "
+                        "with masks: toy, coco-fg, pets, in9 with fg_mask)")
     bg = data.bg_images if data.bg_images is not None else make_variant(data, "only_bg").images
     return BackgroundPool(bg, data.backgrounds, name=f"{data.name}/only_bg")
 
 # %% ../nbs/02d_intervene.ipynb #23613727
 @patch
 def draw(self: BackgroundPool, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    "`n` pool indices: a stratum uniformly, then an image of it uniformly (`n` integers, then `n` uniforms, on the CPU)."
-    k = torch.randint(len(self.ids) if self.strata is not None else len(self), (n,), generator=generator)
+    """`n` pool indices: a stratum uniformly, then an image of it uniformly (`n` integers, then `n`
+    uniforms, on the CPU)."""
+    k = torch.randint(len(self.ids) if self.strata is not None else len(self),
+                      (n,), generator=generator)
     u = torch.rand(n, generator=generator)
     if self.strata is None: return k
     c = self.counts[k]
     return self.order[self.starts[k] + (u * c).long().clamp_max(c - 1)]
 
 # %% ../nbs/02d_intervene.ipynb #3ec8f8e4
-def swap_background(images: torch.Tensor, masks: torch.Tensor, backgrounds: torch.Tensor, on: torch.Tensor | None = None) -> torch.Tensor:
-    "`images` with their background pixels (mask false) taken from `backgrounds`, on the rows `on` (all when None)."
+def swap_background(images: torch.Tensor, masks: torch.Tensor, backgrounds: torch.Tensor,
+                    on: torch.Tensor | None = None) -> torch.Tensor:
+    """`images` with their background pixels (mask false) taken from `backgrounds`, on the rows `on`
+    (all when None)."""
     if images.shape != backgrounds.shape or tuple(masks.shape) != (images.shape[0], *images.shape[2:]):
-        raise ValueError(f"swap_background needs images and backgrounds of one shape and (B, H, W) masks, got images "
-                         f"{tuple(images.shape)}, backgrounds {tuple(backgrounds.shape)}, masks {tuple(masks.shape)}")
+        raise ValueError("swap_background needs images and backgrounds of one shape and (B, H, W) "
+                         f"masks, got images {tuple(images.shape)}, backgrounds "
+                         f"{tuple(backgrounds.shape)}, masks {tuple(masks.shape)}")
     out = torch.where(masks[:, None].bool(), images, backgrounds)
     return out if on is None else torch.where(on.view(-1, 1, 1, 1), out, images)
 
 # %% ../nbs/02d_intervene.ipynb #35f848b1
 class BackgroundIntervention:
-    "do(background) on the views of a batch: backgrounds from `pool` (uniform over strata) on `views` ('one'|'both') with probability `p`."
-    def __init__(self, pool: BackgroundPool, views: str = "one", p: float = 0.5, bg_negative: bool = False):
-        if views not in ("one", "both"): raise ValueError(f"views must be 'one' or 'both', got {views!r}")
+    """do(background) on the views of a batch: backgrounds from `pool` (uniform over strata) on
+    `views` ('one'|'both') with probability `p`."""
+    def __init__(self, pool: BackgroundPool, views: str = "one", p: float = 0.5,
+                 bg_negative: bool = False):
+        if views not in ("one", "both"):
+            raise ValueError(f"views must be 'one' or 'both', got {views!r}")
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
             raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
         self.pool, self.views, self.p, self.bg_negative = pool, views, float(p), bool(bg_negative)
     def __repr__(self):
-        return f"BackgroundIntervention(views={self.views!r}, p={self.p}, bg_negative={self.bg_negative}, {self.pool!r})"
+        return (f"BackgroundIntervention(views={self.views!r}, p={self.p}, "
+                f"bg_negative={self.bg_negative}, {self.pool!r})")
 
 # %% ../nbs/02d_intervene.ipynb #0c728a68
 @patch
-def __call__(self: BackgroundIntervention, images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator | None = None):
-    "`(x1, x2, swapped)`: the source images of the two views (uint8) and a (2, B) bool of the rows whose background was swapped."
+def __call__(self: BackgroundIntervention, images: torch.Tensor, masks: torch.Tensor,
+             generator: torch.Generator | None = None):
+    """`(x1, x2, swapped)`: the source images of the two views (uint8) and a (2, B) bool of the rows
+    whose background was swapped."""
     B, out, swapped = len(images), [], []
     for v in range(2):
-        if v == 1 and self.views == "one": out.append(images); swapped.append(torch.zeros(B, dtype=torch.bool)); continue
+        if v == 1 and self.views == "one":
+            out.append(images); swapped.append(torch.zeros(B, dtype=torch.bool)); continue
         on = torch.rand(B, generator=generator) < self.p
         j = self.pool.draw(B, generator)
         bgs = self.pool.images[j.to(self.pool.images.device)].to(images.device)
-        out.append(swap_background(images, masks, bgs, on.to(images.device)) if bool(on.any()) else images)
+        out.append(swap_background(images, masks, bgs, on.to(images.device))
+                   if bool(on.any()) else images)
         swapped.append(on)
     return out[0], out[1], torch.stack(swapped).to(images.device)
 
 # %% ../nbs/02d_intervene.ipynb #abc6b332
-def intervention_generator(seed: int, rank: int = 0, epoch: int = 0, stage: str = "fit", batch: int = 0, k: int = 0) -> torch.Generator:
-    "A CPU generator for the intervention on batch `batch` (`k`-th of its step) of `stage` in `epoch`, seeded from the run's `seed` and `rank`."
+def intervention_generator(seed: int, rank: int = 0, epoch: int = 0, stage: str = "fit",
+                           batch: int = 0, k: int = 0) -> torch.Generator:
+    """A CPU generator for the intervention on batch `batch` (`k`-th of its step) of `stage` in
+    `epoch`, seeded from the run's `seed` and `rank`."""
     key = f"do-bg/{seed}/{rank}/{epoch}/{stage}/{batch}/{k}".encode()
     return torch.Generator().manual_seed(int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1)
 
 # %% ../nbs/02d_intervene.ipynb #5cdca5d2
 @patch
-def generator(self: BackgroundIntervention, seed: int, rank: int = 0, epoch: int = 0, stage: str = "fit", batch: int = 0,
-              k: int = 0) -> torch.Generator:
-    "This intervention's generator for a batch: `intervention_generator` (what the `Learner` asks for each batch)."
+def generator(self: BackgroundIntervention, seed: int, rank: int = 0, epoch: int = 0,
+              stage: str = "fit", batch: int = 0, k: int = 0) -> torch.Generator:
+    """This intervention's generator for a batch: `intervention_generator` (what the `Learner` asks
+    for each batch)."""
     return intervention_generator(seed, rank, epoch, stage, batch, k)

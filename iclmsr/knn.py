@@ -19,7 +19,8 @@ __all__ = ['as_feats', 'as_labels', 'FeatureIndex', 'knn_recall', 'knn_vote', 'v
 
 # %% ../nbs/09_knn.ipynb #142c177e
 def as_feats(x, name: str = "feats", dim: int | None = None) -> torch.Tensor:
-    "`x` (tensor or array) as a non-empty, finite 2-D float32 tensor; `dim` checks the feature size."
+    """`x` (tensor or array) as a non-empty, finite 2-D float32 tensor; `dim` checks the feature
+    size."""
     t = torch.as_tensor(x) if not isinstance(x, torch.Tensor) else x
     if t.ndim != 2: raise ValueError(f"{name} must be 2-D (n, dim), got shape {tuple(t.shape)}")
     if t.shape[0] == 0: raise ValueError(f"{name} is empty (0 rows): nothing to index or query")
@@ -32,7 +33,8 @@ def as_feats(x, name: str = "feats", dim: int | None = None) -> torch.Tensor:
     bad = ~torch.isfinite(t)
     if bad.any():
         rows = bad.any(1).nonzero().flatten()
-        raise ValueError(f"{name} contains {int(bad.sum())} NaN/inf values in {len(rows)} row(s), first row {int(rows[0])}")
+        raise ValueError(f"{name} contains {int(bad.sum())} NaN/inf values in {len(rows)} row(s), "
+                         f"first row {int(rows[0])}")
     return t
 
 # %% ../nbs/09_knn.ipynb #30a354a9
@@ -70,34 +72,48 @@ def _faiss_device(device) -> int | None:
     if device is None or str(device) == "auto": return 0 if _faiss_gpus() > 0 else None
     dev = torch.device(device)
     if dev.type == "cpu": return None
-    if dev.type != "cuda": raise ValueError(f"FAISS runs on 'cpu' or 'cuda[:N]', not {str(device)!r}")
+    if dev.type != "cuda":
+        raise ValueError(f"FAISS runs on 'cpu' or 'cuda[:N]', not {str(device)!r}")
     n = _faiss_gpus()
-    if n == 0: raise ValueError(f"device {str(device)!r} asked for, but FAISS sees no GPU (a CPU build, or no CUDA); use 'cpu' or backend='torch'")
+    if n == 0:
+        raise ValueError(f"device {str(device)!r} asked for, but FAISS sees no GPU (a CPU build, "
+                         "or no CUDA); use 'cpu' or backend='torch'")
     idx = dev.index or 0
-    if idx >= n: raise ValueError(f"device {str(device)!r} asked for, but FAISS sees only {n} GPU(s)")
+    if idx >= n:
+        raise ValueError(f"device {str(device)!r} asked for, but FAISS sees only {n} GPU(s)")
     return idx
 
 # %% ../nbs/09_knn.ipynb #8eefbacc
 def _check_index_args(dim, metric, kind, nlist, nprobe, backend):
     "Refuse a bad `FeatureIndex` argument with a message naming it and what is allowed."
-    if not isinstance(dim, (int, np.integer)) or dim < 1: raise ValueError(f"dim must be a positive integer, got {dim!r}")
-    if metric not in _METRICS: raise ValueError(f"unknown metric {metric!r}; use one of {', '.join(_METRICS)}")
-    if kind not in _KINDS: raise ValueError(f"unknown index kind {kind!r}; use one of {', '.join(_KINDS)}")
-    if backend not in _BACKENDS: raise ValueError(f"unknown backend {backend!r}; use one of {', '.join(_BACKENDS)}")
-    if backend == "faiss" and faiss is None: raise ValueError("backend='faiss' asked for, but faiss is not installed; pip install faiss-cpu, or use backend='torch'")
-    if kind == "ivf" and backend == "torch": raise ValueError("kind='ivf' needs backend='faiss' (the torch path is exact search only)")
+    if not isinstance(dim, (int, np.integer)) or dim < 1:
+        raise ValueError(f"dim must be a positive integer, got {dim!r}")
+    if metric not in _METRICS:
+        raise ValueError(f"unknown metric {metric!r}; use one of {', '.join(_METRICS)}")
+    if kind not in _KINDS:
+        raise ValueError(f"unknown index kind {kind!r}; use one of {', '.join(_KINDS)}")
+    if backend not in _BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; use one of {', '.join(_BACKENDS)}")
+    if backend == "faiss" and faiss is None:
+        raise ValueError("backend='faiss' asked for, but faiss is not installed; pip install "
+                         "faiss-cpu, or use backend='torch'")
+    if kind == "ivf" and backend == "torch":
+        raise ValueError("kind='ivf' needs backend='faiss' (the torch path is exact search only)")
     if nlist is not None and nlist < 1: raise ValueError(f"nlist must be >= 1, got {nlist}")
     if nprobe < 1: raise ValueError(f"nprobe must be >= 1, got {nprobe}")
 
 # %% ../nbs/09_knn.ipynb #0d6e2b21
 class FeatureIndex:
     "k-nearest-neighbour search over a database of feature vectors, with FAISS or torch."
-    def __init__(self, dim: int, metric: str = "cos", kind: str = "flat", nlist: int | None = None, nprobe: int = 16,
-                 train_size: int | None = None, backend: str = "auto", device: str | None = "auto",
-                 temp_memory: int = 256 << 20, seed: int = 0):
+    def __init__(self, dim: int, metric: str = "cos", kind: str = "flat",
+                 nlist: int | None = None, nprobe: int = 16, train_size: int | None = None,
+                 backend: str = "auto", device: str | None = "auto", temp_memory: int = 256 << 20,
+                 seed: int = 0):
         _check_index_args(dim, metric, kind, nlist, nprobe, backend)
-        self.dim, self.metric, self.kind, self.nlist, self.nprobe = int(dim), metric, kind, nlist, nprobe
-        self.backend, self.device, self.temp_memory, self.train_size, self.seed = backend, device, temp_memory, train_size, seed
+        self.dim, self.metric, self.kind, self.nlist, self.nprobe = (
+            int(dim), metric, kind, nlist, nprobe)
+        self.backend, self.device, self.temp_memory, self.train_size, self.seed = (
+            backend, device, temp_memory, train_size, seed)
         self._index, self._db, self.gpu = None, None, None
 
     @property
@@ -106,8 +122,11 @@ class FeatureIndex:
         return 0 if self._db is None else len(self._db)
     def __len__(self): return self.ntotal
     def __repr__(self):
-        where = "torch:" + str(self._db.device) if self._db is not None else ("faiss:" + ("cpu" if self.gpu is None else f"cuda:{self.gpu}") if self._index is not None else self.backend)
-        return f"FeatureIndex(dim={self.dim}, metric={self.metric!r}, kind={self.kind!r}, ntotal={self.ntotal}, {where})"
+        where = ("torch:" + str(self._db.device) if self._db is not None
+                 else ("faiss:" + ("cpu" if self.gpu is None else f"cuda:{self.gpu}")
+                       if self._index is not None else self.backend))
+        return (f"FeatureIndex(dim={self.dim}, metric={self.metric!r}, kind={self.kind!r}, "
+                f"ntotal={self.ntotal}, {where})")
 
     def _prep(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(x, dim=1) if self.metric == "cos" else x
@@ -117,27 +136,34 @@ class FeatureIndex:
 def _resolve(self: FeatureIndex, x: torch.Tensor):
     "Fix the backend on the first `add`."
     if self.backend == "auto":
-        self.backend = "torch" if (faiss is None or (x.is_cuda and self.kind == "flat")) else "faiss"
+        self.backend = ("torch"
+                        if (faiss is None or (x.is_cuda and self.kind == "flat")) else "faiss")
     if self.backend == "faiss": self.gpu = _faiss_device(self.device)
 
 # %% ../nbs/09_knn.ipynb #359369fd
 @patch
 def _build(self: FeatureIndex, x: np.ndarray):
-    "Create the FAISS index for the first batch `x` (an IVF index's cells are trained on a subset of it)."
+    """Create the FAISS index for the first batch `x` (an IVF index's cells are trained on a subset
+    of it)."""
     mt = faiss.METRIC_L2 if self.metric == "l2" else faiss.METRIC_INNER_PRODUCT
     if self.kind == "flat":
         index = faiss.IndexFlatL2(self.dim) if self.metric == "l2" else faiss.IndexFlatIP(self.dim)
     else:
         n = len(x)
-        nlist = self.nlist or max(1, min(round(math.sqrt(n)), n // 39))  # FAISS wants >= 39 training points per cell
-        if nlist > n: raise ValueError(f"nlist={nlist} cells need at least that many training vectors, got {n}")
+        # FAISS wants >= 39 training points per cell
+        nlist = self.nlist or max(1, min(round(math.sqrt(n)), n // 39))
+        if nlist > n:
+            raise ValueError(f"nlist={nlist} cells need at least that many training vectors, got "
+                             f"{n}")
         m = min(n, max(self.train_size or 64 * nlist, nlist))
         xt = x if m == n else x[np.random.default_rng(self.seed).choice(n, m, replace=False)]
         quant = faiss.IndexFlatL2(self.dim) if self.metric == "l2" else faiss.IndexFlatIP(self.dim)
         index = faiss.IndexIVFFlat(quant, self.dim, nlist, mt)
-        index.cp.min_points_per_centroid = 1  # no warnings for small sets; quality is the caller's choice of nlist
+        # no warnings for small sets; quality is the caller's choice of nlist
+        index.cp.min_points_per_centroid = 1
         self.nlist, self._quant = nlist, quant
-    if self.gpu is not None: index = faiss.index_cpu_to_gpu(_gpu_res(self.gpu, self.temp_memory), self.gpu, index)
+    if self.gpu is not None:
+        index = faiss.index_cpu_to_gpu(_gpu_res(self.gpu, self.temp_memory), self.gpu, index)
     if self.kind == "ivf":
         index.train(xt)
         index.nprobe = min(self.nprobe, self.nlist)
@@ -146,14 +172,16 @@ def _build(self: FeatureIndex, x: np.ndarray):
 # %% ../nbs/09_knn.ipynb #6c31809c
 @patch
 def add(self: FeatureIndex, feats) -> FeatureIndex:
-    "Add database vectors (tensor or array, (n, dim)); an IVF index is trained on the first batch added."
+    """Add database vectors (tensor or array, (n, dim)); an IVF index is trained on the first batch
+    added."""
     x = feats if isinstance(feats, torch.Tensor) else torch.as_tensor(feats)
     if self._index is None and self._db is None: self._resolve(x)
     x = self._prep(as_feats(x, "database feats", self.dim))
     if self.backend == "torch":
         if self.device not in (None, "auto"): x = x.to(get_device(self.device))
         elif self._db is not None: x = x.to(self._db.device)
-        self._db = x.contiguous() if self._db is None else torch.cat([self._db, x.to(self._db.device)])
+        self._db = (x.contiguous() if self._db is None
+                    else torch.cat([self._db, x.to(self._db.device)]))
     else:
         xn = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
         if self._index is None: self._build(xn)
@@ -162,19 +190,25 @@ def add(self: FeatureIndex, feats) -> FeatureIndex:
 
 # %% ../nbs/09_knn.ipynb #1ebd8273
 @patch
-def search(self: FeatureIndex, queries, k: int = 5, batch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def search(self: FeatureIndex, queries, k: int = 5,
+           batch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     "The `k` nearest database vectors of each query: (scores, indices), each (n_queries, k)."
-    if self.ntotal == 0: raise ValueError("the index is empty: add database vectors before searching")
-    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1: raise ValueError(f"k must be a positive integer, got {k!r}")
-    if k > self.ntotal: raise ValueError(f"k={k} is larger than the database ({self.ntotal} vectors)")
+    if self.ntotal == 0:
+        raise ValueError("the index is empty: add database vectors before searching")
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    if k > self.ntotal:
+        raise ValueError(f"k={k} is larger than the database ({self.ntotal} vectors)")
     q = self._prep(as_feats(queries, "query feats", self.dim))
     if batch is not None and batch < 1: raise ValueError(f"batch must be >= 1, got {batch}")
     if self.backend == "torch": return self._search_torch(q, k, batch)
-    if self.gpu is not None and k > 2048: raise ValueError(f"k={k} exceeds FAISS-GPU's limit of 2048; use backend='torch'")
+    if self.gpu is not None and k > 2048:
+        raise ValueError(f"k={k} exceeds FAISS-GPU's limit of 2048; use backend='torch'")
     batch = batch or 16384
     qn = np.ascontiguousarray(q.detach().cpu().numpy(), dtype=np.float32)
     out = [self._index.search(qn[i:i + batch], k) for i in range(0, len(qn), batch)]
-    return torch.from_numpy(np.concatenate([o[0] for o in out])), torch.from_numpy(np.concatenate([o[1] for o in out])).long()
+    return (torch.from_numpy(np.concatenate([o[0] for o in out])),
+            torch.from_numpy(np.concatenate([o[1] for o in out])).long())
 
 # %% ../nbs/09_knn.ipynb #8646464a
 @patch
@@ -196,17 +230,24 @@ def _search_torch(self: FeatureIndex, q, k, batch):
 
 # %% ../nbs/09_knn.ipynb #d09b4994
 def knn_recall(exact, approx) -> float:
-    "Recall@k of an approximate search: mean fraction of each row's exact neighbour ids that `approx` also found."
+    """Recall@k of an approximate search: mean fraction of each row's exact neighbour ids that
+    `approx` also found."""
     a, b = np.asarray(exact), np.asarray(approx)
-    if a.shape != b.shape: raise ValueError(f"exact and approx neighbour ids must have the same shape, got {a.shape} and {b.shape}")
-    return float(np.mean([len(set(x) & set(y)) / a.shape[1] for x, y in zip(a.tolist(), b.tolist())]))
+    if a.shape != b.shape:
+        raise ValueError(f"exact and approx neighbour ids must have the same shape, got {a.shape} "
+                         f"and {b.shape}")
+    return float(np.mean([len(set(x) & set(y)) / a.shape[1]
+                          for x, y in zip(a.tolist(), b.tolist())]))
 
 # %% ../nbs/09_knn.ipynb #f272d106
-def knn_vote(nbr_labels: torch.Tensor, num_classes: int, weights: torch.Tensor | None = None) -> torch.Tensor:
-    "Per-class (weighted) vote counts (n, num_classes) from neighbour labels (n, k) in 0..num_classes-1; -1 = no neighbour."
+def knn_vote(nbr_labels: torch.Tensor, num_classes: int,
+             weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-class (weighted) vote counts (n, num_classes) from neighbour labels (n, k) in
+    0..num_classes-1; -1 = no neighbour."""
     valid = nbr_labels >= 0
     w = valid.float() if weights is None else weights * valid
-    return torch.zeros(len(nbr_labels), num_classes, dtype=w.dtype, device=nbr_labels.device).scatter_add_(1, nbr_labels.clamp_min(0), w)
+    return torch.zeros(len(nbr_labels), num_classes, dtype=w.dtype,
+                       device=nbr_labels.device).scatter_add_(1, nbr_labels.clamp_min(0), w)
 
 # %% ../nbs/09_knn.ipynb #f394273b
 def vote_argmax(scores: torch.Tensor) -> torch.Tensor:
@@ -218,37 +259,49 @@ def _neighbours(train_feats, train_labels, query_feats, k, metric, backend, devi
     x = as_feats(train_feats, "train_feats")
     y = as_labels(train_labels, "train_labels", len(x))
     q = as_feats(query_feats, "query_feats")
-    if q.shape[1] != x.shape[1]: raise ValueError(f"query_feats has dim {q.shape[1]} but train_feats has dim {x.shape[1]}")
-    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1: raise ValueError(f"k must be a positive integer, got {k!r}")
-    if k > len(x): raise ValueError(f"k={k} is larger than the database ({len(x)} training vectors)")
+    if q.shape[1] != x.shape[1]:
+        raise ValueError(f"query_feats has dim {q.shape[1]} but train_feats has dim {x.shape[1]}")
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    if k > len(x):
+        raise ValueError(f"k={k} is larger than the database ({len(x)} training vectors)")
     classes, yi = torch.unique(y, return_inverse=True)  # sorted: index order = label order
-    s, i = FeatureIndex(x.shape[1], metric, backend=backend, device=device).add(x).search(q, k, batch)
+    s, i = FeatureIndex(x.shape[1], metric, backend=backend,
+                        device=device).add(x).search(q, k, batch)
     yi = yi.to(i.device)
     nbr = torch.where(i >= 0, yi[i.clamp_min(0)], torch.full_like(i, -1))
     return s, nbr, classes.to(i.device)
 
 # %% ../nbs/09_knn.ipynb #448884e0
-def knn_predict(train_feats, train_labels, query_feats, k: int = 5, metric: str = "cos", backend: str = "auto",
-                device: str | None = "auto", batch: int | None = None) -> torch.Tensor:
-    "Majority vote over the `k` nearest training vectors (cosine by default); ties go to the smallest label."
-    s, nbr, classes = _neighbours(train_feats, train_labels, query_feats, k, metric, backend, device, batch)
+def knn_predict(train_feats, train_labels, query_feats, k: int = 5,
+                metric: str = "cos", backend: str = "auto", device: str | None = "auto",
+                batch: int | None = None) -> torch.Tensor:
+    """Majority vote over the `k` nearest training vectors (cosine by default); ties go to the
+    smallest label."""
+    s, nbr, classes = _neighbours(train_feats, train_labels, query_feats, k,
+                                  metric, backend, device, batch)
     return classes[vote_argmax(knn_vote(nbr, len(classes)))]
 
 # %% ../nbs/09_knn.ipynb #c0c4d2c1
-def weighted_knn_predict(train_feats, train_labels, query_feats, k: int = 200, T: float = 0.1, backend: str = "auto",
-                         device: str | None = "auto", batch: int | None = None, num_classes: int | None = None,
+def weighted_knn_predict(train_feats, train_labels, query_feats, k: int = 200,
+                         T: float = 0.1, backend: str = "auto", device: str | None = "auto",
+                         batch: int | None = None, num_classes: int | None = None,
                          return_scores: bool = False):
-    "InstDisc weighted kNN: class score = sum of exp(cos/T) over the `k` nearest; returns predictions (and scores)."
+    """InstDisc weighted kNN: class score = sum of exp(cos/T) over the `k` nearest; returns
+    predictions (and scores)."""
     if not T > 0: raise ValueError(f"temperature T must be > 0, got {T!r}")
-    s, nbr, classes = _neighbours(train_feats, train_labels, query_feats, k, "cos", backend, device, batch)
+    s, nbr, classes = _neighbours(train_feats, train_labels, query_feats, k,
+                                  "cos", backend, device, batch)
     s = s.to(nbr.device)
-    w = torch.exp((s - s[:, :1]) / T)  # shifted by the best similarity: the nearest weighs 1, nothing over/underflows to all-0
+    # shifted by the best similarity: the nearest weighs 1, nothing over/underflows to all-0
+    w = torch.exp((s - s[:, :1]) / T)
     scores = knn_vote(nbr, len(classes), w)
     scores = scores / scores.sum(1, keepdim=True).clamp_min(1e-30)
     pred = classes[vote_argmax(scores)]
     if not return_scores: return pred
     if num_classes is not None:  # columns = label ids 0..num_classes-1
         if classes.min() < 0 or classes.max() >= num_classes:
-            raise ValueError(f"num_classes={num_classes} but train_labels range over {int(classes.min())}..{int(classes.max())}")
+            raise ValueError(f"num_classes={num_classes} but train_labels range over "
+                             f"{int(classes.min())}..{int(classes.max())}")
         full = scores.new_zeros(len(scores), num_classes); full[:, classes] = scores; scores = full
     return pred, scores

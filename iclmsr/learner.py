@@ -25,8 +25,8 @@ __all__ = ['EVENTS', 'CancelFit', 'Callback', 'lr_factor', 'make_optimizer', 'Di
 # %% ../nbs/12_learner.ipynb #2115fc07
 class CancelFit(Exception):
     "Raised by a callback (or `Learner.stop`) to end `fit` cleanly after the current batch."
-EVENTS = ("before_fit", "before_epoch", "before_stage", "before_batch", "after_backward", "after_batch", "after_stage",
-          "after_epoch", "after_fit")
+EVENTS = ("before_fit", "before_epoch", "before_stage", "before_batch", "after_backward",
+          "after_batch", "after_stage", "after_epoch", "after_fit")
 class Callback:
     "Base class: override any of `EVENTS`; `self.learn` is the learner. Lower `order` runs first."
     order = 0
@@ -36,7 +36,8 @@ class Callback:
         "Called by `Learner.load_state_dict` after it restored checkpoint `ck`; nothing by default."
 
 # %% ../nbs/12_learner.ipynb #cc0bb5d8
-def lr_factor(step: int, total: int, warmup: int = 0, schedule: str = "cosine", epochs: int = 1) -> float:
+def lr_factor(step: int, total: int, warmup: int = 0, schedule: str = "cosine",
+              epochs: int = 1) -> float:
     "Multiplier of the base learning rate at `step` of `total`."
     w = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
     if schedule == "constant": return w
@@ -45,13 +46,15 @@ def lr_factor(step: int, total: int, warmup: int = 0, schedule: str = "cosine", 
         return w * 0.5 * (1 + math.cos(math.pi * t))
     if schedule == "step":
         frac = step / max(total, 1)
-        first, second = ((epochs - 50) / epochs, (epochs - 25) / epochs) if epochs >= 100 else (0.5, 0.75)
+        first, second = (((epochs - 50) / epochs, (epochs - 25) / epochs)
+                         if epochs >= 100 else (0.5, 0.75))
         return w * (0.2 ** ((frac >= first) + (frac >= second)))
     raise ValueError(f"unknown schedule {schedule!r}; allowed: cosine, step, constant")
 
 # %% ../nbs/12_learner.ipynb #9507ec6f
 def make_optimizer(params, name: str, lr: float, weight_decay: float, momentum: float = 0.9):
-    "The optimiser named by the config; `params` are tensors, or groups `{'params': [...]}` (a group may set its own `lr`)."
+    """The optimiser named by the config; `params` are tensors, or groups `{'params': [...]}` (a
+    group may set its own `lr`)."""
     params = list(params)
     if params and isinstance(params[0], dict):
         params = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in params]
@@ -59,108 +62,141 @@ def make_optimizer(params, name: str, lr: float, weight_decay: float, momentum: 
     else: params = [p for p in params if p.requires_grad]
     if name == "adam": return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     if name == "adamw": return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    if name == "sgd": return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=True)
+    if name == "sgd": return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay,
+                                             momentum=momentum, nesterov=True)
     raise ValueError(f"unknown optimizer {name!r}; allowed: adam, adamw, sgd")
 
 # %% ../nbs/12_learner.ipynb #b903e70d
 class Distributed(Callback):
-    "Many processes under torchrun: equal initial weights, averaged gradients, and a stop every process agrees on."
+    """Many processes under torchrun: equal initial weights, averaged gradients, and a stop every
+    process agrees on."""
     order = -15
     def before_fit(self):
         for p in self.learn.method.state_dict().values():
-            if torch.is_tensor(p): dist.broadcast(p, 0)   # not a method's extra state (ExCon's classifier optimiser)
+            # not a method's extra state (ExCon's classifier optimiser)
+            if torch.is_tensor(p): dist.broadcast(p, 0)
     def after_backward(self): average_gradients(self.learn.params)
     def before_batch(self):
-        "Stop before this batch? One process asked to stop stops them all, at the same batch (one all-reduce of a flag)."
+        """Stop before this batch? One process asked to stop stops them all, at the same batch (one
+        all-reduce of a flag)."""
         L = self.learn
-        flag = torch.tensor([float(L.stopping)], device=L.device if L.device.type == "cuda" else "cpu")
+        flag = torch.tensor([float(L.stopping)],
+                            device=L.device if L.device.type == "cuda" else "cpu")
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         if bool(flag.item()) and not L.stopping: L.stop()   # one device sync per batch
 
 # %% ../nbs/12_learner.ipynb #7d433f0a
 class Learner:
-    "Train `method` on `data` (an `FgBgData`) with two views per image from `augment`; `cbs` plug into the loop's events."
-    def __init__(self, method: nn.Module, data, augment: nn.Module | None = None, batch_size: int | None = None,
-                 cbs=(), optim: OptimConfig | None = None, seed: int = TrainConfig.seed, device=TrainConfig.device,
-                 workers: int = 0, run_dir=None, monitor_data=None, deterministic: bool = TrainConfig.deterministic,
-                 domains_per_batch: int | None = None, per_domain: int | None = None, intervene=None):
-        self.cfg, self.run_dir, self.monitor_data = None, Path(run_dir) if run_dir else None, monitor_data
+    """Train `method` on `data` (an `FgBgData`) with two views per image from `augment`; `cbs` plug
+    into the loop's events."""
+    def __init__(self, method: nn.Module, data, augment: nn.Module | None = None,
+                 batch_size: int | None = None, cbs=(), optim: OptimConfig | None = None,
+                 seed: int = TrainConfig.seed, device=TrainConfig.device, workers: int = 0,
+                 run_dir=None, monitor_data=None, deterministic: bool = TrainConfig.deterministic,
+                 domains_per_batch: int | None = None,
+                 per_domain: int | None = None, intervene=None):
+        self.cfg, self.run_dir, self.monitor_data = (
+            None, Path(run_dir) if run_dir else None, monitor_data)
         self.device = device if isinstance(device, torch.device) else get_device(device)
-        self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        self.rank, self.world = ((dist.get_rank(), dist.get_world_size())
+                                 if dist.is_initialized() else (0, 1))
         self.seed, self.deterministic, self.workers, self.data = seed, deterministic, workers, data
         self.needs, who = frozenset(method.needs), method.name or type(method).__name__
         check_needs(self.needs, data, f"method {who!r}")
         self.intervene = intervene
-        self.raw_needs = self.needs | self._check_intervention(method)   # the needs, and the intervention's
-        self._set_batch_shape(batch_size, domains_per_batch, per_domain, method.domain_balanced, who)
-        aug = augment if augment is not None else TwoViewAugment(method.augment, size=data.image_size)
+        # the needs, and the intervention's
+        self.raw_needs = self.needs | self._check_intervention(method)
+        self._set_batch_shape(batch_size, domains_per_batch, per_domain,
+                              method.domain_balanced, who)
+        aug = (augment if augment is not None
+               else TwoViewAugment(method.augment, size=data.image_size))
         self.aug, self.method = aug.to(self.device), method.to(self.device)
         self.params = self.method.encoder_parameters()
         self.n_epochs, self.epoch, self.stage, self.batch_idx, self.step = 1, 0, "fit", 0, 0
         o = optim if optim is not None else OptimConfig()
-        self.opt = make_optimizer(self.method.param_groups(), o.name, o.lr, o.weight_decay, o.momentum)
+        self.opt = make_optimizer(self.method.param_groups(), o.name, o.lr,
+                                  o.weight_decay, o.momentum)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, lambda s: lr_factor(s, self.total_steps, o.warmup_steps, o.schedule, self.n_epochs))
+            self.opt,
+            lambda s: lr_factor(s, self.total_steps, o.warmup_steps, o.schedule, self.n_epochs))
         self.metrics, self.last_batch, self.cancelled, self.batches = {}, {}, False, []
-        self.autocast, self.memory_format = contextlib.nullcontext, torch.contiguous_format   # set by callbacks
+        # set by callbacks
+        self.autocast, self.memory_format = contextlib.nullcontext, torch.contiguous_format
         self._stop, self.cbs = threading.Event(), []
-        ddp = [Distributed()] if self.world > 1 and not any(isinstance(c, Distributed) for c in cbs) else []
+        ddp = ([Distributed()] if self.world > 1
+               and not any(isinstance(c, Distributed) for c in cbs) else [])
         self.add_cbs(ddp + list(cbs))
 
 # %% ../nbs/12_learner.ipynb #d0ed8938
 @patch
-def _set_batch_shape(self: Learner, batch_size, domains_per_batch, per_domain, balanced: bool, who: str):
-    "Random batches of `batch_size` (256 when None), or domain-balanced ones for a `domain_balanced` method."
+def _set_batch_shape(self: Learner, batch_size, domains_per_batch, per_domain,
+                     balanced: bool, who: str):
+    """Random batches of `batch_size` (256 when None), or domain-balanced ones for a
+    `domain_balanced` method."""
     self.domain_shape = None
     if balanced:   # domain_batches: domains_per_batch x per_domain, checked against the data
         self._domains = self.data.backgrounds.detach().cpu().long()
-        self.domain_shape = balanced_shape(self._domains, domains_per_batch, per_domain, batch_size, n=len(self.data))
+        self.domain_shape = balanced_shape(self._domains, domains_per_batch, per_domain,
+                                           batch_size, n=len(self.data))
         batch_size = self.domain_shape[0] * self.domain_shape[1]
         self._n_batches = len(domain_batches(self._domains, seed=self._order_seed("fit"), epoch=0,
-                                             domains_per_batch=self.domain_shape[0], per_domain=self.domain_shape[1]))
+                                             domains_per_batch=self.domain_shape[0],
+                                             per_domain=self.domain_shape[1]))
     elif (domains_per_batch, per_domain) != (None, None):
-        raise ValueError("domains_per_batch and per_domain shape the batches of a method that needs domains; "
-                         f"{who!r} takes random batches")
+        raise ValueError("domains_per_batch and per_domain shape the batches of a method that "
+                         f"needs domains; {who!r} takes random batches")
     self.batch_size = BATCH_SIZE if batch_size is None else batch_size
     if self.batch_size % self.world:
-        raise ValueError(f"train.batch_size {self.batch_size} is not divisible by the {self.world} processes")
+        raise ValueError(f"train.batch_size {self.batch_size} is not divisible by the {self.world} "
+                         "processes")
     if len(self.data) < self.batch_size:
-        raise ValueError(f"train.batch_size {self.batch_size} is larger than the {len(self.data)} training images")
+        raise ValueError(f"train.batch_size {self.batch_size} is larger than the {len(self.data)} "
+                         "training images")
 
 # %% ../nbs/12_learner.ipynb #590d2d60
 @patch(as_prop=True)
 def batches_per_epoch(self: Learner) -> int:
-    "Stage-1 steps per epoch: whole batches of the shuffled data, or the epoch's domain-balanced batches (as many each epoch)."
+    """Stage-1 steps per epoch: whole batches of the shuffled data, or the epoch's domain-balanced
+    batches (as many each epoch)."""
     return self._n_batches if self.domain_shape is not None else len(self.data) // self.batch_size
 @patch(as_prop=True)
 def meta_batches_per_epoch(self: Learner) -> int:
-    "Stage-2 steps per epoch (each uses two batches), as the regulariser sets them from its `meta_share`."
+    """Stage-2 steps per epoch (each uses two batches), as the regulariser sets them from its
+    `meta_share`."""
     return self.method.meta_steps(self.batches_per_epoch)
 @patch(as_prop=True)
 def total_steps(self: Learner) -> int: return self.n_epochs * self.batches_per_epoch
 @patch(as_prop=True)
-def stages(self: Learner) -> list[str]: return ["fit", "meta"] if self.meta_batches_per_epoch else ["fit"]
+def stages(self: Learner) -> list[str]:
+    return ["fit", "meta"] if self.meta_batches_per_epoch else ["fit"]
 
 # %% ../nbs/12_learner.ipynb #aa5bb174
 @patch
 def _check_intervention(self: Learner, method) -> frozenset:
-    "The raw fields the intervention reads (masks; positions for bg_negative), after checking data and method can give them."
+    """The raw fields the intervention reads (masks; positions for bg_negative), after checking data
+    and method can give them."""
     iv = self.intervene
     if iv is None: return frozenset()
     check_needs({"masks"}, self.data, "do(background)")
     if tuple(iv.pool.images.shape[1:]) != tuple(self.data.images.shape[1:]):
-        raise ValueError(f"the background pool's images are {tuple(iv.pool.images.shape[1:])}, the data's {tuple(self.data.images.shape[1:])}: build it with background_pool(data)")
+        raise ValueError(f"the background pool's images are {tuple(iv.pool.images.shape[1:])}, the "
+                         f"data's {tuple(self.data.images.shape[1:])}: build it with "
+                         "background_pool(data)")
     if not iv.bg_negative: return frozenset({"masks"})
     who = method.name or type(method).__name__
     if not method.bg_negative:
-        raise ValueError(f"intervene.bg_negative adds the anchor's background as a negative; method {who!r} takes none (simclr and supcon do)")
-    if len(iv.pool) != len(self.data): raise ValueError("bg_negative needs the training data's own pool (one background per image): background_pool(data)")
+        raise ValueError("intervene.bg_negative adds the anchor's background as a negative; "
+                         f"method {who!r} takes none (simclr and supcon do)")
+    if len(iv.pool) != len(self.data):
+        raise ValueError("bg_negative needs the training data's own pool (one background per "
+                         "image): background_pool(data)")
     return frozenset({"masks", "index"})
 
 # %% ../nbs/12_learner.ipynb #392da2de
 @patch
 def add_cbs(self: Learner, cbs):
-    "Attach callbacks (each sees the learner as `cb.learn`); they run in the order of their `order`."
+    """Attach callbacks (each sees the learner as `cb.learn`); they run in the order of their
+    `order`."""
     for cb in cbs:
         cb.learn = self
         self.cbs.append(cb)
@@ -176,14 +212,16 @@ def __call__(self: Learner, event: str):
 # %% ../nbs/12_learner.ipynb #10139ae2
 @patch
 def stop(self: Learner):
-    "Ask the run to end before the next batch (thread-safe: the dashboard's Stop, a signal handler)."
+    """Ask the run to end before the next batch (thread-safe: the dashboard's Stop, a signal
+    handler)."""
     self._stop.set()
 @patch(as_prop=True)
 def stopping(self: Learner) -> bool: return self._stop.is_set()
 
 # %% ../nbs/12_learner.ipynb #6cf42938
 class _IndexBatches(torch.utils.data.Dataset):
-    "DataLoader workers' view of the data: a key (a tuple of index tensors) -> the raw fields of each index batch."
+    """DataLoader workers' view of the data: a key (a tuple of index tensors) -> the raw fields of
+    each index batch."""
     def __init__(self, data, needs): self.data, self.needs = data, needs
     def __getitem__(self, key): return tuple(gather(self.data, i, self.needs) for i in key)
 
@@ -196,11 +234,15 @@ def _order_seed(self: Learner, stage: str) -> int:
 # %% ../nbs/12_learner.ipynb #400c8bb0
 @patch
 def epoch_order(self: Learner, epoch: int, stage: str = "fit") -> torch.Tensor:
-    "The training images of `epoch` and `stage` in batch order, from their own seeded generator: a permutation, or the epoch's domain-balanced batches one after the other."
+    """The training images of `epoch` and `stage` in batch order, from their own seeded generator: a
+    permutation, or the epoch's domain-balanced batches one after the other."""
     if self.domain_shape is not None:
         dpb, per = self.domain_shape
-        bs = domain_batches(self._domains, seed=self._order_seed(stage), epoch=epoch, domains_per_batch=dpb, per_domain=per)
-        if len(bs) != self._n_batches: raise RuntimeError(f"epoch {epoch} has {len(bs)} domain-balanced batches, epoch 0 had {self._n_batches}")
+        bs = domain_batches(self._domains, seed=self._order_seed(stage), epoch=epoch,
+                            domains_per_batch=dpb, per_domain=per)
+        if len(bs) != self._n_batches:
+            raise RuntimeError(f"epoch {epoch} has {len(bs)} domain-balanced batches, epoch 0 had "
+                               f"{self._n_batches}")
         return torch.cat(bs)
     g = torch.Generator().manual_seed(self.seed * 1_000_003 + 2 * epoch + (stage == "meta"))
     return torch.randperm(len(self.data), generator=g)
@@ -216,28 +258,36 @@ def batch_indices(self: Learner, order: torch.Tensor, b: int) -> torch.Tensor:
 # %% ../nbs/12_learner.ipynb #80a9b237
 @patch
 def stage_keys(self: Learner, stage: str, order: torch.Tensor, start: int, n: int) -> list:
-    "This process's index batches for steps `start..n-1` of `stage`: `(idx,)` per fit step, `(idx_a, idx_b)` per meta step."
+    """This process's index batches for steps `start..n-1` of `stage`: `(idx,)` per fit step,
+    `(idx_a, idx_b)` per meta step."""
     if stage == "fit": return [(self.batch_indices(order, b),) for b in range(start, n)]
-    return [(self.batch_indices(order, b), self.batch_indices(order, (b + n) % self.batches_per_epoch)) for b in range(start, n)]
+    return [(self.batch_indices(order, b),
+             self.batch_indices(order, (b + n) % self.batches_per_epoch)) for b in range(start, n)]
 
 # %% ../nbs/12_learner.ipynb #5fbb5f26
 @patch
 def stage_batches(self: Learner, keys: list):
-    "The raw fields (`iclmsr.batch.gather`) of every key: gathered here, or by `workers` DataLoader worker processes."
+    """The raw fields (`iclmsr.batch.gather`) of every key: gathered here, or by `workers`
+    DataLoader worker processes."""
     if self.workers == 0 or self.data.device.type != "cpu":
         return (tuple(gather(self.data, i, self.raw_needs) for i in key) for key in keys)
-    # a generator of its own: a DataLoader draws its workers' base seed from the one it is given (by default the
-    # global one, which would shift the augmentations and break exact resume)
-    return iter(torch.utils.data.DataLoader(_IndexBatches(self.data, self.raw_needs), batch_size=None, sampler=keys,
-                                            num_workers=self.workers, pin_memory=self.device.type == "cuda",
+    # a generator of its own: a DataLoader draws its workers' base seed from the one it is given (by
+    # default the global one, which would shift the augmentations and break exact resume)
+    return iter(torch.utils.data.DataLoader(_IndexBatches(self.data, self.raw_needs),
+                                            batch_size=None, sampler=keys, num_workers=self.workers,
+                                            pin_memory=self.device.type == "cuda",
                                             generator=torch.Generator()))
 
 # %% ../nbs/12_learner.ipynb #6b85c85d
 @patch
 def make_batch(self: Learner, raw: dict, k: int = 0) -> Batch:
-    "The `Batch` of one step from raw fields (the `k`-th of the step): views drawn on the training device, only the fields the method needs; the intervention, if any, first."
-    g = None if self.intervene is None else self.intervene.generator(self.seed, self.rank, self.epoch, self.stage, self.batch_idx, k)
-    return make_batch(raw, self.aug, self.needs, self.device, self.memory_format, intervene=self.intervene, generator=g)
+    """The `Batch` of one step from raw fields (the `k`-th of the step): views drawn on the training
+    device, only the fields the method needs; the intervention, if any, first."""
+    g = (None if self.intervene is None
+         else self.intervene.generator(self.seed, self.rank, self.epoch,
+                                       self.stage, self.batch_idx, k))
+    return make_batch(raw, self.aug, self.needs, self.device, self.memory_format,
+                      intervene=self.intervene, generator=g)
 
 # %% ../nbs/12_learner.ipynb #6bab82b8
 def _scalar(v): return float(v.detach().float()) if torch.is_tensor(v) else float(v)
@@ -248,8 +298,8 @@ def fit_batch(self: Learner, batch: Batch):
     try:
         with self.autocast(): out = self.method.training_loss(batch, step=self.step)
     except NonFiniteLoss as e:
-        e.args = (f"{e} (epoch {self.epoch}, batch {self.batch_idx}); the last checkpoint holds the weights from "
-                  "before it: try a lower optim.lr or train.amp=off",)
+        e.args = (f"{e} (epoch {self.epoch}, batch {self.batch_idx}); the last checkpoint holds "
+                  "the weights from before it: try a lower optim.lr or train.amp=off",)
         raise
     self.opt.zero_grad(set_to_none=True)
     out["loss"].backward()
@@ -258,20 +308,25 @@ def fit_batch(self: Learner, batch: Batch):
     self.sched.step()
     self.step += 1
     self.method.step_end(self.step, self.total_steps)
-    self.last_batch = {k: _scalar(v) for k, v in out.items() if k in ("loss", "base", "rec", "icl", "icl_gap", "masked_share") and v is not None}
+    self.last_batch = {k: _scalar(v) for k, v in out.items()
+                       if k in ("loss", "base", "rec", "icl", "icl_gap", "masked_share")
+                       and v is not None}
     self.last_batch["lr"] = self.sched.get_last_lr()[0]
-    if batch.swapped is not None:   # do(background): the share of the intervened views that got a new background
+    # do(background): the share of the intervened views that got a new background
+    if batch.swapped is not None:
         self.last_batch["swapped_share"] = _scalar(batch.swapped[:1 if self.intervene.views == "one" else 2].float().mean())
 
 # %% ../nbs/12_learner.ipynb #d2542407
 @patch
 def meta_batch(self: Learner, batch_a: Batch, batch_b: Batch):
-    "Stage 2: one update of the stratum vectors through the meta-gradient, encoder fixed (outer objective on `batch_b`)."
+    """Stage 2: one update of the stratum vectors through the meta-gradient, encoder fixed (outer
+    objective on `batch_b`)."""
     self.method.train()
-    try: res = self.method.meta_step(batch_a, batch_b, step=self.step, optimizer=self.opt)   # lr, preconditioner: its own
+    # lr, preconditioner: its own
+    try: res = self.method.meta_step(batch_a, batch_b, step=self.step, optimizer=self.opt)
     except NonFiniteLoss as e:
-        e.args = (f"{e} (epoch {self.epoch}, meta step {self.batch_idx}); the last checkpoint holds the strata from "
-                  "before it: try a lower icl.meta_lr",)
+        e.args = (f"{e} (epoch {self.epoch}, meta step {self.batch_idx}); the last checkpoint "
+                  "holds the strata from before it: try a lower icl.meta_lr",)
         raise
     self.last_batch = {k: None if v is None else _scalar(v) for k, v in res.items()}
 
@@ -282,13 +337,15 @@ def _run_stage(self: Learner, stage: str, start: int):
     self("before_stage")
     order = self.epoch_order(self.epoch, stage)
     n = self.batches_per_epoch if stage == "fit" else self.meta_batches_per_epoch
-    for b, raws in zip(range(start, n), self.stage_batches(self.stage_keys(stage, order, start, n))):
+    for b, raws in zip(range(start, n),
+                       self.stage_batches(self.stage_keys(stage, order, start, n))):
         self.batch_idx = b
         self("before_batch")                  # nothing random has been drawn for this batch yet
         if self._stop.is_set(): raise CancelFit()
         self.batches = [self.make_batch(r, k) for k, r in enumerate(raws)]
         if stage == "fit": self.fit_batch(self.batches[0])
-        else: self.meta_batch(*self.batches)  # the outer objective is evaluated on a different batch of the same epoch
+        # the outer objective is evaluated on a different batch of the same epoch
+        else: self.meta_batch(*self.batches)
         self.batch_idx = b + 1
         self("after_batch")
     self("after_stage")
@@ -296,7 +353,8 @@ def _run_stage(self: Learner, stage: str, start: int):
 # %% ../nbs/12_learner.ipynb #7bc95385
 @patch
 def fit(self: Learner, epochs: int | None = None):
-    "Train until `epochs` epochs are done in all (a resumed run continues where it stopped); returns the learner."
+    """Train until `epochs` epochs are done in all (a resumed run continues where it stopped);
+    returns the learner."""
     if epochs is not None: self.n_epochs = epochs
     self.cancelled = False
     self("before_fit")
@@ -305,7 +363,8 @@ def fit(self: Learner, epochs: int | None = None):
             stages = self.stages
             if self.stage not in stages: self.stage, self.batch_idx = "fit", 0
             if self.stage == stages[0] and self.batch_idx == 0:
-                self.method.epoch_start(self.epoch, self.n_epochs)   # ExCon freezes the classifier that explains it
+                # ExCon freezes the classifier that explains it
+                self.method.epoch_start(self.epoch, self.n_epochs)
                 self("before_epoch")
             for s in stages[stages.index(self.stage):]:
                 self._run_stage(s, self.batch_idx if s == self.stage else 0)
@@ -318,40 +377,49 @@ def fit(self: Learner, epochs: int | None = None):
 # %% ../nbs/12_learner.ipynb #eb362c1d
 @patch
 def _rng_states(self: Learner):
-    "This process's generator states; under torchrun the list of every process's (a collective: all must call it)."
+    """This process's generator states; under torchrun the list of every process's (a collective:
+    all must call it)."""
     if self.world == 1: return rng_state()
     states = [None] * self.world
     dist.all_gather_object(states, rng_state())
     return states
 @patch
 def state_dict(self: Learner, epoch_end: bool = False) -> dict:
-    "Everything needed to continue this run bit for bit (`epoch_end`: positioned at the start of the next epoch)."
+    """Everything needed to continue this run bit for bit (`epoch_end`: positioned at the start of
+    the next epoch)."""
     from iclmsr import __version__
     meta_opt = self.method.meta_optimizer
-    pos = (self.epoch + 1, self.stages[0], 0) if epoch_end else (self.epoch, self.stage, self.batch_idx)
-    return {"model": self.method.state_dict(), "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+    pos = ((self.epoch + 1, self.stages[0], 0) if epoch_end
+           else (self.epoch, self.stage, self.batch_idx))
+    return {"model": self.method.state_dict(), "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
             "meta_optimizer": meta_opt.state_dict() if meta_opt is not None else None,
-            "rng": self._rng_states(), "epoch": pos[0], "stage": pos[1], "batch": pos[2], "step": self.step,
-            "config": config_to_dict(self.cfg) if self.cfg is not None else None, "version": __version__,
-            "metrics": dict(self.metrics)}
+            "rng": self._rng_states(), "epoch": pos[0], "stage": pos[1],
+            "batch": pos[2], "step": self.step,
+            "config": config_to_dict(self.cfg) if self.cfg is not None else None,
+            "version": __version__, "metrics": dict(self.metrics)}
 
 # %% ../nbs/12_learner.ipynb #27de37d2
 @patch
 def load_state_dict(self: Learner, ck: dict):
-    "Restore a `state_dict`: weights, optimisers, schedule, position, metrics and every process's generators."
+    """Restore a `state_dict`: weights, optimisers, schedule, position, metrics and every process's
+    generators."""
     self.method.load_state_dict(ck["model"])
     self.opt.load_state_dict(ck["optimizer"]); self.sched.load_state_dict(ck["scheduler"])
     meta_opt = self.method.meta_optimizer
-    if meta_opt is not None and ck.get("meta_optimizer") is not None: meta_opt.load_state_dict(ck["meta_optimizer"])
-    self.epoch, self.stage, self.batch_idx, self.step = ck["epoch"], ck["stage"], ck["batch"], ck["step"]
+    if meta_opt is not None and ck.get("meta_optimizer") is not None:
+        meta_opt.load_state_dict(ck["meta_optimizer"])
+    self.epoch, self.stage, self.batch_idx, self.step = (
+        ck["epoch"], ck["stage"], ck["batch"], ck["step"])
     self.metrics = dict(ck.get("metrics") or {})
     rng = ck["rng"]
     if isinstance(rng, list) and len(rng) == self.world: set_rng_state(rng[self.rank])
     elif not isinstance(rng, list) and self.world == 1: set_rng_state(rng)
     else:
         n = len(rng) if isinstance(rng, list) else 1
-        warnings.warn(f"the checkpoint holds the generator states of {n} process(es), this run has {self.world}: "
-                      "fresh generators per process, so the augmentations will not replay exactly")
+        warnings.warn(f"the checkpoint holds the generator states of {n} process(es), this run has "
+                      f"{self.world}: fresh generators per process, so the augmentations will not "
+                      "replay exactly")
         seed_everything(self.seed + self.rank + 1_000_003 * self.step, self.deterministic)
     for cb in self.cbs:
         cb.after_load(ck)
@@ -359,8 +427,11 @@ def load_state_dict(self: Learner, ck: dict):
 # %% ../nbs/12_learner.ipynb #4515457e
 @patch
 def resume(self: Learner, path: str | Path | None = None):
-    "Continue from a checkpoint (default `run_dir/last.pt`); refuses one written by a different config."
+    """Continue from a checkpoint (default `run_dir/last.pt`); refuses one written by a different
+    config."""
     path = Path(path) if path else self.run_dir/"last.pt"
-    self.load_state_dict(load_checkpoint(path, config=config_to_dict(self.cfg) if self.cfg is not None else None,
+    self.load_state_dict(load_checkpoint(path,
+                                         config=config_to_dict(self.cfg)
+                                         if self.cfg is not None else None,
                                          map_location=self.device))
     return self

@@ -22,10 +22,13 @@ def full_precision(t: torch.Tensor):
 
 # %% ../nbs/04_losses.ipynb #a475120e
 def check_pair(z1, z2, min_n=2):
-    "Refuse, in one line, two projection batches that are not (N, d) of the same shape with N >= `min_n`."
+    """Refuse, in one line, two projection batches that are not (N, d) of the same shape with N >=
+    `min_n`."""
     if z1.ndim != 2 or z1.shape != z2.shape:
-        raise ValueError(f"z1 and z2 must be (N, d) of the same shape, got z1 {tuple(z1.shape)} and z2 {tuple(z2.shape)}")
-    if z1.shape[0] < min_n: raise ValueError(f"need a batch of N >= {min_n} pairs, got z1 {tuple(z1.shape)}")
+        raise ValueError(f"z1 and z2 must be (N, d) of the same shape, got z1 {tuple(z1.shape)} "
+                         f"and z2 {tuple(z2.shape)}")
+    if z1.shape[0] < min_n:
+        raise ValueError(f"need a batch of N >= {min_n} pairs, got z1 {tuple(z1.shape)}")
 
 # %% ../nbs/04_losses.ipynb #b998b1f0
 def _joint(z1, z2):
@@ -40,9 +43,12 @@ def _anchor_rows(anchors, n2: int, device) -> torch.Tensor:
     if anchors is None: return torch.arange(n2, device=device)
     a = torch.as_tensor(anchors, device=device)
     if a.ndim != 1 or a.numel() == 0 or a.dtype not in (torch.int32, torch.int64):
-        raise ValueError(f"anchors must be a non-empty 1-d integer tensor of row indices, got {tuple(a.shape)} {a.dtype}")
-    if a.device.type == "cpu" and (int(a.min()) < 0 or int(a.max()) >= n2):  # (no device sync on a GPU)
-        raise ValueError(f"anchors must index the 2N = {n2} stacked rows, got values in [{int(a.min())}, {int(a.max())}]")
+        raise ValueError("anchors must be a non-empty 1-d integer tensor of row indices, got "
+                         f"{tuple(a.shape)} {a.dtype}")
+    # (no device sync on a GPU)
+    if a.device.type == "cpu" and (int(a.min()) < 0 or int(a.max()) >= n2):
+        raise ValueError(f"anchors must index the 2N = {n2} stacked rows, got values in "
+                         f"[{int(a.min())}, {int(a.max())}]")
     return a.long()
 
 # %% ../nbs/04_losses.ipynb #7c09011c
@@ -51,18 +57,21 @@ def _self_mask(rows, n2):
     return rows[:, None] == torch.arange(n2, device=rows.device)[None, :]
 
 # %% ../nbs/04_losses.ipynb #eb88d449
-def nt_xent(z1: torch.Tensor, z2: torch.Tensor, tau: float = 0.5, anchors: torch.Tensor | None = None,
-            extra: torch.Tensor | None = None) -> torch.Tensor:
-    "SimCLR's NT-Xent loss, mean over the 2N anchors (or over the rows `anchors`); z normalised inside; `extra` (N, d): row i one more negative of image i's two anchors only."
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, tau: float = 0.5,
+            anchors: torch.Tensor | None = None, extra: torch.Tensor | None = None) -> torch.Tensor:
+    """SimCLR's NT-Xent loss, mean over the 2N anchors (or over the rows `anchors`); z normalised
+    inside; `extra` (N, d): row i one more negative of image i's two anchors only."""
     check_pair(z1, z2); check_tau(tau)
     if extra is not None and extra.shape != z1.shape:
-        raise ValueError(f"extra must be (N, d) = {tuple(z1.shape)}, one negative per image, got {tuple(extra.shape)}")
+        raise ValueError(f"extra must be (N, d) = {tuple(z1.shape)}, one negative per image, got "
+                         f"{tuple(extra.shape)}")
     with full_precision(z1):
         z1, z2 = at_least_float32(z1, z2)
         Z, partner = _joint(z1, z2)
         rows = _anchor_rows(anchors, len(Z), Z.device)
         s = (Z[rows] @ Z.T / tau).masked_fill(_self_mask(rows, len(Z)), float("-inf"))
-        if extra is not None:   # one more column: each anchor's similarity to its own image's extra negative
+        # one more column: each anchor's similarity to its own image's extra negative
+        if extra is not None:
             E = F.normalize(extra.to(Z.dtype), dim=1)
             s = torch.cat([s, (Z[rows] * E[rows % len(z1)]).sum(1, keepdim=True) / tau], 1)
         return (torch.logsumexp(s, 1) - s[torch.arange(len(rows), device=Z.device), partner[rows]]).mean()
@@ -71,7 +80,8 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, tau: float = 0.5, anchors: torch
 NEGATIVES = ("all", "cross")
 
 def _neg_lse(Z, tau, negatives, rows):
-    "log of the negative sum S_r for every anchor r in `rows`: a masked log-sum-exp over its similarities to all 2N rows."
+    """log of the negative sum S_r for every anchor r in `rows`: a masked log-sum-exp over its
+    similarities to all 2N rows."""
     n2 = len(Z); N = n2 // 2
     c = torch.arange(n2, device=Z.device)
     ok = (rows[:, None] % N) != (c[None, :] % N)  # other images only
@@ -82,21 +92,26 @@ def _neg_lse(Z, tau, negatives, rows):
 # %% ../nbs/04_losses.ipynb #c3c9b46e
 def _check_strata(a, d):
     if a.ndim != 2 or a.shape[1] != d or a.shape[0] < 1:
-        raise ValueError(f"a must be (n, d) with n >= 1 strata and d = {d} (the projections' dim), got a {tuple(a.shape)}")
+        raise ValueError(f"a must be (n, d) with n >= 1 strata and d = {d} (the projections' dim), "
+                         f"got a {tuple(a.shape)}")
 
 # %% ../nbs/04_losses.ipynb #a551bfe6
-def icl_loss(z1: torch.Tensor, z2: torch.Tensor, a: torch.Tensor, tau: float = 0.5, negatives: str = "all",
+def icl_loss(z1: torch.Tensor, z2: torch.Tensor, a: torch.Tensor,
+             tau: float = 0.5, negatives: str = "all",
              anchors: torch.Tensor | None = None) -> torch.Tensor:
-    "ICL-MSR's interventional contrastive loss (the paper's formula), mean over the 2N anchors (or the rows `anchors`); `a` is (n, d) after activation."
+    """ICL-MSR's interventional contrastive loss (the paper's formula), mean over the 2N anchors (or
+    the rows `anchors`); `a` is (n, d) after activation."""
     check_pair(z1, z2); check_tau(tau); _check_strata(a, z1.shape[1])
-    if negatives not in NEGATIVES: raise ValueError(f"negatives must be one of {', '.join(NEGATIVES)}; got {negatives!r}")
+    if negatives not in NEGATIVES:
+        raise ValueError(f"negatives must be one of {', '.join(NEGATIVES)}; got {negatives!r}")
     with full_precision(z1):
         z1, z2, a = at_least_float32(z1, z2, a)
         Z, partner = _joint(z1, z2)
         rows = _anchor_rows(anchors, len(Z), Z.device)
         P = Z[partner[rows]]
         dot = (Z[rows] * P) @ a.T                                 # <Z_r, a_t ⊙ P_r>        (2N, n)
-        nrm = ((P * P) @ (a * a).T).clamp_min(1e-24).sqrt()       # ||a_t ⊙ P_r||, as F.normalize's eps
+        # ||a_t ⊙ P_r||, as F.normalize's eps
+        nrm = ((P * P) @ (a * a).T).clamp_min(1e-24).sqrt()
         pos = dot / nrm / tau
         log_s = _neg_lse(Z, tau, negatives, rows)[:, None]
         log_p = torch.logsumexp(pos - torch.logaddexp(pos, log_s), 1) - math.log(a.shape[0])
@@ -115,7 +130,8 @@ def _standardise(z): return F.batch_norm(z, None, None, training=True, eps=1e-5)
 
 # %% ../nbs/04_losses.ipynb #cb948c54
 def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 5e-3) -> torch.Tensor:
-    "Barlow Twins: invariance on the diagonal of the cross-correlation, redundancy reduction off it."
+    """Barlow Twins: invariance on the diagonal of the cross-correlation, redundancy reduction off
+    it."""
     check_pair(z1, z2)
     with full_precision(z1):
         z1, z2 = at_least_float32(z1, z2)
@@ -126,7 +142,8 @@ def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 5e-3) -
 
 # %% ../nbs/04_losses.ipynb #eb6d7945
 def whiten(x: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
-    "Cholesky whitening of the rows of `x` (m, d): centred, then times L^{-1} of the covariance L L^T."
+    """Cholesky whitening of the rows of `x` (m, d): centred, then times L^{-1} of the covariance L
+    L^T."""
     with full_precision(x):
         (x,) = at_least_float32(x)
         xc = x - x.mean(0, keepdim=True)
@@ -136,12 +153,14 @@ def whiten(x: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
         return torch.linalg.solve_triangular(L, xc.T, upper=False).T
 
 # %% ../nbs/04_losses.ipynb #2ddabe1b
-def wmse_loss(z1: torch.Tensor, z2: torch.Tensor, w_size: int = 128, w_iter: int = 1, eps: float = 0.0) -> torch.Tensor:
+def wmse_loss(z1: torch.Tensor, z2: torch.Tensor, w_size: int = 128, w_iter: int = 1,
+              eps: float = 0.0) -> torch.Tensor:
     "W-MSE: normalised MSE between positives whitened in random sub-batches of `w_size`."
     check_pair(z1, z2)
     N, d = z1.shape
     if not isinstance(w_size, int) or w_size <= d or N % w_size:
-        raise ValueError(f"w_size must be an integer > d = {d} that divides the batch N = {N}, got {w_size!r}")
+        raise ValueError(f"w_size must be an integer > d = {d} that divides the batch N = {N}, got "
+                         f"{w_size!r}")
     with full_precision(z1):
         z1, z2 = at_least_float32(z1, z2)
         loss = 0
@@ -153,26 +172,37 @@ def wmse_loss(z1: torch.Tensor, z2: torch.Tensor, w_size: int = 128, w_iter: int
         return loss / w_iter
 
 # %% ../nbs/04_losses.ipynb #c1453239
-def supcon_loss(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor | None = None, tau: float = 0.1,
-                base_tau: float | None = None, anchors: torch.Tensor | None = None, extra: torch.Tensor | None = None) -> torch.Tensor:
-    "Supervised contrastive loss over both views (anchors: all 2N rows or `anchors`); positives = other views with the same label; `extra` (N, d): row i one more negative of image i's two anchors only."
+def supcon_loss(z1: torch.Tensor, z2: torch.Tensor,
+                labels: torch.Tensor | None = None, tau: float = 0.1, base_tau: float | None = None,
+                anchors: torch.Tensor | None = None,
+                extra: torch.Tensor | None = None) -> torch.Tensor:
+    """Supervised contrastive loss over both views (anchors: all 2N rows or `anchors`); positives =
+    other views with the same label; `extra` (N, d): row i one more negative of image i's two
+    anchors only."""
     check_pair(z1, z2); check_tau(tau)
     base_tau = tau if base_tau is None else base_tau
     check_tau(base_tau, "base_tau")
     N = len(z1)
     if labels is not None and (labels.ndim != 1 or len(labels) != N):
-        raise ValueError(f"labels must be (N,) = ({N},) for z1 {tuple(z1.shape)}, got labels {tuple(labels.shape)}")
+        raise ValueError(f"labels must be (N,) = ({N},) for z1 {tuple(z1.shape)}, got labels "
+                         f"{tuple(labels.shape)}")
     if extra is not None and extra.shape != z1.shape:
-        raise ValueError(f"extra must be (N, d) = {tuple(z1.shape)}, one negative per image, got {tuple(extra.shape)}")
+        raise ValueError(f"extra must be (N, d) = {tuple(z1.shape)}, one negative per image, got "
+                         f"{tuple(extra.shape)}")
     with full_precision(z1):
         z1, z2 = at_least_float32(z1, z2)
         Z, partner = _joint(z1, z2)
         rows = _anchor_rows(anchors, 2 * N, Z.device)
         self_ = _self_mask(rows, 2 * N)
         s = (Z[rows] @ Z.T / tau).masked_fill(self_, float("-inf"))
-        den = s if extra is None else torch.cat([s, (Z[rows] * F.normalize(extra.to(Z.dtype), dim=1)[rows % N]).sum(1, keepdim=True) / tau], 1)
-        log_prob = (s - torch.logsumexp(den, 1, keepdim=True)).masked_fill(self_, 0)   # the extra column: a negative, never a positive
-        if labels is None: pos = torch.zeros_like(self_); pos[torch.arange(len(rows), device=Z.device), partner[rows]] = True
+        den = (s if extra is None
+               else torch.cat([s,
+                               (Z[rows] * F.normalize(extra.to(Z.dtype), dim=1)[rows % N]).sum(1, keepdim=True) / tau], 1))
+        # the extra column: a negative, never a positive
+        log_prob = (s - torch.logsumexp(den, 1, keepdim=True)).masked_fill(self_, 0)
+        if labels is None:
+            pos = torch.zeros_like(self_)
+            pos[torch.arange(len(rows), device=Z.device), partner[rows]] = True
         else:
             lab = torch.cat([labels, labels]).to(Z.device)
             pos = (lab[rows][:, None] == lab[None, :]) & ~self_
@@ -184,30 +214,40 @@ def _check_domains(domains, n: int, device):
     if not isinstance(domains, torch.Tensor):
         raise ValueError(f"domains must be a 1-d integer tensor, got {type(domains).__name__}")
     if domains.dtype.is_floating_point or domains.is_complex() or domains.dtype == torch.bool:
-        raise ValueError(f"domains must be an integer tensor (domain ids), got dtype {domains.dtype}")
+        raise ValueError("domains must be an integer tensor (domain ids), got dtype "
+                         f"{domains.dtype}")
     if domains.ndim != 1 or len(domains) != n:
-        raise ValueError(f"domains must be (N,) = ({n},), one id per code, got domains {tuple(domains.shape)}")
+        raise ValueError(f"domains must be (N,) = ({n},), one id per code, got domains "
+                         f"{tuple(domains.shape)}")
     if domains.device != device:
-        raise ValueError(f"domains are on {domains.device} but the codes on {device}: move them to the same device")
+        raise ValueError(f"domains are on {domains.device} but the codes on {device}: move them to "
+                         "the same device")
 
 # %% ../nbs/04_losses.ipynb #c83c15fd
-def dcodr_negatives(domains: torch.Tensor, k: int | None = None, generator=None, rows: torch.Tensor | None = None) -> torch.Tensor:
-    "Bool (len(rows), N) mask of each anchor's negatives: other images of its domain, all or `k` drawn without replacement."
+def dcodr_negatives(domains: torch.Tensor, k: int | None = None, generator=None,
+                    rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Bool (len(rows), N) mask of each anchor's negatives: other images of its domain, all or `k`
+    drawn without replacement."""
     check_k(k)
     N = len(domains)
     rows = torch.arange(N, device=domains.device) if rows is None else rows
     same = (domains[rows][:, None] == domains[None, :]) & (rows[:, None] != torch.arange(N, device=domains.device)[None, :])
     if k is None or k >= N - 1: return same
-    keys = torch.rand(same.shape, generator=generator, device=domains.device).masked_fill(~same, 2.0)
-    pick = torch.zeros_like(same).scatter_(1, keys.argsort(1)[:, :k], True)   # the k smallest keys: k random negatives
+    keys = torch.rand(same.shape, generator=generator,
+                      device=domains.device).masked_fill(~same, 2.0)
+    # the k smallest keys: k random negatives
+    pick = torch.zeros_like(same).scatter_(1, keys.argsort(1)[:, :k], True)
     return pick & same
 
 # %% ../nbs/04_losses.ipynb #2a0e4d6f
-def dcodr_loss(z_anchor: torch.Tensor, z_pos: torch.Tensor, domains: torch.Tensor, tau: float = 0.1, k: int | None = None,
-               generator=None, anchors: torch.Tensor | None = None) -> torch.Tensor:
-    "DCoDR's domain-wise InfoNCE: un-augmented anchors, one positive each, negatives from the anchor's domain; mean over anchors with a negative."
+def dcodr_loss(z_anchor: torch.Tensor, z_pos: torch.Tensor, domains: torch.Tensor,
+               tau: float = 0.1, k: int | None = None, generator=None,
+               anchors: torch.Tensor | None = None) -> torch.Tensor:
+    """DCoDR's domain-wise InfoNCE: un-augmented anchors, one positive each, negatives from the
+    anchor's domain; mean over anchors with a negative."""
     if z_anchor.ndim != 2 or z_anchor.shape != z_pos.shape or len(z_anchor) < 2:
-        raise ValueError(f"z_anchor and z_pos must be (N, d) of the same shape with N >= 2, got {tuple(z_anchor.shape)} and {tuple(z_pos.shape)}")
+        raise ValueError("z_anchor and z_pos must be (N, d) of the same shape with N >= 2, got "
+                         f"{tuple(z_anchor.shape)} and {tuple(z_pos.shape)}")
     check_tau(tau); check_k(k)
     N = len(z_anchor)
     _check_domains(domains, N, z_anchor.device)
@@ -218,8 +258,9 @@ def dcodr_loss(z_anchor: torch.Tensor, z_pos: torch.Tensor, domains: torch.Tenso
         neg = dcodr_negatives(domains, k, generator, rows)
         has = neg.any(1)
         if not bool(has.any()):
-            raise ValueError(f"no anchor has a same-domain negative: each of the {len(rows)} anchors is the only image of its "
-                             "domain in the batch; give each domain at least 2 images (a domain-balanced batch)")
+            raise ValueError(f"no anchor has a same-domain negative: each of the {len(rows)} "
+                             "anchors is the only image of its domain in the batch; give each "
+                             "domain at least 2 images (a domain-balanced batch)")
         pos = (A[rows] * P[rows]).sum(1, keepdim=True) / tau
         s = (A[rows] @ A.T / tau).masked_fill(~neg, float("-inf"))
         per = torch.logsumexp(torch.cat([pos, s], 1), 1) - pos[:, 0]

@@ -42,16 +42,24 @@ def _check_finite(out: dict, terms, step: int):
 
 # %% ../nbs/06_methods.ipynb #c5d07a81
 class Method(nn.Module):
-    "Base class: backbone + heads + loss. A subclass writes its options in its constructor, declares its needs, sets `projector` and implements `loss_from_features`."
+    """Base class: backbone + heads + loss. A subclass writes its options in its constructor,
+    declares its needs, sets `projector` and implements `loss_from_features`."""
     name, desc = "", ""
-    needs: frozenset = frozenset()  # the `Batch` fields the loss reads besides the views (`iclmsr.batch.NEEDS`)
+    # the `Batch` fields the loss reads besides the views (`iclmsr.batch.NEEDS`)
+    needs: frozenset = frozenset()
     augment: str = "wmse"           # its two-view augmentation preset (`iclmsr.augment.PRESETS`)
-    domain_balanced: bool = False   # batches of domains x images per domain (`iclmsr.sampler`): it needs domain ids
-    bg_negative: bool = False       # the loss takes do(background)'s `batch.bg` as an extra negative of its anchor
-    joint_head: bool = True         # one pass of the head over both views (shared BatchNorm statistics, as W-MSE)
-    from_data: tuple = ()           # constructor keywords derived from the training data (`data_options`), not options
-    files: tuple = ()               # options naming files that only training reads (not needed to load a checkpoint)
-    meta_optimizer = None           # the optimiser of a regulariser's own parameters (ICL-MSR's strata)
+    # batches of domains x images per domain (`iclmsr.sampler`): it needs domain ids
+    domain_balanced: bool = False
+    # the loss takes do(background)'s `batch.bg` as an extra negative of its anchor
+    bg_negative: bool = False
+    # one pass of the head over both views (shared BatchNorm statistics, as W-MSE)
+    joint_head: bool = True
+    # constructor keywords derived from the training data (`data_options`), not options
+    from_data: tuple = ()
+    # options naming files that only training reads (not needed to load a checkpoint)
+    files: tuple = ()
+    # the optimiser of a regulariser's own parameters (ICL-MSR's strata)
+    meta_optimizer = None
 
     def __init__(self, backbone: nn.Module, proj_dim: int):
         super().__init__()
@@ -70,7 +78,9 @@ def project_pair(self: Method, h1, h2):
 # %% ../nbs/06_methods.ipynb #cb324754
 @patch
 def project_with_bg(self: Method, h1, h2, bg=None):
-    "(z1, z2, zb): the views' projections and, with do(background)'s background views `bg`, theirs (through the head together with the views: shared BatchNorm statistics), gathered from every process; zb None without `bg`."
+    """(z1, z2, zb): the views' projections and, with do(background)'s background views `bg`, theirs
+    (through the head together with the views: shared BatchNorm statistics), gathered from every
+    process; zb None without `bg`."""
     if bg is None: return (*self.project_pair(h1, h2), None)
     n = len(h1)
     z = self.projector(torch.cat([h1, h2, self.backbone(bg)]))
@@ -80,12 +90,14 @@ def project_with_bg(self: Method, h1, h2, bg=None):
 @patch
 def loss_from_features(self: Method, h1, h2, batch: Batch) -> dict:
     "`{'base': loss, 'z1', 'z2'}` from the views' features and the step's `Batch`."
-    raise NotImplementedError(f"{type(self).__name__} must implement loss_from_features(h1, h2, batch)")
+    raise NotImplementedError(f"{type(self).__name__} must implement loss_from_features(h1, h2, "
+                              "batch)")
 
 # %% ../nbs/06_methods.ipynb #668fccb5
 @patch
 def training_loss(self: Method, batch, *rest, step: int | None = None) -> dict:
-    "Dict with `loss` (to backward), `base` and projections `z1`, `z2`; `batch` is a `Batch` (or `v1, v2[, labels]`), `prepare`d first."
+    """Dict with `loss` (to backward), `base` and projections `z1`, `z2`; `batch` is a `Batch` (or
+    `v1, v2[, labels]`), `prepare`d first."""
     b = self.prepare(as_batch(batch, *rest))
     out = dict(self.loss_from_features(self.backbone(b.v1), self.backbone(b.v2), b))
     out["loss"] = out["base"]
@@ -94,7 +106,8 @@ def training_loss(self: Method, batch, *rest, step: int | None = None) -> dict:
 # %% ../nbs/06_methods.ipynb #488c45cf
 @patch
 def prepare(self: Method, batch: Batch) -> Batch:
-    "Hook: the step's `Batch` as the loss sees it (ExCon swaps in its masked view); unchanged by default."
+    """Hook: the step's `Batch` as the loss sees it (ExCon swaps in its masked view); unchanged by
+    default."""
     return batch
 
 # %% ../nbs/06_methods.ipynb #dcacb247
@@ -111,18 +124,21 @@ def step_end(self: Method, step: int, total_steps: int):
 # %% ../nbs/06_methods.ipynb #63a772bf
 @patch
 def check_epochs(self: Method, epochs: int):
-    "Hook: refuse, in one line, a run of `epochs` epochs the method cannot use (ExCon's late masked views); nothing by default."
+    """Hook: refuse, in one line, a run of `epochs` epochs the method cannot use (ExCon's late
+    masked views); nothing by default."""
 
 # %% ../nbs/06_methods.ipynb #ed0879e8
 @patch
 def meta_steps(self: Method, n_batches: int) -> int:
-    "Hook: stage-2 steps in an epoch of `n_batches` stage-1 batches (a regulariser's: ICL-MSR); none by default."
+    """Hook: stage-2 steps in an epoch of `n_batches` stage-1 batches (a regulariser's: ICL-MSR);
+    none by default."""
     return 0
 
 # %% ../nbs/06_methods.ipynb #d38bfbc0
 @patch
-def meta_step(self: Method, batch_a, batch_b, inner_lr: float | None = None, step: int | None = None,
-              precond=None, optimizer=None) -> dict:
+def meta_step(self: Method, batch_a, batch_b,
+              inner_lr: float | None = None, step: int | None = None, precond=None,
+              optimizer=None) -> dict:
     "Hook: one stage-2 step (never called when `meta_steps` is 0); nothing by default."
     return {}
 
@@ -142,25 +158,30 @@ def encoder_parameters(self: Method) -> list:
 # %% ../nbs/06_methods.ipynb #6ada4033
 @patch
 def param_groups(self: Method) -> list:
-    "The optimiser's parameter groups: `{'params': [...]}`, each at the run's learning rate unless it sets its own `lr`."
+    """The optimiser's parameter groups: `{'params': [...]}`, each at the run's learning rate unless
+    it sets its own `lr`."""
     return [{"params": self.encoder_parameters()}]
 
 # %% ../nbs/06_methods.ipynb #579b8262
 @patch
 def moco_head(self: Method) -> nn.Module | None:
-    "Hook: the head layer a MoCo v2 checkpoint's first projection layer initialises (`model.init`); none by default."
+    """Hook: the head layer a MoCo v2 checkpoint's first projection layer initialises
+    (`model.init`); none by default."""
     return None
 
 # %% ../nbs/06_methods.ipynb #fc1bae11
 @patch(cls_method=True)
 def data_options(cls: Method, data, augment: str) -> dict:
-    "Hook: the constructor keywords in `from_data`, from the training `data` and the run's `augment` preset; none by default."
+    """Hook: the constructor keywords in `from_data`, from the training `data` and the run's
+    `augment` preset; none by default."""
     return {}
 
 # %% ../nbs/06_methods.ipynb #22be1fb2
 class Registry(dict):
-    "Method name -> class; the method modules in `modules` (and `$ICLMSR_METHODS`) are imported at the first lookup, so each registers itself."
-    def __init__(self, modules=()): super().__init__(); self.modules, self._loaded = tuple(modules), False
+    """Method name -> class; the method modules in `modules` (and `$ICLMSR_METHODS`) are imported at
+    the first lookup, so each registers itself."""
+    def __init__(self, modules=()):
+        super().__init__(); self.modules, self._loaded = tuple(modules), False
     def load(self):
         "Import the method modules once (each registers its methods); returns the registry."
         if self._loaded: return self
@@ -168,7 +189,8 @@ class Registry(dict):
         extra = [m.strip() for m in os.environ.get("ICLMSR_METHODS", "").split(",") if m.strip()]
         for m in (*self.modules, *extra):
             try: importlib.import_module(m)
-            except ImportError as e: raise ValueError(f"method module {m!r} cannot be imported: {e}") from None
+            except ImportError as e:
+                raise ValueError(f"method module {m!r} cannot be imported: {e}") from None
         return self
     def __getitem__(self, k): return dict.__getitem__(self.load(), k)
     def __contains__(self, k): return dict.__contains__(self.load(), k)
@@ -180,22 +202,30 @@ class Registry(dict):
     def get(self, k, default=None): return dict.get(self.load(), k, default)
     def __repr__(self): return f"Registry({', '.join(self)})"
 
-METHODS = Registry(modules=("iclmsr.excon", "iclmsr.vicreg"))   # the package's method modules above this one
+# the package's method modules above this one
+METHODS = Registry(modules=("iclmsr.excon", "iclmsr.vicreg"))
 
 # %% ../nbs/06_methods.ipynb #d998e8d8
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 def register_method(cls=None, *, replace: bool = False):
-    "Class decorator: add a `Method` subclass to `METHODS` under its `name`; a name another class holds is refused unless `replace`."
+    """Class decorator: add a `Method` subclass to `METHODS` under its `name`; a name another class
+    holds is refused unless `replace`."""
     def add(c):
-        if not (isinstance(c, type) and issubclass(c, Method)): raise TypeError(f"register_method takes a Method subclass, got {c!r}")
+        if not (isinstance(c, type)
+                and issubclass(c, Method)): raise TypeError("register_method takes a Method "
+                                                            f"subclass, got {c!r}")
         if not isinstance(c.name, str) or not _NAME.fullmatch(c.name):
-            raise ValueError(f"{c.__qualname__}.name must be a lower-case identifier (letters, digits, _), got {c.name!r}")
-        if c.__module__ not in (__name__, *METHODS.modules): METHODS.load()   # a user's method meets every built-in name
+            raise ValueError(f"{c.__qualname__}.name must be a lower-case identifier (letters, "
+                             f"digits, _), got {c.name!r}")
+        # a user's method meets every built-in name
+        if c.__module__ not in (__name__, *METHODS.modules): METHODS.load()
         old = dict.get(METHODS, c.name)
-        same = old is not None and old.__qualname__ == c.__qualname__   # redefined: a re-run cell, or its exporting notebook
+        # redefined: a re-run cell, or its exporting notebook
+        same = old is not None and old.__qualname__ == c.__qualname__
         if old is not None and not same and not replace:
-            raise ValueError(f"method name {c.name!r} is taken by {old.__module__}.{old.__qualname__}; pass replace=True to replace it")
+            raise ValueError(f"method name {c.name!r} is taken by "
+                             f"{old.__module__}.{old.__qualname__}; pass replace=True to replace it")
         if not c.desc: c.desc = (c.__doc__ or c.name).strip().splitlines()[0]
         dict.__setitem__(METHODS, c.name, c)
         return c
@@ -204,7 +234,8 @@ def register_method(cls=None, *, replace: bool = False):
 # %% ../nbs/06_methods.ipynb #f12f74c8
 def method_class(name: str) -> type:
     "The class registered as `name`; an unknown name is one line listing the registered ones."
-    if name not in METHODS: raise ValueError(f"unknown method {name!r}; registered: {', '.join(METHODS)}")
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; registered: {', '.join(METHODS)}")
     return METHODS[name]
 
 # %% ../nbs/06_methods.ipynb #116e0f1c
@@ -214,15 +245,19 @@ def list_methods() -> dict:
 
 # %% ../nbs/06_methods.ipynb #c2416f1c
 def options(cls) -> dict:
-    "A method's options and their defaults: its constructor's keywords less `backbone` and what it derives from the data (`from_data`)."
+    """A method's options and their defaults: its constructor's keywords less `backbone` and what it
+    derives from the data (`from_data`)."""
     ps = inspect.signature(cls.__init__).parameters.items()
-    return {k: p.default for k, p in ps if k not in ("self", "backbone", *cls.from_data) and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    return {k: p.default for k, p in ps if k not in ("self", "backbone", *cls.from_data)
+            and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
 
 # %% ../nbs/06_methods.ipynb #ef4ea580
 def option_help(cls) -> dict:
-    "Each option's help: the comment after it in the constructor's signature (its own or, for an inherited one, its parent's)."
+    """Each option's help: the comment after it in the constructor's signature (its own or, for an
+    inherited one, its parent's)."""
     out = {}
-    for c in reversed([c for c in cls.__mro__ if isinstance(c, type) and issubclass(c, Method) and "__init__" in vars(c)]):
+    for c in reversed([c for c in cls.__mro__ if isinstance(c, type) and issubclass(c, Method)
+                       and "__init__" in vars(c)]):
         try: out.update({k: v for k, v in docments(c.__init__).items() if v})
         except (OSError, TypeError): pass   # a class defined where its source cannot be read
     return {k: out.get(k) for k in options(cls)}
@@ -241,10 +276,12 @@ class SimCLR(Method):
         self.temperature = temperature
         self.projector = ProjectionMLP(backbone.feat_dim, proj_hidden, proj_dim, out_bn=out_bn)
     def loss_from_features(self, h1, h2, batch):
-        "NT-Xent of the views' projections; with `batch.bg`, each image's background view one more negative of its two anchors."
+        """NT-Xent of the views' projections; with `batch.bg`, each image's background view one more
+        negative of its two anchors."""
         z1, z2, gb = self.project_with_bg(h1, h2, batch.bg)
         g1, g2, _, anchors = gather_pair(z1, z2)  # negatives from every process under torchrun
-        return {"base": nt_xent(g1, g2, self.temperature, anchors=anchors, extra=gb), "z1": z1, "z2": z2}
+        return {"base": nt_xent(g1, g2, self.temperature, anchors=anchors, extra=gb), "z1": z1,
+                "z2": z2}
 
 # %% ../nbs/06_methods.ipynb #0deb9c11
 @register_method
@@ -255,7 +292,8 @@ class BYOL(Method):
                  proj_hidden: int = 1024,   # hidden width of the projection MLP
                  proj_dim: int = 64,        # projection size
                  pred_hidden: int = 1024,   # hidden width of the predictor
-                 tau0: float = 0.99):       # EMA momentum of the target at the start (raised to 1, cosine)
+                 # EMA momentum of the target at the start (raised to 1, cosine)
+                 tau0: float = 0.99):
         super().__init__(backbone, proj_dim)
         self.projector = ProjectionMLP(backbone.feat_dim, proj_hidden, proj_dim)
         self.predictor = BYOLPredictor(proj_dim, pred_hidden)
@@ -277,7 +315,8 @@ class WMSE(Method):
     def __init__(self, backbone,
                  proj_hidden: int = 1024,     # hidden width of the projection MLP
                  proj_dim: int = 64,          # projection size
-                 w_size: int | None = None,   # whitening sub-batch (None: 128 when it divides the batch, else the batch)
+                 # whitening sub-batch (None: 128 when it divides the batch, else the batch)
+                 w_size: int | None = None,
                  w_iter: int = 1,             # whitening repetitions per step
                  w_eps: float = 0.0):         # added to the covariance's diagonal
         super().__init__(backbone, proj_dim)
@@ -286,7 +325,8 @@ class WMSE(Method):
     def loss_from_features(self, h1, h2, batch):
         z1, z2 = self.project_pair(h1, h2)
         N = len(z1)
-        ws = self.w_size or (128 if N % 128 == 0 else N)  # W-MSE: 128 for CIFAR; else the whole batch
+        # W-MSE: 128 for CIFAR; else the whole batch
+        ws = self.w_size or (128 if N % 128 == 0 else N)
         return {"base": wmse_loss(z1, z2, ws, self.w_iter, self.w_eps), "z1": z1, "z2": z2}
 
 # %% ../nbs/06_methods.ipynb #530da193
@@ -303,7 +343,8 @@ class BarlowTwins(Method):
         self.projector = ProjectionMLP(backbone.feat_dim, proj_hidden, proj_dim, n_layers=3)
     def loss_from_features(self, h1, h2, batch):
         z1, z2 = self.project_pair(h1, h2)
-        g1, g2, _, _ = gather_pair(z1, z2)  # the cross-correlation of the global batch, in every process
+        # the cross-correlation of the global batch, in every process
+        g1, g2, _, _ = gather_pair(z1, z2)
         return {"base": barlow_twins_loss(g1, g2, self.lambd), "z1": z1, "z2": z2}
 
 # %% ../nbs/06_methods.ipynb #77bb5c79
@@ -315,28 +356,37 @@ class SupCon(Method):
                  proj_hidden: int = 1024,                 # hidden width of the projection MLP
                  proj_dim: int = 128,                     # projection size
                  temperature: float = 0.1,                # of the SupCon loss
-                 base_temperature: float | None = None):  # the loss is scaled by temperature / base_temperature (None: 1)
+                 # the loss is scaled by temperature / base_temperature (None: 1)
+                 base_temperature: float | None = None):
         super().__init__(backbone, proj_dim)
         self.temperature, self.base_temperature = temperature, base_temperature
         self.projector = ProjectionMLP(backbone.feat_dim, proj_hidden, proj_dim)
     def loss_from_features(self, h1, h2, batch):
-        "SupCon of the views' projections; with `batch.bg`, each image's background view one more negative of its two anchors."
-        if batch.labels is None: raise ValueError("supcon needs labels: give the Batch labels (or call training_loss(v1, v2, labels))")
+        """SupCon of the views' projections; with `batch.bg`, each image's background view one more
+        negative of its two anchors."""
+        if batch.labels is None:
+            raise ValueError("supcon needs labels: give the Batch labels (or call "
+                             "training_loss(v1, v2, labels))")
         z1, z2, gb = self.project_with_bg(h1, h2, batch.bg)
         g1, g2, gl, anchors = gather_pair(z1, z2, batch.labels)
-        return {"base": supcon_loss(g1, g2, gl, self.temperature, self.base_temperature, anchors=anchors, extra=gb), "z1": z1, "z2": z2}
+        return {"base": supcon_loss(g1, g2, gl, self.temperature, self.base_temperature,
+                                    anchors=anchors, extra=gb), "z1": z1, "z2": z2}
 
 # %% ../nbs/06_methods.ipynb #b9c1e9ed
 class ICLMSR(Method):
-    "ICL-MSR: L = L_base + lam * L_ICL on the base method's projections, plus stage-2 meta steps for the strata."
-    def __init__(self, base: Method, msr: MetaSemanticRegularizer | None = None, name: str | None = None):
+    """ICL-MSR: L = L_base + lam * L_ICL on the base method's projections, plus stage-2 meta steps
+    for the strata."""
+    def __init__(self, base: Method, msr: MetaSemanticRegularizer | None = None,
+                 name: str | None = None):
         nn.Module.__init__(self)
         self.base, self.step = base, 0
         self.msr = MetaSemanticRegularizer(base.proj_dim) if msr is None else msr
         if self.msr.strata.dim != base.proj_dim:
-            raise ValueError(f"the regulariser's strata have dimension {self.msr.strata.dim}, the projections of "
-                             f"{base.name} {base.proj_dim}: build it as MetaSemanticRegularizer({base.proj_dim}, ...)")
-        self.name, self.desc, self.proj_dim = name or base.name + "+icl-msr", "ICL-MSR on " + base.desc, base.proj_dim
+            raise ValueError(f"the regulariser's strata have dimension {self.msr.strata.dim}, the "
+                             f"projections of {base.name} {base.proj_dim}: build it as "
+                             f"MetaSemanticRegularizer({base.proj_dim}, ...)")
+        self.name, self.desc, self.proj_dim = (
+            name or base.name + "+icl-msr", "ICL-MSR on " + base.desc, base.proj_dim)
 
     backbone = property(lambda self: self.base.backbone)
     strata = property(lambda self: self.msr.strata)
@@ -359,7 +409,8 @@ def loss_from_features(self: ICLMSR, *args, **kw): return self.base.loss_from_fe
 @patch
 def training_loss(self: ICLMSR, batch, *rest, step: int | None = None) -> dict:
     "Stage 1: `loss` = `base` + lam * `icl`, with the stratum vectors fixed."
-    b = self.base.prepare(as_batch(batch, *rest))   # a base that chooses its views (ExCon's masked view)
+    # a base that chooses its views (ExCon's masked view)
+    b = self.base.prepare(as_batch(batch, *rest))
     out = dict(self.base.loss_from_features(self.backbone(b.v1), self.backbone(b.v2), b))
     out["icl"] = self.msr.icl(out["z1"], out["z2"])
     out["icl_gap"] = self.msr.last_gap   # L_ICL - NT-Xent on the same projections (no gradient)
@@ -385,19 +436,23 @@ def param_groups(self: ICLMSR) -> list: return self.base.param_groups()
 # %% ../nbs/06_methods.ipynb #30f87491
 @patch
 def regularizer_parameters(self: ICLMSR) -> list:
-    "The stratum vectors' parameters (stepped by `meta_optimizer` in stage 2, never by the encoder's optimiser)."
+    """The stratum vectors' parameters (stepped by `meta_optimizer` in stage 2, never by the
+    encoder's optimiser)."""
     return list(self.msr.strata.parameters())
 
 # %% ../nbs/06_methods.ipynb #c80dea1f
 @patch
-def meta_step(self: ICLMSR, batch_a, batch_b, inner_lr: float | None = None, step: int | None = None, precond=None,
-              optimizer=None) -> dict:
-    "Stage 2: one meta-gradient update of the strata (batches: `Batch`es or `(v1, v2[, labels])`); `optimizer`, the encoder's, gives the virtual step its lr and, with `virtual_step='adam'`, its preconditioner."
+def meta_step(self: ICLMSR, batch_a, batch_b, inner_lr: float | None = None,
+              step: int | None = None, precond=None, optimizer=None) -> dict:
+    """Stage 2: one meta-gradient update of the strata (batches: `Batch`es or `(v1, v2[, labels])`);
+    `optimizer`, the encoder's, gives the virtual step its lr and, with `virtual_step='adam'`, its
+    preconditioner."""
     if optimizer is not None:
         inner_lr = optimizer.param_groups[0]["lr"] if inner_lr is None else inner_lr
         if precond is None and self.msr.virtual_step == "adam": precond = adam_precond(optimizer)
     try: return self.msr.meta_step(self.base, batch_a, batch_b, inner_lr, precond)
-    except FloatingPointError as e: raise NonFiniteLoss("meta", self.step if step is None else step, float("nan")) from e
+    except FloatingPointError as e:
+        raise NonFiniteLoss("meta", self.step if step is None else step, float("nan")) from e
 
 # %% ../nbs/06_methods.ipynb #da9631d6
 @patch
@@ -408,7 +463,8 @@ def meta_steps(self: ICLMSR, n_batches: int) -> int:
 # %% ../nbs/06_methods.ipynb #391ac71e
 @register_method
 class DCoDR(Method):
-    "DCoDR-norec: InfoNCE of un-augmented anchors vs one augmentation, negatives from the anchor's domain (needs domains)"
+    """DCoDR-norec: InfoNCE of un-augmented anchors vs one augmentation, negatives from the anchor's
+    domain (needs domains)"""
     name, needs, augment, domain_balanced = "dcodr", frozenset({"domains", "clean"}), "dcodr", True
     joint_head = False   # no BatchNorm in the linear head: the views' codes need not share a pass
     negatives = "domain"
@@ -416,13 +472,16 @@ class DCoDR(Method):
     def __init__(self, backbone,
                  proj_dim: int = 128,         # code size (the paper's content dimension)
                  temperature: float = 0.1,    # of the InfoNCE
-                 k: int | None = None,        # negatives per anchor at most (None: all of its domain in the batch)
-                 moco_fc: bool = True):       # MoCo v2's first projection layer kept before the code layer
+                 # negatives per anchor at most (None: all of its domain in the batch)
+                 k: int | None = None,
+                 # MoCo v2's first projection layer kept before the code layer
+                 moco_fc: bool = True):
         super().__init__(backbone, proj_dim)
         check_tau(temperature, "temperature"); check_k(k)
         self.temperature, self.k, self.moco_fc = temperature, k, moco_fc
         f = backbone.feat_dim
-        self.projector = nn.Sequential(nn.Linear(f, f), nn.Linear(f, proj_dim)) if moco_fc else nn.Linear(f, proj_dim)
+        self.projector = (nn.Sequential(nn.Linear(f, f), nn.Linear(f, proj_dim)) if moco_fc
+                          else nn.Linear(f, proj_dim))
 
     def moco_head(self) -> nn.Module | None:
         "The layer a MoCo v2 checkpoint's first projection layer initialises (with `moco_fc`)."
@@ -434,23 +493,28 @@ class DCoDR(Method):
 
     def _loss(self, z_pos, z_anchor, batch):
         if batch.clean is None or (self.negatives == "domain" and batch.domains is None):
-            raise ValueError(f"{self.name} needs a Batch with {'domains and ' if self.negatives == 'domain' else ''}clean "
-                             "(the un-augmented images): build it with needs=method.needs")
-        dom = batch.domains if self.negatives == "domain" else torch.zeros(len(z_anchor), dtype=torch.long, device=z_anchor.device)
+            raise ValueError(f"{self.name} needs a Batch with "
+                             f"{'domains and ' if self.negatives == 'domain' else ''}clean (the "
+                             "un-augmented images): build it with needs=method.needs")
+        dom = (batch.domains if self.negatives == "domain"
+               else torch.zeros(len(z_anchor), dtype=torch.long, device=z_anchor.device))
         ga, gp, gd, anchors = gather_pair(z_anchor, z_pos, dom.to(z_anchor.device))
-        own = None if anchors is None else anchors[:len(z_anchor)]   # this process's anchors among the gathered rows
+        # this process's anchors among the gathered rows
+        own = None if anchors is None else anchors[:len(z_anchor)]
         return dcodr_loss(ga, gp, gd, self.temperature, self.k, anchors=own)
 
 # %% ../nbs/06_methods.ipynb #76df7f68
 @patch
 def loss_from_features(self: DCoDR, h1, h2, batch):
-    "`base` from the view's features `h1` and the anchors' (computed here from `batch.clean`); `z1`, `z2` the views' codes."
+    """`base` from the view's features `h1` and the anchors' (computed here from `batch.clean`);
+    `z1`, `z2` the views' codes."""
     z1, z2 = self.project_pair(h1, h2)
     return {"base": self._loss(z1, self.code(batch.clean), batch), "z1": z1, "z2": z2}
 
 @patch
 def training_loss(self: DCoDR, batch, *rest, step: int | None = None) -> dict:
-    "Dict with `loss` = `base`, `z1` (the view's code) and `z2` (the anchor's): encodes `batch.v1` and `batch.clean` only."
+    """Dict with `loss` = `base`, `z1` (the view's code) and `z2` (the anchor's): encodes `batch.v1`
+    and `batch.clean` only."""
     b = self.prepare(as_batch(batch, *rest))
     if b.clean is None: self._loss(None, None, b)   # the one-line error
     z1, za = self.code(b.v1), self.code(b.clean)
@@ -461,7 +525,8 @@ def training_loss(self: DCoDR, batch, *rest, step: int | None = None) -> dict:
 # %% ../nbs/06_methods.ipynb #84304ed0
 @register_method
 class DCoDRNoNegs(DCoDR):
-    "DCoDR's no_negs ablation: the same objective with negatives from the whole batch (needs clean images, no domains)"
+    """DCoDR's no_negs ablation: the same objective with negatives from the whole batch (needs clean
+    images, no domains)"""
     name, needs, domain_balanced, negatives = "dcodr_nonegs", frozenset({"clean"}), False, "batch"
 
 # %% ../nbs/06_methods.ipynb #b7c85c57
@@ -469,26 +534,32 @@ _SAID = set()   # the departures already printed by this process
 
 def num_domains(data) -> int:
     "How many domain ids the data's background ids span (0 when it has none)."
-    return int(data.backgrounds.max()) + 1 if len(data) and bool((data.backgrounds >= 0).any()) else 0
+    return (int(data.backgrounds.max()) + 1 if len(data)
+            and bool((data.backgrounds >= 0).any()) else 0)
 
 # %% ../nbs/06_methods.ipynb #232dc9df
 def say_once(key: str, text: str):
     "Print `text` once per process (and only in the first process under torchrun)."
     if key in _SAID: return
     _SAID.add(key)
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0: print(text, flush=True)
+    if not (dist.is_available()
+            and dist.is_initialized()) or dist.get_rank() == 0: print(text, flush=True)
 
 # %% ../nbs/06_methods.ipynb #97269617
 @register_method
 class DCoDRRec(DCoDR):
-    "DCoDR: DCoDR-norec + 0.3 x the reconstruction of each un-augmented image by a LORD generator from its normalised code and a learned embedding of its domain (pixel L1 + VGG16 perceptual; needs domains)"
+    """DCoDR: DCoDR-norec + 0.3 x the reconstruction of each un-augmented image by a LORD generator
+    from its normalised code and a learned embedding of its domain (pixel L1 + VGG16 perceptual;
+    needs domains)"""
     name = "dcodr_rec"
     from_data, files = ("num_domains", "image_size", "image_mean", "image_std"), ("vgg_weights",)
 
-    def __init__(self, backbone, proj_dim: int = 128, temperature: float = 0.1, k: int | None = None, moco_fc: bool = True,
-                 num_domains: int | None = None, image_size: int = 32,
+    def __init__(self, backbone, proj_dim: int = 128, temperature: float = 0.1,
+                 k: int | None = None, moco_fc: bool = True, num_domains: int | None = None,
+                 image_size: int = 32,
                  rec_weight: float = 0.3,            # weight of the reconstruction term
-                 vgg_weights: str | None = None,     # torchvision's vgg16 ImageNet state dict file (None: pixel L1 alone)
+                 # torchvision's vgg16 ImageNet state dict file (None: pixel L1 alone)
+                 vgg_weights: str | None = None,
                  gen_width: int = 256,               # width of the LORD generator
                  domain_dim: int = 256,              # size of the learned domain embedding
                  gen_lr: float = 3e-4,               # learning rate of the generator
@@ -500,31 +571,39 @@ class DCoDRRec(DCoDR):
         self.rec_weight, self.gen_lr, self.emb_lr = rec_weight, gen_lr, emb_lr
         self.generator = LordGenerator(proj_dim, num_domains, image_size, 3, domain_dim, gen_width)
         self.rec = Reconstruction(vgg_weights)
-        # the un-augmented images come normalised like the views: back to [0, 1], the generator's (sigmoid) range
-        self.register_buffer("image_mean", torch.as_tensor(image_mean, dtype=torch.float32).reshape(1, 3, 1, 1).clone(), persistent=False)
-        self.register_buffer("image_std", torch.as_tensor(image_std, dtype=torch.float32).reshape(1, 3, 1, 1).clone(), persistent=False)
+        # the un-augmented images come normalised like the views: back to [0, 1], the generator's
+        # (sigmoid) range
+        self.register_buffer("image_mean",
+                             torch.as_tensor(image_mean, dtype=torch.float32).reshape(1, 3, 1, 1).clone(), persistent=False)
+        self.register_buffer("image_std",
+                             torch.as_tensor(image_std, dtype=torch.float32).reshape(1, 3, 1, 1).clone(), persistent=False)
 
     num_domains = property(lambda self: self.generator.embedding.num_embeddings)
 
     @classmethod
     def data_options(cls, data, augment: str) -> dict:
-        "The domain count and image size of the training `data`; the `augment` preset's normalisation, undone for the generator."
+        """The domain count and image size of the training `data`; the `augment` preset's
+        normalisation, undone for the generator."""
         return {"num_domains": num_domains(data), "image_size": data.image_size,
                 "image_mean": PRESETS[augment]["mean"], "image_std": PRESETS[augment]["std"]}
 
 # %% ../nbs/06_methods.ipynb #dbc179a4
 @patch
 def reconstruct(self: DCoDRRec, z_anchor: torch.Tensor, domains) -> torch.Tensor:
-    "The generator's images (in [0, 1]) from the anchors' codes (L2-normalised here) and their domains."
+    """The generator's images (in [0, 1]) from the anchors' codes (L2-normalised here) and their
+    domains."""
     return self.generator(F.normalize(z_anchor, dim=1), domains)
 
 # %% ../nbs/06_methods.ipynb #dda63712
 @patch
 def reconstruction_loss(self: DCoDRRec, z_anchor: torch.Tensor, batch: Batch) -> torch.Tensor:
-    "`L_rec` of the un-augmented images `batch.clean` rebuilt from their codes `z_anchor` and domains."
+    """`L_rec` of the un-augmented images `batch.clean` rebuilt from their codes `z_anchor` and
+    domains."""
     if not self.rec.perceptual:
-        say_once("pixel-l1", "dcodr_rec: no VGG16 weights (model.options.vgg_weights), so the reconstruction term is pixel L1 alone, "
-                 "a departure from DCoDR (pixel L1 + VGG16 perceptual features)")
+        say_once("pixel-l1",
+                 "dcodr_rec: no VGG16 weights (model.options.vgg_weights), so the reconstruction "
+                 "term is pixel L1 alone, a departure from DCoDR (pixel L1 + VGG16 perceptual "
+                 "features)")
     target = batch.clean.float() * self.image_std + self.image_mean
     return self.rec(self.reconstruct(z_anchor, batch.domains), target)
 
@@ -538,7 +617,8 @@ def _with_rec(self: DCoDRRec, out: dict, z_anchor, batch) -> dict:
 # %% ../nbs/06_methods.ipynb #9a9ce9cf
 @patch
 def loss_from_features(self: DCoDRRec, h1, h2, batch):
-    "`base` = DCoDR's loss + `rec_weight` x `rec`, from the view's features `h1` and the anchors' (computed from `batch.clean`)."
+    """`base` = DCoDR's loss + `rec_weight` x `rec`, from the view's features `h1` and the anchors'
+    (computed from `batch.clean`)."""
     z1, z2 = self.project_pair(h1, h2)
     za = self.code(batch.clean)
     return self._with_rec({"base": self._loss(z1, za, batch), "z1": z1, "z2": z2}, za, batch)
@@ -546,7 +626,8 @@ def loss_from_features(self: DCoDRRec, h1, h2, batch):
 # %% ../nbs/06_methods.ipynb #658b8efd
 @patch
 def training_loss(self: DCoDRRec, batch, *rest, step: int | None = None) -> dict:
-    "Dict with `loss` = `base` = `contrast` + `rec_weight` x `rec`, `z1` (the view's code) and `z2` (the anchor's)."
+    """Dict with `loss` = `base` = `contrast` + `rec_weight` x `rec`, `z1` (the view's code) and
+    `z2` (the anchor's)."""
     b = as_batch(batch, *rest)
     if b.clean is None or b.domains is None: self._loss(None, None, b)   # the one-line error
     z1, za = self.code(b.v1), self.code(b.clean)
@@ -557,7 +638,8 @@ def training_loss(self: DCoDRRec, batch, *rest, step: int | None = None) -> dict
 # %% ../nbs/06_methods.ipynb #47b768f8
 @patch
 def param_groups(self: DCoDRRec) -> list:
-    "Encoder and code head at the run's learning rate; generator and modulation at `gen_lr`, the domain embeddings at `emb_lr`."
+    """Encoder and code head at the run's learning rate; generator and modulation at `gen_lr`, the
+    domain embeddings at `emb_lr`."""
     emb = list(self.generator.embedding.parameters())
     gen = [p for p in self.generator.parameters() if all(p is not e for e in emb)]
     mine = {id(p) for p in self.generator.parameters()}
@@ -569,19 +651,25 @@ def _keywords(fn, skip=("self", "backbone", "dim")) -> list:
     return [k for k, p in inspect.signature(fn).parameters.items() if k not in skip and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
 
 # %% ../nbs/06_methods.ipynb #9ff2631e
-def build_method(name: str = "simclr", backbone: str | nn.Module = "resnet18", image_size: int = 32, icl_msr: bool = False,
-                 backbone_kw: dict | None = None, msr_kw: dict | None = None, **kw) -> Method:
-    "A registered method by name on a backbone by name (or module); with `icl_msr`, wrapped in `ICLMSR(method, MetaSemanticRegularizer(...))`."
+def build_method(name: str = "simclr", backbone: str | nn.Module = "resnet18",
+                 image_size: int = 32, icl_msr: bool = False, backbone_kw: dict | None = None,
+                 msr_kw: dict | None = None, **kw) -> Method:
+    """A registered method by name on a backbone by name (or module); with `icl_msr`, wrapped in
+    `ICLMSR(method, MetaSemanticRegularizer(...))`."""
     cls = method_class(name)
     mine, reg = _keywords(cls.__init__), _keywords(MetaSemanticRegularizer.__init__)
     msr_kw = {**(msr_kw or {}), **{k: v for k, v in kw.items() if k in reg and k not in mine}}
     hp = {k: v for k, v in kw.items() if k not in msr_kw}
     bad = sorted(set(hp) - set(mine)) or sorted(set(msr_kw) - set(reg))
-    if bad: raise ValueError(f"unknown option {bad[0]!r} for method {name!r}; allowed: {', '.join(mine)}"
+    if bad: raise ValueError(f"unknown option {bad[0]!r} for method {name!r}; allowed: "
+                             f"{', '.join(mine)}"
                              + (f"; for ICL-MSR: {', '.join(reg)}" if icl_msr else ""))
     if msr_kw and not icl_msr:
-        raise ValueError(f"option {sorted(msr_kw)[0]!r} is for the ICL-MSR regulariser: pass icl_msr=True to use it")
-    if isinstance(backbone, str): backbone = build_backbone(backbone, image_size, **(backbone_kw or {}))
-    if "image_size" in mine: hp.setdefault("image_size", image_size)   # a method that builds images (dcodr_rec's generator)
+        raise ValueError(f"option {sorted(msr_kw)[0]!r} is for the ICL-MSR regulariser: pass "
+                         "icl_msr=True to use it")
+    if isinstance(backbone, str):
+        backbone = build_backbone(backbone, image_size, **(backbone_kw or {}))
+    # a method that builds images (dcodr_rec's generator)
+    if "image_size" in mine: hp.setdefault("image_size", image_size)
     m = cls(backbone, **hp)
     return ICLMSR(m, MetaSemanticRegularizer(m.proj_dim, **msr_kw)) if icl_msr else m

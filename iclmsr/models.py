@@ -32,8 +32,9 @@ def _conv_bn(ci, co, stride=1):
 def small_cnn(width: int = 32) -> nn.Module:
     "A 4-layer CNN (feature dim `4*width`) for fast CPU tests."
     w = width
-    return nn.Sequential(*_conv_bn(3, w), *_conv_bn(w, 2*w, 2), *_conv_bn(2*w, 4*w, 2), *_conv_bn(4*w, 4*w, 2),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    return nn.Sequential(*_conv_bn(3, w), *_conv_bn(w, 2*w, 2),
+                         *_conv_bn(2*w, 4*w, 2), *_conv_bn(4*w, 4*w, 2), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten())
 
 # %% ../nbs/03_models.ipynb #bef65a7f
 def _resnet(name: str, small_stem: bool) -> tuple[nn.Module, int]:
@@ -52,8 +53,10 @@ BACKBONES = {
     "small_cnn": "4-layer CNN (128-d) for fast CPU tests",
 }
 
-def build_backbone(name: str = "resnet18", image_size: int = 32, small_stem: bool | None = None, **kw) -> Backbone:
-    "A backbone by name: `resnet18`, `resnet50` or `small_cnn` (`width=`); `.feat_dim` is its output size."
+def build_backbone(name: str = "resnet18", image_size: int = 32,
+                   small_stem: bool | None = None, **kw) -> Backbone:
+    """A backbone by name: `resnet18`, `resnet50` or `small_cnn` (`width=`); `.feat_dim` is its
+    output size."""
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; allowed: {', '.join(BACKBONES)}")
     if not isinstance(image_size, int) or image_size < 8:
@@ -68,7 +71,8 @@ def build_backbone(name: str = "resnet18", image_size: int = 32, small_stem: boo
 # %% ../nbs/03_models.ipynb #d3f9dc97
 class ProjectionMLP(nn.Sequential):
     "MLP head: (`n_layers`-1) x [Linear-BN-ReLU], then Linear (W-MSE default 512 -> 1024 -> 64)."
-    def __init__(self, in_dim: int, hidden_dim: int = 1024, out_dim: int = 64, n_layers: int = 2, out_bn: bool = False):
+    def __init__(self, in_dim: int, hidden_dim: int = 1024, out_dim: int = 64,
+                 n_layers: int = 2, out_bn: bool = False):
         if n_layers < 1: raise ValueError(f"n_layers must be >= 1, got {n_layers}")
         layers, d = [], in_dim
         for _ in range(n_layers - 1):
@@ -94,7 +98,8 @@ def cosine_momentum(step: int, total_steps: int, tau0: float = 0.99) -> float:
 
 # %% ../nbs/03_models.ipynb #a4c58a68
 class EMA(nn.Module):
-    "A frozen moving-average copy (`.target`) of `online`, updated with the cosine momentum schedule."
+    """A frozen moving-average copy (`.target`) of `online`, updated with the cosine momentum
+    schedule."""
     def __init__(self, online: nn.Module, tau0: float = 0.99):
         super().__init__()
         if not 0 <= tau0 <= 1: raise ValueError(f"tau0 must be in [0, 1], got {tau0}")
@@ -110,7 +115,8 @@ class EMA(nn.Module):
         "One EMA step with the momentum of `step`; returns that momentum."
         tau = cosine_momentum(step, total_steps, self.tau0)
         online = self.online[0]
-        for pt, po in zip(self.target.parameters(), online.parameters()): pt.lerp_(po.detach(), 1 - tau)
+        for pt, po in zip(self.target.parameters(),
+                          online.parameters()): pt.lerp_(po.detach(), 1 - tau)
         for bt, bo in zip(self.target.buffers(), online.buffers()): bt.copy_(bo)
         return tau
 
@@ -118,22 +124,27 @@ class EMA(nn.Module):
 MOCO_URL = "https://dl.fbaipublicfiles.com/moco/moco_checkpoints/moco_v2_800ep/moco_v2_800ep_pretrain.pth.tar"
 
 def read_moco(path) -> tuple[dict, dict]:
-    "(ResNet weights, `{'weight', 'bias'}` of the first projection layer `fc.0` or {}) of MoCo v2 checkpoint `path`; any other file is one line."
+    """(ResNet weights, `{'weight', 'bias'}` of the first projection layer `fc.0` or {}) of MoCo v2
+    checkpoint `path`; any other file is one line."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"MoCo v2 checkpoint {str(path)!r} does not exist: download moco_v2_800ep_pretrain.pth.tar "
-                                f"(MoCo v2, 800 epochs, from github.com/facebookresearch/moco: {MOCO_URL}) and put it at that "
+        raise FileNotFoundError(f"MoCo v2 checkpoint {str(path)!r} does not exist: download "
+                                "moco_v2_800ep_pretrain.pth.tar (MoCo v2, 800 epochs, from "
+                                f"github.com/facebookresearch/moco: {MOCO_URL}) and put it at that "
                                 "path, or set model.init to where it is")
     ck = read_torch_file(path, "a MoCo v2 checkpoint")
     sd = ck.get("state_dict") if isinstance(ck, dict) else None
     if not isinstance(sd, dict):
-        raise UnreadableFile(f"{str(path)!r} is not a MoCo v2 checkpoint: it has no 'state_dict' entry "
+        raise UnreadableFile(f"{str(path)!r} is not a MoCo v2 checkpoint: it has no 'state_dict' "
+                             "entry "
                              f"({'its entries: ' + ', '.join(map(str, list(ck)[:4])) if isinstance(ck, dict) else 'it holds a ' + type(ck).__name__})")
     pre = "module.encoder_q."
-    q = {k[len(pre):]: v for k, v in sd.items() if isinstance(k, str) and k.startswith(pre) and torch.is_tensor(v)}
+    q = {k[len(pre):]: v for k, v in sd.items() if isinstance(k, str)
+         and k.startswith(pre) and torch.is_tensor(v)}
     if not q:
-        raise UnreadableFile(f"{str(path)!r} is not a MoCo v2 checkpoint: no {pre}* weights in its state_dict "
-                             f"(its keys start {', '.join(map(str, list(sd)[:3])) or 'nowhere: it is empty'})")
+        raise UnreadableFile(f"{str(path)!r} is not a MoCo v2 checkpoint: no {pre}* weights in its "
+                             "state_dict (its keys start "
+                             f"{', '.join(map(str, list(sd)[:3])) or 'nowhere: it is empty'})")
     net = {k: v for k, v in q.items() if not k.startswith("fc.")}
     fc0 = {k[len("fc.0."):]: v for k, v in q.items() if k in ("fc.0.weight", "fc.0.bias")}
     return net, fc0
@@ -147,22 +158,27 @@ def _refuse_unless_fits(path, want: dict, have: dict, where: str):
                              + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
     bad = next((k for k in want if tuple(have[k].shape) != tuple(want[k].shape)), None)
     if bad:
-        raise UnreadableFile(f"{str(path)!r} does not fit {where}: {bad} has shape {tuple(have[bad].shape)} there, "
-                             f"{tuple(want[bad].shape)} here (a checkpoint of another architecture?)")
+        raise UnreadableFile(f"{str(path)!r} does not fit {where}: {bad} has shape "
+                             f"{tuple(have[bad].shape)} there, {tuple(want[bad].shape)} here (a "
+                             "checkpoint of another architecture?)")
 
 # %% ../nbs/03_models.ipynb #3ec3ba06
 def load_moco(backbone: Backbone, path, first_fc: nn.Linear | None = None) -> Backbone:
-    "Initialise a ResNet `backbone` (with the ImageNet stem) and optionally `first_fc` from MoCo v2 checkpoint `path`."
+    """Initialise a ResNet `backbone` (with the ImageNet stem) and optionally `first_fc` from MoCo
+    v2 checkpoint `path`."""
     net = backbone.net
     if not (hasattr(net, "conv1") and hasattr(net, "layer4")):
-        raise ValueError(f"a MoCo checkpoint initialises a ResNet backbone (resnet18, resnet50), not {backbone.name or type(net).__name__!r}")
+        raise ValueError("a MoCo checkpoint initialises a ResNet backbone (resnet18, resnet50), "
+                         f"not {backbone.name or type(net).__name__!r}")
     if net.conv1.kernel_size != (7, 7) or isinstance(net.maxpool, nn.Identity):
-        raise ValueError("the MoCo weights were learnt with the ImageNet stem (7x7 conv, max-pool): build the backbone "
-                         "with small_stem=False")
+        raise ValueError("the MoCo weights were learnt with the ImageNet stem (7x7 conv, "
+                         "max-pool): build the backbone with small_stem=False")
     weights, fc0 = read_moco(path)
     _refuse_unless_fits(path, net.state_dict(), weights, f"backbone {backbone.name or 'resnet'}")
     if first_fc is not None:
-        if not fc0: raise UnreadableFile(f"{str(path)!r} has no fc.0 (MoCo v2's first projection layer): a MoCo v1 checkpoint?")
+        if not fc0:
+            raise UnreadableFile(f"{str(path)!r} has no fc.0 (MoCo v2's first projection layer): a "
+                                 "MoCo v1 checkpoint?")
         _refuse_unless_fits(path, first_fc.state_dict(), fc0, "the code head's first layer (fc.0)")
     with torch.no_grad():
         for k, v in net.state_dict().items(): v.copy_(weights[k])

@@ -24,19 +24,26 @@ __all__ = ['ACTIVATIONS', 'MODES', 'META_LOSSES', 'META_PARAMS', 'VIRTUAL_STEPS'
 ACTIVATIONS = ("sigmoid", "identity")
 
 class StratumVectors(nn.Module):
-    "n learnable stratum vectors: `forward()` returns a = sigmoid(w) (n, dim), or w itself with `activation='identity'`."
-    def __init__(self, n: int, dim: int, init_std: float = ICLConfig.init_std, activation: str = ICLConfig.activation):
+    """n learnable stratum vectors: `forward()` returns a = sigmoid(w) (n, dim), or w itself with
+    `activation='identity'`."""
+    def __init__(self, n: int, dim: int, init_std: float = ICLConfig.init_std,
+                 activation: str = ICLConfig.activation):
         super().__init__()
         for k, v in (("n", n), ("dim", dim)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise ValueError(f"{k} must be an integer >= 1, got {v!r}")
-        if activation not in ACTIVATIONS: raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}; got {activation!r}")
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{k} must be an integer >= 1, got {v!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}; got "
+                             f"{activation!r}")
         if not init_std >= 0: raise ValueError(f"init_std must be >= 0, got {init_std!r}")
         self.n, self.dim, self.activation = n, dim, activation
         centre = 0.0 if activation == "sigmoid" else 1.0
         self.w = nn.Parameter(centre + init_std * torch.randn(n, dim))
-        self.register_buffer("w0", self.w.detach().clone())  # where the run started (in checkpoints, for `moved`)
+        # where the run started (in checkpoints, for `moved`)
+        self.register_buffer("w0", self.w.detach().clone())
 
-    def act(self, w: torch.Tensor) -> torch.Tensor: return torch.sigmoid(w) if self.activation == "sigmoid" else w
+    def act(self, w: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(w) if self.activation == "sigmoid" else w
     def forward(self) -> torch.Tensor: return self.act(self.w)
 
     def spread(self) -> float:
@@ -73,22 +80,28 @@ class _Call(nn.Module):
 def _check_meta_args(mode, meta_loss, params, inner_lr):
     if mode not in MODES: raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
     if meta_loss in (None, "auto"): meta_loss = "total" if mode == "first_order" else "base"
-    if meta_loss not in META_LOSSES: raise ValueError(f"meta_loss must be one of {', '.join(META_LOSSES)}; got {meta_loss!r}")
+    if meta_loss not in META_LOSSES:
+        raise ValueError(f"meta_loss must be one of {', '.join(META_LOSSES)}; got {meta_loss!r}")
     if mode == "first_order" and meta_loss == "base":
-        raise ValueError("mode 'first_order' with meta_loss 'base' gives a zero gradient (L_base does not depend on a); "
-                         "use meta_loss='total' or mode 'exact', 'unrolled' or 'finite_diff'")
-    if params not in META_PARAMS: raise ValueError(f"params must be one of {', '.join(META_PARAMS)}; got {params!r}")
+        raise ValueError("mode 'first_order' with meta_loss 'base' gives a zero gradient (L_base "
+                         "does not depend on a); use meta_loss='total' or mode 'exact', 'unrolled' "
+                         "or 'finite_diff'")
+    if params not in META_PARAMS:
+        raise ValueError(f"params must be one of {', '.join(META_PARAMS)}; got {params!r}")
     if isinstance(inner_lr, bool) or not isinstance(inner_lr, (int, float)) or not inner_lr >= 0:
         raise ValueError(f"inner_lr must be a number >= 0, got {inner_lr!r}")
     return meta_loss
 
 # %% ../nbs/05_msr.ipynb #5afc5ae6
 def _load_jvp_decompositions():
-    "Load torch's forward-AD decompositions once, silencing the one warning torch emits while doing so."
-    # torch builds them on the first dual tensor with the deprecated torch.jit.script, which warns from inside torch
-    # (torch/_decomp/decompositions_for_jvp.py); nothing of ours is deprecated, so that warning is not shown to users
+    """Load torch's forward-AD decompositions once, silencing the one warning torch emits while
+    doing so."""
+    # torch builds them on the first dual tensor with the deprecated torch.jit.script, which warns
+    # from inside torch (torch/_decomp/decompositions_for_jvp.py); nothing of ours is deprecated, so
+    # that warning is not shown to users
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated", category=FutureWarning)
+        warnings.filterwarnings("ignore",
+                                message=".*torch.jit.script.*deprecated", category=FutureWarning)
         with fwAD.dual_level(): fwAD.make_dual(torch.zeros(1), torch.zeros(1))
 
 # %% ../nbs/05_msr.ipynb #b0161926
@@ -98,7 +111,8 @@ def _jvp(fn, theta: dict, v: list):
     with fwAD.dual_level():
         out = fn({k: fwAD.make_dual(p.detach(), vk) for (k, p), vk in zip(theta.items(), v)})
         un = [fwAD.unpack_dual(o) for o in out]
-        return [u.primal for u in un], [torch.zeros_like(u.primal) if u.tangent is None else u.tangent for u in un]
+        return ([u.primal for u in un],
+                [torch.zeros_like(u.primal) if u.tangent is None else u.tangent for u in un])
 
 # %% ../nbs/05_msr.ipynb #5595657e
 def _grads(loss, ps: dict, **kw) -> list:
@@ -108,11 +122,14 @@ def _grads(loss, ps: dict, **kw) -> list:
 
 # %% ../nbs/05_msr.ipynb #3a31a22c
 def _meta_problem(method, batch_a, batch_b, params, tau, negatives, lam, meta_loss):
-    "The pieces of the meta objective: parameters theta, `embed_a(theta)`, `objective(theta, a)` and the ICL term."
+    """The pieces of the meta objective: parameters theta, `embed_a(theta)`, `objective(theta, a)`
+    and the ICL term."""
     call = _Call(method)
-    theta = {k: p for k, p in call.named_parameters() if p.requires_grad and (params == "all" or not k.startswith("m.backbone."))}
+    theta = {k: p for k, p in call.named_parameters() if p.requires_grad
+             and (params == "all" or not k.startswith("m.backbone."))}
     if not theta: raise ValueError(f"the method has no trainable parameters for params={params!r}")
-    bufs = {k: b.clone() for k, b in call.named_buffers()}   # stage 2 never touches the running statistics
+    # stage 2 never touches the running statistics
+    bufs = {k: b.clone() for k, b in call.named_buffers()}
     run = lambda p, *args: functional_call(call, (p, bufs), args, strict=False)
     if params == "head":  # backbone features once, without gradient
         with torch.no_grad(): ha, hb = run({}, "features", batch_a), run({}, "features", batch_b)
@@ -124,7 +141,8 @@ def _meta_problem(method, batch_a, batch_b, params, tau, negatives, lam, meta_lo
     icl = lambda z, a: icl_loss(z[0], z[1], a, tau, negatives)
     def objective(p, a):
         out = base_b(p)
-        return out["base"] + lam * icl((out["z1"], out["z2"]), a) if meta_loss == "total" else out["base"]
+        return (out["base"] + lam * icl((out["z1"], out["z2"]), a)
+                if meta_loss == "total" else out["base"])
     return theta, embed_a, objective, icl
 
 # %% ../nbs/05_msr.ipynb #9a74d0a5
@@ -133,7 +151,8 @@ def _hvp_exact(embed_a, icl, strata: StratumVectors, theta: dict, v: list) -> to
     try: za, ua = _jvp(embed_a, theta, v)
     except (NotImplementedError, RuntimeError) as e:  # an op without a forward-mode formula here
         if "forward" not in str(e).lower(): raise
-        warnings.warn(f"meta_gradient: forward-mode AD failed ({str(e)[:200]}); using mode='unrolled'")
+        warnings.warn(f"meta_gradient: forward-mode AD failed ({str(e)[:200]}); using "
+                      "mode='unrolled'")
         return None
     za = [z.detach().requires_grad_() for z in za]
     gz = torch.autograd.grad(icl(za, strata()), za, create_graph=True)
@@ -153,16 +172,20 @@ def meta_gradient(method: nn.Module, strata: StratumVectors, batch_a, batch_b, i
                   mode: str = ICLConfig.meta_mode, *, tau: float = ICLConfig.tau,
                   negatives: str = ICLConfig.negatives, lam: float = ICLConfig.lam,
                   meta_loss: str | None = ICLConfig.meta_loss, params: str = ICLConfig.meta_params,
-                  fd_eps: float = 0.01, precond: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    "The gradient of the meta objective w.r.t. `strata.w` and its value: a virtual step on A (preconditioned by `precond`), the outer objective on B."
+                  fd_eps: float = 0.01,
+                  precond: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradient of the meta objective w.r.t. `strata.w` and its value: a virtual step on A
+    (preconditioned by `precond`), the outer objective on B."""
     meta_loss = _check_meta_args(mode, meta_loss, params, inner_lr)
     check_tau(tau)
     if negatives not in NEGATIVES:
         raise ValueError(f"negatives must be one of {', '.join(NEGATIVES)}; got {negatives!r}")
-    theta, embed_a, objective, icl = _meta_problem(method, as_batch(batch_a), as_batch(batch_b), params, tau,
-                                                   negatives, lam, meta_loss)
+    theta, embed_a, objective, icl = _meta_problem(method, as_batch(batch_a),
+                                                   as_batch(batch_b), params, tau, negatives, lam,
+                                                   meta_loss)
     w = strata.w
-    P = [None if precond is None else precond.get(p) for p in theta.values()]   # diagonal, one per tensor
+    # diagonal, one per tensor
+    P = [None if precond is None else precond.get(p) for p in theta.values()]
     pre = lambda x, Pk: x if Pk is None else Pk * x
     step = lambda g: {k: p - inner_lr * pre(gk, Pk) for (k, p), gk, Pk in zip(theta.items(), g, P)}
     if mode == "unrolled":
@@ -174,7 +197,8 @@ def meta_gradient(method: nn.Module, strata: StratumVectors, batch_a, batch_b, i
               for k, p in step(_grads(icl(embed_a(theta), strata().detach()), theta)).items()}
     m = objective(theta1, strata())
     direct = None
-    if meta_loss == "total": direct = torch.autograd.grad(m, w, retain_graph=True, allow_unused=True)[0]
+    if meta_loss == "total":
+        direct = torch.autograd.grad(m, w, retain_graph=True, allow_unused=True)[0]
     direct = torch.zeros_like(w) if direct is None else direct
     if mode == "first_order": return direct, m.detach()
 
@@ -183,17 +207,19 @@ def meta_gradient(method: nn.Module, strata: StratumVectors, batch_a, batch_b, i
     vnorm = torch.sqrt(sum((x * x).sum() for x in v))
     if vnorm == 0 or inner_lr == 0: return direct, m.detach()
     if mode != "exact":   # central finite differences
-        return direct - inner_lr * _hvp_fd(embed_a, icl, strata, theta, v, fd_eps / vnorm), m.detach()
+        return (direct - inner_lr * _hvp_fd(embed_a, icl, strata, theta, v, fd_eps / vnorm),
+                m.detach())
     hvp = _hvp_exact(embed_a, icl, strata, theta, v)
     if hvp is None:   # forward-mode AD failed on this device
         return meta_gradient(method, strata, batch_a, batch_b, inner_lr, "unrolled", tau=tau,
-                             negatives=negatives, lam=lam, meta_loss=meta_loss, params=params, fd_eps=fd_eps,
-                             precond=precond)
+                             negatives=negatives, lam=lam, meta_loss=meta_loss,
+                             params=params, fd_eps=fd_eps, precond=precond)
     return direct - inner_lr * hvp, m.detach()
 
 # %% ../nbs/05_msr.ipynb #ff851ca6
 def meta_diagnostics(g: torch.Tensor, prev: torch.Tensor | None = None) -> dict:
-    "`meta_grad_norm`, `meta_grad_cos` (with `prev`; None without) and `strata_common_share` of a meta-gradient `g` (n, d)."
+    """`meta_grad_norm`, `meta_grad_cos` (with `prev`; None without) and `strata_common_share` of a
+    meta-gradient `g` (n, d)."""
     g = g.detach().double()
     total = float((g * g).sum())
     common = g.shape[0] * float((g.mean(0) ** 2).sum()) / total if total > 0 else None
@@ -214,17 +240,20 @@ class MetaSemanticRegularizer(nn.Module):
                  meta_params: str = ICLConfig.meta_params, meta_lr: float = ICLConfig.meta_lr,
                  inner_lr: float = OptimConfig.lr, meta_share: float = ICLConfig.meta_share,
                  activation: str = ICLConfig.activation, init_std: float = ICLConfig.init_std,
-                 fd_eps: float = 0.01, optimizer: str = "adam", virtual_step: str = ICLConfig.virtual_step):
+                 fd_eps: float = 0.01, optimizer: str = "adam",
+                 virtual_step: str = ICLConfig.virtual_step):
         super().__init__()
         check_tau(tau)
         if negatives not in NEGATIVES:
             raise ValueError(f"negatives must be one of {', '.join(NEGATIVES)}; got {negatives!r}")
         if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam >= 0:
             raise ValueError(f"lam must be a number >= 0, got {lam!r}")
-        if not 0 <= meta_share <= 1: raise ValueError(f"meta_share must be in [0, 1], got {meta_share!r}")
+        if not 0 <= meta_share <= 1:
+            raise ValueError(f"meta_share must be in [0, 1], got {meta_share!r}")
         if not meta_lr > 0: raise ValueError(f"meta_lr must be > 0, got {meta_lr!r}")
         if virtual_step not in VIRTUAL_STEPS:
-            raise ValueError(f"virtual_step must be one of {', '.join(VIRTUAL_STEPS)}; got {virtual_step!r}")
+            raise ValueError(f"virtual_step must be one of {', '.join(VIRTUAL_STEPS)}; got "
+                             f"{virtual_step!r}")
         self.meta_loss = _check_meta_args(meta_mode, meta_loss, meta_params, inner_lr)
         self.strata = StratumVectors(n_strata, dim, init_std, activation)
         self.lam, self.tau, self.negatives = lam, tau, negatives
@@ -236,23 +265,26 @@ class MetaSemanticRegularizer(nn.Module):
             raise ValueError(f"optimizer must be one of {', '.join(opts)}; got {optimizer!r}")
         self.meta_optimizer = opts[optimizer](self.strata.parameters(), lr=meta_lr)
         self.last_gap = None
-        # the previous meta-gradient, for meta_grad_cos; in the state dict, so that a resumed run logs what an
-        # uninterrupted one does
+        # the previous meta-gradient, for meta_grad_cos; in the state dict, so that a resumed run
+        # logs what an uninterrupted one does
         self.register_buffer("last_grad", torch.zeros(n_strata, dim))
 
     def meta_gradient(self, method, batch_a, batch_b, inner_lr=None, precond=None):
         lr = self.inner_lr if inner_lr is None else inner_lr
-        return meta_gradient(method, self.strata, batch_a, batch_b, lr, self.meta_mode, tau=self.tau,
-                             negatives=self.negatives, lam=self.lam, meta_loss=self.meta_loss,
-                             params=self.meta_params, fd_eps=self.fd_eps, precond=precond)
+        return meta_gradient(method, self.strata, batch_a, batch_b, lr,
+                             self.meta_mode, tau=self.tau, negatives=self.negatives, lam=self.lam,
+                             meta_loss=self.meta_loss, params=self.meta_params, fd_eps=self.fd_eps,
+                             precond=precond)
 
 # %% ../nbs/05_msr.ipynb #98211ac8
 @patch
 def icl(self: MetaSemanticRegularizer, z1, z2):
-    "Stage-1 ICL loss with the strata fixed (no gradient reaches w); negatives from every process under torchrun."
+    """Stage-1 ICL loss with the strata fixed (no gradient reaches w); negatives from every process
+    under torchrun."""
     g1, g2, _, anchors = gather_pair(z1, z2)
     loss = icl_loss(g1, g2, self.strata().detach(), self.tau, self.negatives, anchors=anchors)
-    with torch.no_grad():  # L_ICL - NT-Xent on the same projections: what the strata add (0 for a constant a)
+    # L_ICL - NT-Xent on the same projections: what the strata add (0 for a constant a)
+    with torch.no_grad():
         self.last_gap = (loss - nt_xent(g1, g2, self.tau, anchors=anchors)).detach()
     return loss
 
@@ -264,7 +296,8 @@ def meta_step(self: MetaSemanticRegularizer, method, batch_a, batch_b, inner_lr=
     with local_losses(): g, m = self.meta_gradient(method, batch_a, batch_b, inner_lr, precond)
     g, m = mean_over_processes(g), mean_over_processes(m)  # every process applies the same update
     if not (torch.isfinite(m) and torch.isfinite(g).all()):
-        raise FloatingPointError(f"non-finite meta objective ({m.item()}) or meta-gradient in stage 2")
+        raise FloatingPointError(f"non-finite meta objective ({m.item()}) or meta-gradient in "
+                                 "stage 2")
     diag = meta_diagnostics(g, self.last_grad)   # (all zeros before the first step: cosine None)
     self.last_grad.copy_(g.detach())
     self.meta_optimizer.zero_grad(set_to_none=True)
@@ -277,13 +310,15 @@ def meta_step(self: MetaSemanticRegularizer, method, batch_a, batch_b, inner_lr=
 # %% ../nbs/05_msr.ipynb #68ee3137
 @patch
 def meta_steps(self: MetaSemanticRegularizer, n_batches: int) -> int:
-    "Number of stage-2 meta steps for an epoch of `n_batches` (two batches each, a share `meta_share`)."
+    """Number of stage-2 meta steps for an epoch of `n_batches` (two batches each, a share
+    `meta_share`)."""
     if self.meta_share <= 0 or n_batches <= 0: return 0
     return max(1, round(self.meta_share * n_batches / 2))
 
 # %% ../nbs/05_msr.ipynb #cbd1f40c
 def adam_precond(opt: torch.optim.Optimizer) -> dict | None:
-    "{parameter: 1 / (sqrt(v_hat) + eps)} from an Adam/AdamW optimiser's second moments (None for others or before its first step)."
+    """{parameter: 1 / (sqrt(v_hat) + eps)} from an Adam/AdamW optimiser's second moments (None for
+    others or before its first step)."""
     if not isinstance(opt, (torch.optim.Adam, torch.optim.AdamW)): return None
     out = {}
     for grp in opt.param_groups:

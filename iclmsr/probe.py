@@ -23,7 +23,8 @@ def _check_labels(y, n: int, name: str, num_classes: int | None = None) -> torch
     y = as_labels(y, name, n)
     if len(y) and y.min() < 0: raise ValueError(f"{name} must be >= 0, got {int(y.min())}")
     if num_classes is not None and len(y) and y.max() >= num_classes:
-        raise ValueError(f"{name} contains class {int(y.max())}, but num_classes={num_classes} (ids 0..{num_classes - 1})")
+        raise ValueError(f"{name} contains class {int(y.max())}, but num_classes={num_classes} "
+                         f"(ids 0..{num_classes - 1})")
     return y
 
 # %% ../nbs/10_probe.ipynb #e2308596
@@ -40,42 +41,50 @@ def topk_acc(scores, labels, ks=(1, 5)) -> dict:
     s = as_feats(scores, "scores")
     y = _check_labels(labels, len(s), "labels", s.shape[1]).to(s.device)
     top = s.topk(min(max(ks), s.shape[1]), dim=1).indices
-    return {k: 100.0 * (top[:, :min(k, s.shape[1])] == y[:, None]).any(1).double().mean().item() for k in ks}
+    return {k: 100.0 * (top[:, :min(k, s.shape[1])] == y[:, None]).any(1).double().mean().item()
+            for k in ks}
 
 # %% ../nbs/10_probe.ipynb #3a338fb2
 @dataclass
 class ProbeResult:
-    "What `linear_probe` measured: accuracies in percent, the classifier and the test probabilities."
+    """What `linear_probe` measured: accuracies in percent, the classifier and the test
+    probabilities."""
     top1: float
     top5: float
     train_top1: float
     chance: float          # accuracy of always predicting the most frequent test label
     clf: nn.Linear = field(repr=False)
-    probs: torch.Tensor = field(repr=False)   # (n_test, num_classes) softmax of the test set, on the CPU
+    # (n_test, num_classes) softmax of the test set, on the CPU
+    probs: torch.Tensor = field(repr=False)
     losses: list = field(default_factory=list, repr=False)  # mean training loss per epoch
 
 # %% ../nbs/10_probe.ipynb #fe8dd8db
 def _num_classes(ys, num_classes):
     hi = max(int(y.max()) for y in ys if len(y)) + 1
     if num_classes is None: return hi
-    if not isinstance(num_classes, (int, np.integer)) or num_classes < 1: raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
     return int(num_classes)
 
 # %% ../nbs/10_probe.ipynb #1086985c
-def fit_linear(feats, labels, num_classes: int | None = None, epochs: int = 100, lr: float = 1e-2, lr_end: float = 1e-6,
-               wd: float = 5e-6, bs: int = 1000, seed: int = 0, device=None, losses: list | None = None) -> nn.Linear:
-    "Train a single `nn.Linear` on frozen features: Adam, lr decayed exponentially `lr` -> `lr_end`, the W-MSE protocol."
+def fit_linear(feats, labels, num_classes: int | None = None, epochs: int = 100,
+               lr: float = 1e-2, lr_end: float = 1e-6, wd: float = 5e-6, bs: int = 1000,
+               seed: int = 0, device=None, losses: list | None = None) -> nn.Linear:
+    """Train a single `nn.Linear` on frozen features: Adam, lr decayed exponentially `lr` ->
+    `lr_end`, the W-MSE protocol."""
     x = as_feats(feats, "train_feats")
     y = _check_labels(labels, len(x), "train_labels")
     C = _num_classes([y], num_classes); _check_labels(y, len(x), "train_labels", C)
-    if epochs < 1 or bs < 1: raise ValueError(f"epochs and bs must be >= 1, got epochs={epochs}, bs={bs}")
+    if epochs < 1 or bs < 1:
+        raise ValueError(f"epochs and bs must be >= 1, got epochs={epochs}, bs={bs}")
     dev = get_device(device) if device is not None else x.device
     x, y = x.to(dev), y.to(dev)
     g = torch.Generator().manual_seed(seed)
     clf = nn.Linear(x.shape[1], C)
     with torch.no_grad():  # nn.Linear's default init, drawn from our generator
         b = 1 / math.sqrt(x.shape[1])
-        clf.weight.copy_(torch.rand(clf.weight.shape, generator=g) * 2 * b - b); clf.bias.copy_(torch.rand(C, generator=g) * 2 * b - b)
+        clf.weight.copy_(torch.rand(clf.weight.shape, generator=g) * 2 * b - b)
+        clf.bias.copy_(torch.rand(C, generator=g) * 2 * b - b)
     clf = clf.to(dev).train()
     opt = torch.optim.Adam(clf.parameters(), lr=lr, weight_decay=wd)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=(lr_end / lr) ** (1 / epochs))
@@ -95,17 +104,22 @@ def eval_linear(clf: nn.Module, feats, labels, bs: int = 65536) -> dict:
     "Top-1/top-5 accuracy (percent) and softmax probabilities of a trained probe on a split."
     dev = next(clf.parameters()).device
     x = as_feats(feats, "test_feats", clf.in_features if hasattr(clf, "in_features") else None)
-    y = _check_labels(labels, len(x), "test_labels", clf.out_features if hasattr(clf, "out_features") else None)
+    y = _check_labels(labels, len(x), "test_labels",
+                      clf.out_features if hasattr(clf, "out_features") else None)
     probs = torch.cat([F.softmax(clf(c.to(dev)).float(), 1).cpu() for c in x.split(bs)])
     acc = topk_acc(probs, y, (1, 5))
     return {"top1": acc[1], "top5": acc[5], "probs": probs}
 
 # %% ../nbs/10_probe.ipynb #8cce49c7
-def linear_probe(train_feats, train_labels, test_feats, test_labels, num_classes: int | None = None, epochs: int = 100,
-                 lr: float = 1e-2, lr_end: float = 1e-6, wd: float = 5e-6, bs: int = 1000, seed: int = 0, device=None) -> ProbeResult:
-    "Fit a linear probe on the train split and score it on the test split (W-MSE protocol); accuracies in percent."
+def linear_probe(train_feats, train_labels, test_feats, test_labels,
+                 num_classes: int | None = None, epochs: int = 100, lr: float = 1e-2,
+                 lr_end: float = 1e-6, wd: float = 5e-6, bs: int = 1000, seed: int = 0,
+                 device=None) -> ProbeResult:
+    """Fit a linear probe on the train split and score it on the test split (W-MSE protocol);
+    accuracies in percent."""
     xtr, xte = as_feats(train_feats, "train_feats"), as_feats(test_feats, "test_feats")
-    if xte.shape[1] != xtr.shape[1]: raise ValueError(f"test_feats has dim {xte.shape[1]} but train_feats has dim {xtr.shape[1]}")
+    if xte.shape[1] != xtr.shape[1]:
+        raise ValueError(f"test_feats has dim {xte.shape[1]} but train_feats has dim {xtr.shape[1]}")
     ytr = _check_labels(train_labels, len(xtr), "train_labels")
     yte = _check_labels(test_labels, len(xte), "test_labels")
     C = _num_classes([ytr, yte], num_classes)
@@ -117,20 +131,25 @@ def linear_probe(train_feats, train_labels, test_feats, test_labels, num_classes
     return ProbeResult(te["top1"], te["top5"], tr["top1"], chance, clf, te["probs"], losses)
 
 # %% ../nbs/10_probe.ipynb #e7adf85b
-def bg_probe(train_feats, train_bgs, test_feats, test_bgs, num_bgs: int | None = None, **kw) -> ProbeResult:
-    "Linear probe predicting the background id from features; lower top-1 = more background-invariant (DCoDR)."
+def bg_probe(train_feats, train_bgs, test_feats, test_bgs,
+             num_bgs: int | None = None, **kw) -> ProbeResult:
+    """Linear probe predicting the background id from features; lower top-1 = more
+    background-invariant (DCoDR)."""
     return linear_probe(train_feats, train_bgs, test_feats, test_bgs, num_classes=num_bgs, **kw)
 
 # %% ../nbs/10_probe.ipynb #044ed5bc
 class MLPProbe(nn.Module):
-    "DCoDR's probe (`Shallow_Classifier`): `layers - 1` blocks Linear (no bias), BatchNorm1d, LeakyReLU of width `hidden`, then a Linear."
+    """DCoDR's probe (`Shallow_Classifier`): `layers - 1` blocks Linear (no bias), BatchNorm1d,
+    LeakyReLU of width `hidden`, then a Linear."""
     def __init__(self, in_dim: int, num_classes: int, hidden: int = 128, layers: int = 6):
         super().__init__()
-        for nm, v, lo in (("in_dim", in_dim, 1), ("num_classes", num_classes, 2), ("hidden", hidden, 1), ("layers", layers, 2)):
+        for nm, v, lo in (("in_dim", in_dim, 1), ("num_classes", num_classes, 2),
+                          ("hidden", hidden, 1), ("layers", layers, 2)):
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < lo:
                 raise ValueError(f"{nm} must be an integer >= {lo}, got {v!r}")
         dims = [int(in_dim)] + [int(hidden)] * (layers - 1)
-        blocks = [m for a, b in zip(dims, dims[1:]) for m in (nn.Linear(a, b, bias=False), nn.BatchNorm1d(b), nn.LeakyReLU())]
+        blocks = [m for a, b in zip(dims, dims[1:])
+                  for m in (nn.Linear(a, b, bias=False), nn.BatchNorm1d(b), nn.LeakyReLU())]
         self.net = nn.Sequential(*blocks, nn.Linear(dims[-1], int(num_classes)))
         self.in_features, self.out_features = int(in_dim), int(num_classes)
 
@@ -144,32 +163,41 @@ def _split(n: int, frac: float, g: torch.Generator) -> tuple:
 
 # %% ../nbs/10_probe.ipynb #9b983e79
 def min_split_size(frac: float) -> int:
-    "The fewest images a held-out split of `frac` accepts: at least one held out (frac * n >= 1) and two to fit on (BatchNorm)."
+    """The fewest images a held-out split of `frac` accepts: at least one held out (frac * n >= 1)
+    and two to fit on (BatchNorm)."""
     n = 1
     while frac * n < 1 - 1e-9 or n - math.ceil(frac * n - 1e-9) < 2: n += 1
     return n
 
 # %% ../nbs/10_probe.ipynb #72911ef7
 def held_out_split(n: int, frac: float = 0.1, seed: int = 0) -> tuple:
-    "(fit, held-out) sorted index tensors of range(n): a random ceil(frac * n) held out, as sklearn's `train_test_split`."
-    if not (isinstance(frac, (int, float)) and 0 < frac < 1): raise ValueError(f"the held-out fraction must be in (0, 1), got {frac!r}")
+    """(fit, held-out) sorted index tensors of range(n): a random ceil(frac * n) held out, as
+    sklearn's `train_test_split`."""
+    if not (isinstance(frac, (int, float))
+            and 0 < frac < 1): raise ValueError("the held-out fraction must be in (0, 1), got "
+                                                f"{frac!r}")
     need = min_split_size(frac)
     if n < need:
-        raise ValueError(f"{n} training images are too few for a held-out {frac:.0%} split: at least {need} are needed")
+        raise ValueError(f"{n} training images are too few for a held-out {frac:.0%} split: at "
+                         f"least {need} are needed")
     return _split(n, frac, torch.Generator().manual_seed(seed))
 
 # %% ../nbs/10_probe.ipynb #0e144cc5
 @dataclass
 class MLPProbeResult:
-    "What `mlp_probe` measured (percent): the test accuracy of the epoch with the best held-out accuracy, and the run."
+    """What `mlp_probe` measured (percent): the test accuracy of the epoch with the best held-out
+    accuracy, and the run."""
     top1: float
     val_top1: float        # held-out accuracy of the kept epoch
     best_epoch: int        # the kept epoch (0-based)
     chance: float          # 100 / num_classes
     num_classes: int
-    val_accs: list = field(default_factory=list, repr=False)   # held-out accuracy after each epoch run
-    losses: list = field(default_factory=list, repr=False)     # mean training loss of each epoch run
-    model: nn.Module | None = field(default=None, repr=False)  # the probe with the kept weights (eval mode)
+    # held-out accuracy after each epoch run
+    val_accs: list = field(default_factory=list, repr=False)
+    # mean training loss of each epoch run
+    losses: list = field(default_factory=list, repr=False)
+    # the probe with the kept weights (eval mode)
+    model: nn.Module | None = field(default=None, repr=False)
 
     @property
     def epochs(self) -> int: return len(self.val_accs)
@@ -178,22 +206,28 @@ class MLPProbeResult:
 def _mlp_inputs(train_feats, train_labels, test_feats, test_labels, num_classes, val_frac):
     "Checked (xtr, ytr, xte, yte, C): one line for each input the probe cannot use."
     xtr, xte = as_feats(train_feats, "train_feats"), as_feats(test_feats, "test_feats")
-    if xte.shape[1] != xtr.shape[1]: raise ValueError(f"test_feats has dim {xte.shape[1]} but train_feats has dim {xtr.shape[1]}")
-    ytr, yte = _check_labels(train_labels, len(xtr), "train_labels"), _check_labels(test_labels, len(xte), "test_labels")
+    if xte.shape[1] != xtr.shape[1]:
+        raise ValueError(f"test_feats has dim {xte.shape[1]} but train_feats has dim {xtr.shape[1]}")
+    ytr, yte = (_check_labels(train_labels, len(xtr), "train_labels"),
+                _check_labels(test_labels, len(xte), "test_labels"))
     C = _num_classes([ytr, yte], num_classes)
     for y, nm in ((ytr, "train_labels"), (yte, "test_labels")): _check_labels(y, len(y), nm, C)
     have = ytr.unique()
-    if len(have) < 2: raise ValueError(f"a probe needs at least 2 classes in train_labels, got only class {int(have[0])}")
+    if len(have) < 2:
+        raise ValueError("a probe needs at least 2 classes in train_labels, got only class "
+                         f"{int(have[0])}")
     if not (isinstance(val_frac, (int, float)) and 0 < val_frac < 1):
         raise ValueError(f"val_frac (the held-out fraction) must be in (0, 1), got {val_frac!r}")
     need = min_split_size(val_frac)
     if len(xtr) < need:
-        raise ValueError(f"train_feats has {len(xtr)} images, too few for a held-out {val_frac:.0%} split: at least {need} are needed")
+        raise ValueError(f"train_feats has {len(xtr)} images, too few for a held-out "
+                         f"{val_frac:.0%} split: at least {need} are needed")
     return xtr, ytr, xte, yte, C
 
 # %% ../nbs/10_probe.ipynb #45f2ce91
 def _batches(n: int, bs: int, g: torch.Generator) -> list:
-    "A random order in batches of `bs`; a last batch of one joins the one before (BatchNorm needs two samples)."
+    """A random order in batches of `bs`; a last batch of one joins the one before (BatchNorm needs
+    two samples)."""
     idx = list(torch.randperm(n, generator=g).split(bs))
     if len(idx) > 1 and len(idx[-1]) == 1: idx[-2:] = [torch.cat(idx[-2:])]
     return idx
@@ -206,19 +240,25 @@ def _mlp_acc(net: nn.Module, x, y, bs: int = 8192) -> float:
     return 100.0 * (pred == y).double().mean().item()
 
 # %% ../nbs/10_probe.ipynb #ee1ab7df
-def mlp_probe(train_feats, train_labels, test_feats, test_labels, num_classes: int | None = None, hidden: int = 128,
-              layers: int = 6, epochs: int = 100, patience: int = 7, lr: float = 1e-3, bs: int = 128, val_frac: float = 0.1,
+def mlp_probe(train_feats, train_labels, test_feats, test_labels,
+              num_classes: int | None = None, hidden: int = 128, layers: int = 6, epochs: int = 100,
+              patience: int = 7, lr: float = 1e-3, bs: int = 128, val_frac: float = 0.1,
               seed: int = 0, device=None) -> MLPProbeResult:
-    "DCoDR's MLP probe: fit on 90% of train, early stopping on the held-out 10%, the best epoch scored on test (percent)."
-    xtr, ytr, xte, yte, C = _mlp_inputs(train_feats, train_labels, test_feats, test_labels, num_classes, val_frac)
+    """DCoDR's MLP probe: fit on 90% of train, early stopping on the held-out 10%, the best epoch
+    scored on test (percent)."""
+    xtr, ytr, xte, yte, C = _mlp_inputs(train_feats, train_labels, test_feats,
+                                        test_labels, num_classes, val_frac)
     for nm, v in (("epochs", epochs), ("bs", bs)):
-        if not isinstance(v, (int, np.integer)) or v < 1: raise ValueError(f"{nm} must be a positive integer, got {v!r}")
-    if not isinstance(patience, (int, np.integer)) or patience < 0: raise ValueError(f"patience must be an integer >= 0, got {patience!r}")
+        if not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{nm} must be a positive integer, got {v!r}")
+    if not isinstance(patience, (int, np.integer)) or patience < 0:
+        raise ValueError(f"patience must be an integer >= 0, got {patience!r}")
     dev = get_device(device) if device is not None else xtr.device
     g = torch.Generator().manual_seed(seed)
     fit, val = _split(len(xtr), val_frac, g)
     xf, yf, xv, yv = xtr[fit].to(dev), ytr[fit].to(dev), xtr[val].to(dev), ytr[val].to(dev)
-    with torch.random.fork_rng(devices=[]):   # the initialisation from `seed`, the caller's random state untouched
+    # the initialisation from `seed`, the caller's random state untouched
+    with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = MLPProbe(xtr.shape[1], C, hidden, layers)
     net = net.to(dev)
@@ -235,76 +275,103 @@ def mlp_probe(train_feats, train_labels, test_feats, test_labels, num_classes: i
         if state is None or accs[-1] > accs[best]: best, state = ep, copy.deepcopy(net.state_dict())
         elif ep - best > patience: break
     net.load_state_dict(state)
-    return MLPProbeResult(_mlp_acc(net, xte.to(dev), yte.to(dev)), accs[best], best, 100.0 / C, C, accs, losses, net.eval())
+    return MLPProbeResult(_mlp_acc(net, xte.to(dev), yte.to(dev)), accs[best], best, 100.0 / C, C,
+                          accs, losses, net.eval())
 
 # %% ../nbs/10_probe.ipynb #9c4171c9
 def retrieval_top1(train_feats, train_labels, test_feats, test_labels, device="auto") -> float:
-    "DCoDR's top-1 retrieval (percent): each test code's nearest L2-normalised code among train and test (itself excluded) has its label."
+    """DCoDR's top-1 retrieval (percent): each test code's nearest L2-normalised code among train
+    and test (itself excluded) has its label."""
     xtr, xte = as_feats(train_feats, "train_feats"), as_feats(test_feats, "test_feats")
-    if xte.shape[1] != xtr.shape[1]: raise ValueError(f"test_feats has dim {xte.shape[1]} but train_feats has dim {xtr.shape[1]}")
-    ytr, yte = _check_labels(train_labels, len(xtr), "train_labels"), _check_labels(test_labels, len(xte), "test_labels")
+    if xte.shape[1] != xtr.shape[1]:
+        raise ValueError(f"test_feats has dim {xte.shape[1]} but train_feats has dim {xtr.shape[1]}")
+    ytr, yte = (_check_labels(train_labels, len(xtr), "train_labels"),
+                _check_labels(test_labels, len(xte), "test_labels"))
     pool = F.normalize(torch.cat([xtr, xte]), dim=1)
     index = FeatureIndex(pool.shape[1], metric="cos", device=device).add(pool)
     _, nb = index.search(pool[len(xtr):], k=2)
     me = torch.arange(len(xtr), len(pool))
-    first = torch.where(nb[:, 0] == me, nb[:, 1], nb[:, 0])   # the nearest code that is not the query itself
+    # the nearest code that is not the query itself
+    first = torch.where(nb[:, 0] == me, nb[:, 1], nb[:, 0])
     return 100.0 * (torch.cat([ytr, yte])[first] == yte).double().mean().item()
 
 # %% ../nbs/10_probe.ipynb #eacd4ad7
 def dcodr_measures(train_feats, train_labels, train_domains, test_feats, test_labels, test_domains,
                    num_classes: int | None = None, seed: int = 0, device=None, **kw) -> dict:
-    "DCoDR's measures (percent) on L2-normalised codes: domain probe (invariance, lower = better), class probe (informativeness), retrieval top-1."
-    xtr, xte = F.normalize(as_feats(train_feats, "train_feats"), dim=1), F.normalize(as_feats(test_feats, "test_feats"), dim=1)
-    dtr, dte = _check_labels(train_domains, len(xtr), "train_domains"), _check_labels(test_domains, len(xte), "test_domains")
-    ids, inv = torch.cat([dtr, dte]).unique(return_inverse=True)   # domains renumbered 0..D-1, as DCoDR maps a factor's values
-    if len(ids) < 2: raise ValueError(f"the domain probe needs at least 2 domains, the data has only domain {int(ids[0])}")
-    dom = mlp_probe(xtr, inv[:len(xtr)], xte, inv[len(xtr):], num_classes=len(ids), seed=seed, device=device, **kw)
-    cls = mlp_probe(xtr, train_labels, xte, test_labels, num_classes=num_classes, seed=seed, device=device, **kw)
-    return {"domain_probe": dom.top1, "class_probe": cls.top1, "retrieval_top1": retrieval_top1(xtr, train_labels, xte, test_labels),
-            "chance_domain": dom.chance, "chance_class": cls.chance, "num_domains": len(ids), "num_classes": cls.num_classes,
-            "n_fit": len(xtr) - len(held_out_split(len(xtr), kw.get("val_frac", 0.1))[1]), "n_test": len(xte),
-            "epochs": {"domain": dom.epochs, "class": cls.epochs}, "best_epoch": {"domain": dom.best_epoch, "class": cls.best_epoch}}
+    """DCoDR's measures (percent) on L2-normalised codes: domain probe (invariance, lower = better),
+    class probe (informativeness), retrieval top-1."""
+    xtr, xte = (F.normalize(as_feats(train_feats, "train_feats"), dim=1),
+                F.normalize(as_feats(test_feats, "test_feats"), dim=1))
+    dtr, dte = (_check_labels(train_domains, len(xtr), "train_domains"),
+                _check_labels(test_domains, len(xte), "test_domains"))
+    # domains renumbered 0..D-1, as DCoDR maps a factor's values
+    ids, inv = torch.cat([dtr, dte]).unique(return_inverse=True)
+    if len(ids) < 2:
+        raise ValueError("the domain probe needs at least 2 domains, the data has only domain "
+                         f"{int(ids[0])}")
+    dom = mlp_probe(xtr, inv[:len(xtr)], xte, inv[len(xtr):], num_classes=len(ids),
+                    seed=seed, device=device, **kw)
+    cls = mlp_probe(xtr, train_labels, xte, test_labels, num_classes=num_classes,
+                    seed=seed, device=device, **kw)
+    return {"domain_probe": dom.top1, "class_probe": cls.top1,
+            "retrieval_top1": retrieval_top1(xtr, train_labels, xte, test_labels),
+            "chance_domain": dom.chance, "chance_class": cls.chance, "num_domains": len(ids),
+            "num_classes": cls.num_classes,
+            "n_fit": len(xtr) - len(held_out_split(len(xtr), kw.get("val_frac", 0.1))[1]),
+            "n_test": len(xte), "epochs": {"domain": dom.epochs, "class": cls.epochs},
+            "best_epoch": {"domain": dom.best_epoch, "class": cls.best_epoch}}
 
 # %% ../nbs/10_probe.ipynb #ab7c2fb4
 def _probs_labels(probs, labels):
     as_feats(probs, "probs")  # shape, emptiness, NaN checks
     p = torch.as_tensor(probs).double()
     if (p < 0).any() or ((p.sum(1) - 1).abs() > 1e-3).any():
-        raise ValueError("probs must be probabilities (non-negative rows summing to 1): apply softmax to logits first")
+        raise ValueError("probs must be probabilities (non-negative rows summing to 1): apply "
+                         "softmax to logits first")
     return p, _check_labels(labels, len(p), "labels", p.shape[1])
 
 # %% ../nbs/10_probe.ipynb #bacc06b4
 def calibration_bins(probs, labels, n_bins: int = 15) -> dict:
-    "Per-bin count, mean confidence and accuracy over `n_bins` equal-width confidence bins (m-1)/M < conf <= m/M."
-    if not isinstance(n_bins, (int, np.integer)) or n_bins < 1: raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")
+    """Per-bin count, mean confidence and accuracy over `n_bins` equal-width confidence bins (m-1)/M
+    < conf <= m/M."""
+    if not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
+        raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")
     p, y = _probs_labels(probs, labels)
     conf, pred = p.max(1)
     correct = (pred == y.to(pred.device)).double()
     edges = torch.linspace(0, 1, n_bins + 1, dtype=torch.float64, device=conf.device)
     b = torch.bucketize(conf, edges[1:-1])  # right=False: edges[b-1] < conf <= edges[b]
-    count = torch.zeros(n_bins, dtype=torch.float64, device=conf.device).index_add_(0, b, torch.ones_like(conf))
+    count = torch.zeros(n_bins, dtype=torch.float64,
+                        device=conf.device).index_add_(0, b, torch.ones_like(conf))
     s_conf = torch.zeros_like(count).index_add_(0, b, conf)
     s_acc = torch.zeros_like(count).index_add_(0, b, correct)
     nz = count.clamp_min(1)
-    return {"edges": edges.cpu(), "count": count.cpu(), "conf": (s_conf / nz).cpu(), "acc": (s_acc / nz).cpu()}
+    return {"edges": edges.cpu(), "count": count.cpu(), "conf": (s_conf / nz).cpu(),
+            "acc": (s_acc / nz).cpu()}
 
 # %% ../nbs/10_probe.ipynb #d3a68145
 def ece(probs, labels, n_bins: int = 15) -> float:
-    "Expected calibration error in percent: bin-size-weighted mean |accuracy - confidence| over equal-width bins."
+    """Expected calibration error in percent: bin-size-weighted mean |accuracy - confidence| over
+    equal-width bins."""
     b = calibration_bins(probs, labels, n_bins)
     return 100.0 * float((b["count"] / b["count"].sum() * (b["acc"] - b["conf"]).abs()).sum())
 
 # %% ../nbs/10_probe.ipynb #f057151c
 def worst_group(preds, labels, groups, min_size: int = 1) -> dict:
-    "Accuracy (percent) of the worst (class, group) cell, its key and size, plus the mean over non-empty groups."
+    """Accuracy (percent) of the worst (class, group) cell, its key and size, plus the mean over
+    non-empty groups."""
     p = as_labels(preds, "preds")
     y = _check_labels(labels, len(p), "labels")
     b = as_labels(groups, "groups", len(p))
-    if len(p) == 0: raise ValueError("worst-group accuracy of an empty split (0 samples) is undefined")
-    keys, inv, size = torch.unique(torch.stack([y, b], 1).cpu(), dim=0, return_inverse=True, return_counts=True)
+    if len(p) == 0:
+        raise ValueError("worst-group accuracy of an empty split (0 samples) is undefined")
+    keys, inv, size = torch.unique(torch.stack([y, b], 1).cpu(), dim=0,
+                                   return_inverse=True, return_counts=True)
     hits = torch.zeros(len(keys), dtype=torch.float64).index_add_(0, inv, (p.cpu() == y.cpu()).double())
     ok = size >= min_size
-    if not ok.any(): raise ValueError(f"no (class, group) cell has >= min_size={min_size} samples (largest: {int(size.max())})")
+    if not ok.any():
+        raise ValueError(f"no (class, group) cell has >= min_size={min_size} samples (largest: "
+                         f"{int(size.max())})")
     acc = torch.where(ok, 100.0 * hits / size, torch.full_like(hits, math.inf))
     w = int(acc.argmin())  # keys are sorted, so ties go to the first (class, group)
     return {"acc": float(acc[w]), "group": tuple(int(v) for v in keys[w]), "size": int(size[w]),
@@ -320,7 +387,8 @@ def bg_gap(acc_mixed_same: float, acc_mixed_rand: float) -> float:
 
 # %% ../nbs/10_probe.ipynb #95170204
 def fgsm(model, images, labels, eps: float = 4 / 255, mean=None, std=None) -> torch.Tensor:
-    "One FGSM step of size `eps` in [0, 1] pixel space (clamped); `model` maps normalised images to logits."
+    """One FGSM step of size `eps` in [0, 1] pixel space (clamped); `model` maps normalised images
+    to logits."""
     if not eps >= 0: raise ValueError(f"eps must be >= 0, got {eps!r}")
     x = as_pixels(images)
     y = _check_labels(labels, len(x), "labels")
@@ -333,7 +401,8 @@ def fgsm(model, images, labels, eps: float = 4 / 255, mean=None, std=None) -> to
         with torch.enable_grad():
             x = x.clone().requires_grad_(True)
             logits = model(norm(x))
-            if logits.ndim != 2 or len(logits) != len(x): raise ValueError(f"model must return logits (n, C), got shape {tuple(logits.shape)}")
+            if logits.ndim != 2 or len(logits) != len(x):
+                raise ValueError(f"model must return logits (n, C), got shape {tuple(logits.shape)}")
             _check_labels(y, len(x), "labels", logits.shape[1])
             grad, = torch.autograd.grad(F.cross_entropy(logits.float(), y, reduction="sum"), x)
     finally:
@@ -343,15 +412,18 @@ def fgsm(model, images, labels, eps: float = 4 / 255, mean=None, std=None) -> to
 # %% ../nbs/10_probe.ipynb #17068f8d
 @torch.no_grad()
 def predict_classes(model, x, norm, was):
-    "Class ids (argmax of the logits) of `model` on `norm(x)`, without gradients; with `was` (the model was training) in eval mode, then back in train mode."
+    """Class ids (argmax of the logits) of `model` on `norm(x)`, without gradients; with `was` (the
+    model was training) in eval mode, then back in train mode."""
     if was: model.eval()
     try: return model(norm(x)).argmax(1)
     finally:
         if was: model.train()
 
 # %% ../nbs/10_probe.ipynb #ba21efa9
-def fgsm_accuracy(model, images, labels, eps: float = 4 / 255, mean=None, std=None, bs: int = 256) -> dict:
-    "Clean and FGSM accuracy (percent) of an end-to-end `model` at `eps` (pixel space, default 4/255), in batches."
+def fgsm_accuracy(model, images, labels, eps: float = 4 / 255, mean=None,
+                  std=None, bs: int = 256) -> dict:
+    """Clean and FGSM accuracy (percent) of an end-to-end `model` at `eps` (pixel space, default
+    4/255), in batches."""
     x = as_pixels(images)
     y = _check_labels(labels, len(x), "labels")
     dev = model_device(model)

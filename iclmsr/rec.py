@@ -18,49 +18,61 @@ __all__ = ['VGG_LAYERS', 'VGG16_URL', 'AdaIN', 'generator_plan', 'LordGenerator'
 
 # %% ../nbs/07_rec.ipynb #70cf7f80
 class AdaIN(nn.Module):
-    "Adaptive instance normalisation: each sample's channels normalised over space, then scaled and shifted by its own `scale`, `bias` (B, C)."
+    """Adaptive instance normalisation: each sample's channels normalised over space, then scaled
+    and shifted by its own `scale`, `bias` (B, C)."""
     def __init__(self, eps: float = 1e-5):
         super().__init__()
         self.eps = eps
     def forward(self, x, scale, bias):
         xf = x.float()   # the statistics in float32, also under bf16 autocast
         mu, var = xf.mean((2, 3), keepdim=True), xf.var((2, 3), keepdim=True, unbiased=False)
-        out = (xf - mu) * torch.rsqrt(var + self.eps) * scale.float()[..., None, None] + bias.float()[..., None, None]
+        out = ((xf - mu) * torch.rsqrt(var + self.eps) * scale.float()[..., None, None]
+               + bias.float()[..., None, None])
         return out.to(x.dtype)
 
 # %% ../nbs/07_rec.ipynb #900bc451
 def generator_plan(h: int, w: int, width: int = 256, full_width_up_to: int = 64) -> tuple:
-    "(h0, w0, widths): the decoder's initial grid (at most 7 x 7) and the channels of each of its x2 stages, for (h, w) images."
+    """(h0, w0, widths): the decoder's initial grid (at most 7 x 7) and the channels of each of its
+    x2 stages, for (h, w) images."""
     n = 1
     while math.ceil(max(h, w) / 2 ** n) > 7: n += 1
-    h0, w0 = math.ceil(h / 2 ** n), math.ceil(w / 2 ** n)   # h0 * 2**n >= h: the output is cropped to (h, w)
+    # h0 * 2**n >= h: the output is cropped to (h, w)
+    h0, w0 = math.ceil(h / 2 ** n), math.ceil(w / 2 ** n)
     res = [max(h0, w0) * 2 ** (i + 1) for i in range(n)]
     widths = [max(8, width // 2 ** max(0, math.ceil(math.log2(r / full_width_up_to)))) for r in res]
     return h0, w0, widths
 
 # %% ../nbs/07_rec.ipynb #73c43971
 class LordGenerator(nn.Module):
-    "LORD's generator: an (L2-normalised) code and a domain id -> an image in [0, 1]; the domain's learned embedding sets the AdaIN scale and bias of every x2 stage."
-    def __init__(self, code_dim: int, num_domains: int | None, image_size: int | tuple = 32, channels: int = 3,
-                 domain_dim: int = 256, width: int = 256):
+    """LORD's generator: an (L2-normalised) code and a domain id -> an image in [0, 1]; the domain's
+    learned embedding sets the AdaIN scale and bias of every x2 stage."""
+    def __init__(self, code_dim: int, num_domains: int | None,
+                 image_size: int | tuple = 32, channels: int = 3, domain_dim: int = 256,
+                 width: int = 256):
         super().__init__()
         H, W = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         self.size, self.num_domains, self.width = (H, W), num_domains, width
         self.h0, self.w0, self.widths = generator_plan(H, W, width)
         self.embedding = nn.Embedding(num_domains or 0, domain_dim)
         nn.init.uniform_(self.embedding.weight, -0.05, 0.05)
-        self.modulation = nn.ModuleList(nn.Linear(domain_dim, 2 * c) for c in self.widths)  # one Linear per AdaIN layer
+        # one Linear per AdaIN layer
+        self.modulation = nn.ModuleList(nn.Linear(domain_dim, 2 * c) for c in self.widths)
         n0 = self.h0 * self.w0
-        self.fc = nn.Sequential(nn.Linear(code_dim, n0 * width // 8), nn.LeakyReLU(), nn.Linear(n0 * width // 8, n0 * width // 4),
-                                nn.LeakyReLU(), nn.Linear(n0 * width // 4, n0 * width), nn.LeakyReLU())
+        self.fc = nn.Sequential(nn.Linear(code_dim, n0 * width // 8), nn.LeakyReLU(),
+                                nn.Linear(n0 * width // 8, n0 * width // 4), nn.LeakyReLU(),
+                                nn.Linear(n0 * width // 4, n0 * width), nn.LeakyReLU())
         self.stages, c = nn.ModuleList(), width
         for co in self.widths:
-            self.stages.append(nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(c, co, 3, padding=1), nn.LeakyReLU()))
+            self.stages.append(nn.Sequential(nn.Upsample(scale_factor=2),
+                                             nn.Conv2d(c, co, 3, padding=1), nn.LeakyReLU()))
             c = co
         self.adain = AdaIN()
-        self.out = nn.Sequential(nn.Conv2d(c, 64, 5, padding=2), nn.LeakyReLU(), nn.Conv2d(64, channels, 7, padding=3), nn.Sigmoid())
+        self.out = nn.Sequential(nn.Conv2d(c, 64, 5, padding=2), nn.LeakyReLU(),
+                                 nn.Conv2d(64, channels, 7, padding=3), nn.Sigmoid())
 
-    def extra_repr(self): return f"size={self.size}, num_domains={self.num_domains}, grid={self.h0}x{self.w0}, widths={self.widths}"
+    def extra_repr(self):
+        return (f"size={self.size}, num_domains={self.num_domains}, grid={self.h0}x{self.w0}, "
+                f"widths={self.widths}")
 
 # %% ../nbs/07_rec.ipynb #c084f8fe
 @patch
@@ -68,12 +80,14 @@ def check_domains(self: LordGenerator, domains, n: int) -> torch.Tensor:
     "`domains` as a (n,) long tensor, refused in one line unless each is an id of the embedding."
     d = torch.as_tensor(domains)
     if d.ndim != 1 or len(d) != n or d.dtype.is_floating_point or d.dtype == torch.bool:
-        raise ValueError(f"domains must be a 1-d integer tensor with one id per code ({n}), got {d.dtype} of shape {tuple(d.shape)}")
+        raise ValueError(f"domains must be a 1-d integer tensor with one id per code ({n}), got "
+                         f"{d.dtype} of shape {tuple(d.shape)}")
     k = self.embedding.num_embeddings
     bad = d[(d < 0) | (d >= k)]
     if len(bad):
-        raise ValueError(f"domain id {int(bad[0])} is outside the generator's {k} domain embeddings (ids 0..{k - 1}; "
-                         "num_domains comes from the training data's background ids)")
+        raise ValueError(f"domain id {int(bad[0])} is outside the generator's {k} domain "
+                         f"embeddings (ids 0..{k - 1}; num_domains comes from the training data's "
+                         "background ids)")
     return d.long()
 
 # %% ../nbs/07_rec.ipynb #0bc8b4a9
@@ -91,7 +105,8 @@ def forward(self: LordGenerator, code: torch.Tensor, domains) -> torch.Tensor:
 # %% ../nbs/07_rec.ipynb #8b658b3e
 @patch
 def _load_from_state_dict(self: LordGenerator, state_dict, prefix, *args, **kw):
-    "Built without `num_domains` (to load a checkpoint into): take the embedding's size from the state dict."
+    """Built without `num_domains` (to load a checkpoint into): take the embedding's size from the
+    state dict."""
     w = state_dict.get(prefix + "embedding.weight")
     if self.num_domains is None and w is not None and w.ndim == 2 and w.shape[0] != self.embedding.num_embeddings:
         old = self.embedding.weight
@@ -99,41 +114,56 @@ def _load_from_state_dict(self: LordGenerator, state_dict, prefix, *args, **kw):
     nn.Module._load_from_state_dict(self, state_dict, prefix, *args, **kw)
 
 # %% ../nbs/07_rec.ipynb #3fd05135
-VGG_LAYERS = (2, 7, 12, 21, 30)   # conv1_2, conv2_2, conv3_2, conv4_3 (before their ReLU) and pool5 of vgg16.features
+# conv1_2, conv2_2, conv3_2, conv4_3 (before their ReLU) and pool5 of vgg16.features
+VGG_LAYERS = (2, 7, 12, 21, 30)
 VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
 
 def vgg16_features() -> nn.Sequential:
-    "torchvision's VGG16 `features` (31 layers, the indices of `vgg16().features`), randomly initialised."
+    """torchvision's VGG16 `features` (31 layers, the indices of `vgg16().features`), randomly
+    initialised."""
     from torchvision.models.vgg import make_layers, cfgs
     return make_layers(cfgs["D"])
 
 # %% ../nbs/07_rec.ipynb #1b4bfc1d
 def read_vgg16(path) -> dict:
-    "The `features` weights of torchvision's `vgg16` state dict file `path` (e.g. vgg16-397923af.pth); any other file is refused in one line."
+    """The `features` weights of torchvision's `vgg16` state dict file `path` (e.g.
+    vgg16-397923af.pth); any other file is refused in one line."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"VGG16 weights file {str(path)!r} does not exist: download torchvision's ImageNet VGG16 "
-                                f"state dict ({VGG16_URL}) and give its path (model.options.vgg_weights)")
+        raise FileNotFoundError(f"VGG16 weights file {str(path)!r} does not exist: download "
+                                f"torchvision's ImageNet VGG16 state dict ({VGG16_URL}) and give "
+                                "its path (model.options.vgg_weights)")
     sd = read_torch_file(path, "a torchvision vgg16 state dict")
     what = f"{str(path)!r} is not a torchvision vgg16 state dict"
-    if not isinstance(sd, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in sd.items()):
-        raise UnreadableFile(f"{what} (it holds a {type(sd).__name__}{', not a name -> tensor mapping' if isinstance(sd, dict) else ''})")
-    with torch.device("meta"): want = {"features." + k: tuple(v.shape) for k, v in vgg16_features().state_dict().items()}
+    if not isinstance(sd, dict) or not all(isinstance(k, str)
+                                           and torch.is_tensor(v) for k, v in sd.items()):
+        raise UnreadableFile(f"{what} (it holds a "
+                             f"{type(sd).__name__}{', not a name -> tensor mapping' if isinstance(sd, dict) else ''})")
+    with torch.device("meta"): want = {"features." + k: tuple(v.shape)
+                                       for k, v in vgg16_features().state_dict().items()}
     missing = [k for k in want if k not in sd]
     if missing:
-        raise UnreadableFile(f"{what}: it lacks {missing[0]}" + (f" and {len(missing) - 1} more of its keys" if len(missing) > 1 else "")
-                             + f" (its keys start {', '.join(list(sd)[:3]) or 'nowhere: it is empty'})")
+        raise UnreadableFile(f"{what}: it lacks {missing[0]}"
+                             + (f" and {len(missing) - 1} more of its keys"
+                                if len(missing) > 1 else "")
+                             + " (its keys start "
+                               f"{', '.join(list(sd)[:3]) or 'nowhere: it is empty'})")
     bad = next((k for k in want if tuple(sd[k].shape) != want[k]), None)
-    if bad: raise UnreadableFile(f"{what}: {bad} has shape {tuple(sd[bad].shape)}, VGG16's is {want[bad]}")
+    if bad:
+        raise UnreadableFile(f"{what}: {bad} has shape {tuple(sd[bad].shape)}, VGG16's is "
+                             f"{want[bad]}")
     return {k[len("features."):]: sd[k].float() for k in want}
 
 # %% ../nbs/07_rec.ipynb #c95c3132
 class Reconstruction(nn.Module):
-    "LORD's perceptual distance of images in [0, 1]: mean |y - x| plus, with VGG16 weights, the mean |f_l(y) - f_l(x)| of each VGG16 layer in `VGG_LAYERS`."
+    """LORD's perceptual distance of images in [0, 1]: mean |y - x| plus, with VGG16 weights, the
+    mean |f_l(y) - f_l(x)| of each VGG16 layer in `VGG_LAYERS`."""
     def __init__(self, vgg_weights=None, layers=VGG_LAYERS, min_size: int = 32):
         super().__init__()
         self.layers, self.min_size, self.vgg_weights = tuple(layers), min_size, vgg_weights
-        self._vgg = []   # not a submodule: frozen ImageNet weights, kept out of the method's state dict and optimiser
+        # not a submodule: frozen ImageNet weights, kept out of the method's state dict and
+        # optimiser
+        self._vgg = []
         if vgg_weights is not None:
             net = vgg16_features()
             net.load_state_dict(read_vgg16(vgg_weights))
@@ -146,13 +176,15 @@ class Reconstruction(nn.Module):
 # %% ../nbs/07_rec.ipynb #746a0451
 @patch
 def features(self: Reconstruction, x: torch.Tensor) -> list:
-    "The VGG16 feature maps at `layers` of images `x` in [0, 1] (upsampled to `min_size` when smaller)."
+    """The VGG16 feature maps at `layers` of images `x` in [0, 1] (upsampled to `min_size` when
+    smaller)."""
     net = self._vgg[0]
     p = next(net.parameters())
     if p.device != x.device: self._vgg[0] = net = net.to(x.device)
     if min(x.shape[-2:]) < self.min_size:
         s = self.min_size / min(x.shape[-2:])
-        x = F.interpolate(x, size=(round(x.shape[-2] * s), round(x.shape[-1] * s)), mode="bilinear", align_corners=False)
+        x = F.interpolate(x, size=(round(x.shape[-2] * s), round(x.shape[-1] * s)),
+                          mode="bilinear", align_corners=False)
     out = []
     for i, layer in enumerate(net):
         x = layer(x)
@@ -162,8 +194,11 @@ def features(self: Reconstruction, x: torch.Tensor) -> list:
 # %% ../nbs/07_rec.ipynb #7232dba8
 @patch
 def forward(self: Reconstruction, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    "The distance of reconstructions `y` to targets `x` (B, 3, H, W), each term a per-image mean, then the batch mean."
-    if y.shape != x.shape: raise ValueError(f"reconstructions {tuple(y.shape)} and targets {tuple(x.shape)} differ in shape")
+    """The distance of reconstructions `y` to targets `x` (B, 3, H, W), each term a per-image mean,
+    then the batch mean."""
+    if y.shape != x.shape:
+        raise ValueError(f"reconstructions {tuple(y.shape)} and targets {tuple(x.shape)} differ in "
+                         "shape")
     per = lambda a, b: (a.float() - b.float()).abs().flatten(1).mean(1)
     loss = per(y, x)
     if self.perceptual:

@@ -27,16 +27,21 @@ def fmt(v, nd: int = 1) -> str:
 
 # %% ../nbs/14b_report.ipynb #65932215
 COLOURS = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2")
-_SETTING_NAMES = {("train_full", "test_full"): "train full / test full", ("train_full", "test_fg"): "train full / test fg",
-                  ("train_fg", "test_fg"): "train fg / test fg", ("train_fg", "test_full"): "train fg / test full"}
+_SETTING_NAMES = {("train_full", "test_full"): "train full / test full",
+                  ("train_full", "test_fg"): "train full / test fg",
+                  ("train_fg", "test_fg"): "train fg / test fg",
+                  ("train_fg", "test_full"): "train fg / test full"}
 
 def bar_trace(name, xs, vals, **kw):
-    "A plotly bar trace of `vals` (numbers or {'mean', 'std'} dicts) at `xs`, labelled with one decimal, with error bars where a std is given."
+    """A plotly bar trace of `vals` (numbers or {'mean', 'std'} dicts) at `xs`, labelled with one
+    decimal, with error bars where a std is given."""
     import plotly.graph_objects as go
     ms = [unpack_mean_std(v) for v in vals]
     err = [s for _, s in ms]
-    return go.Bar(name=name, x=xs, y=[m for m, _ in ms], text=[f"{m:.1f}" for m, _ in ms], textposition="outside",
-                  error_y=dict(type="data", array=err, visible=True) if any(e is not None for e in err) else None, **kw)
+    return go.Bar(name=name, x=xs, y=[m for m, _ in ms],
+                  text=[f"{m:.1f}" for m, _ in ms], textposition="outside",
+                  error_y=dict(type="data", array=err, visible=True)
+                  if any(e is not None for e in err) else None, **kw)
 
 # %% ../nbs/14b_report.ipynb #565d8c17
 def plot_four_settings(tables: dict, title: str = "The four settings: accuracy (%)"):
@@ -47,9 +52,11 @@ def plot_four_settings(tables: dict, title: str = "The four settings: accuracy (
     xs = [_SETTING_NAMES[k] for k in keys]
     for i, (name, t) in enumerate(tables.items()):
         for c, metric in enumerate(("linear", "knn5")):
-            fig.add_trace(bar_trace(name, xs, [t[a][b][metric] for a, b in keys], legendgroup=name, showlegend=c == 0,
+            fig.add_trace(bar_trace(name, xs, [t[a][b][metric] for a, b in keys],
+                                    legendgroup=name, showlegend=c == 0,
                                marker_color=COLOURS[i % len(COLOURS)]), 1, c + 1)
-    fig.update_layout(title=title, barmode="group", height=420, yaxis_title="accuracy (%)", yaxis_range=[0, 105],
+    fig.update_layout(title=title, barmode="group", height=420,
+                      yaxis_title="accuracy (%)", yaxis_range=[0, 105],
                       legend=dict(orientation="h", y=-0.2))
     return fig
 
@@ -59,8 +66,10 @@ def plot_variants(res: dict, title: str = "Accuracy on each test variant (%)"):
     import plotly.graph_objects as go
     vs = list(res["variants"])
     fig = go.Figure([bar_trace(nm, vs, [res["variants"][v][m] for v in vs], marker_color=c)
-                     for nm, m, c in (("linear top-1", "linear_top1", COLOURS[0]), ("5-NN", "knn5", COLOURS[1]))])
-    fig.update_layout(title=title, barmode="group", height=380, yaxis_title="accuracy (%)", yaxis_range=[0, 105])
+                     for nm, m, c in (("linear top-1", "linear_top1", COLOURS[0]),
+                                      ("5-NN", "knn5", COLOURS[1]))])
+    fig.update_layout(title=title, barmode="group", height=380,
+                      yaxis_title="accuracy (%)", yaxis_range=[0, 105])
     return fig
 
 # %% ../nbs/14b_report.ipynb #12ec6cf5
@@ -68,10 +77,14 @@ def plot_groups(res: dict, title: str | None = None):
     "Heatmap of the linear probe's accuracy per (class, background) cell."
     import plotly.graph_objects as go
     g = res["groups"]
-    fig = go.Figure(go.Heatmap(z=g["acc"], x=res.get("bg_names"), y=res.get("classes"), zmin=0, zmax=100,
-                               colorscale="Viridis", customdata=g["count"], colorbar=dict(title="%"),
-                               hovertemplate="class %{y}<br>background %{x}<br>accuracy %{z:.1f}%<br>%{customdata} images<extra></extra>"))
-    fig.update_layout(title=title or f"Linear accuracy per (class, background) on {res.get('group_variant', 'original')} test images",
+    fig = go.Figure(go.Heatmap(z=g["acc"], x=res.get("bg_names"),
+                               y=res.get("classes"), zmin=0, zmax=100, colorscale="Viridis",
+                               customdata=g["count"], colorbar=dict(title="%"),
+                               hovertemplate="class %{y}<br>background %{x}<br>accuracy "
+                                             "%{z:.1f}%<br>%{customdata} images<extra></extra>"))
+    fig.update_layout(title=title
+                      or "Linear accuracy per (class, background) on "
+                         f"{res.get('group_variant', 'original')} test images",
                       height=420, xaxis_title="background", yaxis_title="class")
     return fig
 
@@ -82,88 +95,114 @@ def plot_calibration(res: dict, title: str = "Reliability of the linear probe"):
     b = res["calibration"]
     e = b["edges"]; mid = [(e[i] + e[i + 1]) / 2 for i in range(len(e) - 1)]
     keep = [i for i, c in enumerate(b["count"]) if c > 0]
-    fig = go.Figure([go.Bar(x=[mid[i] for i in keep], y=[b["acc"][i] for i in keep], width=(e[1] - e[0]) * 0.9, name="accuracy",
-                            marker_color=COLOURS[0], customdata=[b["count"][i] for i in keep],
-                            hovertemplate="confidence %{x:.2f}<br>accuracy %{y:.2f}<br>%{customdata} images<extra></extra>"),
-                     go.Scatter(x=[mid[i] for i in keep], y=[b["conf"][i] for i in keep], mode="markers", name="mean confidence",
-                                marker_color=COLOURS[1]),
-                     go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration", line=dict(dash="dash", color="grey"))])
-    fig.update_layout(title=f"{title} (ECE {res['ece']:.1f}%)", height=380, xaxis_title="confidence", yaxis_title="accuracy",
-                      xaxis_range=[0, 1], yaxis_range=[0, 1.05])
+    fig = go.Figure([go.Bar(x=[mid[i] for i in keep], y=[b["acc"][i] for i in keep],
+                            width=(e[1] - e[0]) * 0.9, name="accuracy", marker_color=COLOURS[0],
+                            customdata=[b["count"][i] for i in keep],
+                            hovertemplate="confidence %{x:.2f}<br>accuracy "
+                                          "%{y:.2f}<br>%{customdata} images<extra></extra>"),
+                     go.Scatter(x=[mid[i] for i in keep], y=[b["conf"][i] for i in keep],
+                                mode="markers", name="mean confidence", marker_color=COLOURS[1]),
+                     go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration",
+                                line=dict(dash="dash", color="grey"))])
+    fig.update_layout(title=f"{title} (ECE {res['ece']:.1f}%)", height=380,
+                      xaxis_title="confidence", yaxis_title="accuracy", xaxis_range=[0, 1],
+                      yaxis_range=[0, 1.05])
     return fig
 
 # %% ../nbs/14b_report.ipynb #8372ffb4
-_CSS = ("body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}"
+_CSS = ("body{font-family:system-ui,-apple-system,Segoe "
+        "UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px "
+        "10px;text-align:right}"
         "th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}.note{color:#555;font-size:90%}"
         "pre{background:#f6f6f6;padding:8px;overflow-x:auto}")
 
 def html_table(rows: list, header: list) -> str:
     "An HTML table from rows of cells (escaped)."
     th = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-    tr = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    tr = "".join("<tr>"
+                 + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table><tr>{th}</tr>{tr}</table>"
 
 # %% ../nbs/14b_report.ipynb #a48a8a25
 def html_report(title: str, blocks: list) -> str:
-    "One self-contained HTML page from HTML strings and plotly figures (plotly.js inlined once: works offline)."
+    """One self-contained HTML page from HTML strings and plotly figures (plotly.js inlined once:
+    works offline)."""
     parts, first = [], True
     for b in blocks:
         if hasattr(b, "to_html"):
-            parts.append(b.to_html(full_html=False, include_plotlyjs=first, config={"displaylogo": False}))
+            parts.append(b.to_html(full_html=False, include_plotlyjs=first,
+                                   config={"displaylogo": False}))
             first = False
         else: parts.append(str(b))
-    return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>\n" + "\n".join(parts) + "\n</body></html>\n")
+    return ("<!DOCTYPE html>\n<html lang='en'><head><meta "
+            f"charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>\n"
+            + "\n".join(parts) + "\n</body></html>\n")
 
 # %% ../nbs/14b_report.ipynb #548f9b67
 def unavailable_text(reason: str | None) -> str:
-    "How a report states a measure the data cannot give: 'not available without background ids (...)', or the reason."
+    """How a report states a measure the data cannot give: 'not available without background ids
+    (...)', or the reason."""
     if not reason: return "not available"
     nb = "no background ids"
-    return "not available without background ids" + reason[len(nb):] if reason.startswith(nb) else f"not available: {reason}"
+    return ("not available without background ids" + reason[len(nb):] if reason.startswith(nb)
+            else f"not available: {reason}")
 
 # %% ../nbs/14b_report.ipynb #83d64154
 def _bench_line(res: dict) -> str | None:
     b = res.get("benchmark") or {}
-    parts = [f"{nm}{'' if m['variant'] == nm else ' (' + m['variant'] + ')'}: linear {m['linear']:.1f}%, 5-NN {m['knn5']:.1f}%"
-             for nm, m in (("background alone", b.get("bg_only")), ("mixed_next", b.get("mixed_next"))) if m]
+    parts = [f"{nm}{'' if m['variant'] == nm else ' (' + m['variant'] + ')'}: linear "
+             f"{m['linear']:.1f}%, 5-NN {m['knn5']:.1f}%"
+             for nm, m in (("background alone", b.get("bg_only")),
+                           ("mixed_next", b.get("mixed_next"))) if m]
     return "; ".join(parts) or None
 
 # %% ../nbs/14b_report.ipynb #9e126cd5
 def _adv_line(res: dict) -> str:
     a = res.get("adversarial_bg")
-    if not a: return "adversarial backgrounds: " + unavailable_text(res.get("unavailable", {}).get("adversarial_bg"))
-    return (f"adversarial backgrounds: {a['fooled']:.1f}% of {a['n_fg']} foregrounds misclassified on some of {a['n_bg']} "
-            f"backgrounds ({a['pairs']} composites, cap {a['max_fg']} x {a['max_bg']})")
+    if not a:
+        return ("adversarial backgrounds: "
+                + unavailable_text(res.get("unavailable", {}).get("adversarial_bg")))
+    return (f"adversarial backgrounds: {a['fooled']:.1f}% of {a['n_fg']} foregrounds misclassified "
+            f"on some of {a['n_bg']} backgrounds ({a['pairs']} composites, cap {a['max_fg']} x "
+            f"{a['max_bg']})")
 
 # %% ../nbs/14b_report.ipynb #1f0b5bd7
 def _dcodr_line(res: dict) -> str | None:
     if "dcodr" not in res: return None   # a result from before DCoDR's measures
     d = res["dcodr"]
     if not d: return "DCoDR measures: " + unavailable_text(res.get("unavailable", {}).get("dcodr"))
-    return (f"DCoDR measures ({d['features']} features, {d['variant']} images, MLP probes): domain probe {d['domain_probe']:.1f}% "
-            f"(chance {d['chance_domain']:.1f}%; lower = more invariant), class probe {d['class_probe']:.1f}% "
-            f"(chance {d['chance_class']:.1f}%), retrieval top-1 {d['retrieval_top1']:.1f}%")
+    return (f"DCoDR measures ({d['features']} features, {d['variant']} images, MLP probes): domain "
+            f"probe {d['domain_probe']:.1f}% (chance {d['chance_domain']:.1f}%; lower = more "
+            f"invariant), class probe {d['class_probe']:.1f}% (chance {d['chance_class']:.1f}%), "
+            f"retrieval top-1 {d['retrieval_top1']:.1f}%")
 
 # %% ../nbs/14b_report.ipynb #a8bc5c59
 def print_eval(res: dict, file=None):
-    "Print an evaluation's accuracy per test variant, its background, DCoDR, ExCon's and robustness measures (or why they are missing)."
+    """Print an evaluation's accuracy per test variant, its background, DCoDR, ExCon's and
+    robustness measures (or why they are missing)."""
     p = lambda *a: print(*a, file=file or sys.stdout)
     na = res.get("unavailable", {})
     w = max(len(v) for v in res["variants"])
     p(f"{'variant':<{w}}  linear top-1  linear top-5   5-NN")
-    for v, r in res["variants"].items(): p(f"{v:<{w}}  {r['linear_top1']:>12.1f}  {r['linear_top5']:>12.1f}  {r['knn5']:>5.1f}")
-    if res["bg_gap"]: p(f"BG-gap (mixed_same - mixed_rand): linear {res['bg_gap']['linear']:+.1f}, 5-NN {res['bg_gap']['knn5']:+.1f} points")
+    for v, r in res["variants"].items():
+        p(f"{v:<{w}}  {r['linear_top1']:>12.1f}  {r['linear_top5']:>12.1f}  {r['knn5']:>5.1f}")
+    if res["bg_gap"]:
+        p(f"BG-gap (mixed_same - mixed_rand): linear {res['bg_gap']['linear']:+.1f}, 5-NN "
+          f"{res['bg_gap']['knn5']:+.1f} points")
     else: p("BG-gap (mixed_same - mixed_rand): " + unavailable_text(na.get("bg_gap")))
     if _bench_line(res): p(_bench_line(res))
     if res["worst_group"]:
         wg = res["worst_group"]["linear"]; c, b = wg["group"]
         bn = res.get("bg_names") or []
-        p(f"worst group (linear, {res['group_variant']}): {wg['acc']:.1f}% (class {res['classes'][c]} on background "
-          f"{bn[b] if b < len(bn) else b}, {wg['size']} images); mean over {wg['n_groups']} groups {wg['mean_group_acc']:.1f}%")
+        p(f"worst group (linear, {res['group_variant']}): {wg['acc']:.1f}% (class "
+          f"{res['classes'][c]} on background {bn[b] if b < len(bn) else b}, {wg['size']} images); "
+          f"mean over {wg['n_groups']} groups {wg['mean_group_acc']:.1f}%")
     else: p("worst group: " + unavailable_text(na.get("worst_group")))
-    if res["bg_probe"]: p(f"background probe: {res['bg_probe']['top1']:.1f}% (chance {res['bg_probe']['chance']:.1f}%; lower = more invariant)")
+    if res["bg_probe"]:
+        p(f"background probe: {res['bg_probe']['top1']:.1f}% (chance "
+          f"{res['bg_probe']['chance']:.1f}%; lower = more invariant)")
     else: p("background probe: " + unavailable_text(na.get("bg_probe")))
     if _dcodr_line(res): p(_dcodr_line(res))
     for line in _excon_lines(res): p(line)
@@ -177,47 +216,68 @@ def _fgsm_text(f: dict) -> str:
 
 # %% ../nbs/14b_report.ipynb #df3a004c
 def _expl_text(m: dict) -> str:
-    "The explanation measures of one test variant as text (the mask measures where there were masks)."
+    """The explanation measures of one test variant as text (the mask measures where there were
+    masks)."""
     t = f"average drop {m['avg_drop']:.1f}%, increase in confidence {m['increase']:.1f}%"
     if "iou" not in m: return t + "; no masks for IoU, pointing game, energy"
-    return t + f", mask IoU {m['iou']:.1f}%, pointing game {m['pointing']:.1f}%, energy in mask {m['energy']:.1f}%"
+    return (t
+            + f", mask IoU {m['iou']:.1f}%, pointing game {m['pointing']:.1f}%, energy in mask "
+              f"{m['energy']:.1f}%")
 
 # %% ../nbs/14b_report.ipynb #0e08c689
 def _excon_lines(res: dict) -> list:
-    "ExCon's measures as summary lines: ECE with its bin count, FGSM accuracy per eps, the explanations per test variant."
+    """ExCon's measures as summary lines: ECE with its bin count, FGSM accuracy per eps, the
+    explanations per test variant."""
     na, f = res.get("unavailable", {}), res.get("fgsm")
     out = [f"ECE of the linear probe ({res.get('ece_bins', 15)} bins): {res['ece']:.1f}%",
-           f"FGSM accuracy ({f['n']} images, clean {f['clean']:.1f}%): {_fgsm_text(f)}" if f else "FGSM accuracy: " + unavailable_text(na.get("fgsm"))]
+           f"FGSM accuracy ({f['n']} images, clean {f['clean']:.1f}%): {_fgsm_text(f)}" if f
+           else "FGSM accuracy: " + unavailable_text(na.get("fgsm"))]
     if "explanations" not in res: return out   # a result from before the explanation measures
     ex = res["explanations"]
     if not ex: return out + ["explanations: " + unavailable_text(na.get("explanations"))]
-    return out + [f"explanations of {v} ({ex[v]['n']} images, Grad-CAM at {ex['layer']}, top {ex['frac']:.0%} kept): {_expl_text(ex[v])}"
+    return out + [f"explanations of {v} ({ex[v]['n']} images, Grad-CAM at {ex['layer']}, top "
+                  f"{ex['frac']:.0%} kept): {_expl_text(ex[v])}"
                   for v in EXPL_VARIANTS if v in ex]
 
 # %% ../nbs/14b_report.ipynb #ead68972
-_EXCON_NOTE = ("ECE = sum over the equal-width confidence bins B of |B|/n |acc(B) - conf(B)| (Guo et al. 2017, arXiv:1706.04599). "
-               "FGSM: one signed gradient step of size eps on the pixels in [0, 1], clamped (Goodfellow et al. 2015, arXiv:1412.6572). "
-               "Average drop = mean of max(0, p - p_masked) / p (lower is better) and increase in confidence = share of images with "
-               "p_masked > p, where p is the predicted class's probability on the image and p_masked on the image reduced to its top "
-               "Grad-CAM pixels (ExCon, Zhang et al., arXiv:2111.14271). Against the true foreground mask, on the true class's map: "
-               "mask IoU of the map above the threshold, pointing game (the map's maximum inside the mask), energy in mask (the share "
-               "of the map's positive part inside it).")
+_EXCON_NOTE = ("ECE = sum over the equal-width confidence bins B of |B|/n |acc(B) - conf(B)| (Guo "
+               "et al. 2017, arXiv:1706.04599). FGSM: one signed gradient step of size eps on the "
+               "pixels in [0, 1], clamped (Goodfellow et al. 2015, arXiv:1412.6572). Average drop "
+               "= mean of max(0, p - p_masked) / p (lower is better) and increase in confidence = "
+               "share of images with p_masked > p, where p is the predicted class's probability on "
+               "the image and p_masked on the image reduced to its top Grad-CAM pixels (ExCon, "
+               "Zhang et al., arXiv:2111.14271). Against the true foreground mask, on the true "
+               "class's map: mask IoU of the map above the threshold, pointing game (the map's "
+               "maximum inside the mask), energy in mask (the share of the map's positive part "
+               "inside it).")
 
 def _excon_blocks(res: dict) -> list:
-    "ExCon's section of the report: ECE and FGSM accuracy per eps as a table, the explanation measures per test variant."
+    """ExCon's section of the report: ECE and FGSM accuracy per eps as a table, the explanation
+    measures per test variant."""
     na, f, ex = res.get("unavailable", {}), res.get("fgsm"), res.get("explanations")
-    rows = [[f"ECE of the linear probe ({res.get('ece_bins', 15)} equal-width bins)", fmt(res["ece"])]]
-    if f and "acc" in f: rows += [[f"FGSM accuracy, clean ({f['n']} images)", fmt(f["clean"])]] + [[f"FGSM accuracy at eps {k}", fmt(a)] for k, a in f["acc"].items()]
-    elif f: rows.append([f"FGSM accuracy at eps {f['eps'] * 255:.0f}/255 (clean)", f"{fmt(f['fgsm'])} ({fmt(f['clean'])})"])
+    rows = [[f"ECE of the linear probe ({res.get('ece_bins', 15)} equal-width bins)",
+             fmt(res["ece"])]]
+    if f and "acc" in f: rows += [[f"FGSM accuracy, clean ({f['n']} images)",
+                                   fmt(f["clean"])]] + [[f"FGSM accuracy at eps {k}", fmt(a)]
+                                                        for k, a in f["acc"].items()]
+    elif f: rows.append([f"FGSM accuracy at eps {f['eps'] * 255:.0f}/255 (clean)",
+                         f"{fmt(f['fgsm'])} ({fmt(f['clean'])})"])
     else: rows.append(["FGSM accuracy", unavailable_text(na.get("fgsm"))])
-    blocks = ["<h2>ExCon's measures: calibration, FGSM robustness, explanations (%)</h2>", html_table(rows, ["measure", "value"])]
-    if "explanations" in res and not ex: blocks.append(html_table([["explanations", unavailable_text(na.get("explanations"))]], ["measure", "value"]))
+    blocks = ["<h2>ExCon's measures: calibration, FGSM robustness, explanations (%)</h2>",
+              html_table(rows, ["measure", "value"])]
+    if "explanations" in res and not ex:
+        blocks.append(html_table([["explanations", unavailable_text(na.get("explanations"))]],
+                                 ["measure", "value"]))
     if ex:
         cols = ("avg_drop", "increase", "iou", "pointing", "energy")
-        blocks.append(html_table([[v, ex[v]["n"]] + [fmt(ex[v].get(c)) for c in cols] for v in EXPL_VARIANTS if v in ex],
-                                 ["test images", "images", "average drop", "increase in confidence", "mask IoU", "pointing game", "energy in mask"]))
-        masks = f" {unavailable_text(na['explanation_masks'])}." if na.get("explanation_masks") else ""
-        blocks.append(f"<p class='note'>Grad-CAM at {html.escape(ex['layer'])}, top {ex['frac']:.0%} of the pixels kept, IoU at "
+        blocks.append(html_table([[v, ex[v]["n"]] + [fmt(ex[v].get(c)) for c in cols]
+                                  for v in EXPL_VARIANTS if v in ex],
+                                 ["test images", "images", "average drop", "increase in confidence",
+                                  "mask IoU", "pointing game", "energy in mask"]))
+        masks = (f" {unavailable_text(na['explanation_masks'])}."
+                 if na.get("explanation_masks") else "")
+        blocks.append(f"<p class='note'>Grad-CAM at {html.escape(ex['layer'])}, top "
+                      f"{ex['frac']:.0%} of the pixels kept, IoU at "
                       f"{ex['threshold']}.{html.escape(masks)}</p>")
     return blocks + [f"<p class='note'>{html.escape(_EXCON_NOTE)}</p>"]
 
@@ -225,25 +285,36 @@ def _excon_blocks(res: dict) -> list:
 def _bg_rows(res: dict) -> list:
     "The rows of the background table: a value, or why it is not available."
     na, bg = res.get("unavailable", {}), []
-    bg.append(["BG-gap, linear / 5-NN (points)", f"{fmt(res['bg_gap']['linear'])} / {fmt(res['bg_gap']['knn5'])}" if res["bg_gap"]
+    bg.append(["BG-gap, linear / 5-NN (points)",
+               f"{fmt(res['bg_gap']['linear'])} / {fmt(res['bg_gap']['knn5'])}" if res["bg_gap"]
                else unavailable_text(na.get("bg_gap"))])
-    for nm, m in (("background alone", (res.get("benchmark") or {}).get("bg_only")), ("mixed_next", (res.get("benchmark") or {}).get("mixed_next"))):
-        if m: bg.append([f"{nm}{'' if m['variant'] == nm else ' (' + m['variant'] + ')'}, linear / 5-NN", f"{fmt(m['linear'])} / {fmt(m['knn5'])}"])
+    for nm, m in (("background alone", (res.get("benchmark") or {}).get("bg_only")),
+                  ("mixed_next", (res.get("benchmark") or {}).get("mixed_next"))):
+        if m:
+            bg.append([f"{nm}{'' if m['variant'] == nm else ' (' + m['variant'] + ')'}, linear / "
+                       "5-NN", f"{fmt(m['linear'])} / {fmt(m['knn5'])}"])
     bg.append([f"worst-group accuracy, linear / 5-NN ({res.get('group_variant')})",
-               f"{fmt(res['worst_group']['linear']['acc'])} / {fmt(res['worst_group']['knn5']['acc'])}" if res["worst_group"]
+               f"{fmt(res['worst_group']['linear']['acc'])} / "
+               f"{fmt(res['worst_group']['knn5']['acc'])}" if res["worst_group"]
                else unavailable_text(na.get("worst_group"))])
-    bg.append(["background probe top-1 (chance)", f"{fmt(res['bg_probe']['top1'])} ({fmt(res['bg_probe']['chance'])})" if res["bg_probe"]
+    bg.append(["background probe top-1 (chance)",
+               f"{fmt(res['bg_probe']['top1'])} ({fmt(res['bg_probe']['chance'])})"
+               if res["bg_probe"]
                else unavailable_text(na.get("bg_probe"))])
     if "dcodr" in res:
         d = res["dcodr"]
-        if d: bg += [[f"DCoDR domain probe, MLP on the {d['features']} features of the {d['variant']} images (chance)",
+        if d: bg += [[f"DCoDR domain probe, MLP on the {d['features']} features of the "
+                      f"{d['variant']} images (chance)",
                       f"{fmt(d['domain_probe'])} ({fmt(d['chance_domain'])})"],
-                     ["DCoDR class probe, MLP (chance)", f"{fmt(d['class_probe'])} ({fmt(d['chance_class'])})"],
+                     ["DCoDR class probe, MLP (chance)",
+                      f"{fmt(d['class_probe'])} ({fmt(d['chance_class'])})"],
                      ["DCoDR retrieval top-1", fmt(d["retrieval_top1"])]]
-        else: bg.append(["DCoDR measures (domain probe, class probe, retrieval)", unavailable_text(na.get("dcodr"))])
+        else: bg.append(["DCoDR measures (domain probe, class probe, retrieval)",
+                         unavailable_text(na.get("dcodr"))])
     if "adversarial_bg" in res:
         a = res["adversarial_bg"]
-        bg.append([f"foregrounds fooled by some background ({a['n_fg']} x {a['n_bg']})" if a else "foregrounds fooled by some background",
+        bg.append([f"foregrounds fooled by some background ({a['n_fg']} x {a['n_bg']})" if a
+                   else "foregrounds fooled by some background",
                    fmt(a["fooled"]) if a else unavailable_text(na.get("adversarial_bg"))])
     return bg
 
@@ -251,20 +322,34 @@ def _bg_rows(res: dict) -> list:
 def eval_report(res: dict, title: str) -> str:
     "The HTML report of one `evaluate` result."
     m = res.get("model", {})
-    head = html_table([[k, v] for k, v in (("checkpoint", res.get("checkpoint")), ("data", res.get("data")),
-                                            ("method", m.get("method")), ("backbone", m.get("backbone")),
-                                            ("ICL-MSR", m.get("icl_msr")), ("epoch", m.get("epoch")),
-                                            ("probe and kNN fitted on", res.get("train_variant") and f"{res['train_variant']} {res.get('train_split')}"),
-                                            ("train / test images", f"{res['n_train']} / {res['n_test']}"),
-                                            ("classes", res["num_classes"])) if v is not None], ["", ""])
+    head = html_table([[k, v]
+                       for k, v in (("checkpoint", res.get("checkpoint")),
+                                    ("data", res.get("data")),
+                                            ("method", m.get("method")),
+                                    ("backbone", m.get("backbone")),
+                                            ("ICL-MSR", m.get("icl_msr")),
+                                    ("epoch", m.get("epoch")),
+                                            ("probe and kNN fitted on",
+                                             res.get("train_variant")
+                                             and f"{res['train_variant']} {res.get('train_split')}"),
+                                            ("train / test images",
+                                             f"{res['n_train']} / {res['n_test']}"),
+                                            ("classes", res["num_classes"])) if v is not None],
+                      ["", ""])
     src, size = res.get("variant_sources", {}), res.get("variant_sizes", {})
-    rows = [[v, src.get(v, ""), size.get(v, ""), fmt(r["linear_top1"]), fmt(r["linear_top5"]), fmt(r["knn5"])] for v, r in res["variants"].items()]
+    rows = [[v, src.get(v, ""), size.get(v, ""), fmt(r["linear_top1"]), fmt(r["linear_top5"]),
+             fmt(r["knn5"])] for v, r in res["variants"].items()]
     blocks = [head, "<h2>Accuracy per test variant (%)</h2>",
-              html_table(rows, ["variant", "from", "images", "linear top-1", "linear top-5", "5-NN"]), plot_variants(res)]
-    blocks += ["<h2>Background and robustness measures (%)</h2>", html_table(_bg_rows(res), ["measure", "value"]),
-               "<p class='note'>BG-gap = acc(mixed_same) - acc(mixed_rand); background probe and DCoDR domain probe: lower = more "
-               "background-invariant (chance is ideal); DCoDR retrieval: the share of test images whose nearest code has their class; "
-               "foregrounds fooled: the share of foregrounds that some background of the pool makes the classifier get wrong.</p>"]
+              html_table(rows,
+                         ["variant", "from", "images", "linear top-1", "linear top-5", "5-NN"]),
+              plot_variants(res)]
+    blocks += ["<h2>Background and robustness measures (%)</h2>",
+               html_table(_bg_rows(res), ["measure", "value"]),
+               "<p class='note'>BG-gap = acc(mixed_same) - acc(mixed_rand); background probe and "
+               "DCoDR domain probe: lower = more background-invariant (chance is ideal); DCoDR "
+               "retrieval: the share of test images whose nearest code has their class; "
+               "foregrounds fooled: the share of foregrounds that some background of the pool "
+               "makes the classifier get wrong.</p>"]
     if res["groups"]: blocks.append(plot_groups(res))
     blocks += _excon_blocks(res)
     blocks.append(plot_calibration(res))
@@ -272,11 +357,14 @@ def eval_report(res: dict, title: str) -> str:
 
 # %% ../nbs/14b_report.ipynb #7e4df4cc
 def out_dir(out) -> Path:
-    "The output directory `out`, created if needed; refused with the reason when it cannot be written."
+    """The output directory `out`, created if needed; refused with the reason when it cannot be
+    written."""
     if not out: raise ValueError("--out DIR is required (where results.json and report.html go)")
     d = Path(out)
     try:
         d.mkdir(parents=True, exist_ok=True)
         t = d/f".write-test-{os.getpid()}"; t.write_text("ok"); t.unlink()
-    except OSError as e: raise PermissionError(f"output directory {str(d)!r} is not writable ({e.strerror or e}); choose another --out") from None
+    except OSError as e:
+        raise PermissionError(f"output directory {str(d)!r} is not writable ({e.strerror or e}); "
+                              "choose another --out") from None
     return d

@@ -25,45 +25,58 @@ def _check_int(name, v, lo):
 # %% ../nbs/02c_sampler.ipynb #a279fc28
 def _check_domains(domains, n=None) -> torch.Tensor:
     if not isinstance(domains, torch.Tensor) or domains.ndim != 1:
-        raise SamplerError(f"domains must be a 1-d integer tensor of domain ids, got {getattr(domains, 'shape', type(domains).__name__)}")
+        raise SamplerError("domains must be a 1-d integer tensor of domain ids, got "
+                           f"{getattr(domains, 'shape', type(domains).__name__)}")
     if domains.dtype.is_floating_point or domains.is_complex() or domains.dtype == torch.bool:
         raise SamplerError(f"domains must be integer domain ids, got dtype {domains.dtype}")
     if n is not None and len(domains) != n:
-        raise SamplerError(f"domains has {len(domains)} ids for {n} samples: one domain id per sample")
+        raise SamplerError(f"domains has {len(domains)} ids for {n} samples: one domain id per "
+                           "sample")
     d = domains.detach().cpu().long()
     if len(d) and int(d.min()) < 0:
-        raise SamplerError(f"{int((d < 0).sum())} of the {len(d)} samples have no domain id (< 0): a domain-balanced sampler needs one each")
+        raise SamplerError(f"{int((d < 0).sum())} of the {len(d)} samples have no domain id (< 0): "
+                           "a domain-balanced sampler needs one each")
     return d
 
 # %% ../nbs/02c_sampler.ipynb #186091a1
-def balanced_shape(domains: torch.Tensor, domains_per_batch: int | None = None, per_domain: int | None = None,
-                   batch_size: int | None = None, n: int | None = None) -> tuple[int, int]:
-    "`(domains_per_batch, per_domain)` for `domains` after the defaults (4 x 32, fewer domains when the data has fewer) and the checks."
+def balanced_shape(domains: torch.Tensor, domains_per_batch: int | None = None,
+                   per_domain: int | None = None, batch_size: int | None = None,
+                   n: int | None = None) -> tuple[int, int]:
+    """`(domains_per_batch, per_domain)` for `domains` after the defaults (4 x 32, fewer domains
+    when the data has fewer) and the checks."""
     d = _check_domains(domains, n)
     ids, counts = d.unique(return_counts=True)
     if per_domain is None: per_domain = DEFAULT_PER_DOMAIN
     _check_int("per_domain", per_domain, 2)
-    if domains_per_batch is None: domains_per_batch = max(1, min(DEFAULT_DOMAINS_PER_BATCH, len(ids)))
+    if domains_per_batch is None:
+        domains_per_batch = max(1, min(DEFAULT_DOMAINS_PER_BATCH, len(ids)))
     _check_int("domains_per_batch", domains_per_batch, 1)
     if domains_per_batch > len(ids):
-        raise SamplerError(f"domains_per_batch {domains_per_batch} is more than the {len(ids)} domains the data has")
+        raise SamplerError(f"domains_per_batch {domains_per_batch} is more than the {len(ids)} "
+                           "domains the data has")
     if batch_size is not None and batch_size != domains_per_batch * per_domain:
-        raise SamplerError(f"batch size {batch_size} is not domains_per_batch x per_domain = {domains_per_batch} x {per_domain} "
-                           f"= {domains_per_batch * per_domain}: leave it unset or make it match")
+        raise SamplerError(f"batch size {batch_size} is not domains_per_batch x per_domain = "
+                           f"{domains_per_batch} x {per_domain} = "
+                           f"{domains_per_batch * per_domain}: leave it unset or make it match")
     big = int((counts >= per_domain).sum())
     if big < domains_per_batch:
-        raise SamplerError(f"only {big} of the {len(ids)} domains have per_domain = {per_domain} images (the largest has "
-                           f"{int(counts.max())}), fewer than domains_per_batch = {domains_per_batch}: lower per_domain or domains_per_batch")
+        raise SamplerError(f"only {big} of the {len(ids)} domains have per_domain = {per_domain} "
+                           f"images (the largest has {int(counts.max())}), fewer than "
+                           f"domains_per_batch = {domains_per_batch}: lower per_domain or "
+                           "domains_per_batch")
     return domains_per_batch, per_domain
 
 # %% ../nbs/02c_sampler.ipynb #f4419f60
 def _epoch_seed(seed: int, epoch: int) -> int:
-    return (int(seed) * 1_000_003 + int(epoch)) * 4 + 2   # a stream of its own (the learner's epoch orders use others)
+    # a stream of its own (the learner's epoch orders use others)
+    return (int(seed) * 1_000_003 + int(epoch)) * 4 + 2
 
 # %% ../nbs/02c_sampler.ipynb #6de22f71
-def domain_batches(domains: torch.Tensor, seed: int = 0, epoch: int = 0, domains_per_batch: int | None = None,
-                   per_domain: int | None = None, batch_size: int | None = None, n: int | None = None) -> list[torch.Tensor]:
-    "The index batches of `epoch`: each `domains_per_batch` distinct domains x `per_domain` images, none repeated in the epoch."
+def domain_batches(domains: torch.Tensor, seed: int = 0, epoch: int = 0,
+                   domains_per_batch: int | None = None, per_domain: int | None = None,
+                   batch_size: int | None = None, n: int | None = None) -> list[torch.Tensor]:
+    """The index batches of `epoch`: each `domains_per_batch` distinct domains x `per_domain`
+    images, none repeated in the epoch."""
     dpb, per = balanced_shape(domains, domains_per_batch, per_domain, batch_size, n)
     _check_int("epoch", epoch, 0)
     d = _check_domains(domains, n)
@@ -77,8 +90,11 @@ def domain_batches(domains: torch.Tensor, seed: int = 0, epoch: int = 0, domains
     used = torch.zeros_like(left)
     batches = []
     while int((left > 0).sum()) >= dpb:
-        key = (left.double() + torch.rand(len(left), generator=g, dtype=torch.float64)).masked_fill(left == 0, -1.0)
-        pick = key.topk(dpb).indices                        # the domains with most chunks left, ties at random
+        key = (left.double()
+               + torch.rand(len(left), generator=g,
+                            dtype=torch.float64)).masked_fill(left == 0, -1.0)
+        # the domains with most chunks left, ties at random
+        pick = key.topk(dpb).indices
         pick = pick[torch.randperm(dpb, generator=g)]
         batches.append(torch.cat([chunks[p][used[p]] for p in pick.tolist()]))
         used[pick] += 1; left[pick] -= 1
@@ -86,14 +102,17 @@ def domain_batches(domains: torch.Tensor, seed: int = 0, epoch: int = 0, domains
 
 # %% ../nbs/02c_sampler.ipynb #f8d09e4d
 class DomainBatchSampler:
-    "This process's slice (`rank` of `world`) of every `domain_batches` batch of the epoch set by `set_epoch`, from batch `start` on."
-    def __init__(self, domains: torch.Tensor, domains_per_batch: int | None = None, per_domain: int | None = None,
-                 batch_size: int | None = None, seed: int = 0, rank: int = 0, world: int = 1):
+    """This process's slice (`rank` of `world`) of every `domain_batches` batch of the epoch set by
+    `set_epoch`, from batch `start` on."""
+    def __init__(self, domains: torch.Tensor, domains_per_batch: int | None = None,
+                 per_domain: int | None = None, batch_size: int | None = None, seed: int = 0,
+                 rank: int = 0, world: int = 1):
         self.dpb, self.per = balanced_shape(domains, domains_per_batch, per_domain, batch_size)
         _check_int("world", world, 1); _check_int("rank", rank, 0)
         if rank >= world: raise SamplerError(f"rank {rank} is not below world {world}")
         if (self.dpb * self.per) % world:
-            raise SamplerError(f"the batch of {self.dpb} x {self.per} = {self.dpb * self.per} does not split over {world} processes")
+            raise SamplerError(f"the batch of {self.dpb} x {self.per} = {self.dpb * self.per} does "
+                               f"not split over {world} processes")
         self.domains, self.seed, self.rank, self.world = domains, seed, rank, world
         self.epoch, self.start, self._cache = 0, 0, None
 
@@ -104,7 +123,8 @@ class DomainBatchSampler:
     def batches(self) -> list[torch.Tensor]:
         "The whole (global) batches of the current epoch."
         if self._cache is None or self._cache[0] != self.epoch:
-            self._cache = (self.epoch, domain_batches(self.domains, self.seed, self.epoch, self.dpb, self.per))
+            self._cache = (self.epoch,
+                           domain_batches(self.domains, self.seed, self.epoch, self.dpb, self.per))
         return self._cache[1]
 
     def __len__(self): return max(0, len(self.batches()) - self.start)

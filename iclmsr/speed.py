@@ -16,7 +16,8 @@ from .augment import PRESETS
 from .losses import nt_xent, icl_loss
 from .utils import saved_bytes
 from .learner import Callback, make_optimizer
-from .callbacks import ProgressCallback, MetricsLogger, KNNMonitor, Checkpointer, MixedPrecision
+from .callbacks import (ProgressCallback, MetricsLogger, KNNMonitor,
+                              Checkpointer, MixedPrecision)
 from .build import Learner
 
 # %% auto #0
@@ -25,7 +26,8 @@ __all__ = ['PARTS', 'StageTimer', 'user_callbacks', 'PILImages', 'lightly_transf
 
 # %% ../nbs/20b_speed.ipynb #29fb80ca
 class StageTimer(Callback):
-    "Wall seconds of each stage (`fit`, `meta`) and of each whole epoch, synchronising CUDA at the edges."
+    """Wall seconds of each stage (`fit`, `meta`) and of each whole epoch, synchronising CUDA at the
+    edges."""
     order = -30
     def __init__(self): self.stages, self.epochs = [], []
     def _now(self):
@@ -33,15 +35,18 @@ class StageTimer(Callback):
         return time.perf_counter()
     def before_epoch(self): self._e = self._now()
     def before_stage(self): self._s = self._now()
-    def after_stage(self): self.stages.append((self.learn.epoch, self.learn.stage, self._now() - self._s))
+    def after_stage(self): self.stages.append((self.learn.epoch,
+                                               self.learn.stage, self._now() - self._s))
     def after_epoch(self): self.epochs.append(self._now() - self._e)
     def last(self, stage: str = "fit") -> float:
         "Seconds of `stage` in the last epoch timed (0 when the epoch had none)."
-        return next((s for e, st, s in reversed(self.stages) if st == stage and e == self.learn.epoch - 1), 0.0)
+        return next((s for e, st, s in reversed(self.stages) if st == stage
+                     and e == self.learn.epoch - 1), 0.0)
 
 # %% ../nbs/20b_speed.ipynb #693579c3
 def user_callbacks() -> list:
-    "A user's callbacks without their files: `default_callbacks` with the progress line written to a buffer (no run directory: metrics kept in memory, no checkpoint files)."
+    """A user's callbacks without their files: `default_callbacks` with the progress line written to
+    a buffer (no run directory: metrics kept in memory, no checkpoint files)."""
     return [ProgressCallback(file=io.StringIO()), MetricsLogger(), KNNMonitor(), Checkpointer(handle_signals=False)]
 
 # %% ../nbs/20b_speed.ipynb #e0364352
@@ -51,13 +56,16 @@ def _require_lightly():
         from lightly.loss import NTXentLoss
         from lightly.models.modules import SimCLRProjectionHead
         from lightly.transforms import SimCLRTransform
-    except ImportError: raise UserError("the lightly benchmark needs lightly: pip install lightly") from None
+    except ImportError:
+        raise UserError("the lightly benchmark needs lightly: pip install lightly") from None
     return lightly.__version__, NTXentLoss, SimCLRProjectionHead, SimCLRTransform
 
 # %% ../nbs/20b_speed.ipynb #c22450dc
 class PILImages(torch.utils.data.Dataset):
-    "uint8 images (N, H, W, 3) as PIL images through `transform`, with their labels (what torchvision's CIFAR10 gives)."
-    def __init__(self, images: np.ndarray, labels, transform): self.images, self.labels, self.transform = images, labels, transform
+    """uint8 images (N, H, W, 3) as PIL images through `transform`, with their labels (what
+    torchvision's CIFAR10 gives)."""
+    def __init__(self, images: np.ndarray, labels,
+                 transform): self.images, self.labels, self.transform = images, labels, transform
     def __len__(self): return len(self.images)
     def __getitem__(self, i):
         from PIL import Image
@@ -65,26 +73,32 @@ class PILImages(torch.utils.data.Dataset):
 
 # %% ../nbs/20b_speed.ipynb #21681771
 def lightly_transform(preset: str = "wmse", size: int = 32):
-    "lightly's `SimCLRTransform` set to our augmentation preset: crop scale, jitter strengths and probabilities, grayscale, blur, normalisation."
+    """lightly's `SimCLRTransform` set to our augmentation preset: crop scale, jitter strengths and
+    probabilities, grayscale, blur, normalisation."""
     *_, SimCLRTransform = _require_lightly()
     c = PRESETS[preset]
     b, ct, s, h = c["jitter"]
-    return SimCLRTransform(input_size=size, cj_prob=c["p_jitter"], cj_strength=1.0, cj_bright=b, cj_contrast=ct, cj_sat=s, cj_hue=h,
-                           min_scale=c["scale"][0], random_gray_scale=c["p_gray"], gaussian_blur=c["p_blur"], sigmas=c["sigma"],
-                           hf_prob=c["p_flip"], normalize={"mean": list(c["mean"]), "std": list(c["std"])})
+    return SimCLRTransform(input_size=size, cj_prob=c["p_jitter"], cj_strength=1.0, cj_bright=b,
+                           cj_contrast=ct, cj_sat=s, cj_hue=h, min_scale=c["scale"][0],
+                           random_gray_scale=c["p_gray"],
+                           gaussian_blur=c["p_blur"], sigmas=c["sigma"], hf_prob=c["p_flip"],
+                           normalize={"mean": list(c["mean"]), "std": list(c["std"])})
 
 # %% ../nbs/20b_speed.ipynb #49f3a2f3
 class LightlySimCLR(nn.Module):
-    "lightly's SimCLR model: a backbone and `SimCLRProjectionHead`, applied to one view at a time (lightly's examples)."
+    """lightly's SimCLR model: a backbone and `SimCLRProjectionHead`, applied to one view at a time
+    (lightly's examples)."""
     def __init__(self, backbone: nn.Module, hidden: int, out: int):
         super().__init__()
         *_, SimCLRProjectionHead, _ = _require_lightly()
-        self.backbone, self.projection_head = backbone, SimCLRProjectionHead(backbone.feat_dim, hidden, out)
+        self.backbone, self.projection_head = (
+            backbone, SimCLRProjectionHead(backbone.feat_dim, hidden, out))
     def forward(self, x): return self.projection_head(self.backbone(x).flatten(start_dim=1))
 
 # %% ../nbs/20b_speed.ipynb #0e2cedd1
 def timed_peak(fn, device=None) -> tuple:
-    "`(seconds, fn(), peak bytes or None)`: `timed(fn, device)` and the peak CUDA memory allocated during the call (None off CUDA)."
+    """`(seconds, fn(), peak bytes or None)`: `timed(fn, device)` and the peak CUDA memory allocated
+    during the call (None off CUDA)."""
     dev = torch.device(device) if device is not None else None
     cuda = dev is not None and dev.type == "cuda"
     if cuda: torch.cuda.reset_peak_memory_stats(dev)
@@ -98,29 +112,37 @@ def _sync(dev):
 # %% ../nbs/20b_speed.ipynb #be43efc6
 class _Contender:
     "One side of the comparison: `epoch()` trains one epoch and returns its seconds."
-    def __init__(self, name, epoch, extra=None): self.name, self.epoch, self.extra = name, epoch, extra
+    def __init__(self, name, epoch, extra=None):
+        self.name, self.epoch, self.extra = name, epoch, extra
 
 # %% ../nbs/20b_speed.ipynb #be11c90d
 def _amp(dev, on: bool):
-    return (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if on else contextlib.nullcontext
+    return ((lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if on
+            else contextlib.nullcontext)
 
 # %% ../nbs/20b_speed.ipynb #8f025896
 def _lightly_side(L, data, steps, workers, amp):
-    "lightly's idiomatic loop on the same images, backbone class, head sizes, optimiser, batch and device."
+    """lightly's idiomatic loop on the same images, backbone class, head sizes, optimiser, batch and
+    device."""
     _, NTXentLoss, *_ = _require_lightly()
     dev, cfg = L.device, L.cfg
     m = L.method
-    model = LightlySimCLR(copy.deepcopy(m.backbone), m.projector[0].out_features, m.proj_dim).to(dev)
-    if dev.type == "cuda" and cfg.train.channels_last: model = model.to(memory_format=torch.channels_last)
+    model = LightlySimCLR(copy.deepcopy(m.backbone),
+                          m.projector[0].out_features, m.proj_dim).to(dev)
+    if dev.type == "cuda" and cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     crit = NTXentLoss(temperature=m.temperature)
     o = cfg.optim
     opt = make_optimizer(model.parameters(), o.name, o.lr, o.weight_decay, o.momentum)
     n = steps * L.batch_size
-    ds = PILImages(data.images[:n].permute(0, 2, 3, 1).cpu().numpy(), data.labels[:n].cpu().numpy(), lightly_transform(cfg.data.augment or "wmse", data.image_size))
-    dl = torch.utils.data.DataLoader(ds, batch_size=L.batch_size, shuffle=True, drop_last=True, num_workers=workers,
+    ds = PILImages(data.images[:n].permute(0, 2, 3, 1).cpu().numpy(), data.labels[:n].cpu().numpy(),
+                   lightly_transform(cfg.data.augment or "wmse", data.image_size))
+    dl = torch.utils.data.DataLoader(ds, batch_size=L.batch_size, shuffle=True,
+                                     drop_last=True, num_workers=workers,
                                      persistent_workers=workers > 0)
     autocast = _amp(dev, amp)
-    fmt = torch.channels_last if dev.type == "cuda" and cfg.train.channels_last else torch.contiguous_format
+    fmt = (torch.channels_last if dev.type == "cuda" and cfg.train.channels_last
+           else torch.contiguous_format)
     def step(x0, x1):
         x0, x1 = x0.to(dev).contiguous(memory_format=fmt), x1.to(dev).contiguous(memory_format=fmt)
         with autocast(): z0, z1 = model(x0), model(x1)
@@ -138,14 +160,18 @@ def _lightly_side(L, data, steps, workers, amp):
 
 # %% ../nbs/20b_speed.ipynb #45a0303c
 def _floor_side(L, data, steps, amp):
-    "The same model and loss stepped on fixed views (augmented once, before timing): no pipeline at all."
+    """The same model and loss stepped on fixed views (augmented once, before timing): no pipeline
+    at all."""
     dev, o = L.device, L.cfg.optim
     m = copy.deepcopy(L.method)
     opt = make_optimizer(m.parameters(), o.name, o.lr, o.weight_decay, o.momentum)
     g = torch.Generator(device=data.images.device).manual_seed(1)
-    fmt = L.memory_format if dev.type != "cuda" or not L.cfg.train.channels_last else torch.channels_last
+    fmt = (L.memory_format if dev.type != "cuda"
+           or not L.cfg.train.channels_last else torch.channels_last)
     with torch.no_grad():
-        views = [tuple(v.contiguous(memory_format=fmt) for v in L.aug(data.images[i * L.batch_size:(i + 1) * L.batch_size].to(dev), generator=g))
+        views = [tuple(v.contiguous(memory_format=fmt)
+                       for v in L.aug(data.images[i * L.batch_size:(i + 1) * L.batch_size].to(dev),
+                                      generator=g))
                  for i in range(steps)]
     if fmt is torch.channels_last: m.to(memory_format=torch.channels_last)
     autocast = _amp(dev, amp)
@@ -163,14 +189,16 @@ def _floor_side(L, data, steps, amp):
 # %% ../nbs/20b_speed.ipynb #78ba1f27
 def _toy(n: int, seed: int = 0):
     "`n` training images of the embedded dataset (10 classes)."
-    return load_dataset(f"toy:num_classes=10,n_train={math.ceil(n / 10)},n_test=8,seed={seed}", "train").subset(torch.arange(n))
+    return load_dataset(f"toy:num_classes=10,n_train={math.ceil(n / 10)},n_test=8,seed={seed}",
+                        "train").subset(torch.arange(n))
 
 # %% ../nbs/20b_speed.ipynb #dc811927
 def _spread(v): return {"median": median(v), "min": min(v), "max": max(v)}
 
 # %% ../nbs/20b_speed.ipynb #6ca1eeff
 def _bench_rounds(runs: dict, learners: dict, rounds: int, dev) -> tuple:
-    "Seconds per epoch and peak memory of each side over `rounds` interleaved rounds, and our `Learner`s' fit times."
+    """Seconds per epoch and peak memory of each side over `rounds` interleaved rounds, and our
+    `Learner`s' fit times."""
     times, peak, fit_s = {k: [] for k in runs}, {}, {"iclmsr": [], "icl": []}
     for r in range(rounds + 1):   # round 0 warms up every side (and starts lightly's workers)
         names = list(runs)[r % len(runs):] + list(runs)[:r % len(runs)]
@@ -185,9 +213,12 @@ def _bench_rounds(runs: dict, learners: dict, rounds: int, dev) -> tuple:
 
 # %% ../nbs/20b_speed.ipynb #03fd9d75
 def _speed_ratios(times: dict, n: int) -> dict:
-    "Images/s of each side (`n` per epoch) and the ratios of their epoch times, as median, min and max."
-    return {"images_per_s": {k: _spread([n / s for s in v]) for k, v in times.items() if k != "icl"},
-            "speedup_vs_lightly": _spread([b / a for a, b in zip(times["iclmsr"], times["lightly"])]),
+    """Images/s of each side (`n` per epoch) and the ratios of their epoch times, as median, min and
+    max."""
+    return {"images_per_s": {k: _spread([n / s for s in v])
+                             for k, v in times.items() if k != "icl"},
+            "speedup_vs_lightly": _spread([b / a
+                                           for a, b in zip(times["iclmsr"], times["lightly"])]),
             "vs_floor": _spread([a / b for a, b in zip(times["iclmsr"], times["floor"])]),
             "lightly_vs_floor": _spread([a / b for a, b in zip(times["lightly"], times["floor"])]),
             "epoch_s": {k: _spread(v) for k, v in times.items()}}
@@ -195,11 +226,14 @@ def _speed_ratios(times: dict, n: int) -> dict:
 # %% ../nbs/20b_speed.ipynb #1f4029d8
 def bench_lightly(backbone: str = "small_cnn", batch: int = 256, steps: int = 4, rounds: int = 3,
                   device: str = "cpu", workers: int = 2, icl: bool = True, seed: int = 0) -> dict:
-    "SimCLR training images/s through our `Learner` against lightly's idiomatic loop and the floor, interleaved epochs of `steps` batches; with `icl`, SimCLR+ICL-MSR against SimCLR (step and whole epoch)."
+    """SimCLR training images/s through our `Learner` against lightly's idiomatic loop and the
+    floor, interleaved epochs of `steps` batches; with `icl`, SimCLR+ICL-MSR against SimCLR (step
+    and whole epoch)."""
     _require_lightly()
     data = _toy(steps * batch, seed)
     base = [f"model.backbone={backbone}", f"train.batch_size={batch}", "train.knn_every=0",
-            "train.ckpt_every=0", f"train.device={device}", f"train.seed={seed}", "optim.warmup_steps=10"]
+            "train.ckpt_every=0", f"train.device={device}",
+            f"train.seed={seed}", "optim.warmup_steps=10"]
     def learner(method):
         tm = StageTimer()
         cfg = load_config(None, base + [f"model.method={method}"])
@@ -213,24 +247,28 @@ def bench_lightly(backbone: str = "small_cnn", batch: int = 256, steps: int = 4,
     learners = {"iclmsr": (L, tl)}   # the sides timed through our Learner
     if icl: Li, ti = learner("simclr+icl-msr"); runs["icl"] = None; learners["icl"] = (Li, ti)
     times, peak, fit_s = _bench_rounds(runs, learners, rounds, dev)
-    res = {"backbone": backbone, "device": str(dev), "batch": batch, "steps_per_epoch": steps, "rounds": rounds,
-           "workers": workers, "amp_bf16": amp, **_speed_ratios(times, steps * batch)}
+    res = {"backbone": backbone, "device": str(dev), "batch": batch,
+           "steps_per_epoch": steps, "rounds": rounds, "workers": workers, "amp_bf16": amp,
+           **_speed_ratios(times, steps * batch)}
     if icl:
         res["icl_step_ratio"] = _spread([a / b for a, b in zip(fit_s["icl"], fit_s["iclmsr"])])
         res["icl_epoch_ratio"] = _spread([a / b for a, b in zip(times["icl"], times["iclmsr"])])
         res["icl_meta_steps_per_epoch"] = Li.meta_batches_per_epoch
     if dev.type == "cuda": res["cuda_peak_bytes"] = peak
-    else:   # what autograd keeps for the backward of one step's forward (the activation memory; weights
+    # what autograd keeps for the backward of one step's forward (the activation memory; weights
+    else:
         # and optimiser state aside)
         res["saved_activation_bytes"] = {"iclmsr": floor_saved(), "lightly": lightly_saved()}
     return res
 
 # %% ../nbs/20b_speed.ipynb #0efc505e
-PARTS = ("gather", "augmentation", "forward", "icl term", "backward", "optimizer", "scheduler", "callbacks", "logging", "step_end")
+PARTS = ("gather", "augmentation", "forward", "icl term", "backward", "optimizer", "scheduler",
+         "callbacks", "logging", "step_end")
 
 @contextlib.contextmanager
 def _labelled(L):
-    "Label the parts of the Learner's step for the profiler (`record_function` scopes), restoring everything after."
+    """Label the parts of the Learner's step for the profiler (`record_function` scopes), restoring
+    everything after."""
     import iclmsr.learner as lm
     rf = torch.profiler.record_function
     def wrap(name, f):
@@ -239,12 +277,18 @@ def _labelled(L):
         return g
     m, saved = L.method, []
     def put(obj, attr, name):
-        saved.append((obj, attr, obj.__dict__.get(attr, None) if not isinstance(obj, type) else getattr(obj, attr), attr in getattr(obj, "__dict__", {})))
+        saved.append((obj, attr,
+                      obj.__dict__.get(attr, None) if not isinstance(obj, type)
+                      else getattr(obj, attr), attr in getattr(obj, "__dict__", {})))
         setattr(obj, attr, wrap(name, getattr(obj, attr)))
-    put(lm, "gather", "gather"); put(lm, "_scalar", "logging"); put(torch.Tensor, "backward", "backward")
+    put(lm, "gather", "gather")
+    put(lm, "_scalar", "logging")
+    put(torch.Tensor, "backward", "backward")
     put(Learner, "make_batch", "augmentation"); put(Learner, "__call__", "callbacks")
     put(m, "training_loss", "forward"); put(m, "step_end", "step_end")
-    put(L.opt, "step", "optimizer"); put(L.opt, "zero_grad", "optimizer"); put(L.sched, "step", "scheduler")
+    put(L.opt, "step", "optimizer")
+    put(L.opt, "zero_grad", "optimizer")
+    put(L.sched, "step", "scheduler")
     if hasattr(m, "msr"): put(m.msr, "icl", "icl term")
     try: yield
     finally:
@@ -254,28 +298,40 @@ def _labelled(L):
             else: delattr(obj, attr)
 
 # %% ../nbs/20b_speed.ipynb #88f1adc6
-def profile_learner(backbone: str = "small_cnn", method: str = "simclr+icl-frozen", batch: int = 256, steps: int = 3,
-                    device: str = "cpu", seed: int = 0) -> dict:
-    "Where an epoch of `steps` Learner steps spends its time, from `torch.profiler`: seconds and share of each part of the step (`PARTS`)."
+def profile_learner(backbone: str = "small_cnn", method: str = "simclr+icl-frozen",
+                    batch: int = 256, steps: int = 3, device: str = "cpu", seed: int = 0) -> dict:
+    """Where an epoch of `steps` Learner steps spends its time, from `torch.profiler`: seconds and
+    share of each part of the step (`PARTS`)."""
     data = _toy(steps * batch, seed)
-    cfg = load_config(None, [f"model.backbone={backbone}", f"model.method={method}", f"train.batch_size={batch}", "train.knn_every=0",
-                             "train.ckpt_every=0", f"train.device={device}", f"train.seed={seed}", "optim.warmup_steps=10"])
+    cfg = load_config(None,
+                      [f"model.backbone={backbone}", f"model.method={method}",
+                       f"train.batch_size={batch}", "train.knn_every=0",
+                             "train.ckpt_every=0", f"train.device={device}", f"train.seed={seed}",
+                       "optim.warmup_steps=10"])
     L = Learner.from_config(cfg, cbs=user_callbacks(), train_data=data)
     L.fit(1)                                                  # warm-up epoch, not profiled
-    acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if L.device.type == "cuda" else [])
+    acts = ([torch.profiler.ProfilerActivity.CPU]
+            + ([torch.profiler.ProfilerActivity.CUDA] if L.device.type == "cuda" else []))
     with _labelled(L), torch.profiler.profile(activities=acts) as prof:
-        _sync(L.device); t = time.perf_counter(); L.fit(2); _sync(L.device); wall = time.perf_counter() - t
+        _sync(L.device)
+        t = time.perf_counter()
+        L.fit(2)
+        _sync(L.device)
+        wall = time.perf_counter() - t
     ev = {e.key: e.cpu_time_total / 1e6 for e in prof.key_averages() if e.key in PARTS}
     s = {p: ev.get(p, 0.0) for p in PARTS}
     s["forward"] -= s["icl term"]                             # the ICL term runs inside the forward
     s["other"] = max(0.0, wall - sum(s.values()))
-    return {"backbone": backbone, "method": method, "batch": batch, "steps": steps, "device": str(L.device), "wall_s": wall,
-            "seconds": s, "share": {k: v / wall for k, v in s.items()}}
+    return {"backbone": backbone, "method": method, "batch": batch, "steps": steps,
+            "device": str(L.device), "wall_s": wall, "seconds": s,
+            "share": {k: v / wall for k, v in s.items()}}
 
 # %% ../nbs/20b_speed.ipynb #a525e724
-def bench_loss_scale(batches=(256, 512, 1024, 2048, 4096), strata=(1, 4, 16, 64), dim: int = 64, n_strata: int = 16,
-                     batch: int = 1024, repeat: int = 3, device: str = "cpu", seed: int = 0) -> dict:
-    "Forward + backward seconds and saved-activation bytes of the ICL term and NT-Xent alone: against the batch (at `n_strata`), and against the strata (at `batch`)."
+def bench_loss_scale(batches=(256, 512, 1024, 2048, 4096), strata=(1, 4, 16, 64),
+                     dim: int = 64, n_strata: int = 16, batch: int = 1024, repeat: int = 3,
+                     device: str = "cpu", seed: int = 0) -> dict:
+    """Forward + backward seconds and saved-activation bytes of the ICL term and NT-Xent alone:
+    against the batch (at `n_strata`), and against the strata (at `batch`)."""
     dev = get_device(device); g = torch.Generator().manual_seed(seed)
     def one(B, n):
         z1, z2 = (torch.randn(B, dim, generator=g).to(dev).requires_grad_() for _ in range(2))
@@ -283,10 +339,15 @@ def bench_loss_scale(batches=(256, 512, 1024, 2048, 4096), strata=(1, 4, 16, 64)
         def t(fn, *args):
             fn(*args).backward(); out = []                    # a warm-up call, not counted
             for _ in range(repeat):
-                _sync(dev); s = time.perf_counter(); fn(*args).backward(); _sync(dev); out.append(time.perf_counter() - s)
+                _sync(dev)
+                s = time.perf_counter()
+                fn(*args).backward()
+                _sync(dev)
+                out.append(time.perf_counter() - s)
             return median(out)
         return {"icl_s": t(icl_loss, z1, z2, a), "ntxent_s": t(nt_xent, z1, z2),
-                "icl_saved_bytes": saved_bytes(icl_loss, z1, z2, a)[1], "ntxent_saved_bytes": saved_bytes(nt_xent, z1, z2)[1]}
+                "icl_saved_bytes": saved_bytes(icl_loss, z1, z2, a)[1],
+                "ntxent_saved_bytes": saved_bytes(nt_xent, z1, z2)[1]}
     return {"device": str(dev), "dim": dim, "repeat": repeat,
             "by_batch": {"n_strata": n_strata, "rows": {B: one(B, n_strata) for B in batches}},
             "by_strata": {"batch": batch, "rows": {n: one(batch, n) for n in strata}}}

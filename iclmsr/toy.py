@@ -16,10 +16,12 @@ __all__ = ['BG_FAMILIES', 'SHAPES', 'TOY_FOREGROUNDS', 'CLASS_HUE_SD', 'affine_g
            'load_toy', 'image_grid']
 
 # %% ../nbs/01b_toy.ipynb #52ac76f7
-BG_FAMILIES = (("brick", (0.95, 0.55, 0.42)), ("grass", (0.55, 0.9, 0.4)), ("gravel", (0.9, 0.85, 0.7)),
-               ("coffee", None), ("chelsea", None), ("astronaut", None), ("rocket", None),
-               ("camera", (0.6, 0.75, 1.0)), ("immunohistochemistry", None), ("hubble_deep_field", None))
-SHAPES = ("disk", "square", "triangle", "star", "ellipse", "cross", "ring", "hexagon", "crescent", "arrow")
+BG_FAMILIES = (("brick", (0.95, 0.55, 0.42)), ("grass", (0.55, 0.9, 0.4)),
+               ("gravel", (0.9, 0.85, 0.7)), ("coffee", None), ("chelsea", None),
+               ("astronaut", None), ("rocket", None), ("camera", (0.6, 0.75, 1.0)),
+               ("immunohistochemistry", None), ("hubble_deep_field", None))
+SHAPES = ("disk", "square", "triangle", "star", "ellipse", "cross", "ring",
+          "hexagon", "crescent", "arrow")
 TOY_FOREGROUNDS = ("digits", "shapes", "coloured_shapes")
 _FILL_TEXTURES = ("brick", "grass", "gravel")
 
@@ -38,33 +40,44 @@ def _rand(g, *shape): return torch.rand(*shape, generator=g)
 
 # %% ../nbs/01b_toy.ipynb #340cbb18
 def affine_grid(theta: torch.Tensor, size: int) -> torch.Tensor:
-    "`F.affine_grid(theta, (n, 1, size, size), align_corners=False)` as two broadcast multiply-adds (several times faster on CPU)."
-    t = torch.arange(size, dtype=theta.dtype, device=theta.device).mul_(2).add_(1).div_(size).sub_(1)  # pixel centres
-    return (theta[:, None, None, :, 0] * t[None, None, :, None] + theta[:, None, None, :, 1] * t[None, :, None, None]
+    """`F.affine_grid(theta, (n, 1, size, size), align_corners=False)` as two broadcast
+    multiply-adds (several times faster on CPU)."""
+    # pixel centres
+    t = torch.arange(size, dtype=theta.dtype,
+                     device=theta.device).mul_(2).add_(1).div_(size).sub_(1)
+    return (theta[:, None, None, :, 0] * t[None, None, :, None]
+            + theta[:, None, None, :, 1] * t[None, :, None, None]
             + theta[:, None, None, :, 2])
 
 # %% ../nbs/01b_toy.ipynb #d4acaf0b
-def sample_patches(levels: list, n: int, size: int, g: torch.Generator, side=(0.2, 0.55), max_angle=math.pi):
-    "`n` random rotated, mirrored square crops (side `side` x the short side) of a pyramid, resampled to `size` px."
+def sample_patches(levels: list, n: int, size: int, g: torch.Generator,
+                   side=(0.2, 0.55), max_angle=math.pi):
+    """`n` random rotated, mirrored square crops (side `side` x the short side) of a pyramid,
+    resampled to `size` px."""
     H, W = levels[0].shape[-2:]
     c = (side[0] + (side[1] - side[0]) * _rand(g, n)) * min(H, W)   # crop side, level-0 pixels
     ang = (2 * _rand(g, n) - 1) * max_angle
-    r = c * math.sqrt(0.5)                                           # half diagonal: the rotated crop stays inside
+    # half diagonal: the rotated crop stays inside
+    r = c * math.sqrt(0.5)
     cx, cy = r + _rand(g, n) * (W - 2 * r), r + _rand(g, n) * (H - 2 * r)
     flip = torch.where(_rand(g, n) < 0.5, -1.0, 1.0)
     cos, sin = ang.cos(), ang.sin()
-    # output (u, v) in [-1, 1]^2 -> source grid coords: rotate, scale to the crop, move to its centre
+    # output (u, v) in [-1, 1]^2 -> source grid coords: rotate, scale to the crop, move to its
+    # centre
     theta = torch.stack([torch.stack([cos * c / W * flip, -sin * c / W, cx / W * 2 - 1], -1),
                          torch.stack([sin * c / H * flip, cos * c / H, cy / H * 2 - 1], -1)], 1)
-    lvl = (c / size).log2().floor().clamp(0, len(levels) - 1).long()  # one output pixel spans 1-2 source pixels
+    # one output pixel spans 1-2 source pixels
+    lvl = (c / size).log2().floor().clamp(0, len(levels) - 1).long()
     order = lvl.argsort(stable=True)
     grid = affine_grid(theta[order], size)
     out, start = torch.empty(n, levels[0].shape[1], size, size), 0
     for l, k in zip(*lvl[order].unique_consecutive(return_counts=True)):
         k, src = int(k), levels[int(l)]
         o = F.grid_sample(src, grid[start:start + k].reshape(1, k * size, size, 2), mode="bilinear",
-                          padding_mode="reflection", align_corners=False)  # one call: all k crops as one tall grid
-        out.index_copy_(0, order[start:start + k], o.reshape(src.shape[1], k, size, size).transpose(0, 1)); start += k
+                          # one call: all k crops as one tall grid
+                          padding_mode="reflection", align_corners=False)
+        out.index_copy_(0, order[start:start + k],
+                        o.reshape(src.shape[1], k, size, size).transpose(0, 1)); start += k
     return out
 
 # %% ../nbs/01b_toy.ipynb #7b4fadab
@@ -72,7 +85,8 @@ def sample_patches(levels: list, n: int, size: int, g: torch.Generator, side=(0.
 def _digits():
     from sklearn.datasets import load_digits
     d = load_digits()
-    return F.pad(torch.from_numpy(d.images).float().div_(16)[:, None], (1, 1, 1, 1)), torch.from_numpy(d.target).long()
+    return (F.pad(torch.from_numpy(d.images).float().div_(16)[:, None], (1, 1, 1, 1)),
+            torch.from_numpy(d.target).long())
 
 # %% ../nbs/01b_toy.ipynb #a838ce39
 def _digit_pools(train: bool) -> torch.Tensor:
@@ -90,29 +104,37 @@ def _shape_templates(n: int = 64) -> torch.Tensor:
     from skimage import draw
     c, R = n / 2, n * 0.42
     def poly(pts):
-        m = np.zeros((n, n), bool); rr, cc = draw.polygon([p[1] for p in pts], [p[0] for p in pts], (n, n)); m[rr, cc] = True
+        m = np.zeros((n, n), bool); rr, cc = draw.polygon([p[1] for p in pts], [p[0] for p in pts],
+                                                          (n, n)); m[rr, cc] = True
         return m
     def reg(k, rad, rot=0.0, dy=0.0):
-        return [(c + rad * math.cos(rot + 2 * math.pi * i / k), c + dy + rad * math.sin(rot + 2 * math.pi * i / k)) for i in range(k)]
+        return [(c + rad * math.cos(rot + 2 * math.pi * i / k),
+                 c + dy + rad * math.sin(rot + 2 * math.pi * i / k)) for i in range(k)]
     def disk(r, cx=c, cy=c):
         m = np.zeros((n, n), bool); rr, cc = draw.disk((cy, cx), r, shape=(n, n)); m[rr, cc] = True
         return m
     w = R * 0.32
-    ell = np.zeros((n, n), bool); rr, cc = draw.ellipse(c, c, R * 0.55, R, shape=(n, n)); ell[rr, cc] = True
+    ell = np.zeros((n, n), bool)
+    rr, cc = draw.ellipse(c, c, R * 0.55, R, shape=(n, n))
+    ell[rr, cc] = True
     star = [(c + (R * 1.1 if i % 2 == 0 else R * 0.45) * math.cos(-math.pi / 2 + math.pi * i / 5),
-             c + (R * 1.1 if i % 2 == 0 else R * 0.45) * math.sin(-math.pi / 2 + math.pi * i / 5)) for i in range(10)]
-    arrow = [(c - R, c - w), (c + R * 0.1, c - w), (c + R * 0.1, c - R * 0.75), (c + R, c), (c + R * 0.1, c + R * 0.75),
-             (c + R * 0.1, c + w), (c - R, c + w)]
-    ms = dict(disk=disk(R), square=poly(reg(4, R * 1.1, math.pi / 4)), triangle=poly(reg(3, R * 1.15, -math.pi / 2, R * 0.2)),
-              star=poly(star), ellipse=ell,
-              cross=poly([(c - R, c - w), (c + R, c - w), (c + R, c + w), (c - R, c + w)]) | poly([(c - w, c - R), (c + w, c - R), (c + w, c + R), (c - w, c + R)]),
-              ring=disk(R) & ~disk(R * 0.55), hexagon=poly(reg(6, R)), crescent=disk(R) & ~disk(R * 0.85, c + R * 0.55, c - R * 0.1),
-              arrow=poly(arrow))
+             c + (R * 1.1 if i % 2 == 0 else R * 0.45) * math.sin(-math.pi / 2 + math.pi * i / 5))
+            for i in range(10)]
+    arrow = [(c - R, c - w), (c + R * 0.1, c - w), (c + R * 0.1, c - R * 0.75), (c + R, c),
+             (c + R * 0.1, c + R * 0.75), (c + R * 0.1, c + w), (c - R, c + w)]
+    ms = dict(disk=disk(R), square=poly(reg(4, R * 1.1, math.pi / 4)),
+              triangle=poly(reg(3, R * 1.15, -math.pi / 2, R * 0.2)), star=poly(star), ellipse=ell,
+              cross=poly([(c - R, c - w), (c + R, c - w), (c + R, c + w),
+                          (c - R, c + w)]) | poly([(c - w, c - R), (c + w, c - R),
+                                                   (c + w, c + R), (c - w, c + R)]),
+              ring=disk(R) & ~disk(R * 0.55), hexagon=poly(reg(6, R)),
+              crescent=disk(R) & ~disk(R * 0.85, c + R * 0.55, c - R * 0.1), arrow=poly(arrow))
     return torch.from_numpy(np.stack([ms[s] for s in SHAPES])).float()[:, None]
 
 # %% ../nbs/01b_toy.ipynb #dd029b95
 def _warp_grid(n, size, g, scale=(0.7, 1.0), max_angle=math.radians(20), aspect=(0.85, 1.15)):
-    "Per-sample grids mapping an output image into a template: random scale, rotation, aspect ratio and position."
+    """Per-sample grids mapping an output image into a template: random scale, rotation, aspect
+    ratio and position."""
     s = scale[0] + (scale[1] - scale[0]) * _rand(g, n)
     a = (2 * _rand(g, n) - 1) * max_angle
     asp = aspect[0] * (aspect[1] / aspect[0]) ** _rand(g, n)
@@ -120,12 +142,15 @@ def _warp_grid(n, size, g, scale=(0.7, 1.0), max_angle=math.radians(20), aspect=
     lim = (1 - s * 0.7).clamp_min(0)                      # keep (most of) the shape in view
     t = torch.stack([(2 * _rand(g, n) - 1) * lim, (2 * _rand(g, n) - 1) * lim], -1)
     cos, sin = a.cos(), a.sin()
-    A = torch.stack([torch.stack([cos / sx, sin / sx], -1), torch.stack([-sin / sy, cos / sy], -1)], 1)  # R^-1 / s
+    # R^-1 / s
+    A = torch.stack([torch.stack([cos / sx, sin / sx], -1), torch.stack([-sin / sy, cos / sy], -1)],
+                    1)
     return affine_grid(torch.cat([A, -(A @ t[..., None])], -1), size)
 
 # %% ../nbs/01b_toy.ipynb #6f5a78f7
 def _fg_masks(labels, size, g, fg="digits", train=True):
-    "Exact foreground masks (bool n,size,size) for `labels`: warped digits of that class or warped shapes."
+    """Exact foreground masks (bool n,size,size) for `labels`: warped digits of that class or warped
+    shapes."""
     n = len(labels)
     if fg == "digits":
         imgs, tg = _digits(); pool = _digit_pools(train)
@@ -133,14 +158,16 @@ def _fg_masks(labels, size, g, fg="digits", train=True):
         for c in labels.unique().tolist():  # one draw per class, not per sample
             cand, i = pool[tg[pool] == c], (labels == c).nonzero().squeeze(1)
             idx[i] = cand[torch.randint(len(cand), (len(i),), generator=g)]
-        a = F.grid_sample(imgs[idx], _warp_grid(n, size, g), mode="bicubic", padding_mode="zeros", align_corners=False)
+        a = F.grid_sample(imgs[idx], _warp_grid(n, size, g), mode="bicubic",
+                          padding_mode="zeros", align_corners=False)
         return a[:, 0] > 0.3
     tpl = _shape_templates()
     grid = _warp_grid(n, size, g, scale=(0.6, 0.95), max_angle=math.radians(45))
     out = torch.empty(n, size, size, dtype=torch.bool)
     for c in labels.unique().tolist():
         i = (labels == c).nonzero().squeeze(1)
-        a = F.grid_sample(tpl[c:c + 1], grid[i].reshape(1, -1, size, 2), mode="bilinear", align_corners=False)
+        a = F.grid_sample(tpl[c:c + 1], grid[i].reshape(1, -1, size, 2),
+                          mode="bilinear", align_corners=False)
         out[i] = a.reshape(len(i), size, size) > 0.5
     return out
 
@@ -150,11 +177,14 @@ def _hsv2rgb(h, s, v):
     return v[:, None] - v[:, None] * s[:, None] * torch.minimum(k, 4 - k).clamp(0, 1)
 
 # %% ../nbs/01b_toy.ipynb #075235f6
-CLASS_HUE_SD = 0.03   # spread of a class's hue around its own (class c: hue c/10) in `fg="coloured_shapes"`
+# spread of a class's hue around its own (class c: hue c/10) in `fg="coloured_shapes"`
+CLASS_HUE_SD = 0.03
 
 def _fills(n, size, g, labels=None):
-    "Foreground paint: a random colour (or, given `labels`, the class's hue), for 60 % of the samples modulated by a grey texture."
-    if labels is None: rgb = _hsv2rgb(_rand(g, n), 0.45 + 0.55 * _rand(g, n), 0.35 + 0.65 * _rand(g, n))
+    """Foreground paint: a random colour (or, given `labels`, the class's hue), for 60 % of the
+    samples modulated by a grey texture."""
+    if labels is None: rgb = _hsv2rgb(_rand(g, n), 0.45 + 0.55 * _rand(g, n),
+                                      0.35 + 0.65 * _rand(g, n))
     else:
         hue = (labels.float() / 10 + CLASS_HUE_SD * torch.randn(n, generator=g)) % 1
         rgb = _hsv2rgb(hue, 0.6 + 0.4 * _rand(g, n), 0.5 + 0.5 * _rand(g, n))
@@ -169,17 +199,20 @@ def _fills(n, size, g, labels=None):
 
 # %% ../nbs/01b_toy.ipynb #a262ec7f
 def _toy_chunk(labels, bgs, size, fg, train, g):
-    "Images, masks and clean backgrounds for one chunk of samples with given labels and background families."
+    """Images, masks and clean backgrounds for one chunk of samples with given labels and background
+    families."""
     n = len(labels)
     bg = torch.empty(n, 3, size, size)
     for f in bgs.unique().tolist():
         i = (bgs == f).nonzero().squeeze(1)
         name, tint = BG_FAMILIES[f]
-        p = sample_patches(_pyramid(name), len(i), size, g, max_angle=math.pi if tint else math.pi / 6)
+        p = sample_patches(_pyramid(name), len(i), size, g,
+                           max_angle=math.pi if tint else math.pi / 6)
         bg[i] = p * torch.tensor(tint)[:, None, None] if tint else p  # grey textures get their tint
     bg.mul_((0.85 + 0.3 * _rand(g, n))[:, None, None, None]).clamp_(0, 1)
     masks = _fg_masks(labels, size, g, fg, train)
-    img = torch.where(masks[:, None], _fills(n, size, g, labels if fg == "coloured_shapes" else None), bg)
+    img = torch.where(masks[:, None],
+                      _fills(n, size, g, labels if fg == "coloured_shapes" else None), bg)
     return to_uint8(img), masks, to_uint8(bg)
 
 # %% ../nbs/01b_toy.ipynb #7cb6cabf
@@ -189,11 +222,13 @@ def _toy_split(num_classes, n_per, size, rho, fg, train, seed) -> dict:
     labels = torch.arange(num_classes).repeat_interleave(n_per)[torch.randperm(n, generator=g)]
     other = (labels + 1 + torch.randint(max(num_classes - 1, 1), (n,), generator=g)) % num_classes
     bgs = torch.where(_rand(g, n) < rho, labels, other)
-    # generate in chunks of about 2^20 pixels, each with its own seed: the working set stays small enough for the
-    # allocator to reuse memory (one pass over a whole 96 px split would fault in gigabytes of fresh pages)
+    # generate in chunks of about 2^20 pixels, each with its own seed: the working set stays small
+    # enough for the allocator to reuse memory (one pass over a whole 96 px split would fault in
+    # gigabytes of fresh pages)
     k = max(16, 2**20 // (size * size))
     seeds = torch.randint(2**62, (math.ceil(n / k),), generator=g).tolist()
-    parts = [_toy_chunk(labels[i:i + k], bgs[i:i + k], size, fg, train, torch.Generator().manual_seed(s))
+    parts = [_toy_chunk(labels[i:i + k], bgs[i:i + k], size, fg, train,
+                        torch.Generator().manual_seed(s))
              for i, s in zip(range(0, n, k), seeds)]
     images, masks, bg = (torch.cat(p) for p in zip(*parts))
     return dict(images=images, masks=masks, labels=labels, backgrounds=bgs, bg_images=bg)
@@ -203,35 +238,45 @@ def _check_toy(num_classes, size, n_train, n_test, rho, rho_test, seed, fg):
     isint = lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool)
     isnum = lambda v: isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
     if not isint(num_classes) or not 2 <= num_classes <= 10:
-        raise ValueError(f"num_classes must be an integer in 2..10 (10 foreground classes, 10 background families), got {num_classes!r}")
+        raise ValueError("num_classes must be an integer in 2..10 (10 foreground classes, 10 "
+                         f"background families), got {num_classes!r}")
     if not isint(size) or not 16 <= size <= 256:
-        raise ValueError(f"size must be an integer in 16..256 pixels (32, 64 and 96 are the standard sizes), got {size!r}")
+        raise ValueError("size must be an integer in 16..256 pixels (32, 64 and 96 are the "
+                         f"standard sizes), got {size!r}")
     for k, v in (("n_train", n_train), ("n_test", n_test)):
-        if not isint(v) or v < 1: raise ValueError(f"{k} (images per class) must be an integer >= 1, got {v!r}")
+        if not isint(v) or v < 1:
+            raise ValueError(f"{k} (images per class) must be an integer >= 1, got {v!r}")
     for k, v in (("rho", rho), ("rho_test", rho_test)):
         if v is None and k == "rho_test": continue
         if not isnum(v) or not 0 <= v <= 1:
-            raise ValueError(f"{k} must be a probability in [0, 1] (P(background family = class)), got {v!r}")
-    if not isint(seed) or not 0 <= seed < 2**31: raise ValueError(f"seed must be an integer in [0, 2**31), got {seed!r}")
-    if fg not in TOY_FOREGROUNDS: raise ValueError(f"unknown foreground kind fg={fg!r}; allowed: {', '.join(TOY_FOREGROUNDS)}")
+            raise ValueError(f"{k} must be a probability in [0, 1] (P(background family = class)), "
+                             f"got {v!r}")
+    if not isint(seed) or not 0 <= seed < 2**31:
+        raise ValueError(f"seed must be an integer in [0, 2**31), got {seed!r}")
+    if fg not in TOY_FOREGROUNDS:
+        raise ValueError(f"unknown foreground kind fg={fg!r}; allowed: {', '.join(TOY_FOREGROUNDS)}")
 
 # %% ../nbs/01b_toy.ipynb #71223cd8
 _TOY_VERSION = 2
 
 @contextlib.contextmanager
 def one_thread():
-    "Run the block with one torch intra-op thread (generation is many small ops; see `iclmsr.bench.bench_toy`)."
+    """Run the block with one torch intra-op thread (generation is many small ops; see
+    `iclmsr.bench.bench_toy`)."""
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     try: yield
     finally: torch.set_num_threads(old)
 
 # %% ../nbs/01b_toy.ipynb #0ca535ce
-def make_toy(num_classes: int = 10, size: int = 32, n_train: int = 1000, n_test: int = 200, rho: float = 0.9,
-             rho_test: float | None = None, seed: int = 0, fg: str = "digits", cache: bool = True) -> dict:
-    "The embedded foreground/background dataset: {'train', 'test'} -> `FgBgData`, deterministic by `seed`, cached."
+def make_toy(num_classes: int = 10, size: int = 32, n_train: int = 1000,
+             n_test: int = 200, rho: float = 0.9, rho_test: float | None = None, seed: int = 0,
+             fg: str = "digits", cache: bool = True) -> dict:
+    """The embedded foreground/background dataset: {'train', 'test'} -> `FgBgData`, deterministic by
+    `seed`, cached."""
     _check_toy(num_classes, size, n_train, n_test, rho, rho_test, seed, fg)
-    params = dict(num_classes=int(num_classes), size=int(size), n_train=int(n_train), n_test=int(n_test), rho=float(rho),
+    params = dict(num_classes=int(num_classes), size=int(size), n_train=int(n_train),
+                  n_test=int(n_test), rho=float(rho),
                   rho_test=None if rho_test is None else float(rho_test), seed=int(seed), fg=fg)
     key = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir("toy", create=False) / f"toy-v{_TOY_VERSION}-{key}.pt"
@@ -244,22 +289,28 @@ def make_toy(num_classes: int = 10, size: int = 32, n_train: int = 1000, n_test:
     names = [f"digit{i}" for i in range(K)] if fg == "digits" else list(SHAPES[:K])
     bg_names = [b for b, _ in BG_FAMILIES[:K]]
     out = {}
-    for split, n, r, s in (("train", n_train, rho, 2 * seed), ("test", n_test, 1 / K if rho_test is None else rho_test, 2 * seed + 1)):
+    for split, n, r, s in (("train", n_train, rho, 2 * seed),
+                           ("test", n_test, 1 / K if rho_test is None else rho_test, 2 * seed + 1)):
         with one_thread(): t = _toy_split(K, n, params["size"], float(r), fg, split == "train", s)
-        meta = dict(source="toy", split=split, params=params, rho=float(r), bg_names=bg_names, fg=fg)
-        out[split] = FgBgData(t["images"], t["masks"], t["labels"], t["backgrounds"], names, f"toy-{split}", meta, t["bg_images"])
+        meta = dict(source="toy", split=split, params=params, rho=float(r),
+                    bg_names=bg_names, fg=fg)
+        out[split] = FgBgData(t["images"], t["masks"], t["labels"], t["backgrounds"], names,
+                              f"toy-{split}", meta, t["bg_images"])
     if cache: atomic_torch_save({k: v.state() for k, v in out.items()}, path, what="dataset")
     return out
 
 # %% ../nbs/01b_toy.ipynb #b57e7fe7
-def load_toy(split: str = "train", num_classes: int = 10, size: int = 32, n_train: int = 1000, n_test: int = 200,
-             rho: float = 0.9, rho_test: float | None = None, seed: int = 0, fg: str = "digits", cache: bool = True) -> FgBgData:
+def load_toy(split: str = "train", num_classes: int = 10, size: int = 32,
+             n_train: int = 1000, n_test: int = 200, rho: float = 0.9,
+             rho_test: float | None = None, seed: int = 0, fg: str = "digits",
+             cache: bool = True) -> FgBgData:
     "One split of `make_toy` (the spec `toy:key=value,...`)."
     return make_toy(num_classes, size, n_train, n_test, rho, rho_test, seed, fg, cache)[split]
 
 # %% ../nbs/01b_toy.ipynb #f406bf7e
 def image_grid(x, nrow: int = 8, scale: int = 1, pad: int = 1):
-    "Tile uint8 images (N,3,H,W), bool masks (N,H,W) or an `FgBgData` into one PIL image, `nrow` per row."
+    """Tile uint8 images (N,3,H,W), bool masks (N,H,W) or an `FgBgData` into one PIL image, `nrow`
+    per row."""
     from PIL import Image
     if isinstance(x, FgBgData): x = x.images
     x = x.detach().cpu()
@@ -269,6 +320,8 @@ def image_grid(x, nrow: int = 8, scale: int = 1, pad: int = 1):
     canvas = torch.full((3, rows * (h + pad) + pad, nrow * (w + pad) + pad), 255, dtype=torch.uint8)
     for i in range(n):
         r, c = divmod(i, nrow)
-        canvas[:, pad + r * (h + pad):pad + r * (h + pad) + h, pad + c * (w + pad):pad + c * (w + pad) + w] = x[i]
+        canvas[:, pad + r * (h + pad):pad + r * (h + pad) + h, pad + c * (w
+                                                                          + pad):pad + c * (w
+                                                                                            + pad) + w] = x[i]
     im = Image.fromarray(canvas.permute(1, 2, 0).numpy())
     return im.resize((im.width * scale, im.height * scale), Image.NEAREST) if scale != 1 else im

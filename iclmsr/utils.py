@@ -32,18 +32,24 @@ def get_device(device: str | torch.device | None = None) -> torch.device:
         raise ValueError(f"unknown device {device!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'") from e
     if dev.type == "cuda":
         n = torch.cuda.device_count()
-        if n == 0: raise ValueError(f"device {str(device)!r} asked for, but torch sees no CUDA GPU; use 'cpu' or 'auto'")
+        if n == 0:
+            raise ValueError(f"device {str(device)!r} asked for, but torch sees no CUDA GPU; use "
+                             "'cpu' or 'auto'")
         if dev.index is not None and dev.index >= n:
-            raise ValueError(f"device {str(device)!r} asked for, but torch sees only {n} GPU(s): cuda:0..cuda:{n-1}")
+            raise ValueError(f"device {str(device)!r} asked for, but torch sees only {n} GPU(s): "
+                             f"cuda:0..cuda:{n-1}")
     elif dev.type == "mps" and not _mps_available():
-        raise ValueError(f"device 'mps' asked for, but MPS is not available here; use 'cpu' or 'auto'")
+        raise ValueError("device 'mps' asked for, but MPS is not available here; use 'cpu' or "
+                         "'auto'")
     elif dev.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"unsupported device {str(device)!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+        raise ValueError(f"unsupported device {str(device)!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' "
+                         "or 'mps'")
     return dev
 
 # %% ../nbs/00_utils.ipynb #5e0dece6
 def seed_everything(seed: int = 0, deterministic: bool = False) -> int:
-    "Seed python, numpy and torch (all CUDA devices too); optionally switch torch to deterministic kernels."
+    """Seed python, numpy and torch (all CUDA devices too); optionally switch torch to deterministic
+    kernels."""
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not 0 <= seed < 2**32:
         raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
     seed = int(seed)
@@ -70,7 +76,8 @@ def cache_dir(*parts: str, create: bool = True) -> Path:
     return path
 
 # %% ../nbs/00_utils.ipynb #7d85d45a
-_PACKAGES = ("torch", "torchvision", "numpy", "faiss", "umap-learn", "plotly", "ipywidgets", "jupyterlab", "nbdev")
+_PACKAGES = ("torch", "torchvision", "numpy", "faiss", "umap-learn", "plotly",
+             "ipywidgets", "jupyterlab", "nbdev")
 
 def _version(pkg: str) -> str | None:
     if pkg == "faiss":  # published as faiss-gpu or faiss-cpu; the module knows its own version
@@ -108,9 +115,8 @@ def env_info() -> dict:
         "cuda_available": cuda,
         "cuda_version": torch.version.cuda,
         "torch_gpu_count": torch.cuda.device_count() if cuda else 0,
-        "gpu_names": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else [],
-        "faiss_gpu_count": faiss_gpu_count(),
-        "mps_available": _mps_available(),
+        "gpu_names": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        if cuda else [], "faiss_gpu_count": faiss_gpu_count(), "mps_available": _mps_available(),
         "cache_dir": _home_short(cache_dir(create=False)),
     }
 
@@ -143,7 +149,8 @@ def _disk_full(e: BaseException | None):
 
 # %% ../nbs/00_utils.ipynb #699c7a77
 def atomic_torch_save(obj, path: str | Path, what: str = "file") -> Path:
-    "`torch.save` `obj` to `path` atomically: temporary file, fsync, rename. On failure the old `path` is untouched."
+    """`torch.save` `obj` to `path` atomically: temporary file, fsync, rename. On failure the old
+    `path` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -156,43 +163,53 @@ def atomic_torch_save(obj, path: str | Path, what: str = "file") -> Path:
         tmp.unlink(missing_ok=True)
         full = _disk_full(e)  # torch.save wraps the OSError of a failed write in a RuntimeError
         if full is not None:
-            raise OSError(full.errno, f"could not write {what} {path} ({full.strerror}); the previous {what}, if any, is intact") from e
+            raise OSError(full.errno,
+                          f"could not write {what} {path} ({full.strerror}); the previous {what}, "
+                          "if any, is intact") from e
         raise
     _fsync_dir(path.parent)
     return path
 
 # %% ../nbs/00_utils.ipynb #046c3f41
 class UserError(Exception):
-    "An error the user can fix: the console script prints its message as one line and exits with status 2."
+    """An error the user can fix: the console script prints its message as one line and exits with
+    status 2."""
 
 # %% ../nbs/00_utils.ipynb #70b123e4
 def fmt_duration(s: float) -> str:
     "`mm:ss`, or `h:mm:ss` from an hour on (negative durations read as 0)."
-    s = int(max(s, 0)); return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60:02d}:{s % 60:02d}"
+    s = int(max(s, 0))
+    return (f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600
+            else f"{s // 60:02d}:{s % 60:02d}")
 
 # %% ../nbs/00_utils.ipynb #8a91ed82
 def model_device(model) -> torch.device:
     "The device of `model`'s first parameter or buffer; the CPU for anything without either."
-    ts = itertools.chain(model.parameters(), model.buffers()) if isinstance(model, torch.nn.Module) else ()
+    ts = (itertools.chain(model.parameters(), model.buffers())
+          if isinstance(model, torch.nn.Module) else ())
     return next((t.device for t in ts), torch.device("cpu"))
 
 # %% ../nbs/00_utils.ipynb #fb84391b
 def timed(fn, device=None) -> tuple[float, object]:
     "`(seconds, fn())`: the wall time of one call, synchronising CUDA `device` before and after."
     dev = torch.device(device) if device is not None else None
-    sync = (lambda: torch.cuda.synchronize(dev)) if dev is not None and dev.type == "cuda" else (lambda: None)
+    sync = ((lambda: torch.cuda.synchronize(dev)) if dev is not None
+            and dev.type == "cuda" else (lambda: None))
     sync(); t = time.perf_counter(); out = fn(); sync()
     return time.perf_counter() - t, out
 
 # %% ../nbs/00_utils.ipynb #7750dd1d
 class UnreadableFile(UserError, ValueError):
-    "A file that is not what it should be; its message is one line naming the file, what it should be and what it is."
+    """A file that is not what it should be; its message is one line naming the file, what it should
+    be and what it is."""
 
 # %% ../nbs/00_utils.ipynb #bdfa6ed7
-_LEGACY_MAGIC = bytes.fromhex("6cfc9c46f9206aa85019")  # torch.save's magic number, in its pre-zip format
+# torch.save's magic number, in its pre-zip format
+_LEGACY_MAGIC = bytes.fromhex("6cfc9c46f9206aa85019")
 
 def _is_torch_file(head: bytes) -> bool:
-    "Whether `head` (a file's first bytes) starts a `torch.save` file: a zip archive, or the legacy pickled magic number."
+    """Whether `head` (a file's first bytes) starts a `torch.save` file: a zip archive, or the
+    legacy pickled magic number."""
     if head.startswith(b"PK\x03\x04"): return True
     if len(head) < 2 or head[0] != 0x80: return False
     rest = head[2:]
@@ -201,7 +218,8 @@ def _is_torch_file(head: bytes) -> bool:
 
 # %% ../nbs/00_utils.ipynb #dc4f4246
 def what_file(path: Path) -> str | None:
-    "What `path` is instead of a torch file (a directory, an empty file, JSON, text, a plain pickle), or None if it may be one."
+    """What `path` is instead of a torch file (a directory, an empty file, JSON, text, a plain
+    pickle), or None if it may be one."""
     path = Path(path)
     if path.is_dir(): return "a directory"
     with open(path, "rb") as f: head = f.read(64)
@@ -215,23 +233,28 @@ def what_file(path: Path) -> str | None:
 
 # %% ../nbs/00_utils.ipynb #f912f72c
 def _cut_name(name: str) -> bool:
-    "Whether the global `name` is cut short: not `module.attribute`, or its module is imported but lacks the attribute."
+    """Whether the global `name` is cut short: not `module.attribute`, or its module is imported but
+    lacks the attribute."""
     mod, _, attr = name.rpartition(".")
     if not all(p.isidentifier() for p in [*mod.split("."), attr]): return True
-    return mod in sys.modules and not hasattr(sys.modules[mod], attr)  # (nothing is imported to find out)
+    # (nothing is imported to find out)
+    return mod in sys.modules and not hasattr(sys.modules[mod], attr)
 
 # %% ../nbs/00_utils.ipynb #294add5e
 def read_torch_file(path, what: str, map_location="cpu", error: type | None = None):
-    "`torch.load(path, weights_only=True)` of a file meant to be `what`; any other file refused in one line (`error`)."
+    """`torch.load(path, weights_only=True)` of a file meant to be `what`; any other file refused in
+    one line (`error`)."""
     path, error = Path(path), error or UnreadableFile
     refuse = lambda why: error(f"{str(path)!r} is not {what} ({why})")
     kind = what_file(path)
     if kind: raise refuse(kind)
     try:
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")  # a torch file saved with pickle_protocol > 2
+            # a torch file saved with pickle_protocol > 2
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch's message advises weights_only=False: never pass it on, for a file we did not write
+    # torch's message advises weights_only=False: never pass it on, for a file we did not write
+    except Exception as e:
         m = re.search(r"GLOBAL ([\w.]+)", str(e))
         unsafe = m and not _cut_name(m.group(1))  # a truncated legacy file can end inside a name
         raise refuse(f"it holds Python objects that cannot be read safely: {m.group(1)}" if unsafe
@@ -239,41 +262,50 @@ def read_torch_file(path, what: str, map_location="cpu", error: type | None = No
 
 # %% ../nbs/00_utils.ipynb #2a1d3741
 def check_tau(tau, name: str = "tau"):
-    "Raise a one-line `ValueError` unless `tau` (called `name` in the message) is a finite number > 0; a bool is not a number here."
+    """Raise a one-line `ValueError` unless `tau` (called `name` in the message) is a finite number
+    > 0; a bool is not a number here."""
     if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau) or tau <= 0:
         raise ValueError(f"{name} must be a number > 0, got {tau!r}")
 
 # %% ../nbs/00_utils.ipynb #e92cb9ce
 def check_k(k):
-    "Raise a one-line `ValueError` unless `k`, the same-domain negatives each anchor draws, is None (all of them) or an integer >= 1."
+    """Raise a one-line `ValueError` unless `k`, the same-domain negatives each anchor draws, is
+    None (all of them) or an integer >= 1."""
     if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
-        raise ValueError(f"k must be None (every same-domain negative) or an integer >= 1, got {k!r}")
+        raise ValueError("k must be None (every same-domain negative) or an integer >= 1, got "
+                         f"{k!r}")
 
 # %% ../nbs/00_utils.ipynb #76135c33
 def at_least_float32(*ts) -> list:
-    "The tensors `ts` cast to one dtype, the first one's promoted with float32 (half and bfloat16 become float32, float64 stays)."
+    """The tensors `ts` cast to one dtype, the first one's promoted with float32 (half and bfloat16
+    become float32, float64 stays)."""
     dt = torch.promote_types(ts[0].dtype, torch.float32)
     return [t.to(dt) for t in ts]
 
 # %% ../nbs/00_utils.ipynb #9ca01292
 def as_pixels(images, name: str = "images", error: type = ValueError) -> torch.Tensor:
-    "Float pixels in [0, 1] of a non-empty batch (n, C, ...) of uint8 or [0, 1] values (a tensor or an array); else a one-line `error` naming `name`."
+    """Float pixels in [0, 1] of a non-empty batch (n, C, ...) of uint8 or [0, 1] values (a tensor
+    or an array); else a one-line `error` naming `name`."""
     x = torch.as_tensor(images) if not isinstance(images, torch.Tensor) else images
-    if x.ndim < 2 or len(x) == 0: raise error(f"{name} must be a non-empty batch (n, C, ...), got shape {tuple(x.shape)}")
+    if x.ndim < 2 or len(x) == 0:
+        raise error(f"{name} must be a non-empty batch (n, C, ...), got shape {tuple(x.shape)}")
     if x.dtype == torch.uint8: return x.float() / 255
     x = x.float()
     if not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
-        raise error(f"{name} must be pixels in [0, 1] (before normalisation) or uint8, got range [{float(x.min()):.3g}, {float(x.max()):.3g}]")
+        raise error(f"{name} must be pixels in [0, 1] (before normalisation) or uint8, got range "
+                    f"[{float(x.min()):.3g}, {float(x.max()):.3g}]")
     return x
 
 # %% ../nbs/00_utils.ipynb #d8da6029
 def normaliser(mean, std, channels: int, device, error: type = ValueError):
-    "The function `x -> (x - mean) / std` per channel, on `device`; the identity when both are None; 1 or `channels` values each, std > 0, else a one-line `error`."
+    """The function `x -> (x - mean) / std` per channel, on `device`; the identity when both are
+    None; 1 or `channels` values each, std > 0, else a one-line `error`."""
     if mean is None and std is None: return lambda x: x
     m = torch.as_tensor(0. if mean is None else mean, dtype=torch.float32, device=device).flatten()
     s = torch.as_tensor(1. if std is None else std, dtype=torch.float32, device=device).flatten()
     for nm, v in (("mean", m), ("std", s)):
-        if len(v) not in (1, channels): raise error(f"{nm} has {len(v)} values but the images have {channels} channels")
+        if len(v) not in (1, channels):
+            raise error(f"{nm} has {len(v)} values but the images have {channels} channels")
     if (s <= 0).any(): raise error(f"std must be > 0, got {s.tolist()}")
     return lambda x: (x - m.view(1, -1, *[1] * (x.ndim - 2))) / s.view(1, -1, *[1] * (x.ndim - 2))
 

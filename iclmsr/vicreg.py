@@ -16,9 +16,11 @@ from .methods import Method, register_method
 __all__ = ['vicreg_loss', 'VICReg']
 
 # %% ../nbs/tutorials/add_your_own_method.ipynb #97ec7547
-def vicreg_loss(z1: torch.Tensor, z2: torch.Tensor, sim_coeff: float = 25.0, std_coeff: float = 25.0,
-                cov_coeff: float = 1.0, eps: float = 1e-4) -> torch.Tensor:
-    "VICReg: `sim_coeff` x MSE + `std_coeff` x std hinge + `cov_coeff` x off-diagonal covariance^2 / d."
+def vicreg_loss(z1: torch.Tensor, z2: torch.Tensor,
+                sim_coeff: float = 25.0, std_coeff: float = 25.0, cov_coeff: float = 1.0,
+                eps: float = 1e-4) -> torch.Tensor:
+    """VICReg: `sim_coeff` x MSE + `std_coeff` x std hinge + `cov_coeff` x off-diagonal covariance^2
+    / d."""
     check_pair(z1, z2)
     with full_precision(z1):
         z1, z2 = at_least_float32(z1, z2)
@@ -34,7 +36,8 @@ def vicreg_loss(z1: torch.Tensor, z2: torch.Tensor, sim_coeff: float = 25.0, std
 # %% ../nbs/tutorials/add_your_own_method.ipynb #1ddf1d15
 @register_method
 class VICReg(Method):
-    "VICReg: invariance, variance and covariance of the two views' embeddings (no negatives, no target)"
+    """VICReg: invariance, variance and covariance of the two views' embeddings (no negatives, no
+    target)"""
     name, joint_head = "vicreg", False
     def __init__(self, backbone,
                  proj_hidden: int = 2048,   # hidden width of the 3-layer expander
@@ -46,8 +49,10 @@ class VICReg(Method):
         self.sim_coeff, self.std_coeff, self.cov_coeff = sim_coeff, std_coeff, cov_coeff
         self.projector = ProjectionMLP(backbone.feat_dim, proj_hidden, proj_dim, n_layers=3)
     def loss_from_features(self, h1, h2, batch):
-        "VICReg of the views' embeddings, its batch statistics those of the global batch under torchrun."
+        """VICReg of the views' embeddings, its batch statistics those of the global batch under
+        torchrun."""
         z1, z2 = self.project_pair(h1, h2)
-        g1, g2, _, _ = gather_pair(z1, z2)   # every process's rows: the global batch in every process
+        # every process's rows: the global batch in every process
+        g1, g2, _, _ = gather_pair(z1, z2)
         loss = vicreg_loss(g1, g2, self.sim_coeff, self.std_coeff, self.cov_coeff)
         return {"base": loss, "z1": z1, "z2": z2}

@@ -16,7 +16,8 @@ from fastcore.basics import patch
 from .utils import cache_dir, model_device, as_pixels, normaliser
 from .data import FgBgData
 from .knn import FeatureIndex, as_feats, as_labels
-from .explain import ExplainError, grad_cam, normalise_cam, mask_iou, pointing_game, energy_share
+from .explain import (ExplainError, grad_cam, normalise_cam, mask_iou,
+                            pointing_game, energy_share)
 
 # %% auto #0
 __all__ = ['FORMATS', 'MARKS', 'COLOR_BY', 'PALETTE', 'DBS', 'in_kernel', 'figure_html', 'Showable', 'image_bytes', 'data_uri',
@@ -27,7 +28,8 @@ __all__ = ['FORMATS', 'MARKS', 'COLOR_BY', 'PALETTE', 'DBS', 'in_kernel', 'figur
 
 # %% ../nbs/15_viz.ipynb #1a5a4644
 def in_kernel() -> bool:
-    "Whether code runs in a live Jupyter kernel (widgets have a frontend), not plain IPython, `nbdev_test` or a script."
+    """Whether code runs in a live Jupyter kernel (widgets have a frontend), not plain IPython,
+    `nbdev_test` or a script."""
     try:
         from IPython import get_ipython
         ip = get_ipython()
@@ -36,15 +38,18 @@ def in_kernel() -> bool:
 
 # %% ../nbs/15_viz.ipynb #5c535bf0
 def figure_html(fig: go.Figure, div_id: str | None = None, post_script: str | None = None) -> str:
-    "Static HTML of a plotly figure (plotly.js from the CDN), with a stable `div_id` derived from the figure by default."
+    """Static HTML of a plotly figure (plotly.js from the CDN), with a stable `div_id` derived from
+    the figure by default."""
     fig = go.Figure(fig)  # a FigureWidget becomes a plain figure
     if div_id is None: div_id = "iclmsr-" + hashlib.sha1(fig.to_json().encode()).hexdigest()[:12]
-    return fig.to_html(full_html=False, include_plotlyjs="cdn", div_id=div_id, post_script=post_script,
+    return fig.to_html(full_html=False, include_plotlyjs="cdn",
+                       div_id=div_id, post_script=post_script,
                        config={"displaylogo": False, "responsive": True})
 
 # %% ../nbs/15_viz.ipynb #58db3750
 class Showable:
-    "Mixin: an object with a `.widget` that displays live in a kernel and as `static_html()` elsewhere (or if `static`)."
+    """Mixin: an object with a `.widget` that displays live in a kernel and as `static_html()`
+    elsewhere (or if `static`)."""
     static: bool | None = None
     widget: W.Widget = None
     def static_html(self) -> str: raise NotImplementedError
@@ -61,12 +66,15 @@ FORMATS = ("png", "jpeg", "webp")
 def image_bytes(img, fmt: str = "png", quality: int = 85) -> bytes:
     "Encode a uint8 image tensor (3,H,W) (or (H,W,3) array) as PNG, JPEG or WebP bytes."
     from PIL import Image
-    if fmt not in FORMATS: raise ValueError(f"unknown image format {fmt!r}; use one of {', '.join(FORMATS)}")
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown image format {fmt!r}; use one of {', '.join(FORMATS)}")
     a = img.detach().cpu() if isinstance(img, torch.Tensor) else torch.as_tensor(np.asarray(img))
-    if a.ndim != 3 or a.dtype != torch.uint8: raise ValueError(f"expected a uint8 image (3, H, W), got {a.dtype} {tuple(a.shape)}")
+    if a.ndim != 3 or a.dtype != torch.uint8:
+        raise ValueError(f"expected a uint8 image (3, H, W), got {a.dtype} {tuple(a.shape)}")
     if a.shape[0] == 3 and a.shape[-1] != 3: a = a.permute(1, 2, 0)
     buf = io.BytesIO()
-    Image.fromarray(a.contiguous().numpy()).save(buf, format=fmt.upper(), **({} if fmt == "png" else {"quality": quality}))
+    Image.fromarray(a.contiguous().numpy()).save(buf, format=fmt.upper(),
+                                                 **({} if fmt == "png" else {"quality": quality}))
     return buf.getvalue()
 
 # %% ../nbs/15_viz.ipynb #42617de3
@@ -76,27 +84,36 @@ def data_uri(img, fmt: str = "png", quality: int = 85) -> str:
 
 # %% ../nbs/15_viz.ipynb #10146f62
 def static_format() -> str:
-    "The format of thumbnails embedded in static pages: WebP (about a quarter of PNG's size) where Pillow writes it, else JPEG."
+    """The format of thumbnails embedded in static pages: WebP (about a quarter of PNG's size) where
+    Pillow writes it, else JPEG."""
     from PIL import features
     return "webp" if features.check("webp") else "jpeg"
 
 # %% ../nbs/15_viz.ipynb #c71936af
 MARKS = {"class": ("same class", "#2ca02c"), "bg": ("same background", "#d62728")}
 
-def thumb_html(img, caption: str = "", marks=(), size: int = 64, title: str = "", fmt: str = "png", quality: int = 85) -> str:
-    "A thumbnail as an HTML figure: the image at `size` px, marks from `MARKS` as coloured badges, a caption."
-    badges = "".join(f'<span class="iclmsr-mark iclmsr-mark-{m}" style="background:{MARKS[m][1]};color:white;'
-                     f'font-size:10px;padding:0 3px;margin-right:2px;border-radius:3px">{MARKS[m][0]}</span>' for m in marks)
-    border = "#d62728" if "bg" in marks and "class" not in marks else "#2ca02c" if "class" in marks else "#bbb"
-    return (f'<figure class="iclmsr-thumb" style="display:inline-block;margin:2px;text-align:center;vertical-align:top;'
-            f'width:{size + 6}px" title="{html.escape(title)}"><img src="{data_uri(img, fmt, quality)}" width="{size}" height="{size}" '
-            f'style="image-rendering:pixelated;border:3px solid {border}"><figcaption style="font-size:10px;line-height:1.2">'
+def thumb_html(img, caption: str = "", marks=(), size: int = 64, title: str = "", fmt: str = "png",
+               quality: int = 85) -> str:
+    """A thumbnail as an HTML figure: the image at `size` px, marks from `MARKS` as coloured badges,
+    a caption."""
+    badges = "".join(f'<span class="iclmsr-mark iclmsr-mark-{m}" '
+                     f'style="background:{MARKS[m][1]};color:white;font-size:10px;padding:0 '
+                     f'3px;margin-right:2px;border-radius:3px">{MARKS[m][0]}</span>' for m in marks)
+    border = ("#d62728" if "bg" in marks and "class" not in marks else "#2ca02c"
+              if "class" in marks else "#bbb")
+    return ('<figure class="iclmsr-thumb" '
+            'style="display:inline-block;margin:2px;text-align:center;vertical-align:top;'
+            f'width:{size + 6}px" title="{html.escape(title)}"><img '
+            f'src="{data_uri(img, fmt, quality)}" width="{size}" height="{size}" '
+            f'style="image-rendering:pixelated;border:3px solid {border}"><figcaption '
+            'style="font-size:10px;line-height:1.2">'
             f'{badges}<br>{html.escape(caption)}</figcaption></figure>')
 
 # %% ../nbs/15_viz.ipynb #54268372
 class PointSet:
     "Images with labels, background ids and variant names: the points of an embedding view."
-    def __init__(self, images, labels, backgrounds=None, variants=None, classes=None, bg_names=None, ids=None):
+    def __init__(self, images, labels, backgrounds=None, variants=None, classes=None,
+                 bg_names=None, ids=None):
         self.images = images if isinstance(images, torch.Tensor) else torch.as_tensor(images)
         n = len(self.images)
         if self.images.ndim != 4 or self.images.dtype != torch.uint8:
@@ -106,7 +123,8 @@ class PointSet:
         self.backgrounds = (torch.full((n,), -1) if backgrounds is None
                             else as_labels(backgrounds, "backgrounds", n).cpu())
         v = np.asarray(["original"] * n if variants is None else variants, dtype=object)
-        if v.shape != (n,): raise ValueError(f"variants has {len(v)} entries but there are {n} images")
+        if v.shape != (n,):
+            raise ValueError(f"variants has {len(v)} entries but there are {n} images")
         self.variants = v
         self.ids = torch.arange(n) if ids is None else as_labels(ids, "ids", n).cpu()
         self.classes = (list(classes) if classes is not None
@@ -117,17 +135,21 @@ class PointSet:
 
     @classmethod
     def from_data(cls, data: FgBgData | dict) -> "PointSet":
-        "Points of one dataset, or of several (a dict `{variant name: FgBgData}`), concatenated in order."
+        """Points of one dataset, or of several (a dict `{variant name: FgBgData}`), concatenated in
+        order."""
         if isinstance(data, FgBgData): data = {data.meta.get("variant", "original"): data}
-        if not data: raise ValueError("no datasets given: pass an FgBgData or a non-empty dict of them")
+        if not data:
+            raise ValueError("no datasets given: pass an FgBgData or a non-empty dict of them")
         ds = list(data.values())
         return cls(torch.cat([d.images.cpu() for d in ds]), torch.cat([d.labels.cpu() for d in ds]),
-                   torch.cat([d.backgrounds.cpu() for d in ds]), sum(([k] * len(d) for k, d in data.items()), []),
-                   ds[0].classes, ds[0].bg_names, torch.cat([torch.arange(len(d)) for d in ds]))
+                   torch.cat([d.backgrounds.cpu() for d in ds]),
+                   sum(([k] * len(d) for k, d in data.items()), []), ds[0].classes, ds[0].bg_names,
+                   torch.cat([torch.arange(len(d)) for d in ds]))
 
     def __len__(self): return len(self.images)
     def __repr__(self):
-        return f"PointSet({len(self)} points, {len(self.classes)} classes, variants {sorted(set(self.variants))})"
+        return (f"PointSet({len(self)} points, {len(self.classes)} classes, variants "
+                f"{sorted(set(self.variants))})")
 
 # %% ../nbs/15_viz.ipynb #5008343a
 @patch
@@ -141,8 +163,9 @@ def name(self: PointSet, kind: str, v) -> str:
 @patch
 def describe(self: PointSet, i: int) -> str:
     "One line about point `i`: class, background, variant and index."
-    return (f"{self.name('class', int(self.labels[i]))} on {self.name('background', int(self.backgrounds[i]))}"
-            f" ({self.variants[i]} #{int(self.ids[i])})")
+    return (f"{self.name('class', int(self.labels[i]))} on "
+            f"{self.name('background', int(self.backgrounds[i]))} ({self.variants[i]} "
+            f"#{int(self.ids[i])})")
 
 # %% ../nbs/15_viz.ipynb #5766235a
 COLOR_BY = ("class", "background", "variant")
@@ -161,22 +184,26 @@ def groups(self: PointSet, by: str) -> list[tuple[str, np.ndarray]]:
 
 # %% ../nbs/15_viz.ipynb #3f270f2e
 def pca_reduce(x: np.ndarray, dim: int = 50, seed: int = 0) -> np.ndarray:
-    "PCA of the rows of `x` to `dim` dimensions (randomised SVD, seeded); unchanged if it has `dim` or fewer."
+    """PCA of the rows of `x` to `dim` dimensions (randomised SVD, seeded); unchanged if it has
+    `dim` or fewer."""
     if x.shape[1] <= dim: return x
     from sklearn.decomposition import PCA
     return PCA(dim, svd_solver="randomized", random_state=seed).fit_transform(x).astype(np.float32)
 
 # %% ../nbs/15_viz.ipynb #337d5ce7
-def umap_2d(feats, pca: int | None = 50, n_neighbors: int = 15, min_dist: float = 0.1, normalize: bool = True,
-            random_state: int = 0, cache: bool = True, verbose: bool = False) -> np.ndarray:
-    "2-D UMAP coordinates (n, 2) of features (n, d): L2-normalised, PCA to `pca` dims if larger, fixed `random_state`."
+def umap_2d(feats, pca: int | None = 50, n_neighbors: int = 15,
+            min_dist: float = 0.1, normalize: bool = True, random_state: int = 0,
+            cache: bool = True, verbose: bool = False) -> np.ndarray:
+    """2-D UMAP coordinates (n, 2) of features (n, d): L2-normalised, PCA to `pca` dims if larger,
+    fixed `random_state`."""
     x = as_feats(feats, "feats").detach().cpu()
     if len(x) < 4: raise ValueError(f"UMAP needs at least 4 points, got {len(x)}")
     if normalize: x = torch.nn.functional.normalize(x, dim=1)
     x = np.ascontiguousarray(x.numpy(), dtype=np.float32)
-    params = dict(pca=pca, n_neighbors=min(n_neighbors, len(x) - 1), min_dist=min_dist, normalize=normalize,
-                  random_state=random_state, v=1)
-    key = hashlib.sha1(x.tobytes() + json.dumps(params, sort_keys=True).encode() + str(x.shape).encode()).hexdigest()[:20]
+    params = dict(pca=pca, n_neighbors=min(n_neighbors, len(x) - 1),
+                  min_dist=min_dist, normalize=normalize, random_state=random_state, v=1)
+    key = hashlib.sha1(x.tobytes() + json.dumps(params, sort_keys=True).encode()
+                       + str(x.shape).encode()).hexdigest()[:20]
     path = cache_dir("umap", create=False)/f"{key}.npy"
     if cache and path.is_file():
         try: return np.load(path)
@@ -185,7 +212,8 @@ def umap_2d(feats, pca: int | None = 50, n_neighbors: int = 15, min_dist: float 
     if pca: x = pca_reduce(x, pca, random_state)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*n_jobs.*")
-        out = umap.UMAP(n_neighbors=params["n_neighbors"], min_dist=min_dist, random_state=random_state, n_jobs=1,
+        out = umap.UMAP(n_neighbors=params["n_neighbors"], min_dist=min_dist,
+                        random_state=random_state, n_jobs=1,
                         verbose=verbose).fit_transform(x).astype(np.float32)
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -196,7 +224,8 @@ def umap_2d(feats, pca: int | None = 50, n_neighbors: int = 15, min_dist: float 
 def align_2d(ref: np.ndarray, x: np.ndarray) -> np.ndarray:
     "`x` (n,2) rotated/reflected, scaled and shifted onto `ref` (n,2) by orthogonal Procrustes."
     ref, x = np.asarray(ref, np.float64), np.asarray(x, np.float64)
-    if ref.shape != x.shape: raise ValueError(f"align_2d needs the same points: shapes {ref.shape} and {x.shape}")
+    if ref.shape != x.shape:
+        raise ValueError(f"align_2d needs the same points: shapes {ref.shape} and {x.shape}")
     mr, mx = ref.mean(0), x.mean(0)
     r, y = ref - mr, x - mx
     sr, sy = np.linalg.norm(r), np.linalg.norm(y)
@@ -205,8 +234,9 @@ def align_2d(ref: np.ndarray, x: np.ndarray) -> np.ndarray:
     return ((y @ (u @ vt)) * (sr / sy) + mr).astype(np.float32)
 
 # %% ../nbs/15_viz.ipynb #ce5d25b8
-PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
-           "#393b79", "#e7ba52", "#637939", "#ad494a", "#a55194", "#6b6ecf", "#8ca252", "#bd9e39", "#843c39", "#7b4173")
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+           "#7f7f7f", "#bcbd22", "#17becf", "#393b79", "#e7ba52", "#637939", "#ad494a", "#a55194",
+           "#6b6ecf", "#8ca252", "#bd9e39", "#843c39", "#7b4173")
 
 def _colour(name: str, j: int) -> str:
     return "#b0b0b0" if name in ("no background", "unlabeled") else PALETTE[j % len(PALETTE)]
@@ -214,30 +244,38 @@ def _colour(name: str, j: int) -> str:
 # %% ../nbs/15_viz.ipynb #8e22d022
 def _as_panels(coords) -> dict:
     if isinstance(coords, dict):
-        if not coords: raise ValueError("no embeddings given: pass {model name: (n, 2) coordinates}")
+        if not coords:
+            raise ValueError("no embeddings given: pass {model name: (n, 2) coordinates}")
         return {str(k): np.asarray(v) for k, v in coords.items()}
     return {"embedding": np.asarray(coords)}
 
 # %% ../nbs/15_viz.ipynb #f8fd11ce
-def umap_figure(coords, points: PointSet, color: str = "class", height: int = 420, panel_width: int | None = None,
-                marker_size: float | None = None) -> go.Figure:
-    "Scatter panels of 2-D embeddings `{name: (n,2)}` of `points`, coloured by `color` (one of `COLOR_BY`)."
+def umap_figure(coords, points: PointSet, color: str = "class", height: int = 420,
+                panel_width: int | None = None, marker_size: float | None = None) -> go.Figure:
+    """Scatter panels of 2-D embeddings `{name: (n,2)}` of `points`, coloured by `color` (one of
+    `COLOR_BY`)."""
     panels = _as_panels(coords)
     for k, v in panels.items():
-        if v.shape != (len(points), 2): raise ValueError(f"embedding {k!r} has shape {v.shape}, expected ({len(points)}, 2)")
+        if v.shape != (len(points), 2):
+            raise ValueError(f"embedding {k!r} has shape {v.shape}, expected ({len(points)}, 2)")
     groups = points.groups(color)
     n = len(points)
     size = marker_size or (7 if n <= 2000 else 4 if n <= 20000 else 2.5)
-    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=list(panels), horizontal_spacing=0.03)
+    fig = make_subplots(rows=1, cols=len(panels),
+                        subplot_titles=list(panels), horizontal_spacing=0.03)
     for c, (pname, xy) in enumerate(panels.items(), 1):
         for j, (gname, ix) in enumerate(groups):
-            fig.add_trace(go.Scattergl(x=xy[ix, 0], y=xy[ix, 1], mode="markers", name=gname, legendgroup=gname,
-                                       showlegend=c == 1, customdata=ix, hovertemplate="%{fullData.name} #%{customdata}<extra></extra>",
-                                       marker=dict(size=size, color=_colour(gname, j), opacity=0.8)), row=1, col=c)
+            fig.add_trace(go.Scattergl(x=xy[ix, 0], y=xy[ix, 1], mode="markers",
+                                       name=gname, legendgroup=gname, showlegend=c == 1,
+                                       customdata=ix, hovertemplate="%{fullData.name} "
+                                                     "#%{customdata}<extra></extra>",
+                                       marker=dict(size=size, color=_colour(gname, j),
+                                                   opacity=0.8)), row=1, col=c)
     fig.update_xaxes(showticklabels=False, zeroline=False, showgrid=False)
     fig.update_yaxes(showticklabels=False, zeroline=False, showgrid=False)
     w = None if panel_width is None else panel_width * len(panels) + 160
-    fig.update_layout(height=height, width=w, margin=dict(l=10, r=10, t=40, b=10), legend_title_text=color,
+    fig.update_layout(height=height, width=w,
+                      margin=dict(l=10, r=10, t=40, b=10), legend_title_text=color,
                       template="plotly_white", dragmode="pan", hovermode="closest")
     return fig
 
@@ -252,19 +290,25 @@ gd.on('plotly_hover', function(ev) {
 """
 
 def figure_with_thumbs(fig: go.Figure, points: PointSet, width: int = 120) -> str:
-    "Static HTML: `fig` and a box showing the thumbnail (embedded once per point) of the point under the mouse."
-    did, fmt = "iclmsr-" + hashlib.sha1(go.Figure(fig).to_json().encode()).hexdigest()[:12], static_format()
-    th = json.dumps([[data_uri(points.images[i], fmt, 80), html.escape(points.describe(i))] for i in range(len(points))])
-    return (f'<div style="display:flex;align-items:flex-start"><div id="{did}-thumb" class="iclmsr-hover" '
-            f'style="flex:0 0 {width}px;font-size:11px;text-align:center;padding-top:40px">hover a point</div>'
-            f'<div style="flex:1;min-width:0"><script type="application/json" id="{did}-data">{th}</script>'
-            f'{figure_html(fig, did, _HOVER_JS)}</div></div>')
+    """Static HTML: `fig` and a box showing the thumbnail (embedded once per point) of the point
+    under the mouse."""
+    did, fmt = ("iclmsr-" + hashlib.sha1(go.Figure(fig).to_json().encode()).hexdigest()[:12],
+                static_format())
+    th = json.dumps([[data_uri(points.images[i], fmt, 80), html.escape(points.describe(i))]
+                     for i in range(len(points))])
+    return (f'<div style="display:flex;align-items:flex-start"><div id="{did}-thumb" '
+            'class="iclmsr-hover" style="flex:0 0 '
+            f'{width}px;font-size:11px;text-align:center;padding-top:40px">hover a point</div><div '
+            'style="flex:1;min-width:0"><script type="application/json" '
+            f'id="{did}-data">{th}</script>{figure_html(fig, did, _HOVER_JS)}</div></div>')
 
 # %% ../nbs/15_viz.ipynb #0da5012e
 class UMAPView(Showable):
-    "Interactive UMAP panels of `points` (`coords`: {name: (n,2)}), coloured by class/background/variant, thumbnail on hover."
-    def __init__(self, coords, points: PointSet, color: str = "class", height: int = 420, panel_width: int = 340,
-                 thumb_size: int = 96, static: bool | None = None, static_thumbs: int = 400):
+    """Interactive UMAP panels of `points` (`coords`: {name: (n,2)}), coloured by
+    class/background/variant, thumbnail on hover."""
+    def __init__(self, coords, points: PointSet, color: str = "class",
+                 height: int = 420, panel_width: int = 340, thumb_size: int = 96,
+                 static: bool | None = None, static_thumbs: int = 400):
         self.panels, self.points, self.static = _as_panels(coords), points, static
         self.height, self.panel_width = height, panel_width
         self.thumb_size, self.static_thumbs = thumb_size, static_thumbs
@@ -281,10 +325,12 @@ class UMAPView(Showable):
         self.show_point(None)
 
     def __repr__(self):
-        return f"UMAPView({', '.join(self.panels)}: {len(self.points)} points, coloured by {self.color.value})"
+        return (f"UMAPView({', '.join(self.panels)}: {len(self.points)} points, coloured by "
+                f"{self.color.value})")
 
     def static_html(self) -> str:   # Showable's static view, overridden here
-        if len(self.points) <= self.static_thumbs: return figure_with_thumbs(self.figure(), self.points)
+        if len(self.points) <= self.static_thumbs:
+            return figure_with_thumbs(self.figure(), self.points)
         return figure_html(self.figure())
 
 # %% ../nbs/15_viz.ipynb #d36aea24
@@ -305,16 +351,20 @@ def recolor(self: UMAPView, by: str):
         self.fig.layout = f.layout
     for t in self.fig.data:
         ix = np.asarray(t.customdata, dtype=np.int64)
-        t.on_hover(lambda tr, pts, st, ix=ix: pts.point_inds and self.hover(int(ix[pts.point_inds[0]])))
-        t.on_click(lambda tr, pts, st, ix=ix: pts.point_inds and self.pick(int(ix[pts.point_inds[0]])))
+        t.on_hover(lambda tr, pts, st,
+                   ix=ix: pts.point_inds and self.hover(int(ix[pts.point_inds[0]])))
+        t.on_click(lambda tr, pts, st,
+                   ix=ix: pts.point_inds and self.pick(int(ix[pts.point_inds[0]])))
 
 # %% ../nbs/15_viz.ipynb #5864c04e
 @patch
 def show_point(self: UMAPView, i):
     if i is None:
-        self.info.value = '<div style="color:#888;padding-top:40px">hover a point<br>click to pick it</div>'
+        self.info.value = ('<div style="color:#888;padding-top:40px">hover a point<br>click to '
+                           'pick it</div>')
         return
-    self.info.value = thumb_html(self.points.images[i], self.points.describe(i), size=self.thumb_size)
+    self.info.value = thumb_html(self.points.images[i],
+                                 self.points.describe(i), size=self.thumb_size)
 
 # %% ../nbs/15_viz.ipynb #af7f3445
 @patch
@@ -341,25 +391,32 @@ def pick(self: UMAPView, i: int):
 DBS = {"full": "original", "fg": "only_fg", "bg": "only_bg"}
 
 def retrieval_dbs(data: FgBgData) -> dict:
-    "The three databases of the retrieval explorer: `{'full', 'fg', 'bg'}` -> the original, only_fg and only_bg variants."
+    """The three databases of the retrieval explorer: `{'full', 'fg', 'bg'}` -> the original,
+    only_fg and only_bg variants."""
     if not data.has_masks:
-        raise ValueError(f"dataset {data.name!r} has no foreground masks: the foreground-only and background-only "
-                         "databases need them (datasets with masks: toy, coco-fg, pets, in9)")
+        raise ValueError(f"dataset {data.name!r} has no foreground masks: the foreground-only and "
+                         "background-only databases need them (datasets with masks: toy, coco-fg, "
+                         "pets, in9)")
     return {k: data.variant(v) for k, v in DBS.items()}
 
 # %% ../nbs/15_viz.ipynb #a15054fe
-def search_excluding(index: FeatureIndex, queries, k: int, exclude=None) -> tuple[torch.Tensor, torch.Tensor]:
-    "Top-`k` (scores, ids) of `queries` in `index`, leaving out database id `exclude[i]` from query i's list."
+def search_excluding(index: FeatureIndex, queries, k: int,
+                     exclude=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-`k` (scores, ids) of `queries` in `index`, leaving out database id `exclude[i]` from
+    query i's list."""
     if exclude is None: return index.search(queries, k)
     exclude = as_labels(exclude, "exclude")
     s, ix = index.search(queries, min(k + 1, index.ntotal))
     drop = ix == exclude[:, None]
-    order = torch.sort(drop.to(torch.int8), dim=1, stable=True).indices[:, :k]  # kept ones first, in rank order
+    # kept ones first, in rank order
+    order = torch.sort(drop.to(torch.int8), dim=1, stable=True).indices[:, :k]
     return s.gather(1, order), ix.gather(1, order)
 
 # %% ../nbs/15_viz.ipynb #ca60efad
-def neighbour_marks(nbr_ids, q_labels, q_bgs, db_labels, db_bgs) -> tuple[torch.Tensor, torch.Tensor]:
-    "Boolean (q, k) tables: neighbour has the query's class; neighbour has the query's (known) background id."
+def neighbour_marks(nbr_ids, q_labels, q_bgs, db_labels,
+                    db_bgs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boolean (q, k) tables: neighbour has the query's class; neighbour has the query's (known)
+    background id."""
     nbr_ids = torch.as_tensor(nbr_ids).long()
     ql, qb = as_labels(q_labels, "q_labels")[:, None], as_labels(q_bgs, "q_bgs")[:, None]
     dl, db = as_labels(db_labels, "db_labels")[nbr_ids], as_labels(db_bgs, "db_bgs")[nbr_ids]
@@ -367,13 +424,16 @@ def neighbour_marks(nbr_ids, q_labels, q_bgs, db_labels, db_bgs) -> tuple[torch.
 
 # %% ../nbs/15_viz.ipynb #448f0420
 def neighbour_rates(same_class, same_bg) -> dict:
-    "precision@k (share of neighbours of the query's class) and bg_rate (share sharing only its background)."
+    """precision@k (share of neighbours of the query's class) and bg_rate (share sharing only its
+    background)."""
     sc, sb = torch.as_tensor(same_class).bool(), torch.as_tensor(same_bg).bool()
     return {"precision": sc.float().mean().item(), "bg_rate": (sb & ~sc).float().mean().item()}
 
 # %% ../nbs/15_viz.ipynb #0b970021
-def neighbour_table(feats: dict, dbs: dict, queries, k: int = 8, indexes: dict | None = None) -> dict:
-    "For query ids (rows of the 'full' database): `{db: {'scores','ids','same_class','same_bg'}}` over the three databases."
+def neighbour_table(feats: dict, dbs: dict, queries, k: int = 8,
+                    indexes: dict | None = None) -> dict:
+    """For query ids (rows of the 'full' database): `{db: {'scores','ids','same_class','same_bg'}}`
+    over the three databases."""
     queries = torch.as_tensor(queries).long().reshape(-1)
     full = dbs["full"]
     q = as_feats(feats["full"], "full feats")[queries]
@@ -381,7 +441,8 @@ def neighbour_table(feats: dict, dbs: dict, queries, k: int = 8, indexes: dict |
     for name, ds in dbs.items():
         index = indexes[name] if indexes else FeatureIndex(feats[name].shape[1]).add(feats[name])
         s, ix = search_excluding(index, q, k, exclude=queries)
-        sc, sb = neighbour_marks(ix, full.labels.cpu()[queries], full.backgrounds.cpu()[queries], ds.labels.cpu(), ds.backgrounds.cpu())
+        sc, sb = neighbour_marks(ix, full.labels.cpu()[queries], full.backgrounds.cpu()[queries],
+                                 ds.labels.cpu(), ds.backgrounds.cpu())
         out[name] = {"scores": s, "ids": ix, "same_class": sc, "same_bg": sb}
     return out
 
@@ -391,8 +452,10 @@ def build_indexes(feats: dict) -> dict:
     return {n: FeatureIndex(as_feats(f, f"{n} feats").shape[1]).add(f) for n, f in feats.items()}
 
 # %% ../nbs/15_viz.ipynb #52256f85
-def retrieval_summary(models: dict, dbs: dict, k: int = 8, queries=None, indexes: dict | None = None) -> list[dict]:
-    "Rows `{model, db, precision, bg_rate, k, queries}` for `models` = `{model: {db: feats}}` over `queries` (default all)."
+def retrieval_summary(models: dict, dbs: dict, k: int = 8, queries=None,
+                      indexes: dict | None = None) -> list[dict]:
+    """Rows `{model, db, precision, bg_rate, k, queries}` for `models` = `{model: {db: feats}}` over
+    `queries` (default all)."""
     queries = torch.arange(len(dbs["full"])) if queries is None else torch.as_tensor(queries).long()
     rows = []
     for m, feats in models.items():
@@ -400,13 +463,15 @@ def retrieval_summary(models: dict, dbs: dict, k: int = 8, queries=None, indexes
         for d, t in tab.items():
             has_bg = bool((dbs[d].backgrounds >= 0).any())
             r = neighbour_rates(t["same_class"], t["same_bg"])
-            rows.append({"model": m, "db": d, "precision": r["precision"], "bg_rate": r["bg_rate"] if has_bg else None,
-                         "k": k, "queries": len(queries)})
+            rows.append({"model": m, "db": d, "precision": r["precision"],
+                         "bg_rate": r["bg_rate"] if has_bg else None, "k": k,
+                         "queries": len(queries)})
     return rows
 
 # %% ../nbs/15_viz.ipynb #94320b3f
 def summary_html(rows: list[dict]) -> str:
-    "An HTML table of `retrieval_summary` rows: one line per model, precision@k and bg-rate@k per database."
+    """An HTML table of `retrieval_summary` rows: one line per model, precision@k and bg-rate@k per
+    database."""
     if not rows: return "<p>no summary</p>"
     dbs = list(dict.fromkeys(r["db"] for r in rows)); k = rows[0]["k"]
     fmt = lambda v: "&ndash;" if v is None else f"{100 * v:.1f}%"
@@ -415,32 +480,47 @@ def summary_html(rows: list[dict]) -> str:
     for m in dict.fromkeys(r["model"] for r in rows):
         cells = {r["db"]: r for r in rows if r["model"] == m}
         body += (f'<tr><td><b>{html.escape(m)}</b></td>' +
-                 "".join(f'<td class="iclmsr-prec">{fmt(cells[d]["precision"])}</td><td class="iclmsr-bgrate">{fmt(cells[d]["bg_rate"])}</td>'
+                 "".join(f'<td class="iclmsr-prec">{fmt(cells[d]["precision"])}</td><td '
+                         f'class="iclmsr-bgrate">{fmt(cells[d]["bg_rate"])}</td>'
                          for d in dbs) + "</tr>")
-    return (f'<table class="iclmsr-summary" style="font-size:12px;border-collapse:collapse"><tr><th>model</th>{head}</tr>{body}</table>'
-            f'<div style="font-size:11px;color:#555">{rows[0]["queries"]} queries; bg-rate = share of neighbours with the '
+    return ('<table class="iclmsr-summary" '
+            f'style="font-size:12px;border-collapse:collapse"><tr><th>model</th>{head}</tr>{body}</table>'
+            f'<div style="font-size:11px;color:#555">{rows[0]["queries"]} queries; bg-rate = share '
+            'of neighbours with the '
             "query's background but not its class</div>")
 
 # %% ../nbs/15_viz.ipynb #766f43e4
 class RetrievalExplorer(Showable):
-    "Top-k neighbours of a query in the full / foreground-only / background-only indexes of each model, with marks and summaries."
-    def __init__(self, models: dict, dbs: dict, k: int = 8, query: int = 0, view: UMAPView | None = None,
-                 summary_queries=None, thumb_size: int = 56, static: bool | None = None):
-        if set(dbs) != set(DBS): raise ValueError(f"dbs must have the keys {', '.join(DBS)} (see retrieval_dbs), got {', '.join(dbs)}")
+    """Top-k neighbours of a query in the full / foreground-only / background-only indexes of each
+    model, with marks and summaries."""
+    def __init__(self, models: dict, dbs: dict, k: int = 8, query: int = 0,
+                 view: UMAPView | None = None, summary_queries=None, thumb_size: int = 56,
+                 static: bool | None = None):
+        if set(dbs) != set(DBS):
+            raise ValueError(f"dbs must have the keys {', '.join(DBS)} (see retrieval_dbs), got "
+                             f"{', '.join(dbs)}")
         for m, fs in models.items():
-            if set(fs) != set(DBS): raise ValueError(f"features of model {m!r} must have the keys {', '.join(DBS)}, got {', '.join(fs)}")
+            if set(fs) != set(DBS):
+                raise ValueError(f"features of model {m!r} must have the keys {', '.join(DBS)}, "
+                                 f"got {', '.join(fs)}")
             for d, f in fs.items():
-                if len(f) != len(dbs[d]): raise ValueError(f"model {m!r}: {len(f)} {d} features for {len(dbs[d])} {d} images")
-        self.models, self.dbs, self.k, self.thumb_size, self.static, self.view = models, dbs, k, thumb_size, static, view
+                if len(f) != len(dbs[d]):
+                    raise ValueError(f"model {m!r}: {len(f)} {d} features for {len(dbs[d])} {d} "
+                                     "images")
+        self.models, self.dbs, self.k, self.thumb_size, self.static, self.view = (
+            models, dbs, k, thumb_size, static, view)
         self.indexes = {m: build_indexes(fs) for m, fs in models.items()}
         self.summary = retrieval_summary(models, dbs, k, summary_queries, self.indexes)
         n = len(dbs["full"])
-        self.qbox = W.BoundedIntText(value=query, min=0, max=n - 1, description="query", layout=W.Layout(width="180px"))
+        self.qbox = W.BoundedIntText(value=query, min=0, max=n - 1, description="query",
+                                     layout=W.Layout(width="180px"))
         self.qbox.add_class("iclmsr-query")
         self.rows = W.HTML(); self.rows.add_class("iclmsr-rows")
         self.table = W.HTML(summary_html(self.summary)); self.table.add_class("iclmsr-summary-box")
         self.qbox.observe(lambda ch: self.select(ch["new"]), names="value")
-        parts = [W.HBox([self.qbox, W.HTML(f"<span style='font-size:12px;color:#555'>&nbsp;{n} images; top {k} neighbours</span>")]),
+        parts = [W.HBox([self.qbox,
+                         W.HTML(f"<span style='font-size:12px;color:#555'>&nbsp;{n} images; top "
+                                f"{k} neighbours</span>")]),
                  self.rows, self.table]
         if view is not None:
             view.on_pick(lambda i: self.select(int(view.points.ids[i])))
@@ -448,7 +528,8 @@ class RetrievalExplorer(Showable):
         self.widget = W.VBox(parts); self.widget.add_class("iclmsr-retrieval")
         self.select(query)
 
-    def __repr__(self): return f"RetrievalExplorer({', '.join(self.models)}; query {self.query}, k={self.k})"
+    def __repr__(self):
+        return f"RetrievalExplorer({', '.join(self.models)}; query {self.query}, k={self.k})"
 
 
 # %% ../nbs/15_viz.ipynb #4e5cb3f7
@@ -459,14 +540,16 @@ def select(self: RetrievalExplorer, i: int):
     if not 0 <= i < n: raise IndexError(f"query {i} out of range: the database has {n} images")
     self.query = i
     if self.qbox.value != i: self.qbox.value = i   # its observer calls select again, once
-    self.table_now = {m: neighbour_table(self.models[m], self.dbs, [i], self.k, self.indexes[m]) for m in self.models}
+    self.table_now = {m: neighbour_table(self.models[m], self.dbs, [i], self.k, self.indexes[m])
+                      for m in self.models}
     self.rows.value = self.rows_html()
 
 # %% ../nbs/15_viz.ipynb #61c297e0
 @patch
 def counts(self: RetrievalExplorer) -> dict:
     "For the current query: `{(model, db): (same class, same background only, k)}`."
-    return {(m, d): (int(t["same_class"].sum()), int((t["same_bg"] & ~t["same_class"]).sum()), self.k)
+    return {(m, d): (int(t["same_class"].sum()),
+                     int((t["same_bg"] & ~t["same_class"]).sum()), self.k)
             for m, tab in self.table_now.items() for d, t in tab.items()}
 
 # %% ../nbs/15_viz.ipynb #ad90f917
@@ -475,30 +558,36 @@ def rows_html(self: RetrievalExplorer, fmt: str = "png") -> str:
     "The query and its neighbour rows as HTML (`fmt`: the thumbnails' image format)."
     full, i = self.dbs["full"], self.query
     q = thumb_html(full.images[i], f"query #{i}", size=self.thumb_size + 16, fmt=fmt,
-                   title=f"{full.classes[full.labels[i]]}, background {_bg_name(full, int(full.backgrounds[i]))}")
+                   title=f"{full.classes[full.labels[i]]}, background "
+                         f"{_bg_name(full, int(full.backgrounds[i]))}")
     out = [f'<div class="iclmsr-query-row" style="font-size:12px">{q} <b>query #{i}</b>: class '
-           f'{html.escape(full.classes[full.labels[i]])}, background {html.escape(_bg_name(full, int(full.backgrounds[i])))}</div>']
+           f'{html.escape(full.classes[full.labels[i]])}, background '
+           f'{html.escape(_bg_name(full, int(full.backgrounds[i])))}</div>']
     for m, tab in self.table_now.items():
         out.append(f'<div style="margin-top:6px"><b>{html.escape(m)}</b></div>')
         for d, t in tab.items():
             ds, ids = self.dbs[d], t["ids"][0].tolist()
             sc, sb = t["same_class"][0].tolist(), t["same_bg"][0].tolist()
             nc, nb = sum(sc), sum(b and not c for b, c in zip(sb, sc))
-            bgtxt = f"background only {nb}/{self.k}" if (ds.backgrounds >= 0).any() else "no backgrounds"
+            bgtxt = (f"background only {nb}/{self.k}"
+                     if (ds.backgrounds >= 0).any() else "no backgrounds")
             cells = "".join(thumb_html(ds.images[j], f"#{j} {t['scores'][0, r]:.2f}",
-                                       [x for x, on in (("class", sc[r]), ("bg", sb[r])) if on], self.thumb_size,
-                                       f"{ds.classes[ds.labels[j]]}, background {_bg_name(ds, int(ds.backgrounds[j]))}", fmt, 90)
+                                       [x for x, on in (("class", sc[r]), ("bg", sb[r])) if on],
+                                       self.thumb_size, f"{ds.classes[ds.labels[j]]}, background "
+                                       f"{_bg_name(ds, int(ds.backgrounds[j]))}", fmt, 90)
                             for r, j in enumerate(ids))
-            out.append(f'<div class="iclmsr-nbrs" data-model="{html.escape(m)}" data-db="{d}" data-same-class="{nc}" '
-                       f'data-same-bg="{nb}" style="display:flex;align-items:center"><div class="iclmsr-count" '
-                       f'style="width:150px;font-size:12px"><b>{d}</b><br>same class {nc}/{self.k}<br>{bgtxt}</div>'
-                       f'<div>{cells}</div></div>')
+            out.append(f'<div class="iclmsr-nbrs" data-model="{html.escape(m)}" data-db="{d}" '
+                       f'data-same-class="{nc}" data-same-bg="{nb}" '
+                       'style="display:flex;align-items:center"><div class="iclmsr-count" '
+                       f'style="width:150px;font-size:12px"><b>{d}</b><br>same class '
+                       f'{nc}/{self.k}<br>{bgtxt}</div><div>{cells}</div></div>')
     return "\n".join(out)
 
 # %% ../nbs/15_viz.ipynb #c500bbc6
 @patch
 def static_html(self: RetrievalExplorer) -> str:
-    "The explorer as static HTML: the linked view's snapshot (if any), the neighbour rows and the summary."
+    """The explorer as static HTML: the linked view's snapshot (if any), the neighbour rows and the
+    summary."""
     top = self.view.static_html() if self.view is not None else ""
     return f'{top}<div class="iclmsr-retrieval">{self.rows_html(static_format())}{summary_html(self.summary)}</div>'
 
@@ -508,9 +597,11 @@ def _bg_name(ds: FgBgData, b: int) -> str:
 
 # %% ../nbs/15_viz.ipynb #60764cf4
 def heat_rgb(cam: torch.Tensor) -> torch.Tensor:
-    "A map (H, W) as a uint8 RGB heat image (3, H, W): its min-max normalised values through the jet colour map."
+    """A map (H, W) as a uint8 RGB heat image (3, H, W): its min-max normalised values through the
+    jet colour map."""
     c = normalise_cam(cam[None].float())[0].cpu()
-    return (torch.stack([(1.5 - (4 * c - k).abs()).clamp(0, 1) for k in (3, 2, 1)]) * 255).round().to(torch.uint8)
+    return (torch.stack([(1.5 - (4 * c - k).abs()).clamp(0, 1)
+                         for k in (3, 2, 1)]) * 255).round().to(torch.uint8)
 
 # %% ../nbs/15_viz.ipynb #27be08d0
 def overlay(img: torch.Tensor, cam: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
@@ -525,42 +616,56 @@ def mask_rgb(mask: torch.Tensor) -> torch.Tensor:
 
 # %% ../nbs/15_viz.ipynb #ef5be8e0
 class SaliencyView(Showable):
-    "Images, their true foreground masks and each model's Grad-CAM overlay, with saliency IoU, pointing game and energy share per image."
-    def __init__(self, models: dict, data: FgBgData, mean=None, std=None, start: int = 0, n: int = 8, target: str = "label",
-                 threshold: float = 0.5, size: int = 64, static: bool | None = None):
-        if not data.has_masks: raise ValueError(f"SaliencyView compares saliency with the true foreground masks, and dataset {data.name!r} has none")
-        if target not in ("label", "pred"): raise ValueError(f"target must be 'label' (the true class) or 'pred', got {target!r}")
-        if not isinstance(n, int) or n < 1: raise ValueError(f"n must be a positive integer, got {n!r}")
+    """Images, their true foreground masks and each model's Grad-CAM overlay, with saliency IoU,
+    pointing game and energy share per image."""
+    def __init__(self, models: dict, data: FgBgData, mean=None, std=None, start: int = 0,
+                 n: int = 8, target: str = "label", threshold: float = 0.5, size: int = 64,
+                 static: bool | None = None):
+        if not data.has_masks:
+            raise ValueError("SaliencyView compares saliency with the true foreground masks, and "
+                             f"dataset {data.name!r} has none")
+        if target not in ("label", "pred"):
+            raise ValueError(f"target must be 'label' (the true class) or 'pred', got {target!r}")
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive integer, got {n!r}")
         if not models: raise ValueError("models must name at least one (module, layer) pair")
         for k, v in models.items():
             if not (isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], nn.Module)):
-                raise ValueError(f"model {k!r} must be given as (module, layer), got {type(v).__name__}")
+                raise ValueError(f"model {k!r} must be given as (module, layer), got "
+                                 f"{type(v).__name__}")
         self.models, self.data, self.mean, self.std, self.n = models, data, mean, std, n
         self.target, self.threshold, self.size, self.static = target, threshold, size, static
-        self.box = W.BoundedIntText(value=start, min=0, max=len(data) - 1, description="first", layout=W.Layout(width="180px"))
+        self.box = W.BoundedIntText(value=start, min=0, max=len(data) - 1, description="first",
+                                    layout=W.Layout(width="180px"))
         self.rows = W.HTML(); self.rows.add_class("iclmsr-saliency-rows")
         self.box.observe(lambda ch: self.show(ch["new"]), names="value")
-        info = W.HTML(f"<span style='font-size:12px;color:#555'>&nbsp;{len(data)} images; Grad-CAM of the "
-                      f"{'true' if target == 'label' else 'predicted'} class</span>")
-        self.widget = W.VBox([W.HBox([self.box, info]), self.rows]); self.widget.add_class("iclmsr-saliency")
+        info = W.HTML(f"<span style='font-size:12px;color:#555'>&nbsp;{len(data)} images; Grad-CAM "
+                      f"of the {'true' if target == 'label' else 'predicted'} class</span>")
+        self.widget = W.VBox([W.HBox([self.box, info]), self.rows])
+        self.widget.add_class("iclmsr-saliency")
         self.show(start)
 
-    def __repr__(self): return f"SaliencyView({', '.join(self.models)}; images {self.start}-{self.start + len(self.ids) - 1})"
+    def __repr__(self):
+        return (f"SaliencyView({', '.join(self.models)}; images "
+                f"{self.start}-{self.start + len(self.ids) - 1})")
 
 # %% ../nbs/15_viz.ipynb #71d7fb0e
 @patch
 def compute(self: SaliencyView, ids) -> dict:
-    "For images `ids`: `{model: {pred, cam, iou, pointing, energy}}`, one entry per image in each tensor."
+    """For images `ids`: `{model: {pred, cam, iou, pointing, energy}}`, one entry per image in each
+    tensor."""
     ids = torch.as_tensor(list(ids), dtype=torch.long)
     out, m = {}, self.data.masks[ids]
     for name, (model, layer) in self.models.items():
         dev = model_device(model)
-        x = normaliser(self.mean, self.std, 3, dev, error=ExplainError)(as_pixels(self.data.images[ids]).to(dev))
+        x = normaliser(self.mean, self.std, 3, dev,
+                       error=ExplainError)(as_pixels(self.data.images[ids]).to(dev))
         modes = [(mod, mod.training) for mod in model.modules()]
         model.eval()
         try:
             with torch.no_grad(): pred = model(x).argmax(1)
-            cam = grad_cam(model, layer, x, self.data.labels[ids].to(dev) if self.target == "label" else pred).cpu()
+            cam = grad_cam(model, layer, x,
+                           self.data.labels[ids].to(dev) if self.target == "label" else pred).cpu()
         finally:
             for mod, mode in modes: mod.training = mode
         out[name] = {"pred": pred.cpu(), "cam": cam, "iou": mask_iou(cam, m, self.threshold),
@@ -571,7 +676,8 @@ def compute(self: SaliencyView, ids) -> dict:
 @patch
 def show(self: SaliencyView, start: int):
     "Make image `start` the first of the run of `n` images and redraw."
-    if not 0 <= start < len(self.data): raise IndexError(f"image {start} out of range: the data has {len(self.data)} images")
+    if not 0 <= start < len(self.data):
+        raise IndexError(f"image {start} out of range: the data has {len(self.data)} images")
     self.start, self.ids = start, list(range(start, min(start + self.n, len(self.data))))
     if self.box.value != start: self.box.value = start   # its observer calls show again, once
     self.result = self.compute(self.ids)
@@ -580,30 +686,41 @@ def show(self: SaliencyView, start: int):
 # %% ../nbs/15_viz.ipynb #a9376531
 @patch
 def summary(self: SaliencyView) -> dict:
-    "Per model, over the images shown: mean saliency IoU, pointing-game hits and energy share (percent), and accuracy."
+    """Per model, over the images shown: mean saliency IoU, pointing-game hits and energy share
+    (percent), and accuracy."""
     y = self.data.labels[self.ids]
-    return {k: {"iou": 100 * r["iou"].double().mean().item(), "pointing": 100 * r["pointing"].double().mean().item(),
-                "energy": 100 * r["energy"].double().mean().item(), "accuracy": 100 * (r["pred"] == y).double().mean().item()}
+    return {k: {"iou": 100 * r["iou"].double().mean().item(),
+                "pointing": 100 * r["pointing"].double().mean().item(),
+                "energy": 100 * r["energy"].double().mean().item(),
+                "accuracy": 100 * (r["pred"] == y).double().mean().item()}
             for k, r in self.result.items()}
 
 # %% ../nbs/15_viz.ipynb #682d5f18
 @patch
 def rows_html(self: SaliencyView, fmt: str = "png") -> str:
-    "The images as HTML rows: image, true mask, then one overlay per model captioned IoU / pointing / energy."
+    """The images as HTML rows: image, true mask, then one overlay per model captioned IoU /
+    pointing / energy."""
     d, s, cls = self.data, self.size, self.data.classes
     head = "".join(f"<th>{html.escape(k)}</th>" for k in ["image", "true mask", *self.models])
     rows = []
     for r, i in enumerate(self.ids):
-        cells = [thumb_html(d.images[i], f"#{i} {cls[d.labels[i]]}", size=s, fmt=fmt), thumb_html(mask_rgb(d.masks[i]), "foreground", size=s, fmt=fmt)]
+        cells = [thumb_html(d.images[i], f"#{i} {cls[d.labels[i]]}", size=s, fmt=fmt),
+                 thumb_html(mask_rgb(d.masks[i]), "foreground", size=s, fmt=fmt)]
         for k, res in self.result.items():
             hit = bool(res["pointing"][r])
-            cap = f"IoU {100 * res['iou'][r]:.0f} · {'hit' if hit else 'miss'} · E {100 * res['energy'][r]:.0f}%"
-            cells.append(thumb_html(overlay(d.images[i], res["cam"][r]), cap, size=s, fmt=fmt, title=f"{k}: predicts {cls[res['pred'][r]]}"))
-        rows.append(f'<tr class="iclmsr-saliency-row" data-image="{i}">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    summ = "".join(f'<tr class="iclmsr-saliency-summary" data-model="{html.escape(k)}"><td colspan="2"><b>{html.escape(k)}</b>, '
-                   f'{len(self.ids)} images</td><td colspan="{len(self.models)}">IoU {v["iou"]:.1f} · pointing {v["pointing"]:.0f}% · '
-                   f'energy {v["energy"]:.1f}% · accuracy {v["accuracy"]:.0f}%</td></tr>' for k, v in self.summary().items())
-    return f'<table class="iclmsr-saliency" style="font-size:12px"><tr>{head}</tr>{"".join(rows)}{summ}</table>'
+            cap = (f"IoU {100 * res['iou'][r]:.0f} · {'hit' if hit else 'miss'} · E "
+                   f"{100 * res['energy'][r]:.0f}%")
+            cells.append(thumb_html(overlay(d.images[i], res["cam"][r]), cap, size=s, fmt=fmt,
+                                    title=f"{k}: predicts {cls[res['pred'][r]]}"))
+        rows.append(f'<tr class="iclmsr-saliency-row" data-image="{i}">'
+                    + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    summ = "".join(f'<tr class="iclmsr-saliency-summary" data-model="{html.escape(k)}"><td '
+                   f'colspan="2"><b>{html.escape(k)}</b>, {len(self.ids)} images</td><td '
+                   f'colspan="{len(self.models)}">IoU {v["iou"]:.1f} · pointing '
+                   f'{v["pointing"]:.0f}% · energy {v["energy"]:.1f}% · accuracy '
+                   f'{v["accuracy"]:.0f}%</td></tr>' for k, v in self.summary().items())
+    return ('<table class="iclmsr-saliency" '
+            f'style="font-size:12px"><tr>{head}</tr>{"".join(rows)}{summ}</table>')
 
 # %% ../nbs/15_viz.ipynb #69faad2c
 @patch
