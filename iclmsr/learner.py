@@ -93,8 +93,8 @@ class Learner:
                  batch_size: int | None = None, cbs=(), optim: OptimConfig | None = None,
                  seed: int = TrainConfig.seed, device=TrainConfig.device, workers: int = 0,
                  run_dir=None, monitor_data=None, deterministic: bool = TrainConfig.deterministic,
-                 domains_per_batch: int | None = None,
-                 per_domain: int | None = None, intervene=None):
+                 domains_per_batch: int | None = None, per_domain: int | None = None,
+                 intervene=None):
         self.cfg, self.run_dir, self.monitor_data = (
             None, Path(run_dir) if run_dir else None, monitor_data)
         self.device = device if isinstance(device, torch.device) else get_device(device)
@@ -104,8 +104,7 @@ class Learner:
         self.needs, who = frozenset(method.needs), method.name or type(method).__name__
         check_needs(self.needs, data, f"method {who!r}")
         self.intervene = intervene
-        # the needs, and the intervention's
-        self.raw_needs = self.needs | self._check_intervention(method)
+        self.raw_needs = self.needs | self._check_intervention(method)   # and the intervention's
         self._set_batch_shape(batch_size, domains_per_batch, per_domain,
                               method.domain_balanced, who)
         aug = (augment if augment is not None
@@ -314,7 +313,8 @@ def fit_batch(self: Learner, batch: Batch):
     self.last_batch["lr"] = self.sched.get_last_lr()[0]
     # do(background): the share of the intervened views that got a new background
     if batch.swapped is not None:
-        self.last_batch["swapped_share"] = _scalar(batch.swapped[:1 if self.intervene.views == "one" else 2].float().mean())
+        n = 1 if self.intervene.views == "one" else 2
+        self.last_batch["swapped_share"] = _scalar(batch.swapped[:n].float().mean())
 
 # %% ../nbs/12_learner.ipynb #d2542407
 @patch
@@ -394,8 +394,8 @@ def state_dict(self: Learner, epoch_end: bool = False) -> dict:
     return {"model": self.method.state_dict(), "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(),
             "meta_optimizer": meta_opt.state_dict() if meta_opt is not None else None,
-            "rng": self._rng_states(), "epoch": pos[0], "stage": pos[1],
-            "batch": pos[2], "step": self.step,
+            "rng": self._rng_states(),
+            "epoch": pos[0], "stage": pos[1], "batch": pos[2], "step": self.step,
             "config": config_to_dict(self.cfg) if self.cfg is not None else None,
             "version": __version__, "metrics": dict(self.metrics)}
 
@@ -430,8 +430,6 @@ def resume(self: Learner, path: str | Path | None = None):
     """Continue from a checkpoint (default `run_dir/last.pt`); refuses one written by a different
     config."""
     path = Path(path) if path else self.run_dir/"last.pt"
-    self.load_state_dict(load_checkpoint(path,
-                                         config=config_to_dict(self.cfg)
-                                         if self.cfg is not None else None,
-                                         map_location=self.device))
+    cfg = config_to_dict(self.cfg) if self.cfg is not None else None
+    self.load_state_dict(load_checkpoint(path, config=cfg, map_location=self.device))
     return self

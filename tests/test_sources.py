@@ -200,3 +200,23 @@ def test_a_method_lives_in_one_notebook():
     assert not stray, "VICReg lives in its own notebook; these files name it too: " + ", ".join(stray)
     assert METHOD_OWN <= found and found & METHOD_TOUCHED == METHOD_TOUCHED   # the check finds the word where it is
     assert len(METHOD_TOUCHED) == 3
+
+def _nbdev_written(src: str) -> set[int]:
+    "Line numbers nbdev writes itself: the module docstring (the notebook's `>` description) and `__all__` (wrapped at 120)."
+    import ast
+    tree, res = ast.parse(src), set()
+    for n in tree.body:
+        doc = isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) and n is tree.body[0]
+        alls = isinstance(n, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in n.targets)
+        if doc or alls: res.update(range(n.lineno, n.end_lineno + 1))
+    return res
+
+def test_library_lines_fit_100():
+    "Lines of at most 100 characters in the library (`python tools/wrap_lines.py nbs/*.ipynb` wraps the notebooks' exported cells)."
+    long = []
+    for p in sorted((ROOT/"iclmsr").glob("*.py")):
+        if p.name == "_modidx.py": continue
+        src = p.read_text(encoding="utf-8")
+        skip = _nbdev_written(src)
+        long += [f"{p.name}:{i}: {l[:60]}..." for i, l in enumerate(src.splitlines(), 1) if len(l) > 100 and i not in skip]
+    assert not long, f"{len(long)} library lines over 100 characters:\n" + "\n".join(long[:40])
