@@ -80,8 +80,8 @@ def bench(out: str = "bench.json",  # JSON file for the results
           only: str = None,
           quick: bool = False,  # tiny sizes: a smoke run whose numbers mean little
          ):
-    """Measure augmentation, training-step, kNN and dataset-generation speed side by side; write
-    JSON."""
+    """Measure augmentation, training-step, kNN and dataset-generation speed side by side;
+    write JSON."""
     from iclmsr.utils import env_info
     names = [n.strip() for n in only.split(",")] if only else list(BENCHES)
     bad = [n for n in names if n not in BENCHES]
@@ -123,6 +123,33 @@ def _time_steps(plain, icl, regs, views, steps, warmup, lr, dev) -> tuple:
             record(k, t, p)
     return times, peak
 
+# %% ../nbs/20_bench.ipynb #2f200956
+def _step_contenders(backbone, size, n_strata, lam, lr, meta, backbone_kw, dev) -> tuple:
+    """SimCLR and SimCLR+ICL-MSR sharing one set of initial weights, and a `MetaSemanticRegularizer`
+    for each (meta_mode, meta_params) of `meta`."""
+    bkw = dict(backbone_kw=backbone_kw or {})
+    plain = build_method("simclr", backbone, size, **bkw).to(dev)
+    icl = build_method("simclr", backbone, size, icl_msr=True,
+                       n_strata=n_strata, lam=lam, **bkw).to(dev)
+    icl.base.load_state_dict(plain.state_dict())
+    regs = {f"{mo}/{pa}": MetaSemanticRegularizer(icl.proj_dim, n_strata, lam, meta_mode=mo,
+                                                  meta_params=pa, inner_lr=lr).to(dev)
+            for mo, pa in meta}
+    return plain, icl, regs
+
+# %% ../nbs/20_bench.ipynb #967614f2
+def _loss_term_costs(icl, batch: int, dev) -> tuple:
+    """`(icl_mem, nt_mem, icl_term, nt_term)`: saved-activation bytes and forward + backward seconds
+    of the ICL term and of NT-Xent alone, on random projections."""
+    z1, z2 = (torch.randn(batch, icl.proj_dim, device=dev, requires_grad=True) for _ in range(2))
+    a = icl.strata().detach().requires_grad_()
+    _, icl_mem = saved_bytes(icl_loss, z1, z2, a)
+    _, nt_mem = saved_bytes(nt_xent, z1, z2)
+    # forward + backward of one loss term alone, the noise-free part of the step difference
+    def term(fn, *args):
+        return median([timed(lambda: fn(*args).backward(), dev)[0] for _ in range(5)])
+    return icl_mem, nt_mem, term(icl_loss, z1, z2, a), term(nt_xent, z1, z2)
+
 # %% ../nbs/20_bench.ipynb #6d175766
 def bench_step(backbone: str = "resnet18", batch: int = 256, size: int = 32,
                n_strata: int = ICLConfig.n_strata, steps: int = 3, warmup: int = 1,
@@ -134,30 +161,15 @@ def bench_step(backbone: str = "resnet18", batch: int = 256, size: int = 32,
     """Step time of SimCLR+ICL-MSR vs SimCLR side by side, stage-2 meta step times, epoch ratios and
     ICL memory."""
     dev = get_device(device); seed_everything(seed)
-    bkw = dict(backbone_kw=backbone_kw or {})
-    plain = build_method("simclr", backbone, size, **bkw).to(dev)
-    icl = build_method("simclr", backbone, size, icl_msr=True,
-                       n_strata=n_strata, lam=lam, **bkw).to(dev)
-    icl.base.load_state_dict(plain.state_dict())
-    regs = {f"{mo}/{pa}": MetaSemanticRegularizer(icl.proj_dim, n_strata, lam, meta_mode=mo,
-                                                  meta_params=pa, inner_lr=lr).to(dev)
-            for mo, pa in meta}
+    plain, icl, regs = _step_contenders(backbone, size, n_strata, lam, lr, meta, backbone_kw, dev)
     views = lambda: (torch.rand(batch, 3, size, size, device=dev),
                      torch.rand(batch, 3, size, size, device=dev))
     times, peak = _time_steps(plain, icl, regs, views, steps, warmup, lr, dev)
-    # ratios within each repetition (the machine's speed drifts between repetitions), then the
-    # median
+    # ratios within each repetition (the machine's speed drifts between repetitions),
+    # then the median
     rel = lambda k: median([t / p for t, p in zip(times[k], times["plain"])])
     step_ratio, meta_rel = rel("icl"), {k: rel(k) for k in regs}
-    z1, z2 = (torch.randn(batch, icl.proj_dim, device=dev, requires_grad=True) for _ in range(2))
-    a = icl.strata().detach().requires_grad_()
-    _, icl_mem = saved_bytes(icl_loss, z1, z2, a)
-    _, nt_mem = saved_bytes(nt_xent, z1, z2)
-    def term(
-             # forward + backward of one loss term alone, the noise-free part of the step difference
-             fn, *args):
-        return median([timed(lambda: fn(*args).backward(), dev)[0] for _ in range(5)])
-    icl_term, nt_term = term(icl_loss, z1, z2, a), term(nt_xent, z1, z2)
+    icl_mem, nt_mem, icl_term, nt_term = _loss_term_costs(icl, batch, dev)
     res = {
         "device": str(dev), "backbone": backbone, "batch": batch, "size": size,
         "n_strata": n_strata, "steps": steps, "plain_step_s": median(times["plain"]),
@@ -232,6 +244,24 @@ def bench_augment(batch: int = 256, size: int = 32, n_batches: int = 20,
                 batched_img_s_by_threads={str(t): round(v, 1) for t, v in ours.items()},
                 torchvision_img_s=round(theirs, 1), speedup=round(ours[best] / theirs, 2))
 
+# %% ../nbs/20_bench.ipynb #ddbe446d
+def _knn_jobs(db, q, dim: int, k: int, nprobe: int, sklearn: bool) -> dict:
+    "`bench_knn`'s contestants: {name: a call returning the ids of each query's `k` nearest rows}."
+    search = lambda index: index.add(db).search(q, k)[1]
+    jobs = {"faiss_flat": lambda: search(FeatureIndex(dim, backend="faiss", device="cpu")),
+            "faiss_ivf": lambda: search(FeatureIndex(dim, kind="ivf", nprobe=nprobe, device="cpu")),
+            "torch_mm": lambda: search(FeatureIndex(dim, backend="torch", device="cpu")),
+            "torch_cdist": lambda: torch.cat([torch.cdist(c, db).topk(k, largest=False).indices
+                                              for c in q.split(1024)]),
+            # the product alone, no top-k: the floor of any exact method here
+            "matmul_only": lambda: (q @ db.T, None)[1]}
+    if sklearn:
+        from sklearn.neighbors import NearestNeighbors
+        nn_ = lambda m: (NearestNeighbors(n_neighbors=k, algorithm="brute", metric=m)
+                         .fit(db.numpy()).kneighbors(q.numpy(), return_distance=False))
+        jobs.update(sklearn_cosine=lambda: nn_("cosine"), sklearn_euclid=lambda: nn_("euclidean"))
+    return jobs
+
 # %% ../nbs/20_bench.ipynb #5b847ee1
 def bench_knn(n_db: int = 50_000, n_query: int = 10_000, dim: int = 512, k: int = 5,
               nprobe: int = 8, seed: int = 0, sklearn: bool = True, repeat: int = 1) -> dict:
@@ -242,19 +272,7 @@ def bench_knn(n_db: int = 50_000, n_query: int = 10_000, dim: int = 512, k: int 
     draw = lambda n: F.normalize(centres[torch.randint(0, 100, (n,), generator=g)]
                                  + torch.randn(n, dim, generator=g), dim=1)
     db, q = draw(n_db), draw(n_query)
-    jobs = {"faiss_flat": lambda: FeatureIndex(dim, backend="faiss", device="cpu").add(db).search(q, k)[1],
-            "faiss_ivf": lambda: FeatureIndex(dim, kind="ivf", nprobe=nprobe,
-                                              device="cpu").add(db).search(q, k)[1],
-            "torch_mm": lambda: FeatureIndex(dim, backend="torch", device="cpu").add(db).search(q, k)[1],
-            "torch_cdist": lambda: torch.cat([torch.cdist(c, db).topk(k, largest=False).indices
-                                              for c in q.split(1024)]),
-            # the product alone, no top-k: the floor of any exact method here
-            "matmul_only": lambda: (q @ db.T, None)[1]}
-    if sklearn:
-        from sklearn.neighbors import NearestNeighbors
-        nn_ = lambda m: NearestNeighbors(n_neighbors=k, algorithm="brute",
-                                         metric=m).fit(db.numpy()).kneighbors(q.numpy(), return_distance=False)
-        jobs.update(sklearn_cosine=lambda: nn_("cosine"), sklearn_euclid=lambda: nn_("euclidean"))
+    jobs = _knn_jobs(db, q, dim, k, nprobe, sklearn)
     secs, ids, load0 = {}, {}, os.getloadavg()[0]
     names = list(jobs)
     # best of `repeat`, the order rotated each round so no contestant always runs first
@@ -276,7 +294,8 @@ def bench_knn(n_db: int = 50_000, n_query: int = 10_000, dim: int = 512, k: int 
                       faiss_ivf_vs_sklearn=best / secs["faiss_ivf"])
     return {"n_db": n_db, "n_query": n_query, "dim": dim, "k": k, "nprobe": nprobe,
             "repeat": repeat, "seconds": secs, "ratios": ratios, "recall_vs_faiss": recall,
-            "cpu_count": os.cpu_count(), "threads": {"torch": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
+            "threads": {"torch": torch.get_num_threads(),
                         "faiss": faiss.omp_get_max_threads() if faiss is not None else None},
             "loadavg_1min": (load0, os.getloadavg()[0])}
 
@@ -303,19 +322,18 @@ EPOCH_RUNS = {"simclr": (), "simclr+icl-frozen": (), "simclr+icl-msr": (),
               "simclr+icl-msr first_order": ("icl.meta_mode=first_order",)}
 
 def bench_icl_epoch(base=EPOCH_BASE, runs: dict = EPOCH_RUNS, rounds: int = 4) -> dict:
-    """Median seconds per training epoch of each run {label: extra overrides} (label = run name [+
-    note]), interleaved; ratios to the first."""
+    """Median seconds per training epoch of each run {label: extra overrides} (label = run
+    name [+ note]), interleaved; ratios to the first."""
     from statistics import median
     from iclmsr.config import load_config
     from iclmsr.build import Learner
     from iclmsr.data import load_dataset
     spec = next(o.split("=", 1)[1] for o in base if o.startswith("data.spec="))
     data = load_dataset(spec, "train")
-    learners = {k: Learner.from_config(load_config(None,
-                                                   list(base)
-                                                   + [f"model.method={k.split()[0]}", *extra]),
-                                       train_data=data)
-                for k, extra in runs.items()}
+    learners = {}
+    for k, extra in runs.items():
+        cfg = load_config(None, list(base) + [f"model.method={k.split()[0]}", *extra])
+        learners[k] = Learner.from_config(cfg, train_data=data)
     times = {k: [] for k in runs}
     for r in range(rounds + 1):                       # round 0 warms up every run
         order = list(runs) if r % 2 == 0 else list(runs)[::-1]
@@ -354,8 +372,8 @@ def _excon_step(m, opt, batch, step):
 
 # %% ../nbs/20_bench.ipynb #aa93146d
 def _fwd_bwd(backbone, x):
-    """One forward and full backward of the backbone on `x` (parameter gradients included), for
-    scale."""
+    """One forward and full backward of the backbone on `x` (parameter gradients
+    included), for scale."""
     backbone.zero_grad(set_to_none=True)
     backbone(x).sum().backward()
     backbone.zero_grad(set_to_none=True)
@@ -400,7 +418,8 @@ def bench_excon_step(backbone: str = "resnet18", batch: int = 256, size: int = 3
 def _captum_grad_cam(model, layer, images, targets, relu=False):
     try: from captum.attr import LayerGradCam, LayerAttribution
     except ImportError:
-        raise ExplainError("captum is not installed (a development dependency): pip install captum") from None
+        raise ExplainError("captum is not installed (a development dependency): "
+                           "pip install captum") from None
     a = LayerGradCam(model, layer).attribute(images, target=targets, relu_attributions=relu)
     return LayerAttribution.interpolate(a, images.shape[-2:], "bilinear").squeeze(1)
 
@@ -437,13 +456,14 @@ def bench_umap(n: int = 50_000, dim: int = 64, num_classes: int = 10, seed: int 
     x = (g.normal(size=(num_classes, dim))[labels]
          + 0.7 * g.normal(size=(n, dim))).astype(np.float32)
     out = {"n": n, "dim": dim}
-    t = time.perf_counter(); pca_reduce(x / np.linalg.norm(x, axis=1, keepdims=True), 50,
-                                        seed); out["pca_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    pca_reduce(x / np.linalg.norm(x, axis=1, keepdims=True), 50, seed)
+    out["pca_s"] = time.perf_counter() - t
     t = time.perf_counter(); xy = umap_2d(x, cache=False); out["umap_s"] = time.perf_counter() - t
     pts = PointSet(torch.zeros(n, 3, 4, 4, dtype=torch.uint8), torch.as_tensor(labels),
                    torch.as_tensor(g.integers(0, 10, n)))
-    t = time.perf_counter(); view = UMAPView({"a": xy, "b": align_2d(xy, xy[:, ::-1].copy())}, pts,
-                                             static=False)
+    t = time.perf_counter()
+    view = UMAPView({"a": xy, "b": align_2d(xy, xy[:, ::-1].copy())}, pts, static=False)
     out["view_s"] = time.perf_counter() - t
     t = time.perf_counter(); js = view.fig.to_json(); out["json_s"] = time.perf_counter() - t
     out["json_mb"] = len(js) / 2**20
@@ -451,8 +471,8 @@ def bench_umap(n: int = 50_000, dim: int = 64, num_classes: int = 10, seed: int 
 
 # %% ../nbs/20_bench.ipynb #fcc1e2e1
 class _Blocks(Callback):
-    """Time blocks of `block` fit steps and switch the recorder on and off between them (P W W P P W
-    W P ...)."""
+    """Time blocks of `block` fit steps and switch the recorder on and off between them
+    (P W W P P W W P ...)."""
     order = 0
     def __init__(self, block: int, rec: Recorder):
         self.block, self.rec, self.blocks, self.t0 = block, rec, [], None

@@ -36,11 +36,21 @@ def _check_cam_layer(backbone: nn.Module, name: str):
     try: backbone.get_submodule(name)
     except AttributeError:
         names = {id(m): n for n, m in backbone.named_modules()}
-        own = {s: names.get(id(l), l) if isinstance(l := cam_layer(backbone, s), nn.Module)
-               else l for s in (32, 64)}
+        own = {s: names.get(id(l), l) if isinstance(l := cam_layer(backbone, s), nn.Module) else l
+               for s in (32, 64)}
         raise ValueError(f"cam_layer: {name!r} is not a module of the backbone (ExCon's for it: "
                          f"{own[32]} below 64 px, {own[64]} from 64 px); name one of "
                          "print(method.backbone)'s modules, or null") from None
+
+# %% ../nbs/06b_excon.ipynb #490be287
+def _check_excon_args(backbone: nn.Module, n_classes, exp_epochs, cam_layer):
+    "Refuse an ExCon `n_classes`, `exp_epochs` or `cam_layer` out of range, in one line each."
+    if not isinstance(n_classes, int) or n_classes < 2:
+        raise ValueError(f"n_classes must be an integer >= 2, got {n_classes!r}")
+    if exp_epochs is not None and (not isinstance(exp_epochs, int) or exp_epochs < 0):
+        raise ValueError("exp_epochs must be an integer >= 0 or None (a quarter of the run), "
+                         f"got {exp_epochs!r}")
+    if cam_layer is not None: _check_cam_layer(backbone, cam_layer)
 
 # %% ../nbs/06b_excon.ipynb #bcd07c75
 @register_method
@@ -70,12 +80,7 @@ class ExCon(SupCon):
                  clf_lr: float = 0.1,                    # learning rate of the classifier's own SGD
                  clf_momentum: float = 0.9):             # its momentum
         super().__init__(backbone, proj_hidden, proj_dim, temperature, base_temperature)
-        if not isinstance(n_classes, int) or n_classes < 2:
-            raise ValueError(f"n_classes must be an integer >= 2, got {n_classes!r}")
-        if exp_epochs is not None and (not isinstance(exp_epochs, int) or exp_epochs < 0):
-            raise ValueError("exp_epochs must be an integer >= 0 or None (a quarter of the run), "
-                             f"got {exp_epochs!r}")
-        if cam_layer is not None: _check_cam_layer(backbone, cam_layer)
+        _check_excon_args(backbone, n_classes, exp_epochs, cam_layer)
         self.n_classes, self.exp_epochs, self.threshold, self.cam_layer_name = (
             n_classes, exp_epochs, threshold, cam_layer)
         self.clf_lr, self.clf_momentum = clf_lr, clf_momentum
@@ -83,28 +88,38 @@ class ExCon(SupCon):
         self.epoch, self.n_epochs, self._pending, self.last_share, self.background_anchor = (
             0, None, None, None, False)
 
-    def _make_classifier(self, n):
-        self.n_classes = n
-        # trained on detached features, its own SGD
-        self.classifier = nn.Linear(self.backbone.feat_dim, n)
-        # the previous epoch's, drives Grad-CAM
-        self.cam_classifier = copy.deepcopy(self.classifier).requires_grad_(False)
-        self.clf_opt = torch.optim.SGD(self.classifier.parameters(), lr=self.clf_lr,
-                                       momentum=self.clf_momentum)
+# %% ../nbs/06b_excon.ipynb #79e267cc
+@patch
+def _make_classifier(self: ExCon, n):
+    self.n_classes = n
+    # trained on detached features, its own SGD
+    self.classifier = nn.Linear(self.backbone.feat_dim, n)
+    # the previous epoch's, drives Grad-CAM
+    self.cam_classifier = copy.deepcopy(self.classifier).requires_grad_(False)
+    self.clf_opt = torch.optim.SGD(self.classifier.parameters(), lr=self.clf_lr,
+                                   momentum=self.clf_momentum)
 
-    def encoder_parameters(self) -> list:
-        mine = {id(p) for p in self.classifier.parameters()}
-        return [p for p in self.parameters() if p.requires_grad and id(p) not in mine]
+# %% ../nbs/06b_excon.ipynb #3c57e0b1
+@patch
+def encoder_parameters(self: ExCon) -> list:
+    mine = {id(p) for p in self.classifier.parameters()}
+    return [p for p in self.parameters() if p.requires_grad and id(p) not in mine]
 
-    def get_extra_state(self): return {"clf_opt": self.clf_opt.state_dict(), "epoch": self.epoch}
-    def set_extra_state(self, s):
-        self.clf_opt.load_state_dict(s["clf_opt"]); self.epoch = int(s["epoch"])
+# %% ../nbs/06b_excon.ipynb #1b81b82c
+@patch
+def get_extra_state(self: ExCon): return {"clf_opt": self.clf_opt.state_dict(), "epoch": self.epoch}
 
-    def _load_from_state_dict(self, sd, prefix, *args, **kw):
-        # a method built without its data (iclmsr eval) takes the checkpoint's class count
-        w = sd.get(prefix + "classifier.weight")
-        if w is not None and w.shape[0] != self.n_classes: self._make_classifier(w.shape[0])
-        super()._load_from_state_dict(sd, prefix, *args, **kw)
+@patch
+def set_extra_state(self: ExCon, s):
+    self.clf_opt.load_state_dict(s["clf_opt"])
+    self.epoch = int(s["epoch"])
+
+@patch
+def _load_from_state_dict(self: ExCon, sd, prefix, *args, **kw):
+    # a method built without its data (iclmsr eval) takes the checkpoint's class count
+    w = sd.get(prefix + "classifier.weight")
+    if w is not None and w.shape[0] != self.n_classes: self._make_classifier(w.shape[0])
+    super(ExCon, self)._load_from_state_dict(sd, prefix, *args, **kw)
 
 # %% ../nbs/06b_excon.ipynb #c96f6852
 @patch
@@ -117,8 +132,8 @@ def epoch_start(self: ExCon, epoch: int, n_epochs: int):
 # %% ../nbs/06b_excon.ipynb #4a1191a9
 @patch(as_prop=True)
 def masking(self: ExCon) -> bool:
-    """Whether this epoch uses the masked views (from epoch `exp_epochs`, default a quarter of the
-    run)."""
+    """Whether this epoch uses the masked views (from epoch `exp_epochs`, default a quarter of
+    the run)."""
     start = self.exp_epochs if self.exp_epochs is not None else (self.n_epochs or 0) // 4
     return self.epoch >= start
 
@@ -232,7 +247,8 @@ def step_end(self: ExCon, step: int, total_steps: int):
     # under torchrun: the gradient of the global batch, so every process keeps the same classifier
     if process_group()[1] > 1:
         for p in self.classifier.parameters():
-            torch.distributed.all_reduce(p.grad); p.grad /= process_group()[1]
+            torch.distributed.all_reduce(p.grad)
+            p.grad /= process_group()[1]
     self.clf_opt.step()
     self.last_clf_loss = loss.detach()
 
@@ -251,7 +267,6 @@ class ExConB(ExCon):
                  cam_layer: str | None = None, clf_lr: float = 0.1, clf_momentum: float = 0.9,
                  # the appended masked images are anchors too (True), or negatives only
                  background_anchor: bool = False):
-        super().__init__(backbone, proj_hidden, proj_dim, temperature,
-                         base_temperature, n_classes, exp_epochs, threshold, cam_layer, clf_lr,
-                         clf_momentum)
+        super().__init__(backbone, proj_hidden, proj_dim, temperature, base_temperature, n_classes,
+                         exp_epochs, threshold, cam_layer, clf_lr, clf_momentum)
         self.background_anchor = background_anchor

@@ -18,8 +18,8 @@ __all__ = ['ExplainError', 'grad_cam', 'normalise_cam', 'saliency_mask', 'cam_la
 
 # %% ../nbs/11_explain.ipynb #0dc40a74
 class ExplainError(UserError, ValueError):
-    """Bad input to an `iclmsr.explain` function; the message is one line: what was expected, what
-    came."""
+    """Bad input to an `iclmsr.explain` function; the message is one line: what was expected,
+    what came."""
 
 # %% ../nbs/11_explain.ipynb #c658bdca
 def _got(x) -> str:
@@ -28,10 +28,10 @@ def _got(x) -> str:
 
 # %% ../nbs/11_explain.ipynb #c4e4d087
 def _check_images(images) -> torch.Tensor:
-    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3 or not len(images) \
-            or not images.is_floating_point():
-        raise ExplainError("images must be a non-empty float tensor (B, 3, H, W), got a "
-                           f"{_got(images)}")
+    if (not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3
+            or not len(images) or not images.is_floating_point()):
+        raise ExplainError("images must be a non-empty float tensor (B, 3, H, W), "
+                           f"got a {_got(images)}")
     return images
 
 # %% ../nbs/11_explain.ipynb #4fd80a22
@@ -44,8 +44,8 @@ def _check_targets(targets, n: int, name: str = "targets") -> torch.Tensor:
     if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
         raise ExplainError(f"{name} must be integer class ids, got dtype {t.dtype}")
     if t.ndim != 1 or len(t) != n:
-        raise ExplainError(f"{name} must hold one class id per image ({n}), got shape "
-                           f"{tuple(t.shape)}")
+        raise ExplainError(f"{name} must hold one class id per image ({n}), "
+                           f"got shape {tuple(t.shape)}")
     return t.long()
 
 # %% ../nbs/11_explain.ipynb #33861481
@@ -53,22 +53,23 @@ def _check_layer(model: nn.Module, layer) -> nn.Module:
     if isinstance(layer, str):
         try: return model.get_submodule(layer)
         except AttributeError:
-            raise ExplainError(f"layer {layer!r} is not a submodule of {type(model).__name__}") from None
+            raise ExplainError(f"layer {layer!r} is not a submodule of "
+                               f"{type(model).__name__}") from None
     if not isinstance(layer, nn.Module) or not any(m is layer for m in model.modules()):
         raise ExplainError(f"layer {type(layer).__name__} is not a module of "
-                           f"{type(model).__name__}; pass one of model.modules() or its dotted "
-                           "name")
+                           f"{type(model).__name__}; pass one of model.modules() "
+                           "or its dotted name")
     return layer
 
 # %% ../nbs/11_explain.ipynb #2a02e731
 def _layer_forward(model, layer, images):
-    """Run `model` on `images` once, keeping `layer`'s output (made to require grad): `(logits,
-    activations)`."""
+    """Run `model` on `images` once, keeping `layer`'s output (made to require grad):
+    `(logits, activations)`."""
     seen = []
     def hook(mod, inp, out):
         if not isinstance(out, torch.Tensor):
-            raise ExplainError(f"layer {type(mod).__name__} returns a {type(out).__name__}, not a "
-                               "tensor")
+            raise ExplainError(f"layer {type(mod).__name__} returns a "
+                               f"{type(out).__name__}, not a tensor")
         # frozen model, plain images: the output is a leaf
         if not out.requires_grad: out.requires_grad_()
         seen.append(out)
@@ -84,8 +85,8 @@ def _layer_forward(model, layer, images):
     if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or len(logits) != len(images):
         raise ExplainError(f"model must return logits (B, C), got a {_got(logits)}")
     if seen[0].ndim != 4:
-        raise ExplainError("layer output must be (B, C, h, w) for Grad-CAM, got shape "
-                           f"{tuple(seen[0].shape)}")
+        raise ExplainError("layer output must be (B, C, h, w) for Grad-CAM, "
+                           f"got shape {tuple(seen[0].shape)}")
     return logits, seen[0]
 
 # %% ../nbs/11_explain.ipynb #ad162c64
@@ -132,7 +133,8 @@ def normalise_cam(cam: torch.Tensor) -> torch.Tensor:
 def saliency_mask(cam: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
     """The salient pixels: the per-image min-max normalised `cam` (B, H, W) strictly above
     `threshold`, as bool (B, H, W)."""
-    if not isinstance(threshold, numbers.Real) or isinstance(threshold, bool) or not 0 <= threshold <= 1:
+    if (not isinstance(threshold, numbers.Real) or isinstance(threshold, bool)
+            or not 0 <= threshold <= 1):
         raise ExplainError(f"threshold must be a number in [0, 1], got {threshold!r}")
     return normalise_cam(cam) > threshold
 
@@ -149,15 +151,17 @@ def _resnet_layer(net, image_size: int) -> nn.Module:
 def cam_layer(backbone, image_size: int):
     """ExCon's Grad-CAM layer: its dotted name in a `Backbone` for a backbone name, the module
     itself for a model."""
-    if not isinstance(image_size, numbers.Integral) or isinstance(image_size, bool) or image_size < 8:
+    if (not isinstance(image_size, numbers.Integral) or isinstance(image_size, bool)
+            or image_size < 8):
         raise ExplainError(f"image_size must be an integer >= 8, got {image_size!r}")
     if isinstance(backbone, str):
         if backbone not in _CAM_LAYERS:
-            raise ExplainError(f"no Grad-CAM layer for backbone {backbone!r}; known: "
-                               f"{', '.join(_CAM_LAYERS)}")
+            raise ExplainError(f"no Grad-CAM layer for backbone {backbone!r}; "
+                               f"known: {', '.join(_CAM_LAYERS)}")
         return _CAM_LAYERS[backbone][image_size >= 64]
     if not isinstance(backbone, nn.Module):
-        raise ExplainError(f"backbone must be a name or an nn.Module, got {type(backbone).__name__}")
+        raise ExplainError("backbone must be a name or an nn.Module, "
+                           f"got {type(backbone).__name__}")
     bb = next((m for m in backbone.modules() if isinstance(m, Backbone)), None)
     if bb is not None and bb.name in _CAM_LAYERS:
         return bb.get_submodule(_CAM_LAYERS[bb.name][image_size >= 64])
@@ -165,8 +169,8 @@ def cam_layer(backbone, image_size: int):
     if net is not None: return _resnet_layer(net, image_size)
     convs = [m for m in backbone.modules() if isinstance(m, nn.Conv2d)]
     if not convs:
-        raise ExplainError(f"{type(backbone).__name__} has no Conv2d layer for Grad-CAM; pass the "
-                           "layer explicitly")
+        raise ExplainError(f"{type(backbone).__name__} has no Conv2d layer for Grad-CAM; "
+                           "pass the layer explicitly")
     return convs[-1]
 
 # %% ../nbs/11_explain.ipynb #f4000708
@@ -217,8 +221,8 @@ def _check_masks(masks, cam) -> torch.Tensor:
 
 # %% ../nbs/11_explain.ipynb #3ec9e065
 def mask_iou(cam: torch.Tensor, masks: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
-    """Per image, the IoU of `saliency_mask(cam, threshold)` with the true foreground `masks` (B, H,
-    W); 1 when both are empty."""
+    """Per image, the IoU of `saliency_mask(cam, threshold)` with the true foreground `masks`
+    (B, H, W); 1 when both are empty."""
     s = saliency_mask(cam, threshold); m = _check_masks(masks, cam)
     inter, union = (s & m).flatten(1).sum(1), (s | m).flatten(1).sum(1)
     return torch.where(union > 0, inter / union.clamp_min(1),
@@ -248,7 +252,8 @@ def energy_share(cam: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
 # %% ../nbs/11_explain.ipynb #39114a9d
 def _rgb_pixels(images) -> torch.Tensor:
     "`as_pixels` of a batch of RGB images (B, 3, H, W), with `ExplainError`s."
-    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3 or not len(images):
+    if (not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3
+            or not len(images)):
         raise ExplainError("images must be a non-empty batch (B, 3, H, W) of uint8 or [0, 1] "
                            f"pixels, got a {_got(images)}")
     return as_pixels(images, error=ExplainError)

@@ -33,8 +33,8 @@ class StratumVectors(nn.Module):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{k} must be an integer >= 1, got {v!r}")
         if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}; got "
-                             f"{activation!r}")
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}; "
+                             f"got {activation!r}")
         if not init_std >= 0: raise ValueError(f"init_std must be >= 0, got {init_std!r}")
         self.n, self.dim, self.activation = n, dim, activation
         centre = 0.0 if activation == "sigmoid" else 1.0
@@ -100,8 +100,8 @@ def _load_jvp_decompositions():
     # from inside torch (torch/_decomp/decompositions_for_jvp.py); nothing of ours is deprecated, so
     # that warning is not shown to users
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore",
-                                message=".*torch.jit.script.*deprecated", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated",
+                                category=FutureWarning)
         with fwAD.dual_level(): fwAD.make_dual(torch.zeros(1), torch.zeros(1))
 
 # %% ../nbs/05_msr.ipynb #b0161926
@@ -125,8 +125,8 @@ def _meta_problem(method, batch_a, batch_b, params, tau, negatives, lam, meta_lo
     """The pieces of the meta objective: parameters theta, `embed_a(theta)`, `objective(theta, a)`
     and the ICL term."""
     call = _Call(method)
-    theta = {k: p for k, p in call.named_parameters() if p.requires_grad
-             and (params == "all" or not k.startswith("m.backbone."))}
+    theta = {k: p for k, p in call.named_parameters()
+             if p.requires_grad and (params == "all" or not k.startswith("m.backbone."))}
     if not theta: raise ValueError(f"the method has no trainable parameters for params={params!r}")
     # stage 2 never touches the running statistics
     bufs = {k: b.clone() for k, b in call.named_buffers()}
@@ -151,8 +151,8 @@ def _hvp_exact(embed_a, icl, strata: StratumVectors, theta: dict, v: list) -> to
     try: za, ua = _jvp(embed_a, theta, v)
     except (NotImplementedError, RuntimeError) as e:  # an op without a forward-mode formula here
         if "forward" not in str(e).lower(): raise
-        warnings.warn(f"meta_gradient: forward-mode AD failed ({str(e)[:200]}); using "
-                      "mode='unrolled'")
+        warnings.warn(f"meta_gradient: forward-mode AD failed ({str(e)[:200]}); "
+                      "using mode='unrolled'")
         return None
     za = [z.detach().requires_grad_() for z in za]
     gz = torch.autograd.grad(icl(za, strata()), za, create_graph=True)
@@ -167,12 +167,31 @@ def _hvp_fd(embed_a, icl, strata: StratumVectors, theta: dict, v: list, eps) -> 
         return torch.autograd.grad(icl(z, strata()), strata.w)[0]
     return (grad_w_at(1) - grad_w_at(-1)) / (2 * eps)
 
+# %% ../nbs/05_msr.ipynb #026e3c0d
+def _virtual_step(theta: dict, inner_lr: float, precond: dict | None) -> tuple:
+    """`pre(g)`: the gradients `g` (one per tensor of `theta`) times `precond`'s diagonal (unchanged
+    without it), and `step(g)`: the parameters after the virtual step theta - inner_lr pre(g)."""
+    # diagonal, one per tensor
+    P = [None if precond is None else precond.get(p) for p in theta.values()]
+    pre = lambda g: [gk if Pk is None else Pk * gk for gk, Pk in zip(g, P)]
+    step = lambda g: {k: p - inner_lr * gk for (k, p), gk in zip(theta.items(), pre(g))}
+    return pre, step
+
+# %% ../nbs/05_msr.ipynb #d81e2e75
+def _direct_grad(m: torch.Tensor, w: torch.Tensor, meta_loss: str) -> torch.Tensor:
+    """d `m` / d `w` directly, through the outer objective's own ICL term (`meta_loss='total'`;
+    zeros otherwise), the graph kept for the rest of the meta-gradient."""
+    direct = None
+    if meta_loss == "total":
+        direct = torch.autograd.grad(m, w, retain_graph=True, allow_unused=True)[0]
+    return torch.zeros_like(w) if direct is None else direct
+
 # %% ../nbs/05_msr.ipynb #8503a3c9
 def meta_gradient(method: nn.Module, strata: StratumVectors, batch_a, batch_b, inner_lr: float,
                   mode: str = ICLConfig.meta_mode, *, tau: float = ICLConfig.tau,
                   negatives: str = ICLConfig.negatives, lam: float = ICLConfig.lam,
-                  meta_loss: str | None = ICLConfig.meta_loss, params: str = ICLConfig.meta_params,
-                  fd_eps: float = 0.01,
+                  meta_loss: str | None = ICLConfig.meta_loss,
+                  params: str = ICLConfig.meta_params, fd_eps: float = 0.01,
                   precond: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The gradient of the meta objective w.r.t. `strata.w` and its value: a virtual step on A
     (preconditioned by `precond`), the outer objective on B."""
@@ -180,14 +199,10 @@ def meta_gradient(method: nn.Module, strata: StratumVectors, batch_a, batch_b, i
     check_tau(tau)
     if negatives not in NEGATIVES:
         raise ValueError(f"negatives must be one of {', '.join(NEGATIVES)}; got {negatives!r}")
-    theta, embed_a, objective, icl = _meta_problem(method, as_batch(batch_a),
-                                                   as_batch(batch_b), params, tau, negatives, lam,
-                                                   meta_loss)
+    theta, embed_a, objective, icl = _meta_problem(method, as_batch(batch_a), as_batch(batch_b),
+                                                   params, tau, negatives, lam, meta_loss)
     w = strata.w
-    # diagonal, one per tensor
-    P = [None if precond is None else precond.get(p) for p in theta.values()]
-    pre = lambda x, Pk: x if Pk is None else Pk * x
-    step = lambda g: {k: p - inner_lr * pre(gk, Pk) for (k, p), gk, Pk in zip(theta.items(), g, P)}
+    pre, step = _virtual_step(theta, inner_lr, precond)
     if mode == "unrolled":
         a = strata()
         m = objective(step(_grads(icl(embed_a(theta), a), theta, create_graph=True)), a)
@@ -196,14 +211,11 @@ def meta_gradient(method: nn.Module, strata: StratumVectors, batch_a, batch_b, i
     theta1 = {k: p.detach().requires_grad_(mode != "first_order")
               for k, p in step(_grads(icl(embed_a(theta), strata().detach()), theta)).items()}
     m = objective(theta1, strata())
-    direct = None
-    if meta_loss == "total":
-        direct = torch.autograd.grad(m, w, retain_graph=True, allow_unused=True)[0]
-    direct = torch.zeros_like(w) if direct is None else direct
+    direct = _direct_grad(m, w, meta_loss)
     if mode == "first_order": return direct, m.detach()
 
     # d theta1 / d a = -lr P dg/da: the HVP runs along P v
-    v = [pre(vk, Pk) for vk, Pk in zip(_grads(m, theta1), P)]
+    v = pre(_grads(m, theta1))
     vnorm = torch.sqrt(sum((x * x).sum() for x in v))
     if vnorm == 0 or inner_lr == 0: return direct, m.detach()
     if mode != "exact":   # central finite differences
@@ -229,9 +241,24 @@ def meta_diagnostics(g: torch.Tensor, prev: torch.Tensor | None = None) -> dict:
         if float(p.norm()) > 0: cos = float(torch.dot(g.flatten(), p) / (g.norm() * p.norm()))
     return {"meta_grad_norm": total ** 0.5, "meta_grad_cos": cos, "strata_common_share": common}
 
-# %% ../nbs/05_msr.ipynb #37484bae
+# %% ../nbs/05_msr.ipynb #e5de86a2
 VIRTUAL_STEPS = ("sgd", "adam")
 
+def _check_msr_args(tau, negatives, lam, meta_share, meta_lr, virtual_step):
+    "Refuse a `MetaSemanticRegularizer` hyper-parameter out of range, in one line."
+    check_tau(tau)
+    if negatives not in NEGATIVES:
+        raise ValueError(f"negatives must be one of {', '.join(NEGATIVES)}; got {negatives!r}")
+    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam >= 0:
+        raise ValueError(f"lam must be a number >= 0, got {lam!r}")
+    if not 0 <= meta_share <= 1:
+        raise ValueError(f"meta_share must be in [0, 1], got {meta_share!r}")
+    if not meta_lr > 0: raise ValueError(f"meta_lr must be > 0, got {meta_lr!r}")
+    if virtual_step not in VIRTUAL_STEPS:
+        raise ValueError(f"virtual_step must be one of {', '.join(VIRTUAL_STEPS)}; "
+                         f"got {virtual_step!r}")
+
+# %% ../nbs/05_msr.ipynb #37484bae
 class MetaSemanticRegularizer(nn.Module):
     "Stratum vectors + the ICL loss + stage-2 meta steps with their own optimiser."
     def __init__(self, dim: int, n_strata: int = ICLConfig.n_strata, lam: float = ICLConfig.lam,
@@ -243,17 +270,7 @@ class MetaSemanticRegularizer(nn.Module):
                  fd_eps: float = 0.01, optimizer: str = "adam",
                  virtual_step: str = ICLConfig.virtual_step):
         super().__init__()
-        check_tau(tau)
-        if negatives not in NEGATIVES:
-            raise ValueError(f"negatives must be one of {', '.join(NEGATIVES)}; got {negatives!r}")
-        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam >= 0:
-            raise ValueError(f"lam must be a number >= 0, got {lam!r}")
-        if not 0 <= meta_share <= 1:
-            raise ValueError(f"meta_share must be in [0, 1], got {meta_share!r}")
-        if not meta_lr > 0: raise ValueError(f"meta_lr must be > 0, got {meta_lr!r}")
-        if virtual_step not in VIRTUAL_STEPS:
-            raise ValueError(f"virtual_step must be one of {', '.join(VIRTUAL_STEPS)}; got "
-                             f"{virtual_step!r}")
+        _check_msr_args(tau, negatives, lam, meta_share, meta_lr, virtual_step)
         self.meta_loss = _check_meta_args(meta_mode, meta_loss, meta_params, inner_lr)
         self.strata = StratumVectors(n_strata, dim, init_std, activation)
         self.lam, self.tau, self.negatives = lam, tau, negatives
@@ -271,10 +288,10 @@ class MetaSemanticRegularizer(nn.Module):
 
     def meta_gradient(self, method, batch_a, batch_b, inner_lr=None, precond=None):
         lr = self.inner_lr if inner_lr is None else inner_lr
-        return meta_gradient(method, self.strata, batch_a, batch_b, lr,
-                             self.meta_mode, tau=self.tau, negatives=self.negatives, lam=self.lam,
-                             meta_loss=self.meta_loss, params=self.meta_params, fd_eps=self.fd_eps,
-                             precond=precond)
+        return meta_gradient(method, self.strata, batch_a, batch_b, lr, self.meta_mode,
+                             tau=self.tau, negatives=self.negatives, lam=self.lam,
+                             meta_loss=self.meta_loss, params=self.meta_params,
+                             fd_eps=self.fd_eps, precond=precond)
 
 # %% ../nbs/05_msr.ipynb #98211ac8
 @patch
@@ -296,8 +313,8 @@ def meta_step(self: MetaSemanticRegularizer, method, batch_a, batch_b, inner_lr=
     with local_losses(): g, m = self.meta_gradient(method, batch_a, batch_b, inner_lr, precond)
     g, m = mean_over_processes(g), mean_over_processes(m)  # every process applies the same update
     if not (torch.isfinite(m) and torch.isfinite(g).all()):
-        raise FloatingPointError(f"non-finite meta objective ({m.item()}) or meta-gradient in "
-                                 "stage 2")
+        raise FloatingPointError(f"non-finite meta objective ({m.item()}) "
+                                 "or meta-gradient in stage 2")
     diag = meta_diagnostics(g, self.last_grad)   # (all zeros before the first step: cosine None)
     self.last_grad.copy_(g.detach())
     self.meta_optimizer.zero_grad(set_to_none=True)

@@ -26,8 +26,8 @@ __all__ = ['PARTS', 'StageTimer', 'user_callbacks', 'PILImages', 'lightly_transf
 
 # %% ../nbs/20b_speed.ipynb #29fb80ca
 class StageTimer(Callback):
-    """Wall seconds of each stage (`fit`, `meta`) and of each whole epoch, synchronising CUDA at the
-    edges."""
+    """Wall seconds of each stage (`fit`, `meta`) and of each whole epoch, synchronising CUDA at
+    the edges."""
     order = -30
     def __init__(self): self.stages, self.epochs = [], []
     def _now(self):
@@ -35,19 +35,20 @@ class StageTimer(Callback):
         return time.perf_counter()
     def before_epoch(self): self._e = self._now()
     def before_stage(self): self._s = self._now()
-    def after_stage(self): self.stages.append((self.learn.epoch,
-                                               self.learn.stage, self._now() - self._s))
+    def after_stage(self):
+        self.stages.append((self.learn.epoch, self.learn.stage, self._now() - self._s))
     def after_epoch(self): self.epochs.append(self._now() - self._e)
     def last(self, stage: str = "fit") -> float:
         "Seconds of `stage` in the last epoch timed (0 when the epoch had none)."
-        return next((s for e, st, s in reversed(self.stages) if st == stage
-                     and e == self.learn.epoch - 1), 0.0)
+        return next((s for e, st, s in reversed(self.stages)
+                     if st == stage and e == self.learn.epoch - 1), 0.0)
 
 # %% ../nbs/20b_speed.ipynb #693579c3
 def user_callbacks() -> list:
     """A user's callbacks without their files: `default_callbacks` with the progress line written to
     a buffer (no run directory: metrics kept in memory, no checkpoint files)."""
-    return [ProgressCallback(file=io.StringIO()), MetricsLogger(), KNNMonitor(), Checkpointer(handle_signals=False)]
+    return [ProgressCallback(file=io.StringIO()), MetricsLogger(), KNNMonitor(),
+            Checkpointer(handle_signals=False)]
 
 # %% ../nbs/20b_speed.ipynb #e0364352
 def _require_lightly():
@@ -64,8 +65,8 @@ def _require_lightly():
 class PILImages(torch.utils.data.Dataset):
     """uint8 images (N, H, W, 3) as PIL images through `transform`, with their labels (what
     torchvision's CIFAR10 gives)."""
-    def __init__(self, images: np.ndarray, labels,
-                 transform): self.images, self.labels, self.transform = images, labels, transform
+    def __init__(self, images: np.ndarray, labels, transform):
+        self.images, self.labels, self.transform = images, labels, transform
     def __len__(self): return len(self.images)
     def __getitem__(self, i):
         from PIL import Image
@@ -80,8 +81,8 @@ def lightly_transform(preset: str = "wmse", size: int = 32):
     b, ct, s, h = c["jitter"]
     return SimCLRTransform(input_size=size, cj_prob=c["p_jitter"], cj_strength=1.0, cj_bright=b,
                            cj_contrast=ct, cj_sat=s, cj_hue=h, min_scale=c["scale"][0],
-                           random_gray_scale=c["p_gray"],
-                           gaussian_blur=c["p_blur"], sigmas=c["sigma"], hf_prob=c["p_flip"],
+                           random_gray_scale=c["p_gray"], gaussian_blur=c["p_blur"],
+                           sigmas=c["sigma"], hf_prob=c["p_flip"],
                            normalize={"mean": list(c["mean"]), "std": list(c["std"])})
 
 # %% ../nbs/20b_speed.ipynb #49f3a2f3
@@ -137,9 +138,8 @@ def _lightly_side(L, data, steps, workers, amp):
     n = steps * L.batch_size
     ds = PILImages(data.images[:n].permute(0, 2, 3, 1).cpu().numpy(), data.labels[:n].cpu().numpy(),
                    lightly_transform(cfg.data.augment or "wmse", data.image_size))
-    dl = torch.utils.data.DataLoader(ds, batch_size=L.batch_size, shuffle=True,
-                                     drop_last=True, num_workers=workers,
-                                     persistent_workers=workers > 0)
+    dl = torch.utils.data.DataLoader(ds, batch_size=L.batch_size, shuffle=True, drop_last=True,
+                                     num_workers=workers, persistent_workers=workers > 0)
     autocast = _amp(dev, amp)
     fmt = (torch.channels_last if dev.type == "cuda" and cfg.train.channels_last
            else torch.contiguous_format)
@@ -160,14 +160,14 @@ def _lightly_side(L, data, steps, workers, amp):
 
 # %% ../nbs/20b_speed.ipynb #45a0303c
 def _floor_side(L, data, steps, amp):
-    """The same model and loss stepped on fixed views (augmented once, before timing): no pipeline
-    at all."""
+    """The same model and loss stepped on fixed views (augmented once, before timing):
+    no pipeline at all."""
     dev, o = L.device, L.cfg.optim
     m = copy.deepcopy(L.method)
     opt = make_optimizer(m.parameters(), o.name, o.lr, o.weight_decay, o.momentum)
     g = torch.Generator(device=data.images.device).manual_seed(1)
-    fmt = (L.memory_format if dev.type != "cuda"
-           or not L.cfg.train.channels_last else torch.channels_last)
+    fmt = (L.memory_format if dev.type != "cuda" or not L.cfg.train.channels_last
+           else torch.channels_last)
     with torch.no_grad():
         views = [tuple(v.contiguous(memory_format=fmt)
                        for v in L.aug(data.images[i * L.batch_size:(i + 1) * L.batch_size].to(dev),
@@ -213,8 +213,8 @@ def _bench_rounds(runs: dict, learners: dict, rounds: int, dev) -> tuple:
 
 # %% ../nbs/20b_speed.ipynb #03fd9d75
 def _speed_ratios(times: dict, n: int) -> dict:
-    """Images/s of each side (`n` per epoch) and the ratios of their epoch times, as median, min and
-    max."""
+    """Images/s of each side (`n` per epoch) and the ratios of their epoch times, as median,
+    min and max."""
     return {"images_per_s": {k: _spread([n / s for s in v])
                              for k, v in times.items() if k != "icl"},
             "speedup_vs_lightly": _spread([b / a
@@ -227,8 +227,8 @@ def _speed_ratios(times: dict, n: int) -> dict:
 def bench_lightly(backbone: str = "small_cnn", batch: int = 256, steps: int = 4, rounds: int = 3,
                   device: str = "cpu", workers: int = 2, icl: bool = True, seed: int = 0) -> dict:
     """SimCLR training images/s through our `Learner` against lightly's idiomatic loop and the
-    floor, interleaved epochs of `steps` batches; with `icl`, SimCLR+ICL-MSR against SimCLR (step
-    and whole epoch)."""
+    floor, interleaved epochs of `steps` batches; with `icl`, SimCLR+ICL-MSR against SimCLR
+    (step and whole epoch)."""
     _require_lightly()
     data = _toy(steps * batch, seed)
     base = [f"model.backbone={backbone}", f"train.batch_size={batch}", "train.knn_every=0",
@@ -255,9 +255,9 @@ def bench_lightly(backbone: str = "small_cnn", batch: int = 256, steps: int = 4,
         res["icl_epoch_ratio"] = _spread([a / b for a, b in zip(times["icl"], times["iclmsr"])])
         res["icl_meta_steps_per_epoch"] = Li.meta_batches_per_epoch
     if dev.type == "cuda": res["cuda_peak_bytes"] = peak
-    # what autograd keeps for the backward of one step's forward (the activation memory; weights
     else:
-        # and optimiser state aside)
+        # what autograd keeps for the backward of one step's forward (the activation memory;
+        # weights and optimiser state aside)
         res["saved_activation_bytes"] = {"iclmsr": floor_saved(), "lightly": lightly_saved()}
     return res
 
@@ -278,8 +278,9 @@ def _labelled(L):
     m, saved = L.method, []
     def put(obj, attr, name):
         saved.append((obj, attr,
-                      obj.__dict__.get(attr, None) if not isinstance(obj, type)
-                      else getattr(obj, attr), attr in getattr(obj, "__dict__", {})))
+                      (obj.__dict__.get(attr, None) if not isinstance(obj, type)
+                       else getattr(obj, attr)),
+                      attr in getattr(obj, "__dict__", {})))
         setattr(obj, attr, wrap(name, getattr(obj, attr)))
     put(lm, "gather", "gather")
     put(lm, "_scalar", "logging")
@@ -303,11 +304,10 @@ def profile_learner(backbone: str = "small_cnn", method: str = "simclr+icl-froze
     """Where an epoch of `steps` Learner steps spends its time, from `torch.profiler`: seconds and
     share of each part of the step (`PARTS`)."""
     data = _toy(steps * batch, seed)
-    cfg = load_config(None,
-                      [f"model.backbone={backbone}", f"model.method={method}",
-                       f"train.batch_size={batch}", "train.knn_every=0",
-                             "train.ckpt_every=0", f"train.device={device}", f"train.seed={seed}",
-                       "optim.warmup_steps=10"])
+    cfg = load_config(None, [f"model.backbone={backbone}", f"model.method={method}",
+                             f"train.batch_size={batch}", "train.knn_every=0",
+                             "train.ckpt_every=0", f"train.device={device}",
+                             f"train.seed={seed}", "optim.warmup_steps=10"])
     L = Learner.from_config(cfg, cbs=user_callbacks(), train_data=data)
     L.fit(1)                                                  # warm-up epoch, not profiled
     acts = ([torch.profiler.ProfilerActivity.CPU]
