@@ -28,11 +28,12 @@ COMMANDS: dict = {
                  "size, classes, image size, variants and background ids of a dataset spec"),
         "export": ("iclmsr.commands", "data_export",
                    "write a dataset spec as ImageNet-9-style folders of PNGs"),
-    }, "train": ("iclmsr.commands", "train",
+    },
+    "train": ("iclmsr.commands", "train",
               "train a method, with or without ICL-MSR, into a run directory (resumable)"),
     "eval": ("iclmsr.commands", "eval_cmd",
-             "evaluate a checkpoint on a dataset spec: kNN, linear probe, background metrics, "
-             "report.html"),
+             "evaluate a checkpoint on a dataset spec: kNN, linear probe, "
+             "background metrics, report.html"),
     "demo": ("iclmsr.demo", "demo",
              "the main job: SimCLR vs SimCLR+ICL-MSR on the embedded dataset, four-setting table"),
     "compare": ("iclmsr.compare", "compare",
@@ -54,7 +55,9 @@ def _usage(table: dict, prog: str) -> str:
     w = max(len(k) for k, _ in rows)
     lines = [f"usage: {prog} COMMAND [options]", "", "commands:"]
     for k, v in rows:
-        lines.append(f"  {k:<{w}}  {'(group) ' + ', '.join(s for s in v if _available(v[s])) if isinstance(v, dict) else v}")
+        desc = ("(group) " + ", ".join(s for s in v if _available(v[s]))
+                if isinstance(v, dict) else v)
+        lines.append(f"  {k:<{w}}  {desc}")
     lines += ["", f"Run '{prog} COMMAND --help' for a command's options."]
     return "\n".join(lines)
 
@@ -94,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         if name not in table or not _available(table[name]):
             known = ", ".join(k for k, v in table.items() if _available(v))
             print(f"{prog}: error: unknown command {name!r}; commands are: {known}",
-                  file=sys.stderr); return 2
+                  file=sys.stderr)
+            return 2
         entry, prog = table[name], f"{prog} {name}"
         if isinstance(entry, dict): table = entry; continue
         try: return _run(entry, argv, prog)

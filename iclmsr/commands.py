@@ -69,15 +69,13 @@ def print_config_text(config: str | None = None, overrides=()) -> int:
     given, helps = cfg.model.options, option_help(cls)
     shown = dataclasses.replace(cfg,
                                 model=dataclasses.replace(cfg.model, options=method_options(cfg)))
-    notes = {f"model.options.{k}": "; ".join(x
-                                             for x in (helps.get(k),
-                                                       f"default {d!r}" if k in given
-                                                       and given[k] != d else None) if x)
+    default = lambda k, d: f"default {d!r}" if k in given and given[k] != d else None
+    notes = {f"model.options.{k}": "; ".join(x for x in (helps.get(k), default(k, d)) if x)
              for k, d in options(cls).items()}
     print(dump_config(shown, notes=notes), end="")
     unused = unused_keys(cfg)
-    if unused: print("# not used by this run: "
-                     + "; ".join(f"{k} ({why})" for k, why in unused.items()))
+    if unused:
+        print("# not used by this run: " + "; ".join(f"{k} ({why})" for k, why in unused.items()))
     return 0
 
 # %% ../nbs/31_commands.ipynb #d7b3a7a8
@@ -105,17 +103,16 @@ def _memory_advice(learn, cfg) -> UserError:
 
 # %% ../nbs/31_commands.ipynb #0bd1a5bd
 def train(
-          # YAML or JSON config file (default: the built-in defaults, or DIR/config.yaml with
-          # --resume)
-          config: str = None,
-          out: str = None,  # run directory for checkpoints, logs and results.json
-          set: Param("override a config value, e.g. --set train.epochs=10 (repeatable)",
-                     str, action="append") = None,
-          resume: bool = False,  # continue the run in --out from its last.pt
-          # print the full default config (with --config/--set applied) as YAML and exit
-          print_config: bool = False,
-          quiet: bool = False,  # no progress line
-         ):
+    # YAML or JSON config file (default: the built-in defaults, or DIR/config.yaml with --resume)
+    config: str = None,
+    out: str = None,  # run directory for checkpoints, logs and results.json
+    set: Param("override a config value, e.g. --set train.epochs=10 (repeatable)",
+               str, action="append") = None,
+    resume: bool = False,  # continue the run in --out from its last.pt
+    # print the full default config (with --config/--set applied) as YAML and exit
+    print_config: bool = False,
+    quiet: bool = False,  # no progress line
+):
     """Train a method (with or without ICL-MSR) on a dataset spec; resumable, multi-process under
     torchrun."""
     overrides = set or []
@@ -141,51 +138,12 @@ def train(
     _report(learn, learn.cfg, run_dir, time.time() - t0, rank)
     return 0
 
-# %% ../nbs/31_commands.ipynb #252c8990
-def eval_cmd(ckpt: str = None,  # checkpoint written by iclmsr train (DIR/last.pt or DIR/best.pt)
-             # dataset spec, e.g. toy, toy:size=64, in9:PATH (default: the one the run trained on)
-             data: str = None,
-             out: str = None,  # output directory for results.json, report.html and probe.pt
-             k: int = 5,  # neighbours of the kNN classifier
-             train_split: str = "train",  # split for the kNN database and the linear probe
-             # variant of the train split they are fitted on (a spec's variant= names a test set)
-             train_variant: str = "original",
-             # split to measure on (default: test, or val where the dataset calls it so)
-             test_split: str = None,
-             # comma-separated test variants (default: all that the data supports)
-             variants: str = None,
-             # reuse a probe.pt of an earlier eval instead of fitting a new linear probe
-             probe: str = None,
-             probe_epochs: int = 100,  # epochs of the linear probe (and of the background probe)
-             fgsm_n: int = 512,  # test images attacked by FGSM at eps 1, 2, 4 and 8/255 (0 = skip)
-             # original and mixed_rand test images explained by Grad-CAM (ExCon's AD/AI, mask IoU; 0
-             # = skip)
-             expl_n: int = 256,
-             adv_fg: int = 64,  # foregrounds of the adversarial-background measure (0 = skip)
-             # backgrounds tried on each of them (at most adv_fg x adv_bg composites)
-             adv_bg: int = 64,
-             # DCoDR's measures on: auto (the code of a DCoDR method, else backbone), code,
-             # backbone, off
-             dcodr: str = "auto",
-             # most epochs of DCoDR's MLP probes (early stopping on a held-out 10% of train)
-             dcodr_epochs: int = 100,
-             device: str = "auto",  # auto, cpu, cuda, cuda:N or mps
-             batch: int = 512,  # images per forward pass
-             no_cache: bool = False,  # recompute embeddings instead of using the cache
-             quiet: bool = False,  # print only the output paths
-            ):
-    """Evaluate a checkpoint: kNN and linear accuracy per test variant, BG-gap, worst group,
-    background probe, DCoDR's measures, ECE, FGSM, explanations, adversarial backgrounds."""
-    if not ckpt: raise ValueError("--ckpt FILE is required (a checkpoint written by iclmsr train)")
-    d = out_dir(out)
-    res = eval_checkpoint(ckpt, data, k, train_split, test_split, variants, probe,
-                          probe_epochs, fgsm_n, device, batch, cache=not no_cache,
-                          probe_out=d/"probe.pt", train_variant=train_variant,
-                          adv_fg=adv_fg, adv_bg=adv_bg, dcodr=dcodr, dcodr_epochs=dcodr_epochs,
-                          expl_n=expl_n)
+# %% ../nbs/31_commands.ipynb #32eec402
+def _write_eval(ckpt, res: dict, d: Path, quiet: bool = False):
+    "Write results.json and report.html into `d`; print the summary (unless `quiet`) and the paths."
     (d/"results.json").write_text(json.dumps(res, indent=2))
-    (d/"report.html").write_text(eval_report(res,
-                                             f"iclmsr eval: {Path(ckpt).name} on {res['data']}"))
+    title = f"iclmsr eval: {Path(ckpt).name} on {res['data']}"
+    (d/"report.html").write_text(eval_report(res, title))
     if not quiet:
         m = res["model"]
         print(f"{ckpt} ({m['method']}{'+icl-msr' if m['icl_msr'] else ''}, {m['backbone']}, epoch "
@@ -194,6 +152,45 @@ def eval_cmd(ckpt: str = None,  # checkpoint written by iclmsr train (DIR/last.p
               f"{res['num_classes']} classes")
         print_eval(res)
     print(f"wrote {d/'results.json'} and {d/'report.html'} in {res['seconds']:.1f} s")
+
+# %% ../nbs/31_commands.ipynb #252c8990
+def eval_cmd(
+    ckpt: str = None,  # checkpoint written by iclmsr train (DIR/last.pt or DIR/best.pt)
+    # dataset spec, e.g. toy, toy:size=64, in9:PATH (default: the one the run trained on)
+    data: str = None,
+    out: str = None,  # output directory for results.json, report.html and probe.pt
+    k: int = 5,  # neighbours of the kNN classifier
+    train_split: str = "train",  # split for the kNN database and the linear probe
+    # variant of the train split they are fitted on (a spec's variant= names a test set)
+    train_variant: str = "original",
+    # split to measure on (default: test, or val where the dataset calls it so)
+    test_split: str = None,
+    variants: str = None,  # comma-separated test variants (default: all that the data supports)
+    probe: str = None,  # reuse a probe.pt of an earlier eval instead of fitting a new linear probe
+    probe_epochs: int = 100,  # epochs of the linear probe (and of the background probe)
+    fgsm_n: int = 512,  # test images attacked by FGSM at eps 1, 2, 4 and 8/255 (0 = skip)
+    # original and mixed_rand test images explained by Grad-CAM (ExCon's AD/AI, mask IoU; 0 = skip)
+    expl_n: int = 256,
+    adv_fg: int = 64,  # foregrounds of the adversarial-background measure (0 = skip)
+    adv_bg: int = 64,  # backgrounds tried on each of them (at most adv_fg x adv_bg composites)
+    # DCoDR's measures on: auto (the code of a DCoDR method, else backbone), code, backbone, off
+    dcodr: str = "auto",
+    # most epochs of DCoDR's MLP probes (early stopping on a held-out 10% of train)
+    dcodr_epochs: int = 100,
+    device: str = "auto",  # auto, cpu, cuda, cuda:N or mps
+    batch: int = 512,  # images per forward pass
+    no_cache: bool = False,  # recompute embeddings instead of using the cache
+    quiet: bool = False,  # print only the output paths
+):
+    """Evaluate a checkpoint: kNN and linear accuracy per test variant, BG-gap, worst group,
+    background probe, DCoDR's measures, ECE, FGSM, explanations, adversarial backgrounds."""
+    if not ckpt: raise ValueError("--ckpt FILE is required (a checkpoint written by iclmsr train)")
+    d = out_dir(out)
+    res = eval_checkpoint(ckpt, data, k, train_split, test_split, variants, probe, probe_epochs,
+                          fgsm_n, device, batch, cache=not no_cache, probe_out=d/"probe.pt",
+                          train_variant=train_variant, adv_fg=adv_fg, adv_bg=adv_bg, dcodr=dcodr,
+                          dcodr_epochs=dcodr_epochs, expl_n=expl_n)
+    _write_eval(ckpt, res, d, quiet)
     return 0
 
 # %% ../nbs/31_commands.ipynb #c09972af
@@ -224,8 +221,8 @@ def data_export(spec: Param("dataset spec, e.g. toy or toy:size=64", str),
     path = export_in9(spec, out, variants=sp(variants), splits=sp(splits),
                       seed=seed, overwrite=overwrite)
     side = json.loads((path/"iclmsr.json").read_text())
-    n = sum(v["n"]
-            for v in side["splits"].values()); nv = len(next(iter(side["splits"].values()))["backgrounds"])
+    n = sum(v["n"] for v in side["splits"].values())
+    nv = len(next(iter(side["splits"].values()))["backgrounds"])
     print(f"wrote {n} images x {nv} variant(s) ({', '.join(side['splits'])}) to {path} in "
           f"{time.perf_counter() - t0:.1f} s")
     return 0

@@ -64,8 +64,8 @@ def default_methods(log=print) -> list:
     as soon as it parses."""
     left = [m for m in DEFAULT_METHODS if not known_method(m)]
     if left and tuple(left) not in _NOTED:
-        _NOTED.add(tuple(left)); log(f"note: {', '.join(left)} is not a known method yet; left out "
-                                     "of the default list")
+        _NOTED.add(tuple(left))
+        log(f"note: {', '.join(left)} is not a known method yet; left out of the default list")
     return [m for m in DEFAULT_METHODS if m not in left]
 
 # %% ../nbs/17_compare.ipynb #0369bbc9
@@ -75,8 +75,8 @@ def parse_methods(methods: str | None = None, log=print) -> list:
     if not methods: return default_methods(log)
     names = [m.strip() for m in str(methods).split(",") if m.strip()]
     if not names:
-        raise ValueError("--methods names no method; give a comma-separated list, e.g. "
-                         "simclr,supcon")
+        raise ValueError("--methods names no method; give a comma-separated list, "
+                         "e.g. simclr,supcon")
     for m in names:
         if not known_method(m):
             raise ValueError(f"unknown method {m!r}; registered: {', '.join(registered_methods())}")
@@ -145,7 +145,8 @@ def draw_hparams(method: str, n: int) -> list:
     and key), so adding one changes no other's draws."""
     vals = {}
     for k, (kind, lo, hi) in method_hparams(method).items():
-        g = np.random.default_rng(int.from_bytes(hashlib.sha256(f"{method}|{k}".encode()).digest()[:8], "little"))
+        g = np.random.default_rng(
+            int.from_bytes(hashlib.sha256(f"{method}|{k}".encode()).digest()[:8], "little"))
         u = g.uniform(math.log(lo), math.log(hi), n) if kind == "log" else g.uniform(lo, hi, n)
         vals[k] = [float(f"{(math.exp(x) if kind == 'log' else x):.3g}") for x in u]
     return [{k: v[i] for k, v in vals.items()} for i in range(n)]
@@ -166,8 +167,7 @@ def run_config(st: dict, method: str, seed: int, hp: int | None = None) -> Confi
              else [f"{k}={v}" for k, v in draw_hparams(method, st["hparams"])[hp].items()])
     # the protocol's, before anything the user sets
     proto = PROTOCOL.get(split_run_name(method)[0], [])
-    return load_config(None,
-                       base + proto + own + drawn
+    return load_config(None, base + proto + own + drawn
                        + [f"model.method={method}", f"train.seed={seed}"])
 
 # %% ../nbs/17_compare.ipynb #01b956c6
@@ -265,11 +265,11 @@ def train_run(cfg: Config, fit, budget: int, run_dir=None, cbs=()) -> Learner:
     learn = Learner.from_config(replace(cfg, train=replace(cfg.train, epochs=1)), run_dir,
                                 train_data=fit,
                                 cbs=([MetricsLogger(), Checkpointer()] if run_dir else [])
-                                + [StepBudget(budget), *cbs])
+                                    + [StepBudget(budget), *cbs])
     # the methods' batches per epoch differ (DCoDR's domain sampler): steps do not
     epochs = math.ceil(budget / learn.batches_per_epoch)
-    learn.cfg, learn.n_epochs = (replace(learn.cfg, train=replace(learn.cfg.train, epochs=epochs)),
-                                 epochs)
+    learn.cfg = replace(learn.cfg, train=replace(learn.cfg.train, epochs=epochs))
+    learn.n_epochs = epochs
     if run_dir is not None and (Path(run_dir)/"last.pt").exists():
         learn.resume(Path(run_dir)/"last.pt")
     learn.start_step = learn.step
@@ -296,8 +296,8 @@ def _pick(res: dict, *path):
 def bg_neighbour_rate(model, fit, query, mean=None, std=None, k: int = 5) -> float | None:
     """Percent of the `k` nearest `fit` images (cosine) of each `query` image that share its
     background but not its class."""
-    if not (bool((fit.backgrounds >= 0).all())
-            and bool((query.backgrounds >= 0).all())): return None
+    if not (bool((fit.backgrounds >= 0).all()) and bool((query.backgrounds >= 0).all())):
+        return None
     db, q = embed(model, fit.images, mean, std), embed(model, query.images, mean, std)
     _, ids = FeatureIndex(db.shape[1], backend="torch").add(db).search(q, min(k, len(db)))
     sc, sb = neighbour_marks(ids, query.labels, query.backgrounds, fit.labels, fit.backgrounds)
@@ -329,6 +329,24 @@ def measure_split(model, fit, data, mean, std, seed: int, ev: dict) -> dict:
     return {"measures": out, "unavailable": res.get("unavailable", {}),
             "eval_seconds": time.time() - t0, "probe": res["probe"]}
 
+# %% ../nbs/17_compare.ipynb #a97d2818
+def _run_info(st: dict, method: str, seed: int, hp: int | None, tv: str | None,
+              cfg: Config) -> dict:
+    "A run's run.json: method, data, seed, budget, drawn setting, training images and config."
+    return {"method": method, "data": st["data"], "seed": seed, "budget": st["budget"], "hp": hp,
+            "train_variant": tv,
+            "setting": None if hp is None else draw_hparams(method, st["hparams"])[hp],
+            "config": config_to_dict(cfg)}
+
+# %% ../nbs/17_compare.ipynb #babd2266
+def _train_record(learn, secs: float) -> dict:
+    "The JSON line of a run's training: steps, epochs, batch and the time and speed of `secs`."
+    n = learn.step - learn.start_step   # this invocation's part of the training
+    return {"kind": "train", "step": learn.step, "epochs": learn.n_epochs,
+            "batch_size": learn.batch_size, "seconds": secs,
+            "images_per_s": n * learn.batch_size / secs if n and secs > 0 else None,
+            "resumed_from": learn.start_step}
+
 # %% ../nbs/17_compare.ipynb #f26af059
 def run_one(st: dict, method: str, seed: int, run_dir, splits: dict | None = None, cbs=(),
             hp: int | None = None) -> bool:
@@ -340,11 +358,7 @@ def run_one(st: dict, method: str, seed: int, run_dir, splits: dict | None = Non
     if (d/"done").exists(): return True
     cfg = run_config(st, method, seed, hp)
     if not (d/"run.json").exists():
-        (d/"run.json").write_text(json.dumps({"method": method, "data": st["data"], "seed": seed,
-                                              "budget": st["budget"], "hp": hp, "train_variant": tv,
-                                              "setting": None if hp is None
-                                              else draw_hparams(method, st["hparams"])[hp],
-                                              "config": config_to_dict(cfg)}, indent=1))
+        (d/"run.json").write_text(json.dumps(_run_info(st, method, seed, hp, tv, cfg), indent=1))
     sp = splits or load_splits(st, seed)
     recs = read_records(d)
     t0 = time.time()
@@ -356,14 +370,7 @@ def run_one(st: dict, method: str, seed: int, run_dir, splits: dict | None = Non
     mean, std = norm_stats(learn.cfg, fit.image_size)
     have = {r.get("split") for r in recs if r.get("kind") == "eval"}
     if not any(r.get("kind") == "train" for r in recs):
-        # this invocation's part of the training
-        secs, n = time.time() - t0, learn.step - learn.start_step
-        append_record(d,
-                      {"kind": "train", "step": learn.step, "epochs": learn.n_epochs,
-                       "batch_size": learn.batch_size,
-                          "seconds": secs,
-                       "images_per_s": n * learn.batch_size / secs if n and secs > 0 else None,
-                          "resumed_from": learn.start_step})
+        append_record(d, _train_record(learn, time.time() - t0))
     ev = (st["eval"] if tv is None
           else {**st["eval"], "variants": (tv,), "fgsm_n": 0, "expl_n": 0, "dcodr": "off"})
     for split in ("val", "test") if tv is None else ("test",):
@@ -371,9 +378,8 @@ def run_one(st: dict, method: str, seed: int, run_dir, splits: dict | None = Non
         m = measure_split(model, fit, sp[split], mean, std, seed, ev)
         # for the report's saliency overlays
         if split == "test" and tv is None: save_probe(m["probe"], d/"probe.pt", fit.classes)
-        append_record(d,
-                      {"kind": "eval", "split": split, "step": learn.step,
-                       **{k: v for k, v in m.items() if k != "probe"}})
+        append_record(d, {"kind": "eval", "split": split, "step": learn.step,
+                          **{k: v for k, v in m.items() if k != "probe"}})
     (d/"done").write_text("done\n")
     return True
 
@@ -406,9 +412,10 @@ def open_out(st: dict, out, resume: bool = False) -> Path:
     if p.exists():
         old = json.loads(p.read_text())
         diff = [k for k in sorted(set(old) | set(st)) if old.get(k) != st.get(k)]
-        if diff: raise UserError(f"{str(d)!r} holds a comparison with other settings "
-                                 f"({', '.join(diff)} differ); rerun it with the same options, or "
-                                 "choose another --out")
+        if diff:
+            raise UserError(f"{str(d)!r} holds a comparison with other settings "
+                            f"({', '.join(diff)} differ); rerun it with the same options, or "
+                            "choose another --out")
         return d
     if resume: raise UserError(f"nothing to resume: {str(p)!r} does not exist")
     out_dir(d)
@@ -437,10 +444,9 @@ def run_compare(st: dict, out, log=print, cbs=()) -> list:
         left = len(todo) - i - 1
         eta = statistics.mean(took) * left
         log(f"[{i + 1}/{len(todo)}] {_label(r)} seed {r['seed']} ({r['status']}): "
-            f"{time.time() - t0:.1f} s; ETA {fmt_duration(eta)} for the {left} "
-            "left" if left else f"[{i + 1}/{len(todo)}] {_label(r)} seed {r['seed']} "
-            f"({r['status']}): {time.time() - t0:.1f} s; all done in "
-            f"{fmt_duration(time.time() - t_all)}")
+            f"{time.time() - t0:.1f} s; ETA {fmt_duration(eta)} for the {left} left" if left
+            else f"[{i + 1}/{len(todo)}] {_label(r)} seed {r['seed']} ({r['status']}): "
+                 f"{time.time() - t0:.1f} s; all done in {fmt_duration(time.time() - t_all)}")
         r["status"] = "done"
     return runs
 
@@ -474,10 +480,9 @@ def read_runs(out) -> tuple:
     for r in plan(st, d):
         if r["status"] != "done": continue
         recs = read_records(r["dir"])
-        got[r["method"], r["hp"], r["seed"]] = {"train": next((x for x in recs
-                                                               if x["kind"] == "train"), {}),
-                                                **{x["split"]: x
-                                                   for x in recs if x["kind"] == "eval"}}
+        got[r["method"], r["hp"], r["seed"]] = {
+            "train": next((x for x in recs if x["kind"] == "train"), {}),
+            **{x["split"]: x for x in recs if x["kind"] == "eval"}}
     return st, got
 
 # %% ../nbs/17_compare.ipynb #0179a7d5
@@ -525,45 +530,45 @@ def fg_check_line(fc: dict | None) -> str:
             f"reaches {lin['mean']:.1f} ± {lin['se']:.1f}% linear on foreground-only test images "
             f"(n={lin['n']}): {verdict}")
 
+# %% ../nbs/17_compare.ipynb #76467633
+def _method_row(st: dict, got: dict, m: str) -> dict:
+    """`collect`'s row of method `m` at its setting chosen on val, with `_per(split, column)`: the
+    per-seed values."""
+    h, cands = select_setting(st, got, m)
+    per = lambda split, c: {s: got[m, h, s][split]["measures"].get(c)
+                            for s in st["seeds"] if (m, h, s) in got}
+    runs = [got[m, h, s] for s in st["seeds"] if (m, h, s) in got]
+    return {"method": m, "seeds": [s for s in st["seeds"] if (m, h, s) in got],
+            **{split: {c: seed_stats(list(per(split, c).values())) for c in COLUMNS}
+               for split in ("val", "test")},
+            "seconds": seed_stats([r["train"].get("seconds") for r in runs]),
+            "images_per_s": seed_stats([r["train"].get("images_per_s") for r in runs]),
+            "steps": sorted({r["train"].get("step") for r in runs} - {None}),
+            "hparams": {"chosen": h, "setting": next(c["setting"] for c in cands if c["hp"] == h),
+                        "candidates": cands},
+            "_per": per}
+
 # %% ../nbs/17_compare.ipynb #89eeae38
 def collect(out, write: bool = True) -> dict:
     """Read a comparison's records into one row per method (its setting chosen on val): each
     column's mean, std, SE and n over seeds, on val and test, and paired differences against the
     first method; written to OUT/results.json."""
     st, got = read_runs(out)
-    base, rows, chosen = st["methods"][0], {}, {}
-    for m in st["methods"]:
-        chosen[m], cands = select_setting(st, got, m)
-        h = chosen[m]
-        per = (lambda split, c, m=m,
-               h=h: {s: got[m, h, s][split]["measures"].get(c)
-                     for s in st["seeds"] if (m, h, s) in got})
-        runs = [got[m, h, s] for s in st["seeds"] if (m, h, s) in got]
-        rows[m] = {"method": m, "seeds": [s for s in st["seeds"] if (m, h, s) in got],
-                   **{split: {c: seed_stats(list(per(split, c).values())) for c in COLUMNS}
-                      for split in ("val", "test")},
-                   "seconds": seed_stats([r["train"].get("seconds") for r in runs]),
-                   "images_per_s": seed_stats([r["train"].get("images_per_s") for r in runs]),
-                   "steps": sorted({r["train"].get("step") for r in runs} - {None}),
-                   "hparams": {"chosen": h,
-                               "setting": next(c["setting"] for c in cands if c["hp"] == h),
-                               "candidates": cands},
-                   "_per": per}
+    base, rows = st["methods"][0], {m: _method_row(st, got, m) for m in st["methods"]}
     for m in st["methods"]:
         if m != base:
-            rows[m]["diff_vs_base"] = {c: paired_differences(rows[m]["_per"]("test", c),
-                                                             rows[base]["_per"]("test", c))
-                                       for c in COLUMNS}
+            rows[m]["diff_vs_base"] = {
+                c: paired_differences(rows[m]["_per"]("test", c), rows[base]["_per"]("test", c))
+                for c in COLUMNS}
     for r in rows.values(): r.pop("_per")
     n_runs = (len(st["methods"]) * max(1, st.get("hparams", 0))
               + bool(st.get("fg_control"))) * len(st["seeds"])
     sel = (f"each method's setting of {st['hparams']} drawn ones with the best mean validation "
-           f"{SELECT_BY}" if st.get("hparams")
-           else "none: each method's defaults")
+           f"{SELECT_BY}" if st.get("hparams") else "none: each method's defaults")
     res = {"settings": st, "base": base, "columns": COLUMNS, "rows": rows,
-           "complete": len(got) == n_runs, "selection": sel
-           + f"; val = {st['val_frac']:.0%} of train (fixed by the seed, shared by all methods); "
-             "test reported, never used to select",
+           "complete": len(got) == n_runs,
+           "selection": sel + f"; val = {st['val_frac']:.0%} of train (fixed by the seed, shared "
+                              "by all methods); test reported, never used to select",
            "fg_check": fg_check(st, got), "versions": package_versions()}
     if write: (Path(out)/"results.json").write_text(json.dumps(res, indent=1))
     return res
@@ -600,9 +605,8 @@ def hparams_table(res: dict) -> str:
              "chosen" if c["hp"] == r["hparams"]["chosen"] else ""]
             for m, r in res["rows"].items()
             for c in r["hparams"]["candidates"] if c["hp"] is not None]
-    return html_table(rows,
-                      ["method", "setting", "hyper-parameters",
-                       f"val {SELECT_BY} (mean ± SE)", ""]) if rows else ""
+    return (html_table(rows, ["method", "setting", "hyper-parameters",
+                              f"val {SELECT_BY} (mean ± SE)", ""]) if rows else "")
 
 # %% ../nbs/17_compare.ipynb #6395c0e0
 _PLOT_GROUPS = {"accuracy (%)": ["original.linear", "only_fg.linear",
@@ -630,8 +634,8 @@ def plot_compare(res: dict, columns: list, title: str):
 def supervised(method: str) -> bool:
     """Whether the run name's method trains with labels (SupCon, ExCon, ...): its Grad-CAM explains
     a class it was taught."""
-    return "labels" in METHODS[resolve_run_name(load_config(None, [f"model.method={method}"],
-                                                            resolve=False)).model.method].needs
+    cfg = resolve_run_name(load_config(None, [f"model.method={method}"], resolve=False))
+    return "labels" in METHODS[cfg.model.method].needs
 
 # %% ../nbs/17_compare.ipynb #27ec1a2a
 def saliency_html(out, n: int = 6, size: int = 56) -> str:
@@ -665,7 +669,8 @@ def variant_samples_html(data, n: int = 6, size: int = 64) -> str:
     have, fmt, rows = available_variants(data), static_format(), []
     for v in (v for v in SAMPLE_VARIANTS if v in have):
         d = variant_of(data, v)
-        cells = "".join(f"<td>{thumb_html(d.images[i], d.classes[d.labels[i]], size=size, fmt=fmt)}</td>" for i in range(min(n, len(d))))
+        cells = "".join(f"<td>{thumb_html(d.images[i], d.classes[d.labels[i]], size=size, fmt=fmt)}"
+                        "</td>" for i in range(min(n, len(d))))
         rows.append(f"<tr><th>{html.escape(v)}</th>{cells}</tr>")
     return f"<table class='iclmsr-samples'>{''.join(rows)}</table>"
 
@@ -713,22 +718,26 @@ def compare_report(res: dict, extra: list = ()) -> str:
               f"{html.escape(res['selection'])} (the configs are in each run's run.json). Mean ± "
               "standard error over the n seeds.</p>",
               *(["<h2>Hyper-parameter settings (drawn per method; chosen on the validation "
-                 "split)</h2>", hparams_table(res)] if st.get("hparams") else []),
+                 "split)</h2>",
+                 hparams_table(res)] if st.get("hparams") else []),
               "<h2>Test</h2>", results_table(res, "test"),
               f"<p class='note'>{html.escape(fg_check_line(res.get('fg_check')))}. The check is "
               "one more run per seed: the first method, the same budget, trained on the "
               "foreground-only training images (not a compared method; not in the tables).</p>",
               f"<h2>Paired differences against {html.escape(res['base'])} (same seed, same "
-              "split)</h2>", differences_table(res),
+              "split)</h2>",
+              differences_table(res),
               *(plot_compare(res, cs, t) for t, cs in _PLOT_GROUPS.items()),
               "<h2>Validation (20% of train, the training distribution: the split for model "
-              "selection)</h2>", results_table(res, "val"),
+              "selection)</h2>",
+              results_table(res, "val"),
               "<p class='note'>Columns: linear probe and 5-NN accuracy on the four test variants; "
               "BG-gap = mixed_same - mixed_rand (linear); worst (class, background) group; "
               "background probe; DCoDR's domain and class probes; background-neighbour rate: share "
               "of the 5 nearest training images sharing the query's background but not its class; "
               "ECE (10 bins); FGSM accuracy at 4/255; Grad-CAM saliency IoU with the foreground "
-              "mask. No test-set number is used to select anything.</p>", *extra]
+              "mask. No test-set number is used to select anything.</p>",
+              *extra]
     return html_report("iclmsr compare", blocks)
 
 # %% ../nbs/17_compare.ipynb #585749b1
@@ -757,14 +766,15 @@ def estimate(st: dict, log=print) -> dict:
     ctrl = per[st["methods"][0]]["run_seconds"] if st.get("fg_control") else 0
     total = (sum(p["run_seconds"] for p in per.values()) * k + ctrl) * len(st["seeds"])
     log(f"estimated: {fmt_duration(total)} for {(len(per) * k + bool(ctrl)) * len(st['seeds'])} "
-        "runs (" +
-        ", ".join(f"{m} {p['step_seconds'] * 1e3:.0f} ms/step" for m, p in per.items())
+        "runs (" + ", ".join(f"{m} {p['step_seconds'] * 1e3:.0f} ms/step" for m, p in per.items())
         + f"; one evaluation {ev:.0f} s)")
     return {"seconds": total, "eval_seconds": ev, "methods": per}
 
 # %% ../nbs/17_compare.ipynb #b882e89c
-CPU_SPEC = "toy:num_classes=10,size=32,n_train=150,n_test=100,rho=0.9,rho_test=0.9,fg=coloured_shapes"
-GPU_SPEC = "toy:num_classes=10,size=32,n_train=1000,n_test=200,rho=0.9,rho_test=0.9,fg=coloured_shapes"
+CPU_SPEC = ("toy:num_classes=10,size=32,n_train=150,n_test=100,rho=0.9,rho_test=0.9,"
+            "fg=coloured_shapes")
+GPU_SPEC = ("toy:num_classes=10,size=32,n_train=1000,n_test=200,rho=0.9,rho_test=0.9,"
+            "fg=coloured_shapes")
 DEVICE_DEFAULTS = {"cpu": {"data": CPU_SPEC, "budget": 150,
                            "backbone": "small_cnn", "batch_size": 128},
                    "gpu": {"data": GPU_SPEC, "budget": 1000,
@@ -809,53 +819,10 @@ def _write_report(st: dict, d: Path, no_umap: bool = False):
     print(fg_check_line(res["fg_check"]))
     print(f"wrote {d/'results.json'} and {d/'report.html'}")
 
-# %% ../nbs/17_compare.ipynb #3ce82c02
-def compare(
-            # comma-separated run names (default: simclr, simclr+ntxent, simclr+icl-msr,
-            # simclr+do-bg, dcodr, supcon, excon)
-            methods: str = None,
-            # dataset spec, the same for every run (default: the embedded toy data, CPU_SPEC on the
-            # CPU, GPU_SPEC elsewhere)
-            data: str = None,
-            seeds: int = 3,  # seeds per method (0, 1, ...; each also fixes the validation split)
-            # comparison folder: compare.json, runs/<hash>/, results.json, report.html
-            out: str = None,
-            # encoder steps of every run (default: 150 on the CPU, 1000 elsewhere)
-            budget: int = None,
-            device: str = "cpu",  # cpu, auto, cuda, cuda:N or mps
-            # small_cnn (CPU default) or resnet18 (default elsewhere), resnet50
-            backbone: str = None,
-            set: Param("override a config value of every run, e.g. --set train.batch_size=64 "
-                       "(repeatable; batch default 128 on the CPU, 512 elsewhere)",
-                       str, action="append") = None,
-            seed: int = 0,  # the first seed
-            # draw N hyper-parameter settings per method (HPARAMS), pick each method's on the
-            # validation split (0: defaults)
-            hparams: int = 0,
-            probe_epochs: int = 100,  # epochs of the linear and DCoDR probes
-            fgsm_n: int = 512,  # test images attacked by FGSM (0: off)
-            expl_n: int = 256,  # test images explained by Grad-CAM (0: off)
-            dry_run: bool = False,  # list the runs (done, to resume, new) and stop
-            # with --dry-run: time two steps of each method and one evaluation, print the expected
-            # duration
-            estimate_time: bool = False,
-            # continue the comparison in --out (the same command without it does the same; with it,
-            # --out must hold one)
-            resume: bool = False,
-            # leave out the foreground check (the first method trained on foreground-only images,
-            # one run per seed)
-            no_fg_control: bool = False,
-            # leave the UMAP panels out of report.html (the first UMAP of a process compiles for ~15
-            # s)
-            no_umap: bool = False,
-            quiet: bool = False,  # no progress lines
-           ):
-    """Train every listed method at the same number of encoder steps on the same data and seeds,
-    evaluate each with one protocol, write results.json and report.html."""
-    if not out: raise UserError("--out DIR is required (the comparison folder)")
-    log = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
-    st = _compare_settings(methods, data, seeds, budget, device, backbone, set,
-                           seed, hparams, no_fg_control, log, probe_epochs, fgsm_n, expl_n)
+# %% ../nbs/17_compare.ipynb #ef83d53f
+def _run_or_plan(st: dict, out, log, dry_run: bool = False, estimate_time: bool = False,
+                 resume: bool = False, no_umap: bool = False) -> int:
+    "`compare` with its settings `st`: the dry run, or every run, results.json and report.html."
     if dry_run:
         _dry_run(st, out, estimate_time)
         return 0
@@ -863,3 +830,45 @@ def compare(
     run_compare(st, d, log)
     _write_report(st, d, no_umap)
     return 0
+
+# %% ../nbs/17_compare.ipynb #3ce82c02
+def compare(
+    # comma-separated run names (default: simclr, simclr+ntxent, simclr+icl-msr,
+    # simclr+do-bg, dcodr, supcon, excon)
+    methods: str = None,
+    # dataset spec, the same for every run (default: the embedded toy data, CPU_SPEC on the
+    # CPU, GPU_SPEC elsewhere)
+    data: str = None,
+    seeds: int = 3,  # seeds per method (0, 1, ...; each also fixes the validation split)
+    out: str = None,  # comparison folder: compare.json, runs/<hash>/, results.json, report.html
+    budget: int = None,  # encoder steps of every run (default: 150 on the CPU, 1000 elsewhere)
+    device: str = "cpu",  # cpu, auto, cuda, cuda:N or mps
+    backbone: str = None,  # small_cnn (CPU default) or resnet18 (default elsewhere), resnet50
+    set: Param("override a config value of every run, e.g. --set train.batch_size=64 (repeatable; "
+               "batch default 128 on the CPU, 512 elsewhere)", str, action="append") = None,
+    seed: int = 0,  # the first seed
+    # draw N hyper-parameter settings per method (HPARAMS), pick each method's on the
+    # validation split (0: defaults)
+    hparams: int = 0,
+    probe_epochs: int = 100,  # epochs of the linear and DCoDR probes
+    fgsm_n: int = 512,  # test images attacked by FGSM (0: off)
+    expl_n: int = 256,  # test images explained by Grad-CAM (0: off)
+    dry_run: bool = False,  # list the runs (done, to resume, new) and stop
+    # with --dry-run: time two steps of each method and one evaluation, print the expected duration
+    estimate_time: bool = False,
+    # continue the comparison in --out (the same command without it does the same; with it,
+    # --out must hold one)
+    resume: bool = False,
+    # leave out the foreground check (the first method trained on foreground-only images,
+    # one run per seed)
+    no_fg_control: bool = False,
+    # leave the UMAP panels out of report.html (the first UMAP of a process compiles for ~15 s)
+    no_umap: bool = False,
+    quiet: bool = False):  # no progress lines
+    """Train every listed method at the same number of encoder steps on the same data and seeds,
+    evaluate each with one protocol, write results.json and report.html."""
+    if not out: raise UserError("--out DIR is required (the comparison folder)")
+    log = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+    st = _compare_settings(methods, data, seeds, budget, device, backbone, set, seed, hparams,
+                           no_fg_control, log, probe_epochs, fgsm_n, expl_n)
+    return _run_or_plan(st, out, log, dry_run, estimate_time, resume, no_umap)

@@ -47,8 +47,8 @@ def demo_settings(device="cpu", quick: bool = False, **overrides) -> dict:
         if not isinstance(st[k], int) or st[k] < 1:
             raise ValueError(f"{k.replace('_', '-')} must be a positive integer, got {st[k]!r}")
     st["batch_size"] = min(st["batch_size"], st["num_classes"] * st["n_train"])
-    st["spec"] = (f"toy:num_classes={st['num_classes']},size={st['size']},n_train={st['n_train']},n_test={st['n_test']},"
-                  f"rho=0.9,rho_test=0.9,fg={st['fg']}")
+    st["spec"] = (f"toy:num_classes={st['num_classes']},size={st['size']},n_train={st['n_train']},"
+                  f"n_test={st['n_test']},rho=0.9,rho_test=0.9,fg={st['fg']}")
     st["device"] = str(dev)
     return st
 
@@ -61,19 +61,19 @@ def demo_config(st: dict, icl: bool | str, seed: int = 0) -> Config:
     return load_config(None,
                        [f"data.spec={st['spec']}", f"model.backbone={st['backbone']}",
                         f"model.options.proj_hidden={st['proj_hidden']}",
-                              f"train.epochs={st['epochs']}",
-                        f"train.batch_size={st['batch_size']}", f"train.device={st['device']}",
-                              f"train.seed={seed}", "train.knn_every=0", "train.ckpt_every=0",
-                              f"optim.warmup_steps={min(500, steps // 10)}", f"model.method={name}",
-                              f"icl.meta_mode={st['meta_mode']}"])
+                        f"train.epochs={st['epochs']}", f"train.batch_size={st['batch_size']}",
+                        f"train.device={st['device']}", f"train.seed={seed}",
+                        "train.knn_every=0", "train.ckpt_every=0",
+                        f"optim.warmup_steps={min(500, steps // 10)}", f"model.method={name}",
+                        f"icl.meta_mode={st['meta_mode']}"])
 
 # %% ../nbs/14c_demo.ipynb #a0a6a565
 def demo_summary(table: dict, ev: dict) -> dict:
     """One demo model's numbers: its four-setting table and the background measures of its
     full-image model."""
     return {"four_settings": table, "bg_gap": ev["bg_gap"],
-            "worst_group": {c: w["acc"] for c, w in ev["worst_group"].items()}
-            if ev["worst_group"] else None,
+            "worst_group": ({c: w["acc"] for c, w in ev["worst_group"].items()}
+                            if ev["worst_group"] else None),
             "bg_probe": ev["bg_probe"]["top1"] if ev["bg_probe"] else None, "ece": ev["ece"],
             "fgsm": ev["fgsm"]["acc"]["4/255"] if ev["fgsm"] else None,
             "fgsm_clean": ev["fgsm"]["clean"] if ev["fgsm"] else None,
@@ -141,9 +141,8 @@ def seed_difference(a: list, b: list, key: str, z: float = 2.0) -> tuple:
         raise ValueError("telling a difference from seed noise needs at least 2 seeds on each "
                          f"side, got {len(xa)} and {len(xb)}")
     d = statistics.mean(xa) - statistics.mean(xb)
-    return (d,
-            abs(d) > z * math.sqrt(statistics.variance(xa) / len(xa)
-                                   + statistics.variance(xb) / len(xb)))
+    return d, abs(d) > z * math.sqrt(statistics.variance(xa) / len(xa)
+                                     + statistics.variance(xb) / len(xb))
 
 # %% ../nbs/14c_demo.ipynb #4acc5d2f
 def difference_table(runs: dict, name: str, cols: dict, z: float = 2.0) -> str:
@@ -151,12 +150,10 @@ def difference_table(runs: dict, name: str, cols: dict, z: float = 2.0) -> str:
     where beyond `z` standard errors."""
     head = (f"| {name} minus | " + " | ".join(cols.values()) + " |\n|---|"
             + "---|" * len(cols) + "\n")
-    cell = (lambda o,
-            k: (lambda d,
-                big: f"{d:+.1f}{' *' if big else ''}")(*seed_difference(runs[name], runs[o], k, z)))
-    return (head
-            + "".join(f"| `{o}` | " + " | ".join(cell(o, k) for k in cols) + " |\n"
-                      for o in runs if o != name))
+    cell = lambda o, k: (lambda d, big: f"{d:+.1f}{' *' if big else ''}")(
+        *seed_difference(runs[name], runs[o], k, z))
+    return head + "".join(f"| `{o}` | " + " | ".join(cell(o, k) for k in cols) + " |\n"
+                          for o in runs if o != name)
 
 # %% ../nbs/14c_demo.ipynb #38790eed
 _BG_ROWS = (("BG-gap, linear (points)", ("bg_gap", "linear")),
@@ -164,7 +161,8 @@ _BG_ROWS = (("BG-gap, linear (points)", ("bg_gap", "linear")),
             ("worst-group acc, linear", ("worst_group", "linear")),
             ("worst-group acc, 5-NN", ("worst_group", "knn5")),
             ("background probe (lower = more invariant)", ("bg_probe",)),
-            ("ECE of the linear probe", ("ece",)), ("FGSM acc at eps 4/255", ("fgsm",)))
+            ("ECE of the linear probe", ("ece",)),
+            ("FGSM acc at eps 4/255", ("fgsm",)))
 
 def _get(m: dict, path: tuple):
     for p in path:
@@ -185,9 +183,8 @@ def format_demo(models: dict) -> str:
         for i, (s, lab) in enumerate((("train_full", "train full"), ("train_fg", "train fg"))):
             c = cells[name][s]
             lines.append(f"{name if i == 0 else '':<{w}}{lab:<12}{c[0]:>{cw}}{c[1]:>{cw}}")
-    lines += ["",
-              "Background effect (linear, points): train full loses X when the background is "
-              "removed; train fg loses Y when it is added"]
+    lines += ["", "Background effect (linear, points): train full loses X when the background is "
+                  "removed; train fg loses Y when it is added"]
     for name, m in models.items():
         e = background_effect(m["four_settings"])
         lines.append(f"  {name:<{w}}X = {e['train_full']:+.1f}   Y = {e['train_fg']:+.1f}")
@@ -207,10 +204,9 @@ def plot_bg_measures(models: dict,
     import plotly.graph_objects as go
     rows = _BG_ROWS[:5]
     xs = [r for r, _ in rows]
-    fig = go.Figure([bar_trace(n, xs,
-                               [_get(m, p) if _get(m, p) is not None
-                                else float("nan") for _, p in rows],
-                          marker_color=COLOURS[i % len(COLOURS)])
+    fig = go.Figure([bar_trace(n, xs, [_get(m, p) if _get(m, p) is not None else float("nan")
+                                       for _, p in rows],
+                               marker_color=COLOURS[i % len(COLOURS)])
                      for i, (n, m) in enumerate(models.items())])
     fig.update_layout(title=title, barmode="group", height=400, yaxis_title="% (BG-gap: points)")
     return fig
@@ -230,14 +226,16 @@ def demo_report(res: dict) -> str:
     st = c["settings"]
     blocks = [f"<p>Embedded dataset <code>{html.escape(c['spec'])}</code>; backbone "
               f"{html.escape(st['backbone'])}, {st['epochs']} epochs, batch {st['batch_size']}, "
-              f"device {html.escape(st['device'])}, seeds {res['seeds']}; {res['seconds']:.0f} s "
-              "in all.</p>", "<h2>The four settings</h2>", html_table(rows,
-                         ["model", "trained on", "test full: linear", "test full: 5-NN",
-                          "test fg: linear", "test fg: 5-NN"]),
+              f"device {html.escape(st['device'])}, seeds {res['seeds']}; "
+              f"{res['seconds']:.0f} s in all.</p>",
+              "<h2>The four settings</h2>",
+              html_table(rows, ["model", "trained on", "test full: linear", "test full: 5-NN",
+                                "test fg: linear", "test fg: 5-NN"]),
               plot_four_settings({n: m["four_settings"] for n, m in models.items()}),
               "<p class='note'>The paper's observation: a model trained on full images scores "
               "better on full test images than on foreground-only ones, and a model trained on "
-              "foreground areas the other way round.</p>", "<h2>Background measures</h2>",
+              "foreground areas the other way round.</p>",
+              "<h2>Background measures</h2>",
               html_table(bg, ["measure (%)", *models]), plot_bg_measures(models),
               "<p class='note'>BG-gap = acc(mixed_same) - acc(mixed_rand); worst group over "
               "(class, background) cells of the mixed_rand test images; background probe: linear "
@@ -267,6 +265,17 @@ def run_demo(st: dict, seeds: list, log=print, models=DEMO_MODELS) -> dict:
     models = {n: (mean_std(r) if len(r) > 1 else r[0]) for n, r in runs.items()}
     return {"models": models, "runs": runs, "configs": configs}
 
+# %% ../nbs/14c_demo.ipynb #965d211c
+def _demo_names(models: str | None) -> tuple:
+    "The run names of `--models` (default `DEMO_MODELS`), each checked to be a method of `METHODS`."
+    names = tuple(m.strip() for m in models.split(",")) if models else DEMO_MODELS
+    for m in names:
+        base, _ = split_run_name(m)
+        if base not in METHODS:
+            raise ValueError(f"unknown model {m!r}; a run name is a method ({', '.join(METHODS)}) "
+                             "optionally followed by " + ", ".join("+" + s for s in RUN_SUFFIXES))
+    return names
+
 # %% ../nbs/14c_demo.ipynb #e31437c1
 def demo(out: str = "demo_run",  # output directory for results.json and report.html
          epochs: int = None,  # training epochs of each model (default: 8 on the CPU, 100 on a GPU)
@@ -292,12 +301,7 @@ def demo(out: str = "demo_run",  # output directory for results.json and report.
     d = out_dir(out)
     st = demo_settings(device, quick, backbone=backbone, epochs=epochs,
                        num_classes=num_classes, n_train=n_train, n_test=n_test, size=size)
-    names = tuple(m.strip() for m in models.split(",")) if models else DEMO_MODELS
-    for m in names:
-        base, _ = split_run_name(m)
-        if base not in METHODS:
-            raise ValueError(f"unknown model {m!r}; a run name is a method ({', '.join(METHODS)}) "
-                             "optionally followed by " + ", ".join("+" + s for s in RUN_SUFFIXES))
+    names = _demo_names(models)
     seed_list = list(range(seed, seed + seeds))
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     log(f"iclmsr demo: {st['spec']}, {st['backbone']}, {st['epochs']} epochs, device "

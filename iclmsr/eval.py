@@ -145,8 +145,8 @@ def embeddings(model: nn.Module, data, mean=None, std=None,
         emb_stats["misses"] += 1
         return embed(model, x, mean, std, batch, None, amp)
     mk = model_key or state_key(model)
-    norm = [None if v is None
-            else torch.as_tensor(v, dtype=torch.float32).flatten().tolist() for v in (mean, std)]
+    norm = [None if v is None else torch.as_tensor(v, dtype=torch.float32).flatten().tolist()
+            for v in (mean, std)]
     parts = json.dumps([_EMB_VERSION, mk, data_key(x), norm, str(dt)])
     key = hashlib.blake2b(parts.encode(), digest_size=12).hexdigest()
     name = data.name if isinstance(data, FgBgData) else "images"
@@ -201,8 +201,8 @@ def variant_scores(probe: nn.Linear, ftr, ytr, fte: dict, yte, k: int = 5) -> tu
         lin = eval_linear(probe, f, y)
         kp = knn_predict(ftr, ytr, f, k=k)
         preds[v] = {"linear": lin["probs"].argmax(1), "knn5": kp}
-        scores[v] = {"linear_top1": lin["top1"],
-                     "linear_top5": lin["top5"], "knn5": accuracy(kp, y)}
+        scores[v] = {"linear_top1": lin["top1"], "linear_top5": lin["top5"],
+                     "knn5": accuracy(kp, y)}
     return scores, preds
 
 # %% ../nbs/14_eval.ipynb #0719bdb2
@@ -218,8 +218,8 @@ def benchmark_measures(scores: dict) -> dict:
     """The Backgrounds Challenge's headline numbers from `variant_scores`: BG-gap, background alone,
     mixed_next (None when absent)."""
     bg = next((v for v in ("only_bg_t", "only_bg") if v in scores), None)
-    pick = (lambda v: None if v is None
-            else {"variant": v, "linear": scores[v]["linear_top1"], "knn5": scores[v]["knn5"]})
+    pick = lambda v: None if v is None else {"variant": v, "linear": scores[v]["linear_top1"],
+                                             "knn5": scores[v]["knn5"]}
     return {"bg_gap": bg_gaps(scores), "bg_only": pick(bg),
             "mixed_next": pick("mixed_next" if "mixed_next" in scores else None)}
 
@@ -230,8 +230,8 @@ def group_table(preds, labels, groups, num_classes: int, num_groups: int) -> dic
     p, y, g = (torch.as_tensor(t).long().cpu() for t in (preds, labels, groups))
     ok = g >= 0
     cell = y[ok] * num_groups + g[ok]
-    n = torch.zeros(num_classes * num_groups, dtype=torch.float64).index_add_(0, cell,
-                                                                              torch.ones(len(cell), dtype=torch.float64))
+    n = (torch.zeros(num_classes * num_groups, dtype=torch.float64)
+         .index_add_(0, cell, torch.ones(len(cell), dtype=torch.float64)))
     hit = torch.zeros_like(n).index_add_(0, cell, (p[ok] == y[ok]).double())
     n, hit = n.view(num_classes, num_groups), hit.view(num_classes, num_groups)
     acc = [[100.0 * float(h) / float(c) if c > 0 else None for h, c in zip(hr, cr)]
@@ -290,9 +290,9 @@ def _variants(test: FgBgData, variants) -> tuple:
                          f"{test.name!r} has none; only 'original' is available (datasets with "
                          "masks: toy, coco-fg, pets, in9 with fg_mask; or bring the variant "
                          "folders)")
-    if miss: raise ValueError(f"variants {', '.join(miss)} are not available for {test.name!r}: it "
-                              "has "
-                              + ", ".join(f"{v} ({w})" for v, w in have.items()))
+    if miss:
+        raise ValueError(f"variants {', '.join(miss)} are not available for {test.name!r}: it has "
+                         + ", ".join(f"{v} ({w})" for v, w in have.items()))
     return variants if "original" in variants else ("original",) + variants
 
 # %% ../nbs/14_eval.ipynb #e9ba9128
@@ -379,8 +379,8 @@ def _eps_label(e: float) -> str:
 # %% ../nbs/14_eval.ipynb #00ff6d7a
 def _eps_list(eps) -> tuple:
     "The attack sizes as a tuple of floats in [0, 1] (one number or a non-empty sequence), checked."
-    es = ((eps,) if isinstance(eps, numbers.Real) else tuple(eps)
-          if isinstance(eps, (list, tuple)) else ())
+    es = ((eps,) if isinstance(eps, numbers.Real)
+          else tuple(eps) if isinstance(eps, (list, tuple)) else ())
     if not es or not all(isinstance(e, numbers.Real) and not isinstance(e, bool)
                          and 0 <= e <= 1 for e in es):
         raise ValueError("fgsm_eps must be a number in [0, 1] or a non-empty list of them (pixel "
@@ -388,8 +388,8 @@ def _eps_list(eps) -> tuple:
     return tuple(dict.fromkeys(float(e) for e in es))
 
 # %% ../nbs/14_eval.ipynb #cc3a7f51
-def fgsm_curve(model: nn.Module, images, labels, eps=_FGSM_EPS, mean=None,
-               std=None, bs: int = 256) -> dict:
+def fgsm_curve(model: nn.Module, images, labels, eps=_FGSM_EPS, mean=None, std=None,
+               bs: int = 256) -> dict:
     """Clean and FGSM accuracy (percent) of an end-to-end `model` at each `eps`: {'clean', 'acc':
     {'1/255': ...}, 'eps', 'n'}."""
     es, x = _eps_list(eps), as_pixels(images)
@@ -493,8 +493,8 @@ def _dcodr_data(res: dict, tv: dict, trv) -> tuple:
         need = min_split_size(0.1)
         if len(tr) < need:
             return (None, None, None,
-                    f"{len(tr)} {v} train images are too few for the probes' held-out 10% (at "
-                    f"least {need})")
+                    f"{len(tr)} {v} train images are too few for the probes' held-out 10% "
+                    f"(at least {need})")
         if len(torch.cat([tr.backgrounds, te.backgrounds]).unique()) < 2:
             return None, None, None, f"a single domain (background id) in the {v} images"
         if len(tr.labels.unique()) < 2:
@@ -561,8 +561,8 @@ def _embedder(model: nn.Module, mean, std, model_key, cache, cache_root, batch, 
         if (id(d), code) not in memo:
             m, mk = ((_Code(model), model_key and model_key + "|code")
                      if code else (model, model_key))
-            memo[id(d), code] = (d,
-                                 embeddings(m, d, mean, std, mk, cache, cache_root, batch, amp=amp))
+            memo[id(d), code] = (
+                d, embeddings(m, d, mean, std, mk, cache, cache_root, batch, amp=amp))
         return memo[id(d), code][1]
     return emb
 
@@ -593,6 +593,21 @@ def _attacks(res: dict, model: nn.Module, probe, test: FgBgData, tv: dict, eps,
                                       adv_fg, adv_bg, batch, amp)
         res["adversarial_bg"] = {**adv, "sources": src[3]}
 
+# %% ../nbs/14_eval.ipynb #c5359206
+def _variant_measures(res: dict, probe, ftr, train: FgBgData, fte: dict, tv: dict, k: int) -> dict:
+    "Accuracy on each test variant, the benchmark's numbers and BG-gap into `res`; the predictions."
+    labels = {v: d.labels for v, d in tv.items()}
+    res["variants"], preds = variant_scores(probe, ftr, train.labels, fte, labels, k)
+    res["benchmark"] = benchmark_measures(res["variants"])
+    res["bg_gap"] = res["benchmark"]["bg_gap"]
+    return preds
+
+# %% ../nbs/14_eval.ipynb #9d3382cf
+def _calibration(res: dict, probs, labels, bins: int):
+    "The linear probe's ECE over `bins` equal-width bins and its reliability bins into `res`."
+    res["ece"], res["ece_bins"] = ece(probs, labels, bins), bins
+    res["calibration"] = {k: v.tolist() for k, v in calibration_bins(probs, labels, bins).items()}
+
 # %% ../nbs/14_eval.ipynb #cc052095
 def evaluate(model: nn.Module, train: FgBgData, test: FgBgData, mean=None, std=None,
              k: int = 5, variants=None, probe: nn.Linear | None = None, probe_epochs: int = 100,
@@ -616,21 +631,17 @@ def evaluate(model: nn.Module, train: FgBgData, test: FgBgData, mean=None, std=N
            "variant_sources": {v: available_variants(test)[v] for v in vs}}
     probe, probs, train_top1 = _probe(probe, ftr, train, fte["original"], test, probe_epochs, seed)
     if train_top1 is not None: res["probe_train_top1"] = train_top1
-    labels = {v: d.labels for v, d in tv.items()}
-    res["variants"], preds = variant_scores(probe, ftr, train.labels, fte, labels, k)
-    res["benchmark"] = benchmark_measures(res["variants"])
-    res["bg_gap"] = res["benchmark"]["bg_gap"]
-    res["worst_group"] = res["groups"] = res["bg_probe"] = res["dcodr"] = res["adversarial_bg"] = None
+    preds = _variant_measures(res, probe, ftr, train, fte, tv, k)
+    res["worst_group"] = res["groups"] = res["bg_probe"] = None
+    res["dcodr"] = res["adversarial_bg"] = None
     na = res["unavailable"] = {}
     if res["bg_gap"] is None: na["bg_gap"] = "needs both mixed_same and mixed_rand test images"
     _groups(res, preds, tv, trv, emb, fte, C, min_group, probe_epochs, seed)
     _dcodr(res, tv, trv, lambda d: emb(d, dfeat == "code"), dfeat, C, dcodr_epochs, seed,
            model_device(model))
-    res["ece"], res["ece_bins"] = ece(probs, test.labels, ece_bins), ece_bins
-    res["calibration"] = {k_: v.tolist()
-                          for k_, v in calibration_bins(probs, test.labels, ece_bins).items()}
-    _attacks(res, model, probe, test, tv, eps, fgsm_n, expl_n, adv_fg,
-             adv_bg, mean, std, batch, amp)
+    _calibration(res, probs, test.labels, ece_bins)
+    _attacks(res, model, probe, test, tv, eps, fgsm_n, expl_n, adv_fg, adv_bg, mean, std,
+             batch, amp)
     res["classes"] = list(test.classes)
     res["seconds"] = time.time() - t0
     res["probe"] = probe
@@ -644,10 +655,9 @@ def _need_masks(d: FgBgData, what: str = "the four-setting table"):
     "Refuse data without foreground-only images: neither masks nor an `only_fg` variant folder."
     if "only_fg" not in available_variants(d):
         raise ValueError(f"{what} trains and tests on foreground-only images, so it needs "
-                         "foreground masks, and dataset "
-                         f"{d.name!r} has none, nor an only_fg folder (datasets with masks: toy, "
-                         "coco-fg, pets, in9 with fg_mask; or an ImageNet-9 tree with an only_fg "
-                         "folder)")
+                         f"foreground masks, and dataset {d.name!r} has none, nor an only_fg "
+                         "folder (datasets with masks: toy, coco-fg, pets, in9 with fg_mask; or an "
+                         "ImageNet-9 tree with an only_fg folder)")
 
 # %% ../nbs/14_eval.ipynb #a010e906
 def norm_stats(cfg: Config, image_size) -> tuple[list, list]:
@@ -695,8 +705,8 @@ def four_settings_table(models: dict, train: FgBgData, test: FgBgData,
                 probe = linear_probe(ftr, tr.labels, fte, te.labels, train.num_classes,
                                      probe_epochs, seed=seed).clf
             out[s][t] = {"linear": eval_linear(probe, fte, te.labels)["top1"],
-                         "knn5" if k == 5
-                         else f"knn{k}": accuracy(knn_predict(ftr, tr.labels, fte, k=k), te.labels)}
+                         "knn5" if k == 5 else f"knn{k}":
+                             accuracy(knn_predict(ftr, tr.labels, fte, k=k), te.labels)}
     return out
 
 # %% ../nbs/14_eval.ipynb #a0a580f1
@@ -724,7 +734,8 @@ def method_from_checkpoint(path, image_size: int = 32, device=None) -> tuple:
     """The trained method of an `iclmsr train` checkpoint (eval mode), its `Config` and the
     checkpoint dict."""
     ck = load_checkpoint(path)
-    if not isinstance(ck, dict) or not isinstance(ck.get("model"), dict) or not isinstance(ck.get("config"), dict):
+    if (not isinstance(ck, dict) or not isinstance(ck.get("model"), dict)
+            or not isinstance(ck.get("config"), dict)):
         raise ValueError(f"{str(path)!r} is not an iclmsr training checkpoint: it needs 'model' "
                          "and 'config' entries (written by iclmsr train as last.pt or best.pt)")
     cfg = config_from_dict(ck["config"])
@@ -767,8 +778,8 @@ def load_probe(path) -> tuple:
     # one line, never unpickled unsafely
     d = read_torch_file(path, "a probe file written by iclmsr eval")
     if not isinstance(d, dict) or d.get("format") != "iclmsr.probe":
-        raise ValueError(f"{str(path)!r} is not a probe file (write one with iclmsr eval: "
-                         "OUT/probe.pt)")
+        raise ValueError(f"{str(path)!r} is not a probe file "
+                         "(write one with iclmsr eval: OUT/probe.pt)")
     w = d["weight"]
     p = nn.Linear(w.shape[1], w.shape[0])
     with torch.no_grad(): p.weight.copy_(w); p.bias.copy_(d["bias"])
@@ -809,8 +820,8 @@ def _checkpoint_spec(ckpt, data) -> str:
         raise ValueError(f"{ckpt!r} is not an iclmsr training checkpoint (no config in it)")
     spec = data or ck["config"].get("data", {}).get("spec")
     if not spec:
-        raise ValueError("--data SPEC is required: the checkpoint does not name the dataset it was "
-                         "trained on")
+        raise ValueError("--data SPEC is required: the checkpoint does not name the dataset "
+                         "it was trained on")
     return spec
 
 # %% ../nbs/14_eval.ipynb #7df6974d
@@ -859,10 +870,10 @@ def eval_checkpoint(ckpt, data: str | None = None, k: int = 5, train_split: str 
     return {"checkpoint": str(ckpt), "data": spec, "train_split": train_split,
             "test_split": test_split, "train_variant": train_variant, "spec_variant": sv,
             "model": {"method": cfg.model.method, "backbone": cfg.model.backbone,
-                      "icl_msr": cfg.icl.enabled, "epoch": ck.get("epoch"), "step": ck.get("step"),
-                      "feat_dim": dim},
+                      "icl_msr": cfg.icl.enabled, "epoch": ck.get("epoch"),
+                      "step": ck.get("step"), "feat_dim": dim},
             "normalisation": {"mean": mean, "std": std}, **res,
-            "probe": str(probe) if probe else Path(probe_out).name
-            if probe_out is not None else None, "seconds": time.time() - t0,
-            "versions": package_versions(), "device": str(dev)}
+            "probe": (str(probe) if probe
+                      else Path(probe_out).name if probe_out is not None else None),
+            "seconds": time.time() - t0, "versions": package_versions(), "device": str(dev)}
 

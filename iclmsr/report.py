@@ -40,8 +40,8 @@ def bar_trace(name, xs, vals, **kw):
     err = [s for _, s in ms]
     return go.Bar(name=name, x=xs, y=[m for m, _ in ms],
                   text=[f"{m:.1f}" for m, _ in ms], textposition="outside",
-                  error_y=dict(type="data", array=err, visible=True)
-                  if any(e is not None for e in err) else None, **kw)
+                  error_y=(dict(type="data", array=err, visible=True)
+                           if any(e is not None for e in err) else None), **kw)
 
 # %% ../nbs/14b_report.ipynb #565d8c17
 def plot_four_settings(tables: dict, title: str = "The four settings: accuracy (%)"):
@@ -54,7 +54,7 @@ def plot_four_settings(tables: dict, title: str = "The four settings: accuracy (
         for c, metric in enumerate(("linear", "knn5")):
             fig.add_trace(bar_trace(name, xs, [t[a][b][metric] for a, b in keys],
                                     legendgroup=name, showlegend=c == 0,
-                               marker_color=COLOURS[i % len(COLOURS)]), 1, c + 1)
+                                    marker_color=COLOURS[i % len(COLOURS)]), 1, c + 1)
     fig.update_layout(title=title, barmode="group", height=420,
                       yaxis_title="accuracy (%)", yaxis_range=[0, 105],
                       legend=dict(orientation="h", y=-0.2))
@@ -82,9 +82,8 @@ def plot_groups(res: dict, title: str | None = None):
                                customdata=g["count"], colorbar=dict(title="%"),
                                hovertemplate="class %{y}<br>background %{x}<br>accuracy "
                                              "%{z:.1f}%<br>%{customdata} images<extra></extra>"))
-    fig.update_layout(title=title
-                      or "Linear accuracy per (class, background) on "
-                         f"{res.get('group_variant', 'original')} test images",
+    fig.update_layout(title=title or ("Linear accuracy per (class, background) on "
+                                      f"{res.get('group_variant', 'original')} test images"),
                       height=420, xaxis_title="background", yaxis_title="class")
     return fig
 
@@ -110,18 +109,19 @@ def plot_calibration(res: dict, title: str = "Reliability of the linear probe"):
     return fig
 
 # %% ../nbs/14b_report.ipynb #8372ffb4
-_CSS = ("body{font-family:system-ui,-apple-system,Segoe "
-        "UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px "
-        "10px;text-align:right}"
-        "th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}.note{color:#555;font-size:90%}"
+_CSS = ("body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;"
+        "margin:2em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0}"
+        "td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}"
+        "th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}"
+        ".note{color:#555;font-size:90%}"
         "pre{background:#f6f6f6;padding:8px;overflow-x:auto}")
 
 def html_table(rows: list, header: list) -> str:
     "An HTML table from rows of cells (escaped)."
     th = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-    tr = "".join("<tr>"
-                 + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    tr = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>"
+                 for r in rows)
     return f"<table><tr>{th}</tr>{tr}</table>"
 
 # %% ../nbs/14b_report.ipynb #a48a8a25
@@ -135,10 +135,9 @@ def html_report(title: str, blocks: list) -> str:
                                    config={"displaylogo": False}))
             first = False
         else: parts.append(str(b))
-    return ("<!DOCTYPE html>\n<html lang='en'><head><meta "
-            f"charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>\n"
-            + "\n".join(parts) + "\n</body></html>\n")
+    return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+            f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>"
+            f"<body><h1>{html.escape(title)}</h1>\n" + "\n".join(parts) + "\n</body></html>\n")
 
 # %% ../nbs/14b_report.ipynb #548f9b67
 def unavailable_text(reason: str | None) -> str:
@@ -220,9 +219,8 @@ def _expl_text(m: dict) -> str:
     masks)."""
     t = f"average drop {m['avg_drop']:.1f}%, increase in confidence {m['increase']:.1f}%"
     if "iou" not in m: return t + "; no masks for IoU, pointing game, energy"
-    return (t
-            + f", mask IoU {m['iou']:.1f}%, pointing game {m['pointing']:.1f}%, energy in mask "
-              f"{m['energy']:.1f}%")
+    return t + (f", mask IoU {m['iou']:.1f}%, pointing game {m['pointing']:.1f}%, "
+                f"energy in mask {m['energy']:.1f}%")
 
 # %% ../nbs/14b_report.ipynb #0e08c689
 def _excon_lines(res: dict) -> list:
@@ -230,8 +228,8 @@ def _excon_lines(res: dict) -> list:
     explanations per test variant."""
     na, f = res.get("unavailable", {}), res.get("fgsm")
     out = [f"ECE of the linear probe ({res.get('ece_bins', 15)} bins): {res['ece']:.1f}%",
-           f"FGSM accuracy ({f['n']} images, clean {f['clean']:.1f}%): {_fgsm_text(f)}" if f
-           else "FGSM accuracy: " + unavailable_text(na.get("fgsm"))]
+           (f"FGSM accuracy ({f['n']} images, clean {f['clean']:.1f}%): {_fgsm_text(f)}" if f
+            else "FGSM accuracy: " + unavailable_text(na.get("fgsm")))]
     if "explanations" not in res: return out   # a result from before the explanation measures
     ex = res["explanations"]
     if not ex: return out + ["explanations: " + unavailable_text(na.get("explanations"))]
@@ -240,16 +238,16 @@ def _excon_lines(res: dict) -> list:
                   for v in EXPL_VARIANTS if v in ex]
 
 # %% ../nbs/14b_report.ipynb #ead68972
-_EXCON_NOTE = ("ECE = sum over the equal-width confidence bins B of |B|/n |acc(B) - conf(B)| (Guo "
-               "et al. 2017, arXiv:1706.04599). FGSM: one signed gradient step of size eps on the "
-               "pixels in [0, 1], clamped (Goodfellow et al. 2015, arXiv:1412.6572). Average drop "
-               "= mean of max(0, p - p_masked) / p (lower is better) and increase in confidence = "
-               "share of images with p_masked > p, where p is the predicted class's probability on "
-               "the image and p_masked on the image reduced to its top Grad-CAM pixels (ExCon, "
-               "Zhang et al., arXiv:2111.14271). Against the true foreground mask, on the true "
-               "class's map: mask IoU of the map above the threshold, pointing game (the map's "
-               "maximum inside the mask), energy in mask (the share of the map's positive part "
-               "inside it).")
+_EXCON_NOTE = ("ECE = sum over the equal-width confidence bins B of |B|/n |acc(B) - conf(B)| "
+               "(Guo et al. 2017, arXiv:1706.04599). FGSM: one signed gradient step of size eps "
+               "on the pixels in [0, 1], clamped (Goodfellow et al. 2015, arXiv:1412.6572). "
+               "Average drop = mean of max(0, p - p_masked) / p (lower is better) and increase in "
+               "confidence = share of images with p_masked > p, where p is the predicted class's "
+               "probability on the image and p_masked on the image reduced to its top Grad-CAM "
+               "pixels (ExCon, Zhang et al., arXiv:2111.14271). Against the true foreground mask, "
+               "on the true class's map: mask IoU of the map above the threshold, pointing game "
+               "(the map's maximum inside the mask), energy in mask (the share of the map's "
+               "positive part inside it).")
 
 def _excon_blocks(res: dict) -> list:
     """ExCon's section of the report: ECE and FGSM accuracy per eps as a table, the explanation
@@ -257,9 +255,9 @@ def _excon_blocks(res: dict) -> list:
     na, f, ex = res.get("unavailable", {}), res.get("fgsm"), res.get("explanations")
     rows = [[f"ECE of the linear probe ({res.get('ece_bins', 15)} equal-width bins)",
              fmt(res["ece"])]]
-    if f and "acc" in f: rows += [[f"FGSM accuracy, clean ({f['n']} images)",
-                                   fmt(f["clean"])]] + [[f"FGSM accuracy at eps {k}", fmt(a)]
-                                                        for k, a in f["acc"].items()]
+    if f and "acc" in f:
+        rows += ([[f"FGSM accuracy, clean ({f['n']} images)", fmt(f["clean"])]]
+                 + [[f"FGSM accuracy at eps {k}", fmt(a)] for k, a in f["acc"].items()])
     elif f: rows.append([f"FGSM accuracy at eps {f['eps'] * 255:.0f}/255 (clean)",
                          f"{fmt(f['fgsm'])} ({fmt(f['clean'])})"])
     else: rows.append(["FGSM accuracy", unavailable_text(na.get("fgsm"))])
@@ -291,8 +289,9 @@ def _bg_rows(res: dict) -> list:
     for nm, m in (("background alone", (res.get("benchmark") or {}).get("bg_only")),
                   ("mixed_next", (res.get("benchmark") or {}).get("mixed_next"))):
         if m:
-            bg.append([f"{nm}{'' if m['variant'] == nm else ' (' + m['variant'] + ')'}, linear / "
-                       "5-NN", f"{fmt(m['linear'])} / {fmt(m['knn5'])}"])
+            bg.append([f"{nm}{'' if m['variant'] == nm else ' (' + m['variant'] + ')'}"
+                       ", linear / 5-NN",
+                       f"{fmt(m['linear'])} / {fmt(m['knn5'])}"])
     bg.append([f"worst-group accuracy, linear / 5-NN ({res.get('group_variant')})",
                f"{fmt(res['worst_group']['linear']['acc'])} / "
                f"{fmt(res['worst_group']['knn5']['acc'])}" if res["worst_group"]
@@ -322,19 +321,17 @@ def _bg_rows(res: dict) -> list:
 def eval_report(res: dict, title: str) -> str:
     "The HTML report of one `evaluate` result."
     m = res.get("model", {})
-    head = html_table([[k, v]
-                       for k, v in (("checkpoint", res.get("checkpoint")),
-                                    ("data", res.get("data")),
-                                            ("method", m.get("method")),
-                                    ("backbone", m.get("backbone")),
-                                            ("ICL-MSR", m.get("icl_msr")),
-                                    ("epoch", m.get("epoch")),
-                                            ("probe and kNN fitted on",
-                                             res.get("train_variant")
-                                             and f"{res['train_variant']} {res.get('train_split')}"),
-                                            ("train / test images",
-                                             f"{res['n_train']} / {res['n_test']}"),
-                                            ("classes", res["num_classes"])) if v is not None],
+    head = html_table([[k, v] for k, v in (("checkpoint", res.get("checkpoint")),
+                                           ("data", res.get("data")),
+                                           ("method", m.get("method")),
+                                           ("backbone", m.get("backbone")),
+                                           ("ICL-MSR", m.get("icl_msr")),
+                                           ("epoch", m.get("epoch")),
+                                           ("probe and kNN fitted on", res.get("train_variant")
+                                            and f"{res['train_variant']} {res.get('train_split')}"),
+                                           ("train / test images",
+                                            f"{res['n_train']} / {res['n_test']}"),
+                                           ("classes", res["num_classes"])) if v is not None],
                       ["", ""])
     src, size = res.get("variant_sources", {}), res.get("variant_sizes", {})
     rows = [[v, src.get(v, ""), size.get(v, ""), fmt(r["linear_top1"]), fmt(r["linear_top5"]),
