@@ -43,11 +43,11 @@ def method_options(cfg: Config) -> dict:
         if k in own: continue
         whose = [n for n, c in METHODS.items() if k in options(c)]
         if whose:
-            raise ConfigError(f"model.options.{k} is an option of {', '.join(whose)}, not of "
-                              f"{name!r}; remove it")
+            raise ConfigError(f"model.options.{k} is an option of {', '.join(whose)}, "
+                              f"not of {name!r}; remove it")
         allowed = ", ".join(f"{o}={d!r}" for o, d in own.items())
-        raise ConfigError(f"model.options.{k}: method {name!r} has no such option; its options: "
-                          f"{allowed}")
+        raise ConfigError(f"model.options.{k}: method {name!r} has no such option; "
+                          f"its options: {allowed}")
     given = {k: coerce_value(v, types[k], f"model.options.{k}") if k in types else v
              for k, v in cfg.model.options.items()}
     return {**own, **given}
@@ -129,11 +129,11 @@ def method_from_config(cfg: Config, image_size: int, data=None):
     check_used(cfg)
     m, cls = cfg.model, METHODS[cfg.model.method]
     kw = dict(m.options)
-    # the argument's
     if data is not None:
-        kw.update(cls.data_options(data, cfg.data.augment)); kw.pop("image_size", None)
-    # to load a checkpoint into: no file is read
-    else: kw = {k: v for k, v in kw.items() if k not in cls.files}
+        kw.update(cls.data_options(data, cfg.data.augment))
+        kw.pop("image_size", None)   # the argument's
+    else:   # to load a checkpoint into: no file is read
+        kw = {k: v for k, v in kw.items() if k not in cls.files}
     # MoCo's weights were learnt with the ImageNet stem
     bkw = {"small_stem": False} if m.init is not None else {}
     try:
@@ -210,15 +210,16 @@ def diagnose_icl(*overrides, base=DIAGNOSE_BASE) -> dict:
            if (v := [r[k] for r in metas if r.get(k) is not None]) else None)
     # the gradient the projections receive: L_base + lam L_ICL against (1 + lam) L_base
     m = learn.method.train()
-    b = learn.make_batch(next(learn.stage_batches(learn.stage_keys("fit", learn.epoch_order(0), 0, 1)))[0])
+    b = learn.make_batch(
+        next(learn.stage_batches(learn.stage_keys("fit", learn.epoch_order(0), 0, 1)))[0])
     out = m.base.loss_from_features(m.backbone(b.v1), m.backbone(b.v2), b)
     z = [out["z1"], out["z2"]]
     g = torch.autograd.grad(out["base"] + m.msr.lam * m.msr.icl(*z), z, retain_graph=True)
     g0 = torch.autograd.grad((1 + m.msr.lam) * out["base"], z)
-    rel = float(sum(((a - c) ** 2).sum()
-                    for a, c in zip(g, g0)).sqrt() / sum((c ** 2).sum() for c in g0).sqrt())
-    gaps = [r["icl_gap"] for r in log.records if r.get("kind") == "batch"
-            and r.get("icl_gap") is not None]
+    rel = float(sum(((a - c) ** 2).sum() for a, c in zip(g, g0)).sqrt()
+                / sum((c ** 2).sum() for c in g0).sqrt())
+    gaps = [r["icl_gap"] for r in log.records
+            if r.get("kind") == "batch" and r.get("icl_gap") is not None]
     return {"overrides": list(overrides), "seconds": time.time() - t0, "steps": learn.step,
             "meta_steps": len(metas), "spread_start": spread0, "spread_end": sv.spread(),
             "moved_end": sv.moved(), "common_share_median": med("strata_common_share"),

@@ -49,8 +49,8 @@ class MixedPrecision(Callback):
     order = -10
     def __init__(self, dtype: torch.dtype = torch.bfloat16): self.dtype = dtype
     def before_fit(self):
-        self.learn.autocast = functools.partial(torch.autocast,
-                                                self.learn.device.type, dtype=self.dtype)
+        self.learn.autocast = functools.partial(torch.autocast, self.learn.device.type,
+                                                dtype=self.dtype)
     def after_fit(self): self.learn.autocast = contextlib.nullcontext
 
 # %% ../nbs/12b_callbacks.ipynb #751448dc
@@ -114,8 +114,8 @@ class MetricsLogger(Callback):
         if L.stage == "fit" and L.step % (self.every or setting(L, "log_every")) == 0:
             self.log({"kind": "batch", **L.last_batch,
                       "images_per_s": L.metrics.get("images_per_s")})
-        # every meta step: the diagnostics of stage 2 (iclmsr.msr.meta_diagnostics)
         elif L.stage == "meta":
+            # every meta step: the diagnostics of stage 2 (iclmsr.msr.meta_diagnostics)
             self.log({"kind": "meta", "batch": L.batch_idx, **L.last_batch})
     def after_epoch(self):
         L = self.learn
@@ -150,10 +150,8 @@ def after_load(self: MetricsLogger, ck):
     keep = [json.loads(l) for l in jl.read_text().splitlines() if l.strip()]
     # a batch record at the checkpoint's step was written just before it; epoch and meta records
     # only count if their epoch ended before the checkpoint's position
-    def before(
-               # a meta record of the checkpoint's own meta stage counts up to the checkpoint's
-               # batch
-               r):
+    def before(r):
+        # a meta record of the checkpoint's own meta stage counts up to the checkpoint's batch
         same_meta = r.get("kind") == "meta" and ck["stage"] == "meta" and r["epoch"] == ck["epoch"]
         return (r.get("kind") == "batch" or r["epoch"] < ck["epoch"]
                 or (same_meta and r.get("batch", 0) <= ck["batch"]))
@@ -186,35 +184,6 @@ class KNNMonitor(Callback):
     order = 40
     def __init__(self, every: int | None = None, data=None, k: int = 5, max_bank: int = 10_000):
         self.every, self.data, self.k, self.max_bank = every, data, k, max_bank
-    def before_fit(self):
-        L = self.learn
-        self.sets = None
-        if self._every == 0: return
-        test = next((d for d in (self.data, L.monitor_data) if d is not None), None)
-        if test is None and L.cfg is not None: test = load_dataset(L.cfg.data.spec, "test")
-        if test is None: return   # nothing held out to measure on
-        self.sets = {"knn_full": test}
-        # variant folders where the data has them, else derived from masks
-        have = available_variants(test)
-        for key, v in (("knn_fg", "only_fg"), ("knn_bg", "only_bg")):
-            if v in have or (v == "only_bg"
-                             and "only_bg_t" in have): self.sets[key] = variant_of(test, v)
-        g = torch.Generator().manual_seed(0)
-        n = len(L.data)
-        self.bank_idx = (torch.randperm(n, generator=g)[:self.max_bank]
-                         if n > self.max_bank else torch.arange(n))
-    def measure(self) -> dict:
-        L = self.learn
-        mean, std = L.aug.mean, L.aug.std
-        bank = extract_features(L.method, L.data.images[self.bank_idx.to(L.data.images.device)],
-                                mean, std, device=L.device)
-        labels = L.data.labels[self.bank_idx.to(L.data.labels.device)].cpu()
-        res = {}
-        for name, ds in self.sets.items():
-            q = extract_features(L.method, ds.images, mean, std, device=L.device)
-            pred = knn_predict(bank.cpu(), labels, q.cpu(), k=self.k)
-            res[name] = 100.0 * (pred == ds.labels.cpu()).float().mean().item()
-        return res
     @property
     def _every(self) -> int:
         return self.every if self.every is not None else setting(self.learn, "knn_every")
@@ -223,6 +192,41 @@ class KNNMonitor(Callback):
         if not self.sets: return
         e = L.epoch + 1
         if e % self._every == 0 or e == L.n_epochs: L.metrics.update(self.measure())
+
+# %% ../nbs/12b_callbacks.ipynb #0053b909
+@patch
+def before_fit(self: KNNMonitor):
+    L = self.learn
+    self.sets = None
+    if self._every == 0: return
+    test = next((d for d in (self.data, L.monitor_data) if d is not None), None)
+    if test is None and L.cfg is not None: test = load_dataset(L.cfg.data.spec, "test")
+    if test is None: return   # nothing held out to measure on
+    self.sets = {"knn_full": test}
+    # variant folders where the data has them, else derived from masks
+    have = available_variants(test)
+    for key, v in (("knn_fg", "only_fg"), ("knn_bg", "only_bg")):
+        if v in have or (v == "only_bg" and "only_bg_t" in have):
+            self.sets[key] = variant_of(test, v)
+    g = torch.Generator().manual_seed(0)
+    n = len(L.data)
+    self.bank_idx = (torch.randperm(n, generator=g)[:self.max_bank]
+                     if n > self.max_bank else torch.arange(n))
+
+# %% ../nbs/12b_callbacks.ipynb #5a1eb094
+@patch
+def measure(self: KNNMonitor) -> dict:
+    L = self.learn
+    mean, std = L.aug.mean, L.aug.std
+    bank = extract_features(L.method, L.data.images[self.bank_idx.to(L.data.images.device)],
+                            mean, std, device=L.device)
+    labels = L.data.labels[self.bank_idx.to(L.data.labels.device)].cpu()
+    res = {}
+    for name, ds in self.sets.items():
+        q = extract_features(L.method, ds.images, mean, std, device=L.device)
+        pred = knn_predict(bank.cpu(), labels, q.cpu(), k=self.k)
+        res[name] = 100.0 * (pred == ds.labels.cpu()).float().mean().item()
+    return res
 
 # %% ../nbs/12b_callbacks.ipynb #fbe8ae59
 class Checkpointer(Callback):
@@ -236,8 +240,8 @@ class Checkpointer(Callback):
     def before_fit(self):
         L = self.learn
         self.keeper = CheckpointKeeper(L.run_dir) if L.run_dir is not None else None
-        if L.metrics.get("best_"
-                         + self.monitor) is not None and self.keeper: self.keeper.best = L.metrics["best_" + self.monitor]
+        if L.metrics.get("best_" + self.monitor) is not None and self.keeper:
+            self.keeper.best = L.metrics["best_" + self.monitor]
         self._old = {}
         if self.handle_signals and threading.current_thread() is threading.main_thread():
             for s in (signal.SIGINT, signal.SIGTERM):

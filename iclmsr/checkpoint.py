@@ -82,15 +82,14 @@ def _keys(d: dict, n: int = 5) -> str:
 def _check_entries(path: Path, ck) -> dict:
     """`ck` if it is a dict with the `model` dict and the `config` (a dict, or None for a learner
     built from parts), else our refusal."""
-    if not isinstance(ck, dict): raise _refusal(path,
-                                                f"a torch file of a {type(ck).__name__}, not of a "
-                                                "dict")
+    if not isinstance(ck, dict):
+        raise _refusal(path, f"a torch file of a {type(ck).__name__}, not of a dict")
     missing = [k for k in ("model", "config")
                if not (isinstance(ck.get(k), dict)
                        or (k == "config" and k in ck and ck[k] is None))]
-    if missing: raise _refusal(path,
-                               f"a torch file of a dict with {_keys(ck)}, without "
-                               f"{' and '.join(map(repr, missing))}")
+    if missing:
+        raise _refusal(path, f"a torch file of a dict with {_keys(ck)}, "
+                             f"without {' and '.join(map(repr, missing))}")
     return ck
 
 # %% ../nbs/08_checkpoint.ipynb #3dd2ac27
@@ -116,7 +115,8 @@ def load_checkpoint(path: str | Path, config: dict | None = None, map_location="
     if config is not None:
         diffs = [d for d in config_diff(ck["config"], config) if d.split(":")[0] not in ignore]
         if diffs:
-            raise CheckpointMismatch(f"checkpoint {str(path)!r} was written by a different config: " + "; ".join(diffs))
+            raise CheckpointMismatch(f"checkpoint {str(path)!r} was written by a different config: "
+                                     + "; ".join(diffs))
     return ck
 
 # %% ../nbs/08_checkpoint.ipynb #e6b7b5f1

@@ -38,11 +38,9 @@ class DataConfig:
     spec: str = _f("toy",
                    help="dataset spec, e.g. toy, toy:size=64,rho=0.95, in9:PATH, cifar10:PATH")
     variant: str = _f("original", help="ImageNet-9 variant to train on (original, only_fg, ...)")
-    augment: Optional[Literal["wmse", "simclr", "dcodr"]] = _f(None,
-                                                               help="two-view augmentation preset "
-                                                                    "(null: the method's own, "
-                                                                    "dcodr for the DCoDR methods, "
-                                                                    "else wmse)")
+    augment: Optional[Literal["wmse", "simclr", "dcodr"]] = _f(
+        None, help="two-view augmentation preset (null: the method's own, dcodr for the DCoDR "
+                   "methods, else wmse)")
     resident: bool = _f(True,
                         help="keep the data on the training device and augment whole batches there")
     workers: int = _f(2, _nonneg, ">= 0", help="DataLoader workers when not resident")
@@ -57,45 +55,39 @@ class ModelConfig:
     backbone: str = _f("resnet18", help="resnet18, resnet50 or small_cnn")
     init: Optional[str] = _f(None,
                              help="MoCo v2 checkpoint (e.g. moco_v2_800ep_pretrain.pth.tar) to "
-                                  "start the ResNet backbone from, with the ImageNet stem (null: "
-                             "random init)")
+                                  "start the ResNet backbone from, with the ImageNet stem "
+                                  "(null: random init)")
     options: dict = field(default_factory=dict,
                           metadata={"help": "the method's own options: its constructor's keywords "
-                          "(e.g. temperature, proj_dim); --print-config lists them with their "
-                          "defaults"})
+                                            "(e.g. temperature, proj_dim); --print-config lists "
+                                            "them with their defaults"})
 
 # %% ../nbs/00b_config.ipynb #c68b828e
 @dataclass
 class ICLConfig:
     "The ICL-MSR regulariser (off by default: then the run is the plain base method)."
     enabled: bool = _f(False)
-    control: Literal["msr", "frozen", "ntxent"] = _f("msr",
-                                                     help="msr: ICL-MSR; the controls: frozen "
-                                                          "(strata as drawn, no stage 2), ntxent "
-                                                          "(n=1, a=1: base + lam NT-Xent)")
+    control: Literal["msr", "frozen", "ntxent"] = _f(
+        "msr", help="msr: ICL-MSR; the controls: frozen (strata as drawn, no stage 2), ntxent "
+                    "(n=1, a=1: base + lam NT-Xent)")
     n_strata: int = _f(16, _pos, ">= 1", help="number of semantic strata n")
     lam: float = _f(1.0, _nonneg, ">= 0", help="weight lambda of L_ICL")
     tau: float = _f(0.5, _pos, "> 0")
     negatives: Literal["all", "cross"] = _f("all")
-    meta_mode: Literal["exact", "unrolled", "finite_diff", "first_order"] = _f("exact",
-                                                                               help="how stage 2 "
-                                                                                    "differentiates through the virtual step")
-    meta_loss: Literal["auto", "base", "total"] = _f("total",
-                                                     help="outer objective of stage 2: total = "
-                                                          "L_base + lam L_ICL (as MetaMask), base "
-                                                          "= L_base; auto: total for first_order, "
-                                                          "else base")
-    meta_params: Literal["all", "head"] = _f("all",
-                                             help="parameters of the virtual step: all, or the "
-                                                  "projection head only")
+    meta_mode: Literal["exact", "unrolled", "finite_diff", "first_order"] = _f(
+        "exact", help="how stage 2 differentiates through the virtual step")
+    meta_loss: Literal["auto", "base", "total"] = _f(
+        "total", help="outer objective of stage 2: total = L_base + lam L_ICL (as MetaMask), "
+                      "base = L_base; auto: total for first_order, else base")
+    meta_params: Literal["all", "head"] = _f(
+        "all", help="parameters of the virtual step: all, or the projection head only")
     meta_share: float = _f(0.2, _unit, "in [0, 1]", help="share of batches used by stage 2")
     meta_lr: float = _f(1e-2, _pos, "> 0",
                         help="learning rate (Adam) of the stratum parameters w, whose initial "
                              "spread is init_std")
-    virtual_step: Literal["sgd", "adam"] = _f("adam",
-                                              help="virtual step of stage 2: plain SGD at the "
-                                                   "encoder's lr, or preconditioned by the "
-                                                   "encoder's Adam second moments")
+    virtual_step: Literal["sgd", "adam"] = _f(
+        "adam", help="virtual step of stage 2: plain SGD at the encoder's lr, or preconditioned "
+                     "by the encoder's Adam second moments")
     init_std: float = _f(1.0, _nonneg, ">= 0",
                          help="spread of the initial stratum parameters w_t ~ N(0, init_std^2) "
                               "(0.01 makes every a_t = 0.5 and the term a rescaled NT-Xent)")
@@ -105,13 +97,12 @@ class ICLConfig:
 # %% ../nbs/00b_config.ipynb #d48fb2bb
 @dataclass
 class InterveneConfig:
-    """do(background): views whose background is replaced by one drawn uniformly over the background
-    strata (off by default; needs masks)."""
+    ("do(background): views whose background is replaced by one drawn uniformly over the "
+     "background strata (off by default; needs masks).")   # one line: dump_config's comment
     enabled: bool = _f(False, help="swap backgrounds (the run-name suffix +do-bg sets it)")
-    views: Literal["one", "both"] = _f("one",
-                                       help="one: the first view only (the second keeps the "
-                                            "image's background); both: each view its own "
-                                            "background")
+    views: Literal["one", "both"] = _f(
+        "one", help="one: the first view only (the second keeps the image's background); "
+                    "both: each view its own background")
     p: float = _f(0.5, _unit, "in [0, 1]",
                   help="probability that a view of an image gets a new background")
     bg_negative: bool = _f(False,
@@ -126,9 +117,8 @@ class OptimConfig:
     lr: float = _f(3e-3, _pos, "> 0")
     weight_decay: float = _f(1e-6, _nonneg, ">= 0")
     momentum: float = _f(0.9, _unit, "in [0, 1]")
-    schedule: Literal["cosine", "step", "constant"] = _f("cosine",
-                                                         help="cosine after warm-up, or W-MSE's "
-                                                              "x0.2 steps")
+    schedule: Literal["cosine", "step", "constant"] = _f(
+        "cosine", help="cosine after warm-up, or W-MSE's x0.2 steps")
     warmup_steps: int = _f(500, _nonneg, ">= 0")
 
 # %% ../nbs/00b_config.ipynb #88de2f2a
@@ -188,26 +178,9 @@ def _describe(typ) -> str:
         return " or ".join(_describe(a) for a in get_args(typ))
     return getattr(typ, "__name__", str(typ))
 
-# %% ../nbs/00b_config.ipynb #86010743
-def coerce_value(value, typ, key: str):
-    """`value` as type `typ` (a string from the command line parsed), or a `ConfigError` naming
-    `key`."""
-    origin = get_origin(typ)
-    if origin in (Union, types.UnionType):
-        args = get_args(typ)
-        if type(None) in args and (value is None
-                                   or (isinstance(value, str)
-                                       and value.lower() in ("null", "none"))): return None
-        errs = []
-        for a in (a for a in args if a is not type(None)):
-            try: return coerce_value(value, a, key)
-            except ConfigError as e: errs.append(e)
-        raise ConfigError(f"{key}: {value!r} is not {_describe(typ)}")
-    if origin is Literal:
-        choices = get_args(typ)
-        if value in choices: return value
-        raise ConfigError(f"{key}: {value!r} is not allowed; allowed: "
-                          f"{', '.join(map(str, choices))}")
+# %% ../nbs/00b_config.ipynb #01d995da
+def _coerce_plain(value, typ, key: str):
+    "`coerce_value` of a plain `typ`: bool, int, float, str or dict."
     if typ is bool:
         if isinstance(value, bool): return value
         if isinstance(value, str) and value.lower() in _TRUE | _FALSE: return value.lower() in _TRUE
@@ -230,11 +203,33 @@ def coerce_value(value, typ, key: str):
         raise ConfigError(f"{key}: {value!r} is not a string")
     # a mapping checked by whoever reads it (model.options: the method's constructor)
     if typ is dict:
-        if isinstance(value, dict) and all(isinstance(k, str) and k
-                                           for k in value): return dict(value)
+        if isinstance(value, dict) and all(isinstance(k, str) and k for k in value):
+            return dict(value)
         raise ConfigError(f"{key}: {value!r} is not a mapping of names to values (e.g. "
                           f"{key}.temperature=0.2)")
     raise ConfigError(f"{key}: unsupported field type {typ}")
+
+# %% ../nbs/00b_config.ipynb #86010743
+def coerce_value(value, typ, key: str):
+    """`value` as type `typ` (a string from the command line parsed), or a `ConfigError` naming
+    `key`."""
+    origin = get_origin(typ)
+    if origin in (Union, types.UnionType):
+        args = get_args(typ)
+        if type(None) in args and (value is None or (isinstance(value, str)
+                                                     and value.lower() in ("null", "none"))):
+            return None
+        errs = []
+        for a in (a for a in args if a is not type(None)):
+            try: return coerce_value(value, a, key)
+            except ConfigError as e: errs.append(e)
+        raise ConfigError(f"{key}: {value!r} is not {_describe(typ)}")
+    if origin is Literal:
+        choices = get_args(typ)
+        if value in choices: return value
+        raise ConfigError(f"{key}: {value!r} is not allowed; allowed: "
+                          f"{', '.join(map(str, choices))}")
+    return _coerce_plain(value, typ, key)
 
 # %% ../nbs/00b_config.ipynb #5212dd7f
 def config_from_dict(d: dict | None = None, cls=Config, prefix: str = ""):
@@ -333,11 +328,11 @@ def dump_config(cfg: Config, comments: bool = True, notes: dict | None = None) -
         lines.append(f"{sec.name}:  # {type(sub).__doc__}")
         for f in fields(sub):
             v, must = getattr(sub, f.name), f.metadata.get("must")
-            note = "; ".join(x
-                             for x in (f.metadata.get("help", ""),
-                                       ("must be " + must) if must else "") if x)
-            if not (isinstance(v, dict)
-                    and v): lines.append(_line(2, f.name, _yaml_value(v), note)); continue
+            note = "; ".join(x for x in (f.metadata.get("help", ""),
+                                         ("must be " + must) if must else "") if x)
+            if not (isinstance(v, dict) and v):
+                lines.append(_line(2, f.name, _yaml_value(v), note))
+                continue
             lines.append(f"  {f.name}:" + (f"  # {note}" if note else ""))
             for k, x in v.items():
                 lines.append(_line(4, k, _yaml_value(x), notes.get(f"{sec.name}.{f.name}.{k}", "")))
@@ -366,8 +361,8 @@ def _run_parts(name: str) -> tuple[str, str | None, bool]:
     rest = [s for s in parts if s != DO_BG]
     if len(parts) - len(rest) > 1 or len(rest) > 1 or any(s not in RUN_SUFFIXES for s in rest):
         raise ConfigError(f"model.method: unknown run name {name!r}; a run name is a method, "
-                          f"optionally followed by +{DO_BG} and by one "
-                          "of " + ", ".join("+" + s for s in RUN_SUFFIXES))
+                          f"optionally followed by +{DO_BG} and by one of "
+                          + ", ".join("+" + s for s in RUN_SUFFIXES))
     return base, (RUN_SUFFIXES[rest[0]] if rest else None), len(rest) < len(parts)
 
 # %% ../nbs/00b_config.ipynb #2db2b955
@@ -398,9 +393,8 @@ def resolve_run_name(cfg: Config) -> Config:
     if control is None and not do_bg: return cfg
     icl = dataclasses.replace(cfg.icl, enabled=True, control=control) if control else cfg.icl
     iv = dataclasses.replace(cfg.intervene, enabled=True) if do_bg else cfg.intervene
-    return dataclasses.replace(cfg,
-                               model=dataclasses.replace(cfg.model, method=base), icl=icl,
-                               intervene=iv)
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, method=base),
+                               icl=icl, intervene=iv)
 
 # %% ../nbs/00b_config.ipynb #67a191c3
 def control_names(base: str = ModelConfig.method) -> list[str]:

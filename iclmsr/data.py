@@ -12,9 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from .fgbg import FgBgData, VARIANTS, make_variant, inpaint, tile_fill, check_plain
-from .toy import (BG_FAMILIES, SHAPES, TOY_FOREGROUNDS, affine_grid,
-                        sample_patches, one_thread, make_toy,
-    load_toy, image_grid)
+from .toy import (BG_FAMILIES, SHAPES, TOY_FOREGROUNDS, affine_grid, sample_patches,
+                        one_thread, make_toy, load_toy, image_grid)
 _all_ = ["FgBgData", "VARIANTS", "make_variant", "inpaint", "tile_fill", "BG_FAMILIES",
          "SHAPES", "TOY_FOREGROUNDS", "affine_grid", "sample_patches", "one_thread", "make_toy",
          "load_toy", "image_grid"]
@@ -61,9 +60,8 @@ def _resize_u8(x: torch.Tensor, size, mode="bilinear") -> torch.Tensor:
     t, l = (nh - size) // 2, (nw - size) // 2
     def one(c):
         if c.dtype == torch.bool:
-            return F.interpolate(c.float(), (nh, nw),
-                                 mode="area" if s < 1
-                                 else "nearest")[..., t:t + size, l:l + size] > 0.5
+            m = F.interpolate(c.float(), (nh, nw), mode="area" if s < 1 else "nearest")
+            return m[..., t:t + size, l:l + size] > 0.5
         y = F.interpolate(c.float(), (nh, nw), mode=mode, antialias=s < 1, align_corners=False)
         return y[..., t:t + size, l:l + size].round_().clamp_(0, 255).to(torch.uint8)
     return torch.cat([one(x[i:i + 512]) for i in range(0, len(x), 512)])
@@ -93,8 +91,8 @@ def _read_rgb(path):
         with Image.open(path) as im: return im.convert("RGB")
     except FileNotFoundError: raise
     except Exception as e:
-        raise ValueError(f"cannot read image {path}: {type(e).__name__}: {e} (on_error='skip' "
-                         "skips unreadable images)") from None
+        raise ValueError(f"cannot read image {path}: {type(e).__name__}: {e} "
+                         "(on_error='skip' skips unreadable images)") from None
 
 # %% ../nbs/01c_data.ipynb #fc9eff82
 def _load_many(fn, items, on_error: str, what: str):
@@ -104,16 +102,16 @@ def _load_many(fn, items, on_error: str, what: str):
     def safe(it):
         try: return fn(it), None
         except (ValueError, OSError) as e: return None, e
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count()
-                                            or 1)) as ex: res = list(ex.map(safe, items))
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as ex:
+        res = list(ex.map(safe, items))
     out, kept, skipped = [], [], []
     for i, (r, e) in enumerate(res):
         if e is None: out.append(r); kept.append(i); continue
         if on_error == "raise": raise e
         skipped.append(str(e))
-    if not out: raise ValueError(f"empty dataset {what!r}: none of its {len(items)} images could "
-                                 "be read"
-                                 + (f"; first error: {skipped[0]}" if skipped else ""))
+    if not out:
+        raise ValueError(f"empty dataset {what!r}: none of its {len(items)} images could be read"
+                         + (f"; first error: {skipped[0]}" if skipped else ""))
     return out, kept, skipped
 
 # %% ../nbs/01c_data.ipynb #a1e23a99
@@ -157,12 +155,13 @@ def _load_cifar(kind, path, split, size):
     miss = _missing(root/folder, files)
     if miss:
         raise FileNotFoundError(f"{kind} files missing in {root/folder}: {', '.join(miss)}. "
-                                f"Download {url} and extract it into {root} (tar xzf "
-                                f"{url.rsplit('/', 1)[1]} -C {root}) so that {root/folder}/ holds "
-                                f"{', '.join(files)}")
+                                f"Download {url} and extract it into {root} "
+                                f"(tar xzf {url.rsplit('/', 1)[1]} -C {root}) "
+                                f"so that {root/folder}/ holds {', '.join(files)}")
     try: d = _tv_cifar(kind)(str(root), train=split == "train")
     except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError) as e:
-        raise ValueError(f"cannot read the {kind} files in {root/folder}: {type(e).__name__}: {e}") from None
+        raise ValueError(f"cannot read the {kind} files in {root/folder}: "
+                         f"{type(e).__name__}: {e}") from None
     images = torch.from_numpy(np.ascontiguousarray(d.data)).permute(0, 3, 1, 2).contiguous()
     return FgBgData(_resize_u8(images, size), None, torch.tensor(d.targets), None,
                     d.classes, f"{kind}-{split}", dict(source=kind, split=split, path=str(root)))
@@ -194,13 +193,14 @@ def load_stl10(path, split: str = "train", size: int | None = None) -> FgBgData:
     miss = _missing(root/"stl10_binary", _STL_FILES[split])
     if miss:
         raise FileNotFoundError(f"stl10 files missing in {root/'stl10_binary'}: {', '.join(miss)}. "
-                                f"Download {_STL_URL} and extract it into {root} (tar xzf "
-                                f"stl10_binary.tar.gz -C {root}) so that {root/'stl10_binary'}/ "
-                                "holds train_X.bin, train_y.bin, test_X.bin, test_y.bin, "
-                                "unlabeled_X.bin")
+                                f"Download {_STL_URL} and extract it into {root} "
+                                f"(tar xzf stl10_binary.tar.gz -C {root}) so that "
+                                f"{root/'stl10_binary'}/ holds train_X.bin, train_y.bin, "
+                                "test_X.bin, test_y.bin, unlabeled_X.bin")
     try: d = _STL(str(root), split=split)
     except ValueError as e:
-        raise ValueError(f"cannot read the stl10 {split} files in {root/'stl10_binary'}: {e}") from None
+        raise ValueError(f"cannot read the stl10 {split} files "
+                         f"in {root/'stl10_binary'}: {e}") from None
     classes = getattr(d, "classes", None) or _STL_CLASSES
     images = torch.from_numpy(np.ascontiguousarray(d.data))
     return FgBgData(_resize_u8(images, size), None,
@@ -225,6 +225,24 @@ def _try(f):
     try: f(); return True
     except Exception: return False
 
+# %% ../nbs/01c_data.ipynb #dfee5373
+def _tiny_files(root: Path, split: str, wnids: list) -> list:
+    "`(image file, label)` of the Tiny ImageNet `split` in `root`, labels indexing `wnids`."
+    idx = {w: i for i, w in enumerate(wnids)}
+    if split == "train":
+        files = [(f, idx[w]) for w in wnids
+                 for f in sorted((root/"train"/w/"images").glob("*.JPEG"))]
+    else:
+        files = []
+        for line in (root/"val"/"val_annotations.txt").read_text().splitlines():
+            parts = line.split("\t")
+            if len(parts) < 2: continue
+            if parts[1] not in idx:
+                raise ValueError(f"{root/'val'/'val_annotations.txt'}: "
+                                 f"wnid {parts[1]!r} of {parts[0]} is not in wnids.txt")
+            files.append((root/"val"/"images"/parts[0], idx[parts[1]]))
+    return files
+
 # %% ../nbs/01c_data.ipynb #6353f59f
 def load_tiny_imagenet(path, split: str = "train", size: int | None = None,
                        on_error: str = "raise") -> FgBgData:
@@ -239,36 +257,24 @@ def load_tiny_imagenet(path, split: str = "train", size: int | None = None,
     miss = _missing(root, need)
     if miss:
         raise FileNotFoundError(f"Tiny ImageNet not found: {', '.join(str(root/m) for m in miss)} "
-                                f"missing. Download {_TINY_URL} and unzip it into {p} (it creates "
-                                f"tiny-imagenet-200/ with {layout})")
+                                f"missing. Download {_TINY_URL} and unzip it into {p} "
+                                f"(it creates tiny-imagenet-200/ with {layout})")
     wnids = sorted(set((root/"wnids.txt").read_text().split()))
     words = {}
     if (root/"words.txt").is_file():
         for line in (root/"words.txt").read_text().splitlines():
             k, _, v = line.partition("\t"); words[k.strip()] = v.split(",")[0].strip()
-    idx = {w: i for i, w in enumerate(wnids)}
-    if split == "train":
-        files = [(f, idx[w]) for w in wnids
-                 for f in sorted((root/"train"/w/"images").glob("*.JPEG"))]
-    else:
-        files = []
-        for line in (root/"val"/"val_annotations.txt").read_text().splitlines():
-            parts = line.split("\t")
-            if len(parts) < 2: continue
-            if parts[1] not in idx:
-                raise ValueError(f"{root/'val'/'val_annotations.txt'}: wnid {parts[1]!r} of "
-                                 f"{parts[0]} is not in wnids.txt")
-            files.append((root/"val"/"images"/parts[0], idx[parts[1]]))
+    files = _tiny_files(root, split, wnids)
     if not files:
-        raise ValueError(f"empty dataset 'tiny-imagenet-{split}': no images found under {root} "
-                         f"({layout})")
+        raise ValueError(f"empty dataset 'tiny-imagenet-{split}': "
+                         f"no images found under {root} ({layout})")
     images, kept, skipped = _image_tensor([f for f, _ in files], size, on_error,
                                           f"tiny-imagenet-{split}")
     labels = torch.tensor([files[i][1] for i in kept])
     return FgBgData(images, None, labels, None, [words.get(w, w) for w in wnids],
                     f"tiny-imagenet-{split}",
-                    dict(source="tiny-imagenet", split=split, path=str(root),
-                         wnids=wnids, **_skip_meta(skipped)))
+                    dict(source="tiny-imagenet", split=split, path=str(root), wnids=wnids,
+                         **_skip_meta(skipped)))
 
 # %% ../nbs/01c_data.ipynb #ff1ec30c
 def _read_coco(ann: Path):
@@ -338,18 +344,43 @@ def load_coco_fg(annotations, images, split: str = "train", size: int = 64, min_
     lab = {c: i for i, c in enumerate(cat_ids)}
     jobs = _coco_instances(coco, min_area)
     if not jobs:
-        raise ValueError(f"empty dataset 'coco-fg': no non-crowd instance in {ann} has area >= "
-                         f"min_area={min_area}")
+        raise ValueError(f"empty dataset 'coco-fg': no non-crowd instance in {ann} "
+                         f"has area >= min_area={min_area}")
     crops = lambda job: _coco_crops(coco, imdir, lab, size, context, job)
     res, _, skipped = _load_many(crops, jobs, on_error, "coco-fg")
     flat = [c for r in res for c in r][:max_instances]
-    return FgBgData(torch.from_numpy(np.stack([c[0]
-                                               for c in flat])).permute(0, 3, 1, 2).contiguous(),
-                    torch.from_numpy(np.stack([c[1] for c in flat])),
-                    torch.tensor([c[2] for c in flat]), None, classes, f"coco-fg-{split}",
-                    dict(source="coco-fg", split=split, annotations=str(ann), images=str(imdir),
-                                             instance_ids=[int(c[3]) for c in flat],
-                         **_skip_meta(skipped)))
+    return FgBgData(
+        torch.from_numpy(np.stack([c[0] for c in flat])).permute(0, 3, 1, 2).contiguous(),
+        torch.from_numpy(np.stack([c[1] for c in flat])), torch.tensor([c[2] for c in flat]),
+        None, classes, f"coco-fg-{split}",
+        dict(source="coco-fg", split=split, annotations=str(ann), images=str(imdir),
+             instance_ids=[int(c[3]) for c in flat], **_skip_meta(skipped)))
+
+# %% ../nbs/01c_data.ipynb #0bf38c4c
+def _pets_names(listing: Path) -> dict:
+    "Breed names by label (0-based) from an Oxford-IIIT Pet list (`trainval.txt`, `test.txt`)."
+    names = {}
+    for line in listing.read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and not line.startswith("#"):
+            names[int(parts[1]) - 1] = " ".join(
+                w.title() for w in parts[0].rsplit("_", 1)[0].split("_"))
+    return names
+
+# %% ../nbs/01c_data.ipynb #04be9ed8
+def _pets_sample(tv, i: int, size: int) -> tuple:
+    "`(image, foreground mask, label)` of sample `i` of the `OxfordIIITPet` `tv`, at `size`."
+    from PIL import Image
+    try: im, (label, tri) = tv[i]
+    except Exception as e:
+        raise ValueError(f"cannot read Oxford-IIIT Pet sample {tv._images[i].name}: "
+                         f"{type(e).__name__}: {e} "
+                         "(on_error='skip' skips unreadable images)") from None
+    if im.size != tri.size:
+        raise ValueError(f"mask/image size mismatch for {tv._images[i].name}: "
+                         f"image {im.size}, trimap {tri.size}")
+    return (np.asarray(_fit(im.convert("RGB"), size, Image.BILINEAR)),
+            np.asarray(_fit(tri, size, Image.NEAREST)) == 1, label)
 
 # %% ../nbs/01c_data.ipynb #4f706b73
 _PETS_URLS = ("https://www.robots.ox.ac.uk/~vgg/data/pets/data/images.tar.gz",
@@ -358,7 +389,6 @@ _PETS_URLS = ("https://www.robots.ox.ac.uk/~vgg/data/pets/data/images.tar.gz",
 def load_pets(path, split: str = "train", size: int = 64, on_error: str = "raise") -> FgBgData:
     """Oxford-IIIT Pet (37 breeds) with trimap masks, via torchvision's `OxfordIIITPet`; `train` =
     trainval."""
-    from PIL import Image
     from torchvision.datasets import OxfordIIITPet
     _check_on_error(on_error)
     tv_split = "test" if split == "test" else "trainval"
@@ -367,44 +397,29 @@ def load_pets(path, split: str = "train", size: int = 64, on_error: str = "raise
     miss = [str(base/f) for f in ("images", "annotations/trimaps") if not (base/f).is_dir()] + \
            [str(base/f) for f in (f"annotations/{tv_split}.txt",) if not (base/f).is_file()]
     if miss:
-        raise FileNotFoundError(f"Oxford-IIIT Pet not found: {', '.join(miss)} missing. Download "
-                                f"{_PETS_URLS[0]} and {_PETS_URLS[1]} and extract both into {base} "
-                                "(it then holds images/*.jpg, annotations/trimaps/*.png, "
-                                "annotations/list.txt, trainval.txt and test.txt)")
+        raise FileNotFoundError(f"Oxford-IIIT Pet not found: {', '.join(miss)} missing. "
+                                f"Download {_PETS_URLS[0]} and {_PETS_URLS[1]} "
+                                f"and extract both into {base} (it then holds images/*.jpg, "
+                                "annotations/trimaps/*.png, annotations/list.txt, trainval.txt "
+                                "and test.txt)")
     tv = OxfordIIITPet(str(root), split=tv_split, target_types=["category", "segmentation"])
-    names = {}
-    for line in (base/"annotations"/f"{tv_split}.txt").read_text().splitlines():
-        parts = line.split()
-        if len(parts) >= 2 and not line.startswith("#"):
-            names[int(parts[1]) - 1] = " ".join(w.title()
-                                                for w in parts[0].rsplit("_", 1)[0].split("_"))
-    def one(i):
-        try: im, (label, tri) = tv[i]
-        except Exception as e:
-            raise ValueError(f"cannot read Oxford-IIIT Pet sample {tv._images[i].name}: "
-                             f"{type(e).__name__}: {e} (on_error='skip' skips unreadable "
-                             "images)") from None
-        if im.size != tri.size:
-            raise ValueError(f"mask/image size mismatch for {tv._images[i].name}: image {im.size}, "
-                             f"trimap {tri.size}")
-        return (np.asarray(_fit(im.convert("RGB"), size, Image.BILINEAR)),
-                np.asarray(_fit(tri, size, Image.NEAREST)) == 1, label)
+    names = _pets_names(base/"annotations"/f"{tv_split}.txt")
+    one = lambda i: _pets_sample(tv, i, size)
     res, _, skipped = _load_many(one, list(range(len(tv))), on_error, f"pets-{split}")
     k = max(names) + 1 if names else 37
-    return FgBgData(torch.from_numpy(np.stack([r[0]
-                                               for r in res])).permute(0, 3, 1, 2).contiguous(),
-                    torch.from_numpy(np.stack([r[1] for r in res])),
-                    torch.tensor([r[2] for r in res]), None,
-                    [names.get(i, f"class{i}") for i in range(k)], f"pets-{split}",
-                    dict(source="pets", split=split, path=str(base), **_skip_meta(skipped)))
+    return FgBgData(
+        torch.from_numpy(np.stack([r[0] for r in res])).permute(0, 3, 1, 2).contiguous(),
+        torch.from_numpy(np.stack([r[1] for r in res])), torch.tensor([r[2] for r in res]), None,
+        [names.get(i, f"class{i}") for i in range(k)], f"pets-{split}",
+        dict(source="pets", split=split, path=str(base), **_skip_meta(skipped)))
 
 # %% ../nbs/01c_data.ipynb #ffdfca70
 _IN9_HELP = ("Download the ImageNet-9 Backgrounds Challenge data from "
              "https://github.com/MadryLab/backgrounds_challenge (releases: bg_challenge.tar.gz "
              "holds <variant>/val/<class>/*.JPEG and fg_mask/val/<class>/*.npy; the README links "
              "the training sets) and extract it so that PATH/<variant>/<split>/<class>/ holds the "
-             "images, or write your own folders in that layout (iclmsr data export SPEC --out "
-             "PATH)")
+             "images, or write your own folders in that layout "
+             "(iclmsr data export SPEC --out PATH)")
 # a folder tree's domain ids, one row (path, domain) per image: read_domains
 DOMAINS_FILE = "domains.csv"
 _SPLIT_DIRS = {"test": ("test", "val"), "val": ("val", "test")}
@@ -419,8 +434,8 @@ def _variant_folders(root: Path, split_dir: str) -> dict:
     return {v: str(root/v) for v in _NAMES if (root/v/split_dir).is_dir()}
 
 # %% ../nbs/01c_data.ipynb #386c4cb2
-def _subdirs(p: Path) -> list: return sorted(d.name for d in p.iterdir()
-                                             if d.is_dir()) if p.is_dir() else []
+def _subdirs(p: Path) -> list:
+    return sorted(d.name for d in p.iterdir() if d.is_dir()) if p.is_dir() else []
 
 # %% ../nbs/01c_data.ipynb #1c7fe328
 def _sidecar(root: Path):
@@ -437,14 +452,14 @@ def _in9_split_dir(root: Path, variant: str, split: str) -> Path:
     vdir = next((root/v for v in _VARIANT_DIRS.get(variant, (variant,)) if (root/v).is_dir()), None)
     if vdir is None:
         found = [d for d in _subdirs(root) if d != "fg_mask"]
-        raise FileNotFoundError(f"no {variant!r} variant folder in {root} (found: "
-                                f"{', '.join(found) or 'nothing'}); expected "
-                                f"{root}/{variant}/<split>/<class>/*.png. {_IN9_HELP}")
+        raise FileNotFoundError(f"no {variant!r} variant folder in {root} "
+                                f"(found: {', '.join(found) or 'nothing'}); "
+                                f"expected {root}/{variant}/<split>/<class>/*.png. {_IN9_HELP}")
     sdir = next((vdir/s for s in _SPLIT_DIRS.get(split, (split,)) if (vdir/s).is_dir()), None)
     if sdir is None:
-        raise FileNotFoundError(f"no {split!r} split in {vdir} (found: "
-                                f"{', '.join(_subdirs(vdir)) or 'nothing'}); expected "
-                                f"{vdir}/{split}/<class>/*")
+        raise FileNotFoundError(f"no {split!r} split in {vdir} "
+                                f"(found: {', '.join(_subdirs(vdir)) or 'nothing'}); "
+                                f"expected {vdir}/{split}/<class>/*")
     return sdir
 
 # %% ../nbs/01c_data.ipynb #a64fe94e
@@ -456,8 +471,8 @@ def _in9_masks(mdir: Path, class_dirs: list, files: list, size: int,
     mpaths = [mdir/class_dirs[i]/f"{f.stem}.npy" for f, i in files]
     have = sum(p.is_file() for p in mpaths)
     if have != len(mpaths):
-        meta["masks"] = (f"only {have} of {len(mpaths)} images have a mask in {mdir}; masks not "
-                         "loaded")
+        meta["masks"] = (f"only {have} of {len(mpaths)} images have a mask in {mdir}; "
+                         "masks not loaded")
         return None
     def read_mask(p):
         try: return torch.from_numpy(np.load(p, allow_pickle=False) != 0)
@@ -474,8 +489,8 @@ def _in9_backgrounds(root: Path, side: dict | None, indexed: bool, split_dir: st
     if indexed and side:
         ids = side.get("splits", {}).get(split_dir, {}).get("backgrounds", {}).get(variant)
         if ids is not None:
-            bgs = torch.tensor([ids[int(f.stem)] if int(f.stem) < len(ids)
-                                else -1 for f, _ in files])
+            bgs = torch.tensor([ids[int(f.stem)] if int(f.stem) < len(ids) else -1
+                                for f, _ in files])
         if side.get("bg_names"): meta["bg_names"] = side["bg_names"]
         if side.get("train_cooccurrence") is not None:
             meta["train_cooccurrence"] = side["train_cooccurrence"]
@@ -488,8 +503,8 @@ def _in9_backgrounds(root: Path, side: dict | None, indexed: bool, split_dir: st
 # %% ../nbs/01c_data.ipynb #f8d79f67
 def load_in9(path, split: str = "train", variant: str = "original", size: int | None = None,
              masks: bool = True, on_error: str = "raise") -> FgBgData:
-    """An ImageNet-9-style folder tree `path/<variant>/<split>/<class>/*` (+
-    `fg_mask/<split>/<class>/*.npy`, `domains.csv`)."""
+    """An ImageNet-9-style folder tree `path/<variant>/<split>/<class>/*`
+    (+ `fg_mask/<split>/<class>/*.npy`, `domains.csv`)."""
     _check_on_error(on_error)
     if variant not in _NAMES:
         raise ValueError(f"unknown variant {variant!r}; variants are: {', '.join(_NAMES)}")
@@ -526,8 +541,8 @@ def read_domains(root) -> dict:
         rows = csv.reader(fh)
         head = [h.strip().lower() for h in next(rows, [])]
         if "path" not in head or "domain" not in head:
-            raise ValueError(f"{f}: the first line must name the columns path and domain (e.g. "
-                             f"'path,domain'), got {','.join(head)!r}")
+            raise ValueError(f"{f}: the first line must name the columns path and domain "
+                             f"(e.g. 'path,domain'), got {','.join(head)!r}")
         ip, idom, out = head.index("path"), head.index("domain"), {}
         for n, row in enumerate(rows, 2):
             if not any(c.strip() for c in row): continue
@@ -535,8 +550,8 @@ def read_domains(root) -> dict:
                 raise ValueError(f"{f}: line {n} has {len(row)} column(s), not a path and a domain")
             p, v = row[ip].strip().replace("\\", "/"), row[idom].strip()
             if Path(p).is_absolute() or ".." in Path(p).parts or not (root/p).is_file():
-                raise ValueError(f"{f}: line {n}: {p!r} is not an image file under {root} (paths "
-                                 "are relative to the folder of domains.csv)")
+                raise ValueError(f"{f}: line {n}: {p!r} is not an image file under {root} "
+                                 "(paths are relative to the folder of domains.csv)")
             if not re.fullmatch(r"\d+", v):
                 raise ValueError(f"{f}: line {n}: domain {v!r} of {p!r} is not an integer >= 0")
             if p in out: raise ValueError(f"{f}: line {n}: {p!r} is given twice")
@@ -578,7 +593,8 @@ def _folder_variant(data: FgBgData, name: str) -> FgBgData:
                       size=size, on_error=data.meta.get("on_error", "raise"))
     except (ValueError, FileNotFoundError) as e:
         if "no images in" not in str(e) and not isinstance(e, FileNotFoundError): raise
-        raise ValueError(f"variant folder {sdir} has no images (expected {sdir}/<class>/*)") from None
+        raise ValueError(f"variant folder {sdir} has no images "
+                         f"(expected {sdir}/<class>/*)") from None
     extra = [c for c in v.classes if c not in data.classes]
     if extra:
         raise ValueError(f"variant folder {sdir} has classes that {data.name!r} lacks: "
@@ -599,9 +615,8 @@ def variant_of(data: FgBgData, name: str, seed: int = 0) -> FgBgData:
     have = available_variants(data)
     if have.get(name) == "folder": return _folder_variant(data, name)
     if have.get(name) == "masks": return data.variant(name, seed=seed)
-    # no masks
     if name == "only_bg" and have.get("only_bg_t") == "folder":
-        return _folder_variant(data, "only_bg_t")
+        return _folder_variant(data, "only_bg_t")  # no masks
     raise ValueError(f"variant {name!r} is not available for {data.name!r}: it has " +
                      ", ".join(f"{k} ({w})" for k, w in have.items()) +
                      ("" if data.has_masks
@@ -621,10 +636,11 @@ def _write_images(images: torch.Tensor, labels: torch.Tensor, folder: Path, clas
     from PIL import Image
     for d in set(labels.tolist()): (folder/class_dirs[d]).mkdir(parents=True, exist_ok=True)
     arr = images.cpu().permute(0, 2, 3, 1).numpy()
-    def one(i): Image.fromarray(arr[i]).save(folder/class_dirs[int(labels[i])]/f"{i:06d}.png",
-                                             compress_level=1)
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count()
-                                            or 1)) as ex: list(ex.map(one, range(len(arr))))
+    def one(i):
+        Image.fromarray(arr[i]).save(folder/class_dirs[int(labels[i])]/f"{i:06d}.png",
+                                     compress_level=1)
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as ex:
+        list(ex.map(one, range(len(arr))))
 
 # %% ../nbs/01c_data.ipynb #78ec40b6
 def _export_data(data, splits) -> dict:
@@ -636,17 +652,17 @@ def _export_data(data, splits) -> dict:
         loaded, err = {}, None
         for s in (splits or DATASETS[name].default_splits):
             try: loaded[s] = load_dataset(data, s)
-            # a usual split that this copy lacks (IN-9's release has only val)
             except FileNotFoundError as e:
+                # a usual split that this copy lacks (IN-9's release has only val)
                 if splits is not None: raise
                 err = e
         if not loaded: raise err
         data = loaded
     elif isinstance(data, FgBgData): data = {data.meta.get("split", "train"): data}
-    elif not isinstance(data, dict) or not data or not all(isinstance(v, FgBgData)
-                                                           for v in data.values()):
-        raise ValueError("export_in9 needs a spec string, an FgBgData or a non-empty dict of "
-                         f"them, got {type(data).__name__}")
+    elif (not isinstance(data, dict) or not data
+            or not all(isinstance(v, FgBgData) for v in data.values())):
+        raise ValueError("export_in9 needs a spec string, an FgBgData or a non-empty dict of them, "
+                         f"got {type(data).__name__}")
     if splits is not None:
         miss = [s for s in splits if s not in data]
         if miss:
@@ -670,8 +686,8 @@ def _export_variants(data: dict, variants) -> list:
         if d.classes != first.classes:
             raise ValueError(f"split {s!r} has other classes than {next(iter(data))!r}")
         if bool((d.labels < 0).any()):
-            raise ValueError(f"split {s!r} has unlabeled images (label -1); class folders need "
-                             "labels")
+            raise ValueError(f"split {s!r} has unlabeled images (label -1); "
+                             "class folders need labels")
     return variants
 
 # %% ../nbs/01c_data.ipynb #7bae5851
@@ -711,8 +727,8 @@ def _export_split(d: FgBgData, s: str, out: Path, variants: list, cdirs: list, s
     if d.has_masks:
         mk = d.masks.cpu().numpy()
         for c in set(labels.tolist()): (out/"fg_mask"/s/cdirs[c]).mkdir(parents=True, exist_ok=True)
-        for i in range(len(mk)): np.save(out/"fg_mask"/s/cdirs[int(labels[i])]/f"{i:06d}.npy",
-                                         mk[i])
+        for i in range(len(mk)):
+            np.save(out/"fg_mask"/s/cdirs[int(labels[i])]/f"{i:06d}.npy", mk[i])
     return dict(n=len(d), backgrounds=bgs)
 
 # %% ../nbs/01c_data.ipynb #eb32c64c
@@ -745,14 +761,17 @@ class DatasetInfo(NamedTuple):
     splits: tuple
     default_splits: tuple
 
+# %% ../nbs/01c_data.ipynb #75c2e3be
 DATASETS: dict = {
     "toy": DatasetInfo(load_toy,
-                       "toy[:num_classes=10,size=32,n_train=1000,n_test=200,rho=0.9,rho_test=none,seed=0,fg=digits]",
-                       "the embedded foreground/background dataset: digits on scikit-image "
-                       "backgrounds (no download)", ("train", "test"), ("train", "test")),
+                       ("toy[:num_classes=10,size=32,n_train=1000,n_test=200,rho=0.9,"
+                        "rho_test=none,seed=0,fg=digits]"),
+                       ("the embedded foreground/background dataset: digits on scikit-image "
+                        "backgrounds (no download)"),
+                       ("train", "test"), ("train", "test")),
     "cifar10": DatasetInfo(load_cifar10, "cifar10:PATH[,size=N]",
-                           "CIFAR-10 python batches (torchvision), no masks", ("train", "test"),
-                           ("train", "test")),
+                           "CIFAR-10 python batches (torchvision), no masks",
+                           ("train", "test"), ("train", "test")),
     "cifar100": DatasetInfo(load_cifar100, "cifar100:PATH[,size=N]",
                             "CIFAR-100 python files, fine labels (torchvision), no masks",
                             ("train", "test"), ("train", "test")),
@@ -761,35 +780,30 @@ DATASETS: dict = {
                          ("train", "test", "unlabeled"), ("train", "test")),
     "tiny-imagenet": DatasetInfo(load_tiny_imagenet,
                                  "tiny-imagenet:PATH[,size=N,on_error=raise|skip]",
-                                 "Tiny ImageNet 200 classes, 64 px; test = the labelled val split; "
-                                 "no masks", ("train", "val", "test"), ("train", "val")),
+                                 ("Tiny ImageNet 200 classes, 64 px; test = the labelled val "
+                                  "split; no masks"),
+                                 ("train", "val", "test"), ("train", "val")),
     "coco-fg": DatasetInfo(load_coco_fg,
-                           "coco-fg:ANNOTATIONS_JSON,IMAGES_DIR[,size=64,min_area=400,context=0.1,on_error=raise|skip]",
+                           ("coco-fg:ANNOTATIONS_JSON,IMAGES_DIR"
+                            "[,size=64,min_area=400,context=0.1,on_error=raise|skip]"),
                            "COCO instance crops with their masks (pycocotools), label = category",
                            ("train", "val", "test"), ("train",)),
     "in9": DatasetInfo(load_in9,
                        "in9:PATH[,variant=original,size=N,masks=true,on_error=raise|skip]",
-                       "ImageNet-9 Backgrounds Challenge folders PATH/<variant>/<split>/<class>/* "
-                       "(also your own data)", ("train", "val", "test"), ("train", "val")),
+                       ("ImageNet-9 Backgrounds Challenge folders PATH/<variant>/<split>/<class>/* "
+                        "(also your own data)"),
+                       ("train", "val", "test"), ("train", "val")),
     "pets": DatasetInfo(load_pets, "pets:PATH[,size=64,on_error=raise|skip]",
                         "Oxford-IIIT Pet, 37 breeds, trimap masks (torchvision); train = trainval",
                         ("train", "test"), ("train", "test")),
 }
 
-# %% ../nbs/01c_data.ipynb #8812abc7
+# %% ../nbs/01c_data.ipynb #803cb100
 _GENERIC = ("variant", "limit")
 
-def load_dataset(spec: str, split: str = "train") -> FgBgData:
-    "The dataset named by `spec` (see `DATASETS`), one split, as an `FgBgData`."
-    name, args, opts = parse_spec(spec)
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r} in spec {spec!r}; known datasets: "
-                         f"{', '.join(DATASETS)} (e.g. 'toy', 'toy:size=64,rho=0.95', "
-                         "'cifar10:PATH')")
-    info = DATASETS[name]
-    if split not in info.splits:
-        raise ValueError(f"unknown split {split!r} for dataset {name!r}; splits are: "
-                         f"{', '.join(info.splits)}")
+def _loader_options(name: str, spec: str, info: DatasetInfo, args: list, opts: dict) -> dict:
+    """The generic options (`_GENERIC`) taken out of `opts`; the other options and the path `args`
+    checked against the loader of dataset `name`."""
     ps = inspect.signature(info.loader).parameters
     pos = [k for k, p in ps.items() if p.default is inspect.Parameter.empty]
     names = [k for k, p in ps.items() if p.default is not inspect.Parameter.empty and k != "split"]
@@ -800,8 +814,23 @@ def load_dataset(spec: str, split: str = "train") -> FgBgData:
                          f"{', '.join(names + [g for g in _GENERIC if g not in names])}")
     if len(args) != len(pos):
         raise ValueError(f"dataset {name!r} takes {len(pos)} path argument(s) "
-                         f"({', '.join(p.upper() for p in pos) or 'none'}), got {len(args)} in "
-                         f"{spec!r}; usage: {info.usage}")
+                         f"({', '.join(p.upper() for p in pos) or 'none'}), "
+                         f"got {len(args)} in {spec!r}; usage: {info.usage}")
+    return generic
+
+# %% ../nbs/01c_data.ipynb #8812abc7
+def load_dataset(spec: str, split: str = "train") -> FgBgData:
+    "The dataset named by `spec` (see `DATASETS`), one split, as an `FgBgData`."
+    name, args, opts = parse_spec(spec)
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r} in spec {spec!r}; "
+                         f"known datasets: {', '.join(DATASETS)} "
+                         "(e.g. 'toy', 'toy:size=64,rho=0.95', 'cifar10:PATH')")
+    info = DATASETS[name]
+    if split not in info.splits:
+        raise ValueError(f"unknown split {split!r} for dataset {name!r}; splits are: "
+                         f"{', '.join(info.splits)}")
+    generic = _loader_options(name, spec, info, args, opts)
     variant, limit = generic.get("variant", opts.get("variant", "original")), generic.get("limit")
     if variant not in _NAMES:
         raise ValueError(f"unknown variant {variant!r}; variants are: {', '.join(_NAMES)}")
@@ -848,10 +877,11 @@ def data_summary(spec: str, splits=None) -> dict:
         ids, counts = (b[known].unique(return_counts=True) if known.any()
                        else (torch.tensor([]), torch.tensor([])))
         lab = (d.labels.cpu() >= 0) & known
-        out["splits"][s] = dict(size=len(d), background_ids=ids.tolist(),
-                                background_counts=counts.tolist(),
-                                bg_matches_class=round((b[lab] == d.labels.cpu()[lab]).float().mean().item(), 4) if lab.any() else None,
-                                skipped=d.meta.get("skipped", 0))
+        out["splits"][s] = dict(
+            size=len(d), background_ids=ids.tolist(), background_counts=counts.tolist(),
+            bg_matches_class=(round((b[lab] == d.labels.cpu()[lab]).float().mean().item(), 4)
+                              if lab.any() else None),
+            skipped=d.meta.get("skipped", 0))
     return out
 
 # %% ../nbs/01c_data.ipynb #2ceb71df

@@ -64,8 +64,8 @@ def notebook_markdown(nb_path: str | Path) -> str:
             if "description" in fm: parts.append(f"> {fm['description']}")
         elif c["cell_type"] == "markdown": parts.append(src.strip())
         elif c["cell_type"] == "code":
-            if src.strip() and not re.search(r"^#\|\s*echo:\s*false\s*$", src,
-                                             re.M): parts.append(f"``` python\n{src.rstrip()}\n```")
+            if src.strip() and not re.search(r"^#\|\s*echo:\s*false\s*$", src, re.M):
+                parts.append(f"``` python\n{src.rstrip()}\n```")
             parts += [t for t in map(_output_md, c.get("outputs", [])) if t]
     return "\n\n".join(p for p in parts if p) + "\n"
 
@@ -76,8 +76,8 @@ def use_output_files(proc: str | Path) -> dict[str, str]:
     proc, moved = Path(proc), {}
     for nb in sorted(proc.rglob("*.ipynb")):
         cells = json.loads(nb.read_text(encoding="utf-8"))["cells"]
-        fm = (_front_matter(_src(cells[0]["source"])) if cells
-              and cells[0]["cell_type"] == "raw" else {})
+        fm = (_front_matter(_src(cells[0]["source"]))
+              if cells and cells[0]["cell_type"] == "raw" else {})
         out = fm.get("output-file")
         if not out or Path(out).stem == nb.stem: continue
         new = nb.with_name(Path(out).stem + ".ipynb")
@@ -104,8 +104,8 @@ def escape_dunder_headings(proc: str | Path) -> int:
         for o in (o for c in d["cells"] for o in c.get("outputs", [])):
             md = o.get("data", {}).get("text/markdown")
             if md is None: continue
-            new, k = _DUNDER_HEADING.subn(lambda m: m.group(1) + m.group(2).replace("_", r"\_"),
-                                          _src(md))
+            new, k = _DUNDER_HEADING.subn(
+                lambda m: m.group(1) + m.group(2).replace("_", r"\_"), _src(md))
             if k: o["data"]["text/markdown"], hit = new, hit + k
         if hit: nb.write_text(json.dumps(d, indent=1), encoding="utf-8"); n += hit
     return n
@@ -136,8 +136,8 @@ def tex_to_mathml(tex: str, display: bool = False) -> str:
     `ValueError` naming any command it does not know."""
     try: from latex2mathml.converter import convert
     except ImportError as e:
-        raise ImportError("the maths renderer is missing: pip install -e '.[dev]' (it installs "
-                          "latex2mathml)") from e
+        raise ImportError("the maths renderer is missing: "
+                          "pip install -e '.[dev]' (it installs latex2mathml)") from e
     # names latex2mathml does not know
     tex = re.sub(r"\\(arg)(?![A-Za-z])", r"\\operatorname{\1}", tex)
     try: ml = convert(tex, display="block" if display else "inline")
@@ -191,7 +191,8 @@ def drop_remote_imports(site: str | Path) -> int:
 
 
 # %% ../nbs/90_docs.ipynb #b873d1ce
-_PLOTLY_CDN = re.compile(r'<script([^>]*?)\ssrc="https://cdn\.plot\.ly/plotly-([\w.-]+?)\.min\.js"[^>]*>')
+_PLOTLY_CDN = re.compile(r'<script([^>]*?)\s'
+                         r'src="https://cdn\.plot\.ly/plotly-([\w.-]+?)\.min\.js"[^>]*>')
 
 def local_plotly(site: str | Path) -> tuple[int, list[str]]:
     """Serve plotly.js from `site/site_libs/plotly/` instead of its CDN on every page of `site`:
@@ -206,8 +207,8 @@ def local_plotly(site: str | Path) -> tuple[int, list[str]]:
         rel = os.path.relpath(lib, page.parent).replace(os.sep, "/")
         def local(m):
             if m.group(2) != version:
-                warn.add(f"{page.relative_to(site)}: figures made for plotly.js {m.group(2)}, the "
-                         f"site serves {version}")
+                warn.add(f"{page.relative_to(site)}: figures made for plotly.js {m.group(2)}, "
+                         f"the site serves {version}")
             return f'<script{m.group(1)} src="{rel}">'
         new, k = _PLOTLY_CDN.subn(local, text)
         if k: page.write_text(new, encoding="utf-8"); n += k
@@ -220,8 +221,8 @@ def render_site(proc: str | Path, dest: str | Path) -> list[str]:
     the warnings (smalldocs', formulas not rendered)."""
     try: from smalldocs.site import build
     except ImportError as e:
-        raise ImportError("the docs renderer is missing: pip install -e '.[dev]' (it installs "
-                          "smalldocs)") from e
+        raise ImportError("the docs renderer is missing: "
+                          "pip install -e '.[dev]' (it installs smalldocs)") from e
     import tempfile
     proc, dest = Path(proc), Path(dest)
     with tempfile.TemporaryDirectory() as tmp:
@@ -239,8 +240,9 @@ def render_site(proc: str | Path, dest: str | Path) -> list[str]:
     drop_remote_imports(dest)
     _, plotly_warnings = local_plotly(dest)
     # renamed above; quarto-only outputs (commonmark, keep-md) are not errors of ours
-    return [w for w in site.warnings if "output-file is not read" not in w and "commonmark" not in w and "keep-md" not in w] \
-        + [f"math: {e}" for e in math_errors] + [f"plotly: {w}" for w in plotly_warnings]
+    return ([w for w in site.warnings
+             if "output-file is not read" not in w and "commonmark" not in w and "keep-md" not in w]
+            + [f"math: {e}" for e in math_errors] + [f"plotly: {w}" for w in plotly_warnings])
 
 # %% ../nbs/90_docs.ipynb #5cf3343a
 def build_docs(path: str | Path | None = None, n_workers: int = 2, readme: bool = True,

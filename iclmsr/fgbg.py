@@ -29,16 +29,13 @@ def check_plain(obj, what: str):
     `torch.load(weights_only=True)` accept); else a one-line `ValueError` naming `what`."""
     try: json.dumps(obj)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{what} must hold only str/int/float/bool/None/list/dict values: {e}") from None
+        raise ValueError(f"{what} must hold only str/int/float/bool/None/list/dict "
+                         f"values: {e}") from None
     return obj
 
-# %% ../nbs/01a_fgbg.ipynb #1b5df902
-def _checked(name, images, masks, labels, backgrounds, bg_images, classes):
-    """Validated fields of a dataset `name`: (images, masks, labels, backgrounds, bg_images,
-    classes)."""
-    images, masks, labels, backgrounds, bg_images = map(_tensor,
-                                                        (images, masks,
-                                                         labels, backgrounds, bg_images))
+# %% ../nbs/01a_fgbg.ipynb #ac8cb2ce
+def _image_size(name, images) -> tuple[int, int, int]:
+    "`(N, H, W)` of the images of a dataset `name`, checked: a non-empty uint8 tensor (N, 3, H, W)."
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images of {name!r} must have shape (N, 3, H, W), got "
                          f"{tuple(images.shape)}")
@@ -47,6 +44,26 @@ def _checked(name, images, masks, labels, backgrounds, bg_images, classes):
     n, _, h, w = images.shape
     if n == 0:
         raise ValueError(f"empty dataset {name!r}: it has 0 images; a dataset needs at least 1")
+    return n, h, w
+
+# %% ../nbs/01a_fgbg.ipynb #3251ff43
+def _class_names(name, labels, classes) -> list[str]:
+    "`classes` as strings (None: '0', '1', ... up to the largest label), checked against `labels`."
+    if classes is None: classes = [str(i) for i in range(int(labels.max()) + 1)]
+    classes = [str(c) for c in classes]
+    lo, hi, k = int(labels.min()), int(labels.max()), len(classes)
+    if lo < -1 or hi >= k:
+        raise ValueError(f"labels out of range in {name!r}: found {lo if lo < -1 else hi}, "
+                         f"allowed 0..{k - 1} for {k} classes (or -1 for unlabeled)")
+    return classes
+
+# %% ../nbs/01a_fgbg.ipynb #1b5df902
+def _checked(name, images, masks, labels, backgrounds, bg_images, classes):
+    """Validated fields of a dataset `name`: (images, masks, labels, backgrounds, bg_images,
+    classes)."""
+    images, masks, labels, backgrounds, bg_images = map(
+        _tensor, (images, masks, labels, backgrounds, bg_images))
+    n, h, w = _image_size(name, images)
     if labels.shape != (n,) or labels.dtype.is_floating_point or labels.dtype == torch.bool:
         raise ValueError(f"labels of {name!r} must be an integer tensor of shape ({n},), got "
                          f"{labels.dtype} {tuple(labels.shape)}")
@@ -54,8 +71,8 @@ def _checked(name, images, masks, labels, backgrounds, bg_images, classes):
     if masks is not None:
         if tuple(masks.shape) != (n, h, w):
             raise ValueError(f"mask/image size mismatch in {name!r}: masks have shape "
-                             f"{tuple(masks.shape)}, images {tuple(images.shape)}; masks must be "
-                             f"(N, H, W) = ({n}, {h}, {w})")
+                             f"{tuple(masks.shape)}, images {tuple(images.shape)}; "
+                             f"masks must be (N, H, W) = ({n}, {h}, {w})")
         if masks.dtype != torch.bool: masks = masks != 0
     if backgrounds is None:
         backgrounds = torch.full((n,), -1, dtype=torch.long, device=images.device)
@@ -63,12 +80,7 @@ def _checked(name, images, masks, labels, backgrounds, bg_images, classes):
         raise ValueError(f"backgrounds of {name!r} must have shape ({n},), got "
                          f"{tuple(backgrounds.shape)}")
     backgrounds = backgrounds.long()
-    if classes is None: classes = [str(i) for i in range(int(labels.max()) + 1)]
-    classes = [str(c) for c in classes]
-    lo, hi, k = int(labels.min()), int(labels.max()), len(classes)
-    if lo < -1 or hi >= k:
-        raise ValueError(f"labels out of range in {name!r}: found {lo if lo < -1 else hi}, allowed "
-                         f"0..{k - 1} for {k} classes (or -1 for unlabeled)")
+    classes = _class_names(name, labels, classes)
     if bg_images is not None and (bg_images.shape != images.shape
                                   or bg_images.dtype != torch.uint8):
         raise ValueError(f"bg_images of {name!r} must be uint8 of the images' shape "
@@ -157,8 +169,8 @@ def subset(self: FgBgData, idx) -> FgBgData:
 @patch
 def __getitem__(self: FgBgData, i):
     "One sample as a dict (`i` an integer) or a `subset` (anything else)."
-    if isinstance(i, (int, np.integer)) or (isinstance(i, torch.Tensor) and i.ndim == 0
-                                            and i.dtype != torch.bool):
+    if (isinstance(i, (int, np.integer))
+            or (isinstance(i, torch.Tensor) and i.ndim == 0 and i.dtype != torch.bool)):
         i = int(i)
         if not -len(self) <= i < len(self):
             raise IndexError(f"index {i} out of range for {len(self)} samples")
@@ -309,9 +321,8 @@ def train_cooccurrence(self: FgBgData):
     if m.get("train_cooccurrence") is not None:
         return torch.tensor(m["train_cooccurrence"], dtype=torch.float)
     p = m.get("params")
-    # the embedded data's generator:
+    # the embedded data's generator: background = class with probability rho, else another one
     if m.get("source") == "toy" and isinstance(p, dict) and p.get("rho") is not None:
-        # background = class with probability rho, else another one
         K, r = int(p["num_classes"]), float(p["rho"])
         t = torch.full((K, K), (1 - r) / max(K - 1, 1)); t.fill_diagonal_(r)
         return t
@@ -323,7 +334,8 @@ def typical_backgrounds(self: FgBgData):
     """Per class the background id it co-occurs with most in training (-1: tie or none); None when
     that is unknown."""
     t = self.train_cooccurrence()
-    if t is None or t.ndim != 2 or t.shape[0] != self.num_classes or not bool((self.backgrounds >= 0).any()):
+    if (t is None or t.ndim != 2 or t.shape[0] != self.num_classes
+            or not bool((self.backgrounds >= 0).any())):
         return None
     top = t.max(1).values
     tie = (t == top[:, None]).sum(1) > 1
@@ -332,12 +344,11 @@ def typical_backgrounds(self: FgBgData):
 
 # %% ../nbs/01a_fgbg.ipynb #136b5ebc
 def _draw(key: torch.Tensor, target: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """For each sample, a random *other* sample whose `key` equals its `target` (`key`, `target` >=
-    0; target groups non-empty)."""
+    """For each sample, a random *other* sample whose `key` equals its `target`
+    (`key`, `target` >= 0; target groups non-empty)."""
     n = len(key); ar = torch.arange(n)
-    counts = torch.bincount(key,
-                            minlength=int(max(key.max(), target.max()))
-                            + 1); starts = counts.cumsum(0) - counts
+    counts = torch.bincount(key, minlength=int(max(key.max(), target.max())) + 1)
+    starts = counts.cumsum(0) - counts
     order = key.argsort(stable=True)
     rank = torch.empty(n, dtype=torch.long); rank[order] = ar - starts[key[order]]
     c, same = counts[target], target == key
@@ -367,9 +378,9 @@ def make_variant(ds: FgBgData, name: str, seed: int = 0, fill: int = 0) -> FgBgD
         raise ValueError(f"unknown variant {name!r}; variants are: {', '.join(VARIANTS)}")
     if name == "original": return ds
     if ds.masks is None:
-        raise ValueError(f"variant {name!r} needs foreground masks and dataset {ds.name!r} has "
-                         "none; only 'original' is available (datasets with masks: toy, coco-fg, "
-                         "pets, in9 with fg_mask)")
+        raise ValueError(f"variant {name!r} needs foreground masks and dataset {ds.name!r} "
+                         "has none; only 'original' is available (datasets with masks: toy, "
+                         "coco-fg, pets, in9 with fg_mask)")
     m, bgs, bg_images, typical = ds.masks, ds.backgrounds, ds.bg_images, None
     if name == "only_fg":
         out = torch.where(m[:, None], ds.images, torch.full_like(ds.images, fill))

@@ -17,9 +17,10 @@ __all__ = ['BackgroundPool', 'background_pool', 'swap_background', 'BackgroundIn
 class BackgroundPool:
     """Background-only images (uint8 N,3,H,W) with their strata (background ids, or None when
     unknown), ready to draw from."""
-    def __init__(self, images: torch.Tensor,
-                 strata: torch.Tensor | None = None, name: str = "pool"):
-        if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3 or images.dtype != torch.uint8:
+    def __init__(self, images: torch.Tensor, strata: torch.Tensor | None = None,
+                 name: str = "pool"):
+        if (not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3
+                or images.dtype != torch.uint8):
             raise ValueError("pool images must be a uint8 (N, 3, H, W) tensor, got "
                              f"{getattr(images, 'dtype', type(images).__name__)} "
                              f"{tuple(getattr(images, 'shape', ()))}")
@@ -47,9 +48,9 @@ def background_pool(data) -> BackgroundPool:
     """The pool of `data` (an `FgBgData`): its background-only images (or inpainted backgrounds) and
     background ids."""
     if not data.has_masks:
-        raise UserError(f"do(background) needs foreground masks and dataset {data.name!r} has "
-                        "none: it cannot tell the foreground pixels from the background (datasets "
-                        "with masks: toy, coco-fg, pets, in9 with fg_mask)")
+        raise UserError(f"do(background) needs foreground masks and dataset {data.name!r} "
+                        "has none: it cannot tell the foreground pixels from the background "
+                        "(datasets with masks: toy, coco-fg, pets, in9 with fg_mask)")
     bg = data.bg_images if data.bg_images is not None else make_variant(data, "only_bg").images
     return BackgroundPool(bg, data.backgrounds, name=f"{data.name}/only_bg")
 
@@ -58,8 +59,8 @@ def background_pool(data) -> BackgroundPool:
 def draw(self: BackgroundPool, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """`n` pool indices: a stratum uniformly, then an image of it uniformly (`n` integers, then `n`
     uniforms, on the CPU)."""
-    k = torch.randint(len(self.ids) if self.strata is not None else len(self),
-                      (n,), generator=generator)
+    k = torch.randint(len(self.ids) if self.strata is not None else len(self), (n,),
+                      generator=generator)
     u = torch.rand(n, generator=generator)
     if self.strata is None: return k
     c = self.counts[k]
@@ -70,10 +71,11 @@ def swap_background(images: torch.Tensor, masks: torch.Tensor, backgrounds: torc
                     on: torch.Tensor | None = None) -> torch.Tensor:
     """`images` with their background pixels (mask false) taken from `backgrounds`, on the rows `on`
     (all when None)."""
-    if images.shape != backgrounds.shape or tuple(masks.shape) != (images.shape[0], *images.shape[2:]):
-        raise ValueError("swap_background needs images and backgrounds of one shape and (B, H, W) "
-                         f"masks, got images {tuple(images.shape)}, backgrounds "
-                         f"{tuple(backgrounds.shape)}, masks {tuple(masks.shape)}")
+    if (images.shape != backgrounds.shape
+            or tuple(masks.shape) != (images.shape[0], *images.shape[2:])):
+        raise ValueError("swap_background needs images and backgrounds of one shape and "
+                         f"(B, H, W) masks, got images {tuple(images.shape)}, "
+                         f"backgrounds {tuple(backgrounds.shape)}, masks {tuple(masks.shape)}")
     out = torch.where(masks[:, None].bool(), images, backgrounds)
     return out if on is None else torch.where(on.view(-1, 1, 1, 1), out, images)
 
@@ -101,7 +103,9 @@ def __call__(self: BackgroundIntervention, images: torch.Tensor, masks: torch.Te
     B, out, swapped = len(images), [], []
     for v in range(2):
         if v == 1 and self.views == "one":
-            out.append(images); swapped.append(torch.zeros(B, dtype=torch.bool)); continue
+            out.append(images)
+            swapped.append(torch.zeros(B, dtype=torch.bool))
+            continue
         on = torch.rand(B, generator=generator) < self.p
         j = self.pool.draw(B, generator)
         bgs = self.pool.images[j.to(self.pool.images.device)].to(images.device)
@@ -116,7 +120,8 @@ def intervention_generator(seed: int, rank: int = 0, epoch: int = 0, stage: str 
     """A CPU generator for the intervention on batch `batch` (`k`-th of its step) of `stage` in
     `epoch`, seeded from the run's `seed` and `rank`."""
     key = f"do-bg/{seed}/{rank}/{epoch}/{stage}/{batch}/{k}".encode()
-    return torch.Generator().manual_seed(int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1)
+    return torch.Generator().manual_seed(
+        int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1)
 
 # %% ../nbs/02d_intervene.ipynb #5cdca5d2
 @patch

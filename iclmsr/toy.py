@@ -43,8 +43,8 @@ def affine_grid(theta: torch.Tensor, size: int) -> torch.Tensor:
     """`F.affine_grid(theta, (n, 1, size, size), align_corners=False)` as two broadcast
     multiply-adds (several times faster on CPU)."""
     # pixel centres
-    t = torch.arange(size, dtype=theta.dtype,
-                     device=theta.device).mul_(2).add_(1).div_(size).sub_(1)
+    t = (torch.arange(size, dtype=theta.dtype, device=theta.device)
+         .mul_(2).add_(1).div_(size).sub_(1))
     return (theta[:, None, None, :, 0] * t[None, None, :, None]
             + theta[:, None, None, :, 1] * t[None, :, None, None]
             + theta[:, None, None, :, 2])
@@ -62,8 +62,8 @@ def sample_patches(levels: list, n: int, size: int, g: torch.Generator,
     cx, cy = r + _rand(g, n) * (W - 2 * r), r + _rand(g, n) * (H - 2 * r)
     flip = torch.where(_rand(g, n) < 0.5, -1.0, 1.0)
     cos, sin = ang.cos(), ang.sin()
-    # output (u, v) in [-1, 1]^2 -> source grid coords: rotate, scale to the crop, move to its
-    # centre
+    # output (u, v) in [-1, 1]^2 -> source grid coords:
+    # rotate, scale to the crop, move to its centre
     theta = torch.stack([torch.stack([cos * c / W * flip, -sin * c / W, cx / W * 2 - 1], -1),
                          torch.stack([sin * c / H * flip, cos * c / H, cy / H * 2 - 1], -1)], 1)
     # one output pixel spans 1-2 source pixels
@@ -73,11 +73,12 @@ def sample_patches(levels: list, n: int, size: int, g: torch.Generator,
     out, start = torch.empty(n, levels[0].shape[1], size, size), 0
     for l, k in zip(*lvl[order].unique_consecutive(return_counts=True)):
         k, src = int(k), levels[int(l)]
+        # one call: all k crops as one tall grid
         o = F.grid_sample(src, grid[start:start + k].reshape(1, k * size, size, 2), mode="bilinear",
-                          # one call: all k crops as one tall grid
                           padding_mode="reflection", align_corners=False)
         out.index_copy_(0, order[start:start + k],
-                        o.reshape(src.shape[1], k, size, size).transpose(0, 1)); start += k
+                        o.reshape(src.shape[1], k, size, size).transpose(0, 1))
+        start += k
     return out
 
 # %% ../nbs/01b_toy.ipynb #7b4fadab
@@ -104,8 +105,9 @@ def _shape_templates(n: int = 64) -> torch.Tensor:
     from skimage import draw
     c, R = n / 2, n * 0.42
     def poly(pts):
-        m = np.zeros((n, n), bool); rr, cc = draw.polygon([p[1] for p in pts], [p[0] for p in pts],
-                                                          (n, n)); m[rr, cc] = True
+        m = np.zeros((n, n), bool)
+        rr, cc = draw.polygon([p[1] for p in pts], [p[0] for p in pts], (n, n))
+        m[rr, cc] = True
         return m
     def reg(k, rad, rot=0.0, dy=0.0):
         return [(c + rad * math.cos(rot + 2 * math.pi * i / k),
@@ -124,9 +126,8 @@ def _shape_templates(n: int = 64) -> torch.Tensor:
              (c + R * 0.1, c + R * 0.75), (c + R * 0.1, c + w), (c - R, c + w)]
     ms = dict(disk=disk(R), square=poly(reg(4, R * 1.1, math.pi / 4)),
               triangle=poly(reg(3, R * 1.15, -math.pi / 2, R * 0.2)), star=poly(star), ellipse=ell,
-              cross=poly([(c - R, c - w), (c + R, c - w), (c + R, c + w),
-                          (c - R, c + w)]) | poly([(c - w, c - R), (c + w, c - R),
-                                                   (c + w, c + R), (c - w, c + R)]),
+              cross=poly([(c - R, c - w), (c + R, c - w), (c + R, c + w), (c - R, c + w)])
+                    | poly([(c - w, c - R), (c + w, c - R), (c + w, c + R), (c - w, c + R)]),
               ring=disk(R) & ~disk(R * 0.55), hexagon=poly(reg(6, R)),
               crescent=disk(R) & ~disk(R * 0.85, c + R * 0.55, c - R * 0.1), arrow=poly(arrow))
     return torch.from_numpy(np.stack([ms[s] for s in SHAPES])).float()[:, None]
@@ -142,9 +143,8 @@ def _warp_grid(n, size, g, scale=(0.7, 1.0), max_angle=math.radians(20), aspect=
     lim = (1 - s * 0.7).clamp_min(0)                      # keep (most of) the shape in view
     t = torch.stack([(2 * _rand(g, n) - 1) * lim, (2 * _rand(g, n) - 1) * lim], -1)
     cos, sin = a.cos(), a.sin()
-    # R^-1 / s
-    A = torch.stack([torch.stack([cos / sx, sin / sx], -1), torch.stack([-sin / sy, cos / sy], -1)],
-                    1)
+    A = torch.stack([torch.stack([cos / sx, sin / sx], -1),
+                     torch.stack([-sin / sy, cos / sy], -1)], 1)  # R^-1 / s
     return affine_grid(torch.cat([A, -(A @ t[..., None])], -1), size)
 
 # %% ../nbs/01b_toy.ipynb #6f5a78f7
@@ -183,8 +183,8 @@ CLASS_HUE_SD = 0.03
 def _fills(n, size, g, labels=None):
     """Foreground paint: a random colour (or, given `labels`, the class's hue), for 60 % of the
     samples modulated by a grey texture."""
-    if labels is None: rgb = _hsv2rgb(_rand(g, n), 0.45 + 0.55 * _rand(g, n),
-                                      0.35 + 0.65 * _rand(g, n))
+    if labels is None:
+        rgb = _hsv2rgb(_rand(g, n), 0.45 + 0.55 * _rand(g, n), 0.35 + 0.65 * _rand(g, n))
     else:
         hue = (labels.float() / 10 + CLASS_HUE_SD * torch.randn(n, generator=g)) % 1
         rgb = _hsv2rgb(hue, 0.6 + 0.4 * _rand(g, n), 0.5 + 0.5 * _rand(g, n))
@@ -238,23 +238,24 @@ def _check_toy(num_classes, size, n_train, n_test, rho, rho_test, seed, fg):
     isint = lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool)
     isnum = lambda v: isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
     if not isint(num_classes) or not 2 <= num_classes <= 10:
-        raise ValueError("num_classes must be an integer in 2..10 (10 foreground classes, 10 "
-                         f"background families), got {num_classes!r}")
+        raise ValueError("num_classes must be an integer in 2..10 "
+                         f"(10 foreground classes, 10 background families), got {num_classes!r}")
     if not isint(size) or not 16 <= size <= 256:
-        raise ValueError("size must be an integer in 16..256 pixels (32, 64 and 96 are the "
-                         f"standard sizes), got {size!r}")
+        raise ValueError("size must be an integer in 16..256 pixels "
+                         f"(32, 64 and 96 are the standard sizes), got {size!r}")
     for k, v in (("n_train", n_train), ("n_test", n_test)):
         if not isint(v) or v < 1:
             raise ValueError(f"{k} (images per class) must be an integer >= 1, got {v!r}")
     for k, v in (("rho", rho), ("rho_test", rho_test)):
         if v is None and k == "rho_test": continue
         if not isnum(v) or not 0 <= v <= 1:
-            raise ValueError(f"{k} must be a probability in [0, 1] (P(background family = class)), "
-                             f"got {v!r}")
+            raise ValueError(f"{k} must be a probability in [0, 1] "
+                             f"(P(background family = class)), got {v!r}")
     if not isint(seed) or not 0 <= seed < 2**31:
         raise ValueError(f"seed must be an integer in [0, 2**31), got {seed!r}")
     if fg not in TOY_FOREGROUNDS:
-        raise ValueError(f"unknown foreground kind fg={fg!r}; allowed: {', '.join(TOY_FOREGROUNDS)}")
+        raise ValueError(f"unknown foreground kind fg={fg!r}; "
+                         f"allowed: {', '.join(TOY_FOREGROUNDS)}")
 
 # %% ../nbs/01b_toy.ipynb #71223cd8
 _TOY_VERSION = 2
@@ -269,9 +270,9 @@ def one_thread():
     finally: torch.set_num_threads(old)
 
 # %% ../nbs/01b_toy.ipynb #0ca535ce
-def make_toy(num_classes: int = 10, size: int = 32, n_train: int = 1000,
-             n_test: int = 200, rho: float = 0.9, rho_test: float | None = None, seed: int = 0,
-             fg: str = "digits", cache: bool = True) -> dict:
+def make_toy(num_classes: int = 10, size: int = 32, n_train: int = 1000, n_test: int = 200,
+             rho: float = 0.9, rho_test: float | None = None, seed: int = 0, fg: str = "digits",
+             cache: bool = True) -> dict:
     """The embedded foreground/background dataset: {'train', 'test'} -> `FgBgData`, deterministic by
     `seed`, cached."""
     _check_toy(num_classes, size, n_train, n_test, rho, rho_test, seed, fg)
@@ -300,10 +301,9 @@ def make_toy(num_classes: int = 10, size: int = 32, n_train: int = 1000,
     return out
 
 # %% ../nbs/01b_toy.ipynb #b57e7fe7
-def load_toy(split: str = "train", num_classes: int = 10, size: int = 32,
-             n_train: int = 1000, n_test: int = 200, rho: float = 0.9,
-             rho_test: float | None = None, seed: int = 0, fg: str = "digits",
-             cache: bool = True) -> FgBgData:
+def load_toy(split: str = "train", num_classes: int = 10, size: int = 32, n_train: int = 1000,
+             n_test: int = 200, rho: float = 0.9, rho_test: float | None = None, seed: int = 0,
+             fg: str = "digits", cache: bool = True) -> FgBgData:
     "One split of `make_toy` (the spec `toy:key=value,...`)."
     return make_toy(num_classes, size, n_train, n_test, rho, rho_test, seed, fg, cache)[split]
 
@@ -320,8 +320,7 @@ def image_grid(x, nrow: int = 8, scale: int = 1, pad: int = 1):
     canvas = torch.full((3, rows * (h + pad) + pad, nrow * (w + pad) + pad), 255, dtype=torch.uint8)
     for i in range(n):
         r, c = divmod(i, nrow)
-        canvas[:, pad + r * (h + pad):pad + r * (h + pad) + h, pad + c * (w
-                                                                          + pad):pad + c * (w
-                                                                                            + pad) + w] = x[i]
+        canvas[:, pad + r * (h + pad):pad + r * (h + pad) + h,
+               pad + c * (w + pad):pad + c * (w + pad) + w] = x[i]
     im = Image.fromarray(canvas.permute(1, 2, 0).numpy())
     return im.resize((im.width * scale, im.height * scale), Image.NEAREST) if scale != 1 else im

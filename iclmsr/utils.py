@@ -4,7 +4,8 @@
 
 # %% ../nbs/00_utils.ipynb #75aa1e67
 from __future__ import annotations
-import os, re, sys, json, math, time, errno, random, warnings, itertools, platform, importlib, importlib.metadata as _md
+import os, re, sys, json, math, time, errno, random, warnings, itertools, platform, importlib
+import importlib.metadata as _md
 from pathlib import Path
 import numpy as np
 import torch
@@ -29,21 +30,22 @@ def get_device(device: str | torch.device | None = None) -> torch.device:
         return torch.device("cpu")
     try: dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
-        raise ValueError(f"unknown device {device!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'") from e
+        raise ValueError(f"unknown device {device!r}: "
+                         "use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'") from e
     if dev.type == "cuda":
         n = torch.cuda.device_count()
         if n == 0:
-            raise ValueError(f"device {str(device)!r} asked for, but torch sees no CUDA GPU; use "
-                             "'cpu' or 'auto'")
+            raise ValueError(f"device {str(device)!r} asked for, but torch sees no CUDA GPU; "
+                             "use 'cpu' or 'auto'")
         if dev.index is not None and dev.index >= n:
             raise ValueError(f"device {str(device)!r} asked for, but torch sees only {n} GPU(s): "
                              f"cuda:0..cuda:{n-1}")
     elif dev.type == "mps" and not _mps_available():
-        raise ValueError("device 'mps' asked for, but MPS is not available here; use 'cpu' or "
-                         "'auto'")
+        raise ValueError("device 'mps' asked for, but MPS is not available here; "
+                         "use 'cpu' or 'auto'")
     elif dev.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"unsupported device {str(device)!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' "
-                         "or 'mps'")
+        raise ValueError(f"unsupported device {str(device)!r}: "
+                         "use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
     return dev
 
 # %% ../nbs/00_utils.ipynb #5e0dece6
@@ -115,8 +117,10 @@ def env_info() -> dict:
         "cuda_available": cuda,
         "cuda_version": torch.version.cuda,
         "torch_gpu_count": torch.cuda.device_count() if cuda else 0,
-        "gpu_names": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-        if cuda else [], "faiss_gpu_count": faiss_gpu_count(), "mps_available": _mps_available(),
+        "gpu_names": ([torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+                      if cuda else []),
+        "faiss_gpu_count": faiss_gpu_count(),
+        "mps_available": _mps_available(),
         "cache_dir": _home_short(cache_dir(create=False)),
     }
 
@@ -193,8 +197,8 @@ def model_device(model) -> torch.device:
 def timed(fn, device=None) -> tuple[float, object]:
     "`(seconds, fn())`: the wall time of one call, synchronising CUDA `device` before and after."
     dev = torch.device(device) if device is not None else None
-    sync = ((lambda: torch.cuda.synchronize(dev)) if dev is not None
-            and dev.type == "cuda" else (lambda: None))
+    sync = ((lambda: torch.cuda.synchronize(dev)) if dev is not None and dev.type == "cuda"
+            else (lambda: None))
     sync(); t = time.perf_counter(); out = fn(); sync()
     return time.perf_counter() - t, out
 
@@ -262,9 +266,10 @@ def read_torch_file(path, what: str, map_location="cpu", error: type | None = No
 
 # %% ../nbs/00_utils.ipynb #2a1d3741
 def check_tau(tau, name: str = "tau"):
-    """Raise a one-line `ValueError` unless `tau` (called `name` in the message) is a finite number
-    > 0; a bool is not a number here."""
-    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau) or tau <= 0:
+    """Raise a one-line `ValueError` unless `tau` (called `name` in the message) is a finite
+    number > 0; a bool is not a number here."""
+    if (isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau)
+            or tau <= 0):
         raise ValueError(f"{name} must be a number > 0, got {tau!r}")
 
 # %% ../nbs/00_utils.ipynb #e92cb9ce
@@ -272,8 +277,8 @@ def check_k(k):
     """Raise a one-line `ValueError` unless `k`, the same-domain negatives each anchor draws, is
     None (all of them) or an integer >= 1."""
     if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
-        raise ValueError("k must be None (every same-domain negative) or an integer >= 1, got "
-                         f"{k!r}")
+        raise ValueError("k must be None (every same-domain negative) "
+                         f"or an integer >= 1, got {k!r}")
 
 # %% ../nbs/00_utils.ipynb #76135c33
 def at_least_float32(*ts) -> list:
