@@ -97,8 +97,8 @@ class ICLConfig:
 # %% ../nbs/00b_config.ipynb #d48fb2bb
 @dataclass
 class InterveneConfig:
-    ("do(background): views whose background is replaced by one drawn uniformly over the "
-     "background strata (off by default; needs masks).")   # one line: dump_config's comment
+    """do(background): views whose background is replaced by one drawn uniformly over the
+    background strata (off by default; needs masks)."""
     enabled: bool = _f(False, help="swap backgrounds (the run-name suffix +do-bg sets it)")
     views: Literal["one", "both"] = _f(
         "one", help="one: the first view only (the second keeps the image's background); "
@@ -325,7 +325,7 @@ def dump_config(cfg: Config, comments: bool = True, notes: dict | None = None) -
     lines, notes = [], notes or {}
     for sec in fields(cfg):
         sub = getattr(cfg, sec.name)
-        lines.append(f"{sec.name}:  # {type(sub).__doc__}")
+        lines.append(f"{sec.name}:  # {' '.join(type(sub).__doc__.split())}")
         for f in fields(sub):
             v, must = getattr(sub, f.name), f.metadata.get("must")
             note = "; ".join(x for x in (f.metadata.get("help", ""),
