@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.distributed as dist
 from fastcore.basics import patch
-from .utils import get_device, seed_everything
+from .utils import get_device, seed_everything, lr_factor, make_optimizer
 from .config import OptimConfig, TrainConfig, BATCH_SIZE, config_to_dict
 from .checkpoint import rng_state, set_rng_state, load_checkpoint
 from .augment import TwoViewAugment
@@ -20,7 +20,7 @@ from .methods import NonFiniteLoss
 from .sampler import balanced_shape, domain_batches
 
 # %% auto #0
-__all__ = ['EVENTS', 'CancelFit', 'Callback', 'lr_factor', 'make_optimizer', 'Distributed', 'Learner']
+__all__ = ['EVENTS', 'CancelFit', 'Callback', 'Distributed', 'Learner']
 
 # %% ../nbs/12_learner.ipynb #2115fc07
 class CancelFit(Exception):
@@ -34,37 +34,6 @@ class Callback:
     def __repr__(self): return type(self).__name__
     def after_load(self, ck: dict):
         "Called by `Learner.load_state_dict` after it restored checkpoint `ck`; nothing by default."
-
-# %% ../nbs/12_learner.ipynb #cc0bb5d8
-def lr_factor(step: int, total: int, warmup: int = 0, schedule: str = "cosine",
-              epochs: int = 1) -> float:
-    "Multiplier of the base learning rate at `step` of `total`."
-    w = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
-    if schedule == "constant": return w
-    if schedule == "cosine":
-        t = min(max(step - warmup, 0) / max(total - warmup, 1), 1.0)
-        return w * 0.5 * (1 + math.cos(math.pi * t))
-    if schedule == "step":
-        frac = step / max(total, 1)
-        first, second = (((epochs - 50) / epochs, (epochs - 25) / epochs)
-                         if epochs >= 100 else (0.5, 0.75))
-        return w * (0.2 ** ((frac >= first) + (frac >= second)))
-    raise ValueError(f"unknown schedule {schedule!r}; allowed: cosine, step, constant")
-
-# %% ../nbs/12_learner.ipynb #9507ec6f
-def make_optimizer(params, name: str, lr: float, weight_decay: float, momentum: float = 0.9):
-    """The optimiser named by the config; `params` are tensors, or groups `{'params': [...]}` (a
-    group may set its own `lr`)."""
-    params = list(params)
-    if params and isinstance(params[0], dict):
-        params = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in params]
-        params = [g for g in params if g["params"]]
-    else: params = [p for p in params if p.requires_grad]
-    if name == "adam": return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    if name == "adamw": return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    if name == "sgd": return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay,
-                                             momentum=momentum, nesterov=True)
-    raise ValueError(f"unknown optimizer {name!r}; allowed: adam, adamw, sgd")
 
 # %% ../nbs/12_learner.ipynb #b903e70d
 class Distributed(Callback):

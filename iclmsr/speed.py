@@ -14,8 +14,8 @@ from .config import load_config
 from .data import load_dataset
 from .augment import PRESETS
 from .losses import nt_xent, icl_loss
-from .utils import saved_bytes
-from .learner import Callback, make_optimizer
+from .utils import saved_bytes, make_optimizer
+from .learner import Callback
 from .callbacks import (ProgressCallback, MetricsLogger, KNNMonitor,
                               Checkpointer, MixedPrecision)
 from .build import Learner

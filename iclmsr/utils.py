@@ -13,7 +13,8 @@ import torch
 # %% auto #0
 __all__ = ['get_device', 'seed_everything', 'cache_dir', 'faiss_gpu_count', 'env_info', 'format_env_info', 'atomic_torch_save',
            'UserError', 'fmt_duration', 'model_device', 'timed', 'UnreadableFile', 'what_file', 'read_torch_file',
-           'check_tau', 'check_k', 'at_least_float32', 'as_pixels', 'normaliser', 'saved_bytes']
+           'check_tau', 'check_k', 'at_least_float32', 'as_pixels', 'normaliser', 'saved_bytes', 'lr_factor',
+           'make_optimizer']
 
 # %% ../nbs/00_utils.ipynb #8877a1b0
 def _mps_available() -> bool:
@@ -324,3 +325,34 @@ def saved_bytes(fn, *args) -> tuple:
         return t
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t): out = fn(*args)
     return out, sum(seen.values())
+
+# %% ../nbs/00_utils.ipynb #cc0bb5d8
+def lr_factor(step: int, total: int, warmup: int = 0, schedule: str = "cosine",
+              epochs: int = 1) -> float:
+    "Multiplier of the base learning rate at `step` of `total`."
+    w = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+    if schedule == "constant": return w
+    if schedule == "cosine":
+        t = min(max(step - warmup, 0) / max(total - warmup, 1), 1.0)
+        return w * 0.5 * (1 + math.cos(math.pi * t))
+    if schedule == "step":
+        frac = step / max(total, 1)
+        first, second = (((epochs - 50) / epochs, (epochs - 25) / epochs)
+                         if epochs >= 100 else (0.5, 0.75))
+        return w * (0.2 ** ((frac >= first) + (frac >= second)))
+    raise ValueError(f"unknown schedule {schedule!r}; allowed: cosine, step, constant")
+
+# %% ../nbs/00_utils.ipynb #9507ec6f
+def make_optimizer(params, name: str, lr: float, weight_decay: float, momentum: float = 0.9):
+    """The optimiser named by the config; `params` are tensors, or groups `{'params': [...]}` (a
+    group may set its own `lr`)."""
+    params = list(params)
+    if params and isinstance(params[0], dict):
+        params = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in params]
+        params = [g for g in params if g["params"]]
+    else: params = [p for p in params if p.requires_grad]
+    if name == "adam": return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw": return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgd": return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay,
+                                             momentum=momentum, nesterov=True)
+    raise ValueError(f"unknown optimizer {name!r}; allowed: adam, adamw, sgd")
