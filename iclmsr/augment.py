@@ -27,8 +27,8 @@ PRESETS = {
     "simclr": dict(scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), p_flip=0.5,
                    jitter=(0.8, 0.8, 0.8, 0.2), p_jitter=0.8, p_gray=0.2, p_blur=0.5,
                    sigma=(0.1, 2.0), mean=IMAGENET_MEAN, std=IMAGENET_STD),
-    # one transform per sample, drawn from `kinds` (DCoDR); images stay in [0, 1] as DCoDR's encoder
-    # sees them
+    # one transform per sample, drawn from `kinds` (DCoDR);
+    # images stay in [0, 1] as DCoDR's encoder sees them
     "dcodr": dict(kinds=("blur", "contrast", "crop", "saturation"), k_blur=5,
                   sigma=(1.0, 1.0), contrast=(1.8, 3.0), saturation=(1.8, 3.0), scale=(0.5, 1.0),
                   ratio=(3 / 4, 4 / 3), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)),
@@ -70,8 +70,8 @@ def rrc_params(n: int, h: int, w: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
 # %% ../nbs/02_augment.ipynb #00ef06c1
 def crop_flip(x: torch.Tensor, boxes, flip: torch.Tensor, size: int,
               src: torch.Tensor | None = None) -> torch.Tensor:
-    """Crop `boxes` = (x0, y0, cw, ch) out of `x[src]`, mirror where `flip`, resample to `size` x
-    `size` (bilinear)."""
+    """Crop `boxes` = (x0, y0, cw, ch) out of `x[src]`, mirror where `flip`, resample to
+    `size` x `size` (bilinear)."""
     n, (H, W) = len(flip), x.shape[-2:]
     x0, y0, cw, ch = boxes
     # grid x runs right to left on flipped views
@@ -110,8 +110,8 @@ def adjust_contrast(x, f):
 
 # %% ../nbs/02_augment.ipynb #df8ddb2e
 def adjust_saturation(x, f):
-    """Blend each image with its grayscale by its factor `f` (0: gray, 1: unchanged), clamped to [0,
-    1]."""
+    """Blend each image with its grayscale by its factor `f` (0: gray, 1: unchanged),
+    clamped to [0, 1]."""
     return (x * _per(f, x)).add_(to_gray(x).mul_(1 - _per(f, x))).clamp_(0, 1)
 
 # %% ../nbs/02_augment.ipynb #795f62b3
@@ -127,8 +127,8 @@ def _hue_yiq(x, h):
 # %% ../nbs/02_augment.ipynb #5f274e2d
 def _hue_hsv(x, h):
     # HSV hue shift without building HSV images: with V = max, C = max - min and hue H (in sixths),
-    # the RGB of (H, S, V) is V - C * clamp(min(k, 4 - k), 0, 1) with k = (n + H) mod 6 and n = 5,
-    # 3, 1 for R, G, B
+    # the RGB of (H, S, V) is V - C * clamp(min(k, 4 - k), 0, 1) with k = (n + H) mod 6 and
+    # n = 5, 3, 1 for R, G, B
     r, g, b = x[:, 0], x[:, 1], x[:, 2]
     v = torch.maximum(torch.maximum(r, g), b)
     c = v - torch.minimum(torch.minimum(r, g), b)
@@ -153,9 +153,8 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, k: int) -> torch.Tensor:
     kernel)."""
     n, c, H, W = x.shape
     i = torch.arange(k, device=x.device, dtype=x.dtype) - k // 2
-    # (n*c, k)
-    w = torch.softmax(-(i[None] ** 2) / (2 * sigma[:, None].to(x.dtype) ** 2),
-                      1).repeat_interleave(c, 0)
+    w = torch.softmax(-(i[None] ** 2) / (2 * sigma[:, None].to(x.dtype) ** 2), 1)
+    w = w.repeat_interleave(c, 0)  # (n*c, k)
     y = F.pad(x.reshape(1, n * c, H, W), (k // 2,) * 4, mode="reflect")
     y = F.conv2d(y, w[:, None, None, :], groups=n * c)
     return F.conv2d(y, w[:, None, :, None], groups=n * c).view(n, c, H, W)
@@ -174,10 +173,10 @@ def _check_batch(images, masks):
 
 # %% ../nbs/02_augment.ipynb #7d5ec98c
 def _check_kinds(kinds):
-    if isinstance(kinds, str) or not kinds or any(k not in DCODR_KINDS
-                                                  for k in kinds) or len(set(kinds)) != len(kinds):
-        raise ValueError(f"kinds must be distinct names from {', '.join(DCODR_KINDS)}, got "
-                         f"{kinds!r}")
+    if (isinstance(kinds, str) or not kinds or any(k not in DCODR_KINDS for k in kinds)
+            or len(set(kinds)) != len(kinds)):
+        raise ValueError(f"kinds must be distinct names from {', '.join(DCODR_KINDS)}, "
+                         f"got {kinds!r}")
 
 # %% ../nbs/02_augment.ipynb #1d26f2f6
 class TwoViewAugment(nn.Module):
@@ -206,12 +205,12 @@ class TwoViewAugment(nn.Module):
         self.preset, self.size, self.fast_hue, self.cfg = preset, size, fast_hue, cfg
         # 10 % of the side, odd (SimCLR)
         self.k_blur = cfg.get("k_blur") or max(3, 2 * round(0.05 * size) + 1)
-        self.register_buffer("mean",
-                             torch.tensor(cfg["mean"] if mean is None else mean,
-                                          dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std",
-                             torch.tensor(cfg["std"] if std is None else std,
-                                          dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(cfg["mean"] if mean is None else mean,
+                                                  dtype=torch.float32).view(1, 3, 1, 1),
+                             persistent=False)
+        self.register_buffer("std", torch.tensor(cfg["std"] if std is None else std,
+                                                 dtype=torch.float32).view(1, 3, 1, 1),
+                             persistent=False)
 
     def extra_repr(self):
         "The settings shown in `repr(module)`."
@@ -241,9 +240,8 @@ def colour(self: TwoViewAugment, x: torch.Tensor, generator=None) -> torch.Tenso
     if c["p_blur"] > 0:
         blur = (torch.rand(n, generator=generator, device=dev) < c["p_blur"]).nonzero().squeeze(1)
         if len(blur):
-            x = x.index_copy(0, blur,
-                             gaussian_blur(x[blur],
-                                           _u(len(blur), *c["sigma"], generator, dev), self.k_blur))
+            sigma = _u(len(blur), *c["sigma"], generator, dev)
+            x = x.index_copy(0, blur, gaussian_blur(x[blur], sigma, self.k_blur))
     return x
 
 # %% ../nbs/02_augment.ipynb #e2390eab
@@ -309,14 +307,12 @@ def one_of(self: TwoViewAugment, images: torch.Tensor, masks: torch.Tensor | Non
     one = torch.ones(n, device=dev)
     # factor 1 elsewhere: unchanged
     for name, step in (("contrast", adjust_contrast), ("saturation", adjust_saturation)):
-        img = step(img,
-                   torch.where(kind == DCODR_KINDS.index(name),
-                               _u(n, *c[name], generator, dev), one))
+        img = step(img, torch.where(kind == DCODR_KINDS.index(name),
+                                    _u(n, *c[name], generator, dev), one))
     blur = (kind == DCODR_KINDS.index("blur")).nonzero().squeeze(1)
     if len(blur):
-        img = img.index_copy(0, blur,
-                             gaussian_blur(img[blur],
-                                           _u(len(blur), *c["sigma"], generator, dev), self.k_blur))
+        sigma = _u(len(blur), *c["sigma"], generator, dev)
+        img = img.index_copy(0, blur, gaussian_blur(img[blur], sigma, self.k_blur))
     return (img - self.mean) / self.std, m
 
 # %% ../nbs/02_augment.ipynb #2a110a62
@@ -336,11 +332,11 @@ def torchvision_two_views(preset: str = "wmse", size: int = 32, mean=None, std=N
                "crop": T.RandomResizedCrop(size, scale=c["scale"], ratio=c["ratio"]),
                "saturation": T.ColorJitter(saturation=c["saturation"])}
         return _TwoViews(T.Compose([T.Resize((size, size)),
-                                    T.RandomChoice([ops[n] for n in c["kinds"]]), T.ToTensor(),
-                                    norm]))
+                                    T.RandomChoice([ops[n] for n in c["kinds"]]),
+                                    T.ToTensor(), norm]))
     steps = [T.RandomResizedCrop(size, scale=c["scale"], ratio=c["ratio"],
-                                 interpolation=T.InterpolationMode.BICUBIC if preset == "wmse"
-                                 else T.InterpolationMode.BILINEAR),
+                                 interpolation=(T.InterpolationMode.BICUBIC if preset == "wmse"
+                                                else T.InterpolationMode.BILINEAR)),
              T.RandomHorizontalFlip(c["p_flip"]),
              T.RandomApply([T.ColorJitter(*c["jitter"])], p=c["p_jitter"]),
              T.RandomGrayscale(c["p_gray"])]

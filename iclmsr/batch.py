@@ -132,7 +132,6 @@ def make_batch(raw: dict, augment, needs=(), device=None,
         own = intervene.pool.images[raw["index"].to(intervene.pool.images.device)]
         bg = fmt(augment.views(mv(own), n_views=1)[0])
     get = lambda k: mv(raw[k]) if k in needs else None
-    return Batch(views=(fmt(v1), fmt(v2)), labels=get("labels"),
-                 domains=get("domains"), masks=masks,
-                 clean=fmt(clean_images(augment, x)) if "clean" in needs else None,
+    return Batch(views=(fmt(v1), fmt(v2)), labels=get("labels"), domains=get("domains"),
+                 masks=masks, clean=fmt(clean_images(augment, x)) if "clean" in needs else None,
                  index=get("index"), swapped=swapped, bg=bg)

@@ -119,8 +119,8 @@ def after_batch(self: Recorder):
 @patch
 def after_epoch(self: Recorder):
     m = self.learn.metrics
-    if m.get("knn_full") is not None and (not self.knn["epoch"]
-                                          or self.knn["epoch"][-1] != self.learn.epoch + 1):
+    if (m.get("knn_full") is not None
+            and (not self.knn["epoch"] or self.knn["epoch"][-1] != self.learn.epoch + 1)):
         with self.lock:
             self.knn["epoch"].append(self.learn.epoch + 1)
             for k in ("knn_full", "knn_fg", "knn_bg"): self.knn[k].append(m.get(k))
@@ -187,9 +187,8 @@ KNN_TRACES = (("knn_full", "full", "#1f77b4"), ("knn_fg", "foreground only", "#2
 def dashboard_figures(height: int = 320) -> dict:
     """The three empty figures of the dashboard: `loss`, `knn` (accuracy) and `strata` (the a_t
     heatmap)."""
-    lay = dict(height=height, margin=dict(l=45, r=10, t=40, b=40),
-               template="plotly_white", uirevision="keep",
-               legend=dict(orientation="h", y=-0.22, font=dict(size=10)))
+    lay = dict(height=height, margin=dict(l=45, r=10, t=40, b=40), template="plotly_white",
+               uirevision="keep", legend=dict(orientation="h", y=-0.22, font=dict(size=10)))
     loss = go.Figure(layout=dict(title=dict(text="loss", font=dict(size=14)),
                                  xaxis_title="step", width=380, **lay))
     for _, name, c in LOSS_TRACES:
@@ -204,8 +203,8 @@ def dashboard_figures(height: int = 320) -> dict:
     strata = go.Figure(go.Heatmap(z=[[None]], colorscale="Viridis",
                                   colorbar=dict(thickness=10), name="a_t"),
                        layout=dict(title=dict(text="stratum vectors a_t", font=dict(size=14)),
-                                   xaxis_title="dimension", yaxis_title="stratum t", width=240,
-                                   **lay))
+                                   xaxis_title="dimension", yaxis_title="stratum t",
+                                   width=240, **lay))
     return {"loss": loss, "knn": knn, "strata": strata}
 
 # %% ../nbs/16_dashboard.ipynb #e21a925b
@@ -251,9 +250,8 @@ def _auto_backbone() -> str:
 class Dashboard(Showable):
     """Configure, start, pause, resume, stop and watch a training run; checkpoints and continuing a
     run directory."""
-    def __init__(self, spec: str = DataConfig().spec,
-                 method: str = ModelConfig().method, icl: bool = True,
-                 n_strata: int = ICLConfig().n_strata,
+    def __init__(self, spec: str = DataConfig().spec, method: str = ModelConfig().method,
+                 icl: bool = True, n_strata: int = ICLConfig().n_strata,
                  lam: float = ICLConfig().lam, epochs: int = 20, device: str = TrainConfig().device,
                  backbone: str | None = None, batch_size: int | None = None, more: str = "",
                  run_dir: str | Path | None = None, every: float = 1.0, max_points: int = 1500,
@@ -288,9 +286,8 @@ def _controls(self: Dashboard, **v) -> dict:
         spec=W.Text(v["spec"], description="data", layout=lay("330px"), style=s),
         method=W.Dropdown(options=list(METHODS), value=v["method"], description="method",
                           layout=lay("200px"), style=s),
-        backbone=W.Dropdown(options=["small_cnn", "resnet18", "resnet50"],
-                            value=v["backbone"], description="backbone", layout=lay("200px"),
-                            style=s),
+        backbone=W.Dropdown(options=["small_cnn", "resnet18", "resnet50"], value=v["backbone"],
+                            description="backbone", layout=lay("200px"), style=s),
         icl=W.Checkbox(v["icl"], description="ICL-MSR", indent=False, layout=lay("90px")),
         control=W.Dropdown(options=[("the regulariser", "msr"),
                                     ("control: frozen strata", "frozen"),
@@ -324,9 +321,8 @@ def _buttons(self: Dashboard) -> dict:
            ("save", "Save checkpoint", "save", ""), ("open", "Open", "folder-open", ""))}
     for n, b in bs.items():
         b.add_class(f"iclmsr-{n}")
-        b.on_click(lambda _b,
-                   n=n: self._guard(getattr(self, n) if n != "open"
-                                    else lambda: self.open(self.w["run_dir"].value)))
+        b.on_click(lambda _b, n=n: self._guard(getattr(self, n) if n != "open"
+                                               else lambda: self.open(self.w["run_dir"].value)))
     return bs
 
 # %% ../nbs/16_dashboard.ipynb #f3c5d1f9
@@ -378,10 +374,10 @@ def diagnostics_text(d: dict) -> str:
     """ICL-MSR's diagnostics in one line: strata spread, moved, common share, meta-gradient norm and
     cosine, ICL gap."""
     f = lambda k, spec: "–" if d.get(k) is None else format(d[k], spec)
-    return (f"a_t spread {f('strata_spread', '.3f')}, moved {f('strata_moved', '.3f')}, common "
-            "share "
-            f"{f('strata_common_share', '.2f')} · meta-grad {f('meta_grad_norm', '.1e')} (cos "
-            f"{f('meta_grad_cos', '+.2f')}) · ICL gap {f('icl_gap', '.1e')}")
+    return (f"a_t spread {f('strata_spread', '.3f')}, moved {f('strata_moved', '.3f')}, "
+            f"common share {f('strata_common_share', '.2f')} · "
+            f"meta-grad {f('meta_grad_norm', '.1e')} (cos {f('meta_grad_cos', '+.2f')}) · "
+            f"ICL gap {f('icl_gap', '.1e')}")
 
 # %% ../nbs/16_dashboard.ipynb #9ba26411
 @patch
@@ -390,31 +386,32 @@ def status_text(self: Dashboard) -> str:
     L, r = self.learn, self.rec
     parts = [f"<b>{self.state}</b>"]
     if L is not None:
-        parts.append(f"epoch {min(L.epoch + 1, _epochs(L))}/{_epochs(L)} · step "
-                     f"{L.step}/{L.total_steps} · {L.stage}")
+        parts.append(f"epoch {min(L.epoch + 1, _epochs(L))}/{_epochs(L)} · "
+                     f"step {L.step}/{L.total_steps} · {L.stage}")
     elif self.opened_step is not None and self.state == "opened":
         parts.append(f"checkpoint at step {self.opened_step}")
     sp = r.speed
     if sp.get("images_per_s"): parts.append(f"{sp['images_per_s']:.0f} images/s")
     gm = r.gpu
-    parts.append(f"GPU memory {gm[0]:.2f} GiB (peak {gm[1]:.2f})" if gm else "GPU memory: n/a"
-                 + (f" ({L.device.type})" if L else ""))
+    parts.append(f"GPU memory {gm[0]:.2f} GiB (peak {gm[1]:.2f})" if gm
+                 else "GPU memory: n/a" + (f" ({L.device.type})" if L else ""))
     if sp.get("elapsed") is not None: parts.append(f"elapsed {fmt_duration(sp['elapsed'])}")
     if sp.get("eta") is not None and self.state in ("running", "paused"):
         parts.append(f"ETA {fmt_duration(sp['eta'])}")
     if r.knn["epoch"]:
-        parts.append("kNN " + " / ".join(f"{n} {r.knn[k][-1]:.1f}%" for k, n in
-                                        (("knn_full", "full"), ("knn_fg", "fg"), ("knn_bg", "bg"))
-                                         if r.knn[k][-1] is not None))
+        parts.append("kNN " + " / ".join(
+            f"{n} {r.knn[k][-1]:.1f}%"
+            for k, n in (("knn_full", "full"), ("knn_fg", "fg"), ("knn_bg", "bg"))
+            if r.knn[k][-1] is not None))
     if r.fit["step"]: parts.append(f"loss {r.fit['loss'][-1]:.4f}")
     if r.diag: parts.append(diagnostics_text(r.diag))
     rd = self.w["run_dir"].value
-    extra = (f"<br><span style='color:#555'>run dir: {html.escape(display_path(rd))}</span>" if rd
-             else "")
+    extra = (f"<br><span style='color:#555'>run dir: {html.escape(display_path(rd))}</span>"
+             if rd else "")
     if self.note: extra += f"<br><span style='color:#2ca02c'>{html.escape(self.note)}</span>"
     if self.error:
-        extra += ("<br><span class='iclmsr-error' "
-                  f"style='color:#d62728'>{html.escape(self.error)}</span>")
+        extra += ("<br><span class='iclmsr-error' style='color:#d62728'>"
+                  f"{html.escape(self.error)}</span>")
     return f"<div style='font-size:13px'>{' · '.join(parts)}{extra}</div>"
 
 # %% ../nbs/16_dashboard.ipynb #f9f30149
@@ -431,9 +428,9 @@ def _refresh(self: Dashboard):
     b["open"].disabled = running
 
 # %% ../nbs/16_dashboard.ipynb #e380e53c
+# the settings with a control of their own
 _SHOWN = ("data.spec", "model.method", "model.backbone", "icl.enabled", "icl.control",
-          "icl.n_strata", "icl.lam", "train.epochs",
-          "train.batch_size", "train.device")   # the settings with a control of their own
+          "icl.n_strata", "icl.lam", "train.epochs", "train.batch_size", "train.device")
 
 @patch
 def overrides(self: Dashboard) -> list[str]:
@@ -467,10 +464,10 @@ def _set_controls(self: Dashboard, cfg):
     d, default = config_to_dict(cfg), config_to_dict(load_config(None, []))
     default["model"]["options"] = (options(METHODS[cfg.model.method])
                                    if cfg.model.method in METHODS else {})
-    flat = lambda t: {f"{s}.{k}": v for s, sec in t.items() for k, v in sec.items()
-                      if not isinstance(v, dict)} | {
-        f"{s}.{k}.{o}": x for s, sec in t.items() for k, v in sec.items()
-        if isinstance(v, dict) for o, x in v.items()}
+    flat = lambda t: ({f"{s}.{k}": v for s, sec in t.items() for k, v in sec.items()
+                       if not isinstance(v, dict)}
+                      | {f"{s}.{k}.{o}": x for s, sec in t.items() for k, v in sec.items()
+                         if isinstance(v, dict) for o, x in v.items()})
     # a method's options one key each; only what differs from its own defaults
     fd, fdef = flat(d), flat(default)
     w["more"].value = " ".join(f"{k}={'null' if v is None else v}" for k, v in fd.items()
@@ -490,11 +487,11 @@ def static_html(self: Dashboard) -> str:
     settings = (f"data {w['spec'].value} · "
                 f"{w['method'].value}{' + ICL-MSR' if w['icl'].value else ''} · "
                 f"{w['backbone'].value} · n={w['n_strata'].value} · λ={w['lam'].value} · "
-                f"{w['epochs'].value} epochs · batch {w['batch_size'].value} · device "
-                f"{w['device'].value} {w['more'].value}")
-    note = ("<div style='font-size:11px;color:#777'>a snapshot of the dashboard; in JupyterLab it "
-            "is a live widget with its controls</div><div "
-            f"style='font-size:12px;color:#555'>{html.escape(settings)}</div>")
+                f"{w['epochs'].value} epochs · batch {w['batch_size'].value} · "
+                f"device {w['device'].value} {w['more'].value}")
+    note = ("<div style='font-size:11px;color:#777'>a snapshot of the dashboard; "
+            "in JupyterLab it is a live widget with its controls</div>"
+            f"<div style='font-size:12px;color:#555'>{html.escape(settings)}</div>")
     return note + self.status_text() + f"<div style='display:flex'>{figs}</div>"
 
 # %% ../nbs/16_dashboard.ipynb #ffb5a044
@@ -537,11 +534,11 @@ def start(self: Dashboard):
     cfg = self.config()
     run_dir = self.w["run_dir"].value.strip() or tempfile.mkdtemp(prefix="iclmsr-run-")
     self.w["run_dir"].value = run_dir
-    resume = (self.resume_from if self.resume_from
-              and Path(self.resume_from).parent == Path(run_dir) else None)
+    resume = (self.resume_from
+              if self.resume_from and Path(self.resume_from).parent == Path(run_dir) else None)
     if not resume and (Path(run_dir)/"last.pt").exists():
-        raise FileExistsError(f"{run_dir} holds a run (last.pt): Open it to continue it, or choose "
-                              "another run dir")
+        raise FileExistsError(f"{run_dir} holds a run (last.pt): "
+                              "Open it to continue it, or choose another run dir")
     if not resume: self.rec = Recorder(self.every)
     self.error, self.state, self.learn, self.control = None, "starting", None, Control()
     self.thread = threading.Thread(target=self._run, args=(cfg, Path(run_dir), resume),
@@ -555,9 +552,8 @@ def start(self: Dashboard):
 def _run(self: Dashboard, cfg, run_dir: Path, resume):
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        learn = Learner.from_config(cfg, run_dir,
-                                    cbs=default_callbacks(progress=False)
-                                    + [self.rec, self.control])
+        learn = Learner.from_config(
+            cfg, run_dir, cbs=default_callbacks(progress=False) + [self.rec, self.control])
         if resume:
             learn.resume(resume)
             with self.rec.lock:  # the curves past the checkpoint were not kept by the run
@@ -634,8 +630,8 @@ def open(self: Dashboard, run_dir):
     if (d/"config.yaml").exists(): cfg = load_config(d/"config.yaml")
     elif ck is not None and ck.get("config") is not None: cfg = config_from_dict(ck["config"])
     else:
-        raise FileNotFoundError(f"{d} is not a run directory: it has neither config.yaml nor a "
-                                "last.pt with its config")
+        raise FileNotFoundError(f"{d} is not a run directory: "
+                                "it has neither config.yaml nor a last.pt with its config")
     self._set_controls(cfg)
     self.w["run_dir"].value = str(d)
     self.rec, self.learn, self.control, self.error = Recorder(self.every), None, None, None

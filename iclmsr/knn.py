@@ -107,8 +107,8 @@ class FeatureIndex:
     "k-nearest-neighbour search over a database of feature vectors, with FAISS or torch."
     def __init__(self, dim: int, metric: str = "cos", kind: str = "flat",
                  nlist: int | None = None, nprobe: int = 16, train_size: int | None = None,
-                 backend: str = "auto", device: str | None = "auto", temp_memory: int = 256 << 20,
-                 seed: int = 0):
+                 backend: str = "auto", device: str | None = "auto",
+                 temp_memory: int = 256 << 20, seed: int = 0):
         _check_index_args(dim, metric, kind, nlist, nprobe, backend)
         self.dim, self.metric, self.kind, self.nlist, self.nprobe = (
             int(dim), metric, kind, nlist, nprobe)
@@ -136,8 +136,8 @@ class FeatureIndex:
 def _resolve(self: FeatureIndex, x: torch.Tensor):
     "Fix the backend on the first `add`."
     if self.backend == "auto":
-        self.backend = ("torch"
-                        if (faiss is None or (x.is_cuda and self.kind == "flat")) else "faiss")
+        self.backend = ("torch" if (faiss is None or (x.is_cuda and self.kind == "flat"))
+                        else "faiss")
     if self.backend == "faiss": self.gpu = _faiss_device(self.device)
 
 # %% ../nbs/09_knn.ipynb #359369fd
@@ -153,8 +153,8 @@ def _build(self: FeatureIndex, x: np.ndarray):
         # FAISS wants >= 39 training points per cell
         nlist = self.nlist or max(1, min(round(math.sqrt(n)), n // 39))
         if nlist > n:
-            raise ValueError(f"nlist={nlist} cells need at least that many training vectors, got "
-                             f"{n}")
+            raise ValueError(f"nlist={nlist} cells need at least that many training vectors, "
+                             f"got {n}")
         m = min(n, max(self.train_size or 64 * nlist, nlist))
         xt = x if m == n else x[np.random.default_rng(self.seed).choice(n, m, replace=False)]
         quant = faiss.IndexFlatL2(self.dim) if self.metric == "l2" else faiss.IndexFlatIP(self.dim)
@@ -234,8 +234,8 @@ def knn_recall(exact, approx) -> float:
     `approx` also found."""
     a, b = np.asarray(exact), np.asarray(approx)
     if a.shape != b.shape:
-        raise ValueError(f"exact and approx neighbour ids must have the same shape, got {a.shape} "
-                         f"and {b.shape}")
+        raise ValueError("exact and approx neighbour ids must have the same shape, "
+                         f"got {a.shape} and {b.shape}")
     return float(np.mean([len(set(x) & set(y)) / a.shape[1]
                           for x, y in zip(a.tolist(), b.tolist())]))
 

@@ -22,8 +22,8 @@ def full_precision(t: torch.Tensor):
 
 # %% ../nbs/04_losses.ipynb #a475120e
 def check_pair(z1, z2, min_n=2):
-    """Refuse, in one line, two projection batches that are not (N, d) of the same shape with N >=
-    `min_n`."""
+    """Refuse, in one line, two projection batches that are not (N, d) of the same shape
+    with N >= `min_n`."""
     if z1.ndim != 2 or z1.shape != z2.shape:
         raise ValueError(f"z1 and z2 must be (N, d) of the same shape, got z1 {tuple(z1.shape)} "
                          f"and z2 {tuple(z2.shape)}")
@@ -74,7 +74,8 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, tau: float = 0.5,
         if extra is not None:
             E = F.normalize(extra.to(Z.dtype), dim=1)
             s = torch.cat([s, (Z[rows] * E[rows % len(z1)]).sum(1, keepdim=True) / tau], 1)
-        return (torch.logsumexp(s, 1) - s[torch.arange(len(rows), device=Z.device), partner[rows]]).mean()
+        return (torch.logsumexp(s, 1)
+                - s[torch.arange(len(rows), device=Z.device), partner[rows]]).mean()
 
 # %% ../nbs/04_losses.ipynb #457c22d2
 NEGATIVES = ("all", "cross")
@@ -96,9 +97,8 @@ def _check_strata(a, d):
                          f"got a {tuple(a.shape)}")
 
 # %% ../nbs/04_losses.ipynb #a551bfe6
-def icl_loss(z1: torch.Tensor, z2: torch.Tensor, a: torch.Tensor,
-             tau: float = 0.5, negatives: str = "all",
-             anchors: torch.Tensor | None = None) -> torch.Tensor:
+def icl_loss(z1: torch.Tensor, z2: torch.Tensor, a: torch.Tensor, tau: float = 0.5,
+             negatives: str = "all", anchors: torch.Tensor | None = None) -> torch.Tensor:
     """ICL-MSR's interventional contrastive loss (the paper's formula), mean over the 2N anchors (or
     the rows `anchors`); `a` is (n, d) after activation."""
     check_pair(z1, z2); check_tau(tau); _check_strata(a, z1.shape[1])
@@ -109,9 +109,8 @@ def icl_loss(z1: torch.Tensor, z2: torch.Tensor, a: torch.Tensor,
         Z, partner = _joint(z1, z2)
         rows = _anchor_rows(anchors, len(Z), Z.device)
         P = Z[partner[rows]]
-        dot = (Z[rows] * P) @ a.T                                 # <Z_r, a_t ⊙ P_r>        (2N, n)
-        # ||a_t ⊙ P_r||, as F.normalize's eps
-        nrm = ((P * P) @ (a * a).T).clamp_min(1e-24).sqrt()
+        dot = (Z[rows] * P) @ a.T                            # <Z_r, a_t ⊙ P_r>        (2N, n)
+        nrm = ((P * P) @ (a * a).T).clamp_min(1e-24).sqrt()  # ||a_t ⊙ P_r||, as F.normalize's eps
         pos = dot / nrm / tau
         log_s = _neg_lse(Z, tau, negatives, rows)[:, None]
         log_p = torch.logsumexp(pos - torch.logaddexp(pos, log_s), 1) - math.log(a.shape[0])
@@ -130,8 +129,8 @@ def _standardise(z): return F.batch_norm(z, None, None, training=True, eps=1e-5)
 
 # %% ../nbs/04_losses.ipynb #cb948c54
 def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 5e-3) -> torch.Tensor:
-    """Barlow Twins: invariance on the diagonal of the cross-correlation, redundancy reduction off
-    it."""
+    """Barlow Twins: invariance on the diagonal of the cross-correlation, redundancy
+    reduction off it."""
     check_pair(z1, z2)
     with full_precision(z1):
         z1, z2 = at_least_float32(z1, z2)
@@ -142,8 +141,8 @@ def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 5e-3) -
 
 # %% ../nbs/04_losses.ipynb #eb6d7945
 def whiten(x: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
-    """Cholesky whitening of the rows of `x` (m, d): centred, then times L^{-1} of the covariance L
-    L^T."""
+    """Cholesky whitening of the rows of `x` (m, d): centred, then times L^{-1} of the
+    covariance L L^T."""
     with full_precision(x):
         (x,) = at_least_float32(x)
         xc = x - x.mean(0, keepdim=True)
@@ -159,8 +158,8 @@ def wmse_loss(z1: torch.Tensor, z2: torch.Tensor, w_size: int = 128, w_iter: int
     check_pair(z1, z2)
     N, d = z1.shape
     if not isinstance(w_size, int) or w_size <= d or N % w_size:
-        raise ValueError(f"w_size must be an integer > d = {d} that divides the batch N = {N}, got "
-                         f"{w_size!r}")
+        raise ValueError(f"w_size must be an integer > d = {d} that divides the batch N = {N}, "
+                         f"got {w_size!r}")
     with full_precision(z1):
         z1, z2 = at_least_float32(z1, z2)
         loss = 0
@@ -172,8 +171,8 @@ def wmse_loss(z1: torch.Tensor, z2: torch.Tensor, w_size: int = 128, w_iter: int
         return loss / w_iter
 
 # %% ../nbs/04_losses.ipynb #c1453239
-def supcon_loss(z1: torch.Tensor, z2: torch.Tensor,
-                labels: torch.Tensor | None = None, tau: float = 0.1, base_tau: float | None = None,
+def supcon_loss(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor | None = None,
+                tau: float = 0.1, base_tau: float | None = None,
                 anchors: torch.Tensor | None = None,
                 extra: torch.Tensor | None = None) -> torch.Tensor:
     """Supervised contrastive loss over both views (anchors: all 2N rows or `anchors`); positives =
@@ -195,10 +194,11 @@ def supcon_loss(z1: torch.Tensor, z2: torch.Tensor,
         rows = _anchor_rows(anchors, 2 * N, Z.device)
         self_ = _self_mask(rows, 2 * N)
         s = (Z[rows] @ Z.T / tau).masked_fill(self_, float("-inf"))
-        den = (s if extra is None
-               else torch.cat([s,
-                               (Z[rows] * F.normalize(extra.to(Z.dtype), dim=1)[rows % N]).sum(1, keepdim=True) / tau], 1))
+        den = s
         # the extra column: a negative, never a positive
+        if extra is not None:
+            E = F.normalize(extra.to(Z.dtype), dim=1)
+            den = torch.cat([s, (Z[rows] * E[rows % N]).sum(1, keepdim=True) / tau], 1)
         log_prob = (s - torch.logsumexp(den, 1, keepdim=True)).masked_fill(self_, 0)
         if labels is None:
             pos = torch.zeros_like(self_)
@@ -220,8 +220,8 @@ def _check_domains(domains, n: int, device):
         raise ValueError(f"domains must be (N,) = ({n},), one id per code, got domains "
                          f"{tuple(domains.shape)}")
     if domains.device != device:
-        raise ValueError(f"domains are on {domains.device} but the codes on {device}: move them to "
-                         "the same device")
+        raise ValueError(f"domains are on {domains.device} but the codes on {device}: "
+                         "move them to the same device")
 
 # %% ../nbs/04_losses.ipynb #c83c15fd
 def dcodr_negatives(domains: torch.Tensor, k: int | None = None, generator=None,
@@ -231,7 +231,8 @@ def dcodr_negatives(domains: torch.Tensor, k: int | None = None, generator=None,
     check_k(k)
     N = len(domains)
     rows = torch.arange(N, device=domains.device) if rows is None else rows
-    same = (domains[rows][:, None] == domains[None, :]) & (rows[:, None] != torch.arange(N, device=domains.device)[None, :])
+    same = ((domains[rows][:, None] == domains[None, :])
+            & (rows[:, None] != torch.arange(N, device=domains.device)[None, :]))
     if k is None or k >= N - 1: return same
     keys = torch.rand(same.shape, generator=generator,
                       device=domains.device).masked_fill(~same, 2.0)

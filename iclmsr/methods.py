@@ -90,8 +90,8 @@ def project_with_bg(self: Method, h1, h2, bg=None):
 @patch
 def loss_from_features(self: Method, h1, h2, batch: Batch) -> dict:
     "`{'base': loss, 'z1', 'z2'}` from the views' features and the step's `Batch`."
-    raise NotImplementedError(f"{type(self).__name__} must implement loss_from_features(h1, h2, "
-                              "batch)")
+    raise NotImplementedError(f"{type(self).__name__} must implement "
+                              "loss_from_features(h1, h2, batch)")
 
 # %% ../nbs/06_methods.ipynb #668fccb5
 @patch
@@ -136,9 +136,8 @@ def meta_steps(self: Method, n_batches: int) -> int:
 
 # %% ../nbs/06_methods.ipynb #d38bfbc0
 @patch
-def meta_step(self: Method, batch_a, batch_b,
-              inner_lr: float | None = None, step: int | None = None, precond=None,
-              optimizer=None) -> dict:
+def meta_step(self: Method, batch_a, batch_b, inner_lr: float | None = None,
+              step: int | None = None, precond=None, optimizer=None) -> dict:
     "Hook: one stage-2 step (never called when `meta_steps` is 0); nothing by default."
     return {}
 
@@ -181,7 +180,8 @@ class Registry(dict):
     """Method name -> class; the method modules in `modules` (and `$ICLMSR_METHODS`) are imported at
     the first lookup, so each registers itself."""
     def __init__(self, modules=()):
-        super().__init__(); self.modules, self._loaded = tuple(modules), False
+        super().__init__()
+        self.modules, self._loaded = tuple(modules), False
     def load(self):
         "Import the method modules once (each registers its methods); returns the registry."
         if self._loaded: return self
@@ -212,9 +212,8 @@ def register_method(cls=None, *, replace: bool = False):
     """Class decorator: add a `Method` subclass to `METHODS` under its `name`; a name another class
     holds is refused unless `replace`."""
     def add(c):
-        if not (isinstance(c, type)
-                and issubclass(c, Method)): raise TypeError("register_method takes a Method "
-                                                            f"subclass, got {c!r}")
+        if not (isinstance(c, type) and issubclass(c, Method)):
+            raise TypeError(f"register_method takes a Method subclass, got {c!r}")
         if not isinstance(c.name, str) or not _NAME.fullmatch(c.name):
             raise ValueError(f"{c.__qualname__}.name must be a lower-case identifier (letters, "
                              f"digits, _), got {c.name!r}")
@@ -224,9 +223,10 @@ def register_method(cls=None, *, replace: bool = False):
         # redefined: a re-run cell, or its exporting notebook
         same = old is not None and old.__qualname__ == c.__qualname__
         if old is not None and not same and not replace:
-            raise ValueError(f"method name {c.name!r} is taken by "
-                             f"{old.__module__}.{old.__qualname__}; pass replace=True to replace it")
-        if not c.desc: c.desc = (c.__doc__ or c.name).strip().splitlines()[0]
+            raise ValueError(f"method name {c.name!r} is taken by {old.__module__}."
+                             f"{old.__qualname__}; pass replace=True to replace it")
+        # the docstring's first paragraph, its wrapped lines joined
+        if not c.desc: c.desc = " ".join((c.__doc__ or c.name).strip().split("\n\n")[0].split())
         dict.__setitem__(METHODS, c.name, c)
         return c
     return add if cls is None else add(cls)
@@ -248,7 +248,8 @@ def options(cls) -> dict:
     """A method's options and their defaults: its constructor's keywords less `backbone` and what it
     derives from the data (`from_data`)."""
     ps = inspect.signature(cls.__init__).parameters.items()
-    return {k: p.default for k, p in ps if k not in ("self", "backbone", *cls.from_data)
+    return {k: p.default for k, p in ps
+            if k not in ("self", "backbone", *cls.from_data)
             and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
 
 # %% ../nbs/06_methods.ipynb #ef4ea580
@@ -256,8 +257,8 @@ def option_help(cls) -> dict:
     """Each option's help: the comment after it in the constructor's signature (its own or, for an
     inherited one, its parent's)."""
     out = {}
-    for c in reversed([c for c in cls.__mro__ if isinstance(c, type) and issubclass(c, Method)
-                       and "__init__" in vars(c)]):
+    for c in reversed([c for c in cls.__mro__
+                       if isinstance(c, type) and issubclass(c, Method) and "__init__" in vars(c)]):
         try: out.update({k: v for k, v in docments(c.__init__).items() if v})
         except (OSError, TypeError): pass   # a class defined where its source cannot be read
     return {k: out.get(k) for k in options(cls)}
@@ -280,8 +281,8 @@ class SimCLR(Method):
         negative of its two anchors."""
         z1, z2, gb = self.project_with_bg(h1, h2, batch.bg)
         g1, g2, _, anchors = gather_pair(z1, z2)  # negatives from every process under torchrun
-        return {"base": nt_xent(g1, g2, self.temperature, anchors=anchors, extra=gb), "z1": z1,
-                "z2": z2}
+        return {"base": nt_xent(g1, g2, self.temperature, anchors=anchors, extra=gb),
+                "z1": z1, "z2": z2}
 
 # %% ../nbs/06_methods.ipynb #0deb9c11
 @register_method
@@ -494,8 +495,8 @@ class DCoDR(Method):
     def _loss(self, z_pos, z_anchor, batch):
         if batch.clean is None or (self.negatives == "domain" and batch.domains is None):
             raise ValueError(f"{self.name} needs a Batch with "
-                             f"{'domains and ' if self.negatives == 'domain' else ''}clean (the "
-                             "un-augmented images): build it with needs=method.needs")
+                             f"{'domains and ' if self.negatives == 'domain' else ''}clean "
+                             "(the un-augmented images): build it with needs=method.needs")
         dom = (batch.domains if self.negatives == "domain"
                else torch.zeros(len(z_anchor), dtype=torch.long, device=z_anchor.device))
         ga, gp, gd, anchors = gather_pair(z_anchor, z_pos, dom.to(z_anchor.device))
@@ -534,16 +535,16 @@ _SAID = set()   # the departures already printed by this process
 
 def num_domains(data) -> int:
     "How many domain ids the data's background ids span (0 when it has none)."
-    return (int(data.backgrounds.max()) + 1 if len(data)
-            and bool((data.backgrounds >= 0).any()) else 0)
+    return (int(data.backgrounds.max()) + 1
+            if len(data) and bool((data.backgrounds >= 0).any()) else 0)
 
 # %% ../nbs/06_methods.ipynb #232dc9df
 def say_once(key: str, text: str):
     "Print `text` once per process (and only in the first process under torchrun)."
     if key in _SAID: return
     _SAID.add(key)
-    if not (dist.is_available()
-            and dist.is_initialized()) or dist.get_rank() == 0: print(text, flush=True)
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
+        print(text, flush=True)
 
 # %% ../nbs/06_methods.ipynb #97269617
 @register_method
@@ -555,8 +556,8 @@ class DCoDRRec(DCoDR):
     from_data, files = ("num_domains", "image_size", "image_mean", "image_std"), ("vgg_weights",)
 
     def __init__(self, backbone, proj_dim: int = 128, temperature: float = 0.1,
-                 k: int | None = None, moco_fc: bool = True, num_domains: int | None = None,
-                 image_size: int = 32,
+                 k: int | None = None, moco_fc: bool = True,
+                 num_domains: int | None = None, image_size: int = 32,
                  rec_weight: float = 0.3,            # weight of the reconstruction term
                  # torchvision's vgg16 ImageNet state dict file (None: pixel L1 alone)
                  vgg_weights: str | None = None,
@@ -566,17 +567,17 @@ class DCoDRRec(DCoDR):
                  emb_lr: float = 3e-3,               # learning rate of the domain embeddings
                  image_mean=(0.0, 0.0, 0.0), image_std=(1.0, 1.0, 1.0)):
         super().__init__(backbone, proj_dim, temperature, k, moco_fc)
-        if isinstance(rec_weight, bool) or not isinstance(rec_weight, (int, float)) or not rec_weight >= 0:
+        if (isinstance(rec_weight, bool) or not isinstance(rec_weight, (int, float))
+                or not rec_weight >= 0):
             raise ValueError(f"rec_weight must be a number >= 0, got {rec_weight!r}")
         self.rec_weight, self.gen_lr, self.emb_lr = rec_weight, gen_lr, emb_lr
         self.generator = LordGenerator(proj_dim, num_domains, image_size, 3, domain_dim, gen_width)
         self.rec = Reconstruction(vgg_weights)
-        # the un-augmented images come normalised like the views: back to [0, 1], the generator's
-        # (sigmoid) range
-        self.register_buffer("image_mean",
-                             torch.as_tensor(image_mean, dtype=torch.float32).reshape(1, 3, 1, 1).clone(), persistent=False)
-        self.register_buffer("image_std",
-                             torch.as_tensor(image_std, dtype=torch.float32).reshape(1, 3, 1, 1).clone(), persistent=False)
+        # the un-augmented images come normalised like the views: back to [0, 1],
+        # the generator's (sigmoid) range
+        per_channel = lambda v: torch.as_tensor(v, dtype=torch.float32).reshape(1, 3, 1, 1).clone()
+        self.register_buffer("image_mean", per_channel(image_mean), persistent=False)
+        self.register_buffer("image_std", per_channel(image_std), persistent=False)
 
     num_domains = property(lambda self: self.generator.embedding.num_embeddings)
 
@@ -600,10 +601,9 @@ def reconstruction_loss(self: DCoDRRec, z_anchor: torch.Tensor, batch: Batch) ->
     """`L_rec` of the un-augmented images `batch.clean` rebuilt from their codes `z_anchor` and
     domains."""
     if not self.rec.perceptual:
-        say_once("pixel-l1",
-                 "dcodr_rec: no VGG16 weights (model.options.vgg_weights), so the reconstruction "
-                 "term is pixel L1 alone, a departure from DCoDR (pixel L1 + VGG16 perceptual "
-                 "features)")
+        say_once("pixel-l1", "dcodr_rec: no VGG16 weights (model.options.vgg_weights), so the "
+                 "reconstruction term is pixel L1 alone, a departure from DCoDR "
+                 "(pixel L1 + VGG16 perceptual features)")
     target = batch.clean.float() * self.image_std + self.image_mean
     return self.rec(self.reconstruct(z_anchor, batch.domains), target)
 
@@ -648,7 +648,8 @@ def param_groups(self: DCoDRRec) -> list:
 
 # %% ../nbs/06_methods.ipynb #fc1260b9
 def _keywords(fn, skip=("self", "backbone", "dim")) -> list:
-    return [k for k, p in inspect.signature(fn).parameters.items() if k not in skip and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    return [k for k, p in inspect.signature(fn).parameters.items()
+            if k not in skip and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
 
 # %% ../nbs/06_methods.ipynb #9ff2631e
 def build_method(name: str = "simclr", backbone: str | nn.Module = "resnet18",
@@ -661,12 +662,13 @@ def build_method(name: str = "simclr", backbone: str | nn.Module = "resnet18",
     msr_kw = {**(msr_kw or {}), **{k: v for k, v in kw.items() if k in reg and k not in mine}}
     hp = {k: v for k, v in kw.items() if k not in msr_kw}
     bad = sorted(set(hp) - set(mine)) or sorted(set(msr_kw) - set(reg))
-    if bad: raise ValueError(f"unknown option {bad[0]!r} for method {name!r}; allowed: "
-                             f"{', '.join(mine)}"
-                             + (f"; for ICL-MSR: {', '.join(reg)}" if icl_msr else ""))
+    if bad:
+        raise ValueError(f"unknown option {bad[0]!r} for method {name!r}; "
+                         f"allowed: {', '.join(mine)}"
+                         + (f"; for ICL-MSR: {', '.join(reg)}" if icl_msr else ""))
     if msr_kw and not icl_msr:
-        raise ValueError(f"option {sorted(msr_kw)[0]!r} is for the ICL-MSR regulariser: pass "
-                         "icl_msr=True to use it")
+        raise ValueError(f"option {sorted(msr_kw)[0]!r} is for the ICL-MSR regulariser: "
+                         "pass icl_msr=True to use it")
     if isinstance(backbone, str):
         backbone = build_backbone(backbone, image_size, **(backbone_kw or {}))
     # a method that builds images (dcodr_rec's generator)

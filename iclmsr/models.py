@@ -32,9 +32,8 @@ def _conv_bn(ci, co, stride=1):
 def small_cnn(width: int = 32) -> nn.Module:
     "A 4-layer CNN (feature dim `4*width`) for fast CPU tests."
     w = width
-    return nn.Sequential(*_conv_bn(3, w), *_conv_bn(w, 2*w, 2),
-                         *_conv_bn(2*w, 4*w, 2), *_conv_bn(4*w, 4*w, 2), nn.AdaptiveAvgPool2d(1),
-                         nn.Flatten())
+    return nn.Sequential(*_conv_bn(3, w), *_conv_bn(w, 2*w, 2), *_conv_bn(2*w, 4*w, 2),
+                         *_conv_bn(4*w, 4*w, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
 # %% ../nbs/03_models.ipynb #bef65a7f
 def _resnet(name: str, small_stem: bool) -> tuple[nn.Module, int]:
@@ -115,13 +114,14 @@ class EMA(nn.Module):
         "One EMA step with the momentum of `step`; returns that momentum."
         tau = cosine_momentum(step, total_steps, self.tau0)
         online = self.online[0]
-        for pt, po in zip(self.target.parameters(),
-                          online.parameters()): pt.lerp_(po.detach(), 1 - tau)
+        for pt, po in zip(self.target.parameters(), online.parameters()):
+            pt.lerp_(po.detach(), 1 - tau)
         for bt, bo in zip(self.target.buffers(), online.buffers()): bt.copy_(bo)
         return tau
 
 # %% ../nbs/03_models.ipynb #95c43b2e
-MOCO_URL = "https://dl.fbaipublicfiles.com/moco/moco_checkpoints/moco_v2_800ep/moco_v2_800ep_pretrain.pth.tar"
+MOCO_URL = ("https://dl.fbaipublicfiles.com/moco/moco_checkpoints/moco_v2_800ep/"
+            "moco_v2_800ep_pretrain.pth.tar")
 
 def read_moco(path) -> tuple[dict, dict]:
     """(ResNet weights, `{'weight', 'bias'}` of the first projection layer `fc.0` or {}) of MoCo v2
@@ -135,12 +135,13 @@ def read_moco(path) -> tuple[dict, dict]:
     ck = read_torch_file(path, "a MoCo v2 checkpoint")
     sd = ck.get("state_dict") if isinstance(ck, dict) else None
     if not isinstance(sd, dict):
+        has = ("its entries: " + ", ".join(map(str, list(ck)[:4])) if isinstance(ck, dict)
+               else "it holds a " + type(ck).__name__)
         raise UnreadableFile(f"{str(path)!r} is not a MoCo v2 checkpoint: it has no 'state_dict' "
-                             "entry "
-                             f"({'its entries: ' + ', '.join(map(str, list(ck)[:4])) if isinstance(ck, dict) else 'it holds a ' + type(ck).__name__})")
+                             f"entry ({has})")
     pre = "module.encoder_q."
-    q = {k[len(pre):]: v for k, v in sd.items() if isinstance(k, str)
-         and k.startswith(pre) and torch.is_tensor(v)}
+    q = {k[len(pre):]: v for k, v in sd.items()
+         if isinstance(k, str) and k.startswith(pre) and torch.is_tensor(v)}
     if not q:
         raise UnreadableFile(f"{str(path)!r} is not a MoCo v2 checkpoint: no {pre}* weights in its "
                              "state_dict (its keys start "
@@ -159,13 +160,13 @@ def _refuse_unless_fits(path, want: dict, have: dict, where: str):
     bad = next((k for k in want if tuple(have[k].shape) != tuple(want[k].shape)), None)
     if bad:
         raise UnreadableFile(f"{str(path)!r} does not fit {where}: {bad} has shape "
-                             f"{tuple(have[bad].shape)} there, {tuple(want[bad].shape)} here (a "
-                             "checkpoint of another architecture?)")
+                             f"{tuple(have[bad].shape)} there, {tuple(want[bad].shape)} here "
+                             "(a checkpoint of another architecture?)")
 
 # %% ../nbs/03_models.ipynb #3ec3ba06
 def load_moco(backbone: Backbone, path, first_fc: nn.Linear | None = None) -> Backbone:
-    """Initialise a ResNet `backbone` (with the ImageNet stem) and optionally `first_fc` from MoCo
-    v2 checkpoint `path`."""
+    """Initialise a ResNet `backbone` (with the ImageNet stem) and optionally `first_fc` from
+    MoCo v2 checkpoint `path`."""
     net = backbone.net
     if not (hasattr(net, "conv1") and hasattr(net, "layer4")):
         raise ValueError("a MoCo checkpoint initialises a ResNet backbone (resnet18, resnet50), "
@@ -177,8 +178,8 @@ def load_moco(backbone: Backbone, path, first_fc: nn.Linear | None = None) -> Ba
     _refuse_unless_fits(path, net.state_dict(), weights, f"backbone {backbone.name or 'resnet'}")
     if first_fc is not None:
         if not fc0:
-            raise UnreadableFile(f"{str(path)!r} has no fc.0 (MoCo v2's first projection layer): a "
-                                 "MoCo v1 checkpoint?")
+            raise UnreadableFile(f"{str(path)!r} has no fc.0 (MoCo v2's first projection layer): "
+                                 "a MoCo v1 checkpoint?")
         _refuse_unless_fits(path, first_fc.state_dict(), fc0, "the code head's first layer (fc.0)")
     with torch.no_grad():
         for k, v in net.state_dict().items(): v.copy_(weights[k])

@@ -70,8 +70,8 @@ def _num_classes(ys, num_classes):
 def fit_linear(feats, labels, num_classes: int | None = None, epochs: int = 100,
                lr: float = 1e-2, lr_end: float = 1e-6, wd: float = 5e-6, bs: int = 1000,
                seed: int = 0, device=None, losses: list | None = None) -> nn.Linear:
-    """Train a single `nn.Linear` on frozen features: Adam, lr decayed exponentially `lr` ->
-    `lr_end`, the W-MSE protocol."""
+    """Train a single `nn.Linear` on frozen features: Adam, lr decayed exponentially
+    `lr` -> `lr_end`, the W-MSE protocol."""
     x = as_feats(feats, "train_feats")
     y = _check_labels(labels, len(x), "train_labels")
     C = _num_classes([y], num_classes); _check_labels(y, len(x), "train_labels", C)
@@ -119,7 +119,8 @@ def linear_probe(train_feats, train_labels, test_feats, test_labels,
     accuracies in percent."""
     xtr, xte = as_feats(train_feats, "train_feats"), as_feats(test_feats, "test_feats")
     if xte.shape[1] != xtr.shape[1]:
-        raise ValueError(f"test_feats has dim {xte.shape[1]} but train_feats has dim {xtr.shape[1]}")
+        raise ValueError(f"test_feats has dim {xte.shape[1]} "
+                         f"but train_feats has dim {xtr.shape[1]}")
     ytr = _check_labels(train_labels, len(xtr), "train_labels")
     yte = _check_labels(test_labels, len(xte), "test_labels")
     C = _num_classes([ytr, yte], num_classes)
@@ -173,13 +174,12 @@ def min_split_size(frac: float) -> int:
 def held_out_split(n: int, frac: float = 0.1, seed: int = 0) -> tuple:
     """(fit, held-out) sorted index tensors of range(n): a random ceil(frac * n) held out, as
     sklearn's `train_test_split`."""
-    if not (isinstance(frac, (int, float))
-            and 0 < frac < 1): raise ValueError("the held-out fraction must be in (0, 1), got "
-                                                f"{frac!r}")
+    if not (isinstance(frac, (int, float)) and 0 < frac < 1):
+        raise ValueError(f"the held-out fraction must be in (0, 1), got {frac!r}")
     need = min_split_size(frac)
     if n < need:
-        raise ValueError(f"{n} training images are too few for a held-out {frac:.0%} split: at "
-                         f"least {need} are needed")
+        raise ValueError(f"{n} training images are too few for a held-out {frac:.0%} split: "
+                         f"at least {need} are needed")
     return _split(n, frac, torch.Generator().manual_seed(seed))
 
 # %% ../nbs/10_probe.ipynb #0e144cc5
@@ -207,7 +207,8 @@ def _mlp_inputs(train_feats, train_labels, test_feats, test_labels, num_classes,
     "Checked (xtr, ytr, xte, yte, C): one line for each input the probe cannot use."
     xtr, xte = as_feats(train_feats, "train_feats"), as_feats(test_feats, "test_feats")
     if xte.shape[1] != xtr.shape[1]:
-        raise ValueError(f"test_feats has dim {xte.shape[1]} but train_feats has dim {xtr.shape[1]}")
+        raise ValueError(f"test_feats has dim {xte.shape[1]} "
+                         f"but train_feats has dim {xtr.shape[1]}")
     ytr, yte = (_check_labels(train_labels, len(xtr), "train_labels"),
                 _check_labels(test_labels, len(xte), "test_labels"))
     C = _num_classes([ytr, yte], num_classes)
@@ -246,8 +247,8 @@ def mlp_probe(train_feats, train_labels, test_feats, test_labels,
               seed: int = 0, device=None) -> MLPProbeResult:
     """DCoDR's MLP probe: fit on 90% of train, early stopping on the held-out 10%, the best epoch
     scored on test (percent)."""
-    xtr, ytr, xte, yte, C = _mlp_inputs(train_feats, train_labels, test_feats,
-                                        test_labels, num_classes, val_frac)
+    xtr, ytr, xte, yte, C = _mlp_inputs(train_feats, train_labels,
+                                        test_feats, test_labels, num_classes, val_frac)
     for nm, v in (("epochs", epochs), ("bs", bs)):
         if not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"{nm} must be a positive integer, got {v!r}")
@@ -284,7 +285,8 @@ def retrieval_top1(train_feats, train_labels, test_feats, test_labels, device="a
     and test (itself excluded) has its label."""
     xtr, xte = as_feats(train_feats, "train_feats"), as_feats(test_feats, "test_feats")
     if xte.shape[1] != xtr.shape[1]:
-        raise ValueError(f"test_feats has dim {xte.shape[1]} but train_feats has dim {xtr.shape[1]}")
+        raise ValueError(f"test_feats has dim {xte.shape[1]} "
+                         f"but train_feats has dim {xtr.shape[1]}")
     ytr, yte = (_check_labels(train_labels, len(xtr), "train_labels"),
                 _check_labels(test_labels, len(xte), "test_labels"))
     pool = F.normalize(torch.cat([xtr, xte]), dim=1)
@@ -307,16 +309,16 @@ def dcodr_measures(train_feats, train_labels, train_domains, test_feats, test_la
     # domains renumbered 0..D-1, as DCoDR maps a factor's values
     ids, inv = torch.cat([dtr, dte]).unique(return_inverse=True)
     if len(ids) < 2:
-        raise ValueError("the domain probe needs at least 2 domains, the data has only domain "
-                         f"{int(ids[0])}")
+        raise ValueError("the domain probe needs at least 2 domains, "
+                         f"the data has only domain {int(ids[0])}")
     dom = mlp_probe(xtr, inv[:len(xtr)], xte, inv[len(xtr):], num_classes=len(ids),
                     seed=seed, device=device, **kw)
     cls = mlp_probe(xtr, train_labels, xte, test_labels, num_classes=num_classes,
                     seed=seed, device=device, **kw)
     return {"domain_probe": dom.top1, "class_probe": cls.top1,
             "retrieval_top1": retrieval_top1(xtr, train_labels, xte, test_labels),
-            "chance_domain": dom.chance, "chance_class": cls.chance, "num_domains": len(ids),
-            "num_classes": cls.num_classes,
+            "chance_domain": dom.chance, "chance_class": cls.chance,
+            "num_domains": len(ids), "num_classes": cls.num_classes,
             "n_fit": len(xtr) - len(held_out_split(len(xtr), kw.get("val_frac", 0.1))[1]),
             "n_test": len(xte), "epochs": {"domain": dom.epochs, "class": cls.epochs},
             "best_epoch": {"domain": dom.best_epoch, "class": cls.best_epoch}}
@@ -326,14 +328,14 @@ def _probs_labels(probs, labels):
     as_feats(probs, "probs")  # shape, emptiness, NaN checks
     p = torch.as_tensor(probs).double()
     if (p < 0).any() or ((p.sum(1) - 1).abs() > 1e-3).any():
-        raise ValueError("probs must be probabilities (non-negative rows summing to 1): apply "
-                         "softmax to logits first")
+        raise ValueError("probs must be probabilities (non-negative rows summing to 1): "
+                         "apply softmax to logits first")
     return p, _check_labels(labels, len(p), "labels", p.shape[1])
 
 # %% ../nbs/10_probe.ipynb #bacc06b4
 def calibration_bins(probs, labels, n_bins: int = 15) -> dict:
-    """Per-bin count, mean confidence and accuracy over `n_bins` equal-width confidence bins (m-1)/M
-    < conf <= m/M."""
+    """Per-bin count, mean confidence and accuracy over `n_bins` equal-width confidence
+    bins (m-1)/M < conf <= m/M."""
     if not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
         raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")
     p, y = _probs_labels(probs, labels)
@@ -367,11 +369,12 @@ def worst_group(preds, labels, groups, min_size: int = 1) -> dict:
         raise ValueError("worst-group accuracy of an empty split (0 samples) is undefined")
     keys, inv, size = torch.unique(torch.stack([y, b], 1).cpu(), dim=0,
                                    return_inverse=True, return_counts=True)
-    hits = torch.zeros(len(keys), dtype=torch.float64).index_add_(0, inv, (p.cpu() == y.cpu()).double())
+    correct = (p.cpu() == y.cpu()).double()
+    hits = torch.zeros(len(keys), dtype=torch.float64).index_add_(0, inv, correct)
     ok = size >= min_size
     if not ok.any():
-        raise ValueError(f"no (class, group) cell has >= min_size={min_size} samples (largest: "
-                         f"{int(size.max())})")
+        raise ValueError(f"no (class, group) cell has >= min_size={min_size} samples "
+                         f"(largest: {int(size.max())})")
     acc = torch.where(ok, 100.0 * hits / size, torch.full_like(hits, math.inf))
     w = int(acc.argmin())  # keys are sorted, so ties go to the first (class, group)
     return {"acc": float(acc[w]), "group": tuple(int(v) for v in keys[w]), "size": int(size[w]),
@@ -402,7 +405,8 @@ def fgsm(model, images, labels, eps: float = 4 / 255, mean=None, std=None) -> to
             x = x.clone().requires_grad_(True)
             logits = model(norm(x))
             if logits.ndim != 2 or len(logits) != len(x):
-                raise ValueError(f"model must return logits (n, C), got shape {tuple(logits.shape)}")
+                raise ValueError("model must return logits (n, C), "
+                                 f"got shape {tuple(logits.shape)}")
             _check_labels(y, len(x), "labels", logits.shape[1])
             grad, = torch.autograd.grad(F.cross_entropy(logits.float(), y, reduction="sum"), x)
     finally:
@@ -412,18 +416,18 @@ def fgsm(model, images, labels, eps: float = 4 / 255, mean=None, std=None) -> to
 # %% ../nbs/10_probe.ipynb #17068f8d
 @torch.no_grad()
 def predict_classes(model, x, norm, was):
-    """Class ids (argmax of the logits) of `model` on `norm(x)`, without gradients; with `was` (the
-    model was training) in eval mode, then back in train mode."""
+    """Class ids (argmax of the logits) of `model` on `norm(x)`, without gradients;
+    with `was` (the model was training) in eval mode, then back in train mode."""
     if was: model.eval()
     try: return model(norm(x)).argmax(1)
     finally:
         if was: model.train()
 
 # %% ../nbs/10_probe.ipynb #ba21efa9
-def fgsm_accuracy(model, images, labels, eps: float = 4 / 255, mean=None,
-                  std=None, bs: int = 256) -> dict:
-    """Clean and FGSM accuracy (percent) of an end-to-end `model` at `eps` (pixel space, default
-    4/255), in batches."""
+def fgsm_accuracy(model, images, labels, eps: float = 4 / 255, mean=None, std=None,
+                  bs: int = 256) -> dict:
+    """Clean and FGSM accuracy (percent) of an end-to-end `model` at `eps` (pixel space,
+    default 4/255), in batches."""
     x = as_pixels(images)
     y = _check_labels(labels, len(x), "labels")
     dev = model_device(model)

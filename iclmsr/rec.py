@@ -46,9 +46,8 @@ def generator_plan(h: int, w: int, width: int = 256, full_width_up_to: int = 64)
 class LordGenerator(nn.Module):
     """LORD's generator: an (L2-normalised) code and a domain id -> an image in [0, 1]; the domain's
     learned embedding sets the AdaIN scale and bias of every x2 stage."""
-    def __init__(self, code_dim: int, num_domains: int | None,
-                 image_size: int | tuple = 32, channels: int = 3, domain_dim: int = 256,
-                 width: int = 256):
+    def __init__(self, code_dim: int, num_domains: int | None, image_size: int | tuple = 32,
+                 channels: int = 3, domain_dim: int = 256, width: int = 256):
         super().__init__()
         H, W = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         self.size, self.num_domains, self.width = (H, W), num_domains, width
@@ -86,8 +85,8 @@ def check_domains(self: LordGenerator, domains, n: int) -> torch.Tensor:
     bad = d[(d < 0) | (d >= k)]
     if len(bad):
         raise ValueError(f"domain id {int(bad[0])} is outside the generator's {k} domain "
-                         f"embeddings (ids 0..{k - 1}; num_domains comes from the training data's "
-                         "background ids)")
+                         f"embeddings (ids 0..{k - 1}; "
+                         "num_domains comes from the training data's background ids)")
     return d.long()
 
 # %% ../nbs/07_rec.ipynb #0bc8b4a9
@@ -108,7 +107,8 @@ def _load_from_state_dict(self: LordGenerator, state_dict, prefix, *args, **kw):
     """Built without `num_domains` (to load a checkpoint into): take the embedding's size from the
     state dict."""
     w = state_dict.get(prefix + "embedding.weight")
-    if self.num_domains is None and w is not None and w.ndim == 2 and w.shape[0] != self.embedding.num_embeddings:
+    if (self.num_domains is None and w is not None and w.ndim == 2
+            and w.shape[0] != self.embedding.num_embeddings):
         old = self.embedding.weight
         self.embedding = nn.Embedding(w.shape[0], old.shape[1], device=old.device, dtype=old.dtype)
     nn.Module._load_from_state_dict(self, state_dict, prefix, *args, **kw)
@@ -135,23 +135,21 @@ def read_vgg16(path) -> dict:
                                 "its path (model.options.vgg_weights)")
     sd = read_torch_file(path, "a torchvision vgg16 state dict")
     what = f"{str(path)!r} is not a torchvision vgg16 state dict"
-    if not isinstance(sd, dict) or not all(isinstance(k, str)
-                                           and torch.is_tensor(v) for k, v in sd.items()):
-        raise UnreadableFile(f"{what} (it holds a "
-                             f"{type(sd).__name__}{', not a name -> tensor mapping' if isinstance(sd, dict) else ''})")
-    with torch.device("meta"): want = {"features." + k: tuple(v.shape)
-                                       for k, v in vgg16_features().state_dict().items()}
+    if not isinstance(sd, dict) or not all(isinstance(k, str) and torch.is_tensor(v)
+                                           for k, v in sd.items()):
+        raise UnreadableFile(f"{what} (it holds a {type(sd).__name__}"
+                             f"{', not a name -> tensor mapping' if isinstance(sd, dict) else ''})")
+    with torch.device("meta"):
+        want = {"features." + k: tuple(v.shape) for k, v in vgg16_features().state_dict().items()}
     missing = [k for k in want if k not in sd]
     if missing:
-        raise UnreadableFile(f"{what}: it lacks {missing[0]}"
-                             + (f" and {len(missing) - 1} more of its keys"
-                                if len(missing) > 1 else "")
-                             + " (its keys start "
-                               f"{', '.join(list(sd)[:3]) or 'nowhere: it is empty'})")
+        more = f" and {len(missing) - 1} more of its keys" if len(missing) > 1 else ""
+        raise UnreadableFile(f"{what}: it lacks {missing[0]}{more} (its keys start "
+                             f"{', '.join(list(sd)[:3]) or 'nowhere: it is empty'})")
     bad = next((k for k in want if tuple(sd[k].shape) != want[k]), None)
     if bad:
-        raise UnreadableFile(f"{what}: {bad} has shape {tuple(sd[bad].shape)}, VGG16's is "
-                             f"{want[bad]}")
+        raise UnreadableFile(f"{what}: {bad} has shape {tuple(sd[bad].shape)}, "
+                             f"VGG16's is {want[bad]}")
     return {k[len("features."):]: sd[k].float() for k in want}
 
 # %% ../nbs/07_rec.ipynb #c95c3132
@@ -161,8 +159,8 @@ class Reconstruction(nn.Module):
     def __init__(self, vgg_weights=None, layers=VGG_LAYERS, min_size: int = 32):
         super().__init__()
         self.layers, self.min_size, self.vgg_weights = tuple(layers), min_size, vgg_weights
-        # not a submodule: frozen ImageNet weights, kept out of the method's state dict and
-        # optimiser
+        # not a submodule: frozen ImageNet weights,
+        # kept out of the method's state dict and optimiser
         self._vgg = []
         if vgg_weights is not None:
             net = vgg16_features()
@@ -197,8 +195,8 @@ def forward(self: Reconstruction, y: torch.Tensor, x: torch.Tensor) -> torch.Ten
     """The distance of reconstructions `y` to targets `x` (B, 3, H, W), each term a per-image mean,
     then the batch mean."""
     if y.shape != x.shape:
-        raise ValueError(f"reconstructions {tuple(y.shape)} and targets {tuple(x.shape)} differ in "
-                         "shape")
+        raise ValueError(f"reconstructions {tuple(y.shape)} and targets {tuple(x.shape)} "
+                         "differ in shape")
     per = lambda a, b: (a.float() - b.float()).abs().flatten(1).mean(1)
     loss = per(y, x)
     if self.perceptual:

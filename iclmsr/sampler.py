@@ -30,8 +30,8 @@ def _check_domains(domains, n=None) -> torch.Tensor:
     if domains.dtype.is_floating_point or domains.is_complex() or domains.dtype == torch.bool:
         raise SamplerError(f"domains must be integer domain ids, got dtype {domains.dtype}")
     if n is not None and len(domains) != n:
-        raise SamplerError(f"domains has {len(domains)} ids for {n} samples: one domain id per "
-                           "sample")
+        raise SamplerError(f"domains has {len(domains)} ids for {n} samples: "
+                           "one domain id per sample")
     d = domains.detach().cpu().long()
     if len(d) and int(d.min()) < 0:
         raise SamplerError(f"{int((d < 0).sum())} of the {len(d)} samples have no domain id (< 0): "
@@ -62,8 +62,8 @@ def balanced_shape(domains: torch.Tensor, domains_per_batch: int | None = None,
     if big < domains_per_batch:
         raise SamplerError(f"only {big} of the {len(ids)} domains have per_domain = {per_domain} "
                            f"images (the largest has {int(counts.max())}), fewer than "
-                           f"domains_per_batch = {domains_per_batch}: lower per_domain or "
-                           "domains_per_batch")
+                           f"domains_per_batch = {domains_per_batch}: "
+                           "lower per_domain or domains_per_batch")
     return domains_per_batch, per_domain
 
 # %% ../nbs/02c_sampler.ipynb #f4419f60
@@ -90,9 +90,8 @@ def domain_batches(domains: torch.Tensor, seed: int = 0, epoch: int = 0,
     used = torch.zeros_like(left)
     batches = []
     while int((left > 0).sum()) >= dpb:
-        key = (left.double()
-               + torch.rand(len(left), generator=g,
-                            dtype=torch.float64)).masked_fill(left == 0, -1.0)
+        key = left.double() + torch.rand(len(left), generator=g, dtype=torch.float64)
+        key = key.masked_fill(left == 0, -1.0)
         # the domains with most chunks left, ties at random
         pick = key.topk(dpb).indices
         pick = pick[torch.randperm(dpb, generator=g)]

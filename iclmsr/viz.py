@@ -97,16 +97,17 @@ def thumb_html(img, caption: str = "", marks=(), size: int = 64, title: str = ""
     """A thumbnail as an HTML figure: the image at `size` px, marks from `MARKS` as coloured badges,
     a caption."""
     badges = "".join(f'<span class="iclmsr-mark iclmsr-mark-{m}" '
-                     f'style="background:{MARKS[m][1]};color:white;font-size:10px;padding:0 '
-                     f'3px;margin-right:2px;border-radius:3px">{MARKS[m][0]}</span>' for m in marks)
-    border = ("#d62728" if "bg" in marks and "class" not in marks else "#2ca02c"
-              if "class" in marks else "#bbb")
+                     f'style="background:{MARKS[m][1]};color:white;font-size:10px;'
+                     'padding:0 3px;margin-right:2px;border-radius:3px">'
+                     f'{MARKS[m][0]}</span>' for m in marks)
+    border = ("#d62728" if "bg" in marks and "class" not in marks
+              else "#2ca02c" if "class" in marks else "#bbb")
     return ('<figure class="iclmsr-thumb" '
             'style="display:inline-block;margin:2px;text-align:center;vertical-align:top;'
-            f'width:{size + 6}px" title="{html.escape(title)}"><img '
-            f'src="{data_uri(img, fmt, quality)}" width="{size}" height="{size}" '
-            f'style="image-rendering:pixelated;border:3px solid {border}"><figcaption '
-            'style="font-size:10px;line-height:1.2">'
+            f'width:{size + 6}px" title="{html.escape(title)}">'
+            f'<img src="{data_uri(img, fmt, quality)}" width="{size}" height="{size}" '
+            f'style="image-rendering:pixelated;border:3px solid {border}">'
+            '<figcaption style="font-size:10px;line-height:1.2">'
             f'{badges}<br>{html.escape(caption)}</figcaption></figure>')
 
 # %% ../nbs/15_viz.ipynb #54268372
@@ -164,8 +165,8 @@ def name(self: PointSet, kind: str, v) -> str:
 def describe(self: PointSet, i: int) -> str:
     "One line about point `i`: class, background, variant and index."
     return (f"{self.name('class', int(self.labels[i]))} on "
-            f"{self.name('background', int(self.backgrounds[i]))} ({self.variants[i]} "
-            f"#{int(self.ids[i])})")
+            f"{self.name('background', int(self.backgrounds[i]))} "
+            f"({self.variants[i]} #{int(self.ids[i])})")
 
 # %% ../nbs/15_viz.ipynb #5766235a
 COLOR_BY = ("class", "background", "variant")
@@ -265,12 +266,11 @@ def umap_figure(coords, points: PointSet, color: str = "class", height: int = 42
                         subplot_titles=list(panels), horizontal_spacing=0.03)
     for c, (pname, xy) in enumerate(panels.items(), 1):
         for j, (gname, ix) in enumerate(groups):
-            fig.add_trace(go.Scattergl(x=xy[ix, 0], y=xy[ix, 1], mode="markers",
-                                       name=gname, legendgroup=gname, showlegend=c == 1,
-                                       customdata=ix, hovertemplate="%{fullData.name} "
-                                                     "#%{customdata}<extra></extra>",
-                                       marker=dict(size=size, color=_colour(gname, j),
-                                                   opacity=0.8)), row=1, col=c)
+            fig.add_trace(go.Scattergl(
+                x=xy[ix, 0], y=xy[ix, 1], mode="markers", name=gname, legendgroup=gname,
+                showlegend=c == 1, customdata=ix,
+                hovertemplate="%{fullData.name} #%{customdata}<extra></extra>",
+                marker=dict(size=size, color=_colour(gname, j), opacity=0.8)), row=1, col=c)
     fig.update_xaxes(showticklabels=False, zeroline=False, showgrid=False)
     fig.update_yaxes(showticklabels=False, zeroline=False, showgrid=False)
     w = None if panel_width is None else panel_width * len(panels) + 160
@@ -285,7 +285,8 @@ var gd = document.getElementById('{plot_id}');
 var th = JSON.parse(document.getElementById('{plot_id}-data').textContent);
 gd.on('plotly_hover', function(ev) {
   var t = th[ev.points[0].customdata], box = document.getElementById('{plot_id}-thumb');
-  if (t && box) box.innerHTML = '<img src="' + t[0] + '" width="96" height="96" style="image-rendering:pixelated"><div>' + t[1] + '</div>';
+  if (t && box) box.innerHTML = '<img src="' + t[0]
+    + '" width="96" height="96" style="image-rendering:pixelated"><div>' + t[1] + '</div>';
 });
 """
 
@@ -296,11 +297,12 @@ def figure_with_thumbs(fig: go.Figure, points: PointSet, width: int = 120) -> st
                 static_format())
     th = json.dumps([[data_uri(points.images[i], fmt, 80), html.escape(points.describe(i))]
                      for i in range(len(points))])
-    return (f'<div style="display:flex;align-items:flex-start"><div id="{did}-thumb" '
-            'class="iclmsr-hover" style="flex:0 0 '
-            f'{width}px;font-size:11px;text-align:center;padding-top:40px">hover a point</div><div '
-            'style="flex:1;min-width:0"><script type="application/json" '
-            f'id="{did}-data">{th}</script>{figure_html(fig, did, _HOVER_JS)}</div></div>')
+    return ('<div style="display:flex;align-items:flex-start">'
+            f'<div id="{did}-thumb" class="iclmsr-hover" '
+            f'style="flex:0 0 {width}px;font-size:11px;text-align:center;padding-top:40px">'
+            'hover a point</div><div style="flex:1;min-width:0">'
+            f'<script type="application/json" id="{did}-data">{th}</script>'
+            f'{figure_html(fig, did, _HOVER_JS)}</div></div>')
 
 # %% ../nbs/15_viz.ipynb #0da5012e
 class UMAPView(Showable):
@@ -351,17 +353,17 @@ def recolor(self: UMAPView, by: str):
         self.fig.layout = f.layout
     for t in self.fig.data:
         ix = np.asarray(t.customdata, dtype=np.int64)
-        t.on_hover(lambda tr, pts, st,
-                   ix=ix: pts.point_inds and self.hover(int(ix[pts.point_inds[0]])))
-        t.on_click(lambda tr, pts, st,
-                   ix=ix: pts.point_inds and self.pick(int(ix[pts.point_inds[0]])))
+        t.on_hover(lambda tr, pts, st, ix=ix:
+                   pts.point_inds and self.hover(int(ix[pts.point_inds[0]])))
+        t.on_click(lambda tr, pts, st, ix=ix:
+                   pts.point_inds and self.pick(int(ix[pts.point_inds[0]])))
 
 # %% ../nbs/15_viz.ipynb #5864c04e
 @patch
 def show_point(self: UMAPView, i):
     if i is None:
-        self.info.value = ('<div style="color:#888;padding-top:40px">hover a point<br>click to '
-                           'pick it</div>')
+        self.info.value = ('<div style="color:#888;padding-top:40px">'
+                           'hover a point<br>click to pick it</div>')
         return
     self.info.value = thumb_html(self.points.images[i],
                                  self.points.describe(i), size=self.thumb_size)
@@ -395,8 +397,8 @@ def retrieval_dbs(data: FgBgData) -> dict:
     only_fg and only_bg variants."""
     if not data.has_masks:
         raise ValueError(f"dataset {data.name!r} has no foreground masks: the foreground-only and "
-                         "background-only databases need them (datasets with masks: toy, coco-fg, "
-                         "pets, in9)")
+                         "background-only databases need them "
+                         "(datasets with masks: toy, coco-fg, pets, in9)")
     return {k: data.variant(v) for k, v in DBS.items()}
 
 # %% ../nbs/15_viz.ipynb #a15054fe
@@ -413,8 +415,8 @@ def search_excluding(index: FeatureIndex, queries, k: int,
     return s.gather(1, order), ix.gather(1, order)
 
 # %% ../nbs/15_viz.ipynb #ca60efad
-def neighbour_marks(nbr_ids, q_labels, q_bgs, db_labels,
-                    db_bgs) -> tuple[torch.Tensor, torch.Tensor]:
+def neighbour_marks(nbr_ids, q_labels, q_bgs,
+                    db_labels, db_bgs) -> tuple[torch.Tensor, torch.Tensor]:
     """Boolean (q, k) tables: neighbour has the query's class; neighbour has the query's (known)
     background id."""
     nbr_ids = torch.as_tensor(nbr_ids).long()
@@ -464,8 +466,8 @@ def retrieval_summary(models: dict, dbs: dict, k: int = 8, queries=None,
             has_bg = bool((dbs[d].backgrounds >= 0).any())
             r = neighbour_rates(t["same_class"], t["same_bg"])
             rows.append({"model": m, "db": d, "precision": r["precision"],
-                         "bg_rate": r["bg_rate"] if has_bg else None, "k": k,
-                         "queries": len(queries)})
+                         "bg_rate": r["bg_rate"] if has_bg else None,
+                         "k": k, "queries": len(queries)})
     return rows
 
 # %% ../nbs/15_viz.ipynb #94320b3f
@@ -480,14 +482,13 @@ def summary_html(rows: list[dict]) -> str:
     for m in dict.fromkeys(r["model"] for r in rows):
         cells = {r["db"]: r for r in rows if r["model"] == m}
         body += (f'<tr><td><b>{html.escape(m)}</b></td>' +
-                 "".join(f'<td class="iclmsr-prec">{fmt(cells[d]["precision"])}</td><td '
-                         f'class="iclmsr-bgrate">{fmt(cells[d]["bg_rate"])}</td>'
+                 "".join(f'<td class="iclmsr-prec">{fmt(cells[d]["precision"])}</td>'
+                         f'<td class="iclmsr-bgrate">{fmt(cells[d]["bg_rate"])}</td>'
                          for d in dbs) + "</tr>")
-    return ('<table class="iclmsr-summary" '
-            f'style="font-size:12px;border-collapse:collapse"><tr><th>model</th>{head}</tr>{body}</table>'
-            f'<div style="font-size:11px;color:#555">{rows[0]["queries"]} queries; bg-rate = share '
-            'of neighbours with the '
-            "query's background but not its class</div>")
+    return ('<table class="iclmsr-summary" style="font-size:12px;border-collapse:collapse">'
+            f'<tr><th>model</th>{head}</tr>{body}</table>'
+            f'<div style="font-size:11px;color:#555">{rows[0]["queries"]} queries; '
+            "bg-rate = share of neighbours with the query's background but not its class</div>")
 
 # %% ../nbs/15_viz.ipynb #766f43e4
 class RetrievalExplorer(Showable):
@@ -497,16 +498,16 @@ class RetrievalExplorer(Showable):
                  view: UMAPView | None = None, summary_queries=None, thumb_size: int = 56,
                  static: bool | None = None):
         if set(dbs) != set(DBS):
-            raise ValueError(f"dbs must have the keys {', '.join(DBS)} (see retrieval_dbs), got "
-                             f"{', '.join(dbs)}")
+            raise ValueError(f"dbs must have the keys {', '.join(DBS)} (see retrieval_dbs), "
+                             f"got {', '.join(dbs)}")
         for m, fs in models.items():
             if set(fs) != set(DBS):
                 raise ValueError(f"features of model {m!r} must have the keys {', '.join(DBS)}, "
                                  f"got {', '.join(fs)}")
             for d, f in fs.items():
                 if len(f) != len(dbs[d]):
-                    raise ValueError(f"model {m!r}: {len(f)} {d} features for {len(dbs[d])} {d} "
-                                     "images")
+                    raise ValueError(f"model {m!r}: {len(f)} {d} features "
+                                     f"for {len(dbs[d])} {d} images")
         self.models, self.dbs, self.k, self.thumb_size, self.static, self.view = (
             models, dbs, k, thumb_size, static, view)
         self.indexes = {m: build_indexes(fs) for m, fs in models.items()}
@@ -519,8 +520,8 @@ class RetrievalExplorer(Showable):
         self.table = W.HTML(summary_html(self.summary)); self.table.add_class("iclmsr-summary-box")
         self.qbox.observe(lambda ch: self.select(ch["new"]), names="value")
         parts = [W.HBox([self.qbox,
-                         W.HTML(f"<span style='font-size:12px;color:#555'>&nbsp;{n} images; top "
-                                f"{k} neighbours</span>")]),
+                         W.HTML(f"<span style='font-size:12px;color:#555'>&nbsp;{n} images; "
+                                f"top {k} neighbours</span>")]),
                  self.rows, self.table]
         if view is not None:
             view.on_pick(lambda i: self.select(int(view.points.ids[i])))
@@ -573,14 +574,16 @@ def rows_html(self: RetrievalExplorer, fmt: str = "png") -> str:
                      if (ds.backgrounds >= 0).any() else "no backgrounds")
             cells = "".join(thumb_html(ds.images[j], f"#{j} {t['scores'][0, r]:.2f}",
                                        [x for x, on in (("class", sc[r]), ("bg", sb[r])) if on],
-                                       self.thumb_size, f"{ds.classes[ds.labels[j]]}, background "
+                                       self.thumb_size,
+                                       f"{ds.classes[ds.labels[j]]}, background "
                                        f"{_bg_name(ds, int(ds.backgrounds[j]))}", fmt, 90)
                             for r, j in enumerate(ids))
             out.append(f'<div class="iclmsr-nbrs" data-model="{html.escape(m)}" data-db="{d}" '
                        f'data-same-class="{nc}" data-same-bg="{nb}" '
-                       'style="display:flex;align-items:center"><div class="iclmsr-count" '
-                       f'style="width:150px;font-size:12px"><b>{d}</b><br>same class '
-                       f'{nc}/{self.k}<br>{bgtxt}</div><div>{cells}</div></div>')
+                       'style="display:flex;align-items:center">'
+                       '<div class="iclmsr-count" style="width:150px;font-size:12px">'
+                       f'<b>{d}</b><br>same class {nc}/{self.k}<br>{bgtxt}</div>'
+                       f'<div>{cells}</div></div>')
     return "\n".join(out)
 
 # %% ../nbs/15_viz.ipynb #c500bbc6
@@ -589,7 +592,8 @@ def static_html(self: RetrievalExplorer) -> str:
     """The explorer as static HTML: the linked view's snapshot (if any), the neighbour rows and the
     summary."""
     top = self.view.static_html() if self.view is not None else ""
-    return f'{top}<div class="iclmsr-retrieval">{self.rows_html(static_format())}{summary_html(self.summary)}</div>'
+    return (f'{top}<div class="iclmsr-retrieval">{self.rows_html(static_format())}'
+            f'{summary_html(self.summary)}</div>')
 
 # %% ../nbs/15_viz.ipynb #f1acec76
 def _bg_name(ds: FgBgData, b: int) -> str:
@@ -658,8 +662,8 @@ def compute(self: SaliencyView, ids) -> dict:
     out, m = {}, self.data.masks[ids]
     for name, (model, layer) in self.models.items():
         dev = model_device(model)
-        x = normaliser(self.mean, self.std, 3, dev,
-                       error=ExplainError)(as_pixels(self.data.images[ids]).to(dev))
+        x = normaliser(self.mean, self.std, 3, dev, error=ExplainError)(
+            as_pixels(self.data.images[ids]).to(dev))
         modes = [(mod, mod.training) for mod in model.modules()]
         model.eval()
         try:
@@ -708,19 +712,19 @@ def rows_html(self: SaliencyView, fmt: str = "png") -> str:
                  thumb_html(mask_rgb(d.masks[i]), "foreground", size=s, fmt=fmt)]
         for k, res in self.result.items():
             hit = bool(res["pointing"][r])
-            cap = (f"IoU {100 * res['iou'][r]:.0f} · {'hit' if hit else 'miss'} · E "
-                   f"{100 * res['energy'][r]:.0f}%")
+            cap = (f"IoU {100 * res['iou'][r]:.0f} · {'hit' if hit else 'miss'} · "
+                   f"E {100 * res['energy'][r]:.0f}%")
             cells.append(thumb_html(overlay(d.images[i], res["cam"][r]), cap, size=s, fmt=fmt,
                                     title=f"{k}: predicts {cls[res['pred'][r]]}"))
         rows.append(f'<tr class="iclmsr-saliency-row" data-image="{i}">'
                     + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    summ = "".join(f'<tr class="iclmsr-saliency-summary" data-model="{html.escape(k)}"><td '
-                   f'colspan="2"><b>{html.escape(k)}</b>, {len(self.ids)} images</td><td '
-                   f'colspan="{len(self.models)}">IoU {v["iou"]:.1f} · pointing '
-                   f'{v["pointing"]:.0f}% · energy {v["energy"]:.1f}% · accuracy '
-                   f'{v["accuracy"]:.0f}%</td></tr>' for k, v in self.summary().items())
-    return ('<table class="iclmsr-saliency" '
-            f'style="font-size:12px"><tr>{head}</tr>{"".join(rows)}{summ}</table>')
+    summ = "".join(f'<tr class="iclmsr-saliency-summary" data-model="{html.escape(k)}">'
+                   f'<td colspan="2"><b>{html.escape(k)}</b>, {len(self.ids)} images</td>'
+                   f'<td colspan="{len(self.models)}">IoU {v["iou"]:.1f} · '
+                   f'pointing {v["pointing"]:.0f}% · energy {v["energy"]:.1f}% · '
+                   f'accuracy {v["accuracy"]:.0f}%</td></tr>' for k, v in self.summary().items())
+    return ('<table class="iclmsr-saliency" style="font-size:12px">'
+            f'<tr>{head}</tr>{"".join(rows)}{summ}</table>')
 
 # %% ../nbs/15_viz.ipynb #69faad2c
 @patch
