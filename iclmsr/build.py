@@ -10,9 +10,9 @@ import torch
 import torch.nn as nn
 from fastcore.basics import patch
 from .utils import get_device, seed_everything
-from .config import (Config, InterveneConfig, ICLConfig, ConfigError, RUN_SUFFIXES,
-                           BATCH_SIZE, coerce_value, config_from_dict, load_config,
-                           resolve_run_name)
+from .config import (
+    Config, InterveneConfig, ICLConfig, ConfigError, RUN_SUFFIXES, BATCH_SIZE, coerce_value,
+    config_from_dict, load_config, resolve_run_name)
 from .data import load_dataset, variant_of
 from .augment import TwoViewAugment
 from .intervene import BackgroundIntervention, background_pool

@@ -11,8 +11,8 @@ import torch.distributed as dist
 from fastcore.script import Param, store_true
 from .utils import UserError
 from .data import data_summary, format_summary, export_in9
-from .config import (BATCH_SIZE, ConfigError, config_to_dict, dump_config,
-                           load_config, resolve_run_name)
+from .config import (
+    BATCH_SIZE, ConfigError, config_to_dict, dump_config, load_config, resolve_run_name)
 from .methods import method_class, option_help, options
 from .distributed import dist_env
 from .callbacks import Checkpointer, default_callbacks

@@ -11,8 +11,9 @@ import numpy as np
 import torch
 from fastcore.script import Param
 from .utils import UserError, fmt_duration, get_device
-from .config import (Config, ConfigError, config_to_dict, load_config, resolve_run_name,
-                           split_run_name, RUN_SUFFIXES)
+from iclmsr.config import (
+    Config, ConfigError, config_to_dict, load_config, resolve_run_name, split_run_name,
+    RUN_SUFFIXES)
 from .methods import METHODS
 from .batch import check_needs
 from .data import load_dataset
@@ -22,12 +23,12 @@ from .learner import Callback
 from .callbacks import Checkpointer, MetricsLogger
 from .build import Learner, check_used, resolve_defaults
 from .data import available_variants, variant_of
-from .eval import (ProbedModel, default_test_split, embed, evaluate, explanation_layer,
-                         load_probe, method_from_checkpoint, norm_stats, package_versions,
-                         save_probe)
+from .eval import (
+    ProbedModel, default_test_split, embed, evaluate, explanation_layer, load_probe,
+    method_from_checkpoint, norm_stats, package_versions, save_probe)
 from .report import html_report, html_table, out_dir
-from .viz import (SaliencyView, neighbour_marks, neighbour_rates,
-                        static_format, thumb_html, umap_2d)
+from .viz import (
+    SaliencyView, neighbour_marks, neighbour_rates, static_format, thumb_html, umap_2d)
 
 # %% auto #0
 __all__ = ['DEFAULT_METHODS', 'EVAL_DEFAULTS', 'HPARAMS', 'ICL_HPARAMS', 'PROTOCOL', 'FG_CONTROL', 'FG_LEARNABLE', 'COLUMNS',

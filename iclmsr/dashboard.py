@@ -13,8 +13,9 @@ import plotly.graph_objects as go
 import ipywidgets as W
 from fastcore.basics import patch
 from .utils import fmt_duration
-from .config import (DataConfig, ModelConfig, ICLConfig, TrainConfig, load_config,
-                           dump_config, config_from_dict, config_to_dict)
+from .config import (
+    DataConfig, ModelConfig, ICLConfig, TrainConfig, load_config, dump_config, config_from_dict,
+    config_to_dict)
 from .methods import METHODS, options
 from .checkpoint import load_checkpoint
 from .build import Learner

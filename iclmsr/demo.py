@@ -10,10 +10,10 @@ from .utils import get_device
 from .data import load_dataset
 from .config import Config, config_to_dict, load_config, split_run_name, RUN_SUFFIXES
 from .methods import METHODS
-from .eval import (SETTINGS, TESTS, evaluate, four_settings_table,
-                         train_method, package_versions)
-from .report import (fmt, unpack_mean_std, bar_trace, COLOURS, plot_four_settings,
-                           html_table, html_report, out_dir)
+from .eval import (
+    SETTINGS, TESTS, evaluate, four_settings_table, train_method, package_versions)
+from .report import (
+    fmt, unpack_mean_std, bar_trace, COLOURS, plot_four_settings, html_table, html_report, out_dir)
 
 # %% auto #0
 __all__ = ['DEMO_MODELS', 'demo_settings', 'demo_config', 'demo_summary', 'measure_demo_model', 'mean_std', 'background_effect',

@@ -9,13 +9,15 @@ from dataclasses import replace
 from pathlib import Path
 import torch
 import torch.nn as nn
-from .utils import (get_device, cache_dir, env_info, model_device,
-                          read_torch_file, as_pixels, normaliser)
-from .data import (FgBgData, VARIANTS, IN9_VARIANTS, DATASETS, load_dataset, parse_spec,
-                         available_variants, variant_of)
+from .utils import (
+    get_device, cache_dir, env_info, model_device, read_torch_file, as_pixels, normaliser)
+from iclmsr.data import (
+    FgBgData, VARIANTS, IN9_VARIANTS, DATASETS, load_dataset, parse_spec, available_variants,
+    variant_of)
 from .knn import knn_predict, weighted_knn_predict, FeatureIndex
-from .probe import (linear_probe, eval_linear, bg_probe, ece, calibration_bins, worst_group,
-                          bg_gap, fgsm_accuracy, accuracy)
+from iclmsr.probe import (
+    linear_probe, eval_linear, bg_probe, ece, calibration_bins, worst_group, bg_gap, fgsm_accuracy,
+    accuracy)
 from .probe import dcodr_measures, min_split_size, fgsm, predict_classes
 from .explain import ExplainError, cam_layer, explanation_measures
 from .config import Config, config_from_dict

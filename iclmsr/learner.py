@@ -4,7 +4,7 @@
 
 # %% ../nbs/12_learner.ipynb #c8818478
 from __future__ import annotations
-import contextlib, math, threading, warnings
+import contextlib, threading, warnings
 from pathlib import Path
 import torch
 import torch.nn as nn
@@ -163,8 +163,7 @@ def _check_intervention(self: Learner, method) -> frozenset:
 # %% ../nbs/12_learner.ipynb #392da2de
 @patch
 def add_cbs(self: Learner, cbs):
-    """Attach callbacks (each sees the learner as `cb.learn`); they run in the order of their
-    `order`."""
+    "Attach callbacks (each sees the learner as `cb.learn`), run in the order of their `order`."
     for cb in cbs:
         cb.learn = self
         self.cbs.append(cb)
@@ -180,16 +179,14 @@ def __call__(self: Learner, event: str):
 # %% ../nbs/12_learner.ipynb #10139ae2
 @patch
 def stop(self: Learner):
-    """Ask the run to end before the next batch (thread-safe: the dashboard's Stop, a signal
-    handler)."""
+    "End the run before the next batch (thread-safe: the dashboard's Stop, a signal handler)."
     self._stop.set()
 @patch(as_prop=True)
 def stopping(self: Learner) -> bool: return self._stop.is_set()
 
 # %% ../nbs/12_learner.ipynb #6cf42938
 class _IndexBatches(torch.utils.data.Dataset):
-    """DataLoader workers' view of the data: a key (a tuple of index tensors) -> the raw fields of
-    each index batch."""
+    "Workers' view of the data: a key (a tuple of index tensors) -> each index batch's raw fields."
     def __init__(self, data, needs): self.data, self.needs = data, needs
     def __getitem__(self, key): return tuple(gather(self.data, i, self.needs) for i in key)
 
@@ -235,8 +232,7 @@ def stage_keys(self: Learner, stage: str, order: torch.Tensor, start: int, n: in
 # %% ../nbs/12_learner.ipynb #5fbb5f26
 @patch
 def stage_batches(self: Learner, keys: list):
-    """The raw fields (`iclmsr.batch.gather`) of every key: gathered here, or by `workers`
-    DataLoader worker processes."""
+    "The raw fields (`batch.gather`) of every key, gathered here or by `workers` loader workers."
     if self.workers == 0 or self.data.device.type != "cpu":
         return (tuple(gather(self.data, i, self.raw_needs) for i in key) for key in keys)
     # a generator of its own: a DataLoader draws its workers' base seed from the one it is given (by
@@ -276,9 +272,8 @@ def fit_batch(self: Learner, batch: Batch):
     self.sched.step()
     self.step += 1
     self.method.step_end(self.step, self.total_steps)
-    self.last_batch = {k: _scalar(v) for k, v in out.items()
-                       if k in ("loss", "base", "rec", "icl", "icl_gap", "masked_share")
-                       and v is not None}
+    keep = ("loss", "base", "rec", "icl", "icl_gap", "masked_share")
+    self.last_batch = {k: _scalar(v) for k, v in out.items() if k in keep and v is not None}
     self.last_batch["lr"] = self.sched.get_last_lr()[0]
     # do(background): the share of the intervened views that got a new background
     if batch.swapped is not None:

@@ -16,8 +16,8 @@ from .augment import PRESETS
 from .losses import nt_xent, icl_loss
 from .utils import saved_bytes, make_optimizer
 from .learner import Callback
-from .callbacks import (ProgressCallback, MetricsLogger, KNNMonitor,
-                              Checkpointer, MixedPrecision)
+from .callbacks import (
+    ProgressCallback, MetricsLogger, KNNMonitor, Checkpointer, MixedPrecision)
 from .build import Learner
 
 # %% auto #0

@@ -16,8 +16,8 @@ from fastcore.basics import patch
 from .utils import cache_dir, model_device, as_pixels, normaliser
 from .data import FgBgData
 from .knn import FeatureIndex, as_feats, as_labels
-from .explain import (ExplainError, grad_cam, normalise_cam, mask_iou,
-                            pointing_game, energy_share)
+from .explain import (
+    ExplainError, grad_cam, normalise_cam, mask_iou, pointing_game, energy_share)
 
 # %% auto #0
 __all__ = ['FORMATS', 'MARKS', 'COLOR_BY', 'PALETTE', 'DBS', 'in_kernel', 'figure_html', 'Showable', 'image_bytes', 'data_uri',
