@@ -4,7 +4,7 @@
 
 # %% ../nbs/01c_data.ipynb #0fbae0ab
 from __future__ import annotations
-import os, io, re, csv, json, pickle, shutil, contextlib, inspect
+import os, io, re, csv, json, pickle, codecs, shutil, contextlib, inspect
 from pathlib import Path
 from typing import Callable, NamedTuple
 from concurrent.futures import ThreadPoolExecutor
@@ -20,11 +20,12 @@ _all_ = ["FgBgData", "VARIANTS", "make_variant", "inpaint", "tile_fill", "BG_FAM
          "load_toy", "image_grid"]
 
 # %% auto #0
-__all__ = ['ON_ERROR', 'DOMAINS_FILE', 'IN9_VARIANTS', 'DATASETS', 'parse_spec', 'load_cifar10', 'load_cifar100', 'load_stl10',
-           'load_tiny_imagenet', 'load_coco_fg', 'load_pets', 'load_in9', 'read_domains', 'domains_of',
-           'available_variants', 'variant_of', 'export_in9', 'DatasetInfo', 'load_dataset', 'data_summary',
-           'format_summary', 'FgBgData', 'VARIANTS', 'make_variant', 'inpaint', 'tile_fill', 'BG_FAMILIES', 'SHAPES',
-           'TOY_FOREGROUNDS', 'affine_grid', 'sample_patches', 'one_thread', 'make_toy', 'load_toy', 'image_grid']
+__all__ = ['ON_ERROR', 'DOMAINS_FILE', 'IN9_VARIANTS', 'DATASETS', 'parse_spec', 'CifarUnpickler', 'read_cifar_pickle',
+           'load_cifar10', 'load_cifar100', 'load_stl10', 'load_tiny_imagenet', 'load_coco_fg', 'load_pets', 'load_in9',
+           'read_domains', 'domains_of', 'available_variants', 'variant_of', 'export_in9', 'DatasetInfo',
+           'load_dataset', 'data_summary', 'format_summary', 'FgBgData', 'VARIANTS', 'make_variant', 'inpaint',
+           'tile_fill', 'BG_FAMILIES', 'SHAPES', 'TOY_FOREGROUNDS', 'affine_grid', 'sample_patches', 'one_thread',
+           'make_toy', 'load_toy', 'image_grid']
 
 # %% ../nbs/01c_data.ipynb #c480f62f
 def _value(v: str):
@@ -137,19 +138,110 @@ def _root_with(path, folder: str) -> Path:
 def _missing(root: Path, files) -> list: return [f for f in files if not (root/f).is_file()]
 
 # %% ../nbs/01c_data.ipynb #12b4c7f9
-def _tv_cifar(kind):
-    from torchvision.datasets import CIFAR10, CIFAR100
-    class _Cifar(CIFAR10 if kind == "cifar10" else CIFAR100):
-        def _check_integrity(self):  # presence instead of md5
-            return not _missing(Path(self.root)/self.base_folder,
-                                [f for f, _ in self.train_list + self.test_list])
-        def _load_meta(self):
-            with open(Path(self.root)/self.base_folder/self.meta["filename"], "rb") as f:
-                self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
-            self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
-    return _Cifar
+# numpy's array reconstructors (protocols 2-4, and 5), wherever this numpy keeps them
+_NP_RECONSTRUCT, _NP_FROMBUFFER = np.zeros(1).__reduce__()[0], np.zeros(1).__reduce_ex__(5)[0]
+
+def _empty_array(subtype, shape, dtype):
+    "numpy's `_reconstruct` as `ndarray.__reduce__` uses it: an empty array its state fills."
+    if subtype is not np.ndarray or tuple(shape) != (0,):
+        raise pickle.UnpicklingError("an array built otherwise than numpy pickles one")
+    return _NP_RECONSTRUCT(subtype, shape, dtype)
+
+def _array_from_bytes(buf, dtype, shape, order):
+    "numpy's `_frombuffer` as protocol 5 pickles an array: from in-band bytes only."
+    if not isinstance(buf, (bytes, bytearray)) or not isinstance(dtype, np.dtype):
+        raise pickle.UnpicklingError("an array built otherwise than numpy pickles one")
+    return _NP_FROMBUFFER(buf, dtype, shape, order)
+
+# %% ../nbs/01c_data.ipynb #1db0f316
+def _latin1(text, encoding="latin1"):
+    "`_codecs.encode` as pickle protocol 2 writes bytes (`encode(str, 'latin1')`), no other codec."
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"_codecs.encode with codec {str(encoding)[:20]!r}, "
+                                     "not as pickle writes bytes")
+    return codecs.encode(text, "latin1")
+
+# %% ../nbs/01c_data.ipynb #269d1c2f
+_CIFAR_GLOBALS = {("numpy.core.multiarray", "_reconstruct"): _empty_array,
+                  ("numpy._core.multiarray", "_reconstruct"): _empty_array,   # numpy >= 2
+                  ("numpy.core.numeric", "_frombuffer"): _array_from_bytes,  # protocol 5
+                  ("numpy._core.numeric", "_frombuffer"): _array_from_bytes,
+                  ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+                  ("_codecs", "encode"): _latin1}
+
+class CifarUnpickler(pickle.Unpickler):
+    """An unpickler for the CIFAR python batches: dicts of str, bytes, lists, numbers and numpy
+    arrays; any other global is refused before anything is called."""
+    def find_class(self, module, name):
+        try: return _CIFAR_GLOBALS[(module, name)]
+        except (KeyError, TypeError):
+            what = f"{module}.{name}"
+            raise pickle.UnpicklingError(f"it asks for {what[:80]!r}, which no CIFAR batch holds "
+                                         "(refused; nothing in the file was run)") from None
+
+# %% ../nbs/01c_data.ipynb #cd5985d4
+def read_cifar_pickle(path) -> dict:
+    """The dict in the CIFAR python file `path`, read by `CifarUnpickler`; anything else is a
+    one-line `ValueError` naming the file."""
+    try:
+        with open(path, "rb") as f: d = CifarUnpickler(f, encoding="latin1").load()
+    except OSError: raise
+    except Exception as e:   # whatever a damaged or crafted pickle raises: one line
+        msg = " ".join(str(e).split())[:300]
+        raise ValueError(f"cannot read CIFAR file {path}: {type(e).__name__}: {msg}") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"cannot read CIFAR file {path}: it holds a {type(d).__name__}, "
+                         "not the dict of a CIFAR batch")
+    return d
+
+# %% ../nbs/01c_data.ipynb #93c70c63
+def _cifar_labels(path, y, key: str, n: int, k: int) -> torch.Tensor:
+    "The labels `y` (under `key`) of the `n` rows of CIFAR batch `path`, checked to lie in 0..k-1."
+    ok = (isinstance(y, list) and all(type(v) is int for v in y)
+          or isinstance(y, np.ndarray) and y.dtype.kind in "iu" and y.ndim == 1)
+    if not ok or len(y) != n:
+        got = f"{len(y)} values" if isinstance(y, (list, np.ndarray)) else type(y).__name__
+        raise ValueError(f"CIFAR batch {path}: {key!r} must be a list of {n} integer labels "
+                         f"(one per row of 'data'), got {got}")
+    y = torch.tensor(np.asarray(y, dtype=np.int64) if n else np.zeros(0, np.int64))
+    bad = y[(y < 0) | (y >= k)]
+    if len(bad):
+        raise ValueError(f"CIFAR batch {path}: label {int(bad[0])} in {key!r} is out of range "
+                         f"0..{k - 1} (the meta file names {k} classes)")
+    return y
+
+# %% ../nbs/01c_data.ipynb #e8474913
+def _cifar_batch(path: Path, key: str, k: int) -> tuple:
+    "Images (N,3,32,32 uint8) and labels (under `key`, in 0..k-1) of CIFAR python batch `path`."
+    d = read_cifar_pickle(path)
+    x = d.get("data")
+    if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3072:
+        got = (f"{x.dtype} {tuple(x.shape)}" if isinstance(x, np.ndarray)
+               else "nothing" if x is None else type(x).__name__)
+        raise ValueError(f"CIFAR batch {path}: 'data' must be a uint8 array of shape (N, 3072) "
+                         f"(rows of 1024 R, 1024 G, 1024 B values), got {got}")
+    y = _cifar_labels(path, d.get(key), key, len(x), k)
+    # a row is the R, G and B planes of a row-major 32x32 image, as torchvision reshapes it
+    return torch.from_numpy(np.ascontiguousarray(x).reshape(-1, 3, 32, 32)), y
+
+# %% ../nbs/01c_data.ipynb #e7dab481
+def _cifar_classes(path: Path, key: str) -> list:
+    "The class names under `key` in the CIFAR meta file `path`."
+    names = read_cifar_pickle(path).get(key)
+    if not isinstance(names, list) or not names or not all(isinstance(s, str) for s in names):
+        raise ValueError(f"CIFAR meta file {path}: {key!r} must be a non-empty list of class "
+                         "names, "
+                         f"got {type(names).__name__ if names is not None else 'nothing'}")
+    return names
 
 # %% ../nbs/01c_data.ipynb #6af1ed10
+# labels key, meta file, class names key, batch files of each split
+_CIFAR_READ = {"cifar10": ("labels", "batches.meta", "label_names",
+                           {"train": [f"data_batch_{i}" for i in range(1, 6)],
+                            "test": ["test_batch"]}),
+               "cifar100": ("fine_labels", "meta", "fine_label_names",
+                            {"train": ["train"], "test": ["test"]})}
+
 def _load_cifar(kind, path, split, size):
     folder, url, files = _CIFAR[kind]
     root = _root_with(path, folder)
@@ -159,22 +251,22 @@ def _load_cifar(kind, path, split, size):
                                 f"Download {url} and extract it into {root} "
                                 f"(tar xzf {url.rsplit('/', 1)[1]} -C {root}) "
                                 f"so that {root/folder}/ holds {', '.join(files)}")
-    try: d = _tv_cifar(kind)(str(root), train=split == "train")
-    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError) as e:
-        raise ValueError(f"cannot read the {kind} files in {root/folder}: "
-                         f"{type(e).__name__}: {e}") from None
-    images = torch.from_numpy(np.ascontiguousarray(d.data)).permute(0, 3, 1, 2).contiguous()
-    return FgBgData(_resize_u8(images, size), None, torch.tensor(d.targets), None,
-                    d.classes, f"{kind}-{split}", dict(source=kind, split=split, path=str(root)))
+    key, meta, names, batches = _CIFAR_READ[kind]
+    classes = _cifar_classes(root/folder/meta, names)
+    parts = [_cifar_batch(root/folder/f, key, len(classes)) for f in batches[split]]
+    images, labels = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    return FgBgData(_resize_u8(images, size), None, labels, None, classes, f"{kind}-{split}",
+                    dict(source=kind, split=split, path=str(root)))
 
 # %% ../nbs/01c_data.ipynb #7ca1947b
 def load_cifar10(path, split: str = "train", size: int | None = None) -> FgBgData:
-    "CIFAR-10 from `path/cifar-10-batches-py` (torchvision's reader), optionally resized to `size`."
+    "CIFAR-10 from `path/cifar-10-batches-py` (read by `CifarUnpickler`), at `size` if given."
     return _load_cifar("cifar10", path, split, size)
 
 # %% ../nbs/01c_data.ipynb #23614cac
 def load_cifar100(path, split: str = "train", size: int | None = None) -> FgBgData:
-    """CIFAR-100 (fine labels) from `path/cifar-100-python` (torchvision's reader), optionally
+    """CIFAR-100 (fine labels) from `path/cifar-100-python` (read by
+    `CifarUnpickler`), optionally
     resized to `size`."""
     return _load_cifar("cifar100", path, split, size)
 
@@ -771,10 +863,10 @@ DATASETS: dict = {
                         "backgrounds (no download)"),
                        ("train", "test"), ("train", "test")),
     "cifar10": DatasetInfo(load_cifar10, "cifar10:PATH[,size=N]",
-                           "CIFAR-10 python batches (torchvision), no masks",
+                           "CIFAR-10 python batches, no masks",
                            ("train", "test"), ("train", "test")),
     "cifar100": DatasetInfo(load_cifar100, "cifar100:PATH[,size=N]",
-                            "CIFAR-100 python files, fine labels (torchvision), no masks",
+                            "CIFAR-100 python files, fine labels, no masks",
                             ("train", "test"), ("train", "test")),
     "stl10": DatasetInfo(load_stl10, "stl10:PATH[,size=N]",
                          "STL-10 binaries, 96 px (torchvision), no masks",
