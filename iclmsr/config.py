@@ -287,18 +287,45 @@ def apply_overrides(d: dict, overrides: list[str] | None) -> dict:
         node[path[-1]] = val
     return d
 
+# %% ../nbs/00b_config.ipynb #c3b75e3c
+def _config_text(path: Path) -> str:
+    "The text of config file `path`; a one-line `ConfigError` naming it unless it is UTF-8 text."
+    if not path.exists(): raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+    if path.is_dir(): raise ConfigError(f"config file {str(path)!r} is a folder, not a file")
+    try: return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text (byte {e.start} cannot be "
+                          "decoded); give a YAML or JSON file") from None
+
+# %% ../nbs/00b_config.ipynb #47e2e513
+def _parse_config(path: Path, text: str):
+    "The YAML or JSON data in `text`; a syntax error is one line naming the file, line and column."
+    try: return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"config file {str(path)!r}: line {e.lineno}, column {e.colno}: "
+                          f"{e.msg} (not valid JSON)") from None
+    except yaml.YAMLError as e:
+        m = getattr(e, "problem_mark", None)
+        where = f"line {m.line + 1}, column {m.column + 1}: " if m else ""
+        what = " ".join(str(getattr(e, "problem", None) or e).split())
+        why = ("only plain YAML is read: no !!python tags"
+               if isinstance(e, yaml.constructor.ConstructorError) else "not valid YAML")
+        raise ConfigError(f"config file {str(path)!r}: {where}{what} ({why})") from None
+
 # %% ../nbs/00b_config.ipynb #4ab042b2
 def read_config_file(path: str | Path) -> dict:
-    "The raw dict of a YAML or JSON config file."
+    "The raw dict of a YAML or JSON config file, read as data only; bad files refused in one line."
     path = Path(path)
-    if not path.exists(): raise FileNotFoundError(f"config file {str(path)!r} does not exist")
-    text = path.read_text()
-    if path.suffix == ".json": d = json.loads(text)
-    elif path.suffix in (".yaml", ".yml"): d = yaml.safe_load(text)
-    else:
+    if path.suffix not in (".json", ".yaml", ".yml"):
+        if not path.exists(): raise FileNotFoundError(f"config file {str(path)!r} does not exist")
         raise ConfigError(f"config file {str(path)!r}: unknown extension {path.suffix!r}; allowed: "
                           ".yaml, .yml, .json")
-    return d or {}
+    d = _parse_config(path, _config_text(path))
+    if d is None: return {}
+    if not isinstance(d, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections (e.g. "
+                          f"'train: {{epochs: 10}}'), not a {type(d).__name__}")
+    return d
 
 # %% ../nbs/00b_config.ipynb #f2410e1c
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from .fgbg import FgBgData, VARIANTS, make_variant, inpaint, tile_fill, check_plain
 from .toy import (
     BG_FAMILIES, SHAPES, TOY_FOREGROUNDS, affine_grid, sample_patches, one_thread, make_toy,
-    load_toy, image_grid)
+    load_toy, image_grid, _check_memory)
 _all_ = ["FgBgData", "VARIANTS", "make_variant", "inpaint", "tile_fill", "BG_FAMILIES",
          "SHAPES", "TOY_FOREGROUNDS", "affine_grid", "sample_patches", "one_thread", "make_toy",
          "load_toy", "image_grid"]
@@ -38,25 +38,53 @@ def _value(v: str):
         except ValueError: pass
     return v
 
+# %% ../nbs/01c_data.ipynb #81de9eeb
+_GENERIC = ("variant", "limit")   # options of every dataset, applied after loading
+
+def _option_names(info) -> list:
+    "The options of a registered dataset `info`: its loader's keyword parameters, then `_GENERIC`."
+    ps = inspect.signature(info.loader).parameters
+    names = [k for k, p in ps.items() if p.default is not inspect.Parameter.empty and k != "split"]
+    return names + [g for g in _GENERIC if g not in names]
+
+# %% ../nbs/01c_data.ipynb #fba814bd
+def _spec_keys(name: str) -> str:
+    "'; options of NAME: ...' for a registered dataset `name` (`DATASETS`, defined below), else ''."
+    info = globals().get("DATASETS", {}).get(name)
+    return f"; options of {name!r}: {', '.join(_option_names(info))}" if info else ""
+
 # %% ../nbs/01c_data.ipynb #be04da6f
 def parse_spec(spec: str) -> tuple:
-    "Split `NAME[:ARG,...,key=value,...]` into `(name, args, options)`."
+    """Split `NAME[:ARG,...,key=value,...]` into `(name, args, options)`; an empty item, an option
+    without a name or one given twice is refused."""
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"empty dataset spec {spec!r}; use NAME[:ARGS], e.g. 'toy', "
                          "'toy:size=64,rho=0.95', 'cifar10:PATH'")
     name, _, rest = spec.strip().partition(":")
-    args, opts = [], {}
-    for part in filter(None, (p.strip() for p in rest.split(","))):
-        k, eq, v = part.partition("=")
-        if eq and re.fullmatch(r"[A-Za-z_]\w*", k.strip()): opts[k.strip()] = _value(v.strip())
+    name, args, opts = name.strip().lower(), [], {}
+    for part in (p.strip() for p in rest.split(",")) if rest.strip() else ():
+        k, eq, v = (s.strip() for s in part.partition("="))
+        if not part:
+            raise ValueError(f"dataset spec {spec!r} has an empty item between commas; "
+                             f"write NAME[:ARG,...,key=value,...]{_spec_keys(name)}")
+        if eq and not k:
+            raise ValueError(f"dataset spec {spec!r} has an option without a name ({part!r})"
+                             f"{_spec_keys(name)}")
+        if eq and re.fullmatch(r"[A-Za-z_]\w*", k):
+            if k in opts:
+                raise ValueError(f"option {k!r} is given twice in dataset spec {spec!r}; give it "
+                                 f"once{_spec_keys(name)}")
+            opts[k] = _value(v)
         else: args.append(part)
-    return name.strip().lower(), args, opts
+    return name, args, opts
 
 # %% ../nbs/01c_data.ipynb #9a7a1467
 def _resize_u8(x: torch.Tensor, size, mode="bilinear") -> torch.Tensor:
     """Resize (N,C,H,W) uint8 (or bool, nearest) so the short side is `size`, then centre-crop to
     `size` x `size`."""
     if size is None or tuple(x.shape[-2:]) == (size, size): return x
+    _check_memory(len(x) * x.shape[1] * size * size, f"{len(x)} images at {size}x{size} px",
+                  "use a smaller size=")
     h, w = x.shape[-2:]; s = size / min(h, w)
     nh, nw = max(size, round(h * s)), max(size, round(w * s))
     t, l = (nh - size) // 2, (nw - size) // 2
@@ -86,15 +114,29 @@ def _check_on_error(on_error):
         raise ValueError(f"on_error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
 
 # %% ../nbs/01c_data.ipynb #42dedf95
-def _read_rgb(path):
-    "An RGB PIL image, fully decoded; a ValueError naming the file when it cannot be read."
+# PIL modes of 8 bits a channel, which convert("RGB") keeps ("I;16", "I", "F" would be clipped)
+_MODES_8BIT = ("1", "L", "P", "LA", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr")
+
+def _read_rgb(path, expect: tuple | None = None):
+    """An RGB PIL image, fully decoded; a ValueError naming the file when it cannot be read, is not
+    8 bits a channel or (given `expect`, (width, height)) has another size."""
     from PIL import Image
     try:
-        with Image.open(path) as im: return im.convert("RGB")
+        with Image.open(path) as im:
+            mode, size = im.mode, im.size
+            rgb = im.convert("RGB") if mode in _MODES_8BIT else None
     except FileNotFoundError: raise
     except Exception as e:
-        raise ValueError(f"cannot read image {path}: {type(e).__name__}: {e} "
+        raise ValueError(f"cannot read image {path}: {type(e).__name__}: "
+                         f"{' '.join(str(e).split())[:200]} "
                          "(on_error='skip' skips unreadable images)") from None
+    if rgb is None:
+        raise ValueError(f"image {path} has PIL mode {mode!r} (more than 8 bits a channel); "
+                         "convert it to 8-bit RGB (on_error='skip' skips it)")
+    if expect is not None and size != tuple(expect):
+        raise ValueError(f"image {path} is {size[0]}x{size[1]} px; this dataset's images are "
+                         f"{expect[0]}x{expect[1]} (on_error='skip' skips it)")
+    return rgb
 
 # %% ../nbs/01c_data.ipynb #fc9eff82
 def _load_many(fn, items, on_error: str, what: str):
@@ -119,6 +161,14 @@ def _load_many(fn, items, on_error: str, what: str):
 # %% ../nbs/01c_data.ipynb #a1e23a99
 def _skip_meta(skipped) -> dict:
     return {"skipped": len(skipped), "skipped_errors": skipped[:20]} if skipped else {"skipped": 0}
+
+# %% ../nbs/01c_data.ipynb #cedb55c1
+def _read_text(path: Path) -> str:
+    "The UTF-8 text of a dataset's list or table file `path`; a one-line error naming it otherwise."
+    try: return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not a UTF-8 text file (byte {e.start} cannot be decoded); "
+                         "is it the right file?") from None
 
 # %% ../nbs/01c_data.ipynb #6faf7e96
 _CIFAR = {"cifar10": ("cifar-10-batches-py",
@@ -303,13 +353,16 @@ def load_stl10(path, split: str = "train", size: int | None = None) -> FgBgData:
 # %% ../nbs/01c_data.ipynb #4f949fdb
 _TINY_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 
-def _image_tensor(paths, size, on_error, what):
-    "Read image files into a uint8 (N,3,size,size) tensor; size None: the first image's short side."
+def _image_tensor(paths, size, on_error, what, expect=None):
+    """Image files as a uint8 (N,3,size,size) tensor (size None: the first image's short side);
+    `expect`: the (width, height) every file must have."""
     from PIL import Image
     if size is None:
         first = next((p for p in paths if _try(lambda: _read_rgb(p))), None)
         size = min(_read_rgb(first).size) if first is not None else 64
-    load = lambda p: np.asarray(_fit(_read_rgb(p), size, Image.BILINEAR))
+    _check_memory(len(paths) * 3 * size * size, f"{what}: {len(paths)} images at {size}x{size} px",
+                  "use a smaller size=")
+    load = lambda p: np.asarray(_fit(_read_rgb(p, expect), size, Image.BILINEAR))
     arrs, kept, skipped = _load_many(load, paths, on_error, what)
     return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).contiguous(), kept, skipped
 
@@ -327,7 +380,7 @@ def _tiny_files(root: Path, split: str, wnids: list) -> list:
                  for f in sorted((root/"train"/w/"images").glob("*.JPEG"))]
     else:
         files = []
-        for line in (root/"val"/"val_annotations.txt").read_text().splitlines():
+        for line in _read_text(root/"val"/"val_annotations.txt").splitlines():
             parts = line.split("\t")
             if len(parts) < 2: continue
             if parts[1] not in idx:
@@ -352,17 +405,18 @@ def load_tiny_imagenet(path, split: str = "train", size: int | None = None,
         raise FileNotFoundError(f"Tiny ImageNet not found: {', '.join(str(root/m) for m in miss)} "
                                 f"missing. Download {_TINY_URL} and unzip it into {p} "
                                 f"(it creates tiny-imagenet-200/ with {layout})")
-    wnids = sorted(set((root/"wnids.txt").read_text().split()))
+    wnids = sorted(set(_read_text(root/"wnids.txt").split()))
     words = {}
     if (root/"words.txt").is_file():
-        for line in (root/"words.txt").read_text().splitlines():
+        for line in _read_text(root/"words.txt").splitlines():
             k, _, v = line.partition("\t"); words[k.strip()] = v.split(",")[0].strip()
     files = _tiny_files(root, split, wnids)
     if not files:
         raise ValueError(f"empty dataset 'tiny-imagenet-{split}': "
                          f"no images found under {root} ({layout})")
+    # every Tiny ImageNet image is 64x64 (its README)
     images, kept, skipped = _image_tensor([f for f, _ in files], size, on_error,
-                                          f"tiny-imagenet-{split}")
+                                          f"tiny-imagenet-{split}", expect=(64, 64))
     labels = torch.tensor([files[i][1] for i in kept])
     return FgBgData(images, None, labels, None, [words.get(w, w) for w in wnids],
                     f"tiny-imagenet-{split}",
@@ -453,27 +507,46 @@ def load_coco_fg(annotations, images, split: str = "train", size: int = 64, min_
 def _pets_names(listing: Path) -> dict:
     "Breed names by label (0-based) from an Oxford-IIIT Pet list (`trainval.txt`, `test.txt`)."
     names = {}
-    for line in listing.read_text().splitlines():
+    for line in _read_text(listing).splitlines():
         parts = line.split()
         if len(parts) >= 2 and not line.startswith("#"):
             names[int(parts[1]) - 1] = " ".join(
                 w.title() for w in parts[0].rsplit("_", 1)[0].split("_"))
     return names
 
+# %% ../nbs/01c_data.ipynb #2cd6e4f4
+def _read_trimap(path: Path, size: tuple) -> np.ndarray:
+    "The Oxford-IIIT Pet trimap `path` of an image of `size` (w, h): one 8-bit channel of 1, 2, 3."
+    from PIL import Image
+    try:
+        with Image.open(path) as t:
+            mode, tsize = t.mode, t.size
+            a = np.asarray(t) if mode in ("L", "P") else None
+    except FileNotFoundError: raise
+    except Exception as e:
+        raise ValueError(f"cannot read trimap {path}: {type(e).__name__}: "
+                         f"{' '.join(str(e).split())[:200]} (on_error='skip' skips it)") from None
+    if a is None:
+        raise ValueError(f"trimap {path} has PIL mode {mode!r}; a trimap is one 8-bit channel "
+                         "(mode 'L' or 'P') of the values 1, 2, 3")
+    if tsize != tuple(size):
+        raise ValueError(f"mask/image size mismatch for {path.name}: image {tuple(size)}, "
+                         f"trimap {tsize}")
+    bad = np.setdiff1d(np.unique(a), [1, 2, 3])
+    if len(bad):
+        raise ValueError(f"trimap {path} holds the value {int(bad[0])}; trimaps hold 1 (pet), "
+                         "2 (background) and 3 (border)")
+    return a
+
 # %% ../nbs/01c_data.ipynb #04be9ed8
 def _pets_sample(tv, i: int, size: int) -> tuple:
-    "`(image, foreground mask, label)` of sample `i` of the `OxfordIIITPet` `tv`, at `size`."
+    """`(image, foreground mask, label)` of sample `i` of the `OxfordIIITPet` `tv`, at `size`, its
+    files read and checked here."""
     from PIL import Image
-    try: im, (label, tri) = tv[i]
-    except Exception as e:
-        raise ValueError(f"cannot read Oxford-IIIT Pet sample {tv._images[i].name}: "
-                         f"{type(e).__name__}: {e} "
-                         "(on_error='skip' skips unreadable images)") from None
-    if im.size != tri.size:
-        raise ValueError(f"mask/image size mismatch for {tv._images[i].name}: "
-                         f"image {im.size}, trimap {tri.size}")
-    return (np.asarray(_fit(im.convert("RGB"), size, Image.BILINEAR)),
-            np.asarray(_fit(tri, size, Image.NEAREST)) == 1, label)
+    im = _read_rgb(tv._images[i])
+    tri = Image.fromarray(_read_trimap(Path(tv._segs[i]), im.size))
+    return (np.asarray(_fit(im, size, Image.BILINEAR)),
+            np.asarray(_fit(tri, size, Image.NEAREST)) == 1, tv._labels[i])
 
 # %% ../nbs/01c_data.ipynb #4f706b73
 _PETS_URLS = ("https://www.robots.ox.ac.uk/~vgg/data/pets/data/images.tar.gz",
@@ -555,6 +628,26 @@ def _in9_split_dir(root: Path, variant: str, split: str) -> Path:
                                 f"expected {vdir}/{split}/<class>/*")
     return sdir
 
+# %% ../nbs/01c_data.ipynb #684fcbbd
+def _read_mask(p: Path, image: Path) -> torch.Tensor:
+    """The foreground mask `p` (a .npy, read without pickles) of `image`, as bool (H, W): a 2-D
+    array of its image's height and width, bool, integer or finite float."""
+    from PIL import Image
+    try: m = np.load(p, allow_pickle=False)
+    except Exception as e:
+        raise ValueError(f"cannot read mask {p}: {type(e).__name__}: "
+                         f"{' '.join(str(e).split())[:200]}") from None
+    with Image.open(image) as im: w, h = im.size   # the header only
+    if m.shape != (h, w):
+        raise ValueError(f"mask {p} has shape {m.shape}; it must be ({h}, {w}), the height and "
+                         f"width of its image {image.name}")
+    if m.dtype.kind not in "biuf":
+        raise ValueError(f"mask {p} has dtype {m.dtype}; a mask is bool, integer or float")
+    if m.dtype.kind == "f" and not np.isfinite(m).all():
+        raise ValueError(f"mask {p} holds NaN or infinite values; a mask is 0 (background) or "
+                         "non-zero (foreground)")
+    return torch.from_numpy(m != 0)
+
 # %% ../nbs/01c_data.ipynb #a64fe94e
 def _in9_masks(mdir: Path, class_dirs: list, files: list, size: int,
                meta: dict) -> torch.Tensor | None:
@@ -567,11 +660,8 @@ def _in9_masks(mdir: Path, class_dirs: list, files: list, size: int,
         meta["masks"] = (f"only {have} of {len(mpaths)} images have a mask in {mdir}; "
                          "masks not loaded")
         return None
-    def read_mask(p):
-        try: return torch.from_numpy(np.load(p, allow_pickle=False) != 0)
-        except Exception as e:
-            raise ValueError(f"cannot read mask {p}: {type(e).__name__}: {e}") from None
-    return torch.stack([_resize_u8(read_mask(p)[None, None], size)[0, 0] for p in mpaths])
+    return torch.stack([_resize_u8(_read_mask(p, f)[None, None], size)[0, 0]
+                        for p, (f, _) in zip(mpaths, files)])
 
 # %% ../nbs/01c_data.ipynb #729caa4c
 def _in9_backgrounds(root: Path, side: dict | None, indexed: bool, split_dir: str,
@@ -630,7 +720,9 @@ def read_domains(root) -> dict:
     """The `root/domains.csv` of a folder tree as {path relative to root: domain id}, every row
     checked."""
     root = Path(root).expanduser(); f = root/DOMAINS_FILE
-    with open(f, newline="") as fh:
+    text = _read_text(f)
+    if "\0" in text: raise ValueError(f"{f} is not a CSV text file (it holds NUL bytes)")
+    with io.StringIO(text, newline="") as fh:
         rows = csv.reader(fh)
         head = [h.strip().lower() for h in next(rows, [])]
         if "path" not in head or "domain" not in head:
@@ -854,6 +946,17 @@ class DatasetInfo(NamedTuple):
     splits: tuple
     default_splits: tuple
 
+# %% ../nbs/01c_data.ipynb #ef8246b0
+# the largest size= a real dataset is resized to (IN-9 is 224 px; toy checks its own)
+_MAX_SIZE = 1024
+
+def _check_size(name: str, size):
+    "A one-line error unless `size` (a loader's `size=`) is none or an integer in 8..`_MAX_SIZE`."
+    if name != "toy" and size is not None and (
+            not isinstance(size, int) or isinstance(size, bool) or not 8 <= size <= _MAX_SIZE):
+        raise ValueError(f"size={size!r} for dataset {name!r}: size must be an integer in "
+                         f"8..{_MAX_SIZE} pixels (the side images are resized to), or none")
+
 # %% ../nbs/01c_data.ipynb #75c2e3be
 DATASETS: dict = {
     "toy": DatasetInfo(load_toy,
@@ -892,8 +995,6 @@ DATASETS: dict = {
 }
 
 # %% ../nbs/01c_data.ipynb #803cb100
-_GENERIC = ("variant", "limit")
-
 def _loader_options(name: str, spec: str, info: DatasetInfo, args: list, opts: dict) -> dict:
     """The generic options (`_GENERIC`) taken out of `opts`; the other options and the path `args`
     checked against the loader of dataset `name`."""
@@ -904,7 +1005,8 @@ def _loader_options(name: str, spec: str, info: DatasetInfo, args: list, opts: d
     bad = [k for k in opts if k not in names]
     if bad:
         raise ValueError(f"unknown option {bad[0]!r} for dataset {name!r}; options are: "
-                         f"{', '.join(names + [g for g in _GENERIC if g not in names])}")
+                         f"{', '.join(_option_names(info))}")
+    _check_size(name, opts.get("size"))
     if len(args) != len(pos):
         raise ValueError(f"dataset {name!r} takes {len(pos)} path argument(s) "
                          f"({', '.join(p.upper() for p in pos) or 'none'}), "

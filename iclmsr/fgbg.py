@@ -57,6 +57,21 @@ def _class_names(name, labels, classes) -> list[str]:
                          f"allowed 0..{k - 1} for {k} classes (or -1 for unlabeled)")
     return classes
 
+# %% ../nbs/01a_fgbg.ipynb #59fe872b
+def _checked_masks(name, masks, n: int, h: int, w: int) -> torch.Tensor:
+    "The masks of a dataset `name` as bool (n, h, w): their shape, dtype and finiteness checked."
+    if tuple(masks.shape) != (n, h, w):
+        raise ValueError(f"mask/image size mismatch in {name!r}: masks have shape "
+                         f"{tuple(masks.shape)}, images ({n}, 3, {h}, {w}); "
+                         f"masks must be (N, H, W) = ({n}, {h}, {w})")
+    if masks.dtype == torch.bool: return masks
+    if masks.dtype.is_complex:
+        raise ValueError(f"masks of {name!r} must be bool, integer or float, got {masks.dtype}")
+    if masks.dtype.is_floating_point and not bool(torch.isfinite(masks).all()):
+        raise ValueError(f"masks of {name!r} hold NaN or infinite values; a mask is 0 (background) "
+                         "or non-zero (foreground)")
+    return masks != 0
+
 # %% ../nbs/01a_fgbg.ipynb #1b5df902
 def _checked(name, images, masks, labels, backgrounds, bg_images, classes):
     """Validated fields of a dataset `name`: (images, masks, labels, backgrounds, bg_images,
@@ -68,12 +83,7 @@ def _checked(name, images, masks, labels, backgrounds, bg_images, classes):
         raise ValueError(f"labels of {name!r} must be an integer tensor of shape ({n},), got "
                          f"{labels.dtype} {tuple(labels.shape)}")
     labels = labels.long()
-    if masks is not None:
-        if tuple(masks.shape) != (n, h, w):
-            raise ValueError(f"mask/image size mismatch in {name!r}: masks have shape "
-                             f"{tuple(masks.shape)}, images {tuple(images.shape)}; "
-                             f"masks must be (N, H, W) = ({n}, {h}, {w})")
-        if masks.dtype != torch.bool: masks = masks != 0
+    if masks is not None: masks = _checked_masks(name, masks, n, h, w)
     if backgrounds is None:
         backgrounds = torch.full((n,), -1, dtype=torch.long, device=images.device)
     if backgrounds.shape != (n,):

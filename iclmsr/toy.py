@@ -4,7 +4,7 @@
 
 # %% ../nbs/01b_toy.ipynb #c792a4f4
 from __future__ import annotations
-import json, math, hashlib, functools, contextlib
+import os, json, math, hashlib, functools, contextlib
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -257,6 +257,35 @@ def _check_toy(num_classes, size, n_train, n_test, rho, rho_test, seed, fg):
         raise ValueError(f"unknown foreground kind fg={fg!r}; "
                          f"allowed: {', '.join(TOY_FOREGROUNDS)}")
 
+# %% ../nbs/01b_toy.ipynb #8970c06d
+def _available_memory() -> int | None:
+    "Bytes of memory available now (Linux `MemAvailable`, else physical memory); None if unknown."
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"): return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError): pass
+    try: return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError): return None
+
+# %% ../nbs/01b_toy.ipynb #89841c02
+def _check_memory(nbytes: int, what: str, hint: str):
+    """A one-line `ValueError` when `what` would take `nbytes`, more than the memory available now,
+    before anything is allocated; `hint` says what to lower."""
+    have = _available_memory()
+    if have is not None and nbytes > have:
+        gb = lambda n: f"{n / 1e12:.1f} TB" if n >= 1e12 else f"{n / 1e9:.1f} GB"
+        raise ValueError(f"{what} need about {gb(nbytes)} of memory, more than the {gb(have)} "
+                         f"available now; {hint}")
+
+# %% ../nbs/01b_toy.ipynb #d7dc7618
+def _check_toy_memory(num_classes, size, n_train, n_test):
+    "Refuse a toy set whose images, masks and clean backgrounds (7 bytes a pixel) exceed memory."
+    n = int(num_classes) * (int(n_train) + int(n_test))
+    _check_memory(n * int(size) ** 2 * 7,
+                  f"toy: {num_classes} classes x {n_train} + {n_test} images of {size}x{size} px "
+                  "(images, masks, clean backgrounds)", "lower n_train, n_test or size")
+
 # %% ../nbs/01b_toy.ipynb #71223cd8
 _TOY_VERSION = 2
 
@@ -276,6 +305,7 @@ def make_toy(num_classes: int = 10, size: int = 32, n_train: int = 1000, n_test:
     """The embedded foreground/background dataset: {'train', 'test'} -> `FgBgData`, deterministic by
     `seed`, cached."""
     _check_toy(num_classes, size, n_train, n_test, rho, rho_test, seed, fg)
+    _check_toy_memory(num_classes, size, n_train, n_test)
     params = dict(num_classes=int(num_classes), size=int(size), n_train=int(n_train),
                   n_test=int(n_test), rho=float(rho),
                   rho_test=None if rho_test is None else float(rho_test), seed=int(seed), fg=fg)
