@@ -6,12 +6,14 @@ releases contain (read off torchvision's readers and the datasets' documentation
 wrote, to compare against. Used by nbs/01c_data.ipynb and the tests (`from fixtures import fake_in9`); not part of
 the installed library. (tests/test_data_loaders.py writes its own fixtures independently, as a cross-check.)
 """
-import json, pickle
+import argparse, json, pickle
 from pathlib import Path
 import numpy as np
+import torch
 from iclmsr.data import _CIFAR, _STL_CLASSES
 
-__all__ = ["fake_cifar", "fake_stl10", "fake_tiny_imagenet", "fake_coco", "fake_pets", "fake_in9"]
+__all__ = ["fake_cifar", "fake_stl10", "fake_tiny_imagenet", "fake_coco", "fake_pets", "fake_in9",
+           "IN9_RELEASE_CLASSES", "fake_in9_release", "SSL_LAYOUTS", "fake_ssl_checkpoint"]
 
 
 def _rng_images(rng, n, h, w, labels=None):
@@ -157,3 +159,87 @@ def fake_in9(root, classes=("00_dog", "01_bird"), n: int = 2, size: int = 48, se
             (d/"fg_mask"/split/cls).mkdir(parents=True, exist_ok=True); np.save(d/"fg_mask"/split/cls/f"{stem}.npy", m)
     if missing in variants: (d/missing/split/classes[-1]).rmdir()
     return d
+
+
+# ---------------------------------------------------------------- the Backgrounds Challenge release, SSL checkpoints
+# the class folders of the ImageNet-9 release (bg_challenge.tar.gz of MadryLab/backgrounds_challenge), in label order
+IN9_RELEASE_CLASSES = ("00_dog", "01_bird", "02_wheeled vehicle", "03_reptile", "04_carnivore", "05_insect",
+                       "06_musical instrument", "07_primate", "08_fish")
+
+def fake_in9_release(root, counts=(4, 3, 2, 2, 1, 1, 1, 1, 1), size: int = 32,
+                     variants=("original", "only_fg", "only_bg_t", "mixed_same", "mixed_rand"), split: str = "val",
+                     fewer=None) -> Path:
+    """Write an IN-9 tree with the release's nine class folders, `counts[c]` images of class c in every variant
+    (`fewer`: a variant with one image fewer per class) and `fg_mask`; returns `root`."""
+    for c, (cls, n) in enumerate(zip(IN9_RELEASE_CLASSES, counts)):
+        fake_in9(root, (cls,), n=n, size=size, seed=c, variants=variants, split=split, fewer=fewer)
+    return Path(root)
+
+SSL_LAYOUTS = ("solo-learn", "lightly", "moco-v2", "dino-backbone", "dino-train", "dino-train-vit")
+
+def _noisy(sd: dict, g) -> dict:
+    "A copy of a state dict with other values (a momentum encoder, a student): to tell them apart."
+    return {k: (v + torch.randn(v.shape, generator=g) if v.is_floating_point() else v.clone()) for k, v in sd.items()}
+
+def _mlp(prefix: str, sizes, g, bn: bool = False) -> dict:
+    "Linear layers `prefix.{0,2,..}` (`prefix.{0,3,..}` with a BatchNorm after each hidden one) of `sizes`."
+    out, step = {}, 3 if bn else 2
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        out[f"{prefix}.{step * i}.weight"], out[f"{prefix}.{step * i}.bias"] = torch.randn(b, a, generator=g), torch.zeros(b)
+        if bn and i < len(sizes) - 2:
+            for k, v in (("weight", torch.ones(b)), ("bias", torch.zeros(b)), ("running_mean", torch.zeros(b)),
+                         ("running_var", torch.ones(b)), ("num_batches_tracked", torch.tensor(0))):
+                out[f"{prefix}.{step * i + 1}.{k}"] = v
+    return out
+
+def _solo(sd, dim, g):
+    "A solo-learn BYOL run's Lightning checkpoint (solo/methods/base.py, byol.py; Lightning's checkpoint dict)."
+    state = {**{f"backbone.{k}": v for k, v in sd.items()}, **_mlp("projector", (dim, 64, 16), g, bn=True),
+             **_mlp("predictor", (16, 64, 16), g, bn=True), "classifier.weight": torch.randn(10, dim, generator=g),
+             "classifier.bias": torch.zeros(10), **{f"momentum_backbone.{k}": v for k, v in _noisy(sd, g).items()},
+             **_mlp("momentum_projector", (dim, 64, 16), g, bn=True)}
+    return {"epoch": 399, "global_step": 78000, "pytorch-lightning_version": "2.0.9", "state_dict": state,
+            "loops": {"fit_loop": {"state_dict": {}, "epoch_progress": {"current": {"completed": 399}}}},
+            "callbacks": {}, "optimizer_states": [{"state": {}, "param_groups": [{"lr": 1.0, "params": [0]}]}],
+            "lr_schedulers": [{"last_epoch": 78000}]}
+
+def _moco(sd, dim, g):
+    "MoCo v2's main_moco.py checkpoint: DDP-wrapped MoCo (moco/builder.py) with the MLP fc, key encoder and queue."
+    q = {**sd, **_mlp("fc", (dim, dim, 128), g)}
+    state = {**{f"module.encoder_q.{k}": v for k, v in q.items()},
+             **{f"module.encoder_k.{k}": v for k, v in _noisy(q, g).items()},
+             "module.queue": torch.randn(128, 64, generator=g), "module.queue_ptr": torch.zeros(1, dtype=torch.long)}
+    opt = {"state": {}, "param_groups": [{"lr": 0.03, "momentum": 0.9, "dampening": 0, "weight_decay": 1e-4,
+                                         "nesterov": False, "params": list(range(len(q)))}]}
+    return {"epoch": 200, "arch": "resnet18", "state_dict": state, "optimizer": opt}
+
+def _dino_head(prefix: str, dim: int, g) -> dict:
+    "DINOHead (vision_transformer.py of facebookresearch/dino): mlp 0/2/4 and the weight-normed last_layer."
+    return {**_mlp(f"{prefix}mlp", (dim, 64, 64, 16), g), f"{prefix}last_layer.weight_g": torch.ones(32, 1),
+            f"{prefix}last_layer.weight_v": torch.randn(32, 16, generator=g)}
+
+def _dino(sd, dim, g, ddp_teacher: bool):
+    "main_dino.py's checkpoint.pth: student (DDP), teacher (DDP when it has batch norms, as a ResNet does), args."
+    t = "module." if ddp_teacher else ""
+    student = {**{f"module.backbone.{k}": v for k, v in _noisy(sd, g).items()}, **_dino_head("module.head.", dim, g)}
+    teacher = {**{f"{t}backbone.{k}": v for k, v in sd.items()}, **_dino_head(f"{t}head.", dim, g)}
+    args = argparse.Namespace(arch="resnet18", out_dim=32, momentum_teacher=0.996, lr=0.0005, epochs=100)
+    return {"student": student, "teacher": teacher, "optimizer": {"state": {}, "param_groups": []}, "epoch": 100,
+            "args": args, "dino_loss": {"center": torch.zeros(1, 32)}}
+
+def fake_ssl_checkpoint(path, layout: str, backbone, seed: int = 0) -> dict:
+    """Write the weights of `backbone` (a torchvision ResNet) as the code base `layout` (one of `SSL_LAYOUTS`) saves
+    them, heads and all; returns the backbone's tensors without `fc`, the ones a loader must recover."""
+    import torch.nn as nn
+    g = torch.Generator().manual_seed(seed)
+    sd = {k: v.clone() for k, v in backbone.state_dict().items() if not k.startswith("fc.")}
+    dim = backbone.fc.in_features
+    if layout == "solo-learn": obj = _solo(sd, dim, g)
+    elif layout == "lightly":   # docs/source/tutorials_source/package/tutorial_simclr_clothing.py of lightly-ai/lightly
+        obj = {"resnet18_parameters": nn.Sequential(*list(backbone.children())[:-1]).state_dict()}
+    elif layout == "moco-v2": obj = _moco(sd, dim, g)
+    elif layout == "dino-backbone": obj = sd      # dino_resnet50_pretrain.pth: the ResNet without fc (hubconf.py)
+    elif layout in ("dino-train", "dino-train-vit"): obj = _dino(sd, dim, g, ddp_teacher=layout == "dino-train")
+    else: raise ValueError(f"unknown layout {layout!r}; layouts: {', '.join(SSL_LAYOUTS)}")
+    torch.save(obj, path)
+    return sd
