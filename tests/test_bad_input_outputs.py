@@ -108,7 +108,7 @@ def test_another_kinds_folder_is_refused(made, capsys, cmd, old):
         if kind == cmd: continue
         folder = made[("old " if old else "") + kind]
         for extra in ([], ["--overwrite"]):                # --overwrite never crosses kinds
-            err = refused(capsys, argv(cmd, folder, ckpt=made["run"]/"last.pt") + extra, folder.parent,
+            err = refused(capsys, argv(cmd, folder, ckpt=made["run"]/"last.pt") + extra, folder,
                           repr(str(folder)), NOUN[kind], NOUN[cmd])
             assert f"holds {NOUN[kind]}, not {NOUN[cmd]}: choose another --out" in err
 
@@ -125,7 +125,7 @@ def test_same_kind_needs_overwrite(made, capsys, cmd):
     for folder in (made[cmd], made["old " + cmd]):
         args = argv(cmd, folder, ckpt=made["run"]/"last.pt")
         if cmd == "comparison": args += ["--budget", "3"]
-        err = refused(capsys, args, folder.parent, repr(str(folder)), "--overwrite")
+        err = refused(capsys, args, folder, repr(str(folder)), "--overwrite")
         if cmd == "run": assert "already holds a run (last.pt); continue it with --resume, replace it with --overwrite" in err
         elif cmd == "comparison": assert "holds a comparison with other settings (budget differ)" in err
         else: assert f"already holds {NOUN[cmd]}: pass --overwrite" in err
