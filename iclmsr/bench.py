@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
-from .utils import get_device, seed_everything, timed
+from .utils import check_out_file, get_device, seed_everything, timed
 from .config import load_config
 from .toy import make_toy
 from .augment import TwoViewAugment, torchvision_two_views
@@ -73,12 +73,19 @@ def _run_bench(name: str, quick: bool) -> dict:
                 if quick else bench_loss_scale())
     raise ValueError(f"unknown benchmark {name!r}; allowed: {', '.join(BENCHES)}")
 
+# %% ../nbs/20_bench.ipynb #7e482ed4
+def _is_bench(p: Path) -> bool:
+    "Whether the file `p` holds a result of `iclmsr bench` (a JSON object with its four keys)."
+    try: return {"env", "quick", "results", "seconds"} <= set(json.loads(p.read_text()))
+    except (OSError, ValueError, TypeError): return False
+
 # %% ../nbs/20_bench.ipynb #41f5afa4
 def bench(out: str = "bench.json",  # JSON file for the results
           # comma-separated benchmarks to run (default: all of augment, step, knn, toy, icl_epoch,
           # excon_step, lightly, profile, scale)
           only: str = None,
           quick: bool = False,  # tiny sizes: a smoke run whose numbers mean little
+          overwrite: bool = False,  # replace --out when it holds an earlier result of iclmsr bench
          ):
     """Measure augmentation, training-step, kNN and dataset-generation speed side by side;
     write JSON."""
@@ -86,6 +93,8 @@ def bench(out: str = "bench.json",  # JSON file for the results
     names = [n.strip() for n in only.split(",")] if only else list(BENCHES)
     bad = [n for n in names if n not in BENCHES]
     if bad: raise ValueError(f"unknown benchmark {bad[0]!r}; allowed: {', '.join(BENCHES)}")
+    # before any benchmark runs: writable, and never a file that is not a bench result
+    check_out_file(out, "a result of iclmsr bench", _is_bench, overwrite)
     res = {"env": env_info(), "quick": quick, "results": {}, "seconds": {}}
     for n in names:
         t = time.time()

@@ -83,6 +83,15 @@ def _user_errors() -> tuple:
     return (UserError, ValueError, FileNotFoundError, PermissionError, NotADirectoryError,
             IsADirectoryError, ArithmeticError)
 
+# %% ../nbs/30_cli.ipynb #31fa2fc5
+def _quiet_broken_pipe() -> int:
+    """After the reader of stdout went away (a broken pipe: `... | head`), stdout pointed at the
+    null device so that the interpreter's last flush raises nothing (the Python docs' note on
+    SIGPIPE); the exit status of a process ended by SIGPIPE (128 + 13)."""
+    try: os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError): pass  # not a real file (captured output)
+    return 141
+
 # %% ../nbs/30_cli.ipynb #4a63be6f
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `iclmsr` console script."
@@ -101,7 +110,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         entry, prog = table[name], f"{prog} {name}"
         if isinstance(entry, dict): table = entry; continue
-        try: return _run(entry, argv, prog)
+        try:
+            rc = _run(entry, argv, prog)
+            sys.stdout.flush()  # a reader gone (| head) shows here, not at the interpreter's exit
+            return rc
+        except BrokenPipeError: return _quiet_broken_pipe()
         except KeyboardInterrupt:
             print(f"{prog}: interrupted", file=sys.stderr); return 130
         # evaluated only when a command raised, so --help never imports torch

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from fastcore.script import Param, store_true
-from .utils import UserError
+from .utils import UserError, OutGuard, claim_out, out_kind
 from .data import data_summary, format_summary, export_in9
 from .config import (
     BATCH_SIZE, ConfigError, config_to_dict, dump_config, load_config, resolve_run_name)
@@ -28,16 +28,6 @@ def _out_of_memory(e: BaseException) -> bool:
     "A CUDA/MPS out-of-memory error, or the CPU allocator's (a plain RuntimeError)."
     return (isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e)
             or "out of memory" in str(e).lower())
-
-# %% ../nbs/31_commands.ipynb #ddf748fc
-def _check_writable(d: Path):
-    try:
-        d.mkdir(parents=True, exist_ok=True)
-        probe = d/f".write-test-{os.getpid()}"
-        probe.write_text("ok"); probe.unlink()
-    except OSError as e:
-        raise PermissionError(f"output directory {str(d)!r} is not writable ({e.strerror or e}); "
-                              "choose another --out") from None
 
 # %% ../nbs/31_commands.ipynb #af51eeb9
 def _report(learn, cfg, run_dir: Path, seconds: float, rank: int):
@@ -79,15 +69,17 @@ def print_config_text(config: str | None = None, overrides=()) -> int:
     return 0
 
 # %% ../nbs/31_commands.ipynb #d7b3a7a8
-def _check_run_dir(run_dir: Path, resume: bool, rank: int):
-    """Refuse an unwritable `--out`, a resume with nothing to resume, and a new run over an existing
-    one."""
-    if rank == 0: _check_writable(run_dir)
+def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool):
+    """Refuse a resume with nothing to resume, a new run over an existing one, and both options;
+    `claim_out` then checks the folder itself (writable, no other command's)."""
+    if resume and overwrite:
+        raise UserError("--resume continues the run in --out and --overwrite replaces it: pass one "
+                        "of them")
     if resume and not (run_dir/"last.pt").exists():
         raise UserError(f"nothing to resume: {str(run_dir/'last.pt')!r} does not exist")
-    if not resume and (run_dir/"last.pt").exists():
+    if not (resume or overwrite) and (run_dir/"last.pt").exists() and out_kind(run_dir) == "run":
         raise UserError(f"{str(run_dir)!r} already holds a run (last.pt); continue it with "
-                        "--resume or choose another --out")
+                        "--resume, replace it with --overwrite, or choose another --out")
 
 # %% ../nbs/31_commands.ipynb #0f7c48de
 def _memory_advice(learn, cfg) -> UserError:
@@ -101,29 +93,11 @@ def _memory_advice(learn, cfg) -> UserError:
     return UserError(f"out of memory at train.batch_size={b}; try a smaller batch, e.g. --set "
                      f"train.batch_size={max(2, b // 2)}")
 
-# %% ../nbs/31_commands.ipynb #0bd1a5bd
-def train(
-    # YAML or JSON config file (default: the built-in defaults, or DIR/config.yaml with --resume)
-    config: str = None,
-    out: str = None,  # run directory for checkpoints, logs and results.json
-    set: Param("override a config value, e.g. --set train.epochs=10 (repeatable)",
-               str, action="append") = None,
-    resume: bool = False,  # continue the run in --out from its last.pt
-    # print the full default config (with --config/--set applied) as YAML and exit
-    print_config: bool = False,
-    quiet: bool = False,  # no progress line
-):
-    """Train a method (with or without ICL-MSR) on a dataset spec; resumable, multi-process under
-    torchrun."""
-    overrides = set or []
-    if print_config: return print_config_text(config, overrides)
-    if not out: raise UserError("--out DIR is required (the run directory)")
-    run_dir, rank = Path(out), dist_env()[0]
-    if resume and config is None and (run_dir/"config.yaml").exists():
-        config = str(run_dir/"config.yaml")
-    cfg = load_config(config, overrides)
-    _check_run_dir(run_dir, resume, rank)
-    t0, learn = time.time(), None
+# %% ../nbs/31_commands.ipynb #5e77f75c
+def _fit(cfg, run_dir: Path, resume: bool, quiet: bool, rank: int):
+    """The run of `iclmsr train`: built, resumed, its resolved config.yaml written (rank 0) and
+    trained; out of memory as one line suggesting a smaller batch."""
+    learn = None
     try:
         learn = Learner.from_config(cfg, run_dir, cbs=default_callbacks(progress=not quiet))
         if resume: learn.resume(run_dir/"last.pt")
@@ -135,8 +109,40 @@ def train(
         raise _memory_advice(learn, cfg) from None
     finally:
         if dist.is_initialized(): dist.destroy_process_group()
-    _report(learn, learn.cfg, run_dir, time.time() - t0, rank)
-    return 0
+    return learn
+
+# %% ../nbs/31_commands.ipynb #0bd1a5bd
+def train(
+    # YAML or JSON config file (default: the built-in defaults, or DIR/config.yaml with --resume)
+    config: str = None,
+    out: str = None,  # run directory for checkpoints, logs and results.json
+    set: Param("override a config value, e.g. --set train.epochs=10 (repeatable)",
+               str, action="append") = None,
+    resume: bool = False,  # continue the run in --out from its last.pt
+    overwrite: bool = False,  # replace the run in --out (only the files a run writes)
+    # print the full default config (with --config/--set applied) as YAML and exit
+    print_config: bool = False,
+    quiet: bool = False,  # no progress line
+):
+    """Train a method (with or without ICL-MSR) on a dataset spec; resumable, multi-process under
+    torchrun. Returns 0 for a finished run, 130 for one stopped by SIGINT/SIGTERM (saved)."""
+    overrides = set or []
+    if print_config: return print_config_text(config, overrides)
+    if not out: raise UserError("--out DIR is required (the run directory)")
+    run_dir, rank = Path(out), dist_env()[0]
+    if resume and config is None and (run_dir/"config.yaml").exists():
+        config = str(run_dir/"config.yaml")
+    cfg = load_config(config, overrides)
+    _check_run_dir(run_dir, resume, overwrite)
+    t0 = time.time()
+    # a run failing before its first checkpoint leaves no folder behind
+    own = ("config.yaml", "metrics.jsonl", "metrics.csv")
+    with OutGuard(run_dir if rank == 0 else None, own=own):
+        if rank == 0: claim_out(run_dir, "run", overwrite=overwrite, resume=resume)
+        learn = _fit(cfg, run_dir, resume, quiet, rank)
+        _report(learn, learn.cfg, run_dir, time.time() - t0, rank)
+    # 0 only for a finished run, so that `iclmsr train ... && next-step` stops at a stopped one
+    return 130 if learn.cancelled else 0
 
 # %% ../nbs/31_commands.ipynb #32eec402
 def _write_eval(ckpt, res: dict, d: Path, quiet: bool = False):
@@ -159,6 +165,7 @@ def eval_cmd(
     # dataset spec, e.g. toy, toy:size=64, in9:PATH (default: the one the run trained on)
     data: str = None,
     out: str = None,  # output directory for results.json, report.html and probe.pt
+    overwrite: bool = False,  # replace the evaluation in --out (only the files an eval writes)
     k: int = 5,  # neighbours of the kNN classifier
     train_split: str = "train",  # split for the kNN database and the linear probe
     # variant of the train split they are fitted on (a spec's variant= names a test set)
@@ -185,12 +192,13 @@ def eval_cmd(
     """Evaluate a checkpoint: kNN and linear accuracy per test variant, BG-gap, worst group,
     background probe, DCoDR's measures, ECE, FGSM, explanations, adversarial backgrounds."""
     if not ckpt: raise ValueError("--ckpt FILE is required (a checkpoint written by iclmsr train)")
-    d = out_dir(out)
-    res = eval_checkpoint(ckpt, data, k, train_split, test_split, variants, probe, probe_epochs,
-                          fgsm_n, device, batch, cache=not no_cache, probe_out=d/"probe.pt",
-                          train_variant=train_variant, adv_fg=adv_fg, adv_bg=adv_bg, dcodr=dcodr,
-                          dcodr_epochs=dcodr_epochs, expl_n=expl_n)
-    _write_eval(ckpt, res, d, quiet)
+    with OutGuard(out):   # a failed evaluation leaves no folder behind
+        d = out_dir(out, "eval", overwrite)
+        res = eval_checkpoint(ckpt, data, k, train_split, test_split, variants, probe,
+                              probe_epochs, fgsm_n, device, batch, cache=not no_cache,
+                              probe_out=d/"probe.pt", train_variant=train_variant, adv_fg=adv_fg,
+                              adv_bg=adv_bg, dcodr=dcodr, dcodr_epochs=dcodr_epochs, expl_n=expl_n)
+        _write_eval(ckpt, res, d, quiet)
     return 0
 
 # %% ../nbs/31_commands.ipynb #c09972af
@@ -213,7 +221,8 @@ def data_export(spec: Param("dataset spec, e.g. toy or toy:size=64", str),
                 splits: Param("comma-separated splits (default: the dataset's usual splits)",
                               str) = None,
                 seed: Param("seed of the mixed variants' background draws", int) = 0,
-                overwrite: Param("replace an existing export in OUT", store_true) = False):
+                overwrite: Param("replace the export in OUT (only what an export writes)",
+                                 store_true) = False):
     "Write a dataset as ImageNet-9-style folders of PNGs (+ fg_mask/*.npy and iclmsr.json)."
     if not out: raise ValueError("--out DIR is required")
     sp = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None

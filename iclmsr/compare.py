@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from fastcore.script import Param
-from .utils import UserError, fmt_duration, get_device
+from .utils import OutGuard, UserError, check_out, fmt_duration, get_device
 from iclmsr.config import (
     Config, ConfigError, config_to_dict, load_config, resolve_run_name, split_run_name,
     RUN_SUFFIXES)
@@ -404,23 +404,30 @@ def _format_plan(runs: list) -> str:
     return "\n".join(f"{r['status']:>6}  {_label(r):<16} seed {r['seed']}  runs/{r['key']}"
                      for r in runs)
 
+# %% ../nbs/17_compare.ipynb #6465797f
+def _same_settings(st: dict, d: Path):
+    "Refuse the comparison folder `d` when its compare.json holds other settings than `st`."
+    old = json.loads((d/"compare.json").read_text())
+    diff = [k for k in sorted(set(old) | set(st)) if old.get(k) != st.get(k)]
+    if diff:
+        raise UserError(f"{str(d)!r} holds a comparison with other settings "
+                        f"({', '.join(diff)} differ); rerun it with the same options, pass "
+                        "--overwrite to start it over, or choose another --out")
+
 # %% ../nbs/17_compare.ipynb #9bc12d54
-def open_out(st: dict, out, resume: bool = False) -> Path:
-    """The comparison folder `out` with its `compare.json`: created, or continued when it holds the
-    same settings; refused when they differ."""
-    d = Path(out)
-    p = d/"compare.json"
-    if p.exists():
-        old = json.loads(p.read_text())
-        diff = [k for k in sorted(set(old) | set(st)) if old.get(k) != st.get(k)]
-        if diff:
-            raise UserError(f"{str(d)!r} holds a comparison with other settings "
-                            f"({', '.join(diff)} differ); rerun it with the same options, or "
-                            "choose another --out")
-        return d
-    if resume: raise UserError(f"nothing to resume: {str(p)!r} does not exist")
-    out_dir(d)
-    p.write_text(json.dumps(st, indent=1))
+def open_out(st: dict, out, resume: bool = False, overwrite: bool = False) -> Path:
+    """The comparison folder `out` with its `compare.json`, claimed before any work: created,
+    continued when it holds the same settings, started over with `overwrite`; refused when the
+    settings differ or when it is another command's folder (`iclmsr.utils.claim_out`)."""
+    d, p = Path(out), Path(out)/"compare.json"
+    if resume and overwrite:
+        raise UserError("--resume continues the comparison in --out and --overwrite starts it "
+                        "over: pass one of them")
+    check_out(d, "comparison", overwrite, resume=True)
+    if p.exists() and not overwrite: _same_settings(st, d)
+    elif resume: raise UserError(f"nothing to resume: {str(p)!r} does not exist")
+    out_dir(d, "comparison", overwrite, resume=True)
+    if not p.exists(): p.write_text(json.dumps(st, indent=1))
     return d
 
 # %% ../nbs/17_compare.ipynb #d87bb650
@@ -822,14 +829,16 @@ def _write_report(st: dict, d: Path, no_umap: bool = False):
 
 # %% ../nbs/17_compare.ipynb #ef83d53f
 def _run_or_plan(st: dict, out, log, dry_run: bool = False, estimate_time: bool = False,
-                 resume: bool = False, no_umap: bool = False) -> int:
+                 resume: bool = False, no_umap: bool = False, overwrite: bool = False) -> int:
     "`compare` with its settings `st`: the dry run, or every run, results.json and report.html."
     if dry_run:
         _dry_run(st, out, estimate_time)
         return 0
-    d = open_out(st, out, resume)
-    run_compare(st, d, log)
-    _write_report(st, d, no_umap)
+    # a comparison failing before its first run leaves no folder behind
+    with OutGuard(out, own=("compare.json",)):
+        d = open_out(st, out, resume, overwrite)
+        run_compare(st, d, log)
+        _write_report(st, d, no_umap)
     return 0
 
 # %% ../nbs/17_compare.ipynb #3ce82c02
@@ -857,9 +866,8 @@ def compare(
     dry_run: bool = False,  # list the runs (done, to resume, new) and stop
     # with --dry-run: time two steps of each method and one evaluation, print the expected duration
     estimate_time: bool = False,
-    # continue the comparison in --out (the same command without it does the same; with it,
-    # --out must hold one)
-    resume: bool = False,
+    resume: bool = False,  # continue the comparison in --out, which must hold one
+    overwrite: bool = False,  # start the comparison in --out over (only what compare wrote goes)
     # leave out the foreground check (the first method trained on foreground-only images,
     # one run per seed)
     no_fg_control: bool = False,
@@ -872,4 +880,4 @@ def compare(
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     st = _compare_settings(methods, data, seeds, budget, device, backbone, set, seed, hparams,
                            no_fg_control, log, probe_epochs, fgsm_n, expl_n)
-    return _run_or_plan(st, out, log, dry_run, estimate_time, resume, no_umap)
+    return _run_or_plan(st, out, log, dry_run, estimate_time, resume, no_umap, overwrite)

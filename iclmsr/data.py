@@ -875,18 +875,6 @@ def _export_variants(data: dict, variants) -> list:
                              "class folders need labels")
     return variants
 
-# %% ../nbs/01c_data.ipynb #7bae5851
-def _clear_export(out: Path, overwrite: bool):
-    "Remove an earlier export's folders from `out` (an error for an export unless `overwrite`)."
-    if out.exists() and any(out.iterdir()):
-        earlier = ((out/"iclmsr.json").exists()
-                   or any((out/v).exists() for v in VARIANTS + ("fg_mask",)))
-        if not overwrite and earlier:
-            raise ValueError(f"{out} already holds an ImageNet-9 export; pass overwrite=True "
-                             "(--overwrite) to replace it")
-        for v in VARIANTS + ("fg_mask", "only_bg_t"):
-            if (out/v).is_dir(): shutil.rmtree(out/v)
-
 # %% ../nbs/01c_data.ipynb #6230c8fe
 def _with_cooccurrence(data: dict) -> tuple:
     """The training class-background co-occurrence (or None), and `data` with it in each split's
@@ -921,19 +909,22 @@ def export_in9(data, out_dir, variants=None, splits=None, seed: int = 0,
                overwrite: bool = False) -> Path:
     """Write a spec, `{split: FgBgData}` or one dataset as
     `out_dir/<variant>/<split>/<class>/<index>.png` (+ masks, sidecar)."""
-    out = Path(out_dir).expanduser()
+    from iclmsr.utils import OutGuard, check_out, claim_out
+    out = check_out(out_dir, "export", overwrite)  # before any work
     data = _export_data(data, splits)
     first = next(iter(data.values()))
     variants = _export_variants(data, variants)
-    _clear_export(out, overwrite)
     co, data = _with_cooccurrence(data)
     cdirs = _class_dirs(first.classes)
     side = dict(format="iclmsr-in9", version=1, classes=first.classes, class_dirs=cdirs,
                 bg_names=first.bg_names, splits={},
                 meta={s: check_plain(d.meta, "meta") for s, d in data.items()},
                 train_cooccurrence=co)
-    for s, d in data.items(): side["splits"][s] = _export_split(d, s, out, variants, cdirs, seed)
-    (out/"iclmsr.json").write_text(json.dumps(side))
+    with OutGuard(out):   # a failed export leaves no empty folder behind
+        claim_out(out_dir, "export", overwrite)
+        for s, d in data.items():
+            side["splits"][s] = _export_split(d, s, out, variants, cdirs, seed)
+        (out/"iclmsr.json").write_text(json.dumps(side))
     return out
 
 # %% ../nbs/01c_data.ipynb #0bb45895

@@ -6,7 +6,7 @@
 from __future__ import annotations
 import html, json, math, statistics, time
 import numpy as np
-from .utils import get_device
+from .utils import OutGuard, get_device
 from .data import load_dataset
 from .config import Config, config_to_dict, load_config, split_run_name, RUN_SUFFIXES
 from .methods import METHODS
@@ -276,8 +276,20 @@ def _demo_names(models: str | None) -> tuple:
                              "optionally followed by " + ", ".join("+" + s for s in RUN_SUFFIXES))
     return names
 
+# %% ../nbs/14c_demo.ipynb #fcc0da1d
+def _write_demo(d: Path, r: dict, st: dict, seeds: list, t0: float):
+    "Write `run_demo`'s result `r` as results.json and report.html into `d`; print the table."
+    res = {"models": r["models"],
+           "config": {"spec": st["spec"], "settings": st, "train": r["configs"]},
+           "versions": package_versions(), "seconds": time.time() - t0, "seeds": seeds}
+    (d/"results.json").write_text(json.dumps(res, indent=2))
+    (d/"report.html").write_text(demo_report(res))
+    print(format_demo(res["models"]))
+    print(f"\nwrote {d/'results.json'} and {d/'report.html'} in {res['seconds']:.0f} s")
+
 # %% ../nbs/14c_demo.ipynb #e31437c1
 def demo(out: str = "demo_run",  # output directory for results.json and report.html
+         overwrite: bool = False,  # replace the demo in --out (only the files a demo writes)
          epochs: int = None,  # training epochs of each model (default: 8 on the CPU, 100 on a GPU)
          seeds: int = 1,  # independent training seeds; > 1 reports mean and standard deviation
          seed: int = 0,  # the first seed
@@ -298,20 +310,14 @@ def demo(out: str = "demo_run",  # output directory for results.json and report.
     t0 = time.time()
     if not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"seeds must be a positive integer, got {seeds!r}")
-    d = out_dir(out)
     st = demo_settings(device, quick, backbone=backbone, epochs=epochs,
                        num_classes=num_classes, n_train=n_train, n_test=n_test, size=size)
     names = _demo_names(models)
     seed_list = list(range(seed, seed + seeds))
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
-    log(f"iclmsr demo: {st['spec']}, {st['backbone']}, {st['epochs']} epochs, device "
-        f"{st['device']}, seeds {seed_list}")
-    r = run_demo(st, seed_list, log, names)
-    res = {"models": r["models"],
-           "config": {"spec": st["spec"], "settings": st, "train": r["configs"]},
-           "versions": package_versions(), "seconds": time.time() - t0, "seeds": seed_list}
-    (d/"results.json").write_text(json.dumps(res, indent=2))
-    (d/"report.html").write_text(demo_report(res))
-    print(format_demo(res["models"]))
-    print(f"\nwrote {d/'results.json'} and {d/'report.html'} in {res['seconds']:.0f} s")
+    with OutGuard(out):   # a failed demo leaves no folder behind
+        d = out_dir(out, "demo", overwrite)
+        log(f"iclmsr demo: {st['spec']}, {st['backbone']}, {st['epochs']} epochs, device "
+            f"{st['device']}, seeds {seed_list}")
+        _write_demo(d, run_demo(st, seed_list, log, names), st, seed_list, t0)
     return 0

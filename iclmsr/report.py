@@ -6,6 +6,7 @@
 from __future__ import annotations
 import html, os, sys
 from pathlib import Path
+from .utils import claim_out
 from .eval import EXPL_VARIANTS
 
 # %% auto #0
@@ -353,15 +354,9 @@ def eval_report(res: dict, title: str) -> str:
     return html_report(title, blocks)
 
 # %% ../nbs/14b_report.ipynb #7e4df4cc
-def out_dir(out) -> Path:
-    """The output directory `out`, created if needed; refused with the reason when it cannot be
-    written."""
+def out_dir(out, kind: str = "eval", overwrite: bool = False, resume: bool = False) -> Path:
+    """The output folder `out` of a command writing `kind` (a key of `iclmsr.utils.OUT_KINDS`),
+    claimed before any work with `iclmsr.utils.claim_out`: made and marked, or refused in one line;
+    `--out` is required."""
     if not out: raise ValueError("--out DIR is required (where results.json and report.html go)")
-    d = Path(out)
-    try:
-        d.mkdir(parents=True, exist_ok=True)
-        t = d/f".write-test-{os.getpid()}"; t.write_text("ok"); t.unlink()
-    except OSError as e:
-        raise PermissionError(f"output directory {str(d)!r} is not writable ({e.strerror or e}); "
-                              "choose another --out") from None
-    return d
+    return claim_out(out, kind, overwrite=overwrite, resume=resume)

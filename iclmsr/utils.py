@@ -11,8 +11,9 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['get_device', 'seed_everything', 'cache_dir', 'faiss_gpu_count', 'env_info', 'format_env_info', 'atomic_torch_save',
-           'UserError', 'fmt_duration', 'model_device', 'timed', 'UnreadableFile', 'what_file', 'read_torch_file',
+__all__ = ['OUT_MARKER', 'OUT_KINDS', 'get_device', 'seed_everything', 'cache_dir', 'faiss_gpu_count', 'env_info',
+           'format_env_info', 'atomic_torch_save', 'UserError', 'fmt_duration', 'model_device', 'timed', 'out_kind',
+           'check_out', 'claim_out', 'OutGuard', 'check_out_file', 'UnreadableFile', 'what_file', 'read_torch_file',
            'check_tau', 'check_k', 'at_least_float32', 'as_pixels', 'normaliser', 'saved_bytes', 'lr_factor',
            'make_optimizer']
 
@@ -202,6 +203,189 @@ def timed(fn, device=None) -> tuple[float, object]:
             else (lambda: None))
     sync(); t = time.perf_counter(); out = fn(); sync()
     return time.perf_counter() - t, out
+
+# %% ../nbs/00_utils.ipynb #5a802a52
+OUT_MARKER = ".iclmsr.json"
+
+# each kind of output folder: what it is, the command writing it, the names it writes at its top
+OUT_KINDS: dict = {
+    "run": ("a training run", "iclmsr train",
+            ("config.yaml", "last.pt", "best.pt", "metrics.jsonl", "metrics.csv", "results.json")),
+    "eval": ("an evaluation", "iclmsr eval", ("results.json", "report.html", "probe.pt")),
+    "comparison": ("a comparison", "iclmsr compare",
+                   ("compare.json", "runs", "results.json", "report.html")),
+    "demo": ("a demo", "iclmsr demo", ("results.json", "report.html")),
+    "export": ("a dataset export", "iclmsr data export",
+               ("iclmsr.json", "fg_mask", "only_bg_t", "original", "only_fg", "no_fg", "only_bg",
+                "mixed_same", "mixed_rand", "mixed_next")),
+}
+
+# %% ../nbs/00_utils.ipynb #53777380
+def _read_json(p: Path) -> dict:
+    "The JSON object in file `p`; {} when it is missing, unreadable, too big or not an object."
+    try:
+        if p.stat().st_size > 2**26: return {}
+        v = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError): return {}
+    return v if isinstance(v, dict) else {}
+
+# %% ../nbs/00_utils.ipynb #34f511bb
+def _layout_kind(d: Path) -> str | None:
+    """The kind of a folder written before folders were marked, told by the files its command
+    writes; None when it is no kind's."""
+    has = lambda *ns: all((d/n).exists() for n in ns)
+    if has("compare.json") or has("results.json", "runs"): return "comparison"
+    if has("config.yaml") and (has("last.pt") or has("metrics.jsonl") or has("results.json")):
+        return "run"
+    # the sidecar, not the variant folders: an ImageNet-9 download has those too
+    if _read_json(d/"iclmsr.json").get("format") == "iclmsr-in9": return "export"
+    res = _read_json(d/"results.json")
+    if "models" in res and "seeds" in res: return "demo"
+    if "model" in res and "variants" in res: return "eval"
+    return None
+
+# %% ../nbs/00_utils.ipynb #f0d2b87e
+def out_kind(path) -> str | None:
+    """The kind of iclmsr output (a key of `OUT_KINDS`) the folder `path` holds: its marker's, else
+    the one its files show (a folder written before markers); None when it is missing or empty,
+    'unknown' when it holds anything else."""
+    d = Path(path).expanduser()
+    if not d.is_dir(): return None
+    if not {p.name for p in d.iterdir()} - {OUT_MARKER}: return None
+    if (d/OUT_MARKER).exists():
+        k = _read_json(d/OUT_MARKER).get("kind")
+        return k if k in OUT_KINDS else "unknown"
+    return _layout_kind(d) or "unknown"
+
+# %% ../nbs/00_utils.ipynb #0613f81c
+def _os_reason(e: OSError) -> str:
+    "An `OSError` in a few words, without its errno number."
+    return {errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+            errno.EROFS: "a read-only file system", errno.ENOSPC: "no space left on the device",
+            errno.EDQUOT: "over the disk quota", errno.ENOTDIR: "a parent is a file",
+            errno.ENOENT: "no new folder can be made there", errno.EEXIST: "a file is in the way"
+            }.get(e.errno, (e.strerror or type(e).__name__).lower())
+
+# %% ../nbs/00_utils.ipynb #f989b2fa
+def _missing(d: Path) -> list:
+    "`d` and its parents that do not exist yet, deepest first."
+    made = []
+    while not (d.exists() or d.is_symlink()) and d != d.parent: made.append(d); d = d.parent
+    return made
+
+# %% ../nbs/00_utils.ipynb #8764a934
+def _check_place(d: Path, opt: str, shown=None):
+    """Refuse, in words, a folder `d` that is a file or that cannot be made or written where it
+    would be (`shown`: the path the user gave, in the message)."""
+    shown, miss = str(shown or d), _missing(d)
+    top = miss[-1].parent if miss else d
+    if not top.is_dir():
+        what = "a file, not a folder" if top.exists() else "a broken link"
+        if str(top) == shown: raise UserError(f"{opt} {shown!r} is {what}: choose another {opt}")
+        raise UserError(f"{opt} {shown!r} cannot be made: {str(top)!r} is {what}; choose another "
+                        f"{opt}")
+    if not os.access(top, os.W_OK | os.X_OK):
+        raise UserError(f"{opt} {shown!r} is not writable (permission denied in {str(top)!r}): "
+                        f"choose another {opt}")
+
+# %% ../nbs/00_utils.ipynb #1f26adff
+def check_out(path, kind: str, overwrite: bool = False, resume: bool = False,
+              opt: str = "--out") -> Path:
+    """Refuse in one line, before any work, an output folder `path` that `kind` may not write: a
+    file, a place that cannot be written, another kind's folder, a non-empty folder of no kind, or
+    one of its own kind unless `overwrite` (or `resume`: a command continuing its folder)."""
+    d = Path(path).expanduser()
+    _check_place(d, opt, path)
+    found, (noun, cmd, _) = out_kind(d), OUT_KINDS[kind]
+    if found is None or (found == kind and (overwrite or resume)): return d
+    if found == "unknown":
+        raise UserError(f"{str(path)!r} is not empty and holds no iclmsr output: {cmd} writes "
+                        f"only into a new or empty folder, or {noun} of its own; choose another "
+                        f"{opt}")
+    if found != kind:
+        raise UserError(f"{str(path)!r} holds {OUT_KINDS[found][0]} ({OUT_KINDS[found][1]}), "
+                        f"not {noun} ({cmd}): choose another {opt}")
+    raise UserError(f"{str(path)!r} already holds {noun} ({cmd}): pass --overwrite to replace "
+                    f"what {cmd} wrote there, or choose another {opt}")
+
+# %% ../nbs/00_utils.ipynb #be9e4f6d
+def _clear(d: Path, kind: str):
+    "Remove what `kind` writes at the top of folder `d` (its files and folders), nothing else."
+    import shutil
+    for n in OUT_KINDS[kind][2]:
+        p = d/n
+        if p.is_dir() and not p.is_symlink(): shutil.rmtree(p)
+        elif p.exists() or p.is_symlink(): p.unlink()
+
+# %% ../nbs/00_utils.ipynb #59b85df7
+def claim_out(path, kind: str, overwrite: bool = False, resume: bool = False,
+              opt: str = "--out") -> Path:
+    """`check_out`, then the folder made (with its parents) and marked as `kind`'s in
+    `.iclmsr.json`; with `overwrite`, what `kind` wrote there before removed (nothing else)."""
+    d = check_out(path, kind, overwrite, resume, opt)
+    made = _missing(d)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        from iclmsr import __version__
+        (d/OUT_MARKER).write_text(json.dumps({"kind": kind, "iclmsr": __version__}) + "\n")
+    except OSError as e:
+        for p in made:
+            try: p.rmdir()
+            except OSError: break
+        raise UserError(f"{opt} {str(path)!r} is not writable ({_os_reason(e)}): choose another "
+                        f"{opt}") from None
+    if overwrite: _clear(d, kind)
+    return d
+
+# %% ../nbs/00_utils.ipynb #98a1eaf7
+class OutGuard:
+    """`with OutGuard(path):` a command whose block fails leaves no folder it made behind: the
+    folders it created, its marker and its `own` bookkeeping files are removed again when nothing
+    else is in the folder."""
+    def __init__(self, path, own=()): self.d, self.own = Path(path) if path else None, set(own)
+    def __enter__(self):
+        d = self.d
+        self.made = _missing(d) if d is not None else []
+        self.had = {p.name for p in d.iterdir()} if d is not None and d.is_dir() else set()
+        return d
+    def __exit__(self, typ, val, tb):
+        if typ is None or self.d is None or not self.d.is_dir(): return False
+        try:
+            left = {p.name for p in self.d.iterdir()}
+            if left <= ({OUT_MARKER} | self.own) - self.had:
+                for n in left: (self.d/n).unlink()
+            for p in self.made: p.rmdir()
+        except OSError: pass
+        return False
+
+# %% ../nbs/00_utils.ipynb #91c29a60
+def check_out_file(path, what: str, ours, overwrite: bool = False, opt: str = "--out") -> Path:
+    """Refuse in one line, before any work, an output file `path`: a folder, a place that cannot be
+    written, a file that is not `what` (`ours(path)` says), or one that is unless `overwrite`;
+    writing is tried with a test file, and what the test made is removed again."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise UserError(f"{opt} {str(path)!r} is a folder, not a file: choose another {opt}")
+    if p.exists() and not ours(p):
+        raise UserError(f"{opt} {str(path)!r} is not {what}: a command replaces only a file it "
+                        f"wrote; choose another {opt}")
+    if p.exists() and not overwrite:
+        raise UserError(f"{str(path)!r} already holds {what}: pass --overwrite to replace it, or "
+                        f"choose another {opt}")
+    if p.exists() and not os.access(p, os.W_OK):
+        raise UserError(f"{opt} {str(path)!r} is not writable (permission denied): choose "
+                        f"another {opt}")
+    _check_place(p.parent, opt, path)
+    made, t = _missing(p.parent), p.parent/f".{p.name}.write-test-{os.getpid()}"
+    try: p.parent.mkdir(parents=True, exist_ok=True); t.write_text("ok"); t.unlink()
+    except OSError as e:
+        raise UserError(f"{opt} {str(path)!r} is not writable ({_os_reason(e)}): choose another "
+                        f"{opt}") from None
+    finally:
+        for d in made:
+            try: d.rmdir()
+            except OSError: break
+    return p
 
 # %% ../nbs/00_utils.ipynb #7750dd1d
 class UnreadableFile(UserError, ValueError):

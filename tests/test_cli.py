@@ -104,6 +104,6 @@ def test_bench_lightly_quick(tmp_path, capfd, monkeypatch):
     assert set(r["images_per_s"]) == {"iclmsr", "lightly", "floor"} and r["icl_meta_steps_per_epoch"] >= 1
     monkeypatch.setitem(sys.modules, "lightly", None)        # as if lightly were not installed
     capfd.readouterr()
-    assert main(["bench", "--quick", "--only", "lightly", "--out", str(out)]) == 2
+    assert main(["bench", "--quick", "--only", "lightly", "--out", str(out), "--overwrite"]) == 2   # out: the result above
     err = capfd.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pip install lightly" in err[0], err

@@ -35,7 +35,7 @@ def test_export_then_read_back(env, tmp_path):
     out = tmp_path/"in9"
     p = iclmsr("data", "export", TOY, "--out", out, "--variants", "original,mixed_rand,only_fg", env=env)
     assert "wrote 90 images x 3 variant(s)" in p.stdout
-    assert sorted(x.name for x in out.iterdir()) == ["fg_mask", "iclmsr.json", "mixed_rand", "only_fg", "original"]
+    assert sorted(x.name for x in out.iterdir()) == [".iclmsr.json", "fg_mask", "iclmsr.json", "mixed_rand", "only_fg", "original"]
     assert len(list((out/"mixed_rand"/"test").rglob("*.png"))) == 30
     j = json.loads(iclmsr("data", "info", f"in9:{out},variant=mixed_rand", "--json", env=env).stdout)
     assert j["splits"]["train"]["size"] == 60 and j["has_masks"] and j["classes"] == ["digit0", "digit1", "digit2"]
@@ -43,7 +43,7 @@ def test_export_then_read_back(env, tmp_path):
     p = iclmsr("data", "export", TOY, "--out", out, env=env, check=False)
     assert p.returncode == 2 and "--overwrite" in p.stderr and "Traceback" not in p.stderr
     iclmsr("data", "export", TOY, "--out", out, "--variants", "original", "--overwrite", env=env)
-    assert sorted(x.name for x in out.iterdir()) == ["fg_mask", "iclmsr.json", "original"]
+    assert sorted(x.name for x in out.iterdir()) == [".iclmsr.json", "fg_mask", "iclmsr.json", "original"]
 
 
 @pytest.mark.parametrize("args,msg", [

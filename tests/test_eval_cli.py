@@ -125,7 +125,8 @@ def test_eval_bad_inputs_are_one_line_errors(env, ckpt, tmp_path):
 def test_eval_empty_split_and_missing_masks(env, ckpt, tmp_path):
     from iclmsr.data import export_in9
     root = export_in9(SPEC, tmp_path/"in9", variants=["original"])
-    ev = lambda spec, *a: iclmsr(env, "eval", "--ckpt", str(ckpt), "--data", spec, "--out", str(tmp_path/"o"), *FAST, *a, check=False)
+    ev = lambda spec, *a: iclmsr(env, "eval", "--ckpt", str(ckpt), "--data", spec, "--out", str(tmp_path/"o"), "--overwrite", *FAST, *a,
+                                 check=False)
     # masks switched off: only the original images can be evaluated
     err = one_line_error(ev(f"in9:{root},masks=false", "--test-split", "test", "--variants", "only_fg,mixed_rand"))
     assert "need foreground masks" in err and "only 'original' is available" in err
@@ -247,7 +248,7 @@ def test_eval_on_benchmark_folders_without_masks(env, ckpt, tmp_path):
 
 def test_eval_adversarial_and_broken_folders(env, ckpt, tmp_path):
     root = _mask_free_tree(tmp_path/"in9", ["original", "only_fg", "only_bg", "mixed_same", "mixed_rand"])
-    ev = lambda *a: iclmsr(env, "eval", "--ckpt", str(ckpt), "--data", f"in9:{root}", "--out", str(tmp_path/"o"),
+    ev = lambda *a: iclmsr(env, "eval", "--ckpt", str(ckpt), "--data", f"in9:{root}", "--out", str(tmp_path/"o"), "--overwrite",
                            "--test-split", "test", *FAST, *a, check=False)
     p = ev("--adv-fg", "8", "--adv-bg", "4")
     assert p.returncode == 0, p.stderr
@@ -256,7 +257,7 @@ def test_eval_adversarial_and_broken_folders(env, ckpt, tmp_path):
     assert "adversarial backgrounds:" in p.stdout and "cap 8 x 4" in p.stdout
     assert "variants no_fg are not available" in one_line_error(ev("--variants", "no_fg"))
     assert "no_fg are not available" in one_line_error(iclmsr(env, "eval", "--ckpt", str(ckpt), "--data", f"in9:{root},variant=no_fg",
-                                                       "--out", str(tmp_path/"o"), "--test-split", "test", check=False))
+                                                       "--out", str(tmp_path/"o"), "--overwrite", "--test-split", "test", check=False))
     import shutil
     for c in (root/"mixed_same"/"test").iterdir(): shutil.rmtree(c); c.mkdir()   # an empty variant folder
     assert "has no images" in one_line_error(ev())
