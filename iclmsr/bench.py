@@ -12,6 +12,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 from .utils import get_device, seed_everything, timed
+from .cli import name_list
 from .config import load_config
 from .toy import make_toy
 from .augment import TwoViewAugment, torchvision_two_views
@@ -77,7 +78,7 @@ def _run_bench(name: str, quick: bool) -> dict:
 def bench(out: str = "bench.json",  # JSON file for the results
           # comma-separated benchmarks to run (default: all of augment, step, knn, toy, icl_epoch,
           # excon_step, lightly, profile, scale)
-          only: str = None,
+          only: name_list = None,
           quick: bool = False,  # tiny sizes: a smoke run whose numbers mean little
          ):
     """Measure augmentation, training-step, kNN and dataset-generation speed side by side;

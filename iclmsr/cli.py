@@ -4,11 +4,11 @@
 
 # %% ../nbs/30_cli.ipynb #9f7db1a8
 from __future__ import annotations
-import sys, os, json, importlib, importlib.util, argparse
+import sys, os, json, math, importlib, importlib.util, argparse
 from fastcore.script import Param, anno_parser, store_true
 
 # %% auto #0
-__all__ = ['COMMANDS', 'info', 'main']
+__all__ = ['COMMANDS', 'info', 'Range', 'OneOf', 'name_list', 'main']
 
 # %% ../nbs/30_cli.ipynb #5fccfa72
 def info(json: Param("print the information as JSON", store_true) = False):
@@ -61,18 +61,120 @@ def _usage(table: dict, prog: str) -> str:
     lines += ["", f"Run '{prog} COMMAND --help' for a command's options."]
     return "\n".join(lines)
 
-# %% ../nbs/30_cli.ipynb #8ca72429
+# %% ../nbs/30_cli.ipynb #3f77b0d8
+class Range:
+    """An argparse `type=` for a number option: a finite `kind` (int or float) in [`lo`, `hi`]
+    (None: no bound); anything else is refused with what is allowed."""
+    def __init__(self, kind=int, lo=None, hi=None): self.kind, self.lo, self.hi = kind, lo, hi
+    def __repr__(self): return f"Range({self.kind.__name__}, {self.lo}, {self.hi})"
+
+    @property
+    def allowed(self) -> str:
+        "What the option takes, e.g. 'an integer >= 1'."
+        what, lo, hi = "an integer" if self.kind is int else "a number", self.lo, self.hi
+        if lo is not None and hi is not None: return f"{what} in [{lo}, {hi}]"
+        return what + (f" >= {lo}" if lo is not None else f" <= {hi}" if hi is not None else "")
+
+    def __call__(self, text):
+        try: v = self.kind(text)
+        except (TypeError, ValueError, OverflowError): v = None
+        if (v is None or not math.isfinite(v) or (self.lo is not None and v < self.lo)
+                or (self.hi is not None and v > self.hi)):
+            raise argparse.ArgumentTypeError(f"must be {self.allowed}, got {text!r}")
+        return v
+
+# %% ../nbs/30_cli.ipynb #3424c628
+class OneOf:
+    "An argparse `type=` for an option that takes one of a few words, listing them when refused."
+    def __init__(self, *choices): self.choices = choices
+    def __repr__(self): return f"OneOf{self.choices!r}"
+
+    @property
+    def allowed(self) -> str:
+        "What the option takes, e.g. 'one of auto, off'."
+        return "one of " + ", ".join(self.choices)
+
+    def __call__(self, text):
+        if text not in self.choices:
+            raise argparse.ArgumentTypeError(f"must be {self.allowed}, got {text!r}")
+        return text
+
+# %% ../nbs/30_cli.ipynb #0bc48559
+def name_list(text: str) -> str:
+    """An argparse `type=` for a comma-separated list option: at least one name, none empty and none
+    twice; returns `text` unchanged."""
+    names = [n.strip() for n in str(text).split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"must be a comma-separated list of names, none empty, "
+                                         f"got {text!r}")
+    twice = next((n for n in names if names.count(n) > 1), None)
+    if twice: raise argparse.ArgumentTypeError(f"lists {twice!r} twice in {text!r}")
+    return text
+
+# %% ../nbs/30_cli.ipynb #75088554
+_ADV = "does nothing with --adv-{} 0 (the adversarial-background measure is off): leave one out"
+_sets = lambda a, key: any(s.split("=")[0].strip() == key for s in a["set"] or [])
+_no_mixed = lambda a: not any(v.strip().startswith("mixed") for v in a["variants"].split(","))
+
+_IDLE = {
+    "train": [("resume", lambda a: a["print_config"],
+               "does nothing with --print-config, which prints the config of --config and --set, "
+               "not the run's (that is DIR/config.yaml): leave one out")],
+    "eval_cmd": [("adv_bg", lambda a: a["adv_fg"] == 0, _ADV.format("fg")),
+                 ("adv_fg", lambda a: a["adv_bg"] == 0, _ADV.format("bg")),
+                 ("dcodr_epochs", lambda a: a["dcodr"] == "off",
+                  "does nothing with --dcodr off: leave one out")],
+    "compare": [("estimate_time", lambda a: not a["dry_run"],
+                 "acts only with --dry-run: add --dry-run or leave --estimate-time out"),
+                ("backbone", lambda a: _sets(a, "model.backbone"),
+                 "does nothing with --set model.backbone=..., which replaces it: leave one out")],
+    "data_export": [("seed", lambda a: a["variants"] is not None and _no_mixed(a),
+                     "draws the backgrounds of the mixed variants, and --variants lists none: "
+                     "leave it out")],
+}
+
+# %% ../nbs/30_cli.ipynb #897ce0b0
+def _check_idle(fname: str, args: dict, p: argparse.ArgumentParser):
+    "Refuse an option given (not its default) where `_IDLE` says that it does nothing."
+    for opt, idle, why in _IDLE.get(fname, ()):
+        if args[opt] != p.get_default(opt) and idle(args):
+            p.error(f"--{opt.replace('_', '-')} {why}")
+
+# %% ../nbs/30_cli.ipynb #3a63e1ee
+def _usage_error(message: str):
+    "argparse's `error` as the one line `main` prints (instead of the usage text and an exit)."
+    from iclmsr.utils import UserError
+    raise UserError(message)
+
+# %% ../nbs/30_cli.ipynb #74bb2aeb
+def _text(text: str) -> str:
+    "argparse's `type=` of every other option that takes a value: any text but an empty one."
+    if not text.strip(): raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+# %% ../nbs/30_cli.ipynb #263a4860
+def _parser(func, prog: str) -> argparse.ArgumentParser:
+    """`func`'s parser: fastcore's `anno_parser`, `--print-config` as well as `--print_config`, the
+    allowed values of each checked option in its help, errors as one line."""
+    p = anno_parser(func, prog=prog)
+    for a in p._actions:  # --print-config in help and errors; fastcore's --print_config still works
+        a.option_strings = [o.replace("_", "-") if o.startswith("--") else o
+                            for o in a.option_strings]
+        p._option_string_actions.update({o: a for o in a.option_strings})
+        if hasattr(a.type, "allowed"): a.help = f"{a.help or ''} [{a.type.allowed}]".strip()
+        elif a.type in (None, str) and a.nargs != 0: a.type = _text  # --data "" is no default
+    p.error = _usage_error
+    return p
+
+# %% ../nbs/30_cli.ipynb #8b6c1750
 def _run(entry, argv: list[str], prog: str) -> int:
     mod, fname, _ = entry
     func = getattr(importlib.import_module(mod), fname)
     func = getattr(func, "__wrapped__", func)  # a call_parse-decorated function: use the plain one
-    p = anno_parser(func, prog=prog)
-    for a in p._actions:  # accept --print-config as well as fastcore's --print_config
-        for o in [o for o in a.option_strings if o.startswith("--") and "_" in o]:
-            alias = o.replace("_", "-")
-            a.option_strings.insert(0, alias); p._option_string_actions[alias] = a
+    p = _parser(func, prog)
     # anno_parser adds fastcore's hidden --pdb/--xtra; we do not use them
     args = {k: v for k, v in vars(p.parse_args(argv)).items() if k not in ("pdb", "xtra")}
+    _check_idle(fname, args, p)
     return func(**args) or 0
 
 # %% ../nbs/30_cli.ipynb #7cbab7cc

@@ -21,7 +21,7 @@ from iclmsr.probe import (
 from .probe import dcodr_measures, min_split_size, fgsm, predict_classes
 from .explain import ExplainError, cam_layer, explanation_measures
 from .config import Config, config_from_dict
-from .checkpoint import load_checkpoint, atomic_save
+from .checkpoint import load_checkpoint, atomic_save, state_mismatch
 from .augment import TwoViewAugment
 from .build import Learner, method_from_config, resolve_defaults
 
@@ -746,12 +746,13 @@ def method_from_checkpoint(path, image_size: int = 32, device=None) -> tuple:
     # the stem follows the image size the run was built for
     for s in dict.fromkeys((size, 32, 224)):
         m = method_from_config(cfg, s)
-        try: m.load_state_dict(ck["model"]); err = None; break
-        except RuntimeError as e: err = err or e
+        why = state_mismatch(m, ck["model"])
+        if why is None: m.load_state_dict(ck["model"]); err = None; break
+        err = err or why
     if err is not None:
         raise ValueError(f"checkpoint {str(path)!r} does not fit the model its config describes "
                          f"(method {cfg.model.method}, backbone {cfg.model.backbone}, "
-                         f"icl.enabled={cfg.icl.enabled}): {_first_line(err)}")
+                         f"icl.enabled={cfg.icl.enabled}): {err}")
     if device is not None: m.to(get_device(device))
     return m.eval(), cfg, ck
 
