@@ -11,8 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
-from .utils import get_device, seed_everything, timed
-from .cli import name_list
+from .utils import get_device, seed_everything, timed, name_list
 from .config import load_config
 from .toy import make_toy
 from .augment import TwoViewAugment, torchvision_two_views

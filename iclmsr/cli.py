@@ -4,11 +4,11 @@
 
 # %% ../nbs/30_cli.ipynb #9f7db1a8
 from __future__ import annotations
-import sys, os, json, math, importlib, importlib.util, argparse
+import sys, os, json, importlib, importlib.util, argparse
 from fastcore.script import Param, anno_parser, store_true
 
 # %% auto #0
-__all__ = ['COMMANDS', 'info', 'Range', 'OneOf', 'name_list', 'main']
+__all__ = ['COMMANDS', 'info', 'main']
 
 # %% ../nbs/30_cli.ipynb #5fccfa72
 def info(json: Param("print the information as JSON", store_true) = False):
@@ -60,56 +60,6 @@ def _usage(table: dict, prog: str) -> str:
         lines.append(f"  {k:<{w}}  {desc}")
     lines += ["", f"Run '{prog} COMMAND --help' for a command's options."]
     return "\n".join(lines)
-
-# %% ../nbs/30_cli.ipynb #3f77b0d8
-class Range:
-    """An argparse `type=` for a number option: a finite `kind` (int or float) in [`lo`, `hi`]
-    (None: no bound); anything else is refused with what is allowed."""
-    def __init__(self, kind=int, lo=None, hi=None): self.kind, self.lo, self.hi = kind, lo, hi
-    def __repr__(self): return f"Range({self.kind.__name__}, {self.lo}, {self.hi})"
-
-    @property
-    def allowed(self) -> str:
-        "What the option takes, e.g. 'an integer >= 1'."
-        what, lo, hi = "an integer" if self.kind is int else "a number", self.lo, self.hi
-        if lo is not None and hi is not None: return f"{what} in [{lo}, {hi}]"
-        return what + (f" >= {lo}" if lo is not None else f" <= {hi}" if hi is not None else "")
-
-    def __call__(self, text):
-        try: v = self.kind(text)
-        except (TypeError, ValueError, OverflowError): v = None
-        if (v is None or not math.isfinite(v) or (self.lo is not None and v < self.lo)
-                or (self.hi is not None and v > self.hi)):
-            raise argparse.ArgumentTypeError(f"must be {self.allowed}, got {text!r}")
-        return v
-
-# %% ../nbs/30_cli.ipynb #3424c628
-class OneOf:
-    "An argparse `type=` for an option that takes one of a few words, listing them when refused."
-    def __init__(self, *choices): self.choices = choices
-    def __repr__(self): return f"OneOf{self.choices!r}"
-
-    @property
-    def allowed(self) -> str:
-        "What the option takes, e.g. 'one of auto, off'."
-        return "one of " + ", ".join(self.choices)
-
-    def __call__(self, text):
-        if text not in self.choices:
-            raise argparse.ArgumentTypeError(f"must be {self.allowed}, got {text!r}")
-        return text
-
-# %% ../nbs/30_cli.ipynb #0bc48559
-def name_list(text: str) -> str:
-    """An argparse `type=` for a comma-separated list option: at least one name, none empty and none
-    twice; returns `text` unchanged."""
-    names = [n.strip() for n in str(text).split(",")]
-    if not all(names):
-        raise argparse.ArgumentTypeError(f"must be a comma-separated list of names, none empty, "
-                                         f"got {text!r}")
-    twice = next((n for n in names if names.count(n) > 1), None)
-    if twice: raise argparse.ArgumentTypeError(f"lists {twice!r} twice in {text!r}")
-    return text
 
 # %% ../nbs/30_cli.ipynb #75088554
 _ADV = "does nothing with --adv-{} 0 (the adversarial-background measure is off): leave one out"

@@ -9,8 +9,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from fastcore.script import Param, store_true
-from .utils import UserError
-from .cli import OneOf, Range, name_list
+from .utils import UserError, OneOf, Range, device_name, name_list
 from .data import data_summary, format_summary, export_in9
 from .config import (
     BATCH_SIZE, ConfigError, config_to_dict, dump_config, load_config, resolve_run_name)
@@ -178,7 +177,7 @@ def eval_cmd(
     dcodr: OneOf("auto", "code", "backbone", "off") = "auto",
     # most epochs of DCoDR's MLP probes (early stopping on a held-out 10% of train)
     dcodr_epochs: Range(int, 1) = 100,
-    device: str = "auto",  # auto, cpu, cuda, cuda:N or mps
+    device: device_name = "auto",  # auto, cpu, cuda, cuda:N or mps
     batch: Range(int, 1) = 512,  # images per forward pass
     no_cache: bool = False,  # recompute embeddings instead of using the cache
     quiet: bool = False,  # print only the output paths

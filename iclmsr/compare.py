@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from fastcore.script import Param
-from .utils import UserError, fmt_duration, get_device
-from .cli import Range, name_list
+from .utils import UserError, fmt_duration, get_device, Range, device_name, name_list
 from iclmsr.config import (
     Config, ConfigError, config_to_dict, load_config, resolve_run_name, split_run_name,
     RUN_SUFFIXES)
@@ -847,7 +846,7 @@ def compare(
     seeds: Range(int, 1) = 3,  # seeds per method (0, 1, ...; each also fixes the validation split)
     out: str = None,  # comparison folder: compare.json, runs/<hash>/, results.json, report.html
     budget: Range(int, 1) = None,  # encoder steps per run (default: 150 on the CPU, 1000 elsewhere)
-    device: str = "cpu",  # cpu, auto, cuda, cuda:N or mps
+    device: device_name = "cpu",  # cpu, auto, cuda, cuda:N or mps
     backbone: str = None,  # small_cnn (CPU default) or resnet18 (default elsewhere), resnet50
     set: Param("override a config value of every run, e.g. --set train.batch_size=64 (repeatable; "
                "batch default 128 on the CPU, 512 elsewhere)", str, action="append") = None,

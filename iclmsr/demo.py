@@ -6,8 +6,7 @@
 from __future__ import annotations
 import html, json, math, statistics, time
 import numpy as np
-from .utils import get_device
-from .cli import Range, name_list
+from .utils import get_device, Range, device_name, name_list
 from .data import load_dataset
 from .config import Config, config_to_dict, load_config, split_run_name, RUN_SUFFIXES
 from .methods import METHODS
@@ -282,7 +281,7 @@ def demo(out: str = "demo_run",  # output directory for results.json and report.
          epochs: Range(int, 1) = None,  # epochs of each model (default: 8 on the CPU, 100 on a GPU)
          seeds: Range(int, 1) = 1,  # training seeds; > 1 reports mean and standard deviation
          seed: Range(int, 0, 2**32 - 1) = 0,  # the first seed
-         device: str = "cpu",  # cpu (default), auto, cuda, cuda:N or mps
+         device: device_name = "cpu",  # cpu (default), auto, cuda, cuda:N or mps
          backbone: str = None,  # small_cnn (CPU default), resnet18 (GPU default) or resnet50
          num_classes: Range(int, 2, 10) = None,  # classes of the embedded dataset (default 10)
          n_train: Range(int, 1) = None,  # train images per class (default: 150 CPU, 1000 GPU)

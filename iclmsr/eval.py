@@ -20,7 +20,7 @@ from iclmsr.probe import (
     accuracy)
 from .probe import dcodr_measures, min_split_size, fgsm, predict_classes
 from .explain import ExplainError, cam_layer, explanation_measures
-from .config import Config, config_from_dict
+from .config import Config, ConfigError, config_from_dict
 from .checkpoint import load_checkpoint, atomic_save, state_mismatch
 from .augment import TwoViewAugment
 from .build import Learner, method_from_config, resolve_defaults
@@ -740,7 +740,10 @@ def method_from_checkpoint(path, image_size: int = 32, device=None) -> tuple:
             or not isinstance(ck.get("config"), dict)):
         raise ValueError(f"{str(path)!r} is not an iclmsr training checkpoint: it needs 'model' "
                          "and 'config' entries (written by iclmsr train as last.pt or best.pt)")
-    cfg = config_from_dict(ck["config"])
+    try: cfg = config_from_dict(ck["config"])
+    except ConfigError as e:
+        raise ConfigError(f"checkpoint {str(path)!r} records a config that is not valid: "
+                          f"{e}") from None
     size = image_size if isinstance(image_size, int) else max(image_size)
     err = None
     # the stem follows the image size the run was built for

@@ -80,6 +80,9 @@ CASES = {   # argv: what the one line must name
     "demo --n-test 0": (["demo", "--out", "d", "--n-test", "0"], "--n-test", ">= 1"),
     "demo --size 8": (["demo", "--out", "d", "--size", "8"], "--size", "[16, 256]"),
     "data export --seed -1": (["data", "export", "toy", "--out", "x", "--seed", "-1"], "--seed"),
+    "eval --device tpu": (["eval", "--ckpt", "x.pt", "--out", "e", "--device", "tpu"], "--device", "'cuda:N'"),
+    "compare --device cuda:99": (["compare", "--out", "c", "--device", "cuda:99"], "--device", "torch sees"),
+    "demo --device ''": (["demo", "--out", "d", "--device", ""], "--device", "unknown device ''"),
     # empty and repeated lists
     "compare --methods ''": (["compare", "--out", "c", "--methods", ""], "--methods", "none empty"),
     "compare --methods a,,b": (["compare", "--out", "c", "--methods", "simclr,,supcon"], "--methods"),
@@ -149,6 +152,10 @@ def test_another_methods_checkpoint_names_its_weights(here, capfd):
     assert "missing 'projector." in err and "unexpected 'predictor." in err and "more" in err, err
     assert "Error(s) in loading state_dict" not in err
     assert {k: v for k, v in tree(here).items() if k in before} == before   # the user's files untouched
+    ck["config"]["optim"]["lr"] = float("inf")                               # a config value no run can use
+    torch.save(ck, "y.pt")
+    err = one_line(capfd, ["eval", "--ckpt", "y.pt", "--out", "ev"])
+    assert "checkpoint 'y.pt' records a config that is not valid: optim.lr: inf is not a finite number" in err, err
 
 def test_a_nan_loss_promises_no_checkpoint_it_did_not_write(here, capfd):
     err = one_line(capfd, ["train", "--out", "r", *TOY, "--set", "optim.lr=1e30"])
