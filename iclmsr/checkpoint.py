@@ -143,10 +143,11 @@ def state_mismatch(module: torch.nn.Module, state: dict) -> str | None:
 def load_weights(module: torch.nn.Module, state: dict, what: str = "the checkpoint"):
     """`module.load_state_dict(state)`; weights that do not fit are refused in one line (a
     `CheckpointMismatch` naming `what` and the first mismatched keys)."""
-    why = state_mismatch(module, state)
-    if why:
-        raise CheckpointMismatch(f"{what} does not fit the {type(module).__name__} model: {why}")
-    module.load_state_dict(state)
+    try: module.load_state_dict(state)
+    except RuntimeError as e:
+        why = state_mismatch(module, state) or " ".join(str(e).split())
+        raise CheckpointMismatch(f"{what} does not fit the {type(module).__name__} model: "
+                                 f"{why}") from None
     return module
 
 # %% ../nbs/08_checkpoint.ipynb #a56d60eb

@@ -800,7 +800,8 @@ def _compare_settings(methods, data, seeds, budget, device, backbone, sets,
                           hparams=hparams, fg_control=not no_fg_control, log=log,
                           probe_epochs=probe_epochs, fgsm_n=fgsm_n, expl_n=expl_n,
                           dcodr_epochs=probe_epochs)
-    for m in st["methods"]: run_config(st, m, st["seeds"][0])
+    for m in st["methods"]:  # the first and the last seed: --seed + --seeds must fit train.seed
+        for s in {st["seeds"][0], st["seeds"][-1]}: run_config(st, m, s)
     return st
 
 # %% ../nbs/17_compare.ipynb #90879c2a

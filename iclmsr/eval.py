@@ -749,9 +749,8 @@ def method_from_checkpoint(path, image_size: int = 32, device=None) -> tuple:
     # the stem follows the image size the run was built for
     for s in dict.fromkeys((size, 32, 224)):
         m = method_from_config(cfg, s)
-        why = state_mismatch(m, ck["model"])
-        if why is None: m.load_state_dict(ck["model"]); err = None; break
-        err = err or why
+        try: m.load_state_dict(ck["model"]); err = None; break
+        except RuntimeError as e: err = err or state_mismatch(m, ck["model"]) or _first_line(e)
     if err is not None:
         raise ValueError(f"checkpoint {str(path)!r} does not fit the model its config describes "
                          f"(method {cfg.model.method}, backbone {cfg.model.backbone}, "

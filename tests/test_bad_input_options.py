@@ -125,6 +125,8 @@ CASES = {   # argv: what the one line must name
     "icl.lam=-inf": (["train", "--out", "r", *TOY, "--set", "icl.lam=-.inf"], "icl.lam", "finite"),
     "train.epochs=0": (["train", "--out", "r", *TOY, "--set", "train.epochs=0"], "train.epochs", ">= 1"),
     "train.batch_size=0": (["train", "--out", "r", *TOY, "--set", "train.batch_size=0"], "train.batch_size"),
+    "compare --seed + --seeds": (["compare", "--out", "c", "--methods", "simclr", "--seed", str(2**32 - 1),
+                                  "--seeds", "2"], "train.seed", "4294967296"),
     "compare optim.lr=inf": (["compare", "--out", "c", "--methods", "simclr", "--set", "optim.lr=inf"],
                              "optim.lr", "finite"),
 }
