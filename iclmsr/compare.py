@@ -844,7 +844,7 @@ def compare(
     # dataset spec, the same for every run (default: the embedded toy data, CPU_SPEC on the
     # CPU, GPU_SPEC elsewhere)
     data: str = None,
-    seeds: Range(int, 1) = 3,  # seeds per method (0, 1, ...; each also fixes the validation split)
+    seeds: Range(int, 1, 2**32) = 3,  # seeds per method (each also fixes the validation split)
     out: str = None,  # comparison folder: compare.json, runs/<hash>/, results.json, report.html
     budget: Range(int, 1) = None,  # encoder steps per run (default: 150 on the CPU, 1000 elsewhere)
     device: device_name = "cpu",  # cpu, auto, cuda, cuda:N or mps
@@ -854,7 +854,7 @@ def compare(
     seed: Range(int, 0, 2**32 - 1) = 0,  # the first seed
     # draw N hyper-parameter settings per method (HPARAMS), pick each method's on the
     # validation split (0: defaults)
-    hparams: Range(int, 0) = 0,
+    hparams: Range(int, 0, 1000) = 0,
     probe_epochs: Range(int, 1) = 100,  # epochs of the linear and DCoDR probes
     fgsm_n: Range(int, 0) = 512,  # test images attacked by FGSM (0: off)
     expl_n: Range(int, 0) = 256,  # test images explained by Grad-CAM (0: off)

@@ -279,7 +279,7 @@ def _demo_names(models: str | None) -> tuple:
 # %% ../nbs/14c_demo.ipynb #e31437c1
 def demo(out: str = "demo_run",  # output directory for results.json and report.html
          epochs: Range(int, 1) = None,  # epochs of each model (default: 8 on the CPU, 100 on a GPU)
-         seeds: Range(int, 1) = 1,  # training seeds; > 1 reports mean and standard deviation
+         seeds: Range(int, 1, 2**32) = 1,  # training seeds; > 1 reports mean and standard deviation
          seed: Range(int, 0, 2**32 - 1) = 0,  # the first seed
          device: device_name = "cpu",  # cpu (default), auto, cuda, cuda:N or mps
          backbone: str = None,  # small_cnn (CPU default), resnet18 (GPU default) or resnet50

@@ -299,8 +299,8 @@ class Range:
     def __call__(self, text):
         try: v = self.kind(text)
         except (TypeError, ValueError, OverflowError): v = None
-        if (v is None or not math.isfinite(v) or (self.lo is not None and v < self.lo)
-                or (self.hi is not None and v > self.hi)):
+        bad = v is None or not (self.kind is int or math.isfinite(v))
+        if bad or (self.lo is not None and v < self.lo) or (self.hi is not None and v > self.hi):
             raise argparse.ArgumentTypeError(f"must be {self.allowed}, got {text!r}")
         return v
 
