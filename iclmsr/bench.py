@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
-from .utils import check_out_file, get_device, seed_everything, timed
+from .utils import check_out_file, get_device, seed_everything, timed, name_list
 from .config import load_config
 from .toy import make_toy
 from .augment import TwoViewAugment, torchvision_two_views
@@ -83,7 +83,7 @@ def _is_bench(p: Path) -> bool:
 def bench(out: str = "bench.json",  # JSON file for the results
           # comma-separated benchmarks to run (default: all of augment, step, knn, toy, icl_epoch,
           # excon_step, lightly, profile, scale)
-          only: str = None,
+          only: name_list = None,
           quick: bool = False,  # tiny sizes: a smoke run whose numbers mean little
           overwrite: bool = False,  # replace --out when it holds an earlier result of iclmsr bench
          ):

@@ -14,7 +14,7 @@ from .utils import UserError, UnreadableFile, atomic_torch_save, read_torch_file
 
 # %% auto #0
 __all__ = ['RESUMABLE_KEYS', 'rng_state', 'set_rng_state', 'atomic_save', 'NotACheckpoint', 'CheckpointMismatch',
-           'load_checkpoint', 'CheckpointKeeper']
+           'load_checkpoint', 'state_mismatch', 'load_weights', 'stop_note', 'CheckpointKeeper']
 
 # %% ../nbs/08_checkpoint.ipynb #db10b601
 def rng_state() -> dict:
@@ -118,6 +118,46 @@ def load_checkpoint(path: str | Path, config: dict | None = None, map_location="
             raise CheckpointMismatch(f"checkpoint {str(path)!r} was written by a different config: "
                                      + "; ".join(diffs))
     return ck
+
+# %% ../nbs/08_checkpoint.ipynb #a5b512e1
+def _names(keys: list, n: int = 3) -> str:
+    return ", ".join(map(repr, keys[:n])) + (f" and {len(keys) - n} more" if len(keys) > n else "")
+
+# %% ../nbs/08_checkpoint.ipynb #e778853f
+def state_mismatch(module: torch.nn.Module, state: dict) -> str | None:
+    """One line naming the first missing, unexpected and differently shaped entries of `state` for
+    `module`; None when it fits."""
+    own = module.state_dict()
+    missing, unexpected = [k for k in own if k not in state], [k for k in state if k not in own]
+    shape = lambda t: tuple(t.shape) if torch.is_tensor(t) else type(t).__name__
+    other = [k for k in own if k in state and shape(state[k]) != shape(own[k])]
+    parts = [f"missing {_names(missing)}"] if missing else []
+    if unexpected: parts.append(f"unexpected {_names(unexpected)}")
+    if other:
+        k = other[0]
+        parts.append(f"{k!r} is {shape(state[k])} in the weights, {shape(own[k])} in the model"
+                     + (f" (and {len(other) - 1} more of another shape)" if len(other) > 1 else ""))
+    return "; ".join(parts) or None
+
+# %% ../nbs/08_checkpoint.ipynb #c6680e82
+def load_weights(module: torch.nn.Module, state: dict, what: str = "the checkpoint"):
+    """`module.load_state_dict(state)`; weights that do not fit are refused in one line (a
+    `CheckpointMismatch` naming `what` and the first mismatched keys)."""
+    try: module.load_state_dict(state)
+    except RuntimeError as e:
+        why = state_mismatch(module, state) or " ".join(str(e).split())
+        raise CheckpointMismatch(f"{what} does not fit the {type(module).__name__} model: "
+                                 f"{why}") from None
+    return module
+
+# %% ../nbs/08_checkpoint.ipynb #a56d60eb
+def stop_note(run_dir, what: str = "weights") -> str:
+    """What a run stopped by a failed step still has: its `last.pt` (with the `what` from before the
+    step) when `run_dir` holds one, else no checkpoint."""
+    last = Path(run_dir)/"last.pt" if run_dir is not None else None
+    if last is not None and last.is_file():
+        return f"the last checkpoint ({last}) holds the {what} from before it"
+    return "no checkpoint was written before it"
 
 # %% ../nbs/08_checkpoint.ipynb #e6b7b5f1
 class CheckpointKeeper:

@@ -61,18 +61,70 @@ def _usage(table: dict, prog: str) -> str:
     lines += ["", f"Run '{prog} COMMAND --help' for a command's options."]
     return "\n".join(lines)
 
-# %% ../nbs/30_cli.ipynb #8ca72429
+# %% ../nbs/30_cli.ipynb #75088554
+_ADV = "does nothing with --adv-{} 0 (the adversarial-background measure is off): leave one out"
+_sets = lambda a, key: any(s.split("=")[0].strip() == key for s in a["set"] or [])
+_no_mixed = lambda a: not any(v.strip().startswith("mixed") for v in a["variants"].split(","))
+
+_IDLE = {
+    "train": [("resume", lambda a: a["print_config"],
+               "does nothing with --print-config, which prints the config of --config and --set, "
+               "not the run's (that is DIR/config.yaml): leave one out")],
+    "eval_cmd": [("adv_bg", lambda a: a["adv_fg"] == 0, _ADV.format("fg")),
+                 ("adv_fg", lambda a: a["adv_bg"] == 0, _ADV.format("bg")),
+                 ("dcodr_epochs", lambda a: a["dcodr"] == "off",
+                  "does nothing with --dcodr off: leave one out")],
+    "compare": [("estimate_time", lambda a: not a["dry_run"],
+                 "acts only with --dry-run: add --dry-run or leave --estimate-time out"),
+                ("backbone", lambda a: _sets(a, "model.backbone"),
+                 "does nothing with --set model.backbone=..., which replaces it: leave one out")],
+    "data_export": [("seed", lambda a: a["variants"] is not None and _no_mixed(a),
+                     "draws the backgrounds of the mixed variants, and --variants lists none: "
+                     "leave it out")],
+}
+
+# %% ../nbs/30_cli.ipynb #897ce0b0
+def _check_idle(fname: str, args: dict, p: argparse.ArgumentParser):
+    "Refuse an option given (not its default) where `_IDLE` says that it does nothing."
+    for opt, idle, why in _IDLE.get(fname, ()):
+        if args[opt] != p.get_default(opt) and idle(args):
+            p.error(f"--{opt.replace('_', '-')} {why}")
+
+# %% ../nbs/30_cli.ipynb #3a63e1ee
+def _usage_error(message: str):
+    "argparse's `error` as the one line `main` prints (instead of the usage text and an exit)."
+    from iclmsr.utils import UserError
+    raise UserError(message)
+
+# %% ../nbs/30_cli.ipynb #74bb2aeb
+def _text(text: str) -> str:
+    "argparse's `type=` of every other option that takes a value: any text but an empty one."
+    if not text.strip(): raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+# %% ../nbs/30_cli.ipynb #263a4860
+def _parser(func, prog: str) -> argparse.ArgumentParser:
+    """`func`'s parser: fastcore's `anno_parser`, `--print-config` as well as `--print_config`, the
+    allowed values of each checked option in its help, errors as one line."""
+    p = anno_parser(func, prog=prog)
+    for a in p._actions:  # --print-config in help and errors; fastcore's --print_config still works
+        a.option_strings = [o.replace("_", "-") if o.startswith("--") else o
+                            for o in a.option_strings]
+        p._option_string_actions.update({o: a for o in a.option_strings})
+        if hasattr(a.type, "allowed"): a.help = f"{a.help or ''} [{a.type.allowed}]".strip()
+        elif a.type in (None, str) and a.nargs != 0: a.type = _text  # --data "" is no default
+    p.error = _usage_error
+    return p
+
+# %% ../nbs/30_cli.ipynb #8b6c1750
 def _run(entry, argv: list[str], prog: str) -> int:
     mod, fname, _ = entry
     func = getattr(importlib.import_module(mod), fname)
     func = getattr(func, "__wrapped__", func)  # a call_parse-decorated function: use the plain one
-    p = anno_parser(func, prog=prog)
-    for a in p._actions:  # accept --print-config as well as fastcore's --print_config
-        for o in [o for o in a.option_strings if o.startswith("--") and "_" in o]:
-            alias = o.replace("_", "-")
-            a.option_strings.insert(0, alias); p._option_string_actions[alias] = a
+    p = _parser(func, prog)
     # anno_parser adds fastcore's hidden --pdb/--xtra; we do not use them
     args = {k: v for k, v in vars(p.parse_args(argv)).items() if k not in ("pdb", "xtra")}
+    _check_idle(fname, args, p)
     return func(**args) or 0
 
 # %% ../nbs/30_cli.ipynb #7cbab7cc

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from fastcore.script import Param, store_true
-from .utils import UserError, OutGuard, claim_out, out_kind
+from .utils import UserError, OutGuard, claim_out, out_kind, OneOf, Range, device_name, name_list
 from .data import data_summary, format_summary, export_in9
 from .config import (
     BATCH_SIZE, ConfigError, config_to_dict, dump_config, load_config, resolve_run_name)
@@ -166,26 +166,26 @@ def eval_cmd(
     data: str = None,
     out: str = None,  # output directory for results.json, report.html and probe.pt
     overwrite: bool = False,  # replace the evaluation in --out (only the files an eval writes)
-    k: int = 5,  # neighbours of the kNN classifier
+    k: Range(int, 1) = 5,  # neighbours of the kNN classifier
     train_split: str = "train",  # split for the kNN database and the linear probe
     # variant of the train split they are fitted on (a spec's variant= names a test set)
     train_variant: str = "original",
     # split to measure on (default: test, or val where the dataset calls it so)
     test_split: str = None,
-    variants: str = None,  # comma-separated test variants (default: all that the data supports)
+    variants: name_list = None,  # comma-separated test variants (default: all the data supports)
     probe: str = None,  # reuse a probe.pt of an earlier eval instead of fitting a new linear probe
-    probe_epochs: int = 100,  # epochs of the linear probe (and of the background probe)
-    fgsm_n: int = 512,  # test images attacked by FGSM at eps 1, 2, 4 and 8/255 (0 = skip)
+    probe_epochs: Range(int, 1) = 100,  # epochs of the linear probe (and of the background probe)
+    fgsm_n: Range(int, 0) = 512,  # test images attacked by FGSM at eps 1, 2, 4, 8/255 (0 = skip)
     # original and mixed_rand test images explained by Grad-CAM (ExCon's AD/AI, mask IoU; 0 = skip)
-    expl_n: int = 256,
-    adv_fg: int = 64,  # foregrounds of the adversarial-background measure (0 = skip)
-    adv_bg: int = 64,  # backgrounds tried on each of them (at most adv_fg x adv_bg composites)
+    expl_n: Range(int, 0) = 256,
+    adv_fg: Range(int, 0) = 64,  # foregrounds of the adversarial-background measure (0 = skip)
+    adv_bg: Range(int, 0) = 64,  # backgrounds tried on each (at most adv_fg x adv_bg composites)
     # DCoDR's measures on: auto (the code of a DCoDR method, else backbone), code, backbone, off
-    dcodr: str = "auto",
+    dcodr: OneOf("auto", "code", "backbone", "off") = "auto",
     # most epochs of DCoDR's MLP probes (early stopping on a held-out 10% of train)
-    dcodr_epochs: int = 100,
-    device: str = "auto",  # auto, cpu, cuda, cuda:N or mps
-    batch: int = 512,  # images per forward pass
+    dcodr_epochs: Range(int, 1) = 100,
+    device: device_name = "auto",  # auto, cpu, cuda, cuda:N or mps
+    batch: Range(int, 1) = 512,  # images per forward pass
     no_cache: bool = False,  # recompute embeddings instead of using the cache
     quiet: bool = False,  # print only the output paths
 ):
@@ -217,10 +217,11 @@ def data_export(spec: Param("dataset spec, e.g. toy or toy:size=64", str),
                 out: Param("output folder for <variant>/<split>/<class>/*.png",
                            str, required=True) = None,
                 variants: Param("comma-separated variants (default: all the dataset supports)",
-                                str) = None,
+                                name_list) = None,
                 splits: Param("comma-separated splits (default: the dataset's usual splits)",
-                              str) = None,
-                seed: Param("seed of the mixed variants' background draws", int) = 0,
+                              name_list) = None,
+                seed: Param("seed of the mixed variants' background draws",
+                           Range(int, 0, 2**32 - 1)) = 0,
                 overwrite: Param("replace the export in OUT (only what an export writes)",
                                  store_true) = False):
     "Write a dataset as ImageNet-9-style folders of PNGs (+ fg_mask/*.npy and iclmsr.json)."

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from fastcore.script import Param
-from .utils import OutGuard, UserError, check_out, fmt_duration, get_device
+from .utils import (OutGuard, UserError, check_out, fmt_duration, get_device, Range,
+                          device_name, name_list)
 from iclmsr.config import (
     Config, ConfigError, config_to_dict, load_config, resolve_run_name, split_run_name,
     RUN_SUFFIXES)
@@ -797,15 +798,19 @@ def device_defaults(device: str = "cpu") -> dict:
 def _compare_settings(methods, data, seeds, budget, device, backbone, sets,
                       seed, hparams, no_fg_control, log, probe_epochs, fgsm_n, expl_n) -> dict:
     """`compare`'s settings: `compare_settings`, `device_defaults` for what is not given (batch size
-    first)."""
+    first); every method's config built once, so a bad `--set` value is refused before any work."""
     dd, sets = device_defaults(device), list(sets or [])
     if not any(x.split("=")[0].strip() == "train.batch_size" for x in sets):
         sets.insert(0, f"train.batch_size={dd['batch_size']}")
     overrides = [f"model.backbone={backbone or dd['backbone']}", *sets]
-    return compare_settings(methods, data or dd["data"], seeds,
-                            budget or dd["budget"], overrides, device, seed, hparams=hparams,
-                            fg_control=not no_fg_control, log=log, probe_epochs=probe_epochs,
-                            fgsm_n=fgsm_n, expl_n=expl_n, dcodr_epochs=probe_epochs)
+    budget = dd["budget"] if budget is None else budget
+    st = compare_settings(methods, data or dd["data"], seeds, budget, overrides, device, seed,
+                          hparams=hparams, fg_control=not no_fg_control, log=log,
+                          probe_epochs=probe_epochs, fgsm_n=fgsm_n, expl_n=expl_n,
+                          dcodr_epochs=probe_epochs)
+    for m in st["methods"]:  # the first and the last seed: --seed + --seeds must fit train.seed
+        for s in {st["seeds"][0], st["seeds"][-1]}: run_config(st, m, s)
+    return st
 
 # %% ../nbs/17_compare.ipynb #90879c2a
 def _dry_run(st: dict, out, estimate_time: bool = False):
@@ -845,24 +850,24 @@ def _run_or_plan(st: dict, out, log, dry_run: bool = False, estimate_time: bool 
 def compare(
     # comma-separated run names (default: simclr, simclr+ntxent, simclr+icl-msr,
     # simclr+do-bg, dcodr, supcon, excon)
-    methods: str = None,
+    methods: name_list = None,
     # dataset spec, the same for every run (default: the embedded toy data, CPU_SPEC on the
     # CPU, GPU_SPEC elsewhere)
     data: str = None,
-    seeds: int = 3,  # seeds per method (0, 1, ...; each also fixes the validation split)
+    seeds: Range(int, 1, 2**32) = 3,  # seeds per method (each also fixes the validation split)
     out: str = None,  # comparison folder: compare.json, runs/<hash>/, results.json, report.html
-    budget: int = None,  # encoder steps of every run (default: 150 on the CPU, 1000 elsewhere)
-    device: str = "cpu",  # cpu, auto, cuda, cuda:N or mps
+    budget: Range(int, 1) = None,  # encoder steps per run (default: 150 on the CPU, 1000 elsewhere)
+    device: device_name = "cpu",  # cpu, auto, cuda, cuda:N or mps
     backbone: str = None,  # small_cnn (CPU default) or resnet18 (default elsewhere), resnet50
     set: Param("override a config value of every run, e.g. --set train.batch_size=64 (repeatable; "
                "batch default 128 on the CPU, 512 elsewhere)", str, action="append") = None,
-    seed: int = 0,  # the first seed
+    seed: Range(int, 0, 2**32 - 1) = 0,  # the first seed
     # draw N hyper-parameter settings per method (HPARAMS), pick each method's on the
     # validation split (0: defaults)
-    hparams: int = 0,
-    probe_epochs: int = 100,  # epochs of the linear and DCoDR probes
-    fgsm_n: int = 512,  # test images attacked by FGSM (0: off)
-    expl_n: int = 256,  # test images explained by Grad-CAM (0: off)
+    hparams: Range(int, 0, 1000) = 0,
+    probe_epochs: Range(int, 1) = 100,  # epochs of the linear and DCoDR probes
+    fgsm_n: Range(int, 0) = 512,  # test images attacked by FGSM (0: off)
+    expl_n: Range(int, 0) = 256,  # test images explained by Grad-CAM (0: off)
     dry_run: bool = False,  # list the runs (done, to resume, new) and stop
     # with --dry-run: time two steps of each method and one evaluation, print the expected duration
     estimate_time: bool = False,

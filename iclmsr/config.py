@@ -250,6 +250,8 @@ def config_from_dict(d: dict | None = None, cls=Config, prefix: str = ""):
         key, typ = prefix + name, hints[name]
         if is_dataclass(typ): kw[name] = config_from_dict(d[name], typ, key + "."); continue
         v = coerce_value(d[name], typ, key)
+        if isinstance(v, float) and not abs(v) < float("inf"):
+            raise ConfigError(f"{key}: {v!r} is not a finite number")
         chk = f.metadata.get("check")
         if chk is not None and v is not None and not chk(v):
             raise ConfigError(f"{key}: {v!r} must be {f.metadata['must']}")

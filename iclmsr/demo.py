@@ -6,7 +6,7 @@
 from __future__ import annotations
 import html, json, math, statistics, time
 import numpy as np
-from .utils import OutGuard, get_device
+from .utils import OutGuard, get_device, Range, device_name, name_list
 from .data import load_dataset
 from .config import Config, config_to_dict, load_config, split_run_name, RUN_SUFFIXES
 from .methods import METHODS
@@ -290,18 +290,18 @@ def _write_demo(d: Path, r: dict, st: dict, seeds: list, t0: float):
 # %% ../nbs/14c_demo.ipynb #e31437c1
 def demo(out: str = "demo_run",  # output directory for results.json and report.html
          overwrite: bool = False,  # replace the demo in --out (only the files a demo writes)
-         epochs: int = None,  # training epochs of each model (default: 8 on the CPU, 100 on a GPU)
-         seeds: int = 1,  # independent training seeds; > 1 reports mean and standard deviation
-         seed: int = 0,  # the first seed
-         device: str = "cpu",  # cpu (default), auto, cuda, cuda:N or mps
+         epochs: Range(int, 1) = None,  # epochs of each model (default: 8 on the CPU, 100 on a GPU)
+         seeds: Range(int, 1, 2**32) = 1,  # training seeds; > 1 reports mean and standard deviation
+         seed: Range(int, 0, 2**32 - 1) = 0,  # the first seed
+         device: device_name = "cpu",  # cpu (default), auto, cuda, cuda:N or mps
          backbone: str = None,  # small_cnn (CPU default), resnet18 (GPU default) or resnet50
-         num_classes: int = None,  # classes of the embedded dataset (default 10)
-         n_train: int = None,  # training images per class (default: 150 on the CPU, 1000 on a GPU)
-         n_test: int = None,  # test images per class (default: 100 on the CPU, 200 on a GPU)
-         size: int = None,  # image size in pixels (default 32)
+         num_classes: Range(int, 2, 10) = None,  # classes of the embedded dataset (default 10)
+         n_train: Range(int, 1) = None,  # train images per class (default: 150 CPU, 1000 GPU)
+         n_test: Range(int, 1) = None,  # test images per class (default: 100 CPU, 200 GPU)
+         size: Range(int, 16, 256) = None,  # image size in pixels (default 32)
          # comma-separated run names (default simclr,simclr+icl-msr,simclr+do-bg; the controls:
          # simclr+ntxent, simclr+icl-frozen)
-         models: str = None,
+         models: name_list = None,
          quick: bool = False,  # a seconds-long smoke run (tiny data, one epoch), for tests
          quiet: bool = False,  # no progress lines
         ):

@@ -20,8 +20,8 @@ from iclmsr.probe import (
     accuracy)
 from .probe import dcodr_measures, min_split_size, fgsm, predict_classes
 from .explain import ExplainError, cam_layer, explanation_measures
-from .config import Config, config_from_dict
-from .checkpoint import load_checkpoint, atomic_save
+from .config import Config, ConfigError, config_from_dict
+from .checkpoint import load_checkpoint, atomic_save, state_mismatch
 from .augment import TwoViewAugment
 from .build import Learner, method_from_config, resolve_defaults
 
@@ -740,18 +740,21 @@ def method_from_checkpoint(path, image_size: int = 32, device=None) -> tuple:
             or not isinstance(ck.get("config"), dict)):
         raise ValueError(f"{str(path)!r} is not an iclmsr training checkpoint: it needs 'model' "
                          "and 'config' entries (written by iclmsr train as last.pt or best.pt)")
-    cfg = config_from_dict(ck["config"])
+    try: cfg = config_from_dict(ck["config"])
+    except ConfigError as e:
+        raise ConfigError(f"checkpoint {str(path)!r} records a config that is not valid: "
+                          f"{e}") from None
     size = image_size if isinstance(image_size, int) else max(image_size)
     err = None
     # the stem follows the image size the run was built for
     for s in dict.fromkeys((size, 32, 224)):
         m = method_from_config(cfg, s)
         try: m.load_state_dict(ck["model"]); err = None; break
-        except RuntimeError as e: err = err or e
+        except RuntimeError as e: err = err or state_mismatch(m, ck["model"]) or _first_line(e)
     if err is not None:
         raise ValueError(f"checkpoint {str(path)!r} does not fit the model its config describes "
                          f"(method {cfg.model.method}, backbone {cfg.model.backbone}, "
-                         f"icl.enabled={cfg.icl.enabled}): {_first_line(err)}")
+                         f"icl.enabled={cfg.icl.enabled}): {err}")
     if device is not None: m.to(get_device(device))
     return m.eval(), cfg, ck
 

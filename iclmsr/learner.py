@@ -12,7 +12,7 @@ import torch.distributed as dist
 from fastcore.basics import patch
 from .utils import get_device, seed_everything, lr_factor, make_optimizer
 from .config import OptimConfig, TrainConfig, BATCH_SIZE, config_to_dict
-from .checkpoint import rng_state, set_rng_state, load_checkpoint
+from .checkpoint import rng_state, set_rng_state, load_checkpoint, load_weights, stop_note
 from .augment import TwoViewAugment
 from .batch import Batch, gather, make_batch, check_needs
 from .distributed import average_gradients
@@ -262,8 +262,8 @@ def fit_batch(self: Learner, batch: Batch):
     try:
         with self.autocast(): out = self.method.training_loss(batch, step=self.step)
     except NonFiniteLoss as e:
-        e.args = (f"{e} (epoch {self.epoch}, batch {self.batch_idx}); the last checkpoint holds "
-                  "the weights from before it: try a lower optim.lr or train.amp=off",)
+        e.args = (f"{e} (epoch {self.epoch}, batch {self.batch_idx}); "
+                  f"{stop_note(self.run_dir)}: try a lower optim.lr or train.amp=off",)
         raise
     self.opt.zero_grad(set_to_none=True)
     out["loss"].backward()
@@ -289,8 +289,8 @@ def meta_batch(self: Learner, batch_a: Batch, batch_b: Batch):
     # lr, preconditioner: its own
     try: res = self.method.meta_step(batch_a, batch_b, step=self.step, optimizer=self.opt)
     except NonFiniteLoss as e:
-        e.args = (f"{e} (epoch {self.epoch}, meta step {self.batch_idx}); the last checkpoint "
-                  "holds the strata from before it: try a lower icl.meta_lr",)
+        e.args = (f"{e} (epoch {self.epoch}, meta step {self.batch_idx}); "
+                  f"{stop_note(self.run_dir, 'strata')}: try a lower icl.meta_lr",)
         raise
     self.last_batch = {k: None if v is None else _scalar(v) for k, v in res.items()}
 
@@ -368,7 +368,7 @@ def state_dict(self: Learner, epoch_end: bool = False) -> dict:
 def load_state_dict(self: Learner, ck: dict):
     """Restore a `state_dict`: weights, optimisers, schedule, position, metrics and every process's
     generators."""
-    self.method.load_state_dict(ck["model"])
+    load_weights(self.method, ck["model"])
     self.opt.load_state_dict(ck["optimizer"]); self.sched.load_state_dict(ck["scheduler"])
     meta_opt = self.method.meta_optimizer
     if meta_opt is not None and ck.get("meta_optimizer") is not None:

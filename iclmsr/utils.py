@@ -5,6 +5,7 @@
 # %% ../nbs/00_utils.ipynb #75aa1e67
 from __future__ import annotations
 import os, re, sys, json, math, time, errno, random, warnings, itertools, platform, importlib
+import argparse
 import importlib.metadata as _md
 from pathlib import Path
 import numpy as np
@@ -14,8 +15,8 @@ import torch
 __all__ = ['OUT_MARKER', 'OUT_KINDS', 'get_device', 'seed_everything', 'cache_dir', 'faiss_gpu_count', 'env_info',
            'format_env_info', 'atomic_torch_save', 'UserError', 'fmt_duration', 'model_device', 'timed', 'out_kind',
            'check_out', 'claim_out', 'OutGuard', 'check_out_file', 'UnreadableFile', 'what_file', 'read_torch_file',
-           'check_tau', 'check_k', 'at_least_float32', 'as_pixels', 'normaliser', 'saved_bytes', 'lr_factor',
-           'make_optimizer']
+           'check_tau', 'check_k', 'Range', 'OneOf', 'name_list', 'device_name', 'at_least_float32', 'as_pixels',
+           'normaliser', 'saved_bytes', 'lr_factor', 'make_optimizer']
 
 # %% ../nbs/00_utils.ipynb #8877a1b0
 def _mps_available() -> bool:
@@ -464,6 +465,64 @@ def check_k(k):
     if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
         raise ValueError("k must be None (every same-domain negative) "
                          f"or an integer >= 1, got {k!r}")
+
+# %% ../nbs/00_utils.ipynb #3f77b0d8
+class Range:
+    """An argparse `type=` for a number option: a finite `kind` (int or float) in [`lo`, `hi`]
+    (None: no bound); anything else is refused with what is allowed."""
+    def __init__(self, kind=int, lo=None, hi=None): self.kind, self.lo, self.hi = kind, lo, hi
+    def __repr__(self): return f"Range({self.kind.__name__}, {self.lo}, {self.hi})"
+
+    @property
+    def allowed(self) -> str:
+        "What the option takes, e.g. 'an integer >= 1'."
+        what, lo, hi = "an integer" if self.kind is int else "a number", self.lo, self.hi
+        if lo is not None and hi is not None: return f"{what} in [{lo}, {hi}]"
+        return what + (f" >= {lo}" if lo is not None else f" <= {hi}" if hi is not None else "")
+
+    def __call__(self, text):
+        try: v = self.kind(text)
+        except (TypeError, ValueError, OverflowError): v = None
+        bad = v is None or not (self.kind is int or math.isfinite(v))
+        if bad or (self.lo is not None and v < self.lo) or (self.hi is not None and v > self.hi):
+            raise argparse.ArgumentTypeError(f"must be {self.allowed}, got {text!r}")
+        return v
+
+# %% ../nbs/00_utils.ipynb #3424c628
+class OneOf:
+    "An argparse `type=` for an option that takes one of a few words, listing them when refused."
+    def __init__(self, *choices): self.choices = choices
+    def __repr__(self): return f"OneOf{self.choices!r}"
+
+    @property
+    def allowed(self) -> str:
+        "What the option takes, e.g. 'one of auto, off'."
+        return "one of " + ", ".join(self.choices)
+
+    def __call__(self, text):
+        if text not in self.choices:
+            raise argparse.ArgumentTypeError(f"must be {self.allowed}, got {text!r}")
+        return text
+
+# %% ../nbs/00_utils.ipynb #0bc48559
+def name_list(text: str) -> str:
+    """An argparse `type=` for a comma-separated list option: at least one name, none empty and none
+    twice; returns `text` unchanged."""
+    names = [n.strip() for n in str(text).split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"must be a comma-separated list of names, none empty, "
+                                         f"got {text!r}")
+    twice = next((n for n in names if names.count(n) > 1), None)
+    if twice: raise argparse.ArgumentTypeError(f"lists {twice!r} twice in {text!r}")
+    return text
+
+# %% ../nbs/00_utils.ipynb #b0c52ad7
+def device_name(text: str) -> str:
+    """An argparse `type=` for a `--device` option: `text` when `get_device` can use it here (auto,
+    cpu, cuda, cuda:N, mps), else its one-line reason."""
+    try: get_device(text)
+    except ValueError as e: raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 # %% ../nbs/00_utils.ipynb #76135c33
 def at_least_float32(*ts) -> list:

@@ -53,7 +53,7 @@ def test_compare_repeats_skips_and_resumes(tmp_path, capfd):
     for argv, msg in ((ARGS + ["--out", str(a), "--budget", "4"], "holds a comparison with other settings (budget differ)"),
                       (["compare", "--methods", "simclr,simclrr", "--out", str(tmp_path/"c")], "unknown method 'simclrr'; registered: simclr,"),
                       (["compare", "--out", str(tmp_path/"d"), "--resume"], "nothing to resume"),
-                      (["compare", "--out", str(tmp_path/"e"), "--hparams", "-1"], "--hparams must be an integer >= 0")):
+                      (["compare", "--out", str(tmp_path/"e"), "--hparams", "-1"], "argument --hparams: must be an integer in [0, 1000]")):
         assert main(argv) == 2
         err = capfd.readouterr().err
         assert msg in err and len(err.strip().splitlines()) == 1, err

@@ -120,7 +120,7 @@ def test_eval_bad_inputs_are_one_line_errors(env, ckpt, tmp_path):
     assert "k=1000 is larger than the kNN database" in one_line_error(ev("--k", "1000"))
     assert "unknown variant 'fg'" in one_line_error(ev("--variants", "fg"))
     assert "dcodr='code' asks for the method's code, but 'simclr' has none" in one_line_error(ev("--dcodr", "code"))
-    assert "unknown dcodr setting 'yes'; allowed: auto, code, backbone, off" in one_line_error(ev("--dcodr", "yes"))
+    assert "argument --dcodr: must be one of auto, code, backbone, off, got 'yes'" in one_line_error(ev("--dcodr", "yes"))
 
 def test_eval_empty_split_and_missing_masks(env, ckpt, tmp_path):
     from iclmsr.data import export_in9
@@ -192,7 +192,7 @@ def test_demo_seeds_give_mean_and_std(env, tmp_path):
             assert gap >= KNN_MARGIN, (i, gap)
     a, b = (_cells(r["models"][n]["four_settings"]) for n in ("simclr", "simclr+icl-msr"))
     assert [c["runs"] for c in a] != [c["runs"] for c in b]
-    assert "must be a positive integer" in one_line_error(iclmsr(env, "demo", "--out", str(tmp_path/"e"), "--seeds", "0", check=False))
+    assert "argument --seeds: must be an integer in [1, 4294967296]" in one_line_error(iclmsr(env, "demo", "--out", str(tmp_path/"e"), "--seeds", "0", check=False))
 
 def _mask_free_tree(root, variants, sidecar=False):
     "The embedded data exported as the benchmark ships: variant folders, no masks, no background ids (no sidecar)."
