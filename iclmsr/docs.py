@@ -9,8 +9,9 @@ from pathlib import Path
 from fastcore.script import call_parse
 
 # %% auto #0
-__all__ = ['process_notebooks', 'notebook_markdown', 'use_output_files', 'escape_dunder_headings', 'tex_to_mathml', 'render_math',
-           'drop_remote_imports', 'local_plotly', 'render_site', 'build_docs', 'iclmsr_docs', 'execute_notebook']
+__all__ = ['process_notebooks', 'notebook_markdown', 'use_output_files', 'escape_dunder_headings', 'ShowDoc', 'tex_to_mathml',
+           'render_math', 'drop_remote_imports', 'local_plotly', 'render_site', 'build_docs', 'iclmsr_docs',
+           'execute_notebook']
 
 # %% ../nbs/90_docs.ipynb #0af0f970
 def process_notebooks(path: str | Path | None = None, n_workers: int = 2) -> Path:
@@ -109,6 +110,19 @@ def escape_dunder_headings(proc: str | Path) -> int:
             if k: o["data"]["text/markdown"], hit = new, hit + k
         if hit: nb.write_text(json.dumps(d, indent=1), encoding="utf-8"); n += hit
     return n
+
+# %% ../nbs/90_docs.ipynb #b7d1e0a2
+from nbdev.showdoc import BasicMarkdownRenderer
+
+class ShowDoc(BasicMarkdownRenderer):
+    "nbdev's markdown renderer with the first paragraph of a docstring joined into one summary line."
+    def __init__(self, sym, **kwargs):
+        super().__init__(sym, **kwargs)
+        if not self.docs: return
+        first, sep, rest = self.docs.partition("\n\n")
+        lines = first.splitlines()
+        n = next((i for i, l in enumerate(lines) if re.match(r"\s*([-*+|]|\d+\.)\s", l)), len(lines))
+        self.docs = "\n".join([" ".join(" ".join(lines[:n]).split())] + lines[n:]) + sep + rest
 
 # %% ../nbs/90_docs.ipynb #48cf9f66
 _ALPHA = {"bold": (0x1D400, 0x1D41A, 0x1D7CE), "script": (0x1D49C, 0x1D4B6, None),
