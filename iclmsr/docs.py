@@ -115,13 +115,14 @@ def escape_dunder_headings(proc: str | Path) -> int:
 from nbdev.showdoc import BasicMarkdownRenderer
 
 class ShowDoc(BasicMarkdownRenderer):
-    "nbdev's markdown renderer with the first paragraph of a docstring joined into one summary line."
+    "nbdev's markdown renderer, a docstring's first paragraph joined into one summary line."
     def __init__(self, sym, **kwargs):
         super().__init__(sym, **kwargs)
         if not self.docs: return
         first, sep, rest = self.docs.partition("\n\n")
         lines = first.splitlines()
-        n = next((i for i, l in enumerate(lines) if re.match(r"\s*([-*+|]|\d+\.)\s", l)), len(lines))
+        item = re.compile(r"\s*([-*+|]|\d+\.)\s")   # a list or a table keeps its lines
+        n = next((i for i, l in enumerate(lines) if item.match(l)), len(lines))
         self.docs = "\n".join([" ".join(" ".join(lines[:n]).split())] + lines[n:]) + sep + rest
 
 # %% ../nbs/90_docs.ipynb #48cf9f66
