@@ -159,9 +159,118 @@ def _write_eval(ckpt, res: dict, d: Path, quiet: bool = False):
         print_eval(res)
     print(f"wrote {d/'results.json'} and {d/'report.html'} in {res['seconds']:.1f} s")
 
+# %% ../nbs/31_commands.ipynb #a26e0002
+_BG_PROTOCOL = "Backgrounds Challenge (Xiao et al., ICLR 2021), in_to_in9 mapping"
+_NOT_MEASURED = ("linear probe, background probe, ECE, FGSM, Grad-CAM and adversarial "
+                 "backgrounds: not built for --model yet (use --ckpt for a checkpoint of "
+                 "iclmsr train)")
+
+# %% ../nbs/31_commands.ipynb #a26e0003
+def _in9_root(data: str | None) -> Path:
+    "ROOT of `--data in9:ROOT`, scored by `iclmsr eval --model` (every variant folder present)."
+    if not data or not data.startswith("in9:") or not data[4:].strip():
+        raise UserError(f"--data {data or '(not given)'}: --model needs --data in9:ROOT, an "
+                        "ImageNet-9 release folder (original/val/00_dog ... 08_fish, ...)")
+    root, _, opts = data[4:].partition(",")
+    if opts:
+        raise UserError(f"--data {data}: --model reads no in9 options ({opts}): every variant "
+                        "folder under ROOT is scored as it is; pass --data in9:ROOT")
+    root = Path(root).expanduser()
+    if not root.is_dir(): raise FileNotFoundError(f"--data {data}: {str(root)!r} is not a folder")
+    return root
+
+# %% ../nbs/31_commands.ipynb #a26e0004
+def _any_args(ckpt, model, weights, weights_key, head) -> str:
+    "The head `iclmsr eval --model` reads, after refusing the options that do not go together."
+    if ckpt and model:
+        raise UserError("--ckpt (a checkpoint of iclmsr train) and --model (any model) both name "
+                        "the model to evaluate: pass one of them")
+    if not model:
+        raise UserError(f"--head {head} goes with --model SPEC; --ckpt is read by its kNN and "
+                        "linear probe (drop --head)")
+    if head == "probe":
+        raise UserError("--head probe with --model is not built yet: use --head imagenet or "
+                        "--head in9, or --ckpt for a checkpoint of iclmsr train")
+    return head or "imagenet"
+
+# %% ../nbs/31_commands.ipynb #a26e0005
+def _any_results(model, weights, weights_key, head, data, device, batch) -> dict:
+    "results.json of `iclmsr eval --model`: the Backgrounds Challenge table of any model."
+    from iclmsr.anymodel import bg_challenge_table, load_model
+    from iclmsr.utils import get_device
+    root, info, t0 = _in9_root(data), {}, time.time()
+    m = load_model(model, weights, role="classifier", key=weights_key, info=info)
+    t = bg_challenge_table(m.to(get_device(device)), root, head=head, batch=batch)
+    return {"model_spec": model, "weights": weights, "load": info, "data": data, "head": head,
+            "protocol": _BG_PROTOCOL, "transform": t["transform"], "split": t["split"],
+            "accuracy": t["accuracy"], "images": t["images"], "bg_gap": t["bg_gap"],
+            "not_measured": _NOT_MEASURED, "seconds": time.time() - t0}
+
+# %% ../nbs/31_commands.ipynb #a26e0006
+def _any_lines(res: dict) -> list:
+    "The printed table of `iclmsr eval --model`: one line per variant, then the BG-gap."
+    g = res["bg_gap"]
+    gap = "not measured (needs mixed_same and mixed_rand)" if g is None else f"{g:.2f} points"
+    return ([f"  {v:<12} {a:6.2f}%  ({res['images'][v]} images)"
+             for v, a in res["accuracy"].items()] + [f"  BG-gap       {gap}"])
+
+# %% ../nbs/31_commands.ipynb #a26e0007
+def _write_any(res: dict, d: Path, quiet: bool = False):
+    "results.json, report.html and the printed table of `iclmsr eval --model`."
+    import html
+    from iclmsr.report import html_report, html_table
+    (d/"results.json").write_text(json.dumps(res, indent=2))
+    head = f"{res['model_spec']} (--head {res['head']}) on {res['data']}"
+    rows = [[v, f"{a:.2f}", res["images"][v]] for v, a in res["accuracy"].items()]
+    gap = _any_lines(res)[-1].split("BG-gap", 1)[1].strip()
+    notes = [f"Protocol: {res['protocol']}; split {res['split']}", f"Input: {res['transform']}",
+             f"BG-gap (mixed_same - mixed_rand): {gap}", f"Not measured: {res['not_measured']}"]
+    blocks = [html_table(rows, ["variant", "accuracy (%)", "images"])]
+    blocks += [f"<p>{html.escape(n)}</p>" for n in notes]
+    (d/"report.html").write_text(html_report(f"iclmsr eval: {head}", blocks))
+    if not quiet: print("\n".join([f"{head}: {res['protocol']}", *_any_lines(res)]))
+    print(f"wrote {d/'results.json'} and {d/'report.html'} in {res['seconds']:.1f} s")
+
+# %% ../nbs/31_commands.ipynb #a26e0008
+def _eval_any(ckpt, model, weights, weights_key, head, data, out, overwrite, device, batch,
+              quiet, **_):
+    "`iclmsr eval --model`: the Backgrounds Challenge table of any model, written into --out."
+    head = _any_args(ckpt, model, weights, weights_key, head)
+    _in9_root(data)   # before --out is claimed
+    with OutGuard(out):   # a failed evaluation leaves no folder behind
+        d = out_dir(out, "eval", overwrite)
+        _write_any(_any_results(model, weights, weights_key, head, data, device, batch), d, quiet)
+    return 0
+
+# %% ../nbs/31_commands.ipynb #a26e0009
+def _eval_ckpt(ckpt, data, out, overwrite, k, train_split, train_variant, test_split, variants,
+               probe, probe_epochs, fgsm_n, expl_n, adv_fg, adv_bg, dcodr, dcodr_epochs, device,
+               batch, no_cache, quiet, weights=None, weights_key=None, **_):
+    "`iclmsr eval --ckpt`: our checkpoint's kNN, probes and background measures, into --out."
+    if not ckpt:
+        raise ValueError("--ckpt FILE (a checkpoint written by iclmsr train) or --model SPEC (any "
+                         "model, on --data in9:ROOT) is required")
+    if weights or weights_key:
+        raise UserError("--weights and --weights-key go with --model SPEC; a --ckpt file holds "
+                        "its own weights")
+    with OutGuard(out):   # a failed evaluation leaves no folder behind
+        d = out_dir(out, "eval", overwrite)
+        res = eval_checkpoint(ckpt, data, k, train_split, test_split, variants, probe,
+                              probe_epochs, fgsm_n, device, batch, cache=not no_cache,
+                              probe_out=d/"probe.pt", train_variant=train_variant, adv_fg=adv_fg,
+                              adv_bg=adv_bg, dcodr=dcodr, dcodr_epochs=dcodr_epochs, expl_n=expl_n)
+        _write_eval(ckpt, res, d, quiet)
+    return 0
+
 # %% ../nbs/31_commands.ipynb #252c8990
 def eval_cmd(
     ckpt: str = None,  # checkpoint written by iclmsr train (DIR/last.pt or DIR/best.pt)
+    # any model instead of --ckpt: torchvision:NAME, timm:NAME, torchscript:FILE, python:MOD:FN
+    model: str = None,
+    weights: str = None,  # weights file of --model (a state dict or a checkpoint holding one)
+    weights_key: str = None,  # key of the state dict in --weights (default: found)
+    # how --model is read: imagenet (1000 classes, the in_to_in9 mapping) or in9 (9 classes)
+    head: OneOf("imagenet", "in9", "probe") = None,
     # dataset spec, e.g. toy, toy:size=64, in9:PATH (default: the one the run trained on)
     data: str = None,
     out: str = None,  # output directory for results.json, report.html and probe.pt
@@ -190,16 +299,9 @@ def eval_cmd(
     quiet: bool = False,  # print only the output paths
 ):
     """Evaluate a checkpoint: kNN and linear accuracy per test variant, BG-gap, worst group,
-    background probe, DCoDR's measures, ECE, FGSM, explanations, adversarial backgrounds."""
-    if not ckpt: raise ValueError("--ckpt FILE is required (a checkpoint written by iclmsr train)")
-    with OutGuard(out):   # a failed evaluation leaves no folder behind
-        d = out_dir(out, "eval", overwrite)
-        res = eval_checkpoint(ckpt, data, k, train_split, test_split, variants, probe,
-                              probe_epochs, fgsm_n, device, batch, cache=not no_cache,
-                              probe_out=d/"probe.pt", train_variant=train_variant, adv_fg=adv_fg,
-                              adv_bg=adv_bg, dcodr=dcodr, dcodr_epochs=dcodr_epochs, expl_n=expl_n)
-        _write_eval(ckpt, res, d, quiet)
-    return 0
+    background probe, DCoDR's measures, ECE, FGSM, explanations, adversarial backgrounds; or,
+    with --model, any model's Backgrounds Challenge table on IN-9."""
+    return (_eval_any if model or head else _eval_ckpt)(**locals())
 
 # %% ../nbs/31_commands.ipynb #c09972af
 def data_info(spec: Param("dataset spec, e.g. toy, toy:size=64,rho=0.95, cifar10:PATH, in9:PATH",
