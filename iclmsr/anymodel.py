@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .utils import UserError, read_torch_file, get_device, model_device
+from .utils import UserError, read_torch_file, model_device
 from .data import FgBgData, IN9_VARIANTS, load_in9
 
 # %% auto #0

@@ -4,7 +4,7 @@
 
 # %% ../nbs/31_commands.ipynb #b23e8bd2
 from __future__ import annotations
-import dataclasses, json, os, time
+import dataclasses, json, time
 from pathlib import Path
 import torch
 import torch.distributed as dist

@@ -4,7 +4,7 @@
 
 # %% ../nbs/01c_data.ipynb #0fbae0ab
 from __future__ import annotations
-import os, io, re, csv, json, pickle, codecs, shutil, contextlib, inspect
+import os, io, re, csv, json, pickle, codecs, contextlib, inspect
 from pathlib import Path
 from typing import Callable, NamedTuple
 from concurrent.futures import ThreadPoolExecutor

@@ -840,6 +840,15 @@ def split_spec_variant(spec: str) -> tuple:
                  next((p.partition("=")[2].strip() for p in parts if isv(p)), None))
     return name + (":" + ",".join(keep) if keep else ""), var
 
+# %% ../nbs/14_eval.ipynb #c5e1a0b2
+def _eval_variants(variants: str | None, sv: str | None, test) -> list | None:
+    "The variants to test: `variants` (comma-separated; None: all), plus the spec's `sv`."
+    vs = None if variants is None else [v.strip() for v in variants.split(",") if v.strip()]
+    if sv and vs is not None and sv not in vs: vs.append(sv)
+    # the spec's variant must be there: a clear error when it is not
+    if sv and vs is None: _variants(test, [sv])
+    return vs
+
 # %% ../nbs/14_eval.ipynb #7e69cbd2
 def eval_checkpoint(ckpt, data: str | None = None, k: int = 5, train_split: str = "train",
                     test_split: str | None = None, variants: str | None = None, probe=None,
@@ -862,10 +871,7 @@ def eval_checkpoint(ckpt, data: str | None = None, k: int = 5, train_split: str 
     where = f"the model of {ckpt!r} (backbone {cfg.model.backbone}, trained on {cfg.data.spec!r})"
     dim = check_fits(model, test, mean, std, where)
     pr = _given_probe(probe, dim, train, spec) if probe else None
-    vs = None if variants is None else [v.strip() for v in variants.split(",") if v.strip()]
-    if sv and vs is not None and sv not in vs: vs.append(sv)
-    # the spec's variant must be there: a clear error when it is not
-    if sv and vs is None: _variants(test, [sv])
+    vs = _eval_variants(variants, sv, test)
     res = evaluate(model, train, test, mean, std, k=k, variants=vs, probe=pr,
                    probe_epochs=probe_epochs, fgsm_n=fgsm_n, seed=cfg.train.seed,
                    model_key=file_key(ckpt), cache=cache, batch=batch, adv_fg=adv_fg, adv_bg=adv_bg,

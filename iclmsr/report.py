@@ -4,7 +4,7 @@
 
 # %% ../nbs/14b_report.ipynb #ca53ecd4
 from __future__ import annotations
-import html, os, sys
+import html, sys
 from pathlib import Path
 from .utils import claim_out
 from .eval import EXPL_VARIANTS
