@@ -169,6 +169,14 @@ def _get(m: dict, path: tuple):
         m = None if m is None else m.get(p)
     return m
 
+# %% ../nbs/14c_demo.ipynb #5d1e0b7a
+def _twin(models: dict, name: str, setting: str) -> str | None:
+    """The earlier model whose `setting` results equal `name`'s exactly (simclr+do-bg trained on
+    foreground-only images has no background to swap, so it is simclr's run), else None."""
+    for other, m in models.items():
+        if other == name: return None
+        if m["four_settings"][setting] == models[name]["four_settings"][setting]: return other
+
 # %% ../nbs/14c_demo.ipynb #03c15ee1
 def format_demo(models: dict) -> str:
     "The four-setting table and the background measures of the demo models, as text."
@@ -187,7 +195,9 @@ def format_demo(models: dict) -> str:
                   "removed; train fg loses Y when it is added"]
     for name, m in models.items():
         e = background_effect(m["four_settings"])
-        lines.append(f"  {name:<{w}}X = {e['train_full']:+.1f}   Y = {e['train_fg']:+.1f}")
+        twin = _twin(models, name, "train_fg")
+        lines.append(f"  {name:<{w}}X = {e['train_full']:+.1f}   Y = {e['train_fg']:+.1f}"
+                     + (f"   (= {twin}: the same training on foreground-only images)" if twin else ""))
     rw = max(len(r) for r, _ in _BG_ROWS) + 2
     lines += ["", "Background measures of the models trained on full images (%)",
               f"{'':<{rw}}" + "".join(f"{n:>{max(18, len(n) + 2)}}" for n in models)]

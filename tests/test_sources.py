@@ -1,7 +1,8 @@
-"""What the docs cite and how they are laid out, checked on the sources (no build): CITATION.cff is valid CFF 1.2.0,
-the references page lists every arXiv id a notebook cites, nothing points to a file outside the repository, every page
-subtitle is one whole sentence, the sidebar lists every notebook once, maths uses only the delimiters quarto's
-MathJax reads, exported cells are small (one definition each), and iclmsr.learner is only the training loop."""
+"""What the docs cite and how they are laid out, checked on the sources (no build): CITATION.cff is valid CFF 1.2.0, the
+references page lists every arXiv id a notebook cites and every short author list matches it, nothing points to a file
+outside the repository, every page subtitle is one whole sentence, the sidebar lists every notebook once, maths uses
+only the delimiters quarto's MathJax reads, exported cells are small (one definition each), and iclmsr.learner is only
+the training loop."""
 import json, re, subprocess
 from pathlib import Path
 import yaml
@@ -30,6 +31,41 @@ def test_references_page_lists_every_cited_arxiv_id():
     missing = sorted(f"{a} (cited in {nb})" for a, nb in cited if a not in refs)
     assert not missing, "add these to nbs/95_references.ipynb: " + ", ".join(missing)
     assert refs.count("```bibtex") >= 6
+
+# A short author list next to an arXiv id ("Zhang, Jang et al., arXiv:2111.14271", "Kahana & Hoshen, ECCV 2022,
+# arXiv:2203.11284") must be the references page's authors: all of them in order, or a first few with "et al.".
+_NAME = r"\b[A-Z][a-z\u00e0-\u017f']+(?:-[A-Z][a-z\u00e0-\u017f']+)?\b"
+_LIST = re.compile(rf"((?:{_NAME}, )*{_NAME}(?:(?:,? and | & ){_NAME}| et al\.?))"   # the list,
+                   rf"[^;]{{0,160}}?arXiv[: ]?(\d{{4}}\.\d{{4,5}})")                  # then its id
+_REF = re.compile(r"^- \*\*.+?\*\*\. ([^\n]+?)\[arXiv[: ]?(\d{4}\.\d{4,5})", re.M)
+
+def _reference_surnames() -> dict:
+    refs = "\n".join(_cells(NBS/"95_references.ipynb", "markdown"))
+    authors = lambda s: re.split(r"(?<! [A-Z])\. ", s)[0]   # "Chaitanya K. Ryali, ... . ICML 2021, "
+    return {a: [n.split()[-1] for n in authors(s).split(", ")] for s, a in _REF.findall(refs)}
+
+def _list_fits(names: list, etal: bool, authors: list) -> bool:
+    # a leading word that is not a surname ("Score-CAM, Wang et al.") is dropped, never a later one
+    return any((authors[:len(names) - i] == names[i:]) if etal else (authors == names[i:])
+               for i in range(len(names)))
+
+def test_short_author_lists_match_the_references():
+    surnames = _reference_surnames()
+    assert len(surnames) >= 25 and surnames["2111.14271"][:2] == ["Zhang", "Jang"], surnames
+    texts = {nb.relative_to(NBS).as_posix(): "\n".join(_cells(nb)) for nb in _notebooks()
+             if nb.name != "95_references.ipynb"}
+    texts["README.md"] = (ROOT/"README.md").read_text(encoding="utf-8")
+    bad, seen = [], 0
+    for where, text in texts.items():
+        for lst, a in _LIST.findall(text):
+            if a not in surnames: continue
+            etal = lst.endswith(("et al.", "et al"))
+            names = re.split(r", and |, | and | & ", re.sub(r" et al\.?$", "", lst))
+            seen += 1
+            if not _list_fits(names, etal, surnames[a]):
+                bad.append(f"{where}: {lst!r} for arXiv:{a} (references: {', '.join(surnames[a])})")
+    assert seen >= 30, seen
+    assert not bad, "author lists that differ from nbs/95_references.ipynb:\n" + "\n".join(bad)
 
 OUTSIDE = re.compile(r"DESIGN\.md|\bseeds/|\bnotes/\w|\.\./shared|toolchain notes|anchors\.md|papers\.md|seed formula", re.I)
 
