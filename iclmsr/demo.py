@@ -196,8 +196,8 @@ def format_demo(models: dict) -> str:
     for name, m in models.items():
         e = background_effect(m["four_settings"])
         twin = _twin(models, name, "train_fg")
-        lines.append(f"  {name:<{w}}X = {e['train_full']:+.1f}   Y = {e['train_fg']:+.1f}"
-                     + (f"   (= {twin}: the same training on foreground-only images)" if twin else ""))
+        same = f"   (= {twin}: the same training on foreground-only images)" if twin else ""
+        lines.append(f"  {name:<{w}}X = {e['train_full']:+.1f}   Y = {e['train_fg']:+.1f}{same}")
     rw = max(len(r) for r, _ in _BG_ROWS) + 2
     lines += ["", "Background measures of the models trained on full images (%)",
               f"{'':<{rw}}" + "".join(f"{n:>{max(18, len(n) + 2)}}" for n in models)]
