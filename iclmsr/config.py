@@ -13,8 +13,8 @@ import yaml
 # %% auto #0
 __all__ = ['BATCH_SIZE', 'RUN_SUFFIXES', 'DO_BG', 'DataConfig', 'ModelConfig', 'ICLConfig', 'InterveneConfig', 'OptimConfig',
            'TrainConfig', 'Config', 'ConfigError', 'coerce_value', 'config_from_dict', 'config_to_dict',
-           'apply_overrides', 'read_config_file', 'load_config', 'dump_config', 'config_diff', 'split_run_name',
-           'intervenes', 'run_name', 'resolve_run_name', 'control_names']
+           'apply_overrides', 'strict_yaml', 'read_config_file', 'load_config', 'dump_config', 'config_diff',
+           'split_run_name', 'intervenes', 'run_name', 'resolve_run_name', 'control_names']
 
 # %% ../nbs/00b_config.ipynb #469f1585
 def _check(ok, must: str):
@@ -270,7 +270,7 @@ def _parse_override(item: str) -> tuple[list[str], object]:
     key, raw = item.split("=", 1)
     key = key.strip()
     if not key: raise ConfigError(f"override {item!r} has an empty key")
-    try: val = yaml.safe_load(raw) if raw.strip() else ""
+    try: val = strict_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError: val = raw
     return key.split("."), val
 
@@ -289,6 +289,51 @@ def apply_overrides(d: dict, overrides: list[str] | None) -> dict:
         node[path[-1]] = val
     return d
 
+# %% ../nbs/00b_config.ipynb #5a0c1f01
+class _StrictLoader(yaml.SafeLoader):
+    "`yaml.SafeLoader` without anchors/aliases and without repeated keys: a config is plain data."
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            ev = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"found alias *{ev.anchor}: anchors and aliases are not read "
+                "(write the value out)", ev.start_mark)
+        return super().compose_node(parent, index)
+
+
+# %% ../nbs/00b_config.ipynb #5a0c1f02
+def _unique_keys(self: _StrictLoader, node, deep: bool = False):
+    "`construct_mapping` that refuses a key given twice in one mapping, at the second one."
+    seen = set()
+    for k, _ in node.value:
+        key = self.construct_object(k, deep=True)
+        if isinstance(key, (str, int, float, bool, type(None))):
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice in one mapping (give each key once)",
+                    k.start_mark)
+            seen.add(key)
+    return yaml.SafeLoader.construct_mapping(self, node, deep)
+
+_StrictLoader.construct_mapping = _unique_keys
+
+
+# %% ../nbs/00b_config.ipynb #5a0c1f03
+def _json_pairs(pairs: list) -> dict:
+    "`object_pairs_hook` of `json.loads` that refuses a key given twice in one object."
+    d = {}
+    for k, v in pairs:
+        if k in d: raise ValueError(f"key {k!r} is given twice in one object (give each key once)")
+        d[k] = v
+    return d
+
+
+# %% ../nbs/00b_config.ipynb #5a0c1f07
+def strict_yaml(text: str):
+    "The data of YAML `text` read by the strict loader (no tags, aliases or repeated keys)."
+    return yaml.load(text, Loader=_StrictLoader)
+
+
 # %% ../nbs/00b_config.ipynb #c3b75e3c
 def _config_text(path: Path) -> str:
     "The text of config file `path`; a one-line `ConfigError` naming it unless it is UTF-8 text."
@@ -302,16 +347,20 @@ def _config_text(path: Path) -> str:
 # %% ../nbs/00b_config.ipynb #47e2e513
 def _parse_config(path: Path, text: str):
     "The YAML or JSON data in `text`; a syntax error is one line naming the file, line and column."
-    try: return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    try:
+        if path.suffix == ".json": return json.loads(text, object_pairs_hook=_json_pairs)
+        return strict_yaml(text)
     except json.JSONDecodeError as e:
         raise ConfigError(f"config file {str(path)!r}: line {e.lineno}, column {e.colno}: "
                           f"{e.msg} (not valid JSON)") from None
+    except ValueError as e: raise ConfigError(f"config file {str(path)!r}: {e}") from None
     except yaml.YAMLError as e:
         m = getattr(e, "problem_mark", None)
         where = f"line {m.line + 1}, column {m.column + 1}: " if m else ""
         what = " ".join(str(getattr(e, "problem", None) or e).split())
-        why = ("only plain YAML is read: no !!python tags"
-               if isinstance(e, yaml.constructor.ConstructorError) else "not valid YAML")
+        plain = "constructor" in what or "twice" in what or "alias" in what
+        why = ("only plain YAML is read" + (": no !!python tags" if "constructor" in what else "")
+               if plain else "not valid YAML")
         raise ConfigError(f"config file {str(path)!r}: {where}{what} ({why})") from None
 
 # %% ../nbs/00b_config.ipynb #4ab042b2
