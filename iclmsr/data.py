@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from .fgbg import FgBgData, VARIANTS, make_variant, inpaint, tile_fill, check_plain
 from .toy import (
     BG_FAMILIES, SHAPES, TOY_FOREGROUNDS, affine_grid, sample_patches, one_thread, make_toy,
-    load_toy, image_grid, _check_memory)
+    load_toy, image_grid)
+from .utils import check_memory
 _all_ = ["FgBgData", "VARIANTS", "make_variant", "inpaint", "tile_fill", "BG_FAMILIES",
          "SHAPES", "TOY_FOREGROUNDS", "affine_grid", "sample_patches", "one_thread", "make_toy",
          "load_toy", "image_grid"]
@@ -83,8 +84,8 @@ def _resize_u8(x: torch.Tensor, size, mode="bilinear") -> torch.Tensor:
     """Resize (N,C,H,W) uint8 (or bool, nearest) so the short side is `size`, then centre-crop to
     `size` x `size`."""
     if size is None or tuple(x.shape[-2:]) == (size, size): return x
-    _check_memory(len(x) * x.shape[1] * size * size, f"{len(x)} images at {size}x{size} px",
-                  "use a smaller size=")
+    check_memory(len(x) * x.shape[1] * size * size, f"{len(x)} images at {size}x{size} px",
+                 "use a smaller size=")
     h, w = x.shape[-2:]; s = size / min(h, w)
     nh, nw = max(size, round(h * s)), max(size, round(w * s))
     t, l = (nh - size) // 2, (nw - size) // 2
@@ -360,8 +361,8 @@ def _image_tensor(paths, size, on_error, what, expect=None):
     if size is None:
         first = next((p for p in paths if _try(lambda: _read_rgb(p))), None)
         size = min(_read_rgb(first).size) if first is not None else 64
-    _check_memory(len(paths) * 3 * size * size, f"{what}: {len(paths)} images at {size}x{size} px",
-                  "use a smaller size=")
+    check_memory(len(paths) * 3 * size * size, f"{what}: {len(paths)} images at {size}x{size} px",
+                 "use a smaller size=")
     load = lambda p: np.asarray(_fit(_read_rgb(p, expect), size, Image.BILINEAR))
     arrs, kept, skipped = _load_many(load, paths, on_error, what)
     return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).contiguous(), kept, skipped

@@ -4,11 +4,11 @@
 
 # %% ../nbs/01b_toy.ipynb #c792a4f4
 from __future__ import annotations
-import os, json, math, hashlib, functools, contextlib
+import json, math, hashlib, functools, contextlib
 import numpy as np
 import torch
 import torch.nn.functional as F
-from .utils import cache_dir, atomic_torch_save
+from .utils import cache_dir, atomic_torch_save, check_memory
 from .fgbg import FgBgData, to_uint8
 
 # %% auto #0
@@ -257,34 +257,13 @@ def _check_toy(num_classes, size, n_train, n_test, rho, rho_test, seed, fg):
         raise ValueError(f"unknown foreground kind fg={fg!r}; "
                          f"allowed: {', '.join(TOY_FOREGROUNDS)}")
 
-# %% ../nbs/01b_toy.ipynb #8970c06d
-def _available_memory() -> int | None:
-    "Bytes of memory available now (Linux `MemAvailable`, else physical memory); None if unknown."
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"): return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError): pass
-    try: return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError): return None
-
-# %% ../nbs/01b_toy.ipynb #89841c02
-def _check_memory(nbytes: int, what: str, hint: str):
-    """A one-line `ValueError` when `what` would take `nbytes`, more than the memory available now,
-    before anything is allocated; `hint` says what to lower."""
-    have = _available_memory()
-    if have is not None and nbytes > have:
-        gb = lambda n: f"{n / 1e12:.1f} TB" if n >= 1e12 else f"{n / 1e9:.1f} GB"
-        raise ValueError(f"{what} need about {gb(nbytes)} of memory, more than the {gb(have)} "
-                         f"available now; {hint}")
-
 # %% ../nbs/01b_toy.ipynb #d7dc7618
 def _check_toy_memory(num_classes, size, n_train, n_test):
     "Refuse a toy set whose images, masks and clean backgrounds (7 bytes a pixel) exceed memory."
     n = int(num_classes) * (int(n_train) + int(n_test))
-    _check_memory(n * int(size) ** 2 * 7,
-                  f"toy: {num_classes} classes x {n_train} + {n_test} images of {size}x{size} px "
-                  "(images, masks, clean backgrounds)", "lower n_train, n_test or size")
+    check_memory(n * int(size) ** 2 * 7,
+                 f"toy: {num_classes} classes x {n_train} + {n_test} images of {size}x{size} px "
+                 "(images, masks, clean backgrounds)", "lower n_train, n_test or size")
 
 # %% ../nbs/01b_toy.ipynb #71223cd8
 _TOY_VERSION = 2

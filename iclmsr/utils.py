@@ -16,7 +16,7 @@ __all__ = ['OUT_MARKER', 'OUT_KINDS', 'get_device', 'seed_everything', 'cache_di
            'format_env_info', 'atomic_torch_save', 'UserError', 'fmt_duration', 'model_device', 'timed', 'out_kind',
            'check_out', 'claim_out', 'OutGuard', 'check_out_file', 'UnreadableFile', 'what_file', 'read_torch_file',
            'check_tau', 'check_k', 'Range', 'OneOf', 'name_list', 'device_name', 'at_least_float32', 'as_pixels',
-           'normaliser', 'saved_bytes', 'lr_factor', 'make_optimizer']
+           'normaliser', 'saved_bytes', 'lr_factor', 'make_optimizer', 'available_memory', 'check_memory']
 
 # %% ../nbs/00_utils.ipynb #8877a1b0
 def _mps_available() -> bool:
@@ -599,3 +599,24 @@ def make_optimizer(params, name: str, lr: float, weight_decay: float, momentum: 
     if name == "sgd": return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay,
                                              momentum=momentum, nesterov=True)
     raise ValueError(f"unknown optimizer {name!r}; allowed: adam, adamw, sgd")
+
+# %% ../nbs/00_utils.ipynb #7e3a9c02
+def available_memory() -> int | None:
+    "Bytes of memory available now (Linux `MemAvailable`, else physical memory); None if unknown."
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"): return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError): pass
+    try: return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError): return None
+
+# %% ../nbs/00_utils.ipynb #7e3a9c03
+def check_memory(nbytes: int, what: str, hint: str):
+    """A one-line `ValueError` when `what` would take `nbytes`, more than the memory available now,
+    before anything is allocated; `hint` says what to lower."""
+    have = available_memory()
+    if have is not None and nbytes > have:
+        gb = lambda n: f"{n / 1e12:.1f} TB" if n >= 1e12 else f"{n / 1e9:.1f} GB"
+        raise ValueError(f"{what} need about {gb(nbytes)} of memory, more than the {gb(have)} "
+                         f"available now; {hint}")
