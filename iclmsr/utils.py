@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['OUT_MARKER', 'OUT_KINDS', 'get_device', 'seed_everything', 'cache_dir', 'faiss_gpu_count', 'env_info',
+__all__ = ['OUT_MARKER', 'OUT_KINDS', 'PREVIOUS', 'get_device', 'seed_everything', 'cache_dir', 'faiss_gpu_count', 'env_info',
            'format_env_info', 'atomic_torch_save', 'UserError', 'fmt_duration', 'model_device', 'timed', 'out_kind',
            'check_out', 'claim_out', 'OutGuard', 'check_out_file', 'UnreadableFile', 'what_file', 'read_torch_file',
            'check_tau', 'check_k', 'Range', 'OneOf', 'name_list', 'device_name', 'at_least_float32', 'as_pixels',
@@ -298,6 +298,9 @@ def check_out(path, kind: str, overwrite: bool = False, resume: bool = False,
     d = Path(path).expanduser()
     _check_place(d, opt, path)
     found, (noun, cmd, _) = out_kind(d), OUT_KINDS[kind]
+    if found == kind and overwrite and (d/PREVIOUS).exists():
+        raise UserError(f"{str(d/PREVIOUS)!r} holds what an interrupted --overwrite set aside: move "
+                        "it back or delete it, then run again")
     if found is None or (found == kind and (overwrite or resume)): return d
     if found == "unknown":
         raise UserError(f"{str(path)!r} is not empty and holds no iclmsr output: {cmd} writes "
@@ -318,11 +321,29 @@ def _clear(d: Path, kind: str):
         if p.is_dir() and not p.is_symlink(): shutil.rmtree(p)
         elif p.exists() or p.is_symlink(): p.unlink()
 
+# %% ../nbs/00_utils.ipynb #6b1d2e01
+PREVIOUS = ".iclmsr-previous"   # what --overwrite set aside until the command succeeds
+_GUARDS: list = []              # the OutGuards active now, innermost last
+
+def _set_aside(d: Path, kind: str) -> Path:
+    "Move what `kind` wrote at the top of `d` into `d/PREVIOUS` (a rename: nothing is copied)."
+    keep = d/PREVIOUS
+    keep.mkdir()
+    for n in OUT_KINDS[kind][2]:
+        if (d/n).exists() or (d/n).is_symlink(): os.replace(d/n, keep/n)
+    return keep
+
+# %% ../nbs/00_utils.ipynb #6b1d2e02
+def _same(a: Path, b: Path) -> bool:
+    "Whether paths `a` and `b` name the same folder."
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
 # %% ../nbs/00_utils.ipynb #59b85df7
 def claim_out(path, kind: str, overwrite: bool = False, resume: bool = False,
               opt: str = "--out") -> Path:
     """`check_out`, then the folder made (with its parents) and marked as `kind`'s in
-    `.iclmsr.json`; with `overwrite`, what `kind` wrote there before removed (nothing else)."""
+    `.iclmsr.json`; with `overwrite`, what `kind` wrote there before removed (nothing else), or,
+    inside an `OutGuard` of `d`, set aside until the guarded command succeeds."""
     d = check_out(path, kind, overwrite, resume, opt)
     made = _missing(d)
     try:
@@ -335,21 +356,40 @@ def claim_out(path, kind: str, overwrite: bool = False, resume: bool = False,
             except OSError: break
         raise UserError(f"{opt} {str(path)!r} is not writable ({_os_reason(e)}): choose another "
                         f"{opt}") from None
-    if overwrite: _clear(d, kind)
+    if overwrite:
+        g = next((g for g in reversed(_GUARDS) if g.d is not None and _same(g.d, d)), None)
+        if g is None: _clear(d, kind)
+        else: g.aside = (_set_aside(d, kind), kind)
     return d
+
+# %% ../nbs/00_utils.ipynb #6b1d2e03
+def _settle(keep: Path, kind: str, failed: bool):
+    """After a guarded command: what `_set_aside` kept in `keep` removed (it succeeded), or put
+    back in place of what the failed command wrote there."""
+    import shutil
+    if not keep.is_dir(): return
+    if not failed: return shutil.rmtree(keep)
+    _clear(keep.parent, kind)
+    for p in keep.iterdir(): os.replace(p, keep.parent/p.name)
+    keep.rmdir()
 
 # %% ../nbs/00_utils.ipynb #98a1eaf7
 class OutGuard:
-    """`with OutGuard(path):` a command whose block fails leaves no folder it made behind: the
+    """`with OutGuard(path):` a command whose block fails leaves no folder it made behind (the
     folders it created, its marker and its `own` bookkeeping files are removed again when nothing
-    else is in the folder."""
-    def __init__(self, path, own=()): self.d, self.own = Path(path) if path else None, set(own)
+    else is in the folder) and gets back what its `--overwrite` set aside; one that succeeds
+    removes what was set aside."""
+    def __init__(self, path, own=()):
+        self.d, self.own, self.aside = Path(path) if path else None, set(own), None
     def __enter__(self):
         d = self.d
         self.made = _missing(d) if d is not None else []
         self.had = {p.name for p in d.iterdir()} if d is not None and d.is_dir() else set()
+        _GUARDS.append(self)
         return d
     def __exit__(self, typ, val, tb):
+        if self in _GUARDS: _GUARDS.remove(self)
+        if self.aside is not None: _settle(*self.aside, failed=typ is not None)
         if typ is None or self.d is None or not self.d.is_dir(): return False
         try:
             left = {p.name for p in self.d.iterdir()}

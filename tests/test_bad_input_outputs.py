@@ -2,7 +2,7 @@
 folder claims it before any work with `iclmsr.utils.claim_out`. Another kind's folder (marked `.iclmsr.json`, or an
 older one recognised by its files), a non-empty folder of no kind, a file or an unwritable place is one line with exit
 status 2 naming the folder, and every file there before the command is byte-identical after it; the same kind needs
-`--overwrite`, which replaces only what the command writes (a user's file stays); a failed command leaves no folder it
+`--overwrite`, which replaces only what the command writes (a user's file stays) and only once it succeeded (a failed one gets the old output back); a failed command leaves no folder it
 made. `iclmsr bench --out` is a file: checked before any benchmark runs, and a file that is not a bench result is never
 replaced. A broken pipe ends quietly. An interrupted `iclmsr train` exits 130: tests/test_train_cli.py's
 `test_sigint_writes_checkpoint_and_exits_130` (a subprocess with a real SIGINT).
@@ -146,6 +146,16 @@ def test_overwrite_replaces_only_what_the_command_wrote(made, capsys, tmp_path, 
     assert not (d/stale).exists() or (d/stale).read_bytes() != b"stale"
     if cmd == "export": assert not (d/"mixed_rand").exists() and (d/"original").is_dir()
     if cmd == "comparison": assert json.loads((d/"results.json").read_text())["complete"]
+
+def test_a_failed_overwrite_loses_nothing(made, capsys, tmp_path):
+    "eval --overwrite that fails after claiming its folder: the old evaluation is back byte for byte; one that succeeds leaves nothing aside."
+    d = copy(made["eval"], tmp_path/"d")
+    before = tree(d)
+    args = argv("eval", d, ckpt=made["run"]/"last.pt") + ["--overwrite"]
+    refused(capsys, args + ["--variants", "original,no_such_variant"], d, "no_such_variant")
+    assert tree(d) == before
+    ok(capsys, args)
+    assert not (d/".iclmsr-previous").exists() and tree(d) != before
 
 def test_resumable_commands_continue_their_old_folders(made, capsys, tmp_path):
     "`train --resume` of a run written before markers, and `compare` again into its own old folder, work as before."
