@@ -299,8 +299,8 @@ def check_out(path, kind: str, overwrite: bool = False, resume: bool = False,
     _check_place(d, opt, path)
     found, (noun, cmd, _) = out_kind(d), OUT_KINDS[kind]
     if found == kind and overwrite and (d/PREVIOUS).exists():
-        raise UserError(f"{str(d/PREVIOUS)!r} holds what an interrupted --overwrite set aside: move "
-                        "it back or delete it, then run again")
+        raise UserError(f"{str(d/PREVIOUS)!r} holds what an interrupted --overwrite set "
+                        "aside: move it back or delete it, then run again")
     if found is None or (found == kind and (overwrite or resume)): return d
     if found == "unknown":
         raise UserError(f"{str(path)!r} is not empty and holds no iclmsr output: {cmd} writes "

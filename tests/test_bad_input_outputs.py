@@ -2,13 +2,14 @@
 folder claims it before any work with `iclmsr.utils.claim_out`. Another kind's folder (marked `.iclmsr.json`, or an
 older one recognised by its files), a non-empty folder of no kind, a file or an unwritable place is one line with exit
 status 2 naming the folder, and every file there before the command is byte-identical after it; the same kind needs
-`--overwrite`, which replaces only what the command writes (a user's file stays) and only once it succeeded (a failed one gets the old output back); a failed command leaves no folder it
-made. `iclmsr bench --out` is a file: checked before any benchmark runs, and a file that is not a bench result is never
-replaced. A broken pipe ends quietly. An interrupted `iclmsr train` exits 130: tests/test_train_cli.py's
-`test_sigint_writes_checkpoint_and_exits_130` (a subprocess with a real SIGINT).
+`--overwrite`, which replaces only what the command writes (a user's file stays) and only once it succeeded (a failed
+one gets the old output back); a failed command leaves no folder it made. `iclmsr bench --out` is a file: checked
+before any benchmark runs, and a file that is not a bench result is never replaced. A broken pipe ends quietly. An
+interrupted `iclmsr train` exits 130: tests/test_train_cli.py's `test_sigint_writes_checkpoint_and_exits_130` (a
+subprocess with a real SIGINT).
 
-Everything runs through `iclmsr.cli.main` in this process except the broken pipe (one subprocess); the folders of
-each kind are made once per module with the embedded toy data at tiny sizes."""
+Everything runs through `iclmsr.cli.main` in this process except the broken pipe (one subprocess); the folders of each
+kind are made once per module with the embedded toy data at tiny sizes."""
 import hashlib, json, os, shutil, subprocess
 from pathlib import Path
 import pytest
