@@ -12,7 +12,7 @@ import torch
 import plotly.graph_objects as go
 import ipywidgets as W
 from fastcore.basics import patch
-from .utils import fmt_duration
+from .utils import fmt_duration, check_out, claim_out, out_kind, OutGuard
 from .config import (
     DataConfig, ModelConfig, ICLConfig, TrainConfig, load_config, dump_config, config_from_dict,
     config_to_dict)
@@ -537,9 +537,10 @@ def start(self: Dashboard):
     self.w["run_dir"].value = run_dir
     resume = (self.resume_from
               if self.resume_from and Path(self.resume_from).parent == Path(run_dir) else None)
-    if not resume and (Path(run_dir)/"last.pt").exists():
-        raise FileExistsError(f"{run_dir} holds a run (last.pt): "
-                              "Open it to continue it, or choose another run dir")
+    if not resume and out_kind(run_dir) == "run":
+        raise FileExistsError(f"{run_dir} holds a run: Open its last.pt to continue it, or choose "
+                              "another run dir")
+    check_out(run_dir, "run", resume=bool(resume), opt="run dir")   # another kind's folder, a file
     if not resume: self.rec = Recorder(self.every)
     self.error, self.state, self.learn, self.control = None, "starting", None, Control()
     self.thread = threading.Thread(target=self._run, args=(cfg, Path(run_dir), resume),
@@ -552,19 +553,20 @@ def start(self: Dashboard):
 @patch
 def _run(self: Dashboard, cfg, run_dir: Path, resume):
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        learn = Learner.from_config(
-            cfg, run_dir, cbs=default_callbacks(progress=False) + [self.rec, self.control])
-        if resume:
-            learn.resume(resume)
-            with self.rec.lock:  # the curves past the checkpoint were not kept by the run
-                keep = [i for i, s in enumerate(self.rec.fit["step"]) if s <= learn.step]
-                for k in self.rec.fit: self.rec.fit[k] = [self.rec.fit[k][i] for i in keep]
-        (run_dir/"config.yaml").write_text(dump_config(cfg))
-        self.learn, self.state = learn, "running"
-        learn.fit()
-        self.state = "stopped" if learn.cancelled else "finished"
-        self.resume_from = run_dir/"last.pt"
+        with OutGuard(run_dir):   # a run that fails before writing leaves no folder
+            claim_out(run_dir, "run", resume=bool(resume), opt="run dir")   # made, marked
+            learn = Learner.from_config(
+                cfg, run_dir, cbs=default_callbacks(progress=False) + [self.rec, self.control])
+            if resume:
+                learn.resume(resume)
+                with self.rec.lock:  # the curves past the checkpoint were not kept by the run
+                    keep = [i for i, s in enumerate(self.rec.fit["step"]) if s <= learn.step]
+                    for k in self.rec.fit: self.rec.fit[k] = [self.rec.fit[k][i] for i in keep]
+            (run_dir/"config.yaml").write_text(dump_config(cfg))
+            self.learn, self.state = learn, "running"
+            learn.fit()
+            self.state = "stopped" if learn.cancelled else "finished"
+            self.resume_from = run_dir/"last.pt"
     except Exception as e:
         self.error, self.state = f"{type(e).__name__}: {e}", "error"
         self.traceback = traceback.format_exc()
