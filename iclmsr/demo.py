@@ -301,7 +301,7 @@ def _write_demo(d: Path, r: dict, st: dict, seeds: list, t0: float):
 def demo(out: str = "demo_run",  # output directory for results.json and report.html
          overwrite: bool = False,  # replace the demo in --out (only the files a demo writes)
          epochs: Range(int, 1) = None,  # epochs of each model (default: 8 on the CPU, 100 on a GPU)
-         seeds: Range(int, 1, 2**32) = 1,  # training seeds; > 1 reports mean and standard deviation
+         seeds: Range(int, 1, 1000) = 1,  # training seeds; > 1 reports mean and standard deviation
          seed: Range(int, 0, 2**32 - 1) = 0,  # the first seed
          device: device_name = "cpu",  # cpu (default), auto, cuda, cuda:N or mps
          backbone: str = None,  # small_cnn (CPU default), resnet18 (GPU default) or resnet50
@@ -320,6 +320,9 @@ def demo(out: str = "demo_run",  # output directory for results.json and report.
     t0 = time.time()
     if not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"seeds must be a positive integer, got {seeds!r}")
+    if seed + seeds - 1 > 2**32 - 1:
+        raise ValueError(f"--seed {seed} with --seeds {seeds} would train up to seed "
+                         f"{seed + seeds - 1}, past the largest seed 2**32 - 1")
     st = demo_settings(device, quick, backbone=backbone, epochs=epochs,
                        num_classes=num_classes, n_train=n_train, n_test=n_test, size=size)
     names = _demo_names(models)

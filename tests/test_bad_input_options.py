@@ -75,7 +75,8 @@ CASES = {   # argv: what the one line must name
                          "one of auto, code, backbone, off"),
     "eval --k nan": (["eval", "--ckpt", "x.pt", "--out", "e", "--k", "nan"], "--k", "an integer"),
     "demo --epochs 0": (["demo", "--out", "d", "--epochs", "0"], "--epochs", ">= 1"),
-    "demo --seeds 0": (["demo", "--out", "d", "--seeds", "0"], "--seeds", "[1, 4294967296]"),
+    "demo --seeds 0": (["demo", "--out", "d", "--seeds", "0"], "--seeds", "[1, 1000]"),
+    "demo --seeds 2**32": (["demo", "--out", "d", "--seeds", str(2**32)], "--seeds", "[1, 1000]"),
     "demo --seed -1": (["demo", "--out", "d", "--seed", "-1"], "--seed"),
     "demo --num-classes 1": (["demo", "--out", "d", "--num-classes", "1"], "--num-classes", "[2, 10]"),
     "demo --num-classes 11": (["demo", "--out", "d", "--num-classes", "11"], "--num-classes", "[2, 10]"),
@@ -130,6 +131,8 @@ CASES = {   # argv: what the one line must name
     "train.batch_size=0": (["train", "--out", "r", *TOY, "--set", "train.batch_size=0"], "train.batch_size"),
     "compare --seed + --seeds": (["compare", "--out", "c", "--methods", "simclr", "--seed", str(2**32 - 1),
                                   "--seeds", "2"], "train.seed", "4294967296"),
+    "demo --seed + --seeds": (["demo", "--out", "d", "--quick", "--seed", str(2**32 - 1), "--seeds", "2"],
+                              "--seeds 2", "4294967296", "past the largest seed"),
     "compare optim.lr=inf": (["compare", "--out", "c", "--methods", "simclr", "--set", "optim.lr=inf"],
                              "optim.lr", "finite"),
 }
