@@ -108,6 +108,7 @@ def compare_settings(methods=None, data: str = "toy", seeds: int = 3, budget: in
                          f"{hparams!r}")
     if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
         raise ValueError(f"--seeds must be a positive integer, got {seeds!r}")
+    if seeds > 1000: raise ValueError(f"--seeds must be at most 1000, got {seeds}")
     if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
         raise ValueError(f"--budget must be a positive number of encoder steps, got {budget!r}")
     bad = set(eval_kw) - set(EVAL_DEFAULTS)
@@ -854,7 +855,7 @@ def compare(
     # dataset spec, the same for every run (default: the embedded toy data, CPU_SPEC on the
     # CPU, GPU_SPEC elsewhere)
     data: str = None,
-    seeds: Range(int, 1, 2**32) = 3,  # seeds per method (each also fixes the validation split)
+    seeds: Range(int, 1, 1000) = 3,  # seeds per method (each also fixes the validation split)
     out: str = None,  # comparison folder: compare.json, runs/<hash>/, results.json, report.html
     budget: Range(int, 1) = None,  # encoder steps per run (default: 150 on the CPU, 1000 elsewhere)
     device: device_name = "cpu",  # cpu, auto, cuda, cuda:N or mps

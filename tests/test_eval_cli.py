@@ -192,7 +192,7 @@ def test_demo_seeds_give_mean_and_std(env, tmp_path):
             assert gap >= KNN_MARGIN, (i, gap)
     a, b = (_cells(r["models"][n]["four_settings"]) for n in ("simclr", "simclr+icl-msr"))
     assert [c["runs"] for c in a] != [c["runs"] for c in b]
-    assert "argument --seeds: must be an integer in [1, 4294967296]" in one_line_error(iclmsr(env, "demo", "--out", str(tmp_path/"e"), "--seeds", "0", check=False))
+    assert "argument --seeds: must be an integer in [1, 1000]" in one_line_error(iclmsr(env, "demo", "--out", str(tmp_path/"e"), "--seeds", "0", check=False))
 
 def _mask_free_tree(root, variants, sidecar=False):
     "The embedded data exported as the benchmark ships: variant folders, no masks, no background ids (no sidecar)."
