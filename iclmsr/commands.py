@@ -18,6 +18,7 @@ from .distributed import dist_env
 from .callbacks import Checkpointer, default_callbacks
 from .build import Learner, method_options, unused_keys
 from .eval import eval_checkpoint
+from .challenge import Budget
 from .report import eval_report, out_dir, print_eval
 
 # %% auto #0
@@ -161,9 +162,8 @@ def _write_eval(ckpt, res: dict, d: Path, quiet: bool = False):
 
 # %% ../nbs/31_commands.ipynb #a26e0002
 _BG_PROTOCOL = "Backgrounds Challenge (Xiao et al., ICLR 2021), in_to_in9 mapping"
-_NOT_MEASURED = ("linear probe, background probe, ECE, FGSM, Grad-CAM and adversarial "
-                 "backgrounds: not built for --model yet (use --ckpt for a checkpoint of "
-                 "iclmsr train)")
+_NOT_MEASURED = {"linear probe, kNN": "a classifier is read through its own head (--head probe "
+                                      "reads an encoder's features)"}
 
 # %% ../nbs/31_commands.ipynb #a26e0003
 def _in9_root(data: str | None) -> Path:
@@ -194,25 +194,51 @@ def _any_args(ckpt, model, weights, weights_key, head) -> str:
     return head or "imagenet"
 
 # %% ../nbs/31_commands.ipynb #a26e0005
-def _any_results(model, weights, weights_key, head, data, device, batch) -> dict:
+def _any_results(model, weights, weights_key, head, data, device, batch, adv_fg=64, adv_bg=64,
+                 fgsm_n=512, expl_n=256) -> dict:
     "results.json of `iclmsr eval --model`: the Backgrounds Challenge table of any model."
     from iclmsr.anymodel import bg_challenge_table, load_model
+    from iclmsr.challenge import challenge_report
     from iclmsr.utils import get_device
     root, info, t0 = _in9_root(data), {}, time.time()
     m = load_model(model, weights, role="classifier", key=weights_key, info=info)
     t = bg_challenge_table(m.to(get_device(device)), root, head=head, batch=batch)
+    more = challenge_report(m, root, head, adv_fg, adv_bg, fgsm_n, expl_n, batch)
     return {"model_spec": model, "weights": weights, "load": info, "data": data, "head": head,
             "protocol": _BG_PROTOCOL, "transform": t["transform"], "split": t["split"],
             "accuracy": t["accuracy"], "images": t["images"], "bg_gap": t["bg_gap"],
-            "not_measured": _NOT_MEASURED, "seconds": time.time() - t0}
+            **{k: v for k, v in more.items() if k not in ("head", "transform", "unavailable")},
+            "unavailable": {**_NOT_MEASURED, **more["unavailable"]},
+            "seconds": time.time() - t0}
 
 # %% ../nbs/31_commands.ipynb #a26e0006
+def _measure_lines(res: dict) -> list:
+    "The challenge, ECE, FGSM and Grad-CAM lines of `iclmsr eval --model` (those measured)."
+    out, c, f, e = [], res.get("adversarial_challenge"), res.get("fgsm"), res.get("explanations")
+    if c: out.append(f"  challenge    {c['accuracy']:6.2f}%  adversarial backgrounds, "
+                     f"{c['budget']}: {c['vulnerable']} of {c['foregrounds']} foregrounds "
+                     f"flipped; {c['seconds_per_fg']:.3g} s, {c['forward_per_fg']:.1f} forward "
+                     "passes per foreground")
+    if res.get("ece") is not None:
+        out.append(f"  ECE          {res['ece']:6.2f}%  ({res['ece_bins']} bins, "
+                   f"{res['ece_images']} original images; accuracy {res['prob_accuracy']:.2f}% "
+                   "by these probabilities)")
+    if f: out.append("  FGSM         " + ", ".join(f"{k} {a:.2f}%" for k, a in f["acc"].items())
+                     + f"  (clean {f['clean']:.2f}%, {f['n']} original images)")
+    if e and "iou" in e:
+        out.append(f"  Grad-CAM IoU {e['iou']:6.2f}%  ({e['n']} original images, layer "
+                   f"{e['layer']})")
+    return out
+
+# %% ../nbs/31_commands.ipynb #a26e000b
 def _any_lines(res: dict) -> list:
-    "The printed table of `iclmsr eval --model`: one line per variant, then the BG-gap."
+    """The printed table of `iclmsr eval --model`: one line per variant, the BG-gap, the challenge
+    and our measures, then what was not measured and why."""
     g = res["bg_gap"]
     gap = "not measured (needs mixed_same and mixed_rand)" if g is None else f"{g:.2f} points"
     return ([f"  {v:<12} {a:6.2f}%  ({res['images'][v]} images)"
-             for v, a in res["accuracy"].items()] + [f"  BG-gap       {gap}"])
+             for v, a in res["accuracy"].items()] + [f"  BG-gap       {gap}"] + _measure_lines(res)
+            + ["  not measured:"] + [f"    {k}: {why}" for k, why in res["unavailable"].items()])
 
 # %% ../nbs/31_commands.ipynb #a26e0007
 def _write_any(res: dict, d: Path, quiet: bool = False):
@@ -222,9 +248,11 @@ def _write_any(res: dict, d: Path, quiet: bool = False):
     (d/"results.json").write_text(json.dumps(res, indent=2))
     head = f"{res['model_spec']} (--head {res['head']}) on {res['data']}"
     rows = [[v, f"{a:.2f}", res["images"][v]] for v, a in res["accuracy"].items()]
-    gap = _any_lines(res)[-1].split("BG-gap", 1)[1].strip()
+    gap = _any_lines(res)[len(rows)].split("BG-gap", 1)[1].strip()
     notes = [f"Protocol: {res['protocol']}; split {res['split']}", f"Input: {res['transform']}",
-             f"BG-gap (mixed_same - mixed_rand): {gap}", f"Not measured: {res['not_measured']}"]
+             f"BG-gap (mixed_same - mixed_rand): {gap}"]
+    notes += [" ".join(l.split()) for l in _measure_lines(res)]
+    notes += ["Not measured: " + "; ".join(f"{k}: {w}" for k, w in res["unavailable"].items())]
     blocks = [html_table(rows, ["variant", "accuracy (%)", "images"])]
     blocks += [f"<p>{html.escape(n)}</p>" for n in notes]
     (d/"report.html").write_text(html_report(f"iclmsr eval: {head}", blocks))
@@ -233,13 +261,14 @@ def _write_any(res: dict, d: Path, quiet: bool = False):
 
 # %% ../nbs/31_commands.ipynb #a26e0008
 def _eval_any(ckpt, model, weights, weights_key, head, data, out, overwrite, device, batch,
-              quiet, **_):
+              quiet, adv_fg=64, adv_bg=64, fgsm_n=512, expl_n=256, **_):
     "`iclmsr eval --model`: the Backgrounds Challenge table of any model, written into --out."
     head = _any_args(ckpt, model, weights, weights_key, head)
     _in9_root(data)   # before --out is claimed
     with OutGuard(out):   # a failed evaluation leaves no folder behind
         d = out_dir(out, "eval", overwrite)
-        _write_any(_any_results(model, weights, weights_key, head, data, device, batch), d, quiet)
+        _write_any(_any_results(model, weights, weights_key, head, data, device, batch, adv_fg,
+                                adv_bg, fgsm_n, expl_n), d, quiet)
     return 0
 
 # %% ../nbs/31_commands.ipynb #a26e0009
@@ -250,6 +279,9 @@ def _eval_ckpt(ckpt, data, out, overwrite, k, train_split, train_variant, test_s
     if not ckpt:
         raise ValueError("--ckpt FILE (a checkpoint written by iclmsr train) or --model SPEC (any "
                          "model, on --data in9:ROOT) is required")
+    if "all" in (adv_fg, adv_bg):
+        raise UserError("--adv-fg/--adv-bg all (the challenge's full protocol) goes with --model; "
+                        "--ckpt takes a number of test images")
     if weights or weights_key:
         raise UserError("--weights and --weights-key go with --model SPEC; a --ckpt file holds "
                         "its own weights")
@@ -287,8 +319,8 @@ def eval_cmd(
     fgsm_n: Range(int, 0) = 512,  # test images attacked by FGSM at eps 1, 2, 4, 8/255 (0 = skip)
     # original and mixed_rand test images explained by Grad-CAM (ExCon's AD/AI, mask IoU; 0 = skip)
     expl_n: Range(int, 0) = 256,
-    adv_fg: Range(int, 0) = 64,  # foregrounds of the adversarial-background measure (0 = skip)
-    adv_bg: Range(int, 0) = 64,  # backgrounds tried on each (at most adv_fg x adv_bg composites)
+    adv_fg: Budget() = 64,  # foregrounds of the adversarial backgrounds (0 = skip, all = every one)
+    adv_bg: Budget() = 64,  # backgrounds tried on each (at most adv_fg x adv_bg composites)
     # DCoDR's measures on: auto (the code of a DCoDR method, else backbone), code, backbone, off
     dcodr: OneOf("auto", "code", "backbone", "off") = "auto",
     # most epochs of DCoDR's MLP probes (early stopping on a held-out 10% of train)

@@ -139,14 +139,16 @@ def _in9_image(v, x, m, donor):
     return np.where(m[..., None], x, donor).astype(np.uint8)  # mixed_*: this foreground on the donor's background
 
 def fake_in9(root, classes=("00_dog", "01_bird"), n: int = 2, size: int = 48, seed: int = 0,
-             variants=("original", "only_bg_t"), split: str = "val", fewer=None, empty=None, missing=None) -> Path:
+             variants=("original", "only_bg_t"), split: str = "val", fewer=None, empty=None, missing=None,
+             colour0: int = 0) -> Path:
     """Write an ImageNet-9 release-style tree: `<variant>/<split>/<class>/*.JPEG` for each of `variants` and
     `fg_mask/<split>/<class>/*.npy`. `fewer`: a variant written with one image fewer per class; `empty`: one whose
-    split folder holds only empty class folders; `missing`: one without the last class's folder."""
+    split folder holds only empty class folders; `missing`: one without the last class's folder; `colour0`: the
+    colour index (`_rng_images`' label) of the first class."""
     from PIL import Image
     rng = np.random.default_rng(seed)
     d = Path(root)
-    xs = [_rng_images(rng, n, size, size, [c] * n) for c in range(len(classes))]
+    xs = [_rng_images(rng, n, size, size, [colour0 + c] * n) for c in range(len(classes))]
     m = np.zeros((size, size), bool); m[size // 4: 3 * size // 4, size // 3: 2 * size // 3] = True
     for c, cls in enumerate(classes):
         for i in range(n):
@@ -168,11 +170,13 @@ IN9_RELEASE_CLASSES = ("00_dog", "01_bird", "02_wheeled vehicle", "03_reptile", 
 
 def fake_in9_release(root, counts=(4, 3, 2, 2, 1, 1, 1, 1, 1), size: int = 32,
                      variants=("original", "only_fg", "only_bg_t", "mixed_same", "mixed_rand"), split: str = "val",
-                     fewer=None) -> Path:
+                     fewer=None, class_colours: bool = False) -> Path:
     """Write an IN-9 tree with the release's nine class folders, `counts[c]` images of class c in every variant
-    (`fewer`: a variant with one image fewer per class) and `fg_mask`; returns `root`."""
+    (`fewer`: a variant with one image fewer per class) and `fg_mask`; returns `root`. `class_colours`: class c's
+    images take colour c (`_rng_images`), else every class takes colour 0."""
     for c, (cls, n) in enumerate(zip(IN9_RELEASE_CLASSES, counts)):
-        fake_in9(root, (cls,), n=n, size=size, seed=c, variants=variants, split=split, fewer=fewer)
+        fake_in9(root, (cls,), n=n, size=size, seed=c, variants=variants, split=split, fewer=fewer,
+                 colour0=c if class_colours else 0)
     return Path(root)
 
 SSL_LAYOUTS = ("solo-learn", "lightly", "moco-v2", "dino-backbone", "dino-train", "dino-train-vit")
