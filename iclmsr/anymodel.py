@@ -4,20 +4,23 @@
 
 # %% ../nbs/14a_anymodel.ipynb #ebb07b25
 from __future__ import annotations
-import argparse, difflib, importlib, warnings
-from dataclasses import dataclass, asdict
+import argparse, difflib, hashlib, importlib, json, time, warnings
+from dataclasses import dataclass, asdict, replace
 from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .utils import UserError, read_torch_file, model_device
-from .data import FgBgData, IN9_VARIANTS, load_in9
+from .utils import UserError, read_torch_file, model_device, get_device
+from .data import FgBgData, IN9_VARIANTS, load_in9, load_dataset, variant_of
+from .eval import (
+    check_fits, default_test_split, evaluate, package_versions, save_probe, split_spec_variant,
+    state_key, _eval_variants, _given_probe)
 
 # %% auto #0
-__all__ = ['IN9_CLASSES', 'IMAGENET_MEAN', 'IMAGENET_STD', 'IN9_MEAN', 'IN9_STD', 'MODEL_SCHEMES', 'in9_mapping',
+__all__ = ['IN9_CLASSES', 'IMAGENET_MEAN', 'IMAGENET_STD', 'IN9_MEAN', 'IN9_STD', 'MODEL_SCHEMES', 'TRANSFORMS', 'in9_mapping',
            'imagenet_to_in9', 'in9_labels', 'InputTransform', 'benchmark_transform', 'read_weights', 'find_state',
            'match_keys', 'load_state', 'load_model', 'model_transform', 'in9_predictions', 'in9_accuracy',
-           'bg_challenge_table']
+           'bg_challenge_table', 'feature_model', 'input_transform', 'eval_encoder']
 
 # %% ../nbs/14a_anymodel.ipynb #5a217677
 # in_to_in9.json of MadryLab/backgrounds_challenge @ 46d224bb: the ImageNet indices of each IN-9
@@ -103,17 +106,24 @@ class InputTransform:
     source: str = "default: resize 256, centre crop 224, ImageNet mean/std"
 
 # %% ../nbs/14a_anymodel.ipynb #5e8c64e3
+def _resize_crop(t: InputTransform, x: torch.Tensor, clamp: bool = True) -> torch.Tensor:
+    "Float images `x` with the short side resized to `t.resize` and the centre `t.crop` cut out."
+    if t.resize and min(x.shape[-2:]) != t.resize:
+        h, w = x.shape[-2:]; s = t.resize / min(h, w)
+        aa = t.interpolation in ("bilinear", "bicubic")
+        x = F.interpolate(x, size=(round(h * s), round(w * s)), mode=t.interpolation,
+                          antialias=aa, align_corners=False if aa else None)
+        if clamp: x = x.clamp(0, 1)
+    if t.crop and tuple(x.shape[-2:]) != (t.crop, t.crop):
+        h, w = x.shape[-2:]; top, left = (h - t.crop) // 2, (w - t.crop) // 2
+        x = x[..., top:top + t.crop, left:left + t.crop]
+    return x
+
+# %% ../nbs/14a_anymodel.ipynb #5e8c64e4
 @torch.no_grad()
 def _apply(self: InputTransform, images: torch.Tensor) -> torch.Tensor:
     x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
-    if self.resize and min(x.shape[-2:]) != self.resize:
-        h, w = x.shape[-2:]; s = self.resize / min(h, w)
-        aa = self.interpolation in ("bilinear", "bicubic")
-        x = F.interpolate(x, size=(round(h * s), round(w * s)), mode=self.interpolation,
-                          antialias=aa, align_corners=False if aa else None).clamp_(0, 1)
-    if self.crop and tuple(x.shape[-2:]) != (self.crop, self.crop):
-        h, w = x.shape[-2:]; t, l = (h - self.crop) // 2, (w - self.crop) // 2
-        x = x[..., t:t + self.crop, l:l + self.crop]
+    x = _resize_crop(self, x)
     m = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
     return (x - m) / torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
 
@@ -191,7 +201,7 @@ def _prefix_counts(src: dict, target: dict, shapes: dict) -> dict:
     return counts
 
 # %% ../nbs/14a_anymodel.ipynb #e1cacfb7
-def match_keys(state: dict, model: nn.Module) -> tuple:
+def match_keys(state: dict, model: nn.Module, where: str = "the weights") -> tuple:
     """`(prefix, positional)`: the prefix to strip from `state`'s keys (and whether its keys are
     child positions) that makes most of them the model's keys with the model's shapes."""
     shapes = {k: v.shape for k, v in model.state_dict().items()}
@@ -201,7 +211,7 @@ def match_keys(state: dict, model: nn.Module) -> tuple:
             rank = (n, not positional, -_KNOWN.index(p) if p in _KNOWN else -len(_KNOWN), -len(p))
             if best is None or rank > best[0]: best = (rank, p, positional)
     if best is None:
-        raise UserError(f"none of the {len(state)} tensors of the weights fit the model (first "
+        raise UserError(f"none of the {len(state)} tensors of {where} fit the model (first "
                         f"key in the file: {next(iter(state))!r}, in the model: "
                         f"{next(iter(shapes), None)!r})")
     return best[1], best[2]
@@ -239,7 +249,7 @@ def load_state(model: nn.Module, state, role: str = "encoder", key: str | None =
     where = where or (f"the weights in {str(state)!r}" if isfile else "the weights")
     obj = read_weights(state) if isfile else state
     sd, k = find_state(obj, key, where)
-    prefix, positional = match_keys(sd, model)
+    prefix, positional = match_keys(sd, model, where)
     src, outside = _mapped(sd, model, prefix, positional)
     own = model.state_dict()
     fits = {n: v for n, v in src.items() if n in own and tuple(own[n].shape) == tuple(v.shape)}
@@ -460,3 +470,212 @@ def bg_challenge_table(model: nn.Module, root, head: str = "imagenet", split: st
     return {"protocol": "Backgrounds Challenge (MadryLab/backgrounds_challenge, in9_eval.py)",
             "head": head, "split": split, "transform": t.source, "accuracy": acc, "images": n,
             "bg_gap": gap}
+
+# %% ../nbs/14a_anymodel.ipynb #44075276
+def _one_tensor(out) -> torch.Tensor:
+    "The tensor of a module's output: the first of a tuple or list."
+    while isinstance(out, (tuple, list)) and len(out): out = out[0]
+    if not torch.is_tensor(out):
+        raise UserError(f"the layer gives a {type(out).__name__}, not a tensor: name another "
+                        "--layer")
+    return out
+
+# %% ../nbs/14a_anymodel.ipynb #838dfd9a
+def _pool(f: torch.Tensor) -> torch.Tensor:
+    """(N, D) features of a layer's output: a (N, C, H, W) map averaged over H, W, a (N, T, C)
+    token sequence's first token, anything else flattened."""
+    if f.ndim == 4: return f.mean((2, 3))
+    if f.ndim == 3: return f[:, 0]
+    return f.reshape(len(f), -1)
+
+# %% ../nbs/14a_anymodel.ipynb #73a55199
+def _is_script(model: nn.Module) -> bool:
+    return isinstance(model, (torch.jit.ScriptModule, torch.jit.RecursiveScriptModule))
+
+class _Features(nn.Module):
+    "`model`'s output at `layer` (None: the input of the Linear giving its output), pooled."
+    def __init__(self, model: nn.Module, layer: str | None = None):
+        super().__init__()
+        self.model, self.layer = model, layer
+
+# %% ../nbs/14a_anymodel.ipynb #1ac2bf2d
+def _hooks(self: _Features, seen: dict) -> list:
+    "Hooks keeping the named layer's output, or each Linear's input and output, in `seen`."
+    if self.layer is not None:
+        keep = lambda m, i, o: seen.setdefault("out", o)
+        return [self.model.get_submodule(self.layer).register_forward_hook(keep)]
+    if _is_script(self.model): return []
+    def linear(m, i, o): seen.update(inp=i[0], out=o)
+    return [m.register_forward_hook(linear) for m in self.model.modules()
+            if isinstance(m, nn.Linear)]
+
+_Features._hooks = _hooks
+
+# %% ../nbs/14a_anymodel.ipynb #e5b14e43
+def _forward(self: _Features, x: torch.Tensor) -> torch.Tensor:
+    seen = {}
+    hooks = self._hooks(seen)   # set for one forward: nothing stays on the model
+    try: y = self.model(x)
+    finally:
+        for h in hooks: h.remove()
+    if self.layer is not None:
+        if "out" not in seen:
+            raise UserError(f"--layer {self.layer}: the model's forward does not run it")
+        return _pool(_one_tensor(seen["out"]))
+    return _pool(seen["inp"] if seen and seen["out"] is y else _one_tensor(y))
+
+_Features.forward = _forward
+
+# %% ../nbs/14a_anymodel.ipynb #7beda1fb
+def _check_layer(model: nn.Module, layer: str):
+    "Refuse a layer that TorchScript cannot hook or that `model` does not have (nearest names)."
+    if _is_script(model):
+        raise UserError(f"--layer {layer}: a TorchScript model runs no forward hooks, so only its "
+                        "output can be read; leave --layer out")
+    names = [n for n, _ in model.named_modules() if n]
+    if layer in names: return
+    near = difflib.get_close_matches(layer, names, 3, 0.5) or names[:3]
+    raise UserError(f"--layer {layer}: {type(model).__name__} has no module of that name "
+                    f"(nearest: {', '.join(near) or 'none, it has no submodules'}); names are "
+                    "those of model.named_modules()")
+
+# %% ../nbs/14a_anymodel.ipynb #f00ab723
+def feature_model(model: nn.Module, layer: str | None = None) -> nn.Module:
+    """A module giving `(N, D)` features of `model`: the output of `layer` (a `named_modules` name)
+    pooled, or by default (None, 'penultimate') the input of the Linear giving the output."""
+    layer = None if layer in (None, "penultimate") else layer
+    if layer is not None: _check_layer(model, layer)
+    return _Features(model, layer)
+
+# %% ../nbs/14a_anymodel.ipynb #02c69438
+TRANSFORMS = ("auto", "model", "benchmark", "none")
+
+def _fmt_value(v) -> str: return ",".join(f"{x:g}" for x in v) if isinstance(v, tuple) else str(v)
+
+def _none_transform() -> InputTransform:
+    return InputTransform((0.0,), (1.0,), None, None, "bilinear",
+                          "none: images scaled to [0, 1], no resize or crop, mean 0, std 1")
+
+# %% ../nbs/14a_anymodel.ipynb #647c5046
+def _own_transform(how: str, spec, model) -> InputTransform:
+    "The model's stated transform; else refused (`how='model'`) or images as given (auto)."
+    t = model_transform(spec, model) if isinstance(spec, str) else InputTransform()
+    if not t.source.startswith("default"): return t
+    name = spec if isinstance(spec, str) else type(spec).__name__
+    if how == "model":
+        raise UserError(f"--transform model: {name} states no input transform (torchvision:NAME,"
+                        "weights=ENUM and timm: models do); use --transform auto, benchmark or "
+                        "none, with --resize, --crop, --mean, --std")
+    return InputTransform(IMAGENET_MEAN, IMAGENET_STD, None, None, "bilinear",
+                          "auto: images as given (no resize or crop), ImageNet mean/std (the "
+                          "model's source states no transform)")
+
+# %% ../nbs/14a_anymodel.ipynb #3a5342f2
+def _checked(k: str, v):
+    "An override of the transform, checked: resize/crop integers >= 1, mean/std numbers."
+    if k in ("resize", "crop"):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise UserError(f"--{k} {v}: must be an integer >= 1 (pixels)")
+        return v
+    try: v = tuple(float(x) for x in (v if isinstance(v, (tuple, list)) else [v]))
+    except (TypeError, ValueError): raise UserError(f"--{k} {v}: must be numbers") from None
+    if not v: raise UserError(f"--{k}: needs one value per channel (or one for all)")
+    if k == "std" and min(v) <= 0:
+        raise UserError(f"--std {_fmt_value(v)}: each value must be > 0")
+    return v
+
+# %% ../nbs/14a_anymodel.ipynb #402060e2
+def input_transform(how="auto", spec=None, model: nn.Module | None = None, head: str = "probe",
+                    resize: int | None = None, crop: int | None = None, mean=None,
+                    std=None) -> InputTransform:
+    """The input of a model: `how` (auto, model, benchmark, none, or an `InputTransform`) resolved
+    for `spec`/`model` and `head`, then `resize`, `crop`, `mean`, `std` where given."""
+    if isinstance(how, InputTransform): t = how
+    elif how not in TRANSFORMS:
+        raise UserError(f"--transform {how}: must be one of {', '.join(TRANSFORMS)}")
+    elif how == "none": t = _none_transform()
+    elif how == "benchmark" or (how == "auto" and head in _HEADS_OUT):
+        t = benchmark_transform(head if head in _HEADS_OUT else "imagenet")
+    else: t = _own_transform(how, spec, model)
+    kw = {k: _checked(k, v) for k, v in dict(resize=resize, crop=crop, mean=mean, std=std).items()
+          if v is not None}
+    if not kw: return t
+    note = ", ".join(f"{k} {_fmt_value(v)}" for k, v in kw.items())
+    return replace(t, **kw, source=f"{t.source}; set: {note}")
+
+# %% ../nbs/14a_anymodel.ipynb #7c63fa0d
+class _Input(nn.Module):
+    "The resize and centre crop of an `InputTransform`, on normalised images (gradients through)."
+    def __init__(self, t: InputTransform): super().__init__(); self.t = t
+    def forward(self, x): return _resize_crop(self.t, x, clamp=False)
+
+class _Encoder(nn.Sequential):
+    "Resize and crop, then `_Features`; Grad-CAM explains the named layer itself."
+    def __init__(self, t: InputTransform, feats: _Features):
+        super().__init__(_Input(t), feats)
+        if feats.layer is not None: self.cam_layer_name = f"1.model.{feats.layer}"
+
+# %% ../nbs/14a_anymodel.ipynb #2acd4066
+def _encoder_key(spec: str, model: nn.Module, layer, t: InputTransform) -> str:
+    "The embedding cache's model key: spec, loaded weights, layer and input transform."
+    parts = json.dumps([spec, state_key(model), layer, asdict(t)])
+    return "e" + hashlib.blake2b(parts.encode(), digest_size=10).hexdigest()
+
+# %% ../nbs/14a_anymodel.ipynb #62589577
+def _encoder_data(data, train_split: str, test_split, train_variant: str) -> tuple:
+    "(spec, its variant=, test split, train data, test data) of `eval_encoder`'s `data`."
+    if not isinstance(data, str) or not data.strip():
+        raise UserError("--data SPEC is required with --head probe (e.g. toy, cifar10:PATH, "
+                        "in9:ROOT): the probe is fitted on its train split")
+    base, sv = split_spec_variant(data)
+    test_split = test_split or default_test_split(data)
+    train, test = load_dataset(base, train_split), load_dataset(base, test_split)
+    if train_variant != "original": train = variant_of(train, train_variant)
+    return sv, test_split, train, test
+
+# %% ../nbs/14a_anymodel.ipynb #bcafa029
+def _encoder(model, weights, key, layer, transform, over: dict, info: dict) -> tuple:
+    "(the encoder module, its InputTransform) of `eval_encoder`'s arguments."
+    m = load_model(model, weights, role="encoder", key=key, info=info)
+    info.pop("transform", None)   # the transform used is stated on its own
+    t = input_transform(transform, model, m, "probe", **over)
+    return _Encoder(t, feature_model(m, layer)), t
+
+# %% ../nbs/14a_anymodel.ipynb #d4da836f
+def _check_channels(t: InputTransform, data: FgBgData):
+    "Refuse a mean or std whose number of values is neither 1 nor the images' channels."
+    C = data.images.shape[1]
+    for k in ("mean", "std"):
+        v = getattr(t, k)
+        if len(v) not in (1, C):
+            raise UserError(f"--{k} {_fmt_value(tuple(v))}: {len(v)} values, but the images of "
+                            f"{data.name!r} have {C} channels (give {C}, or 1 for all)")
+
+# %% ../nbs/14a_anymodel.ipynb #d4da8370
+def eval_encoder(model, data: str, weights=None, key: str | None = None, layer: str | None = None,
+                 transform="auto", train_split: str = "train", test_split: str | None = None,
+                 train_variant: str = "original", variants: str | None = None, probe=None,
+                 probe_out=None, device="auto", resize=None, crop=None, mean=None, std=None,
+                 **evaluate_kw) -> dict:
+    """`eval_checkpoint` for any encoder (a spec or an `nn.Module`): its `layer` features through
+    the input `transform`, every measure of `iclmsr.eval.evaluate` (`evaluate_kw`)."""
+    t0, info, dev = time.time(), {}, get_device(device)
+    sv, test_split, train, test = _encoder_data(data, train_split, test_split, train_variant)
+    over = dict(resize=resize, crop=crop, mean=mean, std=std)
+    enc, t = _encoder(model, weights, key, layer, transform, over, info)
+    enc, lay = enc.to(dev), layer or "penultimate"
+    where = f"the model {info['spec']!r} (layer {lay}, input: {t.source})"
+    _check_channels(t, test)
+    dim = check_fits(enc, test, t.mean, t.std, where)
+    pr = _given_probe(probe, dim, train, data) if probe else None
+    res = evaluate(enc, train, test, t.mean, t.std, variants=_eval_variants(variants, sv, test),
+                   probe=pr, model_key=_encoder_key(info["spec"], enc, lay, t), **evaluate_kw)
+    fitted = res.pop("probe")
+    if pr is None and probe_out is not None: save_probe(fitted, probe_out, train.classes)
+    return {"model_spec": info["spec"], "weights": info["weights"], "load": info, "layer": lay,
+            "transform": t.source, "input_transform": asdict(t), "data": data,
+            "train_split": train_split, "test_split": test_split, "train_variant": train_variant,
+            "spec_variant": sv, "model": {"feat_dim": dim},
+            "normalisation": {"mean": list(t.mean), "std": list(t.std)}, **res,
+            "probe": str(probe) if probe else Path(probe_out).name if probe_out else None,
+            "seconds": time.time() - t0, "versions": package_versions(), "device": str(dev)}

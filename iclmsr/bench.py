@@ -31,12 +31,13 @@ from .viz import PointSet, UMAPView, pca_reduce, umap_2d, align_2d
 from .dashboard import Recorder, Dashboard
 
 # %% auto #0
-__all__ = ['BENCHES', 'EPOCH_BASE', 'QUICK_EPOCH', 'EPOCH_RUNS', 'bench', 'bench_step', 'bench_augment', 'bench_knn', 'bench_toy',
-           'bench_icl_epoch', 'bench_excon_step', 'bench_grad_cam', 'bench_umap', 'bench_dashboard']
+__all__ = ['BENCHES', 'EPOCH_BASE', 'QUICK_EPOCH', 'EPOCH_RUNS', 'CHALLENGE_BGS', 'bench', 'bench_step', 'bench_augment',
+           'bench_knn', 'bench_toy', 'bench_icl_epoch', 'bench_excon_step', 'bench_embed', 'bench_grad_cam',
+           'bench_umap', 'bench_dashboard']
 
 # %% ../nbs/20_bench.ipynb #6d493721
 BENCHES = ("augment", "step", "knn", "toy", "icl_epoch", "excon_step",
-           "lightly", "profile", "scale")
+           "embed", "lightly", "profile", "scale")
 
 def _run_bench(name: str, quick: bool) -> dict:
     if name == "augment":
@@ -53,6 +54,8 @@ def _run_bench(name: str, quick: bool) -> dict:
     if name == "excon_step":
         return (bench_excon_step("small_cnn", batch=32, n_classes=4, steps=1, warmup=0)
                 if quick else bench_excon_step())
+    if name == "embed":
+        return bench_embed(size=64, batch=2, rounds=1, warmup=0) if quick else bench_embed()
     if name == "lightly":   # the small CNN and ResNet-18 on this machine's device
         from iclmsr.speed import bench_lightly
         from iclmsr.utils import get_device
@@ -82,7 +85,7 @@ def _is_bench(p: Path) -> bool:
 # %% ../nbs/20_bench.ipynb #41f5afa4
 def bench(out: str = "bench.json",  # JSON file for the results
           # comma-separated benchmarks to run (default: all of augment, step, knn, toy, icl_epoch,
-          # excon_step, lightly, profile, scale)
+          # excon_step, embed, lightly, profile, scale)
           only: name_list = None,
           quick: bool = False,  # tiny sizes: a smoke run whose numbers mean little
           overwrite: bool = False,  # replace --out when it holds an earlier result of iclmsr bench
@@ -422,6 +425,45 @@ def bench_excon_step(backbone: str = "resnet18", batch: int = 256, size: int = 3
             "explain_vs_fwd_bwd": rel("explain", "fwd_bwd"), "excon_extra_vs_fwd_bwd": extra,
             "accepted_share": median(shares),
             "target": {"excon_extra_vs_fwd_bwd": 1.0}, "times_s": times}
+
+# %% ../nbs/20_bench.ipynb #26a99c01
+def _embedder(arch: str) -> tuple:
+    """`(model, embedding size)`: torchvision's ResNet `arch` (`weights=None`) in eval mode, its
+    classifier `fc` replaced by the identity."""
+    import torchvision
+    m = getattr(torchvision.models, arch)(weights=None)
+    dim = m.fc.in_features
+    m.fc = nn.Identity()
+    return m.eval(), dim
+
+# %% ../nbs/20_bench.ipynb #72f8035c
+# backgrounds tried on each foreground: iclmsr eval's default (--adv-bg) and the full protocol's
+# only_bg_t test images (nine classes x 450, arXiv:2006.09994, section 2)
+CHALLENGE_BGS = {"iclmsr_eval_default": 64, "full_protocol": 4050}
+
+def bench_embed(arch: str = "resnet50", size: int = 224, batch: int = 32, rounds: int = 3,
+                warmup: int = 1, threads: int | None = None, budgets: dict | None = None,
+                seed: int = 0) -> dict:
+    """Images/s of a torchvision ResNet's embeddings on the CPU (no grad), and the
+    adversarial-background challenge's worst-case seconds per foreground at each budget."""
+    x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    old, load0 = torch.get_num_threads(), os.getloadavg()[0]
+    try:
+        if threads: torch.set_num_threads(threads)
+        used = torch.get_num_threads()
+        model, dim = _embedder(arch)
+        with torch.inference_mode():
+            times = [timed(lambda: model(x))[0] for _ in range(warmup + rounds)][warmup:]
+    finally: torch.set_num_threads(old)
+    img_s = batch / median(times)
+    budgets = dict(CHALLENGE_BGS if budgets is None else budgets)
+    per_fg = {k: n / img_s for k, n in budgets.items()}
+    return {"device": "cpu", "arch": arch, "weights": None, "size": size, "batch": batch,
+            "threads": used, "cpu_count": os.cpu_count(), "rounds": rounds, "warmup": warmup,
+            "feat_dim": dim, "batch_s": times, "img_s": img_s,
+            "challenge": {"backgrounds_per_foreground": budgets,
+                          "worst_case_s_per_foreground": per_fg},
+            "loadavg_1min": (load0, os.getloadavg()[0])}
 
 # %% ../nbs/20_bench.ipynb #56febbc2
 def _captum_grad_cam(model, layer, images, targets, relu=False):

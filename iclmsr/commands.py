@@ -4,7 +4,7 @@
 
 # %% ../nbs/31_commands.ipynb #b23e8bd2
 from __future__ import annotations
-import dataclasses, json, time
+import argparse, dataclasses, inspect, json, time
 from pathlib import Path
 import torch
 import torch.distributed as dist
@@ -146,17 +146,28 @@ def train(
     return 130 if learn.cancelled else 0
 
 # %% ../nbs/31_commands.ipynb #32eec402
+def _eval_lines(ckpt, res: dict) -> tuple:
+    "(report title, summary line) of an evaluation: of a checkpoint, or of `--head probe`."
+    n = (f"{res['n_train']} {res['train_variant']} {res['train_split']} / {res['n_test']} "
+         f"{res['test_split']} images, {res['num_classes']} classes")
+    if "model_spec" in res:
+        return (f"iclmsr eval: {res['model_spec']} (--head probe) on {res['data']}",
+                f"{res['model_spec']} (--head probe, layer {res['layer']}, {res['feat_dim']}-d "
+                f"features, weights {res['weights'] or 'as built'}) on {res['data']}: {n}; input: "
+                f"{res['transform']}")
+    m = res["model"]
+    return (f"iclmsr eval: {Path(ckpt).name} on {res['data']}",
+            f"{ckpt} ({m['method']}{'+icl-msr' if m['icl_msr'] else ''}, {m['backbone']}, epoch "
+            f"{m['epoch']}) on {res['data']}: {n}")
+
+# %% ../nbs/31_commands.ipynb #32eec403
 def _write_eval(ckpt, res: dict, d: Path, quiet: bool = False):
     "Write results.json and report.html into `d`; print the summary (unless `quiet`) and the paths."
     (d/"results.json").write_text(json.dumps(res, indent=2))
-    title = f"iclmsr eval: {Path(ckpt).name} on {res['data']}"
+    title, line = _eval_lines(ckpt, res)
     (d/"report.html").write_text(eval_report(res, title))
     if not quiet:
-        m = res["model"]
-        print(f"{ckpt} ({m['method']}{'+icl-msr' if m['icl_msr'] else ''}, {m['backbone']}, epoch "
-              f"{m['epoch']}) on {res['data']}: {res['n_train']} {res['train_variant']} "
-              f"{res['train_split']} / {res['n_test']} {res['test_split']} images, "
-              f"{res['num_classes']} classes")
+        print(line)
         print_eval(res)
     print(f"wrote {d/'results.json'} and {d/'report.html'} in {res['seconds']:.1f} s")
 
@@ -170,7 +181,8 @@ def _in9_root(data: str | None) -> Path:
     "ROOT of `--data in9:ROOT`, scored by `iclmsr eval --model` (every variant folder present)."
     if not data or not data.startswith("in9:") or not data[4:].strip():
         raise UserError(f"--data {data or '(not given)'}: --model needs --data in9:ROOT, an "
-                        "ImageNet-9 release folder (original/val/00_dog ... 08_fish, ...)")
+                        "ImageNet-9 release folder (original/val/00_dog ... 08_fish, ...), for "
+                        "--head imagenet or in9; --head probe reads an encoder on any dataset")
     root, _, opts = data[4:].partition(",")
     if opts:
         raise UserError(f"--data {data}: --model reads no in9 options ({opts}): every variant "
@@ -188,22 +200,48 @@ def _any_args(ckpt, model, weights, weights_key, head) -> str:
     if not model:
         raise UserError(f"--head {head} goes with --model SPEC; --ckpt is read by its kNN and "
                         "linear probe (drop --head)")
-    if head == "probe":
-        raise UserError("--head probe with --model is not built yet: use --head imagenet or "
-                        "--head in9, or --ckpt for a checkpoint of iclmsr train")
     return head or "imagenet"
 
+# %% ../nbs/31_commands.ipynb #a26e0010
+# options that --model --head imagenet|in9 does not read (no probe, kNN or embeddings)
+_NOT_FOR_CLASSIFIER = ("k", "train_split", "train_variant", "test_split", "variants", "probe",
+                       "probe_epochs", "dcodr", "dcodr_epochs", "no_cache", "layer")
+# options that only --model reads
+_ONLY_FOR_MODEL = ("layer", "transform", "resize", "crop", "mean", "std")
+
+# %% ../nbs/31_commands.ipynb #a26e0011
+def _refuse_given(args: dict, names: tuple, why: str):
+    "Refuse in one line the options of `names` that `args` sets (to other than eval_cmd's default)."
+    ps = inspect.signature(eval_cmd).parameters
+    given = [f"--{n.replace('_', '-')}" for n in names if n in args and args[n] != ps[n].default]
+    if given:
+        one = len(given) == 1
+        raise UserError(f"{', '.join(given)} {'does' if one else 'do'} not apply to {why}: leave "
+                        f"{'it' if one else 'them'} out")
+
+# %% ../nbs/31_commands.ipynb #a26e0012
+def _transform_arg(model, head: str, transform, resize, crop, mean, std):
+    "The `InputTransform` of --transform and its overrides for `model` read by `head` (RGB images)."
+    from iclmsr.anymodel import input_transform
+    t = input_transform(transform, model, None, head, resize, crop, mean, std)
+    for k in ("mean", "std"):
+        if len(getattr(t, k)) not in (1, 3):
+            raise UserError(f"--{k}: {len(getattr(t, k))} values, but ImageNet-9 images have 3 "
+                            "channels (give 3, or 1 for all)")
+    return t
+
 # %% ../nbs/31_commands.ipynb #a26e0005
-def _any_results(model, weights, weights_key, head, data, device, batch, adv_fg=64, adv_bg=64,
-                 fgsm_n=512, expl_n=256) -> dict:
+def _any_results(model, weights, weights_key, head, data, device, batch, transform=None,
+                 adv_fg=64, adv_bg=64, fgsm_n=512, expl_n=256) -> dict:
     "results.json of `iclmsr eval --model`: the Backgrounds Challenge table of any model."
     from iclmsr.anymodel import bg_challenge_table, load_model
     from iclmsr.challenge import challenge_report
     from iclmsr.utils import get_device
     root, info, t0 = _in9_root(data), {}, time.time()
     m = load_model(model, weights, role="classifier", key=weights_key, info=info)
-    t = bg_challenge_table(m.to(get_device(device)), root, head=head, batch=batch)
-    more = challenge_report(m, root, head, adv_fg, adv_bg, fgsm_n, expl_n, batch)
+    t = bg_challenge_table(m.to(get_device(device)), root, head=head, batch=batch,
+                           transform=transform)
+    more = challenge_report(m, root, head, adv_fg, adv_bg, fgsm_n, expl_n, batch, transform)
     return {"model_spec": model, "weights": weights, "load": info, "data": data, "head": head,
             "protocol": _BG_PROTOCOL, "transform": t["transform"], "split": t["split"],
             "accuracy": t["accuracy"], "images": t["images"], "bg_gap": t["bg_gap"],
@@ -261,20 +299,84 @@ def _write_any(res: dict, d: Path, quiet: bool = False):
 
 # %% ../nbs/31_commands.ipynb #a26e0008
 def _eval_any(ckpt, model, weights, weights_key, head, data, out, overwrite, device, batch,
-              quiet, adv_fg=64, adv_bg=64, fgsm_n=512, expl_n=256, **_):
+              quiet, **rest):
     "`iclmsr eval --model`: the Backgrounds Challenge table of any model, written into --out."
     head = _any_args(ckpt, model, weights, weights_key, head)
+    if head == "probe":
+        return _eval_probe(model, weights, weights_key, data, out, overwrite, device, batch, quiet,
+                           **rest)
+    _refuse_given(rest, _NOT_FOR_CLASSIFIER, f"--head {head} (a classifier's Backgrounds "
+                  "Challenge table: no probe, kNN or embeddings; --head probe reads an encoder)")
+    t = _transform_arg(model, head, *(rest[k] for k in _ONLY_FOR_MODEL[1:]))
     _in9_root(data)   # before --out is claimed
     with OutGuard(out):   # a failed evaluation leaves no folder behind
         d = out_dir(out, "eval", overwrite)
-        _write_any(_any_results(model, weights, weights_key, head, data, device, batch, adv_fg,
-                                adv_bg, fgsm_n, expl_n), d, quiet)
+        _write_any(_any_results(model, weights, weights_key, head, data, device, batch, t,
+                                *(rest[k] for k in ("adv_fg", "adv_bg", "fgsm_n", "expl_n"))),
+                   d, quiet)
     return 0
+
+# %% ../nbs/31_commands.ipynb #a26e0013
+def _eval_probe(model, weights, weights_key, data, out, overwrite, device, batch, quiet, k,
+                train_split, train_variant, test_split, variants, probe, probe_epochs, fgsm_n,
+                expl_n, adv_fg, adv_bg, dcodr, dcodr_epochs, no_cache, layer, transform, resize,
+                crop, mean, std, **_):
+    "`iclmsr eval --model SPEC --head probe`: an encoder read as --ckpt is, written into --out."
+    from iclmsr.anymodel import eval_encoder
+    if not data:
+        raise UserError("--data SPEC is required with --head probe (e.g. toy, cifar10:PATH, "
+                        "in9:ROOT): the probe is fitted on its train split")
+    if "all" in (adv_fg, adv_bg):
+        raise UserError("--adv-fg/--adv-bg all (the challenge's full protocol) goes with --head "
+                        "imagenet or in9; --head probe takes a number of test images")
+    with OutGuard(out):   # a failed evaluation leaves no folder behind
+        d = out_dir(out, "eval", overwrite)
+        res = eval_encoder(model, data, weights, weights_key, layer, transform, train_split,
+                           test_split, train_variant, variants, probe, d/"probe.pt", device,
+                           resize, crop, mean, std, k=k, probe_epochs=probe_epochs,
+                           fgsm_n=fgsm_n, cache=not no_cache, batch=batch, adv_fg=adv_fg,
+                           adv_bg=adv_bg, dcodr=dcodr, dcodr_epochs=dcodr_epochs, expl_n=expl_n)
+        _write_eval(model, res, d, quiet)
+    return 0
+
+# %% ../nbs/31_commands.ipynb #a26e0014
+def _numbers(text: str) -> tuple:
+    "An argparse `type=` for a list of numbers such as 0.485,0.456,0.406: a tuple of floats."
+    try: return tuple(float(x) for x in str(text).split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated numbers (e.g. "
+                                         f"0.485,0.456,0.406), got {text!r}") from None
+
+# %% ../nbs/31_commands.ipynb #a26e0015
+# eval_cmd's options whose help does not fit beside them, as fastcore Params (help, type)
+_MODEL = Param("any model instead of --ckpt: torchvision:NAME, timm:NAME, torchscript:FILE, "
+               "python:MOD:FN, iclmsr:FILE", str)
+_HEAD = Param("how --model is read: imagenet (default; 1000 classes, the in_to_in9 mapping), in9 "
+              "(9 classes) or probe (an encoder: kNN and linear probe fitted on --data's train "
+              "split)", OneOf("imagenet", "in9", "probe"))
+_LAYER = Param("--head probe: the features of this module (a name of model.named_modules()), "
+               "pooled; penultimate: the input of the Linear giving the output", str)
+_TRANSFORM = Param("input of --model: auto (imagenet, in9: the benchmark's; probe: the model's "
+                   "own where its source states it, else as given with ImageNet mean/std), model, "
+                   "benchmark, none (pixels in [0, 1])",
+                   OneOf("auto", "model", "benchmark", "none"))
+_DATA = Param("dataset spec, e.g. toy, toy:size=64, in9:PATH (default: the one the run trained on)",
+              str)
+_TRAIN_VARIANT = Param("variant of the train split they are fitted on (a spec's variant= names a "
+                       "test set)", str)
+_TEST_SPLIT = Param("split to measure on (default: test, or val where the dataset calls it so)",
+                    str)
+_EXPL_N = Param("original and mixed_rand test images explained by Grad-CAM (ExCon's AD/AI, mask "
+                "IoU; 0 = skip)", Range(int, 0))
+_DCODR = Param("DCoDR's measures on: auto (the code of a DCoDR method, else backbone), code, "
+               "backbone, off", OneOf("auto", "code", "backbone", "off"))
+_DCODR_EPOCHS = Param("most epochs of DCoDR's MLP probes (early stopping on a held-out 10% of "
+                      "train)", Range(int, 1))
 
 # %% ../nbs/31_commands.ipynb #a26e0009
 def _eval_ckpt(ckpt, data, out, overwrite, k, train_split, train_variant, test_split, variants,
                probe, probe_epochs, fgsm_n, expl_n, adv_fg, adv_bg, dcodr, dcodr_epochs, device,
-               batch, no_cache, quiet, weights=None, weights_key=None, **_):
+               batch, no_cache, quiet, weights=None, weights_key=None, **rest):
     "`iclmsr eval --ckpt`: our checkpoint's kNN, probes and background measures, into --out."
     if not ckpt:
         raise ValueError("--ckpt FILE (a checkpoint written by iclmsr train) or --model SPEC (any "
@@ -285,6 +387,8 @@ def _eval_ckpt(ckpt, data, out, overwrite, k, train_split, train_variant, test_s
     if weights or weights_key:
         raise UserError("--weights and --weights-key go with --model SPEC; a --ckpt file holds "
                         "its own weights")
+    _refuse_given(rest, _ONLY_FOR_MODEL, "--ckpt (read at its backbone's output with its run's "
+                  "normalisation; --model iclmsr:FILE --head probe reads it at any --layer)")
     with OutGuard(out):   # a failed evaluation leaves no folder behind
         d = out_dir(out, "eval", overwrite)
         res = eval_checkpoint(ckpt, data, k, train_split, test_split, variants, probe,
@@ -297,34 +401,32 @@ def _eval_ckpt(ckpt, data, out, overwrite, k, train_split, train_variant, test_s
 # %% ../nbs/31_commands.ipynb #252c8990
 def eval_cmd(
     ckpt: str = None,  # checkpoint written by iclmsr train (DIR/last.pt or DIR/best.pt)
-    # any model instead of --ckpt: torchvision:NAME, timm:NAME, torchscript:FILE, python:MOD:FN
-    model: str = None,
+    model: _MODEL = None,
     weights: str = None,  # weights file of --model (a state dict or a checkpoint holding one)
     weights_key: str = None,  # key of the state dict in --weights (default: found)
-    # how --model is read: imagenet (1000 classes, the in_to_in9 mapping) or in9 (9 classes)
-    head: OneOf("imagenet", "in9", "probe") = None,
-    # dataset spec, e.g. toy, toy:size=64, in9:PATH (default: the one the run trained on)
-    data: str = None,
+    head: _HEAD = None,
+    layer: _LAYER = "penultimate",
+    transform: _TRANSFORM = "auto",
+    resize: Range(int, 1) = None,  # --model's input: resize the short side to N pixels
+    crop: Range(int, 1) = None,  # --model's input: centre crop of N x N pixels
+    mean: _numbers = None,  # --model's input: per-channel mean, e.g. 0.485,0.456,0.406
+    std: _numbers = None,  # --model's input: per-channel std, e.g. 0.229,0.224,0.225
+    data: _DATA = None,
     out: str = None,  # output directory for results.json, report.html and probe.pt
     overwrite: bool = False,  # replace the evaluation in --out (only the files an eval writes)
     k: Range(int, 1) = 5,  # neighbours of the kNN classifier
     train_split: str = "train",  # split for the kNN database and the linear probe
-    # variant of the train split they are fitted on (a spec's variant= names a test set)
-    train_variant: str = "original",
-    # split to measure on (default: test, or val where the dataset calls it so)
-    test_split: str = None,
+    train_variant: _TRAIN_VARIANT = "original",
+    test_split: _TEST_SPLIT = None,
     variants: name_list = None,  # comma-separated test variants (default: all the data supports)
     probe: str = None,  # reuse a probe.pt of an earlier eval instead of fitting a new linear probe
     probe_epochs: Range(int, 1) = 100,  # epochs of the linear probe (and of the background probe)
     fgsm_n: Range(int, 0) = 512,  # test images attacked by FGSM at eps 1, 2, 4, 8/255 (0 = skip)
-    # original and mixed_rand test images explained by Grad-CAM (ExCon's AD/AI, mask IoU; 0 = skip)
-    expl_n: Range(int, 0) = 256,
+    expl_n: _EXPL_N = 256,
     adv_fg: Budget() = 64,  # foregrounds of the adversarial backgrounds (0 = skip, all = every one)
     adv_bg: Budget() = 64,  # backgrounds tried on each (at most adv_fg x adv_bg composites)
-    # DCoDR's measures on: auto (the code of a DCoDR method, else backbone), code, backbone, off
-    dcodr: OneOf("auto", "code", "backbone", "off") = "auto",
-    # most epochs of DCoDR's MLP probes (early stopping on a held-out 10% of train)
-    dcodr_epochs: Range(int, 1) = 100,
+    dcodr: _DCODR = "auto",
+    dcodr_epochs: _DCODR_EPOCHS = 100,
     device: device_name = "auto",  # auto, cpu, cuda, cuda:N or mps
     batch: Range(int, 1) = 512,  # images per forward pass
     no_cache: bool = False,  # recompute embeddings instead of using the cache
@@ -332,7 +434,7 @@ def eval_cmd(
 ):
     """Evaluate a checkpoint: kNN and linear accuracy per test variant, BG-gap, worst group,
     background probe, DCoDR's measures, ECE, FGSM, explanations, adversarial backgrounds; or,
-    with --model, any model's Backgrounds Challenge table on IN-9."""
+    with --model, any model: its Backgrounds Challenge table on IN-9 or (--head probe) those."""
     return (_eval_any if model or head else _eval_ckpt)(**locals())
 
 # %% ../nbs/31_commands.ipynb #c09972af

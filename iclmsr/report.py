@@ -323,6 +323,10 @@ def eval_report(res: dict, title: str) -> str:
     "The HTML report of one `evaluate` result."
     m = res.get("model", {})
     head = html_table([[k, v] for k, v in (("checkpoint", res.get("checkpoint")),
+                                           ("model", res.get("model_spec")),
+                                           ("weights", res.get("weights")),
+                                           ("layer", res.get("layer")),
+                                           ("input", res.get("transform")),
                                            ("data", res.get("data")),
                                            ("method", m.get("method")),
                                            ("backbone", m.get("backbone")),

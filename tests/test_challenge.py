@@ -213,7 +213,9 @@ def test_eval_cli_refuses_bad_budgets_in_one_line(capsys, tree, mods, tmp_path):
     m, data, out = ("--model", "python:i26chal_models:dog"), f"in9:{tree}", str(tmp_path/"o")
     for args, says in [((*m, "--data", data, "--out", out, "--adv-fg", "some"), "--adv-fg"),
                        ((*m, "--data", data, "--out", out, "--adv-bg", "-2"), "--adv-bg"),
-                       (("--ckpt", str(tmp_path/"last.pt"), "--out", out, "--adv-fg", "all"), "goes with --model")]:
+                       (("--ckpt", str(tmp_path/"last.pt"), "--out", out, "--adv-fg", "all"), "goes with --model"),
+                       ((*m, "--head", "probe", "--data", "toy", "--out", out, "--adv-bg", "all"),
+                        "--head probe takes a number")]:
         before = tree_hash(tmp_path), tree_hash(tree)
         code = main(["eval", *args]); err = capsys.readouterr().err
         assert code == 2 and err.startswith("iclmsr eval: error: ") and err.count("\n") == 1, err

@@ -1,7 +1,7 @@
 """`iclmsr eval --model SPEC` (issue 26): any model's Backgrounds Challenge table on an IN-9 tree, run in-process
 through `iclmsr.cli.main`. Constant-prediction models (a `python:MODULE:FUNCTION` spec and a torchvision state dict)
-score known shares; `--ckpt`/`--model` together or neither, `--head probe`, a bad spec, a bad `--data` and a weights
-file that does not fit are each one line on stderr with exit code 2 and no file changed."""
+score known shares; `--ckpt`/`--model` together or neither, an option the head does not read, a bad spec, a bad
+`--data` and a weights file that does not fit are each one line on stderr with exit code 2 and no file changed."""
 import hashlib, json, sys
 from pathlib import Path
 import pytest
@@ -98,7 +98,8 @@ def test_one_line_refusals(capsys, world, tmp_path):
         ((*m, "--ckpt", str(tmp_path/"last.pt"), "--data", data, "--out", o), "--ckpt"),
         (("--data", data, "--out", o), "--model SPEC"),
         (("--head", "in9", "--data", data, "--out", o), "--head in9 goes with --model"),
-        ((*m, "--head", "probe", "--data", data, "--out", o), "--head probe with --model is not built yet"),
+        ((*m, "--head", "probe", "--out", o), "--data SPEC is required with --head probe"),
+        ((*m, "--k", "3", "--data", data, "--out", o), "--k does not apply to --head imagenet"),
         (("--model", "nosuch:thing", "--data", data, "--out", o), "unknown model spec 'nosuch:thing'"),
         (("--model", "python:no_such_mod_i26x:f", "--data", data, "--out", o), "cannot import"),
         ((*m, "--data", "toy", "--out", o), "--data toy: --model needs --data in9:ROOT"),
@@ -115,4 +116,4 @@ def test_one_line_refusals(capsys, world, tmp_path):
     torch.save({"conv1.weight": torch.zeros(1)}, tmp_path/"bad.pt")
     err = refused(capsys, world, "--model", "torchvision:resnet18", "--weights", str(tmp_path/"bad.pt"), "--data", data,
                   "--out", o)
-    assert "none of the 1 tensors of the weights fit the model" in err, err
+    assert f"none of the 1 tensors of the weights in {str(tmp_path/'bad.pt')!r} fit the model" in err, err

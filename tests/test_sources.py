@@ -35,7 +35,7 @@ def test_references_page_lists_every_cited_arxiv_id():
 # A short author list next to an arXiv id ("Zhang, Jang et al., arXiv:2111.14271", "Kahana & Hoshen, ECCV 2022,
 # arXiv:2203.11284") must be the references page's authors: all of them in order, or a first few with "et al.".
 _NAME = r"\b[A-Z][a-z\u00e0-\u017f']+(?:-[A-Z][a-z\u00e0-\u017f']+)?\b"
-_LIST = re.compile(rf"((?:{_NAME}, )*{_NAME}(?:(?:,? and | & ){_NAME}| et al\.?))"   # the list,
+_LIST = re.compile(rf"((?:{_NAME},\s+)*{_NAME}(?:(?:,?\s+and\s+|\s+&\s+){_NAME}|\s+et al\.?))"   # the list,
                    rf"[^;]{{0,160}}?arXiv[: ]?(\d{{4}}\.\d{{4,5}})")                  # then its id
 _REF = re.compile(r"^- \*\*.+?\*\*\. ([^\n]+?)\[arXiv[: ]?(\d{4}\.\d{4,5})", re.M)
 
@@ -60,7 +60,7 @@ def test_short_author_lists_match_the_references():
         for lst, a in _LIST.findall(text):
             if a not in surnames: continue
             etal = lst.endswith(("et al.", "et al"))
-            names = re.split(r", and |, | and | & ", re.sub(r" et al\.?$", "", lst))
+            names = re.split(r",\s+and\s+|,\s+|\s+and\s+|\s+&\s+", re.sub(r"\s+et al\.?$", "", lst))
             seen += 1
             if not _list_fits(names, etal, surnames[a]):
                 bad.append(f"{where}: {lst!r} for arXiv:{a} (references: {', '.join(surnames[a])})")
