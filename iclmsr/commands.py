@@ -4,7 +4,7 @@
 
 # %% ../nbs/31_commands.ipynb #b23e8bd2
 from __future__ import annotations
-import argparse, dataclasses, inspect, json, time
+import argparse, dataclasses, inspect, json, re, time
 from pathlib import Path
 import torch
 import torch.distributed as dist
@@ -22,7 +22,7 @@ from .challenge import Budget
 from .report import eval_report, out_dir, print_eval
 
 # %% auto #0
-__all__ = ['print_config_text', 'train', 'eval_cmd', 'data_info', 'data_export']
+__all__ = ['print_config_text', 'train', 'eval_cmd', 'read_models', 'side_by_side', 'data_info', 'data_export']
 
 # %% ../nbs/31_commands.ipynb #ad238385
 def _out_of_memory(e: BaseException) -> bool:
@@ -299,8 +299,14 @@ def _write_any(res: dict, d: Path, quiet: bool = False):
 
 # %% ../nbs/31_commands.ipynb #a26e0008
 def _eval_any(ckpt, model, weights, weights_key, head, data, out, overwrite, device, batch,
-              quiet, **rest):
+              quiet, models=None, **rest):
     "`iclmsr eval --model`: the Backgrounds Challenge table of any model, written into --out."
+    model = [model] if isinstance(model, str) else list(model or [])
+    if models or len(model) > 1:
+        a = dict(ckpt=ckpt, head=head, data=data, out=out, overwrite=overwrite, device=device,
+                 batch=batch, quiet=quiet, **rest)
+        return _eval_many(_model_entries(model, models, weights, weights_key, head), a)
+    model = model[0] if model else None
     head = _any_args(ckpt, model, weights, weights_key, head)
     if head == "probe":
         return _eval_probe(model, weights, weights_key, data, out, overwrite, device, batch, quiet,
@@ -350,7 +356,10 @@ def _numbers(text: str) -> tuple:
 # %% ../nbs/31_commands.ipynb #a26e0015
 # eval_cmd's options whose help does not fit beside them, as fastcore Params (help, type)
 _MODEL = Param("any model instead of --ckpt: torchvision:NAME, timm:NAME, torchscript:FILE, "
-               "python:MOD:FN, iclmsr:FILE", str)
+               "python:MOD:FN, iclmsr:FILE (repeatable: one table, a row per model)", str,
+               action="append")
+_MODELS = Param("a file of models, one per line: SPEC [weights=FILE] [key=K] [name=N] [head=H] "
+                "(# comments; weights from the file's folder)", str)
 _HEAD = Param("how --model is read: imagenet (default; 1000 classes, the in_to_in9 mapping), in9 "
               "(9 classes) or probe (an encoder: kNN and linear probe fitted on --data's train "
               "split)", OneOf("imagenet", "in9", "probe"))
@@ -402,6 +411,7 @@ def _eval_ckpt(ckpt, data, out, overwrite, k, train_split, train_variant, test_s
 def eval_cmd(
     ckpt: str = None,  # checkpoint written by iclmsr train (DIR/last.pt or DIR/best.pt)
     model: _MODEL = None,
+    models: _MODELS = None,
     weights: str = None,  # weights file of --model (a state dict or a checkpoint holding one)
     weights_key: str = None,  # key of the state dict in --weights (default: found)
     head: _HEAD = None,
@@ -435,7 +445,198 @@ def eval_cmd(
     """Evaluate a checkpoint: kNN and linear accuracy per test variant, BG-gap, worst group,
     background probe, DCoDR's measures, ECE, FGSM, explanations, adversarial backgrounds; or,
     with --model, any model: its Backgrounds Challenge table on IN-9 or (--head probe) those."""
-    return (_eval_any if model or head else _eval_ckpt)(**locals())
+    return (_eval_any if model or head or models else _eval_ckpt)(**locals())
+
+# %% ../nbs/31_commands.ipynb #a36b395e
+_LINE_KEYS = ("weights", "key", "name", "head")
+_HEAD_NAMES = ("imagenet", "in9", "probe")
+
+def _line_items(items: list, where: str) -> dict:
+    "The key=value items of a models-file line, checked."
+    e = {}
+    for it in items:
+        k, eq, v = it.partition("=")
+        if not eq or k not in _LINE_KEYS or not v or k in e:
+            raise UserError(f"{where}: {it!r} is not one of " + ", ".join(f"{k}=..." for k in
+                            _LINE_KEYS) + (" (given twice)" if k in e else ""))
+        e[k] = v
+    if e.get("head", "imagenet") not in _HEAD_NAMES:
+        raise UserError(f"{where}: head={e['head']} must be one of {', '.join(_HEAD_NAMES)}")
+    return e
+
+# %% ../nbs/31_commands.ipynb #5f2d5653
+def _models_line(text: str, where: str, folder: Path) -> dict | None:
+    "One model of a models file line `SPEC [weights=F] [key=K] [name=N] [head=H]`; None if empty."
+    words = re.sub(r"(^|\s)#.*", "", text).split()
+    if not words: return None
+    spec, e = words[0], _line_items(words[1:], where)
+    if "=" in spec.split(":")[0]:
+        raise UserError(f"{where}: a line starts with the model spec (e.g. torchvision:resnet50), "
+                        f"then key=value; got {spec!r}")
+    if "weights" in e: e["weights"] = str(folder/Path(e["weights"]).expanduser())
+    return {"spec": spec, "where": where, **e}
+
+# %% ../nbs/31_commands.ipynb #f771dae5
+def read_models(path) -> list:
+    """The models of a models file: one per line, `SPEC [weights=F] [key=K] [name=N] [head=H]`, `#`
+    comments; relative weights paths from the file's folder."""
+    p = Path(path).expanduser()
+    if not p.is_file(): raise FileNotFoundError(f"--models {path}: no such file")
+    lines = p.read_text(errors="replace").splitlines()
+    out = [e for i, l in enumerate(lines, 1) if (e := _models_line(l, f"{path}:{i}", p.parent))]
+    if not out:
+        raise UserError(f"--models {path}: lists no model (one per line: SPEC [weights=FILE] "
+                        "[key=K] [name=N] [head=H])")
+    return out
+
+# %% ../nbs/31_commands.ipynb #f67fe937
+def _model_entries(model, models, weights, weights_key, head) -> list:
+    "The models to evaluate: --model (repeatable) and --models FILE, each with a unique name."
+    es = [{"spec": s, "where": f"--model {s}"} for s in model or []]
+    if models: es += read_models(models)
+    if len(es) > 1 or models:
+        given = [o for o, v in (("--weights", weights), ("--weights-key", weights_key)) if v]
+        if given:
+            raise UserError(f"{', '.join(given)} goes with one --model; give each model its own "
+                            "on its line of a --models file (SPEC weights=FILE key=K)")
+    elif es: es[0].update(weights=weights, key=weights_key)
+    seen = {}
+    for e in es:
+        e["head"], e["name"] = e.get("head") or head or "imagenet", e.get("name") or e["spec"]
+        if e["name"] in seen:
+            raise UserError(f"{e['where']}: the name {e['name']!r} is taken by {seen[e['name']]}; "
+                            "give it another (name=N in a --models file)")
+        seen[e["name"]] = e["where"]
+    return es
+
+# %% ../nbs/31_commands.ipynb #a857bb92
+def _check_loads(es: list, a: dict):
+    "Load each model once (then drop it), resolve its input: one that fails stops the command here."
+    from iclmsr.anymodel import input_transform, load_model
+    for e in es:
+        try:
+            role = "encoder" if e["head"] == "probe" else "classifier"
+            m = load_model(e["spec"], e.get("weights"), role, e.get("key"))
+            input_transform(a["transform"], e["spec"], m, e["head"],
+                            *(a[k] for k in _ONLY_FOR_MODEL[2:]))
+        except (UserError, ValueError, FileNotFoundError, PermissionError) as x:
+            raise UserError(f"{e['where']}: {x}") from None
+
+# %% ../nbs/31_commands.ipynb #1a5e6d3f
+_ENCODER_ARGS = ("layer", "transform", "train_split", "test_split", "train_variant", "variants",
+                 "device", "resize", "crop", "mean", "std", "k", "probe_epochs", "fgsm_n", "batch",
+                 "adv_fg", "adv_bg", "dcodr", "dcodr_epochs", "expl_n")
+
+def _one_result(e: dict, a: dict) -> dict:
+    "One model's result among several: `eval_encoder`'s (--head probe) or the benchmark's table."
+    from iclmsr.anymodel import eval_encoder
+    if e["head"] == "probe":
+        kw = {k: a[k] for k in _ENCODER_ARGS}
+        return {"head": "probe", **eval_encoder(e["spec"], a["data"], e.get("weights"),
+                                                e.get("key"), cache=not a["no_cache"], **kw)}
+    t = _transform_arg(e["spec"], e["head"], *(a[k] for k in _ONLY_FOR_MODEL[1:]))
+    return _any_results(e["spec"], e.get("weights"), e.get("key"), e["head"], a["data"],
+                        a["device"], a["batch"], t,
+                        *(a[k] for k in ("adv_fg", "adv_bg", "fgsm_n", "expl_n")))
+
+# %% ../nbs/31_commands.ipynb #9fc64caa
+def _dig(d, *keys):
+    "d[k1][k2]... or None where a level is missing."
+    for k in keys: d = d.get(k) if isinstance(d, dict) else None
+    return d
+
+# the columns of the side-by-side table beyond variants and BG-gap, shown where every row has them
+_EXTRA = {"5-NN BG-gap": ("bg_gap", "knn5"), "worst group": ("worst_group", "linear", "acc"),
+          "background probe": ("bg_probe", "top1"), "ECE": ("ece",),
+          "FGSM 8/255": ("fgsm", "acc", "8/255"),
+          "fooled by backgrounds": ("adversarial_bg", "fooled"),
+          "challenge accuracy": ("adversarial_challenge", "accuracy")}
+
+# %% ../nbs/31_commands.ipynb #2381f31b
+def _row(res: dict) -> tuple:
+    "(variant accuracies and BG-gap, extra measures) of one model: linear probe or top-1 accuracy."
+    if "variants" in res:
+        acc = {v: s["linear_top1"] for v, s in res["variants"].items()}
+        gap = _dig(res, "bg_gap", "linear")
+    else: acc, gap = dict(res["accuracy"]), res["bg_gap"]
+    extra = {c: _dig(res, *ks) for c, ks in _EXTRA.items()}
+    return {**acc, "BG-gap": gap}, {c: v for c, v in extra.items() if isinstance(v, (int, float))}
+
+# %% ../nbs/31_commands.ipynb #789db0e8
+def side_by_side(results: dict) -> dict:
+    """The table of several models' results {name: result}: a row per model with its accuracy per
+    variant (linear probe, or top-1), BG-gap and the extra measures every row has."""
+    rows = {n: _row(r) for n, r in results.items()}
+    vs = list(dict.fromkeys(v for a, _ in rows.values() for v in a if v != "BG-gap"))
+    shared = [c for c in _EXTRA if all(c in x for _, x in rows.values())]
+    cols = ["model", "head", *vs, "BG-gap", *shared]
+    return {"columns": cols,
+            "rows": [[n, results[n].get("head", "probe"), *(a.get(v) for v in vs), a["BG-gap"],
+                      *(x[c] for c in shared)] for n, (a, x) in rows.items()]}
+
+# %% ../nbs/31_commands.ipynb #add3867b
+def _cells(table: dict) -> list:
+    "The rows of the side-by-side table as text: numbers with 2 decimals, '-' for none."
+    cell = lambda v: "-" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v)
+    return [[cell(v) for v in r] for r in table["rows"]]
+
+def _table_text(table: dict) -> list:
+    "The side-by-side table as aligned text lines, names left and numbers right."
+    rows = [table["columns"]] + _cells(table)
+    w = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w[i]) if i < 2 else c.rjust(w[i]) for i, c in enumerate(r))
+            for r in rows]
+
+# %% ../nbs/31_commands.ipynb #0dc2d70c
+def _model_note(name: str, r: dict) -> str:
+    "What one row of the side-by-side table is: spec, weights, head, layer, input, protocol."
+    head = r.get("head", "probe")
+    how = (f"layer {r['layer']}, linear probe fitted on {r['train_variant']} {r['train_split']}"
+           if head == "probe" else f"{r['protocol']}; not measured: "
+           + "; ".join(f"{k} ({why})" for k, why in r["unavailable"].items()))
+    return (f"{name}: {r['model_spec']}, weights {r['weights'] or 'as built'}, --head {head}, "
+            f"{how}; input: {r['transform']}")
+
+# %% ../nbs/31_commands.ipynb #4ba4d0e3
+def _write_many(res: dict, data: str, d: Path, quiet: bool, seconds: float):
+    "results.json (the table and each model's result), report.html (the table first), the table."
+    import html
+    from iclmsr.eval import package_versions
+    from iclmsr.report import html_report, html_table
+    table = side_by_side(res)
+    (d/"results.json").write_text(json.dumps(
+        {"data": data, "table": table, "models": res, "seconds": seconds,
+         "versions": package_versions()}, indent=2))
+    notes = [f"<p>{html.escape(_model_note(n, r))}</p>" for n, r in res.items()]
+    (d/"report.html").write_text(html_report(f"iclmsr eval: {len(res)} models on {data}",
+                                             [html_table(_cells(table), table["columns"]), *notes]))
+    if not quiet: print("\n".join([f"{len(res)} models on {data} (accuracy %: linear probe for "
+                                   "--head probe, top-1 for imagenet/in9)", *_table_text(table)]))
+    print(f"wrote {d/'results.json'} and {d/'report.html'} in {seconds:.1f} s")
+
+# %% ../nbs/31_commands.ipynb #7c63f7fd
+def _eval_many(es: list, a: dict) -> int:
+    "`iclmsr eval` with several models: each loaded first, then evaluated; one table into --out."
+    if a["ckpt"]:
+        raise UserError("--ckpt and --model/--models both name models: list the checkpoint as "
+                        "--model iclmsr:FILE")
+    _refuse_given(a, ("probe",), "several models (a probe file fits one model's features)")
+    heads = {e["head"] for e in es}
+    if "probe" not in heads:
+        _refuse_given(a, _NOT_FOR_CLASSIFIER,
+                      "--head imagenet or in9 (no probe, kNN or embeddings)")
+    if heads - {"probe"}: _in9_root(a["data"])
+    elif not a["data"]: raise UserError("--data SPEC is required with --head probe")
+    if "probe" in heads and "all" in (a["adv_fg"], a["adv_bg"]):
+        raise UserError("--adv-fg/--adv-bg all (the challenge's full protocol) goes with --head "
+                        "imagenet or in9; a --head probe model takes a number of test images")
+    _check_loads(es, a)   # before --out is claimed and any model evaluated
+    t0 = time.time()
+    with OutGuard(a["out"]):   # a failed evaluation leaves no folder behind
+        d = out_dir(a["out"], "eval", a["overwrite"])
+        res = {e["name"]: _one_result(e, a) for e in es}
+        _write_many(res, a["data"], d, a["quiet"], time.time() - t0)
+    return 0
 
 # %% ../nbs/31_commands.ipynb #c09972af
 def data_info(spec: Param("dataset spec, e.g. toy, toy:size=64,rho=0.95, cifar10:PATH, in9:PATH",

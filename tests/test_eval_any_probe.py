@@ -122,3 +122,97 @@ def test_one_line_refusals(capsys, world):
     for args, says in cases:
         err = refused(capsys, world, *args)
         assert says in err, (args, err)
+
+
+# several models side by side: constant classifiers on an IN-9 tree (tests/test_eval_any_model.py's MODULE)
+from test_eval_any_model import MODULE as CONSTANTS, FULL, FEWER, share
+from fixtures import fake_in9_release
+
+@pytest.fixture(scope="module")
+def in9(world):
+    root = world["root"]/"side"
+    fake_in9_release(root/"in9", fewer="mixed_rand")
+    (world["root"]/"i26_side_models.py").write_text(CONSTANTS)
+    return root
+
+def test_two_models_one_table(capsys, world, in9):
+    out = in9/"two"
+    code, printed, err = run(capsys, "--model", "python:i26_side_models:dog", "--model", "python:i26_side_models:outside",
+                             "--data", f"in9:{in9/'in9'}", "--out", str(out))
+    assert code == 0 and err == "", err
+    r = json.loads((out/"results.json").read_text())
+    t = r["table"]
+    assert t["columns"] == ["model", "head", "original", "only_fg", "only_bg_t", "mixed_same", "mixed_rand", "BG-gap",
+                            "ECE", "FGSM 8/255", "challenge accuracy"]     # the classifier measures both rows have
+    dog, outside = t["rows"]
+    assert dog[:2] == ["python:i26_side_models:dog", "imagenet"] and outside[0] == "python:i26_side_models:outside"
+    assert dog[2:7] == pytest.approx([share(FULL, 0)] * 4 + [share(FEWER, 0)]) and outside[2:8] == [0.0] * 6
+    assert dog[7] == pytest.approx(share(FULL, 0) - share(FEWER, 0))
+    assert (dog[10], outside[10]) == (pytest.approx(share(FULL, 0)), 0.0)  # challenge: the dogs stay dogs, nothing else is right
+    assert set(r["models"]) == {"python:i26_side_models:dog", "python:i26_side_models:outside"}
+    assert r["models"]["python:i26_side_models:dog"]["accuracy"]["original"] == dog[2]
+    lines = printed.splitlines()
+    assert lines[0].startswith("2 models on in9:") and lines[1].split()[:3] == ["model", "head", "original"]
+    assert lines[2].split()[:3] == ["python:i26_side_models:dog", "imagenet", "25.00"] and lines[-1].startswith("wrote ")
+    page = (out/"report.html").read_text()
+    assert page.index("<table>") < page.index("python:i26_side_models:dog: python:i26_side_models:dog, weights as built")
+
+def test_several_models_read_the_measure_options(capsys, world, in9):
+    "--adv-fg/--fgsm-n/--expl-n reach every model of a side-by-side table; --adv-fg all is refused for a probed one."
+    out = in9/"two_off"
+    code, _, err = run(capsys, "--model", "python:i26_side_models:dog", "--model", "python:i26_side_models:outside",
+                       "--data", f"in9:{in9/'in9'}", "--out", str(out), "--adv-fg", "0", "--fgsm-n", "0",
+                       "--expl-n", "0", "--quiet")
+    assert code == 0, err
+    r = json.loads((out/"results.json").read_text())
+    assert r["table"]["columns"][-1] == "ECE" and all(m["adversarial_challenge"] is None for m in r["models"].values())
+    err = refused(capsys, world, "--model", "python:i26_side_models:dog", "--model", f"iclmsr:{world['ckpt']}",
+                  "--head", "probe", "--data", SPEC, "--adv-fg", "all", "--out", str(world["root"]/"o"))
+    assert "a --head probe model takes a number of test images" in err, err
+
+def test_models_file(capsys, world, in9, tmp_path):
+    f = tmp_path/"models.txt"
+    f.write_text("# two classifiers\npython:i26_side_models:dog name=dog   # mapped to 00_dog\n\n"
+                 "python:i26_side_models:fish9 head=in9 name=fish\n")
+    code, _, err = run(capsys, "--models", str(f), "--data", f"in9:{in9/'in9'}", "--out", str(tmp_path/"e"), "--quiet")
+    assert code == 0, err
+    rows = json.loads((tmp_path/"e"/"results.json").read_text())["table"]["rows"]
+    assert [r[:3] for r in rows] == [["dog", "imagenet", share(FULL, 0)], ["fish", "in9", share(FULL, 8)]]
+
+def test_several_models_refusals(capsys, world, in9, tmp_path):
+    data, o = f"in9:{in9/'in9'}", str(world["root"]/"o")
+    two = ("--model", "python:i26_side_models:dog", "--model", "python:i26_side_models:outside", "--data", data)
+    bad = tmp_path/"bad.txt"
+    bad.write_text("python:i26_side_models:dog\n# fine\npython:i26_side_models:dog wieghts=w.pt\n")
+    twice = tmp_path/"twice.txt"
+    twice.write_text("python:i26_side_models:dog\npython:i26_side_models:dog\n")
+    broken = tmp_path/"broken.txt"
+    broken.write_text("python:i26_side_models:dog\npython:no_such_mod_i26y:f name=mine\n")
+    cases = [
+        ((*two, "--weights", "w.pt", "--out", o), "--weights goes with one --model"),
+        ((*two, "--k", "3", "--out", o), "--k does not apply to --head imagenet or in9"),
+        ((*two, "--head", "probe", "--probe", "p.pt", "--out", o), "--probe does not apply to several models"),
+        (("--models", str(bad), "--data", data, "--out", o), f"{bad}:3: 'wieghts=w.pt' is not one of weights=..."),
+        (("--models", str(twice), "--data", data, "--out", o), f"{twice}:2: the name 'python:i26_side_models:dog' is taken by {twice}:1"),
+        (("--models", str(broken), "--data", data, "--out", o), f"{broken}:2: model spec 'python:no_such_mod_i26y:f': cannot import"),
+        (("--models", str(tmp_path/"none.txt"), "--data", data, "--out", o), "no such file"),
+        ((*two[:4], "--data", "toy", "--out", o), "--data toy: --model needs --data in9:ROOT"),
+    ]
+    for args, says in cases:
+        err = refused(capsys, world, *args)
+        assert says in err, (args, err)
+
+def test_two_encoders_side_by_side(capsys, world):
+    "Our run (iclmsr: scheme) and an untrained small CNN, both probed: each its own embeddings and row."
+    out = world["root"]/"enc2"
+    code, _, err = run(capsys, "--model", f"iclmsr:{world['ckpt']}", "--model", "python:i26_probe_models:cnn",
+                       "--head", "probe", "--data", SPEC, "--transform", "none", "--mean", world["mean"],
+                       "--std", world["std"], "--out", str(out), "--quiet", *FASTER)
+    assert code == 0, err
+    r = json.loads((out/"results.json").read_text())
+    cols, (ours, cnn) = r["table"]["columns"], r["table"]["rows"]
+    assert cols[-5:] == ["BG-gap", "5-NN BG-gap", "worst group", "background probe", "ECE"]
+    assert (ours[1], cnn[1]) == ("probe", "probe")
+    mine = r["models"][f"iclmsr:{world['ckpt']}"]
+    assert ours[2:2 + len(mine["variants"])] == [v["linear_top1"] for v in mine["variants"].values()]
+    assert mine["variants"] != r["models"]["python:i26_probe_models:cnn"]["variants"]
