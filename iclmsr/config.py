@@ -331,7 +331,9 @@ def _json_pairs(pairs: list) -> dict:
 # %% ../nbs/00b_config.ipynb #5a0c1f07
 def strict_yaml(text: str):
     "The data of YAML `text` read by the strict loader (no tags, aliases or repeated keys)."
-    return yaml.load(text, Loader=_StrictLoader)
+    loader = _StrictLoader(text)   # what yaml.load does, with no way to pass another Loader
+    try: return loader.get_single_data()
+    finally: loader.dispose()
 
 
 # %% ../nbs/00b_config.ipynb #c3b75e3c
