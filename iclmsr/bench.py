@@ -331,7 +331,13 @@ QUICK_EPOCH = ("data.spec=toy:num_classes=4,n_train=16,n_test=8", "model.backbon
                "model.options.proj_hidden=64", "train.batch_size=32", "train.knn_every=0",
                "train.ckpt_every=0", "train.device=cpu")
 EPOCH_RUNS = {"simclr": (), "simclr+icl-frozen": (), "simclr+icl-msr": (),
-              "simclr+icl-msr first_order": ("icl.meta_mode=first_order",)}
+              "simclr+icl-msr first_order": ("icl.meta_mode=first_order",),
+              "simclr+icl-msr every": ("icl.meta_schedule=every",)}
+
+def _meta_per_epoch(L) -> float:
+    "Meta steps per epoch a learner took (a meta stage's, or the every-step schedule's)."
+    msr = getattr(L.method, "msr", None)
+    return int(msr.n_meta) / L.epoch if msr is not None and L.epoch else 0
 
 def bench_icl_epoch(base=EPOCH_BASE, runs: dict = EPOCH_RUNS, rounds: int = 4) -> dict:
     """Median seconds per training epoch of each run {label: extra overrides} (label = run
@@ -356,7 +362,7 @@ def bench_icl_epoch(base=EPOCH_BASE, runs: dict = EPOCH_RUNS, rounds: int = 4) -
     med = {k: median(v) for k, v in times.items()}
     return {"epoch_s": med, "ratio": {k: med[k] / med[first] for k in runs}, "rounds": rounds,
             "batches_per_epoch": learners[first].batches_per_epoch,
-            "meta_steps_per_epoch": {k: L.meta_batches_per_epoch for k, L in learners.items()}}
+            "meta_steps_per_epoch": {k: _meta_per_epoch(L) for k, L in learners.items()}}
 
 # %% ../nbs/20_bench.ipynb #74b164ab
 def _excon_contenders(backbone, size, n_classes, dev) -> dict:

@@ -73,10 +73,11 @@ def icl_regularizer(icl: ICLConfig, dim: int) -> MetaSemanticRegularizer:
     """The regulariser `icl` describes, or a control: `frozen` (strata as drawn, no stage 2) or
     `ntxent` (n = 1, a = 1)."""
     kw = {f.name: getattr(icl, f.name) for f in fields(icl) if f.name not in ("enabled", "control")}
-    if icl.control == "msr" and kw["meta_share"] == 0:
+    if icl.control == "msr" and icl.meta_schedule == "share" and kw["meta_share"] == 0:
         raise ConfigError("icl.meta_share=0 leaves the strata where they start (no stage 2): that "
                           "is the control icl.control=frozen; set it, or a share > 0")
-    if icl.control != "msr": kw["meta_share"] = 0.0
+    # a control has no stage 2, under either schedule
+    if icl.control != "msr": kw.update(meta_share=0.0, meta_schedule="share")
     # a = 1: L_ICL = NT-Xent
     if icl.control == "ntxent": kw.update(n_strata=1, activation="identity", init_std=0.0)
     return MetaSemanticRegularizer(dim, **kw)
@@ -205,7 +206,8 @@ def diagnose_icl(*overrides, base=DIAGNOSE_BASE) -> dict:
     sv, t0 = learn.method.strata, time.time()
     spread0 = sv.spread()
     learn.fit()
-    metas = [r for r in log.records if r.get("kind") == "meta"]
+    # meta records: the meta stage's, or the encoder steps' of meta_schedule=every
+    metas = [r for r in log.records if r.get("meta") is not None]
     med = (lambda k: statistics.median(v)
            if (v := [r[k] for r in metas if r.get(k) is not None]) else None)
     # the gradient the projections receive: L_base + lam L_ICL against (1 + lam) L_base
@@ -221,8 +223,9 @@ def diagnose_icl(*overrides, base=DIAGNOSE_BASE) -> dict:
     gaps = [r["icl_gap"] for r in log.records
             if r.get("kind") == "batch" and r.get("icl_gap") is not None]
     return {"overrides": list(overrides), "seconds": time.time() - t0, "steps": learn.step,
-            "meta_steps": len(metas), "spread_start": spread0, "spread_end": sv.spread(),
+            "meta_steps": int(m.msr.n_meta), "spread_start": spread0, "spread_end": sv.spread(),
             "moved_end": sv.moved(), "common_share_median": med("strata_common_share"),
             "meta_grad_norm_median": med("meta_grad_norm"),
             "meta_grad_cos_median": med("meta_grad_cos"),
-            "icl_gap_median": statistics.median(gaps) if gaps else None, "grad_rel_diff": rel}
+            "icl_gap_median": statistics.median(gaps) if gaps else None, "grad_rel_diff": rel,
+            **m.msr.scaled_diagnostics()}

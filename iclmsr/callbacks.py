@@ -100,7 +100,9 @@ class ProgressCallback(Callback):
 # %% ../nbs/12b_callbacks.ipynb #cea00d47
 CSV_FIELDS = ("time", "epoch", "step", "stage", "loss", "base", "rec", "icl", "icl_gap", "meta",
               "meta_grad_norm", "meta_grad_cos", "strata_common_share", "strata_spread",
-              "strata_moved", "lr", "images_per_s", "knn_full", "knn_fg", "knn_bg", "swapped_share")
+              "strata_moved", "strata_moved_rel_spread", "strata_moved_rel_bound",
+              "meta_grad_signal", "meta_grad_noise_floor", "lr", "images_per_s", "knn_full",
+              "knn_fg", "knn_bg", "swapped_share")
 
 class MetricsLogger(Callback):
     """Append metric records to `run_dir/metrics.jsonl` and `run_dir/metrics.csv` (rank 0); keep

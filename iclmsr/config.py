@@ -82,15 +82,22 @@ class ICLConfig:
     meta_params: Literal["all", "head"] = _f(
         "all", help="parameters of the virtual step: all, or the projection head only")
     meta_share: float = _f(0.2, _unit, "in [0, 1]", help="share of batches used by stage 2")
-    meta_lr: float = _f(1e-2, _pos, "> 0",
-                        help="learning rate (Adam) of the stratum parameters w, whose initial "
-                             "spread is init_std")
+    meta_lr: float = _f(1e-2, _pos, "> 0", help="learning rate of the stratum parameters w")
+    meta_schedule: Literal["share", "every"] = _f(
+        "share", help="share: a meta stage after each epoch's stage 1 on meta_share of its batches "
+                      "(two batches a step); every: a meta step every meta_every encoder steps, on "
+                      "the same batch, right after the encoder step (MetaMask, MetAug)")
+    meta_every: int = _f(1, _pos, ">= 1", help="meta_schedule=every: encoder steps per meta step")
+    meta_opt: Literal["adam", "sgd_metamask"] = _f(
+        "adam", help="optimiser of w: Adam at meta_lr, or MetaMask's SGD at meta_lr (momentum 0.9, "
+                     "weight decay 5e-4, cosine over the epochs; MetaMask's lr: 1e-3)")
+    strata_init: Literal["normal", "zeros"] = _f(
+        "normal", help="w_t ~ N(0, init_std^2), or MetaMask's w_t = 0 (all a_t = 0.5 and equal)")
     virtual_step: Literal["sgd", "adam"] = _f(
         "adam", help="virtual step of stage 2: plain SGD at the encoder's lr, or preconditioned "
                      "by the encoder's Adam second moments")
     init_std: float = _f(1.0, _nonneg, ">= 0",
-                         help="spread of the initial stratum parameters w_t ~ N(0, init_std^2) "
-                              "(0.01 makes every a_t = 0.5 and the term a rescaled NT-Xent)")
+                         help="spread of the initial w_t (strata_init=normal; 0.01: a_t ~ 0.5)")
     activation: Literal["sigmoid", "identity"] = _f("sigmoid",
                                                     help="a_t = sigmoid(w_t), or w_t itself")
 

@@ -195,8 +195,6 @@ class _IndexBatches(torch.utils.data.Dataset):
 def _order_seed(self: Learner, stage: str) -> int:
     "The seed of the domain-balanced batches of `stage` (the meta stage draws batches of its own)."
     return 2 * self.seed + (stage == "meta")
-
-# %% ../nbs/12_learner.ipynb #400c8bb0
 @patch
 def epoch_order(self: Learner, epoch: int, stage: str = "fit") -> torch.Tensor:
     """The training images of `epoch` and `stage` in batch order, from their own seeded generator: a
@@ -219,8 +217,6 @@ def batch_indices(self: Learner, order: torch.Tensor, b: int) -> torch.Tensor:
     per = self.batch_size // self.world
     start = b * self.batch_size + self.rank * per
     return order[start:start + per]
-
-# %% ../nbs/12_learner.ipynb #80a9b237
 @patch
 def stage_keys(self: Learner, stage: str, order: torch.Tensor, start: int, n: int) -> list:
     """This process's index batches for steps `start..n-1` of `stage`: `(idx,)` per fit step,
@@ -241,8 +237,6 @@ def stage_batches(self: Learner, keys: list):
                                             batch_size=None, sampler=keys, num_workers=self.workers,
                                             pin_memory=self.device.type == "cuda",
                                             generator=torch.Generator()))
-
-# %% ../nbs/12_learner.ipynb #6b85c85d
 @patch
 def make_batch(self: Learner, raw: dict, k: int = 0) -> Batch:
     """The `Batch` of one step from raw fields (the `k`-th of the step): views drawn on the training
@@ -279,20 +273,25 @@ def fit_batch(self: Learner, batch: Batch):
     if batch.swapped is not None:
         n = 1 if self.intervene.views == "one" else 2
         self.last_batch["swapped_share"] = _scalar(batch.swapped[:n].float().mean())
+    # icl.meta_schedule=every (MetaMask, MetAug): a meta step on this very batch, after its step
+    if self.method.meta_due(self.step): self.last_batch.update(self._meta_update(batch, batch))
 
 # %% ../nbs/12_learner.ipynb #d2542407
 @patch
-def meta_batch(self: Learner, batch_a: Batch, batch_b: Batch):
-    """Stage 2: one update of the stratum vectors through the meta-gradient, encoder fixed (outer
-    objective on `batch_b`)."""
+def _meta_update(self: Learner, batch_a: Batch, batch_b: Batch) -> dict:
+    "One update of the stratum vectors, encoder fixed (outer objective on `batch_b`); its record."
     self.method.train()
-    # lr, preconditioner: its own
-    try: res = self.method.meta_step(batch_a, batch_b, step=self.step, optimizer=self.opt)
+    try: res = self.method.meta_step(batch_a, batch_b, step=self.step, optimizer=self.opt,
+                                     progress=self.epoch / self.n_epochs)
     except NonFiniteLoss as e:
         e.args = (f"{e} (epoch {self.epoch}, meta step {self.batch_idx}); "
                   f"{stop_note(self.run_dir, 'strata')}: try a lower icl.meta_lr",)
         raise
-    self.last_batch = {k: None if v is None else _scalar(v) for k, v in res.items()}
+    return {k: None if v is None else _scalar(v) for k, v in res.items()}
+@patch
+def meta_batch(self: Learner, batch_a: Batch, batch_b: Batch):
+    "Stage 2: one update of the stratum vectors through the meta-gradient, encoder fixed."
+    self.last_batch = self._meta_update(batch_a, batch_b)
 
 # %% ../nbs/12_learner.ipynb #cad26c6c
 @patch

@@ -22,8 +22,8 @@ from .rec import LordGenerator, Reconstruction
 
 # %% auto #0
 __all__ = ['METHODS', 'NonFiniteLoss', 'Method', 'Registry', 'register_method', 'method_class', 'list_methods', 'options',
-           'option_help', 'SimCLR', 'BYOL', 'WMSE', 'BarlowTwins', 'SupCon', 'ICLMSR', 'DCoDR', 'DCoDRNoNegs',
-           'num_domains', 'say_once', 'DCoDRRec', 'build_method']
+           'option_help', 'SimCLR', 'BYOL', 'WMSE', 'BarlowTwins', 'SupCon', 'ICLMSR', 'background_pairs',
+           'positive_control', 'DCoDR', 'DCoDRNoNegs', 'num_domains', 'say_once', 'DCoDRRec', 'build_method']
 
 # %% ../nbs/06_methods.ipynb #7c7ab126
 class NonFiniteLoss(FloatingPointError):
@@ -134,10 +134,17 @@ def meta_steps(self: Method, n_batches: int) -> int:
     none by default."""
     return 0
 
+@patch
+def meta_due(self: Method, step: int) -> bool:
+    """Hook: whether encoder step `step` (from 1) is followed by a meta step on its own batch (a
+    regulariser's every-step schedule); never by default."""
+    return False
+
 # %% ../nbs/06_methods.ipynb #d38bfbc0
 @patch
 def meta_step(self: Method, batch_a, batch_b, inner_lr: float | None = None,
-              step: int | None = None, precond=None, optimizer=None) -> dict:
+              step: int | None = None, precond=None, optimizer=None,
+              progress: float | None = None) -> dict:
     "Hook: one stage-2 step (never called when `meta_steps` is 0); nothing by default."
     return {}
 
@@ -444,14 +451,15 @@ def regularizer_parameters(self: ICLMSR) -> list:
 # %% ../nbs/06_methods.ipynb #c80dea1f
 @patch
 def meta_step(self: ICLMSR, batch_a, batch_b, inner_lr: float | None = None,
-              step: int | None = None, precond=None, optimizer=None) -> dict:
+              step: int | None = None, precond=None, optimizer=None,
+              progress: float | None = None) -> dict:
     """Stage 2: one meta-gradient update of the strata (batches: `Batch`es or `(v1, v2[, labels])`);
     `optimizer`, the encoder's, gives the virtual step its lr and, with `virtual_step='adam'`, its
-    preconditioner."""
+    preconditioner; `progress` (the run's share done) the meta optimiser's schedule."""
     if optimizer is not None:
         inner_lr = optimizer.param_groups[0]["lr"] if inner_lr is None else inner_lr
         if precond is None and self.msr.virtual_step == "adam": precond = adam_precond(optimizer)
-    try: return self.msr.meta_step(self.base, batch_a, batch_b, inner_lr, precond)
+    try: return self.msr.meta_step(self.base, batch_a, batch_b, inner_lr, precond, progress)
     except FloatingPointError as e:
         raise NonFiniteLoss("meta", self.step if step is None else step, float("nan")) from e
 
@@ -460,6 +468,85 @@ def meta_step(self: ICLMSR, batch_a, batch_b, inner_lr: float | None = None,
 def meta_steps(self: ICLMSR, n_batches: int) -> int:
     "Stage-2 steps in an epoch of `n_batches` stage-1 batches."
     return self.msr.meta_steps(n_batches)
+@patch
+def meta_due(self: ICLMSR, step: int) -> bool:
+    "Whether encoder step `step` is followed by a meta step on its batch (`meta_schedule='every'`)."
+    return self.msr.meta_due(step)
+
+# %% ../nbs/06_methods.ipynb #f2a3b4c5
+class _FeatureControl(Method):
+    """A frozen identity encoder of feature vectors and a linear projection started at the identity:
+    projection dimension i starts as feature dimension i."""
+    name = "feature_control"
+    def __init__(self, dim: int, temperature: float = 0.5):
+        backbone = nn.Identity(); backbone.feat_dim = dim
+        super().__init__(backbone, dim)
+        self.temperature, self.projector = temperature, nn.Linear(dim, dim, bias=False)
+        with torch.no_grad(): self.projector.weight.copy_(torch.eye(dim))
+    def loss_from_features(self, h1, h2, batch):
+        z1, z2 = self.project_pair(h1, h2)
+        return {"base": nt_xent(z1, z2, self.temperature), "z1": z1, "z2": z2}
+
+# %% ../nbs/06_methods.ipynb #f3a4b5c6
+def background_pairs(protos: torch.Tensor, k_bg: int, n: int, g: torch.Generator,
+                     bg_views: str = "both", noise: float = 0.3, bg_scale: float = 2.0) -> Batch:
+    """Two views of `n` feature vectors: dims [0, k_bg) a background code (`bg_views='both'`: drawn
+    anew for each view; `'shared'`: one for both), the rest a random class's row of `protos`."""
+    if bg_views not in ("both", "shared"):
+        raise ValueError(f"bg_views must be one of both, shared; got {bg_views!r}")
+    fg = protos[torch.randint(len(protos), (n,), generator=g)]
+    bg = torch.randn(n, k_bg, generator=g)
+    views = []
+    for _ in range(2):
+        b = bg if bg_views == "shared" else torch.randn(n, k_bg, generator=g)
+        x = torch.cat([bg_scale * b, fg], 1)
+        views.append(x + noise * torch.randn(x.shape, generator=g))
+    return as_batch(tuple(views))
+
+# %% ../nbs/06_methods.ipynb #f4a5b6c7
+def _bg_share(a: torch.Tensor, k_bg: int) -> float:
+    "Mean over strata of the share of a_t's squared norm in its first `k_bg` dimensions."
+    a = a.detach().double()
+    return float(((a[:, :k_bg] ** 2).sum(1) / (a ** 2).sum(1)).mean())
+
+# %% ../nbs/06_methods.ipynb #f5a6b7c8
+def _control_loop(m: "ICLMSR", draw, steps: int, opt, per_epoch: int = 10):
+    """The learner's loop on batches from `draw()`: an encoder step each, a meta step on the same
+    batch when `meta_due`, the meta stage after every `per_epoch` batches; returns the meta
+    steps."""
+    n_meta = 0
+    for s in range(1, steps + 1):
+        b = draw()
+        loss = m.training_loss(b)["loss"]
+        opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+        if m.meta_due(s): m.meta_step(b, b, optimizer=opt, progress=(s - 1) / steps); n_meta += 1
+        if s % per_epoch == 0:
+            for _ in range(m.meta_steps(per_epoch)):
+                m.meta_step(draw(), draw(), optimizer=opt, progress=(s - 1) / steps); n_meta += 1
+    return n_meta
+
+# %% ../nbs/06_methods.ipynb #f6a7b8c9
+def positive_control(control: str = "msr", meta_schedule: str = "every", steps: int = 200,
+                     dim: int = 16, k_bg: int = 4, batch: int = 64, n_classes: int = 8,
+                     bg_views: str = "both", seed: int = 0, **msr_kw) -> dict:
+    """Train ICL-MSR (`control='msr'`) or its frozen control on `background_pairs` and return the
+    strata's background share at the start and the end (`MetaSemanticRegularizer` options in
+    `msr_kw`; 4 strata unless given)."""
+    if control not in ("msr", "frozen"):
+        raise ValueError(f"control must be one of msr, frozen; got {control!r}")
+    torch.manual_seed(seed); g = torch.Generator().manual_seed(seed)
+    protos = torch.randn(n_classes, dim - k_bg, generator=g)
+    kw = {"n_strata": 4, **msr_kw, "meta_schedule": meta_schedule}
+    if control == "frozen": kw.update(meta_share=0.0, meta_schedule="share")   # no stage 2
+    m = ICLMSR(_FeatureControl(dim), MetaSemanticRegularizer(dim, **kw))
+    opt = torch.optim.Adam(m.encoder_parameters(), lr=3e-3)
+    start = _bg_share(m.strata(), k_bg)
+    n_meta = _control_loop(m, lambda: background_pairs(protos, k_bg, batch, g, bg_views),
+                           steps, opt)
+    end = _bg_share(m.strata(), k_bg)
+    return {"control": control, "meta_schedule": meta_schedule, "bg_views": bg_views,
+            "seed": seed, "meta_steps": n_meta, "bg_share_start": start, "bg_share_end": end,
+            "drop": start - end, **m.msr.scaled_diagnostics()}
 
 # %% ../nbs/06_methods.ipynb #391ac71e
 @register_method

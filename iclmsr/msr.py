@@ -17,17 +17,18 @@ from .config import ICLConfig, OptimConfig
 from .batch import as_batch
 
 # %% auto #0
-__all__ = ['ACTIVATIONS', 'MODES', 'META_LOSSES', 'META_PARAMS', 'VIRTUAL_STEPS', 'StratumVectors', 'meta_gradient',
-           'meta_diagnostics', 'MetaSemanticRegularizer', 'adam_precond']
+__all__ = ['ACTIVATIONS', 'STRATA_INITS', 'MODES', 'META_LOSSES', 'META_PARAMS', 'VIRTUAL_STEPS', 'META_SCHEDULES', 'META_OPTS',
+           'StratumVectors', 'meta_gradient', 'meta_diagnostics', 'MetaSemanticRegularizer', 'adam_precond']
 
 # %% ../nbs/05_msr.ipynb #fc8111c7
 ACTIVATIONS = ("sigmoid", "identity")
+STRATA_INITS = ("normal", "zeros")
 
 class StratumVectors(nn.Module):
     """n learnable stratum vectors: `forward()` returns a = sigmoid(w) (n, dim), or w itself with
     `activation='identity'`."""
     def __init__(self, n: int, dim: int, init_std: float = ICLConfig.init_std,
-                 activation: str = ICLConfig.activation):
+                 activation: str = ICLConfig.activation, init: str = ICLConfig.strata_init):
         super().__init__()
         for k, v in (("n", n), ("dim", dim)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -36,9 +37,13 @@ class StratumVectors(nn.Module):
             raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}; "
                              f"got {activation!r}")
         if not init_std >= 0: raise ValueError(f"init_std must be >= 0, got {init_std!r}")
+        if init not in STRATA_INITS:
+            raise ValueError(f"strata_init must be one of {', '.join(STRATA_INITS)}; got {init!r}")
         self.n, self.dim, self.activation = n, dim, activation
         centre = 0.0 if activation == "sigmoid" else 1.0
-        self.w = nn.Parameter(centre + init_std * torch.randn(n, dim))
+        # zeros: MetaMask's mask parameter, 0 under the sigmoid, 1 without (mask_generator.py)
+        self.w = nn.Parameter(torch.full((n, dim), centre) if init == "zeros"
+                              else centre + init_std * torch.randn(n, dim))
         # where the run started (in checkpoints, for `moved`)
         self.register_buffer("w0", self.w.detach().clone())
 
@@ -56,6 +61,18 @@ class StratumVectors(nn.Module):
         return float((self().detach() - self.act(self.w0)).norm(dim=1).mean())
 
     def extra_repr(self): return f"n={self.n}, dim={self.dim}, activation={self.activation!r}"
+
+# %% ../nbs/05_msr.ipynb #a7c1e2f0
+@patch
+def start_spread(self: StratumVectors) -> float:
+    "`spread` of the a_t where they started (`w0`): the scale `strata_moved_rel_spread` divides by."
+    a = self.act(self.w0)
+    return float((a - a.mean(0)).norm(dim=1).mean())
+
+@patch
+def w_moved(self: StratumVectors) -> float:
+    "Mean distance of the parameters w_t from `w0` (what the optimiser's step bound limits)."
+    return float((self.w.detach() - self.w0).norm(dim=1).mean())
 
 # %% ../nbs/05_msr.ipynb #e0181838
 MODES = ("exact", "unrolled", "finite_diff", "first_order")
@@ -258,6 +275,26 @@ def _check_msr_args(tau, negatives, lam, meta_share, meta_lr, virtual_step):
         raise ValueError(f"virtual_step must be one of {', '.join(VIRTUAL_STEPS)}; "
                          f"got {virtual_step!r}")
 
+META_SCHEDULES = ("share", "every")
+META_OPTS = ("adam", "sgd_metamask")
+
+def _check_schedule_args(meta_schedule, meta_every, meta_opt):
+    "Refuse a schedule or meta optimiser out of range, in one line."
+    if meta_schedule not in META_SCHEDULES:
+        raise ValueError(f"meta_schedule must be one of {', '.join(META_SCHEDULES)}; "
+                         f"got {meta_schedule!r}")
+    if isinstance(meta_every, bool) or not isinstance(meta_every, int) or meta_every < 1:
+        raise ValueError(f"meta_every must be an integer >= 1, got {meta_every!r}")
+    if meta_opt not in META_OPTS:
+        raise ValueError(f"meta_opt must be one of {', '.join(META_OPTS)}; got {meta_opt!r}")
+
+# %% ../nbs/05_msr.ipynb #b3d4e5f6
+def _meta_optimizer(params, meta_opt: str, lr: float) -> torch.optim.Optimizer:
+    """The optimiser of the stratum parameters: Adam, or MetaMask's SGD (momentum 0.9, weight decay
+    5e-4: meta-mask.py, `configure_optimizers`; its cosine schedule is `_set_meta_lr`'s)."""
+    if meta_opt == "adam": return torch.optim.Adam(params, lr=lr)
+    return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4)
+
 # %% ../nbs/05_msr.ipynb #37484bae
 class MetaSemanticRegularizer(nn.Module):
     "Stratum vectors + the ICL loss + stage-2 meta steps with their own optimiser."
@@ -267,24 +304,29 @@ class MetaSemanticRegularizer(nn.Module):
                  meta_params: str = ICLConfig.meta_params, meta_lr: float = ICLConfig.meta_lr,
                  inner_lr: float = OptimConfig.lr, meta_share: float = ICLConfig.meta_share,
                  activation: str = ICLConfig.activation, init_std: float = ICLConfig.init_std,
-                 fd_eps: float = 0.01, optimizer: str = "adam",
-                 virtual_step: str = ICLConfig.virtual_step):
+                 fd_eps: float = 0.01, virtual_step: str = ICLConfig.virtual_step,
+                 meta_schedule: str = ICLConfig.meta_schedule,
+                 meta_every: int = ICLConfig.meta_every, meta_opt: str = ICLConfig.meta_opt,
+                 strata_init: str = ICLConfig.strata_init):
         super().__init__()
         _check_msr_args(tau, negatives, lam, meta_share, meta_lr, virtual_step)
+        _check_schedule_args(meta_schedule, meta_every, meta_opt)
         self.meta_loss = _check_meta_args(meta_mode, meta_loss, meta_params, inner_lr)
-        self.strata = StratumVectors(n_strata, dim, init_std, activation)
+        self.strata = StratumVectors(n_strata, dim, init_std, activation, strata_init)
         self.lam, self.tau, self.negatives = lam, tau, negatives
         self.meta_mode, self.meta_params = meta_mode, meta_params
         self.inner_lr, self.meta_share = inner_lr, meta_share
         self.fd_eps, self.virtual_step = fd_eps, virtual_step
-        opts = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
-        if optimizer not in opts:
-            raise ValueError(f"optimizer must be one of {', '.join(opts)}; got {optimizer!r}")
-        self.meta_optimizer = opts[optimizer](self.strata.parameters(), lr=meta_lr)
-        self.last_gap = None
-        # the previous meta-gradient, for meta_grad_cos; in the state dict, so that a resumed run
-        # logs what an uninterrupted one does
+        self.meta_schedule, self.meta_every, self.meta_opt = meta_schedule, meta_every, meta_opt
+        self.meta_lr, self.last_gap = meta_lr, None
+        self.meta_optimizer = _meta_optimizer(self.strata.parameters(), meta_opt, meta_lr)
+        # the previous meta-gradient (meta_grad_cos) and the running sums of the scaled diagnostics:
+        # in the state dict, so that a resumed run logs what an uninterrupted one does
         self.register_buffer("last_grad", torch.zeros(n_strata, dim))
+        self.register_buffer("grad_sum", torch.zeros(n_strata, dim, dtype=torch.float64))
+        for k in ("grad_norm_sum", "step_bound"):
+            self.register_buffer(k, torch.zeros((), dtype=torch.float64))
+        self.register_buffer("n_meta", torch.zeros((), dtype=torch.long))
 
     def meta_gradient(self, method, batch_a, batch_b, inner_lr=None, precond=None):
         lr = self.inner_lr if inner_lr is None else inner_lr
@@ -308,8 +350,9 @@ def icl(self: MetaSemanticRegularizer, z1, z2):
 # %% ../nbs/05_msr.ipynb #163cc981
 @patch
 def meta_step(self: MetaSemanticRegularizer, method, batch_a, batch_b, inner_lr=None,
-              precond=None) -> dict:
-    "Stage 2: one update of the stratum vectors; returns the meta objective and the diagnostics."
+              precond=None, progress: float | None = None) -> dict:
+    """Stage 2: one update of the stratum vectors; returns the meta objective and the diagnostics
+    (`progress`, the run's share done, sets `meta_opt='sgd_metamask'`'s cosine learning rate)."""
     with local_losses(): g, m = self.meta_gradient(method, batch_a, batch_b, inner_lr, precond)
     g, m = mean_over_processes(g), mean_over_processes(m)  # every process applies the same update
     if not (torch.isfinite(m) and torch.isfinite(g).all()):
@@ -317,20 +360,62 @@ def meta_step(self: MetaSemanticRegularizer, method, batch_a, batch_b, inner_lr=
                                  "or meta-gradient in stage 2")
     diag = meta_diagnostics(g, self.last_grad)   # (all zeros before the first step: cosine None)
     self.last_grad.copy_(g.detach())
+    self._set_meta_lr(progress)
+    w_before = self.strata.w.detach().clone()
     self.meta_optimizer.zero_grad(set_to_none=True)
     self.strata.w.grad = g.to(self.strata.w.dtype)
     self.meta_optimizer.step()
     self.strata.w.grad = None
+    self._count(g, w_before)
     return {"meta": m.item(), **diag, "strata_spread": self.strata.spread(),
-            "strata_moved": self.strata.moved()}
+            "strata_moved": self.strata.moved(), **self.scaled_diagnostics()}
+
+# %% ../nbs/05_msr.ipynb #c5e6f7a8
+@patch
+def _set_meta_lr(self: MetaSemanticRegularizer, progress: float | None):
+    """Adam: `meta_lr`; MetaMask's SGD: `meta_lr` (1 + cos(pi progress)) / 2, its cosine over the
+    epochs (`CosineAnnealingLR(T_max=max_epochs)` stepped per epoch); a pure function of `progress`,
+    so nothing more goes into a checkpoint."""
+    f = 1.0
+    if self.meta_opt != "adam" and progress is not None: f = (1 + math.cos(math.pi * progress)) / 2
+    for grp in self.meta_optimizer.param_groups: grp["lr"] = self.meta_lr * f
+
+# %% ../nbs/05_msr.ipynb #d7e8f9a0
+@patch
+def _count(self: MetaSemanticRegularizer, g: torch.Tensor, w_before: torch.Tensor):
+    """Add meta step `g` to the running sums: the gradients, their norms, and the step bound (Adam:
+    lr sqrt(dim) per step; SGD with momentum: the distance w_t travelled)."""
+    g = g.detach().double()
+    self.n_meta += 1; self.grad_sum += g; self.grad_norm_sum += g.norm()
+    if self.meta_opt == "adam":
+        self.step_bound += self.meta_optimizer.param_groups[0]["lr"] * math.sqrt(self.strata.dim)
+    else: self.step_bound += (self.strata.w.detach() - w_before).double().norm(dim=1).mean()
+
+# %% ../nbs/05_msr.ipynb #e9f0a1b2
+@patch
+def scaled_diagnostics(self: MetaSemanticRegularizer) -> dict:
+    """How far the strata moved against their initial spread and the step bound, and the share of
+    the meta-gradient that is signal across the meta steps so far (None before the first)."""
+    n, s0, bound = int(self.n_meta), self.strata.start_spread(), float(self.step_bound)
+    norms = float(self.grad_norm_sum)
+    return {"strata_moved_rel_spread": self.strata.moved() / s0 if s0 > 0 else None,
+            "strata_moved_rel_bound": self.strata.w_moved() / bound if bound > 0 else None,
+            "meta_grad_signal": float(self.grad_sum.norm()) / norms if norms > 0 else None,
+            "meta_grad_noise_floor": n ** -0.5 if n else None}
 
 # %% ../nbs/05_msr.ipynb #68ee3137
 @patch
 def meta_steps(self: MetaSemanticRegularizer, n_batches: int) -> int:
     """Number of stage-2 meta steps for an epoch of `n_batches` (two batches each, a share
-    `meta_share`)."""
-    if self.meta_share <= 0 or n_batches <= 0: return 0
+    `meta_share`; none with `meta_schedule='every'`, whose meta steps follow encoder steps)."""
+    if self.meta_schedule == "every" or self.meta_share <= 0 or n_batches <= 0: return 0
     return max(1, round(self.meta_share * n_batches / 2))
+
+@patch
+def meta_due(self: MetaSemanticRegularizer, step: int) -> bool:
+    """With `meta_schedule='every'`: whether encoder step `step` (counted from 1) is followed by a
+    meta step on its own batch (every `meta_every`-th)."""
+    return self.meta_schedule == "every" and step % self.meta_every == 0
 
 # %% ../nbs/05_msr.ipynb #cbd1f40c
 def adam_precond(opt: torch.optim.Optimizer) -> dict | None:
