@@ -96,7 +96,8 @@ def snapshot(self: Recorder, force: bool = False):
 
 # %% ../nbs/16_dashboard.ipynb #a0d01973
 DIAGNOSTICS = ("strata_spread", "strata_moved", "strata_common_share",
-               "meta_grad_norm", "meta_grad_cos")
+               "meta_grad_norm", "meta_grad_cos", "strata_moved_rel_spread",
+               "strata_moved_rel_bound", "meta_grad_signal", "meta_grad_noise_floor")
 
 @patch
 def after_batch(self: Recorder):
@@ -108,7 +109,8 @@ def after_batch(self: Recorder):
             self.fit["step"].append(L.step)
             for k in ("loss", "base", "icl"): self.fit[k].append(b.get(k, float("nan")))
             if b.get("icl_gap") is not None: self.diag["icl_gap"] = b["icl_gap"]
-        elif "meta" in b:
+        # stage 2's record, or a fit step's with its meta step (icl.meta_schedule=every)
+        if b.get("meta") is not None:
             self.meta["step"].append(L.step); self.meta["meta"].append(b["meta"])
             self.diag.update({k: b[k] for k in DIAGNOSTICS if k in b})
         self.version += 1
@@ -137,7 +139,8 @@ def load_history(self: Recorder, records: list[dict], upto: int | None = None):
             if r.get("kind") == "batch" and r.get("loss") is not None:
                 for k in self.fit:
                     self.fit[k].append(r.get(k) if r.get(k) is not None else float("nan"))
-            elif r.get("kind") == "meta" and r.get("meta") is not None:
+            # a meta stage's record, or a batch's with its meta step (icl.meta_schedule=every)
+            if r.get("kind") in ("meta", "batch") and r.get("meta") is not None:
                 self.meta["step"].append(r["step"]); self.meta["meta"].append(r["meta"])
             elif r.get("kind") == "epoch" and r.get("knn_full") is not None:
                 self.knn["epoch"].append(r["epoch"] + 1)
@@ -372,12 +375,15 @@ def running(self: Dashboard) -> bool:
 
 # %% ../nbs/16_dashboard.ipynb #4be2d0c8
 def diagnostics_text(d: dict) -> str:
-    """ICL-MSR's diagnostics in one line: strata spread, moved, common share, meta-gradient norm and
-    cosine, ICL gap."""
+    """ICL-MSR's diagnostics in one line: strata spread and movement (also against their initial
+    spread and the step bound), common share, meta-gradient norm, cosine and signal, ICL gap."""
     f = lambda k, spec: "–" if d.get(k) is None else format(d[k], spec)
-    return (f"a_t spread {f('strata_spread', '.3f')}, moved {f('strata_moved', '.3f')}, "
+    return (f"a_t spread {f('strata_spread', '.3f')}, moved {f('strata_moved', '.3f')} "
+            f"({f('strata_moved_rel_spread', '.0%')} of its spread, "
+            f"{f('strata_moved_rel_bound', '.0%')} of the step bound), "
             f"common share {f('strata_common_share', '.2f')} · "
-            f"meta-grad {f('meta_grad_norm', '.1e')} (cos {f('meta_grad_cos', '+.2f')}) · "
+            f"meta-grad {f('meta_grad_norm', '.1e')} (cos {f('meta_grad_cos', '+.2f')}, signal "
+            f"{f('meta_grad_signal', '.2f')} vs noise {f('meta_grad_noise_floor', '.2f')}) · "
             f"ICL gap {f('icl_gap', '.1e')}")
 
 # %% ../nbs/16_dashboard.ipynb #9ba26411
