@@ -377,6 +377,9 @@ def unseen_backgrounds(n: int, size: int, seed: int = 0) -> tuple:
 def _unseen_why(ds: FgBgData) -> str | None:
     "Why `ds` has no `mixed_rand_unseen` variant (None: it has one)."
     m = ds.meta
+    if m.get("source") == "toy" and m.get("split") == "train":
+        return ("it exists only for the test split: no training split holds unseen backgrounds, "
+                "so a training variant (data.variant, --train-variant) cannot be it")
     if m.get("source") != "toy" or m.get("split") != "test" or "variant" in m:
         return ("it exists only for the test split of the embedded toy data, whose unseen "
                 "backgrounds no training split, variant or remedy's pool holds")
