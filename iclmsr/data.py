@@ -14,19 +14,19 @@ import torch.nn.functional as F
 from .fgbg import FgBgData, VARIANTS, make_variant, inpaint, tile_fill, check_plain
 from .toy import (
     BG_FAMILIES, SHAPES, TOY_FOREGROUNDS, affine_grid, sample_patches, one_thread, make_toy,
-    load_toy, image_grid)
+    load_toy, image_grid, UNSEEN_VARIANTS, unseen_variant, _unseen_why)
 from .utils import check_memory
 _all_ = ["FgBgData", "VARIANTS", "make_variant", "inpaint", "tile_fill", "BG_FAMILIES",
          "SHAPES", "TOY_FOREGROUNDS", "affine_grid", "sample_patches", "one_thread", "make_toy",
          "load_toy", "image_grid"]
 
 # %% auto #0
-__all__ = ['ON_ERROR', 'DOMAINS_FILE', 'IN9_VARIANTS', 'DATASETS', 'parse_spec', 'CifarUnpickler', 'read_cifar_pickle',
-           'load_cifar10', 'load_cifar100', 'load_stl10', 'load_tiny_imagenet', 'load_coco_fg', 'load_pets', 'load_in9',
-           'read_domains', 'domains_of', 'available_variants', 'variant_of', 'export_in9', 'DatasetInfo',
-           'load_dataset', 'data_summary', 'format_summary', 'FgBgData', 'VARIANTS', 'make_variant', 'inpaint',
-           'tile_fill', 'BG_FAMILIES', 'SHAPES', 'TOY_FOREGROUNDS', 'affine_grid', 'sample_patches', 'one_thread',
-           'make_toy', 'load_toy', 'image_grid']
+__all__ = ['ON_ERROR', 'DOMAINS_FILE', 'IN9_VARIANTS', 'VARIANT_DEFINITIONS', 'DATASETS', 'parse_spec', 'CifarUnpickler',
+           'read_cifar_pickle', 'load_cifar10', 'load_cifar100', 'load_stl10', 'load_tiny_imagenet', 'load_coco_fg',
+           'load_pets', 'load_in9', 'read_domains', 'domains_of', 'available_variants', 'variant_of', 'export_in9',
+           'DatasetInfo', 'load_dataset', 'data_summary', 'format_summary', 'FgBgData', 'VARIANTS', 'make_variant',
+           'inpaint', 'tile_fill', 'BG_FAMILIES', 'SHAPES', 'TOY_FOREGROUNDS', 'affine_grid', 'sample_patches',
+           'one_thread', 'make_toy', 'load_toy', 'image_grid']
 
 # %% ../nbs/01c_data.ipynb #c480f62f
 def _value(v: str):
@@ -759,12 +759,14 @@ def domains_of(root, files, name: str = "the folder") -> torch.Tensor | None:
 
 # %% ../nbs/01c_data.ipynb #6886aae6
 def available_variants(data: FgBgData) -> dict:
-    """Variant name -> 'folder' or 'masks' (a folder wins) for every variant `data` can give for its
-    own split."""
+    """Variant name -> 'folder', 'masks' or 'generator' (a folder wins) for every variant `data` can
+    give for its own split."""
     folders = data.meta.get("variant_folders") or {}
     out = {"original": "folder" if "original" in folders else "data"}
     if data.has_masks: out.update({v: "masks" for v in VARIANTS if v != "original"})
     out.update({v: "folder" for v in folders})
+    # painted by the toy generator on held-out backgrounds: the toy test split only
+    if _unseen_why(data) is None: out.update({v: "generator" for v in UNSEEN_VARIANTS})
     return out
 
 # %% ../nbs/01c_data.ipynb #a8a6fc07
@@ -801,12 +803,34 @@ def variant_of(data: FgBgData, name: str, seed: int = 0) -> FgBgData:
     have = available_variants(data)
     if have.get(name) == "folder": return _folder_variant(data, name)
     if have.get(name) == "masks": return data.variant(name, seed=seed)
+    if have.get(name) == "generator": return unseen_variant(data, seed)
+    if name in UNSEEN_VARIANTS:
+        raise ValueError(f"variant {name!r} is not available for {data.name!r}: "
+                         f"{_unseen_why(data)}")
     if name == "only_bg" and have.get("only_bg_t") == "folder":
         return _folder_variant(data, "only_bg_t")  # no masks
     raise ValueError(f"variant {name!r} is not available for {data.name!r}: it has " +
                      ", ".join(f"{k} ({w})" for k, w in have.items()) +
                      ("" if data.has_masks
                       else "; the other variants need foreground masks or variant folders"))
+
+# %% ../nbs/01c_data.ipynb #9534c57a
+VARIANT_DEFINITIONS = {
+    "original": "the images as they are",
+    "only_fg": "the foreground alone, on black",
+    "no_fg": "the foreground removed, its hole filled from the surrounding background",
+    "only_bg": "the background alone: the clean one where known (toy), else the foreground "
+               "filled with background texture",
+    "only_bg_b": "the background alone, the foreground's bounding box black (IN-9 folder)",
+    "only_bg_t": "the background alone, the foreground's bounding box filled with background "
+                 "texture (IN-9 folder)",
+    "mixed_same": "the foreground on the background of another image of its class (from masks: "
+                  "one on the class's typical training background where that is known)",
+    "mixed_rand": "the foreground on the background of a random other image",
+    "mixed_next": "the foreground on the background of a random image of the next class",
+    "mixed_rand_unseen": "the foreground on a crop of a background family that no training split "
+                         "holds (toy test split only)",
+}
 
 # %% ../nbs/01c_data.ipynb #e50016f5
 def _class_dirs(classes) -> list:
@@ -1005,6 +1029,16 @@ def _loader_options(name: str, spec: str, info: DatasetInfo, args: list, opts: d
                          f"got {len(args)} in {spec!r}; usage: {info.usage}")
     return generic
 
+# %% ../nbs/01c_data.ipynb #72ead173
+def _check_spec_variant(variant, spec: str):
+    "Refuse a spec's `variant=` naming no variant, or a test-only one (it applies to every split)."
+    if variant in UNSEEN_VARIANTS:
+        raise ValueError(f"variant={variant} in dataset spec {spec!r}: {variant} is a test-only "
+                         "variant (iclmsr eval measures it on the toy test split), and a spec's "
+                         "variant applies to every split, training included; leave variant= out")
+    if variant not in _NAMES:
+        raise ValueError(f"unknown variant {variant!r}; variants are: {', '.join(_NAMES)}")
+
 # %% ../nbs/01c_data.ipynb #8812abc7
 def load_dataset(spec: str, split: str = "train") -> FgBgData:
     "The dataset named by `spec` (see `DATASETS`), one split, as an `FgBgData`."
@@ -1019,8 +1053,7 @@ def load_dataset(spec: str, split: str = "train") -> FgBgData:
                          f"{', '.join(info.splits)}")
     generic = _loader_options(name, spec, info, args, opts)
     variant, limit = generic.get("variant", opts.get("variant", "original")), generic.get("limit")
-    if variant not in _NAMES:
-        raise ValueError(f"unknown variant {variant!r}; variants are: {', '.join(_NAMES)}")
+    _check_spec_variant(variant, spec)
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise ValueError(f"limit must be an integer >= 1, got {limit!r}")
     direct = False
@@ -1037,6 +1070,16 @@ def load_dataset(spec: str, split: str = "train") -> FgBgData:
     if not folder: ds = variant_of(ds, variant)
     ds.meta["spec"] = spec
     return ds
+
+# %% ../nbs/01c_data.ipynb #31bf5189
+def _split_variants(splits: list, have: list, common: dict) -> dict:
+    """The variants only some splits give (e.g. the toy test split's `mixed_rand_unseen`): name ->
+    {'kind', 'splits'}."""
+    out = {}
+    for s, h in zip(splits, have):
+        for v, w in h.items():
+            if v not in common: out.setdefault(v, {"kind": w, "splits": []})["splits"].append(s)
+    return out
 
 # %% ../nbs/01c_data.ipynb #b432ea36
 def data_summary(spec: str, splits=None) -> dict:
@@ -1055,10 +1098,12 @@ def data_summary(spec: str, splits=None) -> dict:
     # the variants every split can give, and how
     have = [available_variants(d) for d in loaded.values()]
     kinds = {k: w for k, w in have[0].items() if all(k in h for h in have[1:])}
+    part = _split_variants(list(loaded), have, kinds)
     out = dict(spec=spec, dataset=name, description=info.description, classes=first.classes,
                num_classes=first.num_classes, image_size=first.image_size,
                has_masks=first.has_masks, variants=list(kinds), variant_kinds=kinds,
-               bg_names=first.bg_names, splits={})
+               split_variants=part, bg_names=first.bg_names, splits={},
+               variant_definitions={v: VARIANT_DEFINITIONS.get(v) for v in [*kinds, *part]})
     for s, d in loaded.items():
         b = d.backgrounds.cpu(); known = b >= 0
         ids, counts = (b[known].unique(return_counts=True) if known.any()
@@ -1077,7 +1122,8 @@ def _short(xs, k=10) -> str:
     return ", ".join(xs[:k]) + (f", ... ({len(xs)} in all)" if len(xs) > k else "")
 
 # %% ../nbs/01c_data.ipynb #33cd3509
-_KIND_TEXT = {"data": "the data itself", "folder": "folders", "masks": "from masks"}
+_KIND_TEXT = {"data": "the data itself", "folder": "folders", "masks": "from masks",
+              "generator": "from masks, on unseen backgrounds"}
 
 def _kinds(s: dict) -> str:
     """The variants, grouped by how they are made: `original (the data itself); only_fg, ...
@@ -1085,7 +1131,18 @@ def _kinds(s: dict) -> str:
     kinds = s.get("variant_kinds")
     if not kinds: return ", ".join(s["variants"])
     by = {w: [v for v, k in kinds.items() if k == w] for w in _KIND_TEXT}
-    return "; ".join(f"{', '.join(vs)} ({_KIND_TEXT[w]})" for w, vs in by.items() if vs)
+    part = [f"{v} ({_KIND_TEXT.get(p['kind'], p['kind'])}; {', '.join(p['splits'])} "
+            f"split{'s' if len(p['splits']) > 1 else ''} only)"
+            for v, p in (s.get("split_variants") or {}).items()]
+    return "; ".join([f"{', '.join(vs)} ({_KIND_TEXT[w]})" for w, vs in by.items() if vs] + part)
+
+# %% ../nbs/01c_data.ipynb #c821a1f9
+def _definition_lines(s: dict) -> list:
+    "A summary's variant definitions as indented lines under a heading (none for older summaries)."
+    d = {v: t for v, t in (s.get("variant_definitions") or {}).items() if t}
+    if not d: return []
+    w = max(map(len, d))
+    return ["variant definitions:"] + [f"  {v:<{w}}  {t}" for v, t in d.items()]
 
 # %% ../nbs/01c_data.ipynb #0cd7c3ee
 def format_summary(s: dict) -> str:
@@ -1108,4 +1165,4 @@ def format_summary(s: dict) -> str:
                      f"{v['size']} images; {bg}"
                      + (f"; {v['skipped']} unreadable skipped" if v["skipped"] else "")))
     w = max(len(r[0]) for r in rows)
-    return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
+    return "\n".join([f"{k:<{w}}  {v}" for k, v in rows] + _definition_lines(s))

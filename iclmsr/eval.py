@@ -14,6 +14,7 @@ from .utils import (
 from iclmsr.data import (
     FgBgData, VARIANTS, IN9_VARIANTS, DATASETS, load_dataset, parse_spec, available_variants,
     variant_of)
+from .toy import UNSEEN_VARIANTS
 from .knn import knn_predict, weighted_knn_predict, FeatureIndex
 from iclmsr.probe import (
     linear_probe, eval_linear, bg_probe, ece, calibration_bins, worst_group, bg_gap, fgsm_accuracy,
@@ -24,7 +25,6 @@ from .config import Config, ConfigError, config_from_dict
 from .checkpoint import load_checkpoint, atomic_save, state_mismatch
 from .augment import TwoViewAugment
 from .build import Learner, method_from_config, resolve_defaults
-
 
 # %% auto #0
 __all__ = ['emb_stats', 'EXPL_VARIANTS', 'SETTINGS', 'TESTS', 'amp_dtype', 'embed', 'state_key', 'file_key', 'data_key',
@@ -208,22 +208,23 @@ def variant_scores(probe: nn.Linear, ftr, ytr, fte: dict, yte, k: int = 5) -> tu
     return scores, preds
 
 # %% ../nbs/14_eval.ipynb #0719bdb2
-def bg_gaps(scores: dict) -> dict | None:
-    """BG-gap (points) of the linear probe and of k-NN from `variant_scores`; None without both
-    mixed variants."""
-    if not {"mixed_same", "mixed_rand"} <= set(scores): return None
-    return {c: bg_gap(scores["mixed_same"][m], scores["mixed_rand"][m])
+def bg_gaps(scores: dict, rand: str = "mixed_rand") -> dict | None:
+    """BG-gap (points) of the linear probe and of k-NN from `variant_scores`: mixed_same - `rand`;
+    None without both variants."""
+    if not {"mixed_same", rand} <= set(scores): return None
+    return {c: bg_gap(scores["mixed_same"][m], scores[rand][m])
             for c, m in (("linear", "linear_top1"), ("knn5", "knn5"))}
 
 # %% ../nbs/14_eval.ipynb #f2a6ba19
 def benchmark_measures(scores: dict) -> dict:
-    """The Backgrounds Challenge's headline numbers from `variant_scores`: BG-gap, background alone,
-    mixed_next (None when absent)."""
+    """The Backgrounds Challenge's headline numbers from `variant_scores`: BG-gap (also on unseen
+    backgrounds), background alone, mixed_next (None when absent)."""
     bg = next((v for v in ("only_bg_t", "only_bg") if v in scores), None)
     pick = lambda v: None if v is None else {"variant": v, "linear": scores[v]["linear_top1"],
                                              "knn5": scores[v]["knn5"]}
     return {"bg_gap": bg_gaps(scores), "bg_only": pick(bg),
-            "mixed_next": pick("mixed_next" if "mixed_next" in scores else None)}
+            "mixed_next": pick("mixed_next" if "mixed_next" in scores else None),
+            "bg_gap_unseen": bg_gaps(scores, "mixed_rand_unseen")}
 
 # %% ../nbs/14_eval.ipynb #cfb187d1
 def group_table(preds, labels, groups, num_classes: int, num_groups: int) -> dict:
@@ -275,8 +276,8 @@ def _check_splits(train: FgBgData, test: FgBgData, k: int):
                          f"has {len(train)} images")
 
 # %% ../nbs/14_eval.ipynb #facb01e5
-# mask-derived names first, then the benchmark's other folders
-_KNOWN = tuple(dict.fromkeys(VARIANTS + IN9_VARIANTS))
+# mask-derived names first, the unseen-background ones, then the benchmark's other folders
+_KNOWN = tuple(dict.fromkeys(VARIANTS + UNSEEN_VARIANTS + IN9_VARIANTS))
 
 def _variants(test: FgBgData, variants) -> tuple:
     """The test variants to measure: all that `test` has (folders or masks) by default, else the

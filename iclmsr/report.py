@@ -178,6 +178,11 @@ def _dcodr_line(res: dict) -> str | None:
             f"invariant), class probe {d['class_probe']:.1f}% (chance {d['chance_class']:.1f}%), "
             f"retrieval top-1 {d['retrieval_top1']:.1f}%")
 
+# %% ../nbs/14b_report.ipynb #b017cda6
+def _unseen_gap(res: dict) -> dict | None:
+    "The BG-gap on unseen backgrounds of an `evaluate` result (None: not measured, or older)."
+    return (res.get("benchmark") or {}).get("bg_gap_unseen")
+
 # %% ../nbs/14b_report.ipynb #a8bc5c59
 def print_eval(res: dict, file=None):
     """Print an evaluation's accuracy per test variant, its background, DCoDR, ExCon's and
@@ -192,6 +197,10 @@ def print_eval(res: dict, file=None):
         p(f"BG-gap (mixed_same - mixed_rand): linear {res['bg_gap']['linear']:+.1f}, 5-NN "
           f"{res['bg_gap']['knn5']:+.1f} points")
     else: p("BG-gap (mixed_same - mixed_rand): " + unavailable_text(na.get("bg_gap")))
+    if _unseen_gap(res):
+        g = _unseen_gap(res)
+        p(f"BG-gap on unseen backgrounds (mixed_same - mixed_rand_unseen): linear "
+          f"{g['linear']:+.1f}, 5-NN {g['knn5']:+.1f} points")
     if _bench_line(res): p(_bench_line(res))
     if res["worst_group"]:
         wg = res["worst_group"]["linear"]; c, b = wg["group"]
@@ -287,6 +296,8 @@ def _bg_rows(res: dict) -> list:
     bg.append(["BG-gap, linear / 5-NN (points)",
                f"{fmt(res['bg_gap']['linear'])} / {fmt(res['bg_gap']['knn5'])}" if res["bg_gap"]
                else unavailable_text(na.get("bg_gap"))])
+    bg += [["BG-gap on unseen backgrounds (mixed_rand_unseen), linear / 5-NN (points)",
+            f"{fmt(g['linear'])} / {fmt(g['knn5'])}"] for g in (_unseen_gap(res),) if g]
     for nm, m in (("background alone", (res.get("benchmark") or {}).get("bg_only")),
                   ("mixed_next", (res.get("benchmark") or {}).get("mixed_next"))):
         if m:
@@ -318,6 +329,17 @@ def _bg_rows(res: dict) -> list:
                    fmt(a["fooled"]) if a else unavailable_text(na.get("adversarial_bg"))])
     return bg
 
+# %% ../nbs/14b_report.ipynb #6de75bca
+def _bg_note(res: dict) -> str:
+    "The note under the background table (the unseen BG-gap's definition where it was measured)."
+    unseen = ("on unseen backgrounds: acc(mixed_same) - acc(mixed_rand_unseen), its backgrounds "
+              "from families no training split holds; " if _unseen_gap(res) else "")
+    return ("<p class='note'>BG-gap = acc(mixed_same) - acc(mixed_rand); " + unseen
+            + "background probe and DCoDR domain probe: lower = more background-invariant "
+            "(chance is ideal); DCoDR retrieval: the share of test images whose nearest code has "
+            "their class; foregrounds fooled: the share of foregrounds that some background of "
+            "the pool makes the classifier get wrong.</p>")
+
 # %% ../nbs/14b_report.ipynb #b0b5502d
 def eval_report(res: dict, title: str) -> str:
     "The HTML report of one `evaluate` result."
@@ -347,11 +369,7 @@ def eval_report(res: dict, title: str) -> str:
               plot_variants(res)]
     blocks += ["<h2>Background and robustness measures (%)</h2>",
                html_table(_bg_rows(res), ["measure", "value"]),
-               "<p class='note'>BG-gap = acc(mixed_same) - acc(mixed_rand); background probe and "
-               "DCoDR domain probe: lower = more background-invariant (chance is ideal); DCoDR "
-               "retrieval: the share of test images whose nearest code has their class; "
-               "foregrounds fooled: the share of foregrounds that some background of the pool "
-               "makes the classifier get wrong.</p>"]
+               _bg_note(res)]
     if res["groups"]: blocks.append(plot_groups(res))
     blocks += _excon_blocks(res)
     blocks.append(plot_calibration(res))

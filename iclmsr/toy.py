@@ -12,8 +12,9 @@ from .utils import cache_dir, atomic_torch_save, check_memory
 from .fgbg import FgBgData, to_uint8
 
 # %% auto #0
-__all__ = ['BG_FAMILIES', 'SHAPES', 'TOY_FOREGROUNDS', 'CLASS_HUE_SD', 'affine_grid', 'sample_patches', 'one_thread', 'make_toy',
-           'load_toy', 'image_grid']
+__all__ = ['BG_FAMILIES', 'SHAPES', 'TOY_FOREGROUNDS', 'CLASS_HUE_SD', 'UNSEEN_BG_FAMILIES', 'UNSEEN_BG_OFFSET',
+           'UNSEEN_VARIANTS', 'affine_grid', 'sample_patches', 'one_thread', 'make_toy', 'load_toy', 'image_grid',
+           'unseen_backgrounds', 'unseen_variant']
 
 # %% ../nbs/01b_toy.ipynb #52ac76f7
 BG_FAMILIES = (("brick", (0.95, 0.55, 0.42)), ("grass", (0.55, 0.9, 0.4)),
@@ -333,3 +334,69 @@ def image_grid(x, nrow: int = 8, scale: int = 1, pad: int = 1):
                pad + c * (w + pad):pad + c * (w + pad) + w] = x[i]
     im = Image.fromarray(canvas.permute(1, 2, 0).numpy())
     return im.resize((im.width * scale, im.height * scale), Image.NEAREST) if scale != 1 else im
+
+# %% ../nbs/01b_toy.ipynb #39a68877
+# held out of training; background id of UNSEEN_BG_FAMILIES[i] = UNSEEN_BG_OFFSET + i
+UNSEEN_BG_FAMILIES = (("coins", (0.95, 0.8, 0.45)), ("text", (0.5, 0.9, 0.95)),
+                      ("microaneurysms", (0.95, 0.6, 0.85)), ("retina", None))
+UNSEEN_BG_OFFSET = len(BG_FAMILIES)
+# the test variants painted on them
+UNSEEN_VARIANTS = ("mixed_rand_unseen",)
+
+# %% ../nbs/01b_toy.ipynb #fa506946
+def _paint(families, ids, size, g) -> torch.Tensor:
+    "Float crops (n,3,size,size) of `families[ids]`: tinted greys, random brightness."
+    n = len(ids)
+    bg = torch.empty(n, 3, size, size)
+    for f in ids.unique().tolist():
+        i = (ids == f).nonzero().squeeze(1)
+        name, tint = families[f]
+        p = sample_patches(_pyramid(name), len(i), size, g,
+                           max_angle=math.pi if tint else math.pi / 6)
+        bg[i] = p * torch.tensor(tint)[:, None, None] if tint else p
+    return bg.mul_((0.85 + 0.3 * _rand(g, n))[:, None, None, None]).clamp_(0, 1)
+
+# %% ../nbs/01b_toy.ipynb #2c2e6967
+def unseen_backgrounds(n: int, size: int, seed: int = 0) -> tuple:
+    """`n` uint8 background crops (n,3,size,size) from `UNSEEN_BG_FAMILIES` and their background ids
+    (`UNSEEN_BG_OFFSET` + family), deterministic by `seed`."""
+    for k, v, lo in (("n", n, 1), ("size", size, 1)):
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < lo:
+            raise ValueError(f"{k} must be an integer >= {lo}, got {v!r}")
+    g = torch.Generator().manual_seed(int(seed))
+    fam = torch.randint(len(UNSEEN_BG_FAMILIES), (int(n),), generator=g)
+    k = max(16, 2**20 // (size * size))   # chunks of about 2^20 pixels, as in `_toy_split`
+    seeds = torch.randint(2**62, (math.ceil(n / k),), generator=g).tolist()
+    with one_thread():
+        bg = torch.cat([_paint(UNSEEN_BG_FAMILIES, fam[i:i + k], size,
+                               torch.Generator().manual_seed(s))
+                        for i, s in zip(range(0, n, k), seeds)])
+    return to_uint8(bg), fam + UNSEEN_BG_OFFSET
+
+# %% ../nbs/01b_toy.ipynb #c4266db2
+def _unseen_why(ds: FgBgData) -> str | None:
+    "Why `ds` has no `mixed_rand_unseen` variant (None: it has one)."
+    m = ds.meta
+    if m.get("source") == "toy" and m.get("split") == "train":
+        return ("it exists only for the test split: no training split holds unseen backgrounds, "
+                "so a training variant (data.variant, --train-variant) cannot be it")
+    if m.get("source") != "toy" or m.get("split") != "test" or "variant" in m:
+        return ("it exists only for the test split of the embedded toy data, whose unseen "
+                "backgrounds no training split, variant or remedy's pool holds")
+    if not ds.has_masks: return "it needs foreground masks"
+    return None
+
+# %% ../nbs/01b_toy.ipynb #54ab3e54
+def unseen_variant(ds: FgBgData, seed: int = 0) -> FgBgData:
+    """`mixed_rand_unseen` of a toy test split: each foreground on a crop of a random family of
+    `UNSEEN_BG_FAMILIES` (seeded by the split's and `seed`)."""
+    why = _unseen_why(ds)
+    if why: raise ValueError(f"variant 'mixed_rand_unseen' is not available for {ds.name!r}: {why}")
+    p = ds.meta.get("params") or {}
+    s = int(hashlib.sha1(f"unseen|{p.get('seed', 0)}|{seed}".encode()).hexdigest()[:15], 16)
+    bg, ids = unseen_backgrounds(len(ds), ds.images.shape[-1], s)
+    bg, ids = bg.to(ds.device), ids.to(ds.device)
+    names = [b for b, _ in BG_FAMILIES] + [b for b, _ in UNSEEN_BG_FAMILIES]
+    meta = {**ds.meta, "variant": "mixed_rand_unseen", "variant_seed": seed, "bg_names": names}
+    return ds.replace(images=torch.where(ds.masks[:, None], ds.images, bg), backgrounds=ids,
+                      bg_images=bg, name=f"{ds.name}/mixed_rand_unseen", meta=meta)
