@@ -83,14 +83,22 @@ def icl_regularizer(icl: ICLConfig, dim: int) -> MetaSemanticRegularizer:
     return MetaSemanticRegularizer(dim, **kw)
 
 # %% ../nbs/12c_build.ipynb #9b65f35c
+# the ntxent control fixes n = 1, a = 1 whatever these say (`icl_regularizer`)
+_NTXENT_FIXED = ("icl.n_strata", "icl.strata_init", "icl.init_std", "icl.activation")
+
 def unused_keys(cfg: Config) -> dict:
     "Config keys the run of `cfg` does not read -> why (shown by `iclmsr train --print-config`)."
-    out = {}
+    out, icl = {}, cfg.icl
     if not cfg.intervene.enabled and cfg.intervene != InterveneConfig():   # listed only when set
         out["intervene.*"] = "intervene.enabled is false"
-    if not cfg.icl.enabled: out["icl.*"] = "icl.enabled is false"
-    elif cfg.icl.control != "msr":
-        out["icl.meta_*"] = f"icl.control={cfg.icl.control} has no stage 2"
+    if not icl.enabled: out["icl.*"] = "icl.enabled is false"
+    elif icl.control != "msr":
+        out["icl.meta_*"] = out["icl.virtual_step"] = f"icl.control={icl.control} has no stage 2"
+        if icl.control == "ntxent":
+            out.update(dict.fromkeys(_NTXENT_FIXED, "icl.control=ntxent fixes n = 1, a = 1"))
+    elif icl.meta_schedule == "every":
+        out["icl.meta_share"] = "icl.meta_schedule=every: a meta step every icl.meta_every steps"
+    else: out["icl.meta_every"] = "icl.meta_schedule=share: a meta stage on icl.meta_share"
     return out
 
 # %% ../nbs/12c_build.ipynb #cfe1b064

@@ -64,9 +64,10 @@ def print_config_text(config: str | None = None, overrides=()) -> int:
     notes = {f"model.options.{k}": "; ".join(x for x in (helps.get(k), default(k, d)) if x)
              for k, d in options(cls).items()}
     print(dump_config(shown, notes=notes), end="")
-    unused = unused_keys(cfg)
-    if unused:
-        print("# not used by this run: " + "; ".join(f"{k} ({why})" for k, why in unused.items()))
+    why = {}   # the keys of one reason together
+    for k, w in unused_keys(cfg).items(): why.setdefault(w, []).append(k)
+    if why: print("# not used by this run: "
+                  + "; ".join(f"{', '.join(ks)} ({w})" for w, ks in why.items()))
     return 0
 
 # %% ../nbs/31_commands.ipynb #d7b3a7a8

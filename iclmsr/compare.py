@@ -4,7 +4,7 @@
 
 # %% ../nbs/17_compare.ipynb #59f0301f
 from __future__ import annotations
-import hashlib, html, json, math, statistics, time
+import fnmatch, hashlib, html, json, math, statistics, time
 from dataclasses import replace
 from pathlib import Path
 import numpy as np
@@ -22,7 +22,7 @@ from .probe import held_out_split
 from .knn import FeatureIndex
 from .learner import Callback
 from .callbacks import Checkpointer, MetricsLogger
-from .build import Learner, check_used, resolve_defaults
+from .build import Learner, check_used, resolve_defaults, unused_keys
 from .data import available_variants, variant_of
 from .eval import (
     ProbedModel, default_test_split, embed, evaluate, explanation_layer, load_probe,
@@ -32,15 +32,16 @@ from .viz import (
     SaliencyView, neighbour_marks, neighbour_rates, static_format, thumb_html, umap_2d)
 
 # %% auto #0
-__all__ = ['DEFAULT_METHODS', 'EVAL_DEFAULTS', 'HPARAMS', 'ICL_HPARAMS', 'PROTOCOL', 'FG_CONTROL', 'FG_LEARNABLE', 'COLUMNS',
-           'SELECT_BY', 'SAMPLE_VARIANTS', 'CPU_SPEC', 'GPU_SPEC', 'DEVICE_DEFAULTS', 'known_method',
-           'registered_methods', 'default_methods', 'parse_methods', 'compare_settings', 'method_hparams',
-           'draw_hparams', 'run_config', 'run_key', 'control_name', 'split_control', 'validation_split', 'load_splits',
-           'check_methods', 'read_records', 'append_record', 'run_status', 'StepBudget', 'train_run',
-           'bg_neighbour_rate', 'flat_measures', 'measure_split', 'run_one', 'plan', 'open_out', 'run_compare',
-           'seed_stats', 'paired_differences', 'read_runs', 'select_setting', 'fg_check', 'fg_check_line', 'collect',
-           'results_table', 'differences_table', 'hparams_table', 'plot_compare', 'supervised', 'saliency_html',
-           'variant_samples_html', 'plot_umaps', 'compare_report', 'estimate', 'device_defaults', 'compare']
+__all__ = ['DEFAULT_METHODS', 'EVAL_DEFAULTS', 'HPARAMS', 'ICL_HPARAMS', 'NOT_APPLICABLE', 'PROTOCOL', 'FG_CONTROL',
+           'FG_LEARNABLE', 'COLUMNS', 'SELECT_BY', 'SAMPLE_VARIANTS', 'CPU_SPEC', 'GPU_SPEC', 'DEVICE_DEFAULTS',
+           'known_method', 'registered_methods', 'default_methods', 'parse_methods', 'compare_settings',
+           'method_hparams', 'draw_hparams', 'run_config', 'run_key', 'control_name', 'split_control',
+           'validation_split', 'load_splits', 'check_methods', 'read_records', 'append_record', 'run_status',
+           'StepBudget', 'train_run', 'bg_neighbour_rate', 'flat_measures', 'measure_split', 'run_one', 'plan',
+           'open_out', 'run_compare', 'seed_stats', 'paired_differences', 'read_runs', 'select_setting', 'fg_check',
+           'fg_check_line', 'collect', 'results_table', 'differences_table', 'hparams_table', 'plot_compare',
+           'supervised', 'saliency_html', 'variant_samples_html', 'plot_umaps', 'compare_report', 'estimate',
+           'device_defaults', 'compare']
 
 # %% ../nbs/17_compare.ipynb #f25b90f9
 DEFAULT_METHODS = ("simclr", "simclr+ntxent", "simclr+icl-msr", "simclr+do-bg",
@@ -132,8 +133,13 @@ HPARAMS = {m: {"optim.lr": _LR, "optim.weight_decay": _WD,
            for m, t in (("simclr", True), ("supcon", True), ("excon", True), ("exconb", True),
                         ("dcodr", True), ("dcodr_nonegs", True), ("dcodr_rec", True),
                         ("byol", False), ("wmse", False), ("barlow_twins", False))}
-# added for a run with ICL-MSR or one of its controls
-ICL_HPARAMS = {"icl.lam": ("log", 0.1, 10.0)}
+# added for a run with ICL-MSR or one of its controls (the ranges and their sources: above)
+ICL_HPARAMS = {"icl.lam": ("log", 0.1, 10.0), "icl.meta_lr": ("log", 1e-3, 1e-1),
+               "icl.meta_schedule": ("choice", ("share", "every")),
+               "icl.meta_every": ("choice", (1, 2, 4)),
+               "icl.n_strata": ("choice", (4, 8, 16, 32)),
+               "icl.strata_init": ("choice", ("normal", "zeros")),
+               "icl.meta_opt": ("choice", ("adam", "sgd_metamask"))}
 
 def method_hparams(method: str) -> dict:
     """The distributions `--hparams` draws `method`'s settings from: its base method's (`HPARAMS`),
@@ -142,17 +148,39 @@ def method_hparams(method: str) -> dict:
     return {**HPARAMS.get(cfg.model.method, {"optim.lr": _LR, "optim.weight_decay": _WD}),
             **(ICL_HPARAMS if cfg.icl.enabled else {})}
 
+# %% ../nbs/17_compare.ipynb #03a820e8
+def _draw_key(method: str, key: str, spec: tuple, n: int) -> list:
+    """The `n` draws of hyper-parameter `key` of `method` from `spec` (('log', lo, hi), ('uniform',
+    lo, hi) or ('choice', values)), by its own generator, seeded by method and key."""
+    g = np.random.default_rng(
+        int.from_bytes(hashlib.sha256(f"{method}|{key}".encode()).digest()[:8], "little"))
+    kind, *arg = spec
+    if kind == "choice": return [arg[0][i] for i in g.integers(len(arg[0]), size=n)]
+    if kind not in ("log", "uniform"): raise ValueError(f"{key}: unknown distribution {kind!r}")
+    lo, hi = arg
+    u = g.uniform(math.log(lo), math.log(hi), n) if kind == "log" else g.uniform(lo, hi, n)
+    return [float(f"{(math.exp(x) if kind == 'log' else x):.3g}") for x in u]
+
+# %% ../nbs/17_compare.ipynb #000ea7f7
+NOT_APPLICABLE = "n/a"   # a drawn value the run does not read: recorded, never set
+
+def _not_read(cfg: Config, setting: dict) -> set:
+    """The keys of `setting` (one draw) that the run of `cfg` with that draw would not read:
+    `unused_keys`, the list of `iclmsr train --print-config`."""
+    icl = {k.split(".", 1)[1]: v for k, v in setting.items() if k.startswith("icl.")}
+    unused = unused_keys(replace(cfg, icl=replace(cfg.icl, **icl)))
+    return {k for k in setting if any(fnmatch.fnmatchcase(k, p) for p in unused)}
+
 # %% ../nbs/17_compare.ipynb #accf3cfe
 def draw_hparams(method: str, n: int) -> list:
     """`n` settings of `method`: each hyper-parameter drawn by its own generator (seeded by method
-    and key), so adding one changes no other's draws."""
-    vals = {}
-    for k, (kind, lo, hi) in method_hparams(method).items():
-        g = np.random.default_rng(
-            int.from_bytes(hashlib.sha256(f"{method}|{k}".encode()).digest()[:8], "little"))
-        u = g.uniform(math.log(lo), math.log(hi), n) if kind == "log" else g.uniform(lo, hi, n)
-        vals[k] = [float(f"{(math.exp(x) if kind == 'log' else x):.3g}") for x in u]
-    return [{k: v[i] for k, v in vals.items()} for i in range(n)]
+    and key), so adding one changes no other's draws; a value the run would not read (a control's
+    meta settings, `icl.meta_every` under `share`) is `NOT_APPLICABLE`."""
+    vals = {k: _draw_key(method, k, spec, n) for k, spec in method_hparams(method).items()}
+    cfg = resolve_run_name(load_config(None, [f"model.method={method}"], resolve=False))
+    out = [{k: v[i] for k, v in vals.items()} for i in range(n)]
+    return [{k: NOT_APPLICABLE if k in na else v for k, v in s.items()}
+            for s, na in zip(out, [_not_read(cfg, s) for s in out])]
 
 # %% ../nbs/17_compare.ipynb #3869806d
 # one head size: see below
@@ -166,8 +194,8 @@ def run_config(st: dict, method: str, seed: int, hp: int | None = None) -> Confi
     base = [f"data.spec={st['data']}", "train.knn_every=0",
             f"optim.warmup_steps={st['budget'] // 10}", f"train.device={st['device']}"]
     own = [kv for m, kv in map(_own_set, st["sets"]) if m in (None, method)]
-    drawn = ([] if hp is None
-             else [f"{k}={v}" for k, v in draw_hparams(method, st["hparams"])[hp].items()])
+    setting = {} if hp is None else draw_hparams(method, st["hparams"])[hp]
+    drawn = [f"{k}={v}" for k, v in setting.items() if v != NOT_APPLICABLE]   # n/a: never set
     # the protocol's, before anything the user sets
     proto = PROTOCOL.get(split_run_name(method)[0], [])
     return load_config(None, base + proto + own + drawn
@@ -863,8 +891,8 @@ def compare(
     set: Param("override a config value of every run, e.g. --set train.batch_size=64 (repeatable; "
                "batch default 128 on the CPU, 512 elsewhere)", str, action="append") = None,
     seed: Range(int, 0, 2**32 - 1) = 0,  # the first seed
-    # draw N hyper-parameter settings per method (HPARAMS), pick each method's on the
-    # validation split (0: defaults)
+    # draw N hyper-parameter settings per method (HPARAMS; with ICL also ICL_HPARAMS), pick each
+    # method's on the validation split (0: defaults)
     hparams: Range(int, 0, 1000) = 0,
     probe_epochs: Range(int, 1) = 100,  # epochs of the linear and DCoDR probes
     fgsm_n: Range(int, 0) = 512,  # test images attacked by FGSM (0: off)

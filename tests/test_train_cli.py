@@ -194,9 +194,10 @@ def test_a_key_the_method_does_not_use_is_refused_or_listed(tmp_path, capfd):
     out = print_config(capfd, "--set", "model.method=wmse")
     assert out.strip().splitlines()[-1] == "# not used by this run: icl.* (icl.enabled is false)"
     assert "    w_size: null  # whitening sub-batch" in out and "    temperature:" not in out   # W-MSE has none
-    assert "# not used by this run" not in print_config(capfd, "--set", "icl.enabled=true")
+    share = "icl.meta_every (icl.meta_schedule=share: a meta stage on icl.meta_share)"   # each schedule reads its own
+    assert print_config(capfd, "--set", "icl.enabled=true").strip().splitlines()[-1] == "# not used by this run: " + share
     out = print_config(capfd, "--set", "icl.enabled=true", "--set", "intervene.p=0.3")   # set, but not switched on
-    assert out.strip().splitlines()[-1] == "# not used by this run: intervene.* (intervene.enabled is false)"
+    assert out.strip().splitlines()[-1] == "# not used by this run: intervene.* (intervene.enabled is false); " + share
     assert "intervene.* is set but intervene.enabled is false" in train_error(capfd, "--out", tmp_path/"iv", *TINY, "--set", "intervene.p=0.3")
 
 def test_a_variant_folder_trains_without_masks(tmp_path, capfd):
