@@ -323,6 +323,13 @@ def _eval_any(ckpt, model, weights, weights_key, head, data, out, overwrite, dev
                    d, quiet)
     return 0
 
+# %% ../nbs/31_commands.ipynb #6b1d2e30
+def _counted_budgets(adv_fg, adv_bg, goes: str, who: str):
+    "Refuse `all` (the challenge's full protocol) for a reading that counts test images (`who`)."
+    if "all" in (adv_fg, adv_bg):
+        raise UserError(f"--adv-fg/--adv-bg all (the challenge's full protocol) goes with {goes}; "
+                        f"{who} takes a number of test images")
+
 # %% ../nbs/31_commands.ipynb #a26e0013
 def _eval_probe(model, weights, weights_key, data, out, overwrite, device, batch, quiet, k,
                 train_split, train_variant, test_split, variants, probe, probe_epochs, fgsm_n,
@@ -333,9 +340,7 @@ def _eval_probe(model, weights, weights_key, data, out, overwrite, device, batch
     if not data:
         raise UserError("--data SPEC is required with --head probe (e.g. toy, cifar10:PATH, "
                         "in9:ROOT): the probe is fitted on its train split")
-    if "all" in (adv_fg, adv_bg):
-        raise UserError("--adv-fg/--adv-bg all (the challenge's full protocol) goes with --head "
-                        "imagenet or in9; --head probe takes a number of test images")
+    _counted_budgets(adv_fg, adv_bg, "--head imagenet or in9", "--head probe")
     with OutGuard(out):   # a failed evaluation leaves no folder behind
         d = out_dir(out, "eval", overwrite)
         res = eval_encoder(model, data, weights, weights_key, layer, transform, train_split,
@@ -391,9 +396,7 @@ def _eval_ckpt(ckpt, data, out, overwrite, k, train_split, train_variant, test_s
     if not ckpt:
         raise ValueError("--ckpt FILE (a checkpoint written by iclmsr train) or --model SPEC (any "
                          "model, on --data in9:ROOT) is required")
-    if "all" in (adv_fg, adv_bg):
-        raise UserError("--adv-fg/--adv-bg all (the challenge's full protocol) goes with --model; "
-                        "--ckpt takes a number of test images")
+    _counted_budgets(adv_fg, adv_bg, "--model", "--ckpt")
     if weights or weights_key:
         raise UserError("--weights and --weights-key go with --model SPEC; a --ckpt file holds "
                         "its own weights")
@@ -628,9 +631,9 @@ def _eval_many(es: list, a: dict) -> int:
                       "--head imagenet or in9 (no probe, kNN or embeddings)")
     if heads - {"probe"}: _in9_root(a["data"])
     elif not a["data"]: raise UserError("--data SPEC is required with --head probe")
-    if "probe" in heads and "all" in (a["adv_fg"], a["adv_bg"]):
-        raise UserError("--adv-fg/--adv-bg all (the challenge's full protocol) goes with --head "
-                        "imagenet or in9; a --head probe model takes a number of test images")
+    if "probe" in heads:
+        _counted_budgets(a["adv_fg"], a["adv_bg"], "--head imagenet or in9",
+                         "a --head probe model")
     _check_loads(es, a)   # before --out is claimed and any model evaluated
     t0 = time.time()
     with OutGuard(a["out"]):   # a failed evaluation leaves no folder behind

@@ -198,19 +198,25 @@ def _fills(n, size, g, labels=None):
     amp = 0.35 * _rand(g, n) * (_rand(g, n) < 0.6)
     return (rgb[:, :, None, None] * (1 + amp[:, None, None, None] * tex)).clamp(0, 1)
 
+# %% ../nbs/01b_toy.ipynb #fa506946
+def _paint(families, ids, size, g) -> torch.Tensor:
+    "Float crops (n,3,size,size) of `families[ids]`: tinted greys, random brightness."
+    n = len(ids)
+    bg = torch.empty(n, 3, size, size)
+    for f in ids.unique().tolist():
+        i = (ids == f).nonzero().squeeze(1)
+        name, tint = families[f]
+        p = sample_patches(_pyramid(name), len(i), size, g,
+                           max_angle=math.pi if tint else math.pi / 6)
+        bg[i] = p * torch.tensor(tint)[:, None, None] if tint else p
+    return bg.mul_((0.85 + 0.3 * _rand(g, n))[:, None, None, None]).clamp_(0, 1)
+
 # %% ../nbs/01b_toy.ipynb #a262ec7f
 def _toy_chunk(labels, bgs, size, fg, train, g):
     """Images, masks and clean backgrounds for one chunk of samples with given labels and background
     families."""
     n = len(labels)
-    bg = torch.empty(n, 3, size, size)
-    for f in bgs.unique().tolist():
-        i = (bgs == f).nonzero().squeeze(1)
-        name, tint = BG_FAMILIES[f]
-        p = sample_patches(_pyramid(name), len(i), size, g,
-                           max_angle=math.pi if tint else math.pi / 6)
-        bg[i] = p * torch.tensor(tint)[:, None, None] if tint else p  # grey textures get their tint
-    bg.mul_((0.85 + 0.3 * _rand(g, n))[:, None, None, None]).clamp_(0, 1)
+    bg = _paint(BG_FAMILIES, bgs, size, g)   # grey textures get their tint
     masks = _fg_masks(labels, size, g, fg, train)
     img = torch.where(masks[:, None],
                       _fills(n, size, g, labels if fg == "coloured_shapes" else None), bg)
@@ -342,19 +348,6 @@ UNSEEN_BG_FAMILIES = (("coins", (0.95, 0.8, 0.45)), ("text", (0.5, 0.9, 0.95)),
 UNSEEN_BG_OFFSET = len(BG_FAMILIES)
 # the test variants painted on them
 UNSEEN_VARIANTS = ("mixed_rand_unseen",)
-
-# %% ../nbs/01b_toy.ipynb #fa506946
-def _paint(families, ids, size, g) -> torch.Tensor:
-    "Float crops (n,3,size,size) of `families[ids]`: tinted greys, random brightness."
-    n = len(ids)
-    bg = torch.empty(n, 3, size, size)
-    for f in ids.unique().tolist():
-        i = (ids == f).nonzero().squeeze(1)
-        name, tint = families[f]
-        p = sample_patches(_pyramid(name), len(i), size, g,
-                           max_angle=math.pi if tint else math.pi / 6)
-        bg[i] = p * torch.tensor(tint)[:, None, None] if tint else p
-    return bg.mul_((0.85 + 0.3 * _rand(g, n))[:, None, None, None]).clamp_(0, 1)
 
 # %% ../nbs/01b_toy.ipynb #2c2e6967
 def unseen_backgrounds(n: int, size: int, seed: int = 0) -> tuple:
