@@ -39,9 +39,9 @@ __all__ = ['DEFAULT_METHODS', 'EVAL_DEFAULTS', 'HPARAMS', 'ICL_HPARAMS', 'NOT_AP
            'validation_split', 'load_splits', 'check_methods', 'read_records', 'append_record', 'run_status',
            'StepBudget', 'train_run', 'bg_neighbour_rate', 'flat_measures', 'measure_split', 'run_one', 'plan',
            'open_out', 'run_compare', 'seed_stats', 'paired_differences', 'read_runs', 'select_setting', 'fg_check',
-           'fg_check_line', 'collect', 'results_table', 'differences_table', 'hparams_table', 'plot_compare',
-           'supervised', 'saliency_html', 'variant_samples_html', 'plot_umaps', 'compare_report', 'estimate',
-           'device_defaults', 'compare']
+           'fg_check_line', 'training_setups', 'collect', 'results_table', 'differences_table', 'hparams_table',
+           'plot_compare', 'supervised', 'saliency_html', 'variant_samples_html', 'plot_umaps', 'setup_table',
+           'compare_report', 'estimate', 'device_defaults', 'compare']
 
 # %% ../nbs/17_compare.ipynb #f25b90f9
 DEFAULT_METHODS = ("simclr", "simclr+ntxent", "simclr+icl-msr", "simclr+do-bg",
@@ -586,6 +586,52 @@ def _method_row(st: dict, got: dict, m: str) -> dict:
                         "candidates": cands},
             "_per": per}
 
+# %% ../nbs/17_compare.ipynb #f880c8cf
+from .augment import PRESETS
+from .utils import make_optimizer
+
+# %% ../nbs/17_compare.ipynb #382a0e55
+def _optimiser(cfg: Config) -> dict:
+    """The encoder's optimiser of a resolved config as `make_optimizer` builds it, and the other
+    rates its run uses."""
+    o = cfg.optim
+    built = make_optimizer([torch.nn.Parameter(torch.zeros(1))], o.name, o.lr, o.weight_decay,
+                           o.momentum)
+    d = built.defaults
+    out = {"name": type(built).__name__, "lr": d["lr"], "weight_decay": d["weight_decay"],
+           "betas": list(d["betas"]) if "betas" in d else None, "momentum": d.get("momentum"),
+           "nesterov": d.get("nesterov"), "schedule": o.schedule, "warmup_steps": o.warmup_steps,
+           "method_rates": {k: v for k, v in cfg.model.options.items()
+                            if k.endswith(("_lr", "_momentum"))}}
+    # stage 2 of ICL-MSR steps the strata with their own optimiser (the controls have none)
+    if cfg.icl.enabled and cfg.icl.control == "msr":
+        out["strata"] = {"name": cfg.icl.meta_opt, "lr": cfg.icl.meta_lr}
+    return out
+
+# %% ../nbs/17_compare.ipynb #76e61276
+def _augmentation(cfg: Config) -> dict:
+    """The two-view augmentation of a resolved config: its preset and the preset's parameters,
+    do(background), the training images' variant."""
+    iv = cfg.intervene
+    par = {k: list(v) if isinstance(v, tuple) else v for k, v in PRESETS[cfg.data.augment].items()
+           if k not in ("mean", "std")}
+    return {"preset": cfg.data.augment, "parameters": par,
+            "do_background": ({"p": iv.p, "views": iv.views, "bg_negative": iv.bg_negative}
+                              if iv.enabled else None),
+            "variant": cfg.data.variant}
+
+# %% ../nbs/17_compare.ipynb #b9de9704
+def training_setups(out, st: dict, chosen: dict) -> dict:
+    """Per compared method, the optimiser and augmentation its runs trained with, from the run.json
+    of its first finished run at its chosen setting (`chosen`: method -> hp)."""
+    got = {}
+    for r in plan(st, out):
+        m = r["method"]
+        if m in chosen and m not in got and r["hp"] == chosen[m] and r["status"] == "done":
+            cfg = resolve_defaults(json.loads((Path(r["dir"])/"run.json").read_text())["config"])
+            got[m] = {"optimiser": _optimiser(cfg), "augmentation": _augmentation(cfg)}
+    return got
+
 # %% ../nbs/17_compare.ipynb #89eeae38
 def collect(out, write: bool = True) -> dict:
     """Read a comparison's records into one row per method (its setting chosen on val): each
@@ -607,7 +653,9 @@ def collect(out, write: bool = True) -> dict:
            "complete": len(got) == n_runs,
            "selection": sel + f"; val = {st['val_frac']:.0%} of train (fixed by the seed, shared "
                               "by all methods); test reported, never used to select",
-           "fg_check": fg_check(st, got), "versions": package_versions()}
+           "fg_check": fg_check(st, got), "versions": package_versions(),
+           "training": training_setups(out, st,
+                                       {m: r["hparams"]["chosen"] for m, r in rows.items()})}
     if write: (Path(out)/"results.json").write_text(json.dumps(res, indent=1))
     return res
 
@@ -744,6 +792,43 @@ def plot_umaps(out, max_points: int = 1000):
                       height=380, width=max(420, 300 * len(runs)))
     return fig
 
+# %% ../nbs/17_compare.ipynb #6e3220e1
+def _num(v) -> str:
+    return f"({', '.join(_num(x) for x in v)})" if isinstance(v, (list, tuple)) else f"{v:g}" \
+        if isinstance(v, float) else str(v)
+
+def _optimiser_text(o: dict) -> str:
+    "'Adam, lr 0.003, weight decay 1e-06, betas (0.9, 0.999); cosine schedule, 15 warm-up steps'"
+    hp = (f"betas {_num(o['betas'])}" if o.get("betas") else
+          f"momentum {_num(o['momentum'])}{' (Nesterov)' if o.get('nesterov') else ''}")
+    parts = [f"{o['name']}, lr {_num(o['lr'])}, weight decay {_num(o['weight_decay'])}, {hp}",
+             f"{o['schedule']} schedule, {o['warmup_steps']} warm-up steps"]
+    if o.get("method_rates"):
+        parts.append("model.options: "
+                     + ", ".join(f"{k} {_num(v)}" for k, v in o["method_rates"].items()))
+    if o.get("strata"):
+        parts.append(f"strata: {o['strata']['name']} at lr {_num(o['strata']['lr'])}")
+    return "; ".join(parts)
+
+# %% ../nbs/17_compare.ipynb #cd1d3c4d
+def _augmentation_text(a: dict) -> str:
+    "'wmse: scale (0.2, 1), ...; do(background) p 0.5, views one'"
+    parts = [f"{a['preset']}: " + ", ".join(f"{k} {_num(v)}" for k, v in a["parameters"].items())]
+    if a.get("do_background"):
+        b = a["do_background"]
+        parts.append(f"do(background) p {_num(b['p'])}, views {b['views']}"
+                     + (", background-only negative" if b.get("bg_negative") else ""))
+    if a.get("variant", "original") != "original": parts.append(f"trained on {a['variant']} images")
+    return "; ".join(parts)
+
+# %% ../nbs/17_compare.ipynb #584f0679
+def setup_table(res: dict) -> str:
+    """HTML table 'method | optimiser | augmentation' of what each method's runs trained with
+    (`res['training']`, from their run.json); empty without it."""
+    rows = [[m, _optimiser_text(s["optimiser"]), _augmentation_text(s["augmentation"])]
+            for m, s in (res.get("training") or {}).items()]
+    return html_table(rows, ["method", "optimiser", "augmentation"]) if rows else ""
+
 # %% ../nbs/17_compare.ipynb #a3c98947
 def compare_report(res: dict, extra: list = ()) -> str:
     """The comparison's self-contained report.html: settings, the tables on test and val, paired
@@ -758,6 +843,8 @@ def compare_report(res: dict, extra: list = ()) -> str:
               *(["<h2>Hyper-parameter settings (drawn per method; chosen on the validation "
                  "split)</h2>",
                  hparams_table(res)] if st.get("hparams") else []),
+              *(["<h2>Training setup (each method's optimiser and augmentation, from its runs' "
+                 "run.json)</h2>", setup_table(res)] if res.get("training") else []),
               "<h2>Test</h2>", results_table(res, "test"),
               f"<p class='note'>{html.escape(fg_check_line(res.get('fg_check')))}. The check is "
               "one more run per seed: the first method, the same budget, trained on the "

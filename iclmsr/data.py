@@ -824,8 +824,12 @@ VARIANT_DEFINITIONS = {
     "only_bg_b": "the background alone, the foreground's bounding box black (IN-9 folder)",
     "only_bg_t": "the background alone, the foreground's bounding box filled with background "
                  "texture (IN-9 folder)",
-    "mixed_same": "the foreground on the background of another image of its class (from masks: "
-                  "one on the class's typical training background where that is known)",
+    "mixed_same": "the foreground on the background of a random other image of its class in the "
+                  "same split (the Backgrounds Challenge's; where backgrounds are independent of "
+                  "the class, mixed_rand in distribution)",
+    "mixed_typical": "the foreground on the background typical of its class in training (a random "
+                     "image with that background id; its class where none is known): mixed_same's "
+                     "upper bound, no IN-9 folder",
     "mixed_rand": "the foreground on the background of a random other image",
     "mixed_next": "the foreground on the background of a random image of the next class",
     "mixed_rand_unseen": "the foreground on a crop of a background family that no training split "
@@ -907,7 +911,7 @@ def _with_cooccurrence(data: dict) -> tuple:
     co = next((t for t in (d.train_cooccurrence() for d in data.values()) if t is not None), None)
     if co is None and "train" in data and bool((data["train"].backgrounds >= 0).any()):
         co = data["train"].cooccurrence()
-    # mixed_same: a background typical of the class in training, on export and when read back
+    # mixed_typical: a background typical of the class in training, on export and when read back
     if co is not None:
         co = co.tolist()
         data = {s: d.replace(meta={**d.meta, "train_cooccurrence": co}) for s, d in data.items()}

@@ -16,7 +16,8 @@ from .utils import read_torch_file, atomic_torch_save
 __all__ = ['VARIANTS', 'check_plain', 'FgBgData', 'inpaint', 'tile_fill', 'to_uint8', 'make_variant']
 
 # %% ../nbs/01a_fgbg.ipynb #cf05741c
-VARIANTS = ("original", "only_fg", "no_fg", "only_bg", "mixed_same", "mixed_rand", "mixed_next")
+VARIANTS = ("original", "only_fg", "no_fg", "only_bg", "mixed_same", "mixed_typical", "mixed_rand",
+            "mixed_next")
 
 def _tensor(x):
     if x is None or isinstance(x, torch.Tensor): return x
@@ -380,6 +381,22 @@ def _typical_donors(labels, backgrounds, typical, d, g) -> torch.Tensor:
     return torch.where(ok, _draw(key, torch.where(ok, want, key), g), d)
 
 
+# %% ../nbs/01a_fgbg.ipynb #c3d23ada
+def _variant_donors(ds: FgBgData, name: str, seed: int) -> tuple:
+    """The donor of each image of the mixed variant `name` (on the dataset's device) and, for
+    `mixed_typical`, the rule that drew them (else None)."""
+    g = torch.Generator().manual_seed(seed)
+    # mixed_typical starts from mixed_same's donors (its fallback), drawn the same way
+    d = _donors(ds.labels.cpu(), "mixed_same" if name == "mixed_typical" else name, g)
+    rule = None
+    if name == "mixed_typical":
+        typical = ds.typical_backgrounds()
+        rule = "a random other image of its class (the typical background is unknown)"
+        if typical is not None:
+            d = _typical_donors(ds.labels.cpu(), ds.backgrounds.cpu(), typical, d, g)
+            rule = "the class's typical training background (its class where none is known)"
+    return d.to(ds.device), rule
+
 # %% ../nbs/01a_fgbg.ipynb #241ba302
 def make_variant(ds: FgBgData, name: str, seed: int = 0, fill: int = 0) -> FgBgData:
     """The ImageNet-9 variant `name` of `ds` (see `VARIANTS`), computed in batches on the dataset's
@@ -391,7 +408,7 @@ def make_variant(ds: FgBgData, name: str, seed: int = 0, fill: int = 0) -> FgBgD
         raise ValueError(f"variant {name!r} needs foreground masks and dataset {ds.name!r} "
                          "has none; only 'original' is available (datasets with masks: toy, "
                          "coco-fg, pets, in9 with fg_mask)")
-    m, bgs, bg_images, typical = ds.masks, ds.backgrounds, ds.bg_images, None
+    m, bgs, bg_images, rule = ds.masks, ds.backgrounds, ds.bg_images, None
     if name == "only_fg":
         out = torch.where(m[:, None], ds.images, torch.full_like(ds.images, fill))
         bgs, bg_images = torch.full_like(bgs, -1), None
@@ -402,17 +419,11 @@ def make_variant(ds: FgBgData, name: str, seed: int = 0, fill: int = 0) -> FgBgD
                  else _chunked(lambda x, h: to_uint8(tile_fill(_f(x), h)), ds.images, m))
         if name == "only_bg": out = clean
         else:
-            g = torch.Generator().manual_seed(seed)
-            d = _donors(ds.labels.cpu(), name, g)
-            typical = ds.typical_backgrounds() if name == "mixed_same" else None
-            if typical is not None:
-                d = _typical_donors(ds.labels.cpu(), ds.backgrounds.cpu(), typical, d, g)
-            d = d.to(ds.device)
+            d, rule = _variant_donors(ds, name, seed)
             out, bgs = torch.where(m[:, None], ds.images, clean[d]), bgs[d]
             bg_images = clean[d]
     meta = {**ds.meta, "variant": name, "variant_seed": seed}
-    if name == "mixed_same" and typical is not None:
-        meta["mixed_same_donors"] = "typical background of the class in training"
+    if rule is not None: meta["mixed_typical_donors"] = rule
     return ds.replace(images=out, backgrounds=bgs, bg_images=bg_images,
                       name=f"{ds.name}/{name}", meta=meta)
 

@@ -218,7 +218,7 @@ OUT_KINDS: dict = {
     "demo": ("a demo", "iclmsr demo", ("results.json", "report.html")),
     "export": ("a dataset export", "iclmsr data export",
                ("iclmsr.json", "fg_mask", "only_bg_t", "original", "only_fg", "no_fg", "only_bg",
-                "mixed_same", "mixed_rand", "mixed_next")),
+                "mixed_same", "mixed_typical", "mixed_rand", "mixed_next")),
 }
 
 # %% ../nbs/00_utils.ipynb #53777380

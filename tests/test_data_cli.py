@@ -18,7 +18,7 @@ def iclmsr(*args, env=None, check=True):
 def test_info_json(env, tmp_path):
     j = json.loads(iclmsr("data", "info", TOY, "--json", env=env).stdout)
     assert j["dataset"] == "toy" and j["num_classes"] == 3 and j["classes"] == ["digit0", "digit1", "digit2"]
-    assert j["image_size"] == 32 and j["has_masks"] and j["variants"][0] == "original" and len(j["variants"]) == 7
+    assert j["image_size"] == 32 and j["has_masks"] and j["variants"][0] == "original" and len(j["variants"]) == 8
     assert j["splits"]["train"]["size"] == 60 and j["splits"]["test"]["size"] == 30
     assert j["splits"]["train"]["background_ids"] == [0, 1, 2] and sum(j["splits"]["train"]["background_counts"]) == 60
     assert j["bg_names"] == ["brick", "grass", "gravel"]
@@ -84,6 +84,6 @@ def test_info_lists_variant_folders(env, tmp_path):
     d = fake_in9(tmp_path/"in9", variants=("original", "only_fg", "only_bg_t", "mixed_rand"))
     out = iclmsr("data", "info", f"in9:{d}", env=env).stdout
     line = next(l for l in out.splitlines() if l.startswith("variants"))
-    assert line.endswith("original, only_fg, mixed_rand, only_bg_t (folders); no_fg, only_bg, mixed_same, mixed_next (from masks)")
+    assert line.endswith("original, only_fg, mixed_rand, only_bg_t (folders); no_fg, only_bg, mixed_same, mixed_typical, mixed_next (from masks)")
     j = json.loads(iclmsr("data", "info", f"in9:{d},masks=false", "--json", env=env).stdout)
     assert j["variant_kinds"] == {"original": "folder", "only_fg": "folder", "only_bg_t": "folder", "mixed_rand": "folder"}

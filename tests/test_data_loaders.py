@@ -285,7 +285,7 @@ def test_variant_folders_matched_by_class(tmp_path):
     ds = load_in9(d, "val")
     kinds = available_variants(ds)
     assert kinds == {"original": "folder", "only_fg": "folder", "no_fg": "masks", "only_bg": "masks", "mixed_same": "masks",
-                     "mixed_rand": "folder", "mixed_next": "masks", "only_bg_b": "folder"}
+                     "mixed_typical": "masks", "mixed_rand": "folder", "mixed_next": "masks", "only_bg_b": "folder"}
     assert json.loads(json.dumps(ds.meta))["variant_folders"]["only_fg"] == str(d/"only_fg") and ds.meta["variant_split"] == "val"
     mr = variant_of(ds, "mixed_rand")
     assert len(mr) == 6 and mr.labels.tolist() == [0, 0, 1, 1, 2, 2] and mr.classes == ds.classes and mr.image_size == 48
@@ -310,17 +310,18 @@ def test_variant_folder_errors(tmp_path):
     with pytest.raises(ValueError, match="has classes that 'in9-original-val' lacks: 02_cat"): variant_of(ds, "only_fg")
 
 
-def test_mixed_same_uses_the_training_cooccurrence(tmp_path):
-    "The embedded data's test split has uniform backgrounds: mixed_same takes the family each class has in training."
+def test_mixed_typical_uses_the_training_cooccurrence(tmp_path):
+    "The embedded data's test split has uniform backgrounds: mixed_typical takes the family each class has in training."
     toy = make_toy(num_classes=4, n_train=20, n_test=40, size=32, cache=False)
     te = toy["test"]
     assert te.typical_backgrounds().tolist() == [0, 1, 2, 3]
-    ms = te.variant("mixed_same")
+    ms = te.variant("mixed_typical")
     assert torch.equal(ms.backgrounds, te.labels) and torch.equal(ms.images[ms.masks[:, None].expand_as(ms.images)],
                                                                   te.images[te.masks[:, None].expand_as(te.images)])
-    bare = te.replace(meta={})          # training statistics unknown: same-class donors, as before
-    assert bare.typical_backgrounds() is None and (bare.variant("mixed_same").backgrounds != te.labels).any()
+    bare = te.replace(meta={})          # training statistics unknown: same-class donors, as mixed_same's
+    assert bare.typical_backgrounds() is None and (bare.variant("mixed_typical").backgrounds != te.labels).any()
+    assert torch.equal(bare.variant("mixed_typical").images, te.variant("mixed_same").images)
     assert torch.equal(te.variant("mixed_rand").images, bare.variant("mixed_rand").images)
     out = export_in9(te, tmp_path/"t", variants=["original"])   # the sidecar keeps the co-occurrence: same donors
-    back = load_dataset(f"in9:{out},variant=mixed_same", "test")
+    back = load_dataset(f"in9:{out},variant=mixed_typical", "test")
     assert torch.equal(back.backgrounds, ms.backgrounds)

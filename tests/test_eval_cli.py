@@ -46,8 +46,8 @@ def test_eval_writes_results_report_and_probe(env, ckpt, tmp_path):
               "calibration", "fgsm", "seconds", "versions", "normalisation"):
         assert k in r, k
     assert r["data"] == SPEC and r["test_split"] == "test" and r["model"]["backbone"] == "small_cnn"
-    assert set(r["variants"]) == {"original", "only_fg", "no_fg", "only_bg", "mixed_same", "mixed_rand", "mixed_next",
-                                  "mixed_rand_unseen"}   # the toy test split: also unseen backgrounds
+    assert set(r["variants"]) == {"original", "only_fg", "no_fg", "only_bg", "mixed_same", "mixed_typical", "mixed_rand",
+                                  "mixed_next", "mixed_rand_unseen"}   # the toy test split: also unseen backgrounds
     for v in r["variants"].values():
         assert all(_pct(v[m]) for m in ("linear_top1", "linear_top5", "knn5")) and v["linear_top5"] >= v["linear_top1"]
     vs = r["variants"]

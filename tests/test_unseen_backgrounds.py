@@ -123,12 +123,12 @@ def test_data_info_lists_and_defines_the_variants(capsys):
     out = capsys.readouterr().out
     assert "mixed_rand_unseen (from masks, on unseen backgrounds; test split only)" in out
     assert "variant definitions:" in out and "  mixed_rand_unseen  the foreground on a crop of a background family" in out
-    for v in ("original", "only_fg", "no_fg", "only_bg", "mixed_same", "mixed_rand", "mixed_next"):
+    for v in ("original", "only_fg", "no_fg", "only_bg", "mixed_same", "mixed_typical", "mixed_rand", "mixed_next"):
         assert f"\n  {v} " in out, v
     assert main(["data", "info", spec, "--json"]) == 0
     j = json.loads(capsys.readouterr().out)
     assert j["split_variants"] == {"mixed_rand_unseen": {"kind": "generator", "splits": ["test"]}}
-    assert len(j["variants"]) == 7 and set(j["variant_definitions"]) == set(j["variants"]) | {"mixed_rand_unseen"}
+    assert len(j["variants"]) == 8 and set(j["variant_definitions"]) == set(j["variants"]) | {"mixed_rand_unseen"}
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
