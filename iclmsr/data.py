@@ -828,8 +828,8 @@ VARIANT_DEFINITIONS = {
                   "same split (the Backgrounds Challenge's; where backgrounds are independent of "
                   "the class, mixed_rand in distribution)",
     "mixed_typical": "the foreground on the background typical of its class in training (a random "
-                     "image with that background id; its class where none is known): mixed_same's "
-                     "upper bound, no IN-9 folder",
+                     "other image with that background id; its class where none is known): "
+                     "mixed_same's upper bound, no IN-9 folder",
     "mixed_rand": "the foreground on the background of a random other image",
     "mixed_next": "the foreground on the background of a random image of the next class",
     "mixed_rand_unseen": "the foreground on a crop of a background family that no training split "
