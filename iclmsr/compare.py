@@ -34,14 +34,15 @@ from .viz import (
 # %% auto #0
 __all__ = ['DEFAULT_METHODS', 'EVAL_DEFAULTS', 'HPARAMS', 'ICL_HPARAMS', 'NOT_APPLICABLE', 'PROTOCOL', 'FG_CONTROL',
            'FG_LEARNABLE', 'COLUMNS', 'SELECT_BY', 'SAMPLE_VARIANTS', 'CPU_SPEC', 'GPU_SPEC', 'DEVICE_DEFAULTS',
-           'known_method', 'registered_methods', 'default_methods', 'parse_methods', 'compare_settings',
+           'RHO_PANELS', 'known_method', 'registered_methods', 'default_methods', 'parse_methods', 'compare_settings',
            'method_hparams', 'draw_hparams', 'run_config', 'run_key', 'control_name', 'split_control',
            'validation_split', 'load_splits', 'check_methods', 'read_records', 'append_record', 'run_status',
            'StepBudget', 'train_run', 'bg_neighbour_rate', 'flat_measures', 'measure_split', 'run_one', 'plan',
            'open_out', 'run_compare', 'seed_stats', 'paired_differences', 'read_runs', 'select_setting', 'fg_check',
            'fg_check_line', 'training_setups', 'collect', 'results_table', 'differences_table', 'hparams_table',
            'plot_compare', 'supervised', 'saliency_html', 'variant_samples_html', 'plot_umaps', 'setup_table',
-           'compare_report', 'estimate', 'device_defaults', 'compare']
+           'compare_report', 'estimate', 'device_defaults', 'compare', 'parse_rho', 'rho_spec', 'rho_settings',
+           'rho_dir', 'run_rho', 'collect_rho', 'plot_rho', 'rho_report']
 
 # %% ../nbs/17_compare.ipynb #f25b90f9
 DEFAULT_METHODS = ("simclr", "simclr+ntxent", "simclr+icl-msr", "simclr+do-bg",
@@ -100,9 +101,11 @@ EVAL_DEFAULTS = {"probe_epochs": 100, "fgsm_n": 512, "expl_n": 256, "adv_fg": 0,
 
 def compare_settings(methods=None, data: str = "toy", seeds: int = 3, budget: int = 200,
                      sets=(), device: str = "cpu", first_seed: int = 0, val_frac: float = 0.2,
-                     hparams: int = 0, fg_control: bool = False, log=print, **eval_kw) -> dict:
+                     hparams: int = 0, fg_control: bool = False, log=print, rho=None,
+                     **eval_kw) -> dict:
     """Everything that decides a comparison's numbers (written to OUT/compare.json): methods, data,
-    seeds, encoder steps, config overrides, hyper-parameter draws, the foreground check, evaluation.
+    seeds, encoder steps, config overrides, hyper-parameter draws, the foreground check, evaluation,
+    and with `rho` the training correlations it is repeated at (`parse_rho`).
     """
     if not isinstance(hparams, int) or isinstance(hparams, bool) or hparams < 0:
         raise ValueError("--hparams must be an integer >= 0 (0: each method's defaults), got "
@@ -116,6 +119,7 @@ def compare_settings(methods=None, data: str = "toy", seeds: int = 3, budget: in
     if bad:
         raise ValueError(f"unknown evaluation setting {sorted(bad)[0]!r}; allowed: "
                          f"{', '.join(EVAL_DEFAULTS)}")
+    rhos = None if rho is None else parse_rho(rho, data)   # before any other work
     ms = methods if isinstance(methods, (list, tuple)) else parse_methods(methods, log)
     for m, _ in map(_own_set, sets or ()):
         if m is not None and m not in ms:
@@ -124,7 +128,8 @@ def compare_settings(methods=None, data: str = "toy", seeds: int = 3, budget: in
     return {"methods": list(ms), "data": data,
             "seeds": list(range(first_seed, first_seed + seeds)), "budget": budget,
             "sets": list(sets or ()), "device": device, "val_frac": val_frac, "hparams": hparams,
-            "fg_control": bool(fg_control), "eval": {**EVAL_DEFAULTS, **eval_kw}}
+            "fg_control": bool(fg_control), "eval": {**EVAL_DEFAULTS, **eval_kw},
+            **({} if rhos is None else {"rho": rhos})}   # no rho: the settings (and keys) of before
 
 # %% ../nbs/17_compare.ipynb #6fd08cc3
 _LR, _WD, _TAU = ("log", 1e-3, 1e-2), ("log", 1e-7, 1e-4), ("log", 0.05, 1.0)
@@ -632,11 +637,19 @@ def training_setups(out, st: dict, chosen: dict) -> dict:
             got[m] = {"optimiser": _optimiser(cfg), "augmentation": _augmentation(cfg)}
     return got
 
+# %% ../nbs/17_compare.ipynb #480c7cbe
+def _rho_axis(out) -> bool:
+    "Whether the comparison folder `out` holds a comparison over several rho (`compare --rho`)."
+    p = Path(out)/"compare.json"
+    return p.is_file() and bool(json.loads(p.read_text()).get("rho"))
+
+
 # %% ../nbs/17_compare.ipynb #89eeae38
 def collect(out, write: bool = True) -> dict:
     """Read a comparison's records into one row per method (its setting chosen on val): each
     column's mean, std, SE and n over seeds, on val and test, and paired differences against the
-    first method; written to OUT/results.json."""
+    first method; written to OUT/results.json. A `--rho` folder: `collect_rho`."""
+    if _rho_axis(out): return collect_rho(out, write)
     st, got = read_runs(out)
     base, rows = st["methods"][0], {m: _method_row(st, got, m) for m in st["methods"]}
     for m in st["methods"]:
@@ -912,7 +925,8 @@ def device_defaults(device: str = "cpu") -> dict:
 
 # %% ../nbs/17_compare.ipynb #657fbc1a
 def _compare_settings(methods, data, seeds, budget, device, backbone, sets,
-                      seed, hparams, no_fg_control, log, probe_epochs, fgsm_n, expl_n) -> dict:
+                      seed, hparams, no_fg_control, log, probe_epochs, fgsm_n, expl_n,
+                      rho=None) -> dict:
     """`compare`'s settings: `compare_settings`, `device_defaults` for what is not given (batch size
     first); every method's config built once, so a bad `--set` value is refused before any work."""
     dd, sets = device_defaults(device), list(sets or [])
@@ -923,7 +937,7 @@ def _compare_settings(methods, data, seeds, budget, device, backbone, sets,
     st = compare_settings(methods, data or dd["data"], seeds, budget, overrides, device, seed,
                           hparams=hparams, fg_control=not no_fg_control, log=log,
                           probe_epochs=probe_epochs, fgsm_n=fgsm_n, expl_n=expl_n,
-                          dcodr_epochs=probe_epochs)
+                          dcodr_epochs=probe_epochs, rho=rho)
     for m in st["methods"]:  # the first and the last seed: --seed + --seeds must fit train.seed
         for s in {st["seeds"][0], st["seeds"][-1]}: run_config(st, m, s)
     return st
@@ -932,6 +946,7 @@ def _compare_settings(methods, data, seeds, budget, device, backbone, sets,
 def _dry_run(st: dict, out, estimate_time: bool = False):
     """`compare --dry-run`: list the runs (done, to resume, new); with `estimate_time`, the expected
     time."""
+    if st.get("rho"): return _dry_run_rho(st, out, estimate_time)
     runs = plan(st, out)
     print(_format_plan(runs))
     if estimate_time: estimate(st, print)
@@ -958,6 +973,9 @@ def _run_or_plan(st: dict, out, log, dry_run: bool = False, estimate_time: bool 
     # a comparison failing before its first run leaves no folder behind
     with OutGuard(out, own=("compare.json",)):
         d = open_out(st, out, resume, overwrite)
+        if st.get("rho"):   # one comparison per rho in runs/rho_<value>/, then the summary
+            run_rho(st, d, log, no_umap)
+            return _write_rho_report(d)
         run_compare(st, d, log)
         _write_report(st, d, no_umap)
     return 0
@@ -994,11 +1012,177 @@ def compare(
     no_fg_control: bool = False,
     # leave the UMAP panels out of report.html (the first UMAP of a process compiles for ~15 s)
     no_umap: bool = False,
+    rho: str = None,  # toy data's rho values, e.g. 0.5,0.9,0.99: the comparison at each (parse_rho)
     quiet: bool = False):  # no progress lines
     """Train every listed method at the same number of encoder steps on the same data and seeds,
     evaluate each with one protocol, write results.json and report.html."""
     if not out: raise UserError("--out DIR is required (the comparison folder)")
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     st = _compare_settings(methods, data, seeds, budget, device, backbone, set, seed, hparams,
-                           no_fg_control, log, probe_epochs, fgsm_n, expl_n)
+                           no_fg_control, log, probe_epochs, fgsm_n, expl_n, rho)
     return _run_or_plan(st, out, log, dry_run, estimate_time, resume, no_umap, overwrite)
+
+# %% ../nbs/17_compare.ipynb #bd188f81
+def _rho_values(rho) -> list:
+    "The values of `--rho` (comma-separated text, a number or a list) as floats, checked."
+    items = ([x.strip() for x in rho.split(",")] if isinstance(rho, str)
+             else list(rho) if isinstance(rho, (list, tuple)) else [rho])
+    if not [x for x in items if x != ""]:
+        raise ValueError("--rho names no value; give comma-separated probabilities, e.g. "
+                         "--rho 0.5,0.9,0.99")
+    out = []
+    for x in items:
+        try: v = float(x) if not isinstance(x, bool) else None
+        except (TypeError, ValueError): v = None
+        if v is None:
+            raise ValueError(f"--rho: {x!r} is not a number; give comma-separated probabilities, "
+                             "e.g. --rho 0.5,0.9,0.99")
+        if not 0 <= v <= 1:
+            raise ValueError(f"--rho: {x} is outside [0, 1]; each value is a training correlation, "
+                             "P(background family = the class's typical one)")
+        if v in out: raise ValueError(f"--rho lists {x} twice; give each value once")
+        out.append(v)
+    return out
+
+
+# %% ../nbs/17_compare.ipynb #74e814ba
+def parse_rho(rho, data: str) -> list:
+    """The training correlations of `--rho` (comma-separated text, a number or a list) as floats,
+    each in [0, 1] and given once; refused for data other than the embedded toy data."""
+    from iclmsr.data import parse_spec
+    vals = _rho_values(rho)
+    if parse_spec(data)[0] != "toy":
+        raise ValueError(f"--rho sets the spec keys rho and rho_test of the embedded toy data, and "
+                         f"--data {data!r} is not toy data: give --data toy:... or leave --rho out")
+    return vals
+
+
+# %% ../nbs/17_compare.ipynb #20dc5c5b
+def rho_spec(spec: str, rho: float) -> str:
+    """The toy data spec `spec` with `rho` and `rho_test` both set to `rho` (in place where given,
+    else appended), every other item as it was."""
+    name, _, rest = spec.strip().partition(":")
+    v, items, seen = f"{float(rho)!r}", [], set()
+    for part in (p for p in rest.split(",") if p.strip()) if rest.strip() else ():
+        k = part.partition("=")[0].strip()
+        if k in ("rho", "rho_test"): part, _ = f"{k}={v}", seen.add(k)
+        items.append(part)
+    items += [f"{k}={v}" for k in ("rho", "rho_test") if k not in seen]
+    return f"{name}:{','.join(items)}"
+
+
+# %% ../nbs/17_compare.ipynb #46cce2f9
+def rho_settings(st: dict, rho: float) -> dict:
+    """The settings of one comparison of a `--rho` axis: `st` without `rho`, its data at `rho`
+    (`rho_spec`)."""
+    return {**{k: v for k, v in st.items() if k != "rho"}, "data": rho_spec(st["data"], rho)}
+
+def rho_dir(out, rho: float) -> Path:
+    "The folder of the comparison at `rho` inside the axis folder `out`: OUT/runs/rho_<value>."
+    return Path(out)/"runs"/f"rho_{float(rho)!r}"
+
+
+# %% ../nbs/17_compare.ipynb #91b7666b
+def run_rho(st: dict, out, log=print, no_umap: bool = True, cbs=()) -> dict:
+    """Run the comparison at each rho of `st['rho']` in `rho_dir(out, rho)` (every rho's methods
+    checked first), each collected with its own report.html; returns {rho: plan}."""
+    for r in st["rho"]:   # every rho's data and methods, before the first run
+        check_methods(rho_settings(st, r), load_splits(rho_settings(st, r), st["seeds"][0])["fit"])
+    runs = {}
+    for r in st["rho"]:
+        sr, d = rho_settings(st, r), rho_dir(out, r)
+        log(f"rho = {r}: {d.relative_to(out)}")
+        with OutGuard(d, own=("compare.json",)):
+            open_out(sr, d)
+            runs[r] = run_compare(sr, d, log, cbs)
+            _write_report(sr, d, no_umap)
+    return runs
+
+
+# %% ../nbs/17_compare.ipynb #595df4b0
+def _dry_run_rho(st: dict, out, estimate_time: bool = False):
+    "`compare --dry-run` of a `--rho` axis: each rho's runs; with `estimate_time`, the total."""
+    for r in st["rho"]:
+        print(f"rho = {r}: {rho_dir(out, r).relative_to(out)}")
+        print(_format_plan(plan(rho_settings(st, r), rho_dir(out, r))))
+    if estimate_time:
+        e = estimate(rho_settings(st, st["rho"][0]), lambda *a: None)
+        print(f"estimated: {fmt_duration(e['seconds'] * len(st['rho']))} for {len(st['rho'])} "
+              f"correlations (timed at rho = {st['rho'][0]})")
+
+
+# %% ../nbs/17_compare.ipynb #2986aa79
+def collect_rho(out, write: bool = True) -> dict:
+    """Collect a `--rho` axis folder: each rho's comparison (`collect`, `per_rho`), one row per
+    (rho, method) (`rows`); written to OUT/results.json."""
+    d = Path(out)
+    st = json.loads((d/"compare.json").read_text())
+    per = {r: collect(rho_dir(d, r), write) for r in st["rho"]
+           if (rho_dir(d, r)/"compare.json").is_file()}
+    res = {"settings": st, "rho": st["rho"], "base": st["methods"][0],
+           "per_rho": {str(r): p for r, p in per.items()},
+           "rows": [{"rho": r, **row} for r, p in per.items() for row in p["rows"].values()],
+           "complete": len(per) == len(st["rho"]) and all(p["complete"] for p in per.values()),
+           "versions": package_versions()}
+    if write: (d/"results.json").write_text(json.dumps(res, indent=1))
+    return res
+
+
+# %% ../nbs/17_compare.ipynb #6ec3d373
+# the two curves of a --rho axis: column, panel title
+RHO_PANELS = {"bg_gap": "BG-gap (points, linear) ↓",
+              "only_fg.linear": "foreground-only linear (%) ↑"}
+
+def plot_rho(res: dict):
+    """Each method's `RHO_PANELS` columns on test against rho (`collect_rho`'s rows): mean with
+    standard-error bars, one panel per column."""
+    import plotly.graph_objects as go
+    from plotly.colors import qualitative
+    from plotly.subplots import make_subplots
+    fig = make_subplots(1, len(RHO_PANELS), subplot_titles=list(RHO_PANELS.values()))
+    for i, m in enumerate(res["settings"]["methods"]):
+        rows = [r for r in res["rows"] if r["method"] == m]
+        for j, c in enumerate(RHO_PANELS):
+            s = [r["test"].get(c) for r in rows]
+            fig.add_trace(go.Scatter(
+                x=[r["rho"] for r in rows], y=[None if v is None else v["mean"] for v in s],
+                error_y=dict(type="data", array=[None if v is None else v["se"] for v in s],
+                             visible=True), mode="lines+markers", name=m, legendgroup=m,
+                showlegend=j == 0, line=dict(color=qualitative.Plotly[i % 10])), 1, j + 1)
+    fig.update_xaxes(title_text="training correlation rho")
+    fig.update_layout(title="against the training correlation (test, mean ± SE over seeds)",
+                      height=420, legend=dict(orientation="h", y=-0.3))
+    return fig
+
+
+# %% ../nbs/17_compare.ipynb #c5aed10e
+def rho_report(res: dict) -> str:
+    """The `--rho` axis's report.html: settings, `plot_rho`, and each rho's test table, foreground
+    check and paired differences (each rho's own report.html has the rest)."""
+    st = res["settings"]
+    blocks = [f"<p>{len(st['methods'])} methods x {len(st['seeds'])} seeds at each training "
+              f"correlation rho = {', '.join(map(str, st['rho']))}, on <code>"
+              f"{html.escape(st['data'])}</code> with its rho and rho_test set to each value (the "
+              "test split keeps the training correlation), "
+              f"{st['budget']} encoder steps each. Mean ± standard error over seeds.</p>",
+              plot_rho(res)]
+    for r in st["rho"]:
+        p, sub = res["per_rho"].get(str(r)), f"runs/rho_{float(r)!r}"
+        blocks.append(f"<h2>rho = {r} (<a href='{sub}/report.html'>{sub}/report.html</a>)</h2>")
+        if p is None:
+            blocks.append("<p class='note'>not run yet</p>"); continue
+        blocks += ["<h3>Test</h3>", results_table(p, "test"),
+                   f"<p class='note'>{html.escape(fg_check_line(p.get('fg_check')))}</p>",
+                   f"<h3>Paired differences against {html.escape(p['base'])}</h3>",
+                   differences_table(p)]
+    return html_report("iclmsr compare over rho", blocks)
+
+
+# %% ../nbs/17_compare.ipynb #fd8893dc
+def _write_rho_report(d: Path) -> int:
+    "Collect the `--rho` axis in `d` into results.json and report.html, and say so."
+    res = collect_rho(d)
+    (d/"report.html").write_text(rho_report(res))
+    print(f"wrote {d/'results.json'} and {d/'report.html'}")
+    return 0
+

@@ -981,7 +981,7 @@ def _check_size(name: str, size):
 DATASETS: dict = {
     "toy": DatasetInfo(load_toy,
                        ("toy[:num_classes=10,size=32,n_train=1000,n_test=200,rho=0.9,"
-                        "rho_test=none,seed=0,fg=digits]"),
+                        "rho_test=none,seed=0,fg=digits,classes_per_bg=1]"),
                        ("the embedded foreground/background dataset: digits on scikit-image "
                         "backgrounds (no download)"),
                        ("train", "test"), ("train", "test")),

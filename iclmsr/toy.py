@@ -13,8 +13,8 @@ from .fgbg import FgBgData, to_uint8
 
 # %% auto #0
 __all__ = ['BG_FAMILIES', 'SHAPES', 'TOY_FOREGROUNDS', 'CLASS_HUE_SD', 'UNSEEN_BG_FAMILIES', 'UNSEEN_BG_OFFSET',
-           'UNSEEN_VARIANTS', 'affine_grid', 'sample_patches', 'one_thread', 'make_toy', 'load_toy', 'image_grid',
-           'unseen_backgrounds', 'unseen_variant']
+           'UNSEEN_VARIANTS', 'affine_grid', 'sample_patches', 'one_thread', 'toy_cooccurrence', 'make_toy', 'load_toy',
+           'image_grid', 'unseen_backgrounds', 'unseen_variant']
 
 # %% ../nbs/01b_toy.ipynb #52ac76f7
 BG_FAMILIES = (("brick", (0.95, 0.55, 0.42)), ("grass", (0.55, 0.9, 0.4)),
@@ -223,12 +223,14 @@ def _toy_chunk(labels, bgs, size, fg, train, g):
     return to_uint8(img), masks, to_uint8(bg)
 
 # %% ../nbs/01b_toy.ipynb #7cb6cabf
-def _toy_split(num_classes, n_per, size, rho, fg, train, seed) -> dict:
+def _toy_split(num_classes, n_per, size, rho, fg, train, seed, classes_per_bg=1) -> dict:
     g = torch.Generator().manual_seed(seed)
     n = num_classes * n_per
     labels = torch.arange(num_classes).repeat_interleave(n_per)[torch.randperm(n, generator=g)]
-    other = (labels + 1 + torch.randint(max(num_classes - 1, 1), (n,), generator=g)) % num_classes
-    bgs = torch.where(_rand(g, n) < rho, labels, other)
+    # class c's typical family is c // classes_per_bg, of B; atypical: one of the other B - 1
+    typ, B = labels // classes_per_bg, math.ceil(num_classes / classes_per_bg)
+    other = (typ + 1 + torch.randint(max(B - 1, 1), (n,), generator=g)) % B
+    bgs = torch.where(_rand(g, n) < rho, typ, other)
     # generate in chunks of about 2^20 pixels, each with its own seed: the working set stays small
     # enough for the allocator to reuse memory (one pass over a whole 96 px split would fault in
     # gigabytes of fresh pages)
@@ -239,6 +241,7 @@ def _toy_split(num_classes, n_per, size, rho, fg, train, seed) -> dict:
              for i, s in zip(range(0, n, k), seeds)]
     images, masks, bg = (torch.cat(p) for p in zip(*parts))
     return dict(images=images, masks=masks, labels=labels, backgrounds=bgs, bg_images=bg)
+
 
 # %% ../nbs/01b_toy.ipynb #65d70ba5
 def _check_toy(num_classes, size, n_train, n_test, rho, rho_test, seed, fg):
@@ -264,6 +267,15 @@ def _check_toy(num_classes, size, n_train, n_test, rho, rho_test, seed, fg):
         raise ValueError(f"unknown foreground kind fg={fg!r}; "
                          f"allowed: {', '.join(TOY_FOREGROUNDS)}")
 
+# %% ../nbs/01b_toy.ipynb #545fa35c
+def _check_classes_per_bg(classes_per_bg, num_classes):
+    "Refuse a `classes_per_bg` that is not an integer in 1..`num_classes`, in one line."
+    m = classes_per_bg
+    if not isinstance(m, (int, np.integer)) or isinstance(m, bool) or not 1 <= m <= num_classes:
+        raise ValueError(f"classes_per_bg must be an integer in 1..num_classes ({num_classes}): "
+                         f"how many classes share one background family, got {m!r}")
+
+
 # %% ../nbs/01b_toy.ipynb #d7dc7618
 def _check_toy_memory(num_classes, size, n_train, n_test):
     "Refuse a toy set whose images, masks and clean backgrounds (7 bytes a pixel) exceed memory."
@@ -284,17 +296,41 @@ def one_thread():
     try: yield
     finally: torch.set_num_threads(old)
 
+# %% ../nbs/01b_toy.ipynb #20dce51b
+def toy_cooccurrence(num_classes: int, rho: float, classes_per_bg: int = 1) -> torch.Tensor:
+    """The toy generator's P(background family | class): a `num_classes` x ceil(`num_classes` /
+    `classes_per_bg`) table: `rho` on family c // `classes_per_bg`, the rest shared by the
+    others."""
+    K, m = int(num_classes), int(classes_per_bg)
+    B = math.ceil(K / m)
+    if B == 1: return torch.ones(K, 1)
+    t = torch.full((K, B), (1 - float(rho)) / (B - 1))
+    t[torch.arange(K), torch.arange(K) // m] = float(rho)
+    return t
+
+
+# %% ../nbs/01b_toy.ipynb #e8c5d02f
+def _shared_meta(num_classes, classes_per_bg, rho) -> dict:
+    """The meta both splits share: with several classes per family, the training split's
+    co-occurrence (`FgBgData.train_cooccurrence` reads it; with one, from the generator's rho)."""
+    if classes_per_bg == 1: return {}
+    return {"train_cooccurrence": toy_cooccurrence(num_classes, rho, classes_per_bg).tolist()}
+
+
 # %% ../nbs/01b_toy.ipynb #0ca535ce
 def make_toy(num_classes: int = 10, size: int = 32, n_train: int = 1000, n_test: int = 200,
              rho: float = 0.9, rho_test: float | None = None, seed: int = 0, fg: str = "digits",
-             cache: bool = True) -> dict:
+             classes_per_bg: int = 1, cache: bool = True) -> dict:
     """The embedded foreground/background dataset: {'train', 'test'} -> `FgBgData`, deterministic by
-    `seed`, cached."""
+    `seed`, cached; `classes_per_bg` classes share each background family."""
     _check_toy(num_classes, size, n_train, n_test, rho, rho_test, seed, fg)
+    _check_classes_per_bg(classes_per_bg, num_classes)
     _check_toy_memory(num_classes, size, n_train, n_test)
+    m = int(classes_per_bg)
     params = dict(num_classes=int(num_classes), size=int(size), n_train=int(n_train),
                   n_test=int(n_test), rho=float(rho),
-                  rho_test=None if rho_test is None else float(rho_test), seed=int(seed), fg=fg)
+                  rho_test=None if rho_test is None else float(rho_test), seed=int(seed), fg=fg,
+                  **({} if m == 1 else {"classes_per_bg": m}))   # 1: the key of before
     key = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir("toy", create=False) / f"toy-v{_TOY_VERSION}-{key}.pt"
     if cache and path.is_file():
@@ -302,26 +338,29 @@ def make_toy(num_classes: int = 10, size: int = 32, n_train: int = 1000, n_test:
             d = torch.load(path, map_location="cpu", weights_only=True)
             return {k: FgBgData.from_state(d[k]) for k in ("train", "test")}
         except Exception: pass  # unreadable cache file: regenerate it
-    K = params["num_classes"]
+    K, B = params["num_classes"], math.ceil(params["num_classes"] / m)
     names = [f"digit{i}" for i in range(K)] if fg == "digits" else list(SHAPES[:K])
-    bg_names = [b for b, _ in BG_FAMILIES[:K]]
     out = {}
     for split, n, r, s in (("train", n_train, rho, 2 * seed),
-                           ("test", n_test, 1 / K if rho_test is None else rho_test, 2 * seed + 1)):
-        with one_thread(): t = _toy_split(K, n, params["size"], float(r), fg, split == "train", s)
+                           ("test", n_test, 1 / B if rho_test is None else rho_test, 2 * seed + 1)):
+        with one_thread():
+            t = _toy_split(K, n, params["size"], float(r), fg, split == "train", s, m)
         meta = dict(source="toy", split=split, params=params, rho=float(r),
-                    bg_names=bg_names, fg=fg)
+                    bg_names=[b for b, _ in BG_FAMILIES[:B]], fg=fg, **_shared_meta(K, m, rho))
         out[split] = FgBgData(t["images"], t["masks"], t["labels"], t["backgrounds"], names,
                               f"toy-{split}", meta, t["bg_images"])
     if cache: atomic_torch_save({k: v.state() for k, v in out.items()}, path, what="dataset")
     return out
 
+
 # %% ../nbs/01b_toy.ipynb #b57e7fe7
 def load_toy(split: str = "train", num_classes: int = 10, size: int = 32, n_train: int = 1000,
              n_test: int = 200, rho: float = 0.9, rho_test: float | None = None, seed: int = 0,
-             fg: str = "digits", cache: bool = True) -> FgBgData:
+             fg: str = "digits", classes_per_bg: int = 1, cache: bool = True) -> FgBgData:
     "One split of `make_toy` (the spec `toy:key=value,...`)."
-    return make_toy(num_classes, size, n_train, n_test, rho, rho_test, seed, fg, cache)[split]
+    return make_toy(num_classes, size, n_train, n_test, rho, rho_test, seed, fg,
+                    classes_per_bg=classes_per_bg, cache=cache)[split]
+
 
 # %% ../nbs/01b_toy.ipynb #f406bf7e
 def image_grid(x, nrow: int = 8, scale: int = 1, pad: int = 1):
