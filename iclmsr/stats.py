@@ -28,10 +28,9 @@ def _check_alpha(alpha: float, hi: float = 1.0):
 
 # %% ../nbs/17a_stats.ipynb #a0d98f18
 def paired_t(diffs, alpha: float = 0.05) -> dict:
-    """The paired t statistics of the per-seed differences `diffs`: mean, sample SD, SE, n, df = n -
-    1,
-    t, the two-sided p and the two-sided (1 - `alpha`) t interval [lo, hi]; refused below 2
-    seeds."""
+    """The paired t statistics of the per-seed differences `diffs`: mean, sample SD, SE, n,
+    df = n - 1, t, the two-sided p and the two-sided (1 - `alpha`) t interval [lo, hi]; refused
+    below 2 seeds."""
     x = _numbers(diffs, "paired differences")
     if len(x) < 2: raise UserError(f"a paired t interval needs at least 2 seeds, got {len(x)}")
     _check_alpha(alpha)
@@ -46,8 +45,7 @@ def paired_t(diffs, alpha: float = 0.05) -> dict:
 # %% ../nbs/17a_stats.ipynb #9e762c59
 def holm(pvalues) -> list:
     """Holm's step-down adjusted p-values of `pvalues` (in their order), monotone in the rank; a
-    None
-    (no test in that cell) is passed through and not counted."""
+    None (no test in that cell) is passed through and not counted."""
     idx = [i for i, p in enumerate(pvalues) if p is not None]
     ps = _numbers([pvalues[i] for i in idx], "p-values")
     if any(not 0 <= p <= 1 for p in ps): raise UserError(f"p-values must be in [0, 1], got {ps}")
@@ -114,13 +112,17 @@ def detectable_effect(sd: float, n: int, alpha: float = 0.05, power: float = 0.8
 def seeds_needed(sd: float, effect: float, alpha: float = 0.05, power: float = 0.8,
                  max_n: int = 1000) -> int | None:
     """The fewest seeds with which the paired t test detects a mean difference `effect` (differences
-    of
-    standard deviation `sd`) with probability `power`; None beyond `max_n`."""
+    of standard deviation `sd`) with probability `power`; None beyond `max_n`."""
     _check_design(sd, 2, alpha, power)
     if not (isinstance(effect, (int, float)) and math.isfinite(effect) and effect > 0):
         raise UserError(f"the effect must be a number > 0 (points), got {effect!r}")
-    return next((n for n in range(2, max_n + 1)
-                 if detectable_effect(sd, n, alpha, power) <= effect), None)
+    if detectable_effect(sd, max_n, alpha, power) > effect: return None
+    lo, hi = 1, max_n   # the detectable effect falls with n: bisect for the first n that detects it
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if detectable_effect(sd, mid, alpha, power) <= effect: hi = mid
+        else: lo = mid
+    return hi
 
 # %% ../nbs/17a_stats.ipynb #cd851c8b
 def _signed(v: float, nd: int, plus: bool = False) -> str:
@@ -132,8 +134,8 @@ def _signed(v: float, nd: int, plus: bool = False) -> str:
 def format_diff(d: dict | None, p_holm: float | None = None, equivalent: bool = False,
                 alpha: float = 0.05, nd: int = 1) -> str:
     """A differences-table cell: "+1.3 [−0.4, 3.0]" (mean and t interval of `d`, a `paired_t`
-    result),
-    then * where `p_holm` < `alpha` and ≈ where `equivalent`; "+1.3 (n=1)" without an interval."""
+    result), then * where `p_holm` < `alpha` and ≈ where `equivalent`; "+1.3 (n=1)" without an
+    interval."""
     if d is None: return "–"
     if d.get("lo") is None: return f"{_signed(d['mean'], nd, True)} (n={d.get('n', 1)})"
     marks = (" *" if p_holm is not None and p_holm < alpha else "") + (" ≈" if equivalent else "")

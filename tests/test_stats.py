@@ -115,3 +115,63 @@ def test_format_diff():
 def test_bad_input_is_one_line(call, msg):
     with pytest.raises(UserError) as e: call()
     assert msg in str(e.value) and "\n" not in str(e.value)
+
+
+# -- the tables ------------------------------------------------------------------------------------------------------
+SPEC = "toy:num_classes=4,n_train=16,n_test=8"
+ARGS = ["compare", "--methods", "simclr,supcon", "--data", SPEC, "--budget", "2", "--set", "train.batch_size=32",
+        "--probe-epochs", "5", "--fgsm-n", "0", "--expl-n", "0", "--no-umap", "--no-fg-control", "--quiet"]
+
+def tree(root: Path) -> dict:
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
+            for p in sorted(root.rglob("*"))}
+
+def test_compare_tables_carry_intervals_holm_and_tost(tmp_path, monkeypatch, capfd):
+    monkeypatch.chdir(tmp_path)
+    assert main(ARGS + ["--seeds", "2", "--out", "two", "--margin", "3"]) == 0
+    res = json.loads((tmp_path/"two"/"results.json").read_text())
+    cells = [d for r in res["rows"].values() for d in r.get("diff_vs_base", {}).values() if d is not None]
+    assert cells and all({"mean", "se", "n", "lo", "hi", "p", "p_holm", "tost"} <= set(d) for d in cells)
+    for d in cells:
+        if d["std"] > 0:
+            ref = sps.ttest_1samp(d["runs"], 0.0)
+            assert math.isclose(d["p"], ref.pvalue) and math.isclose(d["lo"], ref.confidence_interval().low)
+        assert d["tost"]["margin"] == 3.0 and d["df"] == 1
+    assert [d["p_holm"] for d in cells] == holm([d["p"] for d in cells])     # one family: the whole table
+    assert res["settings"]["margin"] == res["differences"]["margin"] == 3.0
+    page = (tmp_path/"two"/"report.html").read_text()
+    d0 = res["rows"]["supcon"]["diff_vs_base"]["original.linear"]
+    assert f"<td>{format_diff(d0, d0['p_holm'], d0['tost']['equivalent'])}</td>" in page
+    assert "Holm-adjusted p &lt; 0.05 across all" in page and "the design detects paired effects above" in page
+    assert "equivalent within ±3 points" in page
+    # one seed: no differences table, one sentence, exit status 0
+    assert main(ARGS + ["--seeds", "1", "--out", "one"]) == 0
+    page1 = (tmp_path/"one"/"report.html").read_text()
+    assert "One seed: no paired differences" in page1 and "supcon − simclr" not in page1
+    capfd.readouterr()
+    # a margin <= 0: one line naming --margin, nothing created or changed
+    before = tree(tmp_path)
+    for margin, msg in (("0", "--margin must be a number of points > 0"), ("-1", "argument --margin: must be a number >= 0"),
+                        ("nan", "argument --margin")):
+        for out in ("two", "new"):
+            assert main(ARGS + ["--seeds", "2", "--out", out, "--margin", margin]) == 2
+            err = capfd.readouterr().err
+            assert msg in err and len(err.strip().splitlines()) == 1 and err.startswith("iclmsr compare: error: "), err
+    assert tree(tmp_path) == before
+
+
+def test_demo_difference_table_is_paired():
+    from iclmsr.demo import seed_difference, difference_table
+    a, b = [80.0, 75.0, 90.0], [78.0, 73.5, 87.5]
+    runs = {"a": [{"x": v} for v in a], "b": [{"x": v} for v in b]}
+    d = seed_difference(runs["a"], runs["b"], "x")
+    ref = sps.ttest_rel(a, b)
+    assert math.isclose(d["p"], ref.pvalue) and d["df"] == 2 and d["p"] < 0.05
+    assert sps.ttest_ind(a, b, equal_var=False).pvalue > 0.5                # unpaired, the seed's spread hides it
+    table = difference_table(runs, "a", {"x": "x"})
+    assert table.splitlines()[2] == f"| `b` | {format_diff(d, d['p'])} |" == "| `b` | +2.0 [0.8, 3.2] * |"
+    assert "Holm-adjusted p < 0.05 across the table's 1 cells" in table
+    with pytest.raises(ValueError, match="the same seeds on both sides, got 2 and 3 runs"):
+        seed_difference(runs["a"][:2], runs["b"], "x")
+    with pytest.raises(UserError, match="needs at least 2 seeds, got 1"):
+        difference_table({n: r[:1] for n, r in runs.items()}, "a", {"x": "x"})
