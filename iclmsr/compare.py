@@ -28,21 +28,23 @@ from .eval import (
     ProbedModel, default_test_split, embed, evaluate, explanation_layer, load_probe,
     method_from_checkpoint, norm_stats, package_versions, save_probe)
 from .report import html_report, html_table, out_dir
+from .stats import detectable_effect, format_diff, holm, paired_t, seeds_needed, tost
 from .viz import (
     SaliencyView, neighbour_marks, neighbour_rates, static_format, thumb_html, umap_2d)
 
 # %% auto #0
-__all__ = ['DEFAULT_METHODS', 'EVAL_DEFAULTS', 'HPARAMS', 'ICL_HPARAMS', 'NOT_APPLICABLE', 'PROTOCOL', 'FG_CONTROL',
-           'FG_LEARNABLE', 'COLUMNS', 'SELECT_BY', 'SAMPLE_VARIANTS', 'CPU_SPEC', 'GPU_SPEC', 'DEVICE_DEFAULTS',
-           'RHO_PANELS', 'known_method', 'registered_methods', 'default_methods', 'parse_methods', 'compare_settings',
-           'method_hparams', 'draw_hparams', 'run_config', 'run_key', 'control_name', 'split_control',
-           'validation_split', 'load_splits', 'check_methods', 'read_records', 'append_record', 'run_status',
-           'StepBudget', 'train_run', 'bg_neighbour_rate', 'flat_measures', 'measure_split', 'run_one', 'plan',
-           'open_out', 'run_compare', 'seed_stats', 'paired_differences', 'read_runs', 'select_setting', 'fg_check',
-           'fg_check_line', 'training_setups', 'collect', 'results_table', 'differences_table', 'hparams_table',
-           'plot_compare', 'supervised', 'saliency_html', 'variant_samples_html', 'plot_umaps', 'setup_table',
-           'compare_report', 'estimate', 'device_defaults', 'compare', 'parse_rho', 'rho_spec', 'rho_settings',
-           'rho_dir', 'run_rho', 'collect_rho', 'plot_rho', 'rho_report']
+__all__ = ['DEFAULT_METHODS', 'EVAL_DEFAULTS', 'DEFAULT_MARGIN', 'ALPHA', 'POWER', 'HPARAMS', 'ICL_HPARAMS', 'NOT_APPLICABLE',
+           'PROTOCOL', 'FG_CONTROL', 'FG_LEARNABLE', 'COLUMNS', 'READ_SETTINGS', 'SELECT_BY', 'SAMPLE_VARIANTS',
+           'CPU_SPEC', 'GPU_SPEC', 'DEVICE_DEFAULTS', 'RHO_PANELS', 'known_method', 'registered_methods',
+           'default_methods', 'parse_methods', 'compare_settings', 'method_hparams', 'draw_hparams', 'run_config',
+           'run_key', 'control_name', 'split_control', 'validation_split', 'load_splits', 'check_methods',
+           'read_records', 'append_record', 'run_status', 'StepBudget', 'train_run', 'bg_neighbour_rate',
+           'flat_measures', 'measure_split', 'run_one', 'plan', 'open_out', 'run_compare', 'seed_stats',
+           'paired_differences', 'read_runs', 'select_setting', 'fg_check', 'fg_check_line', 'training_setups',
+           'collect', 'results_table', 'differences_note', 'differences_table', 'hparams_table', 'plot_compare',
+           'supervised', 'saliency_html', 'variant_samples_html', 'plot_umaps', 'setup_table', 'compare_report',
+           'estimate', 'device_defaults', 'compare', 'parse_rho', 'rho_spec', 'rho_settings', 'rho_dir', 'run_rho',
+           'collect_rho', 'plot_rho', 'rho_report']
 
 # %% ../nbs/17_compare.ipynb #f25b90f9
 DEFAULT_METHODS = ("simclr", "simclr+ntxent", "simclr+icl-msr", "simclr+do-bg",
@@ -95,24 +97,36 @@ def _own_set(item: str) -> tuple:
     head, colon, rest = item.partition(":")
     return (head.strip(), rest.strip()) if colon and "=" not in head else (None, item)
 
+# %% ../nbs/17_compare.ipynb #b960dd5c
+def _check_margin(margin) -> None:
+    "Refuse an equivalence margin that is not a finite number of points > 0."
+    if (not isinstance(margin, (int, float)) or isinstance(margin, bool)
+            or not math.isfinite(margin) or margin <= 0):
+        raise ValueError("--margin must be a number of points > 0 (the equivalence margin of the "
+                         f"differences table), got {margin!r}")
+
 # %% ../nbs/17_compare.ipynb #db8da83f
 EVAL_DEFAULTS = {"probe_epochs": 100, "fgsm_n": 512, "expl_n": 256, "adv_fg": 0,
                  "adv_bg": 0, "dcodr_epochs": 100}
+# the differences table: the equivalence margin (points), the level of its tests, the power of the
+# detectable effect
+DEFAULT_MARGIN, ALPHA, POWER = 2.0, 0.05, 0.8
 
 def compare_settings(methods=None, data: str = "toy", seeds: int = 3, budget: int = 200,
                      sets=(), device: str = "cpu", first_seed: int = 0, val_frac: float = 0.2,
-                     hparams: int = 0, fg_control: bool = False, log=print, rho=None,
-                     **eval_kw) -> dict:
+                     hparams: int = 0, fg_control: bool = False, margin: float = DEFAULT_MARGIN,
+                     log=print, rho=None, **eval_kw) -> dict:
     """Everything that decides a comparison's numbers (written to OUT/compare.json): methods, data,
     seeds, encoder steps, config overrides, hyper-parameter draws, the foreground check, evaluation,
-    and with `rho` the training correlations it is repeated at (`parse_rho`).
-    """
+    the equivalence margin of its differences table, and with `rho` the training correlations it
+    is repeated at (`parse_rho`)."""
     if not isinstance(hparams, int) or isinstance(hparams, bool) or hparams < 0:
         raise ValueError("--hparams must be an integer >= 0 (0: each method's defaults), got "
                          f"{hparams!r}")
     if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
         raise ValueError(f"--seeds must be a positive integer, got {seeds!r}")
     if seeds > 1000: raise ValueError(f"--seeds must be at most 1000, got {seeds}")
+    _check_margin(margin)
     if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
         raise ValueError(f"--budget must be a positive number of encoder steps, got {budget!r}")
     bad = set(eval_kw) - set(EVAL_DEFAULTS)
@@ -128,7 +142,8 @@ def compare_settings(methods=None, data: str = "toy", seeds: int = 3, budget: in
     return {"methods": list(ms), "data": data,
             "seeds": list(range(first_seed, first_seed + seeds)), "budget": budget,
             "sets": list(sets or ()), "device": device, "val_frac": val_frac, "hparams": hparams,
-            "fg_control": bool(fg_control), "eval": {**EVAL_DEFAULTS, **eval_kw},
+            "fg_control": bool(fg_control), "margin": float(margin),
+            "eval": {**EVAL_DEFAULTS, **eval_kw},
             **({} if rhos is None else {"rho": rhos})}   # no rho: the settings (and keys) of before
 
 # %% ../nbs/17_compare.ipynb #6fd08cc3
@@ -440,10 +455,15 @@ def _format_plan(runs: list) -> str:
                      for r in runs)
 
 # %% ../nbs/17_compare.ipynb #6465797f
+# settings that only change how the finished runs are read: another value is taken, not refused
+READ_SETTINGS = ("margin",)
+
 def _same_settings(st: dict, d: Path):
-    "Refuse the comparison folder `d` when its compare.json holds other settings than `st`."
+    """Refuse the comparison folder `d` when its compare.json holds other settings than `st`
+    (those of `READ_SETTINGS` aside)."""
     old = json.loads((d/"compare.json").read_text())
-    diff = [k for k in sorted(set(old) | set(st)) if old.get(k) != st.get(k)]
+    diff = [k for k in sorted(set(old) | set(st))
+            if old.get(k) != st.get(k) and k not in READ_SETTINGS]
     if diff:
         raise UserError(f"{str(d)!r} holds a comparison with other settings "
                         f"({', '.join(diff)} differ); rerun it with the same options, pass "
@@ -462,7 +482,8 @@ def open_out(st: dict, out, resume: bool = False, overwrite: bool = False) -> Pa
     if p.exists() and not overwrite: _same_settings(st, d)
     elif resume: raise UserError(f"nothing to resume: {str(p)!r} does not exist")
     out_dir(d, "comparison", overwrite, resume=True)
-    if not p.exists(): p.write_text(json.dumps(st, indent=1))
+    if not p.exists() or json.loads(p.read_text()) != st:   # new, or another --margin
+        p.write_text(json.dumps(st, indent=1))
     return d
 
 # %% ../nbs/17_compare.ipynb #d87bb650
@@ -504,10 +525,14 @@ def seed_stats(values: list) -> dict | None:
             "se": sd / math.sqrt(len(x)), "n": len(x), "runs": x}
 
 # %% ../nbs/17_compare.ipynb #a3e31a2d
-def paired_differences(a: dict, b: dict) -> dict | None:
+def paired_differences(a: dict, b: dict, alpha: float = ALPHA) -> dict | None:
     """`seed_stats` of the per-seed differences a[seed] - b[seed] over the seeds where both are
-    defined."""
-    return seed_stats([a[s] - b[s] for s in a if s in b and a[s] is not None and b[s] is not None])
+    defined, with df = n - 1, the paired t interval [lo, hi] and its two-sided p
+    (`iclmsr.stats.paired_t`; None below 2 seeds)."""
+    d = seed_stats([a[s] - b[s] for s in a if s in b and a[s] is not None and b[s] is not None])
+    if d is None: return None
+    t = paired_t(d["runs"], alpha) if d["n"] > 1 else {}
+    return {**d, "df": d["n"] - 1, "alpha": alpha, **{k: t.get(k) for k in ("lo", "hi", "p")}}
 
 # %% ../nbs/17_compare.ipynb #12191cf5
 # the validation measure that picks a method's setting under --hparams
@@ -591,6 +616,32 @@ def _method_row(st: dict, got: dict, m: str) -> dict:
                         "candidates": cands},
             "_per": per}
 
+# %% ../nbs/17_compare.ipynb #816b1075
+def _column_design(ds: list, margin: float) -> dict:
+    """What the design detects in one column, from its paired differences `ds` (n >= 2): the
+    median SD, the smallest n, the effect detected with `POWER` and the seeds a `margin` effect
+    needs."""
+    sd, n = statistics.median(d["std"] for d in ds), min(d["n"] for d in ds)
+    return {"sd": sd, "n": n, "effect": detectable_effect(sd, n, ALPHA, POWER),
+            "seeds_for_margin": seeds_needed(sd, margin, ALPHA, POWER) if sd > 0 else 2}
+
+# %% ../nbs/17_compare.ipynb #6be69e7b
+def _mark_differences(rows: dict, margin: float) -> dict:
+    """Holm's adjustment across every cell of the differences table (all methods x columns) and
+    each cell's TOST verdict against ±`margin`, written into the cells; returns the table's
+    statistics."""
+    cells = {(m, c): d for m, r in rows.items() for c, d in r.get("diff_vs_base", {}).items()
+             if d is not None}
+    for d, p in zip(cells.values(), holm([d["p"] for d in cells.values()])): d["p_holm"] = p
+    for d in cells.values(): d["tost"] = tost(d["runs"], margin, ALPHA) if d["n"] > 1 else None
+    cols = dict.fromkeys(c for _, c in cells)
+    design = {c: _column_design(ds, margin) for c in cols
+              if (ds := [d for (_, k), d in cells.items() if k == c and d["n"] > 1])}
+    return {"alpha": ALPHA, "margin": margin, "power": POWER,
+            "interval": f"{1 - ALPHA:.0%} paired t, df = n - 1",
+            "holm_cells": sum(d["p"] is not None for d in cells.values()),
+            "methods": len({m for m, _ in cells}), "columns": len(cols), "design": design}
+
 # %% ../nbs/17_compare.ipynb #f880c8cf
 from .augment import PRESETS
 from .utils import make_optimizer
@@ -648,7 +699,8 @@ def _rho_axis(out) -> bool:
 def collect(out, write: bool = True) -> dict:
     """Read a comparison's records into one row per method (its setting chosen on val): each
     column's mean, std, SE and n over seeds, on val and test, and paired differences against the
-    first method; written to OUT/results.json. A `--rho` folder: `collect_rho`."""
+    first method (t interval, Holm's p across the table, TOST verdict); written to
+    OUT/results.json. A `--rho` folder: `collect_rho`."""
     if _rho_axis(out): return collect_rho(out, write)
     st, got = read_runs(out)
     base, rows = st["methods"][0], {m: _method_row(st, got, m) for m in st["methods"]}
@@ -657,6 +709,7 @@ def collect(out, write: bool = True) -> dict:
             rows[m]["diff_vs_base"] = {
                 c: paired_differences(rows[m]["_per"]("test", c), rows[base]["_per"]("test", c))
                 for c in COLUMNS}
+    table = _mark_differences(rows, st.get("margin", DEFAULT_MARGIN))
     for r in rows.values(): r.pop("_per")
     n_runs = (len(st["methods"]) * max(1, st.get("hparams", 0))
               + bool(st.get("fg_control"))) * len(st["seeds"])
@@ -666,7 +719,7 @@ def collect(out, write: bool = True) -> dict:
            "complete": len(got) == n_runs,
            "selection": sel + f"; val = {st['val_frac']:.0%} of train (fixed by the seed, shared "
                               "by all methods); test reported, never used to select",
-           "fg_check": fg_check(st, got), "versions": package_versions(),
+           "fg_check": fg_check(st, got), "differences": table, "versions": package_versions(),
            "training": training_setups(out, st,
                                        {m: r["hparams"]["chosen"] for m, r in rows.items()})}
     if write: (Path(out)/"results.json").write_text(json.dumps(res, indent=1))
@@ -685,16 +738,49 @@ def results_table(res: dict, split: str = "test") -> str:
             for m, r in res["rows"].items()]
     return html_table(rows, ["method", "n", *cols.values(), "train s", "images/s"])
 
+# %% ../nbs/17_compare.ipynb #2da2b586
+def _design_sentence(t: dict, cols: dict) -> str:
+    "What the design detects, column by column, and the seeds an effect of the margin needs."
+    ds = {c: v for c, v in t["design"].items() if c in cols}
+    if not ds: return ""
+    need = [v["seeds_for_margin"] for v in ds.values()]
+    n_margin = "more than 1000" if None in need else max(need)
+    return (f" At n = {min(v['n'] for v in ds.values())} seeds the design detects paired effects "
+            "above " + ", ".join(f"{cols[c]} {v['effect']:.1f}" for c, v in ds.items())
+            + f" points ({t['power']:.0%} power, two-sided α = {t['alpha']:g}, at each column's "
+            "median SD of the differences): an unmarked cell is no evidence of no effect. "
+            f"Detecting a ±{t['margin']:g}-point effect in every column would take {n_margin} "
+            "seeds.")
+
+# %% ../nbs/17_compare.ipynb #129eebfb
+def differences_note(res: dict) -> str:
+    """The sentence under the differences table: what a cell and its marks mean, the margin, the
+    level, Holm's family, and the effect the design detects; one seed: why there is no table."""
+    n, t = len(res["settings"]["seeds"]), res.get("differences")
+    if n < 2:
+        return ("One seed: no paired differences (a t interval needs at least 2 seeds; run with "
+                "--seeds 2 or more). The table above is a smoke run's.")
+    if not t: return "Mean paired difference [95% t interval] over the seeds."
+    return (f"Each cell: the mean paired difference (same seed) [{t['interval']}]; * Holm-adjusted "
+            f"p < {t['alpha']:g} across all {t['holm_cells']} tested cells of this table "
+            f"({t['methods']} method{'s' * (t['methods'] != 1)} x {t['columns']} columns); ≈ "
+            f"equivalent within ±{t['margin']:g} points (two one-sided paired t tests at "
+            f"α = {t['alpha']:g}: the "
+            f"{1 - 2 * t['alpha']:.0%} t interval inside ±{t['margin']:g})."
+            + _design_sentence(t, res["columns"]))
+
 # %% ../nbs/17_compare.ipynb #afab4fe5
 def differences_table(res: dict) -> str:
-    """HTML table of the per-seed paired differences against the base method on test (mean ± SE, n),
-    * beyond 2 SE."""
-    star = (lambda s: "-" if s is None
-            else f"{s['mean']:+.1f} ± "
-                 f"{s['se']:.1f}{' *' if s['n'] > 1 and abs(s['mean']) > 2 * s['se'] else ''}")
-    rows = [[f"{m} − {res['base']}", *(star(r["diff_vs_base"][c]) for c in res["columns"])]
+    """HTML table of the paired differences against the base method on test: mean [95% t interval],
+    * where Holm's p < 0.05 across the table, ≈ where equivalent within the margin; a sentence
+    under it (`differences_note`). One seed: the sentence only."""
+    if len(res["settings"]["seeds"]) < 2: return f"<p class='note'>{differences_note(res)}</p>"
+    cell = lambda d: format_diff(d, d and d.get("p_holm"),
+                                 bool(d and (d.get("tost") or {}).get("equivalent")), ALPHA)
+    rows = [[f"{m} − {res['base']}", *(cell(r["diff_vs_base"].get(c)) for c in res["columns"])]
             for m, r in res["rows"].items() if m != res["base"]]
-    return html_table(rows, ["difference", *res["columns"].values()])
+    return (html_table(rows, ["difference", *res["columns"].values()])
+            + f"<p class='note'>{html.escape(differences_note(res))}</p>")
 
 # %% ../nbs/17_compare.ipynb #e122e5dd
 def hparams_table(res: dict) -> str:
@@ -926,7 +1012,7 @@ def device_defaults(device: str = "cpu") -> dict:
 # %% ../nbs/17_compare.ipynb #657fbc1a
 def _compare_settings(methods, data, seeds, budget, device, backbone, sets,
                       seed, hparams, no_fg_control, log, probe_epochs, fgsm_n, expl_n,
-                      rho=None) -> dict:
+                      margin=DEFAULT_MARGIN, rho=None) -> dict:
     """`compare`'s settings: `compare_settings`, `device_defaults` for what is not given (batch size
     first); every method's config built once, so a bad `--set` value is refused before any work."""
     dd, sets = device_defaults(device), list(sets or [])
@@ -937,7 +1023,7 @@ def _compare_settings(methods, data, seeds, budget, device, backbone, sets,
     st = compare_settings(methods, data or dd["data"], seeds, budget, overrides, device, seed,
                           hparams=hparams, fg_control=not no_fg_control, log=log,
                           probe_epochs=probe_epochs, fgsm_n=fgsm_n, expl_n=expl_n,
-                          dcodr_epochs=probe_epochs, rho=rho)
+                          dcodr_epochs=probe_epochs, margin=margin, rho=rho)
     for m in st["methods"]:  # the first and the last seed: --seed + --seeds must fit train.seed
         for s in {st["seeds"][0], st["seeds"][-1]}: run_config(st, m, s)
     return st
@@ -985,8 +1071,7 @@ def compare(
     # comma-separated run names (default: simclr, simclr+ntxent, simclr+icl-msr,
     # simclr+do-bg, dcodr, supcon, excon)
     methods: name_list = None,
-    # dataset spec, the same for every run (default: the embedded toy data, CPU_SPEC on the
-    # CPU, GPU_SPEC elsewhere)
+    # dataset spec for every run (default: the toy data: CPU_SPEC on the CPU, GPU_SPEC elsewhere)
     data: str = None,
     seeds: Range(int, 1, 1000) = 3,  # seeds per method (each also fixes the validation split)
     out: str = None,  # comparison folder: compare.json, runs/<hash>/, results.json, report.html
@@ -1002,13 +1087,13 @@ def compare(
     probe_epochs: Range(int, 1) = 100,  # epochs of the linear and DCoDR probes
     fgsm_n: Range(int, 0) = 512,  # test images attacked by FGSM (0: off)
     expl_n: Range(int, 0) = 256,  # test images explained by Grad-CAM (0: off)
+    margin: Range(float, 0) = 2.0,  # equivalence margin (points, > 0) of the differences table
     dry_run: bool = False,  # list the runs (done, to resume, new) and stop
     # with --dry-run: time two steps of each method and one evaluation, print the expected duration
     estimate_time: bool = False,
     resume: bool = False,  # continue the comparison in --out, which must hold one
     overwrite: bool = False,  # start the comparison in --out over (only what compare wrote goes)
-    # leave out the foreground check (the first method trained on foreground-only images,
-    # one run per seed)
+    # leave out the foreground check (the first method on foreground-only images, a run per seed)
     no_fg_control: bool = False,
     # leave the UMAP panels out of report.html (the first UMAP of a process compiles for ~15 s)
     no_umap: bool = False,
@@ -1019,7 +1104,7 @@ def compare(
     if not out: raise UserError("--out DIR is required (the comparison folder)")
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     st = _compare_settings(methods, data, seeds, budget, device, backbone, set, seed, hparams,
-                           no_fg_control, log, probe_epochs, fgsm_n, expl_n, rho)
+                           no_fg_control, log, probe_epochs, fgsm_n, expl_n, margin, rho)
     return _run_or_plan(st, out, log, dry_run, estimate_time, resume, no_umap, overwrite)
 
 # %% ../nbs/17_compare.ipynb #bd188f81

@@ -14,6 +14,7 @@ from .eval import (
     SETTINGS, TESTS, evaluate, four_settings_table, train_method, package_versions)
 from .report import (
     fmt, unpack_mean_std, bar_trace, COLOURS, plot_four_settings, html_table, html_report, out_dir)
+from .stats import format_diff, holm, paired_t, tost
 
 # %% auto #0
 __all__ = ['DEMO_MODELS', 'demo_settings', 'demo_config', 'demo_summary', 'measure_demo_model', 'mean_std', 'background_effect',
@@ -133,27 +134,37 @@ def runs_table(runs: dict, cols: dict, fmt: str = ".1f") -> str:
                           for n, rs in runs.items())
 
 # %% ../nbs/14c_demo.ipynb #b1883e91
-def seed_difference(a: list, b: list, key: str, z: float = 2.0) -> tuple:
-    """(mean of `key` over the runs `a` minus over `b`, whether it exceeds `z` standard errors of
-    the difference)."""
-    xa, xb = [r[key] for r in a], [r[key] for r in b]
-    if min(len(xa), len(xb)) < 2:
-        raise ValueError("telling a difference from seed noise needs at least 2 seeds on each "
-                         f"side, got {len(xa)} and {len(xb)}")
-    d = statistics.mean(xa) - statistics.mean(xb)
-    return d, abs(d) > z * math.sqrt(statistics.variance(xa) / len(xa)
-                                     + statistics.variance(xb) / len(xb))
+def seed_difference(a: list, b: list, key: str, alpha: float = 0.05) -> dict:
+    """The paired difference of `key` between the runs `a` and `b`, paired by seed position (run i
+    of each is seed i): `iclmsr.stats.paired_t` of a[i][key] - b[i][key]; refused in one line for
+    seed lists of different lengths or fewer than 2 seeds."""
+    if len(a) != len(b):
+        raise ValueError("a paired difference needs the same seeds on both sides, got "
+                         f"{len(a)} and {len(b)} runs")
+    return paired_t([x[key] - y[key] for x, y in zip(a, b)], alpha)
+
+# %% ../nbs/14c_demo.ipynb #d0b21cc1
+def _difference_note(n: int, cells: int, alpha: float, margin: float | None) -> str:
+    "The line under `difference_table`: the interval, Holm's family and the margin."
+    eq = f"; ≈ equivalent within ±{margin:g} (two one-sided t tests)" if margin is not None else ""
+    return (f"\nMean paired difference (same seed) [{1 - alpha:.0%} t interval, df = {n - 1}]; "
+            f"* Holm-adjusted p < {alpha:g} across the table's {cells} cells{eq}.\n")
 
 # %% ../nbs/14c_demo.ipynb #4acc5d2f
-def difference_table(runs: dict, name: str, cols: dict, z: float = 2.0) -> str:
-    """Markdown table: `name`'s difference of means to every other run for each key of `cols`, *
-    where beyond `z` standard errors."""
+def difference_table(runs: dict, name: str, cols: dict, alpha: float = 0.05,
+                     margin: float | None = None) -> str:
+    """Markdown table: `name` minus every other run, paired by seed, for each key of `cols`: mean [t
+    interval], * where Holm's p across the table < `alpha`, ≈ where equivalent within ±`margin`."""
+    others = [o for o in runs if o != name]
+    ds = {(o, k): seed_difference(runs[name], runs[o], k, alpha) for o in others for k in cols}
+    adj = dict(zip(ds, holm([d["p"] for d in ds.values()])))
+    eq = lambda o, k: margin is not None and tost(
+        [x[k] - y[k] for x, y in zip(runs[name], runs[o])], margin, alpha)["equivalent"]
     head = (f"| {name} minus | " + " | ".join(cols.values()) + " |\n|---|"
             + "---|" * len(cols) + "\n")
-    cell = lambda o, k: (lambda d, big: f"{d:+.1f}{' *' if big else ''}")(
-        *seed_difference(runs[name], runs[o], k, z))
-    return head + "".join(f"| `{o}` | " + " | ".join(cell(o, k) for k in cols) + " |\n"
-                          for o in runs if o != name)
+    body = "".join(f"| `{o}` | " + " | ".join(format_diff(ds[o, k], adj[o, k], eq(o, k), alpha)
+                                               for k in cols) + " |\n" for o in others)
+    return head + body + _difference_note(len(runs[name]), len(ds), alpha, margin)
 
 # %% ../nbs/14c_demo.ipynb #38790eed
 _BG_ROWS = (("BG-gap, linear (points)", ("bg_gap", "linear")),
