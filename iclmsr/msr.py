@@ -7,49 +7,66 @@ from __future__ import annotations
 import math, warnings
 import torch
 from torch import nn
+import torch.nn.functional as F
 from torch.func import functional_call
 import torch.autograd.forward_ad as fwAD
 from fastcore.basics import patch
 from .utils import check_tau
 from .losses import icl_loss, nt_xent, NEGATIVES
-from .distributed import gather_pair, local_losses, mean_over_processes
+from .losses import _joint, _anchor_rows, _neg_lse, full_precision, check_pair
+from .utils import at_least_float32
+from .distributed import gather_pair, gather_rows, local_losses, mean_over_processes
 from .config import ICLConfig, OptimConfig
 from .batch import as_batch
 
 # %% auto #0
-__all__ = ['ACTIVATIONS', 'STRATA_INITS', 'MODES', 'META_LOSSES', 'META_PARAMS', 'VIRTUAL_STEPS', 'META_SCHEDULES', 'META_OPTS',
-           'StratumVectors', 'meta_gradient', 'meta_diagnostics', 'MetaSemanticRegularizer', 'adam_precond']
+__all__ = ['ACTIVATIONS', 'STRATA_INITS', 'PROBE', 'MODES', 'META_LOSSES', 'META_PARAMS', 'VIRTUAL_STEPS', 'META_SCHEDULES',
+           'META_OPTS', 'STRATA', 'StratumVectors', 'InputStrata', 'icl_loss_per_image', 'meta_gradient',
+           'meta_diagnostics', 'MetaSemanticRegularizer', 'adam_precond']
 
 # %% ../nbs/05_msr.ipynb #fc8111c7
 ACTIVATIONS = ("sigmoid", "identity")
 STRATA_INITS = ("normal", "zeros")
 
+def _check_strata_args(n, dim, init_std, activation, init):
+    "Refuse a shape, activation, spread or initialisation of the strata out of range, in one line."
+    for k, v in (("n", n), ("dim", dim)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{k} must be an integer >= 1, got {v!r}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}; "
+                         f"got {activation!r}")
+    if not init_std >= 0: raise ValueError(f"init_std must be >= 0, got {init_std!r}")
+    if init not in STRATA_INITS:
+        raise ValueError(f"strata_init must be one of {', '.join(STRATA_INITS)}; got {init!r}")
+
+# %% ../nbs/05_msr.ipynb #a1b2c3d0
+def _initial_w(n: int, dim: int, init_std: float, activation: str, init: str) -> torch.Tensor:
+    """The strata's parameters at the start (n, dim): `centre + init_std * N(0, 1)`, or `centre`
+    itself with `init='zeros'` (centre 0 under the sigmoid, 1 without)."""
+    centre = 0.0 if activation == "sigmoid" else 1.0
+    # zeros: MetaMask's mask parameter, 0 under the sigmoid, 1 without (mask_generator.py)
+    return (torch.full((n, dim), centre) if init == "zeros"
+            else centre + init_std * torch.randn(n, dim))
+
+# %% ../nbs/05_msr.ipynb #a1b2c3d1
 class StratumVectors(nn.Module):
     """n learnable stratum vectors: `forward()` returns a = sigmoid(w) (n, dim), or w itself with
     `activation='identity'`."""
+    needs_input = False   # the same strata for every image (`InputStrata`: per image)
     def __init__(self, n: int, dim: int, init_std: float = ICLConfig.init_std,
                  activation: str = ICLConfig.activation, init: str = ICLConfig.strata_init):
         super().__init__()
-        for k, v in (("n", n), ("dim", dim)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{k} must be an integer >= 1, got {v!r}")
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}; "
-                             f"got {activation!r}")
-        if not init_std >= 0: raise ValueError(f"init_std must be >= 0, got {init_std!r}")
-        if init not in STRATA_INITS:
-            raise ValueError(f"strata_init must be one of {', '.join(STRATA_INITS)}; got {init!r}")
+        _check_strata_args(n, dim, init_std, activation, init)
         self.n, self.dim, self.activation = n, dim, activation
-        centre = 0.0 if activation == "sigmoid" else 1.0
-        # zeros: MetaMask's mask parameter, 0 under the sigmoid, 1 without (mask_generator.py)
-        self.w = nn.Parameter(torch.full((n, dim), centre) if init == "zeros"
-                              else centre + init_std * torch.randn(n, dim))
+        self.w = nn.Parameter(_initial_w(n, dim, init_std, activation, init))
         # where the run started (in checkpoints, for `moved`)
         self.register_buffer("w0", self.w.detach().clone())
 
     def act(self, w: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(w) if self.activation == "sigmoid" else w
-    def forward(self) -> torch.Tensor: return self.act(self.w)
+    # `h` (the images' features) is `InputStrata`'s; the vectors do not depend on the image
+    def forward(self, h: torch.Tensor | None = None) -> torch.Tensor: return self.act(self.w)
 
     def spread(self) -> float:
         "Mean distance of the a_t from their mean (0 means all strata collapsed to one vector)."
@@ -73,6 +90,181 @@ def start_spread(self: StratumVectors) -> float:
 def w_moved(self: StratumVectors) -> float:
     "Mean distance of the parameters w_t from `w0` (what the optimiser's step bound limits)."
     return float((self.w.detach() - self.w0).norm(dim=1).mean())
+
+# %% ../nbs/05_msr.ipynb #a1b2c3d2
+@patch
+def flat(self: StratumVectors, grads: list) -> torch.Tensor:
+    "The meta-gradient (one tensor per parameter) as stage 2 keeps it: `w`'s, (n, dim)."
+    return grads[0]
+
+@patch
+def set_grad(self: StratumVectors, g: torch.Tensor | None):
+    "Hand the meta optimiser the gradient `g` (None: clear it)."
+    self.w.grad = None if g is None else g.to(self.w.dtype)
+
+@patch
+def snapshot(self: StratumVectors) -> torch.Tensor: return self.w.detach().clone()
+
+@patch
+def step_length(self: StratumVectors, before: torch.Tensor) -> torch.Tensor:
+    "Mean distance the w_t travelled since `snapshot()` gave `before` (float64)."
+    return (self.w.detach() - before).double().norm(dim=1).mean()
+
+# %% ../nbs/05_msr.ipynb #a1b2c3d3
+# the shapes stage 2's running sums need; Adam's step bound is lr sqrt(bound_dim) a step
+StratumVectors.grad_shape = property(lambda self: (self.n, self.dim))
+StratumVectors.bound_dim = property(lambda self: self.dim)
+
+# %% ../nbs/05_msr.ipynb #b1c2d3e1
+PROBE = 64   # images in the fixed probe batch of `InputStrata`'s diagnostics
+
+class InputStrata(nn.Module):
+    """Per-image strata (a reading of a secondary summary of ICL-MSR): a head maps the features `h`
+    (N, feat_dim) of the un-augmented images to a_i = sigmoid(head(h_i)) (N, n, dim)."""
+    needs_input = True
+    def __init__(self, n: int, dim: int, feat_dim: int, hidden: int = ICLConfig.strata_hidden,
+                 init_std: float = ICLConfig.init_std, activation: str = ICLConfig.activation,
+                 init: str = ICLConfig.strata_init):
+        super().__init__()
+        _check_strata_args(n, dim, init_std, activation, init)
+        for k, v in (("feat_dim", feat_dim), ("strata_hidden", hidden)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{k} must be an integer >= 1, got {v!r}")
+        self.n, self.dim, self.feat_dim, self.activation = n, dim, feat_dim, activation
+        w = _initial_w(n, dim, init_std, activation, init)    # the vectors' draw: the output bias
+        self.inner, self.out = nn.Linear(feat_dim, hidden), nn.Linear(hidden, n * dim)
+        with torch.no_grad(): self.out.bias.copy_(w.flatten())
+        self.register_buffer("phi0", self.snapshot())          # where the head started
+        self.register_buffer("probe", torch.zeros(PROBE, feat_dim))
+        self.register_buffer("a0", torch.zeros(PROBE, n, dim))  # its strata at phi0
+        self.register_buffer("probe_n", torch.zeros((), dtype=torch.long))
+
+    def act(self, w: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(w) if self.activation == "sigmoid" else w
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        "The strata of features `h` (N, feat_dim): (N, n, dim)."
+        x = F.layer_norm(h.detach().to(self.out.weight.dtype), h.shape[-1:])
+        return self.act(self.out(F.relu(self.inner(x))).view(len(h), self.n, self.dim))
+    def extra_repr(self):
+        return (f"n={self.n}, dim={self.dim}, feat_dim={self.feat_dim}, "
+                f"activation={self.activation!r}")
+
+# %% ../nbs/05_msr.ipynb #b1c2d3e2
+@patch
+def forward(self: InputStrata, h: torch.Tensor | None = None) -> torch.Tensor:
+    """The strata of features `h` (N, n, dim); the first call keeps the probe batch. Without `h`:
+    their mean over the probe batch (n, dim), or the output bias's before it is kept."""
+    if h is None:
+        k = int(self.probe_n)
+        return (self.head(self.probe[:k]).mean(0) if k
+                else self.act(self.out.bias.view(self.n, self.dim)))
+    # (the buffer read once: no device sync at every call)
+    if not getattr(self, "_kept", False):
+        self._kept = bool(int(self.probe_n)) or self._keep_probe(h)
+    return self.head(h)
+
+@patch
+def _keep_probe(self: InputStrata, h: torch.Tensor):
+    "Keep the first `PROBE` rows of `h` and their strata now (at `phi0`) for the diagnostics."
+    k = min(PROBE, len(h))
+    with torch.no_grad():
+        self.probe[:k] = h[:k].detach().to(self.probe.dtype)
+        self.a0[:k] = self.head(self.probe[:k]); self.probe_n.fill_(k)
+    return True
+
+# %% ../nbs/05_msr.ipynb #b1c2d3e3
+def _spread(a: torch.Tensor) -> float:
+    "Mean distance of the strata (rows of the last two dims) from their mean, per image if 3-d."
+    return float((a - a.mean(-2, keepdim=True)).norm(dim=-1).mean())
+
+@patch
+def spread(self: InputStrata) -> float:
+    "`StratumVectors.spread` per image of the probe batch, averaged (0 before the probe is kept)."
+    k = int(self.probe_n)
+    return _spread(self.head(self.probe[:k]).detach()) if k else 0.0
+
+@patch
+def start_spread(self: InputStrata) -> float:
+    "`spread` at `phi0` (the scale `strata_moved_rel_spread` divides by)."
+    k = int(self.probe_n)
+    return _spread(self.a0[:k]) if k else 0.0
+
+@patch
+def moved(self: InputStrata) -> float:
+    "Mean distance of the probe images' a_{i,t} from their strata at `phi0`."
+    k = int(self.probe_n)
+    if not k: return 0.0
+    return float((self.head(self.probe[:k]).detach() - self.a0[:k]).norm(dim=-1).mean())
+
+# %% ../nbs/05_msr.ipynb #b1c2d3e4
+@patch
+def snapshot(self: InputStrata) -> torch.Tensor:
+    "The head's parameters as one vector (a copy)."
+    return torch.cat([p.detach().reshape(-1) for p in self.parameters()]).clone()
+
+@patch
+def w_moved(self: InputStrata) -> float:
+    "Distance of the head's parameters from `phi0` (what the optimiser's step bound limits)."
+    return float((self.snapshot() - self.phi0).norm())
+
+@patch
+def step_length(self: InputStrata, before: torch.Tensor) -> torch.Tensor:
+    return (self.snapshot() - before).double().norm()
+
+@patch
+def flat(self: InputStrata, grads: list) -> torch.Tensor:
+    "The meta-gradient, one tensor per parameter, as one vector (`snapshot`'s order)."
+    return torch.cat([g.reshape(-1) for g in grads])
+
+@patch
+def set_grad(self: InputStrata, g: torch.Tensor | None):
+    "Hand the meta optimiser the flat gradient `g`, split over the parameters (None: clear it)."
+    ps = list(self.parameters())
+    parts = [None] * len(ps) if g is None else g.split([p.numel() for p in ps])
+    for p, gp in zip(ps, parts): p.grad = None if gp is None else gp.view_as(p).to(p.dtype)
+
+@patch
+def rows(self: InputStrata, g: torch.Tensor) -> torch.Tensor:
+    "The part of flat gradient `g` on the output bias (the input-independent strata), (n, dim)."
+    return g[-self.n * self.dim:].view(self.n, self.dim)
+
+InputStrata.grad_shape = property(lambda self: (int(self.phi0.numel()),))
+InputStrata.bound_dim = property(lambda self: int(self.phi0.numel()))
+
+# %% ../nbs/05_msr.ipynb #b1c2d3e5
+def icl_loss_per_image(z1: torch.Tensor, z2: torch.Tensor, a: torch.Tensor, tau: float = 0.5,
+                       negatives: str = "all", anchors: torch.Tensor | None = None) -> torch.Tensor:
+    """`iclmsr.losses.icl_loss` with per-image strata `a` (N, n, d): image i's a_i re-weights the
+    positive partner of both its anchors; (n, d) strata go to `icl_loss` itself."""
+    if a.ndim == 2: return icl_loss(z1, z2, a, tau, negatives, anchors)
+    check_pair(z1, z2); check_tau(tau)
+    if a.ndim != 3 or a.shape[0] != len(z1) or a.shape[2] != z1.shape[1] or a.shape[1] < 1:
+        raise ValueError(f"a must be (N, n, d) = ({len(z1)}, n, {z1.shape[1]}) per-image strata, "
+                         f"got a {tuple(a.shape)}")
+    if negatives not in NEGATIVES:
+        raise ValueError(f"negatives must be one of {', '.join(NEGATIVES)}; got {negatives!r}")
+    with full_precision(z1):
+        z1, z2, a = at_least_float32(z1, z2, a)
+        Z, partner = _joint(z1, z2)
+        rows = _anchor_rows(anchors, len(Z), Z.device)
+        P, A = Z[partner[rows]], a[rows % len(z1)]                      # (R, d), (R, n, d)
+        dot = torch.einsum("rd,rnd->rn", Z[rows] * P, A)                  # <Z_r, a_it (.) P_r>
+        nrm = torch.einsum("rd,rnd->rn", P * P, A * A).clamp_min(1e-24).sqrt()
+        pos = dot / nrm / tau
+        log_s = _neg_lse(Z, tau, negatives, rows)[:, None]
+        log_p = torch.logsumexp(pos - torch.logaddexp(pos, log_s), 1) - math.log(a.shape[1])
+        return -log_p.mean()
+
+# %% ../nbs/05_msr.ipynb #b1c2d3e6
+def _clean_features(method, batch) -> torch.Tensor:
+    """The backbone features of `batch.clean` (the un-augmented images), without gradient, with the
+    batch's statistics on copies of the BatchNorm buffers: the running statistics are untouched."""
+    if batch.clean is None:
+        raise ValueError("strata='input' needs the un-augmented images (Batch.clean): build the "
+                         "batch with the method's needs (ICLMSR.needs has 'clean')")
+    bb = method.backbone
+    bufs = {k: b.clone() for k, b in bb.named_buffers()}
+    with torch.no_grad(): return functional_call(bb, bufs, (batch.clean,), strict=False)
 
 # %% ../nbs/05_msr.ipynb #e0181838
 MODES = ("exact", "unrolled", "finite_diff", "first_order")
@@ -155,7 +347,7 @@ def _meta_problem(method, batch_a, batch_b, params, tau, negatives, lam, meta_lo
     else:
         embed_a = lambda p: run(p, "embed", batch_a)
         base_b = lambda p: run(p, "loss_images", batch_b)
-    icl = lambda z, a: icl_loss(z[0], z[1], a, tau, negatives)
+    icl = lambda z, a: icl_loss_per_image(z[0], z[1], a, tau, negatives)
     def objective(p, a):
         out = base_b(p)
         return (out["base"] + lam * icl((out["z1"], out["z2"]), a)
@@ -163,8 +355,9 @@ def _meta_problem(method, batch_a, batch_b, params, tau, negatives, lam, meta_lo
     return theta, embed_a, objective, icl
 
 # %% ../nbs/05_msr.ipynb #9a74d0a5
-def _hvp_exact(embed_a, icl, strata: StratumVectors, theta: dict, v: list) -> torch.Tensor | None:
-    "d/dw <u, grad_z L_ICL(z_A, a)> with u = J_theta z_A . v (forward-mode AD); None if that fails."
+def _hvp_exact(embed_a, icl, strata_a, d_strata, theta: dict, v: list) -> torch.Tensor | None:
+    """d/dphi <u, grad_z L_ICL(z_A, a)> with u = J_theta z_A . v (forward-mode AD), `strata_a()` the
+    strata of A, `d_strata` the gradient w.r.t. their parameters; None if forward mode fails."""
     try: za, ua = _jvp(embed_a, theta, v)
     except (NotImplementedError, RuntimeError) as e:  # an op without a forward-mode formula here
         if "forward" not in str(e).lower(): raise
@@ -172,17 +365,17 @@ def _hvp_exact(embed_a, icl, strata: StratumVectors, theta: dict, v: list) -> to
                       "using mode='unrolled'")
         return None
     za = [z.detach().requires_grad_() for z in za]
-    gz = torch.autograd.grad(icl(za, strata()), za, create_graph=True)
-    return torch.autograd.grad(sum((g_ * u).sum() for g_, u in zip(gz, ua)), strata.w)[0]
+    gz = torch.autograd.grad(icl(za, strata_a()), za, create_graph=True)
+    return d_strata(sum((g_ * u).sum() for g_, u in zip(gz, ua)))
 
 # %% ../nbs/05_msr.ipynb #3af58b33
-def _hvp_fd(embed_a, icl, strata: StratumVectors, theta: dict, v: list, eps) -> torch.Tensor:
-    "The same product by central finite differences of grad_w L_ICL, theta moved by +-`eps` v."
+def _hvp_fd(embed_a, icl, strata_a, d_strata, theta: dict, v: list, eps) -> torch.Tensor:
+    "The same product by central finite differences of grad L_ICL, theta moved by +-`eps` v."
     shift = lambda sign: {k: p + sign * eps * vk for (k, p), vk in zip(theta.items(), v)}
-    def grad_w_at(sign):
+    def grad_at(sign):
         with torch.no_grad(): z = embed_a(shift(sign))
-        return torch.autograd.grad(icl(z, strata()), strata.w)[0]
-    return (grad_w_at(1) - grad_w_at(-1)) / (2 * eps)
+        return d_strata(icl(z, strata_a()))
+    return (grad_at(1) - grad_at(-1)) / (2 * eps)
 
 # %% ../nbs/05_msr.ipynb #026e3c0d
 def _virtual_step(theta: dict, inner_lr: float, precond: dict | None) -> tuple:
@@ -195,13 +388,18 @@ def _virtual_step(theta: dict, inner_lr: float, precond: dict | None) -> tuple:
     return pre, step
 
 # %% ../nbs/05_msr.ipynb #d81e2e75
-def _direct_grad(m: torch.Tensor, w: torch.Tensor, meta_loss: str) -> torch.Tensor:
-    """d `m` / d `w` directly, through the outer objective's own ICL term (`meta_loss='total'`;
-    zeros otherwise), the graph kept for the rest of the meta-gradient."""
-    direct = None
-    if meta_loss == "total":
-        direct = torch.autograd.grad(m, w, retain_graph=True, allow_unused=True)[0]
-    return torch.zeros_like(w) if direct is None else direct
+def _direct_grad(m: torch.Tensor, d_strata, strata, meta_loss: str) -> torch.Tensor:
+    """d `m` / d the strata's parameters directly, through the outer objective's own ICL term
+    (`meta_loss='total'`; zeros otherwise), the graph kept for the rest of the meta-gradient."""
+    if meta_loss == "total": return d_strata(m, retain_graph=True)
+    return next(strata.parameters()).new_zeros(strata.grad_shape)
+
+# %% ../nbs/05_msr.ipynb #b1c2d3e7
+def _strata_inputs(method, strata, batch_a, batch_b) -> tuple:
+    """What the strata of batches A and B are computed from: the features of their un-augmented
+    images for `InputStrata` (at the current encoder), nothing for the vectors."""
+    if not strata.needs_input: return None, None
+    return _clean_features(method, batch_a), _clean_features(method, batch_b)
 
 # %% ../nbs/05_msr.ipynb #8503a3c9
 def meta_gradient(method: nn.Module, strata: StratumVectors, batch_a, batch_b, inner_lr: float,
@@ -210,35 +408,37 @@ def meta_gradient(method: nn.Module, strata: StratumVectors, batch_a, batch_b, i
                   meta_loss: str | None = ICLConfig.meta_loss,
                   params: str = ICLConfig.meta_params, fd_eps: float = 0.01,
                   precond: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The gradient of the meta objective w.r.t. `strata.w` and its value: a virtual step on A
-    (preconditioned by `precond`), the outer objective on B."""
+    """The gradient of the meta objective w.r.t. the strata's parameters (`strata.w`; an
+    `InputStrata`'s head's, flattened) and its value: a virtual step on A, the outer objective
+    on B."""
     meta_loss = _check_meta_args(mode, meta_loss, params, inner_lr)
     check_tau(tau)
     if negatives not in NEGATIVES:
         raise ValueError(f"negatives must be one of {', '.join(NEGATIVES)}; got {negatives!r}")
-    theta, embed_a, objective, icl = _meta_problem(method, as_batch(batch_a), as_batch(batch_b),
+    batch_a, batch_b = as_batch(batch_a), as_batch(batch_b)
+    theta, embed_a, objective, icl = _meta_problem(method, batch_a, batch_b,
                                                    params, tau, negatives, lam, meta_loss)
-    w = strata.w
+    fa, fb = _strata_inputs(method, strata, batch_a, batch_b)
+    d_strata = lambda out, **kw: strata.flat(_grads(out, dict(strata.named_parameters()), **kw))
     pre, step = _virtual_step(theta, inner_lr, precond)
     if mode == "unrolled":
-        a = strata()
-        m = objective(step(_grads(icl(embed_a(theta), a), theta, create_graph=True)), a)
-        return torch.autograd.grad(m, w)[0], m.detach()
+        a = strata(fa)
+        m = objective(step(_grads(icl(embed_a(theta), a), theta, create_graph=True)),
+                      a if fb is None else strata(fb))
+        return d_strata(m), m.detach()
 
     theta1 = {k: p.detach().requires_grad_(mode != "first_order")
-              for k, p in step(_grads(icl(embed_a(theta), strata().detach()), theta)).items()}
-    m = objective(theta1, strata())
-    direct = _direct_grad(m, w, meta_loss)
+              for k, p in step(_grads(icl(embed_a(theta), strata(fa).detach()), theta)).items()}
+    m = objective(theta1, strata(fb))
+    direct = _direct_grad(m, d_strata, strata, meta_loss)
     if mode == "first_order": return direct, m.detach()
 
     # d theta1 / d a = -lr P dg/da: the HVP runs along P v
     v = pre(_grads(m, theta1))
     vnorm = torch.sqrt(sum((x * x).sum() for x in v))
     if vnorm == 0 or inner_lr == 0: return direct, m.detach()
-    if mode != "exact":   # central finite differences
-        return (direct - inner_lr * _hvp_fd(embed_a, icl, strata, theta, v, fd_eps / vnorm),
-                m.detach())
-    hvp = _hvp_exact(embed_a, icl, strata, theta, v)
+    hvp = (_hvp_exact(embed_a, icl, lambda: strata(fa), d_strata, theta, v) if mode == "exact"
+           else _hvp_fd(embed_a, icl, lambda: strata(fa), d_strata, theta, v, fd_eps / vnorm))
     if hvp is None:   # forward-mode AD failed on this device
         return meta_gradient(method, strata, batch_a, batch_b, inner_lr, "unrolled", tau=tau,
                              negatives=negatives, lam=lam, meta_loss=meta_loss,
@@ -295,6 +495,21 @@ def _meta_optimizer(params, meta_opt: str, lr: float) -> torch.optim.Optimizer:
     if meta_opt == "adam": return torch.optim.Adam(params, lr=lr)
     return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4)
 
+# %% ../nbs/05_msr.ipynb #b1c2d3e8
+STRATA = ("vectors", "input")
+
+def _build_strata(strata: str, n: int, dim: int, init_std: float, activation: str, init: str,
+                  feat_dim: int | None, hidden: int) -> nn.Module:
+    "`StratumVectors`, or `InputStrata` on features of `feat_dim` (required then)."
+    if strata not in STRATA:
+        raise ValueError(f"strata must be one of {', '.join(STRATA)}; got {strata!r}")
+    if strata == "vectors": return StratumVectors(n, dim, init_std, activation, init)
+    if feat_dim is None:
+        raise ValueError("strata='input' needs feat_dim, the backbone's feature dimension (the "
+                         "head's input): MetaSemanticRegularizer(dim, strata='input', "
+                         "feat_dim=...)")
+    return InputStrata(n, dim, feat_dim, hidden, init_std, activation, init)
+
 # %% ../nbs/05_msr.ipynb #37484bae
 class MetaSemanticRegularizer(nn.Module):
     "Stratum vectors + the ICL loss + stage-2 meta steps with their own optimiser."
@@ -307,12 +522,14 @@ class MetaSemanticRegularizer(nn.Module):
                  fd_eps: float = 0.01, virtual_step: str = ICLConfig.virtual_step,
                  meta_schedule: str = ICLConfig.meta_schedule,
                  meta_every: int = ICLConfig.meta_every, meta_opt: str = ICLConfig.meta_opt,
-                 strata_init: str = ICLConfig.strata_init):
+                 strata_init: str = ICLConfig.strata_init, strata: str = ICLConfig.strata,
+                 feat_dim: int | None = None, strata_hidden: int = ICLConfig.strata_hidden):
         super().__init__()
         _check_msr_args(tau, negatives, lam, meta_share, meta_lr, virtual_step)
         _check_schedule_args(meta_schedule, meta_every, meta_opt)
         self.meta_loss = _check_meta_args(meta_mode, meta_loss, meta_params, inner_lr)
-        self.strata = StratumVectors(n_strata, dim, init_std, activation, strata_init)
+        self.strata = _build_strata(strata, n_strata, dim, init_std, activation, strata_init,
+                                    feat_dim, strata_hidden)
         self.lam, self.tau, self.negatives = lam, tau, negatives
         self.meta_mode, self.meta_params = meta_mode, meta_params
         self.inner_lr, self.meta_share = inner_lr, meta_share
@@ -322,8 +539,8 @@ class MetaSemanticRegularizer(nn.Module):
         self.meta_optimizer = _meta_optimizer(self.strata.parameters(), meta_opt, meta_lr)
         # the previous meta-gradient (meta_grad_cos) and the running sums of the scaled diagnostics:
         # in the state dict, so that a resumed run logs what an uninterrupted one does
-        self.register_buffer("last_grad", torch.zeros(n_strata, dim))
-        self.register_buffer("grad_sum", torch.zeros(n_strata, dim, dtype=torch.float64))
+        self.register_buffer("last_grad", torch.zeros(self.strata.grad_shape))
+        self.register_buffer("grad_sum", torch.zeros(self.strata.grad_shape, dtype=torch.float64))
         for k in ("grad_norm_sum", "step_bound"):
             self.register_buffer(k, torch.zeros((), dtype=torch.float64))
         self.register_buffer("n_meta", torch.zeros((), dtype=torch.long))
@@ -337,11 +554,18 @@ class MetaSemanticRegularizer(nn.Module):
 
 # %% ../nbs/05_msr.ipynb #98211ac8
 @patch
-def icl(self: MetaSemanticRegularizer, z1, z2):
-    """Stage-1 ICL loss with the strata fixed (no gradient reaches w); negatives from every process
-    under torchrun."""
+def icl(self: MetaSemanticRegularizer, z1, z2, feats: torch.Tensor | None = None):
+    """Stage-1 ICL loss with the strata fixed (no gradient reaches them); negatives from every
+    process under torchrun. `InputStrata` need `feats`, the un-augmented images' features."""
     g1, g2, _, anchors = gather_pair(z1, z2)
-    loss = icl_loss(g1, g2, self.strata().detach(), self.tau, self.negatives, anchors=anchors)
+    if self.strata.needs_input:
+        if feats is None:
+            raise ValueError("strata='input' needs the features of the un-augmented images: "
+                             "icl(z1, z2, feats)")
+        a = self.strata(feats).detach()
+        a = gather_rows(a.flatten(1)).view(-1, *a.shape[1:])   # every process's images' strata
+    else: a = self.strata().detach()
+    loss = icl_loss_per_image(g1, g2, a, self.tau, self.negatives, anchors=anchors)
     # L_ICL - NT-Xent on the same projections: what the strata add (0 for a constant a)
     with torch.no_grad():
         self.last_gap = (loss - nt_xent(g1, g2, self.tau, anchors=anchors)).detach()
@@ -351,22 +575,24 @@ def icl(self: MetaSemanticRegularizer, z1, z2):
 @patch
 def meta_step(self: MetaSemanticRegularizer, method, batch_a, batch_b, inner_lr=None,
               precond=None, progress: float | None = None) -> dict:
-    """Stage 2: one update of the stratum vectors; returns the meta objective and the diagnostics
-    (`progress`, the run's share done, sets `meta_opt='sgd_metamask'`'s cosine learning rate)."""
+    """Stage 2: one update of the strata's parameters; returns the meta objective and the
+    diagnostics (`progress`, the run's share done, sets `meta_opt='sgd_metamask'`'s cosine lr)."""
     with local_losses(): g, m = self.meta_gradient(method, batch_a, batch_b, inner_lr, precond)
     g, m = mean_over_processes(g), mean_over_processes(m)  # every process applies the same update
     if not (torch.isfinite(m) and torch.isfinite(g).all()):
         raise FloatingPointError(f"non-finite meta objective ({m.item()}) "
                                  "or meta-gradient in stage 2")
     diag = meta_diagnostics(g, self.last_grad)   # (all zeros before the first step: cosine None)
+    if self.strata.needs_input:   # the common share of the head's input-independent part
+        diag["strata_common_share"] = meta_diagnostics(self.strata.rows(g))["strata_common_share"]
     self.last_grad.copy_(g.detach())
     self._set_meta_lr(progress)
-    w_before = self.strata.w.detach().clone()
+    before = self.strata.snapshot()
     self.meta_optimizer.zero_grad(set_to_none=True)
-    self.strata.w.grad = g.to(self.strata.w.dtype)
+    self.strata.set_grad(g)
     self.meta_optimizer.step()
-    self.strata.w.grad = None
-    self._count(g, w_before)
+    self.strata.set_grad(None)
+    self._count(g, before)
     return {"meta": m.item(), **diag, "strata_spread": self.strata.spread(),
             "strata_moved": self.strata.moved(), **self.scaled_diagnostics()}
 
@@ -382,14 +608,16 @@ def _set_meta_lr(self: MetaSemanticRegularizer, progress: float | None):
 
 # %% ../nbs/05_msr.ipynb #d7e8f9a0
 @patch
-def _count(self: MetaSemanticRegularizer, g: torch.Tensor, w_before: torch.Tensor):
+def _count(self: MetaSemanticRegularizer, g: torch.Tensor, before: torch.Tensor):
     """Add meta step `g` to the running sums: the gradients, their norms, and the step bound (Adam:
-    lr sqrt(dim) per step; SGD with momentum: the distance w_t travelled)."""
+    lr sqrt(dim) per step, sqrt(number of parameters) for a head; SGD with momentum: the distance
+    the parameters travelled)."""
     g = g.detach().double()
     self.n_meta += 1; self.grad_sum += g; self.grad_norm_sum += g.norm()
     if self.meta_opt == "adam":
-        self.step_bound += self.meta_optimizer.param_groups[0]["lr"] * math.sqrt(self.strata.dim)
-    else: self.step_bound += (self.strata.w.detach() - w_before).double().norm(dim=1).mean()
+        self.step_bound += (self.meta_optimizer.param_groups[0]["lr"]
+                            * math.sqrt(self.strata.bound_dim))
+    else: self.step_bound += self.strata.step_length(before)
 
 # %% ../nbs/05_msr.ipynb #e9f0a1b2
 @patch
