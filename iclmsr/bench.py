@@ -43,7 +43,8 @@ def _run_bench(name: str, quick: bool) -> dict:
     if name == "augment":
         return bench_augment(n_batches=2, rounds=1) if quick else bench_augment()
     if name == "step":
-        return (bench_step("small_cnn", batch=32, steps=1, warmup=0, meta=(("exact", "all"),))
+        quick_meta = (("exact", "all"), ("exact", "all", "input"))
+        return (bench_step("small_cnn", batch=32, steps=1, warmup=0, meta=quick_meta)
                 if quick else bench_step())
     if name == "knn":
         return bench_knn(n_db=2000, n_query=200, dim=64) if quick else bench_knn(repeat=3)
@@ -130,7 +131,7 @@ def _time_steps(plain, icl, regs, views, steps, warmup, lr, dev) -> tuple:
             if r >= warmup: record(k, t, p)
         if r < warmup: continue
         for k, reg in regs.items():
-            a, b = views(), views()
+            a, b = (_with_clean(views(), reg) for _ in range(2))
             t, _, p = timed_peak(lambda: reg.meta_step(icl.base, a, b), dev)
             record(k, t, p)
     return times, peak
@@ -138,16 +139,23 @@ def _time_steps(plain, icl, regs, views, steps, warmup, lr, dev) -> tuple:
 # %% ../nbs/20_bench.ipynb #2f200956
 def _step_contenders(backbone, size, n_strata, lam, lr, meta, backbone_kw, dev) -> tuple:
     """SimCLR and SimCLR+ICL-MSR sharing one set of initial weights, and a `MetaSemanticRegularizer`
-    for each (meta_mode, meta_params) of `meta`."""
+    for each (meta_mode, meta_params[, strata]) of `meta` (key 'mode/params[/strata]')."""
     bkw = dict(backbone_kw=backbone_kw or {})
     plain = build_method("simclr", backbone, size, **bkw).to(dev)
     icl = build_method("simclr", backbone, size, icl_msr=True,
                        n_strata=n_strata, lam=lam, **bkw).to(dev)
     icl.base.load_state_dict(plain.state_dict())
-    regs = {f"{mo}/{pa}": MetaSemanticRegularizer(icl.proj_dim, n_strata, lam, meta_mode=mo,
-                                                  meta_params=pa, inner_lr=lr).to(dev)
-            for mo, pa in meta}
+    fd = icl.backbone.feat_dim
+    regs = {"/".join(m): MetaSemanticRegularizer(icl.proj_dim, n_strata, lam, meta_mode=m[0],
+                                                 meta_params=m[1], inner_lr=lr, feat_dim=fd,
+                                                 strata=m[2] if len(m) > 2 else "vectors").to(dev)
+            for m in meta}
     return plain, icl, regs
+
+# %% ../nbs/20_bench.ipynb #d1e2f3a0
+def _with_clean(v: tuple, reg) -> tuple | Batch:
+    "The views `v`, with random un-augmented images for per-image strata (`strata='input'`)."
+    return Batch(views=v, clean=torch.rand_like(v[0])) if reg.strata.needs_input else v
 
 # %% ../nbs/20_bench.ipynb #967614f2
 def _loss_term_costs(icl, batch: int, dev) -> tuple:
@@ -167,7 +175,7 @@ def bench_step(backbone: str = "resnet18", batch: int = 256, size: int = 32,
                n_strata: int = ICLConfig.n_strata, steps: int = 3, warmup: int = 1,
                meta_share: float = ICLConfig.meta_share,
                meta=(("exact", "all"), ("unrolled", "all"), ("finite_diff", "all"),
-                     ("first_order", "all"), ("exact", "head")),
+                     ("first_order", "all"), ("exact", "head"), ("exact", "all", "input")),
                lam: float = ICLConfig.lam, lr: float = OptimConfig.lr, device=None, seed: int = 0,
                backbone_kw: dict | None = None) -> dict:
     """Step time of SimCLR+ICL-MSR vs SimCLR side by side, stage-2 meta step times, epoch ratios and

@@ -69,9 +69,10 @@ def resolve_defaults(cfg: Config | dict | None = None) -> Config:
 # %% ../nbs/12c_build.ipynb #c93e49fe
 CONTROLS = {c: "+" + s for s, c in RUN_SUFFIXES.items()}   # icl.control -> the run-name suffix
 
-def icl_regularizer(icl: ICLConfig, dim: int) -> MetaSemanticRegularizer:
+def icl_regularizer(icl: ICLConfig, dim: int,
+                    feat_dim: int | None = None) -> MetaSemanticRegularizer:
     """The regulariser `icl` describes, or a control: `frozen` (strata as drawn, no stage 2) or
-    `ntxent` (n = 1, a = 1)."""
+    `ntxent` (n = 1, a = 1); `feat_dim`: the backbone's, the input of `icl.strata=input`'s head."""
     kw = {f.name: getattr(icl, f.name) for f in fields(icl) if f.name not in ("enabled", "control")}
     if icl.control == "msr" and icl.meta_schedule == "share" and kw["meta_share"] == 0:
         raise ConfigError("icl.meta_share=0 leaves the strata where they start (no stage 2): that "
@@ -80,7 +81,10 @@ def icl_regularizer(icl: ICLConfig, dim: int) -> MetaSemanticRegularizer:
     if icl.control != "msr": kw.update(meta_share=0.0, meta_schedule="share")
     # a = 1: L_ICL = NT-Xent
     if icl.control == "ntxent": kw.update(n_strata=1, activation="identity", init_std=0.0)
-    return MetaSemanticRegularizer(dim, **kw)
+    if icl.control == "ntxent" and icl.strata == "input":
+        raise ConfigError("icl.strata=input: the control icl.control=ntxent has no strata (n = 1, "
+                          "a = 1); use icl.control=msr or frozen, or icl.strata=vectors")
+    return MetaSemanticRegularizer(dim, feat_dim=feat_dim, **kw)
 
 # %% ../nbs/12c_build.ipynb #9b65f35c
 # the ntxent control fixes n = 1, a = 1 whatever these say (`icl_regularizer`)
@@ -152,7 +156,8 @@ def method_from_config(cfg: Config, image_size: int, data=None):
     except (ValueError, TypeError) as e: raise ConfigError(_option_error(e, kw)) from None
     if data is not None and m.init is not None: load_moco(base.backbone, m.init, base.moco_head())
     if not cfg.icl.enabled: return base
-    return ICLMSR(base, icl_regularizer(cfg.icl, base.proj_dim),
+    feat_dim = getattr(base.backbone, "feat_dim", None)
+    return ICLMSR(base, icl_regularizer(cfg.icl, base.proj_dim, feat_dim),
                   name=base.name + CONTROLS[cfg.icl.control])
 
 # %% ../nbs/12c_build.ipynb #dd39ef64

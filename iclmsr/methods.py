@@ -16,7 +16,7 @@ from .batch import Batch, as_batch
 from .models import build_backbone, ProjectionMLP, BYOLPredictor, EMA
 from .distributed import gather_pair
 from .losses import nt_xent, byol_loss, barlow_twins_loss, wmse_loss, supcon_loss, dcodr_loss
-from .msr import MetaSemanticRegularizer, adam_precond
+from .msr import MetaSemanticRegularizer, adam_precond, _clean_features
 from .augment import PRESETS
 from .rec import LordGenerator, Reconstruction
 
@@ -393,6 +393,10 @@ class ICLMSR(Method):
             raise ValueError(f"the regulariser's strata have dimension {self.msr.strata.dim}, the "
                              f"projections of {base.name} {base.proj_dim}: build it as "
                              f"MetaSemanticRegularizer({base.proj_dim}, ...)")
+        fd = getattr(base.backbone, "feat_dim", None)
+        if self.msr.strata.needs_input and self.msr.strata.feat_dim != fd:
+            raise ValueError(f"the regulariser's head reads {self.msr.strata.feat_dim}-d features, "
+                             f"the backbone of {base.name} gives {fd}: build it with feat_dim={fd}")
         self.name, self.desc, self.proj_dim = (
             name or base.name + "+icl-msr", "ICL-MSR on " + base.desc, base.proj_dim)
 
@@ -402,8 +406,11 @@ class ICLMSR(Method):
     meta_optimizer = property(lambda self: self.msr.meta_optimizer)
 
 # what the base method declares is the wrapper's too
-for _k in ("needs", "augment", "domain_balanced", "bg_negative", "from_data", "files"):
+for _k in ("augment", "domain_balanced", "bg_negative", "from_data", "files"):
     setattr(ICLMSR, _k, property(lambda self, k=_k: getattr(self.base, k)))
+# and per-image strata (icl.strata=input) read the un-augmented images
+ICLMSR.needs = property(lambda self: frozenset(self.base.needs)
+                        | ({"clean"} if self.msr.strata.needs_input else frozenset()))
 
 # %% ../nbs/06_methods.ipynb #d53c5fa2
 @patch
@@ -420,7 +427,9 @@ def training_loss(self: ICLMSR, batch, *rest, step: int | None = None) -> dict:
     # a base that chooses its views (ExCon's masked view)
     b = self.base.prepare(as_batch(batch, *rest))
     out = dict(self.base.loss_from_features(self.backbone(b.v1), self.backbone(b.v2), b))
-    out["icl"] = self.msr.icl(out["z1"], out["z2"])
+    # per-image strata: from the un-augmented images' features (no gradient, running stats kept)
+    feats = _clean_features(self.base, b) if self.msr.strata.needs_input else None
+    out["icl"] = self.msr.icl(out["z1"], out["z2"], feats)
     out["icl_gap"] = self.msr.last_gap   # L_ICL - NT-Xent on the same projections (no gradient)
     out["loss"] = out["base"] + self.msr.lam * out["icl"]
     return _check_finite(out, ("base", "icl"), self.step if step is None else step)
@@ -444,8 +453,8 @@ def param_groups(self: ICLMSR) -> list: return self.base.param_groups()
 # %% ../nbs/06_methods.ipynb #30f87491
 @patch
 def regularizer_parameters(self: ICLMSR) -> list:
-    """The stratum vectors' parameters (stepped by `meta_optimizer` in stage 2, never by the
-    encoder's optimiser)."""
+    """The strata's parameters, the vectors' or the input head's (stepped by `meta_optimizer` in
+    stage 2, never by the encoder's optimiser)."""
     return list(self.msr.strata.parameters())
 
 # %% ../nbs/06_methods.ipynb #c80dea1f
@@ -491,7 +500,8 @@ class _FeatureControl(Method):
 def background_pairs(protos: torch.Tensor, k_bg: int, n: int, g: torch.Generator,
                      bg_views: str = "both", noise: float = 0.3, bg_scale: float = 2.0) -> Batch:
     """Two views of `n` feature vectors: dims [0, k_bg) a background code (`bg_views='both'`: drawn
-    anew for each view; `'shared'`: one for both), the rest a random class's row of `protos`."""
+    anew for each view; `'shared'`: one for both), the rest a random class's row of `protos`;
+    `clean`, the un-augmented vector: the image's own background code, no noise."""
     if bg_views not in ("both", "shared"):
         raise ValueError(f"bg_views must be one of both, shared; got {bg_views!r}")
     fg = protos[torch.randint(len(protos), (n,), generator=g)]
@@ -501,12 +511,13 @@ def background_pairs(protos: torch.Tensor, k_bg: int, n: int, g: torch.Generator
         b = bg if bg_views == "shared" else torch.randn(n, k_bg, generator=g)
         x = torch.cat([bg_scale * b, fg], 1)
         views.append(x + noise * torch.randn(x.shape, generator=g))
-    return as_batch(tuple(views))
+    return Batch(views=tuple(views), clean=torch.cat([bg_scale * bg, fg], 1))
 
 # %% ../nbs/06_methods.ipynb #f4a5b6c7
 def _bg_share(a: torch.Tensor, k_bg: int) -> float:
-    "Mean over strata of the share of a_t's squared norm in its first `k_bg` dimensions."
-    a = a.detach().double()
+    """Mean over strata (and images, for per-image strata (N, n, d)) of the share of a_t's squared
+    norm in its first `k_bg` dimensions."""
+    a = a.detach().double().reshape(-1, a.shape[-1])
     return float(((a[:, :k_bg] ** 2).sum(1) / (a ** 2).sum(1)).mean())
 
 # %% ../nbs/06_methods.ipynb #f5a6b7c8
@@ -525,25 +536,36 @@ def _control_loop(m: "ICLMSR", draw, steps: int, opt, per_epoch: int = 10):
                 m.meta_step(draw(), draw(), optimizer=opt, progress=(s - 1) / steps); n_meta += 1
     return n_meta
 
+# %% ../nbs/06_methods.ipynb #c1d2e3f0
+def _share_of(m: "ICLMSR", protos, k_bg: int, n: int, seed: int, bg_views: str):
+    """`() -> background share` of `m`'s strata: the vectors', or per-image strata's on a fixed
+    probe batch of `n` images (from a generator of its own: the training draws stay as they are)."""
+    if not m.msr.strata.needs_input: return lambda: _bg_share(m.strata(), k_bg)
+    probe = background_pairs(protos, k_bg, n, torch.Generator().manual_seed(seed + 1), bg_views)
+    h = _clean_features(m.base, probe)
+    return lambda: _bg_share(m.strata(h), k_bg)
+
 # %% ../nbs/06_methods.ipynb #f6a7b8c9
 def positive_control(control: str = "msr", meta_schedule: str = "every", steps: int = 200,
                      dim: int = 16, k_bg: int = 4, batch: int = 64, n_classes: int = 8,
                      bg_views: str = "both", seed: int = 0, **msr_kw) -> dict:
     """Train ICL-MSR (`control='msr'`) or its frozen control on `background_pairs` and return the
     strata's background share at the start and the end (`MetaSemanticRegularizer` options in
-    `msr_kw`; 4 strata unless given)."""
+    `msr_kw`; 4 strata unless given; `strata='input'`: on a fixed probe batch)."""
     if control not in ("msr", "frozen"):
         raise ValueError(f"control must be one of msr, frozen; got {control!r}")
     torch.manual_seed(seed); g = torch.Generator().manual_seed(seed)
     protos = torch.randn(n_classes, dim - k_bg, generator=g)
     kw = {"n_strata": 4, **msr_kw, "meta_schedule": meta_schedule}
     if control == "frozen": kw.update(meta_share=0.0, meta_schedule="share")   # no stage 2
+    if kw.get("strata") == "input": kw["feat_dim"] = dim
     m = ICLMSR(_FeatureControl(dim), MetaSemanticRegularizer(dim, **kw))
     opt = torch.optim.Adam(m.encoder_parameters(), lr=3e-3)
-    start = _bg_share(m.strata(), k_bg)
+    share = _share_of(m, protos, k_bg, batch, seed, bg_views)
+    start = share()
     n_meta = _control_loop(m, lambda: background_pairs(protos, k_bg, batch, g, bg_views),
                            steps, opt)
-    end = _bg_share(m.strata(), k_bg)
+    end = share()
     return {"control": control, "meta_schedule": meta_schedule, "bg_views": bg_views,
             "seed": seed, "meta_steps": n_meta, "bg_share_start": start, "bg_share_end": end,
             "drop": start - end, **m.msr.scaled_diagnostics()}
@@ -761,4 +783,6 @@ def build_method(name: str = "simclr", backbone: str | nn.Module = "resnet18",
     # a method that builds images (dcodr_rec's generator)
     if "image_size" in mine: hp.setdefault("image_size", image_size)
     m = cls(backbone, **hp)
-    return ICLMSR(m, MetaSemanticRegularizer(m.proj_dim, **msr_kw)) if icl_msr else m
+    if not icl_msr: return m
+    if msr_kw.get("strata") == "input": msr_kw.setdefault("feat_dim", m.backbone.feat_dim)
+    return ICLMSR(m, MetaSemanticRegularizer(m.proj_dim, **msr_kw))
