@@ -254,9 +254,12 @@ def demo_report(res: dict) -> str:
               "foreground areas the other way round.</p>",
               "<h2>Background measures</h2>",
               html_table(bg, ["measure (%)", *models]), plot_bg_measures(models),
-              "<p class='note'>BG-gap = acc(mixed_same) - acc(mixed_rand); worst group over "
-              "(class, background) cells of the mixed_rand test images; background probe: linear "
-              "probe predicting the background id (lower = more invariant).</p>",
+              "<p class='note'>BG-gap = acc(mixed_same) - acc(mixed_rand); group-balanced probe: a "
+              "linear probe fitted on equally many images of each class on its typical and on "
+              "other backgrounds (its BG-gap is what the features hold); pooled groups: each "
+              "class's mixed_rand test images on its typical and on other backgrounds; the "
+              "(class, background) cell only where cells hold enough images; background probe: "
+              "linear probe predicting the background id (lower = more invariant).</p>",
               "<h2>Text summary</h2><pre>" + html.escape(format_demo(models)) + "</pre>"]
     return html_report("iclmsr demo: the background observation", blocks)
 
