@@ -550,7 +550,8 @@ def _dig(d, *keys):
     return d
 
 # the columns of the side-by-side table beyond variants and BG-gap, shown where every row has them
-_EXTRA = {"5-NN BG-gap": ("bg_gap", "knn5"), "worst group": ("worst_group", "linear", "acc"),
+_EXTRA = {"5-NN BG-gap": ("bg_gap", "knn5"),
+          "worst pooled group": ("pooled_groups", "linear", "worst"),
           "background probe": ("bg_probe", "top1"), "ECE": ("ece",),
           "FGSM 8/255": ("fgsm", "acc", "8/255"),
           "fooled by backgrounds": ("adversarial_bg", "fooled"),

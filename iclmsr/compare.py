@@ -332,7 +332,10 @@ COLUMNS = {"original.linear": "full linear", "original.knn5": "full 5-NN",
            "mixed_same.linear": "mixed_same linear", "mixed_same.knn5": "mixed_same 5-NN",
            "mixed_rand.linear": "mixed_rand linear",
            "mixed_rand.knn5": "mixed_rand 5-NN", "bg_gap": "BG-gap ↓",
-           "worst_group": "worst group ↑", "bg_probe": "background probe ↓",
+           "bg_gap_unseen": "BG-gap, unseen backgrounds ↓",
+           "bg_gap_balanced": "BG-gap, balanced probe ↓",
+           "worst_pooled_group": "worst pooled group ↑", "mean_group": "mean group ↑",
+           "bg_probe": "background probe ↓",
            "domain_probe": "domain probe ↓", "class_probe": "class probe ↑",
            "bg_neighbour_rate": "background-neighbour rate ↓", "ece": "ECE ↓",
            "fgsm_4": "FGSM 4/255 ↑", "saliency_iou": "saliency IoU ↑"}
@@ -361,7 +364,10 @@ def flat_measures(res: dict) -> dict:
     out = {f"{v}.{c}": _pick(res, "variants", v, "linear_top1" if c == "linear" else "knn5")
            for v in ("original", "only_fg", "mixed_same", "mixed_rand") for c in ("linear", "knn5")}
     out.update(bg_gap=_pick(res, "bg_gap", "linear"),
-               worst_group=_pick(res, "worst_group", "linear", "acc"),
+               bg_gap_unseen=_pick(res, "benchmark", "bg_gap_unseen", "linear"),
+               bg_gap_balanced=_pick(res, "balanced_probe", "bg_gap"),
+               worst_pooled_group=_pick(res, "pooled_groups", "linear", "worst"),
+               mean_group=_pick(res, "pooled_groups", "linear", "mean"),
                bg_probe=_pick(res, "bg_probe", "top1"),
                domain_probe=_pick(res, "dcodr", "domain_probe"),
                class_probe=_pick(res, "dcodr", "class_probe"), ece=res.get("ece"),
@@ -370,11 +376,11 @@ def flat_measures(res: dict) -> dict:
     return out
 
 # %% ../nbs/17_compare.ipynb #985d0784
-def measure_split(model, fit, data, mean, std, seed: int, ev: dict) -> dict:
-    """One evaluation of `model` (probes and kNN fitted on `fit`) on `data`: its columns, why any is
-    missing, and the fitted linear probe."""
+def measure_split(model, fit, data, mean, std, seed: int, ev: dict, held_out=None) -> dict:
+    """One evaluation of `model` (probes and kNN fitted on `fit`, the balanced probe on `held_out`
+    when given) on `data`: its columns, why any is missing, and the fitted linear probe."""
     t0 = time.time()
-    res = evaluate(model, fit, data, mean, std, seed=seed, cache=False, **ev)
+    res = evaluate(model, fit, data, mean, std, seed=seed, cache=False, held_out=held_out, **ev)
     out = flat_measures(res)
     out["bg_neighbour_rate"] = bg_neighbour_rate(model, fit, data, mean, std)
     return {"measures": out, "unavailable": res.get("unavailable", {}),
@@ -426,7 +432,9 @@ def run_one(st: dict, method: str, seed: int, run_dir, splits: dict | None = Non
           else {**st["eval"], "variants": (tv,), "fgsm_n": 0, "expl_n": 0, "dcodr": "off"})
     for split in ("val", "test") if tv is None else ("test",):
         if split in have: continue
-        m = measure_split(model, fit, sp[split], mean, std, seed, ev)
+        # the balanced probe of the test measures: on the val images, never trained on
+        m = measure_split(model, fit, sp[split], mean, std, seed, ev,
+                          sp["val"] if split == "test" and tv is None else None)
         # for the report's saliency overlays
         if split == "test" and tv is None: save_probe(m["probe"], d/"probe.pt", fit.classes)
         append_record(d, {"kind": "eval", "split": split, "step": learn.step,
@@ -798,7 +806,8 @@ _PLOT_GROUPS = {"accuracy (%)": ["original.linear", "only_fg.linear",
                                  "mixed_same.linear", "mixed_rand.linear"],
                 "background reliance (points / %)": ["bg_gap", "bg_probe",
                                                      "domain_probe", "bg_neighbour_rate"],
-                "robustness and calibration (%)": ["worst_group", "ece", "fgsm_4", "saliency_iou"]}
+                "robustness and calibration (%)": ["worst_pooled_group", "ece", "fgsm_4",
+                                                   "saliency_iou"]}
 
 def plot_compare(res: dict, columns: list, title: str):
     "Grouped bars, one per method, of `columns` on test: mean with standard-error bars."

@@ -4,7 +4,7 @@
 
 # %% ../nbs/14_eval.ipynb #dac784e0
 from __future__ import annotations
-import copy, hashlib, json, numbers, re, time
+import copy, hashlib, json, math, numbers, re, time
 from dataclasses import replace
 from pathlib import Path
 import torch
@@ -27,12 +27,13 @@ from .augment import TwoViewAugment
 from .build import Learner, method_from_config, resolve_defaults
 
 # %% auto #0
-__all__ = ['emb_stats', 'EXPL_VARIANTS', 'SETTINGS', 'TESTS', 'amp_dtype', 'embed', 'state_key', 'file_key', 'data_key',
-           'embeddings', 'ProbedModel', 'check_probe', 'variant_scores', 'bg_gaps', 'benchmark_measures', 'group_table',
-           'group_measures', 'adversarial_backgrounds', 'fgsm_curve', 'explanation_layer', 'dcodr_features', 'evaluate',
-           'norm_stats', 'train_method', 'four_settings_table', 'four_settings', 'method_from_checkpoint', 'check_fits',
-           'save_probe', 'load_probe', 'default_test_split', 'package_versions', 'split_spec_variant',
-           'eval_checkpoint']
+__all__ = ['emb_stats', 'MIN_GROUP', 'EXPL_VARIANTS', 'SETTINGS', 'TESTS', 'amp_dtype', 'embed', 'state_key', 'file_key',
+           'data_key', 'embeddings', 'ProbedModel', 'check_probe', 'variant_scores', 'bg_gaps', 'benchmark_measures',
+           'group_table', 'expected_worst_cell', 'group_measures', 'pooled_groups', 'group_bootstrap',
+           'pooled_group_measures', 'balanced_subset', 'fit_balanced_probe', 'adversarial_backgrounds', 'fgsm_curve',
+           'explanation_layer', 'dcodr_features', 'evaluate', 'norm_stats', 'train_method', 'four_settings_table',
+           'four_settings', 'method_from_checkpoint', 'check_fits', 'save_probe', 'load_probe', 'default_test_split',
+           'package_versions', 'split_spec_variant', 'eval_checkpoint']
 
 # %% ../nbs/14_eval.ipynb #68ad8cd6
 _AMP = ("auto", "bf16", "off")
@@ -241,19 +242,167 @@ def group_table(preds, labels, groups, num_classes: int, num_groups: int) -> dic
            for hr, cr in zip(hit, n)]
     return {"count": n.long().tolist(), "acc": acc}
 
+# %% ../nbs/14_eval.ipynb #b3bfc981
+def expected_worst_cell(n: int, cells: int = 100, p: float = 0.5) -> float:
+    """Expected accuracy (percent) of the worst of `cells` cells of `n` images each when every image
+    is right with probability `p`: the minimum that sampling alone gives."""
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (n, cells)):
+        raise ValueError(f"n and cells must be integers >= 1, got {n!r} and {cells!r}")
+    if not 0 < p < 1: raise ValueError(f"p must be a probability in (0, 1), got {p!r}")
+    k = torch.arange(n + 1, dtype=torch.float64)
+    logpmf = (math.lgamma(n + 1) - torch.lgamma(k + 1) - torch.lgamma(n - k + 1)
+              + k * math.log(p) + (n - k) * math.log1p(-p))
+    sf = logpmf.exp().flip(0).cumsum(0).flip(0).clamp(max=1.0)   # P(X >= k), X ~ Bin(n, p)
+    # E[min] = sum over k >= 1 of P(min >= k), and P(min >= k) = P(X >= k) ** cells
+    return 100.0 * float((sf[1:] ** cells).sum()) / n
+
+# the smallest n at which a 50%-accurate model's expected worst of 100 cells is half its accuracy
+MIN_GROUP = 25
+
 # %% ../nbs/14_eval.ipynb #e15114c2
-def group_measures(preds: dict, data: FgBgData, num_classes: int, min_group: int = 5) -> dict:
-    """Worst (class, background) group of each classifier's `preds` on `data`, and the linear
-    probe's per-cell table."""
+def group_measures(preds: dict, data: FgBgData, num_classes: int,
+                   min_group: int = MIN_GROUP) -> dict:
+    """The linear probe's per-(class, background) cell table of `preds` on `data`, and each
+    classifier's worst cell only where every non-empty cell holds >= `min_group` images."""
     nb = int(data.backgrounds.max()) + 1
-    cells = torch.bincount(data.labels * nb + data.backgrounds).max().item()
-    wg = {c: worst_group(preds[c], data.labels, data.backgrounds, min_size=min(min_group, cells))
+    n = torch.bincount(data.labels * nb + data.backgrounds)
+    n = n[n > 0]
+    lo, hi = int(n.min()), int(n.max())
+    out = {"worst_group": None, "num_bgs": nb, "min_group": min_group, "cell_sizes": [lo, hi],
+           "groups": group_table(preds["linear"], data.labels, data.backgrounds, num_classes, nb)}
+    if lo < min_group:
+        return {**out, "why": f"the {len(n)} (class, background) cells hold {lo}-{hi} images, "
+                              f"fewer than min_group={min_group}"}
+    wg = {c: worst_group(preds[c], data.labels, data.backgrounds, min_size=min_group)
           for c in ("linear", "knn5")}
     for w in wg.values(): w["group"] = list(w["group"])
-    return {"worst_group": wg,
-            "groups": group_table(preds["linear"], data.labels, data.backgrounds, num_classes, nb),
-            "num_bgs": nb}
+    return {**out, "worst_group": wg}
 
+# %% ../nbs/14_eval.ipynb #bfb4a397
+def pooled_groups(labels, backgrounds, typical) -> torch.Tensor:
+    """Pooled group of each image: 2 * class on its class's typical background, 2 * class + 1 on
+    any other (all of a class with typical -1); -1 where background or class is unknown."""
+    y, b = (torch.as_tensor(t).long().cpu().flatten() for t in (labels, backgrounds))
+    t = torch.as_tensor(typical).long().cpu().flatten()
+    if y.shape != b.shape:
+        raise ValueError(f"labels ({len(y)}) and backgrounds ({len(b)}) must have one entry per "
+                         "image")
+    if len(y) and int(y.max()) >= len(t):
+        raise ValueError(f"typical names {len(t)} classes but the labels reach class "
+                         f"{int(y.max())}")
+    g = 2 * y + (b != t[y.clamp_min(0)]).long()
+    return torch.where((b >= 0) & (y >= 0), g, torch.full_like(g, -1))
+
+# %% ../nbs/14_eval.ipynb #0f65eb72
+def _typical(train: FgBgData) -> torch.Tensor | None:
+    """Each class's typical background id: `train.typical_backgrounds()`, else the one it co-occurs
+    with most in `train` (-1 on a tie); None without background ids."""
+    t = train.typical_backgrounds()
+    if t is not None: return t
+    ok = (train.backgrounds >= 0) & (train.labels >= 0)
+    if not bool(ok.any()): return None
+    K, nb = train.num_classes, int(train.backgrounds.max()) + 1
+    n = torch.bincount(train.labels[ok] * nb + train.backgrounds[ok], minlength=K * nb)
+    n = n.view(K, nb)
+    top = n.max(1).values
+    tie = (n == top[:, None]).sum(1) > 1
+    return torch.where(tie | (top <= 0), -1, n.argmax(1)).long()
+
+# %% ../nbs/14_eval.ipynb #09fb6638
+def _boot_hits(correct: torch.Tensor, groups: torch.Tensor, G: int, n_boot: int,
+               seed: int) -> torch.Tensor:
+    """(n_boot, G) hits of `n_boot` resamples, each redrawing every group's images with replacement
+    within the group: one index tensor per chunk of at most 2**22 draws."""
+    order = groups.argsort(stable=True)
+    c, g = correct[order].double(), groups[order]
+    n = torch.bincount(g, minlength=G)
+    lo, size = (n.cumsum(0) - n)[g], n[g]        # each slot's group: its first index, its size
+    gen = torch.Generator().manual_seed(seed)
+    step, out = max(1, 2**22 // len(g)), []
+    for b0 in range(0, n_boot, step):
+        u = torch.rand(min(step, n_boot - b0), len(g), generator=gen, dtype=torch.float64)
+        idx = lo + (u * size).long().clamp_max(size - 1)
+        out.append(torch.zeros(len(u), G, dtype=torch.float64).index_add_(1, g, c[idx]))
+    return torch.cat(out)
+
+# %% ../nbs/14_eval.ipynb #d4b9f886
+def _boot_args(correct, groups, num_groups: int, n_boot, level) -> tuple:
+    "`group_bootstrap`'s inputs checked: (correct, groups) of the images that belong to a group."
+    c = torch.as_tensor(correct).bool().cpu().flatten()
+    g = torch.as_tensor(groups).long().cpu().flatten()
+    if len(c) != len(g): raise ValueError(f"correct has {len(c)} entries but groups {len(g)}")
+    if not isinstance(n_boot, int) or isinstance(n_boot, bool) or n_boot < 1:
+        raise ValueError(f"n_boot (bootstrap resamples) must be an integer >= 1, got {n_boot!r}")
+    if not 0 < level < 1: raise ValueError(f"level must be in (0, 1), got {level!r}")
+    if not bool((g >= 0).any()): raise ValueError("no image belongs to a group: nothing to measure")
+    if int(g.max()) >= num_groups:
+        raise ValueError(f"group id {int(g.max())} but num_groups={num_groups}")
+    return c[g >= 0], g[g >= 0]
+
+# %% ../nbs/14_eval.ipynb #625c6416
+def group_bootstrap(correct, groups, num_groups: int, n_boot: int = 1000, seed: int = 0,
+                    level: float = 0.95) -> dict:
+    """Each group's size and accuracy (percent); the mean and the worst accuracy over non-empty
+    groups, each with a percentile bootstrap interval (images resampled within each group)."""
+    c, g = _boot_args(correct, groups, num_groups, n_boot, level)
+    n = torch.bincount(g, minlength=num_groups)
+    hits = torch.zeros(num_groups, dtype=torch.float64).index_add_(0, g, c.double())
+    ne = n > 0
+    ids, acc = ne.nonzero().flatten(), 100.0 * hits[ne] / n[ne]
+    boot = 100.0 * _boot_hits(c, g, num_groups, n_boot, seed)[:, ne] / n[ne]
+    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
+    ci = lambda x: [float(v) for v in torch.quantile(x, q)]
+    full = [None] * num_groups
+    for i, a in zip(ids.tolist(), acc.tolist()): full[i] = a
+    w = int(acc.argmin())
+    return {"size": n.tolist(), "acc": full, "mean": float(acc.mean()), "mean_ci": ci(boot.mean(1)),
+            "worst": float(acc[w]), "worst_group": int(ids[w]), "worst_ci": ci(boot.min(1).values),
+            "n_groups": len(ids), "n_boot": n_boot, "level": level}
+
+# %% ../nbs/14_eval.ipynb #20be113d
+def pooled_group_measures(preds: dict, data: FgBgData, typical, num_classes: int,
+                          n_boot: int = 1000, seed: int = 0) -> dict:
+    """`group_bootstrap` of each classifier's `preds` on `data` over the 2K pooled groups (class x
+    typical or atypical background), with the groups' names and each class's typical background."""
+    g = pooled_groups(data.labels, data.backgrounds, typical)
+    names = list(data.classes)[:num_classes]
+    names += [str(i) for i in range(len(names), num_classes)]
+    out = {"typical": [int(t) for t in torch.as_tensor(typical)],
+           "names": [f"{c} ({k})" for c in names for k in ("typical", "atypical")]}
+    for c in ("linear", "knn5"):
+        ok = torch.as_tensor(preds[c]).cpu() == data.labels.cpu()
+        out[c] = group_bootstrap(ok, g, 2 * num_classes, n_boot, seed)
+    return out
+
+# %% ../nbs/14_eval.ipynb #0ecf8736
+def balanced_subset(groups, seed: int = 0) -> tuple:
+    """(sorted indices, m): `m` images drawn without replacement from every non-empty group, `m` the
+    smallest group's size; images of group -1 are never drawn."""
+    g = torch.as_tensor(groups).long().cpu().flatten()
+    if not bool((g >= 0).any()): raise ValueError("no image belongs to a group: nothing to balance")
+    n = torch.bincount(g[g >= 0])
+    m = int(n[n > 0].min())
+    perm = torch.randperm(len(g), generator=torch.Generator().manual_seed(seed))
+    perm = perm[g[perm] >= 0]
+    order = g[perm].argsort(stable=True)              # by group, in the random order within each
+    gs = g[perm][order]
+    rank = torch.arange(len(gs)) - (n.cumsum(0) - n)[gs]
+    return perm[order[rank < m]].sort().values, m
+
+# %% ../nbs/14_eval.ipynb #a18a030a
+def fit_balanced_probe(feats, labels, groups, num_classes: int, epochs: int = 100,
+                       seed: int = 0) -> tuple:
+    """DFR's last-layer retraining: a linear probe fitted on `balanced_subset(groups, seed)` of
+    `feats`; `(probe, {'per_group', 'n_fit', 'n_groups'})`."""
+    idx, m = balanced_subset(groups, seed)
+    y = torch.as_tensor(labels).long().cpu()[idx]
+    if len(y.unique()) < 2:
+        raise ValueError("the group-balanced subset holds a single class: nothing for a probe to "
+                         "separate")
+    f = torch.as_tensor(feats).float().cpu()[idx]
+    pr = linear_probe(f, y, f, y, num_classes=num_classes, epochs=epochs, seed=seed)
+    n_groups = len(torch.as_tensor(groups)[torch.as_tensor(groups) >= 0].unique())
+    return pr.clf, {"per_group": m, "n_fit": len(idx), "n_groups": n_groups}
 
 # %% ../nbs/14_eval.ipynb #01da866f
 def _check_splits(train: FgBgData, test: FgBgData, k: int):
@@ -523,16 +672,18 @@ def _dcodr(res: dict, tv: dict, trv, emb, feats: str | None, C: int, epochs: int
 
 # %% ../nbs/14_eval.ipynb #e98cf2f9
 def _groups(res: dict, preds: dict, tv: dict, trv, emb, fte: dict, C: int, min_group, epochs, seed):
-    """Worst group and background probe into `res`, on mixed_rand when there (else original);
+    """Worst cell and background probe into `res`, on mixed_rand when there (else original);
     reasons into res['unavailable']."""
     gv = res["group_variant"] = "mixed_rand" if "mixed_rand" in tv else "original"
     g, na = tv[gv], res["unavailable"]
+    res["min_group"] = min_group
     if not _has_bgs(g):
         na["worst_group"] = na["bg_probe"] = f"{_NO_BGS} (on the {gv} test images)"
         return
     gm = group_measures(preds[gv], g, C, min_group)
     nb = gm["num_bgs"]
     res["worst_group"], res["groups"] = gm["worst_group"], gm["groups"]
+    if gm["worst_group"] is None: na["worst_group"] = gm["why"]
     res["bg_names"] = (tv["original"].bg_names
                        + [str(i) for i in range(len(tv["original"].bg_names), nb)])[:nb]
     try: gtr = trv(gv)
@@ -540,12 +691,77 @@ def _groups(res: dict, preds: dict, tv: dict, trv, emb, fte: dict, C: int, min_g
     if not _has_bgs(gtr): na["bg_probe"] = f"{_NO_BGS} (on the {gv} train images)"; return
     res["bg_probe"] = _bg_probe(emb(gtr), gtr, fte[gv], g, nb, epochs, seed)
 
+# %% ../nbs/14_eval.ipynb #59900098
+_NO_TYPICAL = "no typical background per class (no background ids in the training split)"
+
+def _pooled(res: dict, preds: dict, tv: dict, typical, C: int, n_boot: int, seed: int) -> None:
+    "The pooled groups of the group variant into `res['pooled_groups']`, or the reason."
+    gv, na = res["group_variant"], res["unavailable"]
+    res["pooled_groups"], g = None, tv[res["group_variant"]]
+    if not _has_bgs(g): na["pooled_groups"] = f"{_NO_BGS} (on the {gv} test images)"; return
+    if typical is None: na["pooled_groups"] = _NO_TYPICAL; return
+    res["pooled_groups"] = {"variant": gv,
+                            **pooled_group_measures(preds[gv], g, typical, C, n_boot, seed)}
+
+# %% ../nbs/14_eval.ipynb #51a8df13
+def _gap_share(sc: dict, plain: dict | None) -> dict:
+    "The balanced probe's BG-gaps from its scores `sc`, the plain probe's, and the share remaining."
+    gap = lambda r: sc["mixed_same"] - sc[r] if {"mixed_same", r} <= set(sc) else None
+    bal, pl = gap("mixed_rand"), None if plain is None else plain["linear"]
+    return {"bg_gap": bal, "bg_gap_unseen": gap("mixed_rand_unseen"), "plain_bg_gap": pl,
+            "share_of_gap": (bal / pl if bal is not None and pl is not None and abs(pl) >= 1
+                             else None)}
+
+# %% ../nbs/14_eval.ipynb #66be7f03
+def _expected_groups(typical, labels) -> list:
+    "The pooled groups the classes of `labels` should have: atypical always, typical where known."
+    cls = torch.as_tensor(labels).long().unique().tolist()
+    return [2 * c + a for c in cls for a in (0, 1) if a == 1 or int(typical[c]) >= 0]
+
+# %% ../nbs/14_eval.ipynb #a18298d4
+def _balanced(res: dict, emb, train: FgBgData, held_out, ftr, fte: dict, tv: dict, typical,
+              epochs: int, seed: int) -> None:
+    """The group-balanced probe (DFR) into res['balanced_probe']: fitted on `held_out` images (or a
+    balanced subsample of train), scored on every test variant; or the reason."""
+    na, res["balanced_probe"] = res["unavailable"], None
+    d, where = (train, "train") if held_out is None else (held_out, "held-out")
+    if typical is None: na["balanced_probe"] = _NO_TYPICAL; return
+    if not _has_bgs(d): na["balanced_probe"] = f"{_NO_BGS} (on the {where} images)"; return
+    g = pooled_groups(d.labels, d.backgrounds, typical)
+    try: clf, info = fit_balanced_probe(ftr if held_out is None else emb(held_out), d.labels, g,
+                                        train.num_classes, epochs, seed)
+    except ValueError as e: na["balanced_probe"] = f"{e} (on the {where} images)"; return
+    n = torch.bincount(g[g >= 0], minlength=2 * train.num_classes)
+    sc = {v: eval_linear(clf, f, tv[v].labels)["top1"] for v, f in fte.items()}
+    res["balanced_probe"] = {
+        "fit_on": f"balanced ({where})", **info,
+        "empty_groups": [i for i in _expected_groups(typical, d.labels) if n[i] == 0],
+        "variants": sc, **_gap_share(sc, res["bg_gap"])}
+
+# %% ../nbs/14_eval.ipynb #ab3620d8
+def _check_held_out(held_out, train: FgBgData, n_boot) -> None:
+    "Refuse a bootstrap count that is not a positive integer, and held-out images that do not fit."
+    if not isinstance(n_boot, int) or isinstance(n_boot, bool) or n_boot < 1:
+        raise ValueError(f"n_boot (bootstrap resamples) must be an integer >= 1, got {n_boot!r}")
+    if held_out is None: return
+    if not isinstance(held_out, FgBgData):
+        raise ValueError("held_out must be an FgBgData (labelled images the encoder did not train "
+                         f"on), got {type(held_out).__name__}")
+    if tuple(held_out.images.shape[1:]) != tuple(train.images.shape[1:]):
+        raise ValueError(f"held-out images are {tuple(held_out.images.shape[1:])} but train "
+                         f"images are {tuple(train.images.shape[1:])}")
+    y = held_out.labels
+    if len(y) == 0 or (y < 0).any() or int(y.max()) >= train.num_classes:
+        raise ValueError(f"the held-out split {held_out.name!r} needs a class in "
+                         f"0..{train.num_classes - 1} on every image")
+
 # %% ../nbs/14_eval.ipynb #21b4a081
 def _evaluate_args(model: nn.Module, train: FgBgData, test: FgBgData, k: int,
-                   variants, fgsm_eps, dcodr: str, expl_n) -> tuple:
+                   variants, fgsm_eps, dcodr: str, expl_n, held_out=None, n_boot=1000) -> tuple:
     """`evaluate`'s arguments checked: DCoDR's features (None when off), the FGSM budgets and the
     test variants."""
     _check_splits(train, test, k)
+    _check_held_out(held_out, train, n_boot)
     if dcodr not in _DCODR:
         raise ValueError(f"unknown dcodr setting {dcodr!r}; allowed: {', '.join(_DCODR)}")
     dfeat = None if dcodr == "off" else dcodr_features(model, dcodr)
@@ -612,34 +828,44 @@ def _calibration(res: dict, probs, labels, bins: int):
     res["calibration"] = {k: v.tolist() for k, v in calibration_bins(probs, labels, bins).items()}
 
 # %% ../nbs/14_eval.ipynb #cc052095
+def _result(train: FgBgData, test: FgBgData, tv: dict, ftr, k: int) -> dict:
+    "An evaluation result before any measure: sizes, sources, and None for every optional measure."
+    return {"n_train": len(train), "n_test": len(test), "num_classes": train.num_classes,
+            "feat_dim": ftr.shape[1], "k": k, "variants": {},
+            "variant_sizes": {v: len(d) for v, d in tv.items()},
+            "variant_sources": {v: available_variants(test)[v] for v in tv},
+            "unavailable": {}, **dict.fromkeys(("worst_group", "groups", "bg_probe", "dcodr",
+                                                 "adversarial_bg", "pooled_groups",
+                                                 "balanced_probe"))}
+
+# %% ../nbs/14_eval.ipynb #01110d59
 def evaluate(model: nn.Module, train: FgBgData, test: FgBgData, mean=None, std=None,
              k: int = 5, variants=None, probe: nn.Linear | None = None, probe_epochs: int = 100,
-             fgsm_eps=_FGSM_EPS, fgsm_n: int = 512, min_group: int = 5, seed: int = 0,
+             fgsm_eps=_FGSM_EPS, fgsm_n: int = 512, min_group: int = MIN_GROUP, seed: int = 0,
              model_key: str | None = None, cache: bool = True, cache_root=None, batch: int = 512,
              amp: str = "auto", adv_fg: int = 64, adv_bg: int = 64, dcodr: str = "auto",
-             dcodr_epochs: int = 100, ece_bins: int = 10, expl_n: int = 256) -> dict:
-    """kNN and linear accuracy on each test variant (own labels), BG-gap, worst group, background
-    probe, DCoDR's measures, ECE, FGSM, explanations, adversarial backgrounds."""
+             dcodr_epochs: int = 100, ece_bins: int = 10, expl_n: int = 256,
+             held_out: FgBgData | None = None, n_boot: int = 1000) -> dict:
+    """kNN and linear accuracy on each test variant (own labels), BG-gap, pooled groups, the
+    group-balanced probe, background probe, DCoDR's, ExCon's and the adversarial measures."""
     t0 = time.time()
-    dfeat, eps, vs = _evaluate_args(model, train, test, k, variants, fgsm_eps, dcodr, expl_n)
+    dfeat, eps, vs = _evaluate_args(model, train, test, k, variants, fgsm_eps, dcodr, expl_n,
+                                    held_out, n_boot)
     emb, trv = (_embedder(model, mean, std, model_key, cache, cache_root, batch, amp),
                 _train_variants(train))
     ftr = emb(train)
     tv = {v: variant_of(test, v) for v in vs}
     fte = {v: emb(tv[v]) for v in vs}
-    C = train.num_classes
-    res = {"n_train": len(train), "n_test": len(test), "num_classes": C,
-           "feat_dim": ftr.shape[1], "k": k, "variants": {},
-           "variant_sizes": {v: len(d) for v, d in tv.items()},
-           "variant_sources": {v: available_variants(test)[v] for v in vs}}
+    C, res = train.num_classes, _result(train, test, tv, ftr, k)
     probe, probs, train_top1 = _probe(probe, ftr, train, fte["original"], test, probe_epochs, seed)
     if train_top1 is not None: res["probe_train_top1"] = train_top1
     preds = _variant_measures(res, probe, ftr, train, fte, tv, k)
-    res["worst_group"] = res["groups"] = res["bg_probe"] = None
-    res["dcodr"] = res["adversarial_bg"] = None
-    na = res["unavailable"] = {}
-    if res["bg_gap"] is None: na["bg_gap"] = "needs both mixed_same and mixed_rand test images"
+    if res["bg_gap"] is None:
+        res["unavailable"]["bg_gap"] = "needs both mixed_same and mixed_rand test images"
+    typical = _typical(train)
     _groups(res, preds, tv, trv, emb, fte, C, min_group, probe_epochs, seed)
+    _pooled(res, preds, tv, typical, C, n_boot, seed)
+    _balanced(res, emb, train, held_out, ftr, fte, tv, typical, probe_epochs, seed)
     _dcodr(res, tv, trv, lambda d: emb(d, dfeat == "code"), dfeat, C, dcodr_epochs, seed,
            model_device(model))
     _calibration(res, probs, test.labels, ece_bins)

@@ -11,7 +11,8 @@ from .eval import EXPL_VARIANTS
 
 # %% auto #0
 __all__ = ['COLOURS', 'unpack_mean_std', 'fmt', 'bar_trace', 'plot_four_settings', 'plot_variants', 'plot_groups',
-           'plot_calibration', 'html_table', 'html_report', 'unavailable_text', 'print_eval', 'eval_report', 'out_dir']
+           'plot_calibration', 'html_table', 'html_report', 'unavailable_text', 'print_eval', 'pooled_table',
+           'eval_report', 'out_dir']
 
 # %% ../nbs/14b_report.ipynb #1ff78052
 def unpack_mean_std(v) -> tuple:
@@ -183,6 +184,40 @@ def _unseen_gap(res: dict) -> dict | None:
     "The BG-gap on unseen backgrounds of an `evaluate` result (None: not measured, or older)."
     return (res.get("benchmark") or {}).get("bg_gap_unseen")
 
+# %% ../nbs/14b_report.ipynb #61a2299c
+def _ci_text(b: dict, k: str) -> str:
+    "'42.0% [35.1, 48.3]': a pooled-group statistic with its bootstrap interval."
+    lo, hi = b[f"{k}_ci"]
+    return f"{b[k]:.1f}% [{lo:.1f}, {hi:.1f}]"
+
+# %% ../nbs/14b_report.ipynb #39023122
+def _pooled_line(res: dict) -> str | None:
+    "The pooled groups as one line (None for a result from before them)."
+    if "pooled_groups" not in res: return None
+    pg = res["pooled_groups"]
+    if not pg: return "pooled groups: " + unavailable_text(res["unavailable"].get("pooled_groups"))
+    sz = [n for n in pg["linear"]["size"] if n > 0]
+    stat = lambda c: (f"mean {_ci_text(pg[c], 'mean')}, worst {_ci_text(pg[c], 'worst')} "
+                      f"({pg['names'][pg[c]['worst_group']]})")
+    return (f"pooled groups ({pg['variant']}, class x typical/atypical background, {len(sz)} "
+            f"groups of {min(sz)}-{max(sz)} images, {pg['linear']['level']:.0%} bootstrap "
+            f"intervals): linear {stat('linear')}; 5-NN {stat('knn5')}")
+
+# %% ../nbs/14b_report.ipynb #3dce1190
+def _balanced_line(res: dict) -> str | None:
+    "The group-balanced probe's BG-gap next to the plain probe's (None for an older result)."
+    if "balanced_probe" not in res: return None
+    b = res["balanced_probe"]
+    if not b: return "balanced probe: " + unavailable_text(res["unavailable"].get("balanced_probe"))
+    head = (f"balanced probe ({b['fit_on']}, {b['per_group']} images from each of "
+            f"{b['n_groups']} pooled groups)")
+    if b["bg_gap"] is None or b["plain_bg_gap"] is None:
+        return head + ": no BG-gap (needs mixed_same and mixed_rand)"
+    share = "" if b["share_of_gap"] is None else f", {b['share_of_gap']:.0%} of it remains"
+    return (f"{head}: BG-gap {b['bg_gap']:+.1f} points, plain probe {b['plain_bg_gap']:+.1f}"
+            f"{share}; the features hold {b['bg_gap']:+.1f}, the plain probe's head added "
+            f"{b['plain_bg_gap'] - b['bg_gap']:+.1f}")
+
 # %% ../nbs/14b_report.ipynb #a8bc5c59
 def print_eval(res: dict, file=None):
     """Print an evaluation's accuracy per test variant, its background, DCoDR, ExCon's and
@@ -209,6 +244,8 @@ def print_eval(res: dict, file=None):
           f"{res['classes'][c]} on background {bn[b] if b < len(bn) else b}, {wg['size']} images); "
           f"mean over {wg['n_groups']} groups {wg['mean_group_acc']:.1f}%")
     else: p("worst group: " + unavailable_text(na.get("worst_group")))
+    for line in (_pooled_line(res), _balanced_line(res)):
+        if line: p(line)
     if res["bg_probe"]:
         p(f"background probe: {res['bg_probe']['top1']:.1f}% (chance "
           f"{res['bg_probe']['chance']:.1f}%; lower = more invariant)")
@@ -289,6 +326,46 @@ def _excon_blocks(res: dict) -> list:
                       f"{ex['threshold']}.{html.escape(masks)}</p>")
     return blocks + [f"<p class='note'>{html.escape(_EXCON_NOTE)}</p>"]
 
+# %% ../nbs/14b_report.ipynb #0c23dc51
+def _group_rows(res: dict) -> list:
+    """The background table's rows of the groups and the balanced probe: pooled groups with their
+    intervals, the worst cell where cells are large enough, the balanced probe's BG-gap."""
+    na, rows = res.get("unavailable", {}), []
+    pg, b = res.get("pooled_groups"), res.get("balanced_probe")
+    for k, nm in (("mean", "mean pooled-group accuracy"), ("worst", "worst pooled-group accuracy")):
+        if "pooled_groups" in res:
+            rows.append([f"{nm}, linear / 5-NN ({pg['variant']}; 95% interval)" if pg else nm,
+                         f"{_ci_text(pg['linear'], k)} / {_ci_text(pg['knn5'], k)}" if pg
+                         else unavailable_text(na.get("pooled_groups"))])
+    rows.append([f"worst (class, background) cell, linear / 5-NN ({res.get('group_variant')}; "
+                 f"cells of >= {res.get('min_group', 5)} images)",
+                 f"{fmt(res['worst_group']['linear']['acc'])} / "
+                 f"{fmt(res['worst_group']['knn5']['acc'])}" if res["worst_group"]
+                 else unavailable_text(na.get("worst_group"))])
+    if "balanced_probe" in res:
+        rows.append([f"BG-gap, group-balanced probe / plain probe, linear (points; {b['fit_on']})"
+                     if b else "BG-gap, group-balanced probe",
+                     f"{fmt(b['bg_gap'])} / {fmt(b['plain_bg_gap'])}" if b
+                     else unavailable_text(na.get("balanced_probe"))])
+    if b and b["share_of_gap"] is not None:
+        rows.append(["share of the plain BG-gap left with the balanced probe (%)",
+                     fmt(100 * b["share_of_gap"])])
+    return rows
+
+# %% ../nbs/14b_report.ipynb #e5d1a125
+def pooled_table(res: dict) -> str:
+    """HTML table of the pooled groups: per class its typical background, and the size and linear
+    accuracy of its typical and atypical groups ('' without pooled groups)."""
+    pg = res.get("pooled_groups")
+    if not pg: return ""
+    lin, bn = pg["linear"], res.get("bg_names") or []
+    rows = [[pg["names"][2 * c].rsplit(" (", 1)[0],
+             bn[t] if 0 <= t < len(bn) else ("none" if t < 0 else t),
+             lin["size"][2 * c], fmt(lin["acc"][2 * c]), lin["size"][2 * c + 1],
+             fmt(lin["acc"][2 * c + 1])] for c, t in enumerate(pg["typical"])]
+    return html_table(rows, ["class", "typical background", "typical: images", "typical: linear",
+                             "atypical: images", "atypical: linear"])
+
 # %% ../nbs/14b_report.ipynb #cbd4d44e
 def _bg_rows(res: dict) -> list:
     "The rows of the background table: a value, or why it is not available."
@@ -304,10 +381,7 @@ def _bg_rows(res: dict) -> list:
             bg.append([f"{nm}{'' if m['variant'] == nm else ' (' + m['variant'] + ')'}"
                        ", linear / 5-NN",
                        f"{fmt(m['linear'])} / {fmt(m['knn5'])}"])
-    bg.append([f"worst-group accuracy, linear / 5-NN ({res.get('group_variant')})",
-               f"{fmt(res['worst_group']['linear']['acc'])} / "
-               f"{fmt(res['worst_group']['knn5']['acc'])}" if res["worst_group"]
-               else unavailable_text(na.get("worst_group"))])
+    bg += _group_rows(res)
     bg.append(["background probe top-1 (chance)",
                f"{fmt(res['bg_probe']['top1'])} ({fmt(res['bg_probe']['chance'])})"
                if res["bg_probe"]
@@ -335,6 +409,13 @@ def _bg_note(res: dict) -> str:
     unseen = ("on unseen backgrounds: acc(mixed_same) - acc(mixed_rand_unseen), its backgrounds "
               "from families no training split holds; " if _unseen_gap(res) else "")
     return ("<p class='note'>BG-gap = acc(mixed_same) - acc(mixed_rand); " + unseen
+            + "pooled groups: each class's images on its typical training background and on any "
+            "other; mean and worst over them with percentile bootstrap intervals (images resampled "
+            "within each group); the (class, background) cell only where every cell holds enough "
+            "images; group-balanced probe: a linear probe fitted on equally many images of every "
+            "pooled group (DFR, Kirichenko et al., arXiv:2204.02937): its BG-gap is what the "
+            "features hold, the difference to the plain probe's is what the plain probe's head "
+            "added; "
             + "background probe and DCoDR domain probe: lower = more background-invariant "
             "(chance is ideal); DCoDR retrieval: the share of test images whose nearest code has "
             "their class; foregrounds fooled: the share of foregrounds that some background of "
@@ -370,6 +451,7 @@ def eval_report(res: dict, title: str) -> str:
     blocks += ["<h2>Background and robustness measures (%)</h2>",
                html_table(_bg_rows(res), ["measure", "value"]),
                _bg_note(res)]
+    if res.get("pooled_groups"): blocks.append(pooled_table(res))
     if res["groups"]: blocks.append(plot_groups(res))
     blocks += _excon_blocks(res)
     blocks.append(plot_calibration(res))

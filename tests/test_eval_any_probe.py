@@ -211,7 +211,7 @@ def test_two_encoders_side_by_side(capsys, world):
     assert code == 0, err
     r = json.loads((out/"results.json").read_text())
     cols, (ours, cnn) = r["table"]["columns"], r["table"]["rows"]
-    assert cols[-5:] == ["BG-gap", "5-NN BG-gap", "worst group", "background probe", "ECE"]
+    assert cols[-5:] == ["BG-gap", "5-NN BG-gap", "worst pooled group", "background probe", "ECE"]
     assert (ours[1], cnn[1]) == ("probe", "probe")
     mine = r["models"][f"iclmsr:{world['ckpt']}"]
     assert ours[2:2 + len(mine["variants"])] == [v["linear_top1"] for v in mine["variants"].values()]

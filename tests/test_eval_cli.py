@@ -53,7 +53,8 @@ def test_eval_writes_results_report_and_probe(env, ckpt, tmp_path):
     vs = r["variants"]
     assert r["bg_gap"]["linear"] == pytest.approx(vs["mixed_same"]["linear_top1"] - vs["mixed_rand"]["linear_top1"])
     assert r["bg_gap"]["knn5"] == pytest.approx(vs["mixed_same"]["knn5"] - vs["mixed_rand"]["knn5"])
-    assert _pct(r["worst_group"]["linear"]["acc"]) and _pct(r["bg_probe"]["top1"]) and _pct(r["ece"])
+    assert _pct(r["pooled_groups"]["linear"]["worst"]) and _pct(r["bg_probe"]["top1"]) and _pct(r["ece"])
+    assert r["worst_group"] is None and "fewer than min_group=25" in r["unavailable"]["worst_group"]   # cells of a few images
     f = r["fgsm"]   # FGSM at 1, 2, 4 and 8/255 on the first 16 test images
     assert f["n"] == 16 and list(f["acc"]) == ["1/255", "2/255", "4/255", "8/255"] and all(_pct(a) for a in f["acc"].values())
     assert f["eps"] == pytest.approx([1 / 255, 2 / 255, 4 / 255, 8 / 255]) and f["acc"]["8/255"] <= f["clean"]
@@ -144,7 +145,7 @@ def _schema(m, std: bool):
     for a in ("train_full", "train_fg"):
         for b in ("test_full", "test_fg"):
             assert num(m["four_settings"][a][b]["linear"]) and num(m["four_settings"][a][b]["knn5"])
-    for c in ("linear", "knn5"): assert num(m["worst_group"][c])
+    for c in ("linear", "knn5"): assert num(m["pooled"][c]["worst"]) and num(m["pooled"][c]["mean"])
     assert num(m["bg_probe"]) and num(m["ece"]) and num(m["fgsm"])
     gap = m["bg_gap"]["linear"]
     assert (isinstance(gap, dict) and -100 <= gap["mean"] <= 100) if std else -100 <= gap <= 100
