@@ -27,13 +27,13 @@ from .augment import TwoViewAugment
 from .build import Learner, method_from_config, resolve_defaults
 
 # %% auto #0
-__all__ = ['emb_stats', 'MIN_GROUP', 'EXPL_VARIANTS', 'SETTINGS', 'TESTS', 'amp_dtype', 'embed', 'state_key', 'file_key',
-           'data_key', 'embeddings', 'ProbedModel', 'check_probe', 'variant_scores', 'bg_gaps', 'benchmark_measures',
-           'group_table', 'expected_worst_cell', 'group_measures', 'pooled_groups', 'group_bootstrap',
-           'pooled_group_measures', 'balanced_subset', 'fit_balanced_probe', 'adversarial_backgrounds', 'fgsm_curve',
-           'explanation_layer', 'dcodr_features', 'evaluate', 'norm_stats', 'train_method', 'four_settings_table',
-           'four_settings', 'method_from_checkpoint', 'check_fits', 'save_probe', 'load_probe', 'default_test_split',
-           'package_versions', 'split_spec_variant', 'eval_checkpoint']
+__all__ = ['emb_stats', 'MIN_GROUP', 'EXPL_VARIANTS', 'MIN_BALANCED', 'SETTINGS', 'TESTS', 'amp_dtype', 'embed', 'state_key',
+           'file_key', 'data_key', 'embeddings', 'ProbedModel', 'check_probe', 'variant_scores', 'bg_gaps',
+           'benchmark_measures', 'group_table', 'expected_worst_cell', 'group_measures', 'pooled_groups',
+           'group_bootstrap', 'pooled_group_measures', 'balanced_subset', 'fit_balanced_probe',
+           'adversarial_backgrounds', 'fgsm_curve', 'explanation_layer', 'dcodr_features', 'evaluate', 'norm_stats',
+           'train_method', 'four_settings_table', 'four_settings', 'method_from_checkpoint', 'check_fits', 'save_probe',
+           'load_probe', 'default_test_split', 'package_versions', 'split_spec_variant', 'eval_checkpoint']
 
 # %% ../nbs/14_eval.ipynb #68ad8cd6
 _AMP = ("auto", "bf16", "off")
@@ -718,14 +718,31 @@ def _expected_groups(typical, labels) -> list:
     cls = torch.as_tensor(labels).long().unique().tolist()
     return [2 * c + a for c in cls for a in (0, 1) if a == 1 or int(typical[c]) >= 0]
 
+# %% ../nbs/14_eval.ipynb #b4d1e0aa
+# the fewest images per pooled group a held-out split must give the balanced probe; below it the
+# probe is fitted on a balanced subsample of train instead (and says so)
+MIN_BALANCED = 5
+
+def _usable_held_out(held_out, typical) -> tuple:
+    """(`held_out`, '') when its smallest non-empty pooled group holds `MIN_BALANCED` images or
+    more, else (None, the reason, for the probe's `fit_on`)."""
+    if held_out is None or not _has_bgs(held_out): return held_out, ""
+    g = pooled_groups(held_out.labels, held_out.backgrounds, typical)
+    n = torch.bincount(g[g >= 0])
+    m = int(n[n > 0].min()) if bool((n > 0).any()) else 0
+    if m >= MIN_BALANCED: return held_out, ""
+    return None, (f"; the held-out split's smallest pooled group holds {m} image(s), fewer than "
+                  f"{MIN_BALANCED}")
+
 # %% ../nbs/14_eval.ipynb #a18298d4
 def _balanced(res: dict, emb, train: FgBgData, held_out, ftr, fte: dict, tv: dict, typical,
               epochs: int, seed: int) -> None:
     """The group-balanced probe (DFR) into res['balanced_probe']: fitted on `held_out` images (or a
     balanced subsample of train), scored on every test variant; or the reason."""
     na, res["balanced_probe"] = res["unavailable"], None
-    d, where = (train, "train") if held_out is None else (held_out, "held-out")
     if typical is None: na["balanced_probe"] = _NO_TYPICAL; return
+    held_out, note = _usable_held_out(held_out, typical)
+    d, where = (train, "train" + note) if held_out is None else (held_out, "held-out")
     if not _has_bgs(d): na["balanced_probe"] = f"{_NO_BGS} (on the {where} images)"; return
     g = pooled_groups(d.labels, d.backgrounds, typical)
     try: clf, info = fit_balanced_probe(ftr if held_out is None else emb(held_out), d.labels, g,

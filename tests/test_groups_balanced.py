@@ -12,7 +12,7 @@ import iclmsr.compare as compare_mod
 from iclmsr.cli import main
 from iclmsr.compare import COLUMNS, flat_measures
 from iclmsr.data import make_toy, variant_of
-from iclmsr.eval import (MIN_GROUP, balanced_subset, embed, evaluate, expected_worst_cell, fit_balanced_probe,
+from iclmsr.eval import (MIN_BALANCED, MIN_GROUP, balanced_subset, embed, evaluate, expected_worst_cell, fit_balanced_probe,
                          group_bootstrap, pooled_groups)
 from iclmsr.methods import build_method
 from iclmsr.probe import eval_linear, linear_probe
@@ -114,7 +114,8 @@ def tiny():
     toy = make_toy(num_classes=4, n_train=24, n_test=12)
     torch.manual_seed(0)
     net = build_method("simclr", backbone="small_cnn", image_size=32, proj_hidden=32, proj_dim=16)
-    return net, toy["train"], toy["test"], make_toy(num_classes=4, n_train=24, n_test=12, seed=1)["train"]
+    # held-out images: 80 a class, so that every pooled group holds at least MIN_BALANCED
+    return net, toy["train"], toy["test"], make_toy(num_classes=4, n_train=80, n_test=12, seed=1)["train"]
 
 FAST = dict(probe_epochs=10, fgsm_n=0, adv_fg=0, expl_n=0, dcodr="off", cache=False)
 
@@ -147,6 +148,17 @@ def test_evaluate_fits_the_balanced_probe_on_held_out_images(tiny):
         assert x["bg_gap_unseen"] == pytest.approx(x["variants"]["mixed_same"] - x["variants"]["mixed_rand_unseen"])
     g = pooled_groups(held.labels, held.backgrounds, [0, 1, 2, 3])
     assert bb["per_group"] == int(torch.bincount(g)[torch.bincount(g) > 0].min()) and bb["n_fit"] == bb["per_group"] * bb["n_groups"]
+    assert bb["per_group"] >= MIN_BALANCED
+
+def test_a_held_out_split_with_tiny_groups_falls_back_to_train(tiny):
+    net, tr, te, _ = tiny
+    small = make_toy(num_classes=4, n_train=24, n_test=12, seed=1)["train"]
+    n = torch.bincount(pooled_groups(small.labels, small.backgrounds, [0, 1, 2, 3]))
+    m = int(n[n > 0].min())
+    assert m < MIN_BALANCED
+    r = evaluate(net, tr, te, held_out=small, **FAST)["balanced_probe"]
+    assert r["fit_on"] == (f"balanced (train; the held-out split's smallest pooled group holds {m} image(s), fewer "
+                           f"than {MIN_BALANCED})")
 
 @pytest.mark.parametrize("kw, msg", [
     (dict(n_boot=0), "n_boot (bootstrap resamples) must be an integer >= 1, got 0"),
