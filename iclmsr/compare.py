@@ -482,8 +482,9 @@ def run_compare(st: dict, out, log=print, cbs=(), retries: int = RETRIES,
     check_methods(st, splits[st["seeds"][0]]["fit"])
     log(_header(runs))
     prog = Progress(runs, log, retries, stale_after)
-    work_queue(lambda: _runs(st, out), _trainer(st, splits, cbs), holder("local"), retries,
-               stale_after, log=log, on_step=lambda: prog.update(_runs(st, out)))
+    # the folders, not this list, say where each run stands (`iclmsr.launch.run_state`)
+    work_queue(lambda: runs, _trainer(st, splits, cbs), holder("local"), retries, stale_after,
+               log=log, on_step=lambda: prog.update(runs))
     return _final(st, out, retries, stale_after)
 
 # %% ../nbs/17_compare.ipynb #2830f236
@@ -522,8 +523,9 @@ def _work(st: dict, out: str, launcher: str, retries: int, stale_after: float, w
     """One worker of `--launcher local|gpus|submitit`, in its own process: claim, train and release
     the comparison's runs until none is left to do (`iclmsr.launch.work_queue`)."""
     log = lambda *a: print(f"[{job}]", *a, flush=True)
-    work_queue(lambda: _runs(st, out), _trainer(st, {}), holder(launcher, job), retries,
-               stale_after, wait, max_runs, log)
+    runs = _runs(st, out)
+    work_queue(lambda: runs, _trainer(st, {}), holder(launcher, job), retries, stale_after, wait,
+               max_runs, log)
 
 # %% ../nbs/17_compare.ipynb #3b86dd2d
 def seed_stats(values: list) -> dict | None:
@@ -972,7 +974,7 @@ def _launch(st: dict, d: Path, log, lo: dict) -> list:
     todo = sum(r["status"] != "done" for r in runs)
     prog = Progress(runs, log, lo["retries"], lo["claim_timeout"],
                     lo["jobs"] if lo["launcher"] == "local" else len(visible_gpus()) or 1)
-    watch = lambda: prog.update(_runs(st, d))
+    watch = lambda: prog.update(runs)
     if not todo: ends = []
     elif lo["launcher"] == "local": ends = launch_local(_work, (*args, True, None), lo["jobs"],
                                                         watch=watch)
