@@ -42,14 +42,23 @@ def _read_json(p: Path) -> dict | None:
     return v if isinstance(v, dict) else {}
 
 # %% ../nbs/17b_launch.ipynb #1f7cd670
+def _gone(c: dict) -> bool:
+    "Whether the holder of claim `c` is a process of this host that no longer exists."
+    if c.get("host") != socket.gethostname() or not isinstance(c.get("pid"), int): return False
+    try: os.kill(c["pid"], 0)
+    except ProcessLookupError: return True
+    except OSError: return False
+    return False
+
+# %% ../nbs/17b_launch.ipynb #f2605764
 def read_claim(run_dir, name: str = CLAIM, stale_after: float = STALE_AFTER) -> dict | None:
     """The claim of `run_dir`: its holder, `since`, `token`, `age` (seconds since its last
-    heartbeat) and `live` (age within the holder's own `stale_after`, else the one given); None
-    when nobody holds it."""
+    heartbeat) and `live`: its age within the holder's own `stale_after` (else the one given), and
+    its holder not a process of this host that is gone. None when nobody holds it."""
     p = Path(run_dir)/name
     c, age = _read_json(p), _age(p)
     if c is None or age is None: return None
-    return {**c, "age": age, "live": age <= c.get("stale_after", stale_after)}
+    return {**c, "age": age, "live": age <= c.get("stale_after", stale_after) and not _gone(c)}
 
 # %% ../nbs/17b_launch.ipynb #bfe5fc26
 def _take_over(p: Path, stale_after: float) -> dict | None:
@@ -62,8 +71,8 @@ def _take_over(p: Path, stale_after: float) -> dict | None:
             with contextlib.suppress(OSError): lock.unlink()
         return None
     try:
-        if (_age(p) or 0) <= stale_after: return None
         old = _read_json(p) or {}
+        if (_age(p) or 0) <= stale_after and not _gone(old): return None
         p.unlink()
         return old
     except OSError: return None
@@ -338,6 +347,7 @@ def cores() -> int:
     return (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
             else (os.cpu_count() or 1))
 
+# %% ../nbs/17b_launch.ipynb #ce39e34b
 def cpu_threads(jobs: int) -> int:
     "Torch threads of each of `jobs` workers on this machine: its cores shared out, at least one."
     return max(1, cores() // max(1, jobs))

@@ -126,7 +126,7 @@ def test_two_commands_on_one_folder_train_each_run_once(reference, tmp_path, cap
     assert numbers(d) == numbers(reference) and results(d) == results(reference)
 
 def test_a_killed_claim_holder_is_resumed_by_the_next_command(reference, tmp_path, capsys):
-    "SIGKILL (no handler runs) while the subprocess holds a claim: it goes stale after --claim-timeout, the next resumes."
+    "SIGKILL (no handler runs) while the subprocess holds a claim: stale at once here, after --claim-timeout from another node; the next command resumes it."
     d, args = tmp_path/"cmp", ARGS + ["--claim-timeout", "2", "--quiet"]
     p = subprocess.Popen([bin_path("iclmsr"), *args, "--out", str(d)], env=ENV, stdout=subprocess.DEVNULL,
                          stderr=subprocess.PIPE)
@@ -134,7 +134,13 @@ def test_a_killed_claim_holder_is_resumed_by_the_next_command(reference, tmp_pat
     r, c = mid_run(d)
     p.send_signal(signal.SIGKILL); p.wait(30)
     assert p.returncode == -signal.SIGKILL and read_claim(r)["pid"] == p.pid
+    assert not read_claim(r)["live"]                    # a process of this host that is gone: stale at once
+    # as if it had run on another node (its process cannot be looked up): stale once its heartbeat is 2 s old
+    (r/"claim.json").write_text(json.dumps({**json.loads((r/"claim.json").read_text()), "host": "another-node"}))
+    assert read_claim(r)["live"]
+    t0 = time.time()
     assert main(args + ["--out", str(d)]) == 0
+    assert time.time() - t0 > 2
     assert [a["event"] for a in read_attempts(r)] == ["start", "stale", "start", "done"]
     assert "stopped its heartbeat" in read_attempts(r)[1]["error"]
     assert json.loads((r/"records.jsonl").read_text().splitlines()[0])["resumed_from"] > 0
