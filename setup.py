@@ -29,6 +29,7 @@ requirements += [f'{r}; {linux_x86}' for r in cfg.get('linux_x86_64_requirements
 requirements += [f'{r}; {elsewhere}' for r in cfg.get('other_platform_requirements','').split()]
 if cfg.get('pip_requirements'): requirements += cfg.get('pip_requirements','').split()
 dev_requirements = (cfg.get('dev_requirements') or '').split()
+slurm_requirements = (cfg.get('slurm_requirements') or '').split()
 
 project_urls = {}
 if cfg.get('doc_host'): project_urls["Documentation"] = cfg['doc_host'] + cfg.get('doc_baseurl', '')
@@ -46,7 +47,7 @@ setuptools.setup(
     packages = setuptools.find_packages(include=['iclmsr', 'iclmsr.*']),
     include_package_data = True,
     install_requires = requirements,
-    extras_require={ 'dev': dev_requirements },
+    extras_require={ 'dev': dev_requirements, 'slurm': slurm_requirements },
     dependency_links = cfg.get('dep_links','').split(),
     python_requires  = '>=' + cfg['min_python'],
     long_description = open('README.md', encoding='utf-8').read(),

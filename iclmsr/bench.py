@@ -33,11 +33,11 @@ from .dashboard import Recorder, Dashboard
 # %% auto #0
 __all__ = ['BENCHES', 'EPOCH_BASE', 'QUICK_EPOCH', 'EPOCH_RUNS', 'CHALLENGE_BGS', 'bench', 'bench_step', 'bench_augment',
            'bench_knn', 'bench_toy', 'bench_icl_epoch', 'bench_excon_step', 'bench_embed', 'bench_grad_cam',
-           'bench_umap', 'bench_dashboard']
+           'bench_umap', 'bench_dashboard', 'bench_launch']
 
 # %% ../nbs/20_bench.ipynb #6d493721
 BENCHES = ("augment", "step", "knn", "toy", "icl_epoch", "excon_step",
-           "embed", "lightly", "profile", "scale")
+           "embed", "lightly", "profile", "scale", "launch")
 
 def _run_bench(name: str, quick: bool) -> dict:
     if name == "augment":
@@ -75,6 +75,7 @@ def _run_bench(name: str, quick: bool) -> dict:
         from iclmsr.speed import bench_loss_scale
         return (bench_loss_scale(batches=(128, 256), strata=(1, 8), batch=128, repeat=1)
                 if quick else bench_loss_scale())
+    if name == "launch": return bench_launch(**_QUICK_LAUNCH) if quick else bench_launch()
     raise ValueError(f"unknown benchmark {name!r}; allowed: {', '.join(BENCHES)}")
 
 # %% ../nbs/20_bench.ipynb #7e482ed4
@@ -86,7 +87,7 @@ def _is_bench(p: Path) -> bool:
 # %% ../nbs/20_bench.ipynb #41f5afa4
 def bench(out: str = "bench.json",  # JSON file for the results
           # comma-separated benchmarks to run (default: all of augment, step, knn, toy, icl_epoch,
-          # excon_step, embed, lightly, profile, scale)
+          # excon_step, embed, lightly, profile, scale, launch)
           only: name_list = None,
           quick: bool = False,  # tiny sizes: a smoke run whose numbers mean little
           overwrite: bool = False,  # replace --out when it holds an earlier result of iclmsr bench
@@ -588,3 +589,54 @@ def bench_dashboard(overrides: list[str] | None = None, steps: int = 480,
             "watch_cpu_pct": 100 * (dash.draw_cpu + dash.rec.cost) / watched_s,
             "block_steps": block, "every": every, "max_points": max_points,
             "steps_per_s": float(np.median([b["steps_per_s"] for b in bl]))}
+
+# %% ../nbs/20_bench.ipynb #df2bf13a
+def _claim_cost(n: int) -> float:
+    """Seconds the queue spends per run outside training: `work_queue` over the 21 runs of the CPU
+    default comparison with a training that only writes `done`, `n` runs taken."""
+    import tempfile
+    from iclmsr.compare import _runs, compare_settings, CPU_SPEC
+    from iclmsr.launch import holder, work_queue
+    st = compare_settings(None, CPU_SPEC, 3, 150, ["model.backbone=small_cnn"], log=lambda *a: None)
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = _runs(st, tmp)
+        done = lambda r, cbs: (Path(r["dir"])/"done").write_text("done\n") > 0
+        t = time.perf_counter()
+        work_queue(lambda: runs, done, holder("bench"), max_runs=n, log=lambda *a: None)
+        return (time.perf_counter() - t) / n
+
+# %% ../nbs/20_bench.ipynb #2d07fd5c
+_QUICK_LAUNCH = dict(seeds=1, budget=4, probe_epochs=2, claims=5)   # iclmsr bench --quick
+
+def bench_launch(methods: str = "simclr,supcon", seeds: int = 2, budget: int = 150,
+                 probe_epochs: int = 100, claims: int = 21) -> dict:
+    """Wall-clock seconds of one comparison (the CPU defaults but `methods` x `seeds`, no FGSM,
+    Grad-CAM or foreground check) at `--jobs 1` (this process, every core's threads) and at
+    `--jobs 2` (cores // 2 threads each), their ratio, the largest difference of their test numbers
+    (other thread counts sum in another order: bitwise equal only at equal threads), and the claims'
+    seconds per run (`claims` runs) as a share of a 40-second run."""
+    import contextlib, io, tempfile
+    from iclmsr.compare import compare
+    from iclmsr.launch import cores, cpu_threads
+    kw = dict(methods=methods, seeds=seeds, budget=budget, probe_epochs=probe_epochs, fgsm_n=0,
+              expl_n=0, no_fg_control=True, no_umap=True, quiet=True)
+    secs, rows, nt = {}, {}, torch.get_num_threads()
+    with tempfile.TemporaryDirectory() as tmp:
+        for jobs in (1, 2):
+            torch.set_num_threads(cores())
+            t = time.perf_counter()
+            try:
+                with contextlib.redirect_stdout(io.StringIO()):   # its "wrote ..." lines
+                    compare(out=f"{tmp}/jobs{jobs}", jobs=jobs, **kw)
+            finally: torch.set_num_threads(nt)
+            secs[jobs] = time.perf_counter() - t
+            res = json.loads(Path(f"{tmp}/jobs{jobs}/results.json").read_text())
+            rows[jobs] = [v for r in res["rows"].values() for s in r["test"].values() if s
+                          for v in s["runs"]]
+    per_run = _claim_cost(claims)
+    return {"runs": len(methods.split(",")) * seeds, "cores": cores(),
+            "threads": {"jobs1": cores(), "jobs2": cpu_threads(2)}, "jobs1_s": secs[1],
+            "jobs2_s": secs[2], "jobs2_over_jobs1": secs[2] / secs[1],
+            "max_abs_diff": max(abs(a - b) for a, b in zip(rows[1], rows[2])),
+            "claim_s_per_run": per_run,
+            "claim_pct_of_40s_run": 100 * per_run / 40}

@@ -35,16 +35,23 @@ from .viz import (
 # %% auto #0
 __all__ = ['DEFAULT_METHODS', 'EVAL_DEFAULTS', 'DEFAULT_MARGIN', 'ALPHA', 'POWER', 'HPARAMS', 'ICL_HPARAMS', 'NOT_APPLICABLE',
            'PROTOCOL', 'FG_CONTROL', 'FG_LEARNABLE', 'COLUMNS', 'READ_SETTINGS', 'SELECT_BY', 'SAMPLE_VARIANTS',
-           'CPU_SPEC', 'GPU_SPEC', 'DEVICE_DEFAULTS', 'RHO_PANELS', 'known_method', 'registered_methods',
-           'default_methods', 'parse_methods', 'compare_settings', 'method_hparams', 'draw_hparams', 'run_config',
-           'run_key', 'control_name', 'split_control', 'validation_split', 'load_splits', 'check_methods',
-           'read_records', 'append_record', 'run_status', 'StepBudget', 'train_run', 'bg_neighbour_rate',
-           'flat_measures', 'measure_split', 'run_one', 'plan', 'open_out', 'run_compare', 'seed_stats',
-           'paired_differences', 'read_runs', 'select_setting', 'fg_check', 'fg_check_line', 'training_setups',
-           'collect', 'results_table', 'differences_note', 'differences_table', 'hparams_table', 'plot_compare',
-           'supervised', 'saliency_html', 'variant_samples_html', 'plot_umaps', 'setup_table', 'compare_report',
-           'estimate', 'device_defaults', 'compare', 'parse_rho', 'rho_spec', 'rho_settings', 'rho_dir', 'run_rho',
-           'collect_rho', 'plot_rho', 'rho_report']
+           'CPU_SPEC', 'GPU_SPEC', 'DEVICE_DEFAULTS', 'LAUNCH_OPTIONS', 'RHO_PANELS', 'known_method',
+           'registered_methods', 'default_methods', 'parse_methods', 'compare_settings', 'method_hparams',
+           'draw_hparams', 'run_config', 'run_key', 'control_name', 'split_control', 'validation_split', 'load_splits',
+           'check_methods', 'read_records', 'append_record', 'run_status', 'StepBudget', 'train_run',
+           'bg_neighbour_rate', 'flat_measures', 'measure_split', 'run_one', 'plan', 'open_out', 'run_compare',
+           'seed_stats', 'paired_differences', 'read_runs', 'select_setting', 'fg_check', 'fg_check_line',
+           'training_setups', 'collect', 'results_table', 'differences_note', 'differences_table', 'hparams_table',
+           'plot_compare', 'supervised', 'saliency_html', 'variant_samples_html', 'plot_umaps', 'setup_table',
+           'compare_report', 'estimate', 'device_defaults', 'compare', 'parse_rho', 'rho_spec', 'rho_settings',
+           'rho_dir', 'run_rho', 'collect_rho', 'plot_rho', 'rho_report']
+
+# %% ../nbs/17_compare.ipynb #f85aa9b8
+import os
+from .utils import OneOf
+from .launch import (RETRIES, STALE_AFTER, Claim, Progress, holder, launch_gpus,
+                           launch_local, launch_submitit, read_claim, run_state, slurm_minutes,
+                           slurm_parameters, sweep_status, visible_gpus, work_queue, _submitit)
 
 # %% ../nbs/17_compare.ipynb #f25b90f9
 DEFAULT_METHODS = ("simclr", "simclr+ntxent", "simclr+icl-msr", "simclr+do-bg",
@@ -491,36 +498,68 @@ def open_out(st: dict, out, resume: bool = False, overwrite: bool = False) -> Pa
     elif resume: raise UserError(f"nothing to resume: {str(p)!r} does not exist")
     out_dir(d, "comparison", overwrite, resume=True)
     if not p.exists() or json.loads(p.read_text()) != st:   # new, or another --margin
-        p.write_text(json.dumps(st, indent=1))
+        # in one step: a second command joining now never reads half of it
+        tmp = p.with_name(f".compare.json.{os.getpid()}")
+        tmp.write_text(json.dumps(st, indent=1)); os.replace(tmp, p)
     return d
 
 # %% ../nbs/17_compare.ipynb #d87bb650
-def run_compare(st: dict, out, log=print, cbs=()) -> list:
-    """Train and evaluate every run of `plan` not yet done, one progress line per run with an ETA
-    for the rest; returns the plan."""
-    runs = plan(st, out)
+def run_compare(st: dict, out, log=print, cbs=(), retries: int = RETRIES,
+                stale_after: float = STALE_AFTER) -> list:
+    """Train and evaluate every run of `plan` not yet done, in this process, each claimed first
+    (`iclmsr.launch`: a run another worker holds is left to it and waited for) and a failing one
+    tried again up to `retries` times; one progress line per finished run with the ETA of the whole
+    comparison. Returns the plan, each run with its `state`."""
+    runs = _runs(st, out)
     splits = {st["seeds"][0]: load_splits(st, st["seeds"][0])}
     # every method's needs, before the first run starts
     check_methods(st, splits[st["seeds"][0]]["fit"])
-    todo, took, t_all = [r for r in runs if r["status"] != "done"], [], time.time()
-    log(f"{len(runs)} runs: {len(runs) - len(todo)} done, "
-        f"{sum(r['status'] == 'resume' for r in todo)} to resume, "
-        f"{sum(r['status'] == 'new' for r in todo)} new")
-    for i, r in enumerate(todo):
-        t0 = time.time()
+    log(_header(runs))
+    prog = Progress(runs, log, retries, stale_after)
+    # the folders, not this list, say where each run stands (`iclmsr.launch.run_state`)
+    work_queue(lambda: runs, _trainer(st, splits, cbs), holder("local"), retries, stale_after,
+               log=log, on_step=lambda: prog.update(runs))
+    return _final(st, out, retries, stale_after)
+
+# %% ../nbs/17_compare.ipynb #2830f236
+def _runs(st: dict, out) -> list:
+    """`plan`'s runs, each with its `name` ('supcon seed 1') and `where` ('runs/KEY') for the
+    progress and status lines."""
+    return [{**r, "name": f"{_label(r)} seed {r['seed']}", "where": f"runs/{r['key']}"}
+            for r in plan(st, out)]
+
+# %% ../nbs/17_compare.ipynb #d628c913
+def _header(runs: list) -> str:
+    "The first line of a comparison: its runs done, to resume and new."
+    todo = [r for r in runs if r["status"] != "done"]
+    return (f"{len(runs)} runs: {len(runs) - len(todo)} done, "
+            f"{sum(r['status'] == 'resume' for r in todo)} to resume, "
+            f"{sum(r['status'] == 'new' for r in todo)} new")
+
+# %% ../nbs/17_compare.ipynb #5a163adc
+def _trainer(st: dict, splits: dict, cbs=()):
+    """The queue's `train(run, callbacks)`: `run_one` on the run's seed's splits (loaded once per
+    seed into `splits`)."""
+    def train(r: dict, more=()) -> bool:
         if r["seed"] not in splits: splits[r["seed"]] = load_splits(st, r["seed"])
-        if not run_one(st, r["method"], r["seed"], r["dir"], splits[r["seed"]], cbs, r["hp"]):
-            raise KeyboardInterrupt(f"stopped in {_label(r)} seed {r['seed']}; run the same "
-                                    "command again to continue")
-        took.append(time.time() - t0)
-        left = len(todo) - i - 1
-        eta = statistics.mean(took) * left
-        log(f"[{i + 1}/{len(todo)}] {_label(r)} seed {r['seed']} ({r['status']}): "
-            f"{time.time() - t0:.1f} s; ETA {fmt_duration(eta)} for the {left} left" if left
-            else f"[{i + 1}/{len(todo)}] {_label(r)} seed {r['seed']} ({r['status']}): "
-                 f"{time.time() - t0:.1f} s; all done in {fmt_duration(time.time() - t_all)}")
-        r["status"] = "done"
-    return runs
+        return run_one(st, r["method"], r["seed"], r["dir"], splits[r["seed"]], [*cbs, *more],
+                       r["hp"])
+    return train
+
+# %% ../nbs/17_compare.ipynb #c2acc7dc
+def _final(st: dict, out, retries: int, stale_after: float) -> list:
+    "The plan of `out` with each run's `state` (done, running, to do, failed)."
+    return [{**r, "state": run_state(r, retries, stale_after)} for r in _runs(st, out)]
+
+# %% ../nbs/17_compare.ipynb #3c05251b
+def _work(st: dict, out: str, launcher: str, retries: int, stale_after: float, wait: bool,
+          max_runs: int | None, job: str | None = None):
+    """One worker of `--launcher local|gpus|submitit`, in its own process: claim, train and release
+    the comparison's runs until none is left to do (`iclmsr.launch.work_queue`)."""
+    log = lambda *a: print(f"[{job}]", *a, flush=True)
+    runs = _runs(st, out)
+    work_queue(lambda: runs, _trainer(st, {}), holder(launcher, job), retries, stale_after, wait,
+               max_runs, log)
 
 # %% ../nbs/17_compare.ipynb #3b86dd2d
 def seed_stats(values: list) -> dict | None:
@@ -1058,22 +1097,170 @@ def _write_report(st: dict, d: Path, no_umap: bool = False):
     print(fg_check_line(res["fg_check"]))
     print(f"wrote {d/'results.json'} and {d/'report.html'}")
 
+# %% ../nbs/17_compare.ipynb #e2303111
+def _report_once(st: dict, d: Path, no_umap: bool, stale_after: float):
+    """`_write_report` under a claim of the folder `d`: commands finishing together write
+    results.json and report.html one after the other."""
+    while (c := Claim.take(d, holder("report"), stale_after, name=".report.claim")) is None:
+        time.sleep(0.5)
+    with c: _write_report(st, d, no_umap)
+
+# %% ../nbs/17_compare.ipynb #805ae3ef
+def _status(out, lo: dict) -> int:
+    "`compare --status`: the runs of the comparison in `out` done, running, to do and failed."
+    d = Path(out)
+    if not (d/"compare.json").is_file():
+        raise UserError(f"--status: {str(out)!r} holds no comparison (no compare.json): give the "
+                        "--out of a comparison")
+    st = json.loads((d/"compare.json").read_text())
+    print(sweep_status(_runs(st, d), lo["retries"], lo["claim_timeout"]))
+    return 0
+
+# %% ../nbs/17_compare.ipynb #6e034157
+LAUNCH_OPTIONS = {"launcher": "local", "jobs": 1, "retries": RETRIES, "claim_timeout": 300,
+                  "partition": None, "time": None, "gpus_per_job": None, "cpus": None,
+                  "mem": None, "runs_per_job": 1}
+_SLURM = ("partition", "time", "gpus_per_job", "cpus", "mem", "runs_per_job")
+_opt = lambda k: "--" + k.replace("_", "-")
+
+# %% ../nbs/17_compare.ipynb #853d48b8
+def _launch_options(a: dict) -> dict:
+    """`compare`'s launcher options from its arguments `a`, refused in one line where they do not
+    go together or the launcher cannot run here."""
+    lo = {k: a.get(k, v) for k, v in LAUNCH_OPTIONS.items()}
+    if lo["launcher"] not in ("local", "gpus", "submitit"):
+        raise UserError(f"--launcher must be one of local, gpus, submitit, got {lo['launcher']!r}")
+    if lo["jobs"] != 1 and lo["launcher"] != "local":
+        raise UserError("--jobs acts only with --launcher local (gpus: one worker per GPU; "
+                        "submitit: --runs-per-job runs per job): leave it out")
+    given = [k for k in _SLURM if lo[k] != LAUNCH_OPTIONS[k]]
+    if given and lo["launcher"] != "submitit":
+        raise UserError(f"{_opt(given[0])} acts only with --launcher submitit: add it or leave "
+                        f"{_opt(given[0])} out")
+    if lo["launcher"] == "gpus": _check_gpus(a.get("device", "cpu"))
+    if lo["launcher"] == "submitit": _submitit()
+    return lo
+
+# %% ../nbs/17_compare.ipynb #ed661b1c
+def _check_gpus(device: str):
+    "`--launcher gpus` needs GPUs here and `--device cuda` or `auto` (each worker sees its own)."
+    if not visible_gpus(): launch_gpus(None, (), gpus=[])   # its one line
+    if device not in ("cuda", "auto"):
+        raise UserError(f"--launcher gpus gives each worker one GPU (its cuda): pass --device "
+                        f"cuda, not {device!r}")
+
+# %% ../nbs/17_compare.ipynb #a74ed09e
+def _submit(st: dict, d: Path, log, lo: dict, args: tuple, watch, todo: int) -> list:
+    """`--launcher submitit`: ceil(runs to do / --runs-per-job) jobs, each a worker that does not
+    wait for others' runs; the time limit `--time`, else from `estimate` with a margin."""
+    k = lo["runs_per_job"]
+    mins = lo["time"] or slurm_minutes(estimate(st, log)["seconds"] / len(plan(st, d)), k)
+    params = slurm_parameters(mins, lo["partition"], lo["gpus_per_job"], lo["cpus"], lo["mem"])
+    return launch_submitit(_work, (*args, False, k), math.ceil(todo / k), d/"submitit", params,
+                           watch=watch, log=log)
+
+# %% ../nbs/17_compare.ipynb #f111547c
+def _launch(st: dict, d: Path, log, lo: dict) -> list:
+    """The comparison's runs by launcher `lo` (`--jobs 1`: `run_compare` in this process), one
+    progress line per finished run read from the run folders; the plan with each run's state."""
+    if lo["launcher"] == "local" and lo["jobs"] == 1:
+        return run_compare(st, d, log, retries=lo["retries"], stale_after=lo["claim_timeout"])
+    runs, args = _runs(st, d), (st, str(d), lo["launcher"], lo["retries"], lo["claim_timeout"])
+    check_methods(st, load_splits(st, st["seeds"][0])["fit"])   # before any worker starts
+    log(_header(runs))
+    todo = sum(r["status"] != "done" for r in runs)
+    prog = Progress(runs, log, lo["retries"], lo["claim_timeout"],
+                    lo["jobs"] if lo["launcher"] == "local" else len(visible_gpus()) or 1)
+    watch = lambda: prog.update(runs)
+    if not todo: ends = []
+    elif lo["launcher"] == "local": ends = launch_local(_work, (*args, True, None), lo["jobs"],
+                                                        watch=watch)
+    elif lo["launcher"] == "gpus": ends = launch_gpus(_work, (*args, True, None), watch)
+    else: ends = _submit(st, d, log, lo, args, watch, todo)
+    for i, e in enumerate(ends):
+        if e not in (0, "DONE", "COMPLETED", "FINISHED"): log(f"worker {i + 1} ended: {e}")
+    return _final(st, d, lo["retries"], lo["claim_timeout"])
+
+# %% ../nbs/17_compare.ipynb #1bb3188a
+def _ended(runs: list, log, lo: dict, out) -> int:
+    "The exit status of a comparison: 0 when every run is done, else 1 with a line naming the rest."
+    failed = [r["name"] for r in runs if r["state"] == "failed"]
+    left = [r["name"] for r in runs if r["state"] in ("to do", "running")]
+    if failed:
+        log(f"{len(failed)} of {len(runs)} runs failed {lo['retries'] + 1} times and are left out "
+            f"of results.json: {', '.join(failed)}; see iclmsr compare --status --out {out}")
+    if left:
+        log(f"{len(left)} runs are not done: {', '.join(left)}; run the same command again to "
+            "continue them")
+    return 1 if failed or left else 0
+
+# %% ../nbs/17_compare.ipynb #6b62176d
+def _held(out, stale_after: float) -> int:
+    "How many runs of the comparison folder `out` a live worker holds now."
+    return sum(1 for p in Path(out).glob("runs/*/claim.json")
+               if (c := read_claim(p.parent, stale_after=stale_after)) and c["live"])
+
 # %% ../nbs/17_compare.ipynb #ef83d53f
 def _run_or_plan(st: dict, out, log, dry_run: bool = False, estimate_time: bool = False,
-                 resume: bool = False, no_umap: bool = False, overwrite: bool = False) -> int:
-    "`compare` with its settings `st`: the dry run, or every run, results.json and report.html."
+                 resume: bool = False, no_umap: bool = False, overwrite: bool = False,
+                 lo: dict | None = None) -> int:
+    """`compare` with its settings `st`: the dry run, or every run (by launcher `lo`), results.json
+    and report.html; 1 when a run failed or is left."""
+    lo = lo or dict(LAUNCH_OPTIONS)
     if dry_run:
         _dry_run(st, out, estimate_time)
         return 0
+    if overwrite and out and _held(out, lo["claim_timeout"]):
+        raise UserError(f"--overwrite would delete runs that live workers are training in "
+                        f"{str(out)!r} (iclmsr compare --status --out {out}): wait or stop them")
     # a comparison failing before its first run leaves no folder behind
     with OutGuard(out, own=("compare.json",)):
         d = open_out(st, out, resume, overwrite)
         if st.get("rho"):   # one comparison per rho in runs/rho_<value>/, then the summary
             run_rho(st, d, log, no_umap)
             return _write_rho_report(d)
-        run_compare(st, d, log)
-        _write_report(st, d, no_umap)
-    return 0
+        runs = _launch(st, d, log, lo)
+        _report_once(st, d, no_umap, lo["claim_timeout"])
+    return _ended(runs, log, lo, out)
+
+# %% ../nbs/17_compare.ipynb #06ae4c78
+def _command(a: dict) -> int:
+    """`compare` with its arguments `a`: the status of `--out`, or the settings and launcher
+    checked, then the dry run or the comparison."""
+    if not a["out"]: raise UserError("--out DIR is required (the comparison folder)")
+    lo = _launch_options(a)
+    if a["status"]: return _status(a["out"], lo)
+    log = (lambda *x: None) if a["quiet"] else (lambda *x: print(*x, flush=True))
+    st = _compare_settings(a["methods"], a["data"], a["seeds"], a["budget"], a["device"],
+                           a["backbone"], a["set"], a["seed"], a["hparams"], a["no_fg_control"],
+                           log, a["probe_epochs"], a["fgsm_n"], a["expl_n"], a["margin"], a["rho"])
+    if st.get("rho") and (lo["launcher"], lo["jobs"]) != ("local", 1):
+        raise UserError("--rho runs its comparisons in this process for now: leave out --launcher "
+                        "and --jobs, or run one comparison per rho value with --data toy:...,rho=R")
+    return _run_or_plan(st, a["out"], log, a["dry_run"], a["estimate_time"], a["resume"],
+                        a["no_umap"], a["overwrite"], lo)
+
+# %% ../nbs/17_compare.ipynb #2fa0142a
+_LAUNCHER = Param("how the runs run: local (this machine; --jobs N processes), gpus (one worker "
+                  "per visible GPU), submitit (Slurm jobs; without Slurm, submitit's local "
+                  "executor)", OneOf("local", "gpus", "submitit"))
+_JOBS = Param("--launcher local: worker processes, each with cores // N torch threads (1: in "
+              "this process)", Range(int, 1, 1024))
+_RETRIES = Param("times a failed run is tried again; the others go on", Range(int, 0, 100))
+_STATUS = Param("print the runs of --out done, running (by whom, since when), to do and failed, "
+                "with each failed run's last error; train nothing", bool)
+_CLAIM_TIMEOUT = Param("seconds without a heartbeat after which a run's claim is stale and "
+                       "another worker resumes the run", Range(int, 1))
+
+# %% ../nbs/17_compare.ipynb #fc71d4cf
+_PARTITION = Param("--launcher submitit: the Slurm partition", str)
+_TIME = Param("--launcher submitit: minutes per job (default: estimate x 1.5 + 10, >= 15)",
+              Range(int, 1))
+_GPUS = Param("--launcher submitit: GPUs per job", Range(int, 0))
+_CPUS = Param("--launcher submitit: CPUs per job", Range(int, 1))
+_MEM = Param("--launcher submitit: memory per job, GB", Range(int, 1))
+_PER_JOB = Param("--launcher submitit: runs each job trains, one after another",
+                      Range(int, 1))
 
 # %% ../nbs/17_compare.ipynb #3ce82c02
 def compare(
@@ -1107,14 +1294,13 @@ def compare(
     # leave the UMAP panels out of report.html (the first UMAP of a process compiles for ~15 s)
     no_umap: bool = False,
     rho: str = None,  # toy data's rho values, e.g. 0.5,0.9,0.99: the comparison at each (parse_rho)
+    launcher: _LAUNCHER = "local", jobs: _JOBS = 1, retries: _RETRIES = 2, status: _STATUS = False,
+    claim_timeout: _CLAIM_TIMEOUT = 300, partition: _PARTITION = None, time: _TIME = None,
+    gpus_per_job: _GPUS = None, cpus: _CPUS = None, mem: _MEM = None, runs_per_job: _PER_JOB = 1,
     quiet: bool = False):  # no progress lines
     """Train every listed method at the same number of encoder steps on the same data and seeds,
-    evaluate each with one protocol, write results.json and report.html."""
-    if not out: raise UserError("--out DIR is required (the comparison folder)")
-    log = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
-    st = _compare_settings(methods, data, seeds, budget, device, backbone, set, seed, hparams,
-                           no_fg_control, log, probe_epochs, fgsm_n, expl_n, margin, rho)
-    return _run_or_plan(st, out, log, dry_run, estimate_time, resume, no_umap, overwrite)
+    evaluate each with one protocol, write results.json and report.html; `--launcher`: how."""
+    return _command(dict(locals()))
 
 # %% ../nbs/17_compare.ipynb #bd188f81
 def _rho_values(rho) -> list:

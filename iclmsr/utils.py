@@ -214,7 +214,7 @@ OUT_KINDS: dict = {
             ("config.yaml", "last.pt", "best.pt", "metrics.jsonl", "metrics.csv", "results.json")),
     "eval": ("an evaluation", "iclmsr eval", ("results.json", "report.html", "probe.pt")),
     "comparison": ("a comparison", "iclmsr compare",
-                   ("compare.json", "runs", "results.json", "report.html")),
+                   ("compare.json", "runs", "results.json", "report.html", "submitit")),
     "demo": ("a demo", "iclmsr demo", ("results.json", "report.html")),
     "export": ("a dataset export", "iclmsr data export",
                ("iclmsr.json", "fg_mask", "only_bg_t", "original", "only_fg", "no_fg", "only_bg",

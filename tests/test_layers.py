@@ -11,7 +11,7 @@ import pytest
 from iclmsr.methods import METHODS
 
 BASE = ["utils", "stats", "distributed", "config", "fgbg", "toy", "data", "augment", "intervene", "batch", "sampler", "models", "losses", "rec", "explain", "msr", "methods",
-        "checkpoint", "knn", "probe", "learner", "callbacks", "build", "eval", "anymodel", "challenge", "report", "viz", "dashboard", "demo", "compare", "speed", "bench", "commands", "cli", "docs"]
+        "checkpoint", "knn", "probe", "learner", "callbacks", "build", "eval", "anymodel", "challenge", "report", "viz", "dashboard", "demo", "launch", "compare", "speed", "bench", "commands", "cli", "docs"]
 
 
 def with_method_modules(base: list, modules) -> list:
