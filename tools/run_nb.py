@@ -1,15 +1,19 @@
 """Execute notebooks in place the way `nbdev_test` runs them (flagged `slow`/`gpu`/`notest` and `eval: false` cells
 skipped, keeping their stored outputs), so that every other cell's stored output is the current code's.
-Usage: python tools/run_nb.py nbs/04_losses.ipynb [...]; then run nbdev_clean."""
+Usage: python tools/run_nb.py [--slow] [--keep-going] nbs/04_losses.ipynb [...]; then run nbdev_clean.
+--slow also runs `#| slow` cells; --keep-going writes the notebook even when a cell fails (its error stored)."""
 import os, re, sys
 from pathlib import Path
 from execnb.nbio import read_nb, write_nb
 from execnb.shell import CaptureShell
 
 SKIP = re.compile(r"^#\|\s*(slow|gpu|notest)\b|^#\|\s*eval:\s*false", re.M)
+SKIP_FAST = re.compile(r"^#\|\s*(gpu|notest)\b|^#\|\s*eval:\s*false", re.M)
+OPTS = set()
 
 def skip(cell) -> bool:
-    return cell.cell_type != "code" or bool(SKIP.search(cell.source)) or "nbdev_export(" in cell.source
+    pat = SKIP_FAST if "--slow" in OPTS else SKIP
+    return cell.cell_type != "code" or bool(pat.search(cell.source)) or "nbdev_export(" in cell.source
 
 def run(path):
     path = Path(path).resolve()
@@ -17,11 +21,13 @@ def run(path):
     os.chdir(path.parent)
     try:
         sh = CaptureShell(path)
-        sh.run_all(nb, exc_stop=True, preproc=skip)
+        sh.run_all(nb, exc_stop="--keep-going" not in OPTS, preproc=skip)
     finally: os.chdir(cwd)
     write_nb(nb, path)
 
 if __name__ == "__main__":
     os.environ["IN_TEST"] = "1"
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    for p in sys.argv[1:]: run(p); print("ran", p, flush=True)
+    OPTS.update(a for a in sys.argv[1:] if a.startswith("--"))
+    for p in sys.argv[1:]:
+        if not p.startswith("--"): run(p); print("ran", p, flush=True)
