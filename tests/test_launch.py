@@ -18,14 +18,20 @@ SPEC = "toy:num_classes=4,n_train=16,n_test=8"
 ARGS = ["compare", "--methods", "simclr,supcon", "--data", SPEC, "--seeds", "2", "--budget", "20",
         "--set", "train.batch_size=8", "--backbone", "small_cnn", "--probe-epochs", "2", "--fgsm-n", "0",
         "--expl-n", "0", "--no-fg-control", "--no-umap"]
-ENV = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
+env = lambda: {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}   # read after _cache set it up
 
 @pytest.fixture(scope="module", autouse=True)
 def _cache(tmp_path_factory):
     # generated datasets go to a per-module cache, not the user's (the workers inherit it)
     mp = pytest.MonkeyPatch()
     mp.setenv("ICLMSR_CACHE", str(tmp_path_factory.mktemp("cache")))
+    # one torch thread in this process and in every process it starts (workers, submitit jobs, commands): float sums
+    # in another order differ in their last bits, and a calibration bin edge turns that into a different ECE
+    import torch
+    nt = torch.get_num_threads()
+    mp.setenv("OMP_NUM_THREADS", "1"); torch.set_num_threads(1)
     yield
+    torch.set_num_threads(nt)
     mp.undo()
 
 def numbers(d: Path) -> dict:
@@ -115,7 +121,7 @@ def test_submitit_job_preempted_mid_run_is_requeued_and_resumes(reference, tmp_p
 def test_two_commands_on_one_folder_train_each_run_once(reference, tmp_path, capsys):
     "One `iclmsr compare` subprocess and the same command in this process, started together."
     d = tmp_path/"cmp"
-    p = subprocess.Popen([bin_path("iclmsr"), *ARGS, "--out", str(d)], env=ENV, stdout=subprocess.PIPE,
+    p = subprocess.Popen([bin_path("iclmsr"), *ARGS, "--out", str(d)], env=env(), stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     try: assert main(ARGS + ["--out", str(d)]) == 0
     finally: out, err = p.communicate(timeout=600)
@@ -128,7 +134,7 @@ def test_two_commands_on_one_folder_train_each_run_once(reference, tmp_path, cap
 def test_a_killed_claim_holder_is_resumed_by_the_next_command(reference, tmp_path, capsys):
     "SIGKILL (no handler runs) while the subprocess holds a claim: stale at once here, after --claim-timeout from another node; the next command resumes it."
     d, args = tmp_path/"cmp", ARGS + ["--claim-timeout", "2", "--quiet"]
-    p = subprocess.Popen([bin_path("iclmsr"), *args, "--out", str(d)], env=ENV, stdout=subprocess.DEVNULL,
+    p = subprocess.Popen([bin_path("iclmsr"), *args, "--out", str(d)], env=env(), stdout=subprocess.DEVNULL,
                          stderr=subprocess.PIPE)
     wait_for(lambda: mid_run(d) or p.poll() is not None)
     r, c = mid_run(d)
