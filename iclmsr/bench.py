@@ -35,6 +35,28 @@ __all__ = ['BENCHES', 'EPOCH_BASE', 'QUICK_EPOCH', 'EPOCH_RUNS', 'CHALLENGE_BGS'
            'bench_knn', 'bench_toy', 'bench_icl_epoch', 'bench_excon_step', 'bench_embed', 'bench_grad_cam',
            'bench_umap', 'bench_dashboard', 'bench_launch']
 
+# %% ../nbs/20_bench.ipynb #5b3e7c21
+def _run_speed_bench(name: str, quick: bool) -> dict:
+    "The benchmarks of `iclmsr.speed` (lightly, profile, scale): imported only when asked for."
+    if name == "lightly":   # the small CNN and ResNet-18 on this machine's device
+        from iclmsr.speed import bench_lightly
+        from iclmsr.utils import get_device
+        dev = str(get_device("auto"))
+        if quick:
+            return {"small_cnn": bench_lightly("small_cnn", batch=32,
+                                               steps=2, rounds=1, device=dev)}
+        return {"small_cnn": bench_lightly("small_cnn", device=dev, rounds=4),
+                "resnet18": bench_lightly("resnet18", device=dev, steps=2 if dev == "cpu" else 20)}
+    if name == "profile":
+        from iclmsr.speed import profile_learner
+        if quick: return {"small_cnn": profile_learner("small_cnn", batch=32, steps=1)}
+        return {"small_cnn": profile_learner("small_cnn", steps=3),
+                "resnet18": profile_learner("resnet18", steps=2)}
+    if name == "scale":
+        from iclmsr.speed import bench_loss_scale
+        return (bench_loss_scale(batches=(128, 256), strata=(1, 8), batch=128, repeat=1)
+                if quick else bench_loss_scale())
+
 # %% ../nbs/20_bench.ipynb #6d493721
 BENCHES = ("augment", "step", "knn", "toy", "icl_epoch", "excon_step",
            "embed", "lightly", "profile", "scale", "launch")
@@ -57,24 +79,7 @@ def _run_bench(name: str, quick: bool) -> dict:
                 if quick else bench_excon_step())
     if name == "embed":
         return bench_embed(size=64, batch=2, rounds=1, warmup=0) if quick else bench_embed()
-    if name == "lightly":   # the small CNN and ResNet-18 on this machine's device
-        from iclmsr.speed import bench_lightly
-        from iclmsr.utils import get_device
-        dev = str(get_device("auto"))
-        if quick:
-            return {"small_cnn": bench_lightly("small_cnn", batch=32,
-                                               steps=2, rounds=1, device=dev)}
-        return {"small_cnn": bench_lightly("small_cnn", device=dev, rounds=4),
-                "resnet18": bench_lightly("resnet18", device=dev, steps=2 if dev == "cpu" else 20)}
-    if name == "profile":
-        from iclmsr.speed import profile_learner
-        if quick: return {"small_cnn": profile_learner("small_cnn", batch=32, steps=1)}
-        return {"small_cnn": profile_learner("small_cnn", steps=3),
-                "resnet18": profile_learner("resnet18", steps=2)}
-    if name == "scale":
-        from iclmsr.speed import bench_loss_scale
-        return (bench_loss_scale(batches=(128, 256), strata=(1, 8), batch=128, repeat=1)
-                if quick else bench_loss_scale())
+    if name in ("lightly", "profile", "scale"): return _run_speed_bench(name, quick)
     if name == "launch": return bench_launch(**_QUICK_LAUNCH) if quick else bench_launch()
     raise ValueError(f"unknown benchmark {name!r}; allowed: {', '.join(BENCHES)}")
 

@@ -98,8 +98,7 @@ class ICLConfig:
                      "by the encoder's Adam second moments")
     init_std: float = _f(1.0, _nonneg, ">= 0",
                          help="spread of the initial w_t (strata_init=normal; 0.01: a_t ~ 0.5)")
-    activation: Literal["sigmoid", "identity"] = _f("sigmoid",
-                                                    help="a_t = sigmoid(w_t), or w_t itself")
+    activation: Literal["sigmoid", "identity"] = _f("sigmoid", help="a_t = sigmoid(w_t), or w_t")
     strata: Literal["vectors", "input"] = _f(
         "vectors", help="vectors: n stratum vectors a_t; input: a head on the un-augmented image")
     strata_hidden: int = _f(64, _pos, ">= 1", help="strata=input: hidden width of the head")

@@ -231,6 +231,12 @@ def rows(self: InputStrata, g: torch.Tensor) -> torch.Tensor:
 InputStrata.grad_shape = property(lambda self: (int(self.phi0.numel()),))
 InputStrata.bound_dim = property(lambda self: int(self.phi0.numel()))
 
+# %% ../nbs/05_msr.ipynb #c0ne9a71
+def _check_negatives(negatives: str):
+    "Refuse a `negatives` setting that is not one of `NEGATIVES`, in one line."
+    if negatives not in NEGATIVES:
+        raise ValueError(f"negatives must be one of {', '.join(NEGATIVES)}; got {negatives!r}")
+
 # %% ../nbs/05_msr.ipynb #b1c2d3e5
 def icl_loss_per_image(z1: torch.Tensor, z2: torch.Tensor, a: torch.Tensor, tau: float = 0.5,
                        negatives: str = "all", anchors: torch.Tensor | None = None) -> torch.Tensor:
@@ -241,8 +247,7 @@ def icl_loss_per_image(z1: torch.Tensor, z2: torch.Tensor, a: torch.Tensor, tau:
     if a.ndim != 3 or a.shape[0] != len(z1) or a.shape[2] != z1.shape[1] or a.shape[1] < 1:
         raise ValueError(f"a must be (N, n, d) = ({len(z1)}, n, {z1.shape[1]}) per-image strata, "
                          f"got a {tuple(a.shape)}")
-    if negatives not in NEGATIVES:
-        raise ValueError(f"negatives must be one of {', '.join(NEGATIVES)}; got {negatives!r}")
+    _check_negatives(negatives)
     with full_precision(z1):
         z1, z2, a = at_least_float32(z1, z2, a)
         Z, partner = _joint(z1, z2)
@@ -409,12 +414,9 @@ def meta_gradient(method: nn.Module, strata: StratumVectors, batch_a, batch_b, i
                   params: str = ICLConfig.meta_params, fd_eps: float = 0.01,
                   precond: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The gradient of the meta objective w.r.t. the strata's parameters (`strata.w`; an
-    `InputStrata`'s head's, flattened) and its value: a virtual step on A, the outer objective
-    on B."""
+    `InputStrata`'s head's, flattened), and its value: a virtual step on A, the objective on B."""
     meta_loss = _check_meta_args(mode, meta_loss, params, inner_lr)
-    check_tau(tau)
-    if negatives not in NEGATIVES:
-        raise ValueError(f"negatives must be one of {', '.join(NEGATIVES)}; got {negatives!r}")
+    check_tau(tau); _check_negatives(negatives)
     batch_a, batch_b = as_batch(batch_a), as_batch(batch_b)
     theta, embed_a, objective, icl = _meta_problem(method, batch_a, batch_b,
                                                    params, tau, negatives, lam, meta_loss)
@@ -441,8 +443,8 @@ def meta_gradient(method: nn.Module, strata: StratumVectors, batch_a, batch_b, i
            else _hvp_fd(embed_a, icl, lambda: strata(fa), d_strata, theta, v, fd_eps / vnorm))
     if hvp is None:   # forward-mode AD failed on this device
         return meta_gradient(method, strata, batch_a, batch_b, inner_lr, "unrolled", tau=tau,
-                             negatives=negatives, lam=lam, meta_loss=meta_loss,
-                             params=params, fd_eps=fd_eps, precond=precond)
+                             negatives=negatives, lam=lam, meta_loss=meta_loss, params=params,
+                             fd_eps=fd_eps, precond=precond)
     return direct - inner_lr * hvp, m.detach()
 
 # %% ../nbs/05_msr.ipynb #ff851ca6
@@ -464,8 +466,7 @@ VIRTUAL_STEPS = ("sgd", "adam")
 def _check_msr_args(tau, negatives, lam, meta_share, meta_lr, virtual_step):
     "Refuse a `MetaSemanticRegularizer` hyper-parameter out of range, in one line."
     check_tau(tau)
-    if negatives not in NEGATIVES:
-        raise ValueError(f"negatives must be one of {', '.join(NEGATIVES)}; got {negatives!r}")
+    _check_negatives(negatives)
     if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam >= 0:
         raise ValueError(f"lam must be a number >= 0, got {lam!r}")
     if not 0 <= meta_share <= 1:

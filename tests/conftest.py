@@ -46,3 +46,14 @@ def docs_build(tmp_path_factory):
     site tests/test_browser.py serves."""
     dest = copy_project(tmp_path_factory.mktemp("docs")/"proj")
     return dest, run([bin_path("iclmsr_docs")], cwd=dest, timeout=900)
+
+def tree_hash(root) -> dict:
+    "Every file (its sha256) and folder (None) under `root`."
+    import hashlib
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
+            for p in sorted(Path(root).rglob("*"))}
+
+@pytest.fixture
+def session_cache(tmp_path_factory, monkeypatch):
+    "Generated datasets go to a per-session cache, not the user's (use with `pytest.mark.usefixtures`)."
+    monkeypatch.setenv("ICLMSR_CACHE", str(tmp_path_factory.getbasetemp()/"cache"))

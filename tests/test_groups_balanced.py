@@ -4,9 +4,9 @@ The worst (class, background) cell is reported only where cells hold `MIN_GROUP`
 typical / atypical background) come with percentile bootstrap intervals that cover the estimate and widen as groups
 shrink; the group-balanced probe (DFR, Kirichenko et al., arXiv:2204.02937) is fitted on held-out images (compare: the
 val split) and says how much of the BG-gap the features hold. Everything runs in this process on tiny toy sets."""
-import hashlib, json, math
-from pathlib import Path
+import json, math
 import pytest
+from conftest import tree_hash
 import torch
 import iclmsr.compare as compare_mod
 from iclmsr.cli import main
@@ -19,15 +19,7 @@ from iclmsr.probe import eval_linear, linear_probe
 
 SPEC = "toy:num_classes=4,n_train=16,n_test=8"
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    # generated datasets go to a per-session cache, not the user's
-    monkeypatch.setenv("ICLMSR_CACHE", str(tmp_path_factory.getbasetemp()/"cache"))
-
-def tree_hash(root) -> dict:
-    "Every file (its sha256) and folder (None) under `root`."
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
-            for p in sorted(Path(root).rglob("*"))}
+pytestmark = pytest.mark.usefixtures("session_cache")   # datasets in a per-session cache
 
 # --- the minimum cell size
 

@@ -2,9 +2,9 @@
 un-augmented images' backbone features, meta-learnt with the vectors' machinery; its control, the same head frozen.
 
 Tiny runs: the embedded data with 4 classes, the small CNN, batches of 16."""
-import copy, hashlib, json
-from pathlib import Path
+import copy, json
 import pytest
+from conftest import tree_hash
 import torch
 from torch import nn
 
@@ -13,15 +13,7 @@ TINY = ["data.spec=toy:num_classes=4,n_train=8,n_test=4", "model.backbone=small_
         "train.knn_every=0", "optim.warmup_steps=1", "train.device=cpu", "icl.enabled=true", "icl.n_strata=2"]
 INPUT = ("icl.strata=input", "icl.strata_hidden=8")
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    # generated datasets go to a per-session cache, not the user's
-    monkeypatch.setenv("ICLMSR_CACHE", str(tmp_path_factory.getbasetemp()/"cache"))
-
-def tree_hash(root: Path) -> dict:
-    "Path -> sha256 of every file under `root`."
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+pytestmark = pytest.mark.usefixtures("session_cache")   # datasets in a per-session cache
 
 def sets(*kv): return [a for s in kv for a in ("--set", s)]
 

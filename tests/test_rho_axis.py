@@ -6,9 +6,9 @@ backgrounds, every consumer of background ids on it, and the default data bit-id
 
 Everything runs in this process through `iclmsr.cli.main` on tiny toy sets (4 classes, the small CNN, 2 encoder
 steps); every refusal is one line on stderr, exit code 2, with the files there before byte-identical after."""
-import hashlib, json, os
-from pathlib import Path
+import hashlib, json
 import pytest
+from conftest import tree_hash
 import torch
 from iclmsr.cli import main
 from iclmsr.compare import CPU_SPEC, RHO_PANELS, compare_settings, rho_settings, rho_spec, run_key
@@ -30,15 +30,7 @@ PINNED_KEYS = {"simclr": "e553149ef969dcd4", "supcon": "b750e16dcdef9d22"}
 # pinned on the code before classes_per_bg existed
 PINNED_TOY = ("toy-v2-a3ecd128a419b230.pt", {"train": "c3314b3355d857e0", "test": "c12c35467ea75a66"})
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    # generated datasets go to a per-session cache, not the user's
-    monkeypatch.setenv("ICLMSR_CACHE", str(tmp_path_factory.getbasetemp()/"cache"))
-
-def tree_hash(root) -> dict:
-    "Every file (its sha256) and folder (None) under `root`."
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
-            for p in sorted(Path(root).rglob("*"))}
+pytestmark = pytest.mark.usefixtures("session_cache")   # datasets in a per-session cache
 
 def refused(capsys, root, argv, *words) -> str:
     "`iclmsr ARGV`: exit 2, one line on stderr holding `words`, every file under `root` as it was; the line."

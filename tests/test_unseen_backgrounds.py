@@ -5,8 +5,8 @@ The default data must not change (pinned bytes and cache key), the unseen famili
 no pool a remedy draws from, and every refusal is one line that leaves the files there as they were. Everything runs
 in this process through `iclmsr.cli.main` on tiny toy sets (4 classes, the small CNN)."""
 import hashlib, json
-from pathlib import Path
 import pytest
+from conftest import tree_hash
 import torch
 from fixtures import fake_in9
 from iclmsr.cli import main
@@ -21,15 +21,7 @@ TINY = ["--set", f"data.spec={SPEC}", "--set", "model.backbone=small_cnn", "--se
         "--set", "optim.warmup_steps=1", "--set", "train.knn_every=0"]
 OFF = ["--probe-epochs", "10", "--fgsm-n", "0", "--expl-n", "0", "--adv-fg", "0", "--dcodr", "off"]
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    # generated datasets go to a per-session cache, not the user's
-    monkeypatch.setenv("ICLMSR_CACHE", str(tmp_path_factory.getbasetemp()/"cache"))
-
-def tree_hash(root) -> dict:
-    "Every file (its sha256) and folder (None) under `root`."
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
-            for p in sorted(Path(root).rglob("*"))}
+pytestmark = pytest.mark.usefixtures("session_cache")   # datasets in a per-session cache
 
 def one_line_error(capsys, *argv) -> str:
     "`iclmsr ARGV` in this process: exit code 2 and one line `iclmsr <cmd>: error: ...` on stderr, its text."
