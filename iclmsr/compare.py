@@ -787,13 +787,15 @@ def results_table(res: dict, split: str = "test") -> str:
 
 # %% ../nbs/17_compare.ipynb #2da2b586
 def _design_sentence(t: dict, cols: dict) -> str:
-    "What the design detects, column by column, and the seeds an effect of the margin needs."
+    """What the design detects, column by column (a column whose differences do not vary: n/a),
+    and the seeds an effect of the margin needs."""
     ds = {c: v for c, v in t["design"].items() if c in cols}
     if not ds: return ""
-    need = [v["seeds_for_margin"] for v in ds.values()]
+    need = [v["seeds_for_margin"] for v in ds.values() if v["sd"] > 0] or [2]
     n_margin = "more than 1000" if None in need else max(need)
+    eff = lambda v: f"{v['effect']:.1f}" if v["sd"] > 0 else "n/a (no spread)"
     return (f" At n = {min(v['n'] for v in ds.values())} seeds the design detects paired effects "
-            "above " + ", ".join(f"{cols[c]} {v['effect']:.1f}" for c, v in ds.items())
+            "above " + ", ".join(f"{cols[c]} {eff(v)}" for c, v in ds.items())
             + f" points ({t['power']:.0%} power, two-sided α = {t['alpha']:g}, at each column's "
             "median SD of the differences): an unmarked cell is no evidence of no effect. "
             f"Detecting a ±{t['margin']:g}-point effect in every column would take {n_margin} "

@@ -4,11 +4,11 @@
 
 # %% ../nbs/11_explain.ipynb #5a180b42
 from __future__ import annotations
+import sys
 import numbers
 import torch
 from torch import nn
 import torch.nn.functional as F
-import torchvision
 from .utils import UserError, model_device, as_pixels, normaliser
 from .models import Backbone
 
@@ -165,7 +165,8 @@ def cam_layer(backbone, image_size: int):
     bb = next((m for m in backbone.modules() if isinstance(m, Backbone)), None)
     if bb is not None and bb.name in _CAM_LAYERS:
         return bb.get_submodule(_CAM_LAYERS[bb.name][image_size >= 64])
-    net = next((m for m in backbone.modules() if isinstance(m, torchvision.models.ResNet)), None)
+    rn = sys.modules.get("torchvision.models.resnet")   # not imported: no torchvision ResNet exists
+    net = next((m for m in backbone.modules() if rn and isinstance(m, rn.ResNet)), None)
     if net is not None: return _resnet_layer(net, image_size)
     convs = [m for m in backbone.modules() if isinstance(m, nn.Conv2d)]
     if not convs:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy, math
 import torch
 from torch import nn
-import torchvision
 from pathlib import Path
 from .utils import read_torch_file, UnreadableFile
 
@@ -37,6 +36,7 @@ def small_cnn(width: int = 32) -> nn.Module:
 
 # %% ../nbs/03_models.ipynb #bef65a7f
 def _resnet(name: str, small_stem: bool) -> tuple[nn.Module, int]:
+    import torchvision   # here: importing it costs about a second, which the small CNN never needs
     net = getattr(torchvision.models, name)(weights=None)
     if small_stem:
         net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)

@@ -5,8 +5,6 @@
 # %% ../nbs/17a_stats.ipynb #43448cfe
 from __future__ import annotations
 import math, statistics
-from scipy import optimize
-from scipy import stats as sps
 from .utils import UserError
 
 # %% auto #0
@@ -31,6 +29,7 @@ def paired_t(diffs, alpha: float = 0.05) -> dict:
     """The paired t statistics of the per-seed differences `diffs`: mean, sample SD, SE, n,
     df = n - 1, t, the two-sided p and the two-sided (1 - `alpha`) t interval [lo, hi]; refused
     below 2 seeds."""
+    from scipy import stats as sps   # here: importing scipy.stats takes about a second
     x = _numbers(diffs, "paired differences")
     if len(x) < 2: raise UserError(f"a paired t interval needs at least 2 seeds, got {len(x)}")
     _check_alpha(alpha)
@@ -64,6 +63,7 @@ def _check_margin(margin):
 def tost(diffs, margin: float, alpha: float = 0.05) -> dict:
     """Two one-sided paired t tests of the per-seed `diffs` against -`margin` and +`margin`: their
     p-values, p = the larger, the (1 - 2 alpha) interval and the verdict (equivalent: p < alpha)."""
+    from scipy import stats as sps   # here: importing scipy.stats takes about a second
     _check_margin(margin); _check_alpha(alpha, 0.5)
     r = paired_t(diffs, 2 * alpha)
     m, se, df = r["mean"], r["se"], r["df"]
@@ -80,6 +80,7 @@ def tost(diffs, margin: float, alpha: float = 0.05) -> dict:
 # %% ../nbs/17a_stats.ipynb #4508eef3
 def _power(effect: float, sd: float, n: int, alpha: float) -> float:
     "Power of the two-sided paired t test at mean difference `effect` (noncentral t)."
+    from scipy import stats as sps   # here: importing scipy.stats takes about a second
     df, nc = n - 1, effect * math.sqrt(n) / sd
     tc = float(sps.t.ppf(1 - alpha / 2, df))
     low = float(sps.nct.cdf(-tc, df, nc))   # NaN far in the tail: it is 0 there
@@ -100,6 +101,7 @@ def detectable_effect(sd: float, n: int, alpha: float = 0.05, power: float = 0.8
     """The smallest paired mean difference a two-sided paired t test at `alpha` detects with
     probability `power`, for differences of standard deviation `sd` over `n` seeds (exact:
     noncentral t)."""
+    from scipy import optimize, stats as sps   # here: their import takes about a second
     _check_design(sd, n, alpha, power)
     if sd == 0: return 0.0
     df = n - 1
