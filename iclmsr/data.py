@@ -1013,14 +1013,15 @@ DATASETS: dict = {
     "pets": DatasetInfo(load_pets, "pets:PATH[,size=64,on_error=raise|skip]",
                         "Oxford-IIIT Pet, 37 breeds, trimap masks (torchvision); train = trainval",
                         ("train", "test"), ("train", "test")),
-    # the second embedded family (iclmsr.sprites), last: the order of before is kept
-    "sprites": DatasetInfo(load_sprites,
-                           ("sprites[:num_classes=10,size=32,n_train=1000,n_test=200,rho=0.9,"
-                            "rho_test=none,seed=0,classes_per_bg=1]"),
-                           ("the second embedded dataset: Kenney's CC0 sprites on other "
-                            "scikit-image photos (no download)"),
-                           ("train", "test"), ("train", "test")),
 }
+
+# %% ../nbs/01c_data.ipynb #df9d3397
+# the second embedded family (iclmsr.sprites), listed last: the order of before is kept
+DATASETS["sprites"] = DatasetInfo(
+    load_sprites, ("sprites[:num_classes=10,size=32,n_train=1000,n_test=200,rho=0.9,"
+                   "rho_test=none,seed=0,classes_per_bg=1]"),
+    "the second embedded dataset: Kenney's CC0 sprites on other scikit-image photos (no download)",
+    ("train", "test"), ("train", "test"))
 
 # %% ../nbs/01c_data.ipynb #803cb100
 def _loader_options(name: str, spec: str, info: DatasetInfo, args: list, opts: dict) -> dict:
