@@ -15,6 +15,7 @@ from .fgbg import FgBgData, VARIANTS, make_variant, inpaint, tile_fill, check_pl
 from .toy import (
     BG_FAMILIES, SHAPES, TOY_FOREGROUNDS, affine_grid, sample_patches, one_thread, make_toy,
     load_toy, image_grid, UNSEEN_VARIANTS, unseen_variant, _unseen_why)
+from .sprites import load_sprites
 from .utils import check_memory
 _all_ = ["FgBgData", "VARIANTS", "make_variant", "inpaint", "tile_fill", "BG_FAMILIES",
          "SHAPES", "TOY_FOREGROUNDS", "affine_grid", "sample_patches", "one_thread", "make_toy",
@@ -833,7 +834,7 @@ VARIANT_DEFINITIONS = {
     "mixed_rand": "the foreground on the background of a random other image",
     "mixed_next": "the foreground on the background of a random image of the next class",
     "mixed_rand_unseen": "the foreground on a crop of a background family that no training split "
-                         "holds (toy test split only)",
+                         "holds (toy and sprites test splits only)",
 }
 
 # %% ../nbs/01c_data.ipynb #e50016f5
@@ -967,12 +968,12 @@ class DatasetInfo(NamedTuple):
     default_splits: tuple
 
 # %% ../nbs/01c_data.ipynb #ef8246b0
-# the largest size= a real dataset is resized to (IN-9 is 224 px; toy checks its own)
+# the largest size= a real dataset is resized to (IN-9 is 224 px; toy and sprites check their own)
 _MAX_SIZE = 1024
 
 def _check_size(name: str, size):
     "A one-line error unless `size` (a loader's `size=`) is none or an integer in 8..`_MAX_SIZE`."
-    if name != "toy" and size is not None and (
+    if name not in ("toy", "sprites") and size is not None and (
             not isinstance(size, int) or isinstance(size, bool) or not 8 <= size <= _MAX_SIZE):
         raise ValueError(f"size={size!r} for dataset {name!r}: size must be an integer in "
                          f"8..{_MAX_SIZE} pixels (the side images are resized to), or none")
@@ -1013,6 +1014,14 @@ DATASETS: dict = {
                         "Oxford-IIIT Pet, 37 breeds, trimap masks (torchvision); train = trainval",
                         ("train", "test"), ("train", "test")),
 }
+
+# %% ../nbs/01c_data.ipynb #df9d3397
+# the second embedded family (iclmsr.sprites), listed last: the order of before is kept
+DATASETS["sprites"] = DatasetInfo(
+    load_sprites, ("sprites[:num_classes=10,size=32,n_train=1000,n_test=200,rho=0.9,"
+                   "rho_test=none,seed=0,classes_per_bg=1]"),
+    "the second embedded dataset: Kenney's CC0 sprites on other scikit-image photos (no download)",
+    ("train", "test"), ("train", "test"))
 
 # %% ../nbs/01c_data.ipynb #803cb100
 def _loader_options(name: str, spec: str, info: DatasetInfo, args: list, opts: dict) -> dict:

@@ -26,15 +26,18 @@ SHAPES = ("disk", "square", "triangle", "star", "ellipse", "cross", "ring",
 TOY_FOREGROUNDS = ("digits", "shapes", "coloured_shapes")
 _FILL_TEXTURES = ("brick", "grass", "gravel")
 
+def _levels(a: torch.Tensor) -> list:
+    "The pyramid of a float image (1,C,H,W): it, then halved until < 64 px."
+    levels = [a]
+    while min(levels[-1].shape[-2:]) >= 64: levels.append(F.avg_pool2d(levels[-1], 2))
+    return levels
+
 @functools.lru_cache(maxsize=None)
 def _pyramid(name: str) -> list:
     "A float image pyramid (1 or 3 channels, halving until < 64 px) of a scikit-image sample image."
     import skimage.data
     a = torch.from_numpy(np.ascontiguousarray(getattr(skimage.data, name)())).float().div_(255)
-    a = (a[None] if a.ndim == 2 else a[..., :3].permute(2, 0, 1))[None].contiguous()
-    levels = [a]
-    while min(levels[-1].shape[-2:]) >= 64: levels.append(F.avg_pool2d(levels[-1], 2))
-    return levels
+    return _levels((a[None] if a.ndim == 2 else a[..., :3].permute(2, 0, 1))[None].contiguous())
 
 # %% ../nbs/01b_toy.ipynb #787098ad
 def _rand(g, *shape): return torch.rand(*shape, generator=g)
@@ -199,14 +202,15 @@ def _fills(n, size, g, labels=None):
     return (rgb[:, :, None, None] * (1 + amp[:, None, None, None] * tex)).clamp(0, 1)
 
 # %% ../nbs/01b_toy.ipynb #fa506946
-def _paint(families, ids, size, g) -> torch.Tensor:
-    "Float crops (n,3,size,size) of `families[ids]`: tinted greys, random brightness."
+def _paint(families, ids, size, g, pyramid=_pyramid) -> torch.Tensor:
+    """Float crops (n,3,size,size) of `families[ids]` (images by `pyramid(name)`): tinted greys,
+    random brightness."""
     n = len(ids)
     bg = torch.empty(n, 3, size, size)
     for f in ids.unique().tolist():
         i = (ids == f).nonzero().squeeze(1)
         name, tint = families[f]
-        p = sample_patches(_pyramid(name), len(i), size, g,
+        p = sample_patches(pyramid(name), len(i), size, g,
                            max_angle=math.pi if tint else math.pi / 6)
         bg[i] = p * torch.tensor(tint)[:, None, None] if tint else p
     return bg.mul_((0.85 + 0.3 * _rand(g, n))[:, None, None, None]).clamp_(0, 1)
@@ -223,7 +227,9 @@ def _toy_chunk(labels, bgs, size, fg, train, g):
     return to_uint8(img), masks, to_uint8(bg)
 
 # %% ../nbs/01b_toy.ipynb #7cb6cabf
-def _toy_split(num_classes, n_per, size, rho, fg, train, seed, classes_per_bg=1) -> dict:
+def _fgbg_split(num_classes, n_per, size, rho, seed, classes_per_bg, chunk) -> dict:
+    """Labels and background families of one split; the images by `chunk(labels, bgs, generator)`
+    -> (images, masks, clean backgrounds), chunk by chunk."""
     g = torch.Generator().manual_seed(seed)
     n = num_classes * n_per
     labels = torch.arange(num_classes).repeat_interleave(n_per)[torch.randperm(n, generator=g)]
@@ -236,11 +242,14 @@ def _toy_split(num_classes, n_per, size, rho, fg, train, seed, classes_per_bg=1)
     # gigabytes of fresh pages)
     k = max(16, 2**20 // (size * size))
     seeds = torch.randint(2**62, (math.ceil(n / k),), generator=g).tolist()
-    parts = [_toy_chunk(labels[i:i + k], bgs[i:i + k], size, fg, train,
-                        torch.Generator().manual_seed(s))
+    parts = [chunk(labels[i:i + k], bgs[i:i + k], torch.Generator().manual_seed(s))
              for i, s in zip(range(0, n, k), seeds)]
     images, masks, bg = (torch.cat(p) for p in zip(*parts))
     return dict(images=images, masks=masks, labels=labels, backgrounds=bgs, bg_images=bg)
+
+def _toy_split(num_classes, n_per, size, rho, fg, train, seed, classes_per_bg=1) -> dict:
+    return _fgbg_split(num_classes, n_per, size, rho, seed, classes_per_bg,
+                       lambda l, b, g: _toy_chunk(l, b, size, fg, train, g))
 
 
 # %% ../nbs/01b_toy.ipynb #65d70ba5
@@ -263,7 +272,7 @@ def _check_toy(num_classes, size, n_train, n_test, rho, rho_test, seed, fg):
                              f"(P(background family = class)), got {v!r}")
     if not isint(seed) or not 0 <= seed < 2**31:
         raise ValueError(f"seed must be an integer in [0, 2**31), got {seed!r}")
-    if fg not in TOY_FOREGROUNDS:
+    if fg is not None and fg not in TOY_FOREGROUNDS:   # None: no fg option (sprites)
         raise ValueError(f"unknown foreground kind fg={fg!r}; "
                          f"allowed: {', '.join(TOY_FOREGROUNDS)}")
 
@@ -277,11 +286,12 @@ def _check_classes_per_bg(classes_per_bg, num_classes):
 
 
 # %% ../nbs/01b_toy.ipynb #d7dc7618
-def _check_toy_memory(num_classes, size, n_train, n_test):
-    "Refuse a toy set whose images, masks and clean backgrounds (7 bytes a pixel) exceed memory."
+def _check_toy_memory(num_classes, size, n_train, n_test, what="toy"):
+    """Refuse a `what` (toy, sprites) set whose images, masks and clean backgrounds (7 bytes a
+    pixel) exceed memory."""
     n = int(num_classes) * (int(n_train) + int(n_test))
     check_memory(n * int(size) ** 2 * 7,
-                 f"toy: {num_classes} classes x {n_train} + {n_test} images of {size}x{size} px "
+                 f"{what}: {num_classes} classes x {n_train} + {n_test} images of {size}x{size} px "
                  "(images, masks, clean backgrounds)", "lower n_train, n_test or size")
 
 # %% ../nbs/01b_toy.ipynb #71223cd8
@@ -387,48 +397,55 @@ UNSEEN_BG_FAMILIES = (("coins", (0.95, 0.8, 0.45)), ("text", (0.5, 0.9, 0.95)),
 UNSEEN_BG_OFFSET = len(BG_FAMILIES)
 # the test variants painted on them
 UNSEEN_VARIANTS = ("mixed_rand_unseen",)
+# per embedded family (meta "source"): its training families, held-out families and their images
+# (`iclmsr.sprites` adds its own)
+_EMBEDDED = {"toy": (BG_FAMILIES, UNSEEN_BG_FAMILIES, _pyramid)}
 
 # %% ../nbs/01b_toy.ipynb #2c2e6967
-def unseen_backgrounds(n: int, size: int, seed: int = 0) -> tuple:
-    """`n` uint8 background crops (n,3,size,size) from `UNSEEN_BG_FAMILIES` and their background ids
-    (`UNSEEN_BG_OFFSET` + family), deterministic by `seed`."""
+def unseen_backgrounds(n: int, size: int, seed: int = 0, source: str = "toy") -> tuple:
+    """`n` uint8 background crops (n,3,size,size) from the held-out families of embedded family
+    `source` (toy: `UNSEEN_BG_FAMILIES`) and their ids (after the training families'), by `seed`."""
     for k, v, lo in (("n", n, 1), ("size", size, 1)):
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < lo:
             raise ValueError(f"{k} must be an integer >= {lo}, got {v!r}")
+    if source not in _EMBEDDED:
+        raise ValueError(f"unknown embedded family source={source!r}; "
+                         f"known: {', '.join(_EMBEDDED)}")
+    seen, unseen, pyramid = _EMBEDDED[source]
     g = torch.Generator().manual_seed(int(seed))
-    fam = torch.randint(len(UNSEEN_BG_FAMILIES), (int(n),), generator=g)
+    fam = torch.randint(len(unseen), (int(n),), generator=g)
     k = max(16, 2**20 // (size * size))   # chunks of about 2^20 pixels, as in `_toy_split`
     seeds = torch.randint(2**62, (math.ceil(n / k),), generator=g).tolist()
     with one_thread():
-        bg = torch.cat([_paint(UNSEEN_BG_FAMILIES, fam[i:i + k], size,
-                               torch.Generator().manual_seed(s))
-                        for i, s in zip(range(0, n, k), seeds)])
-    return to_uint8(bg), fam + UNSEEN_BG_OFFSET
+        bg = torch.cat([_paint(unseen, fam[i:i + k], size, torch.Generator().manual_seed(s),
+                               pyramid) for i, s in zip(range(0, n, k), seeds)])
+    return to_uint8(bg), fam + len(seen)
 
 # %% ../nbs/01b_toy.ipynb #c4266db2
 def _unseen_why(ds: FgBgData) -> str | None:
     "Why `ds` has no `mixed_rand_unseen` variant (None: it has one)."
     m = ds.meta
-    if m.get("source") == "toy" and m.get("split") == "train":
+    if m.get("source") in _EMBEDDED and m.get("split") == "train":
         return ("it exists only for the test split: no training split holds unseen backgrounds, "
                 "so a training variant (data.variant, --train-variant) cannot be it")
-    if m.get("source") != "toy" or m.get("split") != "test" or "variant" in m:
-        return ("it exists only for the test split of the embedded toy data, whose unseen "
-                "backgrounds no training split, variant or remedy's pool holds")
+    if m.get("source") not in _EMBEDDED or m.get("split") != "test" or "variant" in m:
+        return ("it exists only for the test split of the embedded toy data or sprites data, "
+                "whose unseen backgrounds no training split, variant or remedy's pool holds")
     if not ds.has_masks: return "it needs foreground masks"
     return None
 
 # %% ../nbs/01b_toy.ipynb #54ab3e54
 def unseen_variant(ds: FgBgData, seed: int = 0) -> FgBgData:
-    """`mixed_rand_unseen` of a toy test split: each foreground on a crop of a random family of
-    `UNSEEN_BG_FAMILIES` (seeded by the split's and `seed`)."""
+    """`mixed_rand_unseen` of a toy (or sprites) test split: each foreground on a crop of a random
+    held-out family (toy: `UNSEEN_BG_FAMILIES`), seeded by the split's seed and `seed`."""
     why = _unseen_why(ds)
     if why: raise ValueError(f"variant 'mixed_rand_unseen' is not available for {ds.name!r}: {why}")
     p = ds.meta.get("params") or {}
     s = int(hashlib.sha1(f"unseen|{p.get('seed', 0)}|{seed}".encode()).hexdigest()[:15], 16)
-    bg, ids = unseen_backgrounds(len(ds), ds.images.shape[-1], s)
+    src = ds.meta["source"]
+    bg, ids = unseen_backgrounds(len(ds), ds.images.shape[-1], s, src)
     bg, ids = bg.to(ds.device), ids.to(ds.device)
-    names = [b for b, _ in BG_FAMILIES] + [b for b, _ in UNSEEN_BG_FAMILIES]
+    names = [b for fams in _EMBEDDED[src][:2] for b, _ in fams]
     meta = {**ds.meta, "variant": "mixed_rand_unseen", "variant_seed": seed, "bg_names": names}
     return ds.replace(images=torch.where(ds.masks[:, None], ds.images, bg), backgrounds=ids,
                       bg_images=bg, name=f"{ds.name}/mixed_rand_unseen", meta=meta)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from iclmsr.methods import METHODS
 
-BASE = ["utils", "stats", "distributed", "config", "fgbg", "toy", "data", "augment", "intervene", "batch", "sampler", "models", "losses", "rec", "explain", "msr", "methods",
+BASE = ["utils", "stats", "distributed", "config", "fgbg", "toy", "sprites", "data", "augment", "intervene", "batch", "sampler", "models", "losses", "rec", "explain", "msr", "methods",
         "checkpoint", "knn", "probe", "learner", "callbacks", "build", "eval", "anymodel", "challenge", "report", "viz", "dashboard", "demo", "launch", "compare", "speed", "bench", "commands", "cli", "docs"]
 
 
