@@ -190,3 +190,26 @@ def test_findings_table_on_hand_made_numbers():
                     "supcon − simclr, fg-only linear: toy +31.5 [30.5, 32.5] *; folder +0.5 [−0.5, 1.5] ≈: "
                     "holds on toy only"]
     assert findings({}) == [] and "No findings: " in findings_table({"families": {}, "findings": []})
+
+def test_jobs_go_family_by_family(tmp_path, capsys, monkeypatch):
+    "`--jobs 2` over two families: each family's workers get that family's settings and folder (the workers run here, in turn)."
+    import iclmsr.compare as C
+    calls = []
+    def local(fn, args, jobs, watch=None, **kw):
+        calls.append((args[0]["data"], Path(args[1]).relative_to(tmp_path/"cmp").as_posix(), jobs))
+        ends = [fn(*args, f"worker {i + 1}") or 0 for i in range(jobs)]   # worker 2 finds nothing left to do
+        if watch: watch()
+        return ends
+    monkeypatch.setattr(C, "launch_local", local)
+    out = tmp_path/"cmp"
+    rc = main(["compare", "--methods", "simclr", "--seeds", "1", "--budget", "2", "--set", "train.batch_size=8",
+               "--probe-epochs", "3", "--fgsm-n", "0", "--expl-n", "0", "--no-umap", "--no-fg-control", "--quiet",
+               "--jobs", "2", "--data", A, "--data", B, "--out", str(out)])
+    said = capsys.readouterr().out
+    assert rc == 0, said
+    assert calls == [(A, "runs/data_toy_seed-0", 2), (B, "runs/data_toy_seed-1", 2)]
+    res = json.loads((out/"results.json").read_text())
+    assert res["complete"] and all(p["rows"]["simclr"]["seeds"] == [0] for p in res["per_family"].values())
+    assert [f["headline"] for f in res["fg_checks"].values()] == [
+        f"foreground check off on toy_seed-{i} (--no-fg-control): this comparison cannot tell reliance on the "
+        "background from not learning the object" for i in (0, 1)]
