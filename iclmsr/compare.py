@@ -35,16 +35,18 @@ from .viz import (
 # %% auto #0
 __all__ = ['DEFAULT_METHODS', 'EVAL_DEFAULTS', 'DEFAULT_MARGIN', 'ALPHA', 'POWER', 'HPARAMS', 'ICL_HPARAMS', 'NOT_APPLICABLE',
            'PROTOCOL', 'FG_CONTROL', 'FG_LEARNABLE', 'COLUMNS', 'READ_SETTINGS', 'SELECT_BY', 'SAMPLE_VARIANTS',
-           'CPU_SPEC', 'GPU_SPEC', 'DEVICE_DEFAULTS', 'LAUNCH_OPTIONS', 'RHO_PANELS', 'known_method',
-           'registered_methods', 'default_methods', 'parse_methods', 'compare_settings', 'method_hparams',
-           'draw_hparams', 'run_config', 'run_key', 'control_name', 'split_control', 'validation_split', 'load_splits',
-           'check_methods', 'read_records', 'append_record', 'run_status', 'StepBudget', 'train_run',
-           'bg_neighbour_rate', 'flat_measures', 'measure_split', 'run_one', 'plan', 'open_out', 'run_compare',
-           'seed_stats', 'paired_differences', 'read_runs', 'select_setting', 'fg_check', 'fg_check_line',
-           'training_setups', 'collect', 'results_table', 'differences_note', 'differences_table', 'hparams_table',
-           'plot_compare', 'supervised', 'saliency_html', 'variant_samples_html', 'plot_umaps', 'setup_table',
-           'compare_report', 'estimate', 'device_defaults', 'compare', 'parse_rho', 'rho_spec', 'rho_settings',
-           'rho_dir', 'run_rho', 'collect_rho', 'plot_rho', 'rho_report']
+           'CPU_SPEC', 'GPU_SPEC', 'DEVICE_DEFAULTS', 'LAUNCH_OPTIONS', 'RHO_PANELS', 'FINDING_COLUMNS',
+           'FINDINGS_NOTE', 'known_method', 'registered_methods', 'default_methods', 'parse_methods', 'data_specs',
+           'family_names', 'compare_settings', 'method_hparams', 'draw_hparams', 'run_config', 'run_key',
+           'control_name', 'split_control', 'validation_split', 'load_splits', 'check_methods', 'read_records',
+           'append_record', 'run_status', 'StepBudget', 'train_run', 'bg_neighbour_rate', 'flat_measures',
+           'measure_split', 'run_one', 'plan', 'open_out', 'run_compare', 'seed_stats', 'paired_differences',
+           'read_runs', 'select_setting', 'fg_check', 'fg_check_line', 'training_setups', 'collect', 'fg_headline',
+           'results_table', 'differences_note', 'differences_table', 'hparams_table', 'plot_compare', 'supervised',
+           'saliency_html', 'variant_samples_html', 'plot_umaps', 'setup_table', 'compare_report', 'estimate',
+           'device_defaults', 'compare', 'parse_rho', 'rho_spec', 'rho_settings', 'rho_dir', 'run_rho', 'collect_rho',
+           'plot_rho', 'rho_report', 'family_dir', 'family_settings', 'run_families', 'finding_verdict', 'findings',
+           'findings_table', 'findings_text', 'collect_families', 'families_report']
 
 # %% ../nbs/17_compare.ipynb #f85aa9b8
 import os
@@ -112,6 +114,75 @@ def _check_margin(margin) -> None:
         raise ValueError("--margin must be a number of points > 0 (the equivalence margin of the "
                          f"differences table), got {margin!r}")
 
+# %% ../nbs/17_compare.ipynb #0f2ac7be
+def data_specs(data) -> list:
+    """The dataset specs of `--data`: one text, or a list (the flag repeated: one data family
+    each), each naming a known dataset; none, or one family given twice, refused in one line."""
+    from iclmsr.data import DATASETS, parse_spec
+    specs = [data] if isinstance(data, str) else list(data or [])
+    if not specs:
+        raise UserError("--data names no dataset: give a spec, e.g. --data toy (repeat --data for "
+                        "several families)")
+    seen = {}
+    for s in specs:
+        name, args, opts = parse_spec(s)
+        if name not in DATASETS: _unknown_family(s)
+        key = (name, tuple(args), tuple(sorted((k, repr(v)) for k, v in opts.items())))
+        if key in seen:
+            raise UserError(f"--data gives the family {s!r} twice (also as {seen[key]!r}): give "
+                            "each family once")
+        seen[key] = s
+    return specs
+
+# %% ../nbs/17_compare.ipynb #c65d515a
+def _unknown_family(spec: str):
+    "Refuse a `--data` spec naming no known dataset; a bare folder: the spec of an ImageNet-9 tree."
+    if Path(spec).expanduser().is_dir():
+        raise UserError(f"--data {spec!r} is a folder, not a dataset spec: give --data in9:{spec} "
+                        "for a tree in the ImageNet-9 layout (<variant>/<split>/<class>/*)")
+    load_dataset(spec)   # its one line: the unknown dataset and the known ones
+
+def _several(st: dict) -> bool:
+    "Whether the settings `st` are those of a comparison over several data families."
+    return isinstance(st.get("data"), list)
+
+# %% ../nbs/17_compare.ipynb #5e9afbda
+def _data_and_rho(data, rho) -> tuple:
+    """`compare_settings`' data and rho values: one spec as its text (the settings of before),
+    several as a list (`data_specs`); `--rho` with several families refused."""
+    specs = data_specs(data)
+    if len(specs) > 1 and rho is not None:
+        raise UserError(f"--rho sets the correlation of one toy data family and --data gives "
+                        f"{len(specs)}: give one --data with --rho, or rho=R in each toy spec")
+    one = specs[0] if len(specs) == 1 else specs
+    return one, (None if rho is None else parse_rho(rho, one))
+
+# %% ../nbs/17_compare.ipynb #6a7ba517
+def _safe_name(text: str) -> str:
+    "`text` as a folder name: each run of characters other than letters, digits, '._+-' as '-'."
+    import re
+    return re.sub(r"[^A-Za-z0-9._+-]+", "-", text).strip("-") or "data"
+
+def _family_base(spec: str) -> str:
+    "A family's base name: the dataset's ('toy'), or the folder name of a dataset's path."
+    from iclmsr.data import parse_spec
+    name, args, _ = parse_spec(spec)
+    return _safe_name(Path(args[0].rstrip("/\\")).name) if args else name
+
+# %% ../nbs/17_compare.ipynb #247b4042
+def family_names(specs) -> list:
+    """A short readable name per data spec, unique: the dataset's name ('toy') or the folder name of
+    its path; families sharing one get the spec options that tell them apart ('toy_seed-1'),
+    then a number."""
+    from iclmsr.data import parse_spec
+    opts, base, names = [parse_spec(s)[2] for s in specs], [_family_base(s) for s in specs], []
+    for b, o in zip(base, opts):
+        peers = [p for p, q in zip(opts, base) if q == b]
+        own = [f"{k}-{v}" for k, v in o.items() if any(p.get(k) != v for p in peers)]
+        names.append(_safe_name("_".join([b, *own])))
+    return [n if names.count(n) == 1 else f"{n}-{names[:i + 1].count(n)}"
+            for i, n in enumerate(names)]
+
 # %% ../nbs/17_compare.ipynb #db8da83f
 EVAL_DEFAULTS = {"probe_epochs": 100, "fgsm_n": 512, "expl_n": 256, "adv_fg": 0,
                  "adv_bg": 0, "dcodr_epochs": 100}
@@ -126,7 +197,7 @@ def compare_settings(methods=None, data: str = "toy", seeds: int = 3, budget: in
     """Everything that decides a comparison's numbers (written to OUT/compare.json): methods, data,
     seeds, encoder steps, config overrides, hyper-parameter draws, the foreground check, evaluation,
     the equivalence margin of its differences table, and with `rho` the training correlations it
-    is repeated at (`parse_rho`)."""
+    is repeated at (`parse_rho`); `data` several specs: one comparison each (`data_specs`)."""
     if not isinstance(hparams, int) or isinstance(hparams, bool) or hparams < 0:
         raise ValueError("--hparams must be an integer >= 0 (0: each method's defaults), got "
                          f"{hparams!r}")
@@ -140,7 +211,7 @@ def compare_settings(methods=None, data: str = "toy", seeds: int = 3, budget: in
     if bad:
         raise ValueError(f"unknown evaluation setting {sorted(bad)[0]!r}; allowed: "
                          f"{', '.join(EVAL_DEFAULTS)}")
-    rhos = None if rho is None else parse_rho(rho, data)   # before any other work
+    data, rhos = _data_and_rho(data, rho)   # before any other work
     ms = methods if isinstance(methods, (list, tuple)) else parse_methods(methods, log)
     for m, _ in map(_own_set, sets or ()):
         if m is not None and m not in ms:
@@ -742,13 +813,20 @@ def _rho_axis(out) -> bool:
     return p.is_file() and bool(json.loads(p.read_text()).get("rho"))
 
 
+# %% ../nbs/17_compare.ipynb #3a180526
+def _families_axis(out) -> bool:
+    "Whether the comparison folder `out` holds a comparison over several data families."
+    p = Path(out)/"compare.json"
+    return p.is_file() and _several(json.loads(p.read_text()))
+
 # %% ../nbs/17_compare.ipynb #89eeae38
 def collect(out, write: bool = True) -> dict:
     """Read a comparison's records into one row per method (its setting chosen on val): each
     column's mean, std, SE and n over seeds, on val and test, and paired differences against the
     first method (t interval, Holm's p across the table, TOST verdict); written to
-    OUT/results.json. A `--rho` folder: `collect_rho`."""
+    OUT/results.json. A `--rho` folder: `collect_rho`; several families: `collect_families`."""
     if _rho_axis(out): return collect_rho(out, write)
+    if _families_axis(out): return collect_families(out, write)
     st, got = read_runs(out)
     base, rows = st["methods"][0], {m: _method_row(st, got, m) for m in st["methods"]}
     for m in st["methods"]:
@@ -771,6 +849,39 @@ def collect(out, write: bool = True) -> dict:
                                        {m: r["hparams"]["chosen"] for m, r in rows.items()})}
     if write: (Path(out)/"results.json").write_text(json.dumps(res, indent=1))
     return res
+
+# %% ../nbs/17_compare.ipynb #a99ba96f
+def fg_headline(fc: dict | None, family: str, unavailable: str | None = None) -> str:
+    """The foreground check's verdict on `family` in one line, for the top of a report: NOT
+    learnable (differences then measure how much background the features keep, not reliance),
+    learnable, off, cannot run (`unavailable`: why) or not finished."""
+    why = "this comparison cannot tell reliance on the background from not learning the object"
+    if unavailable: return f"foreground check cannot run on {family}: {unavailable}, so {why}"
+    if fc is None: return f"foreground check off on {family} (--no-fg-control): {why}"
+    lin, m = fc["only_fg.linear"], split_control(fc["method"])[0]
+    if lin is None: return f"foreground check on {family}: {fc['method']} has not finished"
+    got = (f"{m} trained on foreground-only images: {lin['mean']:.1f} ± {lin['se']:.1f}% linear "
+           f"on foreground-only test images, n={lin['n']}")
+    if fc["learnable"]:
+        return (f"foreground learnable on {family} ({got}, >= {fc['threshold']:.0f}%): "
+                "differences there can be read as reliance on the background")
+    return (f"foreground NOT learnable on {family}: differences there measure how much background "
+            f"the features keep, not reliance ({got}, < {fc['threshold']:.0f}%; raise --budget "
+            "or the data size)")
+
+# %% ../nbs/17_compare.ipynb #61e5154a
+def _family_headline(res: dict | None, name: str | None = None) -> str:
+    """`fg_headline` of one comparison's `collect` result `res`, on the family `name` (default: its
+    settings' `family`, else `family_names` of its data)."""
+    if res is None: return f"foreground check on {name}: not run yet"
+    st = res["settings"]
+    name = name or st.get("family") or family_names([st["data"]])[0]
+    return fg_headline(res.get("fg_check"), name, st.get("fg_unavailable"))
+
+def _headline_html(lines: list) -> str:
+    "The report's opening box: one bold paragraph per foreground-check headline."
+    ps = "".join(f"<p><strong>{html.escape(x)}</strong></p>" for x in lines)
+    return f"<div class='iclmsr-headline' style='border:2px solid #b00;padding:0 1em'>{ps}</div>"
 
 # %% ../nbs/17_compare.ipynb #32a8ccd5
 def _cell(s: dict | None, nd: int = 1) -> str:
@@ -980,11 +1091,16 @@ def setup_table(res: dict) -> str:
 
 # %% ../nbs/17_compare.ipynb #a3c98947
 def compare_report(res: dict, extra: list = ()) -> str:
-    """The comparison's self-contained report.html: settings, the tables on test and val, paired
-    differences and bar charts."""
+    """The comparison's self-contained report.html: the foreground check's headline
+    (`fg_headline`) first, then settings, the tables on test and val, paired differences and bar
+    charts."""
     st = res["settings"]
     n = len(st["seeds"])
-    blocks = [f"<p>{len(st['methods'])} methods x {n} seeds on "
+    blocks = [_headline_html([_family_headline(res)]),
+              f"<p class='note'>{html.escape(fg_check_line(res.get('fg_check')))}. The check is "
+              "one more run per seed: the first method, the same budget, trained on the "
+              "foreground-only training images (not a compared method; not in the tables).</p>",
+              f"<p>{len(st['methods'])} methods x {n} seeds on "
               f"<code>{html.escape(st['data'])}</code>, {st['budget']} encoder steps each; "
               f"overrides: <code>{html.escape(' '.join(st['sets']) or 'none')}</code>. Selection: "
               f"{html.escape(res['selection'])} (the configs are in each run's run.json). Mean ± "
@@ -995,9 +1111,6 @@ def compare_report(res: dict, extra: list = ()) -> str:
               *(["<h2>Training setup (each method's optimiser and augmentation, from its runs' "
                  "run.json)</h2>", setup_table(res)] if res.get("training") else []),
               "<h2>Test</h2>", results_table(res, "test"),
-              f"<p class='note'>{html.escape(fg_check_line(res.get('fg_check')))}. The check is "
-              "one more run per seed: the first method, the same budget, trained on the "
-              "foreground-only training images (not a compared method; not in the tables).</p>",
               f"<h2>Paired differences against {html.escape(res['base'])} (same seed, same "
               "split)</h2>",
               differences_table(res),
@@ -1075,7 +1188,9 @@ def _compare_settings(methods, data, seeds, budget, device, backbone, sets,
                           probe_epochs=probe_epochs, fgsm_n=fgsm_n, expl_n=expl_n,
                           dcodr_epochs=probe_epochs, margin=margin, rho=rho)
     for m in st["methods"]:  # the first and the last seed: --seed + --seeds must fit train.seed
-        for s in {st["seeds"][0], st["seeds"][-1]}: run_config(st, m, s)
+        for s, d in ((s, d) for s in {st["seeds"][0], st["seeds"][-1]}
+                     for d in (st["data"] if _several(st) else [st["data"]])):
+            run_config({**st, "data": d}, m, s)   # each family's config
     return st
 
 # %% ../nbs/17_compare.ipynb #90879c2a
@@ -1083,6 +1198,7 @@ def _dry_run(st: dict, out, estimate_time: bool = False):
     """`compare --dry-run`: list the runs (done, to resume, new); with `estimate_time`, the expected
     time."""
     if st.get("rho"): return _dry_run_rho(st, out, estimate_time)
+    if _several(st): return _dry_run_families(st, out, estimate_time)
     runs = plan(st, out)
     print(_format_plan(runs))
     if estimate_time: estimate(st, print)
@@ -1096,7 +1212,8 @@ def _write_report(st: dict, d: Path, no_umap: bool = False):
              "<h2>Saliency of the supervised methods (mixed_rand test images, first seed)</h2>",
              saliency_html(d)]
     (d/"report.html").write_text(compare_report(res, extra + ([] if no_umap else [plot_umaps(d)])))
-    print(fg_check_line(res["fg_check"]))
+    print(_family_headline(res))   # the check's verdict, then its numbers
+    if res["fg_check"]: print(fg_check_line(res["fg_check"]))
     print(f"wrote {d/'results.json'} and {d/'report.html'}")
 
 # %% ../nbs/17_compare.ipynb #e2303111
@@ -1115,6 +1232,7 @@ def _status(out, lo: dict) -> int:
         raise UserError(f"--status: {str(out)!r} holds no comparison (no compare.json): give the "
                         "--out of a comparison")
     st = json.loads((d/"compare.json").read_text())
+    if _several(st): return _status_families(st, d, lo)
     print(sweep_status(_runs(st, d), lo["retries"], lo["claim_timeout"]))
     return 0
 
@@ -1199,7 +1317,7 @@ def _ended(runs: list, log, lo: dict, out) -> int:
 # %% ../nbs/17_compare.ipynb #6b62176d
 def _held(out, stale_after: float) -> int:
     "How many runs of the comparison folder `out` a live worker holds now."
-    return sum(1 for p in Path(out).glob("runs/*/claim.json")
+    return sum(1 for p in Path(out).glob("runs/**/claim.json")
                if (c := read_claim(p.parent, stale_after=stale_after)) and c["live"])
 
 # %% ../nbs/17_compare.ipynb #ef83d53f
@@ -1221,6 +1339,10 @@ def _run_or_plan(st: dict, out, log, dry_run: bool = False, estimate_time: bool 
         if st.get("rho"):   # one comparison per rho in runs/rho_<value>/, then the summary
             run_rho(st, d, log, no_umap)
             return _write_rho_report(d)
+        if _several(st):   # one comparison per family in runs/data_<name>/, then the summary
+            runs = run_families(st, d, log, no_umap, lo)
+            _write_families_report(d)
+            return _ended(runs, log, lo, out)
         runs = _launch(st, d, log, lo)
         _report_once(st, d, no_umap, lo["claim_timeout"])
     return _ended(runs, log, lo, out)
@@ -1243,6 +1365,9 @@ def _command(a: dict) -> int:
                         a["no_umap"], a["overwrite"], lo)
 
 # %% ../nbs/17_compare.ipynb #2fa0142a
+_DATA = Param("dataset spec of every run (default: the toy data, CPU_SPEC on the CPU, GPU_SPEC "
+              "elsewhere); repeat --data for several families, compared side by side", str,
+              action="append")
 _LAUNCHER = Param("how the runs run: local (this machine; --jobs N processes), gpus (one worker "
                   "per visible GPU), submitit (Slurm jobs; without Slurm, submitit's local "
                   "executor)", OneOf("local", "gpus", "submitit"))
@@ -1269,8 +1394,7 @@ def compare(
     # comma-separated run names (default: simclr, simclr+ntxent, simclr+icl-msr,
     # simclr+do-bg, dcodr, supcon, excon)
     methods: name_list = None,
-    # dataset spec for every run (default: the toy data: CPU_SPEC on the CPU, GPU_SPEC elsewhere)
-    data: str = None,
+    data: _DATA = None,  # dataset spec (repeat --data: several families, side by side)
     seeds: Range(int, 1, 1000) = 3,  # seeds per method (each also fixes the validation split)
     out: str = None,  # comparison folder: compare.json, runs/<hash>/, results.json, report.html
     budget: Range(int, 1) = None,  # encoder steps per run (default: 150 on the CPU, 1000 elsewhere)
@@ -1468,3 +1592,174 @@ def _write_rho_report(d: Path) -> int:
     print(f"wrote {d/'results.json'} and {d/'report.html'}")
     return 0
 
+
+# %% ../nbs/17_compare.ipynb #a6139ddf
+def family_dir(out, name: str) -> Path:
+    "The folder of one family's comparison inside `out`: OUT/runs/data_<name> (`family_names`)."
+    return Path(out)/"runs"/f"data_{name}"
+
+def family_settings(st: dict, spec: str, name: str, has_masks: bool = True) -> dict:
+    """The settings of the comparison on family `name`: `st` with its data `spec`; without
+    foreground masks (`has_masks` False), its foreground check off and `fg_unavailable` saying
+    why."""
+    fs = {**st, "data": spec, "family": name}
+    if st.get("fg_control") and not has_masks:
+        fs.update(fg_control=False, fg_unavailable="its training images have no foreground masks")
+    return fs
+
+# %% ../nbs/17_compare.ipynb #2fa2bca9
+def _families(st: dict) -> dict:
+    """{name: settings} of a comparison over several families (`family_names`, `family_settings`);
+    each family's training images read for their masks where the foreground check is on."""
+    ask = st.get("fg_control")
+    return {n: family_settings(st, s, n, not ask or load_dataset(s, "train").has_masks)
+            for n, s in zip(family_names(st["data"]), st["data"])}
+
+# %% ../nbs/17_compare.ipynb #b2d95df0
+def run_families(st: dict, out, log=print, no_umap: bool = True, lo: dict | None = None) -> list:
+    """Run the comparison on each family of `st['data']` in `family_dir(out, name)` (every family's
+    data and methods checked first) by launcher `lo`, each collected with its own report.html;
+    returns every run, its name prefixed with its family's."""
+    lo, fams, runs = lo or dict(LAUNCH_OPTIONS), _families(st), []
+    for fs in fams.values(): check_methods(fs, load_splits(fs, fs["seeds"][0])["fit"])
+    for n, fs in fams.items():
+        d = family_dir(out, n)
+        log(f"data {n}: {d.relative_to(out)}")
+        with OutGuard(d, own=("compare.json",)):
+            open_out(fs, d)
+            runs += [{**r, "name": f"{n}: {r['name']}"} for r in _launch(fs, d, log, lo)]
+            _report_once(fs, d, no_umap, lo["claim_timeout"])
+    return runs
+
+# %% ../nbs/17_compare.ipynb #5def29ef
+def _dry_run_families(st: dict, out, estimate_time: bool = False):
+    "`compare --dry-run` over several families: each family's runs; `estimate_time`: the total."
+    fams = _families(st)
+    for n, fs in fams.items():
+        print(f"data {n}: {family_dir(out, n).relative_to(out)}")
+        print(_format_plan(plan(fs, family_dir(out, n))))
+    if estimate_time:
+        s = sum(estimate(fs, lambda *a: None)["seconds"] for fs in fams.values())
+        print(f"estimated: {fmt_duration(s)} for {len(fams)} data families")
+
+def _status_families(st: dict, d: Path, lo: dict) -> int:
+    "`compare --status` over several families: each family's runs done, running, to do, failed."
+    for n, fs in _families(st).items():
+        fd = family_dir(d, n)
+        fs = json.loads((fd/"compare.json").read_text()) if (fd/"compare.json").is_file() else fs
+        print(f"data {n}: {fd.relative_to(d)}")
+        print(sweep_status(_runs(fs, fd), lo["retries"], lo["claim_timeout"]))
+    return 0
+
+# %% ../nbs/17_compare.ipynb #58be18a1
+FINDING_COLUMNS = ("bg_gap", "bg_gap_unseen", "only_fg.linear")   # the headline columns
+
+def finding_verdict(cells: dict, alpha: float = ALPHA) -> str:
+    """Where a finding holds, from its paired difference on each family ({family: cell or None},
+    cells as in the differences table): 'holds on all families', 'holds on A only', 'opposite
+    signs' or 'no family'; it counts on a family only where significant there (Holm p < `alpha`)."""
+    sig = {f: d["mean"] > 0 for f, d in cells.items()
+           if d and d.get("p_holm") is not None and d["p_holm"] < alpha and d["mean"] != 0}
+    if not sig: return "no family"
+    if len(set(sig.values())) > 1: return "opposite signs"
+    if len(sig) == len(cells): return "holds on all families"
+    return f"holds on {', '.join(sig)} only"
+
+# %% ../nbs/17_compare.ipynb #96c3785a
+def findings(per_family: dict, columns=FINDING_COLUMNS) -> list:
+    """The findings across families: per method against the control (the first method) and per
+    headline column, each family's paired difference (its `collect` result's) and
+    `finding_verdict`; a column no family measures is left out."""
+    first = next(iter(per_family.values()), None)
+    if first is None: return []
+    out = []
+    for m in (m for m in first["rows"] if m != first["base"]):
+        for c in columns:
+            cells = {f: _pick(p["rows"], m, "diff_vs_base", c) for f, p in per_family.items()}
+            if any(cells.values()):
+                out.append({"method": m, "base": first["base"], "column": c, "cells": cells,
+                            "verdict": finding_verdict(cells)})
+    return out
+
+# %% ../nbs/17_compare.ipynb #369497fc
+FINDINGS_NOTE = ("Each cell: the family's mean paired difference against the control [95% t "
+                 "interval], as in that family's differences table (* Holm-adjusted p < 0.05 "
+                 "across its table, ≈ equivalent within its margin). A finding counts on a family "
+                 "only where it is significant there; 'opposite signs': significant both ways.")
+
+def _finding_cell(d: dict | None) -> str:
+    "A findings cell: the differences table's (mean [t interval], * Holm, ≈ TOST)."
+    eq = bool(d and (d.get("tost") or {}).get("equivalent"))
+    return format_diff(d, d and d.get("p_holm"), eq, ALPHA)
+
+def findings_table(res: dict) -> str:
+    """HTML table of `res['findings']` (`collect_families`): a row per method and headline column,
+    its paired difference against the control on each family, and where it holds."""
+    fams = list(res["families"])
+    rows = [[f"{f['method']} − {f['base']}", COLUMNS[f["column"]],
+             *(_finding_cell(f["cells"].get(n)) for n in fams), f["verdict"]]
+            for f in res["findings"]]
+    if not rows:
+        return ("<p class='note'>No findings: no family's comparison is collected yet, or no "
+                "method is compared with the control.</p>")
+    return html_table(rows, ["difference", "measure", *fams, "where it holds"])
+
+# %% ../nbs/17_compare.ipynb #14622320
+def findings_text(res: dict) -> str:
+    "The findings across families as text, one line each: difference, measure, cells, verdict."
+    return "\n".join(f"{f['method']} − {f['base']}, {COLUMNS[f['column']]}: "
+                     + "; ".join(f"{n} {_finding_cell(d)}" for n, d in f["cells"].items())
+                     + f": {f['verdict']}" for f in res["findings"])
+
+# %% ../nbs/17_compare.ipynb #70fccee4
+def collect_families(out, write: bool = True) -> dict:
+    """Collect a comparison over several families: each family's comparison (`collect`:
+    `per_family`), its foreground-check headline (`fg_checks`) and the findings across families
+    (`findings`); written to OUT/results.json."""
+    d = Path(out)
+    st = json.loads((d/"compare.json").read_text())
+    fams = dict(zip(family_names(st["data"]), st["data"]))
+    per = {n: collect(family_dir(d, n), write) for n in fams
+           if (family_dir(d, n)/"compare.json").is_file()}
+    res = {"settings": st, "families": fams, "base": st["methods"][0], "per_family": per,
+           "fg_checks": {n: {"check": (per.get(n) or {}).get("fg_check"),
+                             "headline": _family_headline(per.get(n), n)} for n in fams},
+           "findings": findings(per),
+           "complete": len(per) == len(fams) and all(p["complete"] for p in per.values()),
+           "versions": package_versions()}
+    if write: (d/"results.json").write_text(json.dumps(res, indent=1))
+    return res
+
+# %% ../nbs/17_compare.ipynb #cd77aa31
+def families_report(res: dict) -> str:
+    """The report.html over several families: each family's foreground-check headline first, then
+    per family its test table and paired differences, then the findings across families."""
+    st = res["settings"]
+    blocks = [_headline_html([f["headline"] for f in res["fg_checks"].values()]),
+              f"<p>{len(st['methods'])} methods x {len(st['seeds'])} seeds on each of "
+              f"{len(res['families'])} data families, {st['budget']} encoder steps each; one "
+              "comparison per family in runs/data_&lt;name&gt;/, with its own report.html. Mean ± "
+              "standard error over the seeds.</p>"]
+    for n, spec in res["families"].items():
+        p, sub = res["per_family"].get(n), f"runs/data_{n}"
+        blocks.append(f"<h2>{html.escape(n)}: <code>{html.escape(spec)}</code> (<a href='{sub}/"
+                      f"report.html'>{sub}/report.html</a>)</h2>")
+        if p is None:
+            blocks.append("<p class='note'>not run yet</p>"); continue
+        blocks += ["<h3>Test</h3>", results_table(p, "test"),
+                   f"<h3>Paired differences against {html.escape(p['base'])}</h3>",
+                   differences_table(p)]
+    return html_report("iclmsr compare over data families",
+                       blocks + ["<h2>Findings across families</h2>", findings_table(res),
+                                 f"<p class='note'>{html.escape(FINDINGS_NOTE)}</p>"])
+
+# %% ../nbs/17_compare.ipynb #9eda1472
+def _write_families_report(d: Path) -> dict:
+    """Collect the families in `d` into results.json and report.html; print each family's headline,
+    the findings across families, and what it wrote."""
+    res = collect_families(d)
+    (d/"report.html").write_text(families_report(res))
+    for f in res["fg_checks"].values(): print(f["headline"])
+    if res["findings"]: print("findings across families:\n" + findings_text(res))
+    print(f"wrote {d/'results.json'} and {d/'report.html'}")
+    return res
