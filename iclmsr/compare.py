@@ -1454,12 +1454,13 @@ def _rho_values(rho) -> list:
 # %% ../nbs/17_compare.ipynb #74e814ba
 def parse_rho(rho, data: str) -> list:
     """The training correlations of `--rho` (comma-separated text, a number or a list) as floats,
-    each in [0, 1] and given once; refused for data other than the embedded toy data."""
+    each in [0, 1] and given once; refused for data other than the embedded families (toy, sprites)."""
     from iclmsr.data import parse_spec
     vals = _rho_values(rho)
-    if parse_spec(data)[0] != "toy":
-        raise ValueError(f"--rho sets the spec keys rho and rho_test of the embedded toy data, and "
-                         f"--data {data!r} is not toy data: give --data toy:... or leave --rho out")
+    if parse_spec(data)[0] not in ("toy", "sprites"):
+        raise ValueError(f"--rho sets the spec keys rho and rho_test of the embedded data, and "
+                         f"--data {data!r} is not toy data: give --data toy:... (or sprites:...) "
+                         "or leave --rho out")
     return vals
 
 
