@@ -1454,7 +1454,8 @@ def _rho_values(rho) -> list:
 # %% ../nbs/17_compare.ipynb #74e814ba
 def parse_rho(rho, data: str) -> list:
     """The training correlations of `--rho` (comma-separated text, a number or a list) as floats,
-    each in [0, 1] and given once; refused for data other than the embedded families (toy, sprites)."""
+    each in [0, 1] and given once; refused for data other than the embedded families (toy,
+    sprites)."""
     from iclmsr.data import parse_spec
     vals = _rho_values(rho)
     if parse_spec(data)[0] not in ("toy", "sprites"):
