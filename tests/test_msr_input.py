@@ -137,7 +137,7 @@ def _stop_at(at):
             if self.learn.stage == "fit" and self.learn.step == at: self.learn.stop()
     return _Stop()
 
-@pytest.mark.parametrize("opts", [("icl.meta_schedule=every",), ("icl.meta_share=0.5",),
+@pytest.mark.parametrize("opts", [("icl.meta_schedule=every",), ("icl.meta_schedule=share", "icl.meta_share=0.5"),
                                   ("icl.meta_schedule=every", "icl.meta_opt=sgd_metamask", "icl.meta_lr=0.001")])
 def test_the_input_strata_resume_bitwise(tmp_path, opts):
     from iclmsr.callbacks import Checkpointer
