@@ -55,7 +55,7 @@ def test_each_icl_setting_is_drawn_in_its_range():
     assert {type(s["icl.n_strata"]) for s in d} == {int} and json.loads(json.dumps(d)) == d   # plain values: JSON
     for s in d[:12]:                     # each draw is a regulariser that builds
         icl = {k[4:]: v for k, v in s.items() if k.startswith("icl.") and v != NA}
-        r = icl_regularizer(ICLConfig(enabled=True, **icl), 8)
+        r = icl_regularizer(ICLConfig(enabled=True, **icl), 8, feat_dim=16)   # feat_dim: the input strata's head
         assert (r.meta_lr, r.meta_opt, r.strata.n) == (s["icl.meta_lr"], s["icl.meta_opt"], s["icl.n_strata"])
 
 def test_draws_are_reproducible_and_more_draws_extend_them():
