@@ -25,15 +25,15 @@ from .config import ICLConfig, OptimConfig
 from .utils import saved_bytes
 from .speed import timed_peak
 from .knn import FeatureIndex, knn_recall, faiss
-from .learner import Callback
+from .learner import Callback, CancelFit
 from .build import Learner
 from .viz import PointSet, UMAPView, pca_reduce, umap_2d, align_2d
 from .dashboard import Recorder, Dashboard
 
 # %% auto #0
-__all__ = ['BENCHES', 'EPOCH_BASE', 'QUICK_EPOCH', 'EPOCH_RUNS', 'CHALLENGE_BGS', 'bench', 'bench_step', 'bench_augment',
-           'bench_knn', 'bench_toy', 'bench_icl_epoch', 'bench_excon_step', 'bench_embed', 'bench_grad_cam',
-           'bench_umap', 'bench_dashboard', 'bench_launch']
+__all__ = ['BENCHES', 'EPOCH_BASE', 'QUICK_EPOCH', 'EPOCH_RUNS', 'ICL_CANDIDATES', 'SCHEDULE_TARGETS', 'CHALLENGE_BGS', 'bench',
+           'bench_step', 'bench_augment', 'bench_knn', 'bench_toy', 'bench_icl_epoch', 'bench_icl_schedules',
+           'bench_excon_step', 'bench_embed', 'bench_grad_cam', 'bench_umap', 'bench_dashboard', 'bench_launch']
 
 # %% ../nbs/20_bench.ipynb #5b3e7c21
 def _run_speed_bench(name: str, quick: bool) -> dict:
@@ -58,7 +58,7 @@ def _run_speed_bench(name: str, quick: bool) -> dict:
                 if quick else bench_loss_scale())
 
 # %% ../nbs/20_bench.ipynb #6d493721
-BENCHES = ("augment", "step", "knn", "toy", "icl_epoch", "excon_step",
+BENCHES = ("augment", "step", "knn", "toy", "icl_epoch", "icl_schedules", "excon_step",
            "embed", "lightly", "profile", "scale", "launch")
 
 def _run_bench(name: str, quick: bool) -> dict:
@@ -74,6 +74,7 @@ def _run_bench(name: str, quick: bool) -> dict:
         return bench_toy(sizes=(32,)) if quick else bench_toy(sizes=(32, 64, 96))
     if name == "icl_epoch":
         return bench_icl_epoch(QUICK_EPOCH, rounds=1) if quick else bench_icl_epoch()
+    if name == "icl_schedules": return bench_icl_schedules(quick=quick)
     if name == "excon_step":
         return (bench_excon_step("small_cnn", batch=32, n_classes=4, steps=1, warmup=0)
                 if quick else bench_excon_step())
@@ -92,7 +93,7 @@ def _is_bench(p: Path) -> bool:
 # %% ../nbs/20_bench.ipynb #41f5afa4
 def bench(out: str = "bench.json",  # JSON file for the results
           # comma-separated benchmarks to run (default: all of augment, step, knn, toy, icl_epoch,
-          # excon_step, embed, lightly, profile, scale, launch)
+          # icl_schedules, excon_step, embed, lightly, profile, scale, launch)
           only: name_list = None,
           quick: bool = False,  # tiny sizes: a smoke run whose numbers mean little
           overwrite: bool = False,  # replace --out when it holds an earlier result of iclmsr bench
@@ -377,6 +378,96 @@ def bench_icl_epoch(base=EPOCH_BASE, runs: dict = EPOCH_RUNS, rounds: int = 4) -
     return {"epoch_s": med, "ratio": {k: med[k] / med[first] for k in runs}, "rounds": rounds,
             "batches_per_epoch": learners[first].batches_per_epoch,
             "meta_steps_per_epoch": {k: _meta_per_epoch(L) for k, L in learners.items()}}
+
+# %% ../nbs/20_bench.ipynb #5c0e0002
+# label -> ICLConfig settings of a candidate default (every other setting: ICLConfig's)
+ICL_CANDIDATES = {
+    f"every/{k} {p} {m}": dict(meta_schedule="every", meta_every=k, meta_params=p, meta_mode=m)
+    for k, p, m in ((1, "head", "exact"), (1, "head", "finite_diff"), (1, "head", "first_order"),
+                    (1, "all", "exact"), (1, "all", "finite_diff"), (1, "all", "first_order"),
+                    (2, "all", "exact"))}
+ICL_CANDIDATES["share 0.2 all exact"] = dict(meta_schedule="share", meta_share=0.2,
+                                             meta_params="all", meta_mode="exact")
+SCHEDULE_TARGETS = {"moved_rel_spread": 0.25, "epoch_ratio": 1.5, "control_drop": 0.1}
+
+class _OneEpoch(Callback):
+    "Stops `fit` at the start of its second epoch: each call trains one epoch of a longer run."
+    def before_fit(self): self.seen = False
+    def before_epoch(self):
+        if self.seen: raise CancelFit()
+        self.seen = True
+
+# %% ../nbs/20_bench.ipynb #5c0e0003
+def _schedule_learners(st: dict, candidates: dict) -> dict:
+    """SimCLR, its frozen ICL control and SimCLR+ICL-MSR at each candidate's settings, at the demo
+    settings `st`, on one copy of the data, each stopping after every epoch (`_OneEpoch`)."""
+    from dataclasses import replace
+    from iclmsr.demo import demo_config
+    from iclmsr.data import load_dataset
+    data = load_dataset(st["spec"], "train")
+    cfgs = {k: demo_config(st, k) for k in ("simclr", "simclr+icl-frozen")}
+    for label, kw in candidates.items():
+        cfg = demo_config(st, "simclr+icl-msr")
+        cfgs[label] = replace(cfg, icl=replace(cfg.icl, **kw))
+    out = {}
+    for k, cfg in cfgs.items():
+        out[k] = Learner.from_config(cfg, cbs=[_OneEpoch()], train_data=data)
+        out[k].n_epochs = st["epochs"]
+    return out
+
+# %% ../nbs/20_bench.ipynb #5c0e0004
+def _control_drops(kw: dict | None, seeds: int, steps: int) -> list:
+    """The positive control's background-share drops over `seeds` seeds: ICL-MSR at the candidate's
+    settings `kw`, or the frozen control (`kw` None)."""
+    from iclmsr.methods import positive_control
+    if kw is None: return [positive_control("frozen", steps=steps, seed=s)["drop"]
+                           for s in range(seeds)]
+    kw = dict(kw); sched = kw.pop("meta_schedule")
+    return [positive_control("msr", sched, steps=steps, seed=s, **kw)["drop"]
+            for s in range(seeds)]
+
+def _schedule_row(L, times: list, ratios: list, plain: float, frozen: float, drops: list) -> dict:
+    "One candidate's line: cost, scaled diagnostics at the end, the positive control's drops."
+    msr, t = L.method.msr, median(times)
+    per = _meta_per_epoch(L)
+    d = msr.scaled_diagnostics()
+    row = {"epoch_s": t, "epoch_ratio": median(ratios), "meta_steps_per_epoch": per,
+           "meta_step_vs_plain_step": ((t - frozen) / per) / (plain / L.batches_per_epoch)
+           if per else None,
+           "spread_start": msr.strata.start_spread(), "spread_end": msr.strata.spread(), **d,
+           "control_drops": drops}
+    tg = SCHEDULE_TARGETS
+    row["meets"] = {"moved": (d["strata_moved_rel_spread"] or 0) >= tg["moved_rel_spread"],
+                    "cost": row["epoch_ratio"] <= tg["epoch_ratio"],
+                    "control": min(drops) > tg["control_drop"]}
+    return row
+
+# %% ../nbs/20_bench.ipynb #5c0e0005
+def bench_icl_schedules(candidates: dict | None = None, quick: bool = False,
+                        control_seeds: int = 3, control_steps: int = 200) -> dict:
+    """Each candidate schedule of ICL-MSR against SimCLR at the demo's CPU settings (`quick`: its
+    tiny ones), side by side: seconds per epoch, meta-step cost, strata movement and the positive
+    control (`candidates`: {label: `ICLConfig` settings}, `ICL_CANDIDATES` by default)."""
+    from iclmsr.demo import demo_settings
+    candidates = ICL_CANDIDATES if candidates is None else candidates
+    st = demo_settings("cpu", quick)
+    learners = _schedule_learners(st, candidates)
+    times = {k: [] for k in learners}
+    for e in range(st["epochs"]):
+        for k in (list(learners) if e % 2 == 0 else list(learners)[::-1]):
+            t = time.perf_counter(); learners[k].fit(); times[k].append(time.perf_counter() - t)
+    cut = 1 if st["epochs"] > 1 else 0                # the first epoch warms up
+    times = {k: v[cut:] for k, v in times.items()}
+    plain, frozen = median(times["simclr"]), median(times["simclr+icl-frozen"])
+    ratios = lambda k: [a / b for a, b in zip(times[k], times["simclr"])]
+    frozen_drops = _control_drops(None, control_seeds, control_steps)
+    rows = {k: _schedule_row(learners[k], times[k], ratios(k), plain, frozen,
+                             _control_drops(kw, control_seeds, control_steps))
+            for k, kw in candidates.items()}
+    return {"settings": {k: st[k] for k in ("spec", "backbone", "epochs", "batch_size")},
+            "batches_per_epoch": learners["simclr"].batches_per_epoch, "simclr_epoch_s": plain,
+            "frozen_epoch_s": frozen, "frozen_epoch_ratio": median(ratios("simclr+icl-frozen")),
+            "frozen_control_drops": frozen_drops, "targets": SCHEDULE_TARGETS, "candidates": rows}
 
 # %% ../nbs/20_bench.ipynb #74b164ab
 def _excon_contenders(backbone, size, n_classes, dev) -> dict:

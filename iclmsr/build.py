@@ -17,7 +17,7 @@ from .data import load_dataset, variant_of
 from .augment import TwoViewAugment
 from .intervene import BackgroundIntervention, background_pool
 from .models import load_moco
-from .msr import MetaSemanticRegularizer
+from .msr import MetaSemanticRegularizer, _clean_features
 from .methods import METHODS, ICLMSR, build_method, method_class, options
 from .distributed import dist_env, init_distributed
 from .learner import Learner
@@ -88,7 +88,7 @@ def icl_regularizer(icl: ICLConfig, dim: int,
 
 # %% ../nbs/12c_build.ipynb #9b65f35c
 # the ntxent control fixes n = 1, a = 1 whatever these say (`icl_regularizer`)
-_NTXENT_FIXED = ("icl.n_strata", "icl.strata_init", "icl.init_std", "icl.activation")
+_NTXENT_FIXED = ("icl.n_strata", "icl.strata_init", "icl.init_std", "icl.activation", "icl.strata")
 
 def unused_keys(cfg: Config) -> dict:
     "Config keys the run of `cfg` does not read -> why (shown by `iclmsr train --print-config`)."
@@ -211,34 +211,39 @@ DIAGNOSE_BASE = ("data.spec=toy:num_classes=10,n_train=150,n_test=100,fg=coloure
                  "model.backbone=small_cnn", "train.batch_size=250", "train.epochs=8",
                  "train.knn_every=0", "icl.enabled=true", "optim.warmup_steps=10")
 
-def diagnose_icl(*overrides, base=DIAGNOSE_BASE) -> dict:
-    """Train ICL-MSR (the demo's CPU settings by default, plus `overrides`) and summarise the
-    diagnostics that say whether it acts."""
-    log = MetricsLogger(every=1)
-    learn = Learner.from_config(load_config(None, list(base) + list(overrides)), cbs=[log])
-    sv, t0 = learn.method.strata, time.time()
-    spread0 = sv.spread()
-    learn.fit()
-    # meta records: the meta stage's, or the encoder steps' of meta_schedule=every
-    metas = [r for r in log.records if r.get("meta") is not None]
-    med = (lambda k: statistics.median(v)
-           if (v := [r[k] for r in metas if r.get(k) is not None]) else None)
-    # the gradient the projections receive: L_base + lam L_ICL against (1 + lam) L_base
+def _grad_rel_diff(learn) -> float:
+    """Relative difference of the gradient the projections of a batch receive from
+    `L_base + lam L_ICL` and from `(1 + lam) L_base` (per-image strata: from its clean images)."""
     m = learn.method.train()
     b = learn.make_batch(
         next(learn.stage_batches(learn.stage_keys("fit", learn.epoch_order(0), 0, 1)))[0])
     out = m.base.loss_from_features(m.backbone(b.v1), m.backbone(b.v2), b)
     z = [out["z1"], out["z2"]]
-    g = torch.autograd.grad(out["base"] + m.msr.lam * m.msr.icl(*z), z, retain_graph=True)
+    feats = _clean_features(m.base, b) if m.msr.strata.needs_input else None
+    g = torch.autograd.grad(out["base"] + m.msr.lam * m.msr.icl(*z, feats), z, retain_graph=True)
     g0 = torch.autograd.grad((1 + m.msr.lam) * out["base"], z)
-    rel = float(sum(((a - c) ** 2).sum() for a, c in zip(g, g0)).sqrt()
-                / sum((c ** 2).sum() for c in g0).sqrt())
+    return float(sum(((a - c) ** 2).sum() for a, c in zip(g, g0)).sqrt()
+                 / sum((c ** 2).sum() for c in g0).sqrt())
+
+def diagnose_icl(*overrides, base=DIAGNOSE_BASE) -> dict:
+    """Train ICL-MSR (the demo's CPU settings by default, plus `overrides`) and summarise the
+    diagnostics that say whether it acts (`icl.strata=input`: its strata on the probe batch)."""
+    log = MetricsLogger(every=1)
+    learn = Learner.from_config(load_config(None, list(base) + list(overrides)), cbs=[log])
+    sv, msr, t0 = learn.method.strata, learn.method.msr, time.time()
+    learn.fit()
+    # meta records: the meta stage's, or the encoder steps' of meta_schedule=every
+    metas = [r for r in log.records if r.get("meta") is not None]
+    med = (lambda k: statistics.median(v)
+           if (v := [r[k] for r in metas if r.get(k) is not None]) else None)
     gaps = [r["icl_gap"] for r in log.records
             if r.get("kind") == "batch" and r.get("icl_gap") is not None]
     return {"overrides": list(overrides), "seconds": time.time() - t0, "steps": learn.step,
-            "meta_steps": int(m.msr.n_meta), "spread_start": spread0, "spread_end": sv.spread(),
-            "moved_end": sv.moved(), "common_share_median": med("strata_common_share"),
+            "strata": "input" if sv.needs_input else "vectors", "meta_steps": int(msr.n_meta),
+            "spread_start": sv.start_spread(), "spread_end": sv.spread(),
+            "moved_end": sv.moved(), "params_moved": sv.w_moved(),
+            "step_bound": float(msr.step_bound), "common_share_median": med("strata_common_share"),
             "meta_grad_norm_median": med("meta_grad_norm"),
             "meta_grad_cos_median": med("meta_grad_cos"),
-            "icl_gap_median": statistics.median(gaps) if gaps else None, "grad_rel_diff": rel,
-            **m.msr.scaled_diagnostics()}
+            "icl_gap_median": statistics.median(gaps) if gaps else None,
+            "grad_rel_diff": _grad_rel_diff(learn), **msr.scaled_diagnostics()}

@@ -237,7 +237,9 @@ ICL_HPARAMS = {"icl.lam": ("log", 0.1, 10.0), "icl.meta_lr": ("log", 1e-3, 1e-1)
                "icl.meta_every": ("choice", (1, 2, 4)),
                "icl.n_strata": ("choice", (4, 8, 16, 32)),
                "icl.strata_init": ("choice", ("normal", "zeros")),
-               "icl.meta_opt": ("choice", ("adam", "sgd_metamask"))}
+               "icl.meta_opt": ("choice", ("adam", "sgd_metamask")),
+               "icl.strata": ("choice", ("vectors", "input")),
+               "icl.meta_params": ("choice", ("all", "head"))}
 
 def method_hparams(method: str) -> dict:
     """The distributions `--hparams` draws `method`'s settings from: its base method's (`HPARAMS`),

@@ -11,10 +11,10 @@ from typing import Literal, Optional, Union, get_args, get_origin, get_type_hint
 import yaml
 
 # %% auto #0
-__all__ = ['BATCH_SIZE', 'RUN_SUFFIXES', 'DO_BG', 'DataConfig', 'ModelConfig', 'ICLConfig', 'InterveneConfig', 'OptimConfig',
-           'TrainConfig', 'Config', 'ConfigError', 'coerce_value', 'config_from_dict', 'config_to_dict',
-           'apply_overrides', 'strict_yaml', 'read_config_file', 'load_config', 'dump_config', 'config_diff',
-           'split_run_name', 'intervenes', 'run_name', 'resolve_run_name', 'control_names']
+__all__ = ['ICL_SHARE_READING', 'BATCH_SIZE', 'RUN_SUFFIXES', 'DO_BG', 'DataConfig', 'ModelConfig', 'ICLConfig',
+           'InterveneConfig', 'OptimConfig', 'TrainConfig', 'Config', 'ConfigError', 'coerce_value', 'config_from_dict',
+           'config_to_dict', 'apply_overrides', 'strict_yaml', 'read_config_file', 'load_config', 'dump_config',
+           'config_diff', 'split_run_name', 'intervenes', 'run_name', 'resolve_run_name', 'control_names']
 
 # %% ../nbs/00b_config.ipynb #469f1585
 def _check(ok, must: str):
@@ -80,11 +80,12 @@ class ICLConfig:
         "total", help="outer objective of stage 2: total = L_base + lam L_ICL (as MetaMask), "
                       "base = L_base; auto: total for first_order, else base")
     meta_params: Literal["all", "head"] = _f(
-        "all", help="parameters of the virtual step: all, or the projection head only")
-    meta_share: float = _f(0.2, _unit, "in [0, 1]", help="share of batches used by stage 2")
+        "head", help="parameters of the virtual step: head, the projection head on the encoder "
+                     "step's backbone features (no second backbone pass), or all")
+    meta_share: float = _f(0.2, _unit, "in [0, 1]", help="share of batches in stage 2 (share)")
     meta_lr: float = _f(1e-2, _pos, "> 0", help="learning rate of the stratum parameters w")
     meta_schedule: Literal["share", "every"] = _f(
-        "share", help="share: a meta stage after each epoch's stage 1 on meta_share of its batches "
+        "every", help="share: a meta stage after each epoch's stage 1 on meta_share of its batches "
                       "(two batches a step); every: a meta step every meta_every encoder steps, on "
                       "the same batch, right after the encoder step (MetaMask, MetAug)")
     meta_every: int = _f(1, _pos, ">= 1", help="meta_schedule=every: encoder steps per meta step")
@@ -102,6 +103,10 @@ class ICLConfig:
     strata: Literal["vectors", "input"] = _f(
         "vectors", help="vectors: n stratum vectors a_t; input: a head on the un-augmented image")
     strata_hidden: int = _f(64, _pos, ">= 1", help="strata=input: hidden width of the head")
+
+# %% ../nbs/00b_config.ipynb #1c5a0002
+# the reading of ICL-MSR before issue 28 chose the default: `--set` each of these
+ICL_SHARE_READING = ("icl.meta_schedule=share", "icl.meta_params=all")
 
 # %% ../nbs/00b_config.ipynb #d48fb2bb
 @dataclass

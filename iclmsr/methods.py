@@ -426,12 +426,18 @@ def training_loss(self: ICLMSR, batch, *rest, step: int | None = None) -> dict:
     "Stage 1: `loss` = `base` + lam * `icl`, with the stratum vectors fixed."
     # a base that chooses its views (ExCon's masked view)
     b = self.base.prepare(as_batch(batch, *rest))
-    out = dict(self.base.loss_from_features(self.backbone(b.v1), self.backbone(b.v2), b))
+    h1, h2 = self.backbone(b.v1), self.backbone(b.v2)
+    out = dict(self.base.loss_from_features(h1, h2, b))
     # per-image strata: from the un-augmented images' features (no gradient, running stats kept)
     feats = _clean_features(self.base, b) if self.msr.strata.needs_input else None
     out["icl"] = self.msr.icl(out["z1"], out["z2"], feats)
     out["icl_gap"] = self.msr.last_gap   # L_ICL - NT-Xent on the same projections (no gradient)
     out["loss"] = out["base"] + self.msr.lam * out["icl"]
+    # a meta step on this batch (meta_schedule=every) reuses its features (`meta_step`): not
+    # ExCon's changed views, nor features of autocast's lower precision
+    keep = (self.msr.meta_schedule == "every" and b is batch
+            and h1.dtype == next(self.base.parameters()).dtype)
+    self._feats = (batch, h1.detach(), h2.detach(), feats) if keep else None
     return _check_finite(out, ("base", "icl"), self.step if step is None else step)
 
 # %% ../nbs/06_methods.ipynb #287c37d2
@@ -464,11 +470,14 @@ def meta_step(self: ICLMSR, batch_a, batch_b, inner_lr: float | None = None,
               progress: float | None = None) -> dict:
     """Stage 2: one meta-gradient update of the strata (batches: `Batch`es or `(v1, v2[, labels])`);
     `optimizer`, the encoder's, gives the virtual step its lr and, with `virtual_step='adam'`, its
-    preconditioner; `progress` (the run's share done) the meta optimiser's schedule."""
+    preconditioner; `progress` (the run's share done) the meta optimiser's schedule. A and B the
+    batch of the last encoder step: its features are reused (`meta_gradient`'s `feats`)."""
     if optimizer is not None:
         inner_lr = optimizer.param_groups[0]["lr"] if inner_lr is None else inner_lr
         if precond is None and self.msr.virtual_step == "adam": precond = adam_precond(optimizer)
-    try: return self.msr.meta_step(self.base, batch_a, batch_b, inner_lr, precond, progress)
+    kept = getattr(self, "_feats", None)
+    feats = kept[1:] if kept is not None and batch_a is kept[0] and batch_b is kept[0] else None
+    try: return self.msr.meta_step(self.base, batch_a, batch_b, inner_lr, precond, progress, feats)
     except FloatingPointError as e:
         raise NonFiniteLoss("meta", self.step if step is None else step, float("nan")) from e
 

@@ -335,7 +335,16 @@ def _grads(loss, ps: dict, **kw) -> list:
     return [torch.zeros_like(p) if g is None else g for g, p in zip(gs, ps.values())]
 
 # %% ../nbs/05_msr.ipynb #3a31a22c
-def _meta_problem(method, batch_a, batch_b, params, tau, negatives, lam, meta_loss):
+def _head_features(run, batch_a, batch_b, same: bool, feats) -> tuple:
+    """The backbone features of A's and B's views without gradient: `feats` (the encoder step's of
+    A) when given, and A's again for B when B is A (`same`): one backbone pass at most, none with
+    `feats` and `same`."""
+    with torch.no_grad():
+        ha = tuple(feats[:2]) if feats is not None else run({}, "features", batch_a)
+        return ha, ha if same else run({}, "features", batch_b)
+
+def _meta_problem(method, batch_a, batch_b, params, tau, negatives, lam, meta_loss,
+                  same: bool = False, feats=None):
     """The pieces of the meta objective: parameters theta, `embed_a(theta)`, `objective(theta, a)`
     and the ICL term."""
     call = _Call(method)
@@ -345,8 +354,8 @@ def _meta_problem(method, batch_a, batch_b, params, tau, negatives, lam, meta_lo
     # stage 2 never touches the running statistics
     bufs = {k: b.clone() for k, b in call.named_buffers()}
     run = lambda p, *args: functional_call(call, (p, bufs), args, strict=False)
-    if params == "head":  # backbone features once, without gradient
-        with torch.no_grad(): ha, hb = run({}, "features", batch_a), run({}, "features", batch_b)
+    if params == "head":  # backbone features once (or reused), without gradient
+        ha, hb = _head_features(run, batch_a, batch_b, same, feats)
         embed_a = lambda p: run(p, "project", *ha)
         base_b = lambda p: run(p, "loss", *hb, batch_b)
     else:
@@ -400,27 +409,30 @@ def _direct_grad(m: torch.Tensor, d_strata, strata, meta_loss: str) -> torch.Ten
     return next(strata.parameters()).new_zeros(strata.grad_shape)
 
 # %% ../nbs/05_msr.ipynb #b1c2d3e7
-def _strata_inputs(method, strata, batch_a, batch_b) -> tuple:
+def _strata_inputs(method, strata, batch_a, batch_b, same: bool = False, clean=None) -> tuple:
     """What the strata of batches A and B are computed from: the features of their un-augmented
-    images for `InputStrata` (at the current encoder), nothing for the vectors."""
+    images for `InputStrata` (at the current encoder; `clean`: A's given; B's are A's when B is A),
+    nothing for the vectors."""
     if not strata.needs_input: return None, None
-    return _clean_features(method, batch_a), _clean_features(method, batch_b)
+    fa = clean if clean is not None else _clean_features(method, batch_a)
+    return fa, fa if same else _clean_features(method, batch_b)
 
 # %% ../nbs/05_msr.ipynb #8503a3c9
 def meta_gradient(method: nn.Module, strata: StratumVectors, batch_a, batch_b, inner_lr: float,
                   mode: str = ICLConfig.meta_mode, *, tau: float = ICLConfig.tau,
                   negatives: str = ICLConfig.negatives, lam: float = ICLConfig.lam,
                   meta_loss: str | None = ICLConfig.meta_loss,
-                  params: str = ICLConfig.meta_params, fd_eps: float = 0.01,
-                  precond: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  params: str = "all", fd_eps: float = 0.01,
+                  precond: dict | None = None, feats: tuple | None = None):
     """The gradient of the meta objective w.r.t. the strata's parameters (`strata.w`; an
-    `InputStrata`'s head's, flattened), and its value: a virtual step on A, the objective on B."""
+    `InputStrata`'s head's, flattened), and its value: a virtual step on A, the objective on B;
+    `feats`: A's features `(h1, h2, clean)` from its encoder step, reused (`params='head'`)."""
     meta_loss = _check_meta_args(mode, meta_loss, params, inner_lr)
     check_tau(tau); _check_negatives(negatives)
-    batch_a, batch_b = as_batch(batch_a), as_batch(batch_b)
-    theta, embed_a, objective, icl = _meta_problem(method, batch_a, batch_b,
-                                                   params, tau, negatives, lam, meta_loss)
-    fa, fb = _strata_inputs(method, strata, batch_a, batch_b)
+    same, (batch_a, batch_b) = batch_a is batch_b, (as_batch(batch_a), as_batch(batch_b))
+    theta, embed_a, objective, icl = _meta_problem(method, batch_a, batch_b, params, tau,
+                                                   negatives, lam, meta_loss, same, feats)
+    fa, fb = _strata_inputs(method, strata, batch_a, batch_b, same, feats and feats[2])
     d_strata = lambda out, **kw: strata.flat(_grads(out, dict(strata.named_parameters()), **kw))
     pre, step = _virtual_step(theta, inner_lr, precond)
     if mode == "unrolled":
@@ -428,13 +440,11 @@ def meta_gradient(method: nn.Module, strata: StratumVectors, batch_a, batch_b, i
         m = objective(step(_grads(icl(embed_a(theta), a), theta, create_graph=True)),
                       a if fb is None else strata(fb))
         return d_strata(m), m.detach()
-
     theta1 = {k: p.detach().requires_grad_(mode != "first_order")
               for k, p in step(_grads(icl(embed_a(theta), strata(fa).detach()), theta)).items()}
     m = objective(theta1, strata(fb))
     direct = _direct_grad(m, d_strata, strata, meta_loss)
     if mode == "first_order": return direct, m.detach()
-
     # d theta1 / d a = -lr P dg/da: the HVP runs along P v
     v = pre(_grads(m, theta1))
     vnorm = torch.sqrt(sum((x * x).sum() for x in v))
@@ -442,9 +452,9 @@ def meta_gradient(method: nn.Module, strata: StratumVectors, batch_a, batch_b, i
     hvp = (_hvp_exact(embed_a, icl, lambda: strata(fa), d_strata, theta, v) if mode == "exact"
            else _hvp_fd(embed_a, icl, lambda: strata(fa), d_strata, theta, v, fd_eps / vnorm))
     if hvp is None:   # forward-mode AD failed on this device
-        return meta_gradient(method, strata, batch_a, batch_b, inner_lr, "unrolled", tau=tau,
-                             negatives=negatives, lam=lam, meta_loss=meta_loss, params=params,
-                             fd_eps=fd_eps, precond=precond)
+        return meta_gradient(method, strata, batch_a, batch_a if same else batch_b, inner_lr,
+                             "unrolled", tau=tau, negatives=negatives, lam=lam, meta_loss=meta_loss,
+                             params=params, fd_eps=fd_eps, precond=precond, feats=feats)
     return direct - inner_lr * hvp, m.detach()
 
 # %% ../nbs/05_msr.ipynb #ff851ca6
@@ -546,12 +556,12 @@ class MetaSemanticRegularizer(nn.Module):
             self.register_buffer(k, torch.zeros((), dtype=torch.float64))
         self.register_buffer("n_meta", torch.zeros((), dtype=torch.long))
 
-    def meta_gradient(self, method, batch_a, batch_b, inner_lr=None, precond=None):
+    def meta_gradient(self, method, batch_a, batch_b, inner_lr=None, precond=None, feats=None):
         lr = self.inner_lr if inner_lr is None else inner_lr
         return meta_gradient(method, self.strata, batch_a, batch_b, lr, self.meta_mode,
                              tau=self.tau, negatives=self.negatives, lam=self.lam,
                              meta_loss=self.meta_loss, params=self.meta_params,
-                             fd_eps=self.fd_eps, precond=precond)
+                             fd_eps=self.fd_eps, precond=precond, feats=feats)
 
 # %% ../nbs/05_msr.ipynb #98211ac8
 @patch
@@ -575,10 +585,12 @@ def icl(self: MetaSemanticRegularizer, z1, z2, feats: torch.Tensor | None = None
 # %% ../nbs/05_msr.ipynb #163cc981
 @patch
 def meta_step(self: MetaSemanticRegularizer, method, batch_a, batch_b, inner_lr=None,
-              precond=None, progress: float | None = None) -> dict:
+              precond=None, progress: float | None = None, feats=None) -> dict:
     """Stage 2: one update of the strata's parameters; returns the meta objective and the
-    diagnostics (`progress`, the run's share done, sets `meta_opt='sgd_metamask'`'s cosine lr)."""
-    with local_losses(): g, m = self.meta_gradient(method, batch_a, batch_b, inner_lr, precond)
+    diagnostics (`progress`, the run's share done, sets `meta_opt='sgd_metamask'`'s cosine lr;
+    `feats`: `meta_gradient`'s, A's features from its encoder step)."""
+    with local_losses():
+        g, m = self.meta_gradient(method, batch_a, batch_b, inner_lr, precond, feats)
     g, m = mean_over_processes(g), mean_over_processes(m)  # every process applies the same update
     if not (torch.isfinite(m) and torch.isfinite(g).all()):
         raise FloatingPointError(f"non-finite meta objective ({m.item()}) "

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 from .utils import get_device, UserError, timed
-from .config import load_config
+from .config import load_config, ICL_SHARE_READING
 from .data import load_dataset
 from .augment import PRESETS
 from .losses import nt_xent, icl_loss
@@ -234,9 +234,9 @@ def bench_lightly(backbone: str = "small_cnn", batch: int = 256, steps: int = 4,
     base = [f"model.backbone={backbone}", f"train.batch_size={batch}", "train.knn_every=0",
             "train.ckpt_every=0", f"train.device={device}",
             f"train.seed={seed}", "optim.warmup_steps=10"]
-    def learner(method):
+    def learner(method, *extra):
         tm = StageTimer()
-        cfg = load_config(None, base + [f"model.method={method}"])
+        cfg = load_config(None, base + [f"model.method={method}", *extra])
         return Learner.from_config(cfg, cbs=user_callbacks() + [tm], train_data=data), tm
     L, tl = learner("simclr")
     # bf16 autocast on CUDA: the other sides get it too
@@ -245,7 +245,10 @@ def bench_lightly(backbone: str = "small_cnn", batch: int = 256, steps: int = 4,
     floor_epoch, floor_saved = _floor_side(L, data, steps, amp)
     runs = {"iclmsr": None, "lightly": lightly_epoch, "floor": floor_epoch}
     learners = {"iclmsr": (L, tl)}   # the sides timed through our Learner
-    if icl: Li, ti = learner("simclr+icl-msr"); runs["icl"] = None; learners["icl"] = (Li, ti)
+    # ICL-MSR's two-stage reading, its stage 2 timed apart (the default's meta steps run inside
+    # stage 1: `iclmsr.bench.bench_icl_schedules` measures them)
+    if icl: Li, ti = learner("simclr+icl-msr", *ICL_SHARE_READING); runs["icl"] = None
+    if icl: learners["icl"] = (Li, ti)
     times, peak, fit_s = _bench_rounds(runs, learners, rounds, dev)
     res = {"backbone": backbone, "device": str(dev), "batch": batch,
            "steps_per_epoch": steps, "rounds": rounds, "workers": workers, "amp_bf16": amp,

@@ -12,9 +12,9 @@ from iclmsr.cli import main
 from iclmsr.config import ICLConfig
 
 NA = C.NOT_APPLICABLE
-META = {"icl.meta_lr", "icl.meta_schedule", "icl.meta_every", "icl.meta_opt"}
+META = {"icl.meta_lr", "icl.meta_schedule", "icl.meta_every", "icl.meta_opt", "icl.meta_params"}
 ICL_KEYS = ["icl.lam", "icl.meta_lr", "icl.meta_schedule", "icl.meta_every", "icl.n_strata", "icl.strata_init",
-            "icl.meta_opt"]
+            "icl.meta_opt", "icl.strata", "icl.meta_params"]
 
 # draw_hparams(method, 4) before the ICL-MSR settings were added (commit 89742b8): lambda's and the base draws stay as
 # they were, bit for bit
@@ -55,7 +55,7 @@ def test_each_icl_setting_is_drawn_in_its_range():
     assert {type(s["icl.n_strata"]) for s in d} == {int} and json.loads(json.dumps(d)) == d   # plain values: JSON
     for s in d[:12]:                     # each draw is a regulariser that builds
         icl = {k[4:]: v for k, v in s.items() if k.startswith("icl.") and v != NA}
-        r = icl_regularizer(ICLConfig(enabled=True, **icl), 8)
+        r = icl_regularizer(ICLConfig(enabled=True, **icl), 8, feat_dim=16)   # feat_dim: the input strata's head
         assert (r.meta_lr, r.meta_opt, r.strata.n) == (s["icl.meta_lr"], s["icl.meta_opt"], s["icl.n_strata"])
 
 def test_draws_are_reproducible_and_more_draws_extend_them():
@@ -72,7 +72,7 @@ def test_each_setting_has_a_generator_of_its_own(monkeypatch):
         after = C.draw_hparams(m, 20)
         for k in set(full) - {gone}:
             if (gone, k) == ("icl.meta_schedule", "icl.meta_every"):
-                assert all(s[k] == NA for s in after)                  # the default schedule (share) does not read it
+                assert all(s[k] != NA for s in after)                  # the default schedule (every) reads it
             else: assert [s[k] for s in after] == [s[k] for s in before], (gone, k)
     # one more registered, or the same in another order: no draw changes
     monkeypatch.setattr(C, "ICL_HPARAMS", {"icl.tau": ("log", 0.1, 1.0), **dict(reversed(list(full.items())))})
@@ -85,7 +85,7 @@ def test_a_control_records_what_it_does_not_read_and_never_sets_it():
     na = lambda s: {k for k, v in s.items() if v == NA}
     fz, nt = C.draw_hparams("simclr+icl-frozen", 8), C.draw_hparams("simclr+ntxent", 8)
     assert all(na(s) == META for s in fz)                                      # frozen: no stage 2
-    assert all(na(s) == META | {"icl.n_strata", "icl.strata_init"} for s in nt)   # ntxent: also n = 1, a = 1
+    assert all(na(s) == META | {"icl.n_strata", "icl.strata_init", "icl.strata"} for s in nt)   # ntxent: n = 1, a = 1
     d = ICLConfig()
     for h, s in enumerate(fz):
         c = C.run_config(st, "simclr+icl-frozen", 0, h).icl
@@ -130,7 +130,7 @@ def print_config(capsys, *sets):
     (["icl.meta_schedule=share"], "icl.meta_every (icl.meta_schedule=share: a meta stage on icl.meta_share)"),
     (["model.method=simclr+icl-frozen", "icl.meta_schedule=every"], "icl.meta_*, icl.virtual_step (icl.control=frozen has no stage 2)"),
     (["model.method=simclr+ntxent"], "icl.meta_*, icl.virtual_step (icl.control=ntxent has no stage 2); icl.n_strata, "
-                                     "icl.strata_init, icl.init_std, icl.activation (icl.control=ntxent fixes n = 1, a = 1)"),
+                                     "icl.strata_init, icl.init_std, icl.activation, icl.strata (icl.control=ntxent fixes n = 1, a = 1)"),
     (["model.method=simclr"], "icl.* (icl.enabled is false)")])
 def test_print_config_marks_what_the_schedule_does_not_read(capsys, sets, last):
     lines = print_config(capsys, "model.method=simclr+icl-msr", *sets)

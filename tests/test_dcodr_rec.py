@@ -83,7 +83,7 @@ def test_perceptual_term_from_a_vgg16_state_dict_file(rec_runs, vgg_file):
 
 def test_dcodr_rec_icl_msr_trains_and_resumes_bitwise(tmp_path, background):
     a, b = tmp_path/"a", tmp_path/"b"
-    icl = REC + ["--set", "model.method=dcodr_rec+icl-msr", "--set", "icl.n_strata=4", "--set", "icl.meta_share=0.5",
+    icl = REC + ["--set", "model.method=dcodr_rec+icl-msr", "--set", "icl.n_strata=4", "--set", "icl.meta_schedule=share", "--set", "icl.meta_share=0.5",
                  "--set", "train.deterministic=true"]
     full = background("--out", a, *icl, "--set", "train.epochs=2")     # side by side with the run stopped after epoch 1
     finish(background("--out", b, *icl, "--set", "train.epochs=1"))

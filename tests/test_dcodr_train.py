@@ -34,7 +34,7 @@ def test_dcodr_trains_and_its_loss_falls(tmp_path):
 
 DCODR_ICL = DCODR + ["--set", "model.method=dcodr+icl-msr", "--set", "train.epochs=8", "--set", "train.deterministic=true",
                      "--set", "train.ckpt_every=1", "--set", "train.knn_every=3", "--set", "icl.n_strata=4",
-                     "--set", "icl.meta_share=0.5", "--quiet"]
+                     "--set", "icl.meta_schedule=share", "--set", "icl.meta_share=0.5", "--quiet"]
 
 def test_dcodr_icl_msr_sigkill_mid_epoch_then_resume_is_bitwise_identical(tmp_path, background):
     a, b = tmp_path/"a", tmp_path/"b"

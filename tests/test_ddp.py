@@ -67,7 +67,7 @@ def test_torchrun_stop_mid_epoch_then_resume_is_bitwise_identical(tmp_path):
     args = ["--set", "data.spec=toy:num_classes=4,n_train=64,n_test=8", "--set", "model.backbone=small_cnn",
             "--set", "model.options.proj_hidden=32", "--set", "model.options.proj_dim=8", "--set", "train.batch_size=32",
             "--set", "train.knn_every=0", "--set", "train.log_every=1", "--set", "icl.enabled=true", "--set", "icl.n_strata=3",
-            "--set", "icl.meta_share=0.5", "--set", "train.deterministic=true", "--set", "train.epochs=3",
+            "--set", "icl.meta_schedule=share", "--set", "icl.meta_share=0.5", "--set", "train.deterministic=true", "--set", "train.epochs=3",
             "--set", "intervene.enabled=true", "--quiet"]   # do(background) too: its per-batch streams must resume exactly
     cmd = lambda out, *extra: [bin_path("torchrun"), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port",
                                str(free_port()), "--no-python", bin_path("iclmsr"), "train", "--out", str(out), *args, *extra]

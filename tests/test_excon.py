@@ -52,7 +52,7 @@ def test_excon_trains_and_resumes_bitwise_after_sigkill(tmp_path):
     _same_model(ck["model"], wb["model"])
     assert _records(a) == _records(b)
 
-@pytest.mark.parametrize("extra", [["--set", "model.method=excon+icl-msr", "--set", "icl.n_strata=4", "--set", "icl.meta_share=0.5"],
+@pytest.mark.parametrize("extra", [["--set", "model.method=excon+icl-msr", "--set", "icl.n_strata=4", "--set", "icl.meta_schedule=share", "--set", "icl.meta_share=0.5"],
                                    ["--set", "model.method=exconb", "--set", "model.options.background_anchor=true"]])
 def test_excon_with_icl_msr_and_exconb_train(tmp_path, extra):
     r = tmp_path/"r"

@@ -46,7 +46,7 @@ def test_the_default_is_the_vectors_bitwise():
     from iclmsr.utils import seed_everything
     from iclmsr.msr import StratumVectors
     from iclmsr.toy import one_thread
-    over = ("icl.meta_schedule=every", "train.epochs=2")
+    over = ("icl.meta_schedule=every", "icl.meta_params=all", "train.epochs=2")   # the pinned run's settings
     with one_thread():   # the pinned number below was computed with one torch thread (float sums depend on the count)
         seed_everything(0); default = tiny_learner(*over).fit()
         seed_everything(0); named = tiny_learner(*over, "icl.strata=vectors").fit()
@@ -137,7 +137,7 @@ def _stop_at(at):
             if self.learn.stage == "fit" and self.learn.step == at: self.learn.stop()
     return _Stop()
 
-@pytest.mark.parametrize("opts", [("icl.meta_schedule=every",), ("icl.meta_share=0.5",),
+@pytest.mark.parametrize("opts", [("icl.meta_schedule=every",), ("icl.meta_schedule=share", "icl.meta_share=0.5"),
                                   ("icl.meta_schedule=every", "icl.meta_opt=sgd_metamask", "icl.meta_lr=0.001")])
 def test_the_input_strata_resume_bitwise(tmp_path, opts):
     from iclmsr.callbacks import Checkpointer

@@ -70,7 +70,7 @@ def test_every_schedule_takes_a_meta_step_on_each_step_batch(monkeypatch):
     half = tiny_learner("icl.meta_schedule=every", "icl.meta_every=2", "train.epochs=2").fit()
     assert len(calls) == 2 and int(half.method.msr.n_meta) == 2
     calls.clear()
-    share = tiny_learner("icl.meta_share=0.5", "train.epochs=2").fit()   # the default schedule: a stage of its own
+    share = tiny_learner("icl.meta_schedule=share", "icl.meta_share=0.5", "train.epochs=2").fit()   # a stage of its own
     assert share.stages == ["fit", "meta"] and len(calls) == 2 and all(a is not b for a, b, _, _ in calls)
     calls.clear()
     tiny_learner("icl.meta_schedule=every", "icl.control=frozen").fit()  # a control has no stage 2

@@ -114,7 +114,7 @@ def finish(proc, timeout=600):
 
 RESUMABLE = TINY + ["--set", "train.epochs=12", "--set", "train.deterministic=true", "--set", "train.ckpt_every=1",
                     "--set", "train.knn_every=4", "--set", "icl.enabled=true", "--set", "icl.n_strata=4",
-                    "--set", "icl.meta_share=0.5", "--quiet"]
+                    "--set", "icl.meta_schedule=share", "--set", "icl.meta_share=0.5", "--quiet"]
 
 def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(tmp_path, background):
     a, b = tmp_path/"a", tmp_path/"b"
@@ -194,7 +194,7 @@ def test_a_key_the_method_does_not_use_is_refused_or_listed(tmp_path, capfd):
     out = print_config(capfd, "--set", "model.method=wmse")
     assert out.strip().splitlines()[-1] == "# not used by this run: icl.* (icl.enabled is false)"
     assert "    w_size: null  # whitening sub-batch" in out and "    temperature:" not in out   # W-MSE has none
-    share = "icl.meta_every (icl.meta_schedule=share: a meta stage on icl.meta_share)"   # each schedule reads its own
+    share = "icl.meta_share (icl.meta_schedule=every: a meta step every icl.meta_every steps)"   # the default: every
     assert print_config(capfd, "--set", "icl.enabled=true").strip().splitlines()[-1] == "# not used by this run: " + share
     out = print_config(capfd, "--set", "icl.enabled=true", "--set", "intervene.p=0.3")   # set, but not switched on
     assert out.strip().splitlines()[-1] == "# not used by this run: intervene.* (intervene.enabled is false); " + share
