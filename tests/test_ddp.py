@@ -8,9 +8,21 @@ import torch
 from conftest import run, bin_path, ROOT, free_port, max_rel
 import ddp_worker as W
 
+# gloo's teardown abort (pytorch/pytorch#190489, #179291): a worker that has finished can die in interpreter
+# finalization with this line (SIGABRT, exit code -6), and torchrun then exits 1. Seen once in CI (1 of 5 runs) after
+# every rank had finished training; the tests below check the run's outputs, so a run that did not finish still fails.
+TEARDOWN_ABORT = "terminate called without an active exception"
+
+def _run_torchrun(cmd, env=None):
+    "Run a torchrun command line; fail on any error but the teardown abort above."
+    p = run(cmd, env=env, timeout=600, check=False)
+    if p.returncode != 0 and not (TEARDOWN_ABORT in p.stderr and "exitcode: -6" in p.stderr):
+        raise AssertionError(f"{cmd} exited {p.returncode}\nstdout:\n{p.stdout[-4000:]}\nstderr:\n{p.stderr[-4000:]}")
+    return p
+
 def _torchrun(*args, env=None, n=2):
-    return run([bin_path("torchrun"), "--nproc_per_node", str(n), "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-                *args], env=env, timeout=600)
+    return _run_torchrun([bin_path("torchrun"), "--nproc_per_node", str(n), "--master_addr", "127.0.0.1", "--master_port",
+                          str(free_port()), *args], env=env)
 
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory):
@@ -71,7 +83,7 @@ def test_torchrun_stop_mid_epoch_then_resume_is_bitwise_identical(tmp_path):
             "--set", "intervene.enabled=true", "--quiet"]   # do(background) too: its per-batch streams must resume exactly
     cmd = lambda out, *extra: [bin_path("torchrun"), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port",
                                str(free_port()), "--no-python", bin_path("iclmsr"), "train", "--out", str(out), *args, *extra]
-    run(cmd(tmp_path/"full"), env=env, timeout=600)
+    _run_torchrun(cmd(tmp_path/"full"), env=env)
     part = tmp_path/"part"
     p = subprocess.Popen(cmd(part), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     log = part/"metrics.jsonl"
@@ -82,7 +94,7 @@ def test_torchrun_stop_mid_epoch_then_resume_is_bitwise_identical(tmp_path):
     ck = torch.load(part/"last.pt", weights_only=True)
     assert 0 < ck["step"] < 24, ck["step"]           # stopped part way (where exactly depends on timing; mostly mid-epoch)
     assert isinstance(ck["rng"], list) and len(ck["rng"]) == 2 and not torch.equal(ck["rng"][0]["torch"], ck["rng"][1]["torch"])
-    run(cmd(part, "--resume"), env=env, timeout=600)
+    _run_torchrun(cmd(part, "--resume"), env=env)
     a, b = (torch.load(d/"last.pt", weights_only=True) for d in (tmp_path/"full", part))
     assert a["step"] == b["step"] == 24
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
