@@ -21,6 +21,9 @@ def run(path):
     os.chdir(path.parent)
     try:
         sh = CaptureShell(path)
+        # execnb keeps a cell's old outputs when its new run prints nothing: clear every cell that runs
+        for c in nb.cells:
+            if not skip(c): c.outputs, c.execution_count = [], None
         sh.run_all(nb, exc_stop="--keep-going" not in OPTS, preproc=skip)
     finally: os.chdir(cwd)
     write_nb(nb, path)
