@@ -95,10 +95,8 @@ class ICLConfig:
     strata_init: Literal["normal", "zeros"] = _f(
         "normal", help="w_t ~ N(0, init_std^2), or MetaMask's w_t = 0 (all a_t = 0.5 and equal)")
     virtual_step: Literal["sgd", "adam"] = _f(
-        "adam", help="virtual step of stage 2: plain SGD at the encoder's lr, or preconditioned "
-                     "by the encoder's Adam second moments")
-    init_std: float = _f(1.0, _nonneg, ">= 0",
-                         help="spread of the initial w_t (strata_init=normal; 0.01: a_t ~ 0.5)")
+        "adam", help="virtual step: plain SGD at the encoder's lr, or preconditioned by its Adam")
+    init_std: float = _f(1.0, _nonneg, ">= 0", help="spread of the initial w_t (init normal)")
     activation: Literal["sigmoid", "identity"] = _f("sigmoid", help="a_t = sigmoid(w_t), or w_t")
     strata: Literal["vectors", "input"] = _f(
         "vectors", help="vectors: n stratum vectors a_t; input: a head on the un-augmented image")

@@ -57,3 +57,16 @@ def tree_hash(root) -> dict:
 def session_cache(tmp_path_factory, monkeypatch):
     "Generated datasets go to a per-session cache, not the user's (use with `pytest.mark.usefixtures`)."
     monkeypatch.setenv("ICLMSR_CACHE", str(tmp_path_factory.getbasetemp()/"cache"))
+
+def refused(capsys, root, argv, *words) -> str:
+    "`iclmsr ARGV` run in-process: exit 2, one line on stderr holding `words`, every file under `root` as it was; the line."
+    from iclmsr.cli import main
+    before = tree_hash(root)
+    capsys.readouterr()
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert rc == 2, (rc, out, err)
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"iclmsr {' '.join(argv[:2]) if argv[0] == 'data' else argv[0]}: error: ") and all(w in err for w in words), err
+    assert tree_hash(root) == before
+    return err

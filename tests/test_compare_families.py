@@ -9,7 +9,7 @@ Everything runs in this process through `iclmsr.cli.main` on tiny sets (3 classe
 import html, json, sys
 from pathlib import Path
 import pytest
-from conftest import ROOT, tree_hash
+from conftest import ROOT, refused
 from iclmsr.cli import main
 from iclmsr.compare import (FINDING_COLUMNS, family_names, finding_verdict, findings, findings_table,
                             findings_text, fg_headline, plan)
@@ -23,18 +23,6 @@ ARGS = ["compare", "--methods", "simclr,supcon", "--seeds", "2", "--budget", "2"
         "--probe-epochs", "3", "--fgsm-n", "0", "--expl-n", "0", "--no-umap", "--quiet"]
 
 pytestmark = pytest.mark.usefixtures("session_cache")   # datasets in a per-session cache
-
-def refused(capsys, root, argv, *words) -> str:
-    "`iclmsr ARGV`: exit 2, one line on stderr holding `words`, every file under `root` as it was; the line."
-    before = tree_hash(root)
-    capsys.readouterr()
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    assert rc == 2, (rc, out, err)
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    assert err.startswith("iclmsr compare: error: ") and all(w in err for w in words), err
-    assert tree_hash(root) == before
-    return err
 
 @pytest.fixture(scope="module")
 def two_toy(tmp_path_factory):

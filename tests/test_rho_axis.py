@@ -8,7 +8,7 @@ Everything runs in this process through `iclmsr.cli.main` on tiny toy sets (4 cl
 steps); every refusal is one line on stderr, exit code 2, with the files there before byte-identical after."""
 import hashlib, json
 import pytest
-from conftest import tree_hash
+from conftest import refused
 import torch
 from iclmsr.cli import main
 from iclmsr.compare import CPU_SPEC, RHO_PANELS, compare_settings, rho_settings, rho_spec, run_key
@@ -32,18 +32,6 @@ PINNED_KEYS = {"simclr": "179c971049e5bd59", "supcon": "6a7af8f3287f922c"}
 PINNED_TOY = ("toy-v2-a3ecd128a419b230.pt", {"train": "c3314b3355d857e0", "test": "c12c35467ea75a66"})
 
 pytestmark = pytest.mark.usefixtures("session_cache")   # datasets in a per-session cache
-
-def refused(capsys, root, argv, *words) -> str:
-    "`iclmsr ARGV`: exit 2, one line on stderr holding `words`, every file under `root` as it was; the line."
-    before = tree_hash(root)
-    capsys.readouterr()
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    assert rc == 2, (rc, out, err)
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    assert err.startswith(f"iclmsr {' '.join(argv[:2]) if argv[0] == 'data' else argv[0]}: error: ") and all(w in err for w in words), err
-    assert tree_hash(root) == before
-    return err
 
 def test_compare_over_two_rho_values(tmp_path, capsys):
     out = tmp_path/"axis"
