@@ -34,19 +34,20 @@ from .viz import (
 
 # %% auto #0
 __all__ = ['DEFAULT_METHODS', 'EVAL_DEFAULTS', 'DEFAULT_MARGIN', 'ALPHA', 'POWER', 'HPARAMS', 'ICL_HPARAMS', 'NOT_APPLICABLE',
-           'PROTOCOL', 'FG_CONTROL', 'FG_LEARNABLE', 'COLUMNS', 'READ_SETTINGS', 'SELECT_BY', 'SAMPLE_VARIANTS',
-           'CPU_SPEC', 'GPU_SPEC', 'DEVICE_DEFAULTS', 'LAUNCH_OPTIONS', 'RHO_PANELS', 'FINDING_COLUMNS',
-           'FINDINGS_NOTE', 'known_method', 'registered_methods', 'default_methods', 'parse_methods', 'data_specs',
-           'family_names', 'compare_settings', 'method_hparams', 'draw_hparams', 'run_config', 'run_key',
-           'control_name', 'split_control', 'validation_split', 'load_splits', 'check_methods', 'read_records',
-           'append_record', 'run_status', 'StepBudget', 'train_run', 'bg_neighbour_rate', 'flat_measures',
-           'measure_split', 'run_one', 'plan', 'open_out', 'run_compare', 'seed_stats', 'paired_differences',
-           'read_runs', 'select_setting', 'fg_check', 'fg_check_line', 'training_setups', 'collect', 'fg_headline',
-           'results_table', 'differences_note', 'differences_table', 'hparams_table', 'plot_compare', 'supervised',
-           'saliency_html', 'variant_samples_html', 'plot_umaps', 'setup_table', 'compare_report', 'estimate',
-           'device_defaults', 'compare', 'parse_rho', 'rho_spec', 'rho_settings', 'rho_dir', 'run_rho', 'collect_rho',
-           'plot_rho', 'rho_report', 'family_dir', 'family_settings', 'run_families', 'finding_verdict', 'findings',
-           'findings_table', 'findings_text', 'collect_families', 'families_report']
+           'PROTOCOL', 'KEYED_DATA_VERSIONS', 'FG_CONTROL', 'FG_LEARNABLE', 'COLUMNS', 'READ_SETTINGS', 'SELECT_BY',
+           'SAMPLE_VARIANTS', 'CPU_SPEC', 'GPU_SPEC', 'DEVICE_DEFAULTS', 'LAUNCH_OPTIONS', 'RHO_PANELS',
+           'FINDING_COLUMNS', 'FINDINGS_NOTE', 'known_method', 'registered_methods', 'default_methods', 'parse_methods',
+           'data_specs', 'family_names', 'compare_settings', 'method_hparams', 'draw_hparams', 'run_config',
+           'data_version', 'run_key', 'control_name', 'split_control', 'validation_split', 'load_splits',
+           'check_methods', 'read_records', 'append_record', 'run_status', 'StepBudget', 'train_run',
+           'bg_neighbour_rate', 'flat_measures', 'measure_split', 'run_one', 'plan', 'open_out', 'run_compare',
+           'seed_stats', 'paired_differences', 'read_runs', 'select_setting', 'fg_check', 'fg_check_line',
+           'training_setups', 'collect', 'fg_headline', 'results_table', 'differences_note', 'differences_table',
+           'hparams_table', 'plot_compare', 'supervised', 'saliency_html', 'variant_samples_html', 'plot_umaps',
+           'setup_table', 'compare_report', 'estimate', 'device_defaults', 'compare', 'parse_rho', 'rho_spec',
+           'rho_settings', 'rho_dir', 'run_rho', 'collect_rho', 'plot_rho', 'rho_report', 'family_dir',
+           'family_settings', 'run_families', 'finding_verdict', 'findings', 'findings_table', 'findings_text',
+           'collect_families', 'families_report']
 
 # %% ../nbs/17_compare.ipynb #f85aa9b8
 import os
@@ -302,13 +303,28 @@ def run_config(st: dict, method: str, seed: int, hp: int | None = None) -> Confi
                        + [f"model.method={method}", f"train.seed={seed}"])
 
 # %% ../nbs/17_compare.ipynb #01b956c6
+# an embedded family's generator version at the first run keys: a newer one joins the key
+KEYED_DATA_VERSIONS = {"toy": 2, "sprites": 1}
+
+def data_version(spec: str) -> int | None:
+    """The generator version of the embedded family of `spec` (`toy`, `sprites`) when it is newer
+    than `KEYED_DATA_VERSIONS` says, else None (older keys unchanged; folder data: user's files)."""
+    from iclmsr import sprites, toy
+    from iclmsr.data import parse_spec
+    name = parse_spec(spec)[0]
+    v = {"toy": toy._TOY_VERSION, "sprites": sprites._SPRITES_VERSION}.get(name)
+    return v if v is not None and v > KEYED_DATA_VERSIONS[name] else None
+
 def run_key(st: dict, method: str, seed: int, hp: int | None = None) -> str:
-    """The run's folder name: a hash of (method, data, seed, config, budget, split, evaluation,
-    drawn setting)."""
+    """The run's folder name: a hash of (method, data and its generator version, seed, config,
+    budget, split, evaluation, drawn setting)."""
+    v = data_version(st["data"])
     d = {"method": method, "data": st["data"], "seed": seed,
          "config": config_to_dict(run_config(st, method, seed, hp)), "budget": st["budget"],
-         "val_frac": st["val_frac"], "eval": st["eval"], **({} if hp is None else {"hp": hp})}
+         "val_frac": st["val_frac"], "eval": st["eval"], **({} if hp is None else {"hp": hp}),
+         **({} if v is None else {"data_version": v})}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
 
 # %% ../nbs/17_compare.ipynb #f3504838
 FG_CONTROL = "only_fg"    # the training images of the foreground check

@@ -20,13 +20,15 @@ __all__ = ['SPRITE_CLASSES', 'SPRITE_TEST_FRAMES', 'SPRITE_BG_FAMILIES', 'SPRITE
 
 # %% ../nbs/01e_sprites.ipynb #6d212454
 SPRITE_CLASSES = ("robot", "alien", "slime", "worm", "tank", "meteor", "ship", "key", "flag", "gem")
-# the frames (file names without .png) of each class held out of training: the test split's only
+# the frames (file names without .png) of each class held out of training, the test split's only:
+# other poses or shapes, in colours the class shows in training; () for a class of one shape
 SPRITE_TEST_FRAMES = {
     "robot": ("robot_jump", "robot_walk3", "robot_walk7"),
-    "alien": ("alienBlue_jump", "alienBlue_walk2"), "slime": ("slimePurple",),
-    "worm": ("wormPink",), "tank": ("tankBody_huge", "tankBody_sand"),
+    "alien": ("alienBlue_jump", "alienBlue_walk2"), "slime": ("slimeBlue_move",),
+    "worm": ("wormGreen_move",), "tank": ("tankBody_huge", "tankBody_red"),
     "meteor": ("meteorGrey_big4", "meteorGrey_med2"), "ship": ("playerShip3_orange",),
-    "key": ("keyRed",), "flag": ("flagRed1", "flagRed2"), "gem": ("gemGreen",)}
+    "key": (), "flag": ("flagRed2", "flagYellow1"), "gem": ()}
+
 
 # %% ../nbs/01e_sprites.ipynb #bd33f45a
 def _asset_dir():
@@ -41,12 +43,14 @@ def _all_frames() -> dict:
 # %% ../nbs/01e_sprites.ipynb #9d34bd1a
 def sprite_frames(split: str = "train") -> dict:
     """Class -> the frames (file names without .png) the `split` ('train' or 'test') draws its
-    foregrounds from: the test split's are `SPRITE_TEST_FRAMES`, training has the others."""
+    foregrounds from: the test split's are `SPRITE_TEST_FRAMES`, training has the others; a class
+    that holds none out draws both splits from all its frames."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     held = SPRITE_TEST_FRAMES
-    return {c: tuple(f for f in fs if (f in held[c]) == (split == "test"))
+    return {c: tuple(f for f in fs if not held[c] or (f in held[c]) == (split == "test"))
             for c, fs in _all_frames().items()}
+
 
 # %% ../nbs/01e_sprites.ipynb #34b97ba6
 @functools.lru_cache(maxsize=None)
@@ -146,7 +150,7 @@ def _sprite_chunk(labels, bgs, size, train, g):
     return to_uint8(torch.where(masks[:, None], rgb, bg)), masks, to_uint8(bg)
 
 # %% ../nbs/01e_sprites.ipynb #acbfc4b8
-_SPRITES_VERSION = 1
+_SPRITES_VERSION = 2   # 2: poses held out, not colours
 
 def _load_cached(path):
     "Both splits from the cache file `path`, or None (missing or unreadable: regenerate)."
