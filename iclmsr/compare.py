@@ -250,11 +250,11 @@ def method_hparams(method: str) -> dict:
             **(ICL_HPARAMS if cfg.icl.enabled else {})}
 
 # %% ../nbs/17_compare.ipynb #03a820e8
-def _draw_key(method: str, key: str, spec: tuple, n: int) -> list:
-    """The `n` draws of hyper-parameter `key` of `method` from `spec` (('log', lo, hi), ('uniform',
-    lo, hi) or ('choice', values)), by its own generator, seeded by method and key."""
+def _draw_key(owner: str, key: str, spec: tuple, n: int) -> list:
+    """The `n` draws of hyper-parameter `key` from `spec` (('log', lo, hi), ('uniform', lo, hi) or
+    ('choice', values)), by its own generator, seeded by the key's owner (a method, 'icl') and key."""
     g = np.random.default_rng(
-        int.from_bytes(hashlib.sha256(f"{method}|{key}".encode()).digest()[:8], "little"))
+        int.from_bytes(hashlib.sha256(f"{owner}|{key}".encode()).digest()[:8], "little"))
     kind, *arg = spec
     if kind == "choice": return [arg[0][i] for i in g.integers(len(arg[0]), size=n)]
     if kind not in ("log", "uniform"): raise ValueError(f"{key}: unknown distribution {kind!r}")
@@ -274,11 +274,14 @@ def _not_read(cfg: Config, setting: dict) -> set:
 
 # %% ../nbs/17_compare.ipynb #accf3cfe
 def draw_hparams(method: str, n: int) -> list:
-    """`n` settings of `method`: each hyper-parameter drawn by its own generator (seeded by method
-    and key), so adding one changes no other's draws; a value the run would not read (a control's
-    meta settings, `icl.meta_every` under `share`) is `NOT_APPLICABLE`."""
-    vals = {k: _draw_key(method, k, spec, n) for k, spec in method_hparams(method).items()}
+    """`n` settings of `method`: each hyper-parameter drawn by its own generator, seeded by the key
+    and its owner (the base method for its keys, so `simclr+icl-msr#h` has `simclr#h`'s base setting;
+    'icl' for `ICL_HPARAMS`, shared by ICL-MSR and its controls): adding one changes no other's
+    draws; a value the run would not read (a control's meta settings, `icl.meta_every` under
+    `share`) is `NOT_APPLICABLE`."""
     cfg = resolve_run_name(load_config(None, [f"model.method={method}"], resolve=False))
+    vals = {k: _draw_key("icl" if k in ICL_HPARAMS else cfg.model.method, k, spec, n)
+            for k, spec in method_hparams(method).items()}
     out = [{k: v[i] for k, v in vals.items()} for i in range(n)]
     return [{k: NOT_APPLICABLE if k in na else v for k, v in s.items()}
             for s, na in zip(out, [_not_read(cfg, s) for s in out])]

@@ -1,9 +1,9 @@
 """`iclmsr compare --hparams`: ICL-MSR's search space (issue 28, item 4). Each ICL-MSR setting (meta learning rate,
 schedule, meta_every, number of strata, lambda, initialisation, meta optimiser) is drawn by a generator of its own: in
-range, reproducible, independent of the others; the draws that existed before (lambda's, the base methods') are
-bit-identical; a control records the settings it does not read as n/a and never sets them; a tiny in-process comparison
-records each draw in run.json, results.json and the report; `train --print-config` marks the key the schedule does not
-read."""
+range, reproducible, independent of the others; the base methods' draws are bit-identical to before; a wrapper (ICL-MSR,
+its controls, do-bg) draws its base method's settings, paired draw by draw, and the controls share the regulariser's
+draws; a control records the settings it does not read as n/a and never sets them; a tiny in-process comparison records
+each draw in run.json, results.json and the report; `train --print-config` marks the key the schedule does not read."""
 import json
 import pytest
 from iclmsr import compare as C
@@ -16,28 +16,25 @@ META = {"icl.meta_lr", "icl.meta_schedule", "icl.meta_every", "icl.meta_opt", "i
 ICL_KEYS = ["icl.lam", "icl.meta_lr", "icl.meta_schedule", "icl.meta_every", "icl.n_strata", "icl.strata_init",
             "icl.meta_opt", "icl.strata", "icl.meta_params"]
 
-# draw_hparams(method, 4) before the ICL-MSR settings were added (commit 89742b8): lambda's and the base draws stay as
-# they were, bit for bit
-_B = ("optim.lr", "optim.weight_decay", "model.options.temperature", "icl.lam")
+# the base methods' draws, unchanged since the ICL-MSR settings were added (commit 89742b8), bit for bit
+_B = ("optim.lr", "optim.weight_decay", "model.options.temperature")
 BEFORE = {
-    "simclr+icl-msr": [dict(zip(_B, v)) for v in ((0.00124, 4.04e-07, 0.41, 0.148), (0.0019, 5.1e-07, 0.514, 0.116),
-                                                  (0.00221, 1.02e-05, 0.628, 1.34), (0.00291, 2.62e-06, 0.861, 9.76))],
-    "simclr+icl-frozen": [dict(zip(_B, v)) for v in ((0.0056, 3.37e-06, 0.694, 0.694), (0.0053, 9.34e-05, 0.402, 5.15),
-                                                     (0.0023, 4.07e-06, 0.344, 5.05), (0.00168, 1.18e-06, 0.125, 9.37))],
-    "simclr+ntxent": [dict(zip(_B, v)) for v in ((0.00336, 8.6e-06, 1.0, 3.28), (0.00566, 2.05e-05, 0.0661, 4.64),
-                                                 (0.00561, 5.56e-07, 0.218, 2.64), (0.00117, 2.75e-07, 0.934, 1.97))],
-    "supcon": [dict(zip(_B[:3], v)) for v in ((0.00192, 1.49e-05, 0.117), (0.00255, 2.4e-05, 0.104),
-                                              (0.0023, 2.58e-07, 0.0734), (0.00157, 1.5e-06, 0.169))],
-    "byol+icl-msr": [{"optim.lr": a, "optim.weight_decay": b, "icl.lam": c}
-                     for a, b, c in ((0.00798, 2.35e-07, 9.47), (0.00212, 4.63e-05, 7.56), (0.00205, 3.85e-05, 3.05),
-                                     (0.00269, 2.12e-06, 3.16))]}
+    "simclr": [dict(zip(_B, v)) for v in ((0.00199, 4.74e-07, 0.13), (0.0013, 7.69e-05, 0.0679),
+                                          (0.00146, 1.07e-05, 0.183), (0.00473, 1.76e-05, 0.156))],
+    "supcon": [dict(zip(_B, v)) for v in ((0.00192, 1.49e-05, 0.117), (0.00255, 2.4e-05, 0.104),
+                                          (0.0023, 2.58e-07, 0.0734), (0.00157, 1.5e-06, 0.169))]}
 
-def test_the_earlier_draws_are_unchanged():
-    for m, before in BEFORE.items():
-        got = C.draw_hparams(m, 4)
-        assert [{k: s[k] for k in b} for s, b in zip(got, before)] == before, m
-    assert C.draw_hparams("supcon", 4) == BEFORE["supcon"]                     # a base method draws nothing new
-    assert list(C.draw_hparams("simclr+icl-msr", 1)[0]) == list(_B) + ICL_KEYS[1:]   # the new ones come after
+def test_a_wrapper_draws_its_base_setting_and_the_controls_share_the_icl_draws():
+    for m, before in BEFORE.items(): assert C.draw_hparams(m, 4) == before, m   # a base method: as before
+    base = {m: C.draw_hparams(m, 6) for m in ("simclr", "byol")}
+    for m in ("simclr+icl-msr", "simclr+icl-frozen", "simclr+ntxent", "simclr+do-bg", "byol+icl-msr"):
+        b = base[m.split("+")[0]]        # draw h of a wrapper has its base method's draw h: paired settings
+        assert [{k: s[k] for k in b[0]} for s in C.draw_hparams(m, 6)] == b, m
+    msr, fz, nt = (C.draw_hparams(m, 6) for m in ("simclr+icl-msr", "simclr+icl-frozen", "simclr+ntxent"))
+    for k in ("icl.lam", "icl.n_strata", "icl.strata_init"):   # the regulariser's draws: shared by its controls
+        assert [s[k] for s in msr] == [s[k] for s in fz], k
+    assert [s["icl.lam"] for s in msr] == [s["icl.lam"] for s in nt]
+    assert list(C.draw_hparams("simclr+icl-msr", 1)[0]) == list(_B) + ICL_KEYS   # the ICL ones come after
 
 def test_each_icl_setting_is_drawn_in_its_range():
     d = C.draw_hparams("simclr+icl-msr", 400)
