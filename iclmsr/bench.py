@@ -701,6 +701,21 @@ def _claim_cost(n: int) -> float:
         work_queue(lambda: runs, done, holder("bench"), max_runs=n, log=lambda *a: None)
         return (time.perf_counter() - t) / n
 
+# %% ../nbs/20_bench.ipynb #6593d6d2
+def _timed_compare(out: str, jobs: int, threads: int, **kw) -> float:
+    """Seconds of `compare(out=out, jobs=jobs, **kw)` started with `threads` torch threads in this
+    process (restored after); its "wrote ..." lines swallowed."""
+    import contextlib, io
+    from iclmsr.compare import compare
+    nt = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    t = time.perf_counter()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()): compare(out=out, jobs=jobs, **kw)
+    finally: torch.set_num_threads(nt)
+    return time.perf_counter() - t
+
+
 # %% ../nbs/20_bench.ipynb #2d07fd5c
 _QUICK_LAUNCH = dict(seeds=1, budget=4, probe_epochs=2, claims=5)   # iclmsr bench --quick
 
@@ -709,30 +724,28 @@ def bench_launch(methods: str = "simclr,supcon", seeds: int = 2, budget: int = 1
     """Wall-clock seconds of one comparison (the CPU defaults but `methods` x `seeds`, no FGSM,
     Grad-CAM or foreground check) at `--jobs 1` (this process, every core's threads) and at
     `--jobs 2` (cores // 2 threads each), their ratio, the largest difference of their test numbers
-    (other thread counts sum in another order: bitwise equal only at equal threads), and the claims'
-    seconds per run (`claims` runs) as a share of a 40-second run."""
-    import contextlib, io, tempfile
-    from iclmsr.compare import compare
+    (other thread counts sum in another order: bitwise equal only at equal threads), the claims'
+    seconds per run (`claims` runs) as a share of a 40-second run, and one seed of `methods` at one
+    thread alone: its seconds per run bound what two one-thread workers can reach (`jobs2_bound`:
+    workers that neither shared the machine's cores nor took time to start)."""
+    import tempfile
     from iclmsr.launch import cores, cpu_threads
-    kw = dict(methods=methods, seeds=seeds, budget=budget, probe_epochs=probe_epochs, fgsm_n=0,
-              expl_n=0, no_fg_control=True, no_umap=True, quiet=True)
-    secs, rows, nt = {}, {}, torch.get_num_threads()
+    kw = dict(methods=methods, budget=budget, probe_epochs=probe_epochs, fgsm_n=0, expl_n=0,
+              no_fg_control=True, no_umap=True, quiet=True)
+    secs, rows, runs = {}, {}, len(methods.split(",")) * seeds
     with tempfile.TemporaryDirectory() as tmp:
         for jobs in (1, 2):
-            torch.set_num_threads(cores())
-            t = time.perf_counter()
-            try:
-                with contextlib.redirect_stdout(io.StringIO()):   # its "wrote ..." lines
-                    compare(out=f"{tmp}/jobs{jobs}", jobs=jobs, **kw)
-            finally: torch.set_num_threads(nt)
-            secs[jobs] = time.perf_counter() - t
+            secs[jobs] = _timed_compare(f"{tmp}/jobs{jobs}", jobs, cores(), seeds=seeds, **kw)
             res = json.loads(Path(f"{tmp}/jobs{jobs}/results.json").read_text())
             rows[jobs] = [v for r in res["rows"].values() for s in r["test"].values() if s
                           for v in s["runs"]]
+        one = _timed_compare(f"{tmp}/one", 1, 1, seeds=1, **kw) / len(methods.split(","))
     per_run = _claim_cost(claims)
-    return {"runs": len(methods.split(",")) * seeds, "cores": cores(),
+    return {"runs": runs, "cores": cores(),
             "threads": {"jobs1": cores(), "jobs2": cpu_threads(2)}, "jobs1_s": secs[1],
             "jobs2_s": secs[2], "jobs2_over_jobs1": secs[2] / secs[1],
+            "one_thread_run_s": one, "thread_speedup": one * runs / secs[1],
+            "jobs2_bound": runs / 2 * one / secs[1],
             "max_abs_diff": max(abs(a - b) for a, b in zip(rows[1], rows[2])),
-            "claim_s_per_run": per_run,
-            "claim_pct_of_40s_run": 100 * per_run / 40}
+            "claim_s_per_run": per_run, "claim_pct_of_40s_run": 100 * per_run / 40}
+
