@@ -251,8 +251,9 @@ def method_hparams(method: str) -> dict:
 
 # %% ../nbs/17_compare.ipynb #03a820e8
 def _draw_key(owner: str, key: str, spec: tuple, n: int) -> list:
-    """The `n` draws of hyper-parameter `key` from `spec` (('log', lo, hi), ('uniform', lo, hi) or
-    ('choice', values)), by its own generator, seeded by the key's owner (a method, 'icl') and key."""
+    """The `n` draws of hyper-parameter `key` from `spec` (('log', lo, hi), ('uniform', lo, hi)
+    or ('choice', values)), by its own generator, seeded by the key's owner (a method, 'icl') and
+    the key."""
     g = np.random.default_rng(
         int.from_bytes(hashlib.sha256(f"{owner}|{key}".encode()).digest()[:8], "little"))
     kind, *arg = spec
@@ -275,10 +276,10 @@ def _not_read(cfg: Config, setting: dict) -> set:
 # %% ../nbs/17_compare.ipynb #accf3cfe
 def draw_hparams(method: str, n: int) -> list:
     """`n` settings of `method`: each hyper-parameter drawn by its own generator, seeded by the key
-    and its owner (the base method for its keys, so `simclr+icl-msr#h` has `simclr#h`'s base setting;
-    'icl' for `ICL_HPARAMS`, shared by ICL-MSR and its controls): adding one changes no other's
-    draws; a value the run would not read (a control's meta settings, `icl.meta_every` under
-    `share`) is `NOT_APPLICABLE`."""
+    and its owner (the base method for its keys, so `simclr+icl-msr#h` has `simclr#h`'s base
+    setting; 'icl' for `ICL_HPARAMS`, shared by ICL-MSR and its controls): adding one changes no
+    other's draws; a value the run would not read (a control's meta settings, `icl.meta_every`
+    under `share`) is `NOT_APPLICABLE`."""
     cfg = resolve_run_name(load_config(None, [f"model.method={method}"], resolve=False))
     vals = {k: _draw_key("icl" if k in ICL_HPARAMS else cfg.model.method, k, spec, n)
             for k, spec in method_hparams(method).items()}
